@@ -1,0 +1,3 @@
+//! cairn-bench: db_bench-style workloads.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! cairn client: talks to a cairn cluster using only the wire types.

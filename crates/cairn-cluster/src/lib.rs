@@ -1,0 +1,1 @@
+//! cairn cluster layer: replicated shard groups, shard map and placement over cairn-engine.

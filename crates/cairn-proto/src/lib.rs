@@ -1,0 +1,1 @@
+//! cairn wire types: the messages clients and nodes exchange.

@@ -1,0 +1,1 @@
+//! cairn deterministic simulation and history checking (tests only).

@@ -1,0 +1,220 @@
+//! Write batches: a list of row operations applied atomically with consecutive sequence numbers.
+//!
+//! Encoding (also the WAL record payload): `u64 LE first sequence | u32 LE count | count × entry`, entry =
+//! `u8 kind | varint len, user key | varint len, value`. The first sequence is filled in at commit time.
+
+use crate::coding::{get_bytes, get_u32, get_u64, put_bytes};
+use crate::keys::{Kind, MAX_KEY_BYTES, user_key};
+use crate::row;
+
+/// Bytes before the first entry.
+pub const BATCH_HEADER_BYTES: usize = 12;
+
+/// An atomic group of writes to any buckets the shard owns.
+#[derive(Clone, Debug)]
+pub struct WriteBatch {
+    // INVARIANT: rep[..12] is the header; `count` entries follow, each well-formed.
+    rep: Vec<u8>,
+    count: u32,
+    buckets: Vec<u16>,
+    max_key_len: usize,
+}
+
+impl Default for WriteBatch {
+    fn default() -> Self {
+        WriteBatch::new()
+    }
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> WriteBatch {
+        WriteBatch { rep: vec![0; BATCH_HEADER_BYTES], count: 0, buckets: Vec::new(), max_key_len: 0 }
+    }
+
+    fn push(&mut self, kind: Kind, bucket: u16, key: &[u8], value: &[u8]) {
+        self.rep.push(kind as u8);
+        crate::coding::put_varint(&mut self.rep, (key.len() + 2) as u64);
+        self.rep.extend_from_slice(&bucket.to_be_bytes());
+        self.rep.extend_from_slice(key);
+        put_bytes(&mut self.rep, value);
+        self.count += 1;
+        self.buckets.push(bucket);
+        self.max_key_len = self.max_key_len.max(key.len());
+        self.rep[8..12].copy_from_slice(&self.count.to_le_bytes());
+    }
+
+    /// Sets `column` of row `key` in `bucket`.
+    pub fn put(&mut self, bucket: u16, key: &[u8], column: u16, value: &[u8]) {
+        let mut delta = Vec::with_capacity(value.len() + 8);
+        row::encode_single(&mut delta, column, Some(value));
+        self.push(Kind::Merge, bucket, key, &delta);
+    }
+
+    /// Deletes `column` of row `key`; other columns stay.
+    pub fn delete_column(&mut self, bucket: u16, key: &[u8], column: u16) {
+        let mut delta = Vec::with_capacity(4);
+        row::encode_single(&mut delta, column, None);
+        self.push(Kind::Merge, bucket, key, &delta);
+    }
+
+    /// Deletes the whole row `key`.
+    pub fn delete(&mut self, bucket: u16, key: &[u8]) {
+        self.push(Kind::Delete, bucket, key, &[]);
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True if the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Encoded size in bytes.
+    pub fn encoded_len(&self) -> usize {
+        self.rep.len()
+    }
+
+    /// Buckets touched, one per operation.
+    pub fn buckets(&self) -> &[u16] {
+        &self.buckets
+    }
+
+    /// Longest key in the batch.
+    pub fn max_key_len(&self) -> usize {
+        self.max_key_len
+    }
+
+    /// Clears the batch for reuse.
+    pub fn clear(&mut self) {
+        self.rep.clear();
+        self.rep.resize(BATCH_HEADER_BYTES, 0);
+        self.count = 0;
+        self.buckets.clear();
+        self.max_key_len = 0;
+    }
+
+    pub(crate) fn set_sequence(&mut self, seq: u64) {
+        self.rep[..8].copy_from_slice(&seq.to_le_bytes());
+    }
+
+    pub(crate) fn encoded(&self) -> &[u8] {
+        &self.rep
+    }
+
+    /// Checks the batch against the limits before it is committed.
+    pub(crate) fn check_limits(&self, max_value_bytes: usize, max_batch_bytes: usize) -> crate::Result<()> {
+        if self.max_key_len > MAX_KEY_BYTES {
+            return Err(crate::Error::InvalidArgument(format!(
+                "key of {} bytes exceeds the {MAX_KEY_BYTES}-byte limit",
+                self.max_key_len
+            )));
+        }
+        if self.rep.len() > max_batch_bytes {
+            return Err(crate::Error::InvalidArgument(format!(
+                "batch of {} bytes exceeds max_batch_bytes {max_batch_bytes}",
+                self.rep.len()
+            )));
+        }
+        for entry in BatchIter::new(&self.rep).map_err(|e| crate::Error::InvalidArgument(e.into()))? {
+            let (_, _, value) = entry.map_err(|e| crate::Error::InvalidArgument(e.into()))?;
+            if value.len() > max_value_bytes + 16 {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "value of {} bytes exceeds max_value_bytes {max_value_bytes}",
+                    value.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Iterates the entries of an encoded batch, checking its structure. Errors are static descriptions that
+/// the caller wraps with the file or context.
+pub struct BatchIter<'a> {
+    rest: &'a [u8],
+    remaining: u32,
+    /// Sequence number of the first entry.
+    pub first_seq: u64,
+    /// Number of entries.
+    pub count: u32,
+}
+
+impl<'a> BatchIter<'a> {
+    /// Parses the header.
+    pub fn new(mut rep: &'a [u8]) -> Result<BatchIter<'a>, &'static str> {
+        let first_seq = get_u64(&mut rep).ok_or("batch header truncated")?;
+        let count = get_u32(&mut rep).ok_or("batch header truncated")?;
+        Ok(BatchIter { rest: rep, remaining: count, first_seq, count })
+    }
+}
+
+impl<'a> Iterator for BatchIter<'a> {
+    type Item = Result<(Kind, &'a [u8], &'a [u8]), &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return if self.rest.is_empty() { None } else { Some(Err("trailing bytes after batch entries")) };
+        }
+        self.remaining -= 1;
+        let parsed = (|| {
+            let (&kind, rest) = self.rest.split_first().ok_or("batch entry truncated")?;
+            self.rest = rest;
+            let kind = Kind::from_u8(kind).ok_or("unknown entry kind in batch")?;
+            let key = get_bytes(&mut self.rest).ok_or("batch key truncated")?;
+            if key.len() < 2 || key.len() > MAX_KEY_BYTES + 2 {
+                return Err("batch key has an impossible length");
+            }
+            let value = get_bytes(&mut self.rest).ok_or("batch value truncated")?;
+            Ok((kind, key, value))
+        })();
+        if parsed.is_err() {
+            self.remaining = 0;
+            self.rest = &[];
+        }
+        Some(parsed)
+    }
+}
+
+/// Builds the user key the batch stores for (`bucket`, `key`); exposed for readers.
+pub fn batch_user_key(bucket: u16, key: &[u8]) -> Vec<u8> {
+    user_key(bucket, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_round_trips() {
+        let mut b = WriteBatch::new();
+        b.put(3, b"a", 0, b"v");
+        b.delete_column(3, b"a", 1);
+        b.delete(9, b"b");
+        b.set_sequence(42);
+        let it = BatchIter::new(b.encoded()).unwrap();
+        assert_eq!((it.first_seq, it.count), (42, 3));
+        let entries: Vec<_> = it.collect::<Result<_, _>>().unwrap();
+        assert_eq!(entries[0].0, Kind::Merge);
+        assert_eq!(entries[0].1, &user_key(3, b"a")[..]);
+        assert_eq!(entries[2].0, Kind::Delete);
+        assert_eq!(b.buckets(), &[3, 3, 9]);
+    }
+
+    #[test]
+    fn truncated_batches_are_errors_not_panics() {
+        let mut b = WriteBatch::new();
+        b.put(1, b"key", 0, b"value");
+        let enc = b.encoded().to_vec();
+        for cut in 0..enc.len() {
+            let res: Result<Vec<_>, _> = match BatchIter::new(&enc[..cut]) {
+                Ok(it) => it.collect(),
+                Err(e) => Err(e),
+            };
+            assert!(res.is_err(), "cut at {cut} parsed");
+        }
+    }
+}

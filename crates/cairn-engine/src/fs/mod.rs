@@ -9,6 +9,14 @@
 //! process crash); `WritableFile::sync` makes the file's bytes durable; a created, renamed or removed name
 //! is durable only after `sync_dir` on its parent directory.
 
+mod fault_fs;
+mod mem_fs;
+mod std_fs;
+
+pub use fault_fs::{FaultController, FaultFs, FaultKind};
+pub use mem_fs::MemFs;
+pub use std_fs::StdFs;
+
 use crate::error::Result;
 use std::fmt::Debug;
 use std::path::Path;

@@ -1,0 +1,267 @@
+//! [`FaultFs`]: wraps another file system and fails chosen kinds of operation on command, so tests can
+//! check how the engine reacts to a failed write, sync, rename and so on.
+//!
+//! Each [`FaultKind`] has a call counter and at most one rule. A rule lets a number of further calls
+//! succeed and then fails either every call (until [`FaultController::clear`]) or exactly one. A failed
+//! call does not reach the wrapped file system.
+
+use super::{FileLock, FileSystem, RandomAccessFile, WritableFile};
+use crate::error::{Error, Result};
+use parking_lot::Mutex;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The operations that can be made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    /// `RandomAccessFile::read_exact_at`.
+    Read,
+    /// `WritableFile::append`.
+    Write,
+    /// `WritableFile::sync`.
+    Sync,
+    /// `FileSystem::sync_dir`.
+    SyncDir,
+    /// `FileSystem::create`.
+    Create,
+    /// `FileSystem::rename`.
+    Rename,
+    /// `FileSystem::remove`.
+    Remove,
+    /// `FileSystem::open`.
+    Open,
+}
+
+impl FaultKind {
+    const COUNT: usize = 8;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// When a kind starts failing.
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    /// Calls still allowed to succeed before the failure.
+    successes_left: u64,
+    /// Fail one call and drop the rule, rather than failing every call from then on.
+    once: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct KindState {
+    /// Calls seen, failed ones included.
+    calls: u64,
+    rule: Option<Rule>,
+}
+
+/// Shared switchboard of a [`FaultFs`]: clones control the same file system.
+#[derive(Debug, Clone, Default)]
+pub struct FaultController {
+    kinds: Arc<Mutex<[KindState; FaultKind::COUNT]>>,
+}
+
+impl FaultController {
+    /// The next `n` calls of `kind` succeed; every later one fails until [`FaultController::clear`].
+    pub fn fail_after(&self, kind: FaultKind, n: u64) {
+        self.kinds.lock()[kind.index()].rule = Some(Rule { successes_left: n, once: false });
+    }
+
+    /// The next `n` calls of `kind` succeed, the one after fails, and later ones succeed again.
+    pub fn fail_once_after(&self, kind: FaultKind, n: u64) {
+        self.kinds.lock()[kind.index()].rule = Some(Rule { successes_left: n, once: true });
+    }
+
+    /// Removes every rule; counters keep counting.
+    pub fn clear(&self) {
+        for kind in self.kinds.lock().iter_mut() {
+            kind.rule = None;
+        }
+    }
+
+    /// Calls of `kind` seen so far, failed ones included.
+    pub fn count(&self, kind: FaultKind) -> u64 {
+        self.kinds.lock()[kind.index()].calls
+    }
+
+    /// Counts a call of `kind` on `path` and fails it if a rule says so.
+    fn check(&self, kind: FaultKind, path: &Path) -> Result<()> {
+        let mut kinds = self.kinds.lock();
+        let state = &mut kinds[kind.index()];
+        state.calls += 1;
+        let Some(rule) = state.rule.as_mut() else { return Ok(()) };
+        if rule.successes_left > 0 {
+            rule.successes_left -= 1;
+            return Ok(());
+        }
+        if rule.once {
+            state.rule = None;
+        }
+        Err(Error::io(path, io::Error::other(format!("injected fault: {kind:?}"))))
+    }
+}
+
+/// A file system that fails operations when its [`FaultController`] says so.
+#[derive(Debug, Clone)]
+pub struct FaultFs {
+    inner: Arc<dyn FileSystem>,
+    ctl: FaultController,
+}
+
+impl FaultFs {
+    /// Wraps `inner`; nothing fails until a rule is set through [`FaultFs::controller`].
+    pub fn new(inner: Arc<dyn FileSystem>) -> FaultFs {
+        FaultFs { inner, ctl: FaultController::default() }
+    }
+
+    /// The switchboard; keep a clone to inject faults after handing the file system to the engine.
+    pub fn controller(&self) -> FaultController {
+        self.ctl.clone()
+    }
+}
+
+struct FaultWritableFile {
+    inner: Box<dyn WritableFile>,
+    ctl: FaultController,
+    path: PathBuf,
+}
+
+impl WritableFile for FaultWritableFile {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.ctl.check(FaultKind::Write, &self.path)?;
+        self.inner.append(data)
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.ctl.check(FaultKind::Sync, &self.path)?;
+        self.inner.sync()
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+}
+
+struct FaultRandomAccessFile {
+    inner: Arc<dyn RandomAccessFile>,
+    ctl: FaultController,
+    path: PathBuf,
+}
+
+impl RandomAccessFile for FaultRandomAccessFile {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.ctl.check(FaultKind::Read, &self.path)?;
+        self.inner.read_exact_at(offset, buf)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+}
+
+impl FileSystem for FaultFs {
+    fn create(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
+        self.ctl.check(FaultKind::Create, path)?;
+        let inner = self.inner.create(path)?;
+        Ok(Box::new(FaultWritableFile { inner, ctl: self.ctl.clone(), path: path.to_path_buf() }))
+    }
+
+    fn open(&self, path: &Path) -> Result<Arc<dyn RandomAccessFile>> {
+        self.ctl.check(FaultKind::Open, path)?;
+        let inner = self.inner.open(path)?;
+        Ok(Arc::new(FaultRandomAccessFile { inner, ctl: self.ctl.clone(), path: path.to_path_buf() }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        self.ctl.check(FaultKind::Rename, from)?;
+        self.inner.rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> Result<()> {
+        self.ctl.check(FaultKind::Remove, path)?;
+        self.inner.remove(path)
+    }
+
+    fn list(&self, dir: &Path) -> Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+
+    fn exists(&self, path: &Path) -> Result<bool> {
+        self.inner.exists(path)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<()> {
+        self.ctl.check(FaultKind::SyncDir, dir)?;
+        self.inner.sync_dir(dir)
+    }
+
+    fn lock(&self, path: &Path) -> Result<Box<dyn FileLock>> {
+        self.inner.lock(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::MemFs;
+
+    fn setup() -> (FaultFs, FaultController, Box<dyn WritableFile>) {
+        let fs = FaultFs::new(Arc::new(MemFs::new()));
+        fs.create_dir_all(Path::new("/db")).unwrap();
+        let ctl = fs.controller();
+        let w = fs.create(Path::new("/db/log")).unwrap();
+        (fs, ctl, w)
+    }
+
+    fn is_injected(result: Result<()>) -> bool {
+        matches!(result, Err(Error::Io { source, .. }) if source.to_string().starts_with("injected fault"))
+    }
+
+    #[test]
+    fn fail_after_fails_every_call_until_cleared() {
+        let (fs, ctl, mut w) = setup();
+        ctl.fail_after(FaultKind::Write, 2);
+        w.append(b"a").unwrap();
+        w.append(b"b").unwrap();
+        assert!(is_injected(w.append(b"c")));
+        assert!(is_injected(w.append(b"d")));
+        // Syncs are unaffected by a write rule; failed appends never reached the inner file.
+        w.sync().unwrap();
+        assert_eq!(fs.read_all(Path::new("/db/log")).unwrap(), b"ab");
+        ctl.clear();
+        w.append(b"e").unwrap();
+        assert_eq!(ctl.count(FaultKind::Write), 5);
+        assert_eq!(ctl.count(FaultKind::Sync), 1);
+    }
+
+    #[test]
+    fn fail_once_after_fails_exactly_one_call() {
+        let (_fs, ctl, mut w) = setup();
+        ctl.fail_once_after(FaultKind::Sync, 1);
+        w.sync().unwrap();
+        assert!(is_injected(w.sync()));
+        w.sync().unwrap();
+        w.sync().unwrap();
+        assert_eq!(ctl.count(FaultKind::Sync), 4);
+    }
+
+    #[test]
+    fn fail_after_zero_fails_the_next_call_and_names_the_path() {
+        let (fs, ctl, _w) = setup();
+        ctl.fail_after(FaultKind::SyncDir, 0);
+        let err = fs.sync_dir(Path::new("/db")).unwrap_err();
+        assert!(err.to_string().contains("/db") && err.to_string().contains("SyncDir"), "{err}");
+        ctl.fail_once_after(FaultKind::Read, 0);
+        let r = fs.open(Path::new("/db/log")).unwrap();
+        assert!(is_injected(r.read_exact_at(0, &mut [])));
+        r.read_exact_at(0, &mut []).unwrap();
+        assert_eq!(ctl.count(FaultKind::Open), 1);
+        assert_eq!(ctl.count(FaultKind::Create), 1);
+    }
+}

@@ -1,0 +1,244 @@
+//! Reads a table. `open` reads the footer and the metadata blocks (index, filter, properties), checks them
+//! and keeps them in memory; data blocks are read on demand through the optional [`BlockCache`]. Every
+//! handle is checked against the file layout before use, every block's checksum before its bytes are
+//! interpreted.
+
+use super::block::Block;
+use super::block_iter::BlockIter;
+use super::block_reader::read_block;
+use super::bloom::BloomFilter;
+use super::format::{BlockHandle, FOOTER_BYTES, Footer};
+use super::properties::TableProperties;
+use super::table_iter::TableIter;
+use crate::block_cache::BlockCache;
+use crate::error::{Error, Result};
+use crate::fs::RandomAccessFile;
+use crate::keys;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An open, immutable SST file. Shared behind an `Arc` by readers on any thread.
+pub struct Table {
+    file: Arc<dyn RandomAccessFile>,
+    path: PathBuf,
+    file_number: u64,
+    cache: Option<Arc<BlockCache>>,
+    // INVARIANT: entries are valid internal keys in strictly increasing order whose values are handles of
+    // non-overlapping, contiguous data blocks covering exactly 0..data_end.
+    index: Arc<Block>,
+    filter: Option<BloomFilter>,
+    properties: TableProperties,
+    // Offset where the data blocks end and the metadata blocks begin.
+    data_end: u64,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("path", &self.path)
+            .field("file_number", &self.file_number)
+            .field("num_entries", &self.properties.num_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Table {
+    /// Opens the table in `file`, verifying its footer, index, filter and properties. `file_number` keys
+    /// the table's blocks in `cache`; it must be unique among the tables sharing the cache.
+    pub fn open(
+        file: Arc<dyn RandomAccessFile>,
+        path: PathBuf,
+        file_number: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Table> {
+        let len = file.len();
+        let Some(footer_offset) = len.checked_sub(FOOTER_BYTES as u64) else {
+            return Err(Error::corruption(&path, format!("file of {len} bytes is shorter than the footer")));
+        };
+        let mut footer_bytes = [0u8; FOOTER_BYTES];
+        file.read_exact_at(footer_offset, &mut footer_bytes)?;
+        let footer = Footer::decode(&footer_bytes).map_err(|e| Error::corruption(&path, e.to_string()))?;
+        let data_end = check_layout(&footer, footer_offset).map_err(|d| Error::corruption(&path, d))?;
+
+        let index_bytes = read_block(&*file, &path, footer.index, footer_offset)?;
+        let index = Block::new(index_bytes).map_err(|e| e.into_error(&path))?;
+        let filter = if footer.filter.is_none() {
+            None
+        } else {
+            let bits = read_block(&*file, &path, footer.filter, footer_offset)?;
+            Some(BloomFilter::new(bits).map_err(|d| Error::corruption(&path, format!("bad filter: {d}")))?)
+        };
+        let props_bytes = read_block(&*file, &path, footer.properties, footer_offset)?;
+        let properties = TableProperties::decode(&props_bytes)
+            .map_err(|d| Error::corruption(&path, format!("bad properties: {d}")))?;
+        if properties.format_version != footer.format_version {
+            return Err(Error::corruption(&path, "properties and footer disagree on the format version"));
+        }
+        let index = Arc::new(index);
+        check_index(&index, data_end, &properties).map_err(|d| Error::corruption(&path, d))?;
+        Ok(Table { file, path, file_number, cache, index, filter, properties, data_end })
+    }
+
+    /// The table's properties.
+    pub fn properties(&self) -> &TableProperties {
+        &self.properties
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The number keying this table's blocks in the block cache.
+    pub fn file_number(&self) -> u64 {
+        self.file_number
+    }
+
+    /// False only if no entry of `user_key` is in the table (true when the table has no filter).
+    pub fn may_contain(&self, user_key: &[u8]) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.may_contain(user_key))
+    }
+
+    /// The first entry whose internal key is `>= target`, if the bloom filter admits `target`'s user key.
+    /// A point lookup passes [`keys::lookup_key`] and checks that the returned key has its user key.
+    pub fn get(&self, target: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if !self.may_contain(keys::user_key_of(target)) {
+            return Ok(None);
+        }
+        let mut index = BlockIter::new(Arc::clone(&self.index));
+        index.seek(target).map_err(|e| e.into_error(&self.path))?;
+        if !index.valid() {
+            return Ok(None);
+        }
+        let mut data = BlockIter::new(self.read_data_block_at(index.value())?);
+        data.seek(target).map_err(|e| e.into_error(&self.path))?;
+        if !data.valid() {
+            // Every key of that block is < target (its separator may exceed its last key): the answer is
+            // the first entry of the next block.
+            index.next().map_err(|e| e.into_error(&self.path))?;
+            if !index.valid() {
+                return Ok(None);
+            }
+            data.reset(self.read_data_block_at(index.value())?);
+            data.seek_to_first().map_err(|e| e.into_error(&self.path))?;
+        }
+        self.check_entry(&data)?;
+        Ok(Some((data.key().to_vec(), data.value().to_vec())))
+    }
+
+    /// An iterator over all entries, reading data blocks through the cache.
+    pub fn iter(self: &Arc<Self>) -> TableIter {
+        TableIter::new(Arc::clone(self))
+    }
+
+    /// Roughly where in the file the entries `>= ikey` start: the offset of the data block that would hold
+    /// `ikey`, or the end of the data blocks if `ikey` is after every entry.
+    pub fn approximate_offset_of(&self, ikey: &[u8]) -> u64 {
+        let mut index = BlockIter::new(Arc::clone(&self.index));
+        match index.seek(ikey) {
+            Ok(()) if index.valid() => {
+                BlockHandle::decode_varint(index.value()).map_or(self.data_end, |h| h.offset)
+            }
+            _ => self.data_end,
+        }
+    }
+
+    /// The in-memory index block.
+    pub(crate) fn index(&self) -> &Arc<Block> {
+        &self.index
+    }
+
+    /// Reads the data block an index entry's value points to, through the cache.
+    pub(crate) fn read_data_block_at(&self, index_value: &[u8]) -> Result<Arc<Block>> {
+        let handle = BlockHandle::decode_varint(index_value)
+            .ok_or_else(|| Error::corruption(&self.path, "bad block handle in index"))?;
+        if let Some(block) = self.cache.as_ref().and_then(|c| c.get(self.file_number, handle.offset)) {
+            return Ok(block);
+        }
+        let bytes = read_block(&*self.file, &self.path, handle, self.data_end)?;
+        let block = Block::new(bytes).map_err(|e| e.into_error(&self.path))?;
+        if block.is_empty() {
+            return Err(Error::corruption(
+                &self.path,
+                format!("empty data block at offset {}", handle.offset),
+            ));
+        }
+        let block = Arc::new(block);
+        #[cfg(any(debug_assertions, feature = "invariants"))]
+        super::block_iter::check_block_order(Arc::clone(&block)).map_err(|e| e.into_error(&self.path))?;
+        if let Some(cache) = &self.cache {
+            cache.insert(self.file_number, handle.offset, Arc::clone(&block));
+        }
+        Ok(block)
+    }
+
+    /// Checks that a positioned data iterator sits on a well-formed entry.
+    pub(crate) fn check_entry(&self, data: &BlockIter) -> Result<()> {
+        if !data.valid() {
+            return Err(Error::corruption(&self.path, "data block ended where an entry was expected"));
+        }
+        if !keys::is_valid_internal_key(data.key()) {
+            return Err(Error::corruption(&self.path, "malformed internal key in data block"));
+        }
+        Ok(())
+    }
+
+    /// A corruption report naming this table's file.
+    pub(crate) fn corruption(&self, detail: impl Into<String>) -> Error {
+        Error::corruption(&self.path, detail)
+    }
+}
+
+/// Checks that the footer describes the layout the builder writes — data blocks, then the filter (if any),
+/// index and properties back to back, then the footer — and returns where the data blocks end.
+fn check_layout(footer: &Footer, footer_offset: u64) -> Result<u64, String> {
+    let bad = || format!("footer handles do not tile the file ({footer:?}, footer at {footer_offset})");
+    if footer.filter.is_none() && footer.filter.offset != 0 {
+        return Err(bad());
+    }
+    let filter = (!footer.filter.is_none()).then_some(footer.filter);
+    let mut at = footer_offset;
+    for handle in [Some(footer.properties), Some(footer.index), filter].into_iter().flatten() {
+        if handle.size == 0 || handle.end_with_trailer() != Some(at) {
+            return Err(bad());
+        }
+        at = handle.offset;
+    }
+    Ok(at)
+}
+
+/// Checks the index against the data region and the properties: keys valid and strictly increasing,
+/// handles contiguous from offset 0 to `data_end`, one entry per data block, the last key covering the
+/// largest key.
+fn check_index(index: &Arc<Block>, data_end: u64, props: &TableProperties) -> Result<(), String> {
+    let mut it = BlockIter::new(Arc::clone(index));
+    it.seek_to_first().map_err(|e| format!("bad index block: {}", e.0))?;
+    let mut prev: Vec<u8> = Vec::new();
+    let (mut count, mut next_offset) = (0u64, 0u64);
+    while it.valid() {
+        let key = it.key();
+        if !keys::is_valid_internal_key(key) || (count > 0 && keys::cmp_internal(&prev, key).is_ge()) {
+            return Err(format!("index entry {count} has a malformed or out-of-order key"));
+        }
+        let handle = BlockHandle::decode_varint(it.value())
+            .ok_or_else(|| format!("index entry {count} has a bad block handle"))?;
+        if handle.offset != next_offset || handle.size == 0 {
+            return Err(format!("index entry {count} points to {handle:?}, expected offset {next_offset}"));
+        }
+        next_offset = handle.end_with_trailer().ok_or("block handle overflows")?;
+        prev.clear();
+        prev.extend_from_slice(key);
+        count += 1;
+        it.next().map_err(|e| format!("bad index block: {}", e.0))?;
+    }
+    if next_offset != data_end || count != props.num_data_blocks {
+        return Err(format!(
+            "index covers {count} blocks ending at {next_offset}; expected {} ending at {data_end}",
+            props.num_data_blocks
+        ));
+    }
+    if count > 0 && keys::cmp_internal(&prev, &props.largest_key).is_lt() {
+        return Err("last index key is before the largest key".into());
+    }
+    Ok(())
+}

@@ -4,7 +4,7 @@
 //! `u8 kind | varint len, user key | varint len, value`. The first sequence is filled in at commit time.
 
 use crate::coding::{get_bytes, get_u32, get_u64, put_bytes};
-use crate::keys::{Kind, MAX_KEY_BYTES, user_key};
+use crate::keys::{Kind, MAX_KEY_BYTES};
 use crate::row;
 
 /// Bytes before the first entry.
@@ -139,8 +139,6 @@ pub struct BatchIter<'a> {
     remaining: u32,
     /// Sequence number of the first entry.
     pub first_seq: u64,
-    /// Number of entries.
-    pub count: u32,
 }
 
 impl<'a> BatchIter<'a> {
@@ -148,7 +146,7 @@ impl<'a> BatchIter<'a> {
     pub fn new(mut rep: &'a [u8]) -> Result<BatchIter<'a>, &'static str> {
         let first_seq = get_u64(&mut rep).ok_or("batch header truncated")?;
         let count = get_u32(&mut rep).ok_or("batch header truncated")?;
-        Ok(BatchIter { rest: rep, remaining: count, first_seq, count })
+        Ok(BatchIter { rest: rep, remaining: count, first_seq })
     }
 }
 
@@ -179,11 +177,6 @@ impl<'a> Iterator for BatchIter<'a> {
     }
 }
 
-/// Builds the user key the batch stores for (`bucket`, `key`); exposed for readers.
-pub fn batch_user_key(bucket: u16, key: &[u8]) -> Vec<u8> {
-    user_key(bucket, key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,10 +189,11 @@ mod tests {
         b.delete(9, b"b");
         b.set_sequence(42);
         let it = BatchIter::new(b.encoded()).unwrap();
-        assert_eq!((it.first_seq, it.count), (42, 3));
+        assert_eq!(it.first_seq, 42);
         let entries: Vec<_> = it.collect::<Result<_, _>>().unwrap();
+        assert_eq!(entries.len(), 3);
         assert_eq!(entries[0].0, Kind::Merge);
-        assert_eq!(entries[0].1, &user_key(3, b"a")[..]);
+        assert_eq!(entries[0].1, &crate::keys::user_key(3, b"a")[..]);
         assert_eq!(entries[2].0, Kind::Delete);
         assert_eq!(b.buckets(), &[3, 3, 9]);
     }

@@ -24,7 +24,11 @@ impl BucketSet {
         let mut sorted: Vec<BucketRange> = ranges.to_vec();
         for r in &sorted {
             if r.start() > r.end() {
-                return Err(Error::InvalidArgument(format!("empty bucket range {}..={}", r.start(), r.end())));
+                return Err(Error::InvalidArgument(format!(
+                    "empty bucket range {}..={}",
+                    r.start(),
+                    r.end()
+                )));
             }
             if u32::from(*r.end()) >= total_buckets {
                 return Err(Error::InvalidArgument(format!(

@@ -121,13 +121,19 @@ impl Config {
             return bad(format!("memtable_bytes must be at least 64 KiB, got {}", self.memtable_bytes));
         }
         if self.max_immutable_memtables == 0 || self.max_immutable_memtables > 16 {
-            return bad(format!("max_immutable_memtables must be in 1..=16, got {}", self.max_immutable_memtables));
+            return bad(format!(
+                "max_immutable_memtables must be in 1..=16, got {}",
+                self.max_immutable_memtables
+            ));
         }
         if !(256..=(4 << 20)).contains(&self.block_bytes) {
             return bad(format!("block_bytes must be in 256..=4 MiB, got {}", self.block_bytes));
         }
         if !(1..=1024).contains(&self.block_restart_interval) {
-            return bad(format!("block_restart_interval must be in 1..=1024, got {}", self.block_restart_interval));
+            return bad(format!(
+                "block_restart_interval must be in 1..=1024, got {}",
+                self.block_restart_interval
+            ));
         }
         if self.bloom_bits_per_key > 64 {
             return bad(format!("bloom_bits_per_key must be at most 64, got {}", self.bloom_bits_per_key));
@@ -144,8 +150,8 @@ impl Config {
         if self.level_multiplier < 2 || self.level_multiplier > 100 {
             return bad(format!("level_multiplier must be in 2..=100, got {}", self.level_multiplier));
         }
-        if self.level_base_bytes < 1 << 20 {
-            return bad(format!("level_base_bytes must be at least 1 MiB, got {}", self.level_base_bytes));
+        if self.level_base_bytes < 64 << 10 {
+            return bad(format!("level_base_bytes must be at least 64 KiB, got {}", self.level_base_bytes));
         }
         if self.target_file_bytes < 64 << 10 {
             return bad(format!("target_file_bytes must be at least 64 KiB, got {}", self.target_file_bytes));

@@ -1,11 +1,66 @@
 //! cairn-engine: an embeddable LSM storage engine whose shards own ranges of a fixed bucket space.
+//!
+//! A [`Db`] is one shard. It owns some ranges of a fixed bucket space (`0..total_buckets`, buckets are
+//! `u16`) and stores rows: a row is addressed by `(bucket, key)` and maps column numbers to values.
+//! Writes go through a write-ahead log with group commit and are durable against a process crash when
+//! acknowledged (against power loss with [`WriteOptions::sync`]).
+//!
+//! ```
+//! use cairn_engine::{Config, Db, WriteBatch, WriteOptions};
+//! # let dir = tempfile::tempdir().unwrap();
+//! let db = Db::open(Config::new(dir.path()), vec![0..=1023])?;
+//! db.put(7, b"user:1", 0, b"ada")?;
+//! let mut batch = WriteBatch::new();
+//! batch.put(7, b"user:2", 0, b"grace");
+//! batch.put(900, b"user:3", 0, b"barbara");
+//! db.write(batch, WriteOptions { sync: true })?;
+//! assert_eq!(db.get(7, b"user:1")?.unwrap().column(0), Some(&b"ada"[..]));
+//! let rows: Vec<_> = db.scan(7, ..)?.collect::<Result<_, _>>()?;
+//! assert_eq!(rows.len(), 2);
+//! db.close()?;
+//! # Ok::<(), cairn_engine::Error>(())
+//! ```
 
-pub mod block_cache;
+mod batch;
+mod block_cache;
+mod bucket;
 pub mod coding;
-pub mod error;
+mod commit;
+mod compaction;
+mod compaction_filter;
+pub mod compaction_picker;
+mod config;
+mod db;
+mod db_iter;
+mod error;
+mod flush;
 pub mod fs;
-pub mod iter;
-pub mod keys;
+mod iter;
+mod keys;
+mod level_iter;
+mod log;
+mod memtable;
+mod merging_iter;
+mod metrics;
+mod read;
+mod recovery;
+mod row;
 pub mod sst;
+mod table_cache;
+mod version;
+mod version_edit;
+mod version_set;
+mod view;
 
+pub use batch::WriteBatch;
+pub use bucket::{BucketRange, BucketSet, MAX_TOTAL_BUCKETS};
+pub use compaction_filter::{CompactionContext, CompactionFilter, CompactionFilterFactory, FilterDecision};
+pub use config::{Config, NUM_LEVELS};
+pub use db::{Db, WriteOptions};
+pub use db_iter::DbIter;
 pub use error::{Error, Result};
+pub use keys::MAX_KEY_BYTES;
+pub use metrics::MetricsSnapshot;
+pub use row::Row;
+pub use sst::Compression;
+pub use view::View;

@@ -66,11 +66,6 @@ impl LogWriter {
         self.file.len()
     }
 
-    /// True if nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.file.len() == 0
-    }
-
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -84,8 +79,6 @@ pub struct LogContents {
     pub data: Vec<u8>,
     /// Payload ranges inside `data`, in order.
     pub records: Vec<Range<usize>>,
-    /// True if the file ended in an incomplete record (a crash mid-append).
-    pub torn_tail: bool,
 }
 
 impl LogContents {
@@ -105,17 +98,16 @@ pub fn read_log(fs: &dyn FileSystem, path: &Path) -> Result<LogContents> {
 pub fn parse_log(data: Vec<u8>, path: &Path) -> Result<LogContents> {
     let mut records = Vec::new();
     let mut pos = 0usize;
-    let mut torn_tail = false;
     while pos < data.len() {
-        let Some(header) = data.get(pos..pos + HEADER_BYTES) else {
-            torn_tail = true;
-            break;
-        };
+        // A header cut short is a torn tail: the log ends before it.
+        let Some(header) = data.get(pos..pos + HEADER_BYTES) else { break };
         if header.iter().all(|b| *b == 0) {
-            torn_tail = data[pos..].iter().any(|b| *b != 0);
-            if torn_tail {
+            if data[pos..].iter().any(|b| *b != 0) {
                 // Zeros followed by data is not a zero-filled tail.
-                return Err(Error::corruption(path, format!("zeroed record header at offset {pos} before more data")));
+                return Err(Error::corruption(
+                    path,
+                    format!("zeroed record header at offset {pos} before more data"),
+                ));
             }
             break;
         }
@@ -129,17 +121,15 @@ pub fn parse_log(data: Vec<u8>, path: &Path) -> Result<LogContents> {
         if len > MAX_RECORD_BYTES {
             return Err(Error::corruption(path, format!("record at offset {pos} claims {len} bytes")));
         }
-        let Some(payload) = data.get(start..start + len) else {
-            torn_tail = true;
-            break;
-        };
+        // A payload cut short is a torn tail too.
+        let Some(payload) = data.get(start..start + len) else { break };
         if masked_crc(payload) != crc {
             return Err(Error::corruption(path, format!("record checksum mismatch at offset {pos}")));
         }
         records.push(start..start + len);
         pos = start + len;
     }
-    Ok(LogContents { data, records, torn_tail })
+    Ok(LogContents { data, records })
 }
 
 #[cfg(test)]
@@ -162,8 +152,8 @@ mod tests {
         assert_eq!(all.payloads().collect::<Vec<_>>(), vec![&b"one"[..], b"two", b"three"]);
         for cut in 0..data.len() {
             let c = parse_log(data[..cut].to_vec(), path).unwrap();
-            assert!(c.records.len() <= 3);
-            assert_eq!(c.torn_tail, !c.records.iter().any(|r| r.end == cut) && cut != 0);
+            // Exactly the records that were wholly written survive.
+            assert_eq!(c.records.len(), all.records.iter().filter(|r| r.end <= cut).count());
         }
         for byte in 0..data.len() {
             for bit in 0..8 {
@@ -181,6 +171,5 @@ mod tests {
         data.extend_from_slice(&[0u8; 64]);
         let c = parse_log(data, Path::new("/x.log")).unwrap();
         assert_eq!(c.records.len(), 1);
-        assert!(!c.torn_tail);
     }
 }

@@ -16,10 +16,7 @@ pub struct Row {
 impl Row {
     /// The value of `column`, if set.
     pub fn column(&self, column: u16) -> Option<&[u8]> {
-        self.columns
-            .binary_search_by_key(&column, |(c, _)| *c)
-            .ok()
-            .map(|i| self.columns[i].1.as_slice())
+        self.columns.binary_search_by_key(&column, |(c, _)| *c).ok().map(|i| self.columns[i].1.as_slice())
     }
 
     /// Live columns in ascending order.

@@ -115,9 +115,6 @@ impl FileSystem for StdFs {
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
     }
 
-    // `File::try_lock` is stable since Rust 1.89, above the workspace's declared rust-version (1.85);
-    // the toolchain in use has it, and the rust-version is due to be raised to match.
-    #[allow(clippy::incompatible_msrv)]
     fn lock(&self, path: &Path) -> Result<Box<dyn FileLock>> {
         // No truncation: the lock file's content is irrelevant and another holder may be using it.
         let file = OpenOptions::new()

@@ -1,0 +1,323 @@
+//! `Db`: one shard. Owns a set of bucket ranges and stores rows keyed by (bucket, key) in an LSM tree.
+//!
+//! Threads: callers write through the group-commit queue (`commit.rs`) and read lock-free from a
+//! pinned [`SuperVersion`]; one background thread flushes immutable memtables (`flush.rs`), another
+//! compacts (`compaction.rs`).
+
+use crate::batch::WriteBatch;
+use crate::bucket::{BucketRange, BucketSet};
+use crate::config::Config;
+use crate::db_iter::DbIter;
+use crate::error::{Error, Result};
+use crate::fs::FileLock;
+use crate::keys::{self, MAX_KEY_BYTES};
+use crate::memtable::Memtable;
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::row::Row;
+use crate::table_cache::TableCache;
+use crate::version::{ObsoleteFiles, Version};
+use crate::version_set::VersionSet;
+use crate::view::View;
+use parking_lot::{Condvar, Mutex};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+/// Per-write options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Fsync the WAL before acknowledging: the write then survives power loss, not just a process crash.
+    /// Default: false (the WAL is still written to the OS before the write is acknowledged).
+    pub sync: bool,
+}
+
+/// The sources a read consults, pinned together.
+pub(crate) struct SuperVersion {
+    pub(crate) mem: Arc<Memtable>,
+    /// Oldest first.
+    pub(crate) imm: Vec<Arc<Memtable>>,
+    pub(crate) version: Arc<Version>,
+}
+
+/// State guarded by `DbInner::state`.
+pub(crate) struct State {
+    pub(crate) mem: Arc<Memtable>,
+    /// Immutable memtables waiting for flush, oldest first.
+    pub(crate) imm: VecDeque<Arc<Memtable>>,
+    pub(crate) version: Arc<Version>,
+    pub(crate) owned: BucketSet,
+    /// Read sequence numbers pinned by live views, with counts.
+    pub(crate) pinned: BTreeMap<u64, usize>,
+    /// Set when a write, sync or background job failed: writes are refused from then on.
+    pub(crate) poisoned: Option<String>,
+    pub(crate) closing: bool,
+    /// A caller asked for a full compaction; the compactor serves it and clears it.
+    pub(crate) manual_compaction: bool,
+    /// Bumped after every flush or compaction, so waiters can tell that progress happened.
+    pub(crate) bg_generation: u64,
+    pub(crate) compacting: bool,
+}
+
+pub(crate) struct DbInner {
+    pub(crate) config: Config,
+    pub(crate) state: Mutex<State>,
+    /// Signalled on flush/compaction progress, new immutable memtables, and close.
+    pub(crate) bg_cv: Condvar,
+    pub(crate) commit: crate::commit::CommitQueue,
+    pub(crate) versions: Mutex<VersionSet>,
+    /// Largest sequence number visible to readers. INVARIANT: every entry with seq <= visible_seq is in a
+    /// memtable or SST file reachable from the current state.
+    pub(crate) visible_seq: AtomicU64,
+    pub(crate) table_cache: Arc<TableCache>,
+    pub(crate) obsolete: Arc<ObsoleteFiles>,
+    pub(crate) metrics: Metrics,
+    pub(crate) _lock: Box<dyn FileLock>,
+}
+
+/// One shard's database. Cheap to share across threads by reference (`Db: Sync`).
+pub struct Db {
+    pub(crate) inner: Arc<DbInner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("dir", &self.inner.config.dir).finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the shard in `config.dir`, owning `bucket_ranges` of `0..config.total_buckets`.
+    /// An existing shard must be reopened with the ranges it owns.
+    pub fn open(config: Config, bucket_ranges: Vec<BucketRange>) -> Result<Db> {
+        config.validate()?;
+        let owned = BucketSet::new(&bucket_ranges, config.total_buckets)?;
+        let inner = crate::recovery::open_inner(config, owned)?;
+        let inner = Arc::new(inner);
+        let threads =
+            vec![crate::flush::spawn(Arc::clone(&inner))?, crate::compaction::spawn(Arc::clone(&inner))?];
+        Ok(Db { inner, threads: Mutex::new(threads) })
+    }
+
+    /// Sets `column` of row `key` in `bucket`.
+    pub fn put(&self, bucket: u16, key: &[u8], column: u16, value: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.put(bucket, key, column, value);
+        self.write(b, WriteOptions::default())
+    }
+
+    /// Deletes the whole row `key` in `bucket`.
+    pub fn delete(&self, bucket: u16, key: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete(bucket, key);
+        self.write(b, WriteOptions::default())
+    }
+
+    /// Deletes one column of row `key` in `bucket`.
+    pub fn delete_column(&self, bucket: u16, key: &[u8], column: u16) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete_column(bucket, key, column);
+        self.write(b, WriteOptions::default())
+    }
+
+    /// Applies `batch` atomically: readers see all of it or none of it, and after a crash it is either
+    /// wholly recovered or wholly absent.
+    pub fn write(&self, batch: WriteBatch, options: WriteOptions) -> Result<()> {
+        self.write_batch(batch, options)
+    }
+
+    /// Same as [`Db::write`] (the seed's name).
+    pub fn write_batch(&self, batch: WriteBatch, options: WriteOptions) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.check_limits(self.inner.config.max_value_bytes, self.inner.config.max_batch_bytes)?;
+        {
+            let state = self.inner.state.lock();
+            for &bucket in batch.buckets() {
+                if !state.owned.contains(bucket) {
+                    return Err(Error::NotOwned { bucket });
+                }
+            }
+        }
+        crate::commit::write(&self.inner, batch, options)
+    }
+
+    /// The row `key` in `bucket`, or `None` if it has no live column.
+    pub fn get(&self, bucket: u16, key: &[u8]) -> Result<Option<Row>> {
+        check_key(key)?;
+        let (sv, seq) = self.inner.read_point(bucket)?;
+        crate::read::get(&self.inner, &sv, seq, &keys::user_key(bucket, key))
+    }
+
+    /// Several rows at one point in time; results are in the order of `keys`.
+    pub fn multi_get(&self, keys: &[(u16, &[u8])]) -> Result<Vec<Option<Row>>> {
+        let view = self.view();
+        keys.iter().map(|(b, k)| view.get(*b, k)).collect()
+    }
+
+    /// Rows of `bucket` whose keys fall in `range`, in key order.
+    pub fn scan<'a>(&self, bucket: u16, range: impl RangeBounds<&'a [u8]>) -> Result<DbIter> {
+        self.view().scan(bucket, range)
+    }
+
+    /// Every row of the buckets in `buckets`, in (bucket, key) order. Every bucket must be owned.
+    pub fn scan_buckets(&self, buckets: BucketRange) -> Result<DbIter> {
+        self.view().scan_buckets(buckets)
+    }
+
+    /// A read view pinned at the current point: its reads ignore later writes, and the data it sees is
+    /// kept by compaction until the view is dropped.
+    pub fn view(&self) -> View {
+        View::new(Arc::clone(&self.inner))
+    }
+
+    /// Flushes the memtable to an SST file and waits until it is durable in the tree.
+    pub fn flush(&self) -> Result<()> {
+        crate::flush::flush_and_wait(&self.inner)
+    }
+
+    /// Flushes, then compacts until the whole tree sits in the bottom level (tombstones and shadowed
+    /// versions dropped where no view needs them). Blocks until done.
+    pub fn compact(&self) -> Result<()> {
+        self.flush()?;
+        crate::compaction::compact_all_and_wait(&self.inner)
+    }
+
+    /// The bucket ranges this shard owns.
+    pub fn owned_buckets(&self) -> Vec<BucketRange> {
+        self.inner.state.lock().owned.ranges().to_vec()
+    }
+
+    /// Counters and gauges.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics_snapshot()
+    }
+
+    /// Stops background work and releases the directory. Writes acknowledged before are in the WAL (or,
+    /// with the WAL off, flushed here). Dropping a `Db` does the same.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        let mut result = Ok(());
+        if !self.inner.config.wal && !self.inner.state.lock().closing {
+            result = self.flush();
+        }
+        {
+            let mut state = self.inner.state.lock();
+            state.closing = true;
+        }
+        self.inner.bg_cv.notify_all();
+        for t in self.threads.lock().drain(..) {
+            // A panicked background thread already recorded nothing useful; keep closing.
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        // Errors cannot be reported from drop; `close` returns them.
+        let _ = self.shutdown();
+    }
+}
+
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "key of {} bytes exceeds the {MAX_KEY_BYTES}-byte limit",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Turns a key range within one bucket into user-key bounds `[start, end)`.
+pub(crate) fn bucket_key_bounds<'a>(
+    bucket: u16,
+    range: impl RangeBounds<&'a [u8]>,
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    let start = match range.start_bound() {
+        Bound::Included(k) => keys::user_key(bucket, k),
+        Bound::Excluded(k) => {
+            let mut s = keys::user_key(bucket, k);
+            s.push(0);
+            s
+        }
+        Bound::Unbounded => keys::user_key(bucket, &[]),
+    };
+    let end = match range.end_bound() {
+        Bound::Included(k) => {
+            let mut e = keys::user_key(bucket, k);
+            e.push(0);
+            Some(e)
+        }
+        Bound::Excluded(k) => Some(keys::user_key(bucket, k)),
+        Bound::Unbounded => bucket.checked_add(1).map(|b| b.to_be_bytes().to_vec()),
+    };
+    (start, end)
+}
+
+impl DbInner {
+    /// Checks ownership of `bucket` and pins the sources for a read at the visible sequence.
+    pub(crate) fn read_point(&self, bucket: u16) -> Result<(SuperVersion, u64)> {
+        let state = self.state.lock();
+        if !state.owned.contains(bucket) {
+            return Err(Error::NotOwned { bucket });
+        }
+        let seq = self.visible_seq.load(Ordering::Acquire);
+        Ok((SuperVersion::of(&state), seq))
+    }
+
+    pub(crate) fn poison(&self, why: String) {
+        let mut state = self.state.lock();
+        if state.poisoned.is_none() {
+            state.poisoned = Some(why);
+        }
+        drop(state);
+        self.bg_cv.notify_all();
+    }
+
+    pub(crate) fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let mut m = self.metrics.counters();
+        let state = self.state.lock();
+        m.memtable_bytes = (state.mem.approximate_bytes()
+            + state.imm.iter().map(|i| i.approximate_bytes()).sum::<usize>())
+            as u64;
+        m.immutable_memtables = state.imm.len() as u64;
+        m.level_files = state.version.level_files().to_vec();
+        m.level_bytes = state.version.level_bytes().to_vec();
+        drop(state);
+        m.block_cache_hits = self.table_cache.block_cache().hits();
+        m.block_cache_misses = self.table_cache.block_cache().misses();
+        m
+    }
+
+    /// Deletes files that no version references any more.
+    pub(crate) fn purge_obsolete_files(&self) {
+        if self.state.lock().closing {
+            return;
+        }
+        for number in self.obsolete.take() {
+            self.table_cache.evict(number);
+            let path = crate::version_set::table_path(&self.config.dir, number);
+            // A failed delete leaves garbage that the next open sweeps; it loses no data.
+            let _ = self.config.fs.remove(&path);
+        }
+    }
+}
+
+impl SuperVersion {
+    pub(crate) fn of(state: &State) -> SuperVersion {
+        SuperVersion {
+            mem: Arc::clone(&state.mem),
+            imm: state.imm.iter().cloned().collect(),
+            version: Arc::clone(&state.version),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Iterates one sorted level (L1 and below) as a single sequence, opening each file's reader only when
+//! the cursor reaches it.
+
+use crate::error::Result;
+use crate::iter::InternalIterator;
+use crate::keys::{cmp_internal, user_key_of};
+use crate::sst::TableIter;
+use crate::table_cache::TableCache;
+use crate::version::TableFile;
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+/// A cursor over the files of one non-overlapping level.
+pub struct LevelIter {
+    cache: Arc<TableCache>,
+    // INVARIANT: sorted by key and non-overlapping.
+    files: Vec<Arc<TableFile>>,
+    idx: usize,
+    current: Option<TableIter>,
+}
+
+impl LevelIter {
+    /// Iterates `files`, which must be one level's files in order.
+    pub fn new(cache: Arc<TableCache>, files: Vec<Arc<TableFile>>) -> LevelIter {
+        let idx = files.len();
+        LevelIter { cache, files, idx, current: None }
+    }
+
+    fn open(&mut self, idx: usize) -> Result<()> {
+        self.idx = idx;
+        self.current = None;
+        if let Some(f) = self.files.get(idx) {
+            let table = self.cache.get(f.meta.number, f.meta.size)?;
+            self.current = Some(table.iter());
+        }
+        Ok(())
+    }
+
+    // Moves to following files while the current one is exhausted.
+    fn skip_empty(&mut self) -> Result<()> {
+        while self.current.as_ref().is_some_and(|c| !c.valid()) {
+            self.open(self.idx + 1)?;
+            if let Some(c) = self.current.as_mut() {
+                c.seek_to_first()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl InternalIterator for LevelIter {
+    fn valid(&self) -> bool {
+        self.current.as_ref().is_some_and(|c| c.valid())
+    }
+
+    fn seek_to_first(&mut self) -> Result<()> {
+        self.open(0)?;
+        if let Some(c) = self.current.as_mut() {
+            c.seek_to_first()?;
+        }
+        self.skip_empty()
+    }
+
+    fn seek(&mut self, target: &[u8]) -> Result<()> {
+        let ukey = user_key_of(target);
+        let idx = self.files.partition_point(|f| {
+            f.largest_user_key() < ukey || cmp_internal(&f.meta.largest, target) == Ordering::Less
+        });
+        self.open(idx)?;
+        if let Some(c) = self.current.as_mut() {
+            c.seek(target)?;
+        }
+        self.skip_empty()
+    }
+
+    fn next(&mut self) -> Result<()> {
+        if let Some(c) = self.current.as_mut() {
+            c.next()?;
+        }
+        self.skip_empty()
+    }
+
+    fn key(&self) -> &[u8] {
+        self.current.as_ref().map_or(&[], |c| c.key())
+    }
+
+    fn value(&self) -> &[u8] {
+        self.current.as_ref().map_or(&[], |c| c.value())
+    }
+}

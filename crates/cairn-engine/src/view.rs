@@ -1,0 +1,139 @@
+//! Read views: a pinned point in time. A view holds its memtables and version, and registers its
+//! sequence number so compaction keeps every version it can see.
+
+use crate::bucket::BucketRange;
+use crate::db::{DbInner, SuperVersion, bucket_key_bounds, check_key};
+use crate::db_iter::DbIter;
+use crate::error::{Error, Result};
+use crate::iter::InternalIterator;
+use crate::keys;
+use crate::level_iter::LevelIter;
+use crate::merging_iter::MergingIter;
+use crate::row::Row;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// A consistent read-only view of a Db at one sequence number.
+pub struct View {
+    db: Arc<DbInner>,
+    sv: Arc<SuperVersion>,
+    seq: u64,
+}
+
+impl View {
+    pub(crate) fn new(db: Arc<DbInner>) -> View {
+        let mut state = db.state.lock();
+        let seq = db.visible_seq.load(Ordering::Acquire);
+        *state.pinned.entry(seq).or_insert(0) += 1;
+        let sv = Arc::new(SuperVersion::of(&state));
+        drop(state);
+        View { db, sv, seq }
+    }
+
+    /// The sequence number this view reads at.
+    pub fn sequence(&self) -> u64 {
+        self.seq
+    }
+
+    fn check_owned(&self, bucket: u16) -> Result<()> {
+        if self.db.state.lock().owned.contains(bucket) { Ok(()) } else { Err(Error::NotOwned { bucket }) }
+    }
+
+    /// The row `key` in `bucket` as of the view.
+    pub fn get(&self, bucket: u16, key: &[u8]) -> Result<Option<Row>> {
+        check_key(key)?;
+        self.check_owned(bucket)?;
+        crate::read::get(&self.db, &self.sv, self.seq, &keys::user_key(bucket, key))
+    }
+
+    /// Rows of `bucket` with keys in `range`, as of the view.
+    pub fn scan<'a>(&self, bucket: u16, range: impl RangeBounds<&'a [u8]>) -> Result<DbIter> {
+        self.check_owned(bucket)?;
+        let (start, end) = bucket_key_bounds(bucket, range);
+        Ok(self.iter(start, end))
+    }
+
+    /// All rows of the buckets in `buckets`, as of the view. Every bucket must be owned.
+    pub fn scan_buckets(&self, buckets: BucketRange) -> Result<DbIter> {
+        if buckets.start() > buckets.end() {
+            return Err(Error::InvalidArgument(format!(
+                "empty bucket range {}..={}",
+                buckets.start(),
+                buckets.end()
+            )));
+        }
+        {
+            let state = self.db.state.lock();
+            if !state.owned.contains_range(&buckets) {
+                let bucket =
+                    (*buckets.start()..=*buckets.end()).find(|b| !state.owned.contains(*b)).unwrap_or(0);
+                return Err(Error::NotOwned { bucket });
+            }
+        }
+        let start = buckets.start().to_be_bytes().to_vec();
+        let end = buckets.end().checked_add(1).map(|b| b.to_be_bytes().to_vec());
+        Ok(self.iter(start, end))
+    }
+
+    fn iter(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> DbIter {
+        let mut children: Vec<Box<dyn InternalIterator>> = vec![Box::new(self.sv.mem.iter())];
+        for m in self.sv.imm.iter().rev() {
+            children.push(Box::new(m.iter()));
+        }
+        let lo = Some(start.as_slice());
+        let hi = end.as_deref();
+        for file in &self.sv.version.levels[0] {
+            if file.overlaps(lo, None) && hi.is_none_or(|h| file.smallest_user_key() < h) {
+                children
+                    .push(Box::new(LevelIter::new(Arc::clone(&self.db.table_cache), vec![Arc::clone(file)])));
+            }
+        }
+        for level in 1..self.sv.version.levels.len() {
+            let files: Vec<_> = self.sv.version.levels[level]
+                .iter()
+                .filter(|f| f.overlaps(lo, None) && hi.is_none_or(|h| f.smallest_user_key() < h))
+                .cloned()
+                .collect();
+            if !files.is_empty() {
+                children.push(Box::new(LevelIter::new(Arc::clone(&self.db.table_cache), files)));
+            }
+        }
+        let pin = Box::new(ViewPin { db: Arc::clone(&self.db), seq: self.seq, _sv: Arc::clone(&self.sv) });
+        self.pin_again();
+        DbIter::new(Box::new(MergingIter::new(children)), self.seq, start, end, pin)
+    }
+
+    fn pin_again(&self) {
+        *self.db.state.lock().pinned.entry(self.seq).or_insert(0) += 1;
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        unpin(&self.db, self.seq);
+    }
+}
+
+/// Keeps an iterator's sources and sequence pinned after its view is gone.
+struct ViewPin {
+    db: Arc<DbInner>,
+    seq: u64,
+    _sv: Arc<SuperVersion>,
+}
+
+impl Drop for ViewPin {
+    fn drop(&mut self) {
+        unpin(&self.db, self.seq);
+    }
+}
+
+fn unpin(db: &DbInner, seq: u64) {
+    let mut state = db.state.lock();
+    if let Some(n) = state.pinned.get_mut(&seq) {
+        *n -= 1;
+        if *n == 0 {
+            state.pinned.remove(&seq);
+        }
+    }
+}

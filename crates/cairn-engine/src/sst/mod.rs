@@ -1,5 +1,5 @@
 //! Sorted string tables: immutable files of internal-key-ordered entries, modelled on LevelDB/Pebble
-//! tables. Format version [`FORMAT_VERSION`] (= 1); `docs/sst-format.md` has the same description.
+//! tables. Format version [`FORMAT_VERSION`] (= 1); `docs/format.md` has the same description.
 //!
 //! ```text
 //! file      = data_block* [filter_block] index_block properties_block footer

@@ -7,7 +7,8 @@ use cairn_engine::{Config, Db, WriteBatch, WriteOptions};
 use std::path::PathBuf;
 
 fn main() -> Result<(), cairn_engine::Error> {
-    let dir = std::env::var_os("CAIRN_DATA").map_or_else(|| PathBuf::from("cairn-data/quickstart"), PathBuf::from);
+    let dir =
+        std::env::var_os("CAIRN_DATA").map_or_else(|| PathBuf::from("cairn-data/quickstart"), PathBuf::from);
     let config = Config::new(&dir);
     let buckets = vec![0..=1023];
     println!("cairn-engine quickstart: shard in {}", dir.display());

@@ -237,16 +237,7 @@ impl OutputWriter<'_> {
         let Some(b) = self.builder.take() else { return Ok(()) };
         let (props, size) = b.finish()?;
         Metrics::add(&self.db.metrics.compaction_bytes_written, size);
-        self.outputs.push(FileMeta {
-            number: self.current,
-            size,
-            smallest: props.smallest_key.clone(),
-            largest: props.largest_key.clone(),
-            min_seq: props.min_seq,
-            max_seq: props.max_seq,
-            entries: props.num_entries,
-            deletions: props.num_deletions,
-        });
+        self.outputs.push(FileMeta::of_table(self.current, size, props));
         Ok(())
     }
 

@@ -106,16 +106,7 @@ pub(crate) fn write_table_at(config: &Config, mem: &Arc<Memtable>, number: u64) 
     }
     let (props, size) = builder.finish()?;
     config.fs.sync_dir(&config.dir)?;
-    Ok(Some(FileMeta {
-        number,
-        size,
-        smallest: props.smallest_key.clone(),
-        largest: props.largest_key.clone(),
-        min_seq: props.min_seq,
-        max_seq: props.max_seq,
-        entries: props.num_entries,
-        deletions: props.num_deletions,
-    }))
+    Ok(Some(FileMeta::of_table(number, size, props)))
 }
 
 /// Rotates the active memtable and waits until every memtable that held data is flushed.

@@ -39,6 +39,22 @@ pub struct FileMeta {
     pub deletions: u64,
 }
 
+impl FileMeta {
+    /// The manifest's record of a freshly written table.
+    pub fn of_table(number: u64, size: u64, props: crate::sst::TableProperties) -> FileMeta {
+        FileMeta {
+            number,
+            size,
+            smallest: props.smallest_key,
+            largest: props.largest_key,
+            min_seq: props.min_seq,
+            max_seq: props.max_seq,
+            entries: props.num_entries,
+            deletions: props.num_deletions,
+        }
+    }
+}
+
 /// One manifest record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VersionEdit {

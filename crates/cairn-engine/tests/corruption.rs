@@ -99,7 +99,7 @@ fn flip_each(flush: bool, pick: impl Fn(&str) -> bool) {
     if len <= 256 {
         flips.extend((0..len).flat_map(|o| (0..8).map(move |b| (o, b))));
     } else {
-        flips.extend((0..400).map(|i| (i * len / 400, rng.range(0, 8) as u8)));
+        flips.extend((0..1500).map(|i| (i * len / 1500, rng.range(0, 8) as u8)));
         flips.extend((len.saturating_sub(96)..len).map(|o| (o, rng.range(0, 8) as u8)));
     }
     let (mut detected, mut harmless) = (0, 0);

@@ -10,10 +10,12 @@ use crate::rng::Rng;
 
 /// Seed of the value buffer (db_bench's `RandomGenerator` seed).
 const VALUE_SEED: u64 = 301;
-/// Size of the shared value buffer; values are slices of it.
+/// Size of the shared value buffer (at least `MIN_PIECES` values); values are slices of it.
 const VALUE_BUFFER_BYTES: usize = 1 << 20;
-/// Bytes of each value chunk that are random; the rest repeats them, so values compress to ~50%.
+/// Bytes of each value that are random; the rest repeats them, so values compress to ~50%.
 const RANDOM_FRACTION: f64 = 0.5;
+/// Distinct values at least, whatever the value size.
+const MIN_PIECES: usize = 16;
 
 /// Maps key indexes to (bucket, key bytes).
 #[derive(Clone, Copy, Debug)]
@@ -56,34 +58,35 @@ impl KeySpace {
     }
 }
 
-/// db_bench-style compressible values: a fixed buffer of 100-byte chunks, each half random printable
-/// bytes and half a repeat of them; successive values are successive slices.
+/// db_bench-style compressible values from a fixed-seed buffer. The buffer is cut into pieces of
+/// `value_size` bytes, each half random printable bytes and half a repeat of them, and value `n` is piece
+/// `n mod pieces`: every value compresses to ~50% on its own. (db_bench slices one buffer at running
+/// offsets, so its values straddle pieces and compress less evenly.)
 #[derive(Debug)]
 pub struct ValueSource {
     buffer: Vec<u8>,
     value_size: usize,
+    pieces: u64,
 }
 
 impl ValueSource {
-    /// The buffer for values of `value_size` bytes.
+    /// The buffer for values of `value_size` (> 0) bytes.
     pub fn new(value_size: usize) -> ValueSource {
+        assert!(value_size > 0, "value_size must be positive");
         let mut rng = Rng::new(VALUE_SEED);
-        let len = VALUE_BUFFER_BYTES.max(value_size * 2);
-        let mut buffer = Vec::with_capacity(len + 100);
-        while buffer.len() < len {
-            let random_len = (100.0 * RANDOM_FRACTION) as usize;
-            let chunk: Vec<u8> = (0..random_len).map(|_| b' ' + rng.below(95) as u8).collect();
-            for i in 0..100 {
-                buffer.push(chunk[i % random_len]);
-            }
+        let pieces = (VALUE_BUFFER_BYTES / value_size).max(MIN_PIECES);
+        let random_len = ((value_size as f64 * RANDOM_FRACTION) as usize).max(1);
+        let mut buffer = Vec::with_capacity(pieces * value_size);
+        for _ in 0..pieces {
+            let random: Vec<u8> = (0..random_len).map(|_| b' ' + rng.below(95) as u8).collect();
+            buffer.extend((0..value_size).map(|i| random[i % random_len]));
         }
-        ValueSource { buffer, value_size }
+        ValueSource { buffer, value_size, pieces: pieces as u64 }
     }
 
     /// The value for the `n`-th write of some writer (any `n`; it wraps around the buffer).
     pub fn value(&self, n: u64) -> &[u8] {
-        let span = self.buffer.len() - self.value_size;
-        let start = (n.wrapping_mul(self.value_size as u64 + 7) % span as u64) as usize;
+        let start = (n % self.pieces) as usize * self.value_size;
         &self.buffer[start..start + self.value_size]
     }
 }
@@ -108,7 +111,10 @@ mod tests {
     fn values_have_the_asked_size() {
         let v = ValueSource::new(100);
         for n in [0, 1, 1 << 20, u64::MAX] {
-            assert_eq!(v.value(n).len(), 100);
+            let value = v.value(n);
+            assert_eq!(value.len(), 100);
+            assert_eq!(value[..50], value[50..]);
         }
+        assert_ne!(v.value(0), v.value(1));
     }
 }

@@ -58,7 +58,8 @@ pub fn run(args: &EngineArgs) -> Result<(), String> {
         bench.printer.workload(&result);
     }
     bench.summary();
-    bench.close_db();
+    // A --dir given by the user keeps the last Db for inspection; a temp root goes entirely.
+    bench.close_db(args.dir.is_none());
     drop(temp);
     Ok(())
 }
@@ -156,16 +157,18 @@ impl Bench<'_> {
         c
     }
 
-    fn close_db(&mut self) {
+    fn close_db(&mut self, remove: bool) {
         if let Some(db) = self.db.take() {
             ok(db.close(), "close");
-            // Leftover files only cost disk space; the temp root is removed at the end anyway.
-            let _ = std::fs::remove_dir_all(&self.db_dir);
+            if remove {
+                // Leftover files only cost disk space; a temp root is removed at the end anyway.
+                let _ = std::fs::remove_dir_all(&self.db_dir);
+            }
         }
     }
 
     fn fresh_db(&mut self, origin: &str) {
-        self.close_db();
+        self.close_db(true);
         self.db_count += 1;
         self.db_dir = self.root.join(format!("db-{}", self.db_count));
         let config = self.config(self.db_dir.clone());

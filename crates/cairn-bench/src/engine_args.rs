@@ -50,8 +50,8 @@ pub struct EngineArgs {
     /// Block compression.
     #[arg(long, value_enum, default_value_t = CompressionArg::Lz4)]
     pub compression: CompressionArg,
-    /// Directory for the databases. Default: a fresh directory under the system temp dir, deleted at
-    /// the end.
+    /// Directory for the databases (one `db-N` per fresh Db; the last one is kept). Default: a fresh
+    /// directory under the system temp dir, deleted at the end.
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }

@@ -129,6 +129,7 @@ impl Bench<'_> {
         let stop = AtomicBool::new(false);
         let writes = AtomicU64::new(0);
         let wrong = AtomicU64::new(0);
+        let before = db.metrics();
         let (latency, secs) = std::thread::scope(|s| {
             s.spawn(|| {
                 let mut rng = Rng::new(READ_SEED ^ 0x1234);
@@ -162,6 +163,11 @@ impl Bench<'_> {
         let mut r = self.result("readwhilewriting", keys.num, secs, self.record_bytes(), latency);
         let writes = writes.into_inner();
         r.extra.push(("writer_ops_per_sec", if secs > 0.0 { (writes as f64 / secs).round() } else { 0.0 }));
+        let after = db.metrics();
+        r.extra.push(("flushes", (after.flushes - before.flushes) as f64));
+        r.extra.push(("compactions", (after.compactions - before.compactions) as f64));
+        r.extra.push(("stall_ms", ((after.stall_micros - before.stall_micros) / 1000) as f64));
+        r.extra.push(("l0_files_at_end", after.level_files.first().copied().unwrap_or(0) as f64));
         report_wrong(&mut r, wrong.into_inner());
         self.compacted = false;
         r

@@ -29,7 +29,9 @@ pub struct EngineArgs {
     /// Key size in bytes (the key index, zero-padded decimal).
     #[arg(long, default_value_t = 16)]
     pub key_size: usize,
-    /// Worker threads (readers in readwhilewriting, writers in fillsync).
+    /// Worker threads of fillrandom, overwrite, readrandom, readmissing, seekrandom and fillsync (the
+    /// readers of readwhilewriting, beside its one writer). fillseq and readseq are single-threaded;
+    /// fillsync16 always uses 16.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Comma-separated workloads to run, in order.

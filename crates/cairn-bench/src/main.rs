@@ -1,3 +1,39 @@
-//! cairn-bench: db_bench-style workloads.
+//! cairn-bench: db_bench-style workloads printing ops/s, MB/s, latency percentiles and amplification.
+//!
+//! `cairn-bench engine` drives one `cairn_engine::Db` in-process; later subcommands measure the cluster.
+// A benchmark tool: failing loudly on a broken invariant is the right response, not an error path.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-fn main() {}
+mod data;
+mod engine;
+mod engine_args;
+mod engine_reads;
+mod histogram;
+mod report;
+mod rng;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn-bench", about = "Benchmarks for cairn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// db_bench-style workloads against one in-process engine shard.
+    Engine(engine_args::EngineArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Engine(args) => engine::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("cairn-bench: {e}");
+        std::process::exit(1);
+    }
+}

@@ -21,16 +21,7 @@ const KEYS: u64 = 120;
 const CYCLES: usize = 3;
 
 fn config(fs: &MemFs) -> Config {
-    let mut c = Config::new("/db").with_fs(Arc::new(fs.clone()));
-    c.total_buckets = u32::from(BUCKETS);
-    c.memtable_bytes = 64 << 10;
-    c.l0_compaction_trigger = 2;
-    c.l0_stop_writes_trigger = 8;
-    c.target_file_bytes = 64 << 10;
-    c.level_base_bytes = 64 << 10;
-    c.level_multiplier = 2;
-    c.block_bytes = 512;
-    c
+    common::small_config(Arc::new(fs.clone()), BUCKETS)
 }
 
 fn open(fs: &MemFs) -> Db {

@@ -32,16 +32,7 @@ fn count_panics() {
 }
 
 fn config(fs: Arc<dyn FileSystem>) -> Config {
-    let mut c = Config::new("/db").with_fs(fs);
-    c.total_buckets = u32::from(BUCKETS);
-    c.memtable_bytes = 64 << 10;
-    c.l0_compaction_trigger = 2;
-    c.l0_stop_writes_trigger = 8;
-    c.target_file_bytes = 64 << 10;
-    c.level_base_bytes = 64 << 10;
-    c.level_multiplier = 2;
-    c.block_bytes = 512;
-    c
+    common::small_config(fs, BUCKETS)
 }
 
 fn open(fs: &Arc<dyn FileSystem>) -> cairn_engine::Result<Db> {

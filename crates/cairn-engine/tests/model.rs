@@ -5,6 +5,8 @@
 // Tests: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use cairn_engine::fs::MemFs;
 use cairn_engine::{Config, Db, Row, WriteBatch, WriteOptions};
 use proptest::prelude::*;
@@ -65,16 +67,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config(fs: &MemFs) -> Config {
-    let mut c = Config::new("/db").with_fs(Arc::new(fs.clone()));
-    c.total_buckets = u32::from(BUCKETS);
-    c.memtable_bytes = 64 << 10;
-    c.l0_compaction_trigger = 2;
-    c.l0_stop_writes_trigger = 8;
-    // Tiny level targets so a few hundred KB already spread over several levels (non-bottommost
-    // compactions, trivial moves).
-    c.level_base_bytes = 64 << 10;
-    c.level_multiplier = 2;
-    c.target_file_bytes = 64 << 10;
+    let mut c = common::small_config(Arc::new(fs.clone()), BUCKETS);
     c.block_bytes = 256;
     c
 }

@@ -4,8 +4,25 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use cairn_engine::{Db, Result, WriteBatch};
+use cairn_engine::fs::FileSystem;
+use cairn_engine::{Config, Db, Result, WriteBatch};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A shard in `/db` on `fs` with tiny memtables, files and level targets, so a few hundred KB of writes
+/// already flush, compact and spread over several levels.
+pub fn small_config(fs: Arc<dyn FileSystem>, buckets: u16) -> Config {
+    let mut c = Config::new("/db").with_fs(fs);
+    c.total_buckets = u32::from(buckets);
+    c.memtable_bytes = 64 << 10;
+    c.l0_compaction_trigger = 2;
+    c.l0_stop_writes_trigger = 8;
+    c.target_file_bytes = 64 << 10;
+    c.level_base_bytes = 64 << 10;
+    c.level_multiplier = 2;
+    c.block_bytes = 512;
+    c
+}
 
 /// Rows by (bucket, key): column number to value.
 pub type Model = BTreeMap<(u16, Vec<u8>), BTreeMap<u16, Vec<u8>>>;

@@ -19,6 +19,37 @@ fn report_wrong(r: &mut WorkloadResult, wrong: u64) {
     }
 }
 
+/// Runs `total` operations spread over `threads` threads, each thread drawing uniformly random key
+/// indexes below `num` from its own stream derived from `seed`. Per operation: `key` builds the key
+/// (untimed), `op` runs the read (timed), `right` checks the result (untimed). Returns the latencies, the
+/// elapsed seconds and how many results were wrong.
+fn random_reads<R>(
+    threads: usize,
+    total: u64,
+    num: u64,
+    seed: u64,
+    key: impl Fn(u64, &mut Vec<u8>) + Sync,
+    op: impl Fn(u64, &[u8]) -> R + Sync,
+    right: impl Fn(&[u8], R) -> bool + Sync,
+) -> (Histogram, f64, u64) {
+    let wrong = AtomicU64::new(0);
+    let (latency, secs) = parallel(threads, total, |t, range, h| {
+        let mut rng = Rng::new(seed ^ ((t as u64 + 1) << 32));
+        let mut buf = Vec::new();
+        let mut bad = 0;
+        for _ in range {
+            let i = rng.below(num);
+            key(i, &mut buf);
+            let t = Instant::now();
+            let result = op(i, &buf);
+            h.record(t.elapsed().as_nanos() as u64);
+            bad += u64::from(!right(&buf, result));
+        }
+        wrong.fetch_add(bad, Ordering::Relaxed);
+    });
+    (latency, secs, wrong.into_inner())
+}
+
 impl Bench<'_> {
     /// `readrandom` (uniform over the loaded keys) or `readmissing` (keys never written).
     pub(crate) fn read_random(&mut self, missing: bool) -> WorkloadResult {
@@ -26,31 +57,20 @@ impl Bench<'_> {
         let name = if missing { "readmissing" } else { "readrandom" };
         let db = self.db();
         let (keys, value_size) = (&self.keys, self.args.value_size);
-        let wrong = AtomicU64::new(0);
         let hits_before = db.metrics();
-        let (latency, secs) = parallel(self.args.threads, keys.num, |t, range, h| {
-            let mut rng = Rng::new(READ_SEED ^ ((t as u64 + 1) << 32));
-            let mut key = Vec::with_capacity(keys.key_size + 1);
-            let mut bad = 0;
-            for _ in range {
-                let i = rng.below(keys.num);
-                if missing {
-                    keys.missing_key(i, &mut key)
-                } else {
-                    keys.key(i, &mut key)
-                }
-                let t = Instant::now();
-                let row = ok(db.get(keys.bucket(i), &key), name);
-                h.record(t.elapsed().as_nanos() as u64);
-                let right = match (&row, missing) {
-                    (None, true) => true,
-                    (Some(row), false) => row.column(0).is_some_and(|v| v.len() == value_size),
-                    _ => false,
-                };
-                bad += u64::from(!right);
-            }
-            wrong.fetch_add(bad, Ordering::Relaxed);
-        });
+        let (latency, secs, wrong) = random_reads(
+            self.args.threads,
+            keys.num,
+            keys.num,
+            READ_SEED,
+            |i, key| if missing { keys.missing_key(i, key) } else { keys.key(i, key) },
+            |i, key| ok(db.get(keys.bucket(i), key), name),
+            |_, row| match (&row, missing) {
+                (None, true) => true,
+                (Some(row), false) => row.column(0).is_some_and(|v| v.len() == value_size),
+                _ => false,
+            },
+        );
         let op_bytes = if missing { keys.key_size as u64 } else { self.record_bytes() };
         let mut r = self.result(name, keys.num, secs, op_bytes, latency);
         let after = db.metrics();
@@ -62,7 +82,7 @@ impl Bench<'_> {
             "cache_hit_ratio",
             if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 },
         ));
-        report_wrong(&mut r, wrong.into_inner());
+        report_wrong(&mut r, wrong);
         r
     }
 
@@ -99,24 +119,17 @@ impl Bench<'_> {
         self.ensure_compacted();
         let db = self.db();
         let keys = &self.keys;
-        let wrong = AtomicU64::new(0);
-        let (latency, secs) = parallel(self.args.threads, keys.num, |t, range, h| {
-            let mut rng = Rng::new(READ_SEED ^ 0xABCD ^ ((t as u64 + 1) << 32));
-            let mut key = Vec::with_capacity(keys.key_size);
-            let mut bad = 0;
-            for _ in range {
-                let i = rng.below(keys.num);
-                keys.key(i, &mut key);
-                let t = Instant::now();
-                let mut iter = ok(db.scan(keys.bucket(i), key.as_slice()..), "seekrandom");
-                let first = ok(iter.next_row(), "seekrandom");
-                h.record(t.elapsed().as_nanos() as u64);
-                bad += u64::from(first.is_none_or(|(_, k, _)| k != key));
-            }
-            wrong.fetch_add(bad, Ordering::Relaxed);
-        });
+        let (latency, secs, wrong) = random_reads(
+            self.args.threads,
+            keys.num,
+            keys.num,
+            READ_SEED ^ 0xABCD,
+            |i, key| keys.key(i, key),
+            |i, key| ok(ok(db.scan(keys.bucket(i), key..), "seekrandom").next_row(), "seekrandom"),
+            |key, first| first.is_some_and(|(_, k, _)| k == key),
+        );
         let mut r = self.result("seekrandom", keys.num, secs, self.record_bytes(), latency);
-        report_wrong(&mut r, wrong.into_inner());
+        report_wrong(&mut r, wrong);
         r
     }
 
@@ -128,9 +141,8 @@ impl Bench<'_> {
         let (keys, values) = (&self.keys, &self.values);
         let stop = AtomicBool::new(false);
         let writes = AtomicU64::new(0);
-        let wrong = AtomicU64::new(0);
         let before = db.metrics();
-        let (latency, secs) = std::thread::scope(|s| {
+        let (latency, secs, wrong) = std::thread::scope(|s| {
             s.spawn(|| {
                 let mut rng = Rng::new(READ_SEED ^ 0x1234);
                 let mut key = Vec::with_capacity(keys.key_size);
@@ -143,20 +155,15 @@ impl Bench<'_> {
                 }
                 writes.store(n, Ordering::Relaxed);
             });
-            let out = parallel(self.args.threads, keys.num, |t, range, h| {
-                let mut rng = Rng::new(READ_SEED ^ ((t as u64 + 1) << 32));
-                let mut key = Vec::with_capacity(keys.key_size);
-                let mut bad = 0;
-                for _ in range {
-                    let i = rng.below(keys.num);
-                    keys.key(i, &mut key);
-                    let t = Instant::now();
-                    let row = ok(db.get(keys.bucket(i), &key), "readwhilewriting");
-                    h.record(t.elapsed().as_nanos() as u64);
-                    bad += u64::from(row.is_none());
-                }
-                wrong.fetch_add(bad, Ordering::Relaxed);
-            });
+            let out = random_reads(
+                self.args.threads,
+                keys.num,
+                keys.num,
+                READ_SEED,
+                |i, key| keys.key(i, key),
+                |i, key| ok(db.get(keys.bucket(i), key), "readwhilewriting"),
+                |_, row| row.is_some(),
+            );
             stop.store(true, Ordering::Relaxed);
             out
         });
@@ -168,7 +175,7 @@ impl Bench<'_> {
         r.extra.push(("compactions", (after.compactions - before.compactions) as f64));
         r.extra.push(("stall_ms", ((after.stall_micros - before.stall_micros) / 1000) as f64));
         r.extra.push(("l0_files_at_end", after.level_files.first().copied().unwrap_or(0) as f64));
-        report_wrong(&mut r, wrong.into_inner());
+        report_wrong(&mut r, wrong);
         self.compacted = false;
         r
     }

@@ -5,11 +5,11 @@
 //! workloads load (untimed, sequentially) and compact first when the current Db does not qualify, so
 //! each can also run alone. Every op is timed (as db_bench does); `Instant::now` costs ~25 ns.
 
-use crate::data::{KeySpace, ValueSource};
 use crate::engine_args::{CompressionArg, EngineArgs};
-use crate::histogram::Histogram;
-use crate::report::{Printer, WorkloadResult, dir_bytes, peak_rss_bytes};
-use crate::rng::Rng;
+use cairn_bench::data::{KeySpace, ValueSource};
+use cairn_bench::histogram::Histogram;
+use cairn_bench::report::{Printer, WorkloadResult, dir_bytes, peak_rss_bytes};
+use cairn_bench::rng::Rng;
 use cairn_engine::{Compression, Config, Db, MetricsSnapshot, WriteBatch, WriteOptions};
 use std::ops::Range;
 use std::path::PathBuf;

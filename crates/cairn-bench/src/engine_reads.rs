@@ -3,9 +3,9 @@
 //! hiding them: a mismatch is an engine bug.
 
 use crate::engine::{Bench, ok, parallel};
-use crate::histogram::Histogram;
-use crate::report::WorkloadResult;
-use crate::rng::Rng;
+use cairn_bench::histogram::Histogram;
+use cairn_bench::report::WorkloadResult;
+use cairn_bench::rng::Rng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 

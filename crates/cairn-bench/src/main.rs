@@ -4,13 +4,9 @@
 // A benchmark tool: failing loudly on a broken invariant is the right response, not an error path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod data;
 mod engine;
 mod engine_args;
 mod engine_reads;
-mod histogram;
-mod report;
-mod rng;
 
 use clap::{Parser, Subcommand};
 

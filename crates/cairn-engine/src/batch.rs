@@ -3,12 +3,14 @@
 //! Encoding (also the WAL record payload): `u64 LE first sequence | u32 LE count | count × entry`, entry =
 //! `u8 kind | varint len, user key | varint len, value`. The first sequence is filled in at commit time.
 
-use crate::coding::{get_bytes, get_u32, get_u64, put_bytes};
-use crate::keys::{Kind, MAX_KEY_BYTES};
+use crate::coding::{MAX_VARINT_BYTES, get_bytes, get_u32, get_u64, put_varint};
+use crate::keys::{BUCKET_BYTES, Kind, MAX_KEY_BYTES};
 use crate::row;
 
 /// Bytes before the first entry.
 pub const BATCH_HEADER_BYTES: usize = 12;
+/// Capacity a new batch starts with: room for one typical small write, so it does not reallocate.
+const INITIAL_CAPACITY: usize = 256;
 
 /// An atomic group of writes to any buckets the shard owns.
 #[derive(Clone, Debug)]
@@ -16,7 +18,10 @@ pub struct WriteBatch {
     // INVARIANT: rep[..12] is the header; `count` entries follow, each well-formed.
     rep: Vec<u8>,
     count: u32,
-    buckets: Vec<u16>,
+    // Distinct buckets touched, in first-touch order: `first` then `others` (usually empty, so a batch
+    // for one bucket allocates nothing for them).
+    first_bucket: Option<u16>,
+    other_buckets: Vec<u16>,
     max_key_len: usize,
 }
 
@@ -29,38 +34,58 @@ impl Default for WriteBatch {
 impl WriteBatch {
     /// An empty batch.
     pub fn new() -> WriteBatch {
-        WriteBatch { rep: vec![0; BATCH_HEADER_BYTES], count: 0, buckets: Vec::new(), max_key_len: 0 }
+        let mut rep = Vec::with_capacity(INITIAL_CAPACITY);
+        rep.resize(BATCH_HEADER_BYTES, 0);
+        WriteBatch { rep, count: 0, first_bucket: None, other_buckets: Vec::new(), max_key_len: 0 }
     }
 
-    fn push(&mut self, kind: Kind, bucket: u16, key: &[u8], value: &[u8]) {
+    /// Appends one entry whose value, `value_len` bytes long, `write_value` appends.
+    fn push(
+        &mut self,
+        kind: Kind,
+        bucket: u16,
+        key: &[u8],
+        value_len: usize,
+        write_value: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let user_key_len = BUCKET_BYTES + key.len();
+        self.rep.reserve(1 + 2 * MAX_VARINT_BYTES + user_key_len + value_len);
         self.rep.push(kind as u8);
-        crate::coding::put_varint(&mut self.rep, (key.len() + 2) as u64);
+        put_varint(&mut self.rep, user_key_len as u64);
         self.rep.extend_from_slice(&bucket.to_be_bytes());
         self.rep.extend_from_slice(key);
-        put_bytes(&mut self.rep, value);
+        put_varint(&mut self.rep, value_len as u64);
+        let before = self.rep.len();
+        write_value(&mut self.rep);
+        debug_assert_eq!(self.rep.len() - before, value_len);
         self.count += 1;
-        self.buckets.push(bucket);
+        match self.first_bucket {
+            None => self.first_bucket = Some(bucket),
+            Some(b) if b == bucket => {}
+            // Only neighbours are deduplicated, keeping a push O(1); the check in `Db::write` tolerates
+            // repeats.
+            Some(_) if self.other_buckets.last() == Some(&bucket) => {}
+            Some(_) => self.other_buckets.push(bucket),
+        }
         self.max_key_len = self.max_key_len.max(key.len());
         self.rep[8..12].copy_from_slice(&self.count.to_le_bytes());
     }
 
     /// Sets `column` of row `key` in `bucket`.
     pub fn put(&mut self, bucket: u16, key: &[u8], column: u16, value: &[u8]) {
-        let mut delta = Vec::with_capacity(value.len() + 8);
-        row::encode_single(&mut delta, column, Some(value));
-        self.push(Kind::Merge, bucket, key, &delta);
+        let len = row::single_len(column, Some(value));
+        self.push(Kind::Merge, bucket, key, len, |out| row::encode_single(out, column, Some(value)));
     }
 
     /// Deletes `column` of row `key`; other columns stay.
     pub fn delete_column(&mut self, bucket: u16, key: &[u8], column: u16) {
-        let mut delta = Vec::with_capacity(4);
-        row::encode_single(&mut delta, column, None);
-        self.push(Kind::Merge, bucket, key, &delta);
+        let len = row::single_len(column, None);
+        self.push(Kind::Merge, bucket, key, len, |out| row::encode_single(out, column, None));
     }
 
     /// Deletes the whole row `key`.
     pub fn delete(&mut self, bucket: u16, key: &[u8]) {
-        self.push(Kind::Delete, bucket, key, &[]);
+        self.push(Kind::Delete, bucket, key, 0, |_| {});
     }
 
     /// Number of operations.
@@ -78,9 +103,9 @@ impl WriteBatch {
         self.rep.len()
     }
 
-    /// Buckets touched, one per operation.
-    pub fn buckets(&self) -> &[u16] {
-        &self.buckets
+    /// The buckets the batch touches (each at least once, possibly more than once).
+    pub fn buckets(&self) -> impl Iterator<Item = u16> + '_ {
+        self.first_bucket.into_iter().chain(self.other_buckets.iter().copied())
     }
 
     /// Longest key in the batch.
@@ -93,7 +118,8 @@ impl WriteBatch {
         self.rep.clear();
         self.rep.resize(BATCH_HEADER_BYTES, 0);
         self.count = 0;
-        self.buckets.clear();
+        self.first_bucket = None;
+        self.other_buckets.clear();
         self.max_key_len = 0;
     }
 
@@ -195,7 +221,7 @@ mod tests {
         assert_eq!(entries[0].0, Kind::Merge);
         assert_eq!(entries[0].1, &crate::keys::user_key(3, b"a")[..]);
         assert_eq!(entries[2].0, Kind::Delete);
-        assert_eq!(b.buckets(), &[3, 3, 9]);
+        assert_eq!(b.buckets().collect::<Vec<_>>(), [3, 9]);
     }
 
     #[test]

@@ -1,6 +1,15 @@
 //! Little helpers to encode and decode integers. Decoders return `None` on truncated input so callers can
 //! turn it into a `Corruption` error naming their file.
 
+/// The longest encoding of a `u64` varint.
+pub const MAX_VARINT_BYTES: usize = 10;
+
+/// Bytes [`put_varint`] writes for `v`.
+pub fn varint_len(v: u64) -> usize {
+    // One byte per started 7-bit group; 0 still takes a byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// Appends `v` as a LEB128 varint.
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -70,6 +79,16 @@ pub fn masked_crc2(a: &[u8], b: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varint_len_matches_the_encoding() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX >> 1, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(varint_len(v), out.len(), "{v}");
+        }
+        assert_eq!(varint_len(u64::MAX), MAX_VARINT_BYTES);
+    }
 
     #[test]
     fn varints_round_trip_and_reject_truncation() {

@@ -42,6 +42,9 @@ pub(crate) struct LeaderState {
     /// Last sequence number assigned.
     pub(crate) last_seq: u64,
     buf: Vec<u8>,
+    /// The group being committed and its batches; kept between groups to reuse their allocations.
+    group: Vec<Arc<Slot>>,
+    batches: Vec<WriteBatch>,
 }
 
 impl CommitQueue {
@@ -49,7 +52,13 @@ impl CommitQueue {
         CommitQueue {
             queue: Mutex::new(VecDeque::new()),
             cv: Condvar::new(),
-            leader: Mutex::new(LeaderState { wal, last_seq, buf: Vec::new() }),
+            leader: Mutex::new(LeaderState {
+                wal,
+                last_seq,
+                buf: Vec::new(),
+                group: Vec::new(),
+                batches: Vec::new(),
+            }),
         }
     }
 }
@@ -74,19 +83,22 @@ pub(crate) fn write(db: &Arc<DbInner>, batch: WriteBatch, options: WriteOptions)
         }
         q.cv.wait(&mut queue);
     }
-    // This writer leads: gather the group from the front of the queue.
-    let mut group = Vec::new();
+    drop(queue);
+    // This writer leads. Only the writer at the front leads and only the leader pops, so the front stays
+    // this slot while the leader lock is taken and the group gathered.
+    let mut leader = q.leader.lock();
+    let leader = &mut *leader;
+    let mut group = std::mem::take(&mut leader.group);
     let mut bytes = 0usize;
-    for s in queue.iter() {
+    for s in q.queue.lock().iter() {
         if !group.is_empty() && bytes + s.bytes > db.config.max_group_commit_bytes {
             break;
         }
         bytes += s.bytes;
         group.push(Arc::clone(s));
     }
-    drop(queue);
 
-    let outcome = commit_group(db, &group);
+    let outcome = commit_group(db, leader, &group);
 
     let mut queue = q.queue.lock();
     for (i, s) in group.iter().enumerate() {
@@ -101,14 +113,15 @@ pub(crate) fn write(db: &Arc<DbInner>, batch: WriteBatch, options: WriteOptions)
     }
     drop(queue);
     q.cv.notify_all();
+    group.clear();
+    leader.group = group;
     outcome
 }
 
-fn commit_group(db: &Arc<DbInner>, group: &[Arc<Slot>]) -> Result<()> {
-    let mut leader = db.commit.leader.lock();
-    let mem = make_room(db, &mut leader)?;
-    let leader = &mut *leader;
-    let mut batches: Vec<WriteBatch> = Vec::with_capacity(group.len());
+fn commit_group(db: &Arc<DbInner>, leader: &mut LeaderState, group: &[Arc<Slot>]) -> Result<()> {
+    let mem = make_room(db, leader)?;
+    let mut batches = std::mem::take(&mut leader.batches);
+    batches.clear();
     let mut sync = false;
     leader.buf.clear();
     let mut seq = leader.last_seq;
@@ -143,6 +156,8 @@ fn commit_group(db: &Arc<DbInner>, group: &[Arc<Slot>]) -> Result<()> {
     Metrics::add(&db.metrics.writes, batches.len() as u64);
     Metrics::add(&db.metrics.write_groups, 1);
     Metrics::add(&db.metrics.user_bytes_written, user_bytes);
+    batches.clear();
+    leader.batches = batches;
     Ok(())
 }
 

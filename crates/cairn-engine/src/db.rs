@@ -136,7 +136,7 @@ impl Db {
         batch.check_limits(self.inner.config.max_value_bytes, self.inner.config.max_batch_bytes)?;
         {
             let state = self.inner.state.lock();
-            for &bucket in batch.buckets() {
+            for bucket in batch.buckets() {
                 if !state.owned.contains(bucket) {
                     return Err(Error::NotOwned { bucket });
                 }

@@ -112,6 +112,19 @@ pub fn bucket_of(user_key: &[u8]) -> u16 {
     }
 }
 
+/// Word `i` (bytes `8i..8i+8`) of `user_key` read big-endian, zero-padded past the key's end.
+///
+/// Comparing a key's leading words orders keys as comparing their bytes does whenever the words differ:
+/// padding zeros sort first, as a key sorts before its extensions. Equal words decide nothing (`a` and
+/// `a\0` pad alike), so callers fall back to the bytes.
+pub fn head_word(user_key: &[u8], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    let start = (8 * i).min(user_key.len());
+    let end = (8 * i + 8).min(user_key.len());
+    w[..end - start].copy_from_slice(&user_key[start..end]);
+    u64::from_be_bytes(w)
+}
+
 /// True if `ikey` is long enough to hold a bucket and a trailer and has a known kind.
 pub fn is_valid_internal_key(ikey: &[u8]) -> bool {
     ikey.len() >= BUCKET_BYTES + TRAILER_BYTES && kind_of(ikey).is_some()
@@ -128,6 +141,20 @@ pub fn cmp_internal(a: &[u8], b: &[u8]) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_words_order_like_the_bytes_when_they_differ() {
+        let ks: [&[u8]; 8] = [b"", b"\0", b"a", b"a\0", b"ab", b"abcdefgh", b"abcdefgh\x01", b"abcdefgi"];
+        for a in ks {
+            for b in ks {
+                let (ha, hb) = ((head_word(a, 0), head_word(a, 1)), (head_word(b, 0), head_word(b, 1)));
+                if ha != hb {
+                    assert_eq!(ha.cmp(&hb), a.cmp(b), "{a:?} vs {b:?}");
+                }
+            }
+        }
+        assert_eq!(head_word(b"abcdefghij", 1), u64::from_be_bytes(*b"ij\0\0\0\0\0\0"));
+    }
 
     #[test]
     fn newest_version_sorts_first() {

@@ -1,28 +1,83 @@
-//! The memtable: a concurrent skiplist of internal entries. One writer (the group-commit leader) inserts
-//! while any number of readers look up and iterate. Size is tracked approximately so the Db can rotate a
-//! full memtable into the immutable list and flush it in the background.
+//! The memtable: a B-tree of internal entries, ordered as [`keys::cmp_internal`] orders them, behind a
+//! reader-writer lock. One writer (the group-commit leader) inserts while any number of readers look up
+//! and iterate; every critical section is short (one insert, one lookup, one iterator chunk). Size is
+//! tracked approximately so the Db can rotate a full memtable into the immutable list and flush it in
+//! the background.
 
 use crate::error::Result;
 use crate::iter::InternalIterator;
-use crate::keys::{self, Kind, cmp_internal};
-use crossbeam_skiplist::SkipMap;
+use crate::keys::{self, Kind};
+use parking_lot::RwLock;
 use std::cmp::Ordering;
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 
-/// Per-entry bookkeeping bytes counted on top of key and value (skiplist node, tower, allocations).
-const ENTRY_OVERHEAD_BYTES: usize = 80;
+/// Per-entry bookkeeping bytes counted on top of key and value (skiplist node with its tower and inline
+/// key head, allocator slack).
+const ENTRY_OVERHEAD_BYTES: usize = 96;
 /// Entries copied out of the skiplist per refill of an iterator's buffer.
 const ITER_CHUNK: usize = 64;
+/// Bytes of the user key kept inline in a skiplist node, so that most comparisons during a search read
+/// only the node itself and never chase the pointer to the key's bytes.
+const HEAD_BYTES: usize = 24;
 
-/// An internal key ordered by [`cmp_internal`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct MemKey(Box<[u8]>);
+/// A memtable entry: its internal key, ordered by [`keys::cmp_internal`], and its value.
+///
+/// The user key's first [`HEAD_BYTES`] bytes are also kept as three big-endian words, zero-padded.
+/// Comparing heads agrees with comparing user keys whenever the heads differ (a key shorter than the
+/// head pads with zeros, which sort first, exactly as a prefix sorts before its extensions); equal heads
+/// fall back to the bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct MemKey {
+    head: [u64; HEAD_BYTES / 8],
+    // INVARIANT: data = user key ++ value, and key_len is the user key's length.
+    data: Box<[u8]>,
+    key_len: u32,
+    trailer: u64,
+}
+
+impl MemKey {
+    /// An entry for `user_key` with `trailer`, holding `value`.
+    fn new(user_key: &[u8], trailer: u64, value: &[u8]) -> MemKey {
+        let mut data = Vec::with_capacity(user_key.len() + value.len());
+        data.extend_from_slice(user_key);
+        data.extend_from_slice(value);
+        MemKey {
+            head: head_of(user_key),
+            data: data.into_boxed_slice(),
+            key_len: user_key.len() as u32,
+            trailer,
+        }
+    }
+
+    /// A search key from an internal key (its value part is empty).
+    fn from_internal(ikey: &[u8]) -> MemKey {
+        MemKey::new(keys::user_key_of(ikey), keys::trailer_of(ikey), &[])
+    }
+
+    fn user_key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.data[self.key_len as usize..]
+    }
+}
+
+/// The first [`HEAD_BYTES`] of `user_key` as big-endian words, zero-padded.
+fn head_of(user_key: &[u8]) -> [u64; HEAD_BYTES / 8] {
+    std::array::from_fn(|i| keys::head_word(user_key, i))
+}
 
 impl Ord for MemKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        cmp_internal(&self.0, &other.0)
+        self.head
+            .cmp(&other.head)
+            .then_with(|| self.user_key().cmp(other.user_key()))
+            // Newest first: a larger trailer sorts earlier.
+            .then_with(|| other.trailer.cmp(&self.trailer))
     }
 }
 
@@ -34,7 +89,9 @@ impl PartialOrd for MemKey {
 
 /// One memtable. Shared by `Arc` between the Db, readers and the flusher.
 pub struct Memtable {
-    map: SkipMap<MemKey, Box<[u8]>>,
+    // A B-tree under a reader-writer lock: one writer, short critical sections (one insert, one lookup,
+    // one chunk copied out), and far fewer cache misses per search than a skiplist.
+    map: RwLock<BTreeSet<MemKey>>,
     approx_bytes: AtomicUsize,
     // INVARIANT: every entry's sequence number is <= max_seq.
     max_seq: AtomicU64,
@@ -46,7 +103,7 @@ impl Memtable {
     /// An empty memtable whose writes go to WAL `log_number`.
     pub fn new(log_number: u64) -> Memtable {
         Memtable {
-            map: SkipMap::new(),
+            map: RwLock::new(BTreeSet::new()),
             approx_bytes: AtomicUsize::new(0),
             max_seq: AtomicU64::new(0),
             log_number,
@@ -55,10 +112,13 @@ impl Memtable {
 
     /// Inserts one entry. Only the commit leader or recovery calls this.
     pub fn insert(&self, user_key: &[u8], seq: u64, kind: Kind, value: &[u8]) {
-        let ikey = keys::internal_key(user_key, seq, kind);
-        self.approx_bytes.fetch_add(ikey.len() + value.len() + ENTRY_OVERHEAD_BYTES, AtomicOrdering::Relaxed);
+        let entry = MemKey::new(user_key, keys::pack_trailer(seq, kind), value);
+        self.approx_bytes.fetch_add(
+            user_key.len() + keys::TRAILER_BYTES + value.len() + ENTRY_OVERHEAD_BYTES,
+            AtomicOrdering::Relaxed,
+        );
         self.max_seq.fetch_max(seq, AtomicOrdering::Relaxed);
-        self.map.insert(MemKey(ikey.into_boxed_slice()), value.into());
+        self.map.write().insert(entry);
     }
 
     /// Approximate memory used.
@@ -68,7 +128,7 @@ impl Memtable {
 
     /// True if nothing was inserted.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.read().is_empty()
     }
 
     /// The WAL file holding this memtable's writes.
@@ -89,56 +149,67 @@ impl Memtable {
         seq: u64,
         mut visit: impl FnMut(Kind, &[u8]) -> bool,
     ) -> bool {
-        let start = MemKey(keys::lookup_key(user_key, seq).into_boxed_slice());
+        let start = MemKey::new(user_key, keys::pack_trailer(seq, Kind::MAX), &[]);
         let mut found = false;
-        let mut entry = self.map.lower_bound(Bound::Included(&start));
-        while let Some(e) = entry {
-            let ikey = &e.key().0;
-            if keys::user_key_of(ikey) != user_key {
+        let map = self.map.read();
+        for k in map.range((Bound::Included(&start), Bound::Unbounded)) {
+            if k.user_key() != user_key {
                 break;
             }
             found = true;
             // Kinds come from our own inserts; an unknown one cannot occur, treat it as a stop.
-            let Some(kind) = keys::kind_of(ikey) else { break };
-            if !visit(kind, e.value()) {
+            let Some(kind) = Kind::from_u8((k.trailer & 0xff) as u8) else { break };
+            if !visit(kind, k.value()) {
                 break;
             }
-            entry = e.next();
         }
         found
     }
 
     /// An iterator over all entries.
     pub fn iter(self: &Arc<Self>) -> MemtableIter {
-        MemtableIter { mem: Arc::clone(self), buf: Vec::new(), pos: 0, exhausted: true }
+        MemtableIter { mem: Arc::clone(self), arena: Vec::new(), spans: Vec::new(), pos: 0, exhausted: true }
     }
 }
 
-/// An entry copied out of the skiplist: internal key and value.
-type OwnedEntry = (Box<[u8]>, Box<[u8]>);
+/// Where one copied entry lies in a [`MemtableIter`]'s arena: internal key `start..key_end`, value
+/// `key_end..value_end`.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: usize,
+    key_end: usize,
+    value_end: usize,
+}
 
-/// Iterates a memtable by copying small chunks of entries out of the skiplist, so the iterator owns
-/// what it exposes and needs no borrow of the map.
+/// Iterates a memtable by copying small chunks of entries out of the skiplist into one reused buffer, so
+/// the iterator owns what it exposes, needs no borrow of the map, and allocates only while its buffer
+/// grows.
 pub struct MemtableIter {
     mem: Arc<Memtable>,
-    buf: Vec<OwnedEntry>,
+    arena: Vec<u8>,
+    spans: Vec<Span>,
     pos: usize,
-    // True once the skiplist has no entries past the end of `buf`.
+    // True once the skiplist has no entries past the end of `spans`.
     exhausted: bool,
 }
 
 impl MemtableIter {
     fn fill_from(&mut self, bound: Bound<&MemKey>) {
-        self.buf.clear();
+        self.arena.clear();
+        self.spans.clear();
         self.pos = 0;
-        let mut entry = self.mem.map.lower_bound(bound);
-        while let Some(e) = entry {
-            if self.buf.len() == ITER_CHUNK {
+        let map = self.mem.map.read();
+        for k in map.range((bound, Bound::Unbounded)) {
+            if self.spans.len() == ITER_CHUNK {
                 self.exhausted = false;
                 return;
             }
-            self.buf.push((e.key().0.clone(), e.value().clone()));
-            entry = e.next();
+            let start = self.arena.len();
+            self.arena.extend_from_slice(k.user_key());
+            self.arena.extend_from_slice(&k.trailer.to_le_bytes());
+            let key_end = self.arena.len();
+            self.arena.extend_from_slice(k.value());
+            self.spans.push(Span { start, key_end, value_end: self.arena.len() });
         }
         self.exhausted = true;
     }
@@ -146,7 +217,7 @@ impl MemtableIter {
 
 impl InternalIterator for MemtableIter {
     fn valid(&self) -> bool {
-        self.pos < self.buf.len()
+        self.pos < self.spans.len()
     }
 
     fn seek_to_first(&mut self) -> Result<()> {
@@ -155,29 +226,31 @@ impl InternalIterator for MemtableIter {
     }
 
     fn seek(&mut self, target: &[u8]) -> Result<()> {
-        let key = MemKey(target.into());
+        let key = MemKey::from_internal(target);
         self.fill_from(Bound::Included(&key));
         Ok(())
     }
 
     fn next(&mut self) -> Result<()> {
         self.pos += 1;
-        if self.pos >= self.buf.len()
+        if self.pos >= self.spans.len()
             && !self.exhausted
-            && let Some((last, _)) = self.buf.last()
+            && let Some(last) = self.spans.last()
         {
-            let key = MemKey(last.clone());
+            let key = MemKey::from_internal(&self.arena[last.start..last.key_end]);
             self.fill_from(Bound::Excluded(&key));
         }
         Ok(())
     }
 
     fn key(&self) -> &[u8] {
-        &self.buf[self.pos].0
+        let s = self.spans[self.pos];
+        &self.arena[s.start..s.key_end]
     }
 
     fn value(&self) -> &[u8] {
-        &self.buf[self.pos].1
+        let s = self.spans[self.pos];
+        &self.arena[s.key_end..s.value_end]
     }
 }
 
@@ -200,6 +273,32 @@ mod tests {
             true
         });
         assert_eq!(seen, vec![(Kind::Merge, b"v2".to_vec()), (Kind::Set, b"v1".to_vec())]);
+    }
+
+    #[test]
+    fn entry_order_matches_internal_key_order() {
+        // Keys around the inline head's edge: shorter than it, as long, longer, with zero bytes that the
+        // padding could confuse, sharing the whole head and differing after it.
+        let mut user_keys: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0, 0], vec![1], vec![1, 0], vec![255]];
+        for len in [HEAD_BYTES - 1, HEAD_BYTES, HEAD_BYTES + 1, HEAD_BYTES + 9] {
+            for last in [0u8, 1, 255] {
+                let mut k = vec![7u8; len];
+                k[len - 1] = last;
+                user_keys.push(k);
+            }
+        }
+        let mut ikeys = Vec::new();
+        for uk in &user_keys {
+            for (seq, kind) in [(1, Kind::Set), (9, Kind::Delete), (9, Kind::Merge)] {
+                ikeys.push(keys::internal_key(uk, seq, kind));
+            }
+        }
+        for a in &ikeys {
+            for b in &ikeys {
+                let (ma, mb) = (MemKey::from_internal(a), MemKey::from_internal(b));
+                assert_eq!(ma.cmp(&mb), keys::cmp_internal(a, b), "{a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use crate::db::{DbInner, SuperVersion};
 use crate::error::{Error, Result};
-use crate::iter::InternalIterator;
 use crate::keys::{self, Kind};
 use crate::memtable::Memtable;
 use crate::row::{Row, RowFolder};
@@ -42,14 +41,14 @@ pub(crate) fn get(db: &DbInner, sv: &SuperVersion, seq: u64, user_key: &[u8]) ->
     for mem in mems {
         from_memtable(mem, user_key, seq, &mut fold);
         if fold.done {
-            return finish(fold, "<memtable>");
+            return finish(fold, || "<memtable>".into());
         }
     }
     for file in &sv.version.levels[0] {
         if file.overlaps(Some(user_key), Some(user_key)) {
             from_table(db, file, user_key, seq, &mut fold)?;
             if fold.done {
-                return finish(fold, &file_name(file));
+                return finish(fold, || file_name(file));
             }
         }
     }
@@ -57,20 +56,21 @@ pub(crate) fn get(db: &DbInner, sv: &SuperVersion, seq: u64, user_key: &[u8]) ->
         if let Some(file) = sv.version.file_for_key(level, user_key) {
             from_table(db, file, user_key, seq, &mut fold)?;
             if fold.done {
-                return finish(fold, &file_name(file));
+                return finish(fold, || file_name(file));
             }
         }
     }
-    finish(fold, "<tree>")
+    finish(fold, || "<tree>".into())
 }
 
 fn file_name(file: &TableFile) -> String {
     format!("{:06}.sst", file.meta.number)
 }
 
-fn finish(fold: Fold, source: &str) -> Result<Option<Row>> {
+/// The folded row; `source` names where a malformed value came from (only called then).
+fn finish(fold: Fold, source: impl FnOnce() -> String) -> Result<Option<Row>> {
     if fold.malformed {
-        return Err(Error::corruption(source, "malformed row value"));
+        return Err(Error::corruption(source(), "malformed row value"));
     }
     let row = fold.folder.into_row();
     Ok(if row.is_empty() { None } else { Some(row) })
@@ -82,29 +82,5 @@ fn from_memtable(mem: &Memtable, user_key: &[u8], seq: u64, fold: &mut Fold) {
 
 fn from_table(db: &DbInner, file: &Arc<TableFile>, user_key: &[u8], seq: u64, fold: &mut Fold) -> Result<()> {
     let table = db.table_cache.get(file.meta.number, file.meta.size)?;
-    let lookup = keys::lookup_key(user_key, seq);
-    // Fast path: the newest visible version is usually a complete row or a tombstone.
-    let Some((ikey, value)) = table.get(&lookup)? else { return Ok(()) };
-    if keys::user_key_of(&ikey) != user_key {
-        return Ok(());
-    }
-    let kind = keys::kind_of(&ikey).ok_or_else(|| Error::corruption(table.path(), "unknown entry kind"))?;
-    if !fold.add(kind, &value) {
-        return Ok(());
-    }
-    // Merges: walk the older versions in this file.
-    let mut it = table.iter();
-    it.seek(&lookup)?;
-    if it.valid() {
-        it.next()?;
-    }
-    while it.valid() && keys::user_key_of(it.key()) == user_key {
-        let kind =
-            keys::kind_of(it.key()).ok_or_else(|| Error::corruption(table.path(), "unknown entry kind"))?;
-        if !fold.add(kind, it.value()) {
-            break;
-        }
-        it.next()?;
-    }
-    Ok(())
+    table.for_each_version(&keys::lookup_key(user_key, seq), |kind, value| fold.add(kind, value))
 }

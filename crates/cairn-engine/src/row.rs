@@ -5,7 +5,7 @@
 //! Encoding of a delta: `varint count`, then per column in ascending column order
 //! `varint column, u8 tag (0 = value, 1 = deleted), [varint len, bytes]`.
 
-use crate::coding::{get_bytes, get_varint, put_bytes, put_varint};
+use crate::coding::{get_bytes, get_varint, put_bytes, put_varint, varint_len};
 
 /// One row as returned by reads: its live columns in ascending column order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,6 +54,13 @@ pub type Delta<'a> = Vec<(u16, Option<&'a [u8]>)>;
 pub fn encode_single(out: &mut Vec<u8>, column: u16, value: Option<&[u8]>) {
     put_varint(out, 1);
     put_column(out, column, value);
+}
+
+/// Bytes [`encode_single`] appends for the same arguments.
+pub fn single_len(column: u16, value: Option<&[u8]>) -> usize {
+    let column_bytes = varint_len(u64::from(column)) + 1;
+    let value_bytes = value.map_or(0, |v| varint_len(v.len() as u64) + v.len());
+    varint_len(1) + column_bytes + value_bytes
 }
 
 fn put_column(out: &mut Vec<u8>, column: u16, value: Option<&[u8]>) {
@@ -182,6 +189,18 @@ impl RowFolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_len_matches_the_encoding() {
+        let long = vec![9u8; 300];
+        for column in [0u16, 127, 128, u16::MAX] {
+            for value in [None, Some(&b""[..]), Some(&b"v"[..]), Some(&long[..])] {
+                let mut out = Vec::new();
+                encode_single(&mut out, column, value);
+                assert_eq!(single_len(column, value), out.len());
+            }
+        }
+    }
 
     fn enc(cols: &[(u16, Option<&[u8]>)]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -26,6 +26,11 @@ pub struct Table {
     // INVARIANT: entries are valid internal keys in strictly increasing order whose values are handles of
     // non-overlapping, contiguous data blocks covering exactly 0..data_end.
     index: Arc<Block>,
+    // Per index entry, the first 16 bytes of its key's user key (see [`fence_of`]): a compact array that
+    // narrows an index search to a few entries before any index entry is decoded. Present when the index
+    // has a restart point per entry, as the builder writes it.
+    // INVARIANT: when present, fences[i] is the fence of index entry i, which is restart point i.
+    fences: Option<Box<[u128]>>,
     filter: Option<BloomFilter>,
     properties: TableProperties,
     // Offset where the data blocks end and the metadata blocks begin.
@@ -75,8 +80,9 @@ impl Table {
             return Err(Error::corruption(&path, "properties and footer disagree on the format version"));
         }
         let index = Arc::new(index);
-        check_index(&index, data_end, &properties).map_err(|d| Error::corruption(&path, d))?;
-        Ok(Table { file, path, file_number, cache, index, filter, properties, data_end })
+        let fences = check_index(&index, data_end, &properties).map_err(|d| Error::corruption(&path, d))?;
+        let fences = (fences.len() == index.num_restarts()).then(|| fences.into_boxed_slice());
+        Ok(Table { file, path, file_number, cache, index, fences, filter, properties, data_end })
     }
 
     /// The table's properties.
@@ -106,7 +112,7 @@ impl Table {
             return Ok(None);
         }
         let mut index = BlockIter::new(Arc::clone(&self.index));
-        index.seek(target).map_err(|e| e.into_error(&self.path))?;
+        self.seek_index(&mut index, target)?;
         if !index.valid() {
             return Ok(None);
         }
@@ -124,6 +130,58 @@ impl Table {
         }
         self.check_entry(&data)?;
         Ok(Some((data.key().to_vec(), data.value().to_vec())))
+    }
+
+    /// Visits the entries of `lookup`'s user key from `lookup` on (newest first, as of `lookup`'s sequence
+    /// number, see [`keys::lookup_key`]) while `visit` returns true. Walks on across data blocks with one
+    /// cursor; allocates nothing when the blocks are cached.
+    pub fn for_each_version(
+        &self,
+        lookup: &[u8],
+        mut visit: impl FnMut(keys::Kind, &[u8]) -> bool,
+    ) -> Result<()> {
+        let user_key = keys::user_key_of(lookup);
+        if !self.may_contain(user_key) {
+            return Ok(());
+        }
+        let mut index = BlockIter::new(Arc::clone(&self.index));
+        self.seek_index(&mut index, lookup)?;
+        let mut first = true;
+        while index.valid() {
+            let mut data = BlockIter::new(self.read_data_block_at(index.value())?);
+            let positioned = if first { data.seek(lookup) } else { data.seek_to_first() };
+            positioned.map_err(|e| e.into_error(&self.path))?;
+            first = false;
+            while data.valid() {
+                self.check_entry(&data)?;
+                if keys::user_key_of(data.key()) != user_key {
+                    return Ok(());
+                }
+                let kind = keys::kind_of(data.key()).ok_or_else(|| self.corruption("unknown entry kind"))?;
+                if !visit(kind, data.value()) {
+                    return Ok(());
+                }
+                data.next().map_err(|e| e.into_error(&self.path))?;
+            }
+            index.next().map_err(|e| e.into_error(&self.path))?;
+        }
+        Ok(())
+    }
+
+    /// Positions `index` (an iterator over this table's index block) on the first entry `>= target`.
+    pub(crate) fn seek_index(&self, index: &mut BlockIter, target: &[u8]) -> Result<()> {
+        let positioned = match &self.fences {
+            Some(fences) => {
+                // Entries with a smaller fence are < target, entries with a larger one are > target:
+                // only the run of equal fences needs comparing keys.
+                let fence = fence_of(keys::user_key_of(target));
+                let lo = fences.partition_point(|&f| f < fence);
+                let hi = lo + fences[lo..].partition_point(|&f| f == fence);
+                index.seek_between(target, lo.saturating_sub(1), hi.saturating_sub(1))
+            }
+            None => index.seek(target),
+        };
+        positioned.map_err(|e| e.into_error(&self.path))
     }
 
     /// An iterator over all entries, reading data blocks through the cache.
@@ -207,12 +265,19 @@ fn check_layout(footer: &Footer, footer_offset: u64) -> Result<u64, String> {
     Ok(at)
 }
 
+/// The first 16 bytes of `user_key`, big-endian and zero-padded: fences order as their keys do whenever
+/// they differ (see [`keys::head_word`]).
+fn fence_of(user_key: &[u8]) -> u128 {
+    (u128::from(keys::head_word(user_key, 0)) << 64) | u128::from(keys::head_word(user_key, 1))
+}
+
 /// Checks the index against the data region and the properties: keys valid and strictly increasing,
 /// handles contiguous from offset 0 to `data_end`, one entry per data block, the last key covering the
-/// largest key.
-fn check_index(index: &Arc<Block>, data_end: u64, props: &TableProperties) -> Result<(), String> {
+/// largest key. Returns the entries' fences.
+fn check_index(index: &Arc<Block>, data_end: u64, props: &TableProperties) -> Result<Vec<u128>, String> {
     let mut it = BlockIter::new(Arc::clone(index));
     it.seek_to_first().map_err(|e| format!("bad index block: {}", e.0))?;
+    let mut fences = Vec::new();
     let mut prev: Vec<u8> = Vec::new();
     let (mut count, mut next_offset) = (0u64, 0u64);
     while it.valid() {
@@ -226,6 +291,7 @@ fn check_index(index: &Arc<Block>, data_end: u64, props: &TableProperties) -> Re
             return Err(format!("index entry {count} points to {handle:?}, expected offset {next_offset}"));
         }
         next_offset = handle.end_with_trailer().ok_or("block handle overflows")?;
+        fences.push(fence_of(keys::user_key_of(key)));
         prev.clear();
         prev.extend_from_slice(key);
         count += 1;
@@ -240,5 +306,5 @@ fn check_index(index: &Arc<Block>, data_end: u64, props: &TableProperties) -> Re
     if count > 0 && keys::cmp_internal(&prev, &props.largest_key).is_lt() {
         return Err("last index key is before the largest key".into());
     }
-    Ok(())
+    Ok(fences)
 }

@@ -95,7 +95,7 @@ impl InternalIterator for TableIter {
 
     fn seek(&mut self, target: &[u8]) -> Result<()> {
         self.settle(|it| {
-            it.index.seek(target).map_err(|e| e.into_error(it.table.path()))?;
+            it.table.seek_index(&mut it.index, target)?;
             if !it.index.valid() {
                 return Ok(());
             }

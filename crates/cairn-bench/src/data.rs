@@ -45,10 +45,17 @@ impl KeySpace {
 
     /// Writes key `index` into `out` (cleared first).
     pub fn key(&self, index: u64, out: &mut Vec<u8>) {
+        // Zero-padded decimal, written right to left (no formatting allocation on the hot path).
         out.clear();
-        let digits = index.to_string();
-        out.resize(self.key_size - digits.len(), b'0');
-        out.extend_from_slice(digits.as_bytes());
+        out.resize(self.key_size, b'0');
+        let mut rest = index;
+        for slot in out.iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
     }
 
     /// A key next to `index` that is never written.
@@ -101,6 +108,10 @@ mod tests {
         let mut k = Vec::new();
         ks.key(42, &mut k);
         assert_eq!(k, b"0000000000000042");
+        for i in [0u64, 9, 10, 999, 123_456_789] {
+            KeySpace::new(1_000_000_000, 16, 1024).unwrap().key(i, &mut k);
+            assert_eq!(k, format!("{i:016}").as_bytes());
+        }
         let buckets: Vec<u16> = (0..1000).map(|i| ks.bucket(i)).collect();
         assert!(buckets.windows(2).all(|w| w[0] <= w[1]));
         assert!(*buckets.last().unwrap() < 1024);

@@ -4,11 +4,14 @@
 use crate::error::{Error, Result};
 use crate::iter::InternalIterator;
 use crate::keys::{self, Kind, bucket_of, user_key_of};
-use crate::row::{Row, RowFolder};
+use crate::row::{Row, RowFolder, RowRef};
 use std::path::PathBuf;
 
 /// Rows in key order between two user keys, as of one sequence number. Holds the memtables and version
 /// it reads, so concurrent writes, flushes and compactions do not change what it returns.
+///
+/// Two ways to walk it: as an [`Iterator`] of owned `(bucket, key, row)` items, or, allocation-free, with
+/// [`DbIter::advance`] and the borrowing accessors [`DbIter::bucket`], [`DbIter::key`], [`DbIter::row`].
 pub struct DbIter {
     inner: Box<dyn InternalIterator>,
     seq: u64,
@@ -17,6 +20,10 @@ pub struct DbIter {
     start: Vec<u8>,
     started: bool,
     folder: RowFolder,
+    // INVARIANT: when `positioned`, the current row's user key and its encoded live columns.
+    user_key: Vec<u8>,
+    row: Vec<u8>,
+    positioned: bool,
     // Keeps readers' sources alive; never read.
     _pin: Box<dyn Send + Sync>,
 }
@@ -29,26 +36,46 @@ impl DbIter {
         end: Option<Vec<u8>>,
         pin: Box<dyn Send + Sync>,
     ) -> DbIter {
-        DbIter { inner, seq, end, start, started: false, folder: RowFolder::default(), _pin: pin }
+        DbIter {
+            inner,
+            seq,
+            end,
+            start,
+            started: false,
+            folder: RowFolder::default(),
+            user_key: Vec::new(),
+            row: Vec::new(),
+            positioned: false,
+            _pin: pin,
+        }
     }
 
     /// The next row as `(bucket, key, row)`, or `None` at the end.
     pub fn next_row(&mut self) -> Result<Option<(u16, Vec<u8>, Row)>> {
+        Ok(self.advance()?.then(|| (self.bucket(), self.key().to_vec(), self.row().to_row())))
+    }
+
+    /// Moves to the next row; false at the end. The row stays readable through [`DbIter::bucket`],
+    /// [`DbIter::key`] and [`DbIter::row`] until the next call. Reuses the iterator's buffers, so walking
+    /// rows allocates nothing once they have grown (beyond reading uncached blocks).
+    pub fn advance(&mut self) -> Result<bool> {
+        self.positioned = false;
         if !self.started {
             self.started = true;
             self.inner.seek(&keys::lookup_key(&self.start, self.seq))?;
         }
         loop {
             if !self.inner.valid() {
-                return Ok(None);
+                return Ok(false);
             }
-            let ukey = user_key_of(self.inner.key()).to_vec();
-            if self.end.as_deref().is_some_and(|end| ukey.as_slice() >= end) {
-                return Ok(None);
+            self.user_key.clear();
+            self.user_key.extend_from_slice(user_key_of(self.inner.key()));
+            if self.end.as_deref().is_some_and(|end| self.user_key.as_slice() >= end) {
+                return Ok(false);
             }
             self.folder.clear();
             let mut done = false;
-            while self.inner.valid() && user_key_of(self.inner.key()) == ukey.as_slice() {
+            while self.inner.valid() && user_key_of(self.inner.key()) == self.user_key.as_slice() {
                 let ikey = self.inner.key();
                 if !done && keys::seq_of(ikey) <= self.seq {
                     let kind = keys::kind_of(ikey).ok_or_else(|| corrupt("unknown entry kind"))?;
@@ -64,13 +91,27 @@ impl DbIter {
                 }
                 self.inner.next()?;
             }
-            let row = self.folder.to_row();
-            if !row.is_empty() {
-                let bucket = bucket_of(&ukey);
-                let key = ukey[keys::BUCKET_BYTES..].to_vec();
-                return Ok(Some((bucket, key, row)));
+            self.folder.write_row(&mut self.row);
+            if !self.row.is_empty() {
+                self.positioned = true;
+                return Ok(true);
             }
         }
+    }
+
+    /// The current row's bucket (after [`DbIter::advance`] returned true).
+    pub fn bucket(&self) -> u16 {
+        if self.positioned { bucket_of(&self.user_key) } else { 0 }
+    }
+
+    /// The current row's key (after [`DbIter::advance`] returned true; empty otherwise).
+    pub fn key(&self) -> &[u8] {
+        if self.positioned { &self.user_key[keys::BUCKET_BYTES..] } else { &[] }
+    }
+
+    /// The current row (after [`DbIter::advance`] returned true; empty otherwise).
+    pub fn row(&self) -> RowRef<'_> {
+        RowRef::new(if self.positioned { &self.row } else { &[] })
     }
 }
 

@@ -61,6 +61,6 @@ pub use db_iter::DbIter;
 pub use error::{Error, Result};
 pub use keys::MAX_KEY_BYTES;
 pub use metrics::MetricsSnapshot;
-pub use row::Row;
+pub use row::{Row, RowRef};
 pub use sst::Compression;
 pub use view::View;

@@ -8,30 +8,39 @@
 use crate::coding::{get_bytes, get_varint, put_bytes, put_varint, varint_len};
 
 /// One row as returned by reads: its live columns in ascending column order.
+///
+/// Held as one buffer in the delta encoding (columns ascending, no tombstones, minimal varints), so a row
+/// costs one allocation however many columns it has, and equal rows have equal bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Row {
-    columns: Vec<(u16, Vec<u8>)>,
+    // INVARIANT: a well-formed delta with only set columns, canonically encoded.
+    data: Vec<u8>,
 }
 
 impl Row {
     /// The value of `column`, if set.
     pub fn column(&self, column: u16) -> Option<&[u8]> {
-        self.columns.binary_search_by_key(&column, |(c, _)| *c).ok().map(|i| self.columns[i].1.as_slice())
+        self.as_ref().column(column)
     }
 
     /// Live columns in ascending order.
     pub fn columns(&self) -> impl Iterator<Item = (u16, &[u8])> {
-        self.columns.iter().map(|(c, v)| (*c, v.as_slice()))
+        self.as_ref().columns()
     }
 
     /// Number of live columns.
     pub fn len(&self) -> usize {
-        self.columns.len()
+        self.as_ref().len()
     }
 
     /// True if no column is set.
     pub fn is_empty(&self) -> bool {
-        self.columns.is_empty()
+        self.data.is_empty()
+    }
+
+    /// A borrowed view of the row.
+    pub fn as_ref(&self) -> RowRef<'_> {
+        RowRef { data: &self.data }
     }
 
     /// Builds a row from (column, value) pairs; a later pair for the same column wins.
@@ -43,7 +52,119 @@ impl Row {
                 Err(i) => columns.insert(i, (c, v)),
             }
         }
-        Row { columns }
+        let mut data = Vec::new();
+        if !columns.is_empty() {
+            put_varint(&mut data, columns.len() as u64);
+            for (c, v) in &columns {
+                put_column(&mut data, *c, Some(v));
+            }
+        }
+        Row { data }
+    }
+}
+
+/// A row borrowed from a buffer (see [`crate::DbIter::advance`]); the same accessors as [`Row`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowRef<'a> {
+    // INVARIANT: as `Row::data`.
+    data: &'a [u8],
+}
+
+impl<'a> RowRef<'a> {
+    /// A view of bytes that hold a row's encoding (see the `Row` invariant).
+    pub(crate) fn new(data: &'a [u8]) -> RowRef<'a> {
+        RowRef { data }
+    }
+
+    /// The value of `column`, if set.
+    pub fn column(&self, column: u16) -> Option<&'a [u8]> {
+        self.columns().take_while(|(c, _)| *c <= column).find(|(c, _)| *c == column).map(|(_, v)| v)
+    }
+
+    /// Live columns in ascending order.
+    pub fn columns(&self) -> impl Iterator<Item = (u16, &'a [u8])> + use<'a> {
+        // Rows are well-formed by construction, so decoding cannot fail; a failure would end the walk.
+        DeltaIter::new(self.data).map_while(|c| c.ok()).filter_map(|(c, v)| v.map(|v| (c, v)))
+    }
+
+    /// Number of live columns.
+    pub fn len(&self) -> usize {
+        let mut buf = self.data;
+        get_varint(&mut buf).unwrap_or(0) as usize
+    }
+
+    /// True if no column is set.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// An owned copy.
+    pub fn to_row(&self) -> Row {
+        Row { data: self.data.to_vec() }
+    }
+}
+
+/// Walks an encoded delta column by column without allocating, checking it as it goes: `Err` for
+/// malformed bytes (then the walk ends).
+struct DeltaIter<'a> {
+    buf: &'a [u8],
+    remaining: u64,
+    prev: Option<u16>,
+    failed: bool,
+}
+
+impl<'a> DeltaIter<'a> {
+    fn new(mut buf: &'a [u8]) -> DeltaIter<'a> {
+        match get_varint(&mut buf) {
+            Some(remaining) => DeltaIter { buf, remaining, prev: None, failed: false },
+            None => DeltaIter { buf, remaining: 0, prev: None, failed: true },
+        }
+    }
+
+    fn column(&mut self) -> Option<(u16, Option<&'a [u8]>)> {
+        let column = u16::try_from(get_varint(&mut self.buf)?).ok()?;
+        if self.prev.is_some_and(|p| p >= column) {
+            return None;
+        }
+        self.prev = Some(column);
+        let (&tag, rest) = self.buf.split_first()?;
+        self.buf = rest;
+        let value = match tag {
+            0 => Some(get_bytes(&mut self.buf)?),
+            1 => None,
+            _ => return None,
+        };
+        Some((column, value))
+    }
+}
+
+impl<'a> Iterator for DeltaIter<'a> {
+    type Item = Result<(u16, Option<&'a [u8]>), ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            self.failed = false;
+            self.remaining = 0;
+            return Some(Err(()));
+        }
+        if self.remaining == 0 {
+            // Trailing bytes after the last column are malformed too.
+            return if self.buf.is_empty() {
+                None
+            } else {
+                self.buf = &[];
+                Some(Err(()))
+            };
+        }
+        self.remaining -= 1;
+        match self.column() {
+            Some(c) => Some(Ok(c)),
+            None => {
+                self.remaining = 0;
+                self.buf = &[];
+                Some(Err(()))
+            }
+        }
     }
 }
 
@@ -84,105 +205,110 @@ pub fn encode_delta(out: &mut Vec<u8>, columns: &[(u16, Option<&[u8]>)]) {
 }
 
 /// Decodes a delta; `None` if the bytes are malformed (the caller reports corruption).
-pub fn decode_delta(mut buf: &[u8]) -> Option<Delta<'_>> {
-    let count = get_varint(&mut buf)?;
+pub fn decode_delta(buf: &[u8]) -> Option<Delta<'_>> {
     // Each column takes at least two bytes, which bounds the allocation by the input size.
-    if count > buf.len() as u64 / 2 + 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(count as usize);
-    let mut prev: Option<u16> = None;
-    for _ in 0..count {
-        let column = u16::try_from(get_varint(&mut buf)?).ok()?;
-        if prev.is_some_and(|p| p >= column) {
-            return None;
-        }
-        prev = Some(column);
-        let (&tag, rest) = buf.split_first()?;
-        buf = rest;
-        let value = match tag {
-            0 => Some(get_bytes(&mut buf)?),
-            1 => None,
-            _ => return None,
-        };
-        out.push((column, value));
-    }
-    if !buf.is_empty() {
-        return None;
+    let mut out = Vec::with_capacity(buf.len() / 2 + 1);
+    for column in DeltaIter::new(buf) {
+        out.push(column.ok()?);
     }
     Some(out)
 }
 
+/// Checks that `buf` is a well-formed delta.
+fn is_valid_delta(buf: &[u8]) -> bool {
+    DeltaIter::new(buf).all(|c| c.is_ok())
+}
+
 /// Accumulates deltas from newest to oldest into a row. A column already decided by a newer delta is
-/// left alone.
+/// left alone. Works on encoded deltas in reused buffers: folding allocates nothing once they have grown.
 #[derive(Debug, Default)]
 pub struct RowFolder {
-    // INVARIANT: sorted by column; `None` records a column deleted by a newer delta.
-    columns: Vec<(u16, Option<Vec<u8>>)>,
+    // INVARIANT: when `folded`, a well-formed delta (tombstones kept) holding the fold so far.
+    acc: Vec<u8>,
+    scratch: Vec<u8>,
+    folded: bool,
 }
 
 impl RowFolder {
     /// Folds in an older delta. Returns `false` if the bytes are malformed.
     pub fn add_older(&mut self, encoded: &[u8]) -> bool {
-        let Some(delta) = decode_delta(encoded) else { return false };
-        if self.columns.is_empty() {
-            self.columns = delta.into_iter().map(|(c, v)| (c, v.map(<[u8]>::to_vec))).collect();
+        if !self.folded {
+            if !is_valid_delta(encoded) {
+                return false;
+            }
+            self.acc.clear();
+            self.acc.extend_from_slice(encoded);
+            self.folded = true;
             return true;
         }
-        let mut merged = Vec::with_capacity(self.columns.len() + delta.len());
-        let mut newer = std::mem::take(&mut self.columns).into_iter().peekable();
-        let mut older = delta.into_iter().peekable();
+        // Merge two ascending column lists; the newer side wins ties.
+        let mut merged: Vec<(u16, Option<&[u8]>)> = Vec::new();
+        let mut newer = DeltaIter::new(&self.acc).map_while(|c| c.ok()).peekable();
+        let mut older = DeltaIter::new(encoded).peekable();
         loop {
-            match (newer.peek(), older.peek()) {
-                (Some(n), Some(o)) if n.0 < o.0 => merged.extend(newer.next()),
-                (Some(n), Some(o)) if n.0 > o.0 => {
-                    merged.extend(older.next().map(|(c, v)| (c, v.map(<[u8]>::to_vec))))
-                }
-                (Some(_), Some(_)) => {
-                    merged.extend(newer.next());
+            let take_newer = match (newer.peek(), older.peek()) {
+                (_, Some(Err(()))) => return false,
+                (Some(n), Some(Ok(o))) if n.0 == o.0 => {
                     older.next();
+                    true
                 }
-                (Some(_), None) => merged.extend(newer.next()),
-                (None, Some(_)) => merged.extend(older.next().map(|(c, v)| (c, v.map(<[u8]>::to_vec)))),
+                (Some(n), Some(Ok(o))) => n.0 < o.0,
+                (Some(_), None) => true,
+                (None, Some(Ok(_))) => false,
                 (None, None) => break,
-            }
+            };
+            let next = if take_newer { newer.next() } else { older.next().and_then(|c| c.ok()) };
+            merged.extend(next);
         }
-        self.columns = merged;
+        self.scratch.clear();
+        encode_delta(&mut self.scratch, &merged);
+        drop(merged);
+        std::mem::swap(&mut self.acc, &mut self.scratch);
         true
     }
 
     /// True if nothing was folded in yet.
     pub fn is_empty(&self) -> bool {
-        self.columns.is_empty()
+        !self.folded
     }
 
-    /// The row so far, column tombstones dropped (what a read returns once the fold is complete).
-    pub fn to_row(&self) -> Row {
-        Row {
-            columns: self.columns.iter().filter_map(|(c, v)| v.as_ref().map(|v| (*c, v.clone()))).collect(),
+    /// Writes the row so far, column tombstones dropped (what a read returns once the fold is complete),
+    /// into `out` (cleared first; left empty for a row with no live column).
+    pub fn write_row(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let live = DeltaIter::new(&self.acc).map_while(|c| c.ok()).any(|(_, v)| v.is_some());
+        if self.folded && live {
+            self.encode(out, true);
         }
+    }
+
+    /// The row so far, column tombstones dropped.
+    pub fn to_row(&self) -> Row {
+        let mut data = Vec::new();
+        self.write_row(&mut data);
+        Row { data }
     }
 
     /// Consumes the folder into a row.
     pub fn into_row(self) -> Row {
-        Row { columns: self.columns.into_iter().filter_map(|(c, v)| v.map(|v| (c, v))).collect() }
+        self.to_row()
     }
 
     /// Encodes the fold as a delta: with tombstones kept (`complete == false`, a merge that still layers on
     /// older data) or dropped (`complete == true`, a full row).
     pub fn encode(&self, out: &mut Vec<u8>, complete: bool) {
-        let cols: Vec<(u16, Option<&[u8]>)> = self
-            .columns
-            .iter()
-            .filter(|(_, v)| !complete || v.is_some())
-            .map(|(c, v)| (*c, v.as_deref()))
-            .collect();
-        encode_delta(out, &cols);
+        let columns = || DeltaIter::new(&self.acc).map_while(|c| c.ok());
+        let count = columns().filter(|(_, v)| !complete || v.is_some()).count();
+        put_varint(out, count as u64);
+        for (c, v) in columns().filter(|(_, v)| !complete || v.is_some()) {
+            put_column(out, c, v);
+        }
     }
 
     /// Forgets everything folded so far.
     pub fn clear(&mut self) {
-        self.columns.clear();
+        self.acc.clear();
+        self.folded = false;
     }
 }
 
@@ -218,6 +344,25 @@ mod tests {
         assert_eq!(row.column(1), Some(&b"new1"[..]));
         assert_eq!(row.column(3), None);
         assert_eq!(row.len(), 2);
+    }
+
+    #[test]
+    fn rows_are_canonical_and_borrowable() {
+        let row = Row::from_columns([(7, b"b".to_vec()), (2, b"a".to_vec()), (7, b"c".to_vec())]);
+        assert_eq!(row.columns().collect::<Vec<_>>(), [(2, &b"a"[..]), (7, &b"c"[..])]);
+        assert_eq!((row.len(), row.column(2), row.column(3)), (2, Some(&b"a"[..]), None));
+        assert_eq!(row.as_ref().to_row(), row);
+        // The same columns folded from deltas give an equal row.
+        let mut f = RowFolder::default();
+        assert!(f.add_older(&enc(&[(7, Some(b"c")), (9, None)])));
+        assert!(f.add_older(&enc(&[(2, Some(b"a")), (9, Some(b"gone"))])));
+        assert_eq!(f.to_row(), row);
+        // A fold whose every column is deleted is an empty row.
+        let mut f = RowFolder::default();
+        assert!(f.add_older(&enc(&[(1, None)])));
+        assert!(f.add_older(&enc(&[(1, Some(b"old"))])));
+        assert!(f.to_row().is_empty());
+        assert!(Row::from_columns([]).is_empty());
     }
 
     #[test]

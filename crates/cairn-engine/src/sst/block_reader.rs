@@ -25,8 +25,36 @@ pub fn read_block(
     }
     // Bounded by MAX_BLOCK_BYTES above.
     let size = handle.size as usize;
-    let mut buf = vec![0u8; size + BLOCK_TRAILER_BYTES];
-    file.read_exact_at(handle.offset, &mut buf)?;
+    // Stored bytes land in a per-thread buffer: a compressed block (the default) then needs only the
+    // allocation of its decompressed contents.
+    READ_BUFFER.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.resize(size + BLOCK_TRAILER_BYTES, 0);
+        let result = check_and_decode(file, path, handle, buf);
+        if buf.capacity() > KEPT_READ_BUFFER_BYTES {
+            *buf = Vec::new();
+        }
+        result
+    })
+}
+
+/// Largest read buffer a thread keeps between reads; a larger block's buffer is freed after use.
+const KEPT_READ_BUFFER_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads the block at `handle` into `buf` (sized to the block plus trailer), checks its checksum and
+/// returns its uncompressed contents.
+fn check_and_decode(
+    file: &dyn RandomAccessFile,
+    path: &Path,
+    handle: BlockHandle,
+    buf: &mut [u8],
+) -> Result<Vec<u8>> {
+    let size = buf.len() - BLOCK_TRAILER_BYTES;
+    file.read_exact_at(handle.offset, buf)?;
     let mut crc_bytes = &buf[size + 1..];
     let stored_crc = coding::get_u32(&mut crc_bytes).unwrap_or(0);
     let actual_crc = coding::masked_crc(&buf[..size + 1]);
@@ -44,8 +72,7 @@ pub fn read_block(
         Error::corruption(path, format!("unknown compression type {type_byte} at offset {}", handle.offset))
     })?;
     if compression == Compression::None {
-        buf.truncate(size);
-        return Ok(buf);
+        return Ok(buf[..size].to_vec());
     }
     compression.decompress(&buf[..size]).map_err(|e| match e {
         DecompressError::Corrupt(detail) => {

@@ -357,6 +357,16 @@ impl KeyResolver {
             }
         }
         self.apply_filter(ukey, out);
+        // A bottom-level complete row that every view sees needs no sequence number: zeroing it (as
+        // RocksDB does) makes the trailer compress to almost nothing. It still sorts after every newer
+        // version above it, and reads at any sequence see it.
+        if self.bottommost
+            && let Some(last) = out.last_mut()
+            && last.1 == Kind::Set
+            && self.stripe_of(last.0) == 0
+        {
+            last.0 = 0;
+        }
         Ok(())
     }
 

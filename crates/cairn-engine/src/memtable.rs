@@ -14,12 +14,12 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 
-/// Per-entry bookkeeping bytes counted on top of key and value (skiplist node with its tower and inline
-/// key head, allocator slack).
+/// Per-entry bookkeeping bytes counted on top of key and value (B-tree slot with the inline key head, node
+/// slack, allocator slack).
 const ENTRY_OVERHEAD_BYTES: usize = 96;
-/// Entries copied out of the skiplist per refill of an iterator's buffer.
+/// Entries copied out of the tree per refill of an iterator's buffer.
 const ITER_CHUNK: usize = 64;
-/// Bytes of the user key kept inline in a skiplist node, so that most comparisons during a search read
+/// Bytes of the user key kept inline in each entry, so that most comparisons during a search read
 /// only the node itself and never chase the pointer to the key's bytes.
 const HEAD_BYTES: usize = 24;
 
@@ -181,7 +181,7 @@ struct Span {
     value_end: usize,
 }
 
-/// Iterates a memtable by copying small chunks of entries out of the skiplist into one reused buffer, so
+/// Iterates a memtable by copying small chunks of entries out of the tree into one reused buffer, so
 /// the iterator owns what it exposes, needs no borrow of the map, and allocates only while its buffer
 /// grows.
 pub struct MemtableIter {
@@ -189,7 +189,7 @@ pub struct MemtableIter {
     arena: Vec<u8>,
     spans: Vec<Span>,
     pos: usize,
-    // True once the skiplist has no entries past the end of `spans`.
+    // True once the tree has no entries past the end of `spans`.
     exhausted: bool,
 }
 

@@ -154,13 +154,14 @@ fn merge(db: &Arc<DbInner>, job: &Job) -> Result<Vec<FileMeta>> {
     Metrics::add(&db.metrics.compaction_bytes_read, read_bytes);
     if job.start_level == 0 {
         for f in &job.inputs {
-            children.push(Box::new(LevelIter::new(Arc::clone(&db.table_cache), vec![Arc::clone(f)])));
+            children.push(Box::new(LevelIter::new_no_fill(Arc::clone(&db.table_cache), vec![Arc::clone(f)])));
         }
     } else {
-        children.push(Box::new(LevelIter::new(Arc::clone(&db.table_cache), job.inputs.clone())));
+        children.push(Box::new(LevelIter::new_no_fill(Arc::clone(&db.table_cache), job.inputs.clone())));
     }
     if !job.outputs_overlap.is_empty() {
-        children.push(Box::new(LevelIter::new(Arc::clone(&db.table_cache), job.outputs_overlap.clone())));
+        children
+            .push(Box::new(LevelIter::new_no_fill(Arc::clone(&db.table_cache), job.outputs_overlap.clone())));
     }
     let mut input = MergingIter::new(children);
     input.seek_to_first()?;

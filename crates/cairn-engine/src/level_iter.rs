@@ -17,13 +17,20 @@ pub struct LevelIter {
     files: Vec<Arc<TableFile>>,
     idx: usize,
     current: Option<TableIter>,
+    // Whether blocks read are added to the block cache (false for compaction inputs).
+    fill_cache: bool,
 }
 
 impl LevelIter {
     /// Iterates `files`, which must be one level's files in order.
     pub fn new(cache: Arc<TableCache>, files: Vec<Arc<TableFile>>) -> LevelIter {
         let idx = files.len();
-        LevelIter { cache, files, idx, current: None }
+        LevelIter { cache, files, idx, current: None, fill_cache: true }
+    }
+
+    /// Like [`LevelIter::new`], but blocks read from files are not added to the block cache.
+    pub fn new_no_fill(cache: Arc<TableCache>, files: Vec<Arc<TableFile>>) -> LevelIter {
+        LevelIter { fill_cache: false, ..LevelIter::new(cache, files) }
     }
 
     fn open(&mut self, idx: usize) -> Result<()> {
@@ -31,7 +38,7 @@ impl LevelIter {
         self.current = None;
         if let Some(f) = self.files.get(idx) {
             let table = self.cache.get(f.meta.number, f.meta.size)?;
-            self.current = Some(table.iter());
+            self.current = Some(if self.fill_cache { table.iter() } else { table.iter_no_fill() });
         }
         Ok(())
     }

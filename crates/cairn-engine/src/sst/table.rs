@@ -186,7 +186,13 @@ impl Table {
 
     /// An iterator over all entries, reading data blocks through the cache.
     pub fn iter(self: &Arc<Self>) -> TableIter {
-        TableIter::new(Arc::clone(self))
+        TableIter::new(Arc::clone(self), true)
+    }
+
+    /// An iterator that uses cached blocks but does not add the blocks it reads to the cache: for
+    /// compaction, whose one pass over its inputs would otherwise evict what readers use.
+    pub fn iter_no_fill(self: &Arc<Self>) -> TableIter {
+        TableIter::new(Arc::clone(self), false)
     }
 
     /// Roughly where in the file the entries `>= ikey` start: the offset of the data block that would hold
@@ -208,6 +214,12 @@ impl Table {
 
     /// Reads the data block an index entry's value points to, through the cache.
     pub(crate) fn read_data_block_at(&self, index_value: &[u8]) -> Result<Arc<Block>> {
+        self.read_data_block(index_value, true)
+    }
+
+    /// Reads the data block an index entry's value points to: from the cache if there, else from the file,
+    /// adding it to the cache if `fill_cache`.
+    pub(crate) fn read_data_block(&self, index_value: &[u8], fill_cache: bool) -> Result<Arc<Block>> {
         let handle = BlockHandle::decode_varint(index_value)
             .ok_or_else(|| Error::corruption(&self.path, "bad block handle in index"))?;
         if let Some(block) = self.cache.as_ref().and_then(|c| c.get(self.file_number, handle.offset)) {
@@ -224,7 +236,7 @@ impl Table {
         let block = Arc::new(block);
         #[cfg(any(debug_assertions, feature = "invariants"))]
         super::block_iter::check_block_order(Arc::clone(&block)).map_err(|e| e.into_error(&self.path))?;
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = self.cache.as_ref().filter(|_| fill_cache) {
             cache.insert(self.file_number, handle.offset, Arc::clone(&block));
         }
         Ok(block)

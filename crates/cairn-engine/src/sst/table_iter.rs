@@ -18,13 +18,15 @@ pub struct TableIter {
     loaded: Vec<u8>,
     // INVARIANT: true only if the last positioning call succeeded and `data` is on a checked entry.
     valid: bool,
+    // Whether blocks read from the file are added to the block cache.
+    fill_cache: bool,
 }
 
 impl TableIter {
-    pub(crate) fn new(table: Arc<Table>) -> TableIter {
+    pub(crate) fn new(table: Arc<Table>, fill_cache: bool) -> TableIter {
         let index = BlockIter::new(Arc::clone(table.index()));
         let data = BlockIter::new(Arc::new(super::block::Block::empty()));
-        TableIter { table, index, data, loaded: Vec::new(), valid: false }
+        TableIter { table, index, data, loaded: Vec::new(), valid: false, fill_cache }
     }
 
     /// The table being iterated.
@@ -38,7 +40,7 @@ impl TableIter {
             return Ok(());
         }
         self.loaded.clear();
-        let block = self.table.read_data_block_at(self.index.value())?;
+        let block = self.table.read_data_block(self.index.value(), self.fill_cache)?;
         self.data.reset(block);
         self.loaded.extend_from_slice(self.index.value());
         Ok(())

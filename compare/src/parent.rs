@@ -196,9 +196,15 @@ fn print_engine_run(args: &Args, r: &EngineRun) {
     }
     print_table(&rows);
     if let Some(f) = &r.facts {
-        let size = match (f.size_after_compaction_bytes, &f.size_measured_after) {
-            (Some(b), Some(after)) => format!("{} (database from {after})", mib(b as f64)),
-            (Some(b), None) => mib(b as f64),
+        let size = match (f.size_after_compaction_bytes, f.apparent_size_bytes, &f.size_measured_after) {
+            (Some(b), Some(apparent), Some(after)) => {
+                format!(
+                    "{} on disk, {} apparent (database from {after})",
+                    mib(b as f64),
+                    mib(apparent as f64)
+                )
+            }
+            (Some(b), _, _) => mib(b as f64),
             _ => "not measured (no workload wrote every key)".into(),
         };
         println!("  size after full compaction: {size}   peak RSS: {}", mib(f.peak_rss_bytes as f64));
@@ -219,11 +225,14 @@ fn per_run(runs: &[&EngineRun], value: impl Fn(&EngineRun) -> Option<String>) ->
     if cells.iter().all(|c| c == "-") { "-".into() } else { cells.join(" / ") }
 }
 
+/// A fact of an engine run (bytes), if it was measured.
+type Fact = fn(&EngineRun) -> Option<f64>;
+
 /// Throughput, size and RSS of every engine side by side, every run in one cell.
 fn print_summary(args: &Args, results: &[EngineRun]) {
     println!();
     println!(
-        "Summary ({}): ops/s (readseq: rows/s), size after full compaction, peak RSS",
+        "Summary ({}): ops/s (readseq: rows/s), on-disk size after full compaction, peak RSS",
         if args.runs > 1 { "run 1 / run 2 / ..." } else { "one run" }
     );
     let mut rows =
@@ -235,8 +244,7 @@ fn print_summary(args: &Args, results: &[EngineRun]) {
         }
         rows.push(row);
     }
-    let facts: [(&str, fn(&EngineRun) -> Option<f64>); 2] =
-        [("size MiB", EngineRun::size), ("peak RSS MiB", EngineRun::rss)];
+    let facts: [(&str, Fact); 2] = [("disk size MiB", EngineRun::size), ("peak RSS MiB", EngineRun::rss)];
     for (name, get) in facts {
         let mut row = vec![name.to_string()];
         for &kind in &args.engines {
@@ -278,7 +286,7 @@ fn metrics(args: &Args) -> Vec<Metric> {
         .iter()
         .map(|&w| (w.to_string(), Box::new(move |r: &EngineRun| r.ops_per_sec(w)) as Value, true))
         .collect();
-    out.push(("size".into(), Box::new(EngineRun::size), false));
+    out.push(("disk size".into(), Box::new(EngineRun::size), false));
     out.push(("peak RSS".into(), Box::new(EngineRun::rss), false));
     out
 }
@@ -292,7 +300,7 @@ fn print_ratios(args: &Args, results: &[EngineRun]) {
     }
     println!();
     println!("cairn vs others, one ratio per run; > 1 means cairn is better:");
-    println!("  workloads: cairn ops/s / other ops/s;  size and peak RSS: other / cairn");
+    println!("  workloads: cairn ops/s / other ops/s;  disk size and peak RSS: other / cairn");
     let mut rows =
         vec![std::iter::once("".to_string()).chain(others.iter().map(|k| k.to_string())).collect()];
     for (name, value, cairn_over) in metrics(args) {

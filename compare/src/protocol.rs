@@ -29,8 +29,12 @@ pub struct Measurement {
 /// End-of-process facts of one engine.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Facts {
-    /// Bytes in the database directory once every key was written and the engine fully compacted.
+    /// Bytes the database directory takes on disk (allocated blocks) once every key was written, the
+    /// engine fully compacted and the database closed.
     pub size_after_compaction_bytes: Option<u64>,
+    /// The same directory's apparent size (sum of file lengths): larger where an engine preallocates
+    /// sparse files (fjall's 64 MiB journal).
+    pub apparent_size_bytes: Option<u64>,
     /// The workload whose database that size was measured on (`fillrandom`, or `load` for reads alone).
     pub size_measured_after: Option<String>,
     /// Peak resident set size of the child process (`VmHWM`).

@@ -39,16 +39,18 @@ struct Cobble {
 }
 
 pub fn open(dir: &Path) -> Result<Box<dyn Engine>> {
-    let mut config = Config::default();
-    config.total_buckets = TOTAL_BUCKETS;
     let path = dir.to_str().ok_or_else(|| format!("cobble needs a UTF-8 path, got {}", dir.display()))?;
     let mut volume = VolumeDescriptor::new(
         format!("file://{path}"),
         vec![VolumeUsageKind::PrimaryDataPriorityHigh, VolumeUsageKind::Meta],
     );
     volume.set_usage(VolumeUsageKind::Wal);
-    config.volumes = vec![volume];
-    config.wal_enabled = true;
+    let config = Config {
+        total_buckets: TOTAL_BUCKETS,
+        volumes: vec![volume],
+        wal_enabled: true,
+        ..Config::default()
+    };
     let max = (TOTAL_BUCKETS - 1) as u16;
     let db = Db::open(config, vec![0..=max]).map_err(err("cobble open"))?;
     let mut plain = WriteOptions::default();

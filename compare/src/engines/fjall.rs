@@ -8,6 +8,7 @@ pub const NOTES: &[&str] = &[
     "Database::builder defaults, one keyspace with KeyspaceCreateOptions::default (lz4)",
     "writes go to the journal and the OS per insert; sync writes add Database::persist(SyncData)",
     "full compaction: rotate_memtable_and_wait + major_compact (public but doc-hidden in fjall 3)",
+    "disk size includes the journal fjall keeps after the flush (tables it replaced are gone once closed)",
 ];
 
 struct Fjall {

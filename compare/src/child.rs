@@ -13,7 +13,7 @@ use cairn_bench::data::{KeySpace, ValueSource};
 use cairn_bench::histogram::Histogram;
 use cairn_bench::report::{dir_bytes, peak_rss_bytes};
 use cairn_bench::rng::Rng;
-use std::ops::Range;
+use cairn_bench::run::parallel;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -66,38 +66,6 @@ struct Child<'a> {
     /// ...and has been fully compacted since its last write.
     compacted: bool,
     facts: Facts,
-}
-
-/// Splits `total` operations over `threads` threads, runs `work(thread, op range, histogram)` on each,
-/// and returns their merged latencies and the wall time.
-fn parallel<F>(threads: usize, total: u64, work: F) -> Result<(Histogram, f64)>
-where
-    F: Fn(usize, Range<u64>, &mut Histogram) -> Result<()> + Sync,
-{
-    let start = Instant::now();
-    let outcomes: Vec<Result<Histogram>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let lo = total * t as u64 / threads as u64;
-                let hi = total * (t as u64 + 1) / threads as u64;
-                let work = &work;
-                s.spawn(move || {
-                    let mut h = Histogram::default();
-                    work(t, lo..hi, &mut h).map(|()| h)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a worker thread panicked".into())))
-            .collect()
-    });
-    let secs = start.elapsed().as_secs_f64();
-    let mut merged = Histogram::default();
-    for outcome in outcomes {
-        merged.merge(&outcome?);
-    }
-    Ok((merged, secs))
 }
 
 fn measurement(workload: Workload, ops: u64, secs: f64, latency: &Histogram, wrong: u64) -> Measurement {
@@ -202,7 +170,7 @@ impl Child<'_> {
                 db.put(keys.bucket(i), &key, values.value(n), sync)?;
                 h.record(t.elapsed().as_nanos() as u64);
             }
-            Ok(())
+            Result::Ok(())
         })?;
         self.loaded = ops >= self.keys.num;
         if self.loaded {

@@ -39,19 +39,7 @@ impl EngineRun {
 /// Runs every engine `--runs` times and prints the results.
 pub fn run(args: &Args) -> Result<()> {
     args.validate()?;
-    let (root, temp) = match &args.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            (dir.clone(), None)
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("cairn-compare-")
-                .tempdir_in(std::env::temp_dir())
-                .map_err(|e| format!("creating a temp dir: {e}"))?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let (root, temp) = cairn_bench::run::work_root(args.dir.as_deref(), "cairn-compare-")?;
     let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
     if !args.json {
         println!(

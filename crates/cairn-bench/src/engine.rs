@@ -26,19 +26,7 @@ const LOAD_BATCH_ROWS: u64 = 1000;
 pub fn run(args: &EngineArgs) -> Result<(), String> {
     args.validate()?;
     let keys = KeySpace::new(args.num, args.key_size, TOTAL_BUCKETS)?;
-    let (root, temp) = match &args.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            (dir.clone(), None)
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("cairn-bench-")
-                .tempdir_in(std::env::temp_dir())
-                .map_err(|e| format!("creating a temp dir: {e}"))?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let (root, temp) = cairn_bench::run::work_root(args.dir.as_deref(), "cairn-bench-")?;
     let mut bench = Bench {
         args,
         keys,
@@ -90,27 +78,11 @@ pub(crate) fn parallel<F>(threads: usize, total: u64, op_range: F) -> (Histogram
 where
     F: Fn(usize, Range<u64>, &mut Histogram) + Sync,
 {
-    let start = Instant::now();
-    let hists: Vec<Histogram> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let lo = total * t as u64 / threads as u64;
-                let hi = total * (t as u64 + 1) / threads as u64;
-                let op_range = &op_range;
-                s.spawn(move || {
-                    let mut h = Histogram::default();
-                    op_range(t, lo..hi, &mut h);
-                    h
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("worker thread panicked")).collect()
-    });
-    let secs = start.elapsed().as_secs_f64();
-    let mut merged = Histogram::default();
-    for h in &hists {
-        merged.merge(h);
-    }
+    let (merged, secs) = cairn_bench::run::parallel(threads, total, |t, ops, h| {
+        op_range(t, ops, h);
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {});
     assert_eq!(merged.count(), total, "every op records one latency");
     (merged, secs)
 }

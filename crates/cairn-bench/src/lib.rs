@@ -7,3 +7,4 @@ pub mod data;
 pub mod histogram;
 pub mod report;
 pub mod rng;
+pub mod run;

@@ -59,6 +59,10 @@ pub struct Config {
     pub max_group_commit_bytes: usize,
     /// Called during compaction to drop rows (e.g. MVCC versions below a GC horizon). Default: none.
     pub compaction_filter: Option<Arc<dyn CompactionFilterFactory>>,
+    /// URL of the volume shard snapshots go to (`file:///abs/path` or `memory://name`); shards that
+    /// restore from or import each other's snapshots share one. `file://` volumes use `fs`. Default:
+    /// `file://<dir>/snapshots` (on the shard's own file system, so snapshots are hard links).
+    pub snapshot_volume: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -70,6 +74,7 @@ impl std::fmt::Debug for Config {
             .field("memtable_bytes", &self.memtable_bytes)
             .field("block_cache_bytes", &self.block_cache_bytes)
             .field("compression", &self.compression)
+            .field("snapshot_volume", &self.snapshot_volume)
             .finish_non_exhaustive()
     }
 }
@@ -99,7 +104,23 @@ impl Config {
             max_batch_bytes: 64 << 20,
             max_group_commit_bytes: 4 << 20,
             compaction_filter: None,
+            snapshot_volume: None,
         }
+    }
+
+    /// The snapshot volume's URL: `snapshot_volume`, or `file://<dir>/snapshots` (made absolute).
+    pub fn snapshot_volume_url(&self) -> Result<String> {
+        if let Some(url) = &self.snapshot_volume {
+            return Ok(url.clone());
+        }
+        let dir = std::path::absolute(&self.dir)
+            .map_err(|e| Error::InvalidConfig(format!("cannot make {} absolute: {e}", self.dir.display())))?;
+        Ok(crate::volume::Volume::file_url(&dir.join("snapshots")))
+    }
+
+    /// The snapshot volume, resolved.
+    pub(crate) fn resolve_snapshot_volume(&self) -> Result<crate::volume::ResolvedVolume> {
+        crate::volume::resolve(&self.snapshot_volume_url()?, &self.fs)
     }
 
     /// Same config over another file system.
@@ -167,6 +188,10 @@ impl Config {
         }
         if self.max_group_commit_bytes == 0 {
             return bad("max_group_commit_bytes must be positive".into());
+        }
+        if let Some(url) = &self.snapshot_volume {
+            crate::volume::resolve(url, &self.fs)
+                .map_err(|e| Error::InvalidConfig(format!("snapshot_volume: {e}")))?;
         }
         #[cfg(not(feature = "zstd"))]
         if matches!(self.compression, Compression::Zstd) {

@@ -73,7 +73,12 @@ pub(crate) struct DbInner {
     pub(crate) table_cache: Arc<TableCache>,
     pub(crate) obsolete: Arc<ObsoleteFiles>,
     pub(crate) metrics: Metrics,
-    pub(crate) _lock: Box<dyn FileLock>,
+    /// The shard's identity (fixed at creation).
+    pub(crate) db_id: String,
+    /// Serializes `Db::snapshot` calls.
+    pub(crate) snapshot_lock: Mutex<()>,
+    /// The directory lock; `None` for read-only snapshots, which nothing modifies.
+    pub(crate) _lock: Option<Box<dyn FileLock>>,
 }
 
 /// One shard's database. Cheap to share across threads by reference (`Db: Sync`).

@@ -33,6 +33,18 @@ pub enum Error {
     /// The Db was closed.
     #[error("database is closed")]
     Closed,
+    /// No complete shard snapshot `snapshot_id` of shard `db_id` on the volume.
+    #[error("shard snapshot {db_id}/{snapshot_id} not found on volume {volume}")]
+    SnapshotNotFound { db_id: String, snapshot_id: u64, volume: String },
+    /// No global snapshot `id` on the coordinator's meta volume.
+    #[error("global snapshot {id} not found on volume {volume}")]
+    GlobalSnapshotNotFound { id: u64, volume: String },
+    /// The coordinator's volumes hold no global snapshot yet.
+    #[error("no global snapshot has been materialized yet")]
+    NoGlobalSnapshot,
+    /// A file a manifest references is missing.
+    #[error("missing file {}, referenced by its manifest", path.display())]
+    MissingFile { path: PathBuf },
     /// Another process (or another `Db` in this one) holds the directory lock.
     #[error("database directory {} is locked by another instance", .0.display())]
     Locked(PathBuf),

@@ -14,9 +14,10 @@ use crate::metrics::Metrics;
 use crate::table_cache::TableCache;
 use crate::version::ObsoleteFiles;
 use crate::version_edit::VersionEdit;
-use crate::version_set::{CURRENT, VersionSet, log_path};
+use crate::version_set::{CURRENT, DurableState, VersionSet, load_manifest, log_path};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -69,7 +70,8 @@ pub(crate) fn open_inner(config: Config, owned: BucketSet) -> Result<DbInner> {
         }
         vs
     } else {
-        VersionSet::create(Arc::clone(&fs), &dir, config.total_buckets, owned.clone(), Arc::clone(&obsolete))?
+        let state = DurableState::new(crate::snapshot::new_db_id(), config.total_buckets, owned.clone());
+        VersionSet::create(Arc::clone(&fs), &dir, state, Arc::clone(&obsolete))?
     };
 
     let names = fs.list(&dir)?;
@@ -147,7 +149,10 @@ pub(crate) fn open_inner(config: Config, owned: BucketSet) -> Result<DbInner> {
         bg_generation: 0,
         compacting: false,
     };
+    let db_id = versions.state().db_id.clone();
     Ok(DbInner {
+        db_id,
+        snapshot_lock: Mutex::new(()),
         commit: CommitQueue::new(wal.map(|(w, _)| w), last_seq),
         state: Mutex::new(state),
         bg_cv: Condvar::new(),
@@ -156,7 +161,51 @@ pub(crate) fn open_inner(config: Config, owned: BucketSet) -> Result<DbInner> {
         table_cache,
         obsolete,
         metrics: Metrics::default(),
-        _lock: lock,
+        _lock: Some(lock),
+        config,
+    })
+}
+
+/// Opens a complete shard directory that nothing may modify (a snapshot): reads its manifest, takes no
+/// lock, replays no WAL, writes nothing. Reads see exactly the manifest's files.
+pub(crate) fn open_read_only_inner(config: Config) -> Result<DbInner> {
+    let fs = Arc::clone(&config.fs);
+    let obsolete = Arc::new(ObsoleteFiles::default());
+    let loaded = load_manifest(fs.as_ref(), &config.dir, &obsolete)?;
+    let table_cache = Arc::new(TableCache::new(
+        Arc::clone(&fs),
+        config.dir.clone(),
+        config.table_cache_files,
+        Arc::new(BlockCache::new(config.block_cache_bytes)),
+    ));
+    let last_seq = loaded.state.last_sequence;
+    let version = Arc::new(loaded.version);
+    let state = State {
+        mem: Arc::new(Memtable::new(0)),
+        imm: VecDeque::new(),
+        version: Arc::clone(&version),
+        owned: loaded.state.owned.clone(),
+        pinned: BTreeMap::new(),
+        poisoned: Some("read-only snapshot".into()),
+        closing: false,
+        manual_compaction: false,
+        bg_generation: 0,
+        compacting: false,
+    };
+    let db_id = loaded.state.db_id.clone();
+    let versions = VersionSet::read_only(fs, &config.dir, version, loaded.state, Arc::clone(&obsolete));
+    Ok(DbInner {
+        db_id,
+        snapshot_lock: Mutex::new(()),
+        commit: CommitQueue::new(None, last_seq),
+        state: Mutex::new(state),
+        bg_cv: Condvar::new(),
+        versions: Mutex::new(versions),
+        visible_seq: AtomicU64::new(last_seq),
+        table_cache,
+        obsolete,
+        metrics: Metrics::default(),
+        _lock: None,
         config,
     })
 }
@@ -166,13 +215,13 @@ pub(crate) fn open_inner(config: Config, owned: BucketSet) -> Result<DbInner> {
 fn sweep(config: &Config, names: &[String], versions: &VersionSet) -> Result<()> {
     let live: HashSet<u64> = versions.current().all_files().map(|f| f.meta.number).collect();
     let log_floor = versions.state().log_number;
-    let manifest = versions.manifest_path().to_path_buf();
+    let manifest = versions.manifest_path().map(Path::to_path_buf);
     for name in names {
         let path = config.dir.join(name);
         let dead = match parse_file_name(name) {
             FileKind::Table(n) => !live.contains(&n),
             FileKind::Log(n) => n < log_floor,
-            FileKind::Manifest(_) => path != manifest,
+            FileKind::Manifest(_) => Some(&path) != manifest.as_ref(),
             FileKind::Other => name == "CURRENT.tmp",
         };
         if dead {

@@ -12,6 +12,10 @@
 //!                       varint min_seq, varint max_seq, varint entries, varint deletions
 //!   6 owned buckets     varint count, count × (varint start, varint end)
 //!   7 total_buckets     varint
+//!   8 db_id             bytes (the shard's identity, set when it is created)
+//!   9 next_snapshot_id  varint
+//!  10 snapshot          varint snapshot_id, varint created_at_ms (only in a shard snapshot's manifest)
+//!  11 restored_from     bytes db_id, varint snapshot_id (a shard opened from another's snapshot)
 //! ```
 
 use crate::bucket::BucketRange;
@@ -72,6 +76,14 @@ pub struct VersionEdit {
     pub owned_buckets: Option<Vec<BucketRange>>,
     /// The bucket space size, recorded when the shard is created.
     pub total_buckets: Option<u32>,
+    /// The shard's identity, recorded when it is created.
+    pub db_id: Option<String>,
+    /// Every snapshot id this shard handed out is below this.
+    pub next_snapshot_id: Option<u64>,
+    /// Set in the manifest of a shard snapshot: its id and creation time (ms since the Unix epoch).
+    pub snapshot: Option<(u64, u64)>,
+    /// The shard snapshot (db_id, snapshot_id) this shard was restored from.
+    pub restored_from: Option<(String, u64)>,
 }
 
 const TAG_LOG_NUMBER: u64 = 1;
@@ -81,6 +93,10 @@ const TAG_DELETED: u64 = 4;
 const TAG_ADDED: u64 = 5;
 const TAG_OWNED: u64 = 6;
 const TAG_TOTAL_BUCKETS: u64 = 7;
+const TAG_DB_ID: u64 = 8;
+const TAG_NEXT_SNAPSHOT: u64 = 9;
+const TAG_SNAPSHOT: u64 = 10;
+const TAG_RESTORED_FROM: u64 = 11;
 
 impl VersionEdit {
     /// Encodes the edit.
@@ -96,6 +112,21 @@ impl VersionEdit {
         field(TAG_NEXT_FILE, self.next_file_number);
         field(TAG_LAST_SEQ, self.last_sequence);
         field(TAG_TOTAL_BUCKETS, self.total_buckets.map(u64::from));
+        field(TAG_NEXT_SNAPSHOT, self.next_snapshot_id);
+        if let Some(id) = &self.db_id {
+            put_varint(&mut out, TAG_DB_ID);
+            put_bytes(&mut out, id.as_bytes());
+        }
+        if let Some((id, created)) = self.snapshot {
+            put_varint(&mut out, TAG_SNAPSHOT);
+            put_varint(&mut out, id);
+            put_varint(&mut out, created);
+        }
+        if let Some((db, id)) = &self.restored_from {
+            put_varint(&mut out, TAG_RESTORED_FROM);
+            put_bytes(&mut out, db.as_bytes());
+            put_varint(&mut out, *id);
+        }
         for (level, number) in &self.deleted {
             put_varint(&mut out, TAG_DELETED);
             put_varint(&mut out, *level as u64);
@@ -139,6 +170,20 @@ impl VersionEdit {
                     let n = get_varint(&mut buf).ok_or_else(|| trunc("total_buckets"))?;
                     edit.total_buckets = Some(u32::try_from(n).map_err(|_| format!("total_buckets {n}"))?);
                 }
+                TAG_NEXT_SNAPSHOT => {
+                    edit.next_snapshot_id = Some(get_varint(&mut buf).ok_or_else(|| trunc("next snapshot"))?)
+                }
+                TAG_DB_ID => edit.db_id = Some(get_string(&mut buf, "db_id")?),
+                TAG_SNAPSHOT => {
+                    let id = get_varint(&mut buf).ok_or_else(|| trunc("snapshot"))?;
+                    let created = get_varint(&mut buf).ok_or_else(|| trunc("snapshot"))?;
+                    edit.snapshot = Some((id, created));
+                }
+                TAG_RESTORED_FROM => {
+                    let db = get_string(&mut buf, "restored_from")?;
+                    let id = get_varint(&mut buf).ok_or_else(|| trunc("restored_from"))?;
+                    edit.restored_from = Some((db, id));
+                }
                 TAG_DELETED => {
                     let level = get_level(&mut buf)?;
                     let number = get_varint(&mut buf).ok_or_else(|| trunc("deleted file"))?;
@@ -180,6 +225,11 @@ impl VersionEdit {
     }
 }
 
+fn get_string(buf: &mut &[u8], what: &str) -> Result<String, String> {
+    let bytes = get_bytes(buf).ok_or_else(|| format!("version edit truncated in {what}"))?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+}
+
 fn get_level(buf: &mut &[u8]) -> Result<usize, String> {
     let level = get_varint(buf).ok_or("version edit truncated in level")?;
     if level as usize >= NUM_LEVELS {
@@ -214,6 +264,10 @@ mod tests {
             )],
             owned_buckets: Some(vec![0..=10, 20..=30]),
             total_buckets: Some(1024),
+            db_id: Some("4f2a".into()),
+            next_snapshot_id: Some(5),
+            snapshot: Some((4, 1_700_000_000_000)),
+            restored_from: Some(("9c1b".into(), 2)),
         };
         assert_eq!(VersionEdit::decode(&edit.encode()).unwrap(), edit);
     }

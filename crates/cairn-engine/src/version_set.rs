@@ -48,13 +48,119 @@ pub struct DurableState {
     pub owned: BucketSet,
     /// Size of the bucket space.
     pub total_buckets: u32,
+    /// The shard's identity (32 hex digits), fixed when it is created.
+    pub db_id: String,
+    /// Next shard snapshot id to hand out.
+    pub next_snapshot_id: u64,
+    /// In a shard snapshot's manifest: (snapshot id, created at ms since the Unix epoch).
+    pub snapshot: Option<(u64, u64)>,
+    /// The shard snapshot (db_id, snapshot_id) this shard was restored from.
+    pub restored_from: Option<(String, u64)>,
+}
+
+impl DurableState {
+    /// The state of a brand-new shard.
+    pub fn new(db_id: String, total_buckets: u32, owned: BucketSet) -> DurableState {
+        DurableState {
+            log_number: 0,
+            next_file_number: 2,
+            last_sequence: 0,
+            owned,
+            total_buckets,
+            db_id,
+            next_snapshot_id: 1,
+            snapshot: None,
+            restored_from: None,
+        }
+    }
+
+    /// The edit that records every scalar (the first record of a fresh manifest).
+    fn full_edit(&self, version: &Version) -> VersionEdit {
+        let mut edit = version.snapshot_edit();
+        edit.log_number = Some(self.log_number);
+        edit.next_file_number = Some(self.next_file_number);
+        edit.last_sequence = Some(self.last_sequence);
+        edit.owned_buckets = Some(self.owned.ranges().to_vec());
+        edit.total_buckets = Some(self.total_buckets);
+        edit.db_id = Some(self.db_id.clone());
+        edit.next_snapshot_id = Some(self.next_snapshot_id);
+        edit.snapshot = self.snapshot;
+        edit.restored_from = self.restored_from.clone();
+        edit
+    }
+}
+
+/// A manifest read back: the version it describes, its scalars and its file number.
+pub struct LoadedManifest {
+    /// The files, by level.
+    pub version: Version,
+    /// The scalars.
+    pub state: DurableState,
+    /// The manifest's own file number.
+    pub number: u64,
+}
+
+/// Reads `CURRENT` and the manifest it names, without writing anything.
+pub fn load_manifest(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    obsolete: &Arc<ObsoleteFiles>,
+) -> Result<LoadedManifest> {
+    let manifest_name = read_current(fs, dir)?;
+    let path = dir.join(&manifest_name);
+    let contents = read_log(fs, &path)?;
+    let corrupt = |detail: String| Error::corruption(&path, detail);
+    let mut version = Version::default();
+    let mut state = DurableState::new(String::new(), 0, BucketSet::default());
+    state.next_file_number = 0;
+    state.next_snapshot_id = 1;
+    let mut owned: Option<Vec<BucketRange>> = None;
+    for payload in contents.payloads() {
+        let edit = VersionEdit::decode(payload).map_err(corrupt)?;
+        version = version.apply(&edit, |m| TableFile::new(m, Arc::clone(obsolete))).map_err(corrupt)?;
+        apply_scalars(&mut state, &edit);
+        if let Some(o) = edit.owned_buckets {
+            owned = Some(o);
+        }
+    }
+    if state.total_buckets == 0 || state.next_file_number == 0 {
+        return Err(corrupt("manifest lacks total_buckets or next_file_number".into()));
+    }
+    state.owned = BucketSet::new(&owned.unwrap_or_default(), state.total_buckets)
+        .map_err(|e| corrupt(format!("bad owned buckets: {e}")))?;
+    let number =
+        manifest_name.strip_prefix("MANIFEST-").and_then(|n| n.parse::<u64>().ok()).ok_or_else(|| {
+            Error::corruption(dir.join(CURRENT), format!("bad manifest name {manifest_name:?}"))
+        })?;
+    state.next_file_number = state.next_file_number.max(number + 1);
+    Ok(LoadedManifest { version, state, number })
+}
+
+/// Writes a fresh manifest (`MANIFEST-{number}`) describing `version` and `state` into `dir` and points
+/// `CURRENT` at it. Used for new shards, snapshots and restores.
+pub fn write_manifest(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    number: u64,
+    version: &Version,
+    state: &DurableState,
+) -> Result<LogWriter> {
+    let path = manifest_path(dir, number);
+    let mut manifest = LogWriter::create(fs, &path)?;
+    let mut edit = state.full_edit(version);
+    edit.next_file_number = Some(state.next_file_number.max(number + 1));
+    manifest.add_record(&edit.encode())?;
+    manifest.sync()?;
+    set_current(fs, dir, number)?;
+    Ok(manifest)
 }
 
 /// The current version and its manifest.
 pub struct VersionSet {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
-    manifest: LogWriter,
+    /// The live manifest; `None` for a read-only version set, which refuses edits.
+    manifest: Option<LogWriter>,
     current: Arc<Version>,
     state: DurableState,
     obsolete: Arc<ObsoleteFiles>,
@@ -65,48 +171,19 @@ impl VersionSet {
     pub fn create(
         fs: Arc<dyn FileSystem>,
         dir: &Path,
-        total_buckets: u32,
-        owned: BucketSet,
+        state: DurableState,
         obsolete: Arc<ObsoleteFiles>,
     ) -> Result<VersionSet> {
-        let state =
-            DurableState { log_number: 0, next_file_number: 2, last_sequence: 0, owned, total_buckets };
         VersionSet::write_new_manifest(fs, dir, 1, Arc::new(Version::default()), state, obsolete)
     }
 
     /// Rebuilds the version set from `CURRENT` and its manifest, then rolls over into a fresh manifest.
     pub fn recover(fs: Arc<dyn FileSystem>, dir: &Path, obsolete: Arc<ObsoleteFiles>) -> Result<VersionSet> {
-        let manifest_name = read_current(fs.as_ref(), dir)?;
-        let path = dir.join(&manifest_name);
-        let contents = read_log(fs.as_ref(), &path)?;
-        let corrupt = |detail: String| Error::corruption(&path, detail);
-        let mut version = Version::default();
-        let mut state = DurableState {
-            log_number: 0,
-            next_file_number: 0,
-            last_sequence: 0,
-            owned: BucketSet::default(),
-            total_buckets: 0,
-        };
-        let mut owned: Option<Vec<BucketRange>> = None;
-        for payload in contents.payloads() {
-            let edit = VersionEdit::decode(payload).map_err(corrupt)?;
-            version = version.apply(&edit, |m| TableFile::new(m, Arc::clone(&obsolete))).map_err(corrupt)?;
-            apply_scalars(&mut state, &edit);
-            if let Some(o) = edit.owned_buckets {
-                owned = Some(o);
-            }
+        let LoadedManifest { version, mut state, .. } = load_manifest(fs.as_ref(), dir, &obsolete)?;
+        if state.db_id.is_empty() {
+            // Shards created before identities existed get one now; the fresh manifest records it.
+            state.db_id = crate::snapshot::new_db_id();
         }
-        if state.total_buckets == 0 || state.next_file_number == 0 {
-            return Err(corrupt("manifest lacks total_buckets or next_file_number".into()));
-        }
-        state.owned = BucketSet::new(&owned.unwrap_or_default(), state.total_buckets)
-            .map_err(|e| corrupt(format!("bad owned buckets: {e}")))?;
-        let manifest_number =
-            manifest_name.strip_prefix("MANIFEST-").and_then(|n| n.parse::<u64>().ok()).ok_or_else(|| {
-                Error::corruption(dir.join(CURRENT), format!("bad manifest name {manifest_name:?}"))
-            })?;
-        state.next_file_number = state.next_file_number.max(manifest_number + 1);
         let number = state.next_file_number;
         state.next_file_number += 1;
         VersionSet::write_new_manifest(fs, dir, number, Arc::new(version), state, obsolete)
@@ -120,20 +197,10 @@ impl VersionSet {
         state: DurableState,
         obsolete: Arc<ObsoleteFiles>,
     ) -> Result<VersionSet> {
-        let path = manifest_path(dir, number);
-        let mut manifest = LogWriter::create(fs.as_ref(), &path)?;
-        let mut edit = current.snapshot_edit();
-        edit.log_number = Some(state.log_number);
-        edit.next_file_number = Some(state.next_file_number.max(number + 1));
-        edit.last_sequence = Some(state.last_sequence);
-        edit.owned_buckets = Some(state.owned.ranges().to_vec());
-        edit.total_buckets = Some(state.total_buckets);
-        manifest.add_record(&edit.encode())?;
-        manifest.sync()?;
-        set_current(fs.as_ref(), dir, number)?;
+        let manifest = write_manifest(fs.as_ref(), dir, number, &current, &state)?;
         let mut state = state;
         state.next_file_number = state.next_file_number.max(number + 1);
-        Ok(VersionSet { fs, dir: dir.to_path_buf(), manifest, current, state, obsolete })
+        Ok(VersionSet { fs, dir: dir.to_path_buf(), manifest: Some(manifest), current, state, obsolete })
     }
 
     /// Makes `edit` durable, then applies it. Returns the new current version. On a manifest I/O error
@@ -145,7 +212,10 @@ impl VersionSet {
             .current
             .apply(&edit, |m| TableFile::new(m, Arc::clone(&obsolete)))
             .map_err(|e| Error::InvalidArgument(format!("rejected version edit: {e}")))?;
-        if self.manifest.len() > MANIFEST_ROLLOVER_BYTES {
+        let Some(manifest) = self.manifest.as_mut() else {
+            return Err(Error::InvalidArgument("a read-only shard takes no version edits".into()));
+        };
+        if manifest.len() > MANIFEST_ROLLOVER_BYTES {
             let mut state = self.state.clone();
             apply_scalars(&mut state, &edit);
             if let Some(o) = &edit.owned_buckets {
@@ -153,7 +223,7 @@ impl VersionSet {
             }
             let number = state.next_file_number;
             state.next_file_number += 1;
-            let old = self.manifest.path().to_path_buf();
+            let old = manifest.path().to_path_buf();
             let fresh = VersionSet::write_new_manifest(
                 Arc::clone(&self.fs),
                 &self.dir,
@@ -167,8 +237,8 @@ impl VersionSet {
             let _ = self.fs.remove(&old);
             return Ok(Arc::clone(&self.current));
         }
-        self.manifest.add_record(&edit.encode())?;
-        self.manifest.sync()?;
+        manifest.add_record(&edit.encode())?;
+        manifest.sync()?;
         apply_scalars(&mut self.state, &edit);
         if let Some(o) = &edit.owned_buckets {
             self.state.owned = BucketSet::new(o, self.state.total_buckets)?;
@@ -199,9 +269,20 @@ impl VersionSet {
         self.state.next_file_number = self.state.next_file_number.max(number + 1);
     }
 
-    /// The live manifest's path.
-    pub fn manifest_path(&self) -> &Path {
-        self.manifest.path()
+    /// A version set over a loaded manifest that refuses edits (read-only snapshots).
+    pub fn read_only(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        current: Arc<Version>,
+        state: DurableState,
+        obsolete: Arc<ObsoleteFiles>,
+    ) -> VersionSet {
+        VersionSet { fs, dir: dir.to_path_buf(), manifest: None, current, state, obsolete }
+    }
+
+    /// The live manifest's path (`None` when read-only).
+    pub fn manifest_path(&self) -> Option<&Path> {
+        self.manifest.as_ref().map(|m| m.path())
     }
 }
 
@@ -217,6 +298,18 @@ fn apply_scalars(state: &mut DurableState, edit: &VersionEdit) {
     }
     if let Some(n) = edit.total_buckets {
         state.total_buckets = n;
+    }
+    if let Some(id) = &edit.db_id {
+        state.db_id.clone_from(id);
+    }
+    if let Some(n) = edit.next_snapshot_id {
+        state.next_snapshot_id = state.next_snapshot_id.max(n);
+    }
+    if let Some(s) = edit.snapshot {
+        state.snapshot = Some(s);
+    }
+    if let Some(r) = &edit.restored_from {
+        state.restored_from = Some(r.clone());
     }
 }
 

@@ -23,11 +23,11 @@ pub enum FaultKind {
     Sync,
     /// `FileSystem::sync_dir`.
     SyncDir,
-    /// `FileSystem::create`.
+    /// `FileSystem::create` and `FileSystem::link`.
     Create,
     /// `FileSystem::rename`.
     Rename,
-    /// `FileSystem::remove`.
+    /// `FileSystem::remove` and `FileSystem::remove_dir`.
     Remove,
     /// `FileSystem::open`.
     Open,
@@ -182,6 +182,20 @@ impl FileSystem for FaultFs {
     fn remove(&self, path: &Path) -> Result<()> {
         self.ctl.check(FaultKind::Remove, path)?;
         self.inner.remove(path)
+    }
+
+    fn identity(&self) -> usize {
+        self.inner.identity()
+    }
+
+    fn link(&self, from: &Path, to: &Path) -> Result<()> {
+        self.ctl.check(FaultKind::Create, to)?;
+        self.inner.link(from, to)
+    }
+
+    fn remove_dir(&self, dir: &Path) -> Result<()> {
+        self.ctl.check(FaultKind::Remove, dir)?;
+        self.inner.remove_dir(dir)
     }
 
     fn list(&self, dir: &Path) -> Result<Vec<String>> {

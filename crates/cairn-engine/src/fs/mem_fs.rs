@@ -11,7 +11,8 @@
 //!   `synced_len`, releases every lock and bumps a generation so that handles opened before the crash
 //!   fail, as a dead process's descriptors would.
 //!
-//! Directories are durable as soon as `create_dir_all` makes them. A process crash without power loss is
+//! Directories are durable as soon as `create_dir_all` makes them (or `remove_dir` removes them). `link`
+//! adds a second live name for the same node, as a hard link does. A process crash without power loss is
 //! modelled by not calling `crash`: every appended byte and every live name stays.
 
 use super::{FileLock, FileSystem, RandomAccessFile, WritableFile};
@@ -294,6 +295,40 @@ impl FileSystem for MemFs {
     fn remove(&self, path: &Path) -> Result<()> {
         let path = normalize(path);
         self.state.lock().live.remove(&path).map(drop).ok_or_else(|| not_found(&path))
+    }
+
+    fn identity(&self) -> usize {
+        // Clones share `state`; its address names the namespace (never 0, which is StdFs's).
+        Arc::as_ptr(&self.state) as usize
+    }
+
+    fn link(&self, from: &Path, to: &Path) -> Result<()> {
+        let (from, to) = (normalize(from), normalize(to));
+        let mut state = self.state.lock();
+        state.check_parent(&to)?;
+        if state.live.contains_key(&to) || state.dirs.contains(&to) {
+            return Err(Error::io(&to, io::Error::from(io::ErrorKind::AlreadyExists)));
+        }
+        let node = state.live_node(&from)?;
+        state.live.insert(to, node);
+        Ok(())
+    }
+
+    fn remove_dir(&self, dir: &Path) -> Result<()> {
+        let dir = normalize(dir);
+        let mut state = self.state.lock();
+        if !state.dirs.contains(&dir) {
+            return Err(not_found(&dir));
+        }
+        let inside = |p: &PathBuf| p.parent() == Some(dir.as_path());
+        if state.live.keys().any(inside) || state.dirs.iter().any(inside) {
+            return Err(Error::io(&dir, io::Error::from(io::ErrorKind::DirectoryNotEmpty)));
+        }
+        state.dirs.remove(&dir);
+        // Directories are durable as soon as they change (see the module docs); so is their removal, and
+        // the durable names that were under it go with it.
+        state.durable.retain(|p, _| !inside(p));
+        Ok(())
     }
 
     fn list(&self, dir: &Path) -> Result<Vec<String>> {

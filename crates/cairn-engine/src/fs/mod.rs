@@ -61,6 +61,12 @@ pub trait FileSystem: Send + Sync + Debug {
     fn rename(&self, from: &Path, to: &Path) -> Result<()>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> Result<()>;
+    /// Makes `to` a second name (a hard link) of the existing file `from`: no bytes are copied. The new
+    /// name is durable after `sync_dir` on its directory. Fails if `to` exists or if the two paths are on
+    /// different devices (callers then copy).
+    fn link(&self, from: &Path, to: &Path) -> Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, dir: &Path) -> Result<()>;
     /// Names (not paths) of the entries in `dir`, in no particular order.
     fn list(&self, dir: &Path) -> Result<Vec<String>>;
     /// True if `path` exists.
@@ -71,6 +77,9 @@ pub trait FileSystem: Send + Sync + Debug {
     fn sync_dir(&self, dir: &Path) -> Result<()>;
     /// Takes an exclusive lock on `path` (creating it), failing with `Error::Locked` if it is held.
     fn lock(&self, path: &Path) -> Result<Box<dyn FileLock>>;
+    /// Names the namespace the files live in: two file systems with one identity see the same files, so
+    /// a [`FileSystem::link`] can join them. Wrappers return their inner file system's.
+    fn identity(&self) -> usize;
 
     /// Reads a whole file.
     fn read_all(&self, path: &Path) -> Result<Vec<u8>> {

@@ -94,6 +94,19 @@ impl FileSystem for StdFs {
         std::fs::remove_file(path).map_err(|e| Error::io(path, e))
     }
 
+    fn identity(&self) -> usize {
+        // Every StdFs sees the one operating-system namespace.
+        0
+    }
+
+    fn link(&self, from: &Path, to: &Path) -> Result<()> {
+        std::fs::hard_link(from, to).map_err(|e| Error::io(to, e))
+    }
+
+    fn remove_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))
+    }
+
     fn list(&self, dir: &Path) -> Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {

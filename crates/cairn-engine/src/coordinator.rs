@@ -1,0 +1,414 @@
+//! `DbCoordinator`: assembles shard snapshots into global snapshots, makes them durable, loads them back,
+//! and garbage-collects what no retained global snapshot needs.
+//!
+//! Layout on the meta volume: `global/NNNNNNNNNNNNNNNNNNNN.json`, one checksummed JSON manifest per
+//! global snapshot, written to a temporary name, synced and renamed, so a crash leaves the previous
+//! global snapshots intact and never a partial one. The newest complete manifest is the current global
+//! snapshot. Shard snapshots live on the snapshot volume as `<db_id>/<snapshot_id>/` (see `snapshot.rs`).
+//!
+//! Stronger than the seed's coordinator: `take_global_snapshot` checks that the shard snapshots cover
+//! `0..total_buckets` exactly once, and materializing first makes every shard snapshot complete on the
+//! snapshot volume (copying only files it lacks) before the global manifest names it.
+
+use crate::bucket::MAX_TOTAL_BUCKETS;
+use crate::error::{Error, Result};
+use crate::fs::{FileLock, FileSystem, StdFs};
+use crate::snapshot::{ShardSnapshotInput, check_db_id, check_files, copy_snapshot, load_snapshot, now_ms};
+use crate::version_set::CURRENT;
+use crate::volume::{self, ResolvedVolume, Volume, VolumeRole, resolve};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Directory of global snapshot manifests on the meta volume.
+const GLOBAL_DIR: &str = "global";
+
+/// How a coordinator finds its volumes and how many global snapshots it keeps.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// A `Meta` volume for global manifests and a `Snapshot` volume for shard snapshots; one volume may
+    /// serve both (give it twice, or only one: a lone volume plays both roles).
+    pub volumes: Vec<Volume>,
+    /// Keep the newest N global snapshots (and what they reference); `None` keeps all.
+    pub snapshot_retention: Option<usize>,
+    /// File system for `file://` volumes. Default: the real one.
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> CoordinatorConfig {
+        CoordinatorConfig { volumes: Vec::new(), snapshot_retention: None, fs: Arc::new(StdFs) }
+    }
+}
+
+impl CoordinatorConfig {
+    /// A config over `volumes`, keeping every global snapshot.
+    pub fn new(volumes: Vec<Volume>) -> CoordinatorConfig {
+        CoordinatorConfig { volumes, ..CoordinatorConfig::default() }
+    }
+
+    fn volume(&self, role: VolumeRole) -> Result<ResolvedVolume> {
+        let pick = self.volumes.iter().find(|v| v.role == role).or_else(|| {
+            self.volumes.iter().find(|v| matches!(v.role, VolumeRole::Meta | VolumeRole::Snapshot))
+        });
+        let v = pick.ok_or_else(|| {
+            Error::InvalidConfig("the coordinator needs a meta or snapshot volume".to_string())
+        })?;
+        resolve(&v.url, &self.fs)
+    }
+
+    /// The volume holding global manifests.
+    pub fn meta_volume(&self) -> Result<ResolvedVolume> {
+        self.volume(VolumeRole::Meta)
+    }
+
+    /// The volume holding shard snapshots.
+    pub fn snapshot_volume(&self) -> Result<ResolvedVolume> {
+        self.volume(VolumeRole::Snapshot)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.snapshot_retention == Some(0) {
+            return Err(Error::InvalidConfig("snapshot_retention must keep at least 1".into()));
+        }
+        if let Some(v) = self.volumes.iter().find(|v| v.role == VolumeRole::Data) {
+            return Err(Error::InvalidConfig(format!("a coordinator has no data volume (got {})", v.url)));
+        }
+        Ok(())
+    }
+}
+
+/// A global snapshot: shard snapshots that together cover the bucket space exactly once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalSnapshotManifest {
+    /// Increasing, never reused by one coordinator.
+    pub id: u64,
+    /// Size of the bucket space.
+    pub total_buckets: u32,
+    /// When it was assembled, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// One per shard, sorted by first bucket.
+    pub shard_snapshots: Vec<ShardSnapshotInput>,
+}
+
+/// What materializing did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaterializeStats {
+    /// Bytes copied onto the snapshot volume (0 when the shard snapshots already live there).
+    pub bytes_copied: u64,
+    /// Global snapshots deleted by retention.
+    pub global_snapshots_removed: u64,
+    /// Shard snapshots deleted by garbage collection.
+    pub shard_snapshots_removed: u64,
+    /// Set if retention or garbage collection failed after the global snapshot became durable. The
+    /// snapshot is materialized all the same; the leftovers are collected by the next run.
+    pub gc_error: Option<String>,
+}
+
+/// The coordinator. One per meta volume at a time (it holds a lock there).
+pub struct DbCoordinator {
+    config: CoordinatorConfig,
+    meta: ResolvedVolume,
+    snapshots: ResolvedVolume,
+    next_id: Mutex<u64>,
+    _lock: Box<dyn FileLock>,
+}
+
+impl std::fmt::Debug for DbCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbCoordinator")
+            .field("meta", &self.meta.url)
+            .field("snapshots", &self.snapshots.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn global_dir(meta: &ResolvedVolume) -> PathBuf {
+    meta.root.join(GLOBAL_DIR)
+}
+
+fn global_path(meta: &ResolvedVolume, id: u64) -> PathBuf {
+    global_dir(meta).join(format!("{id:020}.json"))
+}
+
+/// Ids of the complete global manifests on `meta`, ascending.
+fn list_ids(meta: &ResolvedVolume) -> Result<Vec<u64>> {
+    let dir = global_dir(meta);
+    if !meta.fs.exists(&dir)? {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<u64> = meta
+        .fs
+        .list(&dir)?
+        .iter()
+        .filter_map(|n| n.strip_suffix(".json").and_then(|id| id.parse().ok()))
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn load(meta: &ResolvedVolume, id: u64) -> Result<GlobalSnapshotManifest> {
+    let path = global_path(meta, id);
+    if !meta.fs.exists(&path)? {
+        return Err(Error::GlobalSnapshotNotFound { id, volume: meta.url.clone() });
+    }
+    let manifest: GlobalSnapshotManifest = volume::decode_checked_json(&path, &meta.fs.read_all(&path)?)?;
+    if manifest.id != id {
+        return Err(Error::corruption(&path, format!("file holds global snapshot {}", manifest.id)));
+    }
+    Ok(manifest)
+}
+
+/// Checks that `inputs` cover `0..total_buckets` exactly once and agree on `total_buckets`.
+fn check_coverage(total_buckets: u32, inputs: &[ShardSnapshotInput]) -> Result<()> {
+    if total_buckets == 0 || total_buckets > MAX_TOTAL_BUCKETS {
+        return Err(Error::InvalidArgument(format!("total_buckets must be in 1..={MAX_TOTAL_BUCKETS}")));
+    }
+    let mut owner: Vec<Option<usize>> = vec![None; total_buckets as usize];
+    let mut ids = HashSet::new();
+    for (i, input) in inputs.iter().enumerate() {
+        check_db_id(&input.db_id)?;
+        if !ids.insert(input.db_id.as_str()) {
+            return Err(Error::InvalidArgument(format!("shard {} appears twice", input.db_id)));
+        }
+        if input.total_buckets != total_buckets {
+            return Err(Error::InvalidArgument(format!(
+                "shard {} snapshot {} has total_buckets {}, the global snapshot {total_buckets}",
+                input.db_id, input.snapshot_id, input.total_buckets
+            )));
+        }
+        for r in &input.bucket_ranges {
+            for b in *r.start()..=*r.end() {
+                let slot = owner.get_mut(usize::from(b)).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "shard {} owns bucket {b}, outside 0..{total_buckets}",
+                        input.db_id
+                    ))
+                })?;
+                if let Some(other) = slot {
+                    return Err(Error::InvalidArgument(format!(
+                        "bucket {b} is covered twice: by shard {} and by shard {}",
+                        inputs[*other].db_id, input.db_id
+                    )));
+                }
+                *slot = Some(i);
+            }
+        }
+    }
+    if let Some(b) = owner.iter().position(Option::is_none) {
+        return Err(Error::InvalidArgument(format!("bucket {b} is covered by no shard snapshot")));
+    }
+    Ok(())
+}
+
+impl DbCoordinator {
+    /// Opens the coordinator over its volumes, creating the layout if needed.
+    pub fn open(config: CoordinatorConfig) -> Result<DbCoordinator> {
+        config.validate()?;
+        let meta = config.meta_volume()?;
+        let snapshots = config.snapshot_volume()?;
+        let dir = global_dir(&meta);
+        meta.fs.create_dir_all(&dir)?;
+        snapshots.fs.create_dir_all(&snapshots.root)?;
+        let lock = meta.fs.lock(&dir.join("LOCK"))?;
+        // A crash during materialize can leave a temporary manifest: it was never visible; drop it.
+        for name in meta.fs.list(&dir)? {
+            if name.ends_with(".json.tmp") {
+                meta.fs.remove(&dir.join(&name))?;
+            }
+        }
+        let next = list_ids(&meta)?.last().map_or(1, |id| id + 1);
+        Ok(DbCoordinator { config, meta, snapshots, next_id: Mutex::new(next), _lock: lock })
+    }
+
+    /// Assembles a global snapshot from shard snapshot inputs. Rejects inputs that do not cover
+    /// `0..total_buckets` exactly once or disagree on `total_buckets`. Nothing is durable until
+    /// [`DbCoordinator::materialize_global_snapshot`].
+    pub fn take_global_snapshot(
+        &self,
+        total_buckets: u32,
+        mut inputs: Vec<ShardSnapshotInput>,
+    ) -> Result<GlobalSnapshotManifest> {
+        check_coverage(total_buckets, &inputs)?;
+        inputs.sort_by_key(|i| i.bucket_ranges.iter().map(|r| *r.start()).min());
+        let mut next = self.next_id.lock();
+        let id = *next;
+        *next += 1;
+        Ok(GlobalSnapshotManifest { id, total_buckets, created_at_ms: now_ms(), shard_snapshots: inputs })
+    }
+
+    /// Makes `manifest` durable: every shard snapshot is made complete on the snapshot volume (copying
+    /// only files it lacks), then the manifest is written atomically. A crash at any point leaves the
+    /// previous global snapshots as they were and this one absent. Then applies retention and collects
+    /// garbage.
+    pub fn materialize_global_snapshot(&self, manifest: &GlobalSnapshotManifest) -> Result<MaterializeStats> {
+        check_coverage(manifest.total_buckets, &manifest.shard_snapshots)?;
+        let path = global_path(&self.meta, manifest.id);
+        if self.meta.fs.exists(&path)? {
+            return Err(Error::InvalidArgument(format!("global snapshot {} already exists", manifest.id)));
+        }
+        let mut stats = MaterializeStats::default();
+        let mut stored = manifest.clone();
+        for input in &mut stored.shard_snapshots {
+            let from = resolve(&input.volume, &self.config.fs)?;
+            if !from.same_as(&self.snapshots) {
+                stats.bytes_copied += copy_snapshot(&from, &self.snapshots, &input.db_id, input.snapshot_id)?;
+                input.volume = self.snapshots.url.clone();
+            }
+            let (dir, loaded) = load_snapshot(&self.snapshots, &input.db_id, input.snapshot_id)?;
+            check_files(self.snapshots.fs.as_ref(), &dir, &loaded)?;
+        }
+        volume::write_atomic(self.meta.fs.as_ref(), &path, &volume::encode_checked_json(&stored)?)?;
+        // From here on the global snapshot exists: a failure to clean up is reported, not returned.
+        if let Err(e) = self.apply_retention(&mut stats) {
+            stats.gc_error = Some(e.to_string());
+        }
+        Ok(stats)
+    }
+
+    fn apply_retention(&self, stats: &mut MaterializeStats) -> Result<()> {
+        if let Some(keep) = self.config.snapshot_retention {
+            let ids = list_ids(&self.meta)?;
+            for &old in ids.iter().take(ids.len().saturating_sub(keep)) {
+                self.meta.fs.remove(&global_path(&self.meta, old))?;
+                stats.global_snapshots_removed += 1;
+            }
+            self.meta.fs.sync_dir(&global_dir(&self.meta))?;
+        }
+        stats.shard_snapshots_removed = self.collect_garbage()?;
+        Ok(())
+    }
+
+    /// Loads global snapshot `id`.
+    pub fn load_global_snapshot(&self, id: u64) -> Result<GlobalSnapshotManifest> {
+        load(&self.meta, id)
+    }
+
+    /// Ids of the durable global snapshots, oldest first.
+    pub fn list_global_snapshots(&self) -> Result<Vec<u64>> {
+        list_ids(&self.meta)
+    }
+
+    /// The newest durable global snapshot, if any.
+    pub fn current_global_snapshot(&self) -> Result<Option<GlobalSnapshotManifest>> {
+        match list_ids(&self.meta)?.last() {
+            Some(&id) => load(&self.meta, id).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Same as [`DbCoordinator::list_global_snapshots`] without holding the coordinator lock (readers).
+    pub fn list_global_snapshots_at(config: &CoordinatorConfig) -> Result<Vec<u64>> {
+        list_ids(&config.meta_volume()?)
+    }
+
+    /// Same as [`DbCoordinator::load_global_snapshot`] without holding the coordinator lock (readers).
+    pub fn load_global_snapshot_at(config: &CoordinatorConfig, id: u64) -> Result<GlobalSnapshotManifest> {
+        load(&config.meta_volume()?, id)
+    }
+
+    /// The volume shard snapshots are kept on.
+    pub fn snapshot_volume(&self) -> &ResolvedVolume {
+        &self.snapshots
+    }
+
+    /// Deletes shard snapshots on the snapshot volume that no retained global snapshot references and
+    /// that are older than the oldest retained global snapshot (newer ones may be about to join one: a
+    /// shard snapshot in flight, or the pre-shrink snapshot of a rescale). Their files go with them
+    /// unless something else links them: a live shard keeps its own links, so its data is never
+    /// touched. Does nothing while no global snapshot exists. Returns how many were deleted.
+    pub fn collect_garbage(&self) -> Result<u64> {
+        let ids = list_ids(&self.meta)?;
+        let mut referenced = HashSet::new();
+        let mut oldest = u64::MAX;
+        for &id in &ids {
+            let m = load(&self.meta, id)?;
+            oldest = oldest.min(m.created_at_ms);
+            for s in m.shard_snapshots {
+                referenced.insert((s.db_id, s.snapshot_id));
+            }
+        }
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let fs = self.snapshots.fs.as_ref();
+        let mut removed = 0;
+        for db_id in fs.list(&self.snapshots.root)? {
+            let db_dir = self.snapshots.root.join(&db_id);
+            if db_id == GLOBAL_DIR || check_db_id(&db_id).is_err() || fs.exists(&db_dir.join(CURRENT))? {
+                continue;
+            }
+            let Ok(names) = fs.list(&db_dir) else { continue };
+            for name in names {
+                let Ok(snapshot_id) = name.parse::<u64>() else { continue };
+                if referenced.contains(&(db_id.clone(), snapshot_id)) {
+                    continue;
+                }
+                let dir = db_dir.join(&name);
+                if !crate::snapshot::is_complete(fs, &dir)? {
+                    continue;
+                }
+                let (_, loaded) = load_snapshot(&self.snapshots, &db_id, snapshot_id)?;
+                let created = loaded.state.snapshot.map_or(u64::MAX, |(_, at)| at);
+                if created < oldest {
+                    remove_snapshot_dir(fs, &dir)?;
+                    removed += 1;
+                }
+            }
+            fs.sync_dir(&db_dir)?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Deletes a snapshot directory: `CURRENT` first (so a crash part way leaves an incomplete directory,
+/// never a complete one missing files), then the rest.
+fn remove_snapshot_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    fs.remove(&dir.join(CURRENT))?;
+    fs.sync_dir(dir)?;
+    volume::remove_dir_all(fs, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(db: &str, ranges: Vec<std::ops::RangeInclusive<u16>>) -> ShardSnapshotInput {
+        ShardSnapshotInput {
+            db_id: db.into(),
+            snapshot_id: 1,
+            total_buckets: 1000,
+            bucket_ranges: ranges,
+            volume: "memory://x".into(),
+            manifest_path: String::new(),
+            sequence: 0,
+            files: 0,
+            size_bytes: 0,
+            rows: 0,
+            digest: String::new(),
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn coverage_must_be_exactly_once() {
+        let ok = [input("a", vec![0..=499]), input("b", vec![500..=999])];
+        check_coverage(1000, &ok).unwrap();
+        let gap = [input("a", vec![0..=498]), input("b", vec![500..=999])];
+        assert!(check_coverage(1000, &gap).unwrap_err().to_string().contains("bucket 499 is covered by no"));
+        let twice = [input("a", vec![0..=500]), input("b", vec![500..=999])];
+        assert!(
+            check_coverage(1000, &twice).unwrap_err().to_string().contains("bucket 500 is covered twice")
+        );
+        let outside = [input("a", vec![0..=1000])];
+        assert!(check_coverage(1000, &outside).unwrap_err().to_string().contains("outside"));
+        let dup = [input("a", vec![0..=499]), input("a", vec![500..=999])];
+        assert!(check_coverage(1000, &dup).unwrap_err().to_string().contains("twice"));
+        let mut other = input("b", vec![500..=999]);
+        other.total_buckets = 2000;
+        assert!(check_coverage(1000, &[input("a", vec![0..=499]), other]).is_err());
+        assert!(check_coverage(0, &[]).is_err());
+    }
+}

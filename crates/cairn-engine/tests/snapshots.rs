@@ -540,3 +540,60 @@ fn gc_case(seed: u64) -> u64 {
     }
     removed
 }
+
+const READER_ENV: &str = "CAIRN_SNAPSHOT_READER_CHILD";
+
+/// The child of `read_only_db_in_another_process`: a no-op unless `CAIRN_SNAPSHOT_READER_CHILD` holds
+/// `volume_url db_id snapshot_id`. Opens the snapshot read-only, prints its digest and row count.
+#[test]
+fn reader_child() {
+    let Ok(arg) = std::env::var(READER_ENV) else { return };
+    let parts: Vec<&str> = arg.split(' ').collect();
+    let [url, db_id, snap] = parts[..] else { panic!("bad {READER_ENV}: {arg}") };
+    let mut config = Config::new("/unused");
+    config.total_buckets = TOTAL;
+    let ro = ReadOnlyDb::open_at(&config, url, db_id, snap.parse().unwrap()).unwrap();
+    let d = ro.content_digest().unwrap();
+    println!("digest {} rows {}", d.to_hex(), d.rows);
+}
+
+/// A `ReadOnlyDb` in another process reads a snapshot while the writer keeps writing and compacting.
+#[test]
+fn read_only_db_in_another_process() {
+    if std::env::var(READER_ENV).is_ok() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let snapvol = Volume::file_url(&tmp.path().join("snapshots"));
+    let db = Db::open(shard_config(&tmp.path().join("db"), &snapvol), vec![0..=999]).unwrap();
+    for i in 0..20_000 {
+        db.put(bucket_of(i), &key(i), 0, &value(i, 0)).unwrap();
+    }
+    let id = db.snapshot().unwrap();
+    let input = db.shard_snapshot_input(id).unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "reader_child", "--nocapture", "--test-threads=1"])
+        .env(READER_ENV, format!("{snapvol} {} {id}", db.id()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Keep writing, deleting and compacting while the child reads.
+    for round in 1..4 {
+        for i in 0..20_000 {
+            if i % 5 == 0 {
+                db.delete(bucket_of(i), &key(i)).unwrap();
+            } else {
+                db.put(bucket_of(i), &key(i), 0, &value(i, round)).unwrap();
+            }
+        }
+        db.compact().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // The test harness prints its own text before ours on the same line.
+    let at = text.find("digest ").unwrap_or_else(|| panic!("child said {text}"));
+    let line = text[at..].lines().next().unwrap_or_default();
+    assert_eq!(line, format!("digest {} rows {}", input.digest, input.rows));
+    assert_eq!(input.rows, 20_000);
+}

@@ -206,9 +206,9 @@ pub(crate) fn check_files(fs: &dyn FileSystem, dir: &Path, loaded: &LoadedManife
     Ok(())
 }
 
-/// Copies (links where possible) a complete snapshot directory onto another volume, files first and
-/// `CURRENT` last, skipping files the destination already holds with the right size. Returns the bytes
-/// copied. Idempotent: a crash part way leaves an incomplete directory that the next call completes.
+/// Copies a complete snapshot directory onto another volume, files first and `CURRENT` last. A file an
+/// earlier snapshot of the same shard on the destination already holds is linked there instead of
+/// copied (incremental snapshots move only new files). Returns the bytes copied. Idempotent: a crash part way leaves an incomplete directory that the next call completes.
 pub(crate) fn copy_snapshot(
     from: &ResolvedVolume,
     to: &ResolvedVolume,
@@ -221,16 +221,28 @@ pub(crate) fn copy_snapshot(
         return Ok(0);
     }
     to.fs.create_dir_all(&dst_dir)?;
+    let held = files_held(to, db_id, snapshot_id)?;
     let mut copied = 0;
     for file in loaded.version.all_files() {
-        let dst = table_path(&dst_dir, file.meta.number);
+        let number = file.meta.number;
+        let dst = table_path(&dst_dir, number);
         if to.fs.exists(&dst)? {
             if to.fs.open(&dst)?.len() == file.meta.size {
                 continue;
             }
             to.fs.remove(&dst)?;
         }
-        copied += volume::transfer(&from.fs, &table_path(&src_dir, file.meta.number), &to.fs, &dst)?;
+        // A file number is never reused within one shard and files never change, so an earlier snapshot
+        // of the shard on the destination holding this number with this size holds these bytes: link it.
+        if let Some(earlier) = held
+            .iter()
+            .map(|d| table_path(d, number))
+            .find(|p| to.fs.open(p).is_ok_and(|f| f.len() == file.meta.size))
+        {
+            copied += volume::transfer(&to.fs, &earlier, &to.fs, &dst)?;
+            continue;
+        }
+        copied += volume::transfer(&from.fs, &table_path(&src_dir, number), &to.fs, &dst)?;
     }
     let digest = src_dir.join(DIGEST_FILE);
     if from.fs.exists(&digest)? && !to.fs.exists(&dst_dir.join(DIGEST_FILE))? {
@@ -240,6 +252,24 @@ pub(crate) fn copy_snapshot(
     write_manifest(to.fs.as_ref(), &dst_dir, loaded.number, &loaded.version, &loaded.state)?;
     to.fs.sync_dir(&shard_dir(to, db_id))?;
     Ok(copied)
+}
+
+/// Complete snapshot directories of `db_id` on `volume` other than `except`, newest first.
+fn files_held(volume: &ResolvedVolume, db_id: &str, except: u64) -> Result<Vec<PathBuf>> {
+    let dir = shard_dir(volume, db_id);
+    if !volume.fs.exists(&dir)? {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<u64> = volume.fs.list(&dir)?.iter().filter_map(|n| n.parse().ok()).collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out = Vec::new();
+    for id in ids.into_iter().filter(|&id| id != except) {
+        let path = snapshot_dir(volume, db_id, id);
+        if is_complete(volume.fs.as_ref(), &path)? {
+            out.push(path);
+        }
+    }
+    Ok(out)
 }
 
 /// Removes incomplete snapshot directories of `db_id` (left by a crash during `snapshot`).

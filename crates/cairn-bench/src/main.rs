@@ -7,6 +7,7 @@
 mod engine;
 mod engine_args;
 mod engine_reads;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -21,12 +22,15 @@ struct Cli {
 enum Command {
     /// db_bench-style workloads against one in-process engine shard.
     Engine(engine_args::EngineArgs),
+    /// Shard snapshot, global snapshot, restore and incremental-copy costs at several data sizes.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Engine(args) => engine::run(&args),
+        Command::Snapshot(args) => snapshot::run(&args),
     };
     if let Err(e) = result {
         eprintln!("cairn-bench: {e}");

@@ -108,6 +108,32 @@ pub struct MaterializeStats {
 }
 
 /// The coordinator. One per meta volume at a time (it holds a lock there).
+///
+/// ```
+/// use cairn_engine::{Config, CoordinatorConfig, Db, DbCoordinator, Volume, VolumeRole};
+/// # let tmp = tempfile::tempdir().unwrap();
+/// let snapvol = Volume::file_url(&tmp.path().join("snapshots"));
+/// let shard = |name: &str| {
+///     let mut c = Config::new(tmp.path().join(name));
+///     c.snapshot_volume = Some(snapvol.clone());
+///     c
+/// };
+/// let db1 = Db::open(shard("db1"), vec![0..=499])?;
+/// let db2 = Db::open(shard("db2"), vec![500..=1023])?;
+/// db1.put(100, b"key-a", 0, b"value-a")?;
+/// db2.put(700, b"key-b", 0, b"value-b")?;
+///
+/// let coord = DbCoordinator::open(CoordinatorConfig::new(vec![Volume::new(&snapvol, VolumeRole::Meta)]))?;
+/// let inputs = vec![db1.shard_snapshot_input(db1.snapshot()?)?, db2.shard_snapshot_input(db2.snapshot()?)?];
+/// let global = coord.take_global_snapshot(1024, inputs)?;
+/// coord.materialize_global_snapshot(&global)?;
+///
+/// // Restore: coordinator first, then each shard.
+/// let s1 = &coord.load_global_snapshot(global.id)?.shard_snapshots[0];
+/// let restored = Db::open_from_snapshot(shard("restored1"), s1.snapshot_id, s1.db_id.clone())?;
+/// assert_eq!(restored.get(100, b"key-a")?.unwrap().column(0), Some(&b"value-a"[..]));
+/// # Ok::<(), cairn_engine::Error>(())
+/// ```
 pub struct DbCoordinator {
     config: CoordinatorConfig,
     meta: ResolvedVolume,

@@ -13,7 +13,9 @@
 use crate::bucket::MAX_TOTAL_BUCKETS;
 use crate::error::{Error, Result};
 use crate::fs::{FileLock, FileSystem, StdFs};
-use crate::snapshot::{ShardSnapshotInput, check_db_id, check_files, copy_snapshot, load_snapshot, now_ms};
+use crate::snapshot::{
+    ShardSnapshotInput, check_db_id, copy_snapshot, load_snapshot, load_verified_snapshot, now_ms,
+};
 use crate::version_set::CURRENT;
 use crate::volume::{self, ResolvedVolume, Volume, VolumeRole, resolve};
 use parking_lot::Mutex;
@@ -175,6 +177,13 @@ fn list_ids(meta: &ResolvedVolume) -> Result<Vec<u64>> {
     Ok(ids)
 }
 
+fn current(meta: &ResolvedVolume) -> Result<Option<GlobalSnapshotManifest>> {
+    match list_ids(meta)?.last() {
+        Some(&id) => load(meta, id).map(Some),
+        None => Ok(None),
+    }
+}
+
 fn load(meta: &ResolvedVolume, id: u64) -> Result<GlobalSnapshotManifest> {
     let path = global_path(meta, id);
     if !meta.fs.exists(&path)? {
@@ -283,8 +292,7 @@ impl DbCoordinator {
                 stats.bytes_copied += copy_snapshot(&from, &self.snapshots, &input.db_id, input.snapshot_id)?;
                 input.volume = self.snapshots.url.clone();
             }
-            let (dir, loaded) = load_snapshot(&self.snapshots, &input.db_id, input.snapshot_id)?;
-            check_files(self.snapshots.fs.as_ref(), &dir, &loaded)?;
+            load_verified_snapshot(&self.snapshots, &input.db_id, input.snapshot_id, manifest.total_buckets)?;
         }
         volume::write_atomic(self.meta.fs.as_ref(), &path, &volume::encode_checked_json(&stored)?)?;
         // From here on the global snapshot exists: a failure to clean up is reported, not returned.
@@ -319,20 +327,12 @@ impl DbCoordinator {
 
     /// The newest durable global snapshot, if any.
     pub fn current_global_snapshot(&self) -> Result<Option<GlobalSnapshotManifest>> {
-        match list_ids(&self.meta)?.last() {
-            Some(&id) => load(&self.meta, id).map(Some),
-            None => Ok(None),
-        }
+        current(&self.meta)
     }
 
-    /// Same as [`DbCoordinator::list_global_snapshots`] without holding the coordinator lock (readers).
-    pub fn list_global_snapshots_at(config: &CoordinatorConfig) -> Result<Vec<u64>> {
-        list_ids(&config.meta_volume()?)
-    }
-
-    /// Same as [`DbCoordinator::load_global_snapshot`] without holding the coordinator lock (readers).
-    pub fn load_global_snapshot_at(config: &CoordinatorConfig, id: u64) -> Result<GlobalSnapshotManifest> {
-        load(&config.meta_volume()?, id)
+    /// Same as [`DbCoordinator::current_global_snapshot`] without holding the coordinator lock (readers).
+    pub fn current_global_snapshot_at(config: &CoordinatorConfig) -> Result<Option<GlobalSnapshotManifest>> {
+        current(&config.meta_volume()?)
     }
 
     /// The volume shard snapshots are kept on.

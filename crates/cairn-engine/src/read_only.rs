@@ -9,7 +9,7 @@ use crate::db::DbInner;
 use crate::db_iter::DbIter;
 use crate::error::{Error, Result};
 use crate::row::Row;
-use crate::snapshot::{ContentDigest, check_files, digest_rows, load_snapshot};
+use crate::snapshot::{ContentDigest, digest_rows, load_verified_snapshot};
 use crate::view::View;
 use crate::volume::{ResolvedVolume, resolve};
 use std::ops::RangeBounds;
@@ -53,14 +53,7 @@ impl ReadOnlyDb {
         db_id: &str,
         snapshot_id: u64,
     ) -> Result<ReadOnlyDb> {
-        let (dir, loaded) = load_snapshot(volume, db_id, snapshot_id)?;
-        if loaded.state.total_buckets != config.total_buckets {
-            return Err(Error::InvalidArgument(format!(
-                "snapshot {db_id}/{snapshot_id} has total_buckets {}, the config says {}",
-                loaded.state.total_buckets, config.total_buckets
-            )));
-        }
-        check_files(volume.fs.as_ref(), &dir, &loaded)?;
+        let (dir, _) = load_verified_snapshot(volume, db_id, snapshot_id, config.total_buckets)?;
         ReadOnlyDb::open_dir(config, volume, &dir)
     }
 
@@ -158,17 +151,10 @@ impl Reader {
     /// Opens the newest global snapshot the coordinator's volumes hold. `config` supplies caches and the
     /// file system for `file://` volumes.
     pub fn open(config: Config, coordinator: CoordinatorConfig) -> Result<Reader> {
-        let manifest = Reader::newest(&coordinator)?.ok_or(Error::NoGlobalSnapshot)?;
+        let manifest =
+            DbCoordinator::current_global_snapshot_at(&coordinator)?.ok_or(Error::NoGlobalSnapshot)?;
         let shards = Reader::open_shards(&config, &coordinator, &manifest)?;
         Ok(Reader { config, coordinator, manifest, shards })
-    }
-
-    fn newest(coordinator: &CoordinatorConfig) -> Result<Option<GlobalSnapshotManifest>> {
-        let ids = DbCoordinator::list_global_snapshots_at(coordinator)?;
-        match ids.last() {
-            Some(&id) => DbCoordinator::load_global_snapshot_at(coordinator, id).map(Some),
-            None => Ok(None),
-        }
     }
 
     fn open_shards(
@@ -194,7 +180,9 @@ impl Reader {
 
     /// Moves to the newest global snapshot if it is newer than the one served; true if it moved.
     pub fn refresh(&mut self) -> Result<bool> {
-        let Some(newest) = Reader::newest(&self.coordinator)? else { return Ok(false) };
+        let Some(newest) = DbCoordinator::current_global_snapshot_at(&self.coordinator)? else {
+            return Ok(false);
+        };
         if newest.id <= self.manifest.id {
             return Ok(false);
         }

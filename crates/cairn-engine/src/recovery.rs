@@ -80,13 +80,6 @@ pub(crate) fn open_inner(config: Config, owned: BucketSet) -> Result<DbInner> {
             versions.mark_file_number_used(n);
         }
     }
-    let table_cache = Arc::new(TableCache::new(
-        Arc::clone(&fs),
-        dir.clone(),
-        config.table_cache_files,
-        Arc::new(BlockCache::new(config.block_cache_bytes)),
-    ));
-
     // Replay WAL files the manifest does not cover, oldest first, flushing into L0 as memtables fill.
     let floor = versions.state().log_number;
     let mut logs: Vec<u64> = names
@@ -137,33 +130,8 @@ pub(crate) fn open_inner(config: Config, owned: BucketSet) -> Result<DbInner> {
 
     sweep(&config, &names, &versions)?;
     let log_number = wal.as_ref().map_or(0, |(_, n)| *n);
-    let state = State {
-        mem: Arc::new(Memtable::new(log_number)),
-        imm: VecDeque::new(),
-        version,
-        owned: versions.state().owned.clone(),
-        pinned: BTreeMap::new(),
-        poisoned: None,
-        closing: false,
-        manual_compaction: false,
-        bg_generation: 0,
-        compacting: false,
-    };
-    let db_id = versions.state().db_id.clone();
-    Ok(DbInner {
-        db_id,
-        snapshot_lock: Mutex::new(()),
-        commit: CommitQueue::new(wal.map(|(w, _)| w), last_seq),
-        state: Mutex::new(state),
-        bg_cv: Condvar::new(),
-        versions: Mutex::new(versions),
-        visible_seq: AtomicU64::new(last_seq),
-        table_cache,
-        obsolete,
-        metrics: Metrics::default(),
-        _lock: Some(lock),
-        config,
-    })
+    let opened = Opened { versions, version, log_number, last_seq, poisoned: None };
+    Ok(assemble(config, opened, wal.map(|(w, _)| w), obsolete, Some(lock)))
 }
 
 /// Opens a complete shard directory that nothing may modify (a snapshot): reads its manifest, takes no
@@ -172,32 +140,57 @@ pub(crate) fn open_read_only_inner(config: Config) -> Result<DbInner> {
     let fs = Arc::clone(&config.fs);
     let obsolete = Arc::new(ObsoleteFiles::default());
     let loaded = load_manifest(fs.as_ref(), &config.dir, &obsolete)?;
-    let table_cache = Arc::new(TableCache::new(
-        Arc::clone(&fs),
-        config.dir.clone(),
-        config.table_cache_files,
-        Arc::new(BlockCache::new(config.block_cache_bytes)),
-    ));
     let last_seq = loaded.state.last_sequence;
     let version = Arc::new(loaded.version);
+    let versions =
+        VersionSet::read_only(fs, &config.dir, Arc::clone(&version), loaded.state, Arc::clone(&obsolete));
+    let opened =
+        Opened { versions, version, log_number: 0, last_seq, poisoned: Some("read-only snapshot".into()) };
+    Ok(assemble(config, opened, None, obsolete, None))
+}
+
+/// What opening read from disk, for [`assemble`].
+struct Opened {
+    versions: VersionSet,
+    version: Arc<crate::version::Version>,
+    /// WAL number of the fresh memtable.
+    log_number: u64,
+    last_seq: u64,
+    poisoned: Option<String>,
+}
+
+/// Builds the in-memory Db around a recovered (or read-only) version set: empty memtable, caches,
+/// commit queue.
+fn assemble(
+    config: Config,
+    opened: Opened,
+    wal: Option<LogWriter>,
+    obsolete: Arc<ObsoleteFiles>,
+    lock: Option<Box<dyn crate::fs::FileLock>>,
+) -> DbInner {
+    let Opened { versions, version, log_number, last_seq, poisoned } = opened;
     let state = State {
-        mem: Arc::new(Memtable::new(0)),
+        mem: Arc::new(Memtable::new(log_number)),
         imm: VecDeque::new(),
-        version: Arc::clone(&version),
-        owned: loaded.state.owned.clone(),
+        version,
+        owned: versions.state().owned.clone(),
         pinned: BTreeMap::new(),
-        poisoned: Some("read-only snapshot".into()),
+        poisoned,
         closing: false,
         manual_compaction: false,
         bg_generation: 0,
         compacting: false,
     };
-    let db_id = loaded.state.db_id.clone();
-    let versions = VersionSet::read_only(fs, &config.dir, version, loaded.state, Arc::clone(&obsolete));
-    Ok(DbInner {
-        db_id,
+    let table_cache = Arc::new(TableCache::new(
+        Arc::clone(&config.fs),
+        config.dir.clone(),
+        config.table_cache_files,
+        Arc::new(BlockCache::new(config.block_cache_bytes)),
+    ));
+    DbInner {
+        db_id: versions.state().db_id.clone(),
         snapshot_lock: Mutex::new(()),
-        commit: CommitQueue::new(None, last_seq),
+        commit: CommitQueue::new(wal, last_seq),
         state: Mutex::new(state),
         bg_cv: Condvar::new(),
         versions: Mutex::new(versions),
@@ -205,9 +198,9 @@ pub(crate) fn open_read_only_inner(config: Config) -> Result<DbInner> {
         table_cache,
         obsolete,
         metrics: Metrics::default(),
-        _lock: None,
+        _lock: lock,
         config,
-    })
+    }
 }
 
 /// Deletes files the manifest does not reference: tables outside the current version, WALs below the

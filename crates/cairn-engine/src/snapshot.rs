@@ -188,8 +188,27 @@ pub(crate) fn load_snapshot(
     Ok((dir, loaded))
 }
 
+/// Loads a complete snapshot for use: `total_buckets` must match and every file must be present with
+/// its recorded size.
+pub(crate) fn load_verified_snapshot(
+    volume: &ResolvedVolume,
+    db_id: &str,
+    snapshot_id: u64,
+    total_buckets: u32,
+) -> Result<(PathBuf, LoadedManifest)> {
+    let (dir, loaded) = load_snapshot(volume, db_id, snapshot_id)?;
+    if loaded.state.total_buckets != total_buckets {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot {db_id}/{snapshot_id} has total_buckets {}, {total_buckets} was expected",
+            loaded.state.total_buckets
+        )));
+    }
+    check_files(volume.fs.as_ref(), &dir, &loaded)?;
+    Ok((dir, loaded))
+}
+
 /// Checks every file the manifest lists is present with its recorded size: `MissingFile` otherwise.
-pub(crate) fn check_files(fs: &dyn FileSystem, dir: &Path, loaded: &LoadedManifest) -> Result<()> {
+fn check_files(fs: &dyn FileSystem, dir: &Path, loaded: &LoadedManifest) -> Result<()> {
     for file in loaded.version.all_files() {
         let path = table_path(dir, file.meta.number);
         if !fs.exists(&path)? {
@@ -303,7 +322,7 @@ impl Db {
         self.flush()?;
         // Allocate the id durably and pin the version in one step: after the flush the version holds
         // exactly the writes up to its last sequence (memtables flush oldest first).
-        let (version, mut state) = {
+        let (version, mut state, snapshot_id) = {
             let mut versions = self.inner.versions.lock();
             let id = versions.state().next_snapshot_id;
             let edit = VersionEdit { next_snapshot_id: Some(id + 1), ..VersionEdit::default() };
@@ -315,12 +334,8 @@ impl Db {
                 }
             };
             self.inner.state.lock().version = Arc::clone(&version);
-            let mut state = versions.state().clone();
-            state.next_snapshot_id = id;
-            (version, state)
+            (version, versions.state().clone(), id)
         };
-        let snapshot_id = state.next_snapshot_id;
-        state.next_snapshot_id += 1;
         state.snapshot = Some((snapshot_id, now_ms()));
         state.log_number = 0;
         let fs = &volume.fs;
@@ -405,14 +420,7 @@ pub(crate) fn restore_into(
     db_id: &str,
     snapshot_id: u64,
 ) -> Result<BucketSet> {
-    let (src_dir, loaded) = load_snapshot(volume, db_id, snapshot_id)?;
-    if loaded.state.total_buckets != config.total_buckets {
-        return Err(Error::InvalidArgument(format!(
-            "snapshot {db_id}/{snapshot_id} has total_buckets {}, the config says {}",
-            loaded.state.total_buckets, config.total_buckets
-        )));
-    }
-    check_files(volume.fs.as_ref(), &src_dir, &loaded)?;
+    let (src_dir, loaded) = load_verified_snapshot(volume, db_id, snapshot_id, config.total_buckets)?;
     let fs = &config.fs;
     let dir = &config.dir;
     fs.create_dir_all(dir)?;

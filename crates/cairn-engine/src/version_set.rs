@@ -336,11 +336,5 @@ pub fn read_current(fs: &dyn FileSystem, dir: &Path) -> Result<String> {
 pub fn set_current(fs: &dyn FileSystem, dir: &Path, number: u64) -> Result<()> {
     let name = format!("MANIFEST-{number:06}");
     let contents = format!("{name}\n{:08x}\n", masked_crc(name.as_bytes()));
-    let tmp = dir.join("CURRENT.tmp");
-    let mut f = fs.create(&tmp)?;
-    f.append(contents.as_bytes())?;
-    f.sync()?;
-    drop(f);
-    fs.rename(&tmp, &dir.join(CURRENT))?;
-    fs.sync_dir(dir)
+    crate::volume::write_atomic(fs, &dir.join(CURRENT), contents.as_bytes())
 }

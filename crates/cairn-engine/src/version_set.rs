@@ -205,44 +205,46 @@ impl VersionSet {
 
     /// Makes `edit` durable, then applies it. Returns the new current version. On a manifest I/O error
     /// nothing is applied and the caller must poison the Db: the manifest's tail is unknown.
+    ///
+    /// The edit is checked against the current version before anything is written, on throwaway file
+    /// handles: if the write then fails, the edit may still be in the manifest (its bytes reached the OS,
+    /// or a new manifest is current) and be replayed by the next open, so the files it adds must not be
+    /// reported obsolete (and deleted) just because the in-memory version was not installed.
     pub fn log_and_apply(&mut self, mut edit: VersionEdit) -> Result<Arc<Version>> {
         edit.next_file_number = Some(self.state.next_file_number);
+        let scratch = Arc::new(ObsoleteFiles::default());
+        let checked = self
+            .current
+            .apply(&edit, |m| TableFile::new(m, Arc::clone(&scratch)))
+            .map_err(|e| Error::InvalidArgument(format!("rejected version edit: {e}")))?;
+        let Some(manifest) = self.manifest.as_mut() else {
+            return Err(Error::InvalidArgument("a read-only shard takes no version edits".into()));
+        };
+        let mut state = self.state.clone();
+        apply_scalars(&mut state, &edit);
+        if let Some(o) = &edit.owned_buckets {
+            state.owned = BucketSet::new(o, state.total_buckets)?;
+        }
+        if manifest.len() > MANIFEST_ROLLOVER_BYTES {
+            let number = state.next_file_number;
+            state.next_file_number += 1;
+            let old = manifest.path().to_path_buf();
+            let fresh = write_manifest(self.fs.as_ref(), &self.dir, number, &checked, &state)?;
+            state.next_file_number = state.next_file_number.max(number + 1);
+            self.manifest = Some(fresh);
+            // The old manifest is no longer current; failing to remove it only wastes space.
+            let _ = self.fs.remove(&old);
+        } else {
+            manifest.add_record(&edit.encode())?;
+            manifest.sync()?;
+        }
+        drop(checked);
         let obsolete = Arc::clone(&self.obsolete);
         let next = self
             .current
             .apply(&edit, |m| TableFile::new(m, Arc::clone(&obsolete)))
             .map_err(|e| Error::InvalidArgument(format!("rejected version edit: {e}")))?;
-        let Some(manifest) = self.manifest.as_mut() else {
-            return Err(Error::InvalidArgument("a read-only shard takes no version edits".into()));
-        };
-        if manifest.len() > MANIFEST_ROLLOVER_BYTES {
-            let mut state = self.state.clone();
-            apply_scalars(&mut state, &edit);
-            if let Some(o) = &edit.owned_buckets {
-                state.owned = BucketSet::new(o, state.total_buckets)?;
-            }
-            let number = state.next_file_number;
-            state.next_file_number += 1;
-            let old = manifest.path().to_path_buf();
-            let fresh = VersionSet::write_new_manifest(
-                Arc::clone(&self.fs),
-                &self.dir,
-                number,
-                Arc::new(next),
-                state,
-                Arc::clone(&self.obsolete),
-            )?;
-            *self = fresh;
-            // The old manifest is no longer current; failing to remove it only wastes space.
-            let _ = self.fs.remove(&old);
-            return Ok(Arc::clone(&self.current));
-        }
-        manifest.add_record(&edit.encode())?;
-        manifest.sync()?;
-        apply_scalars(&mut self.state, &edit);
-        if let Some(o) = &edit.owned_buckets {
-            self.state.owned = BucketSet::new(o, self.state.total_buckets)?;
-        }
+        self.state = state;
         self.current = Arc::new(next);
         Ok(Arc::clone(&self.current))
     }
@@ -337,4 +339,42 @@ pub fn set_current(fs: &dyn FileSystem, dir: &Path, number: u64) -> Result<()> {
     let name = format!("MANIFEST-{number:06}");
     let contents = format!("{name}\n{:08x}\n", masked_crc(name.as_bytes()));
     crate::volume::write_atomic(fs, &dir.join(CURRENT), contents.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::{FaultFs, FaultKind, MemFs};
+    use crate::version_edit::FileMeta;
+
+    fn meta(number: u64) -> FileMeta {
+        FileMeta {
+            number,
+            size: 100,
+            smallest: crate::keys::internal_key(b"\0\0a", 1, crate::keys::Kind::Set),
+            largest: crate::keys::internal_key(b"\0\0b", 1, crate::keys::Kind::Set),
+            min_seq: 1,
+            max_seq: 1,
+            entries: 1,
+            deletions: 0,
+        }
+    }
+
+    /// A failed manifest sync leaves the edit's fate unknown (its bytes may be in the manifest and be
+    /// replayed by the next open), so the files it added must not be reported obsolete and deleted.
+    #[test]
+    fn failed_manifest_write_does_not_make_added_files_obsolete() {
+        let mem = MemFs::new();
+        let fault = FaultFs::new(Arc::new(mem));
+        let ctl = fault.controller();
+        let fs: Arc<dyn FileSystem> = Arc::new(fault);
+        fs.create_dir_all(Path::new("/db")).unwrap();
+        let obsolete = Arc::new(ObsoleteFiles::default());
+        let state = DurableState::new("00".into(), 4, BucketSet::full(4));
+        let mut vs = VersionSet::create(fs, Path::new("/db"), state, Arc::clone(&obsolete)).unwrap();
+        ctl.fail_after(FaultKind::Sync, 0);
+        let edit = VersionEdit { added: vec![(1, meta(9))], ..VersionEdit::default() };
+        assert!(vs.log_and_apply(edit).is_err());
+        assert_eq!(obsolete.take(), Vec::<u64>::new());
+    }
 }

@@ -249,11 +249,7 @@ impl DbCoordinator {
         snapshots.fs.create_dir_all(&snapshots.root)?;
         let lock = meta.fs.lock(&dir.join("LOCK"))?;
         // A crash during materialize can leave a temporary manifest: it was never visible; drop it.
-        for name in meta.fs.list(&dir)? {
-            if name.ends_with(".json.tmp") {
-                meta.fs.remove(&dir.join(&name))?;
-            }
-        }
+        volume::remove_tmp_files(meta.fs.as_ref(), &dir)?;
         let next = list_ids(&meta)?.last().map_or(1, |id| id + 1);
         Ok(DbCoordinator { config, meta, snapshots, next_id: Mutex::new(next), _lock: lock })
     }

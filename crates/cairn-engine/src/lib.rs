@@ -70,7 +70,7 @@ pub use metrics::MetricsSnapshot;
 pub use read_only::{ReadOnlyDb, Reader};
 pub use row::{Row, RowRef};
 pub use single::SingleDb;
-pub use snapshot::{ContentDigest, ShardSnapshotInput, new_db_id};
+pub use snapshot::{ContentDigest, RESTORE_MARKER, RestoreStats, ShardSnapshotInput, new_db_id};
 pub use sst::Compression;
 pub use view::View;
 pub use volume::{ResolvedVolume, Volume, VolumeRole, resolve as resolve_volume};

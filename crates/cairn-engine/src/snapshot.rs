@@ -16,17 +16,19 @@
 //! compactions never touch a snapshot, and deleting a snapshot directory frees only files no one else
 //! links.
 
-use crate::bucket::{BucketRange, BucketSet};
+use crate::bucket::BucketRange;
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use crate::read_only::ReadOnlyDb;
+use crate::recovery::{FileKind, parse_file_name};
 use crate::version::ObsoleteFiles;
 use crate::version_edit::VersionEdit;
 use crate::version_set::{CURRENT, LoadedManifest, load_manifest, table_path, write_manifest};
 use crate::volume::{self, ResolvedVolume};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,10 +213,9 @@ pub(crate) fn load_verified_snapshot(
 fn check_files(fs: &dyn FileSystem, dir: &Path, loaded: &LoadedManifest) -> Result<()> {
     for file in loaded.version.all_files() {
         let path = table_path(dir, file.meta.number);
-        if !fs.exists(&path)? {
+        let Some(len) = file_len(fs, &path)? else {
             return Err(Error::MissingFile { path });
-        }
-        let len = fs.open(&path)?.len();
+        };
         if len != file.meta.size {
             return Err(Error::corruption(
                 &path,
@@ -225,9 +226,10 @@ fn check_files(fs: &dyn FileSystem, dir: &Path, loaded: &LoadedManifest) -> Resu
     Ok(())
 }
 
-/// Copies a complete snapshot directory onto another volume, files first and `CURRENT` last. A file an
-/// earlier snapshot of the same shard on the destination already holds is linked there instead of
-/// copied (incremental snapshots move only new files). Returns the bytes copied. Idempotent: a crash part way leaves an incomplete directory that the next call completes.
+/// Copies a complete snapshot directory onto another volume, files first and `CURRENT` last, moving as
+/// few bytes as it can (see [`place_table`]): incremental snapshots upload only new files. Returns the
+/// bytes copied from `from`. Idempotent: a crash part way leaves an incomplete directory that the next
+/// call completes, reusing the files already placed.
 pub(crate) fn copy_snapshot(
     from: &ResolvedVolume,
     to: &ResolvedVolume,
@@ -240,37 +242,80 @@ pub(crate) fn copy_snapshot(
         return Ok(0);
     }
     to.fs.create_dir_all(&dst_dir)?;
-    let held = files_held(to, db_id, snapshot_id)?;
+    volume::remove_tmp_files(to.fs.as_ref(), &dst_dir)?;
+    let held = held_tables(to, db_id, snapshot_id)?;
     let mut copied = 0;
     for file in loaded.version.all_files() {
-        let number = file.meta.number;
-        let dst = table_path(&dst_dir, number);
-        if to.fs.exists(&dst)? {
-            if to.fs.open(&dst)?.len() == file.meta.size {
-                continue;
-            }
-            to.fs.remove(&dst)?;
-        }
-        // A file number is never reused within one shard and files never change, so an earlier snapshot
-        // of the shard on the destination holding this number with this size holds these bytes: link it.
-        if let Some(earlier) = held
-            .iter()
-            .map(|d| table_path(d, number))
-            .find(|p| to.fs.open(p).is_ok_and(|f| f.len() == file.meta.size))
-        {
-            copied += volume::transfer(&to.fs, &earlier, &to.fs, &dst)?;
-            continue;
-        }
-        copied += volume::transfer(&from.fs, &table_path(&src_dir, number), &to.fs, &dst)?;
+        copied += place_table(&from.fs, &src_dir, to, &dst_dir, &held, file.meta.number, file.meta.size)?;
     }
     let digest = src_dir.join(DIGEST_FILE);
-    if from.fs.exists(&digest)? && !to.fs.exists(&dst_dir.join(DIGEST_FILE))? {
+    if from.fs.exists(&digest)? && file_len(to.fs.as_ref(), &dst_dir.join(DIGEST_FILE))?.is_none() {
         copied += volume::transfer(&from.fs, &digest, &to.fs, &dst_dir.join(DIGEST_FILE))?;
     }
     to.fs.sync_dir(&dst_dir)?;
     write_manifest(to.fs.as_ref(), &dst_dir, loaded.number, &loaded.version, &loaded.state)?;
     to.fs.sync_dir(&shard_dir(to, db_id))?;
     Ok(copied)
+}
+
+/// The length of the file at `path`, or `None` if there is none (one request on object storage).
+pub(crate) fn file_len(fs: &dyn FileSystem, path: &Path) -> Result<Option<u64>> {
+    match fs.open(path) {
+        Ok(file) => Ok(Some(file.len())),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Table files that complete snapshots of `db_id` on `volume` (other than `except`) hold, by file
+/// number; the newest snapshot's copy wins.
+fn held_tables(volume: &ResolvedVolume, db_id: &str, except: u64) -> Result<HashMap<u64, PathBuf>> {
+    let mut held = HashMap::new();
+    for dir in files_held(volume, db_id, except)? {
+        for name in volume.fs.list(&dir)? {
+            if let FileKind::Table(number) = parse_file_name(&name) {
+                held.entry(number).or_insert_with(|| dir.join(&name));
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// Puts table `number` (`size` bytes) into `dst_dir` on `to`, moving as few bytes as it can:
+/// 1. kept, if a whole copy is already there (a resumed copy);
+/// 2. linked from `src_dir`, if the source shares `to`'s file system (no bytes move);
+/// 3. linked from an earlier snapshot on `to` that holds it (`held`): a file number is never reused
+///    within a shard and files never change, so the same number and size are the same bytes (on object
+///    storage the link is a server-side copy: nothing passes through this process);
+/// 4. otherwise copied from the source.
+///
+/// Returns the bytes copied from the source.
+fn place_table(
+    src_fs: &Arc<dyn FileSystem>,
+    src_dir: &Path,
+    to: &ResolvedVolume,
+    dst_dir: &Path,
+    held: &HashMap<u64, PathBuf>,
+    number: u64,
+    size: u64,
+) -> Result<u64> {
+    let dst = table_path(dst_dir, number);
+    match file_len(to.fs.as_ref(), &dst)? {
+        Some(len) if len == size => return Ok(0),
+        Some(_) => to.fs.remove(&dst)?,
+        None => {}
+    }
+    let src = table_path(src_dir, number);
+    if volume::same_fs(src_fs, &to.fs) && src_fs.link(&src, &dst).is_ok() {
+        return Ok(0);
+    }
+    if let Some(earlier) = held.get(&number)
+        && file_len(to.fs.as_ref(), earlier)? == Some(size)
+    {
+        volume::transfer(&to.fs, earlier, &to.fs, &dst)?;
+        return Ok(0);
+    }
+    volume::transfer(src_fs, &src, &to.fs, &dst)
 }
 
 /// Complete snapshot directories of `db_id` on `volume` other than `except`, newest first.
@@ -315,7 +360,8 @@ impl Db {
     /// Takes a durable shard snapshot and returns its id. Every write acknowledged before the call is
     /// in it and none acknowledged after it returns. It flushes the memtables, then links the shard's
     /// immutable files into a snapshot directory on the snapshot volume: no data is copied when that
-    /// volume shares the shard's file system (the default, `<dir>/snapshots`).
+    /// volume shares the shard's file system (the default, `<dir>/snapshots`). On another volume (object
+    /// storage, another device) only files no earlier snapshot of the shard there holds are uploaded.
     pub fn snapshot(&self) -> Result<u64> {
         let _one_at_a_time = self.inner.snapshot_lock.lock();
         let volume = self.inner.config.resolve_snapshot_volume()?;
@@ -342,9 +388,10 @@ impl Db {
         remove_incomplete(&volume, &state.db_id)?;
         let dir = snapshot_dir(&volume, &state.db_id, snapshot_id);
         fs.create_dir_all(&dir)?;
+        let held = held_tables(&volume, &state.db_id, snapshot_id)?;
+        let config = &self.inner.config;
         for file in version.all_files() {
-            let src = table_path(&self.inner.config.dir, file.meta.number);
-            volume::transfer(&self.inner.config.fs, &src, fs, &table_path(&dir, file.meta.number))?;
+            place_table(&config.fs, &config.dir, &volume, &dir, &held, file.meta.number, file.meta.size)?;
         }
         fs.sync_dir(&dir)?;
         let manifest_number = state.next_file_number;
@@ -411,59 +458,105 @@ pub(crate) fn shard_snapshot_input_at(
     })
 }
 
+/// Name of the marker a restore keeps in the shard directory while it runs: it names the snapshot being
+/// restored, so an interrupted restore of the same snapshot resumes with the files already in place.
+pub const RESTORE_MARKER: &str = "RESTORING";
+
+/// What a restore moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Files the snapshot has.
+    pub files: u64,
+    /// Of those, files already in the directory from an interrupted restore of the same snapshot.
+    pub files_reused: u64,
+    /// Bytes copied from the snapshot volume (0 when every file was linked).
+    pub bytes_copied: u64,
+}
+
 /// Creates shard `config.dir` from snapshot `snapshot_id` of shard `db_id` found on `volume`: links (or
-/// copies) its files into the directory, then writes a manifest naming a fresh identity. The manifest is
-/// written last, so a crash leaves either no shard (and the next attempt starts over) or a whole one.
+/// copies, when the volume is another file system or object storage) its files into the directory, then
+/// writes a manifest naming a fresh identity. The manifest is written last, so a crash leaves either no
+/// shard or a whole one; the next attempt at the same snapshot keeps the files already placed (each
+/// appears under its name only once whole) and fetches only the missing ones.
 pub(crate) fn restore_into(
     config: &Config,
     volume: &ResolvedVolume,
     db_id: &str,
     snapshot_id: u64,
-) -> Result<BucketSet> {
+) -> Result<RestoreStats> {
     let (src_dir, loaded) = load_verified_snapshot(volume, db_id, snapshot_id, config.total_buckets)?;
     let fs = &config.fs;
     let dir = &config.dir;
     fs.create_dir_all(dir)?;
     let _lock = fs.lock(&dir.join(crate::recovery::LOCK_FILE))?;
-    // Leftovers of an interrupted restore (no CURRENT yet, so no shard here): start over.
+    let source = (db_id.to_string(), snapshot_id);
+    let marker = dir.join(RESTORE_MARKER);
+    let resuming = file_len(fs.as_ref(), &marker)?.is_some()
+        && volume::decode_checked_json::<(String, u64)>(&marker, &fs.read_all(&marker)?).ok().as_ref()
+            == Some(&source);
+    let wanted: HashMap<u64, u64> =
+        loaded.version.all_files().map(|f| (f.meta.number, f.meta.size)).collect();
+    // Leftovers: partial copies always go; tables stay only when resuming this very restore.
     for name in fs.list(dir)? {
-        if let crate::recovery::FileKind::Table(_) | crate::recovery::FileKind::Manifest(_) =
-            crate::recovery::parse_file_name(&name)
-        {
+        let stale = name.ends_with(".tmp")
+            || match parse_file_name(&name) {
+                FileKind::Table(n) => !resuming || !wanted.contains_key(&n),
+                FileKind::Manifest(_) => true,
+                FileKind::Log(_) | FileKind::Other => false,
+            };
+        if stale {
             fs.remove(&dir.join(&name))?;
         }
     }
+    if !resuming {
+        volume::write_atomic(fs.as_ref(), &marker, &volume::encode_checked_json(&source)?)?;
+    }
+    let mut stats = RestoreStats::default();
     for file in loaded.version.all_files() {
-        let number = file.meta.number;
-        volume::transfer(&volume.fs, &table_path(&src_dir, number), fs, &table_path(dir, number))?;
+        let (number, size) = (file.meta.number, file.meta.size);
+        stats.files += 1;
+        let dst = table_path(dir, number);
+        match file_len(fs.as_ref(), &dst)? {
+            Some(len) if len == size => {
+                stats.files_reused += 1;
+                continue;
+            }
+            Some(_) => fs.remove(&dst)?,
+            None => {}
+        }
+        stats.bytes_copied += volume::transfer(&volume.fs, &table_path(&src_dir, number), fs, &dst)?;
     }
     fs.sync_dir(dir)?;
     let mut state = loaded.state.clone();
     state.db_id = new_db_id();
     state.snapshot = None;
-    state.restored_from = Some((db_id.to_string(), snapshot_id));
+    state.restored_from = Some(source);
     state.next_snapshot_id = 1;
     state.log_number = 0;
     let number = state.next_file_number;
     state.next_file_number += 1;
     write_manifest(fs.as_ref(), dir, number, &loaded.version, &state)?;
-    Ok(state.owned)
+    fs.remove(&marker)?;
+    fs.sync_dir(dir)?;
+    Ok(stats)
 }
 
 impl Db {
-    /// Opens shard `config.dir` from snapshot `snapshot_id` of shard `db_id`, found on the config's
-    /// snapshot volume. The new shard gets its own identity, owns the snapshot's buckets and shares the
-    /// snapshot's files (links, so the snapshot never changes when the new shard writes or compacts).
+    /// Creates shard `config.dir` from snapshot `snapshot_id` of shard `db_id`, found on the config's
+    /// snapshot volume, without opening it. The new shard gets its own identity, owns the snapshot's
+    /// buckets and shares the snapshot's files: links on the same file system (so the snapshot never
+    /// changes when the new shard writes or compacts), copies from another volume, fetching only what an
+    /// interrupted earlier attempt did not already place.
     ///
-    /// Calling it again on a directory already restored from the same snapshot reopens that shard; a
-    /// directory holding any other shard is an error.
-    pub fn open_from_snapshot(config: Config, snapshot_id: u64, db_id: String) -> Result<Db> {
+    /// A directory already restored from this snapshot is left as it is (all-zero stats); a directory
+    /// holding any other shard is an error.
+    pub fn restore_from_snapshot(config: &Config, snapshot_id: u64, db_id: &str) -> Result<RestoreStats> {
         config.validate()?;
         let volume = config.resolve_snapshot_volume()?;
         if config.fs.exists(&config.dir.join(CURRENT))? {
             let existing =
                 load_manifest(config.fs.as_ref(), &config.dir, &Arc::new(ObsoleteFiles::default()))?;
-            if existing.state.restored_from.as_ref() != Some(&(db_id.clone(), snapshot_id)) {
+            if existing.state.restored_from.as_ref() != Some(&(db_id.to_string(), snapshot_id)) {
                 return Err(Error::InvalidArgument(format!(
                     "{} already holds shard {} (restored from {:?}), not a restore of {db_id}/{snapshot_id}",
                     config.dir.display(),
@@ -471,10 +564,22 @@ impl Db {
                     existing.state.restored_from
                 )));
             }
-            let owned = existing.state.owned.ranges().to_vec();
-            return Db::open(config, owned);
+            // A crash between the manifest and the marker's removal leaves the marker: drop it.
+            if config.fs.exists(&config.dir.join(RESTORE_MARKER))? {
+                config.fs.remove(&config.dir.join(RESTORE_MARKER))?;
+            }
+            return Ok(RestoreStats::default());
         }
-        let owned = restore_into(&config, &volume, &db_id, snapshot_id)?;
-        Db::open(config, owned.ranges().to_vec())
+        restore_into(config, &volume, db_id, snapshot_id)
+    }
+
+    /// [`Db::restore_from_snapshot`], then opens the shard. Calling it again on a directory already
+    /// restored from the same snapshot reopens that shard; a directory holding any other shard is an
+    /// error.
+    pub fn open_from_snapshot(config: Config, snapshot_id: u64, db_id: String) -> Result<Db> {
+        Db::restore_from_snapshot(&config, snapshot_id, &db_id)?;
+        let restored = load_manifest(config.fs.as_ref(), &config.dir, &Arc::new(ObsoleteFiles::default()))?;
+        let owned = restored.state.owned.ranges().to_vec();
+        Db::open(config, owned)
     }
 }

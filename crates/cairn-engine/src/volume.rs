@@ -2,7 +2,10 @@
 //!
 //! - `file:///abs/path`: a directory, accessed through the engine's [`FileSystem`] (so tests can put a
 //!   volume on a [`MemFs`](crate::fs::MemFs) or a [`FaultFs`](crate::fs::FaultFs));
-//! - `memory://name`: an in-process [`MemFs`] shared by every user of the same name (tests, examples).
+//! - `memory://name`: an in-process [`MemFs`] shared by every user of the same name (tests, examples);
+//! - `s3://bucket/prefix?option=value&...` (cargo feature `s3`): objects in an S3-compatible bucket, through
+//!   `ObjectFs`. Options are object_store's S3 settings (`endpoint`, `region`, `allow_http`, ...);
+//!   credentials never go in the URL, they come from the `AWS_*` environment or an instance role.
 //!
 //! A file moves onto a volume by [`transfer`]: a hard link when source and destination share a file
 //! system (no bytes copied), otherwise a streamed copy that is synced before it counts.
@@ -30,7 +33,7 @@ pub enum VolumeRole {
 /// A volume: a URL and the role it plays.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
-    /// `file:///abs/path` or `memory://name`.
+    /// `file:///abs/path`, `memory://name` or `s3://bucket/prefix`.
     pub url: String,
     /// What the volume holds.
     pub role: VolumeRole,
@@ -82,9 +85,23 @@ pub fn resolve(url: &str, fs: &Arc<dyn FileSystem>) -> Result<ResolvedVolume> {
         return Ok(ResolvedVolume { url: url.to_string(), fs: Arc::new(memfs), root: PathBuf::from("/vol") });
     }
     if url.starts_with("s3://") {
-        return Err(bad("object-storage volumes are not built yet"));
+        return resolve_s3(url);
     }
-    Err(bad("unknown scheme (expected file:// or memory://)"))
+    Err(bad("unknown scheme (expected file://, memory:// or s3://)"))
+}
+
+#[cfg(feature = "s3")]
+fn resolve_s3(url: &str) -> Result<ResolvedVolume> {
+    let parsed = crate::fs::S3Url::parse(url)?;
+    let fs = crate::fs::ObjectFs::for_url(&parsed)?;
+    Ok(ResolvedVolume { url: parsed.normalized(), fs: Arc::new(fs), root: parsed.root() })
+}
+
+#[cfg(not(feature = "s3"))]
+fn resolve_s3(url: &str) -> Result<ResolvedVolume> {
+    Err(Error::InvalidArgument(format!(
+        "volume URL {url:?}: this build has no object-storage support (build cairn-engine with the `s3` feature)"
+    )))
 }
 
 impl ResolvedVolume {
@@ -103,8 +120,10 @@ pub(crate) fn same_fs(a: &Arc<dyn FileSystem>, b: &Arc<dyn FileSystem>) -> bool 
 const COPY_CHUNK: usize = 1 << 20;
 
 /// Puts the file `src` (on `src_fs`) at `dst` (on `dst_fs`): a hard link when they share a file system,
-/// else a streamed, synced copy. Returns the bytes copied (0 for a link). The caller syncs `dst`'s
-/// directory. An existing `dst` is an error.
+/// else a streamed, synced copy. Returns the bytes copied (0 for a link). A copy is written under a
+/// temporary name and renamed into place once synced (unless `dst_fs` only ever shows whole files), so a
+/// file at `dst` always holds all of `src`'s bytes, even after a power loss. The caller syncs `dst`'s
+/// directory. `dst` must not exist.
 pub(crate) fn transfer(
     src_fs: &Arc<dyn FileSystem>,
     src: &Path,
@@ -116,7 +135,8 @@ pub(crate) fn transfer(
     }
     let input = src_fs.open(src)?;
     let len = input.len();
-    let mut out = dst_fs.create(dst)?;
+    let staging = if dst_fs.creates_whole_files() { dst.to_path_buf() } else { tmp_path(dst) };
+    let mut out = dst_fs.create(&staging)?;
     let mut buf = vec![0u8; COPY_CHUNK.min(usize::try_from(len).unwrap_or(COPY_CHUNK))];
     let mut offset = 0u64;
     while offset < len {
@@ -126,7 +146,18 @@ pub(crate) fn transfer(
         offset += n as u64;
     }
     out.sync()?;
+    drop(out);
+    if staging != dst {
+        dst_fs.rename(&staging, dst)?;
+    }
     Ok(len)
+}
+
+/// `path` with `.tmp` appended: where a file is staged before it is renamed into place.
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".tmp");
+    PathBuf::from(name)
 }
 
 /// Removes every file in `dir`, then `dir` itself. Subdirectories are not expected (volumes hold flat
@@ -139,19 +170,30 @@ pub(crate) fn remove_dir_all(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
 }
 
 /// Writes `contents` to `path` atomically: a synced temporary file renamed over `path`, then the directory
-/// synced. A crash leaves the old contents or the new, never a mix.
+/// synced (or, where files only ever appear whole, one synced write). A crash leaves the old contents or
+/// the new, never a mix.
 pub(crate) fn write_atomic(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> Result<()> {
     let dir =
         path.parent().ok_or_else(|| Error::InvalidArgument(format!("{} has no parent", path.display())))?;
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut f = fs.create(&tmp)?;
+    let staging = if fs.creates_whole_files() { path.to_path_buf() } else { tmp_path(path) };
+    let mut f = fs.create(&staging)?;
     f.append(contents)?;
     f.sync()?;
     drop(f);
-    fs.rename(&tmp, path)?;
+    if staging != path {
+        fs.rename(&staging, path)?;
+    }
     fs.sync_dir(dir)
+}
+
+/// Removes the temporary files (`*.tmp`) a crash left in `dir`.
+pub(crate) fn remove_tmp_files(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    for name in fs.list(dir)? {
+        if name.ends_with(".tmp") {
+            fs.remove(&dir.join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Encodes `value` as a JSON line followed by a line with its masked crc32c (hex), so a torn or flipped
@@ -191,7 +233,7 @@ mod tests {
         assert_eq!(v.root, PathBuf::from("/tmp/x/"));
         assert_eq!(v.url, "file:///tmp/x");
         assert!(resolve("memory://a", &fs).is_ok());
-        for bad in ["file://relative", "memory://", "memory://a/b", "ftp://x", "s3://bucket/p", "/tmp"] {
+        for bad in ["file://relative", "memory://", "memory://a/b", "ftp://x", "s3://B/p", "/tmp"] {
             let e = resolve(bad, &fs).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }

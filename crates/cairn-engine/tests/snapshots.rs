@@ -13,43 +13,11 @@ use cairn_engine::{
     Config, CoordinatorConfig, Db, DbCoordinator, Error, ReadOnlyDb, Reader, SingleDb, Volume, VolumeRole,
     WriteBatch, WriteOptions,
 };
+use common::snapdata::{TOTAL, bucket_of, coordinator_config, key, shard_config, value};
 use common::{Model, Rng};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-
-const TOTAL: u32 = 1000;
-
-fn key(i: u64) -> Vec<u8> {
-    format!("key-{i:08}").into_bytes()
-}
-
-fn value(i: u64, round: u64) -> Vec<u8> {
-    format!("value-{i}-{round}-{}", "x".repeat((i % 40) as usize)).into_bytes()
-}
-
-fn bucket_of(i: u64) -> u16 {
-    (i * 7919 % u64::from(TOTAL)) as u16
-}
-
-/// A shard config in `dir` whose snapshots go to `snapvol` (a shared volume URL).
-fn shard_config(dir: &Path, snapvol: &str) -> Config {
-    let mut c = Config::new(dir);
-    c.total_buckets = TOTAL;
-    c.memtable_bytes = 256 << 10;
-    c.target_file_bytes = 128 << 10;
-    c.level_base_bytes = 256 << 10;
-    c.snapshot_volume = Some(snapvol.to_string());
-    c
-}
-
-fn coordinator_config(snapvol: &str, retention: Option<usize>) -> CoordinatorConfig {
-    CoordinatorConfig {
-        volumes: vec![Volume::new(snapvol, VolumeRole::Meta), Volume::new(snapvol, VolumeRole::Snapshot)],
-        snapshot_retention: retention,
-        ..CoordinatorConfig::default()
-    }
-}
 
 fn owner(i: u64) -> usize {
     usize::from(bucket_of(i) >= 500)

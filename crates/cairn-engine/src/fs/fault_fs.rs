@@ -188,6 +188,10 @@ impl FileSystem for FaultFs {
         self.inner.identity()
     }
 
+    fn creates_whole_files(&self) -> bool {
+        self.inner.creates_whole_files()
+    }
+
     fn link(&self, from: &Path, to: &Path) -> Result<()> {
         self.ctl.check(FaultKind::Create, to)?;
         self.inner.link(from, to)

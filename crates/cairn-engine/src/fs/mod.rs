@@ -3,7 +3,8 @@
 //! - [`StdFs`]: the real one, positioned reads and plain appends on local files;
 //! - [`MemFs`]: in memory, modelling what is durable (synced file bytes, synced directory entries) so a
 //!   test can [`MemFs::crash`] and keep only what a power loss would keep;
-//! - [`FaultFs`]: wraps another file system and fails chosen operations on command.
+//! - [`FaultFs`]: wraps another file system and fails chosen operations on command;
+//! - `ObjectFs` (cargo feature `s3`): an S3 bucket, for snapshot and meta volumes.
 //!
 //! Durability contract the engine relies on: `WritableFile::append` hands bytes to the OS (they survive a
 //! process crash); `WritableFile::sync` makes the file's bytes durable; a created, renamed or removed name
@@ -11,10 +12,16 @@
 
 mod fault_fs;
 mod mem_fs;
+#[cfg(feature = "s3")]
+mod object_fs;
 mod std_fs;
 
 pub use fault_fs::{FaultController, FaultFs, FaultKind};
 pub use mem_fs::MemFs;
+#[cfg(feature = "s3")]
+pub(crate) use object_fs::S3Url;
+#[cfg(feature = "s3")]
+pub use object_fs::{ObjectFs, PART_BYTES};
 pub use std_fs::StdFs;
 
 use crate::error::Result;
@@ -80,6 +87,11 @@ pub trait FileSystem: Send + Sync + Debug {
     /// Names the namespace the files live in: two file systems with one identity see the same files, so
     /// a [`FileSystem::link`] can join them. Wrappers return their inner file system's.
     fn identity(&self) -> usize;
+    /// True if a created file becomes visible only when synced, and then whole (object stores). A
+    /// copy onto such a file system needs no temporary name to never leave a torn file.
+    fn creates_whole_files(&self) -> bool {
+        false
+    }
 
     /// Reads a whole file.
     fn read_all(&self, path: &Path) -> Result<Vec<u8>> {

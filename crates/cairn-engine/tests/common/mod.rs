@@ -185,3 +185,42 @@ pub fn matching_prefix(base: &Model, writes: &[Vec<Op>], min_len: usize, recover
     }
     None
 }
+
+/// What the snapshot tests share: a 1000-bucket space, keys, values and configs.
+pub mod snapdata {
+    use cairn_engine::{Config, CoordinatorConfig, Volume, VolumeRole};
+    use std::path::Path;
+
+    pub const TOTAL: u32 = 1000;
+
+    pub fn key(i: u64) -> Vec<u8> {
+        format!("key-{i:08}").into_bytes()
+    }
+
+    pub fn value(i: u64, round: u64) -> Vec<u8> {
+        format!("value-{i}-{round}-{}", "x".repeat((i % 40) as usize)).into_bytes()
+    }
+
+    pub fn bucket_of(i: u64) -> u16 {
+        (i * 7919 % u64::from(TOTAL)) as u16
+    }
+
+    /// A shard config in `dir` whose snapshots go to `snapvol` (a shared volume URL).
+    pub fn shard_config(dir: &Path, snapvol: &str) -> Config {
+        let mut c = Config::new(dir);
+        c.total_buckets = TOTAL;
+        c.memtable_bytes = 256 << 10;
+        c.target_file_bytes = 128 << 10;
+        c.level_base_bytes = 256 << 10;
+        c.snapshot_volume = Some(snapvol.to_string());
+        c
+    }
+
+    pub fn coordinator_config(snapvol: &str, retention: Option<usize>) -> CoordinatorConfig {
+        CoordinatorConfig {
+            volumes: vec![Volume::new(snapvol, VolumeRole::Meta), Volume::new(snapvol, VolumeRole::Snapshot)],
+            snapshot_retention: retention,
+            ..CoordinatorConfig::default()
+        }
+    }
+}

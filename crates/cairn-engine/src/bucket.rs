@@ -115,6 +115,22 @@ impl BucketSet {
         BucketSet::from_sorted_disjoint(all)
     }
 
+    /// The buckets in both sets.
+    pub fn intersect(&self, other: &BucketSet) -> BucketSet {
+        self.subtract(&self.subtract(other))
+    }
+
+    /// The smallest bucket of the set that is `>= bucket`.
+    pub fn first_at_or_after(&self, bucket: u16) -> Option<u16> {
+        let idx = self.ranges.partition_point(|r| *r.end() < bucket);
+        self.ranges.get(idx).map(|r| (*r.start()).max(bucket))
+    }
+
+    /// A set of one range (which must be non-empty).
+    pub fn of(range: BucketRange) -> BucketSet {
+        BucketSet { ranges: if range.start() <= range.end() { vec![range] } else { Vec::new() } }
+    }
+
     /// The set with `other`'s buckets removed.
     pub fn subtract(&self, other: &BucketSet) -> BucketSet {
         let mut out = Vec::new();
@@ -171,5 +187,11 @@ mod tests {
         let rest = all.subtract(&a);
         assert_eq!(rest.ranges(), &[0..=341, 512..=699, 711..=1023]);
         assert_eq!(rest.union(&a), all);
+        assert_eq!(a.intersect(&BucketSet::of(500..=705)).ranges(), &[500..=511, 700..=705]);
+        assert_eq!(rest.intersect(&BucketSet::of(500..=705)).ranges(), &[512..=699]);
+        assert_eq!(a.first_at_or_after(0), Some(342));
+        assert_eq!(a.first_at_or_after(400), Some(400));
+        assert_eq!(a.first_at_or_after(512), Some(700));
+        assert_eq!(a.first_at_or_after(711), None);
     }
 }

@@ -63,6 +63,18 @@ impl CommitQueue {
     }
 }
 
+impl CommitQueue {
+    /// Makes later writes take sequence numbers above `floor` (an import brought entries up to it).
+    /// The caller holds the ownership gate exclusively, so no write is being committed.
+    pub(crate) fn raise_sequence(&self, db: &DbInner, floor: u64) {
+        let mut leader = self.leader.lock();
+        if leader.last_seq < floor {
+            leader.last_seq = floor;
+            db.visible_seq.store(floor, Ordering::Release);
+        }
+    }
+}
+
 /// Commits one batch through the queue.
 pub(crate) fn write(db: &Arc<DbInner>, batch: WriteBatch, options: WriteOptions) -> Result<()> {
     let slot = Arc::new(Slot {

@@ -39,6 +39,8 @@ struct Job {
     inputs: Vec<Arc<TableFile>>,
     outputs_overlap: Vec<Arc<TableFile>>,
     bottommost: bool,
+    /// Rewrite even a lone input with nothing below it (a trivial move would keep its hidden entries).
+    rewrite: bool,
 }
 
 fn picker_config(db: &DbInner) -> PickerConfig {
@@ -63,6 +65,13 @@ fn run(db: &Arc<DbInner>) {
                     state.compacting = false;
                     return;
                 }
+                if state.rescale_pending {
+                    // A rescale step edits file filters and ownership: no job may straddle it.
+                    state.compacting = false;
+                    db.bg_cv.notify_all();
+                    db.bg_cv.wait(&mut state);
+                    continue;
+                }
                 let manual = state.manual_compaction;
                 if let Some(job) = choose(&state.version, &picker_config(db), manual, &mut cursor) {
                     state.compacting = true;
@@ -80,24 +89,40 @@ fn run(db: &Arc<DbInner>) {
         if let Err(e) = execute(db, job) {
             db.poison(format!("compaction failed: {e}"));
             db.state.lock().compacting = false;
+            db.bg_cv.notify_all();
             return;
         }
     }
 }
 
-/// Chooses the next job: the picker's choice, or during a manual compaction, any level above the bottom
-/// that still holds files.
+/// Chooses the next job: the picker's choice; during a manual compaction, any level above the bottom
+/// that still holds files; otherwise a file with a bucket filter, rewritten to drop the entries it hides
+/// (data a shrink released, or the part of an imported file outside the imported ranges).
 fn choose(v: &Version, cfg: &PickerConfig, manual: bool, cursor: &mut [Vec<u8>]) -> Option<Job> {
+    let base = || compaction_picker::level_targets(&shape(v), cfg).base_level;
+    let mut marked = None;
     let (start_level, output_level) = match compaction_picker::pick(&shape(v), cfg) {
         Some(p) => (p.start_level, p.output_level),
-        None if manual => {
-            let level = (0..LAST_LEVEL).find(|&l| !v.levels[l].is_empty())?;
-            let base = compaction_picker::level_targets(&shape(v), cfg).base_level;
-            (level, if level == 0 { base } else { (level + 1).max(base) })
-        }
-        None => return None,
+        None => match (0..LAST_LEVEL).find(|&l| manual && !v.levels[l].is_empty()) {
+            Some(level) => (level, if level == 0 { base() } else { (level + 1).max(base()) }),
+            None => {
+                let (level, file) = (0..=LAST_LEVEL)
+                    .find_map(|l| v.levels[l].iter().find(|f| f.filter.is_some()).map(|f| (l, f)))?;
+                if level > 0 {
+                    marked = Some(Arc::clone(file));
+                }
+                let output = match level {
+                    0 => base(),
+                    LAST_LEVEL => LAST_LEVEL,
+                    l => (l + 1).max(base()),
+                };
+                (level, output)
+            }
+        },
     };
-    let inputs: Vec<Arc<TableFile>> = if start_level == 0 {
+    let inputs: Vec<Arc<TableFile>> = if let Some(file) = &marked {
+        vec![Arc::clone(file)]
+    } else if start_level == 0 {
         v.levels[0].clone()
     } else {
         let files = &v.levels[start_level];
@@ -108,14 +133,17 @@ fn choose(v: &Version, cfg: &PickerConfig, manual: bool, cursor: &mut [Vec<u8>])
     };
     let lo = inputs.iter().map(|f| f.smallest_user_key()).min()?.to_vec();
     let hi = inputs.iter().map(|f| f.largest_user_key()).max()?.to_vec();
-    let outputs_overlap = v.overlapping(output_level, Some(&lo), Some(&hi));
+    let is_input = |f: &Arc<TableFile>| inputs.iter().any(|i| i.meta.number == f.meta.number);
+    let outputs_overlap: Vec<_> =
+        v.overlapping(output_level, Some(&lo), Some(&hi)).into_iter().filter(|f| !is_input(f)).collect();
     let bottommost =
         ((output_level + 1)..=LAST_LEVEL).all(|l| v.overlapping(l, Some(&lo), Some(&hi)).is_empty());
-    Some(Job { start_level, output_level, inputs, outputs_overlap, bottommost })
+    let rewrite = inputs.iter().any(|f| f.filter.is_some());
+    Some(Job { start_level, output_level, inputs, outputs_overlap, bottommost, rewrite })
 }
 
 fn execute(db: &Arc<DbInner>, job: Job) -> Result<()> {
-    let trivial = job.outputs_overlap.is_empty() && job.inputs.len() == 1;
+    let trivial = job.outputs_overlap.is_empty() && job.inputs.len() == 1 && !job.rewrite;
     let mut edit = VersionEdit::default();
     for f in &job.inputs {
         edit.deleted.push((job.start_level, f.meta.number));

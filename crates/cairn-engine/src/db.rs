@@ -58,6 +58,8 @@ pub(crate) struct State {
     /// Bumped after every flush or compaction, so waiters can tell that progress happened.
     pub(crate) bg_generation: u64,
     pub(crate) compacting: bool,
+    /// A rescale step is about to edit the tree: the compactor finishes its job and starts no other.
+    pub(crate) rescale_pending: bool,
 }
 
 pub(crate) struct DbInner {
@@ -77,6 +79,11 @@ pub(crate) struct DbInner {
     pub(crate) db_id: String,
     /// Serializes `Db::snapshot` calls.
     pub(crate) snapshot_lock: Mutex<()>,
+    /// Serializes rescale steps (`shrink_bucket`, `expand_bucket`).
+    pub(crate) rescale_lock: Mutex<()>,
+    /// Writers hold it shared from their ownership check until their batch is committed; a rescale
+    /// step takes it exclusively to change ownership, so no write to a moving bucket is in flight.
+    pub(crate) ownership_gate: parking_lot::RwLock<()>,
     /// The directory lock; `None` for read-only snapshots, which nothing modifies.
     pub(crate) _lock: Option<Box<dyn FileLock>>,
 }
@@ -139,6 +146,7 @@ impl Db {
             return Ok(());
         }
         batch.check_limits(self.inner.config.max_value_bytes, self.inner.config.max_batch_bytes)?;
+        let _owned_until_committed = self.inner.ownership_gate.read();
         {
             let state = self.inner.state.lock();
             for bucket in batch.buckets() {

@@ -1,9 +1,10 @@
 //! Iterates one sorted level (L1 and below) as a single sequence, opening each file's reader only when
-//! the cursor reaches it.
+//! the cursor reaches it. Entries a file's bucket filter hides are skipped (by seeking past them), so
+//! every reader and compaction sees only the visible part of a filtered file.
 
 use crate::error::Result;
 use crate::iter::InternalIterator;
-use crate::keys::{cmp_internal, user_key_of};
+use crate::keys::{self, cmp_internal, user_key_of};
 use crate::sst::TableIter;
 use crate::table_cache::TableCache;
 use crate::version::TableFile;
@@ -43,15 +44,34 @@ impl LevelIter {
         Ok(())
     }
 
-    // Moves to following files while the current one is exhausted.
+    // Moves to following files while the current one is exhausted, and past entries the current file's
+    // filter hides.
     fn skip_empty(&mut self) -> Result<()> {
-        while self.current.as_ref().is_some_and(|c| !c.valid()) {
-            self.open(self.idx + 1)?;
-            if let Some(c) = self.current.as_mut() {
-                c.seek_to_first()?;
+        loop {
+            while self.current.as_ref().is_some_and(|c| !c.valid()) {
+                self.open(self.idx + 1)?;
+                if let Some(c) = self.current.as_mut() {
+                    c.seek_to_first()?;
+                }
+            }
+            let (Some(c), Some(file)) = (self.current.as_mut(), self.files.get(self.idx)) else {
+                return Ok(());
+            };
+            let Some(filter) = &file.filter else { return Ok(()) };
+            let bucket = keys::bucket_of(user_key_of(c.key()));
+            if filter.contains(bucket) {
+                return Ok(());
+            }
+            match filter.first_at_or_after(bucket) {
+                Some(next) => c.seek(&keys::lookup_key(&next.to_be_bytes(), keys::MAX_SEQUENCE))?,
+                None => {
+                    self.open(self.idx + 1)?;
+                    if let Some(c) = self.current.as_mut() {
+                        c.seek_to_first()?;
+                    }
+                }
             }
         }
-        Ok(())
     }
 }
 

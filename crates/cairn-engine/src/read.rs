@@ -81,6 +81,9 @@ fn from_memtable(mem: &Memtable, user_key: &[u8], seq: u64, fold: &mut Fold) {
 }
 
 fn from_table(db: &DbInner, file: &Arc<TableFile>, user_key: &[u8], seq: u64, fold: &mut Fold) -> Result<()> {
+    if !file.shows(keys::bucket_of(user_key)) {
+        return Ok(());
+    }
     let table = db.table_cache.get(file.meta.number, file.meta.size)?;
     table.for_each_version(&keys::lookup_key(user_key, seq), |kind, value| fold.add(kind, value))
 }

@@ -180,6 +180,7 @@ fn assemble(
         manual_compaction: false,
         bg_generation: 0,
         compacting: false,
+        rescale_pending: false,
     };
     let table_cache = Arc::new(TableCache::new(
         Arc::clone(&config.fs),
@@ -190,6 +191,8 @@ fn assemble(
     DbInner {
         db_id: versions.state().db_id.clone(),
         snapshot_lock: Mutex::new(()),
+        rescale_lock: Mutex::new(()),
+        ownership_gate: parking_lot::RwLock::new(()),
         commit: CommitQueue::new(wal, last_seq),
         state: Mutex::new(state),
         bg_cv: Condvar::new(),

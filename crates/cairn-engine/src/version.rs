@@ -4,6 +4,7 @@
 //! Levels: L0 files may overlap and are ordered newest first; in L1 and below files are sorted by key
 //! and do not overlap.
 
+use crate::bucket::{BucketRange, BucketSet};
 use crate::config::NUM_LEVELS;
 use crate::keys::{self, cmp_internal};
 use crate::version_edit::{FileMeta, VersionEdit};
@@ -25,20 +26,53 @@ impl ObsoleteFiles {
     }
 }
 
-/// A live SST file. When the last reference drops, its number goes to [`ObsoleteFiles`]; the Db deletes
-/// it once the manifest no longer lists it (which holds, since the current version references every file
-/// the manifest lists).
+/// The file's life: when the last [`TableFile`] naming it drops (however many filters it was seen
+/// through), its number goes to [`ObsoleteFiles`].
+#[derive(Debug)]
+struct Live {
+    number: u64,
+    obsolete: Arc<ObsoleteFiles>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.obsolete.numbers.lock().push(self.number);
+    }
+}
+
+/// A live SST file, possibly seen through a bucket filter. When the last reference drops, its number
+/// goes to [`ObsoleteFiles`]; the Db deletes it once the manifest no longer lists it (which holds, since
+/// the current version references every file the manifest lists).
 #[derive(Debug)]
 pub struct TableFile {
     /// What the manifest says about the file.
     pub meta: FileMeta,
-    obsolete: Arc<ObsoleteFiles>,
+    /// If set, only these buckets of the file are visible: the rest was released by a shrink, or is a
+    /// part of another shard's file this shard did not import. Compaction drops the hidden entries.
+    pub filter: Option<Arc<BucketSet>>,
+    live: Arc<Live>,
 }
 
 impl TableFile {
     /// Wraps manifest metadata.
     pub fn new(meta: FileMeta, obsolete: Arc<ObsoleteFiles>) -> TableFile {
-        TableFile { meta, obsolete }
+        let live = Arc::new(Live { number: meta.number, obsolete });
+        TableFile { meta, filter: None, live }
+    }
+
+    /// The same file seen through `filter` (`None`: unfiltered). Both keep the file alive.
+    pub fn with_filter(&self, filter: Option<Arc<BucketSet>>) -> TableFile {
+        TableFile { meta: self.meta.clone(), filter, live: Arc::clone(&self.live) }
+    }
+
+    /// True if entries of `bucket` in this file are visible.
+    pub fn shows(&self, bucket: u16) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.contains(bucket))
+    }
+
+    /// The buckets the file's key span covers.
+    pub fn bucket_span(&self) -> BucketRange {
+        keys::bucket_of(self.smallest_user_key())..=keys::bucket_of(self.largest_user_key())
     }
 
     /// The smallest user key.
@@ -55,12 +89,6 @@ impl TableFile {
     pub fn overlaps(&self, lo: Option<&[u8]>, hi: Option<&[u8]>) -> bool {
         !(lo.is_some_and(|lo| self.largest_user_key() < lo)
             || hi.is_some_and(|hi| self.smallest_user_key() > hi))
-    }
-}
-
-impl Drop for TableFile {
-    fn drop(&mut self) {
-        self.obsolete.numbers.lock().push(self.meta.number);
     }
 }
 
@@ -93,6 +121,21 @@ impl Version {
                 None => Arc::new(make(meta.clone())),
             };
             levels[*level].push(file);
+        }
+        for (number, ranges) in &edit.filters {
+            let slot = levels
+                .iter_mut()
+                .flat_map(|files| files.iter_mut())
+                .find(|f| f.meta.number == *number)
+                .ok_or_else(|| format!("edit filters file {number} which is not in the version"))?;
+            let filter = if ranges.is_empty() {
+                None
+            } else {
+                let set = BucketSet::new(ranges, crate::bucket::MAX_TOTAL_BUCKETS)
+                    .map_err(|e| format!("bad filter of file {number}: {e}"))?;
+                Some(Arc::new(set))
+            };
+            *slot = Arc::new(slot.with_filter(filter));
         }
         levels[0].sort_by_key(|f| std::cmp::Reverse((f.meta.max_seq, f.meta.number)));
         for files in levels.iter_mut().skip(1) {
@@ -170,6 +213,9 @@ impl Version {
         for (level, files) in self.levels.iter().enumerate() {
             for f in files {
                 edit.added.push((level, f.meta.clone()));
+                if let Some(filter) = &f.filter {
+                    edit.filters.push((f.meta.number, filter.ranges().to_vec()));
+                }
             }
         }
         edit

@@ -16,6 +16,11 @@
 //!   9 next_snapshot_id  varint
 //!  10 snapshot          varint snapshot_id, varint created_at_ms (only in a shard snapshot's manifest)
 //!  11 restored_from     bytes db_id, varint snapshot_id (a shard opened from another's snapshot)
+//!  12 file filter       varint number, varint count, count × (varint start, varint end): only these
+//!                       buckets of file `number` are visible (set by a shrink or an import; cleared by
+//!                       count 0)
+//!  13 last release      varint snapshot_id, varint count, count × (varint start, varint end): the
+//!                       latest shrink (its pre-shrink snapshot and the ranges it released)
 //! ```
 
 use crate::bucket::BucketRange;
@@ -84,6 +89,11 @@ pub struct VersionEdit {
     pub snapshot: Option<(u64, u64)>,
     /// The shard snapshot (db_id, snapshot_id) this shard was restored from.
     pub restored_from: Option<(String, u64)>,
+    /// Bucket filters set on files (by number): only the listed buckets of the file are visible. An
+    /// empty list clears the filter. Applied after the edit's deletions and additions.
+    pub filters: Vec<(u64, Vec<BucketRange>)>,
+    /// The latest shrink: its pre-shrink snapshot id and the ranges it released.
+    pub last_release: Option<(u64, Vec<BucketRange>)>,
 }
 
 const TAG_LOG_NUMBER: u64 = 1;
@@ -97,6 +107,34 @@ const TAG_DB_ID: u64 = 8;
 const TAG_NEXT_SNAPSHOT: u64 = 9;
 const TAG_SNAPSHOT: u64 = 10;
 const TAG_RESTORED_FROM: u64 = 11;
+const TAG_FILTER: u64 = 12;
+const TAG_LAST_RELEASE: u64 = 13;
+
+fn put_ranges(out: &mut Vec<u8>, ranges: &[BucketRange]) {
+    put_varint(out, ranges.len() as u64);
+    for r in ranges {
+        put_varint(out, u64::from(*r.start()));
+        put_varint(out, u64::from(*r.end()));
+    }
+}
+
+fn get_ranges(buf: &mut &[u8], what: &str) -> Result<Vec<BucketRange>, String> {
+    let trunc = || format!("version edit truncated in {what}");
+    let count = get_varint(buf).ok_or_else(trunc)?;
+    if count > buf.len() as u64 {
+        return Err(format!("{what} bucket count {count} exceeds the record"));
+    }
+    let mut ranges = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let s = get_varint(buf).ok_or_else(trunc)?;
+        let e = get_varint(buf).ok_or_else(trunc)?;
+        match (u16::try_from(s), u16::try_from(e)) {
+            (Ok(s), Ok(e)) if s <= e => ranges.push(s..=e),
+            _ => return Err(format!("{what} bucket range out of bounds")),
+        }
+    }
+    Ok(ranges)
+}
 
 impl VersionEdit {
     /// Encodes the edit.
@@ -145,11 +183,17 @@ impl VersionEdit {
         }
         if let Some(ranges) = &self.owned_buckets {
             put_varint(&mut out, TAG_OWNED);
-            put_varint(&mut out, ranges.len() as u64);
-            for r in ranges {
-                put_varint(&mut out, u64::from(*r.start()));
-                put_varint(&mut out, u64::from(*r.end()));
-            }
+            put_ranges(&mut out, ranges);
+        }
+        if let Some((snapshot_id, ranges)) = &self.last_release {
+            put_varint(&mut out, TAG_LAST_RELEASE);
+            put_varint(&mut out, *snapshot_id);
+            put_ranges(&mut out, ranges);
+        }
+        for (number, ranges) in &self.filters {
+            put_varint(&mut out, TAG_FILTER);
+            put_varint(&mut out, *number);
+            put_ranges(&mut out, ranges);
         }
         out
     }
@@ -201,22 +245,14 @@ impl VersionEdit {
                         FileMeta { number, size, smallest, largest, min_seq, max_seq, entries, deletions };
                     edit.added.push((level, meta));
                 }
-                TAG_OWNED => {
-                    let count = get_varint(&mut buf).ok_or_else(|| trunc("owned"))?;
-                    if count > buf.len() as u64 {
-                        return Err(format!("owned bucket count {count} exceeds the record"));
-                    }
-                    let mut ranges = Vec::with_capacity(count as usize);
-                    for _ in 0..count {
-                        let s = get_varint(&mut buf).ok_or_else(|| trunc("owned"))?;
-                        let e = get_varint(&mut buf).ok_or_else(|| trunc("owned"))?;
-                        let (s, e) = (u16::try_from(s), u16::try_from(e));
-                        match (s, e) {
-                            (Ok(s), Ok(e)) if s <= e => ranges.push(s..=e),
-                            _ => return Err("owned bucket range out of bounds".into()),
-                        }
-                    }
-                    edit.owned_buckets = Some(ranges);
+                TAG_OWNED => edit.owned_buckets = Some(get_ranges(&mut buf, "owned")?),
+                TAG_LAST_RELEASE => {
+                    let snapshot_id = get_varint(&mut buf).ok_or_else(|| trunc("last release"))?;
+                    edit.last_release = Some((snapshot_id, get_ranges(&mut buf, "last release")?));
+                }
+                TAG_FILTER => {
+                    let number = get_varint(&mut buf).ok_or_else(|| trunc("filter"))?;
+                    edit.filters.push((number, get_ranges(&mut buf, "filter")?));
                 }
                 other => return Err(format!("unknown version edit tag {other}")),
             }
@@ -268,6 +304,8 @@ mod tests {
             next_snapshot_id: Some(5),
             snapshot: Some((4, 1_700_000_000_000)),
             restored_from: Some(("9c1b".into(), 2)),
+            filters: vec![(11, vec![3..=4, 9..=9]), (12, vec![])],
+            last_release: Some((3, vec![100..=200])),
         };
         assert_eq!(VersionEdit::decode(&edit.encode()).unwrap(), edit);
     }

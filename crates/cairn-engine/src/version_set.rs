@@ -56,6 +56,8 @@ pub struct DurableState {
     pub snapshot: Option<(u64, u64)>,
     /// The shard snapshot (db_id, snapshot_id) this shard was restored from.
     pub restored_from: Option<(String, u64)>,
+    /// The latest shrink: its pre-shrink snapshot id and the ranges it released.
+    pub last_release: Option<(u64, Vec<BucketRange>)>,
 }
 
 impl DurableState {
@@ -71,6 +73,7 @@ impl DurableState {
             next_snapshot_id: 1,
             snapshot: None,
             restored_from: None,
+            last_release: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl DurableState {
         edit.next_snapshot_id = Some(self.next_snapshot_id);
         edit.snapshot = self.snapshot;
         edit.restored_from = self.restored_from.clone();
+        edit.last_release = self.last_release.clone();
         edit
     }
 }
@@ -296,7 +300,12 @@ fn apply_scalars(state: &mut DurableState, edit: &VersionEdit) {
         state.next_file_number = state.next_file_number.max(n);
     }
     if let Some(n) = edit.last_sequence {
-        state.last_sequence = n;
+        // Sequence numbers only grow: an import raises the floor above another shard's sequences, and a
+        // later flush of older writes must not lower it again.
+        state.last_sequence = state.last_sequence.max(n);
+    }
+    if let Some(release) = &edit.last_release {
+        state.last_release = Some(release.clone());
     }
     if let Some(n) = edit.total_buckets {
         state.total_buckets = n;

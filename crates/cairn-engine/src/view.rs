@@ -1,7 +1,7 @@
 //! Read views: a pinned point in time. A view holds its memtables and version, and registers its
 //! sequence number so compaction keeps every version it can see.
 
-use crate::bucket::BucketRange;
+use crate::bucket::{BucketRange, BucketSet};
 use crate::db::{DbInner, SuperVersion, bucket_key_bounds, check_key};
 use crate::db_iter::DbIter;
 use crate::error::{Error, Result};
@@ -19,6 +19,8 @@ pub struct View {
     db: Arc<DbInner>,
     sv: Arc<SuperVersion>,
     seq: u64,
+    /// The buckets owned when the view was taken: a rescale after that does not change what it reads.
+    owned: BucketSet,
 }
 
 impl View {
@@ -27,8 +29,9 @@ impl View {
         let seq = db.visible_seq.load(Ordering::Acquire);
         *state.pinned.entry(seq).or_insert(0) += 1;
         let sv = Arc::new(SuperVersion::of(&state));
+        let owned = state.owned.clone();
         drop(state);
-        View { db, sv, seq }
+        View { db, sv, seq, owned }
     }
 
     /// The sequence number this view reads at.
@@ -37,7 +40,7 @@ impl View {
     }
 
     fn check_owned(&self, bucket: u16) -> Result<()> {
-        if self.db.state.lock().owned.contains(bucket) { Ok(()) } else { Err(Error::NotOwned { bucket }) }
+        if self.owned.contains(bucket) { Ok(()) } else { Err(Error::NotOwned { bucket }) }
     }
 
     /// The row `key` in `bucket` as of the view.
@@ -63,13 +66,9 @@ impl View {
                 buckets.end()
             )));
         }
-        {
-            let state = self.db.state.lock();
-            if !state.owned.contains_range(&buckets) {
-                let bucket =
-                    (*buckets.start()..=*buckets.end()).find(|b| !state.owned.contains(*b)).unwrap_or(0);
-                return Err(Error::NotOwned { bucket });
-            }
+        if !self.owned.contains_range(&buckets) {
+            let bucket = (*buckets.start()..=*buckets.end()).find(|b| !self.owned.contains(*b)).unwrap_or(0);
+            return Err(Error::NotOwned { bucket });
         }
         let start = buckets.start().to_be_bytes().to_vec();
         let end = buckets.end().checked_add(1).map(|b| b.to_be_bytes().to_vec());

@@ -9,7 +9,8 @@
 //!   hold the ranges: each is linked into the shard under a fresh number with a filter showing only the
 //!   imported buckets, and placed so that newer data stays above older (see [`place`]). One manifest edit
 //!   adds the files, takes ownership and raises the sequence floor above the source's, so new writes
-//!   shadow imported data.
+//!   shadow imported data. If no placement exists (the shard owns buckets on both sides of the range,
+//!   so its files span it at every level), the rows are copied, folded, into new L0 files instead.
 //!
 //! Order (the seed's): shrink every involved shard, then expand.
 
@@ -17,13 +18,18 @@ use crate::bucket::{BucketRange, BucketSet};
 use crate::config::NUM_LEVELS;
 use crate::db::{Db, DbInner};
 use crate::error::{Error, Result};
+use crate::keys::{self, Kind};
+use crate::read_only::ReadOnlyDb;
+use crate::row;
 use crate::snapshot::{load_verified_snapshot, snapshot_dir};
+use crate::sst::TableBuilder;
 use crate::version::{TableFile, Version};
 use crate::version_edit::{FileMeta, VersionEdit};
 use crate::version_set::table_path;
 use crate::volume::{self, ResolvedVolume};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Name of the record a shrink leaves in its pre-shrink snapshot's directory: the ranges released.
 pub const RELEASE_FILE: &str = "RELEASED";
@@ -215,7 +221,9 @@ impl Db {
     /// Takes over `ranges` from shard `source_db_id`'s snapshot `snapshot_id` (the id its
     /// [`Db::shrink_bucket`] returned), found on this shard's snapshot volume. The snapshot's files that
     /// hold the ranges are linked in (no bytes copied on one file system) and show only the imported
-    /// buckets; new writes layer on top. Refused, with the bucket named: ranges the snapshot's shard did
+    /// buckets; new writes layer on top. Only when this shard's own files span the imported key range at
+    /// every level (it owns buckets on both sides of it) are the rows copied instead, into new L0 files.
+    /// Refused, with the bucket named: ranges the snapshot's shard did
     /// not own, ranges it has not released by a shrink, ranges this shard already owns, an unknown
     /// shard or snapshot.
     pub fn expand_bucket(
@@ -223,6 +231,17 @@ impl Db {
         source_db_id: &str,
         snapshot_id: u64,
         ranges: Vec<BucketRange>,
+    ) -> Result<ExpandStats> {
+        self.expand(source_db_id, snapshot_id, ranges, true)
+    }
+
+    /// [`Db::expand_bucket`]; `link_if_possible == false` forces the copy (tests).
+    fn expand(
+        &self,
+        source_db_id: &str,
+        snapshot_id: u64,
+        ranges: Vec<BucketRange>,
+        link_if_possible: bool,
     ) -> Result<ExpandStats> {
         let inner = &self.inner;
         let config = &inner.config;
@@ -262,65 +281,194 @@ impl Db {
             .collect();
         let by_level: Vec<(usize, Arc<TableFile>)> =
             imports.iter().map(|(l, f, _)| (*l, Arc::clone(f))).collect();
-        // Own files whose key span crosses the imported range only because they still hold hidden
-        // (released) entries stop crossing it once compaction rewrites them: do that first if needed.
-        if place(inner.versions.lock().current(), &by_level).is_none() {
-            self.compact()?;
-        }
-        // Link the files in under fresh numbers; nothing refers to them until the edit below.
-        let mut stats = ExpandStats::default();
-        let mut added = Vec::with_capacity(imports.len());
-        for (_, f, shown) in &imports {
-            let number = inner.versions.lock().new_file_number();
-            let src = table_path(&src_dir, f.meta.number);
-            stats.bytes_copied +=
-                volume::transfer(&volume.fs, &src, &config.fs, &table_path(&config.dir, number))?;
-            stats.files_imported += 1;
-            added.push((FileMeta { number, ..f.meta.clone() }, shown.clone()));
-        }
-        config.fs.sync_dir(&config.dir)?;
-        let _paused = CompactionPause::new(inner);
-        let _no_writes_in_flight = inner.ownership_gate.write();
-        let mut versions = inner.versions.lock();
-        let Some(levels) = place(versions.current(), &by_level) else {
+        let mut by_reference =
+            link_if_possible && place(inner.versions.lock().current(), &by_level).is_some();
+        loop {
+            let mut stats = ExpandStats::default();
+            // Files go in under fresh numbers; nothing refers to them until the edit below.
+            let (added, seq_floor) = if by_reference {
+                let mut added = Vec::with_capacity(imports.len());
+                for ((_, f, shown), (level, _)) in imports.iter().zip(&by_level) {
+                    let number = inner.versions.lock().new_file_number();
+                    let src = table_path(&src_dir, f.meta.number);
+                    let dst = table_path(&config.dir, number);
+                    stats.bytes_copied += volume::transfer(&volume.fs, &src, &config.fs, &dst)?;
+                    stats.files_imported += 1;
+                    // A filter only where part of the file stays hidden: compaction reclaims that part.
+                    let filter = (*shown != BucketSet::of(f.bucket_span())).then(|| shown.clone());
+                    added.push((*level, FileMeta { number, ..f.meta.clone() }, filter));
+                }
+                (added, loaded.state.last_sequence)
+            } else {
+                // The shard's own files span the imported key range at every level (it owns buckets on
+                // both sides of it): the rows are copied, folded, into new L0 files above everything.
+                let seq = loaded.state.last_sequence.max(inner.visible_seq.load(Ordering::Acquire)) + 1;
+                let written = self.copy_rows(&volume, &src_dir, &want, seq)?;
+                stats.files_imported = written.len() as u64;
+                stats.bytes_copied = written.iter().map(|m| m.size).sum();
+                (written.into_iter().map(|m| (0, m, None)).collect(), seq)
+            };
+            config.fs.sync_dir(&config.dir)?;
+            let _paused = CompactionPause::new(inner);
+            let _no_writes_in_flight = inner.ownership_gate.write();
+            let mut versions = inner.versions.lock();
+            let levels = if by_reference {
+                match place(versions.current(), &by_level) {
+                    Some(levels) => levels,
+                    None => {
+                        // Compaction reshaped the tree meanwhile: copy instead.
+                        drop(versions);
+                        for (_, meta, _) in &added {
+                            let _ = config.fs.remove(&table_path(&config.dir, meta.number));
+                        }
+                        by_reference = false;
+                        continue;
+                    }
+                }
+            } else {
+                vec![0; added.len()]
+            };
+            let owned = inner.state.lock().owned.union(&want);
+            let mut edit = VersionEdit {
+                owned_buckets: Some(owned.ranges().to_vec()),
+                last_sequence: Some(seq_floor.max(versions.state().last_sequence)),
+                ..VersionEdit::default()
+            };
+            for ((_, meta, filter), level) in added.into_iter().zip(levels) {
+                if let Some(filter) = filter {
+                    edit.filters.push((meta.number, filter.ranges().to_vec()));
+                }
+                edit.added.push((level, meta));
+            }
+            let version = match versions.log_and_apply(edit) {
+                Ok(v) => v,
+                Err(e) => {
+                    inner.poison(format!("manifest write failed: {e}"));
+                    return Err(e);
+                }
+            };
+            inner.commit.raise_sequence(inner, seq_floor);
+            {
+                let mut state = inner.state.lock();
+                state.version = version;
+                state.owned = owned;
+            }
             drop(versions);
-            for (meta, _) in &added {
-                let _ = config.fs.remove(&table_path(&config.dir, meta.number));
-            }
-            return Err(Error::InvalidArgument(format!(
-                "cannot import {:?} without copying: this shard's own files span those buckets at every \
-                 level (it owns buckets on both sides of them)",
-                want.ranges()
-            )));
-        };
-        let owned = inner.state.lock().owned.union(&want);
-        let mut edit = VersionEdit {
-            owned_buckets: Some(owned.ranges().to_vec()),
-            last_sequence: Some(loaded.state.last_sequence.max(versions.state().last_sequence)),
-            ..VersionEdit::default()
-        };
-        for (((meta, shown), level), (_, f)) in added.into_iter().zip(levels).zip(&by_level) {
-            // A filter only where part of the file stays hidden: that part is what compaction reclaims.
-            if shown != BucketSet::of(f.bucket_span()) {
-                edit.filters.push((meta.number, shown.ranges().to_vec()));
-            }
-            edit.added.push((level, meta));
+            inner.bg_cv.notify_all();
+            return Ok(stats);
         }
-        let version = match versions.log_and_apply(edit) {
-            Ok(v) => v,
-            Err(e) => {
-                inner.poison(format!("manifest write failed: {e}"));
-                return Err(e);
+    }
+
+    /// Writes the live rows of `want` in snapshot `src_dir` into new SST files of this shard, every
+    /// entry a complete row at sequence `seq`. Returns their metadata, in key order.
+    fn copy_rows(
+        &self,
+        volume: &ResolvedVolume,
+        src_dir: &Path,
+        want: &BucketSet,
+        seq: u64,
+    ) -> Result<Vec<FileMeta>> {
+        let config = &self.inner.config;
+        let source = ReadOnlyDb::open_dir(config, volume, src_dir)?;
+        let mut written = Vec::new();
+        let mut current: Option<(TableBuilder, u64)> = None;
+        let (mut ikey, mut value) = (Vec::new(), Vec::new());
+        for range in want.ranges() {
+            for item in source.scan_buckets(range.clone())? {
+                let (bucket, key, row) = item?;
+                if current.is_none() {
+                    let number = self.inner.versions.lock().new_file_number();
+                    let path = table_path(&config.dir, number);
+                    let file = config.fs.create(&path)?;
+                    current = Some((TableBuilder::new(file, path, config.table_options()), number));
+                }
+                let Some((builder, number)) = current.as_mut() else { continue };
+                ikey.clear();
+                keys::append_internal_key(&mut ikey, &keys::user_key(bucket, &key), seq, Kind::Set);
+                value.clear();
+                let columns: Vec<(u16, Option<&[u8]>)> = row.columns().map(|(c, v)| (c, Some(v))).collect();
+                row::encode_delta(&mut value, &columns);
+                builder.add(&ikey, &value)?;
+                if builder.estimated_file_bytes() >= config.target_file_bytes {
+                    let number = *number;
+                    if let Some((builder, _)) = current.take() {
+                        let (props, size) = builder.finish()?;
+                        written.push(FileMeta::of_table(number, size, props));
+                    }
+                }
+            }
+        }
+        if let Some((builder, number)) = current.take() {
+            let (props, size) = builder.finish()?;
+            written.push(FileMeta::of_table(number, size, props));
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::fs::{FileSystem, MemFs};
+
+    /// The copy fallback: rows land in new L0 files above the importer's own data, new writes shadow
+    /// them, and they survive a reopen and a full compaction.
+    #[test]
+    fn expand_by_copy_keeps_rows_and_sequence_order() {
+        let fs: Arc<dyn FileSystem> = Arc::new(MemFs::new());
+        let cfg = |dir: &str| {
+            let mut c = Config::new(dir).with_fs(Arc::clone(&fs));
+            c.total_buckets = 16;
+            c.snapshot_volume = Some("file:///snapshots".into());
+            c
+        };
+        let a = Db::open(cfg("/a"), vec![0..=7]).unwrap();
+        let b = Db::open(cfg("/b"), vec![8..=15]).unwrap();
+        // B's sequence runs far ahead of A's, so a wrong floor would hide new writes.
+        for i in 0..2_000u32 {
+            b.put(8 + (i % 8) as u16, format!("b{i}").as_bytes(), 0, b"old").unwrap();
+        }
+        for i in 0..300u32 {
+            a.put((i % 8) as u16, format!("k{i}").as_bytes(), 1, format!("a{i}").as_bytes()).unwrap();
+        }
+        a.flush().unwrap();
+        let snap = a.shrink_bucket(vec![4..=7]).unwrap();
+        let stats = b.expand(&a.id(), snap, vec![4..=7], false).unwrap();
+        assert!(stats.bytes_copied > 0 && stats.files_imported > 0, "{stats:?}");
+        let check = |db: &Db| {
+            for i in 0..300u32 {
+                let bucket = (i % 8) as u16;
+                if bucket < 4 {
+                    continue;
+                }
+                let row = db.get(bucket, format!("k{i}").as_bytes()).unwrap().unwrap();
+                assert_eq!(row.column(1), Some(format!("a{i}").as_bytes()), "key {i}");
             }
         };
-        inner.commit.raise_sequence(inner, loaded.state.last_sequence);
-        {
-            let mut state = inner.state.lock();
-            state.version = version;
-            state.owned = owned;
+        check(&b);
+        for i in (0..300u32).step_by(3) {
+            let bucket = (i % 8) as u16;
+            if bucket >= 4 {
+                b.put(bucket, format!("k{i}").as_bytes(), 1, b"new").unwrap();
+            }
         }
-        drop(versions);
-        inner.bg_cv.notify_all();
-        Ok(stats)
+        let check_new = |db: &Db| {
+            for i in 0..300u32 {
+                let bucket = (i % 8) as u16;
+                if bucket < 4 {
+                    continue;
+                }
+                let row = db.get(bucket, format!("k{i}").as_bytes()).unwrap().unwrap();
+                let want = if i.is_multiple_of(3) { "new".to_string() } else { format!("a{i}") };
+                assert_eq!(row.column(1), Some(want.as_bytes()), "key {i}");
+            }
+        };
+        check_new(&b);
+        drop(b);
+        let b = Db::open(cfg("/b"), vec![4..=15]).unwrap();
+        check_new(&b);
+        b.compact().unwrap();
+        check_new(&b);
     }
 }

@@ -4,8 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use cairn_engine::fs::{FaultFs, FaultKind, FileSystem, MemFs};
-use cairn_engine::{BucketRange, Config, CoordinatorConfig, Db, DbCoordinator, Error, Volume, VolumeRole};
+use cairn_engine::{
+    BucketRange, BucketSet, Config, CoordinatorConfig, Db, DbCoordinator, Error, Volume, VolumeRole,
+};
+use common::{Model, Rng, apply, random_ops, seeds, small_config, to_batch};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -285,4 +290,129 @@ fn crash_once(kind: FaultKind, n: u64) -> bool {
         assert_eq!(row.column(0), Some(&value(i, 0)[..]));
     }
     fired
+}
+
+/// Random rescale plans against a model: three shards over 32 buckets, random writes and deletes through
+/// the owners, random moves (shrink a random run of a shard's buckets, expand it into another shard),
+/// compactions and restarts. After every step each shard's contents equal the model restricted to the
+/// buckets it owns, the shards' ownership partitions the space, and other shards answer `NotOwned`.
+#[test]
+fn random_rescale_plans_match_the_model() {
+    const BUCKETS: u16 = 32;
+    let (mut moves, mut copies) = (0u64, 0u64);
+    for seed in seeds(6) {
+        println!("seed {seed} (replay with CAIRN_SEED={seed})");
+        let mut rng = Rng::new(seed);
+        let mem = MemFs::new();
+        let fs: Arc<dyn FileSystem> = Arc::new(mem.clone());
+        let cfg = |s: usize| {
+            let mut c = small_config(Arc::clone(&fs), BUCKETS);
+            c.dir = format!("/shard{s}").into();
+            c.snapshot_volume = Some("file:///snapshots".into());
+            c
+        };
+        let mut owned: Vec<BucketSet> = vec![
+            BucketSet::new(&[0..=9], 32).unwrap(),
+            BucketSet::new(&[10..=20], 32).unwrap(),
+            BucketSet::new(&[21..=31], 32).unwrap(),
+        ];
+        let mut shards: Vec<Db> =
+            (0..3).map(|s| Db::open(cfg(s), owned[s].ranges().to_vec()).unwrap()).collect();
+        let mut model = Model::new();
+        for step in 0..40 {
+            let what = rng.range(0, 10);
+            let ctx = format!("seed {seed} step {step}");
+            if what < 5 {
+                for _ in 0..rng.range(10, 80) {
+                    let ops = random_ops(&mut rng, BUCKETS, 40, 48);
+                    // Split the batch by owner: each shard commits its part.
+                    for (s, db) in shards.iter().enumerate() {
+                        let mine: Vec<_> =
+                            ops.iter().filter(|op| owned[s].contains(op_bucket(op))).cloned().collect();
+                        if !mine.is_empty() {
+                            db.write(to_batch(&mine), Default::default()).unwrap();
+                            apply(&mut model, &mine);
+                        }
+                    }
+                }
+            } else if what < 8 {
+                let from = rng.range(0, 3) as usize;
+                let Some(run) = random_run(&mut rng, &owned[from]) else { continue };
+                let to = (from + rng.range(1, 3) as usize) % 3;
+                let snap =
+                    shards[from].shrink_bucket(vec![run.clone()]).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                let stats = shards[to]
+                    .expand_bucket(&shards[from].id(), snap, vec![run.clone()])
+                    .unwrap_or_else(|e| panic!("{ctx}: expand {run:?} from {from} into {to}: {e}"));
+                moves += 1;
+                copies += u64::from(stats.bytes_copied > 0);
+                let moved = BucketSet::of(run);
+                owned[from] = owned[from].subtract(&moved);
+                owned[to] = owned[to].union(&moved);
+            } else if what < 9 {
+                shards[rng.range(0, 3) as usize].compact().unwrap();
+            } else {
+                let s = rng.range(0, 3) as usize;
+                let db = shards.remove(s);
+                drop(db);
+                shards.insert(s, Db::open(cfg(s), owned[s].ranges().to_vec()).unwrap());
+            }
+            check_shards(&ctx, &shards, &owned, &model, BUCKETS);
+        }
+    }
+    println!("{moves} moves, {copies} of them by copy (the importer owned buckets on both sides)");
+    assert!(moves >= 10, "too few moves exercised: {moves}");
+}
+
+fn op_bucket(op: &common::Op) -> u16 {
+    match op {
+        common::Op::Put(b, ..) | common::Op::DeleteColumn(b, ..) | common::Op::Delete(b, ..) => *b,
+    }
+}
+
+/// A random run of consecutive buckets inside one of `set`'s ranges.
+fn random_run(rng: &mut Rng, set: &BucketSet) -> Option<BucketRange> {
+    let ranges = set.ranges();
+    if ranges.is_empty() {
+        return None;
+    }
+    let r = &ranges[rng.range(0, ranges.len() as u64) as usize];
+    let (lo, hi) = (u64::from(*r.start()), u64::from(*r.end()));
+    let a = rng.range(lo, hi + 1);
+    let b = rng.range(a, (a + 6).min(hi) + 1);
+    Some(a as u16..=b as u16)
+}
+
+fn check_shards(ctx: &str, shards: &[Db], owned: &[BucketSet], model: &Model, buckets: u16) {
+    for (s, db) in shards.iter().enumerate() {
+        assert_eq!(db.owned_buckets(), owned[s].ranges(), "{ctx}: shard {s} ownership");
+        let want: Model = model
+            .iter()
+            .filter(|((b, _), _)| owned[s].contains(*b))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut got = Model::new();
+        for r in owned[s].ranges() {
+            for item in db.scan_buckets(r.clone()).unwrap() {
+                let (b, k, row) = item.unwrap();
+                got.insert((b, k), row.columns().map(|(c, v)| (c, v.to_vec())).collect());
+            }
+        }
+        assert!(got == want, "{ctx}: shard {s} differs from the model");
+        for (b, k) in want.keys().take(20) {
+            assert!(db.get(*b, k).unwrap().is_some(), "{ctx}: point read on shard {s}");
+        }
+    }
+    for b in 0..buckets {
+        let owners: Vec<usize> = (0..shards.len()).filter(|&s| owned[s].contains(b)).collect();
+        assert_eq!(owners.len(), 1, "{ctx}: bucket {b} owners {owners:?}");
+        for (s, db) in shards.iter().enumerate() {
+            if s != owners[0] {
+                assert!(
+                    matches!(db.get(b, b"k"), Err(Error::NotOwned { .. })),
+                    "{ctx}: shard {s} bucket {b}"
+                );
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@
 mod engine;
 mod engine_args;
 mod engine_reads;
+mod rescale;
 mod snapshot;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Engine(engine_args::EngineArgs),
     /// Shard snapshot, global snapshot, restore and incremental-copy costs at several data sizes.
     Snapshot(snapshot::SnapshotArgs),
+    /// Online rescale: the handoff pause, bytes copied and reclamation time of moving a bucket range.
+    Rescale(rescale::RescaleArgs),
 }
 
 fn main() {
@@ -31,6 +34,7 @@ fn main() {
     let result = match cli.command {
         Command::Engine(args) => engine::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
+        Command::Rescale(args) => rescale::run(&args),
     };
     if let Err(e) = result {
         eprintln!("cairn-bench: {e}");

@@ -305,6 +305,7 @@ impl DbInner {
         m.immutable_memtables = state.imm.len() as u64;
         m.level_files = state.version.level_files().to_vec();
         m.level_bytes = state.version.level_bytes().to_vec();
+        m.filtered_files = state.version.all_files().filter(|f| f.filter.is_some()).count() as u64;
         drop(state);
         m.block_cache_hits = self.table_cache.block_cache().hits();
         m.block_cache_misses = self.table_cache.block_cache().misses();

@@ -58,6 +58,9 @@ pub struct MetricsSnapshot {
     pub level_files: Vec<usize>,
     /// Bytes per level.
     pub level_bytes: Vec<u64>,
+    /// Files seen through a bucket filter (holding entries a shrink released or an import left out);
+    /// compaction rewrites them when nothing else needs doing, so this falls to 0 after a rescale.
+    pub filtered_files: u64,
     /// Block cache hits.
     pub block_cache_hits: u64,
     /// Block cache misses.

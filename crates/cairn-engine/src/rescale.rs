@@ -142,6 +142,39 @@ impl Db {
     ///
     /// Calling it again with ranges an interrupted call already released (the shard no longer owns them)
     /// completes that call and returns the same snapshot id.
+    ///
+    /// The seed's example, 2 shards → 3 (see docs/rescale.md):
+    ///
+    /// ```
+    /// use cairn_engine::{Config, Db, Error, Volume};
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// let snapvol = Volume::file_url(&tmp.path().join("snapshots"));
+    /// let shard = |name: &str| {
+    ///     let mut c = Config::new(tmp.path().join(name));
+    ///     c.snapshot_volume = Some(snapvol.clone()); // shards that trade buckets share one
+    ///     c
+    /// };
+    /// let a = Db::open(shard("a"), vec![0..=511])?;
+    /// let b = Db::open(shard("b"), vec![512..=1023])?;
+    /// a.put(400, b"moves-to-b", 0, b"1")?;
+    /// b.put(900, b"moves-to-c", 0, b"2")?;
+    ///
+    /// // Step 0: C starts from B's snapshot (in a cluster: B's part of the latest global snapshot).
+    /// let c = Db::open_from_snapshot(shard("c"), b.snapshot()?, b.id())?;
+    /// // Phase 1: every involved shard shrinks.
+    /// let snap_a = a.shrink_bucket(vec![342..=511])?;
+    /// b.shrink_bucket(vec![684..=1023])?;
+    /// c.shrink_bucket(vec![512..=683])?;
+    /// // Phase 2: expand. B imports 342..=511 from A's pre-shrink snapshot, by reference.
+    /// let stats = b.expand_bucket(&a.id(), snap_a, vec![342..=511])?;
+    /// assert_eq!(stats.bytes_copied, 0);
+    ///
+    /// assert_eq!(b.get(400, b"moves-to-b")?.unwrap().column(0), Some(&b"1"[..]));
+    /// assert_eq!(c.get(900, b"moves-to-c")?.unwrap().column(0), Some(&b"2"[..]));
+    /// assert!(matches!(a.get(400, b"moves-to-b"), Err(Error::NotOwned { bucket: 400 })));
+    /// assert!(matches!(b.get(900, b"moves-to-c"), Err(Error::NotOwned { bucket: 900 })));
+    /// # Ok::<(), cairn_engine::Error>(())
+    /// ```
     pub fn shrink_bucket(&self, ranges: Vec<BucketRange>) -> Result<u64> {
         let inner = &self.inner;
         let total = inner.config.total_buckets;
@@ -309,8 +342,10 @@ impl Db {
                 (written.into_iter().map(|m| (0, m, None)).collect(), seq)
             };
             config.fs.sync_dir(&config.dir)?;
-            let _paused = CompactionPause::new(inner);
+            // Gate first: a writer stalled on a full L0 needs compaction to finish, so compactions are
+            // paused only once no write is in flight.
             let _no_writes_in_flight = inner.ownership_gate.write();
+            let _paused = CompactionPause::new(inner);
             let mut versions = inner.versions.lock();
             let levels = if by_reference {
                 match place(versions.current(), &by_level) {

@@ -84,8 +84,10 @@ pub fn pick(shape: &TreeShape, cfg: &PickerConfig) -> Option<Pick> {
             continue;
         }
         if level < targets.base_level {
-            // Data above the base level (the base moved down as the tree shrank): drain it downwards.
-            consider(level, targets.base_level, f64::MAX / 2.0);
+            // Data above the base level (the base moved down as the tree shrank, or a rescale imported
+            // files there): drain it downwards, deepest level first, so a level is never moved below a
+            // shallower (newer) one.
+            consider(level, targets.base_level, f64::MAX / 2.0 + level as f64 * 1e300);
             continue;
         }
         let score = shape.level_bytes[level] as f64 / targets.target_bytes[level].max(1) as f64;
@@ -133,6 +135,10 @@ mod tests {
         let s = shape([0, 0, 0, 2, 0, 0, 0], [0, 0, 0, 10 * MB, 0, 0, 0]);
         let p = pick(&s, &c).unwrap();
         assert_eq!((p.start_level, p.output_level), (3, 6));
+        // Two levels above the base: the deeper (older) one drains first.
+        let s = shape([0, 0, 0, 2, 3, 0, 0], [0, 0, 0, 10 * MB, 10 * MB, 0, 0]);
+        let p = pick(&s, &c).unwrap();
+        assert_eq!((p.start_level, p.output_level), (4, 6));
         // The bottom level never compacts into itself.
         assert_eq!(pick(&shape([0, 0, 0, 0, 0, 0, 90], [0, 0, 0, 0, 0, 0, 90_000 * MB]), &c), None);
     }

@@ -67,6 +67,37 @@ fn write_release(
     volume::write_atomic(volume.fs.as_ref(), &path, &volume::encode_checked_json(&ranges)?)
 }
 
+/// Prefix of the claim files an expand leaves in the source snapshot's directory, one per imported range:
+/// `CLAIM-<start>-<end>` holding the importer's id. A released range is imported once.
+pub const CLAIM_PREFIX: &str = "CLAIM-";
+
+/// Checks no other shard claimed any of `want` from snapshot `dir`, then claims it for `importer`.
+fn claim(volume: &ResolvedVolume, dir: &Path, want: &BucketSet, importer: &str, total: u32) -> Result<()> {
+    for name in volume.fs.list(dir)? {
+        let Some(range) = name.strip_prefix(CLAIM_PREFIX) else { continue };
+        let path = dir.join(&name);
+        let bounds =
+            range.split_once('-').and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)));
+        let Some((start, end)) = bounds.filter(|(a, b)| a <= b) else {
+            return Err(Error::corruption(&path, "bad claim file name"));
+        };
+        let holder: String = volume::decode_checked_json(&path, &volume.fs.read_all(&path)?)?;
+        let taken = BucketSet::new(&[start..=end], total)?.intersect(want);
+        if let Some(b) = first(&taken)
+            && holder != importer
+        {
+            return Err(Error::InvalidArgument(format!(
+                "bucket {b} of this snapshot was already imported by shard {holder}"
+            )));
+        }
+    }
+    for r in want.ranges() {
+        let path = dir.join(format!("{CLAIM_PREFIX}{}-{}", r.start(), r.end()));
+        volume::write_atomic(volume.fs.as_ref(), &path, &volume::encode_checked_json(&importer)?)?;
+    }
+    Ok(())
+}
+
 /// The ranges a shrink recorded as released after snapshot `dir`, if any.
 fn read_release(volume: &ResolvedVolume, dir: &Path, total_buckets: u32) -> Result<BucketSet> {
     let path = dir.join(RELEASE_FILE);
@@ -115,14 +146,22 @@ pub(crate) fn place(v: &Version, imports: &[(usize, Arc<TableFile>)]) -> Option<
 struct CompactionPause<'a>(&'a DbInner);
 
 impl<'a> CompactionPause<'a> {
-    fn new(db: &'a DbInner) -> CompactionPause<'a> {
+    fn new(db: &'a DbInner) -> Result<CompactionPause<'a>> {
         let mut state = db.state.lock();
         state.rescale_pending = true;
         db.bg_cv.notify_all();
         while state.compacting && !state.closing && state.poisoned.is_none() {
             db.bg_cv.wait(&mut state);
         }
-        CompactionPause(db)
+        let pause = CompactionPause(db);
+        // A job may still be running (it would commit outputs planned on the old tree): give up.
+        if let Some(why) = &state.poisoned {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        if state.closing {
+            return Err(Error::Closed);
+        }
+        Ok(pause)
     }
 }
 
@@ -222,7 +261,7 @@ impl Db {
             last_release: Some((snapshot_id, release.ranges().to_vec())),
             ..VersionEdit::default()
         };
-        let _paused = CompactionPause::new(inner);
+        let _paused = CompactionPause::new(inner)?;
         let mut versions = inner.versions.lock();
         for (level, files) in versions.current().levels.iter().enumerate() {
             for f in files {
@@ -301,6 +340,7 @@ impl Db {
         if let Some(b) = first(&want.intersect(&inner.state.lock().owned)) {
             return Err(Error::InvalidArgument(format!("this shard already owns bucket {b}")));
         }
+        claim(&volume, &src_dir, &want, &inner.db_id, total)?;
         let imports: Vec<(usize, Arc<TableFile>, BucketSet)> = loaded
             .version
             .levels
@@ -345,7 +385,7 @@ impl Db {
             // Gate first: a writer stalled on a full L0 needs compaction to finish, so compactions are
             // paused only once no write is in flight.
             let _no_writes_in_flight = inner.ownership_gate.write();
-            let _paused = CompactionPause::new(inner);
+            let _paused = CompactionPause::new(inner)?;
             let mut versions = inner.versions.lock();
             let levels = if by_reference {
                 match place(versions.current(), &by_level) {
@@ -382,13 +422,15 @@ impl Db {
                     return Err(e);
                 }
             };
-            inner.commit.raise_sequence(inner, seq_floor);
             {
                 let mut state = inner.state.lock();
                 state.version = version;
                 state.owned = owned;
             }
             drop(versions);
+            // After the version set is released (flushes take the commit leader, then the version set);
+            // the ownership gate still holds writers off, so none can take a sequence below the floor.
+            inner.commit.raise_sequence(inner, seq_floor);
             inner.bg_cv.notify_all();
             return Ok(stats);
         }

@@ -531,6 +531,8 @@ pub(crate) fn restore_into(
     state.db_id = new_db_id();
     state.snapshot = None;
     state.restored_from = Some(source);
+    // The source's latest shrink is not this shard's: a shrink retry must not find it.
+    state.last_release = None;
     state.next_snapshot_id = 1;
     state.log_number = 0;
     let number = state.next_file_number;

@@ -203,6 +203,10 @@ fn bad_plans_are_refused() {
     b.expand_bucket(&a.id(), snap_a, vec![400..=511]).unwrap();
     let e = msg(b.expand_bucket(&a.id(), snap_a, vec![400..=511]).unwrap_err());
     assert!(e.contains("already owns bucket 400"), "{e}");
+    // A third shard cannot import the same released range again (two owners).
+    let c = Db::open(cfg("c"), vec![]).unwrap();
+    let e = msg(c.expand_bucket(&a.id(), snap_a, vec![450..=460]).unwrap_err());
+    assert!(e.contains("already imported by shard"), "{e}");
     // Released buckets answer NotOwned on the source, reads and writes alike.
     assert!(matches!(a.put(450, b"x", 0, b"y"), Err(Error::NotOwned { bucket: 450 })));
     assert!(matches!(a.get(450, b"x"), Err(Error::NotOwned { bucket: 450 })));

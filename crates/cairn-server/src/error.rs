@@ -1,0 +1,62 @@
+//! The server's one error type, and how each case maps to HTTP (and, later, gRPC) status codes. Every
+//! error a client sees is `{code, message}` with a stable `code`.
+
+/// What can go wrong serving a request (or starting the node).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Malformed input: a bad key encoding, an inverted range, a limit over the maximum, ...
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The key has no live value.
+    #[error("{0}")]
+    NotFound(String),
+    /// A key or value over its limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A conditional write whose condition does not hold.
+    #[error("{0}")]
+    Precondition(String),
+    /// Overload or shutdown: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store cannot be opened.
+    #[error("{0}")]
+    Startup(String),
+    /// A bug or corruption: the store returned something it never wrote.
+    #[error("{0}")]
+    Internal(String),
+    /// The engine failed.
+    #[error("storage error: {0}")]
+    Engine(#[from] cairn_engine::Error),
+}
+
+/// Shorthand.
+pub type Result<T, E = NodeError> = std::result::Result<T, E>;
+
+impl NodeError {
+    /// The HTTP status.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            NodeError::InvalidArgument(_) => 400,
+            NodeError::NotFound(_) => 404,
+            NodeError::Precondition(_) => 412,
+            NodeError::TooLarge(_) => 413,
+            NodeError::Unavailable(_) => 503,
+            NodeError::Engine(cairn_engine::Error::InvalidArgument(_)) => 400,
+            NodeError::Engine(cairn_engine::Error::Poisoned(_) | cairn_engine::Error::Closed) => 503,
+            NodeError::Startup(_) | NodeError::Internal(_) | NodeError::Engine(_) => 500,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self.http_status() {
+            400 => "invalid_argument",
+            404 => "not_found",
+            412 => "failed_precondition",
+            413 => "too_large",
+            503 => "unavailable",
+            _ => "internal",
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Request metrics and the Prometheus text exposition (`/metrics`).
+
+use crate::node::Node;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Counters and latency histograms per route and method.
+#[derive(Default)]
+pub struct HttpMetrics {
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+}
+
+impl HttpMetrics {
+    /// Records one request.
+    pub fn record(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        *self.requests.lock().entry((route.to_string(), method.to_string(), status)).or_insert(0) += 1;
+        let secs = elapsed.as_secs_f64();
+        let mut latency = self.latency.lock();
+        let h = latency.entry((route.to_string(), method.to_string())).or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The Prometheus text format of the request metrics and the engine gauges of every shard.
+pub fn render(http: &HttpMetrics, node: &Node) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP cairn_http_requests_total HTTP requests by route, method and status.\n");
+    out.push_str("# TYPE cairn_http_requests_total counter\n");
+    for ((route, method, status), n) in http.requests.lock().iter() {
+        let _ = writeln!(
+            out,
+            "cairn_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
+            escape(route)
+        );
+    }
+    out.push_str("# HELP cairn_http_request_duration_seconds HTTP request latency by route and method.\n");
+    out.push_str("# TYPE cairn_http_request_duration_seconds histogram\n");
+    for ((route, method), h) in http.latency.lock().iter() {
+        let labels = format!("route=\"{}\",method=\"{method}\"", escape(route));
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cairn_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
+                h.counts[i]
+            );
+        }
+        let _ =
+            writeln!(out, "cairn_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "cairn_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
+        let _ = writeln!(out, "cairn_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+    }
+    let shards = node.engine_metrics();
+    let gauge = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> String| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in 0..shards.len() {
+            let _ = writeln!(out, "{name}{{shard=\"{s}\"}} {}", value(s));
+        }
+    };
+    gauge(&mut out, "cairn_engine_memtable_bytes", "gauge", "Bytes in memtables.", &|s| {
+        shards[s].memtable_bytes.to_string()
+    });
+    gauge(&mut out, "cairn_engine_sst_bytes", "gauge", "Bytes in SST files.", &|s| {
+        shards[s].level_bytes.iter().sum::<u64>().to_string()
+    });
+    gauge(&mut out, "cairn_engine_compactions_total", "counter", "Compactions run.", &|s| {
+        shards[s].compactions.to_string()
+    });
+    gauge(&mut out, "cairn_engine_flushes_total", "counter", "Memtable flushes.", &|s| {
+        shards[s].flushes.to_string()
+    });
+    gauge(&mut out, "cairn_engine_wal_syncs_total", "counter", "WAL fsyncs.", &|s| {
+        shards[s].wal_syncs.to_string()
+    });
+    gauge(&mut out, "cairn_engine_write_stalls_total", "counter", "Write stalls.", &|s| {
+        shards[s].stalls.to_string()
+    });
+    gauge(&mut out, "cairn_engine_block_cache_hit_ratio", "gauge", "Block cache hits / lookups.", &|s| {
+        let m = &shards[s];
+        let total = m.block_cache_hits + m.block_cache_misses;
+        if total == 0 { "0".to_string() } else { format!("{:.4}", m.block_cache_hits as f64 / total as f64) }
+    });
+    let _ = writeln!(
+        out,
+        "# HELP cairn_engine_level_files SST files per level.\n# TYPE cairn_engine_level_files gauge"
+    );
+    for (s, m) in shards.iter().enumerate() {
+        for (level, n) in m.level_files.iter().enumerate() {
+            let _ = writeln!(out, "cairn_engine_level_files{{shard=\"{s}\",level=\"{level}\"}} {n}");
+        }
+    }
+    out
+}

@@ -1,0 +1,540 @@
+//! A node's local store: several engine shards over the bucket space, MVCC on top, and the one seam the
+//! APIs call ("serve a request" → "the shard that holds the key"). Everything here is synchronous; the
+//! HTTP and gRPC layers call it from blocking tasks.
+
+use crate::error::{NodeError, Result};
+use crate::hlc::{Clock, Timestamp};
+use crate::mvcc::{self, Stored};
+use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot, WriteBatch, WriteOptions};
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::iter::Peekable;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
+/// Largest `limit` of one range request.
+pub const MAX_SCAN_LIMIT: usize = 10_000;
+/// How long a read at an explicit timestamp waits for writes below it to finish.
+const PENDING_WAIT: Duration = Duration::from_secs(5);
+/// Key stripes for conditional writes: writes to one key are serialized, to different keys they are not.
+const STRIPES: usize = 256;
+
+/// How a node's store is set up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeConfig {
+    /// The store directory (one subdirectory per shard).
+    pub store: PathBuf,
+    /// Shards a new store is split into (an existing store keeps its layout).
+    pub shards: usize,
+    /// Size of the bucket space of a new store.
+    pub total_buckets: u32,
+    /// Fsync every write before acknowledging it (group commit makes this cheap).
+    pub sync: bool,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// Versions older than this stay readable; older ones are dropped by compaction.
+    pub gc_ttl: Duration,
+    /// Block cache per shard, in bytes.
+    pub block_cache_bytes: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for a store in `store`.
+    pub fn new(store: impl Into<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            store: store.into(),
+            shards: 4,
+            total_buckets: 1024,
+            sync: true,
+            max_value_bytes: 1 << 20,
+            gc_ttl: Duration::from_secs(24 * 3600),
+            block_cache_bytes: 32 << 20,
+        }
+    }
+}
+
+/// The store's layout, fixed when it is created (`<store>/LAYOUT.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Layout {
+    total_buckets: u32,
+    shards: Vec<(u16, u16)>,
+}
+
+/// One stored version as the APIs return it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value.
+    pub value: Vec<u8>,
+    /// When it was written.
+    pub timestamp: Timestamp,
+}
+
+/// A condition on a put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Always write.
+    None,
+    /// Write only if the key has no live value.
+    IfAbsent,
+    /// Write only if the key's current version has this timestamp.
+    IfTimestamp(Timestamp),
+}
+
+/// A shard's status.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardStatus {
+    /// Index of the shard on this node.
+    pub shard: usize,
+    /// Its buckets.
+    pub buckets: Vec<BucketRange>,
+    /// Bytes in SST files.
+    pub sst_bytes: u64,
+    /// Bytes in memtables.
+    pub memtable_bytes: u64,
+    /// Files per level.
+    pub level_files: Vec<usize>,
+}
+
+struct Shard {
+    ranges: Vec<BucketRange>,
+    db: Db,
+}
+
+/// The local store.
+pub struct Node {
+    config: NodeConfig,
+    total_buckets: u32,
+    shards: Vec<Shard>,
+    /// Shard index per bucket.
+    owner: Vec<u16>,
+    clock: Clock,
+    stripes: Vec<Mutex<()>>,
+    /// Timestamps handed to writes not yet committed.
+    pending: Mutex<BTreeMap<Timestamp, u32>>,
+    pending_done: Condvar,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("store", &self.config.store).field("shards", &self.shards.len()).finish()
+    }
+}
+
+fn even_split(total_buckets: u32, shards: usize) -> Vec<(u16, u16)> {
+    let shards = shards.clamp(1, total_buckets as usize) as u32;
+    (0..shards)
+        .map(|i| ((total_buckets * i / shards) as u16, (total_buckets * (i + 1) / shards - 1) as u16))
+        .collect()
+}
+
+fn read_layout(path: &Path) -> Result<Option<Layout>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| NodeError::Startup(format!("{} is not a valid layout: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(NodeError::Startup(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn write_layout(path: &Path, layout: &Layout) -> Result<()> {
+    let io = |e: std::io::Error| NodeError::Startup(format!("cannot write {}: {e}", path.display()));
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(layout).map_err(|e| NodeError::Startup(e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Opens (or creates) the store.
+    pub fn open(config: NodeConfig) -> Result<Node> {
+        if config.total_buckets == 0 || config.total_buckets > cairn_engine::MAX_TOTAL_BUCKETS {
+            return Err(NodeError::Startup(format!("total_buckets {} out of range", config.total_buckets)));
+        }
+        std::fs::create_dir_all(&config.store).map_err(|e| {
+            NodeError::Startup(format!("cannot create store {}: {e}", config.store.display()))
+        })?;
+        let layout_path = config.store.join("LAYOUT.json");
+        let layout = match read_layout(&layout_path)? {
+            Some(layout) => layout,
+            None => {
+                let layout = Layout {
+                    total_buckets: config.total_buckets,
+                    shards: even_split(config.total_buckets, config.shards),
+                };
+                write_layout(&layout_path, &layout)?;
+                layout
+            }
+        };
+        let mut owner = vec![0u16; layout.total_buckets as usize];
+        let mut shards = Vec::with_capacity(layout.shards.len());
+        for (i, &(start, end)) in layout.shards.iter().enumerate() {
+            let mut c = Config::new(config.store.join(format!("shard-{i}")));
+            c.total_buckets = layout.total_buckets;
+            c.max_value_bytes = config.max_value_bytes + 1;
+            c.block_cache_bytes = config.block_cache_bytes;
+            c.compaction_filter = Some(Arc::new(mvcc::GcFilterFactory { ttl: config.gc_ttl }));
+            let db = Db::open(c, vec![start..=end]).map_err(|e| match e {
+                cairn_engine::Error::Locked(_) => NodeError::Startup(format!(
+                    "store {} is in use by another cairn process",
+                    config.store.display()
+                )),
+                e => NodeError::Startup(format!("cannot open shard {i} of {}: {e}", config.store.display())),
+            })?;
+            for b in start..=end {
+                owner[b as usize] = i as u16;
+            }
+            shards.push(Shard { ranges: vec![start..=end], db });
+        }
+        Ok(Node {
+            total_buckets: layout.total_buckets,
+            config,
+            shards,
+            owner,
+            clock: Clock::new(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            pending: Mutex::new(BTreeMap::new()),
+            pending_done: Condvar::new(),
+        })
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// A fresh timestamp (the response header's).
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn shard_of(&self, bucket: u16) -> &Shard {
+        &self.shards[usize::from(self.owner[usize::from(bucket)])]
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.len() > MAX_KEY_BYTES || mvcc::key_prefix(key).len() + 12 > cairn_engine::MAX_KEY_BYTES {
+            return Err(NodeError::TooLarge(format!(
+                "key of {} bytes is over the limit ({MAX_KEY_BYTES} bytes, less if it holds many zero bytes)",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_read_ts(&self, at: Option<Timestamp>) -> Result<Timestamp> {
+        let Some(at) = at else { return Ok(Timestamp::MAX) };
+        let horizon = mvcc::horizon(self.config.gc_ttl);
+        if at.wall_time < horizon {
+            return Err(NodeError::InvalidArgument(format!(
+                "read timestamp {at} is below the GC horizon ({horizon}.0): older versions may be gone"
+            )));
+        }
+        // Wait until every write that may get a timestamp at or below `at` has committed.
+        self.clock.observe(at);
+        let deadline = Instant::now() + PENDING_WAIT;
+        let mut pending = self.pending.lock();
+        while pending.keys().next().is_some_and(|&t| t <= at) {
+            if self.pending_done.wait_until(&mut pending, deadline).timed_out() {
+                return Err(NodeError::Unavailable(
+                    "writes below the read timestamp are still in flight".into(),
+                ));
+            }
+        }
+        Ok(at)
+    }
+
+    /// The newest version of `key` at or below `at` (the newest overall when `at` is `None`).
+    pub fn get(&self, key: &[u8], at: Option<Timestamp>) -> Result<Option<Versioned>> {
+        self.check_key(key)?;
+        let at = self.check_read_ts(at)?;
+        self.read_latest(key, at)
+    }
+
+    fn read_latest(&self, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
+        let bucket = mvcc::bucket_of(key, self.total_buckets);
+        let start = mvcc::version_key(key, at);
+        let mut end = mvcc::key_prefix(key);
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let mut it = self.shard_of(bucket).db.scan(bucket, &start[..]..&end[..])?;
+        match it.next().transpose()? {
+            None => Ok(None),
+            Some((_, engine_key, row)) => version_of(&engine_key, &row),
+        }
+    }
+
+    fn begin_write(&self) -> Timestamp {
+        let mut pending = self.pending.lock();
+        let ts = self.clock.now();
+        *pending.entry(ts).or_insert(0) += 1;
+        ts
+    }
+
+    fn end_write(&self, ts: Timestamp) {
+        let mut pending = self.pending.lock();
+        if let Some(n) = pending.get_mut(&ts) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&ts);
+            }
+        }
+        drop(pending);
+        self.pending_done.notify_all();
+    }
+
+    fn write_version(&self, key: &[u8], value: Option<&[u8]>) -> Result<Timestamp> {
+        let bucket = mvcc::bucket_of(key, self.total_buckets);
+        let ts = self.begin_write();
+        let mut batch = WriteBatch::new();
+        batch.put(bucket, &mvcc::version_key(key, ts), 0, &mvcc::encode_value(value));
+        let result = self.shard_of(bucket).db.write(batch, WriteOptions { sync: self.config.sync });
+        self.end_write(ts);
+        result?;
+        Ok(ts)
+    }
+
+    fn stripe(&self, key: &[u8]) -> &Mutex<()> {
+        &self.stripes[(xxhash_rust::xxh3::xxh3_64(key) as usize) % STRIPES]
+    }
+
+    /// Writes `value` as the newest version of `key`, if `condition` holds; returns its timestamp.
+    pub fn put(&self, key: &[u8], value: &[u8], condition: Condition) -> Result<Timestamp> {
+        self.check_key(key)?;
+        if value.len() > self.config.max_value_bytes {
+            return Err(NodeError::TooLarge(format!(
+                "value of {} bytes is over the limit of {} bytes",
+                value.len(),
+                self.config.max_value_bytes
+            )));
+        }
+        let _one_writer_per_key = self.stripe(key).lock();
+        match condition {
+            Condition::None => {}
+            Condition::IfAbsent => {
+                if let Some(current) = self.read_latest(key, Timestamp::MAX)? {
+                    return Err(NodeError::Precondition(format!(
+                        "key exists (current version {})",
+                        current.timestamp
+                    )));
+                }
+            }
+            Condition::IfTimestamp(want) => match self.read_latest(key, Timestamp::MAX)? {
+                Some(current) if current.timestamp == want => {}
+                Some(current) => {
+                    return Err(NodeError::Precondition(format!(
+                        "current version is {}, not {want}",
+                        current.timestamp
+                    )));
+                }
+                None => return Err(NodeError::Precondition(format!("key is absent, not at version {want}"))),
+            },
+        }
+        self.write_version(key, Some(value))
+    }
+
+    /// Deletes `key` (writes a tombstone version); `None` if it had no live value.
+    pub fn delete(&self, key: &[u8]) -> Result<Option<Timestamp>> {
+        self.check_key(key)?;
+        let _one_writer_per_key = self.stripe(key).lock();
+        if self.read_latest(key, Timestamp::MAX)?.is_none() {
+            return Ok(None);
+        }
+        self.write_version(key, None).map(Some)
+    }
+
+    /// Up to `limit` live keys in `[start, end)` (`end` `None`: to the last key) in key order, each with
+    /// its newest version at or below `at`, merged across every shard and bucket.
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        at: Option<Timestamp>,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        self.check_key(start)?;
+        if let Some(end) = end {
+            self.check_key(end)?;
+            if end < start {
+                return Err(NodeError::InvalidArgument("range end is below its start".into()));
+            }
+        }
+        if limit > MAX_SCAN_LIMIT {
+            return Err(NodeError::InvalidArgument(format!(
+                "limit {limit} is over the maximum {MAX_SCAN_LIMIT}"
+            )));
+        }
+        let at = self.check_read_ts(at)?;
+        let lo = mvcc::key_prefix(start);
+        let hi = end.map(mvcc::key_prefix);
+        let mut cursors = Vec::with_capacity(self.total_buckets as usize);
+        for shard in &self.shards {
+            for range in &shard.ranges {
+                for bucket in range.clone() {
+                    let it = match &hi {
+                        Some(hi) => shard.db.scan(bucket, &lo[..]..&hi[..])?,
+                        None => shard.db.scan(bucket, &lo[..]..)?,
+                    };
+                    cursors.push(BucketCursor { rows: it.peekable(), at });
+                }
+            }
+        }
+        // k-way merge by key: each cursor yields its bucket's live keys in order.
+        let mut heap = BinaryHeap::new();
+        for (i, c) in cursors.iter_mut().enumerate() {
+            if let Some((key, v)) = c.next_live()? {
+                heap.push(Reverse((key, i, v.timestamp, v.value)));
+            }
+        }
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(Reverse((key, i, timestamp, value))) = heap.pop() else { break };
+            out.push((key, Versioned { value, timestamp }));
+            if let Some((key, v)) = cursors[i].next_live()? {
+                heap.push(Reverse((key, i, v.timestamp, v.value)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per-shard status.
+    pub fn status(&self) -> Vec<ShardStatus> {
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let m = s.db.metrics();
+                ShardStatus {
+                    shard: i,
+                    buckets: s.ranges.clone(),
+                    sst_bytes: m.level_bytes.iter().sum(),
+                    memtable_bytes: m.memtable_bytes,
+                    level_files: m.level_files.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Engine metrics per shard.
+    pub fn engine_metrics(&self) -> Vec<MetricsSnapshot> {
+        self.shards.iter().map(|s| s.db.metrics()).collect()
+    }
+
+    /// Size of the bucket space.
+    pub fn total_buckets(&self) -> u32 {
+        self.total_buckets
+    }
+
+    /// Closes every shard (flushing nothing extra: the WAL already holds every write).
+    pub fn close(self) -> Result<()> {
+        for s in self.shards {
+            s.db.close()?;
+        }
+        Ok(())
+    }
+}
+
+fn version_of(engine_key: &[u8], row: &cairn_engine::Row) -> Result<Option<Versioned>> {
+    let (_, timestamp) = mvcc::decode_version_key(engine_key)
+        .ok_or_else(|| NodeError::Internal("malformed version key in the store".into()))?;
+    match mvcc::decode_value(row) {
+        Some(Stored::Value(value)) => Ok(Some(Versioned { value, timestamp })),
+        Some(Stored::Tombstone) => Ok(None),
+        None => Err(NodeError::Internal("malformed version value in the store".into())),
+    }
+}
+
+/// One bucket's rows, reduced to live keys at a timestamp.
+struct BucketCursor {
+    rows: Peekable<cairn_engine::DbIter>,
+    at: Timestamp,
+}
+
+impl BucketCursor {
+    /// The next key with a live version at or below `at`, and that version.
+    fn next_live(&mut self) -> Result<Option<(Vec<u8>, Versioned)>> {
+        loop {
+            let Some(item) = self.rows.next() else { return Ok(None) };
+            let (_, engine_key, row) = item?;
+            let (key, ts) = mvcc::decode_version_key(&engine_key)
+                .ok_or_else(|| NodeError::Internal("malformed version key in the store".into()))?;
+            // Versions come newest first: take the first at or below `at`, skip the key's others.
+            let mut chosen = (ts <= self.at).then_some((engine_key, row));
+            while let Some(Ok((_, next_key, _))) = self.rows.peek() {
+                match mvcc::decode_version_key(next_key) {
+                    Some((k, t)) if k == key => {
+                        let Some(Ok((_, next_key, next_row))) = self.rows.next() else { break };
+                        if chosen.is_none() && t <= self.at {
+                            chosen = Some((next_key, next_row));
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            if let Some((engine_key, row)) = chosen
+                && let Some(v) = version_of(&engine_key, &row)?
+            {
+                return Ok(Some((key, v)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(dir: &Path) -> Node {
+        let mut c = NodeConfig::new(dir);
+        c.sync = false;
+        c.max_value_bytes = 100;
+        Node::open(c).unwrap()
+    }
+
+    #[test]
+    fn versions_conditions_limits_and_scans() {
+        let tmp = tempfile::tempdir().unwrap();
+        let n = node(tmp.path());
+        let t1 = n.put(b"a", b"1", Condition::None).unwrap();
+        let t2 = n.put(b"a", b"2", Condition::IfTimestamp(t1)).unwrap();
+        assert!(t2 > t1);
+        assert_eq!(n.get(b"a", Some(t1)).unwrap().unwrap().value, b"1");
+        assert_eq!(n.get(b"a", None).unwrap().unwrap().value, b"2");
+        assert!(matches!(n.put(b"a", b"3", Condition::IfAbsent), Err(NodeError::Precondition(_))));
+        assert!(matches!(n.put(b"a", b"3", Condition::IfTimestamp(t1)), Err(NodeError::Precondition(_))));
+        let t3 = n.delete(b"a").unwrap().unwrap();
+        assert_eq!(n.get(b"a", None).unwrap(), None);
+        assert_eq!(n.get(b"a", Some(t2)).unwrap().unwrap().value, b"2");
+        assert_eq!(n.delete(b"a").unwrap(), None);
+        assert!(n.put(b"a", b"4", Condition::IfAbsent).unwrap() > t3);
+        assert!(matches!(
+            n.put(&vec![1u8; MAX_KEY_BYTES + 1], b"v", Condition::None),
+            Err(NodeError::TooLarge(_))
+        ));
+        assert!(matches!(n.put(&vec![0u8; 40_000], b"v", Condition::None), Err(NodeError::TooLarge(_))));
+        assert!(matches!(n.put(b"k", &[0u8; 101], Condition::None), Err(NodeError::TooLarge(_))));
+        for i in 0..300u32 {
+            n.put(format!("s{i:03}").as_bytes(), &i.to_be_bytes(), Condition::None).unwrap();
+        }
+        let rows = n.scan(b"s100", Some(b"s200"), 1000, None).unwrap();
+        assert_eq!(rows.len(), 100);
+        assert!(rows.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(rows[0].0, b"s100");
+        assert_eq!(n.scan(b"s", None, 7, None).unwrap().len(), 7);
+        assert!(matches!(n.scan(b"b", Some(b"a"), 10, None), Err(NodeError::InvalidArgument(_))));
+        assert!(matches!(n.scan(b"", None, MAX_SCAN_LIMIT + 1, None), Err(NodeError::InvalidArgument(_))));
+        let old = Timestamp { wall_time: 1, logical: 0 };
+        assert!(matches!(n.get(b"a", Some(old)), Err(NodeError::InvalidArgument(_))));
+    }
+}

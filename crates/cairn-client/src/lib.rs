@@ -1,1 +1,101 @@
-//! cairn client: talks to a cairn cluster using only the wire types.
+//! A Rust client for cairn over its gRPC API (`cairn.kv.v1.Kv`). Talks to one node; the cluster-aware
+//! client (shard map cache, leader routing) comes with the cluster.
+
+pub use cairn_proto::kv;
+use cairn_proto::kv::kv_client::KvClient;
+use tonic::transport::Channel;
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node could not be reached.
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
+    /// The node answered with an error.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+}
+
+/// A connection to one node.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: KvClient<Channel>,
+}
+
+/// A version as the API returns it: the value and its timestamp.
+pub type Versioned = (Vec<u8>, kv::Timestamp);
+
+impl Client {
+    /// Connects to `addr` (`host:port` or a URL).
+    pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let inner = KvClient::connect(url.clone())
+            .await
+            .map_err(|e| ClientError::Connect { addr: url, message: e.to_string() })?;
+        Ok(Client { inner })
+    }
+
+    /// The newest version of `key` (at or below `at`), `None` if it has no live value.
+    pub async fn get(
+        &mut self,
+        key: &[u8],
+        at: Option<kv::Timestamp>,
+    ) -> Result<Option<Versioned>, ClientError> {
+        match self.inner.get(kv::GetRequest { key: key.to_vec(), timestamp: at }).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok(Some((r.value, r.value_timestamp.unwrap_or_default())))
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    /// Writes `value` as `key`'s newest version; returns its timestamp.
+    pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<kv::Timestamp, ClientError> {
+        self.put_request(kv::PutRequest { key: key.to_vec(), value: value.to_vec(), ..Default::default() })
+            .await
+    }
+
+    /// A put with its conditions set in `request`.
+    pub async fn put_request(&mut self, request: kv::PutRequest) -> Result<kv::Timestamp, ClientError> {
+        Ok(self.inner.put(request).await?.into_inner().timestamp.unwrap_or_default())
+    }
+
+    /// Deletes `key`; `None` if it had no live value.
+    pub async fn delete(&mut self, key: &[u8]) -> Result<Option<kv::Timestamp>, ClientError> {
+        match self.inner.delete(kv::DeleteRequest { key: key.to_vec() }).await {
+            Ok(r) => Ok(Some(r.into_inner().timestamp.unwrap_or_default())),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    /// Live keys in `[start, end)` in key order, at most `limit` (0: the server's default).
+    pub async fn scan(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+        at: Option<kv::Timestamp>,
+    ) -> Result<Vec<kv::Row>, ClientError> {
+        let request =
+            kv::ScanRequest { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit, timestamp: at };
+        let mut stream = self.inner.scan(request).await?.into_inner();
+        let mut rows = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            rows.extend(chunk.rows);
+        }
+        Ok(rows)
+    }
+
+    /// Applies `ops` atomically (all keys in one shard).
+    pub async fn batch(&mut self, ops: Vec<kv::BatchOp>) -> Result<kv::Timestamp, ClientError> {
+        Ok(self.inner.batch(kv::BatchRequest { ops }).await?.into_inner().timestamp.unwrap_or_default())
+    }
+
+    /// The node's status.
+    pub async fn status(&mut self) -> Result<kv::StatusResponse, ClientError> {
+        Ok(self.inner.status(kv::StatusRequest {}).await?.into_inner())
+    }
+}

@@ -6,6 +6,7 @@
 //! issues) replaces what is behind it, not the APIs.
 
 pub mod error;
+pub mod grpc;
 pub mod hlc;
 pub mod metrics;
 pub mod mvcc;
@@ -19,6 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// How long shutdown waits for requests and connections to finish before closing them.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Everything `cairn start` configures.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -26,24 +30,40 @@ pub struct ServerConfig {
     pub node: NodeConfig,
     /// Where the HTTP API listens (port 0: any free port).
     pub http_addr: SocketAddr,
+    /// Where the gRPC API listens (port 0: any free port).
+    pub grpc_addr: SocketAddr,
 }
 
-/// Opens the store, serves HTTP until `shutdown` resolves, then lets in-flight requests finish and
-/// closes the store cleanly. `on_ready` gets the bound address once the node is serving.
+/// The addresses a running node serves on.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    /// HTTP (REST, health, metrics, status).
+    pub http: SocketAddr,
+    /// gRPC (`cairn.kv.v1.Kv`).
+    pub grpc: SocketAddr,
+}
+
+/// Opens the store, serves HTTP and gRPC until `shutdown` resolves, then lets in-flight requests finish
+/// and closes the store cleanly. `on_ready` gets the bound addresses once the node is serving.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    on_ready: impl FnOnce(SocketAddr) + Send,
+    on_ready: impl FnOnce(Bound) + Send,
 ) -> Result<()> {
     let node_config = config.node.clone();
     let node = tokio::task::spawn_blocking(move || Node::open(node_config))
         .await
         .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??;
     let node = Arc::new(node);
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|e| NodeError::Startup(format!("cannot listen on {}: {e}", config.http_addr)))?;
-    let addr = listener.local_addr().map_err(|e| NodeError::Startup(e.to_string()))?;
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| NodeError::Startup(format!("cannot listen for {what} on {addr}: {e}")))?;
+        let local = listener.local_addr().map_err(|e| NodeError::Startup(e.to_string()))?;
+        Ok::<_, NodeError>((listener, local))
+    };
+    let (http_listener, http) = bind(config.http_addr, "HTTP").await?;
+    let (grpc_listener, grpc) = bind(config.grpc_addr, "gRPC").await?;
     let state = rest::AppState {
         node: Arc::clone(&node),
         http: Arc::new(metrics::HttpMetrics::default()),
@@ -51,17 +71,41 @@ pub async fn serve(
         shutting_down: Arc::new(AtomicBool::new(false)),
     };
     let flag = Arc::clone(&state.shutting_down);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        flag.store(true, Ordering::Release);
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grace_rx = stop_rx.clone();
     let app = rest::router(state);
-    tracing::info!(%addr, store = %config.node.store.display(), "serving HTTP");
-    on_ready(addr);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            flag.store(true, Ordering::Release);
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await
-        .map_err(|e| NodeError::Internal(format!("HTTP server failed: {e}")))?;
+    let http_server = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(cairn_proto::kv::kv_server::KvServer::new(grpc::KvService::new(Arc::clone(&node))))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(stop_rx),
+        );
+    tracing::info!(%http, %grpc, store = %config.node.store.display(), "serving");
+    on_ready(Bound { http, grpc });
+    let servers = async { tokio::join!(http_server, grpc_server) };
+    let grace_over = async move {
+        stopped(grace_rx).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        (http_result, grpc_result) = servers => {
+            http_result.map_err(|e| NodeError::Internal(format!("HTTP server failed: {e}")))?;
+            grpc_result.map_err(|e| NodeError::Internal(format!("gRPC server failed: {e}")))?;
+        }
+        () = grace_over => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace: closing them");
+        }
+    }
     // Every request task is done; handlers' blocking calls hold their own references until they end.
     let node = wait_for_last_reference(node).await;
     tokio::task::spawn_blocking(move || node.close())

@@ -354,6 +354,61 @@ impl Node {
         self.write_version(key, None).map(Some)
     }
 
+    /// Applies `ops` (key, `Some(value)` to put, `None` to delete) atomically at one timestamp. Every key
+    /// must belong to one shard (cross-shard atomicity comes with transactions).
+    pub fn batch(&self, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Timestamp> {
+        let Some((first, _)) = ops.first() else {
+            return Err(NodeError::InvalidArgument("the batch is empty".into()));
+        };
+        if ops.len() > 10_000 {
+            return Err(NodeError::InvalidArgument(format!(
+                "a batch holds at most 10000 operations, not {}",
+                ops.len()
+            )));
+        }
+        let shard_of = |key: &[u8]| self.owner[usize::from(mvcc::bucket_of(key, self.total_buckets))];
+        let shard = shard_of(first);
+        let mut bytes = 0usize;
+        for (key, value) in ops {
+            self.check_key(key)?;
+            if let Some(v) = value {
+                if v.len() > self.config.max_value_bytes {
+                    return Err(NodeError::TooLarge(format!(
+                        "value of {} bytes is over the limit of {} bytes",
+                        v.len(),
+                        self.config.max_value_bytes
+                    )));
+                }
+                bytes += v.len();
+            }
+            if shard_of(key) != shard {
+                return Err(NodeError::InvalidArgument(format!(
+                    "the batch's keys belong to shards {shard} and {}: a batch must stay within one shard",
+                    shard_of(key)
+                )));
+            }
+        }
+        if bytes > 64 << 20 {
+            return Err(NodeError::TooLarge(format!("the batch holds {bytes} bytes of values, over 64 MiB")));
+        }
+        // Lock the keys' stripes in one order, so batches never wait on each other in a cycle.
+        let mut stripes: Vec<usize> =
+            ops.iter().map(|(k, _)| (xxhash_rust::xxh3::xxh3_64(k) as usize) % STRIPES).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _guards: Vec<_> = stripes.iter().map(|&i| self.stripes[i].lock()).collect();
+        let ts = self.begin_write();
+        let mut batch = WriteBatch::new();
+        for (key, value) in ops {
+            let bucket = mvcc::bucket_of(key, self.total_buckets);
+            batch.put(bucket, &mvcc::version_key(key, ts), 0, &mvcc::encode_value(value.as_deref()));
+        }
+        let result = self.shards[usize::from(shard)].db.write(batch, WriteOptions { sync: self.config.sync });
+        self.end_write(ts);
+        result?;
+        Ok(ts)
+    }
+
     /// Up to `limit` live keys in `[start, end)` (`end` `None`: to the last key) in key order, each with
     /// its newest version at or below `at`, merged across every shard and bucket.
     pub fn scan(

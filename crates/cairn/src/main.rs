@@ -28,6 +28,52 @@ enum Command {
     Start(StartArgs),
     /// Run a ready-to-use local database in ./cairn-demo-data and print how to talk to it.
     Demo(DemoArgs),
+    /// Read and write keys on a running node (over gRPC).
+    Kv(KvArgs),
+    /// Show a running node's store and shards (over gRPC).
+    Status(ClientArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClientArgs {
+    /// The node's gRPC address.
+    #[arg(long, global = true, env = "CAIRN_ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Print JSON (keys and values base64) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct KvArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    op: KvOp,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvOp {
+    /// Write VALUE as KEY's newest version.
+    Put { key: String, value: String },
+    /// Print KEY's value (exit status 1 if it has none).
+    Get {
+        key: String,
+        /// Read the newest version at or below WALL[.LOGICAL].
+        #[arg(long)]
+        timestamp: Option<String>,
+    },
+    /// Delete KEY (exit status 1 if it had no value).
+    Del { key: String },
+    /// Print the live keys in [START, END) in key order.
+    Scan {
+        #[arg(long, default_value = "")]
+        start: String,
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -38,6 +84,9 @@ struct NodeArgs {
     /// HTTP listen address.
     #[arg(long, env = "CAIRN_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// gRPC listen address.
+    #[arg(long, env = "CAIRN_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
     /// Shards a new store is split into.
     #[arg(long, env = "CAIRN_SHARDS")]
     shards: Option<usize>,
@@ -76,6 +125,7 @@ struct DemoArgs {
 struct FileConfig {
     store: Option<PathBuf>,
     http_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
     shards: Option<usize>,
     sync: Option<bool>,
     max_value_bytes: Option<usize>,
@@ -88,11 +138,7 @@ fn load_file(path: &Path) -> Result<FileConfig, String> {
     toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
 }
 
-fn build_config(
-    store: Option<PathBuf>,
-    args: &NodeArgs,
-    default_http: SocketAddr,
-) -> Result<ServerConfig, String> {
+fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig, String> {
     let file = match &args.config {
         Some(path) => load_file(path)?,
         None => FileConfig::default(),
@@ -117,13 +163,17 @@ fn build_config(
     if let Some(s) = args.gc_ttl_secs.or(file.gc_ttl_secs) {
         node.gc_ttl = Duration::from_secs(s);
     }
-    Ok(ServerConfig { node, http_addr: args.http_addr.or(file.http_addr).unwrap_or(default_http) })
+    Ok(ServerConfig {
+        node,
+        http_addr: args.http_addr.or(file.http_addr).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        grpc_addr: args.grpc_addr.or(file.grpc_addr).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+    })
 }
 
-fn demo_banner(addr: SocketAddr, store: &Path) -> String {
+fn demo_banner(addr: SocketAddr, grpc: SocketAddr, store: &Path) -> String {
     let base = format!("http://{addr}");
     format!(
-        "cairn demo is running: HTTP on {base}, data in {store}\n\
+        "cairn demo is running: HTTP on {base}, gRPC on {grpc}, data in {store}\n\
          \n\
          Try it (Ctrl-C stops the demo; the data stays for next time):\n\
          \x20 curl -X POST -d 'Hello' {base}/kv/rest/entry/Cockroach\n\
@@ -131,9 +181,117 @@ fn demo_banner(addr: SocketAddr, store: &Path) -> String {
          \x20 curl '{base}/kv/rest/range?start=Ca&end=Cozz&limit=10'\n\
          \x20 curl -X DELETE {base}/kv/rest/entry/Cockroach\n\
          \x20 curl {base}/_status\n\
-         \x20 curl {base}/metrics\n",
+         \x20 curl {base}/metrics\n\
+         \x20 cairn kv put greeting hello --addr {grpc}\n\
+         \x20 cairn kv get greeting --addr {grpc}\n\
+         \x20 cairn status --addr {grpc}\n",
         store = store.display()
     )
+}
+
+fn ts_text(ts: &cairn_client::kv::Timestamp) -> String {
+    format!("{}.{}", ts.wall_time, ts.logical)
+}
+
+fn ts_json(ts: &cairn_client::kv::Timestamp) -> serde_json::Value {
+    serde_json::json!({"wall_time": ts.wall_time, "logical": ts.logical})
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Runs a client command; the exit status is 0 on success, 1 for "not found" and errors.
+async fn client_command(command: Command) -> Result<ExitCode, String> {
+    use cairn_client::Client;
+    let (args, op) = match command {
+        Command::Kv(k) => (k.client, Some(k.op)),
+        Command::Status(c) => (c, None),
+        Command::Start(_) | Command::Demo(_) => return Err("not a client command".into()),
+    };
+    let mut client = Client::connect(&args.addr).await.map_err(|e| e.to_string())?;
+    let print = |json: serde_json::Value, text: String| {
+        if args.json { println!("{json}") } else { println!("{text}") }
+    };
+    match op {
+        None => {
+            let s = client.status().await.map_err(|e| e.to_string())?;
+            let shards: Vec<_> = s
+                .shards
+                .iter()
+                .map(|sh| serde_json::json!({"shard": sh.shard, "first_bucket": sh.first_bucket, "last_bucket": sh.last_bucket, "sst_bytes": sh.sst_bytes, "memtable_bytes": sh.memtable_bytes}))
+                .collect();
+            let mut text = format!(
+                "store {} ({} buckets, fsync {})\n",
+                s.store,
+                s.total_buckets,
+                if s.sync { "on" } else { "off" }
+            );
+            text.push_str("shard  buckets      sst bytes  memtable bytes");
+            for sh in &s.shards {
+                text.push_str(&format!(
+                    "\n{:>5}  {:>4}..={:<4}  {:>10}  {:>14}",
+                    sh.shard, sh.first_bucket, sh.last_bucket, sh.sst_bytes, sh.memtable_bytes
+                ));
+            }
+            print(
+                serde_json::json!({"store": s.store, "total_buckets": s.total_buckets, "sync": s.sync, "shards": shards}),
+                text,
+            );
+        }
+        Some(KvOp::Put { key, value }) => {
+            let ts = client.put(key.as_bytes(), value.as_bytes()).await.map_err(|e| e.to_string())?;
+            print(serde_json::json!({"timestamp": ts_json(&ts)}), format!("OK {}", ts_text(&ts)));
+        }
+        Some(KvOp::Get { key, timestamp }) => {
+            let at = match timestamp {
+                Some(t) => {
+                    let parsed = cairn_server::hlc::Timestamp::parse(&t)
+                        .ok_or(format!("bad --timestamp {t:?} (WALL or WALL.LOGICAL)"))?;
+                    Some(cairn_client::kv::Timestamp { wall_time: parsed.wall_time, logical: parsed.logical })
+                }
+                None => None,
+            };
+            match client.get(key.as_bytes(), at).await.map_err(|e| e.to_string())? {
+                Some((value, ts)) => print(
+                    serde_json::json!({"key": b64(key.as_bytes()), "value": b64(&value), "timestamp": ts_json(&ts)}),
+                    String::from_utf8_lossy(&value).into_owned(),
+                ),
+                None => {
+                    eprintln!("cairn: {key:?} not found");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        Some(KvOp::Del { key }) => match client.delete(key.as_bytes()).await.map_err(|e| e.to_string())? {
+            Some(ts) => {
+                print(serde_json::json!({"timestamp": ts_json(&ts)}), format!("deleted {}", ts_text(&ts)))
+            }
+            None => {
+                eprintln!("cairn: {key:?} not found");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        Some(KvOp::Scan { start, end, limit }) => {
+            let rows = client
+                .scan(start.as_bytes(), end.as_deref().map(str::as_bytes), limit, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let json: Vec<_> = rows
+                .iter()
+                .map(|r| serde_json::json!({"key": b64(&r.key), "value": b64(&r.value), "timestamp": r.timestamp.as_ref().map(ts_json)}))
+                .collect();
+            let text: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!("{}\t{}", String::from_utf8_lossy(&r.key), String::from_utf8_lossy(&r.value))
+                })
+                .collect();
+            print(serde_json::json!({"rows": json}), text.join("\n"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -146,11 +304,23 @@ fn main() -> ExitCode {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let (config, demo) = match &cli.command {
-        Command::Start(a) => {
-            (build_config(a.store.clone(), &a.node, SocketAddr::from(([127, 0, 0, 1], 8080))), false)
-        }
-        Command::Demo(a) => {
-            (build_config(Some(a.store.clone()), &a.node, SocketAddr::from(([127, 0, 0, 1], 8080))), true)
+        Command::Start(a) => (build_config(a.store.clone(), &a.node), false),
+        Command::Demo(a) => (build_config(Some(a.store.clone()), &a.node), true),
+        Command::Kv(_) | Command::Status(_) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cairn: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            return match runtime.block_on(client_command(cli.command)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("cairn: {e}");
+                    ExitCode::from(1)
+                }
+            };
         }
     };
     let config = match config {
@@ -168,11 +338,11 @@ fn main() -> ExitCode {
         }
     };
     let store = config.node.store.clone();
-    let result = runtime.block_on(serve(config, shutdown_signal(), move |addr| {
+    let result = runtime.block_on(serve(config, shutdown_signal(), move |bound| {
         // One machine-readable line first (tests and scripts read it), then the human text.
-        println!("cairn listening http={addr}");
+        println!("cairn listening http={} grpc={}", bound.http, bound.grpc);
         if demo {
-            println!("{}", demo_banner(addr, &store));
+            println!("{}", demo_banner(bound.http, bound.grpc, &store));
         }
     }));
     match result {

@@ -14,12 +14,22 @@ use std::time::Duration;
 struct Server {
     child: Child,
     addr: SocketAddr,
+    grpc: SocketAddr,
 }
 
 impl Server {
     fn start(store: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["start", "--http-addr", "127.0.0.1:0", "--log-level", "warn", "--store"])
+            .args([
+                "start",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+            ])
+            .arg("--store")
             .arg(store)
             .args(extra)
             .stdout(Stdio::piped())
@@ -28,9 +38,10 @@ impl Server {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr =
+        let rest =
             line.trim().strip_prefix("cairn listening http=").unwrap_or_else(|| panic!("said {line:?}"));
-        Server { addr: addr.parse().unwrap(), child }
+        let (http, grpc) = rest.split_once(" grpc=").unwrap_or_else(|| panic!("said {line:?}"));
+        Server { addr: http.parse().unwrap(), grpc: grpc.parse().unwrap(), child }
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -287,8 +298,161 @@ fn bad_flags_and_a_locked_store_fail_clearly() {
     assert!(err.contains("colour"), "{err}");
     // A second node on the same store is refused while the first runs.
     let s = Server::start(&store, &[]);
-    let (code, err) = run(&["start", "--store", store.to_str().unwrap(), "--http-addr", "127.0.0.1:0"]);
+    let (code, err) = run(&[
+        "start",
+        "--store",
+        store.to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--grpc-addr",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(code, Some(1));
     assert!(err.contains("in use by another cairn process"), "{err}");
+    s.stop();
+}
+
+/// Runs `cairn <args>` as a client of `s` and returns (exit code, stdout, stderr).
+fn cli(s: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .arg("--addr")
+        .arg(s.grpc.to_string())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The CLI talks gRPC; what it writes REST reads, and the other way round, with the same timestamps.
+#[test]
+fn grpc_cli_and_rest_see_the_same_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(&tmp.path().join("store"), &[]);
+    let (code, out, _) = cli(&s, &["kv", "put", "greeting", "hello"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("OK "), "{out}");
+    let rest = s.call("GET", "/kv/rest/entry/greeting", b"").json();
+    assert_eq!(rest["value"]["bytes"], b64(b"hello"));
+    let (code, out, _) = cli(&s, &["kv", "get", "greeting", "--json"]);
+    assert_eq!(code, 0);
+    let grpc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(grpc["value"], b64(b"hello"));
+    assert_eq!(grpc["timestamp"], rest["value"]["timestamp"]);
+    assert_eq!(cli(&s, &["kv", "get", "greeting"]).1, "hello\n");
+    // Written over REST, read over gRPC; scans agree row for row.
+    for i in 0..30 {
+        assert_eq!(
+            s.call("PUT", &format!("/kv/rest/entry/item{i:02}"), format!("v{i}").as_bytes()).status,
+            200
+        );
+    }
+    let (code, out, _) =
+        cli(&s, &["kv", "scan", "--start", "item", "--end", "itemz", "--limit", "1000", "--json"]);
+    assert_eq!(code, 0);
+    let grpc_rows: Value = serde_json::from_str(&out).unwrap();
+    let rest_rows = s.call("GET", "/kv/rest/range?start=item&end=itemz&limit=1000", b"").json();
+    let g: Vec<String> = grpc_rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect();
+    let r: Vec<String> = rest_rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(g.len(), 30);
+    assert_eq!(g, r);
+    let (_, text, _) = cli(&s, &["kv", "scan", "--start", "item0", "--end", "item02"]);
+    assert_eq!(text, "item00\tv0\nitem01\tv1\n");
+    // Deletes and missing keys.
+    assert_eq!(cli(&s, &["kv", "del", "greeting"]).0, 0);
+    let (code, _, err) = cli(&s, &["kv", "get", "greeting"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+    assert_eq!(s.call("GET", "/kv/rest/entry/greeting", b"").status, 404);
+    assert_eq!(cli(&s, &["kv", "del", "greeting"]).0, 1);
+    // Status over gRPC matches /_status.
+    let (code, out, _) = cli(&s, &["status", "--json"]);
+    assert_eq!(code, 0);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["total_buckets"], 1024);
+    assert_eq!(status["shards"].as_array().unwrap().len(), 4);
+    assert!(cli(&s, &["status"]).1.contains("shard  buckets"));
+    // An unreachable node is a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["kv", "get", "x", "--addr", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    s.stop();
+}
+
+/// gRPC status codes for bad input, and atomic batches within a shard.
+#[test]
+fn grpc_errors_and_batches() {
+    use cairn_client::{Client, ClientError, kv};
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(&tmp.path().join("store"), &["--max-value-bytes", "1024"]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect(&s.grpc.to_string()).await.unwrap();
+        let code = |e: ClientError| match e {
+            ClientError::Status(s) => s.code(),
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            code(c.put(&vec![b'k'; 70 * 1024], b"v").await.unwrap_err()),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(code(c.put(b"k", &[0; 1025]).await.unwrap_err()), tonic::Code::ResourceExhausted);
+        assert_eq!(code(c.scan(b"b", Some(b"a"), 10, None).await.unwrap_err()), tonic::Code::InvalidArgument);
+        assert_eq!(code(c.scan(b"", None, 10_001, None).await.unwrap_err()), tonic::Code::InvalidArgument);
+        let cond = kv::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            if_absent: true,
+            ..Default::default()
+        };
+        c.put_request(cond.clone()).await.unwrap();
+        assert_eq!(code(c.put_request(cond).await.unwrap_err()), tonic::Code::FailedPrecondition);
+        assert_eq!(code(c.batch(vec![]).await.unwrap_err()), tonic::Code::InvalidArgument);
+        // Keys of one shard: find a few by asking the REST range of... simpler: try pairs until one batch of
+        // two keys succeeds (same shard) and one fails (different shards).
+        let op = |k: &str| kv::BatchOp {
+            key: k.as_bytes().to_vec(),
+            op: Some(kv::batch_op::Op::Put(b"b".to_vec())),
+        };
+        let mut same = None;
+        let mut cross = None;
+        for i in 1..64 {
+            let key = format!("batch{i}");
+            match c.batch(vec![op("batch0"), op(&key)]).await {
+                Ok(ts) => same = same.or(Some((key, ts))),
+                Err(e) => {
+                    assert_eq!(code(e), tonic::Code::InvalidArgument);
+                    cross = cross.or(Some(key));
+                }
+            }
+        }
+        let (key, ts) = same.expect("some key shares batch0's shard");
+        let got = c.get(key.as_bytes(), None).await.unwrap().unwrap();
+        assert_eq!(got, (b"b".to_vec(), ts), "a batch writes every key at its one timestamp");
+        let cross = cross.expect("some key is on another shard");
+        assert_eq!(c.get(cross.as_bytes(), None).await.unwrap(), None, "a refused batch writes nothing");
+        // A batch mixing puts and deletes.
+        let del = kv::BatchOp { key: key.as_bytes().to_vec(), op: Some(kv::batch_op::Op::Delete(true)) };
+        c.batch(vec![op("batch0"), del]).await.unwrap();
+        assert_eq!(c.get(key.as_bytes(), None).await.unwrap(), None);
+    });
+    // Closing the client's connections lets the node stop at once (otherwise it waits out its grace).
+    drop(rt);
     s.stop();
 }

@@ -1,0 +1,12 @@
+//! Compiles `proto/*.proto` with protox (a protobuf compiler in Rust: no system `protoc` needed) and
+//! generates the messages and the gRPC client and server with tonic.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/kv.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+    Ok(())
+}

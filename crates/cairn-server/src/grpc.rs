@@ -1,0 +1,168 @@
+//! The gRPC KV service (`cairn.kv.v1.Kv`), over the same [`Node`] as the REST API, and the one place
+//! server errors become gRPC status codes.
+
+use crate::error::NodeError;
+use crate::hlc::Timestamp;
+use crate::node::{Condition, Node, Versioned};
+use cairn_proto::kv;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// Rows per streamed scan chunk.
+const SCAN_CHUNK: usize = 256;
+
+/// Maps a server error to a gRPC status (the REST mapping is [`NodeError::http_status`]).
+pub fn status_of(e: NodeError) -> Status {
+    let message = e.to_string();
+    match e.http_status() {
+        400 => Status::invalid_argument(message),
+        404 => Status::not_found(message),
+        412 => Status::failed_precondition(message),
+        413 => Status::resource_exhausted(message),
+        503 => Status::unavailable(message),
+        _ => {
+            tracing::error!(error = %message, "gRPC request failed");
+            Status::internal(message)
+        }
+    }
+}
+
+fn ts_out(ts: Timestamp) -> kv::Timestamp {
+    kv::Timestamp { wall_time: ts.wall_time, logical: ts.logical }
+}
+
+fn ts_in(ts: kv::Timestamp) -> Timestamp {
+    Timestamp { wall_time: ts.wall_time, logical: ts.logical }
+}
+
+/// The service.
+#[derive(Clone, Debug)]
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    /// Serves `node`.
+    pub fn new(node: Arc<Node>) -> KvService {
+        KvService { node }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let node = Arc::clone(&self.node);
+        tokio::task::spawn_blocking(move || f(&node))
+            .await
+            .map_err(|e| Status::internal(format!("request task failed: {e}")))?
+            .map_err(status_of)
+    }
+}
+
+fn row(key: Vec<u8>, v: Versioned) -> kv::Row {
+    kv::Row { key, value: v.value, timestamp: Some(ts_out(v.timestamp)) }
+}
+
+#[tonic::async_trait]
+impl kv::kv_server::Kv for KvService {
+    async fn get(&self, request: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
+        let r = request.into_inner();
+        let at = r.timestamp.map(ts_in);
+        let found = self.blocking(move |n| n.get(&r.key, at)).await?;
+        let v = found.ok_or_else(|| Status::not_found("no value for this key"))?;
+        Ok(Response::new(kv::GetResponse {
+            header: Some(ts_out(self.node.now())),
+            value: v.value,
+            value_timestamp: Some(ts_out(v.timestamp)),
+        }))
+    }
+
+    async fn put(&self, request: Request<kv::PutRequest>) -> Result<Response<kv::PutResponse>, Status> {
+        let r = request.into_inner();
+        let condition = match (r.if_absent, r.if_timestamp) {
+            (true, Some(_)) => {
+                return Err(Status::invalid_argument("give at most one of if_absent and if_timestamp"));
+            }
+            (true, None) => Condition::IfAbsent,
+            (false, Some(ts)) => Condition::IfTimestamp(ts_in(ts)),
+            (false, None) => Condition::None,
+        };
+        let ts = self.blocking(move |n| n.put(&r.key, &r.value, condition)).await?;
+        Ok(Response::new(kv::PutResponse { timestamp: Some(ts_out(ts)) }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<kv::DeleteRequest>,
+    ) -> Result<Response<kv::DeleteResponse>, Status> {
+        let r = request.into_inner();
+        let ts = self.blocking(move |n| n.delete(&r.key)).await?;
+        let ts = ts.ok_or_else(|| Status::not_found("no value for this key"))?;
+        Ok(Response::new(kv::DeleteResponse { timestamp: Some(ts_out(ts)) }))
+    }
+
+    type ScanStream = Pin<Box<dyn Stream<Item = Result<kv::ScanResponse, Status>> + Send>>;
+
+    async fn scan(&self, request: Request<kv::ScanRequest>) -> Result<Response<Self::ScanStream>, Status> {
+        let r = request.into_inner();
+        let limit = if r.limit == 0 { crate::rest::DEFAULT_SCAN_LIMIT } else { r.limit as usize };
+        let at = r.timestamp.map(ts_in);
+        let rows = self.blocking(move |n| n.scan(&r.start, r.end.as_deref(), limit, at)).await?;
+        let mut chunks = Vec::with_capacity(rows.len().div_ceil(SCAN_CHUNK));
+        let mut chunk = Vec::with_capacity(SCAN_CHUNK.min(rows.len()));
+        for (key, v) in rows {
+            chunk.push(row(key, v));
+            if chunk.len() == SCAN_CHUNK {
+                chunks.push(Ok(kv::ScanResponse { rows: std::mem::take(&mut chunk) }));
+            }
+        }
+        if !chunk.is_empty() || chunks.is_empty() {
+            chunks.push(Ok(kv::ScanResponse { rows: chunk }));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn batch(&self, request: Request<kv::BatchRequest>) -> Result<Response<kv::BatchResponse>, Status> {
+        let r = request.into_inner();
+        let mut ops = Vec::with_capacity(r.ops.len());
+        for (i, op) in r.ops.into_iter().enumerate() {
+            match op.op {
+                Some(kv::batch_op::Op::Put(value)) => ops.push((op.key, Some(value))),
+                Some(kv::batch_op::Op::Delete(_)) => ops.push((op.key, None)),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "batch operation {i} is neither put nor delete"
+                    )));
+                }
+            }
+        }
+        let ts = self.blocking(move |n| n.batch(&ops)).await?;
+        Ok(Response::new(kv::BatchResponse { timestamp: Some(ts_out(ts)) }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<kv::StatusRequest>,
+    ) -> Result<Response<kv::StatusResponse>, Status> {
+        let node = &self.node;
+        let shards = node
+            .status()
+            .into_iter()
+            .map(|s| kv::ShardStatus {
+                shard: s.shard as u32,
+                first_bucket: s.buckets.first().map_or(0, |r| u32::from(*r.start())),
+                last_bucket: s.buckets.last().map_or(0, |r| u32::from(*r.end())),
+                sst_bytes: s.sst_bytes,
+                memtable_bytes: s.memtable_bytes,
+            })
+            .collect();
+        Ok(Response::new(kv::StatusResponse {
+            store: node.config().store.display().to_string(),
+            total_buckets: node.total_buckets(),
+            sync: node.config().sync,
+            shards,
+        }))
+    }
+}

@@ -138,7 +138,9 @@ fn choose(v: &Version, cfg: &PickerConfig, manual: bool, cursor: &mut [Vec<u8>])
         v.overlapping(output_level, Some(&lo), Some(&hi)).into_iter().filter(|f| !is_input(f)).collect();
     let bottommost =
         ((output_level + 1)..=LAST_LEVEL).all(|l| v.overlapping(l, Some(&lo), Some(&hi)).is_empty());
-    let rewrite = inputs.iter().any(|f| f.filter.is_some());
+    // A manual compaction's last hop rewrites even a lone file (a move would keep its shadowed versions and
+    // skip the compaction filter), as do files with bucket filters (a move would keep the hidden entries).
+    let rewrite = (manual && output_level == LAST_LEVEL) || inputs.iter().any(|f| f.filter.is_some());
     Some(Job { start_level, output_level, inputs, outputs_overlap, bottommost, rewrite })
 }
 

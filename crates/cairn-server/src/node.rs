@@ -486,6 +486,14 @@ impl Node {
         self.shards.iter().map(|s| s.db.metrics()).collect()
     }
 
+    /// Compacts every shard fully (old versions below the GC horizon are dropped on the way).
+    pub fn compact(&self) -> Result<()> {
+        for s in &self.shards {
+            s.db.compact()?;
+        }
+        Ok(())
+    }
+
     /// Size of the bucket space.
     pub fn total_buckets(&self) -> u32 {
         self.total_buckets
@@ -591,5 +599,40 @@ mod tests {
         assert!(matches!(n.scan(b"", None, MAX_SCAN_LIMIT + 1, None), Err(NodeError::InvalidArgument(_))));
         let old = Timestamp { wall_time: 1, logical: 0 };
         assert!(matches!(n.get(b"a", Some(old)), Err(NodeError::InvalidArgument(_))));
+    }
+
+    /// Versions of `key` stored in the engine (live or not).
+    fn stored_versions(n: &Node, key: &[u8]) -> usize {
+        let bucket = mvcc::bucket_of(key, n.total_buckets);
+        let lo = mvcc::key_prefix(key);
+        let mut hi = lo.clone();
+        *hi.last_mut().unwrap() += 1;
+        n.shard_of(bucket).db.scan(bucket, &lo[..]..&hi[..]).unwrap().count()
+    }
+
+    #[test]
+    fn compaction_drops_versions_below_the_gc_horizon() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = NodeConfig::new(tmp.path().join("kept"));
+        c.sync = false;
+        let kept = Node::open(c.clone()).unwrap();
+        c.store = tmp.path().join("collected");
+        c.gc_ttl = Duration::ZERO;
+        let collected = Node::open(c).unwrap();
+        for n in [&kept, &collected] {
+            for i in 0..5u8 {
+                n.put(b"k", &[i], Condition::None).unwrap();
+            }
+            n.put(b"gone", b"x", Condition::None).unwrap();
+            n.delete(b"gone").unwrap();
+            n.compact().unwrap();
+        }
+        // A one-day horizon keeps every version; a zero one keeps only the newest below it.
+        assert_eq!(stored_versions(&kept, b"k"), 5);
+        assert_eq!(stored_versions(&collected, b"k"), 1);
+        assert_eq!(collected.get(b"k", None).unwrap().unwrap().value, [4]);
+        assert_eq!(stored_versions(&kept, b"gone"), 2);
+        assert_eq!(stored_versions(&collected, b"gone"), 1);
+        assert_eq!(collected.get(b"gone", None).unwrap(), None);
     }
 }

@@ -1,0 +1,64 @@
+//! The README's command lines, run exactly as written against `cairn demo` on its default ports
+//! (127.0.0.1:8080 and 127.0.0.1:50051; the test fails clearly if something else holds them).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The lines of the README's "In another terminal" block, comments stripped.
+fn readme_lines() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let start = readme.find("In another terminal:").expect("the README's demo block");
+    let block = &readme[start..];
+    let open = block.find("```sh\n").unwrap() + 6;
+    let close = open + block[open..].find("```").unwrap();
+    block[open..close]
+        .lines()
+        .map(|l| l.split(" #").next().unwrap().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn readme_lines_work_as_written() {
+    let lines = readme_lines();
+    assert!(lines.len() >= 8, "{lines:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_cairn"));
+    let mut demo = Command::new(bin)
+        .args(["demo", "--log-level", "warn"])
+        .env("CAIRN_STORE", tmp.path().join("demo-data"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(demo.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    if !first.starts_with("cairn listening http=127.0.0.1:8080 grpc=127.0.0.1:50051") {
+        let _ = demo.kill();
+        panic!("cairn demo did not start on its default ports (are they in use?): {first:?}");
+    }
+    let path = format!("{}:{}", bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let mut outputs = Vec::new();
+    for line in &lines {
+        let out = Command::new("sh").args(["-c", line]).env("PATH", &path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{line}: {}{}", text, String::from_utf8_lossy(&out.stderr));
+        outputs.push((line.clone(), text));
+    }
+    let said = |prefix: &str| {
+        outputs.iter().find(|(l, _)| l.starts_with(prefix)).map(|(_, o)| o.clone()).unwrap_or_default()
+    };
+    assert!(said("curl -X POST").contains("\"timestamp\""));
+    assert!(said("curl http://127.0.0.1:8080/kv/rest/entry/Cockroach").contains("SGVsbG8="));
+    assert!(said("curl 'http://127.0.0.1:8080/kv/rest/range").contains("Q29ja3JvYWNo"));
+    assert!(said("cairn kv put").starts_with("OK "));
+    assert_eq!(said("cairn kv get"), "hello\n");
+    assert_eq!(said("cairn kv scan"), "greeting\thello\n");
+    assert!(said("cairn status").contains("shard  buckets"));
+    assert!(Command::new("kill").args(["-INT", &demo.id().to_string()]).status().unwrap().success());
+    assert!(demo.wait().unwrap().success());
+}

@@ -7,6 +7,7 @@
 mod engine;
 mod engine_args;
 mod engine_reads;
+mod kv;
 mod rescale;
 mod snapshot;
 
@@ -27,6 +28,10 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Online rescale: the handoff pause, bytes copied and reclamation time of moving a bucket range.
     Rescale(rescale::RescaleArgs),
+    /// YCSB-style workloads against a running node's REST API.
+    Http(kv::KvArgs),
+    /// YCSB-style workloads against a running node's gRPC API.
+    Grpc(kv::KvArgs),
 }
 
 fn main() {
@@ -35,6 +40,8 @@ fn main() {
         Command::Engine(args) => engine::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
         Command::Rescale(args) => rescale::run(&args),
+        Command::Http(args) => kv::run(&args, false),
+        Command::Grpc(args) => kv::run(&args, true),
     };
     if let Err(e) = result {
         eprintln!("cairn-bench: {e}");

@@ -83,13 +83,22 @@ pub async fn serve(
     };
     let grace_rx = stop_rx.clone();
     let app = rest::router(state);
+    // Small responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http_server = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grpc_incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+        |conn: std::io::Result<tokio::net::TcpStream>| {
+            conn.inspect(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            })
+        },
+    );
     let grpc_server = tonic::transport::Server::builder()
         .add_service(cairn_proto::kv::kv_server::KvServer::new(grpc::KvService::new(Arc::clone(&node))))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-            stopped(stop_rx),
-        );
+        .serve_with_incoming_shutdown(grpc_incoming, stopped(stop_rx));
     tracing::info!(%http, %grpc, store = %config.node.store.display(), "serving");
     on_ready(Bound { http, grpc });
     let servers = async { tokio::join!(http_server, grpc_server) };

@@ -1,0 +1,307 @@
+//! `cairn-bench http` and `cairn-bench grpc`: YCSB-style workloads against a running node.
+//!
+//! Phases: `load` inserts `--records` keys (8-byte keys, `--value-size` values by default), then each
+//! workload of `--workloads` runs `--ops` operations with keys drawn from a scrambled zipfian
+//! distribution (YCSB's, constant 0.99) by `--clients` concurrent clients:
+//! A = 50% reads / 50% updates, B = 95% / 5%, C = 100% reads, F = 50% reads / 50% read-modify-writes.
+//! Reads are the node's default (linearizable on one node: the newest committed version). Each phase
+//! prints ops/s and per-operation p50/p99/p999 latencies.
+
+use cairn_bench::histogram::Histogram;
+use cairn_bench::rng::Rng;
+use clap::Args;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Args, Debug, Clone)]
+pub struct KvArgs {
+    /// The node's address (HTTP for `http`, gRPC for `grpc`).
+    #[arg(long)]
+    pub addr: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Keys loaded before the workloads.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    /// Operations per workload.
+    #[arg(long, default_value_t = 100_000)]
+    pub ops: u64,
+    /// Workloads to run after the load, comma-separated (A, B, C, F).
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["A".to_string(), "B".to_string(), "C".to_string(), "F".to_string()])]
+    pub workloads: Vec<String>,
+    /// Key size in bytes (hex digits of the scrambled record number, zero-padded).
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Skip the load phase (the keys are already there).
+    #[arg(long)]
+    pub no_load: bool,
+    /// Seed of the key choices.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// YCSB's zipfian generator over `0..n` (Gray et al., "Quickly generating billion-record synthetic
+/// databases"), then scrambled by a hash so popular keys spread over the key space.
+struct Zipf {
+    n: u64,
+    theta: f64,
+    alpha: f64,
+    zetan: f64,
+    eta: f64,
+}
+
+impl Zipf {
+    fn new(n: u64, theta: f64) -> Zipf {
+        let zeta = |count: u64| (1..=count).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
+        let zetan = zeta(n);
+        let zeta2 = zeta(2);
+        let alpha = 1.0 / (1.0 - theta);
+        let eta = (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - zeta2 / zetan);
+        Zipf { n, theta, alpha, zetan, eta }
+    }
+
+    fn next(&self, rng: &mut Rng) -> u64 {
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let uz = u * self.zetan;
+        let rank = if uz < 1.0 {
+            0
+        } else if uz < 1.0 + 0.5f64.powf(self.theta) {
+            1
+        } else {
+            ((self.n as f64) * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64
+        };
+        // Scramble: a fixed permutation-ish spread (FNV-style hash of the rank) over the records.
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for b in rank.min(self.n - 1).to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h % self.n
+    }
+}
+
+fn key_of(record: u64, size: usize) -> String {
+    format!("{record:0size$x}")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Update,
+    ReadModifyWrite,
+}
+
+/// One client's connection.
+enum Conn {
+    Http { stream: BufReader<TcpStream>, host: String, buf: Vec<u8> },
+    Grpc(cairn_client::Client),
+}
+
+impl Conn {
+    async fn open(grpc: bool, addr: &str) -> Result<Conn, String> {
+        if grpc {
+            return cairn_client::Client::connect(addr).await.map(Conn::Grpc).map_err(|e| e.to_string());
+        }
+        let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(Conn::Http {
+            stream: BufReader::new(stream),
+            host: addr.to_string(),
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    async fn get(&mut self, key: &str) -> Result<bool, String> {
+        match self {
+            Conn::Grpc(c) => {
+                c.get(key.as_bytes(), None).await.map(|v| v.is_some()).map_err(|e| e.to_string())
+            }
+            Conn::Http { .. } => self.http("GET", key, &[]).await.map(|status| status == 200),
+        }
+    }
+
+    async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+        match self {
+            Conn::Grpc(c) => c.put(key.as_bytes(), value).await.map(|_| ()).map_err(|e| e.to_string()),
+            Conn::Http { .. } => match self.http("PUT", key, value).await? {
+                200 => Ok(()),
+                s => Err(format!("PUT answered {s}")),
+            },
+        }
+    }
+
+    /// One keep-alive HTTP/1.1 request; returns the status (the body is read and dropped).
+    async fn http(&mut self, method: &str, key: &str, body: &[u8]) -> Result<u16, String> {
+        let Conn::Http { stream, host, buf } = self else { return Err("not HTTP".into()) };
+        buf.clear();
+        buf.extend_from_slice(
+            format!(
+                "{method} /kv/rest/entry/{key} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        buf.extend_from_slice(body);
+        let io = |e: std::io::Error| e.to_string();
+        stream.get_mut().write_all(buf).await.map_err(io)?;
+        // Read the head, then Content-Length bytes.
+        buf.clear();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.map_err(io)? == 0 {
+                return Err("connection closed".into());
+            }
+            buf.push(byte[0]);
+            if buf.len() > 64 * 1024 {
+                return Err("response head too long".into());
+            }
+        }
+        let head = String::from_utf8_lossy(buf);
+        let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("bad status line")?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await.map_err(io)?;
+        Ok(status)
+    }
+}
+
+struct PhaseResult {
+    ops: u64,
+    secs: f64,
+    latency: Vec<(Op, Histogram)>,
+}
+
+async fn run_phase(
+    args: &KvArgs,
+    grpc: bool,
+    mix: Option<(f64, Op)>,
+    total: u64,
+) -> Result<PhaseResult, String> {
+    let next = Arc::new(AtomicU64::new(0));
+    let zipf = Arc::new(Zipf::new(args.records.max(2), 0.99));
+    let value: Arc<Vec<u8>> = Arc::new((0..args.value_size).map(|i| b'a' + (i % 26) as u8).collect());
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients);
+    for client in 0..args.clients {
+        let (next, zipf, value, args) =
+            (Arc::clone(&next), Arc::clone(&zipf), Arc::clone(&value), args.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(grpc, &args.addr).await?;
+            let mut rng = Rng::new(args.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut hist = [Histogram::default(), Histogram::default(), Histogram::default()];
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let (op, key) = match mix {
+                    None => (Op::Update, key_of(n, args.key_size)),
+                    Some((read_fraction, other)) => {
+                        let key = key_of(zipf.next(&mut rng), args.key_size);
+                        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                        (if u < read_fraction { Op::Read } else { other }, key)
+                    }
+                };
+                let t = Instant::now();
+                match op {
+                    Op::Read => {
+                        conn.get(&key).await?;
+                    }
+                    Op::Update => conn.put(&key, &value).await?,
+                    Op::ReadModifyWrite => {
+                        conn.get(&key).await?;
+                        conn.put(&key, &value).await?;
+                    }
+                }
+                let idx = match op {
+                    Op::Read => 0,
+                    Op::Update => 1,
+                    Op::ReadModifyWrite => 2,
+                };
+                hist[idx].record(t.elapsed().as_nanos() as u64);
+            }
+            Ok::<_, String>(hist)
+        }));
+    }
+    let mut merged = [Histogram::default(), Histogram::default(), Histogram::default()];
+    for t in tasks {
+        let hist = t.await.map_err(|e| e.to_string())??;
+        for (m, h) in merged.iter_mut().zip(&hist) {
+            m.merge(h);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let [read, update, rmw] = merged;
+    let latency = vec![(Op::Read, read), (Op::Update, update), (Op::ReadModifyWrite, rmw)]
+        .into_iter()
+        .filter(|(_, h)| h.count() > 0)
+        .collect();
+    Ok(PhaseResult { ops: total, secs, latency })
+}
+
+fn print(name: &str, r: &PhaseResult) {
+    println!("{name:<8} {:>10.0} ops/s  ({} ops in {:.2} s)", r.ops as f64 / r.secs, r.ops, r.secs);
+    for (op, h) in &r.latency {
+        let label = match op {
+            Op::Read => "read",
+            Op::Update => "update",
+            Op::ReadModifyWrite => "rmw",
+        };
+        let ms = |q: f64| h.quantile(q) as f64 / 1e6;
+        println!(
+            "  {label:<7} {:>9} ops  p50 {:>8.3} ms  p99 {:>8.3} ms  p999 {:>8.3} ms",
+            h.count(),
+            ms(0.5),
+            ms(0.99),
+            ms(0.999)
+        );
+    }
+}
+
+/// Runs the load and the workloads against a node over HTTP (`grpc == false`) or gRPC.
+pub fn run(args: &KvArgs, grpc: bool) -> Result<(), String> {
+    if args.clients == 0 || args.records == 0 || args.key_size < 8 {
+        return Err("need --clients > 0, --records > 0 and --key-size >= 8".into());
+    }
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        println!(
+            "cairn-bench {}: {} clients, {} records, {} B keys, {} B values, zipfian 0.99",
+            if grpc { "grpc" } else { "http" },
+            args.clients,
+            args.records,
+            args.key_size,
+            args.value_size
+        );
+        if !args.no_load {
+            print("load", &run_phase(args, grpc, None, args.records).await?);
+        }
+        for w in &args.workloads {
+            let mix = match w.to_ascii_uppercase().as_str() {
+                "A" => (0.5, Op::Update),
+                "B" => (0.95, Op::Update),
+                "C" => (1.0, Op::Update),
+                "F" => (0.5, Op::ReadModifyWrite),
+                other => return Err(format!("unknown workload {other:?} (A, B, C, F)")),
+            };
+            print(
+                &format!("YCSB-{}", w.to_ascii_uppercase()),
+                &run_phase(args, grpc, Some(mix), args.ops).await?,
+            );
+        }
+        Ok(())
+    })
+}

@@ -1,4 +1,6 @@
-//! `cairn-bench http` and `cairn-bench grpc`: YCSB-style workloads against a running node.
+//! `cairn-bench http`, `cairn-bench grpc` and `cairn-bench etcd`: YCSB-style workloads against a running
+//! cairn node, or (for side-by-side comparisons, `compare/etcd.sh`) an etcd v3 server over its gRPC KV
+//! API with linearizable reads.
 //!
 //! Phases: `load` inserts `--records` keys (8-byte keys, `--value-size` values by default), then each
 //! workload of `--workloads` runs `--ops` operations with keys drawn from a scrambled zipfian
@@ -15,6 +17,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+/// etcd's KV service (the subset in `proto/etcd_kv.proto`).
+mod etcdpb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// Which server and protocol a run talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// cairn's REST API.
+    Http,
+    /// cairn's gRPC API.
+    Grpc,
+    /// etcd v3's gRPC KV API.
+    Etcd,
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct KvArgs {
@@ -101,12 +120,22 @@ enum Op {
 enum Conn {
     Http { stream: BufReader<TcpStream>, host: String, buf: Vec<u8> },
     Grpc(cairn_client::Client),
+    Etcd(etcdpb::kv_client::KvClient<tonic::transport::Channel>),
 }
 
 impl Conn {
-    async fn open(grpc: bool, addr: &str) -> Result<Conn, String> {
-        if grpc {
-            return cairn_client::Client::connect(addr).await.map(Conn::Grpc).map_err(|e| e.to_string());
+    async fn open(target: Target, addr: &str) -> Result<Conn, String> {
+        match target {
+            Target::Grpc => {
+                return cairn_client::Client::connect(addr).await.map(Conn::Grpc).map_err(|e| e.to_string());
+            }
+            Target::Etcd => {
+                let client = etcdpb::kv_client::KvClient::connect(format!("http://{addr}"))
+                    .await
+                    .map_err(|e| format!("cannot connect to etcd at {addr}: {e}"))?;
+                return Ok(Conn::Etcd(client));
+            }
+            Target::Http => {}
         }
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -123,6 +152,10 @@ impl Conn {
                 c.get(key.as_bytes(), None).await.map(|v| v.is_some()).map_err(|e| e.to_string())
             }
             Conn::Http { .. } => self.http("GET", key, &[]).await.map(|status| status == 200),
+            Conn::Etcd(c) => {
+                let request = etcdpb::RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() };
+                c.range(request).await.map(|r| !r.into_inner().kvs.is_empty()).map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -133,6 +166,11 @@ impl Conn {
                 200 => Ok(()),
                 s => Err(format!("PUT answered {s}")),
             },
+            Conn::Etcd(c) => {
+                let request =
+                    etcdpb::PutRequest { key: key.as_bytes().to_vec(), value: value.to_vec(), lease: 0 };
+                c.put(request).await.map(|_| ()).map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -185,7 +223,7 @@ struct PhaseResult {
 
 async fn run_phase(
     args: &KvArgs,
-    grpc: bool,
+    target: Target,
     mix: Option<(f64, Op)>,
     total: u64,
 ) -> Result<PhaseResult, String> {
@@ -198,7 +236,7 @@ async fn run_phase(
         let (next, zipf, value, args) =
             (Arc::clone(&next), Arc::clone(&zipf), Arc::clone(&value), args.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(grpc, &args.addr).await?;
+            let mut conn = Conn::open(target, &args.addr).await?;
             let mut rng = Rng::new(args.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut hist = [Histogram::default(), Histogram::default(), Histogram::default()];
             loop {
@@ -270,8 +308,8 @@ fn print(name: &str, r: &PhaseResult) {
     }
 }
 
-/// Runs the load and the workloads against a node over HTTP (`grpc == false`) or gRPC.
-pub fn run(args: &KvArgs, grpc: bool) -> Result<(), String> {
+/// Runs the load and the workloads against `target`.
+pub fn run(args: &KvArgs, target: Target) -> Result<(), String> {
     if args.clients == 0 || args.records == 0 || args.key_size < 8 {
         return Err("need --clients > 0, --records > 0 and --key-size >= 8".into());
     }
@@ -280,14 +318,18 @@ pub fn run(args: &KvArgs, grpc: bool) -> Result<(), String> {
     runtime.block_on(async {
         println!(
             "cairn-bench {}: {} clients, {} records, {} B keys, {} B values, zipfian 0.99",
-            if grpc { "grpc" } else { "http" },
+            match target {
+                Target::Http => "http",
+                Target::Grpc => "grpc",
+                Target::Etcd => "etcd",
+            },
             args.clients,
             args.records,
             args.key_size,
             args.value_size
         );
         if !args.no_load {
-            print("load", &run_phase(args, grpc, None, args.records).await?);
+            print("load", &run_phase(args, target, None, args.records).await?);
         }
         for w in &args.workloads {
             let mix = match w.to_ascii_uppercase().as_str() {
@@ -299,7 +341,7 @@ pub fn run(args: &KvArgs, grpc: bool) -> Result<(), String> {
             };
             print(
                 &format!("YCSB-{}", w.to_ascii_uppercase()),
-                &run_phase(args, grpc, Some(mix), args.ops).await?,
+                &run_phase(args, target, Some(mix), args.ops).await?,
             );
         }
         Ok(())

@@ -32,6 +32,8 @@ enum Command {
     Http(kv::KvArgs),
     /// YCSB-style workloads against a running node's gRPC API.
     Grpc(kv::KvArgs),
+    /// The same workloads against an etcd v3 server (linearizable reads), for compare/etcd.sh.
+    Etcd(kv::KvArgs),
 }
 
 fn main() {
@@ -40,8 +42,9 @@ fn main() {
         Command::Engine(args) => engine::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
         Command::Rescale(args) => rescale::run(&args),
-        Command::Http(args) => kv::run(&args, false),
-        Command::Grpc(args) => kv::run(&args, true),
+        Command::Http(args) => kv::run(&args, kv::Target::Http),
+        Command::Grpc(args) => kv::run(&args, kv::Target::Grpc),
+        Command::Etcd(args) => kv::run(&args, kv::Target::Etcd),
     };
     if let Err(e) = result {
         eprintln!("cairn-bench: {e}");

@@ -77,6 +77,23 @@ impl WriteBatch {
         self.push(Kind::Merge, bucket, key, len, |out| row::encode_single(out, column, Some(value)));
     }
 
+    /// Replaces the whole row `key` with `columns` (ascending, distinct column numbers): older versions of
+    /// the row are shadowed at once, so a read never folds past it. Out-of-order or repeated columns are
+    /// sorted, the last value of a repeated column winning.
+    pub fn put_row(&mut self, bucket: u16, key: &[u8], columns: &[(u16, &[u8])]) {
+        let mut sorted: Vec<(u16, Option<&[u8]>)> = Vec::with_capacity(columns.len());
+        for &(c, v) in columns {
+            match sorted.iter_mut().find(|(sc, _)| *sc == c) {
+                Some(slot) => slot.1 = Some(v),
+                None => sorted.push((c, Some(v))),
+            }
+        }
+        sorted.sort_by_key(|(c, _)| *c);
+        let mut value = Vec::new();
+        row::encode_delta(&mut value, &sorted);
+        self.push(Kind::Set, bucket, key, value.len(), |out| out.extend_from_slice(&value));
+    }
+
     /// Deletes `column` of row `key`; other columns stay.
     pub fn delete_column(&mut self, bucket: u16, key: &[u8], column: u16) {
         let len = row::single_len(column, None);
@@ -213,15 +230,19 @@ mod tests {
         b.put(3, b"a", 0, b"v");
         b.delete_column(3, b"a", 1);
         b.delete(9, b"b");
+        b.put_row(4, b"r", &[(2, b"y"), (0, b"x"), (2, b"z")]);
         b.set_sequence(42);
         let it = BatchIter::new(b.encoded()).unwrap();
         assert_eq!(it.first_seq, 42);
         let entries: Vec<_> = it.collect::<Result<_, _>>().unwrap();
-        assert_eq!(entries.len(), 3);
+        assert_eq!(entries.len(), 4);
         assert_eq!(entries[0].0, Kind::Merge);
         assert_eq!(entries[0].1, &crate::keys::user_key(3, b"a")[..]);
         assert_eq!(entries[2].0, Kind::Delete);
-        assert_eq!(b.buckets().collect::<Vec<_>>(), [3, 9]);
+        assert_eq!(entries[3].0, Kind::Set);
+        let row = row::decode_delta(entries[3].2).unwrap();
+        assert_eq!(row, vec![(0, Some(&b"x"[..])), (2, Some(&b"z"[..]))]);
+        assert_eq!(b.buckets().collect::<Vec<_>>(), [3, 9, 4]);
     }
 
     #[test]

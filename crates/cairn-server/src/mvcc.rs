@@ -1,11 +1,16 @@
 //! MVCC on the engine: every version of a key is its own engine row.
 //!
 //! ```text
-//! engine key   = escape(key) ++ 0x00 0x01 ++ !wall_time (8 B, big-endian) ++ !logical (4 B)
+//! version row  = escape(key) ++ 0x00 0x01 ++ !wall_time (8 B, big-endian) ++ !logical (4 B)
+//! latest row   = escape(key) ++ 0x00 0x00                 (sorts before the key's versions)
 //! escape(key)  = key with every 0x00 byte written as 0x00 0xFF
 //! column 0     = 0x00 ++ value      (a put)
 //!              | 0x01               (a delete: a tombstone version)
+//! column 1     = wall_time (8 B) ++ logical (4 B), big-endian: in the latest row, its version's time
 //! ```
+//!
+//! Every write updates the key's latest row in the same atomic batch as its version row, so reading the
+//! newest value is one point read (bloom filters apply); reads at a timestamp scan the versions.
 //!
 //! The escaping keeps keys in byte order and makes the terminator sort below any continuation, so within
 //! a bucket the engine holds keys in order and each key's versions newest first. The bucket of a key is
@@ -40,25 +45,66 @@ pub fn version_key(key: &[u8], ts: Timestamp) -> Vec<u8> {
     out
 }
 
-/// Splits an engine key into the user key and the version's timestamp; `None` if malformed.
-pub fn decode_version_key(engine_key: &[u8]) -> Option<(Vec<u8>, Timestamp)> {
-    let split = engine_key.len().checked_sub(TIMESTAMP_BYTES)?;
-    let (prefix, ts) = engine_key.split_at(split);
-    let ts = Timestamp::decode_descending(ts)?;
-    let body = prefix.strip_suffix(&[0x00, 0x01])?;
-    let mut key = Vec::with_capacity(body.len());
-    let mut i = 0;
-    while i < body.len() {
-        key.push(body[i]);
-        if body[i] == 0 {
-            if body.get(i + 1) != Some(&0xFF) {
-                return None;
-            }
-            i += 1;
-        }
-        i += 1;
+/// The engine key of `key`'s latest row.
+pub fn latest_key(key: &[u8]) -> Vec<u8> {
+    let mut out = key_prefix(key);
+    if let Some(last) = out.last_mut() {
+        *last = 0x00;
     }
-    Some((key, ts))
+    out
+}
+
+/// Parses an engine key from the front (escaping makes that unambiguous): the user key, and the
+/// version's timestamp (`None` for the latest row). `None` if malformed.
+pub fn parse_engine_key(engine_key: &[u8]) -> Option<(Vec<u8>, Option<Timestamp>)> {
+    let mut key = Vec::with_capacity(engine_key.len());
+    let mut i = 0;
+    loop {
+        let b = *engine_key.get(i)?;
+        if b != 0 {
+            key.push(b);
+            i += 1;
+            continue;
+        }
+        match *engine_key.get(i + 1)? {
+            0xFF => {
+                key.push(0);
+                i += 2;
+            }
+            0x00 if i + 2 == engine_key.len() => return Some((key, None)),
+            0x01 => {
+                let ts = Timestamp::decode_descending(&engine_key[i + 2..])?;
+                return Some((key, Some(ts)));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Splits a version row's engine key into the user key and the version's timestamp; `None` if malformed
+/// or a latest row.
+pub fn decode_version_key(engine_key: &[u8]) -> Option<(Vec<u8>, Timestamp)> {
+    match parse_engine_key(engine_key)? {
+        (key, Some(ts)) => Some((key, ts)),
+        (_, None) => None,
+    }
+}
+
+/// Column 1 of a latest row.
+pub fn encode_timestamp(ts: Timestamp) -> [u8; TIMESTAMP_BYTES] {
+    let mut out = [0u8; TIMESTAMP_BYTES];
+    out[..8].copy_from_slice(&ts.wall_time.to_be_bytes());
+    out[8..].copy_from_slice(&ts.logical.to_be_bytes());
+    out
+}
+
+/// Decodes column 1 of a latest row.
+pub fn decode_timestamp(row: &Row) -> Option<Timestamp> {
+    let bytes = row.column(1)?;
+    let wall: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let logical: [u8; 4] = bytes.get(8..TIMESTAMP_BYTES)?.try_into().ok()?;
+    (bytes.len() == TIMESTAMP_BYTES)
+        .then_some(Timestamp { wall_time: u64::from_be_bytes(wall), logical: u32::from_be_bytes(logical) })
 }
 
 /// One stored version.
@@ -120,9 +166,9 @@ struct GcFilter {
 
 impl CompactionFilter for GcFilter {
     fn filter(&mut self, bucket: u16, key: &[u8], _row: &Row) -> FilterDecision {
-        let Some(split) = key.len().checked_sub(TIMESTAMP_BYTES) else { return FilterDecision::Keep };
-        let Some(ts) = Timestamp::decode_descending(&key[split..]) else { return FilterDecision::Keep };
-        let prefix = &key[..split];
+        // Latest rows always stay; only version rows age out.
+        let Some((_, Some(ts))) = parse_engine_key(key) else { return FilterDecision::Keep };
+        let prefix = &key[..key.len() - TIMESTAMP_BYTES];
         if self.current.as_ref().is_none_or(|(b, p)| *b != bucket || p.as_slice() != prefix) {
             self.current = Some((bucket, prefix.to_vec()));
             self.kept_below = false;
@@ -159,6 +205,17 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, encoded, "engine order must be key order, then newest first");
         assert_eq!(decode_version_key(b"short"), None);
+        // Latest rows sort just before their key's versions, after every shorter key's.
+        for k in &keys {
+            let latest = latest_key(k);
+            assert_eq!(parse_engine_key(&latest), Some((k.to_vec(), None)));
+            assert!(latest < version_key(k, Timestamp::MAX));
+            assert_eq!(decode_version_key(&latest), None);
+        }
+        assert!(version_key(b"a", t1) < latest_key(b"a\x00"));
+        // A version whose inverted logical ends in zero bytes is still a version.
+        let odd = Timestamp { wall_time: 7, logical: u32::MAX };
+        assert_eq!(parse_engine_key(&version_key(b"k", odd)), Some((b"k".to_vec(), Some(odd))));
     }
 
     #[test]
@@ -169,7 +226,8 @@ mod tests {
         let decisions: Vec<_> = [150, 120, 90, 80, 10].iter().map(|&w| f.filter(1, &at(w), &row)).collect();
         use FilterDecision::{Keep, Remove};
         assert_eq!(decisions, [Keep, Keep, Keep, Remove, Remove]);
-        // A new key starts over.
+        // A new key starts over; latest rows always stay.
         assert_eq!(f.filter(1, &version_key(b"l", Timestamp { wall_time: 50, logical: 0 }), &row), Keep);
+        assert_eq!(f.filter(1, &latest_key(b"a-long-key-of-many-bytes"), &row), Keep);
     }
 }

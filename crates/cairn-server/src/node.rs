@@ -61,9 +61,15 @@ impl NodeConfig {
 /// The store's layout, fixed when it is created (`<store>/LAYOUT.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Layout {
+    /// The store's data format (2: version rows plus a latest row per key).
+    #[serde(default)]
+    format: u32,
     total_buckets: u32,
     shards: Vec<(u16, u16)>,
 }
+
+/// The data format this build writes and reads.
+const STORE_FORMAT: u32 = 2;
 
 /// One stored version as the APIs return it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +175,7 @@ impl Node {
             Some(layout) => layout,
             None => {
                 let layout = Layout {
+                    format: STORE_FORMAT,
                     total_buckets: config.total_buckets,
                     shards: even_split(config.total_buckets, config.shards),
                 };
@@ -176,12 +183,20 @@ impl Node {
                 layout
             }
         };
+        if layout.format != STORE_FORMAT {
+            return Err(NodeError::Startup(format!(
+                "store {} has data format {}; this cairn reads format {STORE_FORMAT}",
+                config.store.display(),
+                layout.format
+            )));
+        }
         let mut owner = vec![0u16; layout.total_buckets as usize];
         let mut shards = Vec::with_capacity(layout.shards.len());
         for (i, &(start, end)) in layout.shards.iter().enumerate() {
             let mut c = Config::new(config.store.join(format!("shard-{i}")));
             c.total_buckets = layout.total_buckets;
-            c.max_value_bytes = config.max_value_bytes + 1;
+            // Room for the tag byte, the timestamp column and the row encoding around a full-size value.
+            c.max_value_bytes = config.max_value_bytes + 64;
             c.block_cache_bytes = config.block_cache_bytes;
             c.compaction_filter = Some(Arc::new(mvcc::GcFilterFactory { ttl: config.gc_ttl }));
             let db = Db::open(c, vec![start..=end]).map_err(|e| match e {
@@ -263,6 +278,19 @@ impl Node {
 
     fn read_latest(&self, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
         let bucket = mvcc::bucket_of(key, self.total_buckets);
+        if at == Timestamp::MAX {
+            // The newest version: one point read of the key's latest row.
+            let Some(row) = self.shard_of(bucket).db.get(bucket, &mvcc::latest_key(key))? else {
+                return Ok(None);
+            };
+            let timestamp = mvcc::decode_timestamp(&row)
+                .ok_or_else(|| NodeError::Internal("malformed latest row in the store".into()))?;
+            return match mvcc::decode_value(&row) {
+                Some(Stored::Value(value)) => Ok(Some(Versioned { value, timestamp })),
+                Some(Stored::Tombstone) => Ok(None),
+                None => Err(NodeError::Internal("malformed latest row in the store".into())),
+            };
+        }
         let start = mvcc::version_key(key, at);
         let mut end = mvcc::key_prefix(key);
         if let Some(last) = end.last_mut() {
@@ -298,7 +326,7 @@ impl Node {
         let bucket = mvcc::bucket_of(key, self.total_buckets);
         let ts = self.begin_write();
         let mut batch = WriteBatch::new();
-        batch.put(bucket, &mvcc::version_key(key, ts), 0, &mvcc::encode_value(value));
+        add_version(&mut batch, bucket, key, ts, value);
         let result = self.shard_of(bucket).db.write(batch, WriteOptions { sync: self.config.sync });
         self.end_write(ts);
         result?;
@@ -401,7 +429,7 @@ impl Node {
         let mut batch = WriteBatch::new();
         for (key, value) in ops {
             let bucket = mvcc::bucket_of(key, self.total_buckets);
-            batch.put(bucket, &mvcc::version_key(key, ts), 0, &mvcc::encode_value(value.as_deref()));
+            add_version(&mut batch, bucket, key, ts, value.as_deref());
         }
         let result = self.shards[usize::from(shard)].db.write(batch, WriteOptions { sync: self.config.sync });
         self.end_write(ts);
@@ -508,6 +536,14 @@ impl Node {
     }
 }
 
+/// Adds `key`'s version at `ts` and its latest row to `batch` (one atomic write).
+fn add_version(batch: &mut WriteBatch, bucket: u16, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
+    let encoded = mvcc::encode_value(value);
+    batch.put(bucket, &mvcc::version_key(key, ts), 0, &encoded);
+    // A whole-row write: a read of the latest row never folds through older deltas of a hot key.
+    batch.put_row(bucket, &mvcc::latest_key(key), &[(0, &encoded), (1, &mvcc::encode_timestamp(ts))]);
+}
+
 fn version_of(engine_key: &[u8], row: &cairn_engine::Row) -> Result<Option<Versioned>> {
     let (_, timestamp) = mvcc::decode_version_key(engine_key)
         .ok_or_else(|| NodeError::Internal("malformed version key in the store".into()))?;
@@ -530,8 +566,11 @@ impl BucketCursor {
         loop {
             let Some(item) = self.rows.next() else { return Ok(None) };
             let (_, engine_key, row) = item?;
-            let (key, ts) = mvcc::decode_version_key(&engine_key)
-                .ok_or_else(|| NodeError::Internal("malformed version key in the store".into()))?;
+            let (key, ts) = match mvcc::parse_engine_key(&engine_key) {
+                Some((key, Some(ts))) => (key, ts),
+                Some((_, None)) => continue, // a latest row: scans read the versions
+                None => return Err(NodeError::Internal("malformed version key in the store".into())),
+            };
             // Versions come newest first: take the first at or below `at`, skip the key's others.
             let mut chosen = (ts <= self.at).then_some((engine_key, row));
             while let Some(Ok((_, next_key, _))) = self.rows.peek() {
@@ -599,6 +638,15 @@ mod tests {
         assert!(matches!(n.scan(b"", None, MAX_SCAN_LIMIT + 1, None), Err(NodeError::InvalidArgument(_))));
         let old = Timestamp { wall_time: 1, logical: 0 };
         assert!(matches!(n.get(b"a", Some(old)), Err(NodeError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn stores_of_another_format_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("LAYOUT.json"), r#"{"total_buckets":1024,"shards":[[0,1023]]}"#)
+            .unwrap();
+        let e = Node::open(NodeConfig::new(tmp.path())).unwrap_err().to_string();
+        assert!(e.contains("data format 0"), "{e}");
     }
 
     /// Versions of `key` stored in the engine (live or not).

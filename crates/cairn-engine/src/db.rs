@@ -47,7 +47,8 @@ pub(crate) struct State {
     /// Immutable memtables waiting for flush, oldest first.
     pub(crate) imm: VecDeque<Arc<Memtable>>,
     pub(crate) version: Arc<Version>,
-    pub(crate) owned: BucketSet,
+    /// Shared with the views taken while it was current (a rescale replaces it, never edits it).
+    pub(crate) owned: Arc<BucketSet>,
     /// Read sequence numbers pinned by live views, with counts.
     pub(crate) pinned: BTreeMap<u64, usize>,
     /// Set when a write, sync or background job failed: writes are refused from then on.

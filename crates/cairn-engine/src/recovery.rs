@@ -173,7 +173,7 @@ fn assemble(
         mem: Arc::new(Memtable::new(log_number)),
         imm: VecDeque::new(),
         version,
-        owned: versions.state().owned.clone(),
+        owned: Arc::new(versions.state().owned.clone()),
         pinned: BTreeMap::new(),
         poisoned,
         closing: false,

@@ -223,7 +223,7 @@ impl Db {
             return Err(Error::InvalidArgument("shrink_bucket needs at least one bucket range".into()));
         }
         let volume = inner.config.resolve_snapshot_volume()?;
-        let owned = inner.state.lock().owned.clone();
+        let owned = Arc::clone(&inner.state.lock().owned);
         if let Some(bucket) = first(&release.subtract(&owned)) {
             let last = inner.versions.lock().state().last_release.clone();
             if let Some((sid, released)) = last
@@ -241,13 +241,13 @@ impl Db {
         // Stop serving the ranges: wait out writes past their ownership check, refuse the rest.
         {
             let _no_writes_in_flight = inner.ownership_gate.write();
-            inner.state.lock().owned = remaining.clone();
+            inner.state.lock().owned = Arc::new(remaining.clone());
         }
         let result = self.release(&volume, &release, &remaining);
         if result.is_err() {
             // Not given up durably: serve the ranges again (unless the Db is poisoned anyway).
             let durable = inner.versions.lock().state().owned.clone();
-            inner.state.lock().owned = durable;
+            inner.state.lock().owned = Arc::new(durable);
         }
         inner.bg_cv.notify_all();
         result
@@ -425,7 +425,7 @@ impl Db {
             {
                 let mut state = inner.state.lock();
                 state.version = version;
-                state.owned = owned;
+                state.owned = Arc::new(owned);
             }
             drop(versions);
             // After the version set is released (flushes take the commit leader, then the version set);

@@ -16,7 +16,7 @@
 //! compactions never touch a snapshot, and deleting a snapshot directory frees only files no one else
 //! links.
 
-use crate::bucket::BucketRange;
+use crate::bucket::{BucketRange, BucketSet};
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -315,7 +315,7 @@ fn place_table(
         volume::transfer(&to.fs, earlier, &to.fs, &dst)?;
         return Ok(0);
     }
-    volume::transfer(src_fs, &src, &to.fs, &dst)
+    volume::copy(src_fs, &src, &to.fs, &dst)
 }
 
 /// Complete snapshot directories of `db_id` on `volume` other than `except`, newest first.
@@ -483,7 +483,7 @@ pub(crate) fn restore_into(
     volume: &ResolvedVolume,
     db_id: &str,
     snapshot_id: u64,
-) -> Result<RestoreStats> {
+) -> Result<(RestoreStats, BucketSet)> {
     let (src_dir, loaded) = load_verified_snapshot(volume, db_id, snapshot_id, config.total_buckets)?;
     let fs = &config.fs;
     let dir = &config.dir;
@@ -540,7 +540,7 @@ pub(crate) fn restore_into(
     write_manifest(fs.as_ref(), dir, number, &loaded.version, &state)?;
     fs.remove(&marker)?;
     fs.sync_dir(dir)?;
-    Ok(stats)
+    Ok((stats, state.owned))
 }
 
 impl Db {
@@ -553,35 +553,37 @@ impl Db {
     /// A directory already restored from this snapshot is left as it is (all-zero stats); a directory
     /// holding any other shard is an error.
     pub fn restore_from_snapshot(config: &Config, snapshot_id: u64, db_id: &str) -> Result<RestoreStats> {
-        config.validate()?;
-        let volume = config.resolve_snapshot_volume()?;
-        if config.fs.exists(&config.dir.join(CURRENT))? {
-            let existing =
-                load_manifest(config.fs.as_ref(), &config.dir, &Arc::new(ObsoleteFiles::default()))?;
-            if existing.state.restored_from.as_ref() != Some(&(db_id.to_string(), snapshot_id)) {
-                return Err(Error::InvalidArgument(format!(
-                    "{} already holds shard {} (restored from {:?}), not a restore of {db_id}/{snapshot_id}",
-                    config.dir.display(),
-                    existing.state.db_id,
-                    existing.state.restored_from
-                )));
-            }
-            // A crash between the manifest and the marker's removal leaves the marker: drop it.
-            if config.fs.exists(&config.dir.join(RESTORE_MARKER))? {
-                config.fs.remove(&config.dir.join(RESTORE_MARKER))?;
-            }
-            return Ok(RestoreStats::default());
-        }
-        restore_into(config, &volume, db_id, snapshot_id)
+        Ok(restore(config, snapshot_id, db_id)?.0)
     }
 
     /// [`Db::restore_from_snapshot`], then opens the shard. Calling it again on a directory already
     /// restored from the same snapshot reopens that shard; a directory holding any other shard is an
     /// error.
     pub fn open_from_snapshot(config: Config, snapshot_id: u64, db_id: String) -> Result<Db> {
-        Db::restore_from_snapshot(&config, snapshot_id, &db_id)?;
-        let restored = load_manifest(config.fs.as_ref(), &config.dir, &Arc::new(ObsoleteFiles::default()))?;
-        let owned = restored.state.owned.ranges().to_vec();
-        Db::open(config, owned)
+        let (_, owned) = restore(&config, snapshot_id, &db_id)?;
+        Db::open(config, owned.ranges().to_vec())
     }
+}
+
+/// Restores (or finds already restored) `config.dir`; returns what moved and the buckets it owns.
+fn restore(config: &Config, snapshot_id: u64, db_id: &str) -> Result<(RestoreStats, BucketSet)> {
+    config.validate()?;
+    let volume = config.resolve_snapshot_volume()?;
+    if config.fs.exists(&config.dir.join(CURRENT))? {
+        let existing = load_manifest(config.fs.as_ref(), &config.dir, &Arc::new(ObsoleteFiles::default()))?;
+        if existing.state.restored_from.as_ref() != Some(&(db_id.to_string(), snapshot_id)) {
+            return Err(Error::InvalidArgument(format!(
+                "{} already holds shard {} (restored from {:?}), not a restore of {db_id}/{snapshot_id}",
+                config.dir.display(),
+                existing.state.db_id,
+                existing.state.restored_from
+            )));
+        }
+        // A crash between the manifest and the marker's removal leaves the marker: drop it.
+        if config.fs.exists(&config.dir.join(RESTORE_MARKER))? {
+            config.fs.remove(&config.dir.join(RESTORE_MARKER))?;
+        }
+        return Ok((RestoreStats::default(), existing.state.owned));
+    }
+    restore_into(config, &volume, db_id, snapshot_id)
 }

@@ -20,7 +20,7 @@ pub struct View {
     sv: Arc<SuperVersion>,
     seq: u64,
     /// The buckets owned when the view was taken: a rescale after that does not change what it reads.
-    owned: BucketSet,
+    owned: Arc<BucketSet>,
 }
 
 impl View {
@@ -29,7 +29,7 @@ impl View {
         let seq = db.visible_seq.load(Ordering::Acquire);
         *state.pinned.entry(seq).or_insert(0) += 1;
         let sv = Arc::new(SuperVersion::of(&state));
-        let owned = state.owned.clone();
+        let owned = Arc::clone(&state.owned);
         drop(state);
         View { db, sv, seq, owned }
     }

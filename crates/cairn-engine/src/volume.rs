@@ -133,6 +133,16 @@ pub(crate) fn transfer(
     if same_fs(src_fs, dst_fs) && src_fs.link(src, dst).is_ok() {
         return Ok(0);
     }
+    copy(src_fs, src, dst_fs, dst)
+}
+
+/// The copy half of [`transfer`]: streams `src` into `dst`, staged and synced as described there.
+pub(crate) fn copy(
+    src_fs: &Arc<dyn FileSystem>,
+    src: &Path,
+    dst_fs: &Arc<dyn FileSystem>,
+    dst: &Path,
+) -> Result<u64> {
     let input = src_fs.open(src)?;
     let len = input.len();
     let staging = if dst_fs.creates_whole_files() { dst.to_path_buf() } else { tmp_path(dst) };

@@ -323,23 +323,24 @@ impl Node {
     }
 
     fn write_version(&self, key: &[u8], value: Option<&[u8]>) -> Result<Timestamp> {
-        let bucket = mvcc::bucket_of(key, self.total_buckets);
+        let shard = self.owner[usize::from(mvcc::bucket_of(key, self.total_buckets))];
+        self.commit(shard, &[(key, value)])
+    }
+
+    /// Writes the versions in `ops` (all keys of shard `shard`) atomically at one fresh timestamp.
+    fn commit(&self, shard: u16, ops: &[(&[u8], Option<&[u8]>)]) -> Result<Timestamp> {
         let ts = self.begin_write();
         let mut batch = WriteBatch::new();
-        add_version(&mut batch, bucket, key, ts, value);
-        let result = self.shard_of(bucket).db.write(batch, WriteOptions { sync: self.config.sync });
+        for (key, value) in ops {
+            add_version(&mut batch, mvcc::bucket_of(key, self.total_buckets), key, ts, *value);
+        }
+        let result = self.shards[usize::from(shard)].db.write(batch, WriteOptions { sync: self.config.sync });
         self.end_write(ts);
         result?;
         Ok(ts)
     }
 
-    fn stripe(&self, key: &[u8]) -> &Mutex<()> {
-        &self.stripes[(xxhash_rust::xxh3::xxh3_64(key) as usize) % STRIPES]
-    }
-
-    /// Writes `value` as the newest version of `key`, if `condition` holds; returns its timestamp.
-    pub fn put(&self, key: &[u8], value: &[u8], condition: Condition) -> Result<Timestamp> {
-        self.check_key(key)?;
+    fn check_value(&self, value: &[u8]) -> Result<()> {
         if value.len() > self.config.max_value_bytes {
             return Err(NodeError::TooLarge(format!(
                 "value of {} bytes is over the limit of {} bytes",
@@ -347,6 +348,17 @@ impl Node {
                 self.config.max_value_bytes
             )));
         }
+        Ok(())
+    }
+
+    fn stripe(&self, key: &[u8]) -> &Mutex<()> {
+        &self.stripes[stripe_index(key)]
+    }
+
+    /// Writes `value` as the newest version of `key`, if `condition` holds; returns its timestamp.
+    pub fn put(&self, key: &[u8], value: &[u8], condition: Condition) -> Result<Timestamp> {
+        self.check_key(key)?;
+        self.check_value(value)?;
         let _one_writer_per_key = self.stripe(key).lock();
         match condition {
             Condition::None => {}
@@ -400,13 +412,7 @@ impl Node {
         for (key, value) in ops {
             self.check_key(key)?;
             if let Some(v) = value {
-                if v.len() > self.config.max_value_bytes {
-                    return Err(NodeError::TooLarge(format!(
-                        "value of {} bytes is over the limit of {} bytes",
-                        v.len(),
-                        self.config.max_value_bytes
-                    )));
-                }
+                self.check_value(v)?;
                 bytes += v.len();
             }
             if shard_of(key) != shard {
@@ -420,21 +426,13 @@ impl Node {
             return Err(NodeError::TooLarge(format!("the batch holds {bytes} bytes of values, over 64 MiB")));
         }
         // Lock the keys' stripes in one order, so batches never wait on each other in a cycle.
-        let mut stripes: Vec<usize> =
-            ops.iter().map(|(k, _)| (xxhash_rust::xxh3::xxh3_64(k) as usize) % STRIPES).collect();
+        let mut stripes: Vec<usize> = ops.iter().map(|(k, _)| stripe_index(k)).collect();
         stripes.sort_unstable();
         stripes.dedup();
         let _guards: Vec<_> = stripes.iter().map(|&i| self.stripes[i].lock()).collect();
-        let ts = self.begin_write();
-        let mut batch = WriteBatch::new();
-        for (key, value) in ops {
-            let bucket = mvcc::bucket_of(key, self.total_buckets);
-            add_version(&mut batch, bucket, key, ts, value.as_deref());
-        }
-        let result = self.shards[usize::from(shard)].db.write(batch, WriteOptions { sync: self.config.sync });
-        self.end_write(ts);
-        result?;
-        Ok(ts)
+        let ops: Vec<(&[u8], Option<&[u8]>)> =
+            ops.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
+        self.commit(shard, &ops)
     }
 
     /// Up to `limit` live keys in `[start, end)` (`end` `None`: to the last key) in key order, each with
@@ -534,6 +532,11 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The lock stripe of `key`.
+fn stripe_index(key: &[u8]) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(key) as usize) % STRIPES
 }
 
 /// Adds `key`'s version at `ts` and its latest row to `batch` (one atomic write).

@@ -195,22 +195,22 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError)
 }
 
-async fn get_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
-    let key = entry_key(&uri)?;
-    let params = query(&uri)?;
-    let at = timestamp_param(&params, "timestamp")?;
+/// The version an entry URL (`?timestamp=` optional) names, if any.
+async fn read_entry(state: &AppState, uri: &Uri) -> ApiResult<Option<Versioned>> {
+    let key = entry_key(uri)?;
+    let at = timestamp_param(&query(uri)?, "timestamp")?;
     let node = Arc::clone(&state.node);
-    let found = blocking(move || node.get(&key, at)).await?;
+    blocking(move || node.get(&key, at)).await
+}
+
+async fn get_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
+    let found = read_entry(&state, &uri).await?;
     let v = found.ok_or_else(|| ApiError(NodeError::NotFound("no value for this key".into())))?;
     Ok(Json(json!({"header": header(&state.node), "value": version_json(&v)})))
 }
 
 async fn head_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Response> {
-    let key = entry_key(&uri)?;
-    let params = query(&uri)?;
-    let at = timestamp_param(&params, "timestamp")?;
-    let node = Arc::clone(&state.node);
-    let found = blocking(move || node.get(&key, at)).await?;
+    let found = read_entry(&state, &uri).await?;
     let mut response = if found.is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND }.into_response();
     if let Some(v) = found
         && let Ok(ts) = HeaderValue::from_str(&v.timestamp.to_string())

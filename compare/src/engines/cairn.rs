@@ -5,7 +5,7 @@ use cairn_engine::{Config, Db, WriteBatch, WriteOptions};
 use std::path::Path;
 
 pub const NOTES: &[&str] = &[
-    "Config::new defaults: 64 MiB block cache, 10-bit bloom filter, lz4, 32 MiB memtable",
+    "Config::new defaults: 128 MiB block cache, 10-bit bloom filter, lz4, 32 MiB memtable",
     "one shard owning buckets 0..=1023; every value in column 0",
 ];
 

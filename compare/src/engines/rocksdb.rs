@@ -7,7 +7,7 @@ use ::rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteOptions};
 use std::path::Path;
 
 /// cairn's default block cache (`Config::block_cache_bytes`), given to rocksdb-tuned.
-const TUNED_BLOCK_CACHE_BYTES: usize = 64 << 20;
+const TUNED_BLOCK_CACHE_BYTES: usize = 128 << 20;
 /// cairn's default bloom filter bits per key, given to rocksdb-tuned.
 const TUNED_BLOOM_BITS: f64 = 10.0;
 
@@ -18,7 +18,7 @@ pub const NOTES_DEFAULTS: &[&str] = &[
 ];
 
 pub const NOTES_TUNED: &[&str] =
-    &["as rocksdb, plus a 64 MiB LRU block cache and a 10-bit full bloom filter (cairn's defaults)"];
+    &["as rocksdb, plus a 128 MiB LRU block cache and a 10-bit full bloom filter (cairn's defaults)"];
 
 struct Rocks {
     db: DB,

@@ -44,7 +44,7 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 10_000)]
     pub sync_num: u64,
     /// Block cache size in MiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     pub cache_mb: u64,
     /// Bloom filter bits per key (0 disables filters).
     #[arg(long, default_value_t = 10)]

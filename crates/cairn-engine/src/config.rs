@@ -29,7 +29,7 @@ pub struct Config {
     pub memtable_bytes: usize,
     /// Immutable memtables allowed to wait for flush before writers stall. Default: 2.
     pub max_immutable_memtables: usize,
-    /// Block cache capacity in bytes (decompressed blocks). Default: 64 MiB.
+    /// Block cache capacity in bytes (decompressed blocks). Default: 128 MiB.
     pub block_cache_bytes: u64,
     /// Open SST readers kept in the table cache. Default: 1000.
     pub table_cache_files: usize,
@@ -89,7 +89,7 @@ impl Config {
             wal: true,
             memtable_bytes: 32 << 20,
             max_immutable_memtables: 2,
-            block_cache_bytes: 64 << 20,
+            block_cache_bytes: 128 << 20,
             table_cache_files: 1000,
             block_bytes: 4096,
             block_restart_interval: 16,

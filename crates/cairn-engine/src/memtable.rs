@@ -149,9 +149,12 @@ impl Memtable {
         seq: u64,
         mut visit: impl FnMut(Kind, &[u8]) -> bool,
     ) -> bool {
+        let map = self.map.read();
+        if map.is_empty() {
+            return false;
+        }
         let start = MemKey::new(user_key, keys::pack_trailer(seq, Kind::MAX), &[]);
         let mut found = false;
-        let map = self.map.read();
         for k in map.range((Bound::Included(&start), Bound::Unbounded)) {
             if k.user_key() != user_key {
                 break;

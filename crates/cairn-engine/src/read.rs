@@ -44,9 +44,10 @@ pub(crate) fn get(db: &DbInner, sv: &SuperVersion, seq: u64, user_key: &[u8]) ->
             return finish(fold, || "<memtable>".into());
         }
     }
+    let lookup = keys::lookup_key(user_key, seq);
     for file in &sv.version.levels[0] {
         if file.overlaps(Some(user_key), Some(user_key)) {
-            from_table(db, file, user_key, seq, &mut fold)?;
+            from_table(db, file, &lookup, &mut fold)?;
             if fold.done {
                 return finish(fold, || file_name(file));
             }
@@ -54,7 +55,7 @@ pub(crate) fn get(db: &DbInner, sv: &SuperVersion, seq: u64, user_key: &[u8]) ->
     }
     for level in 1..sv.version.levels.len() {
         if let Some(file) = sv.version.file_for_key(level, user_key) {
-            from_table(db, file, user_key, seq, &mut fold)?;
+            from_table(db, file, &lookup, &mut fold)?;
             if fold.done {
                 return finish(fold, || file_name(file));
             }
@@ -80,10 +81,11 @@ fn from_memtable(mem: &Memtable, user_key: &[u8], seq: u64, fold: &mut Fold) {
     mem.for_each_version(user_key, seq, |kind, value| fold.add(kind, value));
 }
 
-fn from_table(db: &DbInner, file: &Arc<TableFile>, user_key: &[u8], seq: u64, fold: &mut Fold) -> Result<()> {
-    if !file.shows(keys::bucket_of(user_key)) {
+/// Folds the versions `file` holds of the user key of `lookup` (a [`keys::lookup_key`]).
+fn from_table(db: &DbInner, file: &Arc<TableFile>, lookup: &[u8], fold: &mut Fold) -> Result<()> {
+    if !file.shows(keys::bucket_of(keys::user_key_of(lookup))) {
         return Ok(());
     }
     let table = db.table_cache.get(file.meta.number, file.meta.size)?;
-    table.for_each_version(&keys::lookup_key(user_key, seq), |kind, value| fold.add(kind, value))
+    table.for_each_version(lookup, |kind, value| fold.add(kind, value))
 }

@@ -289,9 +289,26 @@ impl RowFolder {
         Row { data }
     }
 
-    /// Consumes the folder into a row.
+    /// Consumes the folder into a row; when no column is a tombstone (the common case) the folded bytes
+    /// already are the row and are moved, not copied.
     pub fn into_row(self) -> Row {
+        if self.folded && self.is_canonical_row() {
+            return Row { data: self.acc };
+        }
         self.to_row()
+    }
+
+    /// True if the fold is already a row as [`Row`] holds it: at least one column, no tombstone, minimal
+    /// varints (a longer encoding of the same columns would be longer than the canonical one).
+    fn is_canonical_row(&self) -> bool {
+        let mut count = 0u64;
+        let mut canonical_len = 0usize;
+        for column in DeltaIter::new(&self.acc) {
+            let Ok((c, Some(v))) = column else { return false };
+            count += 1;
+            canonical_len += varint_len(u64::from(c)) + 1 + varint_len(v.len() as u64) + v.len();
+        }
+        count > 0 && canonical_len + varint_len(count) == self.acc.len()
     }
 
     /// Encodes the fold as a delta: with tombstones kept (`complete == false`, a merge that still layers on

@@ -117,14 +117,21 @@ impl BlockIter {
         }
     }
 
-    /// The full key stored at restart point `i` (its `shared` must be 0).
+    /// Leaves the iterator unpositioned (invalid).
+    pub fn invalidate(&mut self) {
+        self.key.clear();
+        self.valid = false;
+    }
+
+    /// Positions on the entry at restart point `i` (`i < num_restarts`).
+    pub fn seek_to_restart(&mut self, i: usize) -> BlockResult<()> {
+        self.key.clear();
+        self.next = self.block.restart(i.min(self.block.num_restarts() - 1));
+        self.parse_next()
+    }
+
     fn restart_key(&self, i: usize) -> BlockResult<&[u8]> {
-        let at = self.block.restart(i);
-        let h = decode_header(self.block.data(), at, self.block.restarts_offset())?;
-        if h.shared != 0 {
-            return Err(BlockCorruption("restart entry shares a prefix"));
-        }
-        Ok(&self.block.data()[h.key_start..h.key_end])
+        restart_key(&self.block, i)
     }
 
     /// Decodes the entry at `self.next` on top of the current key.
@@ -173,6 +180,15 @@ pub fn check_block_order(block: Arc<Block>) -> BlockResult<()> {
         it.next()?;
     }
     Ok(())
+}
+
+/// The full key stored at restart point `i` of `block` (`i < num_restarts`; its `shared` must be 0).
+pub fn restart_key(block: &Block, i: usize) -> BlockResult<&[u8]> {
+    let h = decode_header(block.data(), block.restart(i), block.restarts_offset())?;
+    if h.shared != 0 {
+        return Err(BlockCorruption("restart entry shares a prefix"));
+    }
+    Ok(&block.data()[h.key_start..h.key_end])
 }
 
 /// Decodes the header of the entry at `at`, checking that its key and value end by `limit`.

@@ -4,16 +4,17 @@
 //! interpreted.
 
 use super::block::Block;
-use super::block_iter::BlockIter;
+use super::block_iter::{self, BlockIter};
 use super::block_reader::read_block;
 use super::bloom::BloomFilter;
-use super::format::{BlockHandle, FOOTER_BYTES, Footer};
+use super::format::{BLOCK_TRAILER_BYTES, BlockHandle, FOOTER_BYTES, Footer};
 use super::properties::TableProperties;
 use super::table_iter::TableIter;
 use crate::block_cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::fs::RandomAccessFile;
 use crate::keys;
+use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,13 +25,9 @@ pub struct Table {
     file_number: u64,
     cache: Option<Arc<BlockCache>>,
     // INVARIANT: entries are valid internal keys in strictly increasing order whose values are handles of
-    // non-overlapping, contiguous data blocks covering exactly 0..data_end.
+    // non-overlapping, contiguous data blocks covering exactly 0..data_end; entry i is restart point i.
     index: Arc<Block>,
-    // Per index entry, the first 16 bytes of its key's user key (see [`fence_of`]): a compact array that
-    // narrows an index search to a few entries before any index entry is decoded. Present when the index
-    // has a restart point per entry, as the builder writes it.
-    // INVARIANT: when present, fences[i] is the fence of index entry i, which is restart point i.
-    fences: Option<Box<[u128]>>,
+    summary: IndexSummary,
     filter: Option<BloomFilter>,
     properties: TableProperties,
     // Offset where the data blocks end and the metadata blocks begin.
@@ -80,9 +77,8 @@ impl Table {
             return Err(Error::corruption(&path, "properties and footer disagree on the format version"));
         }
         let index = Arc::new(index);
-        let fences = check_index(&index, data_end, &properties).map_err(|d| Error::corruption(&path, d))?;
-        let fences = (fences.len() == index.num_restarts()).then(|| fences.into_boxed_slice());
-        Ok(Table { file, path, file_number, cache, index, fences, filter, properties, data_end })
+        let summary = check_index(&index, data_end, &properties).map_err(|d| Error::corruption(&path, d))?;
+        Ok(Table { file, path, file_number, cache, index, summary, filter, properties, data_end })
     }
 
     /// The table's properties.
@@ -111,21 +107,19 @@ impl Table {
         if !self.may_contain(keys::user_key_of(target)) {
             return Ok(None);
         }
-        let mut index = BlockIter::new(Arc::clone(&self.index));
-        self.seek_index(&mut index, target)?;
-        if !index.valid() {
+        let block = self.find_block(target)?;
+        let Some(handle) = self.summary.handle(block) else {
             return Ok(None);
-        }
-        let mut data = BlockIter::new(self.read_data_block_at(index.value())?);
+        };
+        let mut data = BlockIter::new(self.read_data_block(handle, true)?);
         data.seek(target).map_err(|e| e.into_error(&self.path))?;
         if !data.valid() {
             // Every key of that block is < target (its separator may exceed its last key): the answer is
             // the first entry of the next block.
-            index.next().map_err(|e| e.into_error(&self.path))?;
-            if !index.valid() {
+            let Some(handle) = self.summary.handle(block + 1) else {
                 return Ok(None);
-            }
-            data.reset(self.read_data_block_at(index.value())?);
+            };
+            data.reset(self.read_data_block(handle, true)?);
             data.seek_to_first().map_err(|e| e.into_error(&self.path))?;
         }
         self.check_entry(&data)?;
@@ -144,11 +138,10 @@ impl Table {
         if !self.may_contain(user_key) {
             return Ok(());
         }
-        let mut index = BlockIter::new(Arc::clone(&self.index));
-        self.seek_index(&mut index, lookup)?;
+        let mut block = self.find_block(lookup)?;
         let mut first = true;
-        while index.valid() {
-            let mut data = BlockIter::new(self.read_data_block_at(index.value())?);
+        while let Some(handle) = self.summary.handle(block) {
+            let mut data = BlockIter::new(self.read_data_block(handle, true)?);
             let positioned = if first { data.seek(lookup) } else { data.seek_to_first() };
             positioned.map_err(|e| e.into_error(&self.path))?;
             first = false;
@@ -163,25 +156,36 @@ impl Table {
                 }
                 data.next().map_err(|e| e.into_error(&self.path))?;
             }
-            index.next().map_err(|e| e.into_error(&self.path))?;
+            block += 1;
         }
         Ok(())
     }
 
+    /// The number of the first index entry (= data block) whose key is `>= target`; the number of data
+    /// blocks if there is none. The summary narrows the search to the entries whose fence equals the
+    /// target's; only those keys are decoded.
+    fn find_block(&self, target: &[u8]) -> Result<usize> {
+        let (mut lo, mut hi) = self.summary.narrow(keys::user_key_of(target));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let key = block_iter::restart_key(&self.index, mid).map_err(|e| e.into_error(&self.path))?;
+            if keys::cmp_internal(key, target) == Ordering::Less {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
     /// Positions `index` (an iterator over this table's index block) on the first entry `>= target`.
     pub(crate) fn seek_index(&self, index: &mut BlockIter, target: &[u8]) -> Result<()> {
-        let positioned = match &self.fences {
-            Some(fences) => {
-                // Entries with a smaller fence are < target, entries with a larger one are > target:
-                // only the run of equal fences needs comparing keys.
-                let fence = fence_of(keys::user_key_of(target));
-                let lo = fences.partition_point(|&f| f < fence);
-                let hi = lo + fences[lo..].partition_point(|&f| f == fence);
-                index.seek_between(target, lo.saturating_sub(1), hi.saturating_sub(1))
-            }
-            None => index.seek(target),
-        };
-        positioned.map_err(|e| e.into_error(&self.path))
+        let block = self.find_block(target)?;
+        if block == self.summary.num_blocks() {
+            index.invalidate();
+            return Ok(());
+        }
+        index.seek_to_restart(block).map_err(|e| e.into_error(&self.path))
     }
 
     /// An iterator over all entries, reading data blocks through the cache.
@@ -198,12 +202,9 @@ impl Table {
     /// Roughly where in the file the entries `>= ikey` start: the offset of the data block that would hold
     /// `ikey`, or the end of the data blocks if `ikey` is after every entry.
     pub fn approximate_offset_of(&self, ikey: &[u8]) -> u64 {
-        let mut index = BlockIter::new(Arc::clone(&self.index));
-        match index.seek(ikey) {
-            Ok(()) if index.valid() => {
-                BlockHandle::decode_varint(index.value()).map_or(self.data_end, |h| h.offset)
-            }
-            _ => self.data_end,
+        match self.find_block(ikey) {
+            Ok(block) => self.summary.block_starts.get(block).copied().unwrap_or(self.data_end),
+            Err(_) => self.data_end,
         }
     }
 
@@ -212,16 +213,17 @@ impl Table {
         &self.index
     }
 
-    /// Reads the data block an index entry's value points to, through the cache.
-    pub(crate) fn read_data_block_at(&self, index_value: &[u8]) -> Result<Arc<Block>> {
-        self.read_data_block(index_value, true)
-    }
-
     /// Reads the data block an index entry's value points to: from the cache if there, else from the file,
     /// adding it to the cache if `fill_cache`.
-    pub(crate) fn read_data_block(&self, index_value: &[u8], fill_cache: bool) -> Result<Arc<Block>> {
+    pub(crate) fn read_data_block_of(&self, index_value: &[u8], fill_cache: bool) -> Result<Arc<Block>> {
         let handle = BlockHandle::decode_varint(index_value)
             .ok_or_else(|| Error::corruption(&self.path, "bad block handle in index"))?;
+        self.read_data_block(handle, fill_cache)
+    }
+
+    /// Reads the data block at `handle`: from the cache if there, else from the file, adding it to the
+    /// cache if `fill_cache`.
+    fn read_data_block(&self, handle: BlockHandle, fill_cache: bool) -> Result<Arc<Block>> {
         if let Some(block) = self.cache.as_ref().and_then(|c| c.get(self.file_number, handle.offset)) {
             return Ok(block);
         }
@@ -277,19 +279,36 @@ fn check_layout(footer: &Footer, footer_offset: u64) -> Result<u64, String> {
     Ok(at)
 }
 
-/// The first 16 bytes of `user_key`, big-endian and zero-padded: fences order as their keys do whenever
-/// they differ (see [`keys::head_word`]).
-fn fence_of(user_key: &[u8]) -> u128 {
-    (u128::from(keys::head_word(user_key, 0)) << 64) | u128::from(keys::head_word(user_key, 1))
+/// The first [`FENCE_WORDS`] words of a key, big-endian and zero-padded: fences order as their keys do
+/// whenever they differ (see [`keys::head_word`]).
+type Fence = [u64; FENCE_WORDS];
+
+/// Words per fence: 24 bytes tell apart the keys of most tables once their shared prefix is dropped
+/// (say a 2-byte bucket and a 16-byte key), for 24 bytes of memory per data block.
+const FENCE_WORDS: usize = 3;
+
+fn fence_of(key: &[u8]) -> Fence {
+    std::array::from_fn(|i| keys::head_word(key, i))
 }
 
-/// Checks the index against the data region and the properties: keys valid and strictly increasing,
-/// handles contiguous from offset 0 to `data_end`, one entry per data block, the last key covering the
-/// largest key. Returns the entries' fences.
-fn check_index(index: &Arc<Block>, data_end: u64, props: &TableProperties) -> Result<Vec<u128>, String> {
+/// Checks the index against the data region and the properties: keys valid and strictly increasing, a
+/// restart point at every entry, handles contiguous from offset 0 to `data_end`, one entry per data block,
+/// the last key covering the largest key. Returns the index's summary.
+fn check_index(index: &Arc<Block>, data_end: u64, props: &TableProperties) -> Result<IndexSummary, String> {
+    let bad_block = |e: super::block::BlockCorruption| format!("bad index block: {}", e.0);
     let mut it = BlockIter::new(Arc::clone(index));
-    it.seek_to_first().map_err(|e| format!("bad index block: {}", e.0))?;
+    it.seek_to_first().map_err(bad_block)?;
+    // Index keys are sorted, so all share the prefix their first and last user keys share.
+    let prefix: Box<[u8]> = if it.valid() {
+        let last = block_iter::restart_key(index, index.num_restarts() - 1).map_err(bad_block)?;
+        let (first, last) = (keys::user_key_of(it.key()), keys::user_key_of(last));
+        let shared = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+        first[..shared].into()
+    } else {
+        Box::default()
+    };
     let mut fences = Vec::new();
+    let mut block_starts = Vec::new();
     let mut prev: Vec<u8> = Vec::new();
     let (mut count, mut next_offset) = (0u64, 0u64);
     while it.valid() {
@@ -302,12 +321,18 @@ fn check_index(index: &Arc<Block>, data_end: u64, props: &TableProperties) -> Re
         if handle.offset != next_offset || handle.size == 0 {
             return Err(format!("index entry {count} points to {handle:?}, expected offset {next_offset}"));
         }
+        let restart = usize::try_from(count).ok().filter(|&i| i < index.num_restarts());
+        match restart.map(|i| block_iter::restart_key(index, i)) {
+            Some(Ok(at_restart)) if at_restart == key => {}
+            _ => return Err(format!("index entry {count} is not a restart point")),
+        }
+        block_starts.push(handle.offset);
         next_offset = handle.end_with_trailer().ok_or("block handle overflows")?;
-        fences.push(fence_of(keys::user_key_of(key)));
+        fences.push(fence_of(keys::user_key_of(key).get(prefix.len()..).unwrap_or_default()));
         prev.clear();
         prev.extend_from_slice(key);
         count += 1;
-        it.next().map_err(|e| format!("bad index block: {}", e.0))?;
+        it.next().map_err(bad_block)?;
     }
     if next_offset != data_end || count != props.num_data_blocks {
         return Err(format!(
@@ -318,5 +343,54 @@ fn check_index(index: &Arc<Block>, data_end: u64, props: &TableProperties) -> Re
     if count > 0 && keys::cmp_internal(&prev, &props.largest_key).is_lt() {
         return Err("last index key is before the largest key".into());
     }
-    Ok(fences)
+    if fences.len() != index.num_restarts() && !index.is_empty() {
+        return Err(format!("index has {} restart points for {count} entries", index.num_restarts()));
+    }
+    block_starts.push(data_end);
+    Ok(IndexSummary { prefix, fences: fences.into(), block_starts: block_starts.into() })
+}
+
+/// What a point lookup needs of the index, decoded once when the table opens, so that finding a block
+/// mostly searches one compact array and decodes no index entry.
+struct IndexSummary {
+    // The user-key prefix all index keys share.
+    prefix: Box<[u8]>,
+    // INVARIANT: fences[i] is the fence of index entry i's user key past `prefix`, so fences are
+    // non-decreasing; fences.len() is the number of data blocks.
+    fences: Box<[Fence]>,
+    // INVARIANT: block_starts.len() == fences.len() + 1; data block i and its trailer span
+    // block_starts[i]..block_starts[i + 1], each at least one byte more than a trailer; the last is
+    // `data_end`.
+    block_starts: Box<[u64]>,
+}
+
+impl IndexSummary {
+    fn num_blocks(&self) -> usize {
+        self.fences.len()
+    }
+
+    /// `(lo, hi)` such that index entries before `lo` have keys below every internal key of `user_key`,
+    /// and entries from `hi` on have keys above them: only entries `lo..hi` need their keys compared.
+    fn narrow(&self, user_key: &[u8]) -> (usize, usize) {
+        let n = self.num_blocks();
+        let p = self.prefix.len();
+        let head = &user_key[..user_key.len().min(p)];
+        match head.cmp(&self.prefix[..head.len()]) {
+            Ordering::Less => return (0, 0),
+            Ordering::Greater => return (n, n),
+            // A proper prefix of the shared prefix sorts before every index key.
+            Ordering::Equal if head.len() < p => return (0, 0),
+            Ordering::Equal => {}
+        }
+        let fence = fence_of(&user_key[p..]);
+        let lo = self.fences.partition_point(|&f| f < fence);
+        let hi = lo + self.fences[lo..].partition_point(|&f| f == fence);
+        (lo, hi)
+    }
+
+    /// The handle of data block `i`, or `None` past the last block.
+    fn handle(&self, i: usize) -> Option<BlockHandle> {
+        let (start, end) = (*self.block_starts.get(i)?, *self.block_starts.get(i + 1)?);
+        Some(BlockHandle { offset: start, size: end - start - BLOCK_TRAILER_BYTES as u64 })
+    }
 }

@@ -40,7 +40,7 @@ impl TableIter {
             return Ok(());
         }
         self.loaded.clear();
-        let block = self.table.read_data_block(self.index.value(), self.fill_cache)?;
+        let block = self.table.read_data_block_of(self.index.value(), self.fill_cache)?;
         self.data.reset(block);
         self.loaded.extend_from_slice(self.index.value());
         Ok(())

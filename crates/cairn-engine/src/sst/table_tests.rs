@@ -150,6 +150,40 @@ fn lookups_find_the_visible_version_or_the_next_entry() {
 }
 
 #[test]
+fn lookups_agree_with_brute_force_when_index_fences_tie() {
+    // All keys share a long prefix, and differ only after the bytes a fence holds, so many index entries
+    // share a fence and the search must compare keys; probes also fall before, inside and after the
+    // shared prefix.
+    let long = "p".repeat(40);
+    let es: Entries = (0..600u32)
+        .map(|i| {
+            let uk = keys::user_key(3, format!("{long}{}-{:05}", "q".repeat(30), i * 2).as_bytes());
+            (keys::internal_key(&uk, 9, Kind::Set), vec![b'v'; 30])
+        })
+        .collect();
+    let (bytes, _) =
+        build(&es, TableOptions { block_bytes: 256, bloom_bits_per_key: 0, ..Default::default() });
+    let table = open(bytes, None).unwrap();
+    let mut it = table.iter();
+    let mut probes: Vec<Vec<u8>> = (0..1201u32)
+        .map(|i| keys::user_key(3, format!("{long}{}-{i:05}", "q".repeat(30)).as_bytes()))
+        .collect();
+    for other in [&b""[..], b"p", b"pp", &long.as_bytes()[..20], b"o", b"q", b"\xff"] {
+        for bucket in [2u16, 3, 4] {
+            probes.push(keys::user_key(bucket, other));
+        }
+    }
+    for uk in probes {
+        for target in [keys::lookup_key(&uk, 100), keys::lookup_key(&uk, 1)] {
+            let want = first_at_or_after(&es, &target).map(|e| e.0.clone());
+            assert_eq!(table.get(&target).unwrap().map(|e| e.0), want, "get {uk:?}");
+            it.seek(&target).unwrap();
+            assert_eq!(it.valid().then(|| it.key().to_vec()), want, "seek {uk:?}");
+        }
+    }
+}
+
+#[test]
 fn seeks_between_blocks_land_on_the_next_block() {
     // Keys whose user keys differ early give shortened separators above each block's last key.
     let es: Entries = (0..400u32)

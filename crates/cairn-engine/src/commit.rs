@@ -32,7 +32,8 @@ struct Slot {
 pub(crate) struct CommitQueue {
     queue: Mutex<VecDeque<Arc<Slot>>>,
     cv: Condvar,
-    /// Leader-only state. INVARIANT: locked only by the current leader (or by open/close).
+    /// Leader-only state. INVARIANT: locked only by the current leader, a writer committing alone (it
+    /// found the queue empty with this lock held), `flush`'s rotation, or open/close.
     leader: Mutex<LeaderState>,
 }
 
@@ -77,13 +78,26 @@ impl CommitQueue {
 
 /// Commits one batch through the queue.
 pub(crate) fn write(db: &Arc<DbInner>, batch: WriteBatch, options: WriteOptions) -> Result<()> {
+    let q = &db.commit;
+    // Alone: no writer queued and no leader at work. Commit without joining the queue (no slot to
+    // allocate, nobody to wake). A writer that queues meanwhile waits for the leader lock, as it would
+    // for a leader, so sequence order is still the order the leader lock was taken in.
+    if let Some(mut leader) = q.leader.try_lock()
+        && q.queue.lock().is_empty()
+    {
+        let mut batches = std::mem::take(&mut leader.batches);
+        batches.push(batch);
+        let outcome = commit_batches(db, &mut leader, &mut batches, options.sync);
+        batches.clear();
+        leader.batches = batches;
+        return outcome;
+    }
     let slot = Arc::new(Slot {
         bytes: batch.encoded_len(),
         batch: Mutex::new(Some(batch)),
         sync: options.sync,
         result: Mutex::new(None),
     });
-    let q = &db.commit;
     let mut queue = q.queue.lock();
     queue.push_back(Arc::clone(&slot));
     loop {
@@ -131,21 +145,38 @@ pub(crate) fn write(db: &Arc<DbInner>, batch: WriteBatch, options: WriteOptions)
 }
 
 fn commit_group(db: &Arc<DbInner>, leader: &mut LeaderState, group: &[Arc<Slot>]) -> Result<()> {
-    let mem = make_room(db, leader)?;
     let mut batches = std::mem::take(&mut leader.batches);
     batches.clear();
     let mut sync = false;
+    for s in group {
+        if let Some(b) = s.batch.lock().take() {
+            sync |= s.sync;
+            batches.push(b);
+        }
+    }
+    let outcome = commit_batches(db, leader, &mut batches, sync);
+    batches.clear();
+    leader.batches = batches;
+    outcome
+}
+
+/// Assigns `batches` their sequence numbers, appends them to the WAL with one write (and one fsync if
+/// `sync`), inserts them into the memtable and publishes them.
+fn commit_batches(
+    db: &Arc<DbInner>,
+    leader: &mut LeaderState,
+    batches: &mut [WriteBatch],
+    sync: bool,
+) -> Result<()> {
+    let mem = make_room(db, leader)?;
     leader.buf.clear();
     let mut seq = leader.last_seq;
-    for s in group {
-        let Some(mut b) = s.batch.lock().take() else { continue };
+    for b in batches.iter_mut() {
         b.set_sequence(seq + 1);
         seq += b.len() as u64;
-        sync |= s.sync;
         if leader.wal.is_some() {
             LogWriter::encode_record(&mut leader.buf, b.encoded());
         }
-        batches.push(b);
     }
     if let Some(wal) = leader.wal.as_mut() {
         let written = wal.append_framed(&leader.buf).and_then(|()| if sync { wal.sync() } else { Ok(()) });
@@ -159,7 +190,7 @@ fn commit_group(db: &Arc<DbInner>, leader: &mut LeaderState, group: &[Arc<Slot>]
         }
     }
     let mut user_bytes = 0u64;
-    for b in &batches {
+    for b in batches.iter() {
         insert_batch(&mem, b.encoded()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         user_bytes += b.encoded_len() as u64;
     }
@@ -168,8 +199,6 @@ fn commit_group(db: &Arc<DbInner>, leader: &mut LeaderState, group: &[Arc<Slot>]
     Metrics::add(&db.metrics.writes, batches.len() as u64);
     Metrics::add(&db.metrics.write_groups, 1);
     Metrics::add(&db.metrics.user_bytes_written, user_bytes);
-    batches.clear();
-    leader.batches = batches;
     Ok(())
 }
 

@@ -69,8 +69,11 @@ fn row(key: Vec<u8>, v: Versioned) -> kv::Row {
 impl kv::kv_server::Kv for KvService {
     async fn get(&self, request: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
         let r = request.into_inner();
-        let at = r.timestamp.map(ts_in);
-        let found = self.blocking(move |n| n.get(&r.key, at)).await?;
+        let found = match r.timestamp.map(ts_in) {
+            // The newest version is one point read: served here, no hand-off.
+            None => self.node.get(&r.key, None).map_err(status_of)?,
+            at => self.blocking(move |n| n.get(&r.key, at)).await?,
+        };
         let v = found.ok_or_else(|| Status::not_found("no value for this key"))?;
         Ok(Response::new(kv::GetResponse {
             header: Some(ts_out(self.node.now())),
@@ -89,7 +92,7 @@ impl kv::kv_server::Kv for KvService {
             (false, Some(ts)) => Condition::IfTimestamp(ts_in(ts)),
             (false, None) => Condition::None,
         };
-        let ts = self.blocking(move |n| n.put(&r.key, &r.value, condition)).await?;
+        let ts = self.node.put_async(r.key, r.value, condition).await.map_err(status_of)?;
         Ok(Response::new(kv::PutResponse { timestamp: Some(ts_out(ts)) }))
     }
 
@@ -98,7 +101,7 @@ impl kv::kv_server::Kv for KvService {
         request: Request<kv::DeleteRequest>,
     ) -> Result<Response<kv::DeleteResponse>, Status> {
         let r = request.into_inner();
-        let ts = self.blocking(move |n| n.delete(&r.key)).await?;
+        let ts = self.node.delete_async(r.key).await.map_err(status_of)?;
         let ts = ts.ok_or_else(|| Status::not_found("no value for this key"))?;
         Ok(Response::new(kv::DeleteResponse { timestamp: Some(ts_out(ts)) }))
     }
@@ -138,7 +141,7 @@ impl kv::kv_server::Kv for KvService {
                 }
             }
         }
-        let ts = self.blocking(move |n| n.batch(&ops)).await?;
+        let ts = self.node.batch_async(ops).await.map_err(status_of)?;
         Ok(Response::new(kv::BatchResponse { timestamp: Some(ts_out(ts)) }))
     }
 

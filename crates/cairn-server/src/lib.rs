@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod rest;
+mod writer;
 
 use crate::error::{NodeError, Result};
 use crate::node::{Node, NodeConfig};

@@ -1,18 +1,22 @@
 //! A node's local store: several engine shards over the bucket space, MVCC on top, and the one seam the
-//! APIs call ("serve a request" → "the shard that holds the key"). Everything here is synchronous; the
-//! HTTP and gRPC layers call it from blocking tasks.
+//! APIs call ("serve a request" → "the shard that holds the key"). Writes go through each shard's writer
+//! thread ([`crate::writer`]): the `*_async` methods wait for them without holding a thread, the plain ones
+//! block. Reads of the newest version are one point read and run on the caller's thread; reads at an
+//! explicit timestamp may wait for writes in flight below it, so the APIs run them on blocking tasks.
 
 use crate::error::{NodeError, Result};
-use crate::hlc::{Clock, Timestamp};
+use crate::hlc::Timestamp;
 use crate::mvcc::{self, Stored};
-use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot, WriteBatch, WriteOptions};
-use parking_lot::{Condvar, Mutex};
+use crate::writer::{Pending, ShardWriter, WriteOp, WriteOutcome};
+use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Largest key accepted, in bytes.
@@ -21,8 +25,10 @@ pub const MAX_KEY_BYTES: usize = 64 * 1024;
 pub const MAX_SCAN_LIMIT: usize = 10_000;
 /// How long a read at an explicit timestamp waits for writes below it to finish.
 const PENDING_WAIT: Duration = Duration::from_secs(5);
-/// Key stripes for conditional writes: writes to one key are serialized, to different keys they are not.
-const STRIPES: usize = 256;
+/// Most operations in one batch request.
+pub const MAX_BATCH_OPS: usize = 10_000;
+/// Most value bytes in one batch request.
+const MAX_BATCH_VALUE_BYTES: usize = 64 << 20;
 
 /// How a node's store is set up.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -108,7 +114,9 @@ pub struct ShardStatus {
 
 struct Shard {
     ranges: Vec<BucketRange>,
-    db: Db,
+    // Shared with the shard's writer thread.
+    db: Arc<Db>,
+    writer: ShardWriter,
 }
 
 /// The local store.
@@ -118,11 +126,9 @@ pub struct Node {
     shards: Vec<Shard>,
     /// Shard index per bucket.
     owner: Vec<u16>,
-    clock: Clock,
-    stripes: Vec<Mutex<()>>,
-    /// Timestamps handed to writes not yet committed.
-    pending: Mutex<BTreeMap<Timestamp, u32>>,
-    pending_done: Condvar,
+    /// The clock, and the timestamps of writes not yet committed.
+    pending: Arc<Pending>,
+    writer_threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -192,6 +198,8 @@ impl Node {
         }
         let mut owner = vec![0u16; layout.total_buckets as usize];
         let mut shards = Vec::with_capacity(layout.shards.len());
+        let pending = Arc::new(Pending::new());
+        let mut writer_threads = Vec::with_capacity(layout.shards.len());
         for (i, &(start, end)) in layout.shards.iter().enumerate() {
             let mut c = Config::new(config.store.join(format!("shard-{i}")));
             c.total_buckets = layout.total_buckets;
@@ -209,17 +217,24 @@ impl Node {
             for b in start..=end {
                 owner[b as usize] = i as u16;
             }
-            shards.push(Shard { ranges: vec![start..=end], db });
+            let db = Arc::new(db);
+            let (writer, thread) = ShardWriter::start(
+                i,
+                Arc::clone(&db),
+                Arc::clone(&pending),
+                layout.total_buckets,
+                config.sync,
+            )?;
+            writer_threads.push(thread);
+            shards.push(Shard { ranges: vec![start..=end], db, writer });
         }
         Ok(Node {
             total_buckets: layout.total_buckets,
             config,
             shards,
             owner,
-            clock: Clock::new(),
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            pending: Mutex::new(BTreeMap::new()),
-            pending_done: Condvar::new(),
+            pending,
+            writer_threads: Mutex::new(writer_threads),
         })
     }
 
@@ -230,7 +245,7 @@ impl Node {
 
     /// A fresh timestamp (the response header's).
     pub fn now(&self) -> Timestamp {
-        self.clock.now()
+        self.pending.clock().now()
     }
 
     fn shard_of(&self, bucket: u16) -> &Shard {
@@ -256,15 +271,9 @@ impl Node {
             )));
         }
         // Wait until every write that may get a timestamp at or below `at` has committed.
-        self.clock.observe(at);
-        let deadline = Instant::now() + PENDING_WAIT;
-        let mut pending = self.pending.lock();
-        while pending.keys().next().is_some_and(|&t| t <= at) {
-            if self.pending_done.wait_until(&mut pending, deadline).timed_out() {
-                return Err(NodeError::Unavailable(
-                    "writes below the read timestamp are still in flight".into(),
-                ));
-            }
+        self.pending.clock().observe(at);
+        if !self.pending.wait_below(at, Instant::now() + PENDING_WAIT) {
+            return Err(NodeError::Unavailable("writes below the read timestamp are still in flight".into()));
         }
         Ok(at)
     }
@@ -280,16 +289,7 @@ impl Node {
         let bucket = mvcc::bucket_of(key, self.total_buckets);
         if at == Timestamp::MAX {
             // The newest version: one point read of the key's latest row.
-            let Some(row) = self.shard_of(bucket).db.get(bucket, &mvcc::latest_key(key))? else {
-                return Ok(None);
-            };
-            let timestamp = mvcc::decode_timestamp(&row)
-                .ok_or_else(|| NodeError::Internal("malformed latest row in the store".into()))?;
-            return match mvcc::decode_value(&row) {
-                Some(Stored::Value(value)) => Ok(Some(Versioned { value, timestamp })),
-                Some(Stored::Tombstone) => Ok(None),
-                None => Err(NodeError::Internal("malformed latest row in the store".into())),
-            };
+            return crate::writer::read_latest(&self.shard_of(bucket).db, self.total_buckets, key);
         }
         let start = mvcc::version_key(key, at);
         let mut end = mvcc::key_prefix(key);
@@ -303,43 +303,6 @@ impl Node {
         }
     }
 
-    fn begin_write(&self) -> Timestamp {
-        let mut pending = self.pending.lock();
-        let ts = self.clock.now();
-        *pending.entry(ts).or_insert(0) += 1;
-        ts
-    }
-
-    fn end_write(&self, ts: Timestamp) {
-        let mut pending = self.pending.lock();
-        if let Some(n) = pending.get_mut(&ts) {
-            *n -= 1;
-            if *n == 0 {
-                pending.remove(&ts);
-            }
-        }
-        drop(pending);
-        self.pending_done.notify_all();
-    }
-
-    fn write_version(&self, key: &[u8], value: Option<&[u8]>) -> Result<Timestamp> {
-        let shard = self.owner[usize::from(mvcc::bucket_of(key, self.total_buckets))];
-        self.commit(shard, &[(key, value)])
-    }
-
-    /// Writes the versions in `ops` (all keys of shard `shard`) atomically at one fresh timestamp.
-    fn commit(&self, shard: u16, ops: &[(&[u8], Option<&[u8]>)]) -> Result<Timestamp> {
-        let ts = self.begin_write();
-        let mut batch = WriteBatch::new();
-        for (key, value) in ops {
-            add_version(&mut batch, mvcc::bucket_of(key, self.total_buckets), key, ts, *value);
-        }
-        let result = self.shards[usize::from(shard)].db.write(batch, WriteOptions { sync: self.config.sync });
-        self.end_write(ts);
-        result?;
-        Ok(ts)
-    }
-
     fn check_value(&self, value: &[u8]) -> Result<()> {
         if value.len() > self.config.max_value_bytes {
             return Err(NodeError::TooLarge(format!(
@@ -351,63 +314,69 @@ impl Node {
         Ok(())
     }
 
-    fn stripe(&self, key: &[u8]) -> &Mutex<()> {
-        &self.stripes[stripe_index(key)]
+    fn shard_index(&self, key: &[u8]) -> usize {
+        usize::from(self.owner[usize::from(mvcc::bucket_of(key, self.total_buckets))])
     }
 
-    /// Writes `value` as the newest version of `key`, if `condition` holds; returns its timestamp.
+    fn writer_of(&self, key: &[u8]) -> &ShardWriter {
+        &self.shards[self.shard_index(key)].writer
+    }
+
+    /// Writes `value` as the newest version of `key`, if `condition` holds; returns its timestamp. Blocks
+    /// until the write is durable (as configured); async callers use [`Node::put_async`].
     pub fn put(&self, key: &[u8], value: &[u8], condition: Condition) -> Result<Timestamp> {
         self.check_key(key)?;
         self.check_value(value)?;
-        let _one_writer_per_key = self.stripe(key).lock();
-        match condition {
-            Condition::None => {}
-            Condition::IfAbsent => {
-                if let Some(current) = self.read_latest(key, Timestamp::MAX)? {
-                    return Err(NodeError::Precondition(format!(
-                        "key exists (current version {})",
-                        current.timestamp
-                    )));
-                }
-            }
-            Condition::IfTimestamp(want) => match self.read_latest(key, Timestamp::MAX)? {
-                Some(current) if current.timestamp == want => {}
-                Some(current) => {
-                    return Err(NodeError::Precondition(format!(
-                        "current version is {}, not {want}",
-                        current.timestamp
-                    )));
-                }
-                None => return Err(NodeError::Precondition(format!("key is absent, not at version {want}"))),
-            },
-        }
-        self.write_version(key, Some(value))
+        let op = WriteOp::Put { key: key.to_vec(), value: value.to_vec(), condition };
+        written(self.writer_of(key).write_blocking(op))
+    }
+
+    /// [`Node::put`] for async callers: waits without holding a thread.
+    pub async fn put_async(&self, key: Vec<u8>, value: Vec<u8>, condition: Condition) -> Result<Timestamp> {
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        let writer = self.writer_of(&key);
+        written(writer.write(WriteOp::Put { key, value, condition }).await)
     }
 
     /// Deletes `key` (writes a tombstone version); `None` if it had no live value.
     pub fn delete(&self, key: &[u8]) -> Result<Option<Timestamp>> {
         self.check_key(key)?;
-        let _one_writer_per_key = self.stripe(key).lock();
-        if self.read_latest(key, Timestamp::MAX)?.is_none() {
-            return Ok(None);
-        }
-        self.write_version(key, None).map(Some)
+        self.writer_of(key).write_blocking(WriteOp::Delete { key: key.to_vec() })
+    }
+
+    /// [`Node::delete`] for async callers.
+    pub async fn delete_async(&self, key: Vec<u8>) -> Result<Option<Timestamp>> {
+        self.check_key(&key)?;
+        let writer = self.writer_of(&key);
+        writer.write(WriteOp::Delete { key }).await
     }
 
     /// Applies `ops` (key, `Some(value)` to put, `None` to delete) atomically at one timestamp. Every key
     /// must belong to one shard (cross-shard atomicity comes with transactions).
-    pub fn batch(&self, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Timestamp> {
+    pub fn batch(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Timestamp> {
+        let shard = self.check_batch(&ops)?;
+        written(self.shards[shard].writer.write_blocking(WriteOp::Batch { ops }))
+    }
+
+    /// [`Node::batch`] for async callers.
+    pub async fn batch_async(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Timestamp> {
+        let shard = self.check_batch(&ops)?;
+        written(self.shards[shard].writer.write(WriteOp::Batch { ops }).await)
+    }
+
+    /// Checks a batch's size, keys and values; returns the one shard all its keys belong to.
+    fn check_batch(&self, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<usize> {
         let Some((first, _)) = ops.first() else {
             return Err(NodeError::InvalidArgument("the batch is empty".into()));
         };
-        if ops.len() > 10_000 {
+        if ops.len() > MAX_BATCH_OPS {
             return Err(NodeError::InvalidArgument(format!(
-                "a batch holds at most 10000 operations, not {}",
+                "a batch holds at most {MAX_BATCH_OPS} operations, not {}",
                 ops.len()
             )));
         }
-        let shard_of = |key: &[u8]| self.owner[usize::from(mvcc::bucket_of(key, self.total_buckets))];
-        let shard = shard_of(first);
+        let shard = self.shard_index(first);
         let mut bytes = 0usize;
         for (key, value) in ops {
             self.check_key(key)?;
@@ -415,24 +384,17 @@ impl Node {
                 self.check_value(v)?;
                 bytes += v.len();
             }
-            if shard_of(key) != shard {
+            if self.shard_index(key) != shard {
                 return Err(NodeError::InvalidArgument(format!(
                     "the batch's keys belong to shards {shard} and {}: a batch must stay within one shard",
-                    shard_of(key)
+                    self.shard_index(key)
                 )));
             }
         }
-        if bytes > 64 << 20 {
+        if bytes > MAX_BATCH_VALUE_BYTES {
             return Err(NodeError::TooLarge(format!("the batch holds {bytes} bytes of values, over 64 MiB")));
         }
-        // Lock the keys' stripes in one order, so batches never wait on each other in a cycle.
-        let mut stripes: Vec<usize> = ops.iter().map(|(k, _)| stripe_index(k)).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let _guards: Vec<_> = stripes.iter().map(|&i| self.stripes[i].lock()).collect();
-        let ops: Vec<(&[u8], Option<&[u8]>)> =
-            ops.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
-        self.commit(shard, &ops)
+        Ok(shard)
     }
 
     /// Up to `limit` live keys in `[start, end)` (`end` `None`: to the last key) in key order, each with
@@ -525,26 +487,31 @@ impl Node {
         self.total_buckets
     }
 
-    /// Closes every shard (flushing nothing extra: the WAL already holds every write).
+    /// Stops the writers (writes still queued are committed first) and closes every shard, flushing
+    /// nothing extra: the WAL already holds every write.
     pub fn close(self) -> Result<()> {
-        for s in self.shards {
-            s.db.close()?;
+        let Node { shards, writer_threads, .. } = self;
+        let mut dbs = Vec::with_capacity(shards.len());
+        for shard in shards {
+            // Dropping the last sender ends the writer once its queue is drained.
+            drop(shard.writer);
+            dbs.push(shard.db);
+        }
+        for thread in writer_threads.into_inner() {
+            thread.join().map_err(|_| NodeError::Internal("a shard writer thread panicked".into()))?;
+        }
+        for db in dbs {
+            let db = Arc::try_unwrap(db)
+                .map_err(|_| NodeError::Internal("a shard is still in use while closing".into()))?;
+            db.close()?;
         }
         Ok(())
     }
 }
 
-/// The lock stripe of `key`.
-fn stripe_index(key: &[u8]) -> usize {
-    (xxhash_rust::xxh3::xxh3_64(key) as usize) % STRIPES
-}
-
-/// Adds `key`'s version at `ts` and its latest row to `batch` (one atomic write).
-fn add_version(batch: &mut WriteBatch, bucket: u16, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
-    let encoded = mvcc::encode_value(value);
-    batch.put(bucket, &mvcc::version_key(key, ts), 0, &encoded);
-    // A whole-row write: a read of the latest row never folds through older deltas of a hot key.
-    batch.put_row(bucket, &mvcc::latest_key(key), &[(0, &encoded), (1, &mvcc::encode_timestamp(ts))]);
+/// The timestamp of a put or batch (which always write).
+fn written(outcome: WriteOutcome) -> Result<Timestamp> {
+    outcome?.ok_or_else(|| NodeError::Internal("a write reported nothing written".into()))
 }
 
 fn version_of(engine_key: &[u8], row: &cairn_engine::Row) -> Result<Option<Versioned>> {
@@ -641,6 +608,49 @@ mod tests {
         assert!(matches!(n.scan(b"", None, MAX_SCAN_LIMIT + 1, None), Err(NodeError::InvalidArgument(_))));
         let old = Timestamp { wall_time: 1, logical: 0 };
         assert!(matches!(n.get(b"a", Some(old)), Err(NodeError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn concurrent_conditional_writes_are_serialized_per_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let n = node(tmp.path());
+        // Exactly one of many racing put-if-absent calls wins.
+        let wins: usize = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..16u8)
+                .map(|i| {
+                    let n = &n;
+                    s.spawn(move || n.put(b"once", &[i], Condition::IfAbsent).is_ok())
+                })
+                .collect();
+            racers.into_iter().map(|r| usize::from(r.join().unwrap())).sum()
+        });
+        assert_eq!(wins, 1);
+        // Compare-and-set increments from several threads lose no update.
+        n.put(b"counter", &0u32.to_be_bytes(), Condition::None).unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        loop {
+                            let v = n.get(b"counter", None).unwrap().unwrap();
+                            let next = u32::from_be_bytes(v.value.try_into().unwrap()) + 1;
+                            let put =
+                                n.put(b"counter", &next.to_be_bytes(), Condition::IfTimestamp(v.timestamp));
+                            match put {
+                                Ok(_) => break,
+                                Err(NodeError::Precondition(_)) => continue,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let v = n.get(b"counter", None).unwrap().unwrap();
+        assert_eq!(u32::from_be_bytes(v.value.try_into().unwrap()), 200);
+        // Closing stops the writers and releases every shard.
+        n.close().unwrap();
+        assert_eq!(node(tmp.path()).get(b"counter", None).unwrap().unwrap().timestamp, v.timestamp);
     }
 
     #[test]

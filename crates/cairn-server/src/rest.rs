@@ -198,9 +198,14 @@ async fn blocking<T: Send + 'static>(
 /// The version an entry URL (`?timestamp=` optional) names, if any.
 async fn read_entry(state: &AppState, uri: &Uri) -> ApiResult<Option<Versioned>> {
     let key = entry_key(uri)?;
-    let at = timestamp_param(&query(uri)?, "timestamp")?;
-    let node = Arc::clone(&state.node);
-    blocking(move || node.get(&key, at)).await
+    match timestamp_param(&query(uri)?, "timestamp")? {
+        // The newest version is one point read: served here, no hand-off.
+        None => state.node.get(&key, None).map_err(ApiError),
+        at => {
+            let node = Arc::clone(&state.node);
+            blocking(move || node.get(&key, at)).await
+        }
+    }
 }
 
 async fn get_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
@@ -234,15 +239,13 @@ async fn put_entry(State(state): State<AppState>, uri: Uri, body: Body) -> ApiRe
         (None, Some(ts)) => Condition::IfTimestamp(ts),
         (None, None) => Condition::None,
     };
-    let node = Arc::clone(&state.node);
-    let ts = blocking(move || node.put(&key, &value, condition)).await?;
+    let ts = state.node.put_async(key, value.to_vec(), condition).await.map_err(ApiError)?;
     Ok(Json(json!({"header": {"timestamp": ts_json(ts)}})))
 }
 
 async fn delete_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
     let key = entry_key(&uri)?;
-    let node = Arc::clone(&state.node);
-    match blocking(move || node.delete(&key)).await? {
+    match state.node.delete_async(key).await.map_err(ApiError)? {
         Some(ts) => Ok(Json(json!({"header": {"timestamp": ts_json(ts)}}))),
         None => Err(ApiError(NodeError::NotFound("no value for this key".into()))),
     }

@@ -122,6 +122,7 @@ impl Bench<'_> {
         c.total_buckets = TOTAL_BUCKETS;
         c.block_cache_bytes = self.args.cache_mb << 20;
         c.bloom_bits_per_key = self.args.bloom_bits;
+        c.block_restart_interval = self.args.restart_interval;
         c.compression = match self.args.compression {
             CompressionArg::Lz4 => Compression::Lz4,
             CompressionArg::None => Compression::None,

@@ -49,6 +49,9 @@ pub struct EngineArgs {
     /// Bloom filter bits per key (0 disables filters).
     #[arg(long, default_value_t = 10)]
     pub bloom_bits: u32,
+    /// Entries between restart points in data blocks (the engine's default is 8).
+    #[arg(long, default_value_t = 8)]
+    pub restart_interval: usize,
     /// Block compression.
     #[arg(long, value_enum, default_value_t = CompressionArg::Lz4)]
     pub compression: CompressionArg,

@@ -35,7 +35,8 @@ pub struct Config {
     pub table_cache_files: usize,
     /// Uncompressed data block size target. Default: 4096.
     pub block_bytes: usize,
-    /// Entries between restart points in a block. Default: 16.
+    /// Entries between restart points in a data block. Default: 8 (a point read scans at most 8 entries
+    /// after its binary search; 16 reads ~5% slower for ~1% less space).
     pub block_restart_interval: usize,
     /// Bloom filter bits per key; 0 turns filters off. Default: 10 (~1% false positives).
     pub bloom_bits_per_key: u32,
@@ -92,7 +93,7 @@ impl Config {
             block_cache_bytes: 128 << 20,
             table_cache_files: 1000,
             block_bytes: 4096,
-            block_restart_interval: 16,
+            block_restart_interval: 8,
             bloom_bits_per_key: 10,
             compression: Compression::Lz4,
             l0_compaction_trigger: 4,

@@ -12,7 +12,7 @@ pub const MAX_BLOOM_BITS_PER_KEY: u32 = 64;
 pub struct TableOptions {
     /// Target uncompressed size of a data block; a block is cut once it reaches this. Default 4096.
     pub block_bytes: usize,
-    /// Entries between restart points in data blocks (index blocks use 1). Default 16.
+    /// Entries between restart points in data blocks (index blocks use 1). Default 8.
     pub restart_interval: usize,
     /// Bloom filter bits per distinct user key; 0 writes no filter. Default 10 (about 1% false positives).
     pub bloom_bits_per_key: u32,
@@ -24,7 +24,7 @@ impl Default for TableOptions {
     fn default() -> TableOptions {
         TableOptions {
             block_bytes: 4096,
-            restart_interval: 16,
+            restart_interval: 8,
             bloom_bits_per_key: 10,
             compression: Compression::Lz4,
         }

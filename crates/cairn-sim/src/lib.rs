@@ -1,1 +1,3 @@
 //! cairn deterministic simulation and history checking (tests only).
+
+pub mod linearizability;

@@ -1,1 +1,3 @@
 //! cairn cluster layer: replicated shard groups, shard map and placement over cairn-engine.
+
+pub mod raft_log;

@@ -39,7 +39,7 @@ pub mod fs;
 mod iter;
 mod keys;
 mod level_iter;
-mod log;
+pub mod log;
 mod memtable;
 mod merging_iter;
 mod metrics;

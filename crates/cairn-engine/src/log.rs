@@ -66,6 +66,11 @@ impl LogWriter {
         self.file.len()
     }
 
+    /// True if nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.file.is_empty()
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -1,3 +1,4 @@
 //! cairn cluster layer: replicated shard groups, shard map and placement over cairn-engine.
 
+pub mod raft;
 pub mod raft_log;

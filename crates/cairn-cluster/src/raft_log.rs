@@ -118,7 +118,8 @@ impl RaftLogConfig {
 /// One group's log in memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct GroupLog {
-    // INVARIANT: indexes are consecutive, and the first is purged.index + 1 (or 1 if nothing was purged).
+    // INVARIANT: indexes are consecutive and above the purge point. An empty log takes its first entry at
+    // any index above the purge point (Raft logs start at 0, or wherever a snapshot left them).
     entries: VecDeque<LogEntry>,
     vote: Option<Vec<u8>>,
     purged: Option<LogPosition>,
@@ -129,23 +130,30 @@ impl GroupLog {
         match (self.entries.back(), self.purged) {
             (Some(e), _) => e.index + 1,
             (None, Some(p)) => p.index + 1,
-            (None, None) => 1,
+            (None, None) => 0,
         }
     }
 
+    /// The lowest index an entry may have: just above the purge point.
     fn first_index(&self) -> u64 {
-        self.purged.map_or(1, |p| p.index + 1)
+        self.purged.map_or(0, |p| p.index + 1)
+    }
+
+    /// Index of the first entry held (the next index if none).
+    fn front_index(&self) -> u64 {
+        self.entries.front().map_or_else(|| self.next_index(), |e| e.index)
     }
 
     /// Drops entries at `index` and after.
     fn cut(&mut self, index: u64) {
-        let keep = index.saturating_sub(self.first_index()) as usize;
+        let keep = index.saturating_sub(self.front_index()) as usize;
         self.entries.truncate(keep);
     }
 
     fn append(&mut self, entries: Vec<LogEntry>) -> Result<(), String> {
         let Some(first) = entries.first() else { return Ok(()) };
-        if first.index < self.first_index() || first.index > self.next_index() {
+        let hole = !self.entries.is_empty() && first.index > self.next_index();
+        if first.index < self.first_index() || hole {
             return Err(format!(
                 "append at {} leaves a hole or rewrites purged entries (log holds {}..{})",
                 first.index,
@@ -165,7 +173,7 @@ impl GroupLog {
         if self.purged.is_some_and(|p| p.index > upto.index) {
             return Err(format!("purge to {} is behind the purge point {:?}", upto.index, self.purged));
         }
-        let drop = (upto.index + 1).saturating_sub(self.first_index()) as usize;
+        let drop = (upto.index + 1).saturating_sub(self.front_index()) as usize;
         self.entries.drain(..drop.min(self.entries.len()));
         self.purged = Some(upto);
         Ok(())
@@ -372,7 +380,7 @@ fn replay(
             entries.retain(|e| e.index >= first);
             // Entries before these that lived only in deleted segments: placeholders, which a later
             // truncation or purge must remove.
-            if let Some(start) = entries.first().map(|e| e.index) {
+            if let Some(start) = entries.first().map(|e| e.index).filter(|_| !g.entries.is_empty()) {
                 for index in g.next_index()..start {
                     g.entries.push_back(LogEntry { index, term: MISSING_TERM, payload: Vec::new() });
                 }
@@ -709,7 +717,7 @@ impl RaftLog {
     pub fn entries(&self, group: GroupId, range: std::ops::Range<u64>) -> Vec<LogEntry> {
         let state = self.shared.state.lock();
         let Some(g) = state.groups.get(&group) else { return Vec::new() };
-        let first = g.first_index();
+        let first = g.front_index();
         let start = range.start.max(first);
         let end = range.end.min(g.next_index());
         if start >= end {

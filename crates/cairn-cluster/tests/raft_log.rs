@@ -43,7 +43,7 @@ struct ModelGroup {
 
 impl ModelGroup {
     fn first(&self) -> u64 {
-        self.purged.map_or(1, |p| p.index + 1)
+        self.purged.map_or(0, |p| p.index + 1)
     }
 
     fn next(&self) -> u64 {
@@ -200,7 +200,7 @@ fn matches_a_model_across_reopens_rotations_and_collection() {
     // Fill a few segments so rotation (and with it collection) runs.
     for i in 0..200u64 {
         let (tx, rx) = mpsc::channel();
-        let next = log.state(9).1.map_or(1, |p| p.index + 1);
+        let next = log.state(9).1.map_or(0, |p| p.index + 1);
         let e = LogEntry { index: next, term: 1, payload: vec![0; 200] };
         log.append(9, vec![e], Box::new(move |r| tx.send(r).unwrap())).unwrap();
         rx.recv().unwrap().unwrap();
@@ -371,13 +371,13 @@ fn appends_of_many_groups_share_fsyncs() {
         log.append(group, vec![e], Box::new(move |r| tx.send(r).unwrap())).unwrap();
     };
     // The flusher takes this one and waits in its fsync...
-    append(0, 1);
+    append(0, 0);
     // ...while 8 groups queue 10 appends each, readable at once.
     for group in 1..=8 {
-        for index in 1..=10 {
+        for index in 0..10 {
             append(group, index);
         }
-        assert_eq!(log.entries(group, 1..11).len(), 10);
+        assert_eq!(log.entries(group, 0..10).len(), 10);
     }
     assert_eq!(log.syncs(), 0);
     *gate.0.lock() = false;
@@ -393,7 +393,7 @@ fn appends_of_many_groups_share_fsyncs() {
 fn damage_is_corruption_and_a_torn_tail_is_not() {
     let fs = Arc::new(MemFs::new());
     let log = RaftLog::open(config(&fs, 1 << 20)).unwrap();
-    for index in 1..=50u64 {
+    for index in 0..50u64 {
         let e = LogEntry { index, term: 1, payload: vec![7; 100] };
         log.append(1, vec![e], Box::new(|_| {})).unwrap();
     }
@@ -407,7 +407,7 @@ fn damage_is_corruption_and_a_torn_tail_is_not() {
     // A torn tail (a record cut short by a crash) ends the log: everything before it is there.
     fs.truncate(&path, len - 3).unwrap();
     let log = RaftLog::open(config(&fs, 1 << 20)).unwrap();
-    assert_eq!(log.entries(1, 1..100).len(), 50);
+    assert_eq!(log.entries(1, 0..100).len(), 50);
     assert_eq!(log.vote(1), None, "the torn record was the vote");
     log.close().unwrap();
 
@@ -425,18 +425,18 @@ fn bad_requests_are_refused_without_changing_the_log() {
     let fs = Arc::new(MemFs::new());
     let log = RaftLog::open(config(&fs, 1 << 20)).unwrap();
     let e = |index| LogEntry { index, term: 1, payload: vec![] };
-    log.append(1, vec![e(1), e(2)], Box::new(|_| {})).unwrap();
-    let hole = log.append(1, vec![e(4)], Box::new(|_| {}));
+    log.append(1, vec![e(0), e(1)], Box::new(|_| {})).unwrap();
+    let hole = log.append(1, vec![e(3)], Box::new(|_| {}));
     assert!(matches!(hole, Err(RaftLogError::InvalidArgument(_))), "{hole:?}");
-    let gap = log.append(1, vec![e(3), e(5)], Box::new(|_| {}));
+    let gap = log.append(1, vec![e(2), e(4)], Box::new(|_| {}));
     assert!(matches!(gap, Err(RaftLogError::InvalidArgument(_))), "{gap:?}");
-    log.purge(1, LogPosition { term: 1, index: 2 }).unwrap();
-    let behind = log.purge(1, LogPosition { term: 1, index: 1 });
+    log.purge(1, LogPosition { term: 1, index: 1 }).unwrap();
+    let behind = log.purge(1, LogPosition { term: 1, index: 0 });
     assert!(matches!(behind, Err(RaftLogError::InvalidArgument(_))), "{behind:?}");
-    let purged = log.append(1, vec![e(2)], Box::new(|_| {}));
+    let purged = log.append(1, vec![e(1)], Box::new(|_| {}));
     assert!(matches!(purged, Err(RaftLogError::InvalidArgument(_))), "{purged:?}");
     assert_eq!(
         log.state(1),
-        (Some(LogPosition { term: 1, index: 2 }), Some(LogPosition { term: 1, index: 2 }))
+        (Some(LogPosition { term: 1, index: 1 }), Some(LogPosition { term: 1, index: 1 }))
     );
 }

@@ -140,6 +140,30 @@ impl WriteBatch {
         self.max_key_len = 0;
     }
 
+    /// The batch's encoding (the format in the module doc; its sequence field is meaningless until
+    /// commit). What replication ships; [`WriteBatch::extend_from_bytes`] reads it back.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.rep
+    }
+
+    /// Appends every entry of an encoded batch (from [`WriteBatch::as_bytes`]), checking its structure
+    /// first: on error nothing is appended.
+    pub fn extend_from_bytes(&mut self, encoded: &[u8]) -> crate::Result<()> {
+        let bad = |e: &str| crate::Error::InvalidArgument(format!("malformed write batch: {e}"));
+        let mut entries = Vec::new();
+        for entry in BatchIter::new(encoded).map_err(bad)? {
+            let (kind, user_key, value) = entry.map_err(bad)?;
+            let [hi, lo, key @ ..] = user_key else {
+                return Err(bad("entry key shorter than its bucket"));
+            };
+            entries.push((kind, u16::from_be_bytes([*hi, *lo]), key, value));
+        }
+        for (kind, bucket, key, value) in entries {
+            self.push(kind, bucket, key, value.len(), |out| out.extend_from_slice(value));
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_sequence(&mut self, seq: u64) {
         self.rep[..8].copy_from_slice(&seq.to_le_bytes());
     }
@@ -223,6 +247,30 @@ impl<'a> Iterator for BatchIter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_batches_extend_others_and_bad_bytes_are_refused() {
+        let mut a = WriteBatch::new();
+        a.put(3, b"a", 0, b"v");
+        a.delete(9, b"b");
+        let mut b = WriteBatch::new();
+        b.put_row(4, b"r", &[(0, b"x")]);
+        b.extend_from_bytes(a.as_bytes()).unwrap();
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.buckets().collect::<Vec<_>>(), [4, 3, 9]);
+        let mut copy = WriteBatch::new();
+        copy.extend_from_bytes(b.as_bytes()).unwrap();
+        assert_eq!(copy.as_bytes(), b.as_bytes());
+        for bad in [&a.as_bytes()[..5], &a.as_bytes()[..a.as_bytes().len() - 1], &[0u8; 12][..]] {
+            let mut target = WriteBatch::new();
+            let outcome = target.extend_from_bytes(bad);
+            assert!(outcome.is_err() || bad.len() == 12, "{bad:?}");
+            assert!(target.is_empty());
+        }
+        let mut trailing = a.as_bytes().to_vec();
+        trailing.push(0);
+        assert!(WriteBatch::new().extend_from_bytes(&trailing).is_err());
+    }
 
     #[test]
     fn batch_round_trips() {

@@ -2,8 +2,10 @@
 //! [`GroupLogStore`] that stores one group's Raft log in the node's shared [`RaftLog`]. Nothing outside
 //! this module names an openraft type.
 
+mod apply;
 mod log_store;
 
+pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, ShardApplier};
 pub use log_store::GroupLogStore;
 
 use serde::{Deserialize, Serialize};

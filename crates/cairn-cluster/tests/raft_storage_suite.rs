@@ -1,8 +1,8 @@
-//! openraft's storage conformance suite against `GroupLogStore` (the node Raft log seen by one group).
-//! The suite also exercises a state machine; this one is a plain in-memory map of applied log ids and
-//! membership, enough for the suite's checks: the engine-backed state machine has its own tests.
+//! openraft's storage conformance suite against `GroupLogStore` (the node Raft log seen by one group),
+//! once with the shard's real state machine (`ShardStateMachine`: the engine, snapshots as engine shard
+//! snapshots) and once with a plain in-memory one, so a failure points at the log or at the engine side.
 
-use cairn_cluster::raft::{CommandResult, GroupLogStore, TypeConfig};
+use cairn_cluster::raft::{CommandResult, GroupLogStore, ShardStateMachine, TypeConfig};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FileSystem, MemFs};
 use futures_util::StreamExt;
@@ -118,4 +118,39 @@ impl StoreBuilder<TypeConfig, GroupLogStore, MemStateMachine, Arc<RaftLog>> for 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_log_store_passes_openrafts_storage_suite() {
     Suite::test_all(Builder).await.unwrap();
+}
+
+/// Fresh node logs and fresh shards, all on one in-memory file system, so a snapshot one shard takes can
+/// be installed by another.
+struct EngineBuilder {
+    fs: Arc<MemFs>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl StoreBuilder<TypeConfig, GroupLogStore, ShardStateMachine, Arc<RaftLog>> for EngineBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(Arc<RaftLog>, GroupLogStore, ShardStateMachine), StorageError<TypeConfig>> {
+        let err = |e: String| {
+            StorageError::read(<TypeConfig as TypeConfigExt>::err_from_error(&io::Error::other(e)))
+        };
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fs: Arc<dyn FileSystem> = Arc::clone(&self.fs) as Arc<dyn FileSystem>;
+        let log = RaftLog::open(RaftLogConfig::new(format!("/node-{n}/raft"), Arc::clone(&fs)))
+            .map_err(|e| err(e.to_string()))?;
+        let log = Arc::new(log);
+        let mut template = cairn_engine::Config::new(format!("/node-{n}/shard"));
+        template.fs = fs;
+        template.wal = false;
+        template.total_buckets = 16;
+        let sm = ShardStateMachine::open(format!("/node-{n}/shard").into(), template, vec![0..=15], 0)
+            .map_err(|e| err(e.to_string()))?;
+        Ok((Arc::clone(&log), GroupLogStore::new(log, 7), sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_log_store_and_shard_state_machine_pass_openrafts_storage_suite() {
+    let builder = EngineBuilder { fs: Arc::new(MemFs::new()), next: std::sync::atomic::AtomicU64::new(0) };
+    Suite::test_all(builder).await.unwrap();
 }

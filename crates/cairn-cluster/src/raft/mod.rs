@@ -4,9 +4,11 @@
 
 mod apply;
 mod log_store;
+mod state_machine;
 
 pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, ShardApplier};
 pub use log_store::GroupLogStore;
+pub use state_machine::{ShardSnapshotRef, ShardStateMachine};
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,178 @@
+//! A shard group's openraft state machine: the shard's engine `Db`, fed by [`ShardApplier`].
+//!
+//! A Raft snapshot is an engine shard snapshot (its files linked, not copied, on the shard's snapshot
+//! volume) taken at the applied position, described by [`ShardSnapshotRef`]: where it lives and its
+//! content digest. Installing one opens the shard from that snapshot in a fresh directory (the engine
+//! restores by linking on one file system, or copies from another volume, fetching only what is missing)
+//! and swaps it in. Streaming the files from the leader over the network comes with the network layer;
+//! here the volume must be reachable by both sides (the same file system or object store). The replaced
+//! generation's directory is left in place (its snapshots may still be read by others); removing old
+//! generations is the next step, together with snapshot retention.
+
+use super::TypeConfig;
+use super::apply::{AppliedState, ShardApplier};
+use cairn_engine::{Config, Db};
+use futures_util::StreamExt;
+use openraft::OptionalSend;
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where a Raft snapshot's engine snapshot lives, and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSnapshotRef {
+    /// The snapshot volume's URL.
+    pub volume: String,
+    /// The shard that took it.
+    pub db_id: String,
+    /// Its id within that shard.
+    pub snapshot_id: u64,
+    /// Content digest (32 hex digits): equal for replicas that applied the same entries.
+    pub digest: String,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+struct Inner {
+    applier: ShardApplier,
+    db: Arc<Db>,
+    // Shard directories live under `root` as `gen-<n>`; installing a snapshot opens the next generation.
+    root: PathBuf,
+    generation: u64,
+    // The settings every generation is opened with (its `dir` is replaced).
+    template: Config,
+    meta_bucket: u16,
+    current: Option<(SnapshotMetaOf<TypeConfig>, ShardSnapshotRef)>,
+}
+
+/// The state machine of one shard group. Cloning shares it (the snapshot builder is a clone).
+#[derive(Clone)]
+pub struct ShardStateMachine {
+    inner: Arc<parking_lot::Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for ShardStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStateMachine").field("root", &self.inner.lock().root).finish_non_exhaustive()
+    }
+}
+
+impl ShardStateMachine {
+    /// Opens (or creates) the shard under `root` with `template`'s settings (its WAL should be off: the
+    /// Raft log is the log), owning `buckets`; the applied position lives in `meta_bucket`.
+    pub fn open(
+        root: PathBuf,
+        template: Config,
+        buckets: Vec<cairn_engine::BucketRange>,
+        meta_bucket: u16,
+    ) -> cairn_engine::Result<ShardStateMachine> {
+        let fs = Arc::clone(&template.fs);
+        fs.create_dir_all(&root)?;
+        let generation = fs
+            .list(&root)?
+            .iter()
+            .filter_map(|n| n.strip_prefix("gen-").and_then(|g| g.parse::<u64>().ok()))
+            .max()
+            .unwrap_or(0);
+        let mut config = template.clone();
+        config.dir = root.join(format!("gen-{generation}"));
+        let db = Arc::new(Db::open(config, buckets)?);
+        let applier = ShardApplier::new(Arc::clone(&db), meta_bucket);
+        let inner = Inner { applier, db, root, generation, template, meta_bucket, current: None };
+        Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)) })
+    }
+
+    /// The shard's engine.
+    pub fn db(&self) -> Arc<Db> {
+        Arc::clone(&self.inner.lock().db)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
+    type SnapshotData = ShardSnapshotRef;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, ShardSnapshotRef>, io::Error> {
+        let mut inner = self.inner.lock();
+        // Every applied entry is in the engine (applies are synchronous), so the snapshot taken now is
+        // exactly the applied position read alongside it.
+        let (last_log_id, last_membership): AppliedState = inner.applier.applied().map_err(io_err)?;
+        let snapshot_id = inner.db.snapshot().map_err(io_err)?;
+        let input = inner.db.shard_snapshot_input(snapshot_id).map_err(io_err)?;
+        let data =
+            ShardSnapshotRef { volume: input.volume, db_id: input.db_id, snapshot_id, digest: input.digest };
+        let meta = SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership };
+        inner.current = Some((meta.clone(), data.clone()));
+        Ok(SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot: data })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ShardStateMachine {
+    type SnapshotData = ShardSnapshotRef;
+    type SnapshotBuilder = ShardStateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        self.inner.lock().applier.applied().map_err(io_err)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm:
+            futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            batch.push(entry);
+            responders.push(responder);
+        }
+        let results = self.inner.lock().applier.apply(&batch).map_err(io_err)?;
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: ShardSnapshotRef,
+    ) -> Result<(), io::Error> {
+        let mut inner = self.inner.lock();
+        let next = inner.generation + 1;
+        let mut config = inner.template.clone();
+        config.dir = inner.root.join(format!("gen-{next}"));
+        config.snapshot_volume = Some(snapshot.volume.clone());
+        let db =
+            Db::open_from_snapshot(config, snapshot.snapshot_id, snapshot.db_id.clone()).map_err(io_err)?;
+        let db = Arc::new(db);
+        inner.applier = ShardApplier::new(Arc::clone(&db), inner.meta_bucket);
+        inner.db = db;
+        inner.generation = next;
+        inner.current = Some((meta.clone(), snapshot));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, ShardSnapshotRef>>, io::Error> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .current
+            .clone()
+            .map(|(meta, snapshot)| SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot }))
+    }
+}

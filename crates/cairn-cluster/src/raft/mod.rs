@@ -8,7 +8,7 @@ mod state_machine;
 
 pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, ShardApplier};
 pub use log_store::GroupLogStore;
-pub use state_machine::{ShardSnapshotRef, ShardStateMachine};
+pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};
 
 use serde::{Deserialize, Serialize};
 

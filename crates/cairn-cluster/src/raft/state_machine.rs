@@ -91,6 +91,59 @@ impl ShardStateMachine {
     pub fn db(&self) -> Arc<Db> {
         Arc::clone(&self.inner.lock().db)
     }
+
+    /// Checks this replica against a snapshot another replica took (seed 004): if this one has applied
+    /// exactly up to the snapshot's position, it takes its own engine snapshot there and compares
+    /// content digests. Equal digests mean this replica may drop its log up to that position without
+    /// downloading anything; different ones mean it diverged and must install the other's snapshot.
+    pub fn verify(
+        &self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        theirs: &ShardSnapshotRef,
+    ) -> Result<Verification, io::Error> {
+        let inner = self.inner.lock();
+        let (applied, _) = inner.applier.applied().map_err(io_err)?;
+        if applied != meta.last_log_id {
+            return Ok(Verification::NotAtPosition { applied: applied.map(|id| id.index) });
+        }
+        let (_, ours) = snapshot_now(&inner)?;
+        Ok(if ours.digest == theirs.digest {
+            Verification::Match
+        } else {
+            Verification::Diverged { ours: ours.digest, theirs: theirs.digest.clone() }
+        })
+    }
+}
+
+/// What [`ShardStateMachine::verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Same position, same contents.
+    Match,
+    /// Same position, different contents: this replica diverged.
+    Diverged {
+        /// This replica's digest.
+        ours: String,
+        /// The snapshot's digest.
+        theirs: String,
+    },
+    /// This replica is not at the snapshot's position (it has applied up to `applied`).
+    NotAtPosition {
+        /// Index of the last entry this replica applied.
+        applied: Option<u64>,
+    },
+}
+
+/// Takes an engine snapshot at the applied position: its Raft metadata and its reference.
+fn snapshot_now(inner: &Inner) -> Result<(SnapshotMetaOf<TypeConfig>, ShardSnapshotRef), io::Error> {
+    // Every applied entry is in the engine (applies are synchronous), so the snapshot taken now is exactly
+    // the applied position read alongside it.
+    let (last_log_id, last_membership): AppliedState = inner.applier.applied().map_err(io_err)?;
+    let snapshot_id = inner.db.snapshot().map_err(io_err)?;
+    let input = inner.db.shard_snapshot_input(snapshot_id).map_err(io_err)?;
+    let data =
+        ShardSnapshotRef { volume: input.volume, db_id: input.db_id, snapshot_id, digest: input.digest };
+    Ok((SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership }, data))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
@@ -98,14 +151,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, ShardSnapshotRef>, io::Error> {
         let mut inner = self.inner.lock();
-        // Every applied entry is in the engine (applies are synchronous), so the snapshot taken now is
-        // exactly the applied position read alongside it.
-        let (last_log_id, last_membership): AppliedState = inner.applier.applied().map_err(io_err)?;
-        let snapshot_id = inner.db.snapshot().map_err(io_err)?;
-        let input = inner.db.shard_snapshot_input(snapshot_id).map_err(io_err)?;
-        let data =
-            ShardSnapshotRef { volume: input.volume, db_id: input.db_id, snapshot_id, digest: input.digest };
-        let meta = SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership };
+        let (meta, data) = snapshot_now(&inner)?;
         inner.current = Some((meta.clone(), data.clone()));
         Ok(SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot: data })
     }

@@ -1,0 +1,211 @@
+//! Three replicas of one shard group, each with its own node Raft log and engine state machine, joined
+//! by an in-process network: writes replicate to every replica, replicas' contents verify equal by
+//! digest, and after the leader stops a new one is elected and writes resume.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_cluster::raft::{
+    Command, GroupLogStore, ShardSnapshotRef, ShardStateMachine, TypeConfig, Verification,
+};
+use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
+use cairn_engine::fs::{FileSystem, MemFs};
+use cairn_engine::{Config, WriteBatch};
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{BasicNode, Raft, ServerState};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+type ShardRaft = Raft<TypeConfig, ShardStateMachine>;
+
+/// Delivers RPCs by calling the target's `Raft` directly; a node missing from the map is unreachable.
+#[derive(Clone, Default)]
+struct Router(Arc<parking_lot::Mutex<HashMap<u64, ShardRaft>>>);
+
+impl Router {
+    fn get(&self, id: u64) -> Result<ShardRaft, Unreachable<TypeConfig>> {
+        self.0
+            .lock()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Unreachable::new(&std::io::Error::other(format!("node {id} is down"))))
+    }
+}
+
+struct Link {
+    router: Router,
+    target: u64,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Router {
+    type Network = Link;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Link {
+        Link { router: self.clone(), target }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Link {
+    type SnapshotData = ShardSnapshotRef;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let raft = self.router.get(self.target)?;
+        raft.append_entries(rpc).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let raft = self.router.get(self.target)?;
+        raft.vote(rpc).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, ShardSnapshotRef>,
+        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let raft = self.router.get(self.target)?;
+        raft.install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+struct Node {
+    raft: ShardRaft,
+    sm: ShardStateMachine,
+}
+
+async fn start(fs: &Arc<MemFs>, router: &Router, id: u64) -> Node {
+    let dyn_fs = Arc::clone(fs) as Arc<dyn FileSystem>;
+    let log =
+        Arc::new(RaftLog::open(RaftLogConfig::new(format!("/n{id}/raft"), Arc::clone(&dyn_fs))).unwrap());
+    let mut template = Config::new(format!("/n{id}/shard"));
+    template.fs = dyn_fs;
+    template.wal = false;
+    template.total_buckets = 16;
+    let sm = ShardStateMachine::open(format!("/n{id}/shard").into(), template, vec![0..=15], 0).unwrap();
+    let config = openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        ..Default::default()
+    };
+    let raft = Raft::new(
+        id,
+        Arc::new(config.validate().unwrap()),
+        router.clone(),
+        GroupLogStore::new(log, 1),
+        sm.clone(),
+    )
+    .await
+    .unwrap();
+    router.0.lock().insert(id, raft.clone());
+    Node { raft, sm }
+}
+
+fn put(key: &str, value: &[u8]) -> Command {
+    let mut b = WriteBatch::new();
+    b.put(3, key.as_bytes(), 0, value);
+    Command(b.as_bytes().to_vec())
+}
+
+/// The leader the live nodes agree on, once it has heard from a quorum (its lease is valid).
+async fn leader_of(nodes: &BTreeMap<u64, Node>) -> u64 {
+    let any = nodes.values().next().unwrap();
+    let m = any
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_leader.is_some_and(|l| nodes.contains_key(&l)), "a live leader")
+        .await
+        .unwrap();
+    let leader = m.current_leader.unwrap();
+    nodes[&leader]
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.state == ServerState::Leader && m.last_quorum_acked.is_some(), "a quorum ack")
+        .await
+        .unwrap();
+    leader
+}
+
+/// Writes through the leader, following a leadership change a bounded number of times (what a client
+/// does with a retryable "not the leader" answer).
+async fn write(nodes: &BTreeMap<u64, Node>, command: Command) -> u64 {
+    let mut last_error = None;
+    for _ in 0..5 {
+        let leader = leader_of(nodes).await;
+        match nodes[&leader].raft.client_write(command.clone()).await {
+            Ok(r) => return r.log_id.index,
+            Err(e) => last_error = Some(e),
+        }
+    }
+    panic!("no leader took the write: {last_error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replicate_replicas_verify_equal_and_a_new_leader_takes_over() {
+    let fs = Arc::new(MemFs::new());
+    let router = Router::default();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(&fs, &router, id).await);
+    }
+    let voters: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::default())).collect();
+    nodes[&1].raft.initialize(voters).await.unwrap();
+
+    let mut last = 0;
+    for i in 0..20 {
+        last = write(&nodes, put(&format!("k{i}"), b"v")).await;
+    }
+    let leader = leader_of(&nodes).await;
+    for node in nodes.values() {
+        node.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(last), "replicated")
+            .await
+            .unwrap();
+        assert!(node.sm.db().get(3, b"k19").unwrap().is_some());
+    }
+    // Every replica at the leader's snapshot position holds the same contents.
+    let snap = nodes[&leader].sm.clone().get_snapshot_builder().await.build_snapshot().await.unwrap();
+    for node in nodes.values() {
+        assert_eq!(node.sm.verify(&snap.meta, &snap.snapshot).unwrap(), Verification::Match);
+    }
+
+    // The leader stops: the others elect a new one and take writes.
+    router.0.lock().remove(&leader);
+    let old = nodes.remove(&leader).unwrap();
+    old.raft.shutdown().await.unwrap();
+    let new_leader = leader_of(&nodes).await;
+    assert_ne!(new_leader, leader);
+    let last = write(&nodes, put("after", b"failover")).await;
+    for node in nodes.values() {
+        node.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(last), "replicated")
+            .await
+            .unwrap();
+        assert_eq!(node.sm.db().get(3, b"after").unwrap().unwrap().column(0), Some(&b"failover"[..]));
+        assert!(node.sm.db().get(3, b"k19").unwrap().is_some());
+    }
+    for node in nodes.values() {
+        node.raft.shutdown().await.unwrap();
+    }
+}

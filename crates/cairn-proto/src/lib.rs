@@ -6,3 +6,9 @@ pub mod kv {
     #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
     tonic::include_proto!("cairn.kv.v1");
 }
+
+/// Raft traffic between nodes (`cairn.raft.v1`).
+pub mod raft {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+    tonic::include_proto!("cairn.raft.v1");
+}

@@ -5,10 +5,15 @@
 mod apply;
 mod log_store;
 mod state_machine;
+mod transport;
 
 pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, ShardApplier};
 pub use log_store::GroupLogStore;
 pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};
+pub use transport::{GroupLink, GroupNetwork, PeerChannels, RaftService};
+
+/// A shard group's Raft node.
+pub type ShardRaft = openraft::Raft<TypeConfig, ShardStateMachine>;
 
 use serde::{Deserialize, Serialize};
 

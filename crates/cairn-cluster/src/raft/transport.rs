@@ -1,0 +1,218 @@
+//! Raft traffic between nodes over gRPC (`cairn.raft.v1.RaftTransport`): one connection per peer carries
+//! the messages of every shard group the two nodes share; each call names its group.
+//!
+//! Receiving: [`RaftService`] holds the node's groups and hands each call to its group's `Raft`.
+//! Sending: [`PeerChannels`] keeps one lazily connected channel per peer; [`GroupNetwork`] is a group's
+//! openraft network factory over them. Raft messages travel as JSON payloads for now. Every call carries
+//! openraft's hard deadline, and every failure is reported to openraft as "unreachable", which backs off
+//! and retries.
+
+use super::{ShardRaft, ShardSnapshotRef, TypeConfig};
+use cairn_proto::raft::raft_transport_client::RaftTransportClient;
+use cairn_proto::raft::raft_transport_server::{RaftTransport, RaftTransportServer};
+use cairn_proto::raft::{RaftCall, RaftCallKind, RaftReply};
+use openraft::BasicNode;
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+fn encode(value: &impl Serialize) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(value).map_err(|e| format!("cannot encode a raft message: {e}"))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("cannot decode a raft message: {e}"))
+}
+
+/// The receiving side: the node's shard groups, by group id.
+#[derive(Clone, Default)]
+pub struct RaftService {
+    groups: Arc<RwLock<HashMap<u64, ShardRaft>>>,
+}
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService").field("groups", &self.groups.read().len()).finish()
+    }
+}
+
+impl RaftService {
+    /// Routes calls for `group` to `raft`.
+    pub fn register(&self, group: u64, raft: ShardRaft) {
+        self.groups.write().insert(group, raft);
+    }
+
+    /// Stops routing calls for `group` (they are answered "not on this node").
+    pub fn unregister(&self, group: u64) {
+        self.groups.write().remove(&group);
+    }
+
+    /// The tonic service to add to a server.
+    pub fn into_server(self) -> RaftTransportServer<RaftService> {
+        RaftTransportServer::new(self)
+    }
+
+    async fn dispatch(&self, call: RaftCall) -> Result<Vec<u8>, String> {
+        let raft = self.groups.read().get(&call.group).cloned();
+        let Some(raft) = raft else { return Err(format!("group {} is not on this node", call.group)) };
+        match RaftCallKind::try_from(call.kind) {
+            Ok(RaftCallKind::AppendEntries) => {
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&call.payload)?;
+                encode(&raft.append_entries(rpc).await.map_err(|e| e.to_string())?)
+            }
+            Ok(RaftCallKind::Vote) => {
+                let rpc: VoteRequest<TypeConfig> = decode(&call.payload)?;
+                encode(&raft.vote(rpc).await.map_err(|e| e.to_string())?)
+            }
+            Ok(RaftCallKind::FullSnapshot) => {
+                let (vote, meta, snapshot): (
+                    VoteOf<TypeConfig>,
+                    SnapshotMetaOf<TypeConfig>,
+                    ShardSnapshotRef,
+                ) = decode(&call.payload)?;
+                let snapshot = SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot };
+                encode(&raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?)
+            }
+            Ok(RaftCallKind::Unspecified) | Err(_) => Err(format!("unknown raft call kind {}", call.kind)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn call(&self, request: Request<RaftCall>) -> Result<Response<RaftReply>, Status> {
+        let reply = match self.dispatch(request.into_inner()).await {
+            Ok(payload) => RaftReply { payload, error: String::new() },
+            Err(error) => RaftReply { payload: Vec::new(), error },
+        };
+        Ok(Response::new(reply))
+    }
+}
+
+/// One lazily connected channel per peer, shared by every group's network.
+#[derive(Clone, Default)]
+pub struct PeerChannels {
+    channels: Arc<Mutex<HashMap<u64, Channel>>>,
+}
+
+impl std::fmt::Debug for PeerChannels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerChannels").field("peers", &self.channels.lock().len()).finish()
+    }
+}
+
+impl PeerChannels {
+    /// The channel to node `id` at `addr` (`host:port`), created on first use.
+    fn channel(&self, id: u64, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(&id) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad address {addr:?} for node {id}: {e}"))?
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(id, channel.clone());
+        Ok(channel)
+    }
+
+    /// Forgets the channel to node `id` (after it moved, say).
+    pub fn forget(&self, id: u64) {
+        self.channels.lock().remove(&id);
+    }
+}
+
+/// A group's openraft network: links to its peers over the node's shared channels.
+#[derive(Clone, Debug)]
+pub struct GroupNetwork {
+    peers: PeerChannels,
+    group: u64,
+}
+
+impl GroupNetwork {
+    /// The network of `group` over `peers`.
+    pub fn new(peers: PeerChannels, group: u64) -> GroupNetwork {
+        GroupNetwork { peers, group }
+    }
+}
+
+/// One group's link to one peer.
+#[derive(Debug)]
+pub struct GroupLink {
+    channel: Result<Channel, String>,
+    group: u64,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = GroupLink;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GroupLink {
+        GroupLink { channel: self.peers.channel(target, &node.addr), group: self.group }
+    }
+}
+
+fn unreachable(why: impl std::fmt::Display) -> Unreachable<TypeConfig> {
+    Unreachable::new(&std::io::Error::other(why.to_string()))
+}
+
+impl GroupLink {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        kind: RaftCallKind,
+        payload: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<T, Unreachable<TypeConfig>> {
+        let channel = self.channel.clone().map_err(unreachable)?;
+        let mut request = Request::new(RaftCall { group: self.group, kind: kind as i32, payload });
+        request.set_timeout(option.hard_ttl());
+        let reply = RaftTransportClient::new(channel).call(request).await.map_err(unreachable)?.into_inner();
+        if !reply.error.is_empty() {
+            return Err(unreachable(reply.error));
+        }
+        decode(&reply.payload).map_err(unreachable)
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for GroupLink {
+    type SnapshotData = ShardSnapshotRef;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = encode(&rpc).map_err(unreachable)?;
+        Ok(self.call(RaftCallKind::AppendEntries, payload, &option).await?)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = encode(&rpc).map_err(unreachable)?;
+        Ok(self.call(RaftCallKind::Vote, payload, &option).await?)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, ShardSnapshotRef>,
+        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let payload = encode(&(vote, snapshot.meta, snapshot.snapshot)).map_err(unreachable)?;
+        Ok(self.call(RaftCallKind::FullSnapshot, payload, &option).await?)
+    }
+}

@@ -1,6 +1,7 @@
-//! Three replicas of one shard group, each with its own node Raft log and engine state machine, joined
-//! by an in-process network: writes replicate to every replica, replicas' contents verify equal by
-//! digest, and after the leader stops a new one is elected and writes resume.
+//! Replicas of one shard group, each with its own node Raft log and engine state machine, joined by an
+//! in-process network: writes replicate to every replica, replicas' contents verify equal by digest,
+//! after the leader stops a new one is elected and writes resume, and a new replica that joins after the
+//! log was purged catches up from a snapshot and replaces an old one (learner, then membership change).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,6 +12,7 @@ use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FileSystem, MemFs};
 use cairn_engine::{Config, WriteBatch};
 use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
@@ -204,6 +206,73 @@ async fn writes_replicate_replicas_verify_equal_and_a_new_leader_takes_over() {
             .unwrap();
         assert_eq!(node.sm.db().get(3, b"after").unwrap().unwrap().column(0), Some(&b"failover"[..]));
         assert!(node.sm.db().get(3, b"k19").unwrap().is_some());
+    }
+    for node in nodes.values() {
+        node.raft.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_catches_up_by_snapshot_and_replaces_an_old_one() {
+    let fs = Arc::new(MemFs::new());
+    let router = Router::default();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(&fs, &router, id).await);
+    }
+    let voters: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::default())).collect();
+    nodes[&1].raft.initialize(voters).await.unwrap();
+    let mut last = 0;
+    for i in 0..30 {
+        last = write(&nodes, put(&format!("k{i}"), b"v")).await;
+    }
+    // The leader snapshots and drops its log: a newcomer can only catch up from the snapshot.
+    let leader = leader_of(&nodes).await;
+    let l = &nodes[&leader].raft;
+    l.trigger().snapshot().await.unwrap();
+    l.wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot taken")
+        .await
+        .unwrap();
+    l.trigger().purge_log(last).await.unwrap();
+    l.wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "log purged")
+        .await
+        .unwrap();
+
+    // Node 4 joins as a learner (blocking until it caught up), then replaces node 3.
+    nodes.insert(4, start(&fs, &router, 4).await);
+    let leader = leader_of(&nodes).await;
+    nodes[&leader].raft.add_learner(4, BasicNode::default(), true).await.unwrap();
+    nodes[&4]
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .applied_index_at_least(Some(last), "caught up")
+        .await
+        .unwrap();
+    assert!(nodes[&4].sm.db().get(3, b"k29").unwrap().is_some(), "the learner has the data");
+    assert!(
+        nodes[&4].raft.metrics().borrow_watched().snapshot.is_some(),
+        "it caught up by installing a snapshot, not by replaying the purged log"
+    );
+    let members = std::collections::BTreeSet::from([1u64, 2, 4]);
+    nodes[&leader].raft.change_membership(members, false).await.unwrap();
+    let removed = nodes.remove(&3).unwrap();
+    router.0.lock().remove(&3);
+    removed.raft.shutdown().await.unwrap();
+
+    let last = write(&nodes, put("after", b"membership")).await;
+    for node in nodes.values() {
+        node.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(last), "replicated")
+            .await
+            .unwrap();
+        assert!(node.sm.db().get(3, b"after").unwrap().is_some());
+    }
+    let snap = nodes[&4].sm.clone().get_snapshot_builder().await.build_snapshot().await.unwrap();
+    for node in nodes.values() {
+        assert_eq!(node.sm.verify(&snap.meta, &snap.snapshot).unwrap(), Verification::Match);
     }
     for node in nodes.values() {
         node.raft.shutdown().await.unwrap();

@@ -5,12 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cairn_cluster::raft::{
-    Command, GroupLogStore, ShardSnapshotRef, ShardStateMachine, TypeConfig, Verification,
-};
+mod common;
+
+use cairn_cluster::raft::{GroupLogStore, ShardSnapshotRef, ShardStateMachine, TypeConfig, Verification};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
+use cairn_engine::Config;
 use cairn_engine::fs::{FileSystem, MemFs};
-use cairn_engine::{Config, WriteBatch};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -19,7 +19,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{BasicNode, Raft, ServerState};
+use openraft::{BasicNode, Raft};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
@@ -122,43 +122,9 @@ async fn start(fs: &Arc<MemFs>, router: &Router, id: u64) -> Node {
     Node { raft, sm }
 }
 
-fn put(key: &str, value: &[u8]) -> Command {
-    let mut b = WriteBatch::new();
-    b.put(3, key.as_bytes(), 0, value);
-    Command(b.as_bytes().to_vec())
-}
-
-/// The leader the live nodes agree on, once it has heard from a quorum (its lease is valid).
-async fn leader_of(nodes: &BTreeMap<u64, Node>) -> u64 {
-    let any = nodes.values().next().unwrap();
-    let m = any
-        .raft
-        .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.current_leader.is_some_and(|l| nodes.contains_key(&l)), "a live leader")
-        .await
-        .unwrap();
-    let leader = m.current_leader.unwrap();
-    nodes[&leader]
-        .raft
-        .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.state == ServerState::Leader && m.last_quorum_acked.is_some(), "a quorum ack")
-        .await
-        .unwrap();
-    leader
-}
-
-/// Writes through the leader, following a leadership change a bounded number of times (what a client
-/// does with a retryable "not the leader" answer).
-async fn write(nodes: &BTreeMap<u64, Node>, command: Command) -> u64 {
-    let mut last_error = None;
-    for _ in 0..5 {
-        let leader = leader_of(nodes).await;
-        match nodes[&leader].raft.client_write(command.clone()).await {
-            Ok(r) => return r.log_id.index,
-            Err(e) => last_error = Some(e),
-        }
-    }
-    panic!("no leader took the write: {last_error:?}");
+/// The live replicas' Raft handles.
+fn rafts(nodes: &BTreeMap<u64, Node>) -> BTreeMap<u64, ShardRaft> {
+    nodes.iter().map(|(id, n)| (*id, n.raft.clone())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,9 +140,9 @@ async fn writes_replicate_replicas_verify_equal_and_a_new_leader_takes_over() {
 
     let mut last = 0;
     for i in 0..20 {
-        last = write(&nodes, put(&format!("k{i}"), b"v")).await;
+        last = common::write(&rafts(&nodes), common::put(&format!("k{i}"), b"v")).await;
     }
-    let leader = leader_of(&nodes).await;
+    let leader = common::leader_of(&rafts(&nodes)).await;
     for node in nodes.values() {
         node.raft
             .wait(Some(Duration::from_secs(10)))
@@ -195,9 +161,9 @@ async fn writes_replicate_replicas_verify_equal_and_a_new_leader_takes_over() {
     router.0.lock().remove(&leader);
     let old = nodes.remove(&leader).unwrap();
     old.raft.shutdown().await.unwrap();
-    let new_leader = leader_of(&nodes).await;
+    let new_leader = common::leader_of(&rafts(&nodes)).await;
     assert_ne!(new_leader, leader);
-    let last = write(&nodes, put("after", b"failover")).await;
+    let last = common::write(&rafts(&nodes), common::put("after", b"failover")).await;
     for node in nodes.values() {
         node.raft
             .wait(Some(Duration::from_secs(10)))
@@ -224,10 +190,10 @@ async fn a_new_replica_catches_up_by_snapshot_and_replaces_an_old_one() {
     nodes[&1].raft.initialize(voters).await.unwrap();
     let mut last = 0;
     for i in 0..30 {
-        last = write(&nodes, put(&format!("k{i}"), b"v")).await;
+        last = common::write(&rafts(&nodes), common::put(&format!("k{i}"), b"v")).await;
     }
     // The leader snapshots and drops its log: a newcomer can only catch up from the snapshot.
-    let leader = leader_of(&nodes).await;
+    let leader = common::leader_of(&rafts(&nodes)).await;
     let l = &nodes[&leader].raft;
     l.trigger().snapshot().await.unwrap();
     l.wait(Some(Duration::from_secs(10)))
@@ -242,7 +208,7 @@ async fn a_new_replica_catches_up_by_snapshot_and_replaces_an_old_one() {
 
     // Node 4 joins as a learner (blocking until it caught up), then replaces node 3.
     nodes.insert(4, start(&fs, &router, 4).await);
-    let leader = leader_of(&nodes).await;
+    let leader = common::leader_of(&rafts(&nodes)).await;
     nodes[&leader].raft.add_learner(4, BasicNode::default(), true).await.unwrap();
     nodes[&4]
         .raft
@@ -261,7 +227,7 @@ async fn a_new_replica_catches_up_by_snapshot_and_replaces_an_old_one() {
     router.0.lock().remove(&3);
     removed.raft.shutdown().await.unwrap();
 
-    let last = write(&nodes, put("after", b"membership")).await;
+    let last = common::write(&rafts(&nodes), common::put("after", b"membership")).await;
     for node in nodes.values() {
         node.raft
             .wait(Some(Duration::from_secs(10)))

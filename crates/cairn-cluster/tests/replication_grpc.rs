@@ -4,15 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use cairn_cluster::raft::{
-    Command, GroupLogStore, GroupNetwork, PeerChannels, RaftService, ShardRaft, ShardStateMachine,
-    Verification,
+    GroupLogStore, GroupNetwork, PeerChannels, RaftService, ShardRaft, ShardStateMachine, Verification,
 };
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
+use cairn_engine::Config;
 use cairn_engine::fs::{FileSystem, MemFs};
-use cairn_engine::{Config, WriteBatch};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{BasicNode, Raft, ServerState};
+use openraft::{BasicNode, Raft};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,42 +61,9 @@ async fn start(fs: &Arc<MemFs>, id: u64) -> Node {
     Node { raft, sm, stop, addr }
 }
 
-fn put(key: &str, value: &[u8]) -> Command {
-    let mut b = WriteBatch::new();
-    b.put(3, key.as_bytes(), 0, value);
-    Command(b.as_bytes().to_vec())
-}
-
-/// The leader the live nodes agree on, once it has heard from a quorum.
-async fn leader_of(nodes: &BTreeMap<u64, Node>) -> u64 {
-    let any = nodes.values().next().unwrap();
-    let m = any
-        .raft
-        .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.current_leader.is_some_and(|l| nodes.contains_key(&l)), "a live leader")
-        .await
-        .unwrap();
-    let leader = m.current_leader.unwrap();
-    nodes[&leader]
-        .raft
-        .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.state == ServerState::Leader && m.last_quorum_acked.is_some(), "a quorum ack")
-        .await
-        .unwrap();
-    leader
-}
-
-/// Writes through the leader, following a leadership change a bounded number of times.
-async fn write(nodes: &BTreeMap<u64, Node>, command: Command) -> u64 {
-    let mut last_error = None;
-    for _ in 0..5 {
-        let leader = leader_of(nodes).await;
-        match nodes[&leader].raft.client_write(command.clone()).await {
-            Ok(r) => return r.log_id.index,
-            Err(e) => last_error = Some(e),
-        }
-    }
-    panic!("no leader took the write: {last_error:?}");
+/// The live replicas' Raft handles.
+fn rafts(nodes: &BTreeMap<u64, Node>) -> BTreeMap<u64, ShardRaft> {
+    nodes.iter().map(|(id, n)| (*id, n.raft.clone())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +79,7 @@ async fn replicas_over_grpc_replicate_verify_and_fail_over() {
 
     let mut last = 0;
     for i in 0..20 {
-        last = write(&nodes, put(&format!("k{i}"), b"v")).await;
+        last = common::write(&rafts(&nodes), common::put(&format!("k{i}"), b"v")).await;
     }
     for node in nodes.values() {
         node.raft
@@ -121,7 +89,7 @@ async fn replicas_over_grpc_replicate_verify_and_fail_over() {
             .unwrap();
         assert!(node.sm.db().get(3, b"k19").unwrap().is_some());
     }
-    let leader = leader_of(&nodes).await;
+    let leader = common::leader_of(&rafts(&nodes)).await;
     let snap = nodes[&leader].sm.clone().get_snapshot_builder().await.build_snapshot().await.unwrap();
     for node in nodes.values() {
         assert_eq!(node.sm.verify(&snap.meta, &snap.snapshot).unwrap(), Verification::Match);
@@ -131,9 +99,9 @@ async fn replicas_over_grpc_replicate_verify_and_fail_over() {
     let old = nodes.remove(&leader).unwrap();
     let _ = old.stop.send(());
     old.raft.shutdown().await.unwrap();
-    let new_leader = leader_of(&nodes).await;
+    let new_leader = common::leader_of(&rafts(&nodes)).await;
     assert_ne!(new_leader, leader);
-    let last = write(&nodes, put("after", b"failover")).await;
+    let last = common::write(&rafts(&nodes), common::put("after", b"failover")).await;
     for node in nodes.values() {
         node.raft
             .wait(Some(Duration::from_secs(10)))

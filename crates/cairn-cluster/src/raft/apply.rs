@@ -36,12 +36,15 @@ pub enum ApplyError {
 pub struct ShardApplier {
     db: Arc<Db>,
     meta_bucket: u16,
+    // The membership as of the last applied entry, read from the engine on the first apply, so an apply
+    // writes the position row without reading it first. INVARIANT: when loaded, equals the stored row's.
+    membership: Arc<parking_lot::Mutex<Option<StoredMembershipOf<TypeConfig>>>>,
 }
 
 impl ShardApplier {
     /// Applies into `db`, keeping the applied position in bucket `meta_bucket` (one the shard owns).
     pub fn new(db: Arc<Db>, meta_bucket: u16) -> ShardApplier {
-        ShardApplier { db, meta_bucket }
+        ShardApplier { db, meta_bucket, membership: Arc::default() }
     }
 
     /// The applied position the engine holds.
@@ -57,7 +60,11 @@ impl ShardApplier {
     /// the applied position to the last of them. Returns one result per entry.
     pub fn apply(&self, entries: &[EntryOf<TypeConfig>]) -> Result<Vec<CommandResult>, ApplyError> {
         let Some(last) = entries.last() else { return Ok(Vec::new()) };
-        let (_, mut membership) = self.applied()?;
+        let mut cached = self.membership.lock();
+        let mut membership = match cached.as_ref() {
+            Some(m) => m.clone(),
+            None => self.applied()?.1,
+        };
         let mut batch = WriteBatch::new();
         for entry in entries {
             match &entry.payload {
@@ -73,6 +80,7 @@ impl ShardApplier {
         batch.put_row(self.meta_bucket, APPLIED_ROW_KEY, &[(0, &encoded)]);
         // The WAL is off for replicated shards: durability is the Raft log's job.
         self.db.write(batch, WriteOptions { sync: false })?;
+        *cached = Some(state.1);
         Ok(entries.iter().map(|_| CommandResult::default()).collect())
     }
 }

@@ -2,8 +2,8 @@
 //! (JSON for now; the payload is opaque to the node log) and appends acknowledge through openraft's flush
 //! callback once the node log's flusher has fsynced them.
 
-use super::TypeConfig;
-use crate::raft_log::{GroupId, LogEntry, LogPosition, RaftLog, RaftLogError};
+use super::{TypeConfig, io_err};
+use crate::raft_log::{GroupId, LogEntry, LogPosition, RaftLog};
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -24,17 +24,6 @@ impl GroupLogStore {
     /// The log of `group` in `log`.
     pub fn new(log: Arc<RaftLog>, group: GroupId) -> GroupLogStore {
         GroupLogStore { log, group }
-    }
-}
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
-fn log_err(e: RaftLogError) -> io::Error {
-    match e {
-        RaftLogError::Storage(e) => io_err(e),
-        other => io_err(other),
     }
 }
 
@@ -83,7 +72,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
         let bytes = serde_json::to_vec(vote).map_err(io_err)?;
-        self.log.save_vote(self.group, &bytes).map_err(log_err)
+        self.log.save_vote(self.group, &bytes).map_err(io_err)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
@@ -99,15 +88,15 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         }
         self.log
             .append(self.group, encoded, Box::new(move |r| callback.io_completed(r.map_err(io_err))))
-            .map_err(log_err)
+            .map_err(io_err)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
-        self.log.truncate_after(self.group, last_log_id.map(|id| id.index())).map_err(log_err)
+        self.log.truncate_after(self.group, last_log_id.map(|id| id.index())).map_err(io_err)
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         let upto = LogPosition { term: log_id.committed_leader_id().term, index: log_id.index() };
-        self.log.purge(self.group, upto).map_err(log_err)
+        self.log.purge(self.group, upto).map_err(io_err)
     }
 }

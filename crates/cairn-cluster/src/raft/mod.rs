@@ -45,3 +45,8 @@ openraft::declare_raft_types!(
         Vote = openraft::impls::Vote<Self::LeaderId>,
         AsyncRuntime = openraft::impls::TokioRuntime,
 );
+
+/// An openraft storage error from anything displayable.
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}

@@ -9,8 +9,8 @@
 //! generation's directory is left in place (its snapshots may still be read by others); removing old
 //! generations is the next step, together with snapshot retention.
 
-use super::TypeConfig;
 use super::apply::{AppliedState, ShardApplier};
+use super::{TypeConfig, io_err};
 use cairn_engine::{Config, Db};
 use futures_util::StreamExt;
 use openraft::OptionalSend;
@@ -32,10 +32,6 @@ pub struct ShardSnapshotRef {
     pub snapshot_id: u64,
     /// Content digest (32 hex digits): equal for replicas that applied the same entries.
     pub digest: String,
-}
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
 }
 
 struct Inner {
@@ -102,11 +98,11 @@ impl ShardStateMachine {
         theirs: &ShardSnapshotRef,
     ) -> Result<Verification, io::Error> {
         let inner = self.inner.lock();
-        let (applied, _) = inner.applier.applied().map_err(io_err)?;
-        if applied != meta.last_log_id {
-            return Ok(Verification::NotAtPosition { applied: applied.map(|id| id.index) });
+        let applied = inner.applier.applied().map_err(io_err)?;
+        if applied.0 != meta.last_log_id {
+            return Ok(Verification::NotAtPosition { applied: applied.0.map(|id| id.index) });
         }
-        let (_, ours) = snapshot_now(&inner)?;
+        let (_, ours) = snapshot_at(&inner, applied)?;
         Ok(if ours.digest == theirs.digest {
             Verification::Match
         } else {
@@ -134,11 +130,14 @@ pub enum Verification {
     },
 }
 
-/// Takes an engine snapshot at the applied position: its Raft metadata and its reference.
-fn snapshot_now(inner: &Inner) -> Result<(SnapshotMetaOf<TypeConfig>, ShardSnapshotRef), io::Error> {
-    // Every applied entry is in the engine (applies are synchronous), so the snapshot taken now is exactly
-    // the applied position read alongside it.
-    let (last_log_id, last_membership): AppliedState = inner.applier.applied().map_err(io_err)?;
+/// Takes an engine snapshot at the applied position `applied` (just read, under the state machine's lock):
+/// its Raft metadata and its reference.
+fn snapshot_at(
+    inner: &Inner,
+    (last_log_id, last_membership): AppliedState,
+) -> Result<(SnapshotMetaOf<TypeConfig>, ShardSnapshotRef), io::Error> {
+    // Every applied entry is in the engine (applies are synchronous and hold the lock), so the snapshot
+    // taken now is exactly the applied position read alongside it.
     let snapshot_id = inner.db.snapshot().map_err(io_err)?;
     let input = inner.db.shard_snapshot_input(snapshot_id).map_err(io_err)?;
     let data =
@@ -151,7 +150,8 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, ShardSnapshotRef>, io::Error> {
         let mut inner = self.inner.lock();
-        let (meta, data) = snapshot_now(&inner)?;
+        let applied = inner.applier.applied().map_err(io_err)?;
+        let (meta, data) = snapshot_at(&inner, applied)?;
         inner.current = Some((meta.clone(), data.clone()));
         Ok(SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot: data })
     }

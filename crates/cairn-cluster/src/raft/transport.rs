@@ -163,7 +163,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
 }
 
 fn unreachable(why: impl std::fmt::Display) -> Unreachable<TypeConfig> {
-    Unreachable::new(&std::io::Error::other(why.to_string()))
+    Unreachable::new(&super::io_err(why))
 }
 
 impl GroupLink {

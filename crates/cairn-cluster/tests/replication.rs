@@ -7,10 +7,8 @@
 
 mod common;
 
-use cairn_cluster::raft::{GroupLogStore, ShardSnapshotRef, ShardStateMachine, TypeConfig, Verification};
-use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
-use cairn_engine::Config;
-use cairn_engine::fs::{FileSystem, MemFs};
+use cairn_cluster::raft::{ShardSnapshotRef, ShardStateMachine, TypeConfig, Verification};
+use cairn_engine::fs::MemFs;
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -95,31 +93,21 @@ struct Node {
 }
 
 async fn start(fs: &Arc<MemFs>, router: &Router, id: u64) -> Node {
-    let dyn_fs = Arc::clone(fs) as Arc<dyn FileSystem>;
-    let log =
-        Arc::new(RaftLog::open(RaftLogConfig::new(format!("/n{id}/raft"), Arc::clone(&dyn_fs))).unwrap());
-    let mut template = Config::new(format!("/n{id}/shard"));
-    template.fs = dyn_fs;
-    template.wal = false;
-    template.total_buckets = 16;
-    let sm = ShardStateMachine::open(format!("/n{id}/shard").into(), template, vec![0..=15], 0).unwrap();
-    let config = openraft::Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
-        ..Default::default()
-    };
-    let raft = Raft::new(
-        id,
-        Arc::new(config.validate().unwrap()),
-        router.clone(),
-        GroupLogStore::new(log, 1),
-        sm.clone(),
-    )
-    .await
-    .unwrap();
+    let (log, sm, config) = common::replica(fs, id);
+    let raft = Raft::new(id, config, router.clone(), log, sm.clone()).await.unwrap();
     router.0.lock().insert(id, raft.clone());
     Node { raft, sm }
+}
+
+/// Three replicas (ids 1-3), initialized as one group.
+async fn three_replicas(fs: &Arc<MemFs>, router: &Router) -> BTreeMap<u64, Node> {
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(fs, router, id).await);
+    }
+    let voters: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::default())).collect();
+    nodes[&1].raft.initialize(voters).await.unwrap();
+    nodes
 }
 
 /// The live replicas' Raft handles.
@@ -131,12 +119,7 @@ fn rafts(nodes: &BTreeMap<u64, Node>) -> BTreeMap<u64, ShardRaft> {
 async fn writes_replicate_replicas_verify_equal_and_a_new_leader_takes_over() {
     let fs = Arc::new(MemFs::new());
     let router = Router::default();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        nodes.insert(id, start(&fs, &router, id).await);
-    }
-    let voters: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::default())).collect();
-    nodes[&1].raft.initialize(voters).await.unwrap();
+    let mut nodes = three_replicas(&fs, &router).await;
 
     let mut last = 0;
     for i in 0..20 {
@@ -182,12 +165,7 @@ async fn writes_replicate_replicas_verify_equal_and_a_new_leader_takes_over() {
 async fn a_new_replica_catches_up_by_snapshot_and_replaces_an_old_one() {
     let fs = Arc::new(MemFs::new());
     let router = Router::default();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        nodes.insert(id, start(&fs, &router, id).await);
-    }
-    let voters: BTreeMap<u64, BasicNode> = (1..=3).map(|id| (id, BasicNode::default())).collect();
-    nodes[&1].raft.initialize(voters).await.unwrap();
+    let mut nodes = three_replicas(&fs, &router).await;
     let mut last = 0;
     for i in 0..30 {
         last = common::write(&rafts(&nodes), common::put(&format!("k{i}"), b"v")).await;

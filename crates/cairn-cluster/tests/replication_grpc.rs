@@ -7,11 +7,9 @@
 mod common;
 
 use cairn_cluster::raft::{
-    GroupLogStore, GroupNetwork, PeerChannels, RaftService, ShardRaft, ShardStateMachine, Verification,
+    GroupNetwork, PeerChannels, RaftService, ShardRaft, ShardStateMachine, Verification,
 };
-use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
-use cairn_engine::Config;
-use cairn_engine::fs::{FileSystem, MemFs};
+use cairn_engine::fs::MemFs;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{BasicNode, Raft};
 use std::collections::BTreeMap;
@@ -28,25 +26,9 @@ struct Node {
 async fn start(fs: &Arc<MemFs>, id: u64) -> Node {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let dyn_fs = Arc::clone(fs) as Arc<dyn FileSystem>;
-    let log =
-        Arc::new(RaftLog::open(RaftLogConfig::new(format!("/n{id}/raft"), Arc::clone(&dyn_fs))).unwrap());
-    let mut template = Config::new(format!("/n{id}/shard"));
-    template.fs = dyn_fs;
-    template.wal = false;
-    template.total_buckets = 16;
-    let sm = ShardStateMachine::open(format!("/n{id}/shard").into(), template, vec![0..=15], 0).unwrap();
-    let config = openraft::Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
-        ..Default::default()
-    };
+    let (log, sm, config) = common::replica(fs, id);
     let network = GroupNetwork::new(PeerChannels::default(), 1);
-    let raft =
-        Raft::new(id, Arc::new(config.validate().unwrap()), network, GroupLogStore::new(log, 1), sm.clone())
-            .await
-            .unwrap();
+    let raft = Raft::new(id, config, network, log, sm.clone()).await.unwrap();
     let service = RaftService::default();
     service.register(1, raft.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -3,11 +3,34 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use cairn_cluster::raft::{Command, ShardRaft};
-use cairn_engine::WriteBatch;
+use cairn_cluster::raft::{Command, GroupLogStore, ShardRaft, ShardStateMachine};
+use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
+use cairn_engine::fs::{FileSystem, MemFs};
+use cairn_engine::{Config, WriteBatch};
 use openraft::ServerState;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Replica `id`'s storage under `/n<id>` on `fs`: its node Raft log seen by group 1, its shard state
+/// machine (16 buckets, WAL off), and Raft timings short enough for tests.
+pub fn replica(fs: &Arc<MemFs>, id: u64) -> (GroupLogStore, ShardStateMachine, Arc<openraft::Config>) {
+    let dyn_fs = Arc::clone(fs) as Arc<dyn FileSystem>;
+    let log =
+        Arc::new(RaftLog::open(RaftLogConfig::new(format!("/n{id}/raft"), Arc::clone(&dyn_fs))).unwrap());
+    let mut template = Config::new(format!("/n{id}/shard"));
+    template.fs = dyn_fs;
+    template.wal = false;
+    template.total_buckets = 16;
+    let sm = ShardStateMachine::open(format!("/n{id}/shard").into(), template, vec![0..=15], 0).unwrap();
+    let config = openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        ..Default::default()
+    };
+    (GroupLogStore::new(log, 1), sm, Arc::new(config.validate().unwrap()))
+}
 
 /// A command writing `value` under `key` in bucket 3.
 pub fn put(key: &str, value: &[u8]) -> Command {

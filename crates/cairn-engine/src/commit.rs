@@ -85,12 +85,8 @@ pub(crate) fn write(db: &Arc<DbInner>, batch: WriteBatch, options: WriteOptions)
     if let Some(mut leader) = q.leader.try_lock()
         && q.queue.lock().is_empty()
     {
-        let mut batches = std::mem::take(&mut leader.batches);
-        batches.push(batch);
-        let outcome = commit_batches(db, &mut leader, &mut batches, options.sync);
-        batches.clear();
-        leader.batches = batches;
-        return outcome;
+        leader.batches.push(batch);
+        return commit_batches(db, &mut leader, options.sync);
     }
     let slot = Arc::new(Slot {
         bytes: batch.encoded_len(),
@@ -145,24 +141,28 @@ pub(crate) fn write(db: &Arc<DbInner>, batch: WriteBatch, options: WriteOptions)
 }
 
 fn commit_group(db: &Arc<DbInner>, leader: &mut LeaderState, group: &[Arc<Slot>]) -> Result<()> {
-    let mut batches = std::mem::take(&mut leader.batches);
-    batches.clear();
     let mut sync = false;
     for s in group {
         if let Some(b) = s.batch.lock().take() {
             sync |= s.sync;
-            batches.push(b);
+            leader.batches.push(b);
         }
     }
-    let outcome = commit_batches(db, leader, &mut batches, sync);
+    commit_batches(db, leader, sync)
+}
+
+/// Commits the batches gathered in `leader.batches`: assigns their sequence numbers, appends them to the
+/// WAL with one write (and one fsync if `sync`), inserts them into the memtable and publishes them. Leaves
+/// `leader.batches` empty, its allocation kept for the next group.
+fn commit_batches(db: &Arc<DbInner>, leader: &mut LeaderState, sync: bool) -> Result<()> {
+    let mut batches = std::mem::take(&mut leader.batches);
+    let outcome = commit_taken(db, leader, &mut batches, sync);
     batches.clear();
     leader.batches = batches;
     outcome
 }
 
-/// Assigns `batches` their sequence numbers, appends them to the WAL with one write (and one fsync if
-/// `sync`), inserts them into the memtable and publishes them.
-fn commit_batches(
+fn commit_taken(
     db: &Arc<DbInner>,
     leader: &mut LeaderState,
     batches: &mut [WriteBatch],

@@ -87,20 +87,13 @@ impl BlockIter {
 
     /// Positions on the first entry whose key is `>= target`, or invalid if there is none.
     pub fn seek(&mut self, target: &[u8]) -> BlockResult<()> {
-        self.seek_between(target, 0, self.block.num_restarts() - 1)
-    }
-
-    /// [`BlockIter::seek`] for a caller who knows that the last restart point whose key is `< target`
-    /// (or restart 0 if there is none) lies in `left..=right`. Out-of-range bounds are clamped.
-    pub fn seek_between(&mut self, target: &[u8], left: usize, right: usize) -> BlockResult<()> {
-        // Binary search for the last restart whose key is < target; the answer lies at or after it.
+        // Binary search for the last restart whose key is < target (or restart 0); the answer lies at or
+        // after it.
         self.valid = false;
-        let last = self.block.num_restarts() - 1;
-        let (mut left, mut right) = (left.min(last), right.min(last));
-        right = right.max(left);
+        let (mut left, mut right) = (0, self.block.num_restarts() - 1);
         while left < right {
             let mid = left + (right - left).div_ceil(2);
-            let key = self.restart_key(mid)?;
+            let key = restart_key(&self.block, mid)?;
             if keys::cmp_internal(key, target) == Ordering::Less {
                 left = mid;
             } else {
@@ -128,10 +121,6 @@ impl BlockIter {
         self.key.clear();
         self.next = self.block.restart(i.min(self.block.num_restarts() - 1));
         self.parse_next()
-    }
-
-    fn restart_key(&self, i: usize) -> BlockResult<&[u8]> {
-        restart_key(&self.block, i)
     }
 
     /// Decodes the entry at `self.next` on top of the current key.

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cairn_cluster::raft::{Command, ShardApplier, TypeConfig};
+use cairn_cluster::raft::{Command, CommandResult, Condition, ShardApplier, TypeConfig};
 use cairn_engine::fs::{FileSystem, MemFs};
 use cairn_engine::{Config, Db, WriteBatch};
 use openraft::alias::EntryOf;
@@ -31,7 +31,7 @@ fn entry(index: u64, payload: EntryPayload<Command, u64, openraft::impls::BasicN
 fn command(index: u64) -> EntryOf<TypeConfig> {
     let mut b = WriteBatch::new();
     b.put((index % u64::from(BUCKETS)) as u16, format!("k{index}").as_bytes(), 0, &index.to_be_bytes());
-    entry(index, EntryPayload::Normal(Command(b.as_bytes().to_vec())))
+    entry(index, EntryPayload::Normal(Command::write(&b)))
 }
 
 fn present(db: &Db, index: u64) -> bool {
@@ -84,13 +84,73 @@ fn the_applied_position_and_the_data_survive_a_power_loss_together() {
 }
 
 #[test]
-fn a_malformed_command_is_an_error_and_moves_nothing() {
+fn a_malformed_or_unowned_command_is_rejected_alone_and_the_position_moves_past_it() {
+    let fs = Arc::new(MemFs::new());
+    let mut c = Config::new("/shard");
+    c.fs = Arc::clone(&fs) as Arc<dyn FileSystem>;
+    c.wal = false;
+    c.total_buckets = BUCKETS;
+    // This shard owns buckets 0..=7 only.
+    let db = Arc::new(Db::open(c, vec![0..=7]).unwrap());
+    let applier = ShardApplier::new(Arc::clone(&db), 0);
+    let malformed = Command { conditions: Vec::new(), batch: vec![1, 2, 3] };
+    let mut unowned = WriteBatch::new();
+    unowned.put(1, b"mine", 0, b"v");
+    unowned.put(9, b"not-mine", 0, b"v");
+    let results = applier
+        .apply(&[
+            command(1),
+            entry(2, EntryPayload::Normal(malformed)),
+            entry(3, EntryPayload::Normal(Command::write(&unowned))),
+            command(4),
+        ])
+        .unwrap();
+    assert_eq!(results[0], CommandResult::Applied);
+    assert!(matches!(&results[1], CommandResult::Rejected(why) if why.contains("malformed")), "{results:?}");
+    assert!(matches!(&results[2], CommandResult::Rejected(why) if why.contains('9')), "{results:?}");
+    assert_eq!(results[3], CommandResult::Applied);
+    assert!(present(&db, 1) && present(&db, 4));
+    assert!(db.get(1, b"mine").unwrap().is_none(), "a rejected command writes nothing");
+    assert_eq!(applier.applied().unwrap().0.map(|id| id.index), Some(4));
+}
+
+#[test]
+fn conditions_see_every_earlier_entry_and_decide_the_write() {
     let fs = Arc::new(MemFs::new());
     let db = open(&fs);
     let applier = ShardApplier::new(Arc::clone(&db), 0);
-    applier.apply(&[command(0)]).unwrap();
-    let bad = entry(1, EntryPayload::Normal(Command(vec![1, 2, 3])));
-    assert!(applier.apply(&[command(1), bad]).is_err());
-    assert_eq!(applier.applied().unwrap().0.map(|id| id.index), Some(0));
-    assert!(!present(&db, 1));
+    let is = |value: Option<&[u8]>| Condition::ColumnIs {
+        bucket: 5,
+        key: b"reg".to_vec(),
+        column: 0,
+        value: value.map(<[u8]>::to_vec),
+    };
+    let set = |value: &[u8]| {
+        let mut b = WriteBatch::new();
+        b.put(5, b"reg", 0, value);
+        b
+    };
+    let cas = |index: u64, expect: Option<&[u8]>, new: &[u8]| {
+        entry(index, EntryPayload::Normal(Command::conditional(vec![is(expect)], &set(new))))
+    };
+    // In one apply: a write, then conditions that must see it (and each other's effects).
+    let results = applier
+        .apply(&[
+            entry(1, EntryPayload::Normal(Command::write(&set(b"a")))),
+            cas(2, None, b"x"),
+            cas(3, Some(b"a"), b"b"),
+            cas(4, Some(b"a"), b"c"),
+            entry(
+                5,
+                EntryPayload::Normal(Command::conditional(
+                    vec![Condition::Any(vec![is(Some(b"zzz")), is(Some(b"b"))])],
+                    &set(b"d"),
+                )),
+            ),
+        ])
+        .unwrap();
+    use CommandResult::{Applied, ConditionFailed};
+    assert_eq!(results, vec![Applied, ConditionFailed, Applied, ConditionFailed, Applied]);
+    assert_eq!(db.get(5, b"reg").unwrap().unwrap().column(0), Some(&b"d"[..]));
+    assert_eq!(applier.applied().unwrap().0.map(|id| id.index), Some(5));
 }

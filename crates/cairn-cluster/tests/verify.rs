@@ -25,7 +25,7 @@ fn command(index: u64) -> EntryOf<TypeConfig> {
     b.put((index % 16) as u16, format!("k{index}").as_bytes(), 0, &index.to_be_bytes());
     EntryOf::<TypeConfig>::new(
         LogId::new_term_index(1, index),
-        EntryPayload::Normal(Command(b.as_bytes().to_vec())),
+        EntryPayload::Normal(Command::write(&b)),
     )
 }
 

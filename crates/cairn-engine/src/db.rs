@@ -148,15 +148,28 @@ impl Db {
         }
         batch.check_limits(self.inner.config.max_value_bytes, self.inner.config.max_batch_bytes)?;
         let _owned_until_committed = self.inner.ownership_gate.read();
-        {
-            let state = self.inner.state.lock();
-            for bucket in batch.buckets() {
-                if !state.owned.contains(bucket) {
-                    return Err(Error::NotOwned { bucket });
-                }
-            }
-        }
+        self.check_owned(&batch)?;
         crate::commit::write(&self.inner, batch, options)
+    }
+
+    /// Checks what [`Db::write`] checks before committing (sizes within the limits, every bucket
+    /// owned) without writing: `Ok` means `write` would not reject the batch as given.
+    pub fn check_batch(&self, batch: &WriteBatch) -> Result<()> {
+        batch.check_limits(self.inner.config.max_value_bytes, self.inner.config.max_batch_bytes)?;
+        self.check_owned(batch)
+    }
+
+    fn check_owned(&self, batch: &WriteBatch) -> Result<()> {
+        let state = self.inner.state.lock();
+        match batch.buckets().find(|b| !state.owned.contains(*b)) {
+            Some(bucket) => Err(Error::NotOwned { bucket }),
+            None => Ok(()),
+        }
+    }
+
+    /// The largest encoded batch [`Db::write`] accepts (`Config::max_batch_bytes`).
+    pub fn max_batch_bytes(&self) -> usize {
+        self.inner.config.max_batch_bytes
     }
 
     /// The row `key` in `bucket`, or `None` if it has no live column.

@@ -7,7 +7,7 @@
 //! replays only the log tail after it. A system row (key prefix `00 02`, which the server's MVCC key
 //! encoding never produces) in the shard's first bucket holds that position.
 
-use super::{CommandResult, TypeConfig};
+use super::{Command, CommandResult, Condition, TypeConfig};
 use cairn_engine::{Db, WriteBatch, WriteOptions};
 use openraft::EntryPayload;
 use openraft::alias::{EntryOf, LogIdOf, StoredMembershipOf};
@@ -16,6 +16,10 @@ use std::sync::Arc;
 
 /// The engine key of the applied-position system row.
 pub const APPLIED_ROW_KEY: &[u8] = b"\x00\x02raft/applied";
+
+/// Bytes a combined batch keeps free for the position row (a membership of a few members encodes to a
+/// few hundred bytes).
+const POSITION_ROW_ROOM: usize = 64 << 10;
 
 /// The last applied log id and the membership as of it.
 pub type AppliedState = (Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>);
@@ -56,31 +60,106 @@ impl ShardApplier {
         serde_json::from_slice(bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))
     }
 
-    /// Applies `entries` (consecutive, after the applied position) as one engine batch that also moves
-    /// the applied position to the last of them. Returns one result per entry.
+    /// Applies `entries` (consecutive, after the applied position) in as few engine batches as their
+    /// conditions allow: one, unless a conditional command follows writes it must see, in which case the
+    /// writes so far are committed first. Every batch moves the applied position to its last entry.
+    /// Returns one result per entry.
     pub fn apply(&self, entries: &[EntryOf<TypeConfig>]) -> Result<Vec<CommandResult>, ApplyError> {
-        let Some(last) = entries.last() else { return Ok(Vec::new()) };
         let mut cached = self.membership.lock();
         let mut membership = match cached.as_ref() {
             Some(m) => m.clone(),
             None => self.applied()?.1,
         };
+        let mut results = Vec::with_capacity(entries.len());
         let mut batch = WriteBatch::new();
+        // The last entry whose effect `batch` holds but which is not committed yet.
+        let mut pending: Option<LogIdOf<TypeConfig>> = None;
+        // Room left for the position row in a combined batch.
+        let limit = self.db.max_batch_bytes().saturating_sub(POSITION_ROW_ROOM);
         for entry in entries {
+            let mut result = CommandResult::Applied;
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(command) => batch.extend_from_bytes(&command.0)?,
+                EntryPayload::Normal(command) => {
+                    let mut own = WriteBatch::new();
+                    match own.extend_from_bytes(&command.batch).and_then(|()| self.db.check_batch(&own)) {
+                        Err(e) => result = CommandResult::Rejected(e.to_string()),
+                        Ok(()) => {
+                            // A condition must see the writes before it; a combined batch must stay
+                            // within the engine's limit.
+                            let must_commit = !command.conditions.is_empty()
+                                || batch.encoded_len() + own.encoded_len() > limit;
+                            if let (true, Some(upto)) = (must_commit, pending.take()) {
+                                self.commit(std::mem::take(&mut batch), upto, &membership)?;
+                                *cached = Some(membership.clone());
+                            }
+                            result = self.holds(command)?;
+                            if result == CommandResult::Applied {
+                                batch.extend_from_bytes(own.as_bytes())?;
+                            }
+                        }
+                    }
+                }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id()), m.clone());
                 }
             }
+            pending = Some(entry.log_id());
+            results.push(result);
         }
-        let state: AppliedState = (Some(last.log_id()), membership);
+        if let Some(upto) = pending {
+            self.commit(batch, upto, &membership)?;
+            *cached = Some(membership);
+        }
+        Ok(results)
+    }
+
+    /// Writes `batch` with the applied position moved to `upto`.
+    fn commit(
+        &self,
+        mut batch: WriteBatch,
+        upto: LogIdOf<TypeConfig>,
+        membership: &StoredMembershipOf<TypeConfig>,
+    ) -> Result<(), ApplyError> {
+        let state = (Some(upto), membership);
         let encoded = serde_json::to_vec(&state).map_err(|e| ApplyError::Corrupt(e.to_string()))?;
         batch.put_row(self.meta_bucket, APPLIED_ROW_KEY, &[(0, &encoded)]);
         // The WAL is off for replicated shards: durability is the Raft log's job.
         self.db.write(batch, WriteOptions { sync: false })?;
-        *cached = Some(state.1);
-        Ok(entries.iter().map(|_| CommandResult::default()).collect())
+        Ok(())
+    }
+
+    /// Whether every condition of `command` holds in the engine now: `Applied` if so (nothing is
+    /// written yet), `ConditionFailed` if not, `Rejected` if a condition names a row the shard cannot
+    /// hold. Storage failures are errors.
+    fn holds(&self, command: &Command) -> Result<CommandResult, ApplyError> {
+        for condition in &command.conditions {
+            match self.check(condition) {
+                Ok(true) => {}
+                Ok(false) => return Ok(CommandResult::ConditionFailed),
+                Err(e @ (cairn_engine::Error::NotOwned { .. } | cairn_engine::Error::InvalidArgument(_))) => {
+                    return Ok(CommandResult::Rejected(e.to_string()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(CommandResult::Applied)
+    }
+
+    fn check(&self, condition: &Condition) -> cairn_engine::Result<bool> {
+        match condition {
+            Condition::ColumnIs { bucket, key, column, value } => {
+                let row = self.db.get(*bucket, key)?;
+                Ok(row.as_ref().and_then(|r| r.column(*column)) == value.as_deref())
+            }
+            Condition::Any(any) => {
+                for c in any {
+                    if self.check(c)? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+        }
     }
 }

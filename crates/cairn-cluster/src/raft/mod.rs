@@ -4,11 +4,13 @@
 
 mod apply;
 mod log_store;
+mod runtime;
 mod state_machine;
 mod transport;
 
 pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, ShardApplier};
 pub use log_store::GroupLogStore;
+pub use runtime::{CairnRuntime, with_seed};
 pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};
 pub use transport::{GroupLink, GroupNetwork, PeerChannels, RaftService};
 
@@ -17,19 +19,64 @@ pub type ShardRaft = openraft::Raft<TypeConfig, ShardStateMachine>;
 
 use serde::{Deserialize, Serialize};
 
-/// A command a shard group replicates: an encoded engine write batch, opaque to Raft.
+/// A command a shard group replicates: an encoded engine write batch, applied only if every condition
+/// holds when the command's turn comes (so every replica decides the same way).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command(pub Vec<u8>);
+pub struct Command {
+    /// Checked, in order, against the shard as of the entries before this one.
+    pub conditions: Vec<Condition>,
+    /// The writes, as [`cairn_engine::WriteBatch::as_bytes`] encodes them.
+    pub batch: Vec<u8>,
+}
 
-impl std::fmt::Display for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "command({} bytes)", self.0.len())
+impl Command {
+    /// An unconditional write of `batch`.
+    pub fn write(batch: &cairn_engine::WriteBatch) -> Command {
+        Command { conditions: Vec::new(), batch: batch.as_bytes().to_vec() }
+    }
+
+    /// A write of `batch` applied only if every condition holds.
+    pub fn conditional(conditions: Vec<Condition>, batch: &cairn_engine::WriteBatch) -> Command {
+        Command { conditions, batch: batch.as_bytes().to_vec() }
     }
 }
 
-/// What applying a [`Command`] answers.
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "command({} bytes, {} conditions)", self.batch.len(), self.conditions.len())
+    }
+}
+
+/// A check a [`Command`] makes before it writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Condition {
+    /// The row's column holds exactly `value`; `None`: the row or that column is absent.
+    ColumnIs {
+        /// The row's bucket.
+        bucket: u16,
+        /// The row's key.
+        key: Vec<u8>,
+        /// The column.
+        column: u16,
+        /// The value required.
+        value: Option<Vec<u8>>,
+    },
+    /// At least one of these holds.
+    Any(Vec<Condition>),
+}
+
+/// What applying a [`Command`] did; every replica decides the same.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandResult(pub Vec<u8>);
+pub enum CommandResult {
+    /// Its conditions held and its writes were applied.
+    #[default]
+    Applied,
+    /// A condition did not hold; nothing was written.
+    ConditionFailed,
+    /// It was malformed or broke a limit (an unowned bucket, an oversized key or value); nothing was
+    /// written. Proposers check commands first, so this is a proposer's bug, reported rather than fatal.
+    Rejected(String),
+}
 
 openraft::declare_raft_types!(
     /// The Raft types of a shard group. Standard leader ids (one leader per term) make a log id the
@@ -43,7 +90,7 @@ openraft::declare_raft_types!(
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
         Entry = openraft::Entry<<Self::LeaderId as openraft::vote::RaftLeaderId>::Committed, Self::Payload>,
         Vote = openraft::impls::Vote<Self::LeaderId>,
-        AsyncRuntime = openraft::impls::TokioRuntime,
+        AsyncRuntime = CairnRuntime,
 );
 
 /// An openraft storage error from anything displayable.

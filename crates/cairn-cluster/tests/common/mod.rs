@@ -36,7 +36,7 @@ pub fn replica(fs: &Arc<MemFs>, id: u64) -> (GroupLogStore, ShardStateMachine, A
 pub fn put(key: &str, value: &[u8]) -> Command {
     let mut b = WriteBatch::new();
     b.put(3, key.as_bytes(), 0, value);
-    Command(b.as_bytes().to_vec())
+    Command::write(&b)
 }
 
 /// The leader the live replicas agree on, once it has heard from a quorum (its lease is valid).

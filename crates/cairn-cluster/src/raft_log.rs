@@ -106,12 +106,16 @@ pub struct RaftLogConfig {
     pub fs: Arc<dyn FileSystem>,
     /// Segment size at which a new one starts. Default [`DEFAULT_SEGMENT_BYTES`].
     pub segment_bytes: u64,
+    /// Write and fsync each record on the thread that queued it, before that call returns, instead of
+    /// on the flusher thread (which batches fsyncs across callers). Default `false`. For single-threaded
+    /// deterministic simulation, where nothing may complete on another thread.
+    pub flush_inline: bool,
 }
 
 impl RaftLogConfig {
     /// Defaults for a log in `dir` on `fs`.
     pub fn new(dir: impl Into<PathBuf>, fs: Arc<dyn FileSystem>) -> RaftLogConfig {
-        RaftLogConfig { dir: dir.into(), fs, segment_bytes: DEFAULT_SEGMENT_BYTES }
+        RaftLogConfig { dir: dir.into(), fs, segment_bytes: DEFAULT_SEGMENT_BYTES, flush_inline: false }
     }
 }
 
@@ -229,7 +233,13 @@ struct Shared {
 /// The node's Raft log. See the module doc.
 pub struct RaftLog {
     shared: Arc<Shared>,
-    flusher: Option<JoinHandle<()>>,
+    flusher: FlusherMode,
+}
+
+/// Where records are written: by a thread of their own, or by whoever queued them.
+enum FlusherMode {
+    Thread(Option<JoinHandle<()>>),
+    Inline(Mutex<Flusher>),
 }
 
 impl std::fmt::Debug for RaftLog {
@@ -558,11 +568,16 @@ impl RaftLog {
         });
         let mut flusher = Flusher { shared: Arc::clone(&shared), writer, number, segments, marks };
         flusher.collect_garbage();
-        let thread =
-            std::thread::Builder::new().name("cairn-raft-log".into()).spawn(move || flusher.run()).map_err(
-                |e| RaftLogError::InvalidArgument(format!("cannot start the raft log flusher: {e}")),
-            )?;
-        Ok(RaftLog { shared, flusher: Some(thread) })
+        let flusher = if shared.config.flush_inline {
+            FlusherMode::Inline(Mutex::new(flusher))
+        } else {
+            let thread = std::thread::Builder::new()
+                .name("cairn-raft-log".into())
+                .spawn(move || flusher.run())
+                .map_err(|e| RaftLogError::InvalidArgument(format!("cannot start the raft log flusher: {e}")))?;
+            FlusherMode::Thread(Some(thread))
+        };
+        Ok(RaftLog { shared, flusher })
     }
 
     /// Queues `record` after `apply` changed the in-memory log; returns the record's sequence number.
@@ -591,7 +606,18 @@ impl RaftLog {
         state.queued_seq += 1;
         let seq = state.queued_seq;
         drop(state);
-        self.shared.work.notify_one();
+        match &self.flusher {
+            FlusherMode::Thread(_) => {
+                self.shared.work.notify_one();
+            }
+            FlusherMode::Inline(flusher) => {
+                let mut flusher = flusher.lock();
+                let round = take_round(&mut self.shared.state.lock());
+                if let Some((queue, seq)) = round {
+                    flusher.flush(queue, seq);
+                }
+            }
+        }
         Ok(seq)
     }
 
@@ -749,7 +775,9 @@ impl RaftLog {
         self.shared.state.lock().closing = true;
         self.shared.work.notify_all();
         self.shared.done.notify_all();
-        if let Some(thread) = self.flusher.take() {
+        if let FlusherMode::Thread(thread) = &mut self.flusher
+            && let Some(thread) = thread.take()
+        {
             let _ = thread.join();
         }
     }
@@ -761,43 +789,55 @@ impl Drop for RaftLog {
     }
 }
 
+/// Takes everything queued, with the sequence number of its last record; `None` if nothing is.
+fn take_round(state: &mut State) -> Option<(Vec<Queued>, u64)> {
+    if state.queue.is_empty() {
+        return None;
+    }
+    state.queued_bytes = 0;
+    Some((std::mem::take(&mut state.queue), state.queued_seq))
+}
+
 impl Flusher {
     fn run(mut self) {
         loop {
-            let batch = {
+            let round = {
                 let mut state = self.shared.state.lock();
                 while state.queue.is_empty() && !state.closing {
                     self.shared.work.wait(&mut state);
                 }
-                if state.queue.is_empty() {
-                    return;
-                }
-                state.queued_bytes = 0;
-                (std::mem::take(&mut state.queue), state.queued_seq)
+                take_round(&mut state)
             };
-            let (queue, seq) = batch;
-            let outcome = self.write_round(&queue);
-            let mut callbacks = Vec::with_capacity(queue.len());
-            {
-                let mut state = self.shared.state.lock();
-                match &outcome {
-                    Ok(()) => state.durable_seq = seq,
-                    Err(e) => {
-                        state.poisoned.get_or_insert_with(|| e.clone());
-                    }
-                }
-                for q in queue {
-                    callbacks.extend(q.on_durable);
-                }
-            }
-            self.shared.done.notify_all();
-            for callback in callbacks {
-                callback(outcome.clone());
-            }
-            if outcome.is_err() {
+            let Some((queue, seq)) = round else { return };
+            if !self.flush(queue, seq) {
                 return;
             }
         }
+    }
+
+    /// Writes and syncs `queue` (whose last record is `seq`), marks it durable or the log poisoned, and
+    /// runs the callbacks. Returns whether the log is still healthy.
+    fn flush(&mut self, queue: Vec<Queued>, seq: u64) -> bool {
+        let outcome = self.write_round(&queue);
+        let mut callbacks = Vec::with_capacity(queue.len());
+        {
+            let mut state = self.shared.state.lock();
+            match &outcome {
+                Ok(()) => state.durable_seq = seq,
+                Err(e) => {
+                    state.poisoned.get_or_insert_with(|| e.clone());
+                }
+            }
+            for q in queue {
+                callbacks.extend(q.on_durable);
+            }
+        }
+        self.shared.done.notify_all();
+        let healthy = outcome.is_ok();
+        for callback in callbacks {
+            callback(outcome.clone());
+        }
+        healthy
     }
 
     /// Writes and fsyncs one round of records, then rotates and collects segments if due.

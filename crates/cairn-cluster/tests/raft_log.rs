@@ -174,9 +174,20 @@ fn segment_files(fs: &MemFs) -> usize {
 
 #[test]
 fn matches_a_model_across_reopens_rotations_and_collection() {
+    model_run(false);
+}
+
+#[test]
+fn flushing_inline_matches_the_model_too() {
+    model_run(true);
+}
+
+/// Random operations against the model, with reopens; `inline`: records are flushed by the caller.
+fn model_run(inline: bool) {
     let seed = seed();
     let mut rng = Rng(seed);
     let fs = Arc::new(MemFs::new());
+    let config = |fs: &Arc<MemFs>, segment_bytes| RaftLogConfig { flush_inline: inline, ..config(fs, segment_bytes) };
     let mut log = RaftLog::open(config(&fs, 4096)).unwrap();
     let mut model = Model::new();
     for step in 0..3000 {

@@ -4,15 +4,17 @@
 
 mod apply;
 mod log_store;
+mod replica;
 mod runtime;
 mod state_machine;
 mod transport;
 
 pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, ShardApplier};
 pub use log_store::GroupLogStore;
+pub use replica::{GroupError, GroupStatus, ReadLevel, ReadPoint, Replica, ReplicaConfig, Written};
 pub use runtime::{CairnRuntime, with_seed};
 pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};
-pub use transport::{GroupLink, GroupNetwork, PeerChannels, RaftService};
+pub use transport::{GroupLink, GroupNetwork, PeerChannels, RaftCall, RaftReply, RaftService, Wire};
 
 /// A shard group's Raft node.
 pub type ShardRaft = openraft::Raft<TypeConfig, ShardStateMachine>;

@@ -2,15 +2,16 @@
 //! the messages of every shard group the two nodes share; each call names its group.
 //!
 //! Receiving: [`RaftService`] holds the node's groups and hands each call to its group's `Raft`.
-//! Sending: [`PeerChannels`] keeps one lazily connected channel per peer; [`GroupNetwork`] is a group's
-//! openraft network factory over them. Raft messages travel as JSON payloads for now. Every call carries
+//! Sending: [`GroupNetwork`] is a group's openraft network factory over a [`Wire`], the node's way to
+//! reach its peers: [`PeerChannels`] (one lazily connected gRPC channel per peer) in production, an
+//! in-process network that drops, delays and partitions in simulation. Raft messages travel as JSON payloads for now. Every call carries
 //! openraft's hard deadline, and every failure is reported to openraft as "unreachable", which backs off
 //! and retries.
 
 use super::{ShardRaft, ShardSnapshotRef, TypeConfig};
 use cairn_proto::raft::raft_transport_client::RaftTransportClient;
 use cairn_proto::raft::raft_transport_server::{RaftTransport, RaftTransportServer};
-use cairn_proto::raft::{RaftCall, RaftCallKind, RaftReply};
+use cairn_proto::raft::RaftCallKind;
 use openraft::BasicNode;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -24,7 +25,9 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
+pub use cairn_proto::raft::{RaftCall, RaftReply};
 use tonic::{Request, Response, Status};
 
 fn encode(value: &impl Serialize) -> Result<Vec<u8>, String> {
@@ -63,6 +66,14 @@ impl RaftService {
         RaftTransportServer::new(self)
     }
 
+    /// Answers one call (what the gRPC service does; simulated networks call it directly).
+    pub async fn handle(&self, call: RaftCall) -> RaftReply {
+        match self.dispatch(call).await {
+            Ok(payload) => RaftReply { payload, error: String::new() },
+            Err(error) => RaftReply { payload: Vec::new(), error },
+        }
+    }
+
     async fn dispatch(&self, call: RaftCall) -> Result<Vec<u8>, String> {
         let raft = self.groups.read().get(&call.group).cloned();
         let Some(raft) = raft else { return Err(format!("group {} is not on this node", call.group)) };
@@ -92,11 +103,7 @@ impl RaftService {
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn call(&self, request: Request<RaftCall>) -> Result<Response<RaftReply>, Status> {
-        let reply = match self.dispatch(request.into_inner()).await {
-            Ok(payload) => RaftReply { payload, error: String::new() },
-            Err(error) => RaftReply { payload: Vec::new(), error },
-        };
-        Ok(Response::new(reply))
+        Ok(Response::new(self.handle(request.into_inner()).await))
     }
 }
 
@@ -133,32 +140,57 @@ impl PeerChannels {
     }
 }
 
-/// A group's openraft network: links to its peers over the node's shared channels.
+/// How a node's Raft messages reach a peer.
+pub trait Wire: Clone + Send + Sync + 'static {
+    /// Delivers `call` to node `target` (at `addr`) and returns its reply, or why there is none. Gives
+    /// up after `timeout`.
+    fn call(
+        &self,
+        target: u64,
+        addr: &str,
+        call: RaftCall,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<RaftReply, String>> + Send;
+}
+
+impl Wire for PeerChannels {
+    async fn call(&self, target: u64, addr: &str, call: RaftCall, timeout: Duration) -> Result<RaftReply, String> {
+        let channel = self.channel(target, addr)?;
+        let mut request = Request::new(call);
+        request.set_timeout(timeout);
+        let reply = RaftTransportClient::new(channel).call(request).await.map_err(|e| e.to_string())?;
+        Ok(reply.into_inner())
+    }
+}
+
+/// A group's openraft network: links to its peers over the node's [`Wire`].
 #[derive(Clone, Debug)]
-pub struct GroupNetwork {
-    peers: PeerChannels,
+pub struct GroupNetwork<W = PeerChannels> {
+    wire: W,
     group: u64,
 }
 
-impl GroupNetwork {
-    /// The network of `group` over `peers`.
-    pub fn new(peers: PeerChannels, group: u64) -> GroupNetwork {
-        GroupNetwork { peers, group }
+impl<W: Wire> GroupNetwork<W> {
+    /// The network of `group` over `wire`.
+    pub fn new(wire: W, group: u64) -> GroupNetwork<W> {
+        GroupNetwork { wire, group }
     }
 }
 
 /// One group's link to one peer.
 #[derive(Debug)]
-pub struct GroupLink {
-    channel: Result<Channel, String>,
+pub struct GroupLink<W = PeerChannels> {
+    wire: W,
+    target: u64,
+    addr: String,
     group: u64,
 }
 
-impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
-    type Network = GroupLink;
+impl<W: Wire> RaftNetworkFactory<TypeConfig> for GroupNetwork<W> {
+    type Network = GroupLink<W>;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GroupLink {
-        GroupLink { channel: self.peers.channel(target, &node.addr), group: self.group }
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GroupLink<W> {
+        GroupLink { wire: self.wire.clone(), target, addr: node.addr.clone(), group: self.group }
     }
 }
 
@@ -166,17 +198,15 @@ fn unreachable(why: impl std::fmt::Display) -> Unreachable<TypeConfig> {
     Unreachable::new(&super::io_err(why))
 }
 
-impl GroupLink {
+impl<W: Wire> GroupLink<W> {
     async fn call<T: DeserializeOwned>(
         &self,
         kind: RaftCallKind,
         payload: Vec<u8>,
         option: &RPCOption,
     ) -> Result<T, Unreachable<TypeConfig>> {
-        let channel = self.channel.clone().map_err(unreachable)?;
-        let mut request = Request::new(RaftCall { group: self.group, kind: kind as i32, payload });
-        request.set_timeout(option.hard_ttl());
-        let reply = RaftTransportClient::new(channel).call(request).await.map_err(unreachable)?.into_inner();
+        let call = RaftCall { group: self.group, kind: kind as i32, payload };
+        let reply = self.wire.call(self.target, &self.addr, call, option.hard_ttl()).await.map_err(unreachable)?;
         if !reply.error.is_empty() {
             return Err(unreachable(reply.error));
         }
@@ -184,7 +214,7 @@ impl GroupLink {
     }
 }
 
-impl RaftNetworkV2<TypeConfig> for GroupLink {
+impl<W: Wire> RaftNetworkV2<TypeConfig> for GroupLink<W> {
     type SnapshotData = ShardSnapshotRef;
 
     async fn append_entries(

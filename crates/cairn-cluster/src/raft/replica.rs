@@ -1,0 +1,345 @@
+//! [`Replica`]: one node's member of one shard group, in cairn's terms: write a command, wait until a
+//! read at a chosen consistency level is safe, report status. The server and the simulation use this;
+//! neither names an openraft type.
+
+use super::{Command, CommandResult, GroupLogStore, GroupNetwork, ShardRaft, ShardStateMachine, Wire};
+use crate::raft_log::RaftLog;
+use cairn_engine::Db;
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::LinearizerOption;
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Raft timings and log retention of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// Leader heartbeat period. Default 50 ms.
+    pub heartbeat: Duration,
+    /// Election timeouts are drawn from `[min, max)`. Default 500 ms to 1 s.
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is taken after this many entries since the last. Default 10 000.
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot, so a lagging follower can catch up from the log. Default 1 000.
+    pub keep_behind_snapshot: u64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> ReplicaConfig {
+        ReplicaConfig {
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            snapshot_every: 10_000,
+            keep_behind_snapshot: 1_000,
+        }
+    }
+}
+
+impl ReplicaConfig {
+    fn to_openraft(&self, group: u64) -> Result<openraft::Config, GroupError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = openraft::Config {
+            cluster_name: format!("group-{group}"),
+            heartbeat_interval: ms(self.heartbeat),
+            election_timeout_min: ms(self.election_timeout.0),
+            election_timeout_max: ms(self.election_timeout.1),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
+            ..Default::default()
+        };
+        config.validate().map_err(|e| GroupError::InvalidConfig(e.to_string()))
+    }
+
+    /// How old the leader's last quorum acknowledgement may be for a lease read: half the shortest
+    /// election timeout, so the lease ends well before any follower can start an election, with room
+    /// for clock-rate differences (the clock is monotonic).
+    fn lease(&self) -> Duration {
+        self.election_timeout.0 / 2
+    }
+}
+
+/// What a group operation can fail with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// This replica is not the leader; nothing was proposed. Retry at `leader` (if known).
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this replica knows of.
+        leader: Option<u64>,
+    },
+    /// The write was proposed but its outcome is unknown (leadership changed, the replica stopped, or
+    /// it timed out): it may or may not be applied. Read before retrying a non-idempotent write.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// The replica could not reach the required state in time (no quorum, or it lags).
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The replica has stopped.
+    #[error("replica stopped: {0}")]
+    Stopped(String),
+    /// Bad settings.
+    #[error("invalid raft config: {0}")]
+    InvalidConfig(String),
+    /// A membership request was refused.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+}
+
+/// A read's required freshness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadLevel {
+    /// Linearizable, confirmed by a quorum round (ReadIndex). Leader only.
+    Strong,
+    /// Linearizable while the leader's lease holds (no round trip). Leader only.
+    Lease,
+    /// Whatever this replica has applied: possibly stale.
+    Eventual,
+    /// At least the state after log index `.0` (read-your-writes: the index a write returned).
+    AtLeast(u64),
+}
+
+/// Where a read is served from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadPoint {
+    /// The last log index this replica has applied (what the read sees, or newer).
+    pub applied: u64,
+    /// Entries the leader last reported committed that this replica has not applied yet (0 when
+    /// current): the staleness of an eventual read.
+    pub behind: u64,
+}
+
+/// A write's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Its log index: a read at `ReadLevel::AtLeast(index)` sees it.
+    pub index: u64,
+    /// What applying it did.
+    pub result: CommandResult,
+}
+
+/// One group member's view of the group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: u64,
+    /// This node.
+    pub node: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: &'static str,
+    /// Current term.
+    pub term: u64,
+    /// The leader this replica knows of.
+    pub leader: Option<u64>,
+    /// Last log index.
+    pub last_log: Option<u64>,
+    /// Last index known committed.
+    pub committed: Option<u64>,
+    /// Last index applied.
+    pub applied: Option<u64>,
+    /// Index of the last snapshot.
+    pub snapshot: Option<u64>,
+    /// Entries up to here are purged from the log.
+    pub purged: Option<u64>,
+    /// Voters.
+    pub voters: BTreeSet<u64>,
+    /// Learners.
+    pub learners: BTreeSet<u64>,
+    /// On the leader: for each other member, how many entries it lags the leader's log.
+    pub lag: BTreeMap<u64, u64>,
+}
+
+/// One node's replica of one shard group.
+#[derive(Clone)]
+pub struct Replica {
+    raft: ShardRaft,
+    sm: ShardStateMachine,
+    group: u64,
+    config: ReplicaConfig,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("group", &self.group).finish_non_exhaustive()
+    }
+}
+
+fn stopped(e: impl std::fmt::Display) -> GroupError {
+    GroupError::Stopped(e.to_string())
+}
+
+impl Replica {
+    /// Starts node `node`'s replica of `group`: its log in the node's `log`, its state in `sm`, its
+    /// messages over `wire`. A new replica waits to be added to a group or for [`Replica::bootstrap`].
+    pub async fn start<W: Wire>(
+        node: u64,
+        group: u64,
+        log: Arc<RaftLog>,
+        sm: ShardStateMachine,
+        wire: W,
+        config: ReplicaConfig,
+    ) -> Result<Replica, GroupError> {
+        let raft_config = Arc::new(config.to_openraft(group)?);
+        let network = GroupNetwork::new(wire, group);
+        let raft = ShardRaft::new(node, raft_config, network, GroupLogStore::new(log, group), sm.clone())
+            .await
+            .map_err(stopped)?;
+        Ok(Replica { raft, sm, group, config })
+    }
+
+    /// Makes this replica's group a new group of `members` (node id → address). Only once, on one
+    /// member; calling it on a group that already has members fails.
+    pub async fn bootstrap(&self, members: BTreeMap<u64, String>) -> Result<(), GroupError> {
+        let members: BTreeMap<u64, BasicNode> =
+            members.into_iter().map(|(id, addr)| (id, BasicNode::new(addr))).collect();
+        self.raft.initialize(members).await.map_err(|e| GroupError::Membership(e.to_string()))
+    }
+
+    /// The openraft handle, for the transport's registry.
+    pub fn raft(&self) -> &ShardRaft {
+        &self.raft
+    }
+
+    /// The shard's engine as of now (installing a snapshot replaces it).
+    pub fn db(&self) -> Arc<Db> {
+        self.sm.db()
+    }
+
+    /// The state machine.
+    pub fn state_machine(&self) -> &ShardStateMachine {
+        &self.sm
+    }
+
+    /// Proposes `command` and waits until it is applied here, or until `timeout`.
+    pub async fn write(&self, command: Command, timeout: Duration) -> Result<Written, GroupError> {
+        match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
+            Err(_) => Err(GroupError::OutcomeUnknown(format!("no answer within {timeout:?}"))),
+            Ok(Ok(r)) => Ok(Written { index: r.log_id.index, result: r.data }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(GroupError::NotLeader { leader: f.leader_id })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => Err(
+                GroupError::OutcomeUnknown(format!("the entry was dropped here (leader now {:?})", f.leader_id)),
+            ),
+            Ok(Err(e)) => Err(GroupError::OutcomeUnknown(e.to_string())),
+        }
+    }
+
+    /// Waits until a read at `level` may be served from [`Replica::db`], or until `timeout`.
+    pub async fn read_point(&self, level: ReadLevel, timeout: Duration) -> Result<ReadPoint, GroupError> {
+        let target = match level {
+            ReadLevel::Eventual => None,
+            ReadLevel::AtLeast(index) => Some(index),
+            ReadLevel::Strong | ReadLevel::Lease => {
+                let option = match level {
+                    ReadLevel::Lease => {
+                        LinearizerOption::new(Some(self.config.lease()), false).with_wait_timeout(Duration::ZERO)
+                    }
+                    _ => LinearizerOption::new(Some(Duration::ZERO), true).with_wait_timeout(timeout),
+                };
+                let linearizer = match self.raft.get_read_linearizer(option).await {
+                    Ok(l) => l,
+                    Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                        return Err(GroupError::NotLeader { leader: f.leader_id });
+                    }
+                    Err(RaftError::APIError(e)) => return Err(GroupError::Timeout(e.to_string())),
+                    Err(RaftError::Fatal(e)) => return Err(stopped(e)),
+                };
+                match linearizer.try_await_ready(&self.raft, Some(timeout)).await.map_err(stopped)? {
+                    Ok(state) => return Ok(self.point(state.applied().map(|id| id.index))),
+                    Err(state) => {
+                        return Err(GroupError::Timeout(format!(
+                            "applied {:?}, the read needs {}",
+                            state.applied().map(|id| id.index),
+                            state.read_log_id().index()
+                        )));
+                    }
+                }
+            }
+        };
+        if let Some(index) = target {
+            self.raft
+                .wait(Some(timeout))
+                .applied_index_at_least(Some(index), "read-your-writes")
+                .await
+                .map_err(|e| GroupError::Timeout(format!("index {index} not applied here: {e}")))?;
+        }
+        Ok(self.point(None))
+    }
+
+    fn point(&self, at_least: Option<u64>) -> ReadPoint {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let applied = m.last_applied.map_or(0, |id| id.index).max(at_least.unwrap_or(0));
+        let committed = m.cluster_committed.map_or(0, |id| id.index);
+        ReadPoint { applied, behind: committed.saturating_sub(applied) }
+    }
+
+    /// Adds node `node` at `addr` as a learner and waits until it has caught up with the log.
+    pub async fn add_learner(&self, node: u64, addr: String) -> Result<(), GroupError> {
+        self.raft
+            .add_learner(node, BasicNode::new(addr), true)
+            .await
+            .map(|_| ())
+            .map_err(|e| GroupError::Membership(e.to_string()))
+    }
+
+    /// Makes `voters` the voting members (learners among them are promoted, voters not in it become
+    /// learners). Changes are serialized by Raft: one at a time, each through joint consensus.
+    pub async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), GroupError> {
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| GroupError::Membership(e.to_string()))
+    }
+
+    /// This replica's view of the group.
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let learners: BTreeSet<u64> = membership.learner_ids().collect();
+        let last_log = m.last_log_index;
+        let lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != m.id)
+                    .map(|(id, matched)| {
+                        let matched = matched.as_ref().map_or(0, |l| l.index + 1);
+                        (*id, last_log.map_or(0, |l| l + 1).saturating_sub(matched))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        GroupStatus {
+            group: self.group,
+            node: m.id,
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log,
+            committed: m.local_committed.map(|id| id.index),
+            applied: m.last_applied.map(|id| id.index),
+            snapshot: m.snapshot.map(|id| id.index),
+            purged: m.purged.map(|id| id.index),
+            voters,
+            learners,
+            lag,
+        }
+    }
+
+    /// Stops the replica (its storage stays as it is).
+    pub async fn shutdown(&self) -> Result<(), GroupError> {
+        self.raft.shutdown().await.map_err(stopped)
+    }
+}

@@ -1,3 +1,4 @@
 //! cairn deterministic simulation and history checking (tests only).
 
 pub mod linearizability;
+pub mod raft_sim;

@@ -280,6 +280,49 @@ pub fn check_per_key<K: Ord + Clone>(
     }
 }
 
+/// The earliest moment `t` at which `history` (one register's) already fails: the operations called by
+/// `t`, with those still running at `t` counted as pending. Operations around it explain a failure.
+/// `None` if no prefix fails within the step budget.
+pub fn first_failure<M: Model>(
+    model: &M,
+    history: &[Operation<M::Input, M::Output>],
+    max_steps: u64,
+) -> Option<u64>
+where
+    M::Input: Clone,
+    M::Output: Clone,
+{
+    let mut times: Vec<u64> = history.iter().flat_map(|op| [Some(op.call), op.ret]).flatten().collect();
+    times.sort_unstable();
+    times.dedup();
+    let prefix = |t: u64| -> Vec<Operation<M::Input, M::Output>> {
+        history
+            .iter()
+            .filter(|op| op.call <= t)
+            .map(|op| {
+                let mut op = op.clone();
+                if op.ret.is_none_or(|r| r > t) {
+                    op.ret = None;
+                    op.output = None;
+                }
+                op
+            })
+            .collect()
+    };
+    // Failing is monotone in `t` (a longer prefix only adds constraints): binary search.
+    let fails = |t: u64| check(model, &prefix(t), max_steps) == Verdict::NotLinearizable;
+    let last = *times.last()?;
+    if !fails(last) {
+        return None;
+    }
+    let (mut lo, mut hi) = (0, times.len() - 1);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if fails(times[mid]) { hi = mid } else { lo = mid + 1 }
+    }
+    Some(times[lo])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +341,19 @@ mod tests {
 
     fn verdict(history: &[Operation<RegisterInput, RegisterOutput>]) -> Verdict {
         check(&Register, history, 1_000_000)
+    }
+
+    #[test]
+    fn first_failure_finds_the_moment_a_stale_read_returns() {
+        let history = [
+            op(1, 1, 2, Write(1), Out::Done),
+            op(2, 3, 4, Read, Out::Read(Some(1))),
+            op(1, 5, 6, Write(2), Out::Done),
+            op(2, 7, 9, Read, Out::Read(Some(1))),
+            op(1, 10, 11, Read, Out::Read(Some(2))),
+        ];
+        assert_eq!(first_failure(&Register, &history, 1_000_000), Some(9));
+        assert_eq!(first_failure(&Register, &history[..3], 1_000_000), None);
     }
 
     #[test]

@@ -47,6 +47,12 @@ impl ReplicaConfig {
             election_timeout_max: ms(self.election_timeout.1),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
+            // A restarted leader must win a new election. Restoring leadership in the old term is
+            // unsafe here: the state machine does not flush on apply (WAL off) and the commit index
+            // is not persisted, so a restored leader's commit index starts at its (rolled back)
+            // applied index, and it would serve reads from before writes it had acknowledged. The
+            // simulation found this (a lost acknowledged write seen by linearizable reads).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         config.validate().map_err(|e| GroupError::InvalidConfig(e.to_string()))

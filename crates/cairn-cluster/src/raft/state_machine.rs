@@ -40,10 +40,14 @@ struct Inner {
     // Shard directories live under `root` as `gen-<n>`; installing a snapshot opens the next generation.
     root: PathBuf,
     generation: u64,
+    // INVARIANT: above every generation directory under `root`.
+    next_generation: u64,
     // The settings every generation is opened with (its `dir` is replaced).
     template: Config,
     meta_bucket: u16,
     current: Option<(SnapshotMetaOf<TypeConfig>, ShardSnapshotRef)>,
+    // Snapshots installed from another replica since open.
+    installed: u64,
 }
 
 /// The state machine of one shard group. Cloning shares it (the snapshot builder is a clone).
@@ -69,23 +73,46 @@ impl ShardStateMachine {
     ) -> cairn_engine::Result<ShardStateMachine> {
         let fs = Arc::clone(&template.fs);
         fs.create_dir_all(&root)?;
-        let generation = fs
+        // The newest generation an install completed (the engine writes `CURRENT` last); a later one
+        // without it is an install a crash interrupted, and is never reused.
+        let generations: Vec<u64> = fs
             .list(&root)?
             .iter()
             .filter_map(|n| n.strip_prefix("gen-").and_then(|g| g.parse::<u64>().ok()))
-            .max()
-            .unwrap_or(0);
+            .collect();
+        let mut generation = 0;
+        for &g in &generations {
+            if g > generation && fs.exists(&root.join(format!("gen-{g}")).join("CURRENT"))? {
+                generation = g;
+            }
+        }
+        let next_generation = generations.iter().max().map_or(1, |g| g + 1).max(generation + 1);
         let mut config = template.clone();
         config.dir = root.join(format!("gen-{generation}"));
         let db = Arc::new(Db::open(config, buckets)?);
         let applier = ShardApplier::new(Arc::clone(&db), meta_bucket);
-        let inner = Inner { applier, db, root, generation, template, meta_bucket, current: None };
+        let inner =
+            Inner { applier, db, root, generation, next_generation, template, meta_bucket, current: None, installed: 0 };
         Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)) })
     }
 
     /// The shard's engine.
     pub fn db(&self) -> Arc<Db> {
         Arc::clone(&self.inner.lock().db)
+    }
+
+    /// Snapshots installed from another replica since this state machine was opened.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.inner.lock().installed
+    }
+
+    /// The last applied index and the content digest of the shard as of it (equal on replicas that
+    /// applied the same entries). Takes an engine snapshot.
+    pub fn digest(&self) -> Result<(Option<u64>, String), io::Error> {
+        let inner = self.inner.lock();
+        let applied = inner.applier.applied().map_err(io_err)?;
+        let (meta, data) = snapshot_at(&inner, applied)?;
+        Ok((meta.last_log_id.map(|id| id.index), data.digest))
     }
 
     /// Checks this replica against a snapshot another replica took (seed 004): if this one has applied
@@ -198,7 +225,8 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         snapshot: ShardSnapshotRef,
     ) -> Result<(), io::Error> {
         let mut inner = self.inner.lock();
-        let next = inner.generation + 1;
+        let next = inner.next_generation;
+        inner.next_generation += 1;
         let mut config = inner.template.clone();
         config.dir = inner.root.join(format!("gen-{next}"));
         config.snapshot_volume = Some(snapshot.volume.clone());
@@ -208,6 +236,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         inner.applier = ShardApplier::new(Arc::clone(&db), inner.meta_bucket);
         inner.db = db;
         inner.generation = next;
+        inner.installed += 1;
         inner.current = Some((meta.clone(), snapshot));
         Ok(())
     }

@@ -1,0 +1,610 @@
+//! Deterministic simulation of one replicated shard group.
+//!
+//! Every replica runs its real code — node Raft log, engine state machine, openraft through
+//! [`Replica`], messages through [`RaftService::handle`] — on one single-threaded tokio runtime whose
+//! clock is virtual (it jumps to the next timer when every task waits), so seconds of simulated time
+//! take milliseconds. The network is a [`Wire`] that the fault schedule controls: partitions, message
+//! loss and delay. A crash stops a replica dead (its file system fails every call from that instant),
+//! then drops what it had not synced ([`MemFs::crash`]); a restart reopens its storage. Snapshots live
+//! on shared in-memory volumes (the object store every node can reach).
+//!
+//! One seed drives everything that is chosen at random — faults, client operations, message fates and
+//! openraft's election timeouts (through [`with_seed`]) — so a run replays from its seed. Clients record
+//! a history of reads (strong and lease), writes and compare-and-sets on a few keys, which
+//! [`check_per_key`](crate::linearizability::check_per_key) judges. Operations whose outcome the client
+//! could not learn are recorded as such: they may or may not have taken effect.
+
+#[cfg(not(tokio_unstable))]
+compile_error!("the simulation seeds tokio's RNG, an unstable tokio API: build with `--cfg tokio_unstable` (the workspace's .cargo/config.toml sets it)");
+
+use crate::linearizability::{KeyedOperation, Operation, RegisterInput, RegisterOutput};
+use cairn_cluster::raft::{
+    Command, CommandResult, Condition, GroupError, RaftCall, RaftReply, RaftService, ReadLevel, Replica,
+    ReplicaConfig, ShardStateMachine, Wire, with_seed,
+};
+use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
+use cairn_engine::fs::{FaultController, FaultFs, FaultKind, FileSystem, MemFs};
+use cairn_engine::{Config, WriteBatch};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Drives every random choice.
+    pub seed: u64,
+    /// Replicas in the group (3 or 5).
+    pub replicas: u64,
+    /// Concurrent clients.
+    pub clients: u64,
+    /// Simulated time the clients run (faults are injected meanwhile).
+    pub duration: Duration,
+    /// Keys the clients share (few keys, many conflicts).
+    pub keys: u64,
+    /// Whether to inject faults (partitions, loss, delay, crashes).
+    pub faults: bool,
+}
+
+/// What a run produced.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// Every client operation, keyed by register.
+    pub history: Vec<KeyedOperation<u64>>,
+    /// Operations acknowledged (a definite answer).
+    pub acknowledged: u64,
+    /// Operations whose outcome stayed unknown.
+    pub unknown: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// After healing: each replica's (applied index, content digest).
+    pub digests: BTreeMap<u64, (Option<u64>, String)>,
+    /// Highest term reached (elections happened).
+    pub term: u64,
+    /// Snapshots installed from a leader (replicas that caught up by snapshot).
+    pub snapshots_installed: u64,
+    /// Every message sent: virtual time (µs), sender, receiver, kind, whether it was lost.
+    pub trace: Vec<String>,
+}
+
+/// A SplitMix64 generator: small, seedable, and the same everywhere.
+#[derive(Clone, Debug)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> SimRng {
+        SimRng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let z = self.0;
+        let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
+/// The network's state: which nodes are up, which links are cut, how lossy and slow it is.
+struct Net {
+    rng: SimRng,
+    services: HashMap<u64, RaftService>,
+    // Directed links that drop everything.
+    cut: BTreeSet<(u64, u64)>,
+    loss_percent: u64,
+    max_delay_ms: u64,
+    // Every message's fate, in order (for finding where two runs of one seed part).
+    trace: Vec<String>,
+    start: tokio::time::Instant,
+}
+
+#[derive(Clone)]
+struct SimWire {
+    from: u64,
+    net: Arc<Mutex<Net>>,
+}
+
+impl Wire for SimWire {
+    async fn call(&self, target: u64, _addr: &str, call: RaftCall, timeout: Duration) -> Result<RaftReply, String> {
+        let (there, back, lost) = {
+            let mut net = self.net.lock();
+            let max = net.max_delay_ms;
+            let there = net.rng.millis(0, max);
+            let back = net.rng.millis(0, max);
+            let loss = net.loss_percent;
+            let lost = net.cut.contains(&(self.from, target)) || net.rng.chance(loss);
+            let at = net.start.elapsed().as_micros();
+            net.trace.push(format!("{at} {} -> {target} call {} lost {lost}", self.from, call.kind));
+            (there, back, lost)
+        };
+        if lost {
+            tokio::time::sleep(timeout).await;
+            return Err(format!("message {} -> {target} lost", self.from));
+        }
+        tokio::time::sleep(there).await;
+        let service = self.net.lock().services.get(&target).cloned();
+        let Some(service) = service else {
+            tokio::time::sleep(timeout.saturating_sub(there)).await;
+            return Err(format!("node {target} is down"));
+        };
+        let reply = match tokio::time::timeout(timeout.saturating_sub(there), service.handle(call)).await {
+            Ok(reply) => reply,
+            Err(_) => return Err(format!("node {target} did not answer in time")),
+        };
+        tokio::time::sleep(back).await;
+        let lost = {
+            let mut net = self.net.lock();
+            let loss = net.loss_percent;
+            net.cut.contains(&(target, self.from)) || net.rng.chance(loss)
+        };
+        if lost {
+            return Err(format!("reply {target} -> {} lost", self.from));
+        }
+        Ok(reply)
+    }
+}
+
+/// One simulated node: its disk survives crashes (minus what was not synced).
+struct Node {
+    disk: MemFs,
+    power: FaultController,
+    replica: Option<Replica>,
+}
+
+const GROUP: u64 = 1;
+const BUCKETS: u32 = 16;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Distinguishes runs in one process (memory volumes are process-wide).
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+struct Sim {
+    config: SimConfig,
+    run: u64,
+    net: Arc<Mutex<Net>>,
+    nodes: BTreeMap<u64, Node>,
+    raft_config: ReplicaConfig,
+    seeds: SimRng,
+    report: SimReport,
+}
+
+impl Sim {
+    fn new(config: SimConfig) -> Sim {
+        let net = Net {
+            rng: SimRng::new(config.seed ^ 0x6e65_7477),
+            services: HashMap::new(),
+            cut: BTreeSet::new(),
+            loss_percent: 0,
+            max_delay_ms: 2,
+            trace: Vec::new(),
+            start: tokio::time::Instant::now(),
+        };
+        let nodes = (1..=config.replicas)
+            .map(|id| (id, Node { disk: MemFs::new(), power: FaultController::default(), replica: None }))
+            .collect();
+        let raft_config = ReplicaConfig {
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+            // Snapshot and purge often, so lagging replicas catch up by snapshot.
+            snapshot_every: 40,
+            keep_behind_snapshot: 10,
+        };
+        Sim {
+            seeds: SimRng::new(config.seed ^ 0x7365_6564),
+            config,
+            run: RUN.fetch_add(1, Ordering::Relaxed),
+            net: Arc::new(Mutex::new(net)),
+            nodes,
+            raft_config,
+            report: SimReport::default(),
+        }
+    }
+
+    /// Opens node `id`'s storage and starts its replica.
+    async fn start(&mut self, id: u64) -> Result<(), String> {
+        let seed = self.seeds.next_u64();
+        let node = self.nodes.get_mut(&id).ok_or("no such node")?;
+        let faulty = FaultFs::new(Arc::new(node.disk.clone()));
+        node.power = faulty.controller();
+        let fs: Arc<dyn FileSystem> = Arc::new(faulty);
+        let mut log_config = RaftLogConfig::new("/raft", Arc::clone(&fs));
+        log_config.flush_inline = true;
+        let log = Arc::new(RaftLog::open(log_config).map_err(|e| format!("node {id} raft log: {e}"))?);
+        let mut template = Config::new("/shard");
+        template.fs = fs;
+        template.wal = false;
+        template.total_buckets = BUCKETS;
+        template.snapshot_volume = Some(format!("memory://sim{}-{}-n{id}", self.run, self.config.seed));
+        let sm = ShardStateMachine::open("/shard".into(), template, vec![0..=(BUCKETS - 1) as u16], 0)
+            .map_err(|e| format!("node {id} shard: {e}"))?;
+        let wire = SimWire { from: id, net: Arc::clone(&self.net) };
+        let replica = with_seed(seed, Replica::start(id, GROUP, log, sm, wire, self.raft_config.clone()))
+            .await
+            .map_err(|e| format!("node {id} start: {e}"))?;
+        let service = RaftService::default();
+        service.register(GROUP, replica.raft().clone());
+        self.net.lock().services.insert(id, service);
+        node.replica = Some(replica);
+        self.note(format!("node {id} started"));
+        Ok(())
+    }
+
+    /// Kills node `id` at once: every file-system call fails from now on, then unsynced data is lost.
+    async fn crash(&mut self, id: u64) {
+        self.net.lock().services.remove(&id);
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        for kind in [
+            FaultKind::Read,
+            FaultKind::Write,
+            FaultKind::Sync,
+            FaultKind::SyncDir,
+            FaultKind::Create,
+            FaultKind::Rename,
+            FaultKind::Remove,
+            FaultKind::Open,
+        ] {
+            node.power.fail_after(kind, 0);
+        }
+        if let Some(replica) = node.replica.take() {
+            let _ = replica.shutdown().await;
+        }
+        node.disk.crash();
+        *self.report.faults.entry("crash").or_default() += 1;
+        self.note(format!("node {id} crashed"));
+    }
+
+    /// Adds `event` to the trace.
+    fn note(&self, event: String) {
+        let mut net = self.net.lock();
+        let at = net.start.elapsed().as_micros();
+        net.trace.push(format!("{at} {event}"));
+    }
+
+    fn replica(&self, id: u64) -> Option<Replica> {
+        self.nodes.get(&id).and_then(|n| n.replica.clone())
+    }
+
+    fn up(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, _)| *id).collect()
+    }
+}
+
+/// The engine key and bucket of register `key`.
+fn register(key: u64) -> (u16, Vec<u8>) {
+    ((key % u64::from(BUCKETS)) as u16, format!("reg-{key}").into_bytes())
+}
+
+fn decode(value: Option<&[u8]>) -> Result<Option<u64>, String> {
+    value.map(|v| v.try_into().map(u64::from_be_bytes).map_err(|_| format!("bad register value {v:?}"))).transpose()
+}
+
+/// A client's view: which node it believes leads.
+struct Client {
+    id: u64,
+    rng: SimRng,
+    leader: u64,
+}
+
+/// Global event clock for the history: calls and returns in the order they happened.
+#[derive(Clone, Default)]
+struct Clock(Arc<AtomicU64>);
+
+impl Clock {
+    fn tick(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// One try of an operation at one replica.
+#[derive(Debug)]
+enum Attempt {
+    /// A definite answer.
+    Done(RegisterOutput),
+    /// Proposed, outcome unknown.
+    Unknown,
+    /// Certainly without effect.
+    NoEffect,
+    /// Not the leader; try this one.
+    Redirect(Option<u64>),
+}
+
+async fn attempt(replica: &Replica, rng: &mut SimRng, key: u64, input: RegisterInput) -> Attempt {
+    let (bucket, engine_key) = register(key);
+    let (expect, new) = match input {
+        RegisterInput::Read => {
+            let level = if rng.chance(30) { ReadLevel::Lease } else { ReadLevel::Strong };
+            return match replica.read_point(level, READ_TIMEOUT).await {
+                Err(GroupError::NotLeader { leader }) => Attempt::Redirect(leader),
+                Err(_) => Attempt::NoEffect,
+                // Nothing runs between the wait and this read (one thread): it sees the state the
+                // wait established, or newer.
+                Ok(_) => match replica.db().get(bucket, &engine_key) {
+                    Ok(row) => match decode(row.as_ref().and_then(|r| r.column(0))) {
+                        Ok(v) => Attempt::Done(RegisterOutput::Read(v)),
+                        Err(_) => Attempt::NoEffect,
+                    },
+                    Err(_) => Attempt::NoEffect,
+                },
+            };
+        }
+        RegisterInput::Write(v) => (None, v),
+        RegisterInput::Cas { expect, new } => (Some(expect), new),
+        RegisterInput::Delete => return Attempt::NoEffect,
+    };
+    let mut batch = WriteBatch::new();
+    batch.put(bucket, &engine_key, 0, &new.to_be_bytes());
+    let command = match expect {
+        None => Command::write(&batch),
+        Some(expect) => {
+            let value = expect.map(|e| e.to_be_bytes().to_vec());
+            Command::conditional(vec![Condition::ColumnIs { bucket, key: engine_key, column: 0, value }], &batch)
+        }
+    };
+    match replica.write(command, WRITE_TIMEOUT).await {
+        Ok(w) => match (expect, w.result) {
+            (Some(_), r) => Attempt::Done(RegisterOutput::Cas(r == CommandResult::Applied)),
+            (None, CommandResult::Applied) => Attempt::Done(RegisterOutput::Done),
+            // Refused: nothing was written.
+            (None, _) => Attempt::NoEffect,
+        },
+        Err(GroupError::NotLeader { leader }) => Attempt::Redirect(leader),
+        Err(_) => Attempt::Unknown,
+    }
+}
+
+/// Runs one operation to a definite answer (`Ok(Some)`) or an unknown outcome (`Ok(None)`), following
+/// leader hints a bounded number of times. `Err` means it certainly took no effect (it is left out of
+/// the history).
+async fn perform(sim: &SharedSim, client: &mut Client, key: u64, input: RegisterInput) -> Result<Option<RegisterOutput>, ()> {
+    let replicas = sim.lock().await.config.replicas;
+    for _ in 0..4 {
+        let replica = sim.lock().await.replica(client.leader);
+        let Some(replica) = replica else {
+            client.leader = 1 + client.rng.below(replicas);
+            continue;
+        };
+        sim.lock().await.note(format!("client {} key {key} {input:?} at node {}", client.id, client.leader));
+        let outcome = attempt(&replica, &mut client.rng, key, input).await;
+        sim.lock().await.note(format!("client {} key {key} {input:?} -> {outcome:?}", client.id));
+        match outcome {
+            Attempt::Done(output) => return Ok(Some(output)),
+            Attempt::Unknown => return Ok(None),
+            Attempt::NoEffect => return Err(()),
+            Attempt::Redirect(leader) => client.leader = leader.unwrap_or_else(|| 1 + client.rng.below(replicas)),
+        }
+    }
+    Err(())
+}
+
+type SharedSim = Arc<tokio::sync::Mutex<Sim>>;
+
+async fn client_loop(
+    sim: SharedSim,
+    mut client: Client,
+    clock: Clock,
+    until: tokio::time::Instant,
+    keys: u64,
+) -> Vec<KeyedOperation<u64>> {
+    let mut history = Vec::new();
+    let mut last_seen: HashMap<u64, Option<u64>> = HashMap::new();
+    let mut n = 0;
+    while tokio::time::Instant::now() < until {
+        n += 1;
+        tokio::time::sleep(client.rng.millis(0, 50)).await;
+        let key = client.rng.below(keys);
+        let value = client.id * 1_000_000 + n;
+        let input = match client.rng.below(10) {
+            0..=3 => RegisterInput::Read,
+            4..=6 => RegisterInput::Write(value),
+            _ => RegisterInput::Cas { expect: last_seen.get(&key).copied().flatten(), new: value },
+        };
+        let call = clock.tick();
+        let Ok(output) = perform(&sim, &mut client, key, input).await else { continue };
+        let ret = output.map(|_| clock.tick());
+        if let Some(RegisterOutput::Read(v)) = output {
+            last_seen.insert(key, v);
+        }
+        history.push((key, Operation { client: client.id, call, ret, input, output }));
+    }
+    history
+}
+
+/// Injects faults until `done`: partitions and heals, loss, delay, crashes (a minority at a time) and
+/// restarts.
+async fn fault_loop(sim: SharedSim, mut rng: SimRng, done: Arc<std::sync::atomic::AtomicBool>) -> Result<(), String> {
+    while !done.load(Ordering::Relaxed) {
+        tokio::time::sleep(rng.millis(100, 1200)).await;
+        let mut sim = sim.lock().await;
+        let n = sim.config.replicas;
+        let up = sim.up();
+        let kind = match rng.below(7) {
+            0 => {
+                let side: BTreeSet<u64> = (1..=n).filter(|_| rng.chance(50)).collect();
+                let mut net = sim.net.lock();
+                for a in 1..=n {
+                    for b in 1..=n {
+                        if side.contains(&a) != side.contains(&b) {
+                            net.cut.insert((a, b));
+                        }
+                    }
+                }
+                "partition"
+            }
+            1 | 2 => {
+                sim.net.lock().cut.clear();
+                "heal"
+            }
+            3 => {
+                sim.net.lock().loss_percent = rng.below(20);
+                "loss"
+            }
+            4 => {
+                sim.net.lock().max_delay_ms = rng.below(60);
+                "delay"
+            }
+            5 if (n - up.len() as u64) < (n - 1) / 2 || up.len() as u64 == n => {
+                let victim = up[rng.below(up.len() as u64) as usize];
+                sim.crash(victim).await;
+                continue;
+            }
+            _ => {
+                let down: Vec<u64> = (1..=n).filter(|id| !up.contains(id)).collect();
+                if down.is_empty() {
+                    continue;
+                }
+                let id = down[rng.below(down.len() as u64) as usize];
+                sim.start(id).await?;
+                "restart"
+            }
+        };
+        *sim.report.faults.entry(kind).or_default() += 1;
+        let state = {
+            let net = sim.net.lock();
+            format!("{kind}: cut {:?} loss {}% delay <= {} ms", net.cut, net.loss_percent, net.max_delay_ms)
+        };
+        sim.note(state);
+    }
+    Ok(())
+}
+
+/// Runs one simulation on a fresh single-threaded runtime with a virtual clock.
+pub fn run(config: SimConfig) -> Result<SimReport, String> {
+    // tokio's own randomness (which of a watch channel's waiter lists a waiter joins, so the order
+    // waiters wake) must follow the seed too.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&config.seed.to_le_bytes()))
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    tokio::task::LocalSet::new().block_on(&runtime, run_async(config))
+}
+
+async fn run_async(config: SimConfig) -> Result<SimReport, String> {
+    let sim: SharedSim = Arc::new(tokio::sync::Mutex::new(Sim::new(config.clone())));
+    let members: BTreeMap<u64, String> = (1..=config.replicas).map(|id| (id, format!("n{id}"))).collect();
+    {
+        let mut s = sim.lock().await;
+        for id in 1..=config.replicas {
+            s.start(id).await?;
+        }
+        s.replica(1).ok_or("node 1 is down")?.bootstrap(members).await.map_err(|e| e.to_string())?;
+    }
+    let clock = Clock::default();
+    let mut rng = SimRng::new(config.seed);
+    let mut clients = Vec::new();
+    let until = tokio::time::Instant::now() + config.duration;
+    for id in 1..=config.clients {
+        let client = Client { id, rng: SimRng::new(rng.next_u64()), leader: 1 + rng.below(config.replicas) };
+        clients.push(tokio::spawn(client_loop(
+            Arc::clone(&sim),
+            client,
+            clock.clone(),
+            until,
+            config.keys,
+        )));
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let faults = config
+        .faults
+        .then(|| tokio::spawn(fault_loop(Arc::clone(&sim), SimRng::new(rng.next_u64()), Arc::clone(&done))));
+    let mut history = Vec::new();
+    for c in clients {
+        history.extend(c.await.map_err(|e| format!("client task: {e}"))?);
+    }
+    done.store(true, Ordering::Relaxed);
+    if let Some(f) = faults {
+        f.await.map_err(|e| format!("fault task: {e}"))??;
+    }
+
+    // Heal everything, restart every replica, and let the group converge.
+    {
+        let mut s = sim.lock().await;
+        {
+            let mut net = s.net.lock();
+            net.cut.clear();
+            net.loss_percent = 0;
+        }
+        for id in 1..=config.replicas {
+            if s.replica(id).is_none() {
+                s.start(id).await?;
+            }
+        }
+    }
+    let converged = converge(&sim, config.replicas).await?;
+
+    // Final strong reads of every key join the history: every acknowledged write must show.
+    let mut reader = Client { id: 0, rng: SimRng::new(rng.next_u64()), leader: converged };
+    for key in 0..config.keys {
+        let call = clock.tick();
+        let output = perform(&sim, &mut reader, key, RegisterInput::Read)
+            .await
+            .map_err(|()| format!("final read of key {key} failed"))?;
+        let ret = output.map(|_| clock.tick());
+        history.push((key, Operation { client: 0, call, ret, input: RegisterInput::Read, output }));
+    }
+
+    let mut s = sim.lock().await;
+    s.report.acknowledged = history.iter().filter(|(_, op)| op.output.is_some()).count() as u64;
+    s.report.unknown = history.len() as u64 - s.report.acknowledged;
+    s.report.history = history;
+    for id in 1..=config.replicas {
+        let replica = s.replica(id).ok_or_else(|| format!("node {id} is down at the end"))?;
+        let digest = replica.state_machine().digest().map_err(|e| format!("node {id} digest: {e}"))?;
+        s.report.digests.insert(id, digest);
+        let status = replica.status();
+        s.report.term = s.report.term.max(status.term);
+        s.report.snapshots_installed += replica.state_machine().snapshots_installed();
+    }
+    for id in 1..=config.replicas {
+        if let Some(r) = s.replica(id) {
+            let _ = r.shutdown().await;
+        }
+    }
+    let trace = std::mem::take(&mut s.net.lock().trace);
+    s.report.trace = trace;
+    Ok(std::mem::take(&mut s.report))
+}
+
+/// Waits (bounded, in virtual time) until one leader is known to all and every replica has applied
+/// everything it committed; returns the leader.
+async fn converge(sim: &SharedSim, replicas: u64) -> Result<u64, String> {
+    let mut last = String::new();
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = sim.lock().await;
+        let statuses: Vec<_> = (1..=replicas).filter_map(|id| s.replica(id)).map(|r| r.status()).collect();
+        let leaders: BTreeSet<Option<u64>> = statuses.iter().map(|st| st.leader).collect();
+        let applied: BTreeSet<Option<u64>> = statuses.iter().map(|st| st.applied).collect();
+        let last_logs: BTreeSet<Option<u64>> = statuses.iter().map(|st| st.last_log).collect();
+        if let ([Some(leader)], [_], [_]) = (
+            leaders.iter().collect::<Vec<_>>().as_slice(),
+            applied.iter().collect::<Vec<_>>().as_slice(),
+            last_logs.iter().collect::<Vec<_>>().as_slice(),
+        ) && applied == last_logs
+        {
+            return Ok(*leader);
+        }
+        last = format!("{statuses:?}");
+    }
+    Err(format!("the group did not converge in 30 s: {last}"))
+}

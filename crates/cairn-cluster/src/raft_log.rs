@@ -574,7 +574,9 @@ impl RaftLog {
             let thread = std::thread::Builder::new()
                 .name("cairn-raft-log".into())
                 .spawn(move || flusher.run())
-                .map_err(|e| RaftLogError::InvalidArgument(format!("cannot start the raft log flusher: {e}")))?;
+                .map_err(|e| {
+                    RaftLogError::InvalidArgument(format!("cannot start the raft log flusher: {e}"))
+                })?;
             FlusherMode::Thread(Some(thread))
         };
         Ok(RaftLog { shared, flusher })

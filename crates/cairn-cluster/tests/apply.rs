@@ -93,7 +93,7 @@ fn a_malformed_or_unowned_command_is_rejected_alone_and_the_position_moves_past_
     // This shard owns buckets 0..=7 only.
     let db = Arc::new(Db::open(c, vec![0..=7]).unwrap());
     let applier = ShardApplier::new(Arc::clone(&db), 0);
-    let malformed = Command { conditions: Vec::new(), batch: vec![1, 2, 3] };
+    let malformed = Command { conditions: Vec::new(), batch: vec![1, 2, 3], check: None };
     let mut unowned = WriteBatch::new();
     unowned.put(1, b"mine", 0, b"v");
     unowned.put(9, b"not-mine", 0, b"v");

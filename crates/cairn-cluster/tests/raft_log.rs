@@ -187,7 +187,8 @@ fn model_run(inline: bool) {
     let seed = seed();
     let mut rng = Rng(seed);
     let fs = Arc::new(MemFs::new());
-    let config = |fs: &Arc<MemFs>, segment_bytes| RaftLogConfig { flush_inline: inline, ..config(fs, segment_bytes) };
+    let config =
+        |fs: &Arc<MemFs>, segment_bytes| RaftLogConfig { flush_inline: inline, ..config(fs, segment_bytes) };
     let mut log = RaftLog::open(config(&fs, 4096)).unwrap();
     let mut model = Model::new();
     for step in 0..3000 {

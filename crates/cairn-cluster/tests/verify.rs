@@ -23,10 +23,7 @@ fn machine(fs: &Arc<MemFs>, name: &str) -> ShardStateMachine {
 fn command(index: u64) -> EntryOf<TypeConfig> {
     let mut b = WriteBatch::new();
     b.put((index % 16) as u16, format!("k{index}").as_bytes(), 0, &index.to_be_bytes());
-    EntryOf::<TypeConfig>::new(
-        LogId::new_term_index(1, index),
-        EntryPayload::Normal(Command::write(&b)),
-    )
+    EntryOf::<TypeConfig>::new(LogId::new_term_index(1, index), EntryPayload::Normal(Command::write(&b)))
 }
 
 async fn apply(sm: &mut ShardStateMachine, range: std::ops::RangeInclusive<u64>) {

@@ -9,7 +9,7 @@ use crate::db::DbInner;
 use crate::db_iter::DbIter;
 use crate::error::{Error, Result};
 use crate::row::Row;
-use crate::snapshot::{ContentDigest, digest_rows, load_verified_snapshot};
+use crate::snapshot::{ContentDigest, load_verified_snapshot};
 use crate::view::View;
 use crate::volume::{ResolvedVolume, resolve};
 use std::ops::RangeBounds;
@@ -111,23 +111,7 @@ impl ReadOnlyDb {
 
     /// Hashes every live row (see [`ContentDigest`]).
     pub fn content_digest(&self) -> Result<ContentDigest> {
-        let ranges = self.owned_buckets();
-        let mut ranges = ranges.into_iter();
-        let mut iter: Option<DbIter> = None;
-        digest_rows(|emit| {
-            loop {
-                if let Some(it) = iter.as_mut()
-                    && it.advance()?
-                {
-                    emit(it.bucket(), it.key(), it.row());
-                    return Ok(true);
-                }
-                match ranges.next() {
-                    Some(r) => iter = Some(self.view.scan_buckets(r)?),
-                    None => return Ok(false),
-                }
-            }
-        })
+        self.view.content_digest()
     }
 }
 

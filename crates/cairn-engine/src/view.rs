@@ -10,6 +10,7 @@ use crate::keys;
 use crate::level_iter::LevelIter;
 use crate::merging_iter::MergingIter;
 use crate::row::Row;
+use crate::snapshot::{ContentDigest, digest_rows};
 use std::ops::RangeBounds;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -55,6 +56,27 @@ impl View {
         self.check_owned(bucket)?;
         let (start, end) = bucket_key_bounds(bucket, range);
         Ok(self.iter(start, end))
+    }
+
+    /// Hashes every live row of every owned bucket as of the view: equal to the digest of a shard
+    /// snapshot taken at the same point (see [`ContentDigest`]), without taking one.
+    pub fn content_digest(&self) -> Result<ContentDigest> {
+        let mut ranges = self.owned.ranges().to_vec().into_iter();
+        let mut iter: Option<DbIter> = None;
+        digest_rows(|emit| {
+            loop {
+                if let Some(it) = iter.as_mut()
+                    && it.advance()?
+                {
+                    emit(it.bucket(), it.key(), it.row());
+                    return Ok(true);
+                }
+                match ranges.next() {
+                    Some(r) => iter = Some(self.scan_buckets(r)?),
+                    None => return Ok(false),
+                }
+            }
+        })
     }
 
     /// All rows of the buckets in `buckets`, as of the view. Every bucket must be owned.

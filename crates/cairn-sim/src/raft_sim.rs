@@ -15,12 +15,14 @@
 //! could not learn are recorded as such: they may or may not have taken effect.
 
 #[cfg(not(tokio_unstable))]
-compile_error!("the simulation seeds tokio's RNG, an unstable tokio API: build with `--cfg tokio_unstable` (the workspace's .cargo/config.toml sets it)");
+compile_error!(
+    "the simulation seeds tokio's RNG, an unstable tokio API: build with `--cfg tokio_unstable` (the workspace's .cargo/config.toml sets it)"
+);
 
 use crate::linearizability::{KeyedOperation, Operation, RegisterInput, RegisterOutput};
 use cairn_cluster::raft::{
-    Command, CommandResult, Condition, GroupError, RaftCall, RaftReply, RaftService, ReadLevel, Replica,
-    ReplicaConfig, ShardStateMachine, Wire, with_seed,
+    CheckStatus, Command, CommandResult, Condition, GroupError, RaftCall, RaftReply, RaftService, ReadLevel,
+    Replica, ReplicaConfig, ShardStateMachine, Wire, with_seed,
 };
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FaultController, FaultFs, FaultKind, FileSystem, MemFs};
@@ -46,6 +48,9 @@ pub struct SimConfig {
     pub keys: u64,
     /// Whether to inject faults (partitions, loss, delay, crashes).
     pub faults: bool,
+    /// At the end, change one follower's engine behind Raft's back before the final consistency check
+    /// (which must then fence exactly that replica).
+    pub corrupt: bool,
 }
 
 /// What a run produced.
@@ -67,6 +72,14 @@ pub struct SimReport {
     pub snapshots_installed: u64,
     /// Every message sent: virtual time (µs), sender, receiver, kind, whether it was lost.
     pub trace: Vec<String>,
+    /// Consistency checks that completed during the run (one every few simulated seconds).
+    pub checks: u64,
+    /// After the final consistency check: each replica's findings.
+    pub check_status: BTreeMap<u64, CheckStatus>,
+    /// The replica corrupted before the final check (`SimConfig::corrupt`).
+    pub corrupted: Option<u64>,
+    /// The final check's index.
+    pub final_check: u64,
 }
 
 /// A SplitMix64 generator: small, seedable, and the same everywhere.
@@ -123,7 +136,13 @@ struct SimWire {
 }
 
 impl Wire for SimWire {
-    async fn call(&self, target: u64, _addr: &str, call: RaftCall, timeout: Duration) -> Result<RaftReply, String> {
+    async fn call(
+        &self,
+        target: u64,
+        _addr: &str,
+        call: RaftCall,
+        timeout: Duration,
+    ) -> Result<RaftReply, String> {
         let (there, back, lost) = {
             let mut net = self.net.lock();
             let max = net.max_delay_ms;
@@ -294,7 +313,9 @@ fn register(key: u64) -> (u16, Vec<u8>) {
 }
 
 fn decode(value: Option<&[u8]>) -> Result<Option<u64>, String> {
-    value.map(|v| v.try_into().map(u64::from_be_bytes).map_err(|_| format!("bad register value {v:?}"))).transpose()
+    value
+        .map(|v| v.try_into().map(u64::from_be_bytes).map_err(|_| format!("bad register value {v:?}")))
+        .transpose()
 }
 
 /// A client's view: which node it believes leads.
@@ -356,7 +377,10 @@ async fn attempt(replica: &Replica, rng: &mut SimRng, key: u64, input: RegisterI
         None => Command::write(&batch),
         Some(expect) => {
             let value = expect.map(|e| e.to_be_bytes().to_vec());
-            Command::conditional(vec![Condition::ColumnIs { bucket, key: engine_key, column: 0, value }], &batch)
+            Command::conditional(
+                vec![Condition::ColumnIs { bucket, key: engine_key, column: 0, value }],
+                &batch,
+            )
         }
     };
     match replica.write(command, WRITE_TIMEOUT).await {
@@ -374,7 +398,12 @@ async fn attempt(replica: &Replica, rng: &mut SimRng, key: u64, input: RegisterI
 /// Runs one operation to a definite answer (`Ok(Some)`) or an unknown outcome (`Ok(None)`), following
 /// leader hints a bounded number of times. `Err` means it certainly took no effect (it is left out of
 /// the history).
-async fn perform(sim: &SharedSim, client: &mut Client, key: u64, input: RegisterInput) -> Result<Option<RegisterOutput>, ()> {
+async fn perform(
+    sim: &SharedSim,
+    client: &mut Client,
+    key: u64,
+    input: RegisterInput,
+) -> Result<Option<RegisterOutput>, ()> {
     let replicas = sim.lock().await.config.replicas;
     for _ in 0..4 {
         let replica = sim.lock().await.replica(client.leader);
@@ -389,7 +418,9 @@ async fn perform(sim: &SharedSim, client: &mut Client, key: u64, input: Register
             Attempt::Done(output) => return Ok(Some(output)),
             Attempt::Unknown => return Ok(None),
             Attempt::NoEffect => return Err(()),
-            Attempt::Redirect(leader) => client.leader = leader.unwrap_or_else(|| 1 + client.rng.below(replicas)),
+            Attempt::Redirect(leader) => {
+                client.leader = leader.unwrap_or_else(|| 1 + client.rng.below(replicas))
+            }
         }
     }
     Err(())
@@ -430,7 +461,11 @@ async fn client_loop(
 
 /// Injects faults until `done`: partitions and heals, loss, delay, crashes (a minority at a time) and
 /// restarts.
-async fn fault_loop(sim: SharedSim, mut rng: SimRng, done: Arc<std::sync::atomic::AtomicBool>) -> Result<(), String> {
+async fn fault_loop(
+    sim: SharedSim,
+    mut rng: SimRng,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), String> {
     while !done.load(Ordering::Relaxed) {
         tokio::time::sleep(rng.millis(100, 1200)).await;
         let mut sim = sim.lock().await;
@@ -486,6 +521,25 @@ async fn fault_loop(sim: SharedSim, mut rng: SimRng, done: Arc<std::sync::atomic
     Ok(())
 }
 
+/// Runs a consistency check through the current leader every few simulated seconds until `done`.
+async fn check_loop(sim: SharedSim, mut rng: SimRng, done: Arc<std::sync::atomic::AtomicBool>) {
+    while !done.load(Ordering::Relaxed) {
+        tokio::time::sleep(rng.millis(1000, 3000)).await;
+        let leader = {
+            let s = sim.lock().await;
+            s.up().into_iter().filter_map(|id| s.replica(id)).find(|r| r.status().role == "leader")
+        };
+        if let Some(leader) = leader {
+            let outcome = leader.check_consistency(WRITE_TIMEOUT).await;
+            let mut s = sim.lock().await;
+            if outcome.is_ok() {
+                s.report.checks += 1;
+            }
+            s.note(format!("consistency check: {outcome:?}"));
+        }
+    }
+}
+
 /// Runs one simulation on a fresh single-threaded runtime with a virtual clock.
 pub fn run(config: SimConfig) -> Result<SimReport, String> {
     // tokio's own randomness (which of a watch channel's waiter lists a waiter joins, so the order
@@ -515,18 +569,13 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
     let until = tokio::time::Instant::now() + config.duration;
     for id in 1..=config.clients {
         let client = Client { id, rng: SimRng::new(rng.next_u64()), leader: 1 + rng.below(config.replicas) };
-        clients.push(tokio::spawn(client_loop(
-            Arc::clone(&sim),
-            client,
-            clock.clone(),
-            until,
-            config.keys,
-        )));
+        clients.push(tokio::spawn(client_loop(Arc::clone(&sim), client, clock.clone(), until, config.keys)));
     }
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let faults = config
         .faults
         .then(|| tokio::spawn(fault_loop(Arc::clone(&sim), SimRng::new(rng.next_u64()), Arc::clone(&done))));
+    let checks = tokio::spawn(check_loop(Arc::clone(&sim), SimRng::new(rng.next_u64()), Arc::clone(&done)));
     let mut history = Vec::new();
     for c in clients {
         history.extend(c.await.map_err(|e| format!("client task: {e}"))?);
@@ -535,6 +584,7 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
     if let Some(f) = faults {
         f.await.map_err(|e| format!("fault task: {e}"))??;
     }
+    checks.await.map_err(|e| format!("check task: {e}"))?;
 
     // Heal everything, restart every replica, and let the group converge.
     {
@@ -563,7 +613,28 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
         history.push((key, Operation { client: 0, call, ret, input: RegisterInput::Read, output }));
     }
 
+    // A final consistency check, after which every replica has compared (one possibly corrupted first).
+    let leader = sim.lock().await.replica(converged).ok_or("the leader is down")?;
+    if config.corrupt {
+        let victim = (1..=config.replicas).find(|id| *id != converged).ok_or("no follower")?;
+        let (bucket, key) = register(0);
+        let s = sim.lock().await;
+        let db = s.replica(victim).ok_or("the victim is down")?.db();
+        db.put(bucket, &key, 0, &u64::MAX.to_be_bytes())
+            .map_err(|e| format!("corrupting node {victim}: {e}"))?;
+        drop(s);
+        sim.lock().await.report.corrupted = Some(victim);
+        sim.lock().await.note(format!("node {victim} corrupted"));
+    }
+    let outcome = leader.check_consistency(WRITE_TIMEOUT).await.map_err(|e| format!("final check: {e}"))?;
+    converge(&sim, config.replicas).await?;
+
     let mut s = sim.lock().await;
+    s.report.final_check = outcome.index;
+    for id in 1..=config.replicas {
+        let status = s.replica(id).ok_or_else(|| format!("node {id} is down at the end"))?.status().checks;
+        s.report.check_status.insert(id, status);
+    }
     s.report.acknowledged = history.iter().filter(|(_, op)| op.output.is_some()).count() as u64;
     s.report.unknown = history.len() as u64 - s.report.acknowledged;
     s.report.history = history;

@@ -21,7 +21,15 @@ fn seeds(count: u64) -> Vec<u64> {
 }
 
 fn config(seed: u64, replicas: u64, faults: bool) -> SimConfig {
-    SimConfig { seed, replicas, clients: 4, duration: Duration::from_secs(20), keys: 4, faults }
+    SimConfig {
+        seed,
+        replicas,
+        clients: 4,
+        duration: Duration::from_secs(20),
+        keys: 4,
+        faults,
+        corrupt: false,
+    }
 }
 
 /// Runs `config` and checks everything a run must satisfy; returns the report.
@@ -34,16 +42,30 @@ fn run_and_check(config: SimConfig) -> SimReport {
         explain(seed, &report, key);
     }
     let digests: std::collections::BTreeSet<_> = report.digests.values().collect();
-    assert_eq!(digests.len(), 1, "seed {seed}: replicas differ: {:?}", report.digests);
+    let corrupted = report.corrupted;
+    if corrupted.is_none() {
+        assert_eq!(digests.len(), 1, "seed {seed}: replicas differ: {:?}", report.digests);
+    }
+    // The final consistency check: every replica compared; only a corrupted one is fenced.
+    for (id, status) in &report.check_status {
+        if Some(*id) == corrupted {
+            assert!(status.fenced.is_some(), "seed {seed}: corrupted node {id} was not fenced: {status:?}");
+        } else {
+            assert_eq!(status.fenced, None, "seed {seed}: node {id} fenced: {status:?}");
+            assert_eq!(status.verified, Some(report.final_check), "seed {seed}: node {id}: {status:?}");
+        }
+    }
     assert!(report.acknowledged >= config.keys, "seed {seed}: no progress");
     println!(
-        "seed {seed}: {} ops ({} acknowledged, {} unknown), faults {:?}, term {}, snapshots installed {}",
+        "seed {seed}: {} ops ({} acknowledged, {} unknown), faults {:?}, term {}, snapshots installed {}, \
+         consistency checks {}",
         report.history.len(),
         report.acknowledged,
         report.unknown,
         report.faults,
         report.term,
-        report.snapshots_installed
+        report.snapshots_installed,
+        report.checks
     );
     report
 }
@@ -85,6 +107,15 @@ fn three_replicas_under_faults() {
 fn five_replicas_under_faults() {
     for seed in seeds(3) {
         run_and_check(config(seed, 5, true));
+    }
+}
+
+#[test]
+fn a_corrupted_replica_is_fenced_by_the_consistency_check() {
+    for seed in seeds(1) {
+        let report = run_and_check(SimConfig { corrupt: true, ..config(seed, 3, true) });
+        let victim = report.corrupted.unwrap();
+        assert_ne!(report.digests[&victim], report.digests[&(victim % 3 + 1)], "seed {seed}");
     }
 }
 

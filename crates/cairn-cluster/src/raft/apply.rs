@@ -7,7 +7,7 @@
 //! replays only the log tail after it. A system row (key prefix `00 02`, which the server's MVCC key
 //! encoding never produces) in the shard's first bucket holds that position.
 
-use super::{Command, CommandResult, Condition, TypeConfig};
+use super::{Check, Command, CommandResult, Condition, TypeConfig};
 use cairn_engine::{Db, WriteBatch, WriteOptions};
 use openraft::EntryPayload;
 use openraft::alias::{EntryOf, LogIdOf, StoredMembershipOf};
@@ -43,12 +43,45 @@ pub struct ShardApplier {
     // The membership as of the last applied entry, read from the engine on the first apply, so an apply
     // writes the position row without reading it first. INVARIANT: when loaded, equals the stored row's.
     membership: Arc<parking_lot::Mutex<Option<StoredMembershipOf<TypeConfig>>>>,
+    checks: Arc<parking_lot::Mutex<Checks>>,
+}
+
+/// Digests recorded at check entries, and what comparing them found.
+#[derive(Debug, Default)]
+struct Checks {
+    // (index, digest), newest last; at most `KEPT_CHECKS`.
+    recorded: std::collections::VecDeque<(u64, String)>,
+    // The last index whose digest matched the proposer's.
+    verified: Option<u64>,
+    // Why this replica stopped trusting its contents, if it did.
+    fenced: Option<String>,
+    divergences: u64,
+}
+
+const KEPT_CHECKS: usize = 8;
+
+/// What consistency checks found on one replica (see [`Check`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckStatus {
+    /// The last index at which this replica's digest matched the proposer's.
+    pub verified: Option<u64>,
+    /// Set when a digest differed: this replica's contents are not to be trusted (reads are refused)
+    /// until it is re-synced from the leader's snapshot.
+    pub fenced: Option<String>,
+    /// Digest mismatches seen.
+    pub divergences: u64,
 }
 
 impl ShardApplier {
     /// Applies into `db`, keeping the applied position in bucket `meta_bucket` (one the shard owns).
     pub fn new(db: Arc<Db>, meta_bucket: u16) -> ShardApplier {
-        ShardApplier { db, meta_bucket, membership: Arc::default() }
+        ShardApplier { db, meta_bucket, membership: Arc::default(), checks: Arc::default() }
+    }
+
+    /// What consistency checks found.
+    pub fn check_status(&self) -> CheckStatus {
+        let c = self.checks.lock();
+        CheckStatus { verified: c.verified, fenced: c.fenced.clone(), divergences: c.divergences }
     }
 
     /// The applied position the engine holds.
@@ -80,6 +113,14 @@ impl ShardApplier {
             let mut result = CommandResult::Applied;
             match &entry.payload {
                 EntryPayload::Blank => {}
+                EntryPayload::Normal(Command { check: Some(check), .. }) => {
+                    // A digest must cover every entry up to and including this one.
+                    let index = entry.log_id().index;
+                    pending = None;
+                    self.commit(std::mem::take(&mut batch), entry.log_id(), &membership)?;
+                    *cached = Some(membership.clone());
+                    result = self.run_check(index, check)?;
+                }
                 EntryPayload::Normal(command) => {
                     let mut own = WriteBatch::new();
                     match own.extend_from_bytes(&command.batch).and_then(|()| self.db.check_batch(&own)) {
@@ -104,7 +145,9 @@ impl ShardApplier {
                     membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id()), m.clone());
                 }
             }
-            pending = Some(entry.log_id());
+            if !matches!(&entry.payload, EntryPayload::Normal(Command { check: Some(_), .. })) {
+                pending = Some(entry.log_id());
+            }
             results.push(result);
         }
         if let Some(upto) = pending {
@@ -112,6 +155,35 @@ impl ShardApplier {
             *cached = Some(membership);
         }
         Ok(results)
+    }
+
+    /// Runs one step of a consistency check at entry `index` (everything up to it is in the engine).
+    fn run_check(&self, index: u64, check: &Check) -> Result<CommandResult, ApplyError> {
+        let mut checks = self.checks.lock();
+        match check {
+            Check::Record => {
+                let digest = self.db.view().content_digest()?.to_hex();
+                if checks.recorded.len() == KEPT_CHECKS {
+                    checks.recorded.pop_front();
+                }
+                checks.recorded.push_back((index, digest.clone()));
+                Ok(CommandResult::Digest(digest))
+            }
+            Check::Compare { index: at, digest } => {
+                let Some((_, ours)) = checks.recorded.iter().find(|(i, _)| i == at) else {
+                    return Ok(CommandResult::Compared(None));
+                };
+                if ours == digest {
+                    checks.verified = checks.verified.max(Some(*at));
+                    return Ok(CommandResult::Compared(Some(true)));
+                }
+                let why = format!("content digest {ours} at index {at} differs from the leader's {digest}");
+                tracing::error!(index = at, ours = %ours, leader = %digest, "replica diverged; fencing it");
+                checks.divergences += 1;
+                checks.fenced.get_or_insert(why);
+                Ok(CommandResult::Compared(Some(false)))
+            }
+        }
     }
 
     /// Writes `batch` with the applied position moved to `upto`.

@@ -9,9 +9,11 @@ mod runtime;
 mod state_machine;
 mod transport;
 
-pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, ShardApplier};
+pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, ShardApplier};
 pub use log_store::GroupLogStore;
-pub use replica::{GroupError, GroupStatus, ReadLevel, ReadPoint, Replica, ReplicaConfig, Written};
+pub use replica::{
+    CheckOutcome, GroupError, GroupStatus, ReadLevel, ReadPoint, Replica, ReplicaConfig, Written,
+};
 pub use runtime::{CairnRuntime, with_seed};
 pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};
 pub use transport::{GroupLink, GroupNetwork, PeerChannels, RaftCall, RaftReply, RaftService, Wire};
@@ -29,17 +31,42 @@ pub struct Command {
     pub conditions: Vec<Condition>,
     /// The writes, as [`cairn_engine::WriteBatch::as_bytes`] encodes them.
     pub batch: Vec<u8>,
+    /// A consistency-check step instead of writes (the command's other fields are then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+}
+
+/// The two log entries of a consistency check (seed 004): every replica hashes its shard at the same
+/// index, then compares with the proposer's hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Check {
+    /// Every replica records the content digest of its shard as of this entry (answered
+    /// [`CommandResult::Digest`]).
+    Record,
+    /// Every replica compares the digest it recorded at entry `index` with `digest`; one that differs
+    /// fences itself.
+    Compare {
+        /// The `Record` entry's index.
+        index: u64,
+        /// The proposer's digest there.
+        digest: String,
+    },
 }
 
 impl Command {
     /// An unconditional write of `batch`.
     pub fn write(batch: &cairn_engine::WriteBatch) -> Command {
-        Command { conditions: Vec::new(), batch: batch.as_bytes().to_vec() }
+        Command { conditions: Vec::new(), batch: batch.as_bytes().to_vec(), check: None }
+    }
+
+    /// A consistency-check step.
+    pub fn check(check: Check) -> Command {
+        Command { conditions: Vec::new(), batch: Vec::new(), check: Some(check) }
     }
 
     /// A write of `batch` applied only if every condition holds.
     pub fn conditional(conditions: Vec<Condition>, batch: &cairn_engine::WriteBatch) -> Command {
-        Command { conditions, batch: batch.as_bytes().to_vec() }
+        Command { conditions, batch: batch.as_bytes().to_vec(), check: None }
     }
 }
 
@@ -75,6 +102,11 @@ pub enum CommandResult {
     Applied,
     /// A condition did not hold; nothing was written.
     ConditionFailed,
+    /// A [`Check::Record`]: this replica's digest at the entry.
+    Digest(String),
+    /// A [`Check::Compare`]: whether this replica's digest matched (`None`: it had none recorded there,
+    /// having restarted or installed a snapshot since).
+    Compared(Option<bool>),
     /// It was malformed or broke a limit (an unowned bucket, an oversized key or value); nothing was
     /// written. Proposers check commands first, so this is a proposer's bug, reported rather than fatal.
     Rejected(String),

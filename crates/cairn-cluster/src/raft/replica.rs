@@ -2,12 +2,15 @@
 //! read at a chosen consistency level is safe, report status. The server and the simulation use this;
 //! neither names an openraft type.
 
-use super::{Command, CommandResult, GroupLogStore, GroupNetwork, ShardRaft, ShardStateMachine, Wire};
+use super::{
+    Check, CheckStatus, Command, CommandResult, GroupLogStore, GroupNetwork, ShardRaft, ShardStateMachine,
+    Wire,
+};
 use crate::raft_log::RaftLog;
 use cairn_engine::Db;
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::LinearizerOption;
 use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -88,6 +91,10 @@ pub enum GroupError {
     /// Bad settings.
     #[error("invalid raft config: {0}")]
     InvalidConfig(String),
+    /// A consistency check found this replica's contents differ from the leader's: it serves no reads
+    /// until re-synced.
+    #[error("replica fenced: {0}")]
+    Fenced(String),
     /// A membership request was refused.
     #[error("membership change refused: {0}")]
     Membership(String),
@@ -154,6 +161,19 @@ pub struct GroupStatus {
     pub learners: BTreeSet<u64>,
     /// On the leader: for each other member, how many entries it lags the leader's log.
     pub lag: BTreeMap<u64, u64>,
+    /// What consistency checks found here.
+    pub checks: CheckStatus,
+    /// Snapshots this replica installed from a leader since it started.
+    pub snapshots_installed: u64,
+}
+
+/// A consistency check's outcome, as the leader saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckOutcome {
+    /// The index every replica hashed at.
+    pub index: u64,
+    /// The leader's digest there.
+    pub digest: String,
 }
 
 /// One node's replica of one shard group.
@@ -225,23 +245,28 @@ impl Replica {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(GroupError::NotLeader { leader: f.leader_id })
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => Err(
-                GroupError::OutcomeUnknown(format!("the entry was dropped here (leader now {:?})", f.leader_id)),
-            ),
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => {
+                Err(GroupError::OutcomeUnknown(format!(
+                    "the entry was dropped here (leader now {:?})",
+                    f.leader_id
+                )))
+            }
             Ok(Err(e)) => Err(GroupError::OutcomeUnknown(e.to_string())),
         }
     }
 
     /// Waits until a read at `level` may be served from [`Replica::db`], or until `timeout`.
     pub async fn read_point(&self, level: ReadLevel, timeout: Duration) -> Result<ReadPoint, GroupError> {
+        if let Some(why) = self.sm.check_status().fenced {
+            return Err(GroupError::Fenced(why));
+        }
         let target = match level {
             ReadLevel::Eventual => None,
             ReadLevel::AtLeast(index) => Some(index),
             ReadLevel::Strong | ReadLevel::Lease => {
                 let option = match level {
-                    ReadLevel::Lease => {
-                        LinearizerOption::new(Some(self.config.lease()), false).with_wait_timeout(Duration::ZERO)
-                    }
+                    ReadLevel::Lease => LinearizerOption::new(Some(self.config.lease()), false)
+                        .with_wait_timeout(Duration::ZERO),
                     _ => LinearizerOption::new(Some(Duration::ZERO), true).with_wait_timeout(timeout),
                 };
                 let linearizer = match self.raft.get_read_linearizer(option).await {
@@ -279,6 +304,19 @@ impl Replica {
         let applied = m.last_applied.map_or(0, |id| id.index).max(at_least.unwrap_or(0));
         let committed = m.cluster_committed.map_or(0, |id| id.index);
         ReadPoint { applied, behind: committed.saturating_sub(applied) }
+    }
+
+    /// Runs a consistency check through the log (leader only): every replica hashes its shard at one
+    /// entry, then compares with this leader's hash at a second entry; a replica that differs fences
+    /// itself (see [`GroupStatus::checks`]). Returns where and what the leader hashed.
+    pub async fn check_consistency(&self, timeout: Duration) -> Result<CheckOutcome, GroupError> {
+        let recorded = self.write(Command::check(Check::Record), timeout).await?;
+        let CommandResult::Digest(digest) = recorded.result else {
+            return Err(GroupError::OutcomeUnknown(format!("check record answered {:?}", recorded.result)));
+        };
+        let compare = Command::check(Check::Compare { index: recorded.index, digest: digest.clone() });
+        self.write(compare, timeout).await?;
+        Ok(CheckOutcome { index: recorded.index, digest })
     }
 
     /// Adds node `node` at `addr` as a learner and waits until it has caught up with the log.
@@ -341,6 +379,8 @@ impl Replica {
             voters,
             learners,
             lag,
+            checks: self.sm.check_status(),
+            snapshots_installed: self.sm.snapshots_installed(),
         }
     }
 

@@ -91,14 +91,28 @@ impl ShardStateMachine {
         config.dir = root.join(format!("gen-{generation}"));
         let db = Arc::new(Db::open(config, buckets)?);
         let applier = ShardApplier::new(Arc::clone(&db), meta_bucket);
-        let inner =
-            Inner { applier, db, root, generation, next_generation, template, meta_bucket, current: None, installed: 0 };
+        let inner = Inner {
+            applier,
+            db,
+            root,
+            generation,
+            next_generation,
+            template,
+            meta_bucket,
+            current: None,
+            installed: 0,
+        };
         Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)) })
     }
 
     /// The shard's engine.
     pub fn db(&self) -> Arc<Db> {
         Arc::clone(&self.inner.lock().db)
+    }
+
+    /// What consistency checks found since this replica last opened or installed a snapshot.
+    pub fn check_status(&self) -> super::CheckStatus {
+        self.inner.lock().applier.check_status()
     }
 
     /// Snapshots installed from another replica since this state machine was opened.

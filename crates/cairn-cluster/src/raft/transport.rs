@@ -9,9 +9,10 @@
 //! and retries.
 
 use super::{ShardRaft, ShardSnapshotRef, TypeConfig};
+use cairn_proto::raft::RaftCallKind;
 use cairn_proto::raft::raft_transport_client::RaftTransportClient;
 use cairn_proto::raft::raft_transport_server::{RaftTransport, RaftTransportServer};
-use cairn_proto::raft::RaftCallKind;
+pub use cairn_proto::raft::{RaftCall, RaftReply};
 use openraft::BasicNode;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -27,7 +28,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
-pub use cairn_proto::raft::{RaftCall, RaftReply};
 use tonic::{Request, Response, Status};
 
 fn encode(value: &impl Serialize) -> Result<Vec<u8>, String> {
@@ -154,7 +154,13 @@ pub trait Wire: Clone + Send + Sync + 'static {
 }
 
 impl Wire for PeerChannels {
-    async fn call(&self, target: u64, addr: &str, call: RaftCall, timeout: Duration) -> Result<RaftReply, String> {
+    async fn call(
+        &self,
+        target: u64,
+        addr: &str,
+        call: RaftCall,
+        timeout: Duration,
+    ) -> Result<RaftReply, String> {
         let channel = self.channel(target, addr)?;
         let mut request = Request::new(call);
         request.set_timeout(timeout);
@@ -206,7 +212,8 @@ impl<W: Wire> GroupLink<W> {
         option: &RPCOption,
     ) -> Result<T, Unreachable<TypeConfig>> {
         let call = RaftCall { group: self.group, kind: kind as i32, payload };
-        let reply = self.wire.call(self.target, &self.addr, call, option.hard_ttl()).await.map_err(unreachable)?;
+        let reply =
+            self.wire.call(self.target, &self.addr, call, option.hard_ttl()).await.map_err(unreachable)?;
         if !reply.error.is_empty() {
             return Err(unreachable(reply.error));
         }

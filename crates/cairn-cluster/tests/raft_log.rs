@@ -3,6 +3,8 @@
 //! power losses, corruption, and fsync batching across groups. Randomized tests print their seed;
 //! `CAIRN_SEED=<n>` replays one.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use cairn_cluster::raft_log::{LogEntry, LogPosition, RaftLog, RaftLogConfig, RaftLogError};
 use cairn_engine::fs::{FaultFs, FaultKind, FileLock, FileSystem, MemFs, RandomAccessFile, WritableFile};
 use std::collections::BTreeMap;

@@ -540,17 +540,99 @@ async fn check_loop(sim: SharedSim, mut rng: SimRng, done: Arc<std::sync::atomic
     }
 }
 
-/// Runs one simulation on a fresh single-threaded runtime with a virtual clock.
-pub fn run(config: SimConfig) -> Result<SimReport, String> {
+/// A single-threaded runtime with a virtual clock whose randomness follows `seed`.
+fn runtime(seed: u64) -> Result<tokio::runtime::Runtime, String> {
     // tokio's own randomness (which of a watch channel's waiter lists a waiter joins, so the order
     // waiters wake) must follow the seed too.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
-        .rng_seed(tokio::runtime::RngSeed::from_bytes(&config.seed.to_le_bytes()))
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
         .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    tokio::task::LocalSet::new().block_on(&runtime, run_async(config))
+        .map_err(|e| format!("runtime: {e}"))
+}
+
+/// Runs one simulation on a fresh single-threaded runtime with a virtual clock.
+pub fn run(config: SimConfig) -> Result<SimReport, String> {
+    runtime(config.seed)?.block_on(run_async(config))
+}
+
+/// What [`run_catch_up`] found about the replica that was down.
+#[derive(Clone, Debug)]
+pub struct CatchUp {
+    /// Snapshots the leader took while the replica was down.
+    pub snapshots_while_down: u64,
+    /// The leader's purge point when the replica came back.
+    pub purged: Option<u64>,
+    /// The replica's applied index when it stopped.
+    pub applied_when_stopped: Option<u64>,
+    /// Snapshots the replica installed after it came back.
+    pub installed: u64,
+    /// Every replica's (applied index, digest) at the end.
+    pub digests: BTreeMap<u64, (Option<u64>, String)>,
+}
+
+/// A follower is crashed while the other two take `writes` writes (several snapshots, the log purged
+/// behind them), then restarted: it must catch up by installing a snapshot and end equal to the others.
+pub fn run_catch_up(seed: u64, writes: u64) -> Result<CatchUp, String> {
+    runtime(seed)?.block_on(async move {
+        let config = SimConfig {
+            seed,
+            replicas: 3,
+            clients: 0,
+            duration: Duration::ZERO,
+            keys: 1,
+            faults: false,
+            corrupt: false,
+        };
+        let mut sim = Sim::new(config);
+        for id in 1..=3 {
+            sim.start(id).await?;
+        }
+        let members = (1..=3).map(|id| (id, format!("n{id}"))).collect();
+        sim.replica(1).ok_or("node 1 is down")?.bootstrap(members).await.map_err(|e| e.to_string())?;
+        let shared = Arc::new(tokio::sync::Mutex::new(sim));
+        let leader_id = converge(&shared, 3).await?;
+        let mut sim = shared.lock().await;
+        let leader = sim.replica(leader_id).ok_or("the leader is down")?;
+        let victim = (1..=3).find(|id| *id != leader_id).ok_or("no follower")?;
+        let applied_when_stopped = sim.replica(victim).ok_or("the victim is down")?.status().applied;
+        let snapshot_before = leader.status().snapshot;
+        sim.crash(victim).await;
+        let mut snapshots = 0;
+        let mut last_snapshot = snapshot_before;
+        for n in 0..writes {
+            let (bucket, key) = register(n % 16);
+            let mut batch = WriteBatch::new();
+            batch.put(bucket, &key, 0, &n.to_be_bytes());
+            leader
+                .write(Command::write(&batch), WRITE_TIMEOUT)
+                .await
+                .map_err(|e| format!("write {n}: {e}"))?;
+            let now = leader.status().snapshot;
+            if now != last_snapshot {
+                snapshots += 1;
+                last_snapshot = now;
+            }
+        }
+        let purged = leader.status().purged;
+        sim.start(victim).await?;
+        drop(sim);
+        converge(&shared, 3).await?;
+        let sim = shared.lock().await;
+        let installed = sim.replica(victim).ok_or("the victim is down")?.status().snapshots_installed;
+        let mut digests = BTreeMap::new();
+        for id in 1..=3 {
+            let replica = sim.replica(id).ok_or_else(|| format!("node {id} is down"))?;
+            digests.insert(id, replica.state_machine().digest().map_err(|e| e.to_string())?);
+        }
+        for id in 1..=3 {
+            if let Some(r) = sim.replica(id) {
+                let _ = r.shutdown().await;
+            }
+        }
+        Ok(CatchUp { snapshots_while_down: snapshots, purged, applied_when_stopped, installed, digests })
+    })
 }
 
 async fn run_async(config: SimConfig) -> Result<SimReport, String> {

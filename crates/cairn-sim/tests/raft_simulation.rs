@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cairn_sim::linearizability::{Register, Verdict, check_per_key, first_failure};
-use cairn_sim::raft_sim::{SimConfig, SimReport, run};
+use cairn_sim::raft_sim::{SimConfig, SimReport, run, run_catch_up};
 use std::time::Duration;
 
 /// The seeds to run: `CAIRN_SEED` alone, or `count` seeds derived from the clock.
@@ -116,6 +116,23 @@ fn a_corrupted_replica_is_fenced_by_the_consistency_check() {
         let report = run_and_check(SimConfig { corrupt: true, ..config(seed, 3, true) });
         let victim = report.corrupted.unwrap();
         assert_ne!(report.digests[&victim], report.digests[&(victim % 3 + 1)], "seed {seed}");
+    }
+}
+
+#[test]
+fn a_follower_down_through_several_snapshots_catches_up_by_snapshot() {
+    for seed in seeds(1) {
+        println!("seed {seed} (replay with CAIRN_SEED={seed})");
+        let c = run_catch_up(seed, 200).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        println!("seed {seed}: {c:?}");
+        assert!(c.snapshots_while_down >= 3, "seed {seed}: {c:?}");
+        assert!(
+            c.purged > c.applied_when_stopped,
+            "seed {seed}: the log it needed is gone, so only a snapshot can catch it up: {c:?}"
+        );
+        assert!(c.installed >= 1, "seed {seed}: {c:?}");
+        let digests: std::collections::BTreeSet<_> = c.digests.values().collect();
+        assert_eq!(digests.len(), 1, "seed {seed}: {c:?}");
     }
 }
 

@@ -8,6 +8,7 @@ mod engine;
 mod engine_args;
 mod engine_reads;
 mod kv;
+mod raft;
 mod rescale;
 mod snapshot;
 
@@ -34,6 +35,9 @@ enum Command {
     Grpc(kv::KvArgs),
     /// The same workloads against an etcd v3 server (linearizable reads), for compare/etcd.sh.
     Etcd(kv::KvArgs),
+    /// One three-replica shard group in-process over gRPC on loopback: replicated puts, then strong,
+    /// lease and eventual reads.
+    Raft(raft::RaftArgs),
 }
 
 fn main() {
@@ -45,6 +49,7 @@ fn main() {
         Command::Http(args) => kv::run(&args, kv::Target::Http),
         Command::Grpc(args) => kv::run(&args, kv::Target::Grpc),
         Command::Etcd(args) => kv::run(&args, kv::Target::Etcd),
+        Command::Raft(args) => raft::run(&args),
     };
     if let Err(e) = result {
         eprintln!("cairn-bench: {e}");

@@ -615,6 +615,14 @@ pub fn run_catch_up(seed: u64, writes: u64) -> Result<CatchUp, String> {
                 last_snapshot = now;
             }
         }
+        // Purging runs after the snapshot, in the background: wait (bounded) until the log the stopped
+        // replica needs is gone.
+        for _ in 0..100 {
+            if leader.status().purged > applied_when_stopped {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let purged = leader.status().purged;
         sim.start(victim).await?;
         drop(sim);

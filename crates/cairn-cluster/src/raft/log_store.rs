@@ -1,5 +1,5 @@
 //! One group's openraft log storage over the node's shared [`RaftLog`]: entries and votes are encoded
-//! (JSON for now; the payload is opaque to the node log) and appends acknowledge through openraft's flush
+//! (postcard-encoded; the payload is opaque to the node log) and appends acknowledge through openraft's flush
 //! callback once the node log's flusher has fsynced them.
 
 use super::{TypeConfig, io_err};
@@ -32,7 +32,7 @@ fn log_id(p: LogPosition) -> LogIdOf<TypeConfig> {
 }
 
 fn decode_entry(e: &LogEntry) -> io::Result<EntryOf<TypeConfig>> {
-    serde_json::from_slice(&e.payload).map_err(io_err)
+    super::decode(&e.payload).map_err(io_err)
 }
 
 impl RaftLogReader<TypeConfig> for GroupLogStore {
@@ -54,7 +54,7 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
-        self.log.vote(self.group).map(|v| serde_json::from_slice(&v).map_err(io_err)).transpose()
+        self.log.vote(self.group).map(|v| super::decode(&v).map_err(io_err)).transpose()
     }
 }
 
@@ -71,7 +71,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
-        let bytes = serde_json::to_vec(vote).map_err(io_err)?;
+        let bytes = super::encode(vote).map_err(io_err)?;
         self.log.save_vote(self.group, &bytes).map_err(io_err)
     }
 
@@ -84,7 +84,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         for entry in entries {
             let (leader, index) = entry.log_id_parts();
             let term = leader.term;
-            encoded.push(LogEntry { index, term, payload: serde_json::to_vec(&entry).map_err(io_err)? });
+            encoded.push(LogEntry { index, term, payload: super::encode(&entry).map_err(io_err)? });
         }
         self.log
             .append(self.group, encoded, Box::new(move |r| callback.io_completed(r.map_err(io_err))))

@@ -4,7 +4,7 @@
 //! Receiving: [`RaftService`] holds the node's groups and hands each call to its group's `Raft`.
 //! Sending: [`GroupNetwork`] is a group's openraft network factory over a [`Wire`], the node's way to
 //! reach its peers: [`PeerChannels`] (one lazily connected gRPC channel per peer) in production, an
-//! in-process network that drops, delays and partitions in simulation. Raft messages travel as JSON payloads for now. Every call carries
+//! in-process network that drops, delays and partitions in simulation. Raft messages travel as postcard-encoded payloads. Every call carries
 //! openraft's hard deadline, and every failure is reported to openraft as "unreachable", which backs off
 //! and retries.
 
@@ -21,7 +21,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,13 +29,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-fn encode(value: &impl Serialize) -> Result<Vec<u8>, String> {
-    serde_json::to_vec(value).map_err(|e| format!("cannot encode a raft message: {e}"))
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("cannot decode a raft message: {e}"))
-}
+use super::{decode, encode};
 
 /// The receiving side: the node's shard groups, by group id.
 #[derive(Clone, Default)]

@@ -17,10 +17,12 @@
 //! first for each group's final purge point, then replaying records with everything at or below it
 //! already gone, so entries that lived only in deleted segments are never missed.
 
-use cairn_engine::coding::{get_bytes, get_varint, put_bytes, put_varint};
+mod record;
+
 use cairn_engine::fs::FileSystem;
 use cairn_engine::log::{LogWriter, read_log};
 use parking_lot::{Condvar, Mutex};
+use record::{Record, decode, encode_checkpoint, frame};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,11 +42,6 @@ const SEGMENT_SUFFIX: &str = ".rlog";
 /// Reserved term marking, during recovery, an entry that lived only in a deleted segment. Such entries
 /// are always truncated or purged later in the log; one that is not means data was lost.
 const MISSING_TERM: u64 = u64::MAX;
-const TAG_APPEND: u8 = 1;
-const TAG_VOTE: u8 = 2;
-const TAG_TRUNCATE: u8 = 3;
-const TAG_PURGE: u8 = 4;
-const TAG_CHECKPOINT: u8 = 5;
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -254,111 +251,6 @@ fn segment_name(number: u64) -> String {
 
 fn corruption(path: &Path, detail: impl Into<String>) -> RaftLogError {
     RaftLogError::Corruption { file: path.display().to_string(), detail: detail.into() }
-}
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 12);
-    LogWriter::encode_record(&mut out, payload);
-    out
-}
-
-fn encode_checkpoint(prev_len: u64, marks: &HashMap<GroupId, Mark>) -> Vec<u8> {
-    let mut out = vec![TAG_CHECKPOINT];
-    put_varint(&mut out, prev_len);
-    put_varint(&mut out, marks.len() as u64);
-    let mut ids: Vec<_> = marks.keys().copied().collect();
-    ids.sort_unstable();
-    for id in ids {
-        let (vote, purged) = &marks[&id];
-        put_varint(&mut out, id);
-        match vote {
-            Some(v) => {
-                out.push(1);
-                put_bytes(&mut out, v);
-            }
-            None => out.push(0),
-        }
-        match purged {
-            Some(p) => {
-                out.push(1);
-                put_varint(&mut out, p.index);
-                put_varint(&mut out, p.term);
-            }
-            None => out.push(0),
-        }
-    }
-    out
-}
-
-/// A decoded record.
-enum Record {
-    Append(GroupId, Vec<LogEntry>),
-    Vote(GroupId, Vec<u8>),
-    Truncate(GroupId, Option<u64>),
-    Purge(GroupId, LogPosition),
-    Checkpoint { prev_len: u64, marks: Vec<(GroupId, Mark)> },
-}
-
-/// Decodes one record.
-fn decode(payload: &[u8]) -> Result<Record, String> {
-    let (&tag, mut rest) = payload.split_first().ok_or("empty record")?;
-    let p = &mut rest;
-    let varint = |p: &mut &[u8]| get_varint(p).ok_or_else(|| "truncated record".to_string());
-    let bytes =
-        |p: &mut &[u8]| get_bytes(p).map(<[u8]>::to_vec).ok_or_else(|| "truncated record".to_string());
-    let flag = |p: &mut &[u8]| -> Result<bool, String> {
-        let (&b, tail) = p.split_first().ok_or("truncated record")?;
-        *p = tail;
-        match b {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(format!("bad flag byte {b}")),
-        }
-    };
-    let record = match tag {
-        TAG_APPEND => {
-            let group = varint(p)?;
-            let n = varint(p)?;
-            let mut entries = Vec::new();
-            for _ in 0..n {
-                let (index, term) = (varint(p)?, varint(p)?);
-                entries.push(LogEntry { index, term, payload: bytes(p)? });
-            }
-            Record::Append(group, entries)
-        }
-        TAG_VOTE => Record::Vote(varint(p)?, bytes(p)?),
-        TAG_TRUNCATE => {
-            let group = varint(p)?;
-            Record::Truncate(group, if flag(p)? { Some(varint(p)?) } else { None })
-        }
-        TAG_PURGE => {
-            let group = varint(p)?;
-            let (index, term) = (varint(p)?, varint(p)?);
-            Record::Purge(group, LogPosition { term, index })
-        }
-        TAG_CHECKPOINT => {
-            let prev_len = varint(p)?;
-            let n = varint(p)?;
-            let mut marks = Vec::new();
-            for _ in 0..n {
-                let group = varint(p)?;
-                let vote = if flag(p)? { Some(bytes(p)?) } else { None };
-                let purged = if flag(p)? {
-                    let (index, term) = (varint(p)?, varint(p)?);
-                    Some(LogPosition { term, index })
-                } else {
-                    None
-                };
-                marks.push((group, (vote, purged)));
-            }
-            Record::Checkpoint { prev_len, marks }
-        }
-        other => return Err(format!("unknown record tag {other}")),
-    };
-    if !p.is_empty() {
-        return Err("trailing bytes in record".into());
-    }
-    Ok(record)
 }
 
 /// Replays one record onto `groups`, whose purge points are already the final ones: entries at or below
@@ -653,14 +545,7 @@ impl RaftLog {
                 e.payload.len()
             )));
         }
-        let mut payload = vec![TAG_APPEND];
-        put_varint(&mut payload, group);
-        put_varint(&mut payload, entries.len() as u64);
-        for e in &entries {
-            put_varint(&mut payload, e.index);
-            put_varint(&mut payload, e.term);
-            put_bytes(&mut payload, &e.payload);
-        }
+        let payload = record::encode_append(group, &entries);
         let effect = match (entries.first(), entries.last()) {
             (Some(first), Some(last)) => Effect::Append { first: first.index, last: last.index },
             _ => Effect::Other,
@@ -671,9 +556,7 @@ impl RaftLog {
 
     /// Saves the group's vote; returns once it is durable.
     pub fn save_vote(&self, group: GroupId, vote: &[u8]) -> Result<()> {
-        let mut payload = vec![TAG_VOTE];
-        put_varint(&mut payload, group);
-        put_bytes(&mut payload, vote);
+        let payload = record::encode_vote(group, vote);
         let owned = vote.to_vec();
         let seq = self.submit(
             group,
@@ -690,15 +573,7 @@ impl RaftLog {
 
     /// Drops the group's entries after `after` (all of them for `None`).
     pub fn truncate_after(&self, group: GroupId, after: Option<u64>) -> Result<()> {
-        let mut payload = vec![TAG_TRUNCATE];
-        put_varint(&mut payload, group);
-        match after {
-            Some(i) => {
-                payload.push(1);
-                put_varint(&mut payload, i);
-            }
-            None => payload.push(0),
-        }
+        let payload = record::encode_truncate(group, after);
         self.submit(
             group,
             payload,
@@ -714,10 +589,7 @@ impl RaftLog {
 
     /// Drops the group's entries up to and including `upto`, which becomes its purge point.
     pub fn purge(&self, group: GroupId, upto: LogPosition) -> Result<()> {
-        let mut payload = vec![TAG_PURGE];
-        put_varint(&mut payload, group);
-        put_varint(&mut payload, upto.index);
-        put_varint(&mut payload, upto.term);
+        let payload = record::encode_purge(group, upto);
         self.submit(group, payload, Effect::Purge(upto), move |g| g.purge(upto), None)?;
         Ok(())
     }

@@ -43,16 +43,18 @@ struct Member {
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
-async fn start(dir: &std::path::Path, id: u64, listener: tokio::net::TcpListener) -> Member {
+async fn start(dir: &std::path::Path, id: u64, listener: tokio::net::TcpListener) -> Result<Member, String> {
     let root = dir.join(format!("n{id}"));
-    let log = Arc::new(RaftLog::open(RaftLogConfig::new(root.join("raft"), Arc::new(StdFs::new()))).unwrap());
+    let log = RaftLog::open(RaftLogConfig::new(root.join("raft"), Arc::new(StdFs::new())))
+        .map_err(|e| format!("node {id} raft log: {e}"))?;
     let mut template = Config::new(root.join("shard"));
     template.wal = false;
     template.total_buckets = BUCKETS;
-    let sm =
-        ShardStateMachine::open(root.join("shard"), template, vec![0..=(BUCKETS - 1) as u16], 0).unwrap();
-    let replica =
-        Replica::start(id, 1, log, sm, PeerChannels::default(), ReplicaConfig::default()).await.unwrap();
+    let sm = ShardStateMachine::open(root.join("shard"), template, vec![0..=(BUCKETS - 1) as u16], 0)
+        .map_err(|e| format!("node {id} shard: {e}"))?;
+    let replica = Replica::start(id, 1, Arc::new(log), sm, PeerChannels::default(), ReplicaConfig::default())
+        .await
+        .map_err(|e| format!("node {id} replica: {e}"))?;
     let service = RaftService::default();
     service.register(1, replica.raft().clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -64,7 +66,7 @@ async fn start(dir: &std::path::Path, id: u64, listener: tokio::net::TcpListener
             },
         ),
     );
-    Member { replica, stop }
+    Ok(Member { replica, stop })
 }
 
 fn key_of(n: u64) -> (u16, [u8; 8]) {
@@ -89,7 +91,7 @@ async fn run_async(args: &RaftArgs) -> Result<(), String> {
     }
     let mut members = BTreeMap::new();
     for (id, l) in listeners {
-        members.insert(id, start(dir.path(), id, l).await);
+        members.insert(id, start(dir.path(), id, l).await?);
     }
     members[&1].replica.bootstrap(members_addr).await.map_err(|e| e.to_string())?;
     let leader = loop {

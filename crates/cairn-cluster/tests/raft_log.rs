@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cairn_cluster::raft_log::{LogEntry, LogPosition, RaftLog, RaftLogConfig, RaftLogError};
-use cairn_engine::fs::{FaultFs, FaultKind, FileLock, FileSystem, MemFs, RandomAccessFile, WritableFile};
+use cairn_engine::fs::{FaultFs, FileLock, FileSystem, MemFs, RandomAccessFile, WritableFile};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -279,16 +279,7 @@ fn power_loss_keeps_every_acknowledged_write_and_a_prefix_of_the_rest() {
                 acked = acked.max(s);
             }
         }
-        for kind in [
-            FaultKind::Write,
-            FaultKind::Sync,
-            FaultKind::SyncDir,
-            FaultKind::Create,
-            FaultKind::Rename,
-            FaultKind::Remove,
-        ] {
-            ctl.fail_after(kind, 0);
-        }
+        ctl.fail_all();
         fs.crash();
         drop(log);
         let recovered = read_back(&RaftLog::open(config(&fs, 2048)).unwrap());

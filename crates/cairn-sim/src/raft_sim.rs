@@ -25,7 +25,7 @@ use cairn_cluster::raft::{
     Replica, ReplicaConfig, ShardStateMachine, Wire, with_seed,
 };
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
-use cairn_engine::fs::{FaultController, FaultFs, FaultKind, FileSystem, MemFs};
+use cairn_engine::fs::{FaultController, FaultFs, FileSystem, MemFs};
 use cairn_engine::{Config, WriteBatch};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -238,6 +238,18 @@ impl Sim {
         }
     }
 
+    /// Starts every replica and makes them one group.
+    async fn boot(config: SimConfig) -> Result<SharedSim, String> {
+        let mut sim = Sim::new(config);
+        let replicas = sim.config.replicas;
+        for id in 1..=replicas {
+            sim.start(id).await?;
+        }
+        let members = (1..=replicas).map(|id| (id, format!("n{id}"))).collect();
+        sim.replica(1).ok_or("node 1 is down")?.bootstrap(members).await.map_err(|e| e.to_string())?;
+        Ok(Arc::new(tokio::sync::Mutex::new(sim)))
+    }
+
     /// Opens node `id`'s storage and starts its replica.
     async fn start(&mut self, id: u64) -> Result<(), String> {
         let seed = self.seeds.next_u64();
@@ -271,18 +283,7 @@ impl Sim {
     async fn crash(&mut self, id: u64) {
         self.net.lock().services.remove(&id);
         let Some(node) = self.nodes.get_mut(&id) else { return };
-        for kind in [
-            FaultKind::Read,
-            FaultKind::Write,
-            FaultKind::Sync,
-            FaultKind::SyncDir,
-            FaultKind::Create,
-            FaultKind::Rename,
-            FaultKind::Remove,
-            FaultKind::Open,
-        ] {
-            node.power.fail_after(kind, 0);
-        }
+        node.power.fail_all();
         if let Some(replica) = node.replica.take() {
             let _ = replica.shutdown().await;
         }
@@ -585,13 +586,7 @@ pub fn run_catch_up(seed: u64, writes: u64) -> Result<CatchUp, String> {
             faults: false,
             corrupt: false,
         };
-        let mut sim = Sim::new(config);
-        for id in 1..=3 {
-            sim.start(id).await?;
-        }
-        let members = (1..=3).map(|id| (id, format!("n{id}"))).collect();
-        sim.replica(1).ok_or("node 1 is down")?.bootstrap(members).await.map_err(|e| e.to_string())?;
-        let shared = Arc::new(tokio::sync::Mutex::new(sim));
+        let shared = Sim::boot(config).await?;
         let leader_id = converge(&shared, 3).await?;
         let mut sim = shared.lock().await;
         let leader = sim.replica(leader_id).ok_or("the leader is down")?;
@@ -644,15 +639,7 @@ pub fn run_catch_up(seed: u64, writes: u64) -> Result<CatchUp, String> {
 }
 
 async fn run_async(config: SimConfig) -> Result<SimReport, String> {
-    let sim: SharedSim = Arc::new(tokio::sync::Mutex::new(Sim::new(config.clone())));
-    let members: BTreeMap<u64, String> = (1..=config.replicas).map(|id| (id, format!("n{id}"))).collect();
-    {
-        let mut s = sim.lock().await;
-        for id in 1..=config.replicas {
-            s.start(id).await?;
-        }
-        s.replica(1).ok_or("node 1 is down")?.bootstrap(members).await.map_err(|e| e.to_string())?;
-    }
+    let sim = Sim::boot(config.clone()).await?;
     let clock = Clock::default();
     let mut rng = SimRng::new(config.seed);
     let mut clients = Vec::new();

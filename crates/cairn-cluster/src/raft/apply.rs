@@ -43,7 +43,23 @@ pub struct ShardApplier {
     // The membership as of the last applied entry, read from the engine on the first apply, so an apply
     // writes the position row without reading it first. INVARIANT: when loaded, equals the stored row's.
     membership: Arc<parking_lot::Mutex<Option<StoredMembershipOf<TypeConfig>>>>,
-    checks: Arc<parking_lot::Mutex<Checks>>,
+    checks: CheckBoard,
+}
+
+/// Where an applier keeps what consistency checks found; clones share it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CheckBoard(Arc<parking_lot::Mutex<Checks>>);
+
+impl CheckBoard {
+    pub(crate) fn status(&self) -> CheckStatus {
+        let c = self.0.lock();
+        CheckStatus { verified: c.verified, fenced: c.fenced.clone(), divergences: c.divergences }
+    }
+
+    /// Forgets everything (the contents were replaced).
+    pub(crate) fn reset(&self) {
+        *self.0.lock() = Checks::default();
+    }
 }
 
 /// Digests recorded at check entries, and what comparing them found.
@@ -75,13 +91,17 @@ pub struct CheckStatus {
 impl ShardApplier {
     /// Applies into `db`, keeping the applied position in bucket `meta_bucket` (one the shard owns).
     pub fn new(db: Arc<Db>, meta_bucket: u16) -> ShardApplier {
-        ShardApplier { db, meta_bucket, membership: Arc::default(), checks: Arc::default() }
+        ShardApplier::with_checks(db, meta_bucket, CheckBoard::default())
+    }
+
+    /// Like [`ShardApplier::new`], recording consistency checks on `checks`.
+    pub(crate) fn with_checks(db: Arc<Db>, meta_bucket: u16, checks: CheckBoard) -> ShardApplier {
+        ShardApplier { db, meta_bucket, membership: Arc::default(), checks }
     }
 
     /// What consistency checks found.
     pub fn check_status(&self) -> CheckStatus {
-        let c = self.checks.lock();
-        CheckStatus { verified: c.verified, fenced: c.fenced.clone(), divergences: c.divergences }
+        self.checks.status()
     }
 
     /// The applied position the engine holds.
@@ -114,12 +134,12 @@ impl ShardApplier {
             match &entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(Command { check: Some(check), .. }) => {
-                    // A digest must cover every entry up to and including this one.
-                    let index = entry.log_id().index;
+                    // A digest must cover every entry up to and including this one: commit them all.
                     pending = None;
                     self.commit(std::mem::take(&mut batch), entry.log_id(), &membership)?;
                     *cached = Some(membership.clone());
-                    result = self.run_check(index, check)?;
+                    results.push(self.run_check(entry.log_id().index, check)?);
+                    continue;
                 }
                 EntryPayload::Normal(command) => {
                     let mut own = WriteBatch::new();
@@ -145,9 +165,7 @@ impl ShardApplier {
                     membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id()), m.clone());
                 }
             }
-            if !matches!(&entry.payload, EntryPayload::Normal(Command { check: Some(_), .. })) {
-                pending = Some(entry.log_id());
-            }
+            pending = Some(entry.log_id());
             results.push(result);
         }
         if let Some(upto) = pending {
@@ -159,7 +177,7 @@ impl ShardApplier {
 
     /// Runs one step of a consistency check at entry `index` (everything up to it is in the engine).
     fn run_check(&self, index: u64, check: &Check) -> Result<CommandResult, ApplyError> {
-        let mut checks = self.checks.lock();
+        let mut checks = self.checks.0.lock();
         match check {
             Check::Record => {
                 let digest = self.db.view().content_digest()?.to_hex();

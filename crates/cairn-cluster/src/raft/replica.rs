@@ -300,9 +300,10 @@ impl Replica {
     }
 
     fn point(&self, at_least: Option<u64>) -> ReadPoint {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let applied = m.last_applied.map_or(0, |id| id.index).max(at_least.unwrap_or(0));
-        let committed = m.cluster_committed.map_or(0, |id| id.index);
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let applied = m.last_applied.as_ref().map_or(0, |id| id.index).max(at_least.unwrap_or(0));
+        let committed = m.cluster_committed.as_ref().map_or(0, |id| id.index);
         ReadPoint { applied, behind: committed.saturating_sub(applied) }
     }
 

@@ -9,7 +9,7 @@
 //! generation's directory is left in place (its snapshots may still be read by others); removing old
 //! generations is the next step, together with snapshot retention.
 
-use super::apply::{AppliedState, ShardApplier};
+use super::apply::{AppliedState, CheckBoard, ShardApplier};
 use super::{TypeConfig, io_err};
 use cairn_engine::{Config, Db};
 use futures_util::StreamExt;
@@ -54,6 +54,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct ShardStateMachine {
     inner: Arc<parking_lot::Mutex<Inner>>,
+    // Shared with every generation's applier; read without `inner`'s lock, so a read's fencing check
+    // never waits behind an apply or a snapshot build.
+    checks: CheckBoard,
 }
 
 impl std::fmt::Debug for ShardStateMachine {
@@ -90,7 +93,8 @@ impl ShardStateMachine {
         let mut config = template.clone();
         config.dir = root.join(format!("gen-{generation}"));
         let db = Arc::new(Db::open(config, buckets)?);
-        let applier = ShardApplier::new(Arc::clone(&db), meta_bucket);
+        let checks = CheckBoard::default();
+        let applier = ShardApplier::with_checks(Arc::clone(&db), meta_bucket, checks.clone());
         let inner = Inner {
             applier,
             db,
@@ -102,7 +106,7 @@ impl ShardStateMachine {
             current: None,
             installed: 0,
         };
-        Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)) })
+        Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)), checks })
     }
 
     /// The shard's engine.
@@ -112,7 +116,7 @@ impl ShardStateMachine {
 
     /// What consistency checks found since this replica last opened or installed a snapshot.
     pub fn check_status(&self) -> super::CheckStatus {
-        self.inner.lock().applier.check_status()
+        self.checks.status()
     }
 
     /// Snapshots installed from another replica since this state machine was opened.
@@ -121,17 +125,17 @@ impl ShardStateMachine {
     }
 
     /// The last applied index and the content digest of the shard as of it (equal on replicas that
-    /// applied the same entries). Takes an engine snapshot.
+    /// applied the same entries, and to the digest of a snapshot taken there).
     pub fn digest(&self) -> Result<(Option<u64>, String), io::Error> {
         let inner = self.inner.lock();
         let applied = inner.applier.applied().map_err(io_err)?;
-        let (meta, data) = snapshot_at(&inner, applied)?;
-        Ok((meta.last_log_id.map(|id| id.index), data.digest))
+        let digest = inner.db.view().content_digest().map_err(io_err)?;
+        Ok((applied.0.map(|id| id.index), digest.to_hex()))
     }
 
     /// Checks this replica against a snapshot another replica took (seed 004): if this one has applied
-    /// exactly up to the snapshot's position, it takes its own engine snapshot there and compares
-    /// content digests. Equal digests mean this replica may drop its log up to that position without
+    /// exactly up to the snapshot's position, it hashes its own contents there and compares content
+    /// digests. Equal digests mean this replica may drop its log up to that position without
     /// downloading anything; different ones mean it diverged and must install the other's snapshot.
     pub fn verify(
         &self,
@@ -143,11 +147,11 @@ impl ShardStateMachine {
         if applied.0 != meta.last_log_id {
             return Ok(Verification::NotAtPosition { applied: applied.0.map(|id| id.index) });
         }
-        let (_, ours) = snapshot_at(&inner, applied)?;
-        Ok(if ours.digest == theirs.digest {
+        let ours = inner.db.view().content_digest().map_err(io_err)?.to_hex();
+        Ok(if ours == theirs.digest {
             Verification::Match
         } else {
-            Verification::Diverged { ours: ours.digest, theirs: theirs.digest.clone() }
+            Verification::Diverged { ours, theirs: theirs.digest.clone() }
         })
     }
 }
@@ -247,7 +251,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let db =
             Db::open_from_snapshot(config, snapshot.snapshot_id, snapshot.db_id.clone()).map_err(io_err)?;
         let db = Arc::new(db);
-        inner.applier = ShardApplier::new(Arc::clone(&db), inner.meta_bucket);
+        // The installed contents are the leader's: what checks found about the old ones no longer holds.
+        self.checks.reset();
+        inner.applier = ShardApplier::with_checks(Arc::clone(&db), inner.meta_bucket, self.checks.clone());
         inner.db = db;
         inner.generation = next;
         inner.installed += 1;

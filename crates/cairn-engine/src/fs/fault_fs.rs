@@ -35,6 +35,16 @@ pub enum FaultKind {
 
 impl FaultKind {
     const COUNT: usize = 8;
+    const ALL: [FaultKind; FaultKind::COUNT] = [
+        FaultKind::Read,
+        FaultKind::Write,
+        FaultKind::Sync,
+        FaultKind::SyncDir,
+        FaultKind::Create,
+        FaultKind::Rename,
+        FaultKind::Remove,
+        FaultKind::Open,
+    ];
 
     fn index(self) -> usize {
         self as usize
@@ -72,6 +82,14 @@ impl FaultController {
     /// The next `n` calls of `kind` succeed, the one after fails, and later ones succeed again.
     pub fn fail_once_after(&self, kind: FaultKind, n: u64) {
         self.kinds.lock()[kind.index()].rule = Some(Rule { successes_left: n, once: true });
+    }
+
+    /// Every call of every kind fails from now on (until [`FaultController::clear`]): the process
+    /// behind this file system is dead, as after `kill -9`.
+    pub fn fail_all(&self) {
+        for kind in FaultKind::ALL {
+            self.fail_after(kind, 0);
+        }
     }
 
     /// Removes every rule; counters keep counting.

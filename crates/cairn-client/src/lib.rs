@@ -35,13 +35,19 @@ impl Client {
         Ok(Client { inner })
     }
 
-    /// The newest version of `key` (at or below `at`), `None` if it has no live value.
+    /// The newest version of `key` (at or below `at`), `None` if it has no live value. A strong
+    /// (linearizable) read; [`Client::get_request`] takes other consistency levels.
     pub async fn get(
         &mut self,
         key: &[u8],
         at: Option<kv::Timestamp>,
     ) -> Result<Option<Versioned>, ClientError> {
-        match self.inner.get(kv::GetRequest { key: key.to_vec(), timestamp: at }).await {
+        self.get_request(kv::GetRequest { key: key.to_vec(), timestamp: at, ..Default::default() }).await
+    }
+
+    /// A read with its options set in `request`.
+    pub async fn get_request(&mut self, request: kv::GetRequest) -> Result<Option<Versioned>, ClientError> {
+        match self.inner.get(request).await {
             Ok(r) => {
                 let r = r.into_inner();
                 Ok(Some((r.value, r.value_timestamp.unwrap_or_default())))
@@ -79,8 +85,13 @@ impl Client {
         limit: u32,
         at: Option<kv::Timestamp>,
     ) -> Result<Vec<kv::Row>, ClientError> {
-        let request =
-            kv::ScanRequest { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit, timestamp: at };
+        let request = kv::ScanRequest {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
+            limit,
+            timestamp: at,
+            ..Default::default()
+        };
         let mut stream = self.inner.scan(request).await?.into_inner();
         let mut rows = Vec::new();
         while let Some(chunk) = stream.message().await? {

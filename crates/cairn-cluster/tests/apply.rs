@@ -153,4 +153,24 @@ fn conditions_see_every_earlier_entry_and_decide_the_write() {
     assert_eq!(results, vec![Applied, ConditionFailed, Applied, ConditionFailed, Applied]);
     assert_eq!(db.get(5, b"reg").unwrap().unwrap().column(0), Some(&b"d"[..]));
     assert_eq!(applier.applied().unwrap().0.map(|id| id.index), Some(5));
+    // Byte-wise bounds and negation: "present and below" is false for an absent column.
+    let below = |value: &[u8], key: &[u8]| Condition::ColumnBelow {
+        bucket: 5,
+        key: key.to_vec(),
+        column: 0,
+        value: value.to_vec(),
+    };
+    let when = |index: u64, condition: Condition| {
+        entry(index, EntryPayload::Normal(Command::conditional(vec![condition], &set(b"e"))))
+    };
+    let results = applier
+        .apply(&[
+            when(6, below(b"d", b"reg")),
+            when(7, below(b"d\x00", b"reg")),
+            when(8, below(b"zz", b"absent")),
+            when(9, Condition::Not(Box::new(below(b"zz", b"absent")))),
+            when(10, Condition::Not(Box::new(is(Some(b"e"))))),
+        ])
+        .unwrap();
+    assert_eq!(results, vec![ConditionFailed, Applied, ConditionFailed, Applied, ConditionFailed]);
 }

@@ -3,7 +3,8 @@
 
 use crate::error::NodeError;
 use crate::hlc::Timestamp;
-use crate::node::{Condition, Node, Versioned};
+use crate::node::{Condition, Node, ReadOptions, Versioned};
+use crate::replicated::{Consistency, Token};
 use cairn_proto::kv;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,16 +50,22 @@ impl KvService {
         KvService { node }
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let node = Arc::clone(&self.node);
-        tokio::task::spawn_blocking(move || f(&node))
-            .await
-            .map_err(|e| Status::internal(format!("request task failed: {e}")))?
-            .map_err(status_of)
-    }
+}
+
+/// A request's read options.
+fn read_options(at: Option<kv::Timestamp>, consistency: i32, after: &str) -> Result<ReadOptions, Status> {
+    let consistency = match kv::Consistency::try_from(consistency) {
+        Ok(kv::Consistency::Strong) => Consistency::Strong,
+        Ok(kv::Consistency::Lease) => Consistency::Lease,
+        Ok(kv::Consistency::Eventual) => Consistency::Eventual,
+        Err(_) => return Err(Status::invalid_argument(format!("unknown consistency {consistency}"))),
+    };
+    let after = Token::parse_list(after).map_err(status_of)?;
+    Ok(ReadOptions { at: at.map(ts_in), consistency, after })
+}
+
+fn token_text(token: Option<Token>) -> String {
+    token.map(|t| t.to_string()).unwrap_or_default()
 }
 
 fn row(key: Vec<u8>, v: Versioned) -> kv::Row {
@@ -69,16 +76,14 @@ fn row(key: Vec<u8>, v: Versioned) -> kv::Row {
 impl kv::kv_server::Kv for KvService {
     async fn get(&self, request: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
         let r = request.into_inner();
-        let found = match r.timestamp.map(ts_in) {
-            // The newest version is one point read: served here, no hand-off.
-            None => self.node.get(&r.key, None).map_err(status_of)?,
-            at => self.blocking(move |n| n.get(&r.key, at)).await?,
-        };
-        let v = found.ok_or_else(|| Status::not_found("no value for this key"))?;
+        let options = read_options(r.timestamp, r.consistency, &r.after)?;
+        let read = self.node.get_async(r.key, options).await.map_err(status_of)?;
+        let v = read.value.ok_or_else(|| Status::not_found("no value for this key"))?;
         Ok(Response::new(kv::GetResponse {
             header: Some(ts_out(self.node.now())),
             value: v.value,
             value_timestamp: Some(ts_out(v.timestamp)),
+            behind: read.behind,
         }))
     }
 
@@ -92,8 +97,8 @@ impl kv::kv_server::Kv for KvService {
             (false, Some(ts)) => Condition::IfTimestamp(ts_in(ts)),
             (false, None) => Condition::None,
         };
-        let ts = self.node.put_async(r.key, r.value, condition).await.map_err(status_of)?;
-        Ok(Response::new(kv::PutResponse { timestamp: Some(ts_out(ts)) }))
+        let ack = self.node.put_async(r.key, r.value, condition).await.map_err(status_of)?;
+        Ok(Response::new(kv::PutResponse { timestamp: Some(ts_out(ack.timestamp)), token: token_text(ack.token) }))
     }
 
     async fn delete(
@@ -101,9 +106,12 @@ impl kv::kv_server::Kv for KvService {
         request: Request<kv::DeleteRequest>,
     ) -> Result<Response<kv::DeleteResponse>, Status> {
         let r = request.into_inner();
-        let ts = self.node.delete_async(r.key).await.map_err(status_of)?;
-        let ts = ts.ok_or_else(|| Status::not_found("no value for this key"))?;
-        Ok(Response::new(kv::DeleteResponse { timestamp: Some(ts_out(ts)) }))
+        let ack = self.node.delete_async(r.key).await.map_err(status_of)?;
+        let ack = ack.ok_or_else(|| Status::not_found("no value for this key"))?;
+        Ok(Response::new(kv::DeleteResponse {
+            timestamp: Some(ts_out(ack.timestamp)),
+            token: token_text(ack.token),
+        }))
     }
 
     type ScanStream = Pin<Box<dyn Stream<Item = Result<kv::ScanResponse, Status>> + Send>>;
@@ -111,18 +119,21 @@ impl kv::kv_server::Kv for KvService {
     async fn scan(&self, request: Request<kv::ScanRequest>) -> Result<Response<Self::ScanStream>, Status> {
         let r = request.into_inner();
         let limit = if r.limit == 0 { crate::rest::DEFAULT_SCAN_LIMIT } else { r.limit as usize };
-        let at = r.timestamp.map(ts_in);
-        let rows = self.blocking(move |n| n.scan(&r.start, r.end.as_deref(), limit, at)).await?;
+        let options = read_options(r.timestamp, r.consistency, &r.after)?;
+        let read = self.node.scan_async(r.start, r.end, limit, options).await.map_err(status_of)?;
+        let (rows, behind) = (read.value, read.behind);
         let mut chunks = Vec::with_capacity(rows.len().div_ceil(SCAN_CHUNK));
         let mut chunk = Vec::with_capacity(SCAN_CHUNK.min(rows.len()));
         for (key, v) in rows {
             chunk.push(row(key, v));
             if chunk.len() == SCAN_CHUNK {
-                chunks.push(Ok(kv::ScanResponse { rows: std::mem::take(&mut chunk) }));
+                let behind = if chunks.is_empty() { behind } else { 0 };
+                chunks.push(Ok(kv::ScanResponse { rows: std::mem::take(&mut chunk), behind }));
             }
         }
         if !chunk.is_empty() || chunks.is_empty() {
-            chunks.push(Ok(kv::ScanResponse { rows: chunk }));
+            let behind = if chunks.is_empty() { behind } else { 0 };
+            chunks.push(Ok(kv::ScanResponse { rows: chunk, behind }));
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
@@ -141,8 +152,8 @@ impl kv::kv_server::Kv for KvService {
                 }
             }
         }
-        let ts = self.node.batch_async(ops).await.map_err(status_of)?;
-        Ok(Response::new(kv::BatchResponse { timestamp: Some(ts_out(ts)) }))
+        let ack = self.node.batch_async(ops).await.map_err(status_of)?;
+        Ok(Response::new(kv::BatchResponse { timestamp: Some(ts_out(ack.timestamp)), token: token_text(ack.token) }))
     }
 
     async fn status(
@@ -159,6 +170,14 @@ impl kv::kv_server::Kv for KvService {
                 last_bucket: s.buckets.last().map_or(0, |r| u32::from(*r.end())),
                 sst_bytes: s.sst_bytes,
                 memtable_bytes: s.memtable_bytes,
+                replication: s.replication.map(|g| kv::Replication {
+                    role: g.role.to_string(),
+                    leader: g.leader.unwrap_or(0),
+                    term: g.term,
+                    committed: g.committed.unwrap_or(0),
+                    applied: g.applied.unwrap_or(0),
+                    fenced: g.fenced.unwrap_or_default(),
+                }),
             })
             .collect();
         Ok(Response::new(kv::StatusResponse {
@@ -166,6 +185,7 @@ impl kv::kv_server::Kv for KvService {
             total_buckets: node.total_buckets(),
             sync: node.config().sync,
             shards,
+            node_id: node.node_id().unwrap_or(0),
         }))
     }
 }

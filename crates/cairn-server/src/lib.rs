@@ -2,8 +2,9 @@
 //! the APIs over it: REST (this crate's `rest` module), health, Prometheus metrics and status.
 //!
 //! The seam between "serve a request" and "the shard that holds the key" is [`node::Node`]: the APIs
-//! call it with keys and timestamps; it routes each key to its bucket's shard. Replication (the next
-//! issues) replaces what is behind it, not the APIs.
+//! call it with keys, timestamps and consistency levels; it routes each key to its bucket's shard, which
+//! is local (a standalone node) or this node's replica of the shard's Raft group
+//! ([`replicated`]). The APIs do not change between the two.
 
 pub mod error;
 pub mod grpc;
@@ -11,6 +12,7 @@ pub mod hlc;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;
+pub mod replicated;
 pub mod rest;
 mod writer;
 
@@ -51,11 +53,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(Bound) + Send,
 ) -> Result<()> {
-    let node_config = config.node.clone();
-    let node = tokio::task::spawn_blocking(move || Node::open(node_config))
-        .await
-        .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??;
-    let node = Arc::new(node);
+    let node = Arc::new(Node::start(config.node.clone()).await?);
     let bind = |addr: SocketAddr, what: &'static str| async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -99,6 +97,8 @@ pub async fn serve(
     );
     let grpc_server = tonic::transport::Server::builder()
         .add_service(cairn_proto::kv::kv_server::KvServer::new(grpc::KvService::new(Arc::clone(&node))))
+        // Peers' Raft traffic for every group on this node (a standalone node serves none).
+        .add_optional_service(node.raft_service().map(|s| s.into_server()))
         .serve_with_incoming_shutdown(grpc_incoming, stopped(stop_rx));
     tracing::info!(%http, %grpc, store = %config.node.store.display(), "serving");
     on_ready(Bound { http, grpc });
@@ -116,6 +116,7 @@ pub async fn serve(
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace: closing them");
         }
     }
+    node.stop_replication().await;
     // Every request task is done; handlers' blocking calls hold their own references until they end.
     let node = wait_for_last_reference(node).await;
     tokio::task::spawn_blocking(move || node.close())

@@ -1,6 +1,7 @@
 //! Request metrics and the Prometheus text exposition (`/metrics`).
 
 use crate::node::Node;
+use cairn_cluster::raft::GroupStatus;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -112,5 +113,59 @@ pub fn render(http: &HttpMetrics, node: &Node) -> String {
             let _ = writeln!(out, "cairn_engine_level_files{{shard=\"{s}\",level=\"{level}\"}} {n}");
         }
     }
+    render_replication(&mut out, node);
     out
+}
+
+/// Per-group Raft metrics of a replicated node (nothing for a standalone one).
+fn render_replication(out: &mut String, node: &Node) {
+    let Some(syncs) = node.raft_log_syncs() else { return };
+    let _ = writeln!(
+        out,
+        "# HELP cairn_raft_log_syncs_total Fsyncs of the node's Raft log (shared by every group).\n\
+         # TYPE cairn_raft_log_syncs_total counter\ncairn_raft_log_syncs_total {syncs}"
+    );
+    let groups: Vec<_> = (0..node.shard_count()).filter_map(|s| node.group_status(s).map(|g| (s, g))).collect();
+    let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    let series: [(&str, &str, &str, &dyn Fn(usize, &GroupStatus) -> String); 9] = [
+        ("cairn_raft_is_leader", "gauge", "1 if this node leads the shard's group.", &|_, g| {
+            u8::from(g.role == "leader").to_string()
+        }),
+        ("cairn_raft_leader", "gauge", "The leader's node id (0: none known).", &|_, g| {
+            g.leader.unwrap_or(0).to_string()
+        }),
+        ("cairn_raft_term", "gauge", "Current term (each election raises it).", &|_, g| g.term.to_string()),
+        ("cairn_raft_leader_changes_total", "counter", "Leader changes seen since start.", &|s, _| {
+            node.leader_changes(s).to_string()
+        }),
+        ("cairn_raft_committed_index", "gauge", "Last committed log index (-1: none).", &|_, g| {
+            opt(g.committed)
+        }),
+        ("cairn_raft_applied_index", "gauge", "Last applied log index (-1: none).", &|_, g| opt(g.applied)),
+        ("cairn_raft_snapshots_installed_total", "counter", "Snapshots installed from a leader.", &|_, g| {
+            g.snapshots_installed.to_string()
+        }),
+        ("cairn_raft_divergences_total", "counter", "Consistency checks whose digest differed.", &|_, g| {
+            g.checks.divergences.to_string()
+        }),
+        ("cairn_raft_fenced", "gauge", "1 while a failed consistency check fences this replica.", &|_, g| {
+            u8::from(g.checks.fenced.is_some()).to_string()
+        }),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (s, g) in &groups {
+            let _ = writeln!(out, "{name}{{shard=\"{s}\"}} {}", value(*s, g));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cairn_raft_replica_lag Entries a member lags the leader's log (on the leader).\n\
+         # TYPE cairn_raft_replica_lag gauge"
+    );
+    for (s, g) in &groups {
+        for (member, lag) in &g.lag {
+            let _ = writeln!(out, "cairn_raft_replica_lag{{shard=\"{s}\",member=\"{member}\"}} {lag}");
+        }
+    }
 }

@@ -12,6 +12,9 @@
 //! Every write updates the key's latest row in the same atomic batch as its version row, so reading the
 //! newest value is one point read (bloom filters apply); reads at a timestamp scan the versions.
 //!
+//! Engine keys starting `00 02` (which no escaped key does) are the shard's own system rows, such as a
+//! replicated shard's applied Raft position; reads skip them.
+//!
 //! The escaping keeps keys in byte order and makes the terminator sort below any continuation, so within
 //! a bucket the engine holds keys in order and each key's versions newest first. The bucket of a key is
 //! `xxh3(key) % total_buckets`.
@@ -19,6 +22,9 @@
 use crate::hlc::{TIMESTAMP_BYTES, Timestamp};
 use cairn_engine::{CompactionContext, CompactionFilter, CompactionFilterFactory, FilterDecision, Row};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The prefix of system rows (never an escaped key's: a 0x00 byte is followed by 0xFF, 0x00 or 0x01).
+pub const SYSTEM_PREFIX: &[u8] = b"\x00\x02";
 
 /// The bucket of `key` in a space of `total_buckets`.
 pub fn bucket_of(key: &[u8], total_buckets: u32) -> u16 {

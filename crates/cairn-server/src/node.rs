@@ -1,18 +1,25 @@
-//! A node's local store: several engine shards over the bucket space, MVCC on top, and the one seam the
-//! APIs call ("serve a request" → "the shard that holds the key"). Writes go through each shard's writer
-//! thread ([`crate::writer`]): the `*_async` methods wait for them without holding a thread, the plain ones
-//! block. Reads of the newest version are one point read and run on the caller's thread; reads at an
-//! explicit timestamp may wait for writes in flight below it, so the APIs run them on blocking tasks.
+//! A node's store: several engine shards over the bucket space, MVCC on top, and the one seam the APIs
+//! call ("serve a request" → "the shard that holds the key").
+//!
+//! A standalone node's shards are local: writes go through each shard's writer thread
+//! ([`crate::writer`]); the `*_async` methods wait for them without holding a thread, the plain ones
+//! block. A replicated node's shards are Raft groups ([`crate::replicated`]): writes are proposed through
+//! the group, reads wait for the consistency level they ask for; only the `*_async` methods serve them.
+//! Reads of the newest version are one point read and run on the caller's thread; reads at an explicit
+//! timestamp may wait for writes in flight below it, so they run on blocking tasks.
 
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
 use crate::mvcc::{self, Stored};
+use crate::replicated::{self, Consistency, Plumbing, ReplicationConfig, Token};
 use crate::writer::{Pending, ShardWriter, WriteOp, WriteOutcome};
+use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica, ShardStateMachine};
+use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,6 +54,8 @@ pub struct NodeConfig {
     pub gc_ttl: Duration,
     /// Block cache per shard, in bytes.
     pub block_cache_bytes: u64,
+    /// Replicate every shard across these members (`None`: a standalone node).
+    pub replication: Option<ReplicationConfig>,
 }
 
 impl NodeConfig {
@@ -60,6 +69,7 @@ impl NodeConfig {
             max_value_bytes: 1 << 20,
             gc_ttl: Duration::from_secs(24 * 3600),
             block_cache_bytes: 32 << 20,
+            replication: None,
         }
     }
 }
@@ -72,6 +82,15 @@ struct Layout {
     format: u32,
     total_buckets: u32,
     shards: Vec<(u16, u16)>,
+    /// A replicated store's identity: this node and the members, fixed at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replication: Option<LayoutReplication>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct LayoutReplication {
+    node_id: u64,
+    members: BTreeMap<u64, String>,
 }
 
 /// The data format this build writes and reads.
@@ -97,6 +116,36 @@ pub enum Condition {
     IfTimestamp(Timestamp),
 }
 
+/// Options of a read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Read the newest version at or below this timestamp (`None`: the newest).
+    pub at: Option<Timestamp>,
+    /// How fresh the read must be (replicated stores).
+    pub consistency: Consistency,
+    /// Tokens of earlier writes an eventual read must see (read-your-writes).
+    pub after: Vec<Token>,
+}
+
+/// What a read returns, and how stale it may be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read<T> {
+    /// The answer.
+    pub value: T,
+    /// Eventual reads of a replicated store: committed entries the answering replica had not applied
+    /// (the most over the shards read). 0 otherwise.
+    pub behind: u64,
+}
+
+/// An acknowledged write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The version's timestamp.
+    pub timestamp: Timestamp,
+    /// Replicated stores: where the write is in its shard's log (for read-your-writes).
+    pub token: Option<Token>,
+}
+
 /// A shard's status.
 #[derive(Clone, Debug, Serialize)]
 pub struct ShardStatus {
@@ -110,13 +159,94 @@ pub struct ShardStatus {
     pub memtable_bytes: u64,
     /// Files per level.
     pub level_files: Vec<usize>,
+    /// Replicated stores: this node's replica of the shard's group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<GroupStatusJson>,
+}
+
+/// A group member's status as the APIs show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupStatusJson {
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: &'static str,
+    /// The leader this replica knows of.
+    pub leader: Option<u64>,
+    /// Current term (each election raises it).
+    pub term: u64,
+    /// Last log index.
+    pub last_log: Option<u64>,
+    /// Last index known committed.
+    pub committed: Option<u64>,
+    /// Last index applied.
+    pub applied: Option<u64>,
+    /// Index of the last snapshot.
+    pub snapshot: Option<u64>,
+    /// Entries up to here are purged from the log.
+    pub purged: Option<u64>,
+    /// Voting members.
+    pub voters: Vec<u64>,
+    /// On the leader: entries each other member lags.
+    pub lag: BTreeMap<u64, u64>,
+    /// The last index whose consistency check matched the leader's digest.
+    pub verified: Option<u64>,
+    /// Why this replica is fenced, if it is.
+    pub fenced: Option<String>,
+    /// Consistency-check mismatches seen.
+    pub divergences: u64,
+    /// Snapshots installed from a leader since start.
+    pub snapshots_installed: u64,
+}
+
+impl From<GroupStatus> for GroupStatusJson {
+    fn from(s: GroupStatus) -> GroupStatusJson {
+        GroupStatusJson {
+            role: s.role,
+            leader: s.leader,
+            term: s.term,
+            last_log: s.last_log,
+            committed: s.committed,
+            applied: s.applied,
+            snapshot: s.snapshot,
+            purged: s.purged,
+            voters: s.voters.into_iter().collect(),
+            lag: s.lag,
+            verified: s.checks.verified,
+            fenced: s.checks.fenced,
+            divergences: s.checks.divergences,
+            snapshots_installed: s.snapshots_installed,
+        }
+    }
+}
+
+/// What serves a shard on this node.
+enum Backend {
+    /// The shard alone, with its writer thread (which shares the `Db`).
+    Local { db: Arc<Db>, writer: ShardWriter },
+    /// This node's replica of the shard's Raft group.
+    Replicated(Replica),
 }
 
 struct Shard {
     ranges: Vec<BucketRange>,
-    // Shared with the shard's writer thread.
-    db: Arc<Db>,
-    writer: ShardWriter,
+    backend: Backend,
+}
+
+impl Shard {
+    fn db(&self) -> Arc<Db> {
+        match &self.backend {
+            Backend::Local { db, .. } => Arc::clone(db),
+            Backend::Replicated(replica) => replica.db(),
+        }
+    }
+}
+
+/// A replicated node's Raft plumbing and its periodic consistency checker.
+struct Replication {
+    config: ReplicationConfig,
+    plumbing: Plumbing,
+    // Per shard: leader changes this node has seen.
+    leader_changes: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    checker: Mutex<Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
 }
 
 /// The local store.
@@ -129,6 +259,7 @@ pub struct Node {
     /// The clock, and the timestamps of writes not yet committed.
     pending: Arc<Pending>,
     writer_threads: Mutex<Vec<JoinHandle<()>>>,
+    replication: Option<Replication>,
 }
 
 impl std::fmt::Debug for Node {
@@ -167,56 +298,112 @@ fn write_layout(path: &Path, layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-impl Node {
-    /// Opens (or creates) the store.
-    pub fn open(config: NodeConfig) -> Result<Node> {
-        if config.total_buckets == 0 || config.total_buckets > cairn_engine::MAX_TOTAL_BUCKETS {
-            return Err(NodeError::Startup(format!("total_buckets {} out of range", config.total_buckets)));
+/// Reads the store's layout, creating it for a new store; refuses a store of another format or identity.
+fn load_layout(config: &NodeConfig) -> Result<Layout> {
+    if config.total_buckets == 0 || config.total_buckets > cairn_engine::MAX_TOTAL_BUCKETS {
+        return Err(NodeError::Startup(format!("total_buckets {} out of range", config.total_buckets)));
+    }
+    std::fs::create_dir_all(&config.store)
+        .map_err(|e| NodeError::Startup(format!("cannot create store {}: {e}", config.store.display())))?;
+    let identity = config
+        .replication
+        .as_ref()
+        .map(|r| LayoutReplication { node_id: r.node_id, members: r.members.clone() });
+    let layout_path = config.store.join("LAYOUT.json");
+    let layout = match read_layout(&layout_path)? {
+        Some(layout) => layout,
+        None => {
+            let layout = Layout {
+                format: STORE_FORMAT,
+                total_buckets: config.total_buckets,
+                shards: even_split(config.total_buckets, config.shards),
+                replication: identity.clone(),
+            };
+            write_layout(&layout_path, &layout)?;
+            layout
         }
-        std::fs::create_dir_all(&config.store).map_err(|e| {
-            NodeError::Startup(format!("cannot create store {}: {e}", config.store.display()))
-        })?;
-        let layout_path = config.store.join("LAYOUT.json");
-        let layout = match read_layout(&layout_path)? {
-            Some(layout) => layout,
-            None => {
-                let layout = Layout {
-                    format: STORE_FORMAT,
-                    total_buckets: config.total_buckets,
-                    shards: even_split(config.total_buckets, config.shards),
-                };
-                write_layout(&layout_path, &layout)?;
-                layout
-            }
-        };
-        if layout.format != STORE_FORMAT {
+    };
+    let store = config.store.display();
+    if layout.format != STORE_FORMAT {
+        return Err(NodeError::Startup(format!(
+            "store {store} has data format {}; this cairn reads format {STORE_FORMAT}",
+            layout.format
+        )));
+    }
+    match (&layout.replication, &identity) {
+        (None, None) => {}
+        (Some(_), None) => {
             return Err(NodeError::Startup(format!(
-                "store {} has data format {}; this cairn reads format {STORE_FORMAT}",
-                config.store.display(),
-                layout.format
+                "store {store} belongs to a replicated node: start it with its --node-id and --peers"
             )));
         }
-        let mut owner = vec![0u16; layout.total_buckets as usize];
+        (None, Some(_)) => {
+            return Err(NodeError::Startup(format!(
+                "store {store} is a standalone store: it cannot join a replicated group"
+            )));
+        }
+        (Some(ours), Some(given)) if ours != given => {
+            return Err(NodeError::Startup(format!(
+                "store {store} was created as node {} of {:?}, not node {} of {:?} (a node id is never \
+                 reused, and membership is fixed at creation)",
+                ours.node_id, ours.members, given.node_id, given.members
+            )));
+        }
+        (Some(_), Some(_)) => {}
+    }
+    Ok(layout)
+}
+
+/// The engine settings of shard `i`.
+fn shard_config(config: &NodeConfig, layout: &Layout, i: usize) -> Config {
+    let mut c = Config::new(config.store.join(format!("shard-{i}")));
+    c.total_buckets = layout.total_buckets;
+    // Room for the tag byte, the timestamp column and the row encoding around a full-size value.
+    c.max_value_bytes = config.max_value_bytes + 64;
+    c.block_cache_bytes = config.block_cache_bytes;
+    if config.replication.is_none() {
+        c.compaction_filter = Some(Arc::new(mvcc::GcFilterFactory { ttl: config.gc_ttl }));
+    } else {
+        // Replicas compact at different times, so garbage collection by each one's clock would make
+        // their contents (and digests) differ; it waits for a horizon decided through the log.
+        // The Raft log is the log.
+        c.wal = false;
+    }
+    c
+}
+
+fn open_error(config: &NodeConfig, i: usize, e: cairn_engine::Error) -> NodeError {
+    match e {
+        cairn_engine::Error::Locked(_) => {
+            NodeError::Startup(format!("store {} is in use by another cairn process", config.store.display()))
+        }
+        e => NodeError::Startup(format!("cannot open shard {i} of {}: {e}", config.store.display())),
+    }
+}
+
+fn owners(layout: &Layout) -> Vec<u16> {
+    let mut owner = vec![0u16; layout.total_buckets as usize];
+    for (i, &(start, end)) in layout.shards.iter().enumerate() {
+        for b in start..=end {
+            owner[b as usize] = i as u16;
+        }
+    }
+    owner
+}
+
+impl Node {
+    /// Opens (or creates) a standalone store ([`Node::start`] opens either kind).
+    pub fn open(config: NodeConfig) -> Result<Node> {
+        if config.replication.is_some() {
+            return Err(NodeError::Startup("a replicated store is opened with Node::start".into()));
+        }
+        let layout = load_layout(&config)?;
         let mut shards = Vec::with_capacity(layout.shards.len());
         let pending = Arc::new(Pending::new());
         let mut writer_threads = Vec::with_capacity(layout.shards.len());
         for (i, &(start, end)) in layout.shards.iter().enumerate() {
-            let mut c = Config::new(config.store.join(format!("shard-{i}")));
-            c.total_buckets = layout.total_buckets;
-            // Room for the tag byte, the timestamp column and the row encoding around a full-size value.
-            c.max_value_bytes = config.max_value_bytes + 64;
-            c.block_cache_bytes = config.block_cache_bytes;
-            c.compaction_filter = Some(Arc::new(mvcc::GcFilterFactory { ttl: config.gc_ttl }));
-            let db = Db::open(c, vec![start..=end]).map_err(|e| match e {
-                cairn_engine::Error::Locked(_) => NodeError::Startup(format!(
-                    "store {} is in use by another cairn process",
-                    config.store.display()
-                )),
-                e => NodeError::Startup(format!("cannot open shard {i} of {}: {e}", config.store.display())),
-            })?;
-            for b in start..=end {
-                owner[b as usize] = i as u16;
-            }
+            let db = Db::open(shard_config(&config, &layout, i), vec![start..=end])
+                .map_err(|e| open_error(&config, i, e))?;
             let db = Arc::new(db);
             let (writer, thread) = ShardWriter::start(
                 i,
@@ -226,16 +413,141 @@ impl Node {
                 config.sync,
             )?;
             writer_threads.push(thread);
-            shards.push(Shard { ranges: vec![start..=end], db, writer });
+            shards.push(Shard { ranges: vec![start..=end], backend: Backend::Local { db, writer } });
         }
         Ok(Node {
             total_buckets: layout.total_buckets,
+            owner: owners(&layout),
             config,
             shards,
-            owner,
             pending,
             writer_threads: Mutex::new(writer_threads),
+            replication: None,
         })
+    }
+
+    /// Opens (or creates) the store, standalone or replicated. A replicated node starts its replica of
+    /// every shard's group; the member with the lowest id makes each new group (the others wait to
+    /// hear from it). The caller serves [`Node::raft_service`] on the gRPC address peers know it by.
+    pub async fn start(mut config: NodeConfig) -> Result<Node> {
+        let Some(rc) = config.replication.clone() else {
+            return tokio::task::spawn_blocking(move || Node::open(config))
+                .await
+                .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))?;
+        };
+        rc.validate()?;
+        // Snapshot volumes are named by absolute paths, so that other replicas can read them.
+        config.store = std::path::absolute(&config.store)
+            .map_err(|e| NodeError::Startup(format!("store {}: {e}", config.store.display())))?;
+        let opened = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let layout = load_layout(&config)?;
+                let fs: Arc<dyn cairn_engine::fs::FileSystem> = Arc::new(cairn_engine::fs::StdFs::new());
+                let log = RaftLog::open(RaftLogConfig::new(config.store.join("raft"), fs)).map_err(|e| {
+                    NodeError::Startup(format!("cannot open the Raft log of {}: {e}", config.store.display()))
+                })?;
+                let mut machines = Vec::with_capacity(layout.shards.len());
+                for (i, &(start, end)) in layout.shards.iter().enumerate() {
+                    let template = shard_config(&config, &layout, i);
+                    let sm = ShardStateMachine::open(template.dir.clone(), template, vec![start..=end], start)
+                        .map_err(|e| open_error(&config, i, e))?;
+                    machines.push(sm);
+                }
+                Ok((layout, log, machines))
+            })
+            .await
+            .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
+        };
+        let (layout, log, machines) = opened;
+        let plumbing = Plumbing { service: RaftService::default(), wire: PeerChannels::default(), log: Arc::new(log) };
+        let mut shards = Vec::with_capacity(machines.len());
+        for (i, sm) in machines.into_iter().enumerate() {
+            let group = i as u64;
+            let replica = Replica::start(
+                rc.node_id,
+                group,
+                Arc::clone(&plumbing.log),
+                sm,
+                plumbing.wire.clone(),
+                rc.replica_config(),
+            )
+            .await
+            .map_err(|e| NodeError::Startup(format!("cannot start shard {i}'s replica: {e}")))?;
+            plumbing.service.register(group, replica.raft().clone());
+            // A group this node has never heard of: new, or this node is new to it.
+            let unknown = plumbing.log.vote(group).is_none() && matches!(plumbing.log.state(group), (None, None));
+            let first = rc.members.keys().next() == Some(&rc.node_id);
+            if first && unknown {
+                replica.bootstrap(rc.members.clone()).await.map_err(|e| {
+                    NodeError::Startup(format!("cannot make shard {i}'s group: {e}"))
+                })?;
+            }
+            let (start, end) = layout.shards[i];
+            shards.push(Shard { ranges: vec![start..=end], backend: Backend::Replicated(replica) });
+        }
+        let leader_changes: Arc<Vec<_>> =
+            Arc::new((0..shards.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
+        for (i, shard) in shards.iter().enumerate() {
+            if let Backend::Replicated(replica) = &shard.backend {
+                tokio::spawn(replicated::watch_leadership(i, replica.watch(), Arc::clone(&leader_changes)));
+            }
+        }
+        let checker = (!rc.check_interval.is_zero()).then(|| {
+            let replicas = shards
+                .iter()
+                .filter_map(|s| match &s.backend {
+                    Backend::Replicated(r) => Some(r.clone()),
+                    Backend::Local { .. } => None,
+                })
+                .collect();
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(replicated::check_periodically(
+                replicas,
+                rc.check_interval,
+                rc.request_timeout,
+                stopped,
+            ));
+            (stop, task)
+        });
+        Ok(Node {
+            total_buckets: layout.total_buckets,
+            owner: owners(&layout),
+            config,
+            shards,
+            pending: Arc::new(Pending::new()),
+            writer_threads: Mutex::new(Vec::new()),
+            replication: Some(Replication { config: rc, plumbing, leader_changes, checker: Mutex::new(checker) }),
+        })
+    }
+
+    /// Answers peers' Raft calls for this node's groups (`None`: a standalone node).
+    pub fn raft_service(&self) -> Option<RaftService> {
+        self.replication.as_ref().map(|r| r.plumbing.service.clone())
+    }
+
+    /// This node's id in its replication group (`None`: standalone).
+    pub fn node_id(&self) -> Option<u64> {
+        self.replication.as_ref().map(|r| r.config.node_id)
+    }
+
+    /// Stops the consistency checker and every replica (a standalone node has none). Call before
+    /// [`Node::close`].
+    pub async fn stop_replication(&self) {
+        let Some(r) = &self.replication else { return };
+        let checker = r.checker.lock().take();
+        if let Some((stop, task)) = checker {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+        for (i, shard) in self.shards.iter().enumerate() {
+            if let Backend::Replicated(replica) = &shard.backend {
+                r.plumbing.service.unregister(i as u64);
+                if let Err(e) = replica.shutdown().await {
+                    tracing::warn!(shard = i, error = %e, "replica did not stop cleanly");
+                }
+            }
+        }
     }
 
     /// The node's configuration.
@@ -278,25 +590,55 @@ impl Node {
         Ok(at)
     }
 
-    /// The newest version of `key` at or below `at` (the newest overall when `at` is `None`).
+    /// The newest version of `key` at or below `at` (the newest overall when `at` is `None`), read from
+    /// this node's copy without any consistency wait (a replicated store's APIs use
+    /// [`Node::get_async`]). Blocks while writes below `at` are in flight.
     pub fn get(&self, key: &[u8], at: Option<Timestamp>) -> Result<Option<Versioned>> {
         self.check_key(key)?;
         let at = self.check_read_ts(at)?;
         self.read_latest(key, at)
     }
 
+    /// Waits until shard `shard` may serve a read with `options` here: how far behind it is.
+    async fn ready_to_read(&self, shard: usize, options: &ReadOptions) -> Result<u64> {
+        let (Backend::Replicated(replica), Some(r)) = (&self.shards[shard].backend, &self.replication) else {
+            return Ok(0);
+        };
+        let token = options.after.iter().filter(|t| t.shard == shard).map(|t| t.index).max();
+        let point =
+            replicated::read_point(replica, options.consistency, token, r.config.request_timeout).await?;
+        Ok(if options.consistency == Consistency::Eventual { point.behind } else { 0 })
+    }
+
+    /// [`Node::get`] at the consistency `options` ask for.
+    pub async fn get_async(self: &Arc<Self>, key: Vec<u8>, options: ReadOptions) -> Result<Read<Option<Versioned>>> {
+        self.check_key(&key)?;
+        let behind = self.ready_to_read(self.shard_index(&key), &options).await?;
+        let value = match options.at {
+            // The newest version is one point read: served here, no hand-off.
+            None => self.read_latest(&key, Timestamp::MAX)?,
+            at => {
+                let node = Arc::clone(self);
+                tokio::task::spawn_blocking(move || node.get(&key, at))
+                    .await
+                    .map_err(|e| NodeError::Internal(format!("read task failed: {e}")))??
+            }
+        };
+        Ok(Read { value, behind })
+    }
+
     fn read_latest(&self, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
         let bucket = mvcc::bucket_of(key, self.total_buckets);
         if at == Timestamp::MAX {
             // The newest version: one point read of the key's latest row.
-            return crate::writer::read_latest(&self.shard_of(bucket).db, self.total_buckets, key);
+            return crate::writer::read_latest(&self.shard_of(bucket).db(), self.total_buckets, key);
         }
         let start = mvcc::version_key(key, at);
         let mut end = mvcc::key_prefix(key);
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
-        let mut it = self.shard_of(bucket).db.scan(bucket, &start[..]..&end[..])?;
+        let mut it = self.shard_of(bucket).db().scan(bucket, &start[..]..&end[..])?;
         match it.next().transpose()? {
             None => Ok(None),
             Some((_, engine_key, row)) => version_of(&engine_key, &row),
@@ -318,51 +660,79 @@ impl Node {
         usize::from(self.owner[usize::from(mvcc::bucket_of(key, self.total_buckets))])
     }
 
-    fn writer_of(&self, key: &[u8]) -> &ShardWriter {
-        &self.shards[self.shard_index(key)].writer
+    fn local_writer(&self, shard: usize) -> Result<&ShardWriter> {
+        match &self.shards[shard].backend {
+            Backend::Local { writer, .. } => Ok(writer),
+            Backend::Replicated(_) => {
+                Err(NodeError::Internal("a replicated store takes writes through the async methods".into()))
+            }
+        }
+    }
+
+    /// Writes `op` to shard `shard`: through its writer, or proposed through its group.
+    async fn write(&self, shard: usize, op: WriteOp) -> Result<(Option<Timestamp>, Option<Token>)> {
+        match (&self.shards[shard].backend, &self.replication) {
+            (Backend::Replicated(replica), Some(r)) => {
+                let proposer = replicated::Proposer {
+                    replica,
+                    pending: &self.pending,
+                    total_buckets: self.total_buckets,
+                    timeout: r.config.request_timeout,
+                };
+                let committed = proposer.write(&op).await?;
+                Ok((committed.timestamp, Some(Token { shard, index: committed.index })))
+            }
+            _ => Ok((self.local_writer(shard)?.write(op).await?, None)),
+        }
     }
 
     /// Writes `value` as the newest version of `key`, if `condition` holds; returns its timestamp. Blocks
-    /// until the write is durable (as configured); async callers use [`Node::put_async`].
+    /// until the write is durable (as configured). Standalone stores only; async callers (and replicated
+    /// stores) use [`Node::put_async`].
     pub fn put(&self, key: &[u8], value: &[u8], condition: Condition) -> Result<Timestamp> {
         self.check_key(key)?;
         self.check_value(value)?;
         let op = WriteOp::Put { key: key.to_vec(), value: value.to_vec(), condition };
-        written(self.writer_of(key).write_blocking(op))
+        written(self.local_writer(self.shard_index(key))?.write_blocking(op))
     }
 
     /// [`Node::put`] for async callers: waits without holding a thread.
-    pub async fn put_async(&self, key: Vec<u8>, value: Vec<u8>, condition: Condition) -> Result<Timestamp> {
+    pub async fn put_async(&self, key: Vec<u8>, value: Vec<u8>, condition: Condition) -> Result<Ack> {
         self.check_key(&key)?;
         self.check_value(&value)?;
-        let writer = self.writer_of(&key);
-        written(writer.write(WriteOp::Put { key, value, condition }).await)
+        let shard = self.shard_index(&key);
+        acked(self.write(shard, WriteOp::Put { key, value, condition }).await?)
     }
 
-    /// Deletes `key` (writes a tombstone version); `None` if it had no live value.
+    /// Deletes `key` (writes a tombstone version); `None` if it had no live value. Standalone stores
+    /// only (see [`Node::put`]).
     pub fn delete(&self, key: &[u8]) -> Result<Option<Timestamp>> {
         self.check_key(key)?;
-        self.writer_of(key).write_blocking(WriteOp::Delete { key: key.to_vec() })
+        self.local_writer(self.shard_index(key))?.write_blocking(WriteOp::Delete { key: key.to_vec() })
     }
 
     /// [`Node::delete`] for async callers.
-    pub async fn delete_async(&self, key: Vec<u8>) -> Result<Option<Timestamp>> {
+    pub async fn delete_async(&self, key: Vec<u8>) -> Result<Option<Ack>> {
         self.check_key(&key)?;
-        let writer = self.writer_of(&key);
-        writer.write(WriteOp::Delete { key }).await
+        let shard = self.shard_index(&key);
+        match self.write(shard, WriteOp::Delete { key }).await? {
+            (None, _) => Ok(None),
+            written => acked(written).map(Some),
+        }
     }
 
     /// Applies `ops` (key, `Some(value)` to put, `None` to delete) atomically at one timestamp. Every key
-    /// must belong to one shard (cross-shard atomicity comes with transactions).
+    /// must belong to one shard (cross-shard atomicity comes with transactions). Standalone stores only
+    /// (see [`Node::put`]).
     pub fn batch(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Timestamp> {
         let shard = self.check_batch(&ops)?;
-        written(self.shards[shard].writer.write_blocking(WriteOp::Batch { ops }))
+        written(self.local_writer(shard)?.write_blocking(WriteOp::Batch { ops }))
     }
 
     /// [`Node::batch`] for async callers.
-    pub async fn batch_async(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Timestamp> {
+    pub async fn batch_async(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Ack> {
         let shard = self.check_batch(&ops)?;
-        written(self.shards[shard].writer.write(WriteOp::Batch { ops }).await)
+        acked(self.write(shard, WriteOp::Batch { ops }).await?)
     }
 
     /// Checks a batch's size, keys and values; returns the one shard all its keys belong to.
@@ -423,11 +793,12 @@ impl Node {
         let hi = end.map(mvcc::key_prefix);
         let mut cursors = Vec::with_capacity(self.total_buckets as usize);
         for shard in &self.shards {
+            let db = shard.db();
             for range in &shard.ranges {
                 for bucket in range.clone() {
                     let it = match &hi {
-                        Some(hi) => shard.db.scan(bucket, &lo[..]..&hi[..])?,
-                        None => shard.db.scan(bucket, &lo[..]..)?,
+                        Some(hi) => db.scan(bucket, &lo[..]..&hi[..])?,
+                        None => db.scan(bucket, &lo[..]..)?,
                     };
                     cursors.push(BucketCursor { rows: it.peekable(), at });
                 }
@@ -451,33 +822,77 @@ impl Node {
         Ok(out)
     }
 
+    /// [`Node::scan`] at the consistency `options` ask for (every shard is read at that level).
+    pub async fn scan_async(
+        self: &Arc<Self>,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+        options: ReadOptions,
+    ) -> Result<Read<Vec<(Vec<u8>, Versioned)>>> {
+        let mut behind = 0;
+        for shard in 0..self.shards.len() {
+            behind = behind.max(self.ready_to_read(shard, &options).await?);
+        }
+        let node = Arc::clone(self);
+        let value = tokio::task::spawn_blocking(move || node.scan(&start, end.as_deref(), limit, options.at))
+            .await
+            .map_err(|e| NodeError::Internal(format!("scan task failed: {e}")))??;
+        Ok(Read { value, behind })
+    }
+
     /// Per-shard status.
     pub fn status(&self) -> Vec<ShardStatus> {
         self.shards
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let m = s.db.metrics();
+                let m = s.db().metrics();
                 ShardStatus {
                     shard: i,
                     buckets: s.ranges.clone(),
                     sst_bytes: m.level_bytes.iter().sum(),
                     memtable_bytes: m.memtable_bytes,
                     level_files: m.level_files.clone(),
+                    replication: self.group_status(i).map(GroupStatusJson::from),
                 }
             })
             .collect()
     }
 
+    /// This node's view of shard `shard`'s group (`None`: standalone).
+    pub fn group_status(&self, shard: usize) -> Option<GroupStatus> {
+        match &self.shards.get(shard)?.backend {
+            Backend::Replicated(replica) => Some(replica.status()),
+            Backend::Local { .. } => None,
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Leader changes this node has seen in shard `shard`'s group since it started.
+    pub fn leader_changes(&self, shard: usize) -> u64 {
+        let r = self.replication.as_ref();
+        r.and_then(|r| r.leader_changes.get(shard)).map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Fsyncs of the node's Raft log (`None`: standalone).
+    pub fn raft_log_syncs(&self) -> Option<u64> {
+        self.replication.as_ref().map(|r| r.plumbing.log.syncs())
+    }
+
     /// Engine metrics per shard.
     pub fn engine_metrics(&self) -> Vec<MetricsSnapshot> {
-        self.shards.iter().map(|s| s.db.metrics()).collect()
+        self.shards.iter().map(|s| s.db().metrics()).collect()
     }
 
     /// Compacts every shard fully (old versions below the GC horizon are dropped on the way).
     pub fn compact(&self) -> Result<()> {
         for s in &self.shards {
-            s.db.compact()?;
+            s.db().compact()?;
         }
         Ok(())
     }
@@ -493,9 +908,16 @@ impl Node {
         let Node { shards, writer_threads, .. } = self;
         let mut dbs = Vec::with_capacity(shards.len());
         for shard in shards {
-            // Dropping the last sender ends the writer once its queue is drained.
-            drop(shard.writer);
-            dbs.push(shard.db);
+            match shard.backend {
+                Backend::Local { db, writer } => {
+                    // Dropping the last sender ends the writer once its queue is drained.
+                    drop(writer);
+                    dbs.push(db);
+                }
+                // The Raft log holds every entry; the engine (WAL off) closes when its last user
+                // lets go, and replays the log tail on the next start.
+                Backend::Replicated(replica) => drop(replica),
+            }
         }
         for thread in writer_threads.into_inner() {
             thread.join().map_err(|_| NodeError::Internal("a shard writer thread panicked".into()))?;
@@ -512,6 +934,12 @@ impl Node {
 /// The timestamp of a put or batch (which always write).
 fn written(outcome: WriteOutcome) -> Result<Timestamp> {
     outcome?.ok_or_else(|| NodeError::Internal("a write reported nothing written".into()))
+}
+
+/// The acknowledgement of a put or batch (which always write).
+fn acked((timestamp, token): (Option<Timestamp>, Option<Token>)) -> Result<Ack> {
+    let timestamp = timestamp.ok_or_else(|| NodeError::Internal("a write reported nothing written".into()))?;
+    Ok(Ack { timestamp, token })
 }
 
 fn version_of(engine_key: &[u8], row: &cairn_engine::Row) -> Result<Option<Versioned>> {
@@ -536,6 +964,9 @@ impl BucketCursor {
         loop {
             let Some(item) = self.rows.next() else { return Ok(None) };
             let (_, engine_key, row) = item?;
+            if engine_key.starts_with(mvcc::SYSTEM_PREFIX) {
+                continue; // a replicated shard's own rows (its applied position)
+            }
             let (key, ts) = match mvcc::parse_engine_key(&engine_key) {
                 Some((key, Some(ts))) => (key, ts),
                 Some((_, None)) => continue, // a latest row: scans read the versions
@@ -668,7 +1099,7 @@ mod tests {
         let lo = mvcc::key_prefix(key);
         let mut hi = lo.clone();
         *hi.last_mut().unwrap() += 1;
-        n.shard_of(bucket).db.scan(bucket, &lo[..]..&hi[..]).unwrap().count()
+        n.shard_of(bucket).db().scan(bucket, &lo[..]..&hi[..]).unwrap().count()
     }
 
     #[test]

@@ -4,11 +4,16 @@
 //! unreserved ASCII need not be). In query strings `+` means a space, as in HTML forms. Values go in
 //! and out as raw bytes (request bodies) and base64 (JSON responses). Timestamps are
 //! `{"wall_time": ns, "logical": n}` in JSON and `WALL.LOGICAL` in query strings.
+//!
+//! Reads of a replicated store take `consistency=strong|lease|eventual` (default strong) and
+//! `after=TOKENS` (the `token`s earlier writes returned, comma-separated: an eventual read first waits
+//! for them, which gives read-your-writes); eventual reads report `behind` in their header.
 
 use crate::error::NodeError;
 use crate::hlc::Timestamp;
 use crate::metrics::{self, HttpMetrics};
-use crate::node::{Condition, Node, Versioned};
+use crate::node::{Ack, Condition, Node, Read, ReadOptions, Versioned};
+use crate::replicated::{Consistency, Token};
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
@@ -177,45 +182,56 @@ fn ts_json(ts: Timestamp) -> Value {
     json!({"wall_time": ts.wall_time, "logical": ts.logical})
 }
 
-fn header(node: &Node) -> Value {
-    json!({"timestamp": ts_json(node.now())})
+fn header<T>(node: &Node, read: &Read<T>, options: &ReadOptions) -> Value {
+    let mut header = json!({"timestamp": ts_json(node.now())});
+    if options.consistency == Consistency::Eventual {
+        header["behind"] = json!(read.behind);
+    }
+    header
+}
+
+fn ack_json(ack: &Ack) -> Value {
+    let mut header = json!({"timestamp": ts_json(ack.timestamp)});
+    if let Some(token) = ack.token {
+        header["token"] = json!(token.to_string());
+    }
+    json!({"header": header})
+}
+
+/// The read options in a query string.
+fn read_options(params: &HashMap<String, Vec<u8>>) -> ApiResult<ReadOptions> {
+    Ok(ReadOptions {
+        at: timestamp_param(params, "timestamp")?,
+        consistency: match text_param(params, "consistency")? {
+            Some(c) => Consistency::parse(c)?,
+            None => Consistency::default(),
+        },
+        after: match text_param(params, "after")? {
+            Some(t) => Token::parse_list(t)?,
+            None => Vec::new(),
+        },
+    })
 }
 
 fn version_json(v: &Versioned) -> Value {
     json!({"bytes": B64.encode(&v.value), "timestamp": ts_json(v.timestamp)})
 }
 
-/// Runs a store call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError(NodeError::Internal(format!("request task failed: {e}"))))?
-        .map_err(ApiError)
-}
-
-/// The version an entry URL (`?timestamp=` optional) names, if any.
-async fn read_entry(state: &AppState, uri: &Uri) -> ApiResult<Option<Versioned>> {
+/// The version an entry URL (`?timestamp=`, `consistency=`, `after=` optional) names, if any.
+async fn read_entry(state: &AppState, uri: &Uri) -> ApiResult<(Read<Option<Versioned>>, ReadOptions)> {
     let key = entry_key(uri)?;
-    match timestamp_param(&query(uri)?, "timestamp")? {
-        // The newest version is one point read: served here, no hand-off.
-        None => state.node.get(&key, None).map_err(ApiError),
-        at => {
-            let node = Arc::clone(&state.node);
-            blocking(move || node.get(&key, at)).await
-        }
-    }
+    let options = read_options(&query(uri)?)?;
+    Ok((state.node.get_async(key, options.clone()).await?, options))
 }
 
 async fn get_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
-    let found = read_entry(&state, &uri).await?;
-    let v = found.ok_or_else(|| ApiError(NodeError::NotFound("no value for this key".into())))?;
-    Ok(Json(json!({"header": header(&state.node), "value": version_json(&v)})))
+    let (read, options) = read_entry(&state, &uri).await?;
+    let v = read.value.as_ref().ok_or_else(|| ApiError(NodeError::NotFound("no value for this key".into())))?;
+    Ok(Json(json!({"header": header(&state.node, &read, &options), "value": version_json(v)})))
 }
 
 async fn head_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Response> {
-    let found = read_entry(&state, &uri).await?;
+    let found = read_entry(&state, &uri).await?.0.value;
     let mut response = if found.is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND }.into_response();
     if let Some(v) = found
         && let Ok(ts) = HeaderValue::from_str(&v.timestamp.to_string())
@@ -239,14 +255,14 @@ async fn put_entry(State(state): State<AppState>, uri: Uri, body: Body) -> ApiRe
         (None, Some(ts)) => Condition::IfTimestamp(ts),
         (None, None) => Condition::None,
     };
-    let ts = state.node.put_async(key, value.to_vec(), condition).await.map_err(ApiError)?;
-    Ok(Json(json!({"header": {"timestamp": ts_json(ts)}})))
+    let ack = state.node.put_async(key, value.to_vec(), condition).await.map_err(ApiError)?;
+    Ok(Json(ack_json(&ack)))
 }
 
 async fn delete_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
     let key = entry_key(&uri)?;
     match state.node.delete_async(key).await.map_err(ApiError)? {
-        Some(ts) => Ok(Json(json!({"header": {"timestamp": ts_json(ts)}}))),
+        Some(ack) => Ok(Json(ack_json(&ack))),
         None => Err(ApiError(NodeError::NotFound("no value for this key".into()))),
     }
 }
@@ -254,8 +270,10 @@ async fn delete_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json
 async fn range(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
     let params = query(&uri)?;
     for name in params.keys() {
-        if !["start", "end", "limit", "timestamp"].contains(&name.as_str()) {
-            return Err(bad(format!("unknown parameter {name:?} (start, end, limit, timestamp)")));
+        if !["start", "end", "limit", "timestamp", "consistency", "after"].contains(&name.as_str()) {
+            return Err(bad(format!(
+                "unknown parameter {name:?} (start, end, limit, timestamp, consistency, after)"
+            )));
         }
     }
     let start = params.get("start").cloned().unwrap_or_default();
@@ -264,12 +282,11 @@ async fn range(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>
         Some(l) => l.parse::<usize>().map_err(|_| bad(format!("limit {l:?} is not a number")))?,
         None => DEFAULT_SCAN_LIMIT,
     };
-    let at = timestamp_param(&params, "timestamp")?;
-    let node = Arc::clone(&state.node);
-    let rows = blocking(move || node.scan(&start, end.as_deref(), limit, at)).await?;
+    let options = read_options(&params)?;
+    let read = state.node.scan_async(start, end, limit, options.clone()).await?;
     let rows: Vec<Value> =
-        rows.iter().map(|(k, v)| json!({"key": B64.encode(k), "value": version_json(v)})).collect();
-    Ok(Json(json!({"header": header(&state.node), "rows": rows})))
+        read.value.iter().map(|(k, v)| json!({"key": B64.encode(k), "value": version_json(v)})).collect();
+    Ok(Json(json!({"header": header(&state.node, &read, &options), "rows": rows})))
 }
 
 async fn health(State(state): State<AppState>, uri: Uri) -> Response {
@@ -287,14 +304,16 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 
 async fn status(State(state): State<AppState>) -> Json<Value> {
     let node = &state.node;
-    Json(json!({
-        "node": {
-            "store": node.config().store.display().to_string(),
-            "total_buckets": node.total_buckets(),
-            "sync": node.config().sync,
-        },
-        "shards": node.status(),
-    }))
+    let mut about = json!({
+        "store": node.config().store.display().to_string(),
+        "total_buckets": node.total_buckets(),
+        "sync": node.config().sync,
+    });
+    if let Some(r) = &node.config().replication {
+        about["id"] = json!(r.node_id);
+        about["members"] = json!(r.members);
+    }
+    Json(json!({"node": about, "shards": node.status()}))
 }
 
 async fn empty_key() -> ApiError {

@@ -77,7 +77,7 @@ impl Pending {
     }
 
     /// A fresh timestamp for a write, registered as in flight.
-    fn begin(&self) -> Timestamp {
+    pub(crate) fn begin(&self) -> Timestamp {
         let mut stamps = self.stamps.lock();
         let ts = self.clock.now();
         *stamps.entry(ts).or_insert(0) += 1;
@@ -85,7 +85,7 @@ impl Pending {
     }
 
     /// Marks the writes at `stamps` committed (or failed).
-    fn end(&self, done: &[Timestamp]) {
+    pub(crate) fn end(&self, done: &[Timestamp]) {
         if done.is_empty() {
             return;
         }
@@ -130,7 +130,7 @@ pub(crate) fn read_latest(db: &Db, total_buckets: u32, key: &[u8]) -> Result<Opt
 }
 
 /// Adds `key`'s version at `ts` and its latest row to `batch` (one atomic write).
-fn add_version(batch: &mut WriteBatch, bucket: u16, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
+pub(crate) fn add_version(batch: &mut WriteBatch, bucket: u16, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
     let encoded = mvcc::encode_value(value);
     batch.put(bucket, &mvcc::version_key(key, ts), 0, &encoded);
     // A whole-row write: a read of the latest row never folds through older deltas of a hot key.
@@ -302,7 +302,7 @@ impl Writer {
 }
 
 /// Whether a put with `condition` may go ahead given the key's current live timestamp.
-fn check_condition(condition: Condition, current: Option<Timestamp>) -> Result<()> {
+pub(crate) fn check_condition(condition: Condition, current: Option<Timestamp>) -> Result<()> {
     match (condition, current) {
         (Condition::None, _) | (Condition::IfAbsent, None) => Ok(()),
         (Condition::IfAbsent, Some(ts)) => {

@@ -99,6 +99,16 @@ struct NodeArgs {
     /// How long old versions stay readable, in seconds.
     #[arg(long, env = "CAIRN_GC_TTL_SECS")]
     gc_ttl_secs: Option<u64>,
+    /// This node's id in a replicated group (with --peers; never reuse one).
+    #[arg(long, env = "CAIRN_NODE_ID")]
+    node_id: Option<u64>,
+    /// Every member's gRPC address, this node's included: ID=HOST:PORT,... Every shard gets a replica on
+    /// each member (the replication factor is their count: 1, 3 or 5).
+    #[arg(long, env = "CAIRN_PEERS")]
+    peers: Option<String>,
+    /// Seconds between consistency checks of each replicated shard (0: none).
+    #[arg(long, env = "CAIRN_CHECK_INTERVAL_SECS")]
+    check_interval_secs: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -130,6 +140,9 @@ struct FileConfig {
     sync: Option<bool>,
     max_value_bytes: Option<usize>,
     gc_ttl_secs: Option<u64>,
+    node_id: Option<u64>,
+    peers: Option<String>,
+    check_interval_secs: Option<u64>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, String> {
@@ -163,10 +176,32 @@ fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig,
     if let Some(s) = args.gc_ttl_secs.or(file.gc_ttl_secs) {
         node.gc_ttl = Duration::from_secs(s);
     }
+    let mut grpc_addr = args.grpc_addr.or(file.grpc_addr);
+    match (args.node_id.or(file.node_id), args.peers.as_ref().or(file.peers.as_ref())) {
+        (None, None) => {}
+        (Some(id), Some(peers)) => {
+            let members = cairn_server::replicated::parse_members(peers).map_err(|e| format!("--peers: {e}"))?;
+            let mut replication = cairn_server::replicated::ReplicationConfig::new(id, members);
+            if let Some(s) = args.check_interval_secs.or(file.check_interval_secs) {
+                replication.check_interval = Duration::from_secs(s);
+            }
+            replication.validate().map_err(|e| e.to_string())?;
+            // Peers reach this node at its member address: listen there unless told otherwise.
+            if grpc_addr.is_none() {
+                let own = &replication.members[&id];
+                grpc_addr = Some(own.parse().map_err(|_| {
+                    format!("node {id}'s address {own:?} is not IP:PORT; pass --grpc-addr to listen on")
+                })?);
+            }
+            node.replication = Some(replication);
+        }
+        (Some(_), None) => return Err("--node-id needs --peers (every member's ID=HOST:PORT)".into()),
+        (None, Some(_)) => return Err("--peers needs --node-id (this node's id among them)".into()),
+    }
     Ok(ServerConfig {
         node,
         http_addr: args.http_addr.or(file.http_addr).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
-        grpc_addr: args.grpc_addr.or(file.grpc_addr).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+        grpc_addr: grpc_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
     })
 }
 
@@ -220,25 +255,43 @@ async fn client_command(command: Command) -> Result<ExitCode, String> {
             let shards: Vec<_> = s
                 .shards
                 .iter()
-                .map(|sh| serde_json::json!({"shard": sh.shard, "first_bucket": sh.first_bucket, "last_bucket": sh.last_bucket, "sst_bytes": sh.sst_bytes, "memtable_bytes": sh.memtable_bytes}))
+                .map(|sh| {
+                    let mut j = serde_json::json!({"shard": sh.shard, "first_bucket": sh.first_bucket, "last_bucket": sh.last_bucket, "sst_bytes": sh.sst_bytes, "memtable_bytes": sh.memtable_bytes});
+                    if let Some(r) = &sh.replication {
+                        j["replication"] = serde_json::json!({"role": r.role, "leader": r.leader, "term": r.term, "committed": r.committed, "applied": r.applied, "fenced": r.fenced});
+                    }
+                    j
+                })
                 .collect();
             let mut text = format!(
-                "store {} ({} buckets, fsync {})\n",
+                "store {} ({} buckets, fsync {}{})\n",
                 s.store,
                 s.total_buckets,
-                if s.sync { "on" } else { "off" }
+                if s.sync { "on" } else { "off" },
+                if s.node_id == 0 { String::new() } else { format!(", node {}", s.node_id) }
             );
             text.push_str("shard  buckets      sst bytes  memtable bytes");
+            if s.node_id != 0 {
+                text.push_str("  role       leader  term  applied");
+            }
             for sh in &s.shards {
                 text.push_str(&format!(
                     "\n{:>5}  {:>4}..={:<4}  {:>10}  {:>14}",
                     sh.shard, sh.first_bucket, sh.last_bucket, sh.sst_bytes, sh.memtable_bytes
                 ));
+                if let Some(r) = &sh.replication {
+                    let fenced = if r.fenced.is_empty() { "" } else { "  FENCED" };
+                    text.push_str(&format!(
+                        "  {:<9}  {:>6}  {:>4}  {:>7}{fenced}",
+                        r.role, r.leader, r.term, r.applied
+                    ));
+                }
             }
-            print(
-                serde_json::json!({"store": s.store, "total_buckets": s.total_buckets, "sync": s.sync, "shards": shards}),
-                text,
-            );
+            let mut json = serde_json::json!({"store": s.store, "total_buckets": s.total_buckets, "sync": s.sync, "shards": shards});
+            if s.node_id != 0 {
+                json["node_id"] = serde_json::json!(s.node_id);
+            }
+            print(json, text);
         }
         Some(KvOp::Put { key, value }) => {
             let ts = client.put(key.as_bytes(), value.as_bytes()).await.map_err(|e| e.to_string())?;
@@ -296,7 +349,13 @@ async fn client_command(command: Command) -> Result<ExitCode, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level);
+    // openraft reports every unanswered heartbeat (20 a second per peer) as a warning; cairn logs what
+    // an operator needs (role changes, divergence) itself. A filter naming openraft overrides this.
+    let mut level = cli.log_level.clone();
+    if !level.contains("openraft") {
+        level.push_str(",openraft=error");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&level);
     let Ok(filter) = filter else {
         eprintln!("cairn: bad --log-level {:?}", cli.log_level);
         return ExitCode::from(2);

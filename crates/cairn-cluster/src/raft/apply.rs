@@ -242,6 +242,10 @@ impl ShardApplier {
                 let row = self.db.get(*bucket, key)?;
                 Ok(row.as_ref().and_then(|r| r.column(*column)) == value.as_deref())
             }
+            Condition::ColumnBelow { bucket, key, column, value } => {
+                let row = self.db.get(*bucket, key)?;
+                Ok(row.as_ref().and_then(|r| r.column(*column)).is_some_and(|c| c < value.as_slice()))
+            }
             Condition::Any(any) => {
                 for c in any {
                     if self.check(c)? {
@@ -250,6 +254,7 @@ impl ShardApplier {
                 }
                 Ok(false)
             }
+            Condition::Not(inner) => Ok(!self.check(inner)?),
         }
     }
 }

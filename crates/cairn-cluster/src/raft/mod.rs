@@ -12,7 +12,7 @@ mod transport;
 pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, ShardApplier};
 pub use log_store::GroupLogStore;
 pub use replica::{
-    CheckOutcome, GroupError, GroupStatus, ReadLevel, ReadPoint, Replica, ReplicaConfig, Written,
+    CheckOutcome, GroupError, GroupStatus, ReadLevel, ReadPoint, Replica, ReplicaConfig, StatusWatch, Written,
 };
 pub use runtime::{CairnRuntime, with_seed};
 pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};
@@ -91,6 +91,19 @@ pub enum Condition {
     },
     /// At least one of these holds.
     Any(Vec<Condition>),
+    /// The row's column is present and sorts strictly below `value`, byte by byte.
+    ColumnBelow {
+        /// The row's bucket.
+        bucket: u16,
+        /// The row's key.
+        key: Vec<u8>,
+        /// The column.
+        column: u16,
+        /// The bound.
+        value: Vec<u8>,
+    },
+    /// This one does not hold.
+    Not(Box<Condition>),
 }
 
 /// What applying a [`Command`] did; every replica decides the same.

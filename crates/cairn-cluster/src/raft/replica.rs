@@ -3,16 +3,20 @@
 //! neither names an openraft type.
 
 use super::{
-    Check, CheckStatus, Command, CommandResult, GroupLogStore, GroupNetwork, ShardRaft, ShardStateMachine,
-    Wire,
+    Check, CheckStatus, Command, CommandResult, GroupLogStore, GroupNetwork, RaftCall, RaftReply, ShardRaft,
+    ShardStateMachine, TypeConfig, Wire, decode, encode,
 };
 use crate::raft_log::RaftLog;
 use cairn_engine::Db;
+use cairn_proto::raft::RaftCallKind;
 use openraft::LinearizerOption;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +74,7 @@ impl ReplicaConfig {
 }
 
 /// What a group operation can fail with.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum GroupError {
     /// This replica is not the leader; nothing was proposed. Retry at `leader` (if known).
     #[error("not the leader (leader: {leader:?})")]
@@ -124,7 +128,7 @@ pub struct ReadPoint {
 }
 
 /// A write's outcome.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Written {
     /// Its log index: a read at `ReadLevel::AtLeast(index)` sees it.
     pub index: u64,
@@ -167,6 +171,24 @@ pub struct GroupStatus {
     pub snapshots_installed: u64,
 }
 
+/// Wakes when a replica's status (role, term, leader, log indexes) changes.
+pub struct StatusWatch {
+    rx: openraft::type_config::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+}
+
+impl StatusWatch {
+    /// Waits for the next change; false once the replica has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+
+    /// The term and leader as of the last change seen.
+    pub fn leadership(&self) -> (u64, Option<u64>) {
+        let m = self.rx.borrow_watched();
+        (m.current_term, m.current_leader)
+    }
+}
+
 /// A consistency check's outcome, as the leader saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckOutcome {
@@ -176,13 +198,46 @@ pub struct CheckOutcome {
     pub digest: String,
 }
 
+/// A type-erased [`Wire`], so a [`Replica`] can hand calls to the leader without being generic.
+trait Forward: Send + Sync {
+    fn call(
+        &self,
+        target: u64,
+        addr: String,
+        call: RaftCall,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<RaftReply, String>> + Send + '_>>;
+}
+
+impl<W: Wire> Forward for W {
+    fn call(
+        &self,
+        target: u64,
+        addr: String,
+        call: RaftCall,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<RaftReply, String>> + Send + '_>> {
+        Box::pin(async move { Wire::call(self, target, &addr, call, timeout).await })
+    }
+}
+
+/// Why a forwarded call has no answer from the leader's group.
+enum ForwardError {
+    /// The call or its reply was lost, or the leader's node does not hold the group.
+    Transport(String),
+    /// The leader answered with this error.
+    Answered(GroupError),
+}
+
 /// One node's replica of one shard group.
 #[derive(Clone)]
 pub struct Replica {
     raft: ShardRaft,
     sm: ShardStateMachine,
+    node: u64,
     group: u64,
     config: ReplicaConfig,
+    wire: Arc<dyn Forward>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -194,6 +249,55 @@ impl std::fmt::Debug for Replica {
 fn stopped(e: impl std::fmt::Display) -> GroupError {
     GroupError::Stopped(e.to_string())
 }
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Proposes `command` on this node's `raft` and waits until it is applied here, or until `timeout`.
+pub(crate) async fn propose_here(
+    raft: &ShardRaft,
+    command: Command,
+    timeout: Duration,
+) -> Result<Written, GroupError> {
+    match tokio::time::timeout(timeout, raft.client_write(command)).await {
+        Err(_) => Err(GroupError::OutcomeUnknown(format!("no answer within {timeout:?}"))),
+        Ok(Ok(r)) => Ok(Written { index: r.log_id.index, result: r.data }),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(GroupError::NotLeader { leader: f.leader_id })
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => Err(GroupError::OutcomeUnknown(
+            format!("the entry was dropped here (leader now {:?})", f.leader_id),
+        )),
+        Ok(Err(e)) => Err(GroupError::OutcomeUnknown(e.to_string())),
+    }
+}
+
+/// Confirms this node still leads (by a quorum round, or without one while its last quorum
+/// acknowledgement is younger than `lease`) and returns the index a linearizable read must see.
+pub(crate) async fn read_index_here(
+    raft: &ShardRaft,
+    lease: Option<Duration>,
+    timeout: Duration,
+) -> Result<u64, GroupError> {
+    let option = match lease {
+        Some(lease) => LinearizerOption::new(Some(lease), false).with_wait_timeout(Duration::ZERO),
+        None => LinearizerOption::new(Some(Duration::ZERO), true).with_wait_timeout(timeout),
+    };
+    match raft.get_read_linearizer(option).await {
+        Ok(l) => Ok(l.read_log_id().index()),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+            Err(GroupError::NotLeader { leader: f.leader_id })
+        }
+        Err(RaftError::APIError(e)) => Err(GroupError::Timeout(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(stopped(e)),
+    }
+}
+
+/// What a follower sends with a forwarded command: the command and how long the leader may take.
+pub(crate) type ProposeCall = (Command, u64);
+/// What a follower sends for a read index: the lease (ms; `None`: a quorum round) and the timeout (ms).
+pub(crate) type ReadIndexCall = (Option<u64>, u64);
 
 impl Replica {
     /// Starts node `node`'s replica of `group`: its log in the node's `log`, its state in `sm`, its
@@ -207,11 +311,11 @@ impl Replica {
         config: ReplicaConfig,
     ) -> Result<Replica, GroupError> {
         let raft_config = Arc::new(config.to_openraft(group)?);
-        let network = GroupNetwork::new(wire, group);
+        let network = GroupNetwork::new(wire.clone(), group);
         let raft = ShardRaft::new(node, raft_config, network, GroupLogStore::new(log, group), sm.clone())
             .await
             .map_err(stopped)?;
-        Ok(Replica { raft, sm, group, config })
+        Ok(Replica { raft, sm, node, group, config, wire: Arc::new(wire) })
     }
 
     /// Makes this replica's group a new group of `members` (node id → address). Only once, on one
@@ -237,22 +341,51 @@ impl Replica {
         &self.sm
     }
 
-    /// Proposes `command` and waits until it is applied here, or until `timeout`.
+    /// Proposes `command` and waits until it is applied, or until `timeout`. A follower hands the command
+    /// to the leader it knows of (one hop: a leader that lost its role answers `NotLeader`) and answers
+    /// once the leader applied it; a read here at `ReadLevel::AtLeast(index)` then sees it.
     pub async fn write(&self, command: Command, timeout: Duration) -> Result<Written, GroupError> {
-        match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
-            Err(_) => Err(GroupError::OutcomeUnknown(format!("no answer within {timeout:?}"))),
-            Ok(Ok(r)) => Ok(Written { index: r.log_id.index, result: r.data }),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(GroupError::NotLeader { leader: f.leader_id })
+        match self.leader_elsewhere() {
+            None => propose_here(&self.raft, command, timeout).await,
+            Some((leader, addr)) => {
+                let payload = encode(&(command, millis(timeout))).map_err(GroupError::OutcomeUnknown)?;
+                self.forward(leader, addr, RaftCallKind::Propose, payload, timeout).await.map_err(|e| match e {
+                    // The leader may have received it.
+                    ForwardError::Transport(why) => {
+                        GroupError::OutcomeUnknown(format!("forwarding to node {leader}: {why}"))
+                    }
+                    ForwardError::Answered(e) => e,
+                })
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => {
-                Err(GroupError::OutcomeUnknown(format!(
-                    "the entry was dropped here (leader now {:?})",
-                    f.leader_id
-                )))
-            }
-            Ok(Err(e)) => Err(GroupError::OutcomeUnknown(e.to_string())),
         }
+    }
+
+    /// The leader this replica knows of and its address, when that is another node.
+    fn leader_elsewhere(&self) -> Option<(u64, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let leader = m.current_leader.filter(|l| *l != self.node)?;
+        let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, addr))
+    }
+
+    /// Sends a forwarded call to `leader` and decodes its `Result` answer.
+    async fn forward<T: serde::de::DeserializeOwned>(
+        &self,
+        leader: u64,
+        addr: String,
+        kind: RaftCallKind,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<T, ForwardError> {
+        let call = RaftCall { group: self.group, kind: kind as i32, payload };
+        let reply = self.wire.call(leader, addr, call, timeout).await.map_err(ForwardError::Transport)?;
+        if !reply.error.is_empty() {
+            return Err(ForwardError::Transport(reply.error));
+        }
+        decode::<Result<T, GroupError>>(&reply.payload)
+            .map_err(ForwardError::Transport)?
+            .map_err(ForwardError::Answered)
     }
 
     /// Waits until a read at `level` may be served from [`Replica::db`], or until `timeout`.
@@ -264,28 +397,23 @@ impl Replica {
             ReadLevel::Eventual => None,
             ReadLevel::AtLeast(index) => Some(index),
             ReadLevel::Strong | ReadLevel::Lease => {
-                let option = match level {
-                    ReadLevel::Lease => LinearizerOption::new(Some(self.config.lease()), false)
-                        .with_wait_timeout(Duration::ZERO),
-                    _ => LinearizerOption::new(Some(Duration::ZERO), true).with_wait_timeout(timeout),
-                };
-                let linearizer = match self.raft.get_read_linearizer(option).await {
-                    Ok(l) => l,
-                    Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                        return Err(GroupError::NotLeader { leader: f.leader_id });
+                let lease = (level == ReadLevel::Lease).then(|| self.config.lease());
+                match self.leader_elsewhere() {
+                    // A follower read: the leader confirms its role and names the index to wait for.
+                    Some((leader, addr)) => {
+                        let payload = encode(&(lease.map(millis), millis(timeout))).map_err(stopped)?;
+                        let index = self
+                            .forward::<u64>(leader, addr, RaftCallKind::ReadIndex, payload, timeout)
+                            .await
+                            .map_err(|e| match e {
+                                ForwardError::Transport(why) => {
+                                    GroupError::Timeout(format!("read index from node {leader}: {why}"))
+                                }
+                                ForwardError::Answered(e) => e,
+                            })?;
+                        Some(index)
                     }
-                    Err(RaftError::APIError(e)) => return Err(GroupError::Timeout(e.to_string())),
-                    Err(RaftError::Fatal(e)) => return Err(stopped(e)),
-                };
-                match linearizer.try_await_ready(&self.raft, Some(timeout)).await.map_err(stopped)? {
-                    Ok(state) => return Ok(self.point(state.applied().map(|id| id.index))),
-                    Err(state) => {
-                        return Err(GroupError::Timeout(format!(
-                            "applied {:?}, the read needs {}",
-                            state.applied().map(|id| id.index),
-                            state.read_log_id().index()
-                        )));
-                    }
+                    None => Some(read_index_here(&self.raft, lease, timeout).await?),
                 }
             }
         };
@@ -296,7 +424,7 @@ impl Replica {
                 .await
                 .map_err(|e| GroupError::Timeout(format!("index {index} not applied here: {e}")))?;
         }
-        Ok(self.point(None))
+        Ok(self.point(target))
     }
 
     fn point(&self, at_least: Option<u64>) -> ReadPoint {
@@ -383,6 +511,11 @@ impl Replica {
             checks: self.sm.check_status(),
             snapshots_installed: self.sm.snapshots_installed(),
         }
+    }
+
+    /// Follows this replica's status (see [`StatusWatch`]).
+    pub fn watch(&self) -> StatusWatch {
+        StatusWatch { rx: self.raft.metrics() }
     }
 
     /// Stops the replica (its storage stays as it is).

@@ -57,6 +57,8 @@ pub struct ShardStateMachine {
     // Shared with every generation's applier; read without `inner`'s lock, so a read's fencing check
     // never waits behind an apply or a snapshot build.
     checks: CheckBoard,
+    // The engine readers use, outside `inner`'s lock for the same reason. INVARIANT: `inner.db`.
+    db: Arc<parking_lot::RwLock<Arc<Db>>>,
 }
 
 impl std::fmt::Debug for ShardStateMachine {
@@ -95,6 +97,7 @@ impl ShardStateMachine {
         let db = Arc::new(Db::open(config, buckets)?);
         let checks = CheckBoard::default();
         let applier = ShardApplier::with_checks(Arc::clone(&db), meta_bucket, checks.clone());
+        let shared = Arc::new(parking_lot::RwLock::new(Arc::clone(&db)));
         let inner = Inner {
             applier,
             db,
@@ -106,12 +109,12 @@ impl ShardStateMachine {
             current: None,
             installed: 0,
         };
-        Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)), checks })
+        Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)), checks, db: shared })
     }
 
-    /// The shard's engine.
+    /// The shard's engine (without waiting for an apply in progress).
     pub fn db(&self) -> Arc<Db> {
-        Arc::clone(&self.inner.lock().db)
+        Arc::clone(&self.db.read())
     }
 
     /// What consistency checks found since this replica last opened or installed a snapshot.
@@ -254,6 +257,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         // The installed contents are the leader's: what checks found about the old ones no longer holds.
         self.checks.reset();
         inner.applier = ShardApplier::with_checks(Arc::clone(&db), inner.meta_bucket, self.checks.clone());
+        *self.db.write() = Arc::clone(&db);
         inner.db = db;
         inner.generation = next;
         inner.installed += 1;

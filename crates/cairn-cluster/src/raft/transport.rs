@@ -1,10 +1,12 @@
 //! Raft traffic between nodes over gRPC (`cairn.raft.v1.RaftTransport`): one connection per peer carries
 //! the messages of every shard group the two nodes share; each call names its group.
 //!
-//! Receiving: [`RaftService`] holds the node's groups and hands each call to its group's `Raft`.
+//! Receiving: [`RaftService`] holds the node's groups and hands each call to its group's `Raft`: Raft's
+//! own messages, and the commands and read-index requests followers forward to their leader.
 //! Sending: [`GroupNetwork`] is a group's openraft network factory over a [`Wire`], the node's way to
 //! reach its peers: [`PeerChannels`] (one lazily connected gRPC channel per peer) in production, an
-//! in-process network that drops, delays and partitions in simulation. Raft messages travel as postcard-encoded payloads. Every call carries
+//! in-process network that drops, delays and partitions in simulation. Raft messages travel as
+//! postcard-encoded payloads. Every call carries
 //! openraft's hard deadline, and every failure is reported to openraft as "unreachable", which backs off
 //! and retries.
 
@@ -29,6 +31,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::replica::{ProposeCall, ReadIndexCall, propose_here, read_index_here};
 use super::{decode, encode};
 
 /// The receiving side: the node's shard groups, by group id.
@@ -87,6 +90,15 @@ impl RaftService {
                 ) = decode(&call.payload)?;
                 let snapshot = SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot };
                 encode(&raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?)
+            }
+            Ok(RaftCallKind::Propose) => {
+                let (command, timeout_ms): ProposeCall = decode(&call.payload)?;
+                encode(&propose_here(&raft, command, Duration::from_millis(timeout_ms)).await)
+            }
+            Ok(RaftCallKind::ReadIndex) => {
+                let (lease_ms, timeout_ms): ReadIndexCall = decode(&call.payload)?;
+                let lease = lease_ms.map(Duration::from_millis);
+                encode(&read_index_here(&raft, lease, Duration::from_millis(timeout_ms)).await)
             }
             Ok(RaftCallKind::Unspecified) | Err(_) => Err(format!("unknown raft call kind {}", call.kind)),
         }

@@ -1,0 +1,506 @@
+//! Replicated shards: each of the node's shards is one Raft group with a replica on every member of the
+//! static membership (`--node-id`, `--peers`), its state machine the shard's engine (WAL off: the node's
+//! Raft log is the log).
+//!
+//! Writes are MVCC commands decided at apply, identically on every replica. The proposing node picks
+//! the version's timestamp from its hybrid-logical clock; every command carries the condition that the
+//! key's latest version is older than that timestamp (a node whose clock is behind, say a new leader,
+//! learns the newer time and retries), so a key's latest row only moves forward. That condition also
+//! makes a command idempotent: once applied, a second copy fails it. So a write whose outcome is unknown
+//! (the leader changed, a reply was lost) is proposed again, unchanged; the copy that commits either
+//! applies (the first never will: Raft's log matching) or fails its condition, and then the key's version
+//! row at the timestamp tells whether the first applied. A client learns its write's outcome or, if no
+//! leader answers before the request timeout, gets a retryable 503 saying the outcome is unknown.
+//!
+//! Reads pick a consistency level per request; every replica serves every level (a follower asks the
+//! leader for a read index, then waits to apply it; see [`cairn_cluster::raft::Replica::read_point`]).
+
+use crate::error::{NodeError, Result};
+use crate::hlc::Timestamp;
+use crate::mvcc;
+use crate::node::{Condition as PutCondition, Versioned};
+use crate::writer::{Pending, WriteOp, check_condition, read_latest};
+use cairn_cluster::raft::{
+    Command, CommandResult, Condition, GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica,
+    ReplicaConfig, Written,
+};
+use cairn_engine::{Db, WriteBatch};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a node takes part in replication.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationConfig {
+    /// This node's id (never reused for another node).
+    pub node_id: u64,
+    /// Every member's gRPC address (node id → `host:port`), this node's included. Every shard has a
+    /// replica on each member: the replication factor is the member count (1, 3 or 5).
+    pub members: BTreeMap<u64, String>,
+    /// How often each shard's leader runs a consistency check through the log (zero: never).
+    pub check_interval: Duration,
+    /// How long a write or a linearizable read waits for a leader before answering 503.
+    pub request_timeout: Duration,
+    /// Leader heartbeat period.
+    pub heartbeat: Duration,
+    /// Election timeouts are drawn from this range.
+    pub election_timeout: (Duration, Duration),
+    /// A Raft snapshot is taken after this many entries.
+    pub snapshot_every: u64,
+}
+
+impl ReplicationConfig {
+    /// Defaults for node `node_id` of `members`.
+    pub fn new(node_id: u64, members: BTreeMap<u64, String>) -> ReplicationConfig {
+        let raft = ReplicaConfig::default();
+        ReplicationConfig {
+            node_id,
+            members,
+            check_interval: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(5),
+            heartbeat: raft.heartbeat,
+            election_timeout: raft.election_timeout,
+            snapshot_every: raft.snapshot_every,
+        }
+    }
+
+    /// Checks the membership: this node among the members, 1 to 7 of them, ids above zero.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(NodeError::Startup(m));
+        if !(1..=7).contains(&self.members.len()) {
+            return bad(format!("a group has 1 to 7 members (1, 3 or 5 advised), not {}", self.members.len()));
+        }
+        if self.members.contains_key(&0) {
+            return bad("node ids start at 1".into());
+        }
+        if !self.members.contains_key(&self.node_id) {
+            return bad(format!("node {} is not among the members {:?}", self.node_id, self.members));
+        }
+        let mut addrs: Vec<&String> = self.members.values().collect();
+        addrs.sort();
+        addrs.dedup();
+        if addrs.len() != self.members.len() {
+            return bad("two members share an address".into());
+        }
+        Ok(())
+    }
+
+    /// Raft settings of every group.
+    pub(crate) fn replica_config(&self) -> ReplicaConfig {
+        ReplicaConfig {
+            heartbeat: self.heartbeat,
+            election_timeout: self.election_timeout,
+            snapshot_every: self.snapshot_every,
+            ..ReplicaConfig::default()
+        }
+    }
+}
+
+/// Parses `ID=HOST:PORT,...`.
+pub fn parse_members(text: &str) -> std::result::Result<BTreeMap<u64, String>, String> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| format!("{part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} is not a node id"))?;
+        let addr = addr.trim();
+        if addr.is_empty() || !addr.contains(':') {
+            return Err(format!("{addr:?} is not HOST:PORT"));
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    Ok(members)
+}
+
+/// A write's place in its shard's log: a read with this token sees it (read-your-writes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Token {
+    /// The shard (its Raft group).
+    pub shard: usize,
+    /// The write's log index.
+    pub index: u64,
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.shard, self.index)
+    }
+}
+
+/// Most tokens one read accepts.
+pub const MAX_TOKENS: usize = 1024;
+
+impl Token {
+    /// Parses `SHARD:INDEX,...` (empty: none).
+    pub fn parse_list(text: &str) -> Result<Vec<Token>> {
+        let bad = || NodeError::InvalidArgument(format!("{text:?} is not a list of SHARD:INDEX tokens"));
+        let mut out = Vec::new();
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let (shard, index) = part.split_once(':').ok_or_else(bad)?;
+            out.push(Token {
+                shard: shard.parse().map_err(|_| bad())?,
+                index: index.parse().map_err(|_| bad())?,
+            });
+            if out.len() > MAX_TOKENS {
+                return Err(NodeError::InvalidArgument(format!("at most {MAX_TOKENS} tokens per read")));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A read's required freshness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Linearizable through a quorum round (the default).
+    #[default]
+    Strong,
+    /// Linearizable while the leader's lease holds.
+    Lease,
+    /// Whatever the answering replica applied (after the read's tokens).
+    Eventual,
+}
+
+impl Consistency {
+    /// `strong`, `lease` or `eventual`.
+    pub fn parse(text: &str) -> Result<Consistency> {
+        match text {
+            "strong" | "linearizable" => Ok(Consistency::Strong),
+            "lease" => Ok(Consistency::Lease),
+            "eventual" | "stale" => Ok(Consistency::Eventual),
+            other => Err(NodeError::InvalidArgument(format!(
+                "consistency must be strong, lease or eventual, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Maps a group error to what the API reports.
+pub(crate) fn group_error(e: GroupError) -> NodeError {
+    match e {
+        GroupError::Fenced(why) => NodeError::Unavailable(format!("this replica is fenced: {why}")),
+        GroupError::InvalidConfig(why) | GroupError::Membership(why) => NodeError::Internal(why),
+        e => NodeError::Unavailable(e.to_string()),
+    }
+}
+
+/// Waits until shard `replica` may serve a read at `consistency` (after `token`, if any); retries
+/// while no leader is known, until the request timeout.
+pub(crate) async fn read_point(
+    replica: &Replica,
+    consistency: Consistency,
+    token: Option<u64>,
+    timeout: Duration,
+) -> Result<ReadPoint> {
+    let level = match (consistency, token) {
+        (Consistency::Strong, _) => ReadLevel::Strong,
+        (Consistency::Lease, _) => ReadLevel::Lease,
+        (Consistency::Eventual, Some(index)) => ReadLevel::AtLeast(index),
+        (Consistency::Eventual, None) => ReadLevel::Eventual,
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match replica.read_point(level, left).await {
+            Ok(point) => return Ok(point),
+            // An election is under way (or the leader just moved): try again shortly.
+            Err(GroupError::NotLeader { .. } | GroupError::Timeout(_))
+                if tokio::time::Instant::now() + backoff < deadline =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(group_error(e)),
+        }
+    }
+}
+
+/// What a replicated write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Committed {
+    /// The version's timestamp; `None` for a delete of an absent key (nothing written).
+    pub timestamp: Option<Timestamp>,
+    /// The log index that decided it.
+    pub index: u64,
+}
+
+/// Proposes writes to one shard's group.
+pub(crate) struct Proposer<'a> {
+    pub replica: &'a Replica,
+    pub pending: &'a Pending,
+    pub total_buckets: u32,
+    pub timeout: Duration,
+}
+
+/// Most proposals one write makes (clock catch-ups and unknown outcomes together).
+const MAX_ATTEMPTS: usize = 16;
+
+impl Proposer<'_> {
+    fn bucket(&self, key: &[u8]) -> u16 {
+        mvcc::bucket_of(key, self.total_buckets)
+    }
+
+    /// The key's latest version is older than `ts` (or there is none).
+    fn older_than(&self, key: &[u8], ts: Timestamp) -> Condition {
+        let (bucket, latest) = (self.bucket(key), mvcc::latest_key(key));
+        Condition::Any(vec![
+            Condition::ColumnIs { bucket, key: latest.clone(), column: 1, value: None },
+            Condition::ColumnBelow { bucket, key: latest, column: 1, value: mvcc::encode_timestamp(ts).to_vec() },
+        ])
+    }
+
+    /// The key has a live value.
+    fn live(&self, key: &[u8]) -> Condition {
+        let (bucket, latest) = (self.bucket(key), mvcc::latest_key(key));
+        Condition::Not(Box::new(Condition::Any(vec![
+            Condition::ColumnIs { bucket, key: latest.clone(), column: 0, value: None },
+            Condition::ColumnIs { bucket, key: latest, column: 0, value: Some(mvcc::encode_value(None)) },
+        ])))
+    }
+
+    /// The command writing `op` at `ts`.
+    fn command(&self, op: &WriteOp, ts: Timestamp) -> Command {
+        let mut batch = WriteBatch::new();
+        let mut conditions = Vec::new();
+        match op {
+            WriteOp::Put { key, value, condition } => {
+                crate::writer::add_version(&mut batch, self.bucket(key), key, ts, Some(value));
+                match condition {
+                    PutCondition::None => {}
+                    PutCondition::IfAbsent => conditions.push(Condition::Not(Box::new(self.live(key)))),
+                    PutCondition::IfTimestamp(want) => {
+                        conditions.push(self.live(key));
+                        conditions.push(Condition::ColumnIs {
+                            bucket: self.bucket(key),
+                            key: mvcc::latest_key(key),
+                            column: 1,
+                            value: Some(mvcc::encode_timestamp(*want).to_vec()),
+                        });
+                    }
+                }
+                conditions.push(self.older_than(key, ts));
+            }
+            WriteOp::Delete { key } => {
+                crate::writer::add_version(&mut batch, self.bucket(key), key, ts, None);
+                conditions.push(self.live(key));
+                conditions.push(self.older_than(key, ts));
+            }
+            WriteOp::Batch { ops } => {
+                for (key, value) in ops {
+                    crate::writer::add_version(&mut batch, self.bucket(key), key, ts, value.as_deref());
+                    conditions.push(self.older_than(key, ts));
+                }
+            }
+        }
+        Command::conditional(conditions, &batch)
+    }
+
+    /// The key whose version row at the write's timestamp shows whether it applied, and that row's
+    /// column 0 if it did.
+    fn witness(op: &WriteOp) -> (&[u8], Vec<u8>) {
+        match op {
+            WriteOp::Put { key, value, .. } => (key, mvcc::encode_value(Some(value))),
+            WriteOp::Delete { key } => (key, mvcc::encode_value(None)),
+            WriteOp::Batch { ops } => match ops.first() {
+                Some((key, value)) => (key, mvcc::encode_value(value.as_deref())),
+                None => (&[], Vec::new()),
+            },
+        }
+    }
+
+    /// Whether `db` holds the write of `op` at `ts`.
+    fn applied(&self, db: &Db, op: &WriteOp, ts: Timestamp) -> Result<bool> {
+        let (key, column) = Self::witness(op);
+        let row = db.get(self.bucket(key), &mvcc::version_key(key, ts))?;
+        Ok(row.as_ref().and_then(|r| r.column(0)) == Some(column.as_slice()))
+    }
+
+    /// Writes `op` through the group: see the module's description.
+    pub(crate) async fn write(&self, op: &WriteOp) -> Result<Committed> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        if let WriteOp::Put { condition: PutCondition::IfTimestamp(want), .. } = op {
+            // The new version must sort after the one it replaces.
+            self.pending.clock().observe(*want);
+        }
+        let mut ts = self.pending.begin();
+        let mut stamps = vec![ts];
+        let outcome = self.attempts(op, &mut ts, &mut stamps, deadline).await;
+        self.pending.end(&stamps);
+        outcome
+    }
+
+    async fn attempts(
+        &self,
+        op: &WriteOp,
+        ts: &mut Timestamp,
+        stamps: &mut Vec<Timestamp>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Committed> {
+        let mut unknown: Option<String> = None;
+        let mut backoff = Duration::from_millis(10);
+        for _ in 0..MAX_ATTEMPTS {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.replica.write(self.command(op, *ts), left).await {
+                Ok(Written { index, result: CommandResult::Applied }) => {
+                    return Ok(Committed { timestamp: Some(*ts), index });
+                }
+                Ok(Written { index, result: CommandResult::ConditionFailed }) => {
+                    match self.after_failed_condition(op, *ts, index, deadline).await? {
+                        Some(done) => return Ok(done),
+                        None => {
+                            // The clock was behind the key's latest version: a new timestamp.
+                            *ts = self.pending.begin();
+                            stamps.push(*ts);
+                            unknown = None;
+                        }
+                    }
+                }
+                Ok(Written { result, .. }) => {
+                    return Err(NodeError::Internal(format!("the shard refused a write: {result:?}")));
+                }
+                Err(GroupError::OutcomeUnknown(why)) => unknown = Some(why),
+                Err(GroupError::NotLeader { .. } | GroupError::Timeout(_)) => {}
+                Err(e) => return Err(crate::replicated::group_error(e)),
+            }
+            // No leader, or no answer: the same command again, shortly.
+            let now = tokio::time::Instant::now();
+            if now + backoff >= deadline {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        Err(NodeError::Unavailable(match unknown {
+            Some(why) => format!(
+                "the write's outcome is unknown ({why}) and no leader confirmed it in time: read the key \
+                 before retrying"
+            ),
+            None => "no leader accepted the write in time: retry".into(),
+        }))
+    }
+
+    /// After the command at `ts` failed a condition at log index `index`: the outcome if the write is
+    /// decided (applied by an earlier copy, or the caller's condition does not hold), `None` if it must
+    /// be retried at a later timestamp.
+    async fn after_failed_condition(
+        &self,
+        op: &WriteOp,
+        ts: Timestamp,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Committed>> {
+        // The entry was applied on the leader; this replica may not have got there yet.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.replica.read_point(ReadLevel::AtLeast(index), left).await.map_err(group_error)?;
+        let db = self.replica.db();
+        if self.applied(&db, op, ts)? {
+            return Ok(Some(Committed { timestamp: Some(ts), index }));
+        }
+        let keys: Vec<&[u8]> = match op {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } => vec![key],
+            WriteOp::Batch { ops } => ops.iter().map(|(k, _)| k.as_slice()).collect(),
+        };
+        let mut live = None;
+        for key in keys {
+            let bucket = self.bucket(key);
+            if let Some(row) = db.get(bucket, &mvcc::latest_key(key))?
+                && let Some(latest) = mvcc::decode_timestamp(&row)
+            {
+                self.pending.clock().observe(latest);
+            }
+            live = read_latest(&db, self.total_buckets, key)?.map(|v: Versioned| v.timestamp);
+        }
+        match op {
+            WriteOp::Put { condition, .. } => check_condition(*condition, live).map(|()| None),
+            WriteOp::Delete { .. } if live.is_none() => Ok(Some(Committed { timestamp: None, index })),
+            WriteOp::Delete { .. } | WriteOp::Batch { .. } => Ok(None),
+        }
+    }
+}
+
+/// The node's Raft plumbing shared by its groups.
+pub(crate) struct Plumbing {
+    /// Answers peers' Raft calls for every group on this node.
+    pub service: RaftService,
+    /// One connection per peer, shared by every group.
+    pub wire: PeerChannels,
+    /// The node's Raft log.
+    pub log: Arc<cairn_cluster::raft_log::RaftLog>,
+}
+
+/// Logs shard `shard`'s leader changes and counts them in `changes`, until its replica stops.
+pub(crate) async fn watch_leadership(
+    shard: usize,
+    mut watch: cairn_cluster::raft::StatusWatch,
+    changes: Arc<Vec<std::sync::atomic::AtomicU64>>,
+) {
+    let mut last = watch.leadership();
+    while watch.changed().await {
+        let (term, leader) = watch.leadership();
+        if leader != last.1 && leader.is_some() {
+            if let Some(c) = changes.get(shard) {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::info!(shard, term, leader = ?leader, "shard leader changed");
+        }
+        last = (term, leader);
+    }
+}
+
+/// Runs a consistency check on every group this node leads, every `interval`, until `stop` fires.
+pub(crate) async fn check_periodically(
+    replicas: Vec<Replica>,
+    interval: Duration,
+    timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        for replica in &replicas {
+            if replica.status().role != "leader" {
+                continue;
+            }
+            match replica.check_consistency(timeout).await {
+                Ok(outcome) => {
+                    tracing::debug!(group = replica.status().group, index = outcome.index, "consistency check")
+                }
+                Err(e) => tracing::warn!(group = replica.status().group, error = %e, "consistency check failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_tokens_and_levels_parse_or_say_why_not() {
+        let m = parse_members("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=h:1").unwrap();
+        assert_eq!(m.len(), 3);
+        assert!(parse_members("1=a:1,1=b:2").unwrap_err().contains("twice"));
+        assert!(parse_members("x=a:1").is_err());
+        assert!(parse_members("1=nohost").is_err());
+        let config = ReplicationConfig::new(4, m.clone());
+        assert!(config.validate().unwrap_err().to_string().contains("not among"));
+        ReplicationConfig::new(2, m).validate().unwrap();
+        assert_eq!(
+            Token::parse_list("0:5,3:17").unwrap(),
+            vec![Token { shard: 0, index: 5 }, Token { shard: 3, index: 17 }]
+        );
+        assert_eq!(Token::parse_list("").unwrap(), vec![]);
+        assert!(Token::parse_list("0:").is_err());
+        assert_eq!(Token { shard: 2, index: 9 }.to_string(), "2:9");
+        assert_eq!(Consistency::parse("eventual").unwrap(), Consistency::Eventual);
+        assert!(Consistency::parse("sometimes").is_err());
+    }
+}

@@ -49,7 +49,6 @@ impl KvService {
     pub fn new(node: Arc<Node>) -> KvService {
         KvService { node }
     }
-
 }
 
 /// A request's read options.
@@ -98,7 +97,10 @@ impl kv::kv_server::Kv for KvService {
             (false, None) => Condition::None,
         };
         let ack = self.node.put_async(r.key, r.value, condition).await.map_err(status_of)?;
-        Ok(Response::new(kv::PutResponse { timestamp: Some(ts_out(ack.timestamp)), token: token_text(ack.token) }))
+        Ok(Response::new(kv::PutResponse {
+            timestamp: Some(ts_out(ack.timestamp)),
+            token: token_text(ack.token),
+        }))
     }
 
     async fn delete(
@@ -153,7 +155,10 @@ impl kv::kv_server::Kv for KvService {
             }
         }
         let ack = self.node.batch_async(ops).await.map_err(status_of)?;
-        Ok(Response::new(kv::BatchResponse { timestamp: Some(ts_out(ack.timestamp)), token: token_text(ack.token) }))
+        Ok(Response::new(kv::BatchResponse {
+            timestamp: Some(ts_out(ack.timestamp)),
+            token: token_text(ack.token),
+        }))
     }
 
     async fn status(

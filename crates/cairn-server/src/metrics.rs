@@ -117,6 +117,9 @@ pub fn render(http: &HttpMetrics, node: &Node) -> String {
     out
 }
 
+/// A per-group metric: name, kind, help, and its value for (shard, status).
+type Series<'a> = (&'static str, &'static str, &'static str, &'a dyn Fn(usize, &GroupStatus) -> String);
+
 /// Per-group Raft metrics of a replicated node (nothing for a standalone one).
 fn render_replication(out: &mut String, node: &Node) {
     let Some(syncs) = node.raft_log_syncs() else { return };
@@ -125,9 +128,10 @@ fn render_replication(out: &mut String, node: &Node) {
         "# HELP cairn_raft_log_syncs_total Fsyncs of the node's Raft log (shared by every group).\n\
          # TYPE cairn_raft_log_syncs_total counter\ncairn_raft_log_syncs_total {syncs}"
     );
-    let groups: Vec<_> = (0..node.shard_count()).filter_map(|s| node.group_status(s).map(|g| (s, g))).collect();
+    let groups: Vec<_> =
+        (0..node.shard_count()).filter_map(|s| node.group_status(s).map(|g| (s, g))).collect();
     let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
-    let series: [(&str, &str, &str, &dyn Fn(usize, &GroupStatus) -> String); 9] = [
+    let series: [Series<'_>; 9] = [
         ("cairn_raft_is_leader", "gauge", "1 if this node leads the shard's group.", &|_, g| {
             u8::from(g.role == "leader").to_string()
         }),

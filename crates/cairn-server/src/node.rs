@@ -450,8 +450,9 @@ impl Node {
                 let mut machines = Vec::with_capacity(layout.shards.len());
                 for (i, &(start, end)) in layout.shards.iter().enumerate() {
                     let template = shard_config(&config, &layout, i);
-                    let sm = ShardStateMachine::open(template.dir.clone(), template, vec![start..=end], start)
-                        .map_err(|e| open_error(&config, i, e))?;
+                    let sm =
+                        ShardStateMachine::open(template.dir.clone(), template, vec![start..=end], start)
+                            .map_err(|e| open_error(&config, i, e))?;
                     machines.push(sm);
                 }
                 Ok((layout, log, machines))
@@ -460,7 +461,8 @@ impl Node {
             .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
         };
         let (layout, log, machines) = opened;
-        let plumbing = Plumbing { service: RaftService::default(), wire: PeerChannels::default(), log: Arc::new(log) };
+        let plumbing =
+            Plumbing { service: RaftService::default(), wire: PeerChannels::default(), log: Arc::new(log) };
         let mut shards = Vec::with_capacity(machines.len());
         for (i, sm) in machines.into_iter().enumerate() {
             let group = i as u64;
@@ -476,12 +478,14 @@ impl Node {
             .map_err(|e| NodeError::Startup(format!("cannot start shard {i}'s replica: {e}")))?;
             plumbing.service.register(group, replica.raft().clone());
             // A group this node has never heard of: new, or this node is new to it.
-            let unknown = plumbing.log.vote(group).is_none() && matches!(plumbing.log.state(group), (None, None));
+            let unknown =
+                plumbing.log.vote(group).is_none() && matches!(plumbing.log.state(group), (None, None));
             let first = rc.members.keys().next() == Some(&rc.node_id);
             if first && unknown {
-                replica.bootstrap(rc.members.clone()).await.map_err(|e| {
-                    NodeError::Startup(format!("cannot make shard {i}'s group: {e}"))
-                })?;
+                replica
+                    .bootstrap(rc.members.clone())
+                    .await
+                    .map_err(|e| NodeError::Startup(format!("cannot make shard {i}'s group: {e}")))?;
             }
             let (start, end) = layout.shards[i];
             shards.push(Shard { ranges: vec![start..=end], backend: Backend::Replicated(replica) });
@@ -517,7 +521,12 @@ impl Node {
             shards,
             pending: Arc::new(Pending::new()),
             writer_threads: Mutex::new(Vec::new()),
-            replication: Some(Replication { config: rc, plumbing, leader_changes, checker: Mutex::new(checker) }),
+            replication: Some(Replication {
+                config: rc,
+                plumbing,
+                leader_changes,
+                checker: Mutex::new(checker),
+            }),
         })
     }
 
@@ -611,7 +620,11 @@ impl Node {
     }
 
     /// [`Node::get`] at the consistency `options` ask for.
-    pub async fn get_async(self: &Arc<Self>, key: Vec<u8>, options: ReadOptions) -> Result<Read<Option<Versioned>>> {
+    pub async fn get_async(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        options: ReadOptions,
+    ) -> Result<Read<Option<Versioned>>> {
         self.check_key(&key)?;
         let behind = self.ready_to_read(self.shard_index(&key), &options).await?;
         let value = match options.at {
@@ -876,7 +889,8 @@ impl Node {
     /// Leader changes this node has seen in shard `shard`'s group since it started.
     pub fn leader_changes(&self, shard: usize) -> u64 {
         let r = self.replication.as_ref();
-        r.and_then(|r| r.leader_changes.get(shard)).map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+        r.and_then(|r| r.leader_changes.get(shard))
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Fsyncs of the node's Raft log (`None`: standalone).
@@ -938,7 +952,8 @@ fn written(outcome: WriteOutcome) -> Result<Timestamp> {
 
 /// The acknowledgement of a put or batch (which always write).
 fn acked((timestamp, token): (Option<Timestamp>, Option<Token>)) -> Result<Ack> {
-    let timestamp = timestamp.ok_or_else(|| NodeError::Internal("a write reported nothing written".into()))?;
+    let timestamp =
+        timestamp.ok_or_else(|| NodeError::Internal("a write reported nothing written".into()))?;
     Ok(Ack { timestamp, token })
 }
 

@@ -69,7 +69,10 @@ impl ReplicationConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(NodeError::Startup(m));
         if !(1..=7).contains(&self.members.len()) {
-            return bad(format!("a group has 1 to 7 members (1, 3 or 5 advised), not {}", self.members.len()));
+            return bad(format!(
+                "a group has 1 to 7 members (1, 3 or 5 advised), not {}",
+                self.members.len()
+            ));
         }
         if self.members.contains_key(&0) {
             return bad("node ids start at 1".into());
@@ -248,7 +251,12 @@ impl Proposer<'_> {
         let (bucket, latest) = (self.bucket(key), mvcc::latest_key(key));
         Condition::Any(vec![
             Condition::ColumnIs { bucket, key: latest.clone(), column: 1, value: None },
-            Condition::ColumnBelow { bucket, key: latest, column: 1, value: mvcc::encode_timestamp(ts).to_vec() },
+            Condition::ColumnBelow {
+                bucket,
+                key: latest,
+                column: 1,
+                value: mvcc::encode_timestamp(ts).to_vec(),
+            },
         ])
     }
 
@@ -471,9 +479,15 @@ pub(crate) async fn check_periodically(
             }
             match replica.check_consistency(timeout).await {
                 Ok(outcome) => {
-                    tracing::debug!(group = replica.status().group, index = outcome.index, "consistency check")
+                    tracing::debug!(
+                        group = replica.status().group,
+                        index = outcome.index,
+                        "consistency check"
+                    )
                 }
-                Err(e) => tracing::warn!(group = replica.status().group, error = %e, "consistency check failed"),
+                Err(e) => {
+                    tracing::warn!(group = replica.status().group, error = %e, "consistency check failed")
+                }
             }
         }
     }

@@ -226,7 +226,8 @@ async fn read_entry(state: &AppState, uri: &Uri) -> ApiResult<(Read<Option<Versi
 
 async fn get_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
     let (read, options) = read_entry(&state, &uri).await?;
-    let v = read.value.as_ref().ok_or_else(|| ApiError(NodeError::NotFound("no value for this key".into())))?;
+    let v =
+        read.value.as_ref().ok_or_else(|| ApiError(NodeError::NotFound("no value for this key".into())))?;
     Ok(Json(json!({"header": header(&state.node, &read, &options), "value": version_json(v)})))
 }
 

@@ -130,7 +130,13 @@ pub(crate) fn read_latest(db: &Db, total_buckets: u32, key: &[u8]) -> Result<Opt
 }
 
 /// Adds `key`'s version at `ts` and its latest row to `batch` (one atomic write).
-pub(crate) fn add_version(batch: &mut WriteBatch, bucket: u16, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
+pub(crate) fn add_version(
+    batch: &mut WriteBatch,
+    bucket: u16,
+    key: &[u8],
+    ts: Timestamp,
+    value: Option<&[u8]>,
+) {
     let encoded = mvcc::encode_value(value);
     batch.put(bucket, &mvcc::version_key(key, ts), 0, &encoded);
     // A whole-row write: a read of the latest row never folds through older deltas of a hot key.

@@ -180,7 +180,8 @@ fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig,
     match (args.node_id.or(file.node_id), args.peers.as_ref().or(file.peers.as_ref())) {
         (None, None) => {}
         (Some(id), Some(peers)) => {
-            let members = cairn_server::replicated::parse_members(peers).map_err(|e| format!("--peers: {e}"))?;
+            let members =
+                cairn_server::replicated::parse_members(peers).map_err(|e| format!("--peers: {e}"))?;
             let mut replication = cairn_server::replicated::ReplicationConfig::new(id, members);
             if let Some(s) = args.check_interval_secs.or(file.check_interval_secs) {
                 replication.check_interval = Duration::from_secs(s);

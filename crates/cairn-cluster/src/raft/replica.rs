@@ -266,9 +266,9 @@ pub(crate) async fn propose_here(
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             Err(GroupError::NotLeader { leader: f.leader_id })
         }
-        Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => Err(GroupError::OutcomeUnknown(
-            format!("the entry was dropped here (leader now {:?})", f.leader_id),
-        )),
+        Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => Err(
+            GroupError::OutcomeUnknown(format!("the entry was dropped here (leader now {:?})", f.leader_id)),
+        ),
         Ok(Err(e)) => Err(GroupError::OutcomeUnknown(e.to_string())),
     }
 }
@@ -349,7 +349,8 @@ impl Replica {
             None => propose_here(&self.raft, command, timeout).await,
             Some((leader, addr)) => {
                 let payload = encode(&(command, millis(timeout))).map_err(GroupError::OutcomeUnknown)?;
-                self.forward(leader, addr, RaftCallKind::Propose, payload, timeout).await.map_err(|e| match e {
+                self.forward(leader, addr, RaftCallKind::Propose, payload, timeout).await.map_err(|e| match e
+                {
                     // The leader may have received it.
                     ForwardError::Transport(why) => {
                         GroupError::OutcomeUnknown(format!("forwarding to node {leader}: {why}"))

@@ -72,7 +72,9 @@ pub use read_only::{ReadOnlyDb, Reader};
 pub use rescale::{CLAIM_PREFIX, ExpandStats, RELEASE_FILE};
 pub use row::{Row, RowRef};
 pub use single::SingleDb;
-pub use snapshot::{ContentDigest, RESTORE_MARKER, RestoreStats, ShardSnapshotInput, new_db_id};
+pub use snapshot::{
+    ContentDigest, RESTORE_MARKER, RestoreStats, ShardSnapshotInput, new_db_id, snapshot_dir,
+};
 pub use sst::Compression;
 pub use view::View;
 pub use volume::{ResolvedVolume, Volume, VolumeRole, resolve as resolve_volume};

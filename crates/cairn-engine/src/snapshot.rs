@@ -152,8 +152,8 @@ pub(crate) fn shard_dir(volume: &ResolvedVolume, db_id: &str) -> PathBuf {
     volume.root.join(db_id)
 }
 
-/// Directory of one shard snapshot on a volume.
-pub(crate) fn snapshot_dir(volume: &ResolvedVolume, db_id: &str, snapshot_id: u64) -> PathBuf {
+/// The directory of shard `db_id`'s snapshot `snapshot_id` on `volume`.
+pub fn snapshot_dir(volume: &ResolvedVolume, db_id: &str, snapshot_id: u64) -> PathBuf {
     shard_dir(volume, db_id).join(format!("{snapshot_id:010}"))
 }
 

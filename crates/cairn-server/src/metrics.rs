@@ -131,7 +131,7 @@ fn render_replication(out: &mut String, node: &Node) {
     let groups: Vec<_> =
         (0..node.shard_count()).filter_map(|s| node.group_status(s).map(|g| (s, g))).collect();
     let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
-    let series: [Series<'_>; 9] = [
+    let series: [Series<'_>; 10] = [
         ("cairn_raft_is_leader", "gauge", "1 if this node leads the shard's group.", &|_, g| {
             u8::from(g.role == "leader").to_string()
         }),
@@ -149,6 +149,12 @@ fn render_replication(out: &mut String, node: &Node) {
         ("cairn_raft_snapshots_installed_total", "counter", "Snapshots installed from a leader.", &|_, g| {
             g.snapshots_installed.to_string()
         }),
+        (
+            "cairn_raft_snapshot_bytes_received_total",
+            "counter",
+            "Snapshot bytes fetched from leaders.",
+            &|_, g| g.snapshot_bytes_received.to_string(),
+        ),
         ("cairn_raft_divergences_total", "counter", "Consistency checks whose digest differed.", &|_, g| {
             g.checks.divergences.to_string()
         }),

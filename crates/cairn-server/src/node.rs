@@ -195,6 +195,8 @@ pub struct GroupStatusJson {
     pub divergences: u64,
     /// Snapshots installed from a leader since start.
     pub snapshots_installed: u64,
+    /// Snapshot bytes fetched from leaders since start.
+    pub snapshot_bytes_received: u64,
 }
 
 impl From<GroupStatus> for GroupStatusJson {
@@ -214,6 +216,7 @@ impl From<GroupStatus> for GroupStatusJson {
             fenced: s.checks.fenced,
             divergences: s.checks.divergences,
             snapshots_installed: s.snapshots_installed,
+            snapshot_bytes_received: s.snapshot_bytes_received,
         }
     }
 }
@@ -476,7 +479,7 @@ impl Node {
             )
             .await
             .map_err(|e| NodeError::Startup(format!("cannot start shard {i}'s replica: {e}")))?;
-            plumbing.service.register(group, replica.raft().clone());
+            plumbing.service.register_replica(&replica);
             // A group this node has never heard of: new, or this node is new to it.
             let unknown =
                 plumbing.log.vote(group).is_none() && matches!(plumbing.log.state(group), (None, None));

@@ -48,6 +48,8 @@ pub struct ReplicationConfig {
     pub election_timeout: (Duration, Duration),
     /// A Raft snapshot is taken after this many entries.
     pub snapshot_every: u64,
+    /// Entries kept behind a snapshot for followers that lag a little.
+    pub keep_behind_snapshot: u64,
 }
 
 impl ReplicationConfig {
@@ -62,6 +64,7 @@ impl ReplicationConfig {
             heartbeat: raft.heartbeat,
             election_timeout: raft.election_timeout,
             snapshot_every: raft.snapshot_every,
+            keep_behind_snapshot: raft.keep_behind_snapshot,
         }
     }
 
@@ -73,6 +76,9 @@ impl ReplicationConfig {
                 "a group has 1 to 7 members (1, 3 or 5 advised), not {}",
                 self.members.len()
             ));
+        }
+        if self.snapshot_every == 0 {
+            return bad("snapshot_every must be at least 1".into());
         }
         if self.members.contains_key(&0) {
             return bad("node ids start at 1".into());
@@ -95,6 +101,7 @@ impl ReplicationConfig {
             heartbeat: self.heartbeat,
             election_timeout: self.election_timeout,
             snapshot_every: self.snapshot_every,
+            keep_behind_snapshot: self.keep_behind_snapshot,
             ..ReplicaConfig::default()
         }
     }

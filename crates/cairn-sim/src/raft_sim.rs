@@ -226,6 +226,8 @@ impl Sim {
             // Snapshot and purge often, so lagging replicas catch up by snapshot.
             snapshot_every: 40,
             keep_behind_snapshot: 10,
+            // Snapshots install straight from the shared in-memory volume: openraft's default.
+            snapshot_timeout: Duration::from_millis(200),
         };
         Sim {
             seeds: SimRng::new(config.seed ^ 0x7365_6564),

@@ -109,6 +109,12 @@ struct NodeArgs {
     /// Seconds between consistency checks of each replicated shard (0: none).
     #[arg(long, env = "CAIRN_CHECK_INTERVAL_SECS")]
     check_interval_secs: Option<u64>,
+    /// Replicated shards take a Raft snapshot after this many log entries.
+    #[arg(long, env = "CAIRN_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot (a follower further behind gets the snapshot).
+    #[arg(long, env = "CAIRN_LOG_KEEP")]
+    log_keep: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -143,6 +149,8 @@ struct FileConfig {
     node_id: Option<u64>,
     peers: Option<String>,
     check_interval_secs: Option<u64>,
+    snapshot_every: Option<u64>,
+    log_keep: Option<u64>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, String> {
@@ -185,6 +193,12 @@ fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig,
             let mut replication = cairn_server::replicated::ReplicationConfig::new(id, members);
             if let Some(s) = args.check_interval_secs.or(file.check_interval_secs) {
                 replication.check_interval = Duration::from_secs(s);
+            }
+            if let Some(n) = args.snapshot_every.or(file.snapshot_every) {
+                replication.snapshot_every = n;
+            }
+            if let Some(n) = args.log_keep.or(file.log_keep) {
+                replication.keep_behind_snapshot = n;
             }
             replication.validate().map_err(|e| e.to_string())?;
             // Peers reach this node at its member address: listen there unless told otherwise.

@@ -28,19 +28,32 @@ struct Cluster {
     grpc: Vec<u16>,
     http: Vec<SocketAddr>,
     nodes: Vec<Option<Server>>,
+    extra: Vec<String>,
 }
 
 impl Cluster {
     fn new(root: &Path) -> Cluster {
+        Cluster::with(root, &["--check-interval-secs", "1"], NODES)
+    }
+
+    /// The first `running` of three nodes started with `extra` flags.
+    fn with(root: &Path, extra: &[&str], running: usize) -> Cluster {
         let grpc: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
         let http = (0..NODES).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
         let peers =
             grpc.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>();
-        let mut cluster =
-            Cluster { root: root.to_path_buf(), peers: peers.join(","), grpc, http, nodes: Vec::new() };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut cluster = Cluster {
+            root: root.to_path_buf(),
+            peers: peers.join(","),
+            grpc,
+            http,
+            nodes: Vec::new(),
+            extra,
+        };
         for i in 0..NODES {
-            let node = cluster.start(i);
-            cluster.nodes.push(Some(node));
+            let node = (i < running).then(|| cluster.start(i));
+            cluster.nodes.push(node);
         }
         cluster
     }
@@ -50,10 +63,8 @@ impl Cluster {
         let grpc = format!("127.0.0.1:{}", self.grpc[i]);
         let http = self.http[i].to_string();
         let args = ["--node-id", &id, "--peers", &self.peers, "--grpc-addr", &grpc, "--http-addr", &http];
-        Server::start_with(
-            &self.root.join(format!("n{}", i + 1)),
-            &[&args[..], &["--check-interval-secs", "1"]].concat(),
-        )
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        Server::start_with(&self.root.join(format!("n{}", i + 1)), &[&args[..], &extra].concat())
     }
 
     fn status(&self, i: usize) -> Value {
@@ -289,6 +300,80 @@ fn consistency_levels_tokens_conditions_and_identity_errors() {
     let (code, err) = start(&["--node-id", "1"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--peers"), "{err}");
+    for node in cluster.nodes.iter_mut().filter_map(Option::take) {
+        node.stop();
+    }
+}
+
+#[test]
+fn a_node_down_through_several_snapshots_catches_up_by_streamed_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Node 3 is down from the start: the others make the groups and take writes without it.
+    let mut cluster = Cluster::with(
+        tmp.path(),
+        &["--snapshot-every", "40", "--log-keep", "5", "--check-interval-secs", "1"],
+        2,
+    );
+    let a = cluster.http[0];
+    wait_until("the first write is acknowledged", Duration::from_secs(30), || {
+        try_http(a, "PUT", "/kv/rest/entry/ready", b"yes").is_ok_and(|r| r.status == 200)
+    });
+    // Four shards, ~100 entries each: two snapshots or more per shard, the log purged behind them, so
+    // node 3 can only catch up from a snapshot, streamed from the leader.
+    for n in 0..400 {
+        let key = format!("k{n:04}");
+        assert_eq!(http(a, "PUT", &format!("/kv/rest/entry/{key}"), value_of(&key).as_bytes()).status, 200);
+    }
+    cluster.nodes[2] = Some(cluster.start(2));
+    let shards = cluster.status(0)["shards"].as_array().unwrap().len();
+    let committed: Vec<u64> = (0..shards)
+        .map(|s| cluster.status(0)["shards"][s]["replication"]["committed"].as_u64().unwrap())
+        .collect();
+    wait_until("node 3 has applied every shard's log", Duration::from_secs(60), || {
+        let status = cluster.status(2);
+        (0..shards).all(|s| {
+            status["shards"][s]["replication"]["applied"].as_u64().is_some_and(|i| i >= committed[s])
+        })
+    });
+    let status = cluster.status(2);
+    let installed: u64 = (0..shards)
+        .map(|s| status["shards"][s]["replication"]["snapshots_installed"].as_u64().unwrap())
+        .sum();
+    let bytes: u64 = (0..shards)
+        .map(|s| status["shards"][s]["replication"]["snapshot_bytes_received"].as_u64().unwrap())
+        .sum();
+    assert!(installed >= 1 && bytes > 0, "node 3 should catch up by streamed snapshots: {status}");
+    eprintln!("node 3 installed {installed} snapshots, {bytes} bytes streamed");
+    // What it serves locally (eventual reads) is everything.
+    let rows =
+        http(cluster.http[2], "GET", "/kv/rest/range?start=k&end=l&limit=1000&consistency=eventual", b"")
+            .json();
+    let rows = rows["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 400);
+    for row in rows {
+        let key = String::from_utf8(decode_b64(row["key"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            String::from_utf8(decode_b64(row["value"]["bytes"].as_str().unwrap())).unwrap(),
+            value_of(&key)
+        );
+    }
+    // Its contents are the leader's: the next consistency checks match on every shard.
+    wait_until("node 3 verified its digests", Duration::from_secs(30), || {
+        let status = cluster.status(2);
+        (0..shards).all(|s| {
+            let r = &status["shards"][s]["replication"];
+            assert!(r["fenced"].is_null(), "node 3 shard {s} is fenced: {r}");
+            r["verified"].as_u64().is_some_and(|v| v > committed[s])
+        })
+    });
+    // Staged copies are gone once installed.
+    let incoming: usize = (0..shards)
+        .map(|s| {
+            let dir = tmp.path().join(format!("n3/shard-{s}/incoming"));
+            std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(incoming, 0, "staged snapshots left behind");
     for node in cluster.nodes.iter_mut().filter_map(Option::take) {
         node.stop();
     }

@@ -4,12 +4,13 @@
 
 use super::{
     Check, CheckStatus, Command, CommandResult, GroupLogStore, GroupNetwork, RaftCall, RaftReply, ShardRaft,
-    ShardStateMachine, TypeConfig, Wire, decode, encode,
+    ShardSnapshotRef, ShardStateMachine, TypeConfig, Wire, decode, encode,
 };
 use crate::raft_log::RaftLog;
 use cairn_engine::Db;
 use cairn_proto::raft::RaftCallKind;
 use openraft::LinearizerOption;
+use openraft::alias::SnapshotMetaOf;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
@@ -31,6 +32,8 @@ pub struct ReplicaConfig {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot, so a lagging follower can catch up from the log. Default 1 000.
     pub keep_behind_snapshot: u64,
+    /// How long a snapshot call (the follower fetching and installing it) may take. Default 60 s.
+    pub snapshot_timeout: Duration,
 }
 
 impl Default for ReplicaConfig {
@@ -40,6 +43,7 @@ impl Default for ReplicaConfig {
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
+            snapshot_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -60,6 +64,9 @@ impl ReplicaConfig {
             // applied index, and it would serve reads from before writes it had acknowledged. The
             // simulation found this (a lost acknowledged write seen by linearizable reads).
             enable_leader_restore: Some(false),
+            // A follower fetches a snapshot's files within the snapshot call (resuming per file when a
+            // call times out), so the call gets room for a shard's worth of data.
+            install_snapshot_timeout: ms(self.snapshot_timeout),
             ..Default::default()
         };
         config.validate().map_err(|e| GroupError::InvalidConfig(e.to_string()))
@@ -169,6 +176,8 @@ pub struct GroupStatus {
     pub checks: CheckStatus,
     /// Snapshots this replica installed from a leader since it started.
     pub snapshots_installed: u64,
+    /// Snapshot bytes this replica fetched from leaders since it started.
+    pub snapshot_bytes_received: u64,
 }
 
 /// Wakes when a replica's status (role, term, leader, log indexes) changes.
@@ -238,6 +247,8 @@ pub struct Replica {
     group: u64,
     config: ReplicaConfig,
     wire: Arc<dyn Forward>,
+    // Snapshot bytes fetched from leaders since start.
+    snapshot_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -294,6 +305,37 @@ pub(crate) async fn read_index_here(
     }
 }
 
+/// A snapshot file request: shard db id, snapshot id, the file (`None`: the list) and the offset.
+pub(crate) type SnapshotFileCall = (String, u64, Option<String>, u64);
+
+/// Most bytes one snapshot file call returns.
+const SNAPSHOT_CHUNK: u64 = 1 << 20;
+
+/// Answers a follower's snapshot file call from this replica's current snapshot: the file list
+/// (`Vec<(name, size)>`) or up to [`SNAPSHOT_CHUNK`] bytes of one file.
+pub(crate) fn serve_snapshot_file(sm: &ShardStateMachine, call: SnapshotFileCall) -> Result<Vec<u8>, String> {
+    let (db_id, snapshot_id, name, offset) = call;
+    let (fs, dir) = sm.current_snapshot_dir(&db_id, snapshot_id)?;
+    let names = fs.list(&dir).map_err(|e| e.to_string())?;
+    let Some(name) = name else {
+        let mut files = Vec::with_capacity(names.len());
+        for name in names {
+            let len = fs.open(&dir.join(&name)).map_err(|e| e.to_string())?.len();
+            files.push((name, len));
+        }
+        return encode(&files);
+    };
+    // Only files of this snapshot, by their listed names.
+    if !names.contains(&name) {
+        return Err(format!("snapshot {db_id}/{snapshot_id} has no file {name:?}"));
+    }
+    let file = fs.open(&dir.join(&name)).map_err(|e| e.to_string())?;
+    let len = file.len().saturating_sub(offset).min(SNAPSHOT_CHUNK);
+    let mut chunk = vec![0u8; len as usize];
+    file.read_exact_at(offset, &mut chunk).map_err(|e| e.to_string())?;
+    encode(&chunk)
+}
+
 /// What a follower sends with a forwarded command: the command and how long the leader may take.
 pub(crate) type ProposeCall = (Command, u64);
 /// What a follower sends for a read index: the lease (ms; `None`: a quorum round) and the timeout (ms).
@@ -315,7 +357,7 @@ impl Replica {
         let raft = ShardRaft::new(node, raft_config, network, GroupLogStore::new(log, group), sm.clone())
             .await
             .map_err(stopped)?;
-        Ok(Replica { raft, sm, node, group, config, wire: Arc::new(wire) })
+        Ok(Replica { raft, sm, node, group, config, wire: Arc::new(wire), snapshot_bytes: Arc::default() })
     }
 
     /// Makes this replica's group a new group of `members` (node id → address). Only once, on one
@@ -324,6 +366,16 @@ impl Replica {
         let members: BTreeMap<u64, BasicNode> =
             members.into_iter().map(|(id, addr)| (id, BasicNode::new(addr))).collect();
         self.raft.initialize(members).await.map_err(|e| GroupError::Membership(e.to_string()))
+    }
+
+    /// The group.
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// How long a snapshot call may take.
+    pub(crate) fn snapshot_timeout(&self) -> Duration {
+        self.config.snapshot_timeout
     }
 
     /// The openraft handle, for the transport's registry.
@@ -368,6 +420,92 @@ impl Replica {
         let leader = m.current_leader.filter(|l| *l != self.node)?;
         let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, addr))
+    }
+
+    /// Copies the files of snapshot `remote` from node `leader` into this replica's staging volume
+    /// (see [`ShardStateMachine::staging_dir`]) and returns the snapshot as found there. Files already
+    /// staged whole are kept, so an interrupted transfer resumes where it stopped (per file); memory
+    /// holds one chunk at a time. `CURRENT` comes last, so a staged snapshot is complete only if whole.
+    pub(crate) async fn stage_snapshot(
+        &self,
+        leader: u64,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        remote: ShardSnapshotRef,
+        timeout: Duration,
+    ) -> Result<ShardSnapshotRef, String> {
+        // A new replica knows no members yet: the snapshot's membership names the leader's address.
+        let addr =
+            meta.last_membership.membership().get_node(&leader).map(|n| n.addr.clone()).or_else(|| {
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow_watched();
+                m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+            });
+        let addr = addr.ok_or_else(|| format!("node {leader} is not in the group's membership"))?;
+        let fs = self.sm.fs();
+        let staging = self.sm.staging_dir();
+        let dir = staging.join(&remote.db_id).join(format!("{:010}", remote.snapshot_id));
+        fs.create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let call = |name: Option<String>, offset: u64| {
+            let payload = encode(&(remote.db_id.clone(), remote.snapshot_id, name, offset));
+            let addr = addr.clone();
+            async move {
+                let payload = payload?;
+                let call = RaftCall { group: self.group, kind: RaftCallKind::SnapshotFile as i32, payload };
+                let reply = self.wire.call(leader, addr, call, timeout).await?;
+                if reply.error.is_empty() { Ok(reply.payload) } else { Err(reply.error) }
+            }
+        };
+        let mut files: Vec<(String, u64)> = decode(&call(None, 0).await?)?;
+        files.sort_by_key(|(name, _)| name == "CURRENT");
+        for (name, size) in files {
+            if name.contains('/') || name.starts_with('.') || name.ends_with(".part") {
+                return Err(format!("the leader listed a bad snapshot file name {name:?}"));
+            }
+            let path = dir.join(&name);
+            if fs.exists(&path).map_err(|e| e.to_string())?
+                && fs.open(&path).map_err(|e| e.to_string())?.len() == size
+            {
+                continue;
+            }
+            let part = dir.join(format!("{name}.part"));
+            let mut out = fs.create(&part).map_err(|e| e.to_string())?;
+            let mut offset = 0;
+            while offset < size {
+                let chunk: Vec<u8> = decode(&call(Some(name.clone()), offset).await?)?;
+                if chunk.is_empty() {
+                    return Err(format!("snapshot file {name} ended at {offset} of {size} bytes"));
+                }
+                out.append(&chunk).map_err(|e| e.to_string())?;
+                offset += chunk.len() as u64;
+                self.snapshot_bytes.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            out.sync().map_err(|e| e.to_string())?;
+            drop(out);
+            fs.rename(&part, &path).map_err(|e| e.to_string())?;
+        }
+        fs.sync_dir(&dir).map_err(|e| e.to_string())?;
+        Ok(ShardSnapshotRef { volume: cairn_engine::Volume::file_url(&staging), ..remote })
+    }
+
+    /// Removes every staged snapshot (after an install: the shard holds its own links to the files).
+    pub(crate) fn clear_staging(&self) -> Result<(), String> {
+        let (fs, staging) = (self.sm.fs(), self.sm.staging_dir());
+        let err = |e: cairn_engine::Error| e.to_string();
+        if !fs.exists(&staging).map_err(err)? {
+            return Ok(());
+        }
+        for shard in fs.list(&staging).map_err(err)? {
+            let shard = staging.join(shard);
+            for snapshot in fs.list(&shard).map_err(err)? {
+                let snapshot = shard.join(snapshot);
+                for file in fs.list(&snapshot).map_err(err)? {
+                    fs.remove(&snapshot.join(file)).map_err(err)?;
+                }
+                fs.remove_dir(&snapshot).map_err(err)?;
+            }
+            fs.remove_dir(&shard).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Sends a forwarded call to `leader` and decodes its `Result` answer.
@@ -511,6 +649,7 @@ impl Replica {
             lag,
             checks: self.sm.check_status(),
             snapshots_installed: self.sm.snapshots_installed(),
+            snapshot_bytes_received: self.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

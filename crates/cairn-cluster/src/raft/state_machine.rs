@@ -122,6 +122,36 @@ impl ShardStateMachine {
         self.checks.status()
     }
 
+    /// Where snapshots fetched from another node are staged before they are installed (a snapshot
+    /// volume of this node's own).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.inner.lock().root.join("incoming")
+    }
+
+    /// The file system the shard lives on.
+    pub fn fs(&self) -> Arc<dyn cairn_engine::fs::FileSystem> {
+        Arc::clone(&self.inner.lock().template.fs)
+    }
+
+    /// The file system and directory of snapshot `snapshot_id` of shard `db_id`, if it is this
+    /// replica's current snapshot (the only one it serves to others).
+    pub(crate) fn current_snapshot_dir(
+        &self,
+        db_id: &str,
+        snapshot_id: u64,
+    ) -> Result<(Arc<dyn cairn_engine::fs::FileSystem>, PathBuf), String> {
+        let inner = self.inner.lock();
+        match &inner.current {
+            Some((_, current)) if current.db_id == db_id && current.snapshot_id == snapshot_id => {
+                let volume = cairn_engine::resolve_volume(&current.volume, &inner.template.fs)
+                    .map_err(|e| e.to_string())?;
+                let dir = cairn_engine::snapshot_dir(&volume, db_id, snapshot_id);
+                Ok((volume.fs, dir))
+            }
+            _ => Err(format!("snapshot {db_id}/{snapshot_id} is not this replica's current snapshot")),
+        }
+    }
+
     /// Snapshots installed from another replica since this state machine was opened.
     pub fn snapshots_installed(&self) -> u64 {
         self.inner.lock().installed

@@ -31,13 +31,20 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use super::replica::{ProposeCall, ReadIndexCall, propose_here, read_index_here};
+use super::Replica;
+use super::replica::{
+    ProposeCall, ReadIndexCall, SnapshotFileCall, propose_here, read_index_here, serve_snapshot_file,
+};
 use super::{decode, encode};
+use openraft::vote::RaftLeaderId;
 
 /// The receiving side: the node's shard groups, by group id.
 #[derive(Clone, Default)]
 pub struct RaftService {
     groups: Arc<RwLock<HashMap<u64, ShardRaft>>>,
+    // Groups registered as replicas: their snapshots are streamed from the leader and served to
+    // followers. The others (tests sharing one volume) install snapshots straight from the volume.
+    replicas: Arc<RwLock<HashMap<u64, Replica>>>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -52,9 +59,16 @@ impl RaftService {
         self.groups.write().insert(group, raft);
     }
 
+    /// Routes calls for `replica`'s group to it; snapshots it installs are fetched from the leader.
+    pub fn register_replica(&self, replica: &Replica) {
+        self.register(replica.group(), replica.raft().clone());
+        self.replicas.write().insert(replica.group(), replica.clone());
+    }
+
     /// Stops routing calls for `group` (they are answered "not on this node").
     pub fn unregister(&self, group: u64) {
         self.groups.write().remove(&group);
+        self.replicas.write().remove(&group);
     }
 
     /// The tonic service to add to a server.
@@ -88,8 +102,27 @@ impl RaftService {
                     SnapshotMetaOf<TypeConfig>,
                     ShardSnapshotRef,
                 ) = decode(&call.payload)?;
+                let replica = self.replicas.read().get(&call.group).cloned();
+                let snapshot = match &replica {
+                    Some(replica) => {
+                        let leader = *vote.leader_id().node_id();
+                        let timeout = replica.snapshot_timeout();
+                        tracing::info!(group = call.group, leader, index = ?meta.last_log_id.map(|l| l.index),
+                            "fetching a snapshot from the leader");
+                        replica.stage_snapshot(leader, &meta, snapshot, timeout).await.inspect_err(|e| {
+                            tracing::warn!(group = call.group, leader, error = %e, "snapshot fetch failed");
+                        })?
+                    }
+                    None => snapshot,
+                };
                 let snapshot = SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot };
-                encode(&raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?)
+                let installed =
+                    raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
+                if let Some(replica) = replica {
+                    // The shard now links the files it needs; the staged copies can go.
+                    replica.clear_staging()?;
+                }
+                encode(&installed)
             }
             Ok(RaftCallKind::Propose) => {
                 let (command, timeout_ms): ProposeCall = decode(&call.payload)?;
@@ -99,6 +132,17 @@ impl RaftService {
                 let (lease_ms, timeout_ms): ReadIndexCall = decode(&call.payload)?;
                 let lease = lease_ms.map(Duration::from_millis);
                 encode(&read_index_here(&raft, lease, Duration::from_millis(timeout_ms)).await)
+            }
+            Ok(RaftCallKind::SnapshotFile) => {
+                let replica = self.replicas.read().get(&call.group).cloned();
+                let replica =
+                    replica.ok_or_else(|| format!("group {} serves no snapshot files", call.group))?;
+                let request: SnapshotFileCall = decode(&call.payload)?;
+                let sm = replica.state_machine().clone();
+                // File reads block: off the runtime's threads.
+                tokio::task::spawn_blocking(move || serve_snapshot_file(&sm, request))
+                    .await
+                    .map_err(|e| format!("snapshot file task failed: {e}"))?
             }
             Ok(RaftCallKind::Unspecified) | Err(_) => Err(format!("unknown raft call kind {}", call.kind)),
         }
@@ -169,8 +213,17 @@ impl Wire for PeerChannels {
         let channel = self.channel(target, addr)?;
         let mut request = Request::new(call);
         request.set_timeout(timeout);
-        let reply = RaftTransportClient::new(channel).call(request).await.map_err(|e| e.to_string())?;
-        Ok(reply.into_inner())
+        match RaftTransportClient::new(channel).call(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => {
+                // A channel whose first connection failed can keep failing after the peer is up:
+                // the next call starts a fresh one.
+                if status.code() == tonic::Code::Unavailable {
+                    self.forget(target);
+                }
+                Err(status.to_string())
+            }
+        }
     }
 }
 

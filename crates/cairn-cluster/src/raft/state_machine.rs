@@ -4,8 +4,9 @@
 //! volume) taken at the applied position, described by [`ShardSnapshotRef`]: where it lives and its
 //! content digest. Installing one opens the shard from that snapshot in a fresh directory (the engine
 //! restores by linking on one file system, or copies from another volume, fetching only what is missing)
-//! and swaps it in. Streaming the files from the leader over the network comes with the network layer;
-//! here the volume must be reachable by both sides (the same file system or object store). The replaced
+//! and swaps it in. A replica registered with the node's `RaftService` first copies the snapshot's files
+//! from the leader into its own staging volume (`Replica::stage_snapshot`), so the install reads local
+//! files; otherwise (the simulation) the volume must be reachable by both sides. The replaced
 //! generation's directory is left in place (its snapshots may still be read by others); removing old
 //! generations is the next step, together with snapshot retention.
 

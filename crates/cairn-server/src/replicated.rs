@@ -492,6 +492,10 @@ pub(crate) async fn check_periodically(
                         "consistency check"
                     )
                 }
+                // Leadership moved during the check: the new leader runs the next one.
+                Err(e @ GroupError::NotLeader { .. }) => {
+                    tracing::debug!(group = replica.status().group, error = %e, "consistency check skipped")
+                }
                 Err(e) => {
                     tracing::warn!(group = replica.status().group, error = %e, "consistency check failed")
                 }

@@ -182,7 +182,11 @@ where
     }
     let mut latency = Histogram::default();
     for t in tasks {
-        latency.merge(&t.await.unwrap());
+        match t.await {
+            Ok(hist) => latency.merge(&hist),
+            // A worker that died reports nothing; the run's counts say how much is missing.
+            Err(e) => eprintln!("cairn-bench raft: a {name} worker failed: {e}"),
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     let failed = failures.load(Ordering::Relaxed) as f64;

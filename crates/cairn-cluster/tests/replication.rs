@@ -127,11 +127,7 @@ async fn writes_replicate_replicas_verify_equal_and_a_new_leader_takes_over() {
     }
     let leader = common::leader_of(&rafts(&nodes)).await;
     for node in nodes.values() {
-        node.raft
-            .wait(Some(Duration::from_secs(10)))
-            .applied_index_at_least(Some(last), "replicated")
-            .await
-            .unwrap();
+        common::applied(&node.raft, last).await;
         assert!(node.sm.db().get(3, b"k19").unwrap().is_some());
     }
     // Every replica at the leader's snapshot position holds the same contents.
@@ -148,11 +144,7 @@ async fn writes_replicate_replicas_verify_equal_and_a_new_leader_takes_over() {
     assert_ne!(new_leader, leader);
     let last = common::write(&rafts(&nodes), common::put("after", b"failover")).await;
     for node in nodes.values() {
-        node.raft
-            .wait(Some(Duration::from_secs(10)))
-            .applied_index_at_least(Some(last), "replicated")
-            .await
-            .unwrap();
+        common::applied(&node.raft, last).await;
         assert_eq!(node.sm.db().get(3, b"after").unwrap().unwrap().column(0), Some(&b"failover"[..]));
         assert!(node.sm.db().get(3, b"k19").unwrap().is_some());
     }
@@ -188,12 +180,7 @@ async fn a_new_replica_catches_up_by_snapshot_and_replaces_an_old_one() {
     nodes.insert(4, start(&fs, &router, 4).await);
     let leader = common::leader_of(&rafts(&nodes)).await;
     nodes[&leader].raft.add_learner(4, BasicNode::default(), true).await.unwrap();
-    nodes[&4]
-        .raft
-        .wait(Some(Duration::from_secs(10)))
-        .applied_index_at_least(Some(last), "caught up")
-        .await
-        .unwrap();
+    common::applied(&nodes[&4].raft, last).await;
     assert!(nodes[&4].sm.db().get(3, b"k29").unwrap().is_some(), "the learner has the data");
     assert!(
         nodes[&4].raft.metrics().borrow_watched().snapshot.is_some(),
@@ -207,11 +194,7 @@ async fn a_new_replica_catches_up_by_snapshot_and_replaces_an_old_one() {
 
     let last = common::write(&rafts(&nodes), common::put("after", b"membership")).await;
     for node in nodes.values() {
-        node.raft
-            .wait(Some(Duration::from_secs(10)))
-            .applied_index_at_least(Some(last), "replicated")
-            .await
-            .unwrap();
+        common::applied(&node.raft, last).await;
         assert!(node.sm.db().get(3, b"after").unwrap().is_some());
     }
     let snap = nodes[&4].sm.clone().get_snapshot_builder().await.build_snapshot().await.unwrap();

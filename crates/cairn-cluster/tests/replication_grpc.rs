@@ -14,7 +14,6 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{BasicNode, Raft};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 struct Node {
     raft: ShardRaft,
@@ -64,11 +63,7 @@ async fn replicas_over_grpc_replicate_verify_and_fail_over() {
         last = common::write(&rafts(&nodes), common::put(&format!("k{i}"), b"v")).await;
     }
     for node in nodes.values() {
-        node.raft
-            .wait(Some(Duration::from_secs(10)))
-            .applied_index_at_least(Some(last), "replicated")
-            .await
-            .unwrap();
+        common::applied(&node.raft, last).await;
         assert!(node.sm.db().get(3, b"k19").unwrap().is_some());
     }
     let leader = common::leader_of(&rafts(&nodes)).await;
@@ -85,11 +80,7 @@ async fn replicas_over_grpc_replicate_verify_and_fail_over() {
     assert_ne!(new_leader, leader);
     let last = common::write(&rafts(&nodes), common::put("after", b"failover")).await;
     for node in nodes.values() {
-        node.raft
-            .wait(Some(Duration::from_secs(10)))
-            .applied_index_at_least(Some(last), "replicated")
-            .await
-            .unwrap();
+        common::applied(&node.raft, last).await;
         assert_eq!(node.sm.db().get(3, b"after").unwrap().unwrap().column(0), Some(&b"failover"[..]));
     }
     for node in nodes.into_values() {

@@ -181,7 +181,7 @@ impl kv::kv_server::Kv for KvService {
                     term: g.term,
                     committed: g.committed.unwrap_or(0),
                     applied: g.applied.unwrap_or(0),
-                    fenced: g.fenced.unwrap_or_default(),
+                    fenced: g.checks.fenced.unwrap_or_default(),
                 }),
             })
             .collect();

@@ -9,6 +9,7 @@
 pub mod error;
 pub mod grpc;
 pub mod hlc;
+mod layout;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;

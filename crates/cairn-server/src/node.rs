@@ -10,6 +10,7 @@
 
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
+use crate::layout::{Layout, load_layout, owners};
 use crate::mvcc::{self, Stored};
 use crate::replicated::{self, Consistency, Plumbing, ReplicationConfig, Token};
 use crate::writer::{Pending, ShardWriter, WriteOp, WriteOutcome};
@@ -19,9 +20,9 @@ use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::iter::Peekable;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -73,28 +74,6 @@ impl NodeConfig {
         }
     }
 }
-
-/// The store's layout, fixed when it is created (`<store>/LAYOUT.json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Layout {
-    /// The store's data format (2: version rows plus a latest row per key).
-    #[serde(default)]
-    format: u32,
-    total_buckets: u32,
-    shards: Vec<(u16, u16)>,
-    /// A replicated store's identity: this node and the members, fixed at creation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    replication: Option<LayoutReplication>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct LayoutReplication {
-    node_id: u64,
-    members: BTreeMap<u64, String>,
-}
-
-/// The data format this build writes and reads.
-const STORE_FORMAT: u32 = 2;
 
 /// One stored version as the APIs return it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,64 +140,7 @@ pub struct ShardStatus {
     pub level_files: Vec<usize>,
     /// Replicated stores: this node's replica of the shard's group.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub replication: Option<GroupStatusJson>,
-}
-
-/// A group member's status as the APIs show it.
-#[derive(Clone, Debug, Serialize)]
-pub struct GroupStatusJson {
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: &'static str,
-    /// The leader this replica knows of.
-    pub leader: Option<u64>,
-    /// Current term (each election raises it).
-    pub term: u64,
-    /// Last log index.
-    pub last_log: Option<u64>,
-    /// Last index known committed.
-    pub committed: Option<u64>,
-    /// Last index applied.
-    pub applied: Option<u64>,
-    /// Index of the last snapshot.
-    pub snapshot: Option<u64>,
-    /// Entries up to here are purged from the log.
-    pub purged: Option<u64>,
-    /// Voting members.
-    pub voters: Vec<u64>,
-    /// On the leader: entries each other member lags.
-    pub lag: BTreeMap<u64, u64>,
-    /// The last index whose consistency check matched the leader's digest.
-    pub verified: Option<u64>,
-    /// Why this replica is fenced, if it is.
-    pub fenced: Option<String>,
-    /// Consistency-check mismatches seen.
-    pub divergences: u64,
-    /// Snapshots installed from a leader since start.
-    pub snapshots_installed: u64,
-    /// Snapshot bytes fetched from leaders since start.
-    pub snapshot_bytes_received: u64,
-}
-
-impl From<GroupStatus> for GroupStatusJson {
-    fn from(s: GroupStatus) -> GroupStatusJson {
-        GroupStatusJson {
-            role: s.role,
-            leader: s.leader,
-            term: s.term,
-            last_log: s.last_log,
-            committed: s.committed,
-            applied: s.applied,
-            snapshot: s.snapshot,
-            purged: s.purged,
-            voters: s.voters.into_iter().collect(),
-            lag: s.lag,
-            verified: s.checks.verified,
-            fenced: s.checks.fenced,
-            divergences: s.checks.divergences,
-            snapshots_installed: s.snapshots_installed,
-            snapshot_bytes_received: s.snapshot_bytes_received,
-        }
-    }
+    pub replication: Option<GroupStatus>,
 }
 
 /// What serves a shard on this node.
@@ -245,7 +167,6 @@ impl Shard {
 
 /// A replicated node's Raft plumbing and its periodic consistency checker.
 struct Replication {
-    config: ReplicationConfig,
     plumbing: Plumbing,
     // Per shard: leader changes this node has seen.
     leader_changes: Arc<Vec<std::sync::atomic::AtomicU64>>,
@@ -269,92 +190,6 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node").field("store", &self.config.store).field("shards", &self.shards.len()).finish()
     }
-}
-
-fn even_split(total_buckets: u32, shards: usize) -> Vec<(u16, u16)> {
-    let shards = shards.clamp(1, total_buckets as usize) as u32;
-    (0..shards)
-        .map(|i| ((total_buckets * i / shards) as u16, (total_buckets * (i + 1) / shards - 1) as u16))
-        .collect()
-}
-
-fn read_layout(path: &Path) -> Result<Option<Layout>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| NodeError::Startup(format!("{} is not a valid layout: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(NodeError::Startup(format!("cannot read {}: {e}", path.display()))),
-    }
-}
-
-fn write_layout(path: &Path, layout: &Layout) -> Result<()> {
-    let io = |e: std::io::Error| NodeError::Startup(format!("cannot write {}: {e}", path.display()));
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(layout).map_err(|e| NodeError::Startup(e.to_string()))?;
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io)?;
-    }
-    Ok(())
-}
-
-/// Reads the store's layout, creating it for a new store; refuses a store of another format or identity.
-fn load_layout(config: &NodeConfig) -> Result<Layout> {
-    if config.total_buckets == 0 || config.total_buckets > cairn_engine::MAX_TOTAL_BUCKETS {
-        return Err(NodeError::Startup(format!("total_buckets {} out of range", config.total_buckets)));
-    }
-    std::fs::create_dir_all(&config.store)
-        .map_err(|e| NodeError::Startup(format!("cannot create store {}: {e}", config.store.display())))?;
-    let identity = config
-        .replication
-        .as_ref()
-        .map(|r| LayoutReplication { node_id: r.node_id, members: r.members.clone() });
-    let layout_path = config.store.join("LAYOUT.json");
-    let layout = match read_layout(&layout_path)? {
-        Some(layout) => layout,
-        None => {
-            let layout = Layout {
-                format: STORE_FORMAT,
-                total_buckets: config.total_buckets,
-                shards: even_split(config.total_buckets, config.shards),
-                replication: identity.clone(),
-            };
-            write_layout(&layout_path, &layout)?;
-            layout
-        }
-    };
-    let store = config.store.display();
-    if layout.format != STORE_FORMAT {
-        return Err(NodeError::Startup(format!(
-            "store {store} has data format {}; this cairn reads format {STORE_FORMAT}",
-            layout.format
-        )));
-    }
-    match (&layout.replication, &identity) {
-        (None, None) => {}
-        (Some(_), None) => {
-            return Err(NodeError::Startup(format!(
-                "store {store} belongs to a replicated node: start it with its --node-id and --peers"
-            )));
-        }
-        (None, Some(_)) => {
-            return Err(NodeError::Startup(format!(
-                "store {store} is a standalone store: it cannot join a replicated group"
-            )));
-        }
-        (Some(ours), Some(given)) if ours != given => {
-            return Err(NodeError::Startup(format!(
-                "store {store} was created as node {} of {:?}, not node {} of {:?} (a node id is never \
-                 reused, and membership is fixed at creation)",
-                ours.node_id, ours.members, given.node_id, given.members
-            )));
-        }
-        (Some(_), Some(_)) => {}
-    }
-    Ok(layout)
 }
 
 /// The engine settings of shard `i`.
@@ -382,16 +217,6 @@ fn open_error(config: &NodeConfig, i: usize, e: cairn_engine::Error) -> NodeErro
         }
         e => NodeError::Startup(format!("cannot open shard {i} of {}: {e}", config.store.display())),
     }
-}
-
-fn owners(layout: &Layout) -> Vec<u16> {
-    let mut owner = vec![0u16; layout.total_buckets as usize];
-    for (i, &(start, end)) in layout.shards.iter().enumerate() {
-        for b in start..=end {
-            owner[b as usize] = i as u16;
-        }
-    }
-    owner
 }
 
 impl Node {
@@ -524,12 +349,7 @@ impl Node {
             shards,
             pending: Arc::new(Pending::new()),
             writer_threads: Mutex::new(Vec::new()),
-            replication: Some(Replication {
-                config: rc,
-                plumbing,
-                leader_changes,
-                checker: Mutex::new(checker),
-            }),
+            replication: Some(Replication { plumbing, leader_changes, checker: Mutex::new(checker) }),
         })
     }
 
@@ -540,7 +360,7 @@ impl Node {
 
     /// This node's id in its replication group (`None`: standalone).
     pub fn node_id(&self) -> Option<u64> {
-        self.replication.as_ref().map(|r| r.config.node_id)
+        self.config.replication.as_ref().map(|r| r.node_id)
     }
 
     /// Stops the consistency checker and every replica (a standalone node has none). Call before
@@ -613,12 +433,13 @@ impl Node {
 
     /// Waits until shard `shard` may serve a read with `options` here: how far behind it is.
     async fn ready_to_read(&self, shard: usize, options: &ReadOptions) -> Result<u64> {
-        let (Backend::Replicated(replica), Some(r)) = (&self.shards[shard].backend, &self.replication) else {
+        let (Backend::Replicated(replica), Some(rc)) =
+            (&self.shards[shard].backend, &self.config.replication)
+        else {
             return Ok(0);
         };
         let token = options.after.iter().filter(|t| t.shard == shard).map(|t| t.index).max();
-        let point =
-            replicated::read_point(replica, options.consistency, token, r.config.request_timeout).await?;
+        let point = replicated::read_point(replica, options.consistency, token, rc.request_timeout).await?;
         Ok(if options.consistency == Consistency::Eventual { point.behind } else { 0 })
     }
 
@@ -687,13 +508,13 @@ impl Node {
 
     /// Writes `op` to shard `shard`: through its writer, or proposed through its group.
     async fn write(&self, shard: usize, op: WriteOp) -> Result<(Option<Timestamp>, Option<Token>)> {
-        match (&self.shards[shard].backend, &self.replication) {
-            (Backend::Replicated(replica), Some(r)) => {
+        match (&self.shards[shard].backend, &self.config.replication) {
+            (Backend::Replicated(replica), Some(rc)) => {
                 let proposer = replicated::Proposer {
                     replica,
                     pending: &self.pending,
                     total_buckets: self.total_buckets,
-                    timeout: r.config.request_timeout,
+                    timeout: rc.request_timeout,
                 };
                 let committed = proposer.write(&op).await?;
                 Ok((committed.timestamp, Some(Token { shard, index: committed.index })))
@@ -870,7 +691,7 @@ impl Node {
                     sst_bytes: m.level_bytes.iter().sum(),
                     memtable_bytes: m.memtable_bytes,
                     level_files: m.level_files.clone(),
-                    replication: self.group_status(i).map(GroupStatusJson::from),
+                    replication: self.group_status(i),
                 }
             })
             .collect()
@@ -1015,6 +836,7 @@ impl BucketCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn node(dir: &Path) -> Node {
         let mut c = NodeConfig::new(dir);

@@ -17,9 +17,9 @@
 
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
-use crate::mvcc;
-use crate::node::{Condition as PutCondition, Versioned};
-use crate::writer::{Pending, WriteOp, check_condition, read_latest};
+use crate::mvcc::{self, Stored};
+use crate::node::Condition as PutCondition;
+use crate::writer::{Pending, WriteOp, check_condition, latest_version};
 use cairn_cluster::raft::{
     Command, CommandResult, Condition, GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica,
     ReplicaConfig, Written,
@@ -417,19 +417,18 @@ impl Proposer<'_> {
         if self.applied(&db, op, ts)? {
             return Ok(Some(Committed { timestamp: Some(ts), index }));
         }
+        // Learn every key's newest time (a later timestamp is needed if the clock was behind), and
+        // whether a single key is live (the caller's condition).
         let keys: Vec<&[u8]> = match op {
             WriteOp::Put { key, .. } | WriteOp::Delete { key } => vec![key],
             WriteOp::Batch { ops } => ops.iter().map(|(k, _)| k.as_slice()).collect(),
         };
         let mut live = None;
         for key in keys {
-            let bucket = self.bucket(key);
-            if let Some(row) = db.get(bucket, &mvcc::latest_key(key))?
-                && let Some(latest) = mvcc::decode_timestamp(&row)
-            {
+            if let Some((latest, stored)) = latest_version(&db, self.total_buckets, key)? {
                 self.pending.clock().observe(latest);
+                live = matches!(stored, Stored::Value(_)).then_some(latest);
             }
-            live = read_latest(&db, self.total_buckets, key)?.map(|v: Versioned| v.timestamp);
         }
         match op {
             WriteOp::Put { condition, .. } => check_condition(*condition, live).map(|()| None),
@@ -484,21 +483,14 @@ pub(crate) async fn check_periodically(
             if replica.status().role != "leader" {
                 continue;
             }
+            let group = replica.group();
             match replica.check_consistency(timeout).await {
-                Ok(outcome) => {
-                    tracing::debug!(
-                        group = replica.status().group,
-                        index = outcome.index,
-                        "consistency check"
-                    )
-                }
+                Ok(outcome) => tracing::debug!(group, index = outcome.index, "consistency check"),
                 // Leadership moved during the check: the new leader runs the next one.
                 Err(e @ GroupError::NotLeader { .. }) => {
-                    tracing::debug!(group = replica.status().group, error = %e, "consistency check skipped")
+                    tracing::debug!(group, error = %e, "consistency check skipped")
                 }
-                Err(e) => {
-                    tracing::warn!(group = replica.status().group, error = %e, "consistency check failed")
-                }
+                Err(e) => tracing::warn!(group, error = %e, "consistency check failed"),
             }
         }
     }

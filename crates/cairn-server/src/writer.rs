@@ -116,17 +116,22 @@ impl Pending {
 
 /// The newest version of `key` in `db` (one point read of its latest row); `None` if absent or deleted.
 pub(crate) fn read_latest(db: &Db, total_buckets: u32, key: &[u8]) -> Result<Option<Versioned>> {
+    Ok(match latest_version(db, total_buckets, key)? {
+        Some((timestamp, Stored::Value(value))) => Some(Versioned { value, timestamp }),
+        Some((_, Stored::Tombstone)) | None => None,
+    })
+}
+
+/// The newest version of `key` in `db`, a tombstone included, and its timestamp; `None` if the key was
+/// never written.
+pub(crate) fn latest_version(db: &Db, total_buckets: u32, key: &[u8]) -> Result<Option<(Timestamp, Stored)>> {
     let bucket = mvcc::bucket_of(key, total_buckets);
     let Some(row) = db.get(bucket, &mvcc::latest_key(key))? else {
         return Ok(None);
     };
-    let timestamp = mvcc::decode_timestamp(&row)
-        .ok_or_else(|| NodeError::Internal("malformed latest row in the store".into()))?;
-    match mvcc::decode_value(&row) {
-        Some(Stored::Value(value)) => Ok(Some(Versioned { value, timestamp })),
-        Some(Stored::Tombstone) => Ok(None),
-        None => Err(NodeError::Internal("malformed latest row in the store".into())),
-    }
+    let malformed = || NodeError::Internal("malformed latest row in the store".into());
+    let timestamp = mvcc::decode_timestamp(&row).ok_or_else(malformed)?;
+    Ok(Some((timestamp, mvcc::decode_value(&row).ok_or_else(malformed)?)))
 }
 
 /// Adds `key`'s version at `ts` and its latest row to `batch` (one atomic write).

@@ -77,7 +77,7 @@ struct Checks {
 const KEPT_CHECKS: usize = 8;
 
 /// What consistency checks found on one replica (see [`Check`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CheckStatus {
     /// The last index at which this replica's digest matched the proposer's.
     pub verified: Option<u64>,

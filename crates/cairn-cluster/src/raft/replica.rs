@@ -143,8 +143,8 @@ pub struct Written {
     pub result: CommandResult,
 }
 
-/// One group member's view of the group.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One group member's view of the group (serialized as the server's `/_status` shows it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GroupStatus {
     /// The group.
     pub group: u64,
@@ -173,6 +173,7 @@ pub struct GroupStatus {
     /// On the leader: for each other member, how many entries it lags the leader's log.
     pub lag: BTreeMap<u64, u64>,
     /// What consistency checks found here.
+    #[serde(flatten)]
     pub checks: CheckStatus,
     /// Snapshots this replica installed from a leader since it started.
     pub snapshots_installed: u64,
@@ -415,11 +416,30 @@ impl Replica {
 
     /// The leader this replica knows of and its address, when that is another node.
     fn leader_elsewhere(&self) -> Option<(u64, String)> {
+        let leader = self.raft.metrics().borrow_watched().current_leader.filter(|l| *l != self.node)?;
+        Some((leader, self.address_of(leader)?))
+    }
+
+    /// Node `node`'s address in the membership this replica knows.
+    fn address_of(&self, node: u64) -> Option<String> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        let leader = m.current_leader.filter(|l| *l != self.node)?;
-        let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
-        Some((leader, addr))
+        m.membership_config.membership().get_node(&node).map(|n| n.addr.clone())
+    }
+
+    /// Sends one call of `kind` for this group to node `target` and returns its reply's payload, or why
+    /// there is none (transport failure, or the receiving service's error).
+    async fn send(
+        &self,
+        target: u64,
+        addr: String,
+        kind: RaftCallKind,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let call = RaftCall { group: self.group, kind: kind as i32, payload };
+        let reply = self.wire.call(target, addr, call, timeout).await?;
+        if reply.error.is_empty() { Ok(reply.payload) } else { Err(reply.error) }
     }
 
     /// Copies the files of snapshot `remote` from node `leader` into this replica's staging volume
@@ -434,26 +454,20 @@ impl Replica {
         timeout: Duration,
     ) -> Result<ShardSnapshotRef, String> {
         // A new replica knows no members yet: the snapshot's membership names the leader's address.
-        let addr =
-            meta.last_membership.membership().get_node(&leader).map(|n| n.addr.clone()).or_else(|| {
-                let metrics = self.raft.metrics();
-                let m = metrics.borrow_watched();
-                m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
-            });
-        let addr = addr.ok_or_else(|| format!("node {leader} is not in the group's membership"))?;
+        let addr = meta.last_membership.membership().get_node(&leader).map(|n| n.addr.clone());
+        let addr = addr
+            .or_else(|| self.address_of(leader))
+            .ok_or_else(|| format!("node {leader} is not in the group's membership"))?;
         let fs = self.sm.fs();
-        let staging = self.sm.staging_dir();
-        let dir = staging.join(&remote.db_id).join(format!("{:010}", remote.snapshot_id));
+        let staging =
+            cairn_engine::resolve_volume(&cairn_engine::Volume::file_url(&self.sm.staging_dir()), &fs)
+                .map_err(|e| e.to_string())?;
+        let dir = cairn_engine::snapshot_dir(&staging, &remote.db_id, remote.snapshot_id);
         fs.create_dir_all(&dir).map_err(|e| e.to_string())?;
         let call = |name: Option<String>, offset: u64| {
             let payload = encode(&(remote.db_id.clone(), remote.snapshot_id, name, offset));
             let addr = addr.clone();
-            async move {
-                let payload = payload?;
-                let call = RaftCall { group: self.group, kind: RaftCallKind::SnapshotFile as i32, payload };
-                let reply = self.wire.call(leader, addr, call, timeout).await?;
-                if reply.error.is_empty() { Ok(reply.payload) } else { Err(reply.error) }
-            }
+            async move { self.send(leader, addr, RaftCallKind::SnapshotFile, payload?, timeout).await }
         };
         let mut files: Vec<(String, u64)> = decode(&call(None, 0).await?)?;
         files.sort_by_key(|(name, _)| name == "CURRENT");
@@ -484,7 +498,7 @@ impl Replica {
             fs.rename(&part, &path).map_err(|e| e.to_string())?;
         }
         fs.sync_dir(&dir).map_err(|e| e.to_string())?;
-        Ok(ShardSnapshotRef { volume: cairn_engine::Volume::file_url(&staging), ..remote })
+        Ok(ShardSnapshotRef { volume: staging.url, ..remote })
     }
 
     /// Removes every staged snapshot (after an install: the shard holds its own links to the files).
@@ -517,12 +531,8 @@ impl Replica {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<T, ForwardError> {
-        let call = RaftCall { group: self.group, kind: kind as i32, payload };
-        let reply = self.wire.call(leader, addr, call, timeout).await.map_err(ForwardError::Transport)?;
-        if !reply.error.is_empty() {
-            return Err(ForwardError::Transport(reply.error));
-        }
-        decode::<Result<T, GroupError>>(&reply.payload)
+        let reply = self.send(leader, addr, kind, payload, timeout).await.map_err(ForwardError::Transport)?;
+        decode::<Result<T, GroupError>>(&reply)
             .map_err(ForwardError::Transport)?
             .map_err(ForwardError::Answered)
     }

@@ -69,3 +69,11 @@ pub async fn write(rafts: &BTreeMap<u64, ShardRaft>, command: Command) -> u64 {
     }
     panic!("no leader took the write: {last_error:?}");
 }
+
+/// Waits (up to 10 s) until `raft` has applied log index `index`.
+pub async fn applied(raft: &ShardRaft, index: u64) {
+    raft.wait(Some(std::time::Duration::from_secs(10)))
+        .applied_index_at_least(Some(index), "applied")
+        .await
+        .unwrap();
+}

@@ -131,7 +131,7 @@ fn render_replication(out: &mut String, node: &Node) {
     let groups: Vec<_> =
         (0..node.shard_count()).filter_map(|s| node.group_status(s).map(|g| (s, g))).collect();
     let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
-    let series: [Series<'_>; 10] = [
+    let series: [Series<'_>; 12] = [
         ("cairn_raft_is_leader", "gauge", "1 if this node leads the shard's group.", &|_, g| {
             u8::from(g.role == "leader").to_string()
         }),
@@ -160,6 +160,15 @@ fn render_replication(out: &mut String, node: &Node) {
         }),
         ("cairn_raft_fenced", "gauge", "1 while a failed consistency check fences this replica.", &|_, g| {
             u8::from(g.checks.fenced.is_some()).to_string()
+        }),
+        (
+            "cairn_raft_incarnation",
+            "gauge",
+            "This replica's incarnation (grows at each re-sync).",
+            &|_, g| g.incarnation.to_string(),
+        ),
+        ("cairn_raft_resyncs_total", "counter", "Re-syncs from scratch since the node started.", &|_, g| {
+            g.resyncs.to_string()
         }),
     ];
     for (name, kind, help, value) in series {

@@ -305,11 +305,10 @@ impl Node {
             .await
             .map_err(|e| NodeError::Startup(format!("cannot start shard {i}'s replica: {e}")))?;
             plumbing.service.register_replica(&replica);
-            // A group this node has never heard of: new, or this node is new to it.
-            let unknown =
-                plumbing.log.vote(group).is_none() && matches!(plumbing.log.state(group), (None, None));
+            // A group this node has never heard of (new, or this node is new to it), and not a replica
+            // that re-synced from scratch (its group exists).
             let first = rc.members.keys().next() == Some(&rc.node_id);
-            if first && unknown {
+            if first && replica.is_new() {
                 replica
                     .bootstrap(rc.members.clone())
                     .await
@@ -323,6 +322,10 @@ impl Node {
         for (i, shard) in shards.iter().enumerate() {
             if let Backend::Replicated(replica) = &shard.backend {
                 tokio::spawn(replicated::watch_leadership(i, replica.watch(), Arc::clone(&leader_changes)));
+                // Re-syncs a fenced replica, takes re-synced ones back in, checks after snapshots and
+                // purges verified log; ends when the replica stops.
+                let replica = replica.clone();
+                tokio::spawn(async move { replica.tend().await });
             }
         }
         let checker = (!rc.check_interval.is_zero()).then(|| {

@@ -22,7 +22,7 @@ compile_error!(
 use crate::linearizability::{KeyedOperation, Operation, RegisterInput, RegisterOutput};
 use cairn_cluster::raft::{
     CheckStatus, Command, CommandResult, Condition, GroupError, RaftCall, RaftReply, RaftService, ReadLevel,
-    Replica, ReplicaConfig, ShardStateMachine, Wire, with_seed,
+    Replica, ReplicaConfig, ShardStateMachine, Wire, node_of, with_seed,
 };
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FaultController, FaultFs, FileSystem, MemFs};
@@ -48,8 +48,8 @@ pub struct SimConfig {
     pub keys: u64,
     /// Whether to inject faults (partitions, loss, delay, crashes).
     pub faults: bool,
-    /// At the end, change one follower's engine behind Raft's back before the final consistency check
-    /// (which must then fence exactly that replica).
+    /// At the end, change one follower's engine behind Raft's back before a consistency check (which
+    /// must then fence exactly that replica, which re-syncs from scratch as its next incarnation).
     pub corrupt: bool,
 }
 
@@ -74,8 +74,11 @@ pub struct SimReport {
     pub trace: Vec<String>,
     /// Consistency checks that completed during the run (one every few simulated seconds).
     pub checks: u64,
-    /// After the final consistency check: each replica's findings.
+    /// After the final consistency check: each replica's findings (divergences count earlier
+    /// incarnations' too).
     pub check_status: BTreeMap<u64, CheckStatus>,
+    /// At the end: each replica's incarnation (0 unless it re-synced from scratch).
+    pub incarnations: BTreeMap<u64, u16>,
     /// The replica corrupted before the final check (`SimConfig::corrupt`).
     pub corrupted: Option<u64>,
     /// The final check's index.
@@ -139,10 +142,15 @@ impl Wire for SimWire {
     async fn call(
         &self,
         target: u64,
-        _addr: &str,
+        addr: &str,
         call: RaftCall,
         timeout: Duration,
     ) -> Result<RaftReply, String> {
+        // Nodes are addressed `n<id>`; a call names a replica (node and incarnation) or only the address.
+        let target = match target {
+            0 => addr.strip_prefix('n').and_then(|n| n.parse().ok()).ok_or(format!("bad address {addr}"))?,
+            replica => node_of(replica),
+        };
         let (there, back, lost) = {
             let mut net = self.net.lock();
             let max = net.max_delay_ms;
@@ -274,8 +282,12 @@ impl Sim {
             .await
             .map_err(|e| format!("node {id} start: {e}"))?;
         let service = RaftService::default();
-        service.register(GROUP, replica.raft().clone());
+        service.register_replica_sharing_volume(&replica);
         self.net.lock().services.insert(id, service);
+        tokio::spawn({
+            let replica = replica.clone();
+            async move { replica.tend().await }
+        });
         node.replica = Some(replica);
         self.note(format!("node {id} started"));
         Ok(())
@@ -705,14 +717,24 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
         sim.lock().await.report.corrupted = Some(victim);
         sim.lock().await.note(format!("node {victim} corrupted"));
     }
-    let outcome = leader.check_consistency(WRITE_TIMEOUT).await.map_err(|e| format!("final check: {e}"))?;
+    let mut outcome =
+        leader.check_consistency(WRITE_TIMEOUT).await.map_err(|e| format!("final check: {e}"))?;
+    let corrupted = sim.lock().await.report.corrupted;
+    if let Some(victim) = corrupted {
+        // The corrupted replica fences itself, re-syncs from scratch as its next incarnation, asks to
+        // be taken back, catches up as a learner and is promoted; then a check must find all equal.
+        rejoined(&sim, victim, config.replicas).await?;
+        outcome =
+            leader.check_consistency(WRITE_TIMEOUT).await.map_err(|e| format!("check after re-sync: {e}"))?;
+    }
     converge(&sim, config.replicas).await?;
 
     let mut s = sim.lock().await;
     s.report.final_check = outcome.index;
     for id in 1..=config.replicas {
-        let status = s.replica(id).ok_or_else(|| format!("node {id} is down at the end"))?.status().checks;
-        s.report.check_status.insert(id, status);
+        let status = s.replica(id).ok_or_else(|| format!("node {id} is down at the end"))?.status();
+        s.report.check_status.insert(id, status.checks);
+        s.report.incarnations.insert(id, status.incarnation);
     }
     s.report.acknowledged = history.iter().filter(|(_, op)| op.output.is_some()).count() as u64;
     s.report.unknown = history.len() as u64 - s.report.acknowledged;
@@ -733,6 +755,27 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
     let trace = std::mem::take(&mut s.net.lock().trace);
     s.report.trace = trace;
     Ok(std::mem::take(&mut s.report))
+}
+
+/// Waits (bounded, in virtual time) until node `victim` runs a later incarnation that is a voter again,
+/// with no learner left in the group.
+async fn rejoined(sim: &SharedSim, victim: u64, replicas: u64) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = sim.lock().await;
+        let statuses: Vec<_> = (1..=replicas).filter_map(|id| s.replica(id)).map(|r| r.status()).collect();
+        let back = statuses.iter().any(|st| st.node == victim && st.incarnation > 0 && st.role == "follower")
+            && statuses
+                .iter()
+                .filter(|st| st.role == "leader")
+                .any(|st| st.voters.contains(&victim) && st.learners.is_empty());
+        if back {
+            return Ok(());
+        }
+        last = format!("{statuses:?}");
+    }
+    Err(format!("node {victim} did not rejoin in 30 s: {last}"))
 }
 
 /// Waits (bounded, in virtual time) until one leader is known to all and every replica has applied

@@ -139,6 +139,34 @@ openraft::declare_raft_types!(
         AsyncRuntime = CairnRuntime,
 );
 
+/// Bits of a replica id that hold the node id; the bits above hold the incarnation.
+const NODE_BITS: u32 = 48;
+/// Largest node id (and group id) a replica id can carry.
+pub const MAX_NODE_ID: u64 = (1 << NODE_BITS) - 1;
+
+/// The Raft member id of node `node`'s replica of a group in its `incarnation`: a replica that re-syncs
+/// from scratch joins its group again as the next incarnation, so no member id is ever reused, and
+/// messages meant for an earlier incarnation are refused. Incarnation 0's id is the node id itself.
+pub fn replica_id(node: u64, incarnation: u16) -> u64 {
+    (node & MAX_NODE_ID) | (u64::from(incarnation) << NODE_BITS)
+}
+
+/// The node a replica id belongs to.
+pub fn node_of(replica: u64) -> u64 {
+    replica & MAX_NODE_ID
+}
+
+/// The incarnation a replica id names.
+pub fn incarnation_of(replica: u64) -> u16 {
+    (replica >> NODE_BITS) as u16
+}
+
+/// The key of a group's incarnation in the node's Raft log: a new incarnation starts with an empty log
+/// and no vote.
+pub(crate) fn log_key(group: u64, incarnation: u16) -> u64 {
+    replica_id(group, incarnation)
+}
+
 /// Encodes a Raft entry, vote or message (postcard: compact, and byte strings stay byte strings).
 pub(crate) fn encode(value: &impl Serialize) -> Result<Vec<u8>, String> {
     postcard::to_stdvec(value).map_err(|e| format!("cannot encode a raft record: {e}"))

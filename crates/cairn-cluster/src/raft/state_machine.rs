@@ -35,6 +35,69 @@ pub struct ShardSnapshotRef {
     pub digest: String,
 }
 
+/// The shard's incarnation record (`INCARNATION`, JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct IncarnationRecord {
+    incarnation: u16,
+    // The first generation of this incarnation (it started empty).
+    generation: u64,
+    // Where the group's other nodes were when this incarnation began (node id → address), so a
+    // restarted replica that has not joined its group yet knows whom to ask.
+    peers: std::collections::BTreeMap<u64, String>,
+}
+
+const INCARNATION_FILE: &str = "INCARNATION";
+
+fn read_incarnation(
+    fs: &dyn cairn_engine::fs::FileSystem,
+    root: &std::path::Path,
+) -> cairn_engine::Result<IncarnationRecord> {
+    let path = root.join(INCARNATION_FILE);
+    if !fs.exists(&path)? {
+        return Ok(IncarnationRecord::default());
+    }
+    let bytes = fs.read_all(&path)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| cairn_engine::Error::corruption(path.clone(), format!("bad incarnation record: {e}")))
+}
+
+/// Replaces `INCARNATION` atomically and durably.
+fn write_incarnation(
+    fs: &dyn cairn_engine::fs::FileSystem,
+    root: &std::path::Path,
+    record: &IncarnationRecord,
+) -> cairn_engine::Result<()> {
+    let bytes =
+        serde_json::to_vec(record).map_err(|e| cairn_engine::Error::InvalidArgument(e.to_string()))?;
+    let tmp = root.join(format!("{INCARNATION_FILE}.tmp"));
+    let mut file = fs.create(&tmp)?;
+    file.append(&bytes)?;
+    file.sync()?;
+    drop(file);
+    fs.rename(&tmp, &root.join(INCARNATION_FILE))?;
+    fs.sync_dir(root)
+}
+
+/// Opens generation `generation` under `root` as a new, empty shard (removing what an interrupted
+/// attempt left there).
+fn open_empty_generation(
+    template: &Config,
+    root: &std::path::Path,
+    generation: u64,
+    buckets: &[cairn_engine::BucketRange],
+) -> cairn_engine::Result<Db> {
+    let fs = &template.fs;
+    let dir = root.join(format!("gen-{generation}"));
+    if fs.exists(&dir)? {
+        for name in fs.list(&dir)? {
+            fs.remove(&dir.join(name))?;
+        }
+    }
+    let mut config = template.clone();
+    config.dir = dir;
+    Db::open(config, buckets.to_vec())
+}
+
 struct Inner {
     applier: ShardApplier,
     db: Arc<Db>,
@@ -46,6 +109,8 @@ struct Inner {
     // The settings every generation is opened with (its `dir` is replaced).
     template: Config,
     meta_bucket: u16,
+    buckets: Vec<cairn_engine::BucketRange>,
+    incarnation: IncarnationRecord,
     current: Option<(SnapshotMetaOf<TypeConfig>, ShardSnapshotRef)>,
     // Snapshots installed from another replica since open.
     installed: u64,
@@ -92,10 +157,19 @@ impl ShardStateMachine {
                 generation = g;
             }
         }
-        let next_generation = generations.iter().max().map_or(1, |g| g + 1).max(generation + 1);
-        let mut config = template.clone();
-        config.dir = root.join(format!("gen-{generation}"));
-        let db = Arc::new(Db::open(config, buckets)?);
+        let incarnation = read_incarnation(fs.as_ref(), &root)?;
+        let mut next_generation = generations.iter().max().map_or(1, |g| g + 1).max(generation + 1);
+        let db = if generation < incarnation.generation {
+            // A new incarnation whose empty first generation a crash kept from being made.
+            generation = incarnation.generation;
+            next_generation = next_generation.max(generation + 1);
+            open_empty_generation(&template, &root, generation, &buckets)?
+        } else {
+            let mut config = template.clone();
+            config.dir = root.join(format!("gen-{generation}"));
+            Db::open(config, buckets.clone())?
+        };
+        let db = Arc::new(db);
         let checks = CheckBoard::default();
         let applier = ShardApplier::with_checks(Arc::clone(&db), meta_bucket, checks.clone());
         let shared = Arc::new(parking_lot::RwLock::new(Arc::clone(&db)));
@@ -107,10 +181,50 @@ impl ShardStateMachine {
             next_generation,
             template,
             meta_bucket,
+            buckets,
+            incarnation,
             current: None,
             installed: 0,
         };
         Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)), checks, db: shared })
+    }
+
+    /// This replica's incarnation (0 until it first re-syncs from scratch).
+    pub fn incarnation(&self) -> u16 {
+        self.inner.lock().incarnation.incarnation
+    }
+
+    /// Where the group's other nodes were when this incarnation began (empty for incarnation 0).
+    pub fn incarnation_peers(&self) -> std::collections::BTreeMap<u64, String> {
+        self.inner.lock().incarnation.peers.clone()
+    }
+
+    /// Starts the next incarnation: records it durably, then replaces the shard's contents with an
+    /// empty generation (the group fills it again, from the log or a snapshot). `peers` (node id →
+    /// address) is kept for finding the group again after a restart. Only while no Raft node of an
+    /// earlier incarnation runs on this state machine.
+    pub fn begin_incarnation(&self, peers: std::collections::BTreeMap<u64, String>) -> io::Result<u16> {
+        let mut inner = self.inner.lock();
+        let incarnation = inner
+            .incarnation
+            .incarnation
+            .checked_add(1)
+            .ok_or_else(|| io_err("this replica has used every incarnation"))?;
+        let generation = inner.next_generation;
+        inner.next_generation += 1;
+        let record = IncarnationRecord { incarnation, generation, peers };
+        write_incarnation(inner.template.fs.as_ref(), &inner.root, &record).map_err(io_err)?;
+        let db = open_empty_generation(&inner.template, &inner.root, generation, &inner.buckets)
+            .map_err(io_err)?;
+        let db = Arc::new(db);
+        self.checks.reset();
+        inner.applier = ShardApplier::with_checks(Arc::clone(&db), inner.meta_bucket, self.checks.clone());
+        *self.db.write() = Arc::clone(&db);
+        inner.db = db;
+        inner.generation = generation;
+        inner.incarnation = record;
+        inner.current = None;
+        Ok(incarnation)
     }
 
     /// The shard's engine (without waiting for an apply in progress).

@@ -35,16 +35,17 @@ use super::Replica;
 use super::replica::{
     ProposeCall, ReadIndexCall, SnapshotFileCall, propose_here, read_index_here, serve_snapshot_file,
 };
-use super::{decode, encode};
+use super::{decode, encode, incarnation_of};
 use openraft::vote::RaftLeaderId;
 
 /// The receiving side: the node's shard groups, by group id.
 #[derive(Clone, Default)]
 pub struct RaftService {
+    // Bare Raft nodes (tests of openraft over the engine).
     groups: Arc<RwLock<HashMap<u64, ShardRaft>>>,
-    // Groups registered as replicas: their snapshots are streamed from the leader and served to
-    // followers. The others (tests sharing one volume) install snapshots straight from the volume.
-    replicas: Arc<RwLock<HashMap<u64, Replica>>>,
+    // Replicas, and whether their snapshots are fetched from the leader (otherwise, as in the
+    // simulation, the snapshot volume is shared and installs read it directly).
+    replicas: Arc<RwLock<HashMap<u64, (Replica, bool)>>>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -59,10 +60,16 @@ impl RaftService {
         self.groups.write().insert(group, raft);
     }
 
-    /// Routes calls for `replica`'s group to it; snapshots it installs are fetched from the leader.
+    /// Routes calls for `replica`'s group to it (whichever incarnation it runs); snapshots it installs
+    /// are fetched from the leader.
     pub fn register_replica(&self, replica: &Replica) {
-        self.register(replica.group(), replica.raft().clone());
-        self.replicas.write().insert(replica.group(), replica.clone());
+        self.replicas.write().insert(replica.group(), (replica.clone(), true));
+    }
+
+    /// Like [`RaftService::register_replica`], for replicas whose snapshot volume the leader's snapshots
+    /// are on already (one process, one memory volume): installs read it directly.
+    pub fn register_replica_sharing_volume(&self, replica: &Replica) {
+        self.replicas.write().insert(replica.group(), (replica.clone(), false));
     }
 
     /// Stops routing calls for `group` (they are answered "not on this node").
@@ -85,8 +92,29 @@ impl RaftService {
     }
 
     async fn dispatch(&self, call: RaftCall) -> Result<Vec<u8>, String> {
-        let raft = self.groups.read().get(&call.group).cloned();
-        let Some(raft) = raft else { return Err(format!("group {} is not on this node", call.group)) };
+        let replica = self.replicas.read().get(&call.group).cloned();
+        let raft = match &replica {
+            Some((replica, _)) => {
+                let id = replica.id();
+                if call.target != 0 && call.target != id {
+                    return Err(format!(
+                        "this node's replica of group {} is incarnation {}, not {}",
+                        call.group,
+                        incarnation_of(id),
+                        incarnation_of(call.target)
+                    ));
+                }
+                replica.raft()
+            }
+            None => self
+                .groups
+                .read()
+                .get(&call.group)
+                .cloned()
+                .ok_or_else(|| format!("group {} is not on this node", call.group))?,
+        };
+        let fetching = replica.as_ref().filter(|(_, fetch)| *fetch).map(|(r, _)| r.clone());
+        let replica = replica.map(|(r, _)| r);
         match RaftCallKind::try_from(call.kind) {
             Ok(RaftCallKind::AppendEntries) => {
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&call.payload)?;
@@ -102,8 +130,7 @@ impl RaftService {
                     SnapshotMetaOf<TypeConfig>,
                     ShardSnapshotRef,
                 ) = decode(&call.payload)?;
-                let replica = self.replicas.read().get(&call.group).cloned();
-                let snapshot = match &replica {
+                let snapshot = match &fetching {
                     Some(replica) => {
                         let leader = *vote.leader_id().node_id();
                         let timeout = replica.snapshot_timeout();
@@ -118,7 +145,7 @@ impl RaftService {
                 let snapshot = SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot };
                 let installed =
                     raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
-                if let Some(replica) = replica {
+                if let Some(replica) = fetching {
                     // The shard now links the files it needs; the staged copies can go.
                     replica.clear_staging()?;
                 }
@@ -134,7 +161,6 @@ impl RaftService {
                 encode(&read_index_here(&raft, lease, Duration::from_millis(timeout_ms)).await)
             }
             Ok(RaftCallKind::SnapshotFile) => {
-                let replica = self.replicas.read().get(&call.group).cloned();
                 let replica =
                     replica.ok_or_else(|| format!("group {} serves no snapshot files", call.group))?;
                 let request: SnapshotFileCall = decode(&call.payload)?;
@@ -143,6 +169,12 @@ impl RaftService {
                 tokio::task::spawn_blocking(move || serve_snapshot_file(&sm, request))
                     .await
                     .map_err(|e| format!("snapshot file task failed: {e}"))?
+            }
+            Ok(RaftCallKind::Replace) => {
+                let replica =
+                    replica.ok_or_else(|| format!("group {} has no replica to answer", call.group))?;
+                let (new, addr): (u64, String) = decode(&call.payload)?;
+                encode(&replica.replace_here(new, addr).await)
             }
             Ok(RaftCallKind::Unspecified) | Err(_) => Err(format!("unknown raft call kind {}", call.kind)),
         }
@@ -156,10 +188,11 @@ impl RaftTransport for RaftService {
     }
 }
 
-/// One lazily connected channel per peer, shared by every group's network.
+/// One lazily connected channel per peer address, shared by every group's network (and by every
+/// incarnation of the peer's replicas).
 #[derive(Clone, Default)]
 pub struct PeerChannels {
-    channels: Arc<Mutex<HashMap<u64, Channel>>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl std::fmt::Debug for PeerChannels {
@@ -169,30 +202,30 @@ impl std::fmt::Debug for PeerChannels {
 }
 
 impl PeerChannels {
-    /// The channel to node `id` at `addr` (`host:port`), created on first use.
-    fn channel(&self, id: u64, addr: &str) -> Result<Channel, String> {
+    /// The channel to the peer at `addr` (`host:port`), created on first use.
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(&id) {
+        if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad address {addr:?} for node {id}: {e}"))?
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();
-        channels.insert(id, channel.clone());
+        channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }
 
-    /// Forgets the channel to node `id` (after it moved, say).
-    pub fn forget(&self, id: u64) {
-        self.channels.lock().remove(&id);
+    /// Forgets the channel to `addr` (the next call connects again).
+    pub fn forget(&self, addr: &str) {
+        self.channels.lock().remove(addr);
     }
 }
 
 /// How a node's Raft messages reach a peer.
 pub trait Wire: Clone + Send + Sync + 'static {
-    /// Delivers `call` to node `target` (at `addr`) and returns its reply, or why there is none. Gives
-    /// up after `timeout`.
+    /// Delivers `call` to member `target` (a replica id: see [`super::node_of`]; 0 when only `addr` is
+    /// known) at `addr` and returns its reply, or why there is none. Gives up after `timeout`.
     fn call(
         &self,
         target: u64,
@@ -205,12 +238,12 @@ pub trait Wire: Clone + Send + Sync + 'static {
 impl Wire for PeerChannels {
     async fn call(
         &self,
-        target: u64,
+        _target: u64,
         addr: &str,
         call: RaftCall,
         timeout: Duration,
     ) -> Result<RaftReply, String> {
-        let channel = self.channel(target, addr)?;
+        let channel = self.channel(addr)?;
         let mut request = Request::new(call);
         request.set_timeout(timeout);
         match RaftTransportClient::new(channel).call(request).await {
@@ -219,7 +252,7 @@ impl Wire for PeerChannels {
                 // A channel whose first connection failed can keep failing after the peer is up:
                 // the next call starts a fresh one.
                 if status.code() == tonic::Code::Unavailable {
-                    self.forget(target);
+                    self.forget(addr);
                 }
                 Err(status.to_string())
             }
@@ -269,7 +302,7 @@ impl<W: Wire> GroupLink<W> {
         payload: Vec<u8>,
         option: &RPCOption,
     ) -> Result<T, Unreachable<TypeConfig>> {
-        let call = RaftCall { group: self.group, kind: kind as i32, payload };
+        let call = RaftCall { group: self.group, kind: kind as i32, payload, target: self.target };
         let reply =
             self.wire.call(self.target, &self.addr, call, option.hard_ttl()).await.map_err(unreachable)?;
         if !reply.error.is_empty() {

@@ -1,0 +1,255 @@
+//! Replica incarnations and membership through [`Replica`]: a replica whose contents a consistency check
+//! found diverged re-syncs from scratch as its next incarnation and is taken back into its group; calls
+//! for an earlier incarnation are refused; membership changes go one at a time through the leader;
+//! the log is dropped only up to positions a check verified; an interrupted incarnation switch is
+//! completed on reopen.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_cluster::raft::{
+    Command, GroupError, RaftCall, RaftReply, RaftService, ReadLevel, Replica, ReplicaConfig,
+    ShardStateMachine, Wire, replica_id,
+};
+use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
+use cairn_engine::fs::{FileSystem, MemFs};
+use cairn_engine::{Config, WriteBatch};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An in-process network: node `n<id>`'s service by address.
+#[derive(Clone, Default)]
+struct Net(Arc<parking_lot::Mutex<HashMap<String, RaftService>>>);
+
+impl Wire for Net {
+    async fn call(
+        &self,
+        _target: u64,
+        addr: &str,
+        call: RaftCall,
+        _timeout: Duration,
+    ) -> Result<RaftReply, String> {
+        let service = self.0.lock().get(addr).cloned().ok_or_else(|| format!("{addr} is down"))?;
+        Ok(service.handle(call).await)
+    }
+}
+
+fn state_machine(fs: &Arc<MemFs>, id: u64) -> ShardStateMachine {
+    let mut template = Config::new(format!("/n{id}/shard"));
+    template.fs = Arc::clone(fs) as Arc<dyn FileSystem>;
+    template.wal = false;
+    template.total_buckets = 16;
+    // One volume the whole process reads: installs read the leader's snapshot directly.
+    template.snapshot_volume = Some("memory://incarnations".into());
+    ShardStateMachine::open(format!("/n{id}/shard").into(), template, vec![0..=15], 0).unwrap()
+}
+
+fn config() -> ReplicaConfig {
+    ReplicaConfig {
+        heartbeat: Duration::from_millis(30),
+        election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
+        snapshot_every: 20,
+        keep_behind_snapshot: 5,
+        snapshot_timeout: Duration::from_secs(5),
+    }
+}
+
+async fn start(fs: &Arc<MemFs>, net: &Net, id: u64) -> Replica {
+    let dyn_fs = Arc::clone(fs) as Arc<dyn FileSystem>;
+    let log = Arc::new(RaftLog::open(RaftLogConfig::new(format!("/n{id}/raft"), dyn_fs)).unwrap());
+    let replica = Replica::start(id, 1, log, state_machine(fs, id), net.clone(), config()).await.unwrap();
+    let service = RaftService::default();
+    service.register_replica_sharing_volume(&replica);
+    net.0.lock().insert(format!("n{id}"), service);
+    let tended = replica.clone();
+    tokio::spawn(async move { tended.tend().await });
+    replica
+}
+
+fn put(key: &str, value: &[u8]) -> Command {
+    let mut b = WriteBatch::new();
+    b.put(3, key.as_bytes(), 0, value);
+    Command::write(&b)
+}
+
+/// Waits (up to 20 s) until `done` holds for the replicas' statuses.
+async fn until(
+    replicas: &BTreeMap<u64, Replica>,
+    what: &str,
+    done: impl Fn(&BTreeMap<u64, Replica>) -> bool,
+) {
+    for _ in 0..400 {
+        if done(replicas) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let statuses: Vec<_> = replicas.values().map(Replica::status).collect();
+    panic!("{what}: not reached in 20 s: {statuses:#?}");
+}
+
+async fn group(fs: &Arc<MemFs>, net: &Net, n: u64) -> BTreeMap<u64, Replica> {
+    let mut replicas = BTreeMap::new();
+    for id in 1..=n {
+        replicas.insert(id, start(fs, net, id).await);
+    }
+    replicas[&1].bootstrap((1..=n).map(|id| (id, format!("n{id}"))).collect()).await.unwrap();
+    until(&replicas, "a leader", |r| r.values().all(|r| r.status().leader.is_some())).await;
+    replicas
+}
+
+/// Writes through any replica (followers forward), retrying while leadership settles.
+async fn write(replica: &Replica, command: Command) -> u64 {
+    for _ in 0..50 {
+        match replica.write(command.clone(), Duration::from_secs(2)).await {
+            Ok(w) => return w.index,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("no write went through");
+}
+
+fn leader(replicas: &BTreeMap<u64, Replica>) -> Replica {
+    replicas.values().find(|r| r.status().role == "leader").cloned().expect("a leader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_replica_resyncs_as_its_next_incarnation_and_rejoins() {
+    let (fs, net) = (Arc::new(MemFs::new()), Net::default());
+    let replicas = group(&fs, &net, 3).await;
+    for i in 0..30 {
+        write(&replicas[&1], put(&format!("k{i}"), b"v")).await;
+    }
+    let l = leader(&replicas);
+    let victim = replicas.values().find(|r| r.status().role == "follower").unwrap().clone();
+    let node = victim.status().node;
+    let old_id = victim.id();
+    assert_eq!(old_id, replica_id(node, 0));
+    // A write that did not come through the log.
+    victim.db().put(3, b"stray", 0, b"x").unwrap();
+    l.check_consistency(Duration::from_secs(5)).await.unwrap();
+
+    // The victim fences itself, re-syncs as incarnation 1, asks the leader to take it in, catches up as
+    // a learner and is promoted; nothing of the stray write survives.
+    until(&replicas, "the re-synced replica back as a voter", |r| {
+        let l = leader(r).status();
+        victim.incarnation() == 1
+            && victim.status().role == "follower"
+            && l.voters.contains(&node)
+            && l.learners.is_empty()
+    })
+    .await;
+    let status = victim.status();
+    assert_eq!((status.resyncs, status.checks.divergences), (1, 1), "{status:?}");
+    let last = write(&replicas[&node], put("after", b"resync")).await;
+    let point = victim.read_point(ReadLevel::AtLeast(last), Duration::from_secs(5)).await.unwrap();
+    assert!(point.applied >= last);
+    assert!(victim.db().get(3, b"stray").unwrap().is_none());
+    assert!(victim.db().get(3, b"k29").unwrap().is_some());
+    let outcome = l.check_consistency(Duration::from_secs(5)).await.unwrap();
+    until(&replicas, "every replica verified", |r| {
+        r.values()
+            .all(|r| r.status().checks.verified == Some(outcome.index) && r.status().checks.fenced.is_none())
+    })
+    .await;
+    let digests: BTreeSet<String> =
+        replicas.values().map(|r| r.state_machine().digest().unwrap().1).collect();
+    assert_eq!(digests.len(), 1);
+
+    // A message for the old incarnation is refused by the node.
+    let service = net.0.lock()[&format!("n{node}")].clone();
+    let reply = service.handle(RaftCall { group: 1, kind: 2, payload: vec![], target: old_id }).await;
+    assert!(reply.error.contains("incarnation 1, not 0"), "{}", reply.error);
+
+    for r in replicas.values() {
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_go_through_the_leader_one_at_a_time() {
+    let (fs, net) = (Arc::new(MemFs::new()), Net::default());
+    let mut replicas = group(&fs, &net, 3).await;
+    for i in 0..10 {
+        write(&replicas[&1], put(&format!("k{i}"), b"v")).await;
+    }
+    let l = leader(&replicas);
+    let follower = replicas.values().find(|r| r.status().role == "follower").unwrap().clone();
+    assert!(matches!(
+        follower.change_voters(BTreeSet::from([1, 2])).await,
+        Err(GroupError::NotLeader { leader: Some(_) })
+    ));
+    let err = l.change_voters(BTreeSet::from([1, 2, 9])).await.unwrap_err();
+    assert!(err.to_string().contains("node 9 has no replica"), "{err}");
+
+    // Add node 4 as a learner (returns once it caught up), then make it a voter in place of a follower.
+    replicas.insert(4, start(&fs, &net, 4).await);
+    l.add_learner(4, "n4".into()).await.unwrap();
+    let out = follower.status().node;
+    let voters: BTreeSet<u64> = [1, 2, 3, 4].into_iter().filter(|n| *n != out).collect();
+    l.change_voters(voters.clone()).await.unwrap();
+    let status = l.status();
+    assert_eq!(status.voters, voters);
+    // The replaced follower stays a learner (only re-synced replicas are promoted on their own).
+    assert_eq!(status.learners, BTreeSet::from([out]));
+    let last = write(&replicas[&4], put("after", b"membership")).await;
+    replicas[&4].read_point(ReadLevel::AtLeast(last), Duration::from_secs(5)).await.unwrap();
+    assert!(replicas[&4].db().get(3, b"after").unwrap().is_some());
+    for r in replicas.values() {
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_dropped_only_up_to_verified_positions() {
+    let (fs, net) = (Arc::new(MemFs::new()), Net::default());
+    let replicas = group(&fs, &net, 3).await;
+    let mut purged_any = false;
+    for i in 0..200 {
+        write(&replicas[&1], put(&format!("k{i}"), b"v")).await;
+        for r in replicas.values() {
+            let s = r.status();
+            // (A replica that installed a snapshot starts its checks afresh from it.)
+            if let Some(purged) = s.purged.filter(|_| s.snapshots_installed == 0) {
+                purged_any = true;
+                let verified = s.checks.verified.unwrap_or(0);
+                assert!(purged + config().keep_behind_snapshot <= verified, "node {}: {s:?}", s.node);
+            }
+        }
+    }
+    assert!(purged_any, "snapshots every 20 entries, checks after each: some log must have gone");
+    for r in replicas.values() {
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[test]
+fn an_interrupted_incarnation_switch_is_completed_on_reopen() {
+    let fs = Arc::new(MemFs::new());
+    let sm = state_machine(&fs, 1);
+    sm.db().put(3, b"old", 0, b"x").unwrap();
+    sm.db().flush().unwrap();
+    let peers = BTreeMap::from([(1, "n1".to_string()), (2, "n2".to_string())]);
+    assert_eq!(sm.begin_incarnation(peers.clone()).unwrap(), 1);
+    assert!(sm.db().get(3, b"old").unwrap().is_none(), "a new incarnation starts empty");
+    drop(sm);
+    let reopened = state_machine(&fs, 1);
+    assert_eq!((reopened.incarnation(), reopened.incarnation_peers()), (1, peers.clone()));
+    assert!(reopened.db().get(3, b"old").unwrap().is_none());
+    drop(reopened);
+
+    // A crash after the record was written but before the new generation was made: its directory
+    // has no CURRENT. Reopening makes it (empty), never reviving the old contents.
+    let root = std::path::Path::new("/n1/shard");
+    let newest = fs
+        .list(root)
+        .unwrap()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("gen-").and_then(|g| g.parse::<u64>().ok()))
+        .max()
+        .unwrap();
+    fs.remove(&root.join(format!("gen-{newest}")).join("CURRENT")).unwrap();
+    let reopened = state_machine(&fs, 1);
+    assert_eq!(reopened.incarnation(), 1);
+    assert!(reopened.db().get(3, b"old").unwrap().is_none());
+}

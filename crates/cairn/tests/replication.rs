@@ -379,6 +379,79 @@ fn a_node_down_through_several_snapshots_catches_up_by_streamed_snapshot() {
     }
 }
 
+/// Writes a row into node `node`'s replica of shard 0 behind Raft's back (the node must be stopped):
+/// its contents then differ from the other replicas' at the same log position.
+fn corrupt_shard_0(root: &Path, node: usize) {
+    let store = root.join(format!("n{node}"));
+    let layout: Value = serde_json::from_slice(&std::fs::read(store.join("LAYOUT.json")).unwrap()).unwrap();
+    let (start, end) =
+        (layout["shards"][0][0].as_u64().unwrap() as u16, layout["shards"][0][1].as_u64().unwrap() as u16);
+    let shard = store.join("shard-0");
+    let newest = std::fs::read_dir(&shard)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_prefix("gen-")?.parse::<u64>().ok())
+        .filter(|g| shard.join(format!("gen-{g}/CURRENT")).exists())
+        .max()
+        .unwrap();
+    let mut config = cairn_engine::Config::new(shard.join(format!("gen-{newest}")));
+    config.total_buckets = layout["total_buckets"].as_u64().unwrap() as u32;
+    config.wal = false;
+    let db = cairn_engine::Db::open(config, vec![start..=end]).unwrap();
+    db.put(start, b"stray row written behind raft's back", 0, b"x").unwrap();
+    db.flush().unwrap();
+    db.close().unwrap();
+}
+
+#[test]
+fn a_corrupted_replica_is_fenced_resyncs_as_a_new_incarnation_and_rejoins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(tmp.path());
+    let a = cluster.http[0];
+    wait_until("the first write is acknowledged", Duration::from_secs(30), || {
+        try_http(a, "PUT", "/kv/rest/entry/ready", b"yes").is_ok_and(|r| r.status == 200)
+    });
+    for n in 0..60 {
+        let key = format!("k{n:04}");
+        assert_eq!(http(a, "PUT", &format!("/kv/rest/entry/{key}"), value_of(&key).as_bytes()).status, 200);
+    }
+    let committed = cluster.status(0)["shards"][0]["replication"]["committed"].as_u64().unwrap();
+    wait_until("node 3 applied shard 0's log", Duration::from_secs(30), || {
+        cluster.status(2)["shards"][0]["replication"]["applied"].as_u64().is_some_and(|i| i >= committed)
+    });
+    cluster.nodes[2].take().unwrap().stop();
+    corrupt_shard_0(tmp.path(), 3);
+    cluster.nodes[2] = Some(cluster.start(2));
+
+    // The next consistency check (every second) finds node 3's shard 0 different: it fences itself,
+    // re-syncs from scratch as incarnation 1, rejoins as a learner and is promoted back to voter.
+    wait_until("node 3's shard 0 re-synced and verified", Duration::from_secs(60), || {
+        let r = &cluster.status(2)["shards"][0]["replication"];
+        r["incarnation"] == 1
+            && r["role"] == "follower"
+            && r["fenced"].is_null()
+            && r["verified"].as_u64().is_some_and(|v| v > committed)
+    });
+    let r = cluster.status(2)["shards"][0]["replication"].clone();
+    assert!(r["divergences"].as_u64().unwrap() >= 1 && r["resyncs"] == 1, "{r}");
+    eprintln!("node 3 shard 0 after the re-sync: {r}");
+    // Other shards were not touched: still their first incarnation.
+    let status = cluster.status(2);
+    for s in 1..status["shards"].as_array().unwrap().len() {
+        assert_eq!(status["shards"][s]["replication"]["incarnation"], 0, "shard {s}");
+    }
+    // Every voter set names all three nodes again, and node 3 serves every key.
+    let leader = r["leader"].as_u64().unwrap() as usize;
+    let voters = &cluster.status(leader - 1)["shards"][0]["replication"]["voters"];
+    assert_eq!(voters, &serde_json::json!([1, 2, 3]));
+    let rows =
+        http(cluster.http[2], "GET", "/kv/rest/range?start=k&end=l&limit=1000&consistency=eventual", b"")
+            .json();
+    assert_eq!(rows["rows"].as_array().unwrap().len(), 60);
+    for node in cluster.nodes.iter_mut().filter_map(Option::take) {
+        node.stop();
+    }
+}
+
 /// Standard base64 (padded), decoded here so the test checks the server's encoding independently.
 fn decode_b64(text: &str) -> Vec<u8> {
     let value = |c: u8| match c {

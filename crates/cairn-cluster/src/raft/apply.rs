@@ -56,6 +56,11 @@ impl CheckBoard {
         CheckStatus { verified: c.verified, fenced: c.fenced.clone(), divergences: c.divergences }
     }
 
+    /// The digest recorded at check entry `index`, if this replica applied it (and still keeps it).
+    pub(crate) fn recorded(&self, index: u64) -> Option<String> {
+        self.0.lock().recorded.iter().find(|(i, _)| *i == index).map(|(_, d)| d.clone())
+    }
+
     /// Forgets everything (the contents were replaced).
     pub(crate) fn reset(&self) {
         *self.0.lock() = Checks::default();
@@ -195,8 +200,8 @@ impl ShardApplier {
                     checks.verified = checks.verified.max(Some(*at));
                     return Ok(CommandResult::Compared(Some(true)));
                 }
-                let why = format!("content digest {ours} at index {at} differs from the leader's {digest}");
-                tracing::error!(index = at, ours = %ours, leader = %digest, "replica diverged; fencing it");
+                let why = format!("content digest {ours} at index {at} differs from the majority's {digest}");
+                tracing::error!(index = at, ours = %ours, majority = %digest, "replica diverged; fencing it");
                 checks.divergences += 1;
                 checks.fenced.get_or_insert(why);
                 Ok(CommandResult::Compared(Some(false)))

@@ -715,17 +715,86 @@ impl Replica {
         ReadPoint { applied, behind: committed.saturating_sub(applied) }
     }
 
-    /// Runs a consistency check through the log (leader only): every replica hashes its shard at one
-    /// entry, then compares with this leader's hash at a second entry; a replica that differs fences
-    /// itself (see [`GroupStatus::checks`]). Returns where and what the leader hashed.
+    /// Runs a consistency check through the log: every replica hashes its shard at one entry; this
+    /// replica then asks the voters for their hashes there, and once a majority of them agree, a second
+    /// entry carries that hash; a replica whose hash differs fences itself (see
+    /// [`GroupStatus::checks`]), the leader included. Returns where and what the majority hashed; fails
+    /// if no majority agrees within `timeout` (then nobody is fenced).
     pub async fn check_consistency(&self, timeout: Duration) -> Result<CheckOutcome, GroupError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let recorded = self.write(Command::check(Check::Record), timeout).await?;
-        let CommandResult::Digest(digest) = recorded.result else {
+        if !matches!(recorded.result, CommandResult::Digest(_)) {
             return Err(GroupError::OutcomeUnknown(format!("check record answered {:?}", recorded.result)));
-        };
+        }
+        let digest = self.majority_digest(recorded.index, deadline).await?;
         let compare = Command::check(Check::Compare { index: recorded.index, digest: digest.clone() });
-        self.write(compare, timeout).await?;
+        self.write(compare, deadline.saturating_duration_since(tokio::time::Instant::now())).await?;
         Ok(CheckOutcome { index: recorded.index, digest })
+    }
+
+    /// The digest a majority of the group's voters recorded at check entry `index`, asking each voter
+    /// (this replica reads its own) until a majority agrees or `deadline` passes.
+    async fn majority_digest(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, GroupError> {
+        let (me, members) = {
+            let Incarnation { raft, id } = self.shared.current.read().clone();
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            let membership = m.membership_config.membership();
+            let voters: Vec<(u64, Option<String>)> = membership
+                .voter_ids()
+                .map(|v| (v, membership.get_node(&v).map(|n| n.addr.clone())))
+                .collect();
+            (id, voters)
+        };
+        let quorum = members.len() / 2 + 1;
+        let mut answers: BTreeMap<u64, String> = BTreeMap::new();
+        loop {
+            for (voter, addr) in &members {
+                if answers.contains_key(voter) {
+                    continue;
+                }
+                let digest = if *voter == me {
+                    self.shared.sm.recorded_digest(index)
+                } else if let Some(addr) = addr {
+                    let payload = encode(&index).map_err(GroupError::Timeout)?;
+                    let wait = self.shared.config.election_timeout.0;
+                    match self.send(*voter, addr.clone(), RaftCallKind::Digest, payload, wait).await {
+                        Ok(reply) => decode::<Option<String>>(&reply).map_err(GroupError::Timeout)?,
+                        Err(_) => None,
+                    }
+                } else {
+                    None
+                };
+                if let Some(digest) = digest {
+                    answers.insert(*voter, digest);
+                }
+            }
+            let mut counts: BTreeMap<&String, usize> = BTreeMap::new();
+            for digest in answers.values() {
+                *counts.entry(digest).or_default() += 1;
+            }
+            if let Some((digest, _)) = counts.into_iter().find(|(_, n)| *n >= quorum) {
+                return Ok(digest.clone());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                if answers.len() == members.len() {
+                    tracing::error!(
+                        group = self.shared.group,
+                        index,
+                        ?answers,
+                        "consistency check: no majority of replicas agrees on the contents"
+                    );
+                }
+                return Err(GroupError::Timeout(format!(
+                    "no majority digest at index {index} (answers: {answers:?})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Adds node `node`'s first incarnation at `addr` as a learner and waits until it has caught up with
@@ -822,8 +891,11 @@ impl Replica {
             }
             let status = self.status();
             let group = self.shared.group;
-            if status.checks.fenced.is_some() && status.role != "leader" {
-                if let Err(e) = self.resync().await {
+            if status.checks.fenced.is_some() {
+                if status.role == "leader" {
+                    // A fenced leader hands its role to another voter first, then re-syncs as a follower.
+                    self.step_down(&status).await;
+                } else if let Err(e) = self.resync().await {
                     tracing::warn!(group, error = %e, "re-sync failed");
                 }
                 continue;
@@ -847,6 +919,24 @@ impl Replica {
                 }
             }
             self.purge_verified(&status).await;
+        }
+    }
+
+    /// Hands leadership to the voter that has the most of the log (this replica is fenced).
+    async fn step_down(&self, status: &GroupStatus) {
+        let raft = self.raft();
+        let m = raft.metrics().borrow_watched().clone();
+        let me = m.id;
+        let target = m.membership_config.membership().voter_ids().filter(|v| *v != me).max_by_key(|v| {
+            m.replication.as_ref().and_then(|r| r.get(v)).and_then(|l| l.as_ref()).map_or(0, |l| l.index + 1)
+        });
+        if let Some(target) = target {
+            tracing::warn!(
+                group = status.group,
+                to = node_of(target),
+                "fenced leader handing over leadership"
+            );
+            let _ = raft.trigger().transfer_leader(target).await;
         }
     }
 

@@ -237,6 +237,11 @@ impl ShardStateMachine {
         self.checks.status()
     }
 
+    /// The digest this replica recorded at consistency-check entry `index`, if it has it.
+    pub fn recorded_digest(&self, index: u64) -> Option<String> {
+        self.checks.recorded(index)
+    }
+
     /// Where snapshots fetched from another node are staged before they are installed (a snapshot
     /// volume of this node's own).
     pub fn staging_dir(&self) -> PathBuf {

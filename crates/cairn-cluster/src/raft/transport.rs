@@ -176,6 +176,12 @@ impl RaftService {
                 let (new, addr): (u64, String) = decode(&call.payload)?;
                 encode(&replica.replace_here(new, addr).await)
             }
+            Ok(RaftCallKind::Digest) => {
+                let replica =
+                    replica.ok_or_else(|| format!("group {} has no replica to answer", call.group))?;
+                let index: u64 = decode(&call.payload)?;
+                encode(&replica.state_machine().recorded_digest(index))
+            }
             Ok(RaftCallKind::Unspecified) | Err(_) => Err(format!("unknown raft call kind {}", call.kind)),
         }
     }

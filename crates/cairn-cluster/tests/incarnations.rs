@@ -150,7 +150,7 @@ async fn a_diverged_replica_resyncs_as_its_next_incarnation_and_rejoins() {
     let outcome = l.check_consistency(Duration::from_secs(5)).await.unwrap();
     until(&replicas, "every replica verified", |r| {
         r.values()
-            .all(|r| r.status().checks.verified == Some(outcome.index) && r.status().checks.fenced.is_none())
+            .all(|r| r.status().checks.verified >= Some(outcome.index) && r.status().checks.fenced.is_none())
     })
     .await;
     let digests: BTreeSet<String> =
@@ -222,8 +222,14 @@ async fn membership_changes_go_through_the_leader_one_at_a_time() {
     l.change_voters(voters.clone()).await.unwrap();
     let status = l.status();
     assert_eq!(status.voters, voters);
-    // The replaced follower stays a learner (only re-synced replicas are promoted on their own).
+    // The replaced follower stays a learner (only re-synced replicas are promoted on their own) until
+    // it is removed; a voter cannot be removed without being demoted first.
     assert_eq!(status.learners, BTreeSet::from([out]));
+    let err = l.remove_learners(BTreeSet::from([4])).await.unwrap_err();
+    assert!(err.to_string().contains("demote it first"), "{err}");
+    l.remove_learners(BTreeSet::from([out])).await.unwrap();
+    let status = l.status();
+    assert!(status.learners.is_empty() && status.voters == voters, "{status:?}");
     let last = write(&replicas[&4], put("after", b"membership")).await;
     replicas[&4].read_point(ReadLevel::AtLeast(last), Duration::from_secs(5)).await.unwrap();
     assert!(replicas[&4].db().get(3, b"after").unwrap().is_some());

@@ -33,7 +33,11 @@ struct S3Server {
 
 impl S3Server {
     fn start() -> S3Server {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-test-server");
+        // Cargo sets the manifest directory when it runs the test; the compile-time one may name another
+        // checkout that shared the target directory.
+        let manifest =
+            std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+        let script = Path::new(&manifest).join("../../scripts/s3-test-server");
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(&script)
             .arg(BUCKET)

@@ -49,7 +49,8 @@ fn run_and_check(config: SimConfig) -> SimReport {
     let corrupted = report.corrupted;
     for (id, status) in &report.check_status {
         assert_eq!(status.fenced, None, "seed {seed}: node {id} fenced: {status:?}");
-        assert_eq!(status.verified, Some(report.final_check), "seed {seed}: node {id}: {status:?}");
+        // (A check the leader runs after a snapshot may have verified a later index since.)
+        assert!(status.verified >= Some(report.final_check), "seed {seed}: node {id}: {status:?}");
         let incarnation = report.incarnations[id];
         if Some(*id) == corrupted {
             assert!(status.divergences >= 1, "seed {seed}: corruption of node {id} not seen: {status:?}");

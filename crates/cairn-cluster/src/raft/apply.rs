@@ -87,7 +87,7 @@ pub struct CheckStatus {
     /// The last index at which this replica's digest matched the proposer's.
     pub verified: Option<u64>,
     /// Set when a digest differed: this replica's contents are not to be trusted (reads are refused)
-    /// until it is re-synced from the leader's snapshot.
+    /// until it re-syncs from scratch as its next incarnation.
     pub fenced: Option<String>,
     /// Digest mismatches seen.
     pub divergences: u64,

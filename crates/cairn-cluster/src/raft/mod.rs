@@ -47,7 +47,7 @@ pub enum Check {
     Compare {
         /// The `Record` entry's index.
         index: u64,
-        /// The proposer's digest there.
+        /// The digest a majority of voters recorded there.
         digest: String,
     },
 }

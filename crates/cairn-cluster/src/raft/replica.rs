@@ -227,12 +227,12 @@ impl StatusWatch {
     }
 }
 
-/// A consistency check's outcome, as the leader saw it.
+/// A consistency check's outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckOutcome {
     /// The index every replica hashed at.
     pub index: u64,
-    /// The leader's digest there.
+    /// The digest a majority of voters recorded there (what every replica was compared with).
     pub digest: String,
 }
 
@@ -826,6 +826,30 @@ impl Replica {
             ids.insert(id);
         }
         change_membership(&raft, &membership, ChangeMembers::ReplaceAllVoters(ids), true).await
+    }
+
+    /// Removes nodes `nodes`' replicas from the group; they must be learners already (demote voters
+    /// with [`Replica::change_voters`] first). Guarded like every membership change.
+    pub async fn remove_learners(&self, nodes: BTreeSet<u64>) -> Result<(), GroupError> {
+        let raft = self.raft();
+        let membership = raft.metrics().borrow_watched().membership_config.clone();
+        let voters: BTreeSet<u64> = membership.membership().voter_ids().collect();
+        let mut ids = BTreeSet::new();
+        for (id, _) in membership.membership().nodes() {
+            if nodes.contains(&node_of(*id)) {
+                if voters.contains(id) {
+                    return Err(GroupError::Membership(format!(
+                        "node {} is a voter: demote it first",
+                        node_of(*id)
+                    )));
+                }
+                ids.insert(*id);
+            }
+        }
+        if ids.is_empty() {
+            return Err(GroupError::Membership(format!("no learner of nodes {nodes:?} in the group")));
+        }
+        change_membership(&raft, &membership, ChangeMembers::RemoveNodes(ids), false).await
     }
 
     /// On the leader: adds member `new` (a replica that re-synced from scratch, at `addr`) as a learner

@@ -51,6 +51,7 @@ fn config() -> ReplicaConfig {
         snapshot_every: 20,
         keep_behind_snapshot: 5,
         snapshot_timeout: Duration::from_secs(5),
+        check_every: Duration::ZERO,
     }
 }
 

@@ -165,12 +165,11 @@ impl Shard {
     }
 }
 
-/// A replicated node's Raft plumbing and its periodic consistency checker.
+/// A replicated node's Raft plumbing.
 struct Replication {
     plumbing: Plumbing,
     // Per shard: leader changes this node has seen.
     leader_changes: Arc<Vec<std::sync::atomic::AtomicU64>>,
-    checker: Mutex<Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
 }
 
 /// The local store.
@@ -322,29 +321,13 @@ impl Node {
         for (i, shard) in shards.iter().enumerate() {
             if let Backend::Replicated(replica) = &shard.backend {
                 tokio::spawn(replicated::watch_leadership(i, replica.watch(), Arc::clone(&leader_changes)));
-                // Re-syncs a fenced replica, takes re-synced ones back in, checks after snapshots and
-                // purges verified log; ends when the replica stops.
+                // Runs consistency checks (periodic and after snapshots) on the groups this node leads,
+                // re-syncs a fenced replica, takes re-synced ones back in and purges verified log; ends
+                // when the replica stops.
                 let replica = replica.clone();
                 tokio::spawn(async move { replica.tend().await });
             }
         }
-        let checker = (!rc.check_interval.is_zero()).then(|| {
-            let replicas = shards
-                .iter()
-                .filter_map(|s| match &s.backend {
-                    Backend::Replicated(r) => Some(r.clone()),
-                    Backend::Local { .. } => None,
-                })
-                .collect();
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let task = tokio::spawn(replicated::check_periodically(
-                replicas,
-                rc.check_interval,
-                rc.request_timeout,
-                stopped,
-            ));
-            (stop, task)
-        });
         Ok(Node {
             total_buckets: layout.total_buckets,
             owner: owners(&layout),
@@ -352,7 +335,7 @@ impl Node {
             shards,
             pending: Arc::new(Pending::new()),
             writer_threads: Mutex::new(Vec::new()),
-            replication: Some(Replication { plumbing, leader_changes, checker: Mutex::new(checker) }),
+            replication: Some(Replication { plumbing, leader_changes }),
         })
     }
 
@@ -366,15 +349,9 @@ impl Node {
         self.config.replication.as_ref().map(|r| r.node_id)
     }
 
-    /// Stops the consistency checker and every replica (a standalone node has none). Call before
-    /// [`Node::close`].
+    /// Stops every replica (a standalone node has none). Call before [`Node::close`].
     pub async fn stop_replication(&self) {
         let Some(r) = &self.replication else { return };
-        let checker = r.checker.lock().take();
-        if let Some((stop, task)) = checker {
-            let _ = stop.send(true);
-            let _ = task.await;
-        }
         for (i, shard) in self.shards.iter().enumerate() {
             if let Backend::Replicated(replica) = &shard.backend {
                 r.plumbing.service.unregister(i as u64);

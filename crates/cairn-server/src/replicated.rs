@@ -102,6 +102,7 @@ impl ReplicationConfig {
             election_timeout: self.election_timeout,
             snapshot_every: self.snapshot_every,
             keep_behind_snapshot: self.keep_behind_snapshot,
+            check_every: self.check_interval,
             ..ReplicaConfig::default()
         }
     }
@@ -464,35 +465,6 @@ pub(crate) async fn watch_leadership(
             tracing::info!(shard, term, leader = ?leader, "shard leader changed");
         }
         last = (term, leader);
-    }
-}
-
-/// Runs a consistency check on every group this node leads, every `interval`, until `stop` fires.
-pub(crate) async fn check_periodically(
-    replicas: Vec<Replica>,
-    interval: Duration,
-    timeout: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        for replica in &replicas {
-            if replica.status().role != "leader" {
-                continue;
-            }
-            let group = replica.group();
-            match replica.check_consistency(timeout).await {
-                Ok(outcome) => tracing::debug!(group, index = outcome.index, "consistency check"),
-                // Leadership moved during the check: the new leader runs the next one.
-                Err(e @ GroupError::NotLeader { .. }) => {
-                    tracing::debug!(group, error = %e, "consistency check skipped")
-                }
-                Err(e) => tracing::warn!(group, error = %e, "consistency check failed"),
-            }
-        }
     }
 }
 

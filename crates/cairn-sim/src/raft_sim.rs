@@ -236,6 +236,8 @@ impl Sim {
             keep_behind_snapshot: 10,
             // Snapshots install straight from the shared in-memory volume: openraft's default.
             snapshot_timeout: Duration::from_millis(200),
+            // `check_loop` runs the periodic checks, at random times.
+            check_every: Duration::ZERO,
         };
         Sim {
             seeds: SimRng::new(config.seed ^ 0x7365_6564),

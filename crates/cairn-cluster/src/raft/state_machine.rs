@@ -216,15 +216,21 @@ impl ShardStateMachine {
         write_incarnation(inner.template.fs.as_ref(), &inner.root, &record).map_err(io_err)?;
         let db = open_empty_generation(&inner.template, &inner.root, generation, &inner.buckets)
             .map_err(io_err)?;
+        self.swap_in(&mut inner, db, generation);
+        inner.incarnation = record;
+        inner.current = None;
+        Ok(incarnation)
+    }
+
+    /// Makes `db`, opened as generation `generation`, the shard's contents. What checks found about the
+    /// replaced contents no longer holds.
+    fn swap_in(&self, inner: &mut Inner, db: Db, generation: u64) {
         let db = Arc::new(db);
         self.checks.reset();
         inner.applier = ShardApplier::with_checks(Arc::clone(&db), inner.meta_bucket, self.checks.clone());
         *self.db.write() = Arc::clone(&db);
         inner.db = db;
         inner.generation = generation;
-        inner.incarnation = record;
-        inner.current = None;
-        Ok(incarnation)
     }
 
     /// The shard's engine (without waiting for an apply in progress).
@@ -403,13 +409,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         config.snapshot_volume = Some(snapshot.volume.clone());
         let db =
             Db::open_from_snapshot(config, snapshot.snapshot_id, snapshot.db_id.clone()).map_err(io_err)?;
-        let db = Arc::new(db);
-        // The installed contents are the leader's: what checks found about the old ones no longer holds.
-        self.checks.reset();
-        inner.applier = ShardApplier::with_checks(Arc::clone(&db), inner.meta_bucket, self.checks.clone());
-        *self.db.write() = Arc::clone(&db);
-        inner.db = db;
-        inner.generation = next;
+        self.swap_in(&mut inner, db, next);
         inner.installed += 1;
         inner.current = Some((meta.clone(), snapshot));
         Ok(())

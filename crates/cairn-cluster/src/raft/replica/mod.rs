@@ -2,20 +2,23 @@
 //! read at a chosen consistency level is safe, report status. The server and the simulation use this;
 //! neither names an openraft type.
 
+mod tend;
+mod transfer;
+
+pub(crate) use transfer::{SnapshotFileCall, serve_snapshot_file};
+
 use super::{
-    Check, CheckStatus, Command, CommandResult, GroupLogStore, GroupNetwork, MAX_NODE_ID, RaftCall,
-    RaftReply, ShardRaft, ShardSnapshotRef, ShardStateMachine, TypeConfig, Wire, decode, encode,
-    incarnation_of, log_key, node_of, replica_id,
+    CheckStatus, Command, CommandResult, GroupLogStore, GroupNetwork, MAX_NODE_ID, RaftCall, RaftReply,
+    ShardRaft, ShardStateMachine, TypeConfig, Wire, decode, encode, incarnation_of, log_key, node_of,
+    replica_id,
 };
 use crate::raft_log::RaftLog;
 use cairn_engine::Db;
 use cairn_proto::raft::RaftCallKind;
 use openraft::LinearizerOption;
-use openraft::alias::{SnapshotMetaOf, StoredMembershipOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::raft::Precondition;
-use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -38,6 +41,9 @@ pub struct ReplicaConfig {
     pub keep_behind_snapshot: u64,
     /// How long a snapshot call (the follower fetching and installing it) may take. Default 60 s.
     pub snapshot_timeout: Duration,
+    /// A leader runs a consistency check at least this often, besides the one after each snapshot
+    /// (see [`Replica::tend`]). Zero: only after snapshots. Default zero.
+    pub check_every: Duration,
 }
 
 impl Default for ReplicaConfig {
@@ -48,6 +54,7 @@ impl Default for ReplicaConfig {
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
             snapshot_timeout: Duration::from_secs(60),
+            check_every: Duration::ZERO,
         }
     }
 }
@@ -215,7 +222,7 @@ impl StatusWatch {
             if self.replica.shared.stopped.load(Ordering::Acquire) || self.replica.id() == self.id {
                 return false;
             }
-            let current = self.replica.shared.current.read().clone();
+            let current = self.replica.current();
             (self.rx, self.id) = (current.raft.metrics(), current.id);
         }
     }
@@ -310,13 +317,6 @@ impl std::fmt::Debug for Replica {
     }
 }
 
-/// Entries a learner may lag the leader's log and still be promoted to voter.
-const PROMOTE_WITHIN: u64 = 64;
-/// How often [`Replica::tend`] looks at the replica.
-const TEND_EVERY: Duration = Duration::from_millis(100);
-/// Least time between two attempts of a tending step that talks to others.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
-
 fn stopped(e: impl std::fmt::Display) -> GroupError {
     GroupError::Stopped(e.to_string())
 }
@@ -365,42 +365,10 @@ pub(crate) async fn read_index_here(
     }
 }
 
-/// A snapshot file request: shard db id, snapshot id, the file (`None`: the list) and the offset.
-pub(crate) type SnapshotFileCall = (String, u64, Option<String>, u64);
-
-/// Most bytes one snapshot file call returns.
-const SNAPSHOT_CHUNK: u64 = 1 << 20;
-
-/// Answers a follower's snapshot file call from this replica's current snapshot: the file list
-/// (`Vec<(name, size)>`) or up to [`SNAPSHOT_CHUNK`] bytes of one file.
-pub(crate) fn serve_snapshot_file(sm: &ShardStateMachine, call: SnapshotFileCall) -> Result<Vec<u8>, String> {
-    let (db_id, snapshot_id, name, offset) = call;
-    let (fs, dir) = sm.current_snapshot_dir(&db_id, snapshot_id)?;
-    let names = fs.list(&dir).map_err(|e| e.to_string())?;
-    let Some(name) = name else {
-        let mut files = Vec::with_capacity(names.len());
-        for name in names {
-            let len = fs.open(&dir.join(&name)).map_err(|e| e.to_string())?.len();
-            files.push((name, len));
-        }
-        return encode(&files);
-    };
-    // Only files of this snapshot, by their listed names.
-    if !names.contains(&name) {
-        return Err(format!("snapshot {db_id}/{snapshot_id} has no file {name:?}"));
-    }
-    let file = fs.open(&dir.join(&name)).map_err(|e| e.to_string())?;
-    let len = file.len().saturating_sub(offset).min(SNAPSHOT_CHUNK);
-    let mut chunk = vec![0u8; len as usize];
-    file.read_exact_at(offset, &mut chunk).map_err(|e| e.to_string())?;
-    encode(&chunk)
-}
-
 /// What a follower sends with a forwarded command: the command and how long the leader may take.
 pub(crate) type ProposeCall = (Command, u64);
 /// What a follower sends for a read index: the lease (ms; `None`: a quorum round) and the timeout (ms).
 pub(crate) type ReadIndexCall = (Option<u64>, u64);
-
 impl Replica {
     /// Starts node `node`'s replica of `group`: its log in the node's `log`, its state in `sm`, its
     /// messages over `wire`. A new replica waits to be added to a group or for [`Replica::bootstrap`].
@@ -469,6 +437,11 @@ impl Replica {
             && matches!(self.shared.log.state(key), (None, None))
     }
 
+    /// The current incarnation's Raft node and member id.
+    fn current(&self) -> Incarnation {
+        self.shared.current.read().clone()
+    }
+
     /// The group.
     pub fn group(&self) -> u64 {
         self.shared.group
@@ -526,7 +499,7 @@ impl Replica {
 
     /// The leader this replica knows of (its member id) and its address, when that is another replica.
     fn leader_elsewhere(&self) -> Option<(u64, String)> {
-        let Incarnation { raft, id } = self.shared.current.read().clone();
+        let Incarnation { raft, id } = self.current();
         let leader = raft.metrics().borrow_watched().current_leader.filter(|l| *l != id)?;
         Some((leader, self.address_of(leader)?))
     }
@@ -554,86 +527,6 @@ impl Replica {
         if reply.error.is_empty() { Ok(reply.payload) } else { Err(reply.error) }
     }
 
-    /// Copies the files of snapshot `remote` from member `leader` into this replica's staging volume
-    /// (see [`ShardStateMachine::staging_dir`]) and returns the snapshot as found there. Files already
-    /// staged whole are kept, so an interrupted transfer resumes where it stopped (per file); memory
-    /// holds one chunk at a time. `CURRENT` comes last, so a staged snapshot is complete only if whole.
-    pub(crate) async fn stage_snapshot(
-        &self,
-        leader: u64,
-        meta: &SnapshotMetaOf<TypeConfig>,
-        remote: ShardSnapshotRef,
-        timeout: Duration,
-    ) -> Result<ShardSnapshotRef, String> {
-        // A new replica knows no members yet: the snapshot's membership names the leader's address.
-        let addr = meta.last_membership.membership().get_node(&leader).map(|n| n.addr.clone());
-        let addr = addr
-            .or_else(|| self.address_of(leader))
-            .ok_or_else(|| format!("member {leader} is not in the group's membership"))?;
-        let sm = &self.shared.sm;
-        let fs = sm.fs();
-        let staging = cairn_engine::resolve_volume(&cairn_engine::Volume::file_url(&sm.staging_dir()), &fs)
-            .map_err(|e| e.to_string())?;
-        let dir = cairn_engine::snapshot_dir(&staging, &remote.db_id, remote.snapshot_id);
-        fs.create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let call = |name: Option<String>, offset: u64| {
-            let payload = encode(&(remote.db_id.clone(), remote.snapshot_id, name, offset));
-            let addr = addr.clone();
-            async move { self.send(leader, addr, RaftCallKind::SnapshotFile, payload?, timeout).await }
-        };
-        let mut files: Vec<(String, u64)> = decode(&call(None, 0).await?)?;
-        files.sort_by_key(|(name, _)| name == "CURRENT");
-        for (name, size) in files {
-            if name.contains('/') || name.starts_with('.') || name.ends_with(".part") {
-                return Err(format!("the leader listed a bad snapshot file name {name:?}"));
-            }
-            let path = dir.join(&name);
-            if fs.exists(&path).map_err(|e| e.to_string())?
-                && fs.open(&path).map_err(|e| e.to_string())?.len() == size
-            {
-                continue;
-            }
-            let part = dir.join(format!("{name}.part"));
-            let mut out = fs.create(&part).map_err(|e| e.to_string())?;
-            let mut offset = 0;
-            while offset < size {
-                let chunk: Vec<u8> = decode(&call(Some(name.clone()), offset).await?)?;
-                if chunk.is_empty() {
-                    return Err(format!("snapshot file {name} ended at {offset} of {size} bytes"));
-                }
-                out.append(&chunk).map_err(|e| e.to_string())?;
-                offset += chunk.len() as u64;
-                self.shared.snapshot_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
-            out.sync().map_err(|e| e.to_string())?;
-            drop(out);
-            fs.rename(&part, &path).map_err(|e| e.to_string())?;
-        }
-        fs.sync_dir(&dir).map_err(|e| e.to_string())?;
-        Ok(ShardSnapshotRef { volume: staging.url, ..remote })
-    }
-
-    /// Removes every staged snapshot (after an install: the shard holds its own links to the files).
-    pub(crate) fn clear_staging(&self) -> Result<(), String> {
-        let (fs, staging) = (self.shared.sm.fs(), self.shared.sm.staging_dir());
-        let err = |e: cairn_engine::Error| e.to_string();
-        if !fs.exists(&staging).map_err(err)? {
-            return Ok(());
-        }
-        for shard in fs.list(&staging).map_err(err)? {
-            let shard = staging.join(shard);
-            for snapshot in fs.list(&shard).map_err(err)? {
-                let snapshot = shard.join(snapshot);
-                for file in fs.list(&snapshot).map_err(err)? {
-                    fs.remove(&snapshot.join(file)).map_err(err)?;
-                }
-                fs.remove_dir(&snapshot).map_err(err)?;
-            }
-            fs.remove_dir(&shard).map_err(err)?;
-        }
-        Ok(())
-    }
-
     /// Sends a forwarded call to member `leader` and decodes its `Result` answer.
     async fn forward<T: serde::de::DeserializeOwned>(
         &self,
@@ -651,7 +544,7 @@ impl Replica {
 
     /// True if this replica votes in its group (learners and replicas not yet in a group do not).
     fn is_voter(&self) -> bool {
-        let Incarnation { raft, id } = self.shared.current.read().clone();
+        let Incarnation { raft, id } = self.current();
         let metrics = raft.metrics();
         let m = metrics.borrow_watched();
         m.membership_config.membership().voter_ids().any(|v| v == id)
@@ -715,384 +608,9 @@ impl Replica {
         ReadPoint { applied, behind: committed.saturating_sub(applied) }
     }
 
-    /// Runs a consistency check through the log: every replica hashes its shard at one entry; this
-    /// replica then asks the voters for their hashes there, and once a majority of them agree, a second
-    /// entry carries that hash; a replica whose hash differs fences itself (see
-    /// [`GroupStatus::checks`]), the leader included. Returns where and what the majority hashed; fails
-    /// if no majority agrees within `timeout` (then nobody is fenced).
-    pub async fn check_consistency(&self, timeout: Duration) -> Result<CheckOutcome, GroupError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let recorded = self.write(Command::check(Check::Record), timeout).await?;
-        if !matches!(recorded.result, CommandResult::Digest(_)) {
-            return Err(GroupError::OutcomeUnknown(format!("check record answered {:?}", recorded.result)));
-        }
-        let digest = self.majority_digest(recorded.index, deadline).await?;
-        let compare = Command::check(Check::Compare { index: recorded.index, digest: digest.clone() });
-        self.write(compare, deadline.saturating_duration_since(tokio::time::Instant::now())).await?;
-        Ok(CheckOutcome { index: recorded.index, digest })
-    }
-
-    /// The digest a majority of the group's voters recorded at check entry `index`, asking each voter
-    /// (this replica reads its own) until a majority agrees or `deadline` passes.
-    async fn majority_digest(
-        &self,
-        index: u64,
-        deadline: tokio::time::Instant,
-    ) -> Result<String, GroupError> {
-        let (me, members) = {
-            let Incarnation { raft, id } = self.shared.current.read().clone();
-            let metrics = raft.metrics();
-            let m = metrics.borrow_watched();
-            let membership = m.membership_config.membership();
-            let voters: Vec<(u64, Option<String>)> = membership
-                .voter_ids()
-                .map(|v| (v, membership.get_node(&v).map(|n| n.addr.clone())))
-                .collect();
-            (id, voters)
-        };
-        let quorum = members.len() / 2 + 1;
-        let mut answers: BTreeMap<u64, String> = BTreeMap::new();
-        loop {
-            for (voter, addr) in &members {
-                if answers.contains_key(voter) {
-                    continue;
-                }
-                let digest = if *voter == me {
-                    self.shared.sm.recorded_digest(index)
-                } else if let Some(addr) = addr {
-                    let payload = encode(&index).map_err(GroupError::Timeout)?;
-                    let wait = self.shared.config.election_timeout.0;
-                    match self.send(*voter, addr.clone(), RaftCallKind::Digest, payload, wait).await {
-                        Ok(reply) => decode::<Option<String>>(&reply).map_err(GroupError::Timeout)?,
-                        Err(_) => None,
-                    }
-                } else {
-                    None
-                };
-                if let Some(digest) = digest {
-                    answers.insert(*voter, digest);
-                }
-            }
-            let mut counts: BTreeMap<&String, usize> = BTreeMap::new();
-            for digest in answers.values() {
-                *counts.entry(digest).or_default() += 1;
-            }
-            if let Some((digest, _)) = counts.into_iter().find(|(_, n)| *n >= quorum) {
-                return Ok(digest.clone());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                if answers.len() == members.len() {
-                    tracing::error!(
-                        group = self.shared.group,
-                        index,
-                        ?answers,
-                        "consistency check: no majority of replicas agrees on the contents"
-                    );
-                }
-                return Err(GroupError::Timeout(format!(
-                    "no majority digest at index {index} (answers: {answers:?})"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Adds node `node`'s first incarnation at `addr` as a learner and waits until it has caught up with
-    /// the log.
-    pub async fn add_learner(&self, node: u64, addr: String) -> Result<(), GroupError> {
-        self.raft()
-            .add_learner(replica_id(node, 0), BasicNode::new(addr), true)
-            .await
-            .map(|_| ())
-            .map_err(|e| GroupError::Membership(e.to_string()))
-    }
-
-    /// Makes the current replicas of nodes `voters` the voting members (learners among them are
-    /// promoted, voters not in it become learners). Changes are serialized by Raft: one at a time,
-    /// each through joint consensus, and each only if the membership is still the one it was decided
-    /// on.
-    pub async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), GroupError> {
-        let raft = self.raft();
-        let membership = raft.metrics().borrow_watched().membership_config.clone();
-        let mut ids = BTreeSet::new();
-        for node in voters {
-            let id = membership
-                .membership()
-                .nodes()
-                .map(|(id, _)| *id)
-                .filter(|id| node_of(*id) == node)
-                .max()
-                .ok_or_else(|| GroupError::Membership(format!("node {node} has no replica in the group")))?;
-            ids.insert(id);
-        }
-        change_membership(&raft, &membership, ChangeMembers::ReplaceAllVoters(ids), true).await
-    }
-
-    /// Removes nodes `nodes`' replicas from the group; they must be learners already (demote voters
-    /// with [`Replica::change_voters`] first). Guarded like every membership change.
-    pub async fn remove_learners(&self, nodes: BTreeSet<u64>) -> Result<(), GroupError> {
-        let raft = self.raft();
-        let membership = raft.metrics().borrow_watched().membership_config.clone();
-        let voters: BTreeSet<u64> = membership.membership().voter_ids().collect();
-        let mut ids = BTreeSet::new();
-        for (id, _) in membership.membership().nodes() {
-            if nodes.contains(&node_of(*id)) {
-                if voters.contains(id) {
-                    return Err(GroupError::Membership(format!(
-                        "node {} is a voter: demote it first",
-                        node_of(*id)
-                    )));
-                }
-                ids.insert(*id);
-            }
-        }
-        if ids.is_empty() {
-            return Err(GroupError::Membership(format!("no learner of nodes {nodes:?} in the group")));
-        }
-        change_membership(&raft, &membership, ChangeMembers::RemoveNodes(ids), false).await
-    }
-
-    /// On the leader: adds member `new` (a replica that re-synced from scratch, at `addr`) as a learner
-    /// and removes its node's other incarnations from the group. Refused for the leader's own node and
-    /// for an incarnation older than one the group already has.
-    pub(crate) async fn replace_here(&self, new: u64, addr: String) -> Result<(), GroupError> {
-        let raft = self.raft();
-        let metrics = raft.metrics().borrow_watched().clone();
-        if metrics.state != ServerState::Leader {
-            return Err(GroupError::NotLeader { leader: metrics.current_leader });
-        }
-        if node_of(new) == self.shared.node {
-            return Err(GroupError::Membership("the leader's own node cannot be replaced".into()));
-        }
-        let same_node = |m: &StoredMembershipOf<TypeConfig>| -> Vec<u64> {
-            m.membership().nodes().map(|(id, _)| *id).filter(|id| node_of(*id) == node_of(new)).collect()
-        };
-        if same_node(&metrics.membership_config).iter().any(|id| incarnation_of(*id) > incarnation_of(new)) {
-            return Err(GroupError::Membership(format!(
-                "node {} already has a later incarnation than {}",
-                node_of(new),
-                incarnation_of(new)
-            )));
-        }
-        let mut membership = metrics.membership_config.clone();
-        if membership.membership().get_node(&new).is_none() {
-            let add = ChangeMembers::AddNodes(BTreeMap::from([(new, BasicNode::new(addr))]));
-            change_membership(&raft, &membership, add, true).await?;
-            membership = raft.metrics().borrow_watched().membership_config.clone();
-        }
-        let voters: BTreeSet<u64> = membership.membership().voter_ids().collect();
-        let (stale_voters, stale_learners): (BTreeSet<u64>, BTreeSet<u64>) =
-            same_node(&membership).into_iter().filter(|id| *id != new).partition(|id| voters.contains(id));
-        if !stale_voters.is_empty() {
-            change_membership(&raft, &membership, ChangeMembers::RemoveVoters(stale_voters), false).await?;
-            membership = raft.metrics().borrow_watched().membership_config.clone();
-        }
-        if !stale_learners.is_empty() {
-            change_membership(&raft, &membership, ChangeMembers::RemoveNodes(stale_learners), false).await?;
-        }
-        tracing::info!(
-            group = self.shared.group,
-            node = node_of(new),
-            incarnation = incarnation_of(new),
-            "replica replaced by a new incarnation"
-        );
-        Ok(())
-    }
-
-    /// Keeps this replica in shape until it stops: re-syncs it from scratch (as a new incarnation) once
-    /// a consistency check fenced it; asks the leader to take a new incarnation into the group; on the
-    /// leader, promotes learners that caught up on nodes without a voter and runs a consistency check
-    /// after each snapshot; everywhere, drops the log only up to the last position both in a snapshot
-    /// and verified by a check (seed 004's verified compaction), keeping the configured tail.
-    pub async fn tend(&self) {
-        let mut last_announce: Option<tokio::time::Instant> = None;
-        let mut last_check: Option<tokio::time::Instant> = None;
-        let due = |last: Option<tokio::time::Instant>| last.is_none_or(|t| t.elapsed() >= RETRY_AFTER);
-        while !self.shared.stopped.load(Ordering::Acquire) {
-            tokio::time::sleep(TEND_EVERY).await;
-            if self.shared.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            let status = self.status();
-            let group = self.shared.group;
-            if status.checks.fenced.is_some() {
-                if status.role == "leader" {
-                    // A fenced leader hands its role to another voter first, then re-syncs as a follower.
-                    self.step_down(&status).await;
-                } else if let Err(e) = self.resync().await {
-                    tracing::warn!(group, error = %e, "re-sync failed");
-                }
-                continue;
-            }
-            if self.incarnation() > 0 && !self.in_membership() && due(last_announce) {
-                last_announce = Some(tokio::time::Instant::now());
-                match self.announce().await {
-                    Ok(()) => tracing::info!(group, incarnation = self.incarnation(), "joined as a learner"),
-                    Err(e) => tracing::debug!(group, error = %e, "asking to rejoin"),
-                }
-            }
-            if status.role == "leader" {
-                self.promote_caught_up().await;
-                let snapshot = status.snapshot.unwrap_or(0);
-                if snapshot > status.checks.verified.unwrap_or(0) && due(last_check) {
-                    last_check = Some(tokio::time::Instant::now());
-                    let timeout = self.shared.config.election_timeout.1 * 4;
-                    if let Err(e) = self.check_consistency(timeout).await {
-                        tracing::debug!(group, error = %e, "consistency check after a snapshot");
-                    }
-                }
-            }
-            self.purge_verified(&status).await;
-        }
-    }
-
-    /// Hands leadership to the voter that has the most of the log (this replica is fenced).
-    async fn step_down(&self, status: &GroupStatus) {
-        let raft = self.raft();
-        let m = raft.metrics().borrow_watched().clone();
-        let me = m.id;
-        let target = m.membership_config.membership().voter_ids().filter(|v| *v != me).max_by_key(|v| {
-            m.replication.as_ref().and_then(|r| r.get(v)).and_then(|l| l.as_ref()).map_or(0, |l| l.index + 1)
-        });
-        if let Some(target) = target {
-            tracing::warn!(
-                group = status.group,
-                to = node_of(target),
-                "fenced leader handing over leadership"
-            );
-            let _ = raft.trigger().transfer_leader(target).await;
-        }
-    }
-
-    /// True if the current incarnation is a member (voter or learner) of the membership it knows.
-    fn in_membership(&self) -> bool {
-        let Incarnation { raft, id } = self.shared.current.read().clone();
-        let metrics = raft.metrics();
-        let m = metrics.borrow_watched();
-        m.membership_config.membership().get_node(&id).is_some()
-    }
-
-    /// Drops the log up to the newest position that is both in this replica's snapshot and verified by
-    /// a consistency check, minus the configured tail kept for lagging followers.
-    async fn purge_verified(&self, status: &GroupStatus) {
-        let (Some(snapshot), Some(verified)) = (status.snapshot, status.checks.verified) else { return };
-        let upto = snapshot.min(verified).saturating_sub(self.shared.config.keep_behind_snapshot);
-        if upto > 0 && status.purged.is_none_or(|p| p < upto) {
-            let _ = self.raft().trigger().purge_log(upto).await;
-        }
-    }
-
-    /// Replaces the fenced incarnation by a new, empty one that the group fills again: the old Raft
-    /// node stops (its member id is never used again), the state machine records the next incarnation
-    /// durably and starts empty, and a Raft node with a fresh log starts under the new id. The leader
-    /// then takes it in ([`Replica::announce`]).
-    async fn resync(&self) -> Result<(), GroupError> {
-        let _guard = self.shared.lifecycle.lock().await;
-        if self.shared.stopped.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let Incarnation { raft: old, id: old_id } = self.shared.current.read().clone();
-        let sm = &self.shared.sm;
-        let mut peers = sm.incarnation_peers();
-        {
-            let metrics = old.metrics();
-            let m = metrics.borrow_watched();
-            for (id, node) in m.membership_config.membership().nodes() {
-                peers.insert(node_of(*id), node.addr.clone());
-            }
-        }
-        let why = sm.check_status().fenced.unwrap_or_default();
-        tracing::warn!(group = self.shared.group, incarnation = incarnation_of(old_id), why = %why,
-            "re-syncing a fenced replica from scratch");
-        old.shutdown().await.map_err(stopped)?;
-        let divergences = sm.check_status().divergences;
-        let incarnation = sm.begin_incarnation(peers).map_err(stopped)?;
-        self.shared.earlier_divergences.fetch_add(divergences, Ordering::Relaxed);
-        let id = replica_id(self.shared.node, incarnation);
-        let raft = (self.shared.start_raft)(id, incarnation).await?;
-        *self.shared.current.write() = Incarnation { raft, id };
-        self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
-        // The old incarnation's log is never read again.
-        let old_key = log_key(self.shared.group, incarnation_of(old_id));
-        if let (_, Some(last)) = self.shared.log.state(old_key)
-            && let Err(e) = self.shared.log.purge(old_key, last)
-        {
-            tracing::warn!(group = self.shared.group, error = %e, "cannot drop the old incarnation's log");
-        }
-        Ok(())
-    }
-
-    /// Asks the group's leader to add this incarnation as a learner in place of its node's earlier
-    /// ones: the leader this replica knows of first, then every peer it knows, following redirects.
-    async fn announce(&self) -> Result<(), GroupError> {
-        let mut peers = self.shared.sm.incarnation_peers();
-        {
-            let metrics = self.raft().metrics();
-            let m = metrics.borrow_watched();
-            for (id, node) in m.membership_config.membership().nodes() {
-                peers.insert(node_of(*id), node.addr.clone());
-            }
-        }
-        let own = peers.get(&self.shared.node).cloned().ok_or_else(|| {
-            GroupError::Membership(format!("node {}'s own address is unknown", self.shared.node))
-        })?;
-        let timeout = self.shared.config.election_timeout.1;
-        let payload = encode(&(self.id(), own)).map_err(GroupError::Membership)?;
-        let mut queue: Vec<u64> = peers.keys().copied().filter(|n| *n != self.shared.node).collect();
-        let mut last = GroupError::Membership("no peer to ask".into());
-        let mut asked = 0;
-        while let Some(node) = queue.pop() {
-            asked += 1;
-            if asked > 2 * peers.len() {
-                break;
-            }
-            let Some(addr) = peers.get(&node).cloned() else { continue };
-            match self.forward::<()>(0, addr, RaftCallKind::Replace, payload.clone(), timeout).await {
-                Ok(()) => return Ok(()),
-                Err(ForwardError::Answered(GroupError::NotLeader { leader: Some(l) })) => {
-                    queue.push(node_of(l));
-                    last = GroupError::NotLeader { leader: Some(l) };
-                }
-                Err(ForwardError::Answered(e)) => last = e,
-                Err(ForwardError::Transport(why)) => last = GroupError::Timeout(why),
-            }
-        }
-        Err(last)
-    }
-
-    /// On the leader: promotes a re-synced replica (a later incarnation) that has caught up, on a node
-    /// that has no voter, taking its node's place again.
-    async fn promote_caught_up(&self) {
-        let raft = self.raft();
-        let m = raft.metrics().borrow_watched().clone();
-        let membership = m.membership_config.membership();
-        let voter_nodes: BTreeSet<u64> = membership.voter_ids().map(node_of).collect();
-        let last = m.last_log_index.unwrap_or(0);
-        let caught_up = |id: &u64| {
-            let matched = m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref());
-            matched.is_some_and(|l| l.index + PROMOTE_WITHIN >= last)
-        };
-        // Only re-synced replicas (a later incarnation) are promoted on their own: a first incarnation
-        // is a learner because someone made it one.
-        let promote: BTreeSet<u64> = membership
-            .learner_ids()
-            .filter(|id| incarnation_of(*id) > 0 && !voter_nodes.contains(&node_of(*id)) && caught_up(id))
-            .collect();
-        if promote.is_empty() {
-            return;
-        }
-        let config = m.membership_config.clone();
-        match change_membership(&raft, &config, ChangeMembers::AddVoterIds(promote.clone()), true).await {
-            Ok(()) => {
-                tracing::info!(group = self.shared.group, ?promote, "caught-up learners promoted to voters")
-            }
-            Err(e) => tracing::debug!(group = self.shared.group, error = %e, "promotion postponed"),
-        }
-    }
-
     /// This replica's view of the group, in node ids.
     pub fn status(&self) -> GroupStatus {
-        let Incarnation { raft, id } = self.shared.current.read().clone();
+        let Incarnation { raft, id } = self.current();
         let m = raft.metrics().borrow_watched().clone();
         let role = match m.state {
             ServerState::Leader => "leader",
@@ -1144,7 +662,7 @@ impl Replica {
 
     /// Follows this replica's status (see [`StatusWatch`]).
     pub fn watch(&self) -> StatusWatch {
-        let Incarnation { raft, id } = self.shared.current.read().clone();
+        let Incarnation { raft, id } = self.current();
         StatusWatch { replica: self.clone(), rx: raft.metrics(), id }
     }
 
@@ -1153,23 +671,5 @@ impl Replica {
         self.shared.stopped.store(true, Ordering::Release);
         let _guard = self.shared.lifecycle.lock().await;
         self.raft().shutdown().await.map_err(stopped)
-    }
-}
-
-/// Proposes a membership change on `raft` (the leader) only while its membership is still `decided_on`,
-/// so concurrent changes are serialized rather than overwriting each other.
-async fn change_membership(
-    raft: &ShardRaft,
-    decided_on: &StoredMembershipOf<TypeConfig>,
-    change: ChangeMembers<u64, BasicNode>,
-    retain: bool,
-) -> Result<(), GroupError> {
-    let guard = Precondition::LastMembershipLogId { last_membership_log_id: *decided_on.log_id() };
-    match raft.change_membership_if(change, retain, [guard]).await {
-        Ok(_) => Ok(()),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(GroupError::NotLeader { leader: f.leader_id })
-        }
-        Err(e) => Err(GroupError::Membership(e.to_string())),
     }
 }

@@ -257,7 +257,7 @@ pub(crate) fn rotate(db: &Arc<DbInner>, leader: &mut LeaderState) -> Result<()> 
     let log_number = if db.config.wal {
         let number = db.versions.lock().new_file_number();
         let path = log_path(&db.config.dir, number);
-        let created = LogWriter::create(db.config.fs.as_ref(), &path)
+        let created = LogWriter::create_wal(db.config.fs.as_ref(), &path)
             .and_then(|w| db.config.fs.sync_dir(&db.config.dir).map(|()| w));
         let wal = match created {
             Ok(w) => w,

@@ -34,6 +34,11 @@ impl LogWriter {
         Ok(LogWriter { file: fs.create(path)?, path: path.to_path_buf() })
     }
 
+    /// Creates a new, empty write-ahead log at `path` ([`FileSystem::create_log`]).
+    pub fn create_wal(fs: &dyn FileSystem, path: &Path) -> Result<LogWriter> {
+        Ok(LogWriter { file: fs.create_log(path)?, path: path.to_path_buf() })
+    }
+
     /// Frames `payload` into `out` (so several records can go to the OS in one append).
     pub fn encode_record(out: &mut Vec<u8>, payload: &[u8]) {
         debug_assert!(payload.len() <= MAX_RECORD_BYTES);

@@ -118,7 +118,7 @@ pub(crate) fn open_inner(config: Config, owned: BucketSet) -> Result<DbInner> {
     // A fresh WAL for new writes; the edit makes the replayed logs obsolete.
     let wal = if config.wal {
         let number = versions.new_file_number();
-        let w = LogWriter::create(fs.as_ref(), &log_path(&dir, number))?;
+        let w = LogWriter::create_wal(fs.as_ref(), &log_path(&dir, number))?;
         fs.sync_dir(&dir)?;
         edit.log_number = Some(number);
         Some((w, number))

@@ -186,6 +186,12 @@ impl FileSystem for FaultFs {
         Ok(Box::new(FaultWritableFile { inner, ctl: self.ctl.clone(), path: path.to_path_buf() }))
     }
 
+    fn create_log(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
+        self.ctl.check(FaultKind::Create, path)?;
+        let inner = self.inner.create_log(path)?;
+        Ok(Box::new(FaultWritableFile { inner, ctl: self.ctl.clone(), path: path.to_path_buf() }))
+    }
+
     fn open(&self, path: &Path) -> Result<Arc<dyn RandomAccessFile>> {
         self.ctl.check(FaultKind::Open, path)?;
         let inner = self.inner.open(path)?;

@@ -1,6 +1,7 @@
 //! The file-system seam. The engine performs every I/O call through [`FileSystem`]; nothing else in the
 //! crate touches `std::fs`. Three implementations:
-//! - [`StdFs`]: the real one, positioned reads and plain appends on local files;
+//! - [`StdFs`]: the real one, positioned reads and plain appends on local files (write-ahead logs append
+//!   through a shared memory mapping: `mapped_log`);
 //! - [`MemFs`]: in memory, modelling what is durable (synced file bytes, synced directory entries) so a
 //!   test can [`MemFs::crash`] and keep only what a power loss would keep;
 //! - [`FaultFs`]: wraps another file system and fails chosen operations on command;
@@ -11,6 +12,7 @@
 //! is durable only after `sync_dir` on its parent directory.
 
 mod fault_fs;
+mod mapped_log;
 mod mem_fs;
 #[cfg(feature = "s3")]
 mod object_fs;
@@ -62,6 +64,13 @@ pub trait FileLock: Send + Sync {}
 pub trait FileSystem: Send + Sync + Debug {
     /// Creates `path` (truncating any existing file) for appending.
     fn create(&self, path: &Path) -> Result<Box<dyn WritableFile>>;
+    /// Creates `path` (truncating any existing file) for a log of framed records (the WAL): appended
+    /// many times in small pieces, read back only by recovery. Same contract as [`FileSystem::create`],
+    /// except that the file may also hold zeros after the appended bytes until the handle is dropped
+    /// (the log reader takes zeros as a clean end). Defaults to `create`.
+    fn create_log(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
+        self.create(path)
+    }
     /// Opens an existing file for positioned reads.
     fn open(&self, path: &Path) -> Result<Arc<dyn RandomAccessFile>>;
     /// Atomically replaces `to` with `from`.

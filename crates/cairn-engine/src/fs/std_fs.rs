@@ -1,7 +1,9 @@
 //! [`StdFs`]: the real file system. Appends go straight to the OS with no userspace buffer, so once
-//! `append` returns the bytes survive a process crash; `sync` is `fdatasync`; reads are positioned
+//! `append` returns the bytes survive a process crash (logs: copied into a shared mapping, see
+//! `mapped_log`); `sync` is `fdatasync`; reads are positioned
 //! (`pread`) so one open file serves many threads without a shared cursor.
 
+use super::mapped_log::MappedLogFile;
 use super::{FileLock, FileSystem, RandomAccessFile, WritableFile};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions, TryLockError};
@@ -78,6 +80,17 @@ impl FileSystem for StdFs {
             .open(path)
             .map_err(|e| Error::io(path, e))?;
         Ok(Box::new(StdWritableFile { file, path: path.to_path_buf(), len: 0 }))
+    }
+
+    fn create_log(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Box::new(MappedLogFile::new(file, path)))
     }
 
     fn open(&self, path: &Path) -> Result<Arc<dyn RandomAccessFile>> {

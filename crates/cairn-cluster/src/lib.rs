@@ -1,4 +1,5 @@
 //! cairn cluster layer: replicated shard groups, shard map and placement over cairn-engine.
 
+pub mod placement;
 pub mod raft;
 pub mod raft_log;

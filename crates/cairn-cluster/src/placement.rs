@@ -1,0 +1,358 @@
+//! The shard map and the placement planners (ARCHITECTURE decision 34).
+//!
+//! The shard map says which shard owns which contiguous range of the bucket space, which nodes hold its
+//! replicas and at which *epoch*: every change to a shard's placement bumps its epoch, and the map's
+//! `version` counts every change of the whole map. Requests carry the epoch they routed by, so a node can
+//! refuse a request routed with a stale map ([`ShardMap::check_epoch`]).
+//!
+//! The planners are pure functions of a map and the set of live nodes: they return [`Move`]s and never
+//! change anything themselves. The driver (the meta group's leader) proposes each move through the meta
+//! group, carries it out on the shard's Raft group (add the new replica as a learner, promote it, remove
+//! the old one) and records it with [`ShardMap::apply`], which refuses a move planned against an older
+//! epoch. Being pure, the planners are tested exhaustively against their invariants here, without nodes.
+//!
+//! Invariants of a valid map ([`ShardMap::validate`]): shards are listed in bucket order and their ranges
+//! cover `0..total_buckets` exactly once; each shard has between 1 and `replication_factor` replicas, no
+//! node twice; epochs are at least 1.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A node's id (never reused; 0 is not a node).
+pub type NodeId = u64;
+/// A shard's id (stable for the shard's life).
+pub type ShardId = u32;
+
+/// The largest replication factor the planners accept.
+pub const MAX_REPLICATION_FACTOR: usize = 7;
+
+/// One shard: its bucket range, where its replicas are, and the epoch of that placement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlacement {
+    /// The shard's id.
+    pub id: ShardId,
+    /// First and last bucket (inclusive) the shard owns.
+    pub buckets: (u16, u16),
+    /// Nodes holding a replica, in the order they were placed.
+    pub replicas: Vec<NodeId>,
+    /// Bumped by every change of this shard's placement; starts at 1.
+    pub epoch: u64,
+}
+
+/// The whole cluster's placement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMap {
+    /// Size of the bucket space the shards split.
+    pub total_buckets: u32,
+    /// Replicas each shard should have.
+    pub replication_factor: usize,
+    /// Shards in bucket order.
+    pub shards: Vec<ShardPlacement>,
+    /// Bumped by every change to the map; starts at 1.
+    pub version: u64,
+}
+
+/// A placement change: move shard `shard`'s replica from node `from` to node `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    /// The shard whose replica moves.
+    pub shard: ShardId,
+    /// The shard's epoch the move was planned against.
+    pub epoch: u64,
+    /// The node losing the replica.
+    pub from: NodeId,
+    /// The node gaining it.
+    pub to: NodeId,
+}
+
+/// Why a map could not be built or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    /// A bucket space must have between 1 and 65536 buckets.
+    #[error("total_buckets {0} out of range (1..=65536)")]
+    BadTotalBuckets(u32),
+    /// Shards must number between 1 and `total_buckets`.
+    #[error("{shards} shards cannot split {total_buckets} buckets")]
+    BadShardCount {
+        /// Shards asked for.
+        shards: usize,
+        /// Buckets to split.
+        total_buckets: u32,
+    },
+    /// The replication factor must be between 1 and [`MAX_REPLICATION_FACTOR`].
+    #[error("replication factor {0} out of range (1..={MAX_REPLICATION_FACTOR})")]
+    BadReplicationFactor(usize),
+    /// Fewer nodes than replicas per shard: two replicas would share a node.
+    #[error("replication factor {replication_factor} needs at least that many nodes, have {nodes}")]
+    NotEnoughNodes {
+        /// Replicas per shard.
+        replication_factor: usize,
+        /// Nodes available.
+        nodes: usize,
+    },
+    /// Node ids start at 1.
+    #[error("node id 0 is not a node")]
+    ZeroNode,
+    /// No shard with this id.
+    #[error("no shard {0}")]
+    UnknownShard(ShardId),
+    /// The move was planned against another epoch of the shard: re-plan from the current map.
+    #[error("shard {shard} is at epoch {current}, the request was routed by epoch {given}")]
+    StaleEpoch {
+        /// The shard.
+        shard: ShardId,
+        /// Its current epoch.
+        current: u64,
+        /// The epoch given.
+        given: u64,
+    },
+    /// A move from a node that holds no replica of the shard, or to one that already holds one.
+    #[error("cannot move shard {shard}'s replica from node {from} to node {to}: {why}")]
+    BadMove {
+        /// The shard.
+        shard: ShardId,
+        /// Source node.
+        from: NodeId,
+        /// Destination node.
+        to: NodeId,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The map breaks an invariant (see the module documentation).
+    #[error("invalid shard map: {0}")]
+    Invalid(String),
+}
+
+type Result<T> = std::result::Result<T, PlacementError>;
+
+/// What [`plan_repair`] found: moves restoring replicas lost with dead nodes, and the shards that stay
+/// short of replicas because no live node can take another of theirs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepairPlan {
+    /// Moves from dead nodes to live ones, at most one per lost replica.
+    pub moves: Vec<Move>,
+    /// Shards left with a replica on a dead node (fewer live nodes than the replication factor).
+    pub under_replicated: Vec<ShardId>,
+}
+
+impl ShardMap {
+    /// The initial layout: `shards` contiguous, near-equal bucket ranges; shard `i`'s replicas on the
+    /// `replication_factor` nodes following position `i` of the sorted node list, so every node holds
+    /// the same number of replicas (±1) and of first replicas (the preferred leaders), and no shard has two
+    /// replicas on one node.
+    pub fn initial(
+        total_buckets: u32,
+        shards: usize,
+        nodes: &[NodeId],
+        replication_factor: usize,
+    ) -> Result<ShardMap> {
+        if !(1..=65_536).contains(&total_buckets) {
+            return Err(PlacementError::BadTotalBuckets(total_buckets));
+        }
+        if shards == 0 || shards > total_buckets as usize {
+            return Err(PlacementError::BadShardCount { shards, total_buckets });
+        }
+        if !(1..=MAX_REPLICATION_FACTOR).contains(&replication_factor) {
+            return Err(PlacementError::BadReplicationFactor(replication_factor));
+        }
+        let nodes: Vec<NodeId> = nodes.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+        if nodes.contains(&0) {
+            return Err(PlacementError::ZeroNode);
+        }
+        if nodes.len() < replication_factor {
+            return Err(PlacementError::NotEnoughNodes { replication_factor, nodes: nodes.len() });
+        }
+        let total = u64::from(total_buckets);
+        let count = shards as u64;
+        let shards = (0..count)
+            .map(|i| ShardPlacement {
+                id: i as ShardId,
+                buckets: ((total * i / count) as u16, (total * (i + 1) / count - 1) as u16),
+                replicas: (0..replication_factor).map(|j| nodes[(i as usize + j) % nodes.len()]).collect(),
+                epoch: 1,
+            })
+            .collect();
+        let map = ShardMap { total_buckets, replication_factor, shards, version: 1 };
+        map.validate()?;
+        Ok(map)
+    }
+
+    /// Checks the invariants in the module documentation.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: String| Err(PlacementError::Invalid(why));
+        if !(1..=65_536).contains(&self.total_buckets) {
+            return Err(PlacementError::BadTotalBuckets(self.total_buckets));
+        }
+        if !(1..=MAX_REPLICATION_FACTOR).contains(&self.replication_factor) {
+            return Err(PlacementError::BadReplicationFactor(self.replication_factor));
+        }
+        if self.version == 0 {
+            return bad("map version 0".into());
+        }
+        let mut next = 0u32;
+        let mut ids = BTreeSet::new();
+        for s in &self.shards {
+            let (first, last) = (u32::from(s.buckets.0), u32::from(s.buckets.1));
+            if first != next || last < first || last >= self.total_buckets {
+                return bad(format!("shard {} covers {first}..={last}, expected to start at {next}", s.id));
+            }
+            next = last + 1;
+            if !ids.insert(s.id) {
+                return bad(format!("shard {} listed twice", s.id));
+            }
+            if s.epoch == 0 {
+                return bad(format!("shard {} at epoch 0", s.id));
+            }
+            if s.replicas.is_empty() || s.replicas.len() > self.replication_factor {
+                return bad(format!("shard {} has {} replicas", s.id, s.replicas.len()));
+            }
+            let distinct: BTreeSet<_> = s.replicas.iter().collect();
+            if distinct.len() != s.replicas.len() || distinct.contains(&0) {
+                return bad(format!("shard {} has replicas {:?}", s.id, s.replicas));
+            }
+        }
+        if next != self.total_buckets {
+            return bad(format!("buckets {next}..{} belong to no shard", self.total_buckets));
+        }
+        Ok(())
+    }
+
+    /// The shard owning `bucket`.
+    pub fn shard_for_bucket(&self, bucket: u16) -> Option<&ShardPlacement> {
+        let i = self.shards.partition_point(|s| s.buckets.1 < bucket);
+        self.shards.get(i).filter(|s| s.buckets.0 <= bucket)
+    }
+
+    /// The shard with id `id`.
+    pub fn shard(&self, id: ShardId) -> Option<&ShardPlacement> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+
+    /// `Ok` if `epoch` is shard `shard`'s current epoch; a request routed by another epoch is refused so
+    /// its sender refreshes its map and retries.
+    pub fn check_epoch(&self, shard: ShardId, epoch: u64) -> Result<()> {
+        let s = self.shard(shard).ok_or(PlacementError::UnknownShard(shard))?;
+        if s.epoch != epoch {
+            return Err(PlacementError::StaleEpoch { shard, current: s.epoch, given: epoch });
+        }
+        Ok(())
+    }
+
+    /// Replicas per node, for the nodes in `nodes` (those holding none count 0) and any node holding one.
+    pub fn replica_counts(&self, nodes: &BTreeSet<NodeId>) -> BTreeMap<NodeId, usize> {
+        let mut counts: BTreeMap<NodeId, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+        for s in &self.shards {
+            for r in &s.replicas {
+                *counts.entry(*r).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// Records a move carried out: `from`'s replica of the shard is replaced by `to`'s (in place, so the
+    /// replica order is kept), and the shard's epoch and the map's version are bumped. Refuses a move
+    /// planned against another epoch, from a node that holds no replica or to one that holds one.
+    pub fn apply(&mut self, mv: &Move) -> Result<()> {
+        let shard = self
+            .shards
+            .iter_mut()
+            .find(|s| s.id == mv.shard)
+            .ok_or(PlacementError::UnknownShard(mv.shard))?;
+        if shard.epoch != mv.epoch {
+            return Err(PlacementError::StaleEpoch {
+                shard: mv.shard,
+                current: shard.epoch,
+                given: mv.epoch,
+            });
+        }
+        let bad = |why| Err(PlacementError::BadMove { shard: mv.shard, from: mv.from, to: mv.to, why });
+        if mv.to == 0 {
+            return bad("node 0 is not a node");
+        }
+        if shard.replicas.contains(&mv.to) {
+            return bad("the destination already holds a replica");
+        }
+        let Some(slot) = shard.replicas.iter_mut().find(|r| **r == mv.from) else {
+            return bad("the source holds no replica");
+        };
+        *slot = mv.to;
+        shard.epoch += 1;
+        self.version += 1;
+        Ok(())
+    }
+}
+
+/// Moves that re-create every replica held by a node not in `live` on a live node that holds none of
+/// that shard, choosing the live node with the fewest replicas (lowest id on ties, counting the moves
+/// planned so far), shards in id order. Deterministic: the same map and live set give the same plan.
+pub fn plan_repair(map: &ShardMap, live: &BTreeSet<NodeId>) -> RepairPlan {
+    let mut counts: BTreeMap<NodeId, usize> =
+        map.replica_counts(live).into_iter().filter(|(n, _)| live.contains(n)).collect();
+    let mut plan = RepairPlan::default();
+    let mut shards: Vec<&ShardPlacement> = map.shards.iter().collect();
+    shards.sort_by_key(|s| s.id);
+    for s in shards {
+        let mut holders: BTreeSet<NodeId> = s.replicas.iter().copied().collect();
+        let mut short = false;
+        for dead in s.replicas.iter().filter(|r| !live.contains(r)) {
+            let target = counts.iter().filter(|(n, _)| !holders.contains(n)).min_by_key(|(n, c)| (**c, **n));
+            match target.map(|(n, _)| *n) {
+                Some(to) => {
+                    plan.moves.push(Move { shard: s.id, epoch: s.epoch, from: *dead, to });
+                    holders.insert(to);
+                    *counts.entry(to).or_default() += 1;
+                }
+                None => short = true,
+            }
+        }
+        if short {
+            plan.under_replicated.push(s.id);
+        }
+    }
+    plan
+}
+
+/// Up to `max_moves` moves that even out replicas across the live nodes (for a node that joined, or one
+/// that came back): while the most loaded live node holds at least two more replicas than the least
+/// loaded one, move one replica from the former to the latter (the lowest-id shard the latter does not
+/// hold; if it holds all of them, the next least loaded node). At most one move per shard, because each
+/// move bumps the shard's epoch and later moves must be planned against the new one. Replicas on nodes
+/// not in `live` are left to [`plan_repair`].
+pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<NodeId>, max_moves: usize) -> Vec<Move> {
+    let mut counts: BTreeMap<NodeId, usize> =
+        map.replica_counts(live).into_iter().filter(|(n, _)| live.contains(n)).collect();
+    let mut replicas: BTreeMap<ShardId, (u64, BTreeSet<NodeId>)> =
+        map.shards.iter().map(|s| (s.id, (s.epoch, s.replicas.iter().copied().collect()))).collect();
+    let mut moved = BTreeSet::new();
+    let mut moves = Vec::new();
+    while moves.len() < max_moves {
+        let Some((&from, &most)) = counts.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n))) else {
+            break;
+        };
+        let mut receivers: Vec<(NodeId, usize)> =
+            counts.iter().filter(|(_, c)| **c + 1 < most).map(|(n, c)| (*n, *c)).collect();
+        receivers.sort_by_key(|(n, c)| (*c, *n));
+        let found = receivers.iter().find_map(|(to, _)| {
+            replicas
+                .iter()
+                .find(|(id, (_, holders))| {
+                    !moved.contains(*id) && holders.contains(&from) && !holders.contains(to)
+                })
+                .map(|(id, (epoch, _))| Move { shard: *id, epoch: *epoch, from, to: *to })
+        });
+        let Some(mv) = found else { break };
+        if let Some((_, holders)) = replicas.get_mut(&mv.shard) {
+            holders.remove(&mv.from);
+            holders.insert(mv.to);
+        }
+        moved.insert(mv.shard);
+        *counts.entry(mv.from).or_default() -= 1;
+        *counts.entry(mv.to).or_default() += 1;
+        moves.push(mv);
+    }
+    moves
+}
+
+#[cfg(test)]
+#[path = "placement_tests.rs"]
+mod tests;

@@ -1,0 +1,193 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use proptest::prelude::*;
+
+fn set(nodes: &[NodeId]) -> BTreeSet<NodeId> {
+    nodes.iter().copied().collect()
+}
+
+/// Spread of replica counts over `live` (max - min).
+fn spread(map: &ShardMap, live: &BTreeSet<NodeId>) -> usize {
+    let counts: Vec<usize> =
+        map.replica_counts(live).into_iter().filter(|(n, _)| live.contains(n)).map(|(_, c)| c).collect();
+    counts.iter().max().unwrap() - counts.iter().min().unwrap()
+}
+
+#[test]
+fn initial_layout_splits_buckets_and_spreads_replicas() {
+    let map = ShardMap::initial(1024, 4, &[3, 1, 2], 3).unwrap();
+    let ranges: Vec<_> = map.shards.iter().map(|s| s.buckets).collect();
+    assert_eq!(ranges, vec![(0, 255), (256, 511), (512, 767), (768, 1023)]);
+    assert_eq!(map.shards[0].replicas, vec![1, 2, 3]);
+    assert_eq!(map.shards[1].replicas, vec![2, 3, 1]);
+    assert_eq!(map.shards[3].replicas, vec![1, 2, 3]);
+    assert!(map.shards.iter().all(|s| s.epoch == 1));
+    assert_eq!(map.shard_for_bucket(0).unwrap().id, 0);
+    assert_eq!(map.shard_for_bucket(511).unwrap().id, 1);
+    assert_eq!(map.shard_for_bucket(1023).unwrap().id, 3);
+    assert!(map.shard_for_bucket(1024).is_none());
+    // One replica per shard on a one-node cluster.
+    let single = ShardMap::initial(1024, 4, &[7], 1).unwrap();
+    assert!(single.shards.iter().all(|s| s.replicas == vec![7]));
+}
+
+#[test]
+fn initial_layout_refuses_impossible_requests() {
+    assert_eq!(
+        ShardMap::initial(1024, 4, &[1, 2], 3),
+        Err(PlacementError::NotEnoughNodes { replication_factor: 3, nodes: 2 })
+    );
+    // Duplicated ids are one node.
+    assert!(matches!(ShardMap::initial(1024, 4, &[1, 1, 2], 3), Err(PlacementError::NotEnoughNodes { .. })));
+    assert_eq!(ShardMap::initial(1024, 4, &[0, 1, 2], 1), Err(PlacementError::ZeroNode));
+    assert!(matches!(ShardMap::initial(4, 5, &[1], 1), Err(PlacementError::BadShardCount { .. })));
+    assert!(matches!(ShardMap::initial(4, 0, &[1], 1), Err(PlacementError::BadShardCount { .. })));
+    assert_eq!(ShardMap::initial(0, 1, &[1], 1), Err(PlacementError::BadTotalBuckets(0)));
+    assert_eq!(ShardMap::initial(1024, 1, &[1], 0), Err(PlacementError::BadReplicationFactor(0)));
+    let err = ShardMap::initial(1024, 4, &[1, 2], 3).unwrap_err().to_string();
+    assert!(err.contains("at least that many nodes"), "{err}");
+}
+
+#[test]
+fn apply_bumps_epochs_and_refuses_stale_or_bad_moves() {
+    let mut map = ShardMap::initial(1024, 2, &[1, 2, 3, 4], 3).unwrap();
+    let s0 = map.shards[0].clone();
+    assert_eq!(s0.replicas, vec![1, 2, 3]);
+    map.check_epoch(0, 1).unwrap();
+    map.apply(&Move { shard: 0, epoch: 1, from: 2, to: 4 }).unwrap();
+    assert_eq!(map.shards[0].replicas, vec![1, 4, 3]);
+    assert_eq!((map.shards[0].epoch, map.shards[1].epoch, map.version), (2, 1, 2));
+    assert_eq!(map.check_epoch(0, 1), Err(PlacementError::StaleEpoch { shard: 0, current: 2, given: 1 }));
+    // The same move again was planned against epoch 1.
+    assert!(matches!(
+        map.apply(&Move { shard: 0, epoch: 1, from: 2, to: 4 }),
+        Err(PlacementError::StaleEpoch { .. })
+    ));
+    let bad = |map: &mut ShardMap, from, to| map.apply(&Move { shard: 0, epoch: 2, from, to }).unwrap_err();
+    assert!(bad(&mut map, 2, 5).to_string().contains("source holds no replica"));
+    assert!(bad(&mut map, 1, 3).to_string().contains("already holds a replica"));
+    assert_eq!(map.apply(&Move { shard: 9, epoch: 1, from: 1, to: 2 }), Err(PlacementError::UnknownShard(9)));
+    assert_eq!(map.check_epoch(9, 1), Err(PlacementError::UnknownShard(9)));
+    map.validate().unwrap();
+    assert_eq!(map.version, 2, "refused moves change nothing");
+}
+
+#[test]
+fn validate_catches_broken_maps() {
+    let good = ShardMap::initial(16, 2, &[1, 2, 3], 3).unwrap();
+    let broken = |f: &dyn Fn(&mut ShardMap)| {
+        let mut m = good.clone();
+        f(&mut m);
+        m.validate().unwrap_err().to_string()
+    };
+    assert!(broken(&|m| m.shards[1].buckets = (9, 15)).contains("expected to start at 8"));
+    assert!(broken(&|m| m.shards[1].buckets = (8, 14)).contains("belong to no shard"));
+    assert!(broken(&|m| m.shards[1].replicas = vec![1, 1]).contains("replicas"));
+    assert!(broken(&|m| m.shards[1].replicas = vec![]).contains("0 replicas"));
+    assert!(broken(&|m| m.shards[1].replicas = vec![1, 2, 3, 4]).contains("4 replicas"));
+    assert!(broken(&|m| m.shards[1].epoch = 0).contains("epoch 0"));
+    assert!(broken(&|m| m.shards[1].id = 0).contains("twice"));
+}
+
+#[test]
+fn a_dead_nodes_replicas_go_to_the_least_loaded_live_nodes() {
+    let map = ShardMap::initial(1024, 6, &[1, 2, 3, 4], 3).unwrap();
+    let live = set(&[1, 2, 4]);
+    let plan = plan_repair(&map, &live);
+    let lost = map.shards.iter().filter(|s| s.replicas.contains(&3)).count();
+    assert_eq!(plan.moves.len(), lost);
+    assert!(plan.under_replicated.is_empty());
+    let mut after = map.clone();
+    for mv in &plan.moves {
+        assert_eq!(mv.from, 3);
+        after.apply(mv).unwrap();
+    }
+    after.validate().unwrap();
+    assert!(after.shards.iter().all(|s| s.replicas.iter().all(|r| live.contains(r))));
+    assert!(spread(&after, &live) <= 1);
+    // Only three nodes for three replicas and one of them dead: nothing can take the lost replicas.
+    let small = ShardMap::initial(1024, 2, &[1, 2, 3], 3).unwrap();
+    let plan = plan_repair(&small, &set(&[1, 2]));
+    assert!(plan.moves.is_empty());
+    assert_eq!(plan.under_replicated, vec![0, 1]);
+}
+
+#[test]
+fn a_joining_node_receives_replicas_until_balanced() {
+    let mut map = ShardMap::initial(1024, 8, &[1, 2, 3], 3).unwrap();
+    let live = set(&[1, 2, 3, 4]);
+    let mut rounds = 0;
+    loop {
+        let moves = plan_rebalance(&map, &live, 2);
+        if moves.is_empty() {
+            break;
+        }
+        assert!(moves.len() <= 2);
+        for mv in &moves {
+            assert_eq!(mv.to, 4);
+            map.apply(mv).unwrap();
+        }
+        rounds += 1;
+        assert!(rounds < 20, "rebalancing does not converge");
+    }
+    map.validate().unwrap();
+    assert!(spread(&map, &live) <= 1);
+    assert_eq!(map.replica_counts(&live)[&4], 6, "24 replicas over 4 nodes");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// From any initial layout, through random node deaths, returns and joins, repair then rebalance
+    /// keep the map valid, never put two replicas of a shard on one node, restore the replication
+    /// factor whenever enough nodes live, leave replicas only on live nodes, even out the load to
+    /// within one replica, and bump exactly the moved shards' epochs.
+    #[test]
+    fn placement_invariants_hold_through_failures_and_joins(
+        nodes in 1usize..=7,
+        shards in 1usize..=12,
+        rf_pick in 0usize..3,
+        events in proptest::collection::vec((0u8..3, 1u64..=9), 0..12),
+    ) {
+        let rf = [1, 3, 5][rf_pick].min(nodes);
+        let initial: Vec<NodeId> = (1..=nodes as u64).collect();
+        let mut map = ShardMap::initial(1024, shards, &initial, rf).unwrap();
+        let mut live: BTreeSet<NodeId> = initial.iter().copied().collect();
+        for (kind, node) in events {
+            match kind {
+                0 => { live.remove(&node); }
+                _ => { live.insert(node); }
+            }
+            if live.is_empty() {
+                live.insert(node);
+            }
+            let before = map.clone();
+            let plan = plan_repair(&map, &live);
+            prop_assert_eq!(&plan, &plan_repair(&map, &live), "planning is deterministic");
+            for mv in &plan.moves {
+                prop_assert!(live.contains(&mv.to));
+                map.apply(mv).unwrap();
+            }
+            for _ in 0..50 {
+                let moves = plan_rebalance(&map, &live, 4);
+                if moves.is_empty() { break; }
+                for mv in &moves { map.apply(mv).unwrap(); }
+            }
+            map.validate().unwrap();
+            for s in &map.shards {
+                prop_assert_eq!(s.replicas.len(), rf);
+                let on_live = s.replicas.iter().filter(|r| live.contains(r)).count();
+                prop_assert_eq!(on_live, rf.min(live.len()), "shard {} replicas {:?} live {:?}", s.id, s.replicas, live);
+                let old = before.shard(s.id).unwrap();
+                let changed = old.replicas.iter().filter(|r| !s.replicas.contains(r)).count() as u64;
+                prop_assert!(s.epoch >= old.epoch + changed);
+                prop_assert_eq!(s.epoch == old.epoch, s.replicas == old.replicas);
+            }
+            if live.len() >= rf {
+                prop_assert!(plan.under_replicated.is_empty());
+                prop_assert!(spread(&map, &live) <= 1, "counts {:?}", map.replica_counts(&live));
+            }
+        }
+    }
+}

@@ -238,12 +238,12 @@ impl ShardMap {
         Ok(())
     }
 
-    /// Replicas per node, for the nodes in `nodes` (those holding none count 0) and any node holding one.
+    /// Replicas held by each node in `nodes` (those holding none count 0; other nodes are left out).
     pub fn replica_counts(&self, nodes: &BTreeSet<NodeId>) -> BTreeMap<NodeId, usize> {
         let mut counts: BTreeMap<NodeId, usize> = nodes.iter().map(|n| (*n, 0)).collect();
-        for s in &self.shards {
-            for r in &s.replicas {
-                *counts.entry(*r).or_default() += 1;
+        for r in self.shards.iter().flat_map(|s| &s.replicas) {
+            if let Some(c) = counts.get_mut(r) {
+                *c += 1;
             }
         }
         counts
@@ -286,8 +286,7 @@ impl ShardMap {
 /// that shard, choosing the live node with the fewest replicas (lowest id on ties, counting the moves
 /// planned so far), shards in id order. Deterministic: the same map and live set give the same plan.
 pub fn plan_repair(map: &ShardMap, live: &BTreeSet<NodeId>) -> RepairPlan {
-    let mut counts: BTreeMap<NodeId, usize> =
-        map.replica_counts(live).into_iter().filter(|(n, _)| live.contains(n)).collect();
+    let mut counts = map.replica_counts(live);
     let mut plan = RepairPlan::default();
     let mut shards: Vec<&ShardPlacement> = map.shards.iter().collect();
     shards.sort_by_key(|s| s.id);
@@ -319,8 +318,7 @@ pub fn plan_repair(map: &ShardMap, live: &BTreeSet<NodeId>) -> RepairPlan {
 /// move bumps the shard's epoch and later moves must be planned against the new one. Replicas on nodes
 /// not in `live` are left to [`plan_repair`].
 pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<NodeId>, max_moves: usize) -> Vec<Move> {
-    let mut counts: BTreeMap<NodeId, usize> =
-        map.replica_counts(live).into_iter().filter(|(n, _)| live.contains(n)).collect();
+    let mut counts = map.replica_counts(live);
     let mut replicas: BTreeMap<ShardId, (u64, BTreeSet<NodeId>)> =
         map.shards.iter().map(|s| (s.id, (s.epoch, s.replicas.iter().copied().collect()))).collect();
     let mut moved = BTreeSet::new();

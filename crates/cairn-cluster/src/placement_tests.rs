@@ -9,9 +9,8 @@ fn set(nodes: &[NodeId]) -> BTreeSet<NodeId> {
 
 /// Spread of replica counts over `live` (max - min).
 fn spread(map: &ShardMap, live: &BTreeSet<NodeId>) -> usize {
-    let counts: Vec<usize> =
-        map.replica_counts(live).into_iter().filter(|(n, _)| live.contains(n)).map(|(_, c)| c).collect();
-    counts.iter().max().unwrap() - counts.iter().min().unwrap()
+    let counts = map.replica_counts(live);
+    counts.values().max().unwrap() - counts.values().min().unwrap()
 }
 
 #[test]

@@ -42,10 +42,9 @@ impl MappedLogFile {
         MappedLogFile { file, path: path.to_path_buf(), map: None, window_start: 0, len: 0 }
     }
 
-    /// Grows the file by one window of zeros starting at `len` and maps it.
-    fn map_next_window(&mut self) -> Result<()> {
-        // Unmap first: the old window's pages stay dirty in the page cache; only the mapping goes.
-        self.map = None;
+    /// Grows the file by one window of zeros starting at `len` and maps it (the caller has taken the
+    /// old mapping out; its pages stay dirty in the page cache, only the mapping goes).
+    fn map_next_window(&mut self) -> Result<MmapMut> {
         let start = self.len;
         let mut offset = start;
         while offset < start + WINDOW_BYTES {
@@ -53,9 +52,8 @@ impl MappedLogFile {
             offset += ZERO_CHUNK as u64;
         }
         let map = map_window(&self.file, start).map_err(|e| Error::io(&self.path, e))?;
-        self.map = Some(map);
         self.window_start = start;
-        Ok(())
+        Ok(map)
     }
 }
 
@@ -73,18 +71,17 @@ fn map_window(file: &File, offset: u64) -> std::io::Result<MmapMut> {
 impl WritableFile for MappedLogFile {
     fn append(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
-            let used = (self.len - self.window_start) as usize;
-            let room = match &self.map {
-                Some(map) => map.len() - used,
-                None => 0,
+            let mut map = match self.map.take() {
+                Some(map) if self.len - self.window_start < WINDOW_BYTES => map,
+                full_or_none => {
+                    drop(full_or_none);
+                    self.map_next_window()?
+                }
             };
-            if room == 0 {
-                self.map_next_window()?;
-                continue;
-            }
-            let n = room.min(data.len());
-            let Some(map) = self.map.as_mut() else { continue };
+            let used = (self.len - self.window_start) as usize;
+            let n = (map.len() - used).min(data.len());
             map[used..used + n].copy_from_slice(&data[..n]);
+            self.map = Some(map);
             self.len += n as u64;
             data = &data[n..];
         }

@@ -71,26 +71,25 @@ struct StdFileLock {
 
 impl FileLock for StdFileLock {}
 
+/// Creates (or truncates) `path`, open for reading and writing (a mapping needs both).
+fn create_truncated(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
 impl FileSystem for StdFs {
     fn create(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        let file = create_truncated(path)?;
         Ok(Box::new(StdWritableFile { file, path: path.to_path_buf(), len: 0 }))
     }
 
     fn create_log(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        Ok(Box::new(MappedLogFile::new(file, path)))
+        Ok(Box::new(MappedLogFile::new(create_truncated(path)?, path)))
     }
 
     fn open(&self, path: &Path) -> Result<Arc<dyn RandomAccessFile>> {

@@ -9,8 +9,10 @@ use std::process::{Command, Stdio};
 
 /// The lines of the README's "In another terminal" block, comments stripped.
 fn readme_lines() -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    // Cargo sets the manifest directory when it runs the test; the compile-time one may name another
+    // checkout that shared the target directory (and so this binary).
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let readme = std::fs::read_to_string(Path::new(&manifest).join("../../README.md")).unwrap();
     let start = readme.find("In another terminal:").expect("the README's demo block");
     let block = &readme[start..];
     let open = block.find("```sh\n").unwrap() + 6;

@@ -350,6 +350,20 @@ fn check_index(index: &Arc<Block>, data_end: u64, props: &TableProperties) -> Re
     Ok(IndexSummary { prefix, fences: fences.into(), block_starts: block_starts.into() })
 }
 
+/// How many of `tail` (sorted, each `>= fence`) equal `fence`. Runs of equal fences are short (keys that
+/// agree on 24 bytes past the shared prefix), so this gallops from the front instead of binary-searching
+/// the whole tail: the first probes stay on the cache lines the search for `lo` just read, and a long run
+/// still costs only a logarithmic number of probes.
+fn equal_run(tail: &[Fence], fence: Fence) -> usize {
+    let mut bound = 1;
+    while bound <= tail.len() && tail[bound - 1] == fence {
+        bound *= 2;
+    }
+    // tail[..bound / 2] are equal; the first unequal entry lies before `bound` (or there is none).
+    let start = bound / 2;
+    start + tail[start..bound.min(tail.len())].partition_point(|&f| f == fence)
+}
+
 /// What a point lookup needs of the index, decoded once when the table opens, so that finding a block
 /// mostly searches one compact array and decodes no index entry.
 struct IndexSummary {
@@ -384,13 +398,29 @@ impl IndexSummary {
         }
         let fence = fence_of(&user_key[p..]);
         let lo = self.fences.partition_point(|&f| f < fence);
-        let hi = lo + self.fences[lo..].partition_point(|&f| f == fence);
-        (lo, hi)
+        (lo, lo + equal_run(&self.fences[lo..], fence))
     }
 
     /// The handle of data block `i`, or `None` past the last block.
     fn handle(&self, i: usize) -> Option<BlockHandle> {
         let (start, end) = (*self.block_starts.get(i)?, *self.block_starts.get(i + 1)?);
         Some(BlockHandle { offset: start, size: end - start - BLOCK_TRAILER_BYTES as u64 })
+    }
+}
+
+#[cfg(test)]
+mod equal_run_tests {
+    use super::*;
+
+    #[test]
+    fn counts_the_leading_run_of_every_length() {
+        for len in 0..70usize {
+            for run in 0..=len {
+                // `run` copies of the fence, then larger fences.
+                let fence = [7, 7, 7];
+                let tail: Vec<Fence> = (0..len).map(|i| if i < run { fence } else { [7, 8, i as u64] }).collect();
+                assert_eq!(equal_run(&tail, fence), run, "len {len}");
+            }
+        }
     }
 }

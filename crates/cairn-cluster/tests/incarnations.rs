@@ -6,33 +6,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use cairn_cluster::raft::{
-    Command, GroupError, RaftCall, RaftReply, RaftService, ReadLevel, Replica, ReplicaConfig,
-    ShardStateMachine, Wire, replica_id,
+    Command, GroupError, RaftCall, RaftService, ReadLevel, Replica, ReplicaConfig, ShardStateMachine,
+    replica_id,
 };
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FileSystem, MemFs};
 use cairn_engine::{Config, WriteBatch};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use common::Net;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// An in-process network: node `n<id>`'s service by address.
-#[derive(Clone, Default)]
-struct Net(Arc<parking_lot::Mutex<HashMap<String, RaftService>>>);
-
-impl Wire for Net {
-    async fn call(
-        &self,
-        _target: u64,
-        addr: &str,
-        call: RaftCall,
-        _timeout: Duration,
-    ) -> Result<RaftReply, String> {
-        let service = self.0.lock().get(addr).cloned().ok_or_else(|| format!("{addr} is down"))?;
-        Ok(service.handle(call).await)
-    }
-}
 
 fn state_machine(fs: &Arc<MemFs>, id: u64) -> ShardStateMachine {
     let mut template = Config::new(format!("/n{id}/shard"));

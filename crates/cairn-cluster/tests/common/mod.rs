@@ -77,3 +77,22 @@ pub async fn applied(raft: &ShardRaft, index: u64) {
         .await
         .unwrap();
 }
+
+/// An in-process network: each node's service by address; a node missing from the map is down.
+#[derive(Clone, Default)]
+pub struct Net(
+    pub Arc<parking_lot::Mutex<std::collections::HashMap<String, cairn_cluster::raft::RaftService>>>,
+);
+
+impl cairn_cluster::raft::Wire for Net {
+    async fn call(
+        &self,
+        _target: u64,
+        addr: &str,
+        call: cairn_cluster::raft::RaftCall,
+        _timeout: Duration,
+    ) -> Result<cairn_cluster::raft::RaftReply, String> {
+        let service = self.0.lock().get(addr).cloned().ok_or_else(|| format!("{addr} is down"))?;
+        Ok(service.handle(call).await)
+    }
+}

@@ -418,7 +418,8 @@ mod equal_run_tests {
             for run in 0..=len {
                 // `run` copies of the fence, then larger fences.
                 let fence = [7, 7, 7];
-                let tail: Vec<Fence> = (0..len).map(|i| if i < run { fence } else { [7, 8, i as u64] }).collect();
+                let tail: Vec<Fence> =
+                    (0..len).map(|i| if i < run { fence } else { [7, 8, i as u64] }).collect();
                 assert_eq!(equal_run(&tail, fence), run, "len {len}");
             }
         }

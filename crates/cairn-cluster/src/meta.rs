@@ -1,0 +1,456 @@
+//! The meta group's state: cluster identity, membership, the shard map and settings (ARCHITECTURE
+//! decision 35).
+//!
+//! The meta group is an ordinary replicated shard ([`Replica`], group [`META_GROUP`]) whose engine holds
+//! one row: the [`ClusterState`], JSON-encoded. Every change is a compare-and-set through the group's log
+//! ([`MetaStore::update`]): read the state linearizably, compute the next one with a pure function of
+//! [`ClusterState`], propose it on the condition that the row still holds exactly the bytes read. Every
+//! replica decides the condition the same way at the same log position, so concurrent changes from any
+//! nodes serialise, and a loser re-reads and recomputes instead of overwriting. Snapshots, verified log
+//! compaction and re-syncs come with the shard machinery unchanged.
+//!
+//! The transitions themselves ([`ClusterState::join`], [`ClusterState::place_initial`],
+//! [`ClusterState::apply_move`], [`ClusterState::remove_node`]) are pure and tested without nodes. They
+//! are written to be safe to re-run: a change whose outcome was unknown (a leader change mid-proposal) is
+//! retried by re-reading and recomputing, and a join carries a token so a retried join finds the id the
+//! first attempt got instead of taking a second one.
+
+use crate::placement::{Move, NodeId, PlacementError, ShardMap};
+use crate::raft::{Command, CommandResult, Condition, GroupError, MAX_NODE_ID, ReadLevel, Replica};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The meta group's Raft group id: the top of the group id space, so shard groups keep `0..`.
+pub const META_GROUP: u64 = MAX_NODE_ID;
+/// The bucket of the meta group's engine that holds the state row (its only bucket).
+pub const META_BUCKET: u16 = 0;
+/// Buckets of the meta group's engine.
+pub const META_TOTAL_BUCKETS: u32 = 1;
+/// The state row's key.
+pub const STATE_KEY: &[u8] = b"cluster";
+/// The state row's column.
+pub const STATE_COLUMN: u16 = 0;
+/// Compare-and-set rounds [`MetaStore::update`] tries before giving up with [`MetaError::Contended`].
+pub const MAX_UPDATE_ATTEMPTS: u32 = 16;
+/// Longest cluster id accepted.
+pub const MAX_CLUSTER_ID_BYTES: usize = 64;
+/// Longest node address accepted.
+pub const MAX_ADDRESS_BYTES: usize = 256;
+
+/// Whether a node is part of the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// A member: may hold replicas.
+    Active,
+    /// Removed for good; its id is never given out again.
+    Removed,
+}
+
+/// One node as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Address of the node's gRPC listener (Raft traffic and the KV service).
+    pub grpc_addr: String,
+    /// Address of the node's HTTP listener (REST, health, metrics).
+    pub http_addr: String,
+    /// The token the node joined with: a retried join with the same token gets the same id.
+    pub token: String,
+    /// Member or removed.
+    pub state: NodeState,
+}
+
+/// Cluster-wide settings, fixed at bootstrap for now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    /// Replicas per shard.
+    pub replication_factor: usize,
+    /// Shards the bucket space is split into at initial placement.
+    pub shards: usize,
+    /// Size of the bucket space.
+    pub total_buckets: u32,
+    /// How long a node may go unheard before its replicas are re-created elsewhere.
+    pub dead_after_secs: u64,
+}
+
+/// Everything the meta group holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The cluster's id: a node started with another one is refused.
+    pub cluster_id: String,
+    /// Bumped by every change.
+    pub version: u64,
+    /// The id the next joining node gets (ids are never reused).
+    pub next_node_id: NodeId,
+    /// Every node ever admitted, by id.
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// The shard map, once the initial placement was made.
+    pub map: Option<ShardMap>,
+    /// Settings.
+    pub settings: ClusterSettings,
+}
+
+/// A node's request to join (or, with the same token, its retry or restart).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The cluster the node believes it joins.
+    pub cluster_id: String,
+    /// A random token the node keeps in its data directory.
+    pub token: String,
+    /// Its gRPC address.
+    pub grpc_addr: String,
+    /// Its HTTP address.
+    pub http_addr: String,
+}
+
+/// Why a meta operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    /// The request names another cluster.
+    #[error("wrong cluster: this is cluster {expected:?}, the request names {given:?}")]
+    WrongCluster {
+        /// This cluster's id.
+        expected: String,
+        /// The id given.
+        given: String,
+    },
+    /// Another node already uses this address.
+    #[error("address {addr} is already node {node}'s")]
+    DuplicateAddress {
+        /// The address.
+        addr: String,
+        /// The node using it.
+        node: NodeId,
+    },
+    /// No such node.
+    #[error("no node {0}")]
+    UnknownNode(NodeId),
+    /// The node was removed from the cluster; it cannot come back under its old id.
+    #[error("node {0} was removed from the cluster")]
+    NodeRemoved(NodeId),
+    /// A malformed request (empty or oversized id, address or token, bad settings).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The meta group holds no cluster yet.
+    #[error("the cluster is not initialised")]
+    NotInitialized,
+    /// The meta group already holds a cluster.
+    #[error("the cluster is already initialised (cluster {0:?})")]
+    AlreadyInitialized(String),
+    /// The initial placement was already made.
+    #[error("the shards are already placed")]
+    AlreadyPlaced,
+    /// A placement change was refused.
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    /// The meta group could not do it (no leader, timeout, stopped).
+    #[error("meta group: {0}")]
+    Group(#[from] GroupError),
+    /// Other changes kept winning the compare-and-set.
+    #[error("gave up after {0} contended attempts")]
+    Contended(u32),
+    /// The stored state does not decode, or a replica rejected the change.
+    #[error("corrupt meta state: {0}")]
+    Corrupt(String),
+}
+
+type Result<T> = std::result::Result<T, MetaError>;
+
+fn check_text(what: &str, s: &str, max: usize) -> Result<()> {
+    if s.is_empty() || s.len() > max || s.chars().any(char::is_control) {
+        return Err(MetaError::Invalid(format!(
+            "{what} must be 1 to {max} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl ClusterState {
+    /// A new cluster with no nodes and no shard map.
+    pub fn new(cluster_id: &str, settings: ClusterSettings) -> Result<ClusterState> {
+        check_text("a cluster id", cluster_id, MAX_CLUSTER_ID_BYTES)?;
+        if settings.replication_factor == 0
+            || settings.replication_factor > crate::placement::MAX_REPLICATION_FACTOR
+        {
+            return Err(PlacementError::BadReplicationFactor(settings.replication_factor).into());
+        }
+        if settings.shards == 0 || settings.shards > settings.total_buckets as usize {
+            return Err(PlacementError::BadShardCount {
+                shards: settings.shards,
+                total_buckets: settings.total_buckets,
+            }
+            .into());
+        }
+        Ok(ClusterState {
+            cluster_id: cluster_id.to_string(),
+            version: 1,
+            next_node_id: 1,
+            nodes: BTreeMap::new(),
+            map: None,
+            settings,
+        })
+    }
+
+    /// Admits a node, or finds the one that joined with the same token (a retry or a restart, whose
+    /// addresses are updated). Returns the next state (`None`: unchanged) and the node's id.
+    pub fn join(&self, req: &JoinRequest) -> Result<(Option<ClusterState>, NodeId)> {
+        if req.cluster_id != self.cluster_id {
+            return Err(MetaError::WrongCluster {
+                expected: self.cluster_id.clone(),
+                given: req.cluster_id.clone(),
+            });
+        }
+        check_text("a join token", &req.token, MAX_CLUSTER_ID_BYTES)?;
+        check_text("a gRPC address", &req.grpc_addr, MAX_ADDRESS_BYTES)?;
+        check_text("an HTTP address", &req.http_addr, MAX_ADDRESS_BYTES)?;
+        if req.grpc_addr == req.http_addr {
+            return Err(MetaError::Invalid(format!("gRPC and HTTP both at {}", req.grpc_addr)));
+        }
+        let mine = self.nodes.iter().find(|(_, n)| n.token == req.token).map(|(id, _)| *id);
+        for (&id, node) in &self.nodes {
+            if Some(id) == mine || node.state == NodeState::Removed {
+                continue;
+            }
+            for addr in [&req.grpc_addr, &req.http_addr] {
+                if *addr == node.grpc_addr || *addr == node.http_addr {
+                    return Err(MetaError::DuplicateAddress { addr: addr.clone(), node: id });
+                }
+            }
+        }
+        let record = NodeRecord {
+            grpc_addr: req.grpc_addr.clone(),
+            http_addr: req.http_addr.clone(),
+            token: req.token.clone(),
+            state: NodeState::Active,
+        };
+        let mut next = self.clone();
+        let id = match mine {
+            Some(id) if self.nodes[&id].state == NodeState::Removed => {
+                return Err(MetaError::NodeRemoved(id));
+            }
+            Some(id) if self.nodes[&id] == record => return Ok((None, id)),
+            Some(id) => id,
+            None => {
+                if self.next_node_id > MAX_NODE_ID {
+                    return Err(MetaError::Invalid("node ids are exhausted".into()));
+                }
+                next.next_node_id += 1;
+                self.next_node_id
+            }
+        };
+        next.nodes.insert(id, record);
+        next.version += 1;
+        Ok((Some(next), id))
+    }
+
+    /// The active nodes' ids.
+    pub fn active_nodes(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, n)| n.state == NodeState::Active).map(|(id, _)| *id).collect()
+    }
+
+    /// Makes the initial shard map over the active nodes (see [`ShardMap::initial`]).
+    pub fn place_initial(&self) -> Result<ClusterState> {
+        if self.map.is_some() {
+            return Err(MetaError::AlreadyPlaced);
+        }
+        let s = &self.settings;
+        let map = ShardMap::initial(s.total_buckets, s.shards, &self.active_nodes(), s.replication_factor)?;
+        let mut next = self.clone();
+        next.map = Some(map);
+        next.version += 1;
+        Ok(next)
+    }
+
+    /// Records a replica move (which bumps the shard's epoch); the destination must be an active node.
+    pub fn apply_move(&self, mv: &Move) -> Result<ClusterState> {
+        let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
+        match self.nodes.get(&mv.to).map(|n| n.state) {
+            None => return Err(MetaError::UnknownNode(mv.to)),
+            Some(NodeState::Removed) => return Err(MetaError::NodeRemoved(mv.to)),
+            Some(NodeState::Active) => {}
+        }
+        let mut map = map.clone();
+        map.apply(mv)?;
+        let mut next = self.clone();
+        next.map = Some(map);
+        next.version += 1;
+        Ok(next)
+    }
+
+    /// Removes a node for good. It must hold no replica any more (move them off first).
+    pub fn remove_node(&self, id: NodeId) -> Result<Option<ClusterState>> {
+        let node = self.nodes.get(&id).ok_or(MetaError::UnknownNode(id))?;
+        if node.state == NodeState::Removed {
+            return Ok(None);
+        }
+        if let Some(shard) = self.map.iter().flat_map(|m| &m.shards).find(|s| s.replicas.contains(&id)) {
+            return Err(MetaError::Invalid(format!("node {id} still holds a replica of shard {}", shard.id)));
+        }
+        let mut next = self.clone();
+        if let Some(n) = next.nodes.get_mut(&id) {
+            n.state = NodeState::Removed;
+        }
+        next.version += 1;
+        Ok(Some(next))
+    }
+
+    /// Checks the state's invariants: ids below `next_node_id`, the map valid, its replicas on known
+    /// nodes, its bucket space the settings'.
+    pub fn validate(&self) -> Result<()> {
+        if self.nodes.keys().any(|&id| id == 0 || id >= self.next_node_id) {
+            return Err(MetaError::Corrupt(format!("node ids outside 1..{}", self.next_node_id)));
+        }
+        if let Some(map) = &self.map {
+            map.validate()?;
+            if map.total_buckets != self.settings.total_buckets {
+                return Err(MetaError::Corrupt("the map and the settings disagree on total_buckets".into()));
+            }
+            if let Some(n) = map.shards.iter().flat_map(|s| &s.replicas).find(|n| !self.nodes.contains_key(n))
+            {
+                return Err(MetaError::Corrupt(format!("the map places a replica on unknown node {n}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The state as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and validates a stored state.
+    pub fn decode(bytes: &[u8]) -> Result<ClusterState> {
+        let state: ClusterState =
+            serde_json::from_slice(bytes).map_err(|e| MetaError::Corrupt(format!("undecodable: {e}")))?;
+        state.validate()?;
+        Ok(state)
+    }
+}
+
+/// Reads and changes the [`ClusterState`] through this node's replica of the meta group. Works on any
+/// replica: reads wait for the leader's read index, writes are forwarded to the leader.
+#[derive(Clone, Debug)]
+pub struct MetaStore {
+    replica: Replica,
+    timeout: Duration,
+}
+
+impl MetaStore {
+    /// A store over `replica` (of [`META_GROUP`]); each group call waits at most `timeout`.
+    pub fn new(replica: Replica, timeout: Duration) -> MetaStore {
+        MetaStore { replica, timeout }
+    }
+
+    /// The replica underneath.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The stored state and its bytes as of a read at `level`; `None` before bootstrap.
+    pub async fn read_raw(&self, level: ReadLevel) -> Result<Option<(ClusterState, Vec<u8>)>> {
+        self.replica.read_point(level, self.timeout).await?;
+        let row = self
+            .replica
+            .db()
+            .get(META_BUCKET, STATE_KEY)
+            .map_err(|e| MetaError::Corrupt(format!("reading the state row: {e}")))?;
+        match row.and_then(|r| r.column(STATE_COLUMN).map(<[u8]>::to_vec)) {
+            None => Ok(None),
+            Some(bytes) => Ok(Some((ClusterState::decode(&bytes)?, bytes))),
+        }
+    }
+
+    /// The state as of a read at `level`.
+    pub async fn read(&self, level: ReadLevel) -> Result<ClusterState> {
+        self.read_raw(level).await?.map(|(s, _)| s).ok_or(MetaError::NotInitialized)
+    }
+
+    /// Stores the first state of a new cluster. Refused if the group already holds one (by then
+    /// whoever stored it won; a retry of the same bootstrap finds its own state and succeeds).
+    pub async fn bootstrap(&self, state: &ClusterState) -> Result<ClusterState> {
+        state.validate()?;
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            if let Some((current, _)) = self.read_raw(ReadLevel::Strong).await? {
+                return if current == *state {
+                    Ok(current)
+                } else {
+                    Err(MetaError::AlreadyInitialized(current.cluster_id))
+                };
+            }
+            if self.swap(None, state).await? == Swap::Applied {
+                return Ok(state.clone());
+            }
+        }
+        Err(MetaError::Contended(MAX_UPDATE_ATTEMPTS))
+    }
+
+    /// Changes the state by compare-and-set: `change` computes the next state from the current one (or
+    /// `None` for no change) and a result; a lost race re-reads and recomputes, up to
+    /// [`MAX_UPDATE_ATTEMPTS`] times. Returns the state after the change and `change`'s result.
+    pub async fn update<T>(
+        &self,
+        change: impl Fn(&ClusterState) -> Result<(Option<ClusterState>, T)>,
+    ) -> Result<(ClusterState, T)> {
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let (current, bytes) =
+                self.read_raw(ReadLevel::Strong).await?.ok_or(MetaError::NotInitialized)?;
+            let (next, out) = change(&current)?;
+            let Some(next) = next else {
+                return Ok((current, out));
+            };
+            next.validate()?;
+            match self.swap(Some(bytes), &next).await? {
+                Swap::Applied => return Ok((next, out)),
+                Swap::Lost => {}
+                Swap::Unknown => {
+                    // Versions only grow, so finding exactly the proposed state means this change applied.
+                    let now = self.read_raw(ReadLevel::Strong).await?;
+                    if now.is_some_and(|(s, _)| s == next) {
+                        return Ok((next, out));
+                    }
+                }
+            }
+        }
+        Err(MetaError::Contended(MAX_UPDATE_ATTEMPTS))
+    }
+
+    /// Proposes `next` on the condition that the row holds `expected`.
+    async fn swap(&self, expected: Option<Vec<u8>>, next: &ClusterState) -> Result<Swap> {
+        let mut batch = cairn_engine::WriteBatch::new();
+        batch.put(META_BUCKET, STATE_KEY, STATE_COLUMN, &next.encode());
+        let condition = Condition::ColumnIs {
+            bucket: META_BUCKET,
+            key: STATE_KEY.to_vec(),
+            column: STATE_COLUMN,
+            value: expected,
+        };
+        match self.replica.write(Command::conditional(vec![condition], &batch), self.timeout).await {
+            Ok(w) => match w.result {
+                CommandResult::Applied => Ok(Swap::Applied),
+                CommandResult::ConditionFailed => Ok(Swap::Lost),
+                CommandResult::Rejected(why) => {
+                    Err(MetaError::Corrupt(format!("the meta group rejected a change: {why}")))
+                }
+                other => Err(MetaError::Corrupt(format!("unexpected answer to a change: {other:?}"))),
+            },
+            Err(GroupError::OutcomeUnknown(_)) => Ok(Swap::Unknown),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// What a compare-and-set proposal came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Swap {
+    /// The row held the expected bytes; the new state is stored.
+    Applied,
+    /// The row held something else; nothing was written.
+    Lost,
+    /// No answer (leader change, timeout): it may apply or not; re-read to find out.
+    Unknown,
+}
+
+#[cfg(test)]
+#[path = "meta_tests.rs"]
+mod tests;

@@ -15,7 +15,7 @@
 //! retried by re-reading and recomputing, and a join carries a token so a retried join finds the id the
 //! first attempt got instead of taking a second one.
 
-use crate::placement::{Move, NodeId, PlacementError, ShardMap};
+use crate::placement::{self, Move, NodeId, PlacementError, ShardMap};
 use crate::raft::{Command, CommandResult, Condition, GroupError, MAX_NODE_ID, ReadLevel, Replica};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -169,18 +169,7 @@ impl ClusterState {
     /// A new cluster with no nodes and no shard map.
     pub fn new(cluster_id: &str, settings: ClusterSettings) -> Result<ClusterState> {
         check_text("a cluster id", cluster_id, MAX_CLUSTER_ID_BYTES)?;
-        if settings.replication_factor == 0
-            || settings.replication_factor > crate::placement::MAX_REPLICATION_FACTOR
-        {
-            return Err(PlacementError::BadReplicationFactor(settings.replication_factor).into());
-        }
-        if settings.shards == 0 || settings.shards > settings.total_buckets as usize {
-            return Err(PlacementError::BadShardCount {
-                shards: settings.shards,
-                total_buckets: settings.total_buckets,
-            }
-            .into());
-        }
+        placement::check_layout(settings.total_buckets, settings.shards, settings.replication_factor)?;
         Ok(ClusterState {
             cluster_id: cluster_id.to_string(),
             version: 1,
@@ -206,9 +195,9 @@ impl ClusterState {
         if req.grpc_addr == req.http_addr {
             return Err(MetaError::Invalid(format!("gRPC and HTTP both at {}", req.grpc_addr)));
         }
-        let mine = self.nodes.iter().find(|(_, n)| n.token == req.token).map(|(id, _)| *id);
+        let mine = self.nodes.iter().find(|(_, n)| n.token == req.token);
         for (&id, node) in &self.nodes {
-            if Some(id) == mine || node.state == NodeState::Removed {
+            if Some(id) == mine.map(|(&m, _)| m) || node.state == NodeState::Removed {
                 continue;
             }
             for addr in [&req.grpc_addr, &req.http_addr] {
@@ -223,23 +212,19 @@ impl ClusterState {
             token: req.token.clone(),
             state: NodeState::Active,
         };
-        let mut next = self.clone();
-        let id = match mine {
-            Some(id) if self.nodes[&id].state == NodeState::Removed => {
-                return Err(MetaError::NodeRemoved(id));
+        let (id, fresh) = match mine {
+            Some((&id, node)) if node.state == NodeState::Removed => return Err(MetaError::NodeRemoved(id)),
+            Some((&id, node)) if *node == record => return Ok((None, id)),
+            Some((&id, _)) => (id, false),
+            None if self.next_node_id > MAX_NODE_ID => {
+                return Err(MetaError::Invalid("node ids are exhausted".into()));
             }
-            Some(id) if self.nodes[&id] == record => return Ok((None, id)),
-            Some(id) => id,
-            None => {
-                if self.next_node_id > MAX_NODE_ID {
-                    return Err(MetaError::Invalid("node ids are exhausted".into()));
-                }
-                next.next_node_id += 1;
-                self.next_node_id
-            }
+            None => (self.next_node_id, true),
         };
-        next.nodes.insert(id, record);
-        next.version += 1;
+        let next = self.changed(|next| {
+            next.next_node_id += u64::from(fresh);
+            next.nodes.insert(id, record);
+        });
         Ok((Some(next), id))
     }
 
@@ -255,10 +240,7 @@ impl ClusterState {
         }
         let s = &self.settings;
         let map = ShardMap::initial(s.total_buckets, s.shards, &self.active_nodes(), s.replication_factor)?;
-        let mut next = self.clone();
-        next.map = Some(map);
-        next.version += 1;
-        Ok(next)
+        Ok(self.changed(|next| next.map = Some(map)))
     }
 
     /// Records a replica move (which bumps the shard's epoch); the destination must be an active node.
@@ -271,10 +253,7 @@ impl ClusterState {
         }
         let mut map = map.clone();
         map.apply(mv)?;
-        let mut next = self.clone();
-        next.map = Some(map);
-        next.version += 1;
-        Ok(next)
+        Ok(self.changed(|next| next.map = Some(map)))
     }
 
     /// Removes a node for good. It must hold no replica any more (move them off first).
@@ -286,12 +265,19 @@ impl ClusterState {
         if let Some(shard) = self.map.iter().flat_map(|m| &m.shards).find(|s| s.replicas.contains(&id)) {
             return Err(MetaError::Invalid(format!("node {id} still holds a replica of shard {}", shard.id)));
         }
+        let mut removed = node.clone();
+        removed.state = NodeState::Removed;
+        Ok(Some(self.changed(|next| {
+            next.nodes.insert(id, removed);
+        })))
+    }
+
+    /// A copy of this state with `edit` applied and the version bumped: every transition's result.
+    fn changed(&self, edit: impl FnOnce(&mut ClusterState)) -> ClusterState {
         let mut next = self.clone();
-        if let Some(n) = next.nodes.get_mut(&id) {
-            n.state = NodeState::Removed;
-        }
+        edit(&mut next);
         next.version += 1;
-        Ok(Some(next))
+        next
     }
 
     /// Checks the state's invariants: ids below `next_node_id`, the map valid, its replicas on known

@@ -125,6 +125,21 @@ pub enum PlacementError {
 
 type Result<T> = std::result::Result<T, PlacementError>;
 
+/// Checks a layout's numbers: `total_buckets` in 1..=65536, 1 to `total_buckets` shards, a replication
+/// factor in 1..=[`MAX_REPLICATION_FACTOR`].
+pub fn check_layout(total_buckets: u32, shards: usize, replication_factor: usize) -> Result<()> {
+    if !(1..=65_536).contains(&total_buckets) {
+        return Err(PlacementError::BadTotalBuckets(total_buckets));
+    }
+    if shards == 0 || shards > total_buckets as usize {
+        return Err(PlacementError::BadShardCount { shards, total_buckets });
+    }
+    if !(1..=MAX_REPLICATION_FACTOR).contains(&replication_factor) {
+        return Err(PlacementError::BadReplicationFactor(replication_factor));
+    }
+    Ok(())
+}
+
 /// What [`plan_repair`] found: moves restoring replicas lost with dead nodes, and the shards that stay
 /// short of replicas because no live node can take another of theirs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -146,15 +161,7 @@ impl ShardMap {
         nodes: &[NodeId],
         replication_factor: usize,
     ) -> Result<ShardMap> {
-        if !(1..=65_536).contains(&total_buckets) {
-            return Err(PlacementError::BadTotalBuckets(total_buckets));
-        }
-        if shards == 0 || shards > total_buckets as usize {
-            return Err(PlacementError::BadShardCount { shards, total_buckets });
-        }
-        if !(1..=MAX_REPLICATION_FACTOR).contains(&replication_factor) {
-            return Err(PlacementError::BadReplicationFactor(replication_factor));
-        }
+        check_layout(total_buckets, shards, replication_factor)?;
         let nodes: Vec<NodeId> = nodes.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
         if nodes.contains(&0) {
             return Err(PlacementError::ZeroNode);

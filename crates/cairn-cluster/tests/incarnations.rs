@@ -9,13 +9,12 @@
 mod common;
 
 use cairn_cluster::raft::{
-    Command, GroupError, RaftCall, RaftService, ReadLevel, Replica, ReplicaConfig, ShardStateMachine,
-    replica_id,
+    Command, GroupError, RaftCall, RaftService, ReadLevel, Replica, ShardStateMachine, replica_id,
 };
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FileSystem, MemFs};
 use cairn_engine::{Config, WriteBatch};
-use common::Net;
+use common::{Net, replica_config};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,21 +29,11 @@ fn state_machine(fs: &Arc<MemFs>, id: u64) -> ShardStateMachine {
     ShardStateMachine::open(format!("/n{id}/shard").into(), template, vec![0..=15], 0).unwrap()
 }
 
-fn config() -> ReplicaConfig {
-    ReplicaConfig {
-        heartbeat: Duration::from_millis(30),
-        election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
-        snapshot_every: 20,
-        keep_behind_snapshot: 5,
-        snapshot_timeout: Duration::from_secs(5),
-        check_every: Duration::ZERO,
-    }
-}
-
 async fn start(fs: &Arc<MemFs>, net: &Net, id: u64) -> Replica {
     let dyn_fs = Arc::clone(fs) as Arc<dyn FileSystem>;
     let log = Arc::new(RaftLog::open(RaftLogConfig::new(format!("/n{id}/raft"), dyn_fs)).unwrap());
-    let replica = Replica::start(id, 1, log, state_machine(fs, id), net.clone(), config()).await.unwrap();
+    let replica =
+        Replica::start(id, 1, log, state_machine(fs, id), net.clone(), replica_config(20)).await.unwrap();
     let service = RaftService::default();
     service.register_replica_sharing_volume(&replica);
     net.0.lock().insert(format!("n{id}"), service);
@@ -238,7 +227,11 @@ async fn the_log_is_dropped_only_up_to_verified_positions() {
             if let Some(purged) = s.purged.filter(|_| s.snapshots_installed == 0) {
                 purged_any = true;
                 let verified = s.checks.verified.unwrap_or(0);
-                assert!(purged + config().keep_behind_snapshot <= verified, "node {}: {s:?}", s.node);
+                assert!(
+                    purged + replica_config(20).keep_behind_snapshot <= verified,
+                    "node {}: {s:?}",
+                    s.node
+                );
             }
         }
     }

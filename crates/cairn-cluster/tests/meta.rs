@@ -12,11 +12,11 @@ use cairn_cluster::meta::{
     ClusterSettings, ClusterState, JoinRequest, META_BUCKET, META_GROUP, META_TOTAL_BUCKETS, MetaError,
     MetaStore,
 };
-use cairn_cluster::raft::{RaftService, ReadLevel, Replica, ReplicaConfig, ShardStateMachine};
+use cairn_cluster::raft::{RaftService, ReadLevel, Replica, ShardStateMachine};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::Config;
 use cairn_engine::fs::{FileSystem, MemFs};
-use common::Net;
+use common::{Net, replica_config};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,15 +34,7 @@ async fn start(fs: &Arc<MemFs>, net: &Net, node: u64) -> MetaStore {
     template.snapshot_volume = Some("memory://meta-test".into());
     let ranges = vec![META_BUCKET..=META_BUCKET];
     let sm = ShardStateMachine::open(format!("/n{node}/meta").into(), template, ranges, META_BUCKET).unwrap();
-    let config = ReplicaConfig {
-        heartbeat: Duration::from_millis(30),
-        election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
-        snapshot_every: 10,
-        keep_behind_snapshot: 5,
-        snapshot_timeout: Duration::from_secs(5),
-        check_every: Duration::ZERO,
-    };
-    let replica = Replica::start(node, META_GROUP, log, sm, net.clone(), config).await.unwrap();
+    let replica = Replica::start(node, META_GROUP, log, sm, net.clone(), replica_config(10)).await.unwrap();
     let service = RaftService::default();
     service.register_replica_sharing_volume(&replica);
     net.0.lock().insert(format!("n{node}"), service);

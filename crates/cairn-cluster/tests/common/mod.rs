@@ -96,3 +96,16 @@ impl cairn_cluster::raft::Wire for Net {
         Ok(service.handle(call).await)
     }
 }
+
+/// Replica settings for in-process groups: fast heartbeats and elections, a snapshot every
+/// `snapshot_every` entries, no periodic consistency check.
+pub fn replica_config(snapshot_every: u64) -> cairn_cluster::raft::ReplicaConfig {
+    cairn_cluster::raft::ReplicaConfig {
+        heartbeat: Duration::from_millis(30),
+        election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
+        snapshot_every,
+        keep_behind_snapshot: 5,
+        snapshot_timeout: Duration::from_secs(5),
+        check_every: Duration::ZERO,
+    }
+}

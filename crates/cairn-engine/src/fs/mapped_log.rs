@@ -111,6 +111,10 @@ impl Drop for MappedLogFile {
 mod tests {
     use super::*;
     use crate::fs::{FileSystem, StdFs};
+
+    fn mapped(path: &Path) -> MappedLogFile {
+        MappedLogFile::new(crate::fs::std_fs::create_truncated(path).unwrap(), path)
+    }
     use crate::log::{LogWriter, read_log};
 
     #[test]
@@ -118,7 +122,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let fs = StdFs::new();
         let path = tmp.path().join("000001.log");
-        let mut w = fs.create_log(&path).unwrap();
+        let mut w = mapped(&path);
         let mut expected = Vec::new();
         // Small appends, one that straddles a window boundary, and one larger than two windows.
         for i in 0..1000u32 {
@@ -149,9 +153,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let fs = StdFs::new();
         let path = tmp.path().join("000002.log");
-        let mut w = LogWriter::create_wal(&fs, &path).unwrap();
+        let mut w = mapped(&path);
         for i in 0..5000u32 {
-            w.add_record(format!("record {i}").as_bytes()).unwrap();
+            let mut framed = Vec::new();
+            LogWriter::encode_record(&mut framed, format!("record {i}").as_bytes());
+            w.append(&framed).unwrap();
         }
         // Not dropped: this is what a killed process leaves (appended bytes, then zeros).
         let contents = read_log(&fs, &path).unwrap();

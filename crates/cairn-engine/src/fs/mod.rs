@@ -12,6 +12,10 @@
 //! is durable only after `sync_dir` on its parent directory.
 
 mod fault_fs;
+// Suspended (ARCHITECTURE decision 33): a process killed in the middle of a copy into the mapping can
+// leave a non-prefix of the copied bytes, which recovery reads as damage. Kept, with its tests, for the
+// in-order copy that will bring it back; the WAL appends with `write` meanwhile.
+#[cfg(test)]
 mod mapped_log;
 mod mem_fs;
 #[cfg(feature = "s3")]

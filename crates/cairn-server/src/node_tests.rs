@@ -1,0 +1,132 @@
+//! Node tests: versions, conditions, limits and scans on a standalone node; compaction-driven GC.
+
+use super::*;
+use std::path::Path;
+
+fn node(dir: &Path) -> Node {
+    let mut c = NodeConfig::new(dir);
+    c.sync = false;
+    c.max_value_bytes = 100;
+    Node::open(c).unwrap()
+}
+
+#[test]
+fn versions_conditions_limits_and_scans() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = node(tmp.path());
+    let t1 = n.put(b"a", b"1", Condition::None).unwrap();
+    let t2 = n.put(b"a", b"2", Condition::IfTimestamp(t1)).unwrap();
+    assert!(t2 > t1);
+    assert_eq!(n.get(b"a", Some(t1)).unwrap().unwrap().value, b"1");
+    assert_eq!(n.get(b"a", None).unwrap().unwrap().value, b"2");
+    assert!(matches!(n.put(b"a", b"3", Condition::IfAbsent), Err(NodeError::Precondition(_))));
+    assert!(matches!(n.put(b"a", b"3", Condition::IfTimestamp(t1)), Err(NodeError::Precondition(_))));
+    let t3 = n.delete(b"a").unwrap().unwrap();
+    assert_eq!(n.get(b"a", None).unwrap(), None);
+    assert_eq!(n.get(b"a", Some(t2)).unwrap().unwrap().value, b"2");
+    assert_eq!(n.delete(b"a").unwrap(), None);
+    assert!(n.put(b"a", b"4", Condition::IfAbsent).unwrap() > t3);
+    assert!(matches!(
+        n.put(&vec![1u8; MAX_KEY_BYTES + 1], b"v", Condition::None),
+        Err(NodeError::TooLarge(_))
+    ));
+    assert!(matches!(n.put(&vec![0u8; 40_000], b"v", Condition::None), Err(NodeError::TooLarge(_))));
+    assert!(matches!(n.put(b"k", &[0u8; 101], Condition::None), Err(NodeError::TooLarge(_))));
+    for i in 0..300u32 {
+        n.put(format!("s{i:03}").as_bytes(), &i.to_be_bytes(), Condition::None).unwrap();
+    }
+    let rows = n.scan(b"s100", Some(b"s200"), 1000, None).unwrap();
+    assert_eq!(rows.len(), 100);
+    assert!(rows.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(rows[0].0, b"s100");
+    assert_eq!(n.scan(b"s", None, 7, None).unwrap().len(), 7);
+    assert!(matches!(n.scan(b"b", Some(b"a"), 10, None), Err(NodeError::InvalidArgument(_))));
+    assert!(matches!(n.scan(b"", None, MAX_SCAN_LIMIT + 1, None), Err(NodeError::InvalidArgument(_))));
+    let old = Timestamp { wall_time: 1, logical: 0 };
+    assert!(matches!(n.get(b"a", Some(old)), Err(NodeError::InvalidArgument(_))));
+}
+
+#[test]
+fn concurrent_conditional_writes_are_serialized_per_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = node(tmp.path());
+    // Exactly one of many racing put-if-absent calls wins.
+    let wins: usize = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..16u8)
+            .map(|i| {
+                let n = &n;
+                s.spawn(move || n.put(b"once", &[i], Condition::IfAbsent).is_ok())
+            })
+            .collect();
+        racers.into_iter().map(|r| usize::from(r.join().unwrap())).sum()
+    });
+    assert_eq!(wins, 1);
+    // Compare-and-set increments from several threads lose no update.
+    n.put(b"counter", &0u32.to_be_bytes(), Condition::None).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..25 {
+                    loop {
+                        let v = n.get(b"counter", None).unwrap().unwrap();
+                        let next = u32::from_be_bytes(v.value.try_into().unwrap()) + 1;
+                        let put = n.put(b"counter", &next.to_be_bytes(), Condition::IfTimestamp(v.timestamp));
+                        match put {
+                            Ok(_) => break,
+                            Err(NodeError::Precondition(_)) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let v = n.get(b"counter", None).unwrap().unwrap();
+    assert_eq!(u32::from_be_bytes(v.value.try_into().unwrap()), 200);
+    // Closing stops the writers and releases every shard.
+    n.close().unwrap();
+    assert_eq!(node(tmp.path()).get(b"counter", None).unwrap().unwrap().timestamp, v.timestamp);
+}
+
+#[test]
+fn stores_of_another_format_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("LAYOUT.json"), r#"{"total_buckets":1024,"shards":[[0,1023]]}"#).unwrap();
+    let e = Node::open(NodeConfig::new(tmp.path())).unwrap_err().to_string();
+    assert!(e.contains("data format 0"), "{e}");
+}
+
+/// Versions of `key` stored in the engine (live or not).
+fn stored_versions(n: &Node, key: &[u8]) -> usize {
+    let bucket = mvcc::bucket_of(key, n.total_buckets);
+    let lo = mvcc::key_prefix(key);
+    let mut hi = lo.clone();
+    *hi.last_mut().unwrap() += 1;
+    n.shard_of(bucket).db().scan(bucket, &lo[..]..&hi[..]).unwrap().count()
+}
+
+#[test]
+fn compaction_drops_versions_below_the_gc_horizon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = NodeConfig::new(tmp.path().join("kept"));
+    c.sync = false;
+    let kept = Node::open(c.clone()).unwrap();
+    c.store = tmp.path().join("collected");
+    c.gc_ttl = Duration::ZERO;
+    let collected = Node::open(c).unwrap();
+    for n in [&kept, &collected] {
+        for i in 0..5u8 {
+            n.put(b"k", &[i], Condition::None).unwrap();
+        }
+        n.put(b"gone", b"x", Condition::None).unwrap();
+        n.delete(b"gone").unwrap();
+        n.compact().unwrap();
+    }
+    // A one-day horizon keeps every version; a zero one keeps only the newest below it.
+    assert_eq!(stored_versions(&kept, b"k"), 5);
+    assert_eq!(stored_versions(&collected, b"k"), 1);
+    assert_eq!(collected.get(b"k", None).unwrap().unwrap().value, [4]);
+    assert_eq!(stored_versions(&kept, b"gone"), 2);
+    assert_eq!(stored_versions(&collected, b"gone"), 1);
+    assert_eq!(collected.get(b"gone", None).unwrap(), None);
+}

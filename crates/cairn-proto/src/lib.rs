@@ -12,3 +12,9 @@ pub mod raft {
     #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
     tonic::include_proto!("cairn.raft.v1");
 }
+
+/// Cluster membership: init, join, state (`cairn.cluster.v1`).
+pub mod cluster {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+    tonic::include_proto!("cairn.cluster.v1");
+}

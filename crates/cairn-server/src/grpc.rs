@@ -30,6 +30,25 @@ pub fn status_of(e: NodeError) -> Status {
     }
 }
 
+/// The gRPC status of a meta-group refusal or failure (joins, init, cluster state).
+pub fn meta_status(e: cairn_cluster::meta::MetaError) -> Status {
+    use cairn_cluster::meta::MetaError as M;
+    let message = e.to_string();
+    match e {
+        M::WrongCluster { .. } | M::NodeRemoved(_) => Status::failed_precondition(message),
+        M::DuplicateAddress { .. } | M::AlreadyInitialized(_) | M::AlreadyPlaced => {
+            Status::already_exists(message)
+        }
+        M::Invalid(_) | M::Placement(_) => Status::invalid_argument(message),
+        M::UnknownNode(_) => Status::not_found(message),
+        M::NotInitialized | M::Group(_) | M::Contended(_) => Status::unavailable(message),
+        M::Corrupt(_) => {
+            tracing::error!(error = %message, "meta request failed");
+            Status::internal(message)
+        }
+    }
+}
+
 fn ts_out(ts: Timestamp) -> kv::Timestamp {
     kv::Timestamp { wall_time: ts.wall_time, logical: ts.logical }
 }
@@ -41,13 +60,30 @@ fn ts_in(ts: kv::Timestamp) -> Timestamp {
 /// The service.
 #[derive(Clone, Debug)]
 pub struct KvService {
-    node: Arc<Node>,
+    // Set once the node's shards are up (a cluster member serves gRPC before that, for joins and Raft).
+    node: Arc<std::sync::OnceLock<Arc<Node>>>,
 }
 
 impl KvService {
     /// Serves `node`.
     pub fn new(node: Arc<Node>) -> KvService {
-        KvService { node }
+        KvService { node: Arc::new(std::sync::OnceLock::from(node)) }
+    }
+
+    /// A service that answers `UNAVAILABLE` until [`KvService::ready`] gives it its node.
+    pub fn starting() -> KvService {
+        KvService { node: Arc::new(std::sync::OnceLock::new()) }
+    }
+
+    /// Starts serving `node` (no effect if a node is already served).
+    pub fn ready(&self, node: Arc<Node>) {
+        let _ = self.node.set(node);
+    }
+
+    fn node(&self) -> Result<&Arc<Node>, Status> {
+        self.node.get().ok_or_else(|| {
+            Status::unavailable("the node is starting: it serves keys once the cluster has placed its shards")
+        })
     }
 }
 
@@ -76,10 +112,10 @@ impl kv::kv_server::Kv for KvService {
     async fn get(&self, request: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
         let r = request.into_inner();
         let options = read_options(r.timestamp, r.consistency, &r.after)?;
-        let read = self.node.get_async(r.key, options).await.map_err(status_of)?;
+        let read = self.node()?.get_async(r.key, options).await.map_err(status_of)?;
         let v = read.value.ok_or_else(|| Status::not_found("no value for this key"))?;
         Ok(Response::new(kv::GetResponse {
-            header: Some(ts_out(self.node.now())),
+            header: Some(ts_out(self.node()?.now())),
             value: v.value,
             value_timestamp: Some(ts_out(v.timestamp)),
             behind: read.behind,
@@ -96,7 +132,7 @@ impl kv::kv_server::Kv for KvService {
             (false, Some(ts)) => Condition::IfTimestamp(ts_in(ts)),
             (false, None) => Condition::None,
         };
-        let ack = self.node.put_async(r.key, r.value, condition).await.map_err(status_of)?;
+        let ack = self.node()?.put_async(r.key, r.value, condition).await.map_err(status_of)?;
         Ok(Response::new(kv::PutResponse {
             timestamp: Some(ts_out(ack.timestamp)),
             token: token_text(ack.token),
@@ -108,7 +144,7 @@ impl kv::kv_server::Kv for KvService {
         request: Request<kv::DeleteRequest>,
     ) -> Result<Response<kv::DeleteResponse>, Status> {
         let r = request.into_inner();
-        let ack = self.node.delete_async(r.key).await.map_err(status_of)?;
+        let ack = self.node()?.delete_async(r.key).await.map_err(status_of)?;
         let ack = ack.ok_or_else(|| Status::not_found("no value for this key"))?;
         Ok(Response::new(kv::DeleteResponse {
             timestamp: Some(ts_out(ack.timestamp)),
@@ -122,7 +158,7 @@ impl kv::kv_server::Kv for KvService {
         let r = request.into_inner();
         let limit = if r.limit == 0 { crate::rest::DEFAULT_SCAN_LIMIT } else { r.limit as usize };
         let options = read_options(r.timestamp, r.consistency, &r.after)?;
-        let read = self.node.scan_async(r.start, r.end, limit, options).await.map_err(status_of)?;
+        let read = self.node()?.scan_async(r.start, r.end, limit, options).await.map_err(status_of)?;
         let (rows, behind) = (read.value, read.behind);
         let mut chunks = Vec::with_capacity(rows.len().div_ceil(SCAN_CHUNK));
         let mut chunk = Vec::with_capacity(SCAN_CHUNK.min(rows.len()));
@@ -154,7 +190,7 @@ impl kv::kv_server::Kv for KvService {
                 }
             }
         }
-        let ack = self.node.batch_async(ops).await.map_err(status_of)?;
+        let ack = self.node()?.batch_async(ops).await.map_err(status_of)?;
         Ok(Response::new(kv::BatchResponse {
             timestamp: Some(ts_out(ack.timestamp)),
             token: token_text(ack.token),
@@ -165,7 +201,7 @@ impl kv::kv_server::Kv for KvService {
         &self,
         _request: Request<kv::StatusRequest>,
     ) -> Result<Response<kv::StatusResponse>, Status> {
-        let node = &self.node;
+        let node = self.node()?;
         let shards = node
             .status()
             .into_iter()

@@ -26,6 +26,9 @@ struct LayoutReplication {
     members: BTreeMap<u64, String>,
 }
 
+/// The layout's file in the store.
+pub(crate) const LAYOUT_FILE: &str = "LAYOUT.json";
+
 /// The data format this build writes and reads.
 const STORE_FORMAT: u32 = 2;
 
@@ -36,20 +39,22 @@ fn even_split(total_buckets: u32, shards: usize) -> Vec<(u16, u16)> {
         .collect()
 }
 
-fn read_layout(path: &Path) -> Result<Option<Layout>> {
+/// Reads a JSON file the store keeps (`None`: there is none).
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| NodeError::Startup(format!("{} is not a valid layout: {e}", path.display()))),
+            .map_err(|e| NodeError::Startup(format!("{} is not valid: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(NodeError::Startup(format!("cannot read {}: {e}", path.display()))),
     }
 }
 
-fn write_layout(path: &Path, layout: &Layout) -> Result<()> {
+/// Replaces a JSON file the store keeps, atomically and durably (write, fsync, rename, fsync the dir).
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let io = |e: std::io::Error| NodeError::Startup(format!("cannot write {}: {e}", path.display()));
     let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(layout).map_err(|e| NodeError::Startup(e.to_string()))?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| NodeError::Startup(e.to_string()))?;
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -70,8 +75,14 @@ pub(crate) fn load_layout(config: &NodeConfig) -> Result<Layout> {
         .replication
         .as_ref()
         .map(|r| LayoutReplication { node_id: r.node_id, members: r.members.clone() });
-    let layout_path = config.store.join("LAYOUT.json");
-    let layout = match read_layout(&layout_path)? {
+    if config.store.join(crate::cluster::IDENTITY_FILE).exists() {
+        return Err(NodeError::Startup(format!(
+            "store {} belongs to a cluster member: start it with --join",
+            config.store.display()
+        )));
+    }
+    let layout_path = config.store.join(LAYOUT_FILE);
+    let layout = match read_json::<Layout>(&layout_path)? {
         Some(layout) => layout,
         None => {
             let layout = Layout {
@@ -80,7 +91,7 @@ pub(crate) fn load_layout(config: &NodeConfig) -> Result<Layout> {
                 shards: even_split(config.total_buckets, config.shards),
                 replication: identity.clone(),
             };
-            write_layout(&layout_path, &layout)?;
+            write_json(&layout_path, &layout)?;
             layout
         }
     };

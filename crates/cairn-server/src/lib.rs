@@ -6,6 +6,7 @@
 //! is local (a standalone node) or this node's replica of the shard's Raft group
 //! ([`replicated`]). The APIs do not change between the two.
 
+pub mod cluster;
 pub mod error;
 pub mod grpc;
 pub mod hlc;
@@ -36,6 +37,9 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     /// Where the gRPC API listens (port 0: any free port).
     pub grpc_addr: SocketAddr,
+    /// Run as a member of a cluster (`cairn start --join`); `None`: standalone, or statically
+    /// replicated by `node.replication`.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// The addresses a running node serves on.
@@ -48,13 +52,20 @@ pub struct Bound {
 }
 
 /// Opens the store, serves HTTP and gRPC until `shutdown` resolves, then lets in-flight requests finish
-/// and closes the store cleanly. `on_ready` gets the bound addresses once the node is serving.
+/// and closes the store cleanly. `on_ready` gets the bound addresses once both listen.
+///
+/// A cluster member (`config.cluster`) serves gRPC (joins, Raft traffic) from the start but keys only
+/// once it is a member and the cluster has placed its shards ([`cluster`]); its HTTP API starts then.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(Bound) + Send,
 ) -> Result<()> {
-    let node = Arc::new(Node::start(config.node.clone()).await?);
+    // A standalone or statically replicated node opens its store first: a locked store fails fast.
+    let early = match &config.cluster {
+        None => Some(Arc::new(Node::start(config.node.clone()).await?)),
+        Some(_) => None,
+    };
     let bind = |addr: SocketAddr, what: &'static str| async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -64,13 +75,31 @@ pub async fn serve(
     };
     let (http_listener, http) = bind(config.http_addr, "HTTP").await?;
     let (grpc_listener, grpc) = bind(config.grpc_addr, "gRPC").await?;
-    let state = rest::AppState {
-        node: Arc::clone(&node),
-        http: Arc::new(metrics::HttpMetrics::default()),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(rest::MAX_IN_FLIGHT)),
-        shutting_down: Arc::new(AtomicBool::new(false)),
+    let membership = match &config.cluster {
+        None => None,
+        Some(cluster) => {
+            let mut node = config.node.clone();
+            node.store = node::absolute_store(&node.store)?;
+            let advertise_grpc = cluster.advertise_grpc.clone().unwrap_or_else(|| grpc.to_string());
+            let advertise_http = cluster.advertise_http.clone().unwrap_or_else(|| http.to_string());
+            let replication = node
+                .replication
+                .clone()
+                .unwrap_or_else(|| replicated::ReplicationConfig::new(1, std::collections::BTreeMap::new()));
+            Some(
+                cluster::Membership::open(
+                    &node,
+                    cluster.clone(),
+                    advertise_grpc,
+                    advertise_http,
+                    replication,
+                )
+                .await?,
+            )
+        }
     };
-    let flag = Arc::clone(&state.shutting_down);
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&shutting_down);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -81,13 +110,6 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let grace_rx = stop_rx.clone();
-    let app = rest::router(state);
-    // Small responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http_server = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_incoming = tokio_stream::StreamExt::map(
         tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
         |conn: std::io::Result<tokio::net::TcpStream>| {
@@ -96,28 +118,88 @@ pub async fn serve(
             })
         },
     );
+    let kv = grpc::KvService::starting();
+    // Peers' Raft traffic for every group on this node (a standalone node serves none).
+    let raft = match (&membership, &early) {
+        (Some(m), _) => Some(m.plumbing().service.clone()),
+        (None, Some(node)) => node.raft_service(),
+        (None, None) => None,
+    };
     let grpc_server = tonic::transport::Server::builder()
-        .add_service(cairn_proto::kv::kv_server::KvServer::new(grpc::KvService::new(Arc::clone(&node))))
-        // Peers' Raft traffic for every group on this node (a standalone node serves none).
-        .add_optional_service(node.raft_service().map(|s| s.into_server()))
-        .serve_with_incoming_shutdown(grpc_incoming, stopped(stop_rx));
-    tracing::info!(%http, %grpc, store = %config.node.store.display(), "serving");
+        .add_service(cairn_proto::kv::kv_server::KvServer::new(kv.clone()))
+        .add_optional_service(raft.map(|s| s.into_server()))
+        .add_optional_service(membership.as_ref().map(cluster::Membership::service))
+        .serve_with_incoming_shutdown(grpc_incoming, stopped(stop_rx.clone()));
+    let grpc_task = tokio::spawn(grpc_server);
+    // Ends the gRPC server if its connections outlast the shutdown grace (the task holds the node).
+    let grpc_abort = grpc_task.abort_handle();
+    tracing::info!(%http, %grpc, store = %config.node.store.display(), "listening");
     on_ready(Bound { http, grpc });
-    let servers = async { tokio::join!(http_server, grpc_server) };
+    let node = match (early, &membership) {
+        (Some(node), _) => node,
+        (None, Some(m)) => {
+            let started = async {
+                let (id, state) = m.establish().await?;
+                let (node_config, total_buckets, plans) = m.plan(&config.node, id, &state);
+                let mut node_config = node_config;
+                node_config.store = m.store().to_path_buf();
+                Node::start_replicas(node_config, m.plumbing().clone(), total_buckets, plans).await
+            };
+            tokio::select! {
+                node = started => Arc::new(node?),
+                () = stopped(stop_rx.clone()) => {
+                    tracing::info!("stopped before the node served keys");
+                    m.stop().await;
+                    if tokio::time::timeout(SHUTDOWN_GRACE, grpc_task).await.is_err() {
+                        grpc_abort.abort();
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        (None, None) => return Err(NodeError::Internal("no node and no cluster membership".into())),
+    };
+    kv.ready(Arc::clone(&node));
+    drop(kv);
+    let state = rest::AppState {
+        node: Arc::clone(&node),
+        http: Arc::new(metrics::HttpMetrics::default()),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(rest::MAX_IN_FLIGHT)),
+        shutting_down,
+    };
+    let app = rest::router(state);
+    // Small responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let http_server = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    tracing::info!(%http, %grpc, shards = node.shard_count(), "serving");
+    let servers = async {
+        let (http_result, grpc_result) = tokio::join!(http_server, grpc_task);
+        let grpc_result = match grpc_result {
+            Ok(r) => r.map_err(|e| NodeError::Internal(format!("gRPC server failed: {e}"))),
+            Err(e) => Err(NodeError::Internal(format!("gRPC server task failed: {e}"))),
+        };
+        (http_result, grpc_result)
+    };
     let grace_over = async move {
-        stopped(grace_rx).await;
+        stopped(stop_rx).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
         (http_result, grpc_result) = servers => {
             http_result.map_err(|e| NodeError::Internal(format!("HTTP server failed: {e}")))?;
-            grpc_result.map_err(|e| NodeError::Internal(format!("gRPC server failed: {e}")))?;
+            grpc_result?;
         }
         () = grace_over => {
+            grpc_abort.abort();
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace: closing them");
         }
     }
     node.stop_replication().await;
+    if let Some(m) = &membership {
+        m.stop().await;
+    }
     // Every request task is done; handlers' blocking calls hold their own references until they end.
     let node = wait_for_last_reference(node).await;
     tokio::task::spawn_blocking(move || node.close())

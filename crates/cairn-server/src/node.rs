@@ -10,7 +10,7 @@
 
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
-use crate::layout::{Layout, load_layout, owners};
+use crate::layout::{load_layout, owners};
 use crate::mvcc::{self, Stored};
 use crate::replicated::{self, Consistency, Plumbing, ReplicationConfig, Token};
 use crate::writer::{Pending, ShardWriter, WriteOp, WriteOutcome};
@@ -152,6 +152,8 @@ enum Backend {
 }
 
 struct Shard {
+    /// The shard's id (its Raft group's, when replicated).
+    group: u64,
     ranges: Vec<BucketRange>,
     backend: Backend,
 }
@@ -192,9 +194,9 @@ impl std::fmt::Debug for Node {
 }
 
 /// The engine settings of shard `i`.
-fn shard_config(config: &NodeConfig, layout: &Layout, i: usize) -> Config {
-    let mut c = Config::new(config.store.join(format!("shard-{i}")));
-    c.total_buckets = layout.total_buckets;
+fn shard_config(config: &NodeConfig, total_buckets: u32, shard: u64) -> Config {
+    let mut c = Config::new(config.store.join(format!("shard-{shard}")));
+    c.total_buckets = total_buckets;
     // Room for the tag byte, the timestamp column and the row encoding around a full-size value.
     c.max_value_bytes = config.max_value_bytes + 64;
     c.block_cache_bytes = config.block_cache_bytes;
@@ -209,7 +211,7 @@ fn shard_config(config: &NodeConfig, layout: &Layout, i: usize) -> Config {
     c
 }
 
-fn open_error(config: &NodeConfig, i: usize, e: cairn_engine::Error) -> NodeError {
+fn open_error(config: &NodeConfig, i: u64, e: cairn_engine::Error) -> NodeError {
     match e {
         cairn_engine::Error::Locked(_) => {
             NodeError::Startup(format!("store {} is in use by another cairn process", config.store.display()))
@@ -217,6 +219,34 @@ fn open_error(config: &NodeConfig, i: usize, e: cairn_engine::Error) -> NodeErro
         e => NodeError::Startup(format!("cannot open shard {i} of {}: {e}", config.store.display())),
     }
 }
+
+/// `store` as an absolute path (snapshot volumes are named by absolute paths, so that other replicas
+/// can read them).
+pub(crate) fn absolute_store(store: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(store).map_err(|e| NodeError::Startup(format!("store {}: {e}", store.display())))
+}
+
+/// Opens the node's Raft log (every group's entries) in `<store>/raft`.
+pub(crate) fn open_raft_log(store: &std::path::Path) -> Result<RaftLog> {
+    let fs: Arc<dyn cairn_engine::fs::FileSystem> = Arc::new(cairn_engine::fs::StdFs::new());
+    RaftLog::open(RaftLogConfig::new(store.join("raft"), fs))
+        .map_err(|e| NodeError::Startup(format!("cannot open the Raft log of {}: {e}", store.display())))
+}
+
+/// One shard group this node serves a replica of.
+#[derive(Clone, Debug)]
+pub(crate) struct ReplicaPlan {
+    /// The group (the shard's id).
+    pub group: u64,
+    /// First and last bucket the shard owns.
+    pub buckets: (u16, u16),
+    /// The members (node id → gRPC address) to make the group with if this replica is new; `None`:
+    /// another member makes it, this replica waits to hear from it.
+    pub bootstrap: Option<std::collections::BTreeMap<u64, String>>,
+}
+
+/// `Node::owner`'s mark for a bucket whose shard has no replica on this node.
+const NOT_HERE: u16 = u16::MAX;
 
 impl Node {
     /// Opens (or creates) a standalone store ([`Node::start`] opens either kind).
@@ -229,8 +259,8 @@ impl Node {
         let pending = Arc::new(Pending::new());
         let mut writer_threads = Vec::with_capacity(layout.shards.len());
         for (i, &(start, end)) in layout.shards.iter().enumerate() {
-            let db = Db::open(shard_config(&config, &layout, i), vec![start..=end])
-                .map_err(|e| open_error(&config, i, e))?;
+            let db = Db::open(shard_config(&config, layout.total_buckets, i as u64), vec![start..=end])
+                .map_err(|e| open_error(&config, i as u64, e))?;
             let db = Arc::new(db);
             let (writer, thread) = ShardWriter::start(
                 i,
@@ -240,7 +270,8 @@ impl Node {
                 config.sync,
             )?;
             writer_threads.push(thread);
-            shards.push(Shard { ranges: vec![start..=end], backend: Backend::Local { db, writer } });
+            let group = i as u64;
+            shards.push(Shard { group, ranges: vec![start..=end], backend: Backend::Local { db, writer } });
         }
         Ok(Node {
             total_buckets: layout.total_buckets,
@@ -263,36 +294,62 @@ impl Node {
                 .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))?;
         };
         rc.validate()?;
-        // Snapshot volumes are named by absolute paths, so that other replicas can read them.
-        config.store = std::path::absolute(&config.store)
-            .map_err(|e| NodeError::Startup(format!("store {}: {e}", config.store.display())))?;
-        let opened = {
+        config.store = absolute_store(&config.store)?;
+        let (layout, log) = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || -> Result<_> {
                 let layout = load_layout(&config)?;
-                let fs: Arc<dyn cairn_engine::fs::FileSystem> = Arc::new(cairn_engine::fs::StdFs::new());
-                let log = RaftLog::open(RaftLogConfig::new(config.store.join("raft"), fs)).map_err(|e| {
-                    NodeError::Startup(format!("cannot open the Raft log of {}: {e}", config.store.display()))
-                })?;
-                let mut machines = Vec::with_capacity(layout.shards.len());
-                for (i, &(start, end)) in layout.shards.iter().enumerate() {
-                    let template = shard_config(&config, &layout, i);
-                    let sm =
-                        ShardStateMachine::open(template.dir.clone(), template, vec![start..=end], start)
-                            .map_err(|e| open_error(&config, i, e))?;
-                    machines.push(sm);
-                }
-                Ok((layout, log, machines))
+                Ok((layout, open_raft_log(&config.store)?))
             })
             .await
             .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
         };
-        let (layout, log, machines) = opened;
         let plumbing =
             Plumbing { service: RaftService::default(), wire: PeerChannels::default(), log: Arc::new(log) };
+        let first = rc.members.keys().next() == Some(&rc.node_id);
+        let plans = (layout.shards.iter().enumerate())
+            .map(|(i, &buckets)| ReplicaPlan {
+                group: i as u64,
+                buckets,
+                bootstrap: first.then(|| rc.members.clone()),
+            })
+            .collect();
+        Node::start_replicas(config, plumbing, layout.total_buckets, plans).await
+    }
+
+    /// Starts this node's replicas of the groups `plans` name over the bucket space of `total_buckets`
+    /// (buckets no plan covers are served elsewhere), sharing `plumbing` (the node's Raft log, peer
+    /// connections and Raft service). `config.replication` must be set and `config.store` absolute.
+    pub(crate) async fn start_replicas(
+        config: NodeConfig,
+        plumbing: Plumbing,
+        total_buckets: u32,
+        plans: Vec<ReplicaPlan>,
+    ) -> Result<Node> {
+        let rc = config
+            .replication
+            .clone()
+            .ok_or_else(|| NodeError::Internal("replicas started without a replication config".into()))?;
+        let machines = {
+            let (config, plans) = (config.clone(), plans.clone());
+            tokio::task::spawn_blocking(move || -> Result<Vec<ShardStateMachine>> {
+                let mut machines = Vec::with_capacity(plans.len());
+                for plan in &plans {
+                    let (start, end) = plan.buckets;
+                    let template = shard_config(&config, total_buckets, plan.group);
+                    let sm =
+                        ShardStateMachine::open(template.dir.clone(), template, vec![start..=end], start)
+                            .map_err(|e| open_error(&config, plan.group, e))?;
+                    machines.push(sm);
+                }
+                Ok(machines)
+            })
+            .await
+            .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
+        };
         let mut shards = Vec::with_capacity(machines.len());
-        for (i, sm) in machines.into_iter().enumerate() {
-            let group = i as u64;
+        for (plan, sm) in plans.into_iter().zip(machines) {
+            let group = plan.group;
             let replica = Replica::start(
                 rc.node_id,
                 group,
@@ -302,19 +359,20 @@ impl Node {
                 rc.replica_config(),
             )
             .await
-            .map_err(|e| NodeError::Startup(format!("cannot start shard {i}'s replica: {e}")))?;
+            .map_err(|e| NodeError::Startup(format!("cannot start shard {group}'s replica: {e}")))?;
             plumbing.service.register_replica(&replica);
             // A group this node has never heard of (new, or this node is new to it), and not a replica
             // that re-synced from scratch (its group exists).
-            let first = rc.members.keys().next() == Some(&rc.node_id);
-            if first && replica.is_new() {
+            if let Some(members) = plan.bootstrap
+                && replica.is_new()
+            {
                 replica
-                    .bootstrap(rc.members.clone())
+                    .bootstrap(members)
                     .await
-                    .map_err(|e| NodeError::Startup(format!("cannot make shard {i}'s group: {e}")))?;
+                    .map_err(|e| NodeError::Startup(format!("cannot make shard {group}'s group: {e}")))?;
             }
-            let (start, end) = layout.shards[i];
-            shards.push(Shard { ranges: vec![start..=end], backend: Backend::Replicated(replica) });
+            let (start, end) = plan.buckets;
+            shards.push(Shard { group, ranges: vec![start..=end], backend: Backend::Replicated(replica) });
         }
         let leader_changes: Arc<Vec<_>> =
             Arc::new((0..shards.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
@@ -328,9 +386,17 @@ impl Node {
                 tokio::spawn(async move { replica.tend().await });
             }
         }
+        let mut owner = vec![NOT_HERE; total_buckets as usize];
+        for (i, shard) in shards.iter().enumerate() {
+            for range in &shard.ranges {
+                for b in range.clone() {
+                    owner[usize::from(b)] = i as u16;
+                }
+            }
+        }
         Ok(Node {
-            total_buckets: layout.total_buckets,
-            owner: owners(&layout),
+            total_buckets,
+            owner,
             config,
             shards,
             pending: Arc::new(Pending::new()),
@@ -352,11 +418,11 @@ impl Node {
     /// Stops every replica (a standalone node has none). Call before [`Node::close`].
     pub async fn stop_replication(&self) {
         let Some(r) = &self.replication else { return };
-        for (i, shard) in self.shards.iter().enumerate() {
+        for shard in &self.shards {
             if let Backend::Replicated(replica) = &shard.backend {
-                r.plumbing.service.unregister(i as u64);
+                r.plumbing.service.unregister(shard.group);
                 if let Err(e) = replica.shutdown().await {
-                    tracing::warn!(shard = i, error = %e, "replica did not stop cleanly");
+                    tracing::warn!(shard = shard.group, error = %e, "replica did not stop cleanly");
                 }
             }
         }
@@ -372,8 +438,19 @@ impl Node {
         self.pending.clock().now()
     }
 
-    fn shard_of(&self, bucket: u16) -> &Shard {
-        &self.shards[usize::from(self.owner[usize::from(bucket)])]
+    fn shard_of(&self, bucket: u16) -> Result<&Shard> {
+        Ok(&self.shards[self.shard_of_bucket(bucket)?])
+    }
+
+    /// Index of the local shard that owns `bucket`.
+    fn shard_of_bucket(&self, bucket: u16) -> Result<usize> {
+        match self.owner.get(usize::from(bucket)) {
+            Some(&i) if i != NOT_HERE => Ok(usize::from(i)),
+            _ => Err(NodeError::Unavailable(format!(
+                "bucket {bucket}'s shard has no replica on this node: ask a node that holds it \
+                 (cairn status lists them)"
+            ))),
+        }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
@@ -430,7 +507,7 @@ impl Node {
         options: ReadOptions,
     ) -> Result<Read<Option<Versioned>>> {
         self.check_key(&key)?;
-        let behind = self.ready_to_read(self.shard_index(&key), &options).await?;
+        let behind = self.ready_to_read(self.shard_index(&key)?, &options).await?;
         let value = match options.at {
             // The newest version is one point read: served here, no hand-off.
             None => self.read_latest(&key, Timestamp::MAX)?,
@@ -448,14 +525,14 @@ impl Node {
         let bucket = mvcc::bucket_of(key, self.total_buckets);
         if at == Timestamp::MAX {
             // The newest version: one point read of the key's latest row.
-            return crate::writer::read_latest(&self.shard_of(bucket).db(), self.total_buckets, key);
+            return crate::writer::read_latest(&self.shard_of(bucket)?.db(), self.total_buckets, key);
         }
         let start = mvcc::version_key(key, at);
         let mut end = mvcc::key_prefix(key);
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
-        let mut it = self.shard_of(bucket).db().scan(bucket, &start[..]..&end[..])?;
+        let mut it = self.shard_of(bucket)?.db().scan(bucket, &start[..]..&end[..])?;
         match it.next().transpose()? {
             None => Ok(None),
             Some((_, engine_key, row)) => version_of(&engine_key, &row),
@@ -473,8 +550,8 @@ impl Node {
         Ok(())
     }
 
-    fn shard_index(&self, key: &[u8]) -> usize {
-        usize::from(self.owner[usize::from(mvcc::bucket_of(key, self.total_buckets))])
+    fn shard_index(&self, key: &[u8]) -> Result<usize> {
+        self.shard_of_bucket(mvcc::bucket_of(key, self.total_buckets))
     }
 
     fn local_writer(&self, shard: usize) -> Result<&ShardWriter> {
@@ -510,14 +587,14 @@ impl Node {
         self.check_key(key)?;
         self.check_value(value)?;
         let op = WriteOp::Put { key: key.to_vec(), value: value.to_vec(), condition };
-        written(self.local_writer(self.shard_index(key))?.write_blocking(op))
+        written(self.local_writer(self.shard_index(key)?)?.write_blocking(op))
     }
 
     /// [`Node::put`] for async callers: waits without holding a thread.
     pub async fn put_async(&self, key: Vec<u8>, value: Vec<u8>, condition: Condition) -> Result<Ack> {
         self.check_key(&key)?;
         self.check_value(&value)?;
-        let shard = self.shard_index(&key);
+        let shard = self.shard_index(&key)?;
         acked(self.write(shard, WriteOp::Put { key, value, condition }).await?)
     }
 
@@ -525,13 +602,13 @@ impl Node {
     /// only (see [`Node::put`]).
     pub fn delete(&self, key: &[u8]) -> Result<Option<Timestamp>> {
         self.check_key(key)?;
-        self.local_writer(self.shard_index(key))?.write_blocking(WriteOp::Delete { key: key.to_vec() })
+        self.local_writer(self.shard_index(key)?)?.write_blocking(WriteOp::Delete { key: key.to_vec() })
     }
 
     /// [`Node::delete`] for async callers.
     pub async fn delete_async(&self, key: Vec<u8>) -> Result<Option<Ack>> {
         self.check_key(&key)?;
-        let shard = self.shard_index(&key);
+        let shard = self.shard_index(&key)?;
         match self.write(shard, WriteOp::Delete { key }).await? {
             (None, _) => Ok(None),
             written => acked(written).map(Some),
@@ -563,7 +640,7 @@ impl Node {
                 ops.len()
             )));
         }
-        let shard = self.shard_index(first);
+        let shard = self.shard_index(first)?;
         let mut bytes = 0usize;
         for (key, value) in ops {
             self.check_key(key)?;
@@ -571,10 +648,10 @@ impl Node {
                 self.check_value(v)?;
                 bytes += v.len();
             }
-            if self.shard_index(key) != shard {
+            let other = self.shard_index(key)?;
+            if other != shard {
                 return Err(NodeError::InvalidArgument(format!(
-                    "the batch's keys belong to shards {shard} and {}: a batch must stay within one shard",
-                    self.shard_index(key)
+                    "the batch's keys belong to shards {shard} and {other}: a batch must stay within one shard"
                 )));
             }
         }
@@ -604,6 +681,10 @@ impl Node {
             return Err(NodeError::InvalidArgument(format!(
                 "limit {limit} is over the maximum {MAX_SCAN_LIMIT}"
             )));
+        }
+        // A scan reads every bucket: each must have its shard here (forwarding comes with routing).
+        if let Some(b) = self.owner.iter().position(|&o| o == NOT_HERE) {
+            self.shard_of_bucket(b as u16)?;
         }
         let at = self.check_read_ts(at)?;
         let lo = mvcc::key_prefix(start);
@@ -666,7 +747,7 @@ impl Node {
             .map(|(i, s)| {
                 let m = s.db().metrics();
                 ShardStatus {
-                    shard: i,
+                    shard: s.group as usize,
                     buckets: s.ranges.clone(),
                     sst_bytes: m.level_bytes.iter().sum(),
                     memtable_bytes: m.memtable_bytes,

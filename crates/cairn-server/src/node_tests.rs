@@ -102,7 +102,7 @@ fn stored_versions(n: &Node, key: &[u8]) -> usize {
     let lo = mvcc::key_prefix(key);
     let mut hi = lo.clone();
     *hi.last_mut().unwrap() += 1;
-    n.shard_of(bucket).db().scan(bucket, &lo[..]..&hi[..]).unwrap().count()
+    n.shard_of(bucket).unwrap().db().scan(bucket, &lo[..]..&hi[..]).unwrap().count()
 }
 
 #[test]

@@ -440,6 +440,7 @@ impl Proposer<'_> {
 }
 
 /// The node's Raft plumbing shared by its groups.
+#[derive(Clone)]
 pub(crate) struct Plumbing {
     /// Answers peers' Raft calls for every group on this node.
     pub service: RaftService,

@@ -32,6 +32,23 @@ enum Command {
     Kv(KvArgs),
     /// Show a running node's store and shards (over gRPC).
     Status(ClientArgs),
+    /// Make a new cluster whose first member is the node at --addr (started with --join).
+    Init(InitArgs),
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Replicas per shard (1 to 7; 3 advised). The shards are placed once this many nodes have joined.
+    #[arg(long, default_value_t = 3)]
+    replication_factor: u32,
+    /// Shards the bucket space is split into.
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    /// Size of the bucket space.
+    #[arg(long, default_value_t = 1024)]
+    total_buckets: u32,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -115,6 +132,20 @@ struct NodeArgs {
     /// Log entries kept behind a snapshot (a follower further behind gets the snapshot).
     #[arg(long, env = "CAIRN_LOG_KEEP")]
     log_keep: Option<u64>,
+    /// Run as a cluster member: the gRPC addresses of members to join through (HOST:PORT,...; this
+    /// node's own may be among them, so every node can be given the same list). A new cluster starts
+    /// with `cairn init` on one node.
+    #[arg(long, env = "CAIRN_JOIN")]
+    join: Option<String>,
+    /// The cluster this node must belong to (refuse any other).
+    #[arg(long, env = "CAIRN_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// The gRPC address other nodes and clients reach this node at (default: --grpc-addr).
+    #[arg(long, env = "CAIRN_ADVERTISE_GRPC_ADDR")]
+    advertise_grpc_addr: Option<String>,
+    /// The HTTP address clients reach this node at (default: --http-addr).
+    #[arg(long, env = "CAIRN_ADVERTISE_HTTP_ADDR")]
+    advertise_http_addr: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +182,10 @@ struct FileConfig {
     check_interval_secs: Option<u64>,
     snapshot_every: Option<u64>,
     log_keep: Option<u64>,
+    join: Option<String>,
+    cluster_id: Option<String>,
+    advertise_grpc_addr: Option<String>,
+    advertise_http_addr: Option<String>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, String> {
@@ -213,11 +248,46 @@ fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig,
         (Some(_), None) => return Err("--node-id needs --peers (every member's ID=HOST:PORT)".into()),
         (None, Some(_)) => return Err("--peers needs --node-id (this node's id among them)".into()),
     }
-    Ok(ServerConfig {
-        node,
-        http_addr: args.http_addr.or(file.http_addr).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
-        grpc_addr: grpc_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
-    })
+    let http_addr = args.http_addr.or(file.http_addr).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let grpc_addr = grpc_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051)));
+    let cluster = match args.join.clone().or(file.join) {
+        None => None,
+        Some(_) if node.replication.is_some() => {
+            return Err("--join runs a cluster member; --node-id/--peers a static group: pick one".into());
+        }
+        Some(join) => {
+            let join: Vec<String> =
+                join.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+            if let Some(bad) = join.iter().find(|a| a.parse::<SocketAddr>().is_err() && !a.contains(':')) {
+                return Err(format!("--join: {bad:?} is not HOST:PORT"));
+            }
+            let advertise_grpc = args.advertise_grpc_addr.clone().or(file.advertise_grpc_addr);
+            let advertise_http = args.advertise_http_addr.clone().or(file.advertise_http_addr);
+            if advertise_grpc.is_none() && grpc_addr.ip().is_unspecified() {
+                return Err(format!(
+                    "gRPC listens on {grpc_addr}: pass --advertise-grpc-addr, the address peers reach it at"
+                ));
+            }
+            let mut replication = cairn_server::replicated::ReplicationConfig::new(1, Default::default());
+            if let Some(s) = args.check_interval_secs.or(file.check_interval_secs) {
+                replication.check_interval = Duration::from_secs(s);
+            }
+            if let Some(n) = args.snapshot_every.or(file.snapshot_every) {
+                replication.snapshot_every = n.max(1);
+            }
+            if let Some(n) = args.log_keep.or(file.log_keep) {
+                replication.keep_behind_snapshot = n;
+            }
+            node.replication = Some(replication);
+            Some(cairn_server::cluster::ClusterConfig {
+                join,
+                cluster_id: args.cluster_id.clone().or(file.cluster_id),
+                advertise_grpc,
+                advertise_http,
+            })
+        }
+    };
+    Ok(ServerConfig { node, http_addr, grpc_addr, cluster })
 }
 
 fn demo_banner(addr: SocketAddr, grpc: SocketAddr, store: &Path) -> String {
@@ -252,12 +322,36 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// `cairn init`: makes a new cluster at the node at `--addr`.
+async fn init_command(args: InitArgs) -> Result<ExitCode, String> {
+    use cairn_proto::cluster::{InitRequest, cluster_client::ClusterClient};
+    let endpoint = format!("http://{}", args.client.addr);
+    let mut client = ClusterClient::connect(endpoint)
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", args.client.addr))?;
+    let request = InitRequest {
+        replication_factor: args.replication_factor,
+        shards: args.shards,
+        total_buckets: args.total_buckets,
+        dead_after_secs: 0,
+    };
+    let reply =
+        client.init(request).await.map_err(|s| format!("init refused: {}", s.message()))?.into_inner();
+    if args.client.json {
+        println!("{}", serde_json::json!({"cluster_id": reply.cluster_id, "node_id": reply.node_id}));
+    } else {
+        println!("initialised cluster {} (node {} at {})", reply.cluster_id, reply.node_id, args.client.addr);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a client command; the exit status is 0 on success, 1 for "not found" and errors.
 async fn client_command(command: Command) -> Result<ExitCode, String> {
     use cairn_client::Client;
     let (args, op) = match command {
         Command::Kv(k) => (k.client, Some(k.op)),
         Command::Status(c) => (c, None),
+        Command::Init(i) => return init_command(i).await,
         Command::Start(_) | Command::Demo(_) => return Err("not a client command".into()),
     };
     let mut client = Client::connect(&args.addr).await.map_err(|e| e.to_string())?;
@@ -380,7 +474,7 @@ fn main() -> ExitCode {
     let (config, demo) = match &cli.command {
         Command::Start(a) => (build_config(a.store.clone(), &a.node), false),
         Command::Demo(a) => (build_config(Some(a.store.clone()), &a.node), true),
-        Command::Kv(_) | Command::Status(_) => {
+        Command::Kv(_) | Command::Status(_) | Command::Init(_) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Server, http, try_http};
+use common::{Server, http, try_http, wait_until};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -104,14 +104,6 @@ fn writer(id: usize, http: Vec<SocketAddr>, out: Arc<Outcomes>) {
             // The node is down (killed, or restarting): nothing was written through it.
             Err(_) => {}
         }
-    }
-}
-
-fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

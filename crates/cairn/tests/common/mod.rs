@@ -118,3 +118,22 @@ pub fn try_http(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> st
         lines.filter_map(|l| l.split_once(": ")).map(|(n, v)| (n.to_string(), v.to_string())).collect();
     Ok(Response { status, headers, body: raw[split + 4..].to_vec() })
 }
+
+/// Polls `done` every 50 ms until it holds; fails the test after `deadline`.
+pub fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the `cairn` binary with `args`; returns its exit success, stdout and stderr.
+pub fn cairn(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_cairn")).args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}

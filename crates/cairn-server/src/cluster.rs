@@ -1,0 +1,591 @@
+//! Cluster mode: a node that is a member of a cluster run by its meta group (ARCHITECTURE decision 36).
+//!
+//! A node started with `--join` (or with none, waiting for `cairn init`) keeps its identity in
+//! `<store>/CLUSTER.json`: a random join token from its first start, then the cluster id and node id it
+//! was given. Until it has an id it serves only the [`Cluster`](cairn_proto::cluster) gRPC service,
+//! answering joins with `UNAVAILABLE`. It gets an id in one of two ways:
+//!
+//! - `cairn init` calls [`Init`](ClusterService) on it: it makes a new cluster (a fresh cluster id, the
+//!   settings given), takes node id 1, makes the meta group with itself as its only member and stores
+//!   the first [`ClusterState`]. That bootstrap is recorded in the identity file before it starts and
+//!   redone after a crash until the state is stored.
+//! - It asks the nodes in `--join` in turn, with its token, until one that is a member admits it
+//!   ([`ClusterState::join`] through the meta group); refusals that retrying cannot cure (a wrong cluster
+//!   id, an address another node has) stop the start-up with the reason.
+//!
+//! A member starts its replica of the meta group; the meta group's leader adds it (the **driver**, which
+//! every node runs and which acts only where this node leads the meta group): every active node gets a
+//! replica, the lowest-id ones vote (3, or 5 once there are 5 nodes), the rest learn. Once as many nodes
+//! have joined as the replication factor, the driver places the shards ([`ClusterState::place_initial`]).
+//! Every member then starts its replicas of the shards placed on it: the first node in a shard's replica
+//! list makes the shard's group, the others wait to hear from it. A shard group's id is its shard id.
+
+use crate::error::{NodeError, Result};
+use crate::layout::{LAYOUT_FILE, read_json, write_json};
+use crate::node::{NodeConfig, ReplicaPlan, open_raft_log};
+use crate::replicated::{Plumbing, ReplicationConfig};
+use cairn_cluster::meta::{
+    ClusterSettings, ClusterState, JoinRequest, META_BUCKET, META_GROUP, META_TOTAL_BUCKETS, MetaError,
+    MetaStore,
+};
+use cairn_cluster::raft::{PeerChannels, RaftService, ReadLevel, Replica, ShardStateMachine};
+use cairn_proto::cluster as pb;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// The member's identity file in its store.
+pub(crate) const IDENTITY_FILE: &str = "CLUSTER.json";
+/// How long one meta-group call (a read, a change) may wait.
+const META_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one join call may take.
+const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between rounds of join attempts, and between the driver's passes.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long the driver waits for a new member's meta replica to catch up before trying again later.
+const ADD_MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new cluster waits for its meta group's first election.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a cluster member starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Members' gRPC addresses to ask for admission (this node's own may be among them).
+    pub join: Vec<String>,
+    /// The cluster this node must join (`None`: whichever the nodes in `join` belong to).
+    pub cluster_id: Option<String>,
+    /// The gRPC address peers and clients reach this node at (default: the bound one).
+    pub advertise_grpc: Option<String>,
+    /// The HTTP address clients reach this node at (default: the bound one).
+    pub advertise_http: Option<String>,
+}
+
+/// What a member keeps about itself (`<store>/CLUSTER.json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Identity {
+    /// Proves this node's joins are this node's: a retried join gets the same id back.
+    token: String,
+    /// The cluster this node belongs to, once it does.
+    cluster_id: Option<String>,
+    /// This node's id, once it has one.
+    node_id: Option<u64>,
+    /// Set by `init` until the meta group holds this first state; a restart finishes the bootstrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bootstrap: Option<ClusterState>,
+}
+
+/// A fresh random-looking id: 128 bits of hashed time, process, counter and `salt`, in hex.
+fn fresh_id(salt: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = format!("{nanos}/{}/{count}/{salt}", std::process::id());
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(seed.as_bytes()))
+}
+
+/// A cluster member's membership: identity, the meta group replica, and the Raft plumbing its groups
+/// share.
+pub(crate) struct Membership {
+    store: PathBuf,
+    config: ClusterConfig,
+    grpc_addr: String,
+    http_addr: String,
+    replication: ReplicationConfig,
+    plumbing: Plumbing,
+    identity: tokio::sync::Mutex<Identity>,
+    meta: OnceLock<MetaStore>,
+    /// This node's id once it has one.
+    member: tokio::sync::watch::Sender<Option<u64>>,
+}
+
+impl Membership {
+    /// Opens the member's store (`config.store`, absolute): identity, Raft log, and the meta replica if
+    /// the node already belongs to a cluster. `grpc_addr`/`http_addr` are the addresses it advertises.
+    pub(crate) async fn open(
+        node: &NodeConfig,
+        config: ClusterConfig,
+        grpc_addr: String,
+        http_addr: String,
+        replication: ReplicationConfig,
+    ) -> Result<Arc<Membership>> {
+        let store = node.store.clone();
+        let (identity, log) = {
+            let (store, salt) = (store.clone(), format!("{grpc_addr}/{}", store.display()));
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                std::fs::create_dir_all(&store).map_err(|e| {
+                    NodeError::Startup(format!("cannot create store {}: {e}", store.display()))
+                })?;
+                if store.join(LAYOUT_FILE).exists() {
+                    return Err(NodeError::Startup(format!(
+                        "store {} belongs to a node started without --join; it cannot join a cluster",
+                        store.display()
+                    )));
+                }
+                let path = store.join(IDENTITY_FILE);
+                let identity = match read_json::<Identity>(&path)? {
+                    Some(identity) => identity,
+                    None => {
+                        let identity = Identity { token: fresh_id(&salt), ..Identity::default() };
+                        write_json(&path, &identity)?;
+                        identity
+                    }
+                };
+                Ok((identity, open_raft_log(&store)?))
+            })
+            .await
+            .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
+        };
+        if let (Some(want), Some(have)) = (&config.cluster_id, &identity.cluster_id)
+            && want != have
+        {
+            return Err(NodeError::Startup(format!(
+                "store {} belongs to cluster {have}, not {want}",
+                store.display()
+            )));
+        }
+        let plumbing =
+            Plumbing { service: RaftService::default(), wire: PeerChannels::default(), log: Arc::new(log) };
+        let node_id = identity.node_id;
+        let bootstrap = identity.bootstrap.clone();
+        let membership = Arc::new(Membership {
+            store,
+            config,
+            grpc_addr,
+            http_addr,
+            replication,
+            plumbing,
+            identity: tokio::sync::Mutex::new(identity),
+            meta: OnceLock::new(),
+            member: tokio::sync::watch::Sender::new(None),
+        });
+        if let Some(id) = node_id {
+            membership.start_meta(id).await?;
+            if let Some(state) = bootstrap {
+                membership.finish_bootstrap(id, &state).await?;
+            }
+        }
+        Ok(membership)
+    }
+
+    /// The gRPC service peers and operators call.
+    pub(crate) fn service(self: &Arc<Self>) -> pb::cluster_server::ClusterServer<ClusterService> {
+        pb::cluster_server::ClusterServer::new(ClusterService { membership: Arc::clone(self) })
+    }
+
+    /// The Raft plumbing every group on this node shares.
+    pub(crate) fn plumbing(&self) -> &Plumbing {
+        &self.plumbing
+    }
+
+    /// Starts this node's replica of the meta group, as node `id`.
+    async fn start_meta(&self, id: u64) -> Result<()> {
+        let dir = self.store.join("meta");
+        let sm = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut template = cairn_engine::Config::new(&dir);
+                template.wal = false;
+                template.total_buckets = META_TOTAL_BUCKETS;
+                template.block_cache_bytes = 1 << 20;
+                ShardStateMachine::open(dir, template, vec![META_BUCKET..=META_BUCKET], META_BUCKET)
+            })
+            .await
+            .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))?
+            .map_err(|e| NodeError::Startup(format!("cannot open the meta replica: {e}")))?
+        };
+        let replica = Replica::start(
+            id,
+            META_GROUP,
+            Arc::clone(&self.plumbing.log),
+            sm,
+            self.plumbing.wire.clone(),
+            self.replication.replica_config(),
+        )
+        .await
+        .map_err(|e| NodeError::Startup(format!("cannot start the meta replica: {e}")))?;
+        self.plumbing.service.register_replica(&replica);
+        let tended = replica.clone();
+        tokio::spawn(async move { tended.tend().await });
+        if self.meta.set(MetaStore::new(replica, META_TIMEOUT)).is_err() {
+            return Err(NodeError::Internal("the meta replica started twice".into()));
+        }
+        self.member.send_replace(Some(id));
+        Ok(())
+    }
+
+    /// Makes the meta group (this node its only member) and stores `state` in it; clears the pending
+    /// bootstrap in the identity file. Safe to redo.
+    async fn finish_bootstrap(&self, id: u64, state: &ClusterState) -> Result<()> {
+        let meta = self.meta()?;
+        if meta.replica().is_new() {
+            let members = BTreeMap::from([(id, self.grpc_addr.clone())]);
+            meta.replica()
+                .bootstrap(members)
+                .await
+                .map_err(|e| NodeError::Startup(format!("cannot make the meta group: {e}")))?;
+        }
+        let deadline = tokio::time::Instant::now() + BOOTSTRAP_TIMEOUT;
+        loop {
+            match meta.bootstrap(state).await {
+                Ok(_) => break,
+                // No leader yet (the first election).
+                Err(MetaError::Group(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "waiting for the meta group's first leader");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(NodeError::Startup(format!("cannot store the first cluster state: {e}")));
+                }
+            }
+        }
+        let mut identity = self.identity.lock().await;
+        identity.bootstrap = None;
+        self.save(&identity).await
+    }
+
+    /// Writes `identity` to the store.
+    async fn save(&self, identity: &Identity) -> Result<()> {
+        let (path, identity) = (self.store.join(IDENTITY_FILE), identity.clone());
+        tokio::task::spawn_blocking(move || write_json(&path, &identity))
+            .await
+            .map_err(|e| NodeError::Internal(format!("identity task failed: {e}")))?
+    }
+
+    fn meta(&self) -> Result<&MetaStore> {
+        self.meta.get().ok_or_else(|| NodeError::Unavailable("this node is not a cluster member yet".into()))
+    }
+
+    /// `cairn init`: makes a new cluster with this node as node 1.
+    async fn init(&self, settings: ClusterSettings) -> std::result::Result<(String, u64), Status> {
+        let mut identity = self.identity.lock().await;
+        if let Some(cluster) = &identity.cluster_id {
+            return Err(Status::already_exists(format!("this node already belongs to cluster {cluster}")));
+        }
+        let cluster_id = self.config.cluster_id.clone().unwrap_or_else(|| fresh_id(&identity.token));
+        let state = ClusterState::new(&cluster_id, settings).map_err(crate::grpc::meta_status)?;
+        let request = JoinRequest {
+            cluster_id: cluster_id.clone(),
+            token: identity.token.clone(),
+            grpc_addr: self.grpc_addr.clone(),
+            http_addr: self.http_addr.clone(),
+        };
+        let (state, id) = state.join(&request).map_err(crate::grpc::meta_status)?;
+        let state = state.ok_or_else(|| Status::internal("the first join changed nothing"))?;
+        identity.cluster_id = Some(cluster_id.clone());
+        identity.node_id = Some(id);
+        identity.bootstrap = Some(state.clone());
+        self.save(&identity).await.map_err(crate::grpc::status_of)?;
+        drop(identity);
+        self.start_meta(id).await.map_err(crate::grpc::status_of)?;
+        self.finish_bootstrap(id, &state).await.map_err(crate::grpc::status_of)?;
+        tracing::info!(cluster = %cluster_id, node = id, "made a new cluster");
+        Ok((cluster_id, id))
+    }
+
+    /// Admits a node (any member answers; the change goes through the meta group).
+    async fn admit(&self, mut request: JoinRequest) -> std::result::Result<(String, u64), Status> {
+        let meta = self.meta.get().ok_or_else(|| {
+            Status::unavailable("this node is not a cluster member yet (run `cairn init` on one node)")
+        })?;
+        if request.cluster_id.is_empty() {
+            let identity = self.identity.lock().await;
+            request.cluster_id = identity.cluster_id.clone().unwrap_or_default();
+        }
+        let (state, id) = meta.update(|s| s.join(&request)).await.map_err(crate::grpc::meta_status)?;
+        tracing::info!(node = id, grpc = %request.grpc_addr, "admitted a node");
+        Ok((state.cluster_id, id))
+    }
+
+    /// Gets this node an id: waits for `init`, or asks the `--join` nodes in turn until one admits it.
+    /// Returns the id.
+    async fn become_member(&self) -> Result<u64> {
+        let mut member = self.member.subscribe();
+        if let Some(id) = *member.borrow_and_update() {
+            return Ok(id);
+        }
+        let peers: Vec<String> = self.config.join.iter().filter(|a| **a != self.grpc_addr).cloned().collect();
+        if peers.is_empty() {
+            tracing::info!("waiting for `cairn init` (no --join peers given)");
+        }
+        let mut rounds = 0u64;
+        loop {
+            for peer in &peers {
+                if let Some(id) = *member.borrow_and_update() {
+                    return Ok(id);
+                }
+                match self.ask_to_join(peer).await {
+                    Ok(Some(id)) => return Ok(id),
+                    Ok(None) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(id) = *member.borrow_and_update() {
+                return Ok(id);
+            }
+            rounds += 1;
+            if !peers.is_empty() && rounds % 20 == 1 {
+                tracing::info!(peers = ?peers, "waiting to join: no member answered yet (is the cluster initialised?)");
+            }
+            tokio::select! {
+                _ = member.changed() => {}
+                () = tokio::time::sleep(RETRY_PAUSE) => {}
+            }
+        }
+    }
+
+    /// One join attempt at `peer`: `Some(id)` if admitted, `None` if worth retrying, an error if not.
+    async fn ask_to_join(&self, peer: &str) -> Result<Option<u64>> {
+        let token = self.identity.lock().await.token.clone();
+        let request = pb::JoinRequest {
+            cluster_id: self.config.cluster_id.clone().unwrap_or_default(),
+            token,
+            grpc_addr: self.grpc_addr.clone(),
+            http_addr: self.http_addr.clone(),
+        };
+        let call = async {
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{peer}"))
+                .map_err(|e| Status::invalid_argument(format!("bad --join address {peer:?}: {e}")))?
+                .connect_timeout(JOIN_CALL_TIMEOUT);
+            let channel = endpoint.connect().await.map_err(|e| Status::unavailable(e.to_string()))?;
+            pb::cluster_client::ClusterClient::new(channel).join(request).await
+        };
+        let reply = match tokio::time::timeout(JOIN_CALL_TIMEOUT, call).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => {
+                return match status.code() {
+                    tonic::Code::FailedPrecondition
+                    | tonic::Code::AlreadyExists
+                    | tonic::Code::InvalidArgument => Err(NodeError::Startup(format!(
+                        "{peer} refused to admit this node: {}",
+                        status.message()
+                    ))),
+                    _ => {
+                        tracing::debug!(%peer, error = %status.message(), "join attempt failed");
+                        Ok(None)
+                    }
+                };
+            }
+            Err(_) => return Ok(None),
+        };
+        let mut identity = self.identity.lock().await;
+        if identity.node_id.is_some() {
+            // `init` made this node a member meanwhile (an operator's mistake: refuse the second one).
+            return Err(NodeError::Startup("this node was initialised while joining another cluster".into()));
+        }
+        identity.cluster_id = Some(reply.cluster_id.clone());
+        identity.node_id = Some(reply.node_id);
+        self.save(&identity).await?;
+        drop(identity);
+        self.start_meta(reply.node_id).await?;
+        tracing::info!(cluster = %reply.cluster_id, node = reply.node_id, via = %peer, "joined the cluster");
+        Ok(Some(reply.node_id))
+    }
+
+    /// Becomes a member (see [`Membership::become_member`]), then waits until the shards are placed;
+    /// returns this node's id and the cluster state with the shard map.
+    pub(crate) async fn establish(self: &Arc<Self>) -> Result<(u64, ClusterState)> {
+        let id = self.become_member().await?;
+        let driver = Arc::clone(self);
+        tokio::spawn(async move { driver.drive().await });
+        let meta = self.meta()?;
+        let mut waits = 0u64;
+        loop {
+            // This node's own replica: it holds the map once the leader has added it and it caught up.
+            if let Ok(state) = meta.read(ReadLevel::Eventual).await
+                && state.map.is_some()
+            {
+                return Ok((id, state));
+            }
+            waits += 1;
+            if waits % 20 == 1 {
+                tracing::info!(node = id, "waiting for the cluster to place its shards");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The shard replicas node `id` serves under `state`'s map, and the node config to serve them with.
+    pub(crate) fn plan(
+        &self,
+        node: &NodeConfig,
+        id: u64,
+        state: &ClusterState,
+    ) -> (NodeConfig, u32, Vec<ReplicaPlan>) {
+        let addrs: BTreeMap<u64, String> =
+            state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
+        let mut replication = self.replication.clone();
+        replication.node_id = id;
+        replication.members = addrs.clone();
+        let mut config = node.clone();
+        config.replication = Some(replication);
+        let Some(map) = &state.map else { return (config, state.settings.total_buckets, Vec::new()) };
+        let plans = map
+            .shards
+            .iter()
+            .filter(|s| s.replicas.contains(&id))
+            .map(|s| ReplicaPlan {
+                group: u64::from(s.id),
+                buckets: s.buckets,
+                bootstrap: (s.replicas.first() == Some(&id))
+                    .then(|| s.replicas.iter().filter_map(|r| Some((*r, addrs.get(r)?.clone()))).collect()),
+            })
+            .collect();
+        (config, map.total_buckets, plans)
+    }
+
+    /// The driver: while this node leads the meta group, keeps the meta group's membership in step with
+    /// the active nodes and places the shards once enough nodes have joined. Ends when the meta replica
+    /// stops.
+    async fn drive(self: Arc<Self>) {
+        let Ok(meta) = self.meta() else { return };
+        loop {
+            let status = meta.replica().status();
+            if status.role == "shutdown" {
+                return;
+            }
+            if status.role == "leader"
+                && let Err(e) = self.drive_once(meta, &status).await
+            {
+                tracing::debug!(error = %e, "driver pass failed; retrying");
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// One pass of the driver on the meta leader.
+    async fn drive_once(
+        &self,
+        meta: &MetaStore,
+        status: &cairn_cluster::raft::GroupStatus,
+    ) -> std::result::Result<(), MetaError> {
+        let state = meta.read(ReadLevel::Strong).await?;
+        let active = state.active_nodes();
+        let members: BTreeSet<u64> = status.voters.union(&status.learners).copied().collect();
+        for id in active.iter().filter(|id| !members.contains(id)) {
+            let Some(node) = state.nodes.get(id) else { continue };
+            let added = tokio::time::timeout(
+                ADD_MEMBER_TIMEOUT,
+                meta.replica().add_learner(*id, node.grpc_addr.clone()),
+            )
+            .await;
+            match added {
+                Ok(Ok(())) => tracing::info!(node = id, "node's meta replica added"),
+                Ok(Err(e)) => {
+                    tracing::debug!(node = id, error = %e, "cannot add the node's meta replica yet")
+                }
+                Err(_) => tracing::debug!(node = id, "the node's meta replica is not caught up yet"),
+            }
+        }
+        let status = meta.replica().status();
+        let members: Vec<u64> = active
+            .iter()
+            .copied()
+            .filter(|id| status.voters.contains(id) || status.learners.contains(id))
+            .collect();
+        let wanted = if members.len() >= 5 { 5 } else { members.len().min(3) };
+        let mut voters: BTreeSet<u64> =
+            status.voters.iter().copied().filter(|v| members.contains(v)).take(wanted).collect();
+        for id in &members {
+            if voters.len() >= wanted {
+                break;
+            }
+            voters.insert(*id);
+        }
+        if !voters.is_empty() && voters != status.voters {
+            meta.replica().change_voters(voters.clone()).await?;
+            tracing::info!(voters = ?voters, "meta group voters changed");
+        }
+        if state.map.is_none() && active.len() >= state.settings.replication_factor {
+            let (placed, ()) = meta
+                .update(|s| match s.map {
+                    Some(_) => Ok((None, ())),
+                    None => Ok((Some(s.place_initial()?), ())),
+                })
+                .await?;
+            tracing::info!(version = placed.version, shards = placed.settings.shards, "shards placed");
+        }
+        Ok(())
+    }
+
+    /// The cluster state this node knows (`linearizable`: through the meta leader); `None` before it is
+    /// a member.
+    async fn state(&self, linearizable: bool) -> std::result::Result<Option<ClusterState>, MetaError> {
+        let Some(meta) = self.meta.get() else { return Ok(None) };
+        let level = if linearizable { ReadLevel::Strong } else { ReadLevel::Eventual };
+        Ok(meta.read_raw(level).await?.map(|(s, _)| s))
+    }
+
+    /// Stops the meta replica (call after the shard replicas stopped).
+    pub(crate) async fn stop(&self) {
+        if let Some(meta) = self.meta.get() {
+            self.plumbing.service.unregister(META_GROUP);
+            if let Err(e) = meta.replica().shutdown().await {
+                tracing::warn!(error = %e, "meta replica did not stop cleanly");
+            }
+        }
+    }
+
+    /// The store directory.
+    pub(crate) fn store(&self) -> &Path {
+        &self.store
+    }
+}
+
+/// The `Cluster` gRPC service.
+pub struct ClusterService {
+    membership: Arc<Membership>,
+}
+
+/// Cluster settings from an init request (zeros take the defaults).
+fn settings_of(r: &pb::InitRequest) -> ClusterSettings {
+    ClusterSettings {
+        replication_factor: if r.replication_factor == 0 { 3 } else { r.replication_factor as usize },
+        shards: if r.shards == 0 { 4 } else { r.shards as usize },
+        total_buckets: if r.total_buckets == 0 { 1024 } else { r.total_buckets },
+        dead_after_secs: if r.dead_after_secs == 0 { 30 } else { r.dead_after_secs },
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn init(
+        &self,
+        request: Request<pb::InitRequest>,
+    ) -> std::result::Result<Response<pb::InitReply>, Status> {
+        let settings = settings_of(request.get_ref());
+        let (cluster_id, node_id) = self.membership.init(settings).await?;
+        Ok(Response::new(pb::InitReply { cluster_id, node_id }))
+    }
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> std::result::Result<Response<pb::JoinReply>, Status> {
+        let r = request.into_inner();
+        let request = JoinRequest {
+            cluster_id: r.cluster_id,
+            token: r.token,
+            grpc_addr: r.grpc_addr,
+            http_addr: r.http_addr,
+        };
+        let (cluster_id, node_id) = self.membership.admit(request).await?;
+        Ok(Response::new(pb::JoinReply { cluster_id, node_id }))
+    }
+
+    async fn state(
+        &self,
+        request: Request<pb::StateRequest>,
+    ) -> std::result::Result<Response<pb::StateReply>, Status> {
+        let state =
+            self.membership.state(request.get_ref().linearizable).await.map_err(crate::grpc::meta_status)?;
+        let node_id = *self.membership.member.borrow();
+        Ok(Response::new(pb::StateReply {
+            state_json: state.map(|s| s.encode()).unwrap_or_default(),
+            node_id: node_id.unwrap_or(0),
+        }))
+    }
+}

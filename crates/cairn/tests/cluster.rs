@@ -1,0 +1,156 @@
+//! A cluster started the way an operator starts one: three `cairn start --join` processes and
+//! `cairn init` on the first. Every node gets an id, the shards are placed once three nodes have
+//! joined, every node serves writes and reads, a scan merges every shard in key order, bad joins are
+//! refused with their reasons, and a restarted node comes back as the same node with its data.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use cairn_proto::cluster::{JoinRequest, StateRequest, cluster_client::ClusterClient};
+use common::{Server, cairn, try_http, wait_until};
+use serde_json::Value;
+use std::time::Duration;
+
+const READY: Duration = Duration::from_secs(60);
+
+/// True once the node at `server` serves keys over HTTP.
+fn serves_keys(server: &Server) -> bool {
+    // Until its shards are up a member answers no HTTP; the connection waits in the listen backlog.
+    let probe = std::thread::scope(|s| {
+        let h = s.spawn(|| try_http(server.addr, "GET", "/health?ready=1", b""));
+        let start = std::time::Instant::now();
+        while !h.is_finished() && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        h.is_finished().then(|| h.join().unwrap())
+    });
+    matches!(probe, Some(Ok(r)) if r.status == 200)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// The cluster state as node `server` knows it, and its node id.
+fn state(server: &Server) -> (Value, u64) {
+    runtime().block_on(async {
+        let mut c = ClusterClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+        let r = c.state(StateRequest { linearizable: true }).await.unwrap().into_inner();
+        (serde_json::from_slice(&r.state_json).unwrap(), r.node_id)
+    })
+}
+
+/// A join call at `server`: the refusal's code and message, or the node id given.
+fn join(
+    server: &Server,
+    cluster_id: &str,
+    token: &str,
+    grpc: &str,
+    http: &str,
+) -> Result<u64, (tonic::Code, String)> {
+    runtime().block_on(async {
+        let mut c = ClusterClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+        let request = JoinRequest {
+            cluster_id: cluster_id.into(),
+            token: token.into(),
+            grpc_addr: grpc.into(),
+            http_addr: http.into(),
+        };
+        c.join(request).await.map(|r| r.into_inner().node_id).map_err(|s| (s.code(), s.message().to_string()))
+    })
+}
+
+#[test]
+fn nodes_join_serve_every_key_refuse_bad_joins_and_keep_their_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = |i: usize| tmp.path().join(format!("node-{i}"));
+
+    // Node 1 waits for init (no peers to join through); a second init is refused.
+    let n1 = Server::start(&store(1), &["--join", ""]);
+    let n1_grpc = n1.grpc.to_string();
+    let (ok, out, err) = cairn(&["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", "4"]);
+    assert!(ok, "init failed: {err}");
+    assert!(out.starts_with("initialised cluster "), "{out}");
+    let (ok, _, err) = cairn(&["init", "--addr", &n1_grpc]);
+    assert!(!ok && err.contains("already belongs to cluster"), "{err}");
+    let (s, id) = state(&n1);
+    assert_eq!(id, 1);
+    let cluster_id = s["cluster_id"].as_str().unwrap().to_string();
+    assert!(s["map"].is_null(), "shards are placed only once 3 nodes joined: {s}");
+
+    // Two more nodes join through the nodes before them.
+    let n2 = Server::start(&store(2), &["--join", &n1_grpc]);
+    let n3 = Server::start(&store(3), &["--join", &format!("{n1_grpc},{}", n2.grpc)]);
+    let mut nodes = vec![n1, n2, n3];
+    for n in &nodes {
+        wait_until("every node serves keys", READY, || serves_keys(n));
+    }
+    let (s, _) = state(&nodes[2]);
+    assert_eq!(s["cluster_id"], cluster_id.as_str());
+    let ids: Vec<u64> = s["nodes"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    let shards = s["map"]["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 4);
+    for shard in shards {
+        let mut replicas: Vec<u64> =
+            shard["replicas"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap()).collect();
+        replicas.sort_unstable();
+        assert_eq!(replicas, vec![1, 2, 3], "every shard has a replica on each of 3 nodes: {shard}");
+    }
+
+    // Writes through every node; every node reads every key; a scan merges the shards in order.
+    for (i, n) in nodes.iter().enumerate() {
+        for k in 0..10 {
+            let r = n.call("PUT", &format!("/kv/rest/entry/key-{i}-{k}"), format!("v{i}{k}").as_bytes());
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+    }
+    for n in &nodes {
+        for i in 0..3 {
+            let r = n.call("GET", &format!("/kv/rest/entry/key-{i}-7"), b"");
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+    }
+    let rows = nodes[1].call("GET", "/kv/rest/range?start=key-&end=key-~&limit=100", b"").json();
+    let keys: Vec<&str> =
+        rows["rows"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 30);
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted, "rows come in key order");
+    let (ok, out, err) = cairn(&["kv", "get", "key-2-3", "--addr", &nodes[0].grpc.to_string()]);
+    assert!(ok && out.trim() == "v23", "{out} {err}");
+
+    // Bad joins are refused with their reasons.
+    let (code, msg) = join(&nodes[1], "not-this-cluster", "t-x", "127.0.0.1:1", "127.0.0.1:2").unwrap_err();
+    assert_eq!(code, tonic::Code::FailedPrecondition, "{msg}");
+    assert!(msg.contains("wrong cluster"), "{msg}");
+    let taken = nodes[2].grpc.to_string();
+    let (code, msg) = join(&nodes[0], "", "t-y", &taken, "127.0.0.1:2").unwrap_err();
+    assert_eq!(code, tonic::Code::AlreadyExists, "{msg}");
+    assert!(msg.contains("already node 3"), "{msg}");
+    let (code, msg) = join(&nodes[0], "", "", "127.0.0.1:1", "127.0.0.1:2").unwrap_err();
+    assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
+    // A process started for another cluster stops with the reason instead of joining.
+    let mut wrong =
+        Server::start(&store(9), &["--join", &nodes[0].grpc.to_string(), "--cluster-id", "other"]);
+    let status = wrong.child.wait().unwrap();
+    assert!(!status.success(), "a node naming another cluster must not start");
+
+    // A restarted node is the same node, with its data, and serves again.
+    let n3 = nodes.pop().unwrap();
+    n3.stop();
+    let n3 = Server::start(&store(3), &["--join", &nodes[0].grpc.to_string()]);
+    wait_until("the restarted node serves keys", READY, || serves_keys(&n3));
+    assert_eq!(state(&n3).1, 3, "a restarted node keeps its id");
+    let r = n3.call("GET", "/kv/rest/entry/key-0-1", b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["value"]["bytes"], "djAx"); // base64 of "v01"
+    let (s, _) = state(&n3);
+    assert_eq!(s["nodes"].as_object().unwrap().len(), 3, "no new node id was taken: {s}");
+    nodes.push(n3);
+    for n in nodes {
+        n.stop();
+    }
+}

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod demo;
+
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about = "cairn: a replicated, sharded key-value database")]
 struct Cli {
@@ -153,6 +155,9 @@ struct StartArgs {
     /// The store directory (created if missing).
     #[arg(long, env = "CAIRN_STORE")]
     store: Option<PathBuf>,
+    /// Also shut down cleanly when standard input closes (how `cairn demo` runs its nodes).
+    #[arg(long, hide = true)]
+    exit_with_stdin: bool,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -162,6 +167,10 @@ struct DemoArgs {
     /// Where the demo keeps its data.
     #[arg(long, env = "CAIRN_STORE", default_value = "cairn-demo-data")]
     store: PathBuf,
+    /// Nodes to run: 1 runs one standalone node in this process; more run a local cluster of that many
+    /// processes on consecutive ports (node i on the HTTP and gRPC ports i-1 above node 1's).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+    nodes: u16,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -456,6 +465,56 @@ async fn client_command(command: Command) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Resolves when standard input reaches its end (or fails).
+async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+}
+
+/// `cairn demo --nodes N` with N > 1: a local cluster of N processes (see [`demo`]).
+fn demo_cluster(args: &DemoArgs, log_level: &str) -> ExitCode {
+    let config = match build_config(Some(args.store.clone()), &args.node) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cluster = demo::DemoCluster {
+        nodes: usize::from(args.nodes),
+        shards: config.node.shards as u32,
+        root: args.store.clone(),
+        http: config.http_addr,
+        grpc: config.grpc_addr,
+        log_level: log_level.to_string(),
+        no_sync: !config.node.sync,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cairn: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let root = args.store.clone();
+    let result = runtime.block_on(cluster.run(shutdown_signal(), |nodes| {
+        // The same machine-readable first line as a one-node demo (node 1's addresses), then the text.
+        println!("cairn listening http={} grpc={}", nodes[0].0, nodes[0].1);
+        println!("{}", demo::banner(nodes, &root));
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // openraft reports every unanswered heartbeat (20 a second per peer) as a warning; cairn logs what
@@ -471,9 +530,10 @@ fn main() -> ExitCode {
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
-    let (config, demo) = match &cli.command {
-        Command::Start(a) => (build_config(a.store.clone(), &a.node), false),
-        Command::Demo(a) => (build_config(Some(a.store.clone()), &a.node), true),
+    let (config, demo, exit_with_stdin) = match &cli.command {
+        Command::Start(a) => (build_config(a.store.clone(), &a.node), false, a.exit_with_stdin),
+        Command::Demo(a) if a.nodes > 1 => return demo_cluster(a, &cli.log_level),
+        Command::Demo(a) => (build_config(Some(a.store.clone()), &a.node), true, false),
         Command::Kv(_) | Command::Status(_) | Command::Init(_) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
@@ -506,7 +566,17 @@ fn main() -> ExitCode {
         }
     };
     let store = config.node.store.clone();
-    let result = runtime.block_on(serve(config, shutdown_signal(), move |bound| {
+    let shutdown = async move {
+        if exit_with_stdin {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = stdin_closed() => {}
+            }
+        } else {
+            shutdown_signal().await;
+        }
+    };
+    let result = runtime.block_on(serve(config, shutdown, move |bound| {
         // One machine-readable line first (tests and scripts read it), then the human text.
         println!("cairn listening http={} grpc={}", bound.http, bound.grpc);
         if demo {

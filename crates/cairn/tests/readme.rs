@@ -1,5 +1,6 @@
-//! The README's command lines, run exactly as written against `cairn demo` on its default ports
-//! (127.0.0.1:8080 and 127.0.0.1:50051; the test fails clearly if something else holds them).
+//! The README's command lines, run exactly as written against the demo its main command starts, on its
+//! default ports (127.0.0.1:8080 and 127.0.0.1:50051 and, for a cluster, the ones after them; the test
+//! fails clearly if something else holds them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,12 +8,24 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// The lines of the README's "In another terminal" block, comments stripped.
-fn readme_lines() -> Vec<String> {
+fn readme() -> String {
     // Cargo sets the manifest directory when it runs the test; the compile-time one may name another
     // checkout that shared the target directory (and so this binary).
     let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    let readme = std::fs::read_to_string(Path::new(&manifest).join("../../README.md")).unwrap();
+    std::fs::read_to_string(Path::new(&manifest).join("../../README.md")).unwrap()
+}
+
+/// The arguments of the README's main command (`cargo run --release -p cairn -- ARGS`).
+fn main_command_args() -> Vec<String> {
+    let readme = readme();
+    let line = readme.lines().find(|l| l.starts_with("cargo run --release -p cairn -- ")).unwrap();
+    let args = line.split(" #").next().unwrap().trim();
+    args["cargo run --release -p cairn -- ".len()..].split_whitespace().map(String::from).collect()
+}
+
+/// The lines of the README's "In another terminal" block, comments stripped.
+fn readme_lines() -> Vec<String> {
+    let readme = readme();
     let start = readme.find("In another terminal:").expect("the README's demo block");
     let block = &readme[start..];
     let open = block.find("```sh\n").unwrap() + 6;
@@ -30,8 +43,11 @@ fn readme_lines_work_as_written() {
     assert!(lines.len() >= 8, "{lines:?}");
     let tmp = tempfile::tempdir().unwrap();
     let bin = Path::new(env!("CARGO_BIN_EXE_cairn"));
+    let args = main_command_args();
+    assert_eq!(args.first().map(String::as_str), Some("demo"), "{args:?}");
     let mut demo = Command::new(bin)
-        .args(["demo", "--log-level", "warn"])
+        .args(&args)
+        .args(["--log-level", "warn"])
         .env("CAIRN_STORE", tmp.path().join("demo-data"))
         .stdout(Stdio::piped())
         .spawn()
@@ -55,7 +71,7 @@ fn readme_lines_work_as_written() {
         outputs.iter().find(|(l, _)| l.starts_with(prefix)).map(|(_, o)| o.clone()).unwrap_or_default()
     };
     assert!(said("curl -X POST").contains("\"timestamp\""));
-    assert!(said("curl http://127.0.0.1:8080/kv/rest/entry/Cockroach").contains("SGVsbG8="));
+    assert!(said("curl http://127.0.0.1:8081/kv/rest/entry/Cockroach").contains("SGVsbG8="));
     assert!(said("curl 'http://127.0.0.1:8080/kv/rest/range").contains("Q29ja3JvYWNo"));
     assert!(said("cairn kv put").starts_with("OK "));
     assert_eq!(said("cairn kv get"), "hello\n");

@@ -37,9 +37,15 @@ pub enum Target {
 
 #[derive(Args, Debug, Clone)]
 pub struct KvArgs {
-    /// The node's address (HTTP for `http`, gRPC for `grpc`).
-    #[arg(long)]
-    pub addr: String,
+    /// The node's address (HTTP for `http`, gRPC for `grpc`); several, comma-separated, spread the
+    /// clients over them round-robin (a cluster's nodes).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub addr: Vec<String>,
+    /// How fresh reads must be: `strong` (linearizable by a quorum round; etcd's default), `lease`
+    /// (linearizable by the leader's lease; etcd: linearizable) or `eventual` (whatever the replica
+    /// asked has applied; etcd: serializable).
+    #[arg(long, default_value = "strong")]
+    pub reads: String,
     /// Concurrent clients.
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
@@ -123,6 +129,16 @@ enum Conn {
     Etcd(etcdpb::kv_client::KvClient<tonic::transport::Channel>),
 }
 
+/// The read level `--reads` names, as cairn's gRPC consistency (etcd: eventual → serializable).
+fn read_level(reads: &str) -> Result<cairn_client::kv::Consistency, String> {
+    match reads {
+        "strong" => Ok(cairn_client::kv::Consistency::Strong),
+        "lease" => Ok(cairn_client::kv::Consistency::Lease),
+        "eventual" => Ok(cairn_client::kv::Consistency::Eventual),
+        other => Err(format!("--reads {other:?}: strong, lease or eventual")),
+    }
+}
+
 impl Conn {
     async fn open(target: Target, addr: &str) -> Result<Conn, String> {
         match target {
@@ -146,14 +162,31 @@ impl Conn {
         })
     }
 
-    async fn get(&mut self, key: &str) -> Result<bool, String> {
+    async fn get(&mut self, key: &str, level: cairn_client::kv::Consistency) -> Result<bool, String> {
+        use cairn_client::kv::Consistency;
         match self {
             Conn::Grpc(c) => {
-                c.get(key.as_bytes(), None).await.map(|v| v.is_some()).map_err(|e| e.to_string())
+                let request = cairn_client::kv::GetRequest {
+                    key: key.as_bytes().to_vec(),
+                    consistency: level as i32,
+                    ..Default::default()
+                };
+                c.get_request(request).await.map(|v| v.is_some()).map_err(|e| e.to_string())
             }
-            Conn::Http { .. } => self.http("GET", key, &[]).await.map(|status| status == 200),
+            Conn::Http { .. } => {
+                let query = match level {
+                    Consistency::Strong => "",
+                    Consistency::Lease => "?consistency=lease",
+                    Consistency::Eventual => "?consistency=eventual",
+                };
+                self.http("GET", &format!("{key}{query}"), &[]).await.map(|status| status == 200)
+            }
             Conn::Etcd(c) => {
-                let request = etcdpb::RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() };
+                let request = etcdpb::RangeRequest {
+                    key: key.as_bytes().to_vec(),
+                    serializable: level == Consistency::Eventual,
+                    ..Default::default()
+                };
                 c.range(request).await.map(|r| !r.into_inner().kvs.is_empty()).map_err(|e| e.to_string())
             }
         }
@@ -236,7 +269,8 @@ async fn run_phase(
         let (next, zipf, value, args) =
             (Arc::clone(&next), Arc::clone(&zipf), Arc::clone(&value), args.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(target, &args.addr).await?;
+            let mut conn = Conn::open(target, &args.addr[client % args.addr.len()]).await?;
+            let level = read_level(&args.reads)?;
             let mut rng = Rng::new(args.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut hist = [Histogram::default(), Histogram::default(), Histogram::default()];
             loop {
@@ -255,11 +289,11 @@ async fn run_phase(
                 let t = Instant::now();
                 match op {
                     Op::Read => {
-                        conn.get(&key).await?;
+                        conn.get(&key, level).await?;
                     }
                     Op::Update => conn.put(&key, &value).await?,
                     Op::ReadModifyWrite => {
-                        conn.get(&key).await?;
+                        conn.get(&key, level).await?;
                         conn.put(&key, &value).await?;
                     }
                 }
@@ -310,23 +344,26 @@ fn print(name: &str, r: &PhaseResult) {
 
 /// Runs the load and the workloads against `target`.
 pub fn run(args: &KvArgs, target: Target) -> Result<(), String> {
-    if args.clients == 0 || args.records == 0 || args.key_size < 8 {
-        return Err("need --clients > 0, --records > 0 and --key-size >= 8".into());
+    if args.clients == 0 || args.records == 0 || args.key_size < 8 || args.addr.is_empty() {
+        return Err("need --addr, --clients > 0, --records > 0 and --key-size >= 8".into());
     }
+    read_level(&args.reads)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         println!(
-            "cairn-bench {}: {} clients, {} records, {} B keys, {} B values, zipfian 0.99",
+            "cairn-bench {}: {} clients over {} address(es), {} records, {} B keys, {} B values, zipfian 0.99, {} reads",
             match target {
                 Target::Http => "http",
                 Target::Grpc => "grpc",
                 Target::Etcd => "etcd",
             },
             args.clients,
+            args.addr.len(),
             args.records,
             args.key_size,
-            args.value_size
+            args.value_size,
+            args.reads
         );
         if !args.no_load {
             print("load", &run_phase(args, target, None, args.records).await?);

@@ -70,7 +70,7 @@ impl Client {
 
     /// Deletes `key`; `None` if it had no live value.
     pub async fn delete(&mut self, key: &[u8]) -> Result<Option<kv::Timestamp>, ClientError> {
-        match self.inner.delete(kv::DeleteRequest { key: key.to_vec() }).await {
+        match self.inner.delete(kv::DeleteRequest { key: key.to_vec(), route: None }).await {
             Ok(r) => Ok(Some(r.into_inner().timestamp.unwrap_or_default())),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(s.into()),
@@ -102,7 +102,13 @@ impl Client {
 
     /// Applies `ops` atomically (all keys in one shard).
     pub async fn batch(&mut self, ops: Vec<kv::BatchOp>) -> Result<kv::Timestamp, ClientError> {
-        Ok(self.inner.batch(kv::BatchRequest { ops }).await?.into_inner().timestamp.unwrap_or_default())
+        Ok(self
+            .inner
+            .batch(kv::BatchRequest { ops, route: None })
+            .await?
+            .into_inner()
+            .timestamp
+            .unwrap_or_default())
     }
 
     /// The node's status.

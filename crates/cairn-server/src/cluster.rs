@@ -255,6 +255,11 @@ impl Membership {
             .map_err(|e| NodeError::Internal(format!("identity task failed: {e}")))?
     }
 
+    /// The meta store (once this node is a member).
+    pub(crate) fn meta_store(&self) -> Result<&MetaStore> {
+        self.meta()
+    }
+
     fn meta(&self) -> Result<&MetaStore> {
         self.meta.get().ok_or_else(|| NodeError::Unavailable("this node is not a cluster member yet".into()))
     }
@@ -394,8 +399,9 @@ impl Membership {
         let meta = self.meta()?;
         let mut waits = 0u64;
         loop {
-            // This node's own replica: it holds the map once the leader has added it and it caught up.
-            if let Ok(state) = meta.read(ReadLevel::Eventual).await
+            // Through the leader's read index: a learner (a node beyond the voters) serves no eventual
+            // reads, and this node's replica must have caught up with the map anyway.
+            if let Ok(state) = meta.read(ReadLevel::Strong).await
                 && state.map.is_some()
             {
                 return Ok((id, state));

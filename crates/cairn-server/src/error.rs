@@ -19,6 +19,10 @@ pub enum NodeError {
     /// Overload or shutdown: retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// A request another node forwarded here by a stale shard map, or to a node without the shard:
+    /// the sender refreshes its map and routes again.
+    #[error("{0}")]
+    Misrouted(String),
     /// The store cannot be opened.
     #[error("{0}")]
     Startup(String),
@@ -41,7 +45,7 @@ impl NodeError {
             NodeError::NotFound(_) => 404,
             NodeError::Precondition(_) => 412,
             NodeError::TooLarge(_) => 413,
-            NodeError::Unavailable(_) => 503,
+            NodeError::Unavailable(_) | NodeError::Misrouted(_) => 503,
             NodeError::Engine(cairn_engine::Error::InvalidArgument(_)) => 400,
             NodeError::Engine(cairn_engine::Error::Poisoned(_) | cairn_engine::Error::Closed) => 503,
             NodeError::Startup(_) | NodeError::Internal(_) | NodeError::Engine(_) => 500,

@@ -5,6 +5,7 @@ use crate::error::NodeError;
 use crate::hlc::Timestamp;
 use crate::node::{Condition, Node, ReadOptions, Versioned};
 use crate::replicated::{Consistency, Token};
+use crate::routing::Route;
 use cairn_proto::kv;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +18,9 @@ const SCAN_CHUNK: usize = 256;
 /// Maps a server error to a gRPC status (the REST mapping is [`NodeError::http_status`]).
 pub fn status_of(e: NodeError) -> Status {
     let message = e.to_string();
+    if let NodeError::Misrouted(_) = e {
+        return Status::aborted(message);
+    }
     match e.http_status() {
         400 => Status::invalid_argument(message),
         404 => Status::not_found(message),
@@ -88,7 +92,12 @@ impl KvService {
 }
 
 /// A request's read options.
-fn read_options(at: Option<kv::Timestamp>, consistency: i32, after: &str) -> Result<ReadOptions, Status> {
+fn read_options(
+    at: Option<kv::Timestamp>,
+    consistency: i32,
+    after: &str,
+    route: Option<kv::Route>,
+) -> Result<ReadOptions, Status> {
     let consistency = match kv::Consistency::try_from(consistency) {
         Ok(kv::Consistency::Strong) => Consistency::Strong,
         Ok(kv::Consistency::Lease) => Consistency::Lease,
@@ -96,7 +105,11 @@ fn read_options(at: Option<kv::Timestamp>, consistency: i32, after: &str) -> Res
         Err(_) => return Err(Status::invalid_argument(format!("unknown consistency {consistency}"))),
     };
     let after = Token::parse_list(after).map_err(status_of)?;
-    Ok(ReadOptions { at: at.map(ts_in), consistency, after })
+    Ok(ReadOptions { at: at.map(ts_in), consistency, after, route: route.map(route_in) })
+}
+
+fn route_in(r: kv::Route) -> Route {
+    Route { shard: r.shard, epoch: r.epoch }
 }
 
 fn token_text(token: Option<Token>) -> String {
@@ -111,7 +124,7 @@ fn row(key: Vec<u8>, v: Versioned) -> kv::Row {
 impl kv::kv_server::Kv for KvService {
     async fn get(&self, request: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
         let r = request.into_inner();
-        let options = read_options(r.timestamp, r.consistency, &r.after)?;
+        let options = read_options(r.timestamp, r.consistency, &r.after, r.route)?;
         let read = self.node()?.get_async(r.key, options).await.map_err(status_of)?;
         let v = read.value.ok_or_else(|| Status::not_found("no value for this key"))?;
         Ok(Response::new(kv::GetResponse {
@@ -132,7 +145,11 @@ impl kv::kv_server::Kv for KvService {
             (false, Some(ts)) => Condition::IfTimestamp(ts_in(ts)),
             (false, None) => Condition::None,
         };
-        let ack = self.node()?.put_async(r.key, r.value, condition).await.map_err(status_of)?;
+        let ack = self
+            .node()?
+            .put_async(r.key, r.value, condition, r.route.map(route_in))
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(kv::PutResponse {
             timestamp: Some(ts_out(ack.timestamp)),
             token: token_text(ack.token),
@@ -144,7 +161,7 @@ impl kv::kv_server::Kv for KvService {
         request: Request<kv::DeleteRequest>,
     ) -> Result<Response<kv::DeleteResponse>, Status> {
         let r = request.into_inner();
-        let ack = self.node()?.delete_async(r.key).await.map_err(status_of)?;
+        let ack = self.node()?.delete_async(r.key, r.route.map(route_in)).await.map_err(status_of)?;
         let ack = ack.ok_or_else(|| Status::not_found("no value for this key"))?;
         Ok(Response::new(kv::DeleteResponse {
             timestamp: Some(ts_out(ack.timestamp)),
@@ -157,7 +174,7 @@ impl kv::kv_server::Kv for KvService {
     async fn scan(&self, request: Request<kv::ScanRequest>) -> Result<Response<Self::ScanStream>, Status> {
         let r = request.into_inner();
         let limit = if r.limit == 0 { crate::rest::DEFAULT_SCAN_LIMIT } else { r.limit as usize };
-        let options = read_options(r.timestamp, r.consistency, &r.after)?;
+        let options = read_options(r.timestamp, r.consistency, &r.after, r.route)?;
         let read = self.node()?.scan_async(r.start, r.end, limit, options).await.map_err(status_of)?;
         let (rows, behind) = (read.value, read.behind);
         let mut chunks = Vec::with_capacity(rows.len().div_ceil(SCAN_CHUNK));
@@ -178,6 +195,7 @@ impl kv::kv_server::Kv for KvService {
 
     async fn batch(&self, request: Request<kv::BatchRequest>) -> Result<Response<kv::BatchResponse>, Status> {
         let r = request.into_inner();
+        let route = r.route.map(route_in);
         let mut ops = Vec::with_capacity(r.ops.len());
         for (i, op) in r.ops.into_iter().enumerate() {
             match op.op {
@@ -190,7 +208,7 @@ impl kv::kv_server::Kv for KvService {
                 }
             }
         }
-        let ack = self.node()?.batch_async(ops).await.map_err(status_of)?;
+        let ack = self.node()?.batch_async(ops, route).await.map_err(status_of)?;
         Ok(Response::new(kv::BatchResponse {
             timestamp: Some(ts_out(ack.timestamp)),
             token: token_text(ack.token),

@@ -16,6 +16,7 @@ pub mod mvcc;
 pub mod node;
 pub mod replicated;
 pub mod rest;
+pub mod routing;
 mod writer;
 
 use crate::error::{NodeError, Result};
@@ -143,7 +144,10 @@ pub async fn serve(
                 let (node_config, total_buckets, plans) = m.plan(&config.node, id, &state);
                 let mut node_config = node_config;
                 node_config.store = m.store().to_path_buf();
-                Node::start_replicas(node_config, m.plumbing().clone(), total_buckets, plans).await
+                let mut node =
+                    Node::start_replicas(node_config, m.plumbing().clone(), total_buckets, plans).await?;
+                node.set_router(routing::Router::new(id, m.meta_store()?.clone(), &state)?);
+                Ok::<_, NodeError>(node)
             };
             tokio::select! {
                 node = started => Arc::new(node?),

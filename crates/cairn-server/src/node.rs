@@ -13,6 +13,7 @@ use crate::hlc::Timestamp;
 use crate::layout::{load_layout, owners};
 use crate::mvcc::{self, Stored};
 use crate::replicated::{self, Consistency, Plumbing, ReplicationConfig, Token};
+use crate::routing::{Route, Router};
 use crate::writer::{Pending, ShardWriter, WriteOp, WriteOutcome};
 use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica, ShardStateMachine};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
@@ -104,6 +105,8 @@ pub struct ReadOptions {
     pub consistency: Consistency,
     /// Tokens of earlier writes an eventual read must see (read-your-writes).
     pub after: Vec<Token>,
+    /// Set on a request another cluster node forwarded here ([`crate::routing`]).
+    pub route: Option<Route>,
 }
 
 /// What a read returns, and how stale it may be.
@@ -185,6 +188,8 @@ pub struct Node {
     pending: Arc<Pending>,
     writer_threads: Mutex<Vec<JoinHandle<()>>>,
     replication: Option<Replication>,
+    /// A cluster member's routing to shards it holds no replica of.
+    router: Option<Router>,
 }
 
 impl std::fmt::Debug for Node {
@@ -248,6 +253,14 @@ pub(crate) struct ReplicaPlan {
 /// `Node::owner`'s mark for a bucket whose shard has no replica on this node.
 const NOT_HERE: u16 = u16::MAX;
 
+/// Where a request for a bucket is served.
+enum Located {
+    /// By this node's shard at this index.
+    Here(usize),
+    /// By another node (a cluster member forwards it).
+    There,
+}
+
 impl Node {
     /// Opens (or creates) a standalone store ([`Node::start`] opens either kind).
     pub fn open(config: NodeConfig) -> Result<Node> {
@@ -281,6 +294,7 @@ impl Node {
             pending,
             writer_threads: Mutex::new(writer_threads),
             replication: None,
+            router: None,
         })
     }
 
@@ -402,7 +416,40 @@ impl Node {
             pending: Arc::new(Pending::new()),
             writer_threads: Mutex::new(Vec::new()),
             replication: Some(Replication { plumbing, leader_changes }),
+            router: None,
         })
+    }
+
+    /// Makes this node forward requests for shards it holds no replica of (a cluster member).
+    pub(crate) fn set_router(&mut self, router: Router) {
+        self.router = Some(router);
+    }
+
+    /// Where a request for `bucket` (forwarded here with `route`, if set) is served.
+    async fn locate(&self, bucket: u16, route: Option<Route>) -> Result<Located> {
+        let here = self.shard_of_bucket(bucket);
+        match (route, &self.router) {
+            (None, Some(_)) if here.is_err() => Ok(Located::There),
+            (None, _) => here.map(Located::Here),
+            (Some(_), None) => {
+                Err(NodeError::InvalidArgument("a routed request to a node outside a cluster".into()))
+            }
+            (Some(route), Some(router)) => {
+                router.check(route).await?;
+                match here {
+                    Ok(i) if self.shards[i].group == u64::from(route.shard) => Ok(Located::Here(i)),
+                    _ => Err(NodeError::Misrouted(format!(
+                        "bucket {bucket} is not shard {}'s on this node",
+                        route.shard
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The router (only called where [`Located::There`] was answered, which needs one).
+    fn router(&self) -> Result<&Router> {
+        self.router.as_ref().ok_or_else(|| NodeError::Internal("forwarding without a router".into()))
     }
 
     /// Answers peers' Raft calls for this node's groups (`None`: a standalone node).
@@ -495,7 +542,8 @@ impl Node {
         else {
             return Ok(0);
         };
-        let token = options.after.iter().filter(|t| t.shard == shard).map(|t| t.index).max();
+        let group = self.shards[shard].group as usize;
+        let token = options.after.iter().filter(|t| t.shard == group).map(|t| t.index).max();
         let point = replicated::read_point(replica, options.consistency, token, rc.request_timeout).await?;
         Ok(if options.consistency == Consistency::Eventual { point.behind } else { 0 })
     }
@@ -507,7 +555,12 @@ impl Node {
         options: ReadOptions,
     ) -> Result<Read<Option<Versioned>>> {
         self.check_key(&key)?;
-        let behind = self.ready_to_read(self.shard_index(&key)?, &options).await?;
+        let bucket = mvcc::bucket_of(&key, self.total_buckets);
+        let shard = match self.locate(bucket, options.route).await? {
+            Located::Here(i) => i,
+            Located::There => return self.router()?.get(bucket, key, &options).await,
+        };
+        let behind = self.ready_to_read(shard, &options).await?;
         let value = match options.at {
             // The newest version is one point read: served here, no hand-off.
             None => self.read_latest(&key, Timestamp::MAX)?,
@@ -574,6 +627,7 @@ impl Node {
                     timeout: rc.request_timeout,
                 };
                 let committed = proposer.write(&op).await?;
+                let shard = self.shards[shard].group as usize;
                 Ok((committed.timestamp, Some(Token { shard, index: committed.index })))
             }
             _ => Ok((self.local_writer(shard)?.write(op).await?, None)),
@@ -591,11 +645,21 @@ impl Node {
     }
 
     /// [`Node::put`] for async callers: waits without holding a thread.
-    pub async fn put_async(&self, key: Vec<u8>, value: Vec<u8>, condition: Condition) -> Result<Ack> {
+    /// `route` is set on a request another cluster node forwarded here.
+    pub async fn put_async(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        condition: Condition,
+        route: Option<Route>,
+    ) -> Result<Ack> {
         self.check_key(&key)?;
         self.check_value(&value)?;
-        let shard = self.shard_index(&key)?;
-        acked(self.write(shard, WriteOp::Put { key, value, condition }).await?)
+        let bucket = mvcc::bucket_of(&key, self.total_buckets);
+        match self.locate(bucket, route).await? {
+            Located::Here(shard) => acked(self.write(shard, WriteOp::Put { key, value, condition }).await?),
+            Located::There => self.router()?.put(bucket, key, value, condition).await,
+        }
     }
 
     /// Deletes `key` (writes a tombstone version); `None` if it had no live value. Standalone stores
@@ -606,9 +670,13 @@ impl Node {
     }
 
     /// [`Node::delete`] for async callers.
-    pub async fn delete_async(&self, key: Vec<u8>) -> Result<Option<Ack>> {
+    pub async fn delete_async(&self, key: Vec<u8>, route: Option<Route>) -> Result<Option<Ack>> {
         self.check_key(&key)?;
-        let shard = self.shard_index(&key)?;
+        let bucket = mvcc::bucket_of(&key, self.total_buckets);
+        let shard = match self.locate(bucket, route).await? {
+            Located::Here(shard) => shard,
+            Located::There => return self.router()?.delete(bucket, key).await,
+        };
         match self.write(shard, WriteOp::Delete { key }).await? {
             (None, _) => Ok(None),
             written => acked(written).map(Some),
@@ -619,18 +687,26 @@ impl Node {
     /// must belong to one shard (cross-shard atomicity comes with transactions). Standalone stores only
     /// (see [`Node::put`]).
     pub fn batch(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Timestamp> {
-        let shard = self.check_batch(&ops)?;
+        let shard = self.shard_of_bucket(self.check_batch(&ops)?)?;
         written(self.local_writer(shard)?.write_blocking(WriteOp::Batch { ops }))
     }
 
     /// [`Node::batch`] for async callers.
-    pub async fn batch_async(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Ack> {
-        let shard = self.check_batch(&ops)?;
-        acked(self.write(shard, WriteOp::Batch { ops }).await?)
+    pub async fn batch_async(
+        &self,
+        ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        route: Option<Route>,
+    ) -> Result<Ack> {
+        let bucket = self.check_batch(&ops)?;
+        match self.locate(bucket, route).await? {
+            Located::Here(shard) => acked(self.write(shard, WriteOp::Batch { ops }).await?),
+            Located::There => self.router()?.batch(bucket, ops).await,
+        }
     }
 
-    /// Checks a batch's size, keys and values; returns the one shard all its keys belong to.
-    fn check_batch(&self, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<usize> {
+    /// Checks a batch's size, keys and values, and that all its keys belong to one shard; returns the
+    /// first key's bucket.
+    fn check_batch(&self, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<u16> {
         let Some((first, _)) = ops.first() else {
             return Err(NodeError::InvalidArgument("the batch is empty".into()));
         };
@@ -640,7 +716,8 @@ impl Node {
                 ops.len()
             )));
         }
-        let shard = self.shard_index(first)?;
+        let bucket = mvcc::bucket_of(first, self.total_buckets);
+        let shard = self.shard_id(bucket)?;
         let mut bytes = 0usize;
         for (key, value) in ops {
             self.check_key(key)?;
@@ -648,7 +725,7 @@ impl Node {
                 self.check_value(v)?;
                 bytes += v.len();
             }
-            let other = self.shard_index(key)?;
+            let other = self.shard_id(mvcc::bucket_of(key, self.total_buckets))?;
             if other != shard {
                 return Err(NodeError::InvalidArgument(format!(
                     "the batch's keys belong to shards {shard} and {other}: a batch must stay within one shard"
@@ -658,11 +735,26 @@ impl Node {
         if bytes > MAX_BATCH_VALUE_BYTES {
             return Err(NodeError::TooLarge(format!("the batch holds {bytes} bytes of values, over 64 MiB")));
         }
-        Ok(shard)
+        Ok(bucket)
+    }
+
+    /// The id of the shard that owns `bucket` (held here or, for a cluster member, anywhere).
+    fn shard_id(&self, bucket: u16) -> Result<u64> {
+        match (self.shard_of_bucket(bucket), &self.router) {
+            (Ok(i), _) => Ok(self.shards[i].group),
+            (Err(_), Some(router)) => router
+                .view()
+                .map
+                .shard_for_bucket(bucket)
+                .map(|s| u64::from(s.id))
+                .ok_or_else(|| NodeError::Internal(format!("no shard owns bucket {bucket}"))),
+            (Err(e), None) => Err(e),
+        }
     }
 
     /// Up to `limit` live keys in `[start, end)` (`end` `None`: to the last key) in key order, each with
-    /// its newest version at or below `at`, merged across every shard and bucket.
+    /// its newest version at or below `at`, merged across every shard and bucket. Every shard must be
+    /// held here (a cluster member's [`Node::scan_async`] asks other nodes for the rest).
     pub fn scan(
         &self,
         start: &[u8],
@@ -670,6 +762,21 @@ impl Node {
         limit: usize,
         at: Option<Timestamp>,
     ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+        self.check_scan(start, end, limit)?;
+        self.check_all_here()?;
+        let all: Vec<usize> = (0..self.shards.len()).collect();
+        self.scan_shards(&all, start, end, limit, at)
+    }
+
+    /// Fails unless every bucket's shard is held here.
+    fn check_all_here(&self) -> Result<()> {
+        match self.owner.iter().position(|&o| o == NOT_HERE) {
+            Some(b) => self.shard_of_bucket(b as u16).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    fn check_scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<()> {
         self.check_key(start)?;
         if let Some(end) = end {
             self.check_key(end)?;
@@ -682,15 +789,23 @@ impl Node {
                 "limit {limit} is over the maximum {MAX_SCAN_LIMIT}"
             )));
         }
-        // A scan reads every bucket: each must have its shard here (forwarding comes with routing).
-        if let Some(b) = self.owner.iter().position(|&o| o == NOT_HERE) {
-            self.shard_of_bucket(b as u16)?;
-        }
+        Ok(())
+    }
+
+    /// [`Node::scan`] over the local shards `shards` only.
+    fn scan_shards(
+        &self,
+        shards: &[usize],
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        at: Option<Timestamp>,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
         let at = self.check_read_ts(at)?;
         let lo = mvcc::key_prefix(start);
         let hi = end.map(mvcc::key_prefix);
-        let mut cursors = Vec::with_capacity(self.total_buckets as usize);
-        for shard in &self.shards {
+        let mut cursors = Vec::new();
+        for shard in shards.iter().map(|&i| &self.shards[i]) {
             let db = shard.db();
             for range in &shard.ranges {
                 for bucket in range.clone() {
@@ -720,7 +835,8 @@ impl Node {
         Ok(out)
     }
 
-    /// [`Node::scan`] at the consistency `options` ask for (every shard is read at that level).
+    /// [`Node::scan`] at the consistency `options` ask for (every shard is read at that level). A
+    /// cluster member scans the shards it holds and asks a node holding each other one, then merges.
     pub async fn scan_async(
         self: &Arc<Self>,
         start: Vec<u8>,
@@ -728,15 +844,53 @@ impl Node {
         limit: usize,
         options: ReadOptions,
     ) -> Result<Read<Vec<(Vec<u8>, Versioned)>>> {
+        self.check_scan(&start, end.as_deref(), limit)?;
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        match (options.route, &self.router) {
+            (Some(route), _) => {
+                let shard = self.shards.iter().position(|s| s.group == u64::from(route.shard));
+                let bucket = shard.and_then(|i| self.shards[i].ranges.first()).map_or(0, |r| *r.start());
+                match self.locate(bucket, Some(route)).await? {
+                    Located::Here(i) => local.push(i),
+                    Located::There => {
+                        return Err(NodeError::Internal("a routed scan located elsewhere".into()));
+                    }
+                }
+            }
+            (None, Some(router)) => {
+                for placed in &router.view().map.shards {
+                    match self.shards.iter().position(|s| s.group == u64::from(placed.id)) {
+                        Some(i) => local.push(i),
+                        None => remote.push(placed.buckets.0),
+                    }
+                }
+            }
+            (None, None) => {
+                self.check_all_here()?;
+                local = (0..self.shards.len()).collect();
+            }
+        }
         let mut behind = 0;
-        for shard in 0..self.shards.len() {
+        for &shard in &local {
             behind = behind.max(self.ready_to_read(shard, &options).await?);
         }
+        let mut parts = Vec::with_capacity(remote.len() + 1);
+        if let Some(router) = &self.router {
+            for first_bucket in remote {
+                let part = router.scan(first_bucket, &start, end.as_deref(), limit, &options).await?;
+                behind = behind.max(part.behind);
+                parts.push(part.value);
+            }
+        }
         let node = Arc::clone(self);
-        let value = tokio::task::spawn_blocking(move || node.scan(&start, end.as_deref(), limit, options.at))
-            .await
-            .map_err(|e| NodeError::Internal(format!("scan task failed: {e}")))??;
-        Ok(Read { value, behind })
+        let at = options.at;
+        let here =
+            tokio::task::spawn_blocking(move || node.scan_shards(&local, &start, end.as_deref(), limit, at))
+                .await
+                .map_err(|e| NodeError::Internal(format!("scan task failed: {e}")))??;
+        parts.push(here);
+        Ok(Read { value: merge_sorted(parts, limit), behind })
     }
 
     /// Per-shard status.
@@ -828,6 +982,17 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Merges key-ordered row lists (of disjoint keys) into the first `limit` rows in key order.
+fn merge_sorted(parts: Vec<Vec<(Vec<u8>, Versioned)>>, limit: usize) -> Vec<(Vec<u8>, Versioned)> {
+    if parts.len() == 1 {
+        return parts.into_iter().flatten().take(limit).collect();
+    }
+    let mut rows: Vec<_> = parts.into_iter().flatten().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.truncate(limit);
+    rows
 }
 
 /// The timestamp of a put or batch (which always write).

@@ -210,6 +210,7 @@ fn read_options(params: &HashMap<String, Vec<u8>>) -> ApiResult<ReadOptions> {
             Some(t) => Token::parse_list(t)?,
             None => Vec::new(),
         },
+        route: None,
     })
 }
 
@@ -256,13 +257,13 @@ async fn put_entry(State(state): State<AppState>, uri: Uri, body: Body) -> ApiRe
         (None, Some(ts)) => Condition::IfTimestamp(ts),
         (None, None) => Condition::None,
     };
-    let ack = state.node.put_async(key, value.to_vec(), condition).await.map_err(ApiError)?;
+    let ack = state.node.put_async(key, value.to_vec(), condition, None).await.map_err(ApiError)?;
     Ok(Json(ack_json(&ack)))
 }
 
 async fn delete_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
     let key = entry_key(&uri)?;
-    match state.node.delete_async(key).await.map_err(ApiError)? {
+    match state.node.delete_async(key, None).await.map_err(ApiError)? {
         Some(ack) => Ok(Json(ack_json(&ack))),
         None => Err(ApiError(NodeError::NotFound("no value for this key".into()))),
     }

@@ -61,6 +61,18 @@ fn join(
     })
 }
 
+/// A Get of a key in shard `shard`'s first bucket, forwarded-style with `epoch`: the refusal.
+fn routed_get(server: &Server, shard: u32, epoch: u64) -> (tonic::Code, String) {
+    use cairn_proto::kv::{GetRequest, Route, kv_client::KvClient};
+    runtime().block_on(async {
+        let mut c = KvClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+        let request =
+            GetRequest { key: b"k".to_vec(), route: Some(Route { shard, epoch }), ..Default::default() };
+        let status = c.get(request).await.unwrap_err();
+        (status.code(), status.message().to_string())
+    })
+}
+
 #[test]
 fn nodes_join_serve_every_key_refuse_bad_joins_and_keep_their_identity() {
     let tmp = tempfile::tempdir().unwrap();
@@ -122,6 +134,56 @@ fn nodes_join_serve_every_key_refuse_bad_joins_and_keep_their_identity() {
     let (ok, out, err) = cairn(&["kv", "get", "key-2-3", "--addr", &nodes[0].grpc.to_string()]);
     assert!(ok && out.trim() == "v23", "{out} {err}");
 
+    // A fourth node, joining after the shards were placed, holds no replica: it forwards every
+    // request to nodes that do (one hop, with the shard's epoch) and merges their scans.
+    let n4 = Server::start(&store(4), &["--join", &nodes[1].grpc.to_string()]);
+    wait_until("node 4 serves keys", READY, || serves_keys(&n4));
+    let (s, id) = state(&n4);
+    assert_eq!(id, 4);
+    assert!(
+        s["map"]["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|sh| !sh["replicas"].as_array().unwrap().contains(&4.into()))
+    );
+    let r = n4.call("PUT", "/kv/rest/entry/key-3-0", b"v30");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = nodes[0].call("GET", "/kv/rest/entry/key-3-0", b"");
+    assert_eq!(r.json()["value"]["bytes"], "djMw"); // "v30"
+    let r = n4.call("GET", "/kv/rest/entry/key-1-4", b"");
+    assert_eq!(r.json()["value"]["bytes"], "djE0"); // "v14"
+    assert_eq!(n4.call("GET", "/kv/rest/entry/no-such-key", b"").status, 404);
+    assert_eq!(n4.call("PUT", "/kv/rest/entry/fresh?if_absent=true", b"a").status, 200);
+    let again = n4.call("PUT", "/kv/rest/entry/fresh?if_absent=true", b"b");
+    assert_eq!(again.status, 412, "{}", String::from_utf8_lossy(&again.body));
+    assert_eq!(n4.call("DELETE", "/kv/rest/entry/fresh", b"").status, 200);
+    assert_eq!(n4.call("DELETE", "/kv/rest/entry/fresh", b"").status, 404);
+    let rows = n4.call("GET", "/kv/rest/range?start=key-&end=key-~&limit=100", b"").json();
+    let keys: Vec<&str> =
+        rows["rows"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 31, "{rows}");
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "rows come in key order: {keys:?}");
+    let limited = n4.call("GET", "/kv/rest/range?start=key-&end=key-~&limit=5", b"").json();
+    let first: Vec<&str> =
+        limited["rows"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(first, keys[..5].to_vec());
+    let (ok, out, err) = cairn(&["kv", "get", "key-0-0", "--addr", &n4.grpc.to_string()]);
+    assert!(ok && out.trim() == "v00", "{out} {err}");
+    // Forwarded requests carry the shard's epoch: a stale or unknown one, or a node without the
+    // shard, is refused with ABORTED (the sender refreshes its map and routes again).
+    let epoch = s["map"]["shards"][0]["epoch"].as_u64().unwrap();
+    for (server, route_epoch, why) in [
+        (&nodes[0], epoch + 1, "newer than the map"),
+        (&nodes[0], epoch - 1, "stale shard epoch"),
+        (&n4, epoch, "not shard 0's on this node"),
+    ] {
+        let (code, msg) = routed_get(server, 0, route_epoch);
+        assert_eq!(code, tonic::Code::Aborted, "{msg}");
+        assert!(msg.contains(why), "{msg}");
+    }
+    n4.stop();
+
     // Bad joins are refused with their reasons.
     let (code, msg) = join(&nodes[1], "not-this-cluster", "t-x", "127.0.0.1:1", "127.0.0.1:2").unwrap_err();
     assert_eq!(code, tonic::Code::FailedPrecondition, "{msg}");
@@ -148,7 +210,7 @@ fn nodes_join_serve_every_key_refuse_bad_joins_and_keep_their_identity() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["value"]["bytes"], "djAx"); // base64 of "v01"
     let (s, _) = state(&n3);
-    assert_eq!(s["nodes"].as_object().unwrap().len(), 3, "no new node id was taken: {s}");
+    assert_eq!(s["nodes"].as_object().unwrap().len(), 4, "no new node id was taken: {s}");
     nodes.push(n3);
     for n in nodes {
         n.stop();

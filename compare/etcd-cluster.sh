@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# cairn (`cairn demo --nodes 3`: three nodes, every shard a 3-replica Raft group) vs a 3-member etcd 3.4
+# cluster, on this machine, in the same run, twice (rounds back to back). cairn-bench spreads 100
+# clients round-robin over the three nodes of each (8-byte keys, 256-byte values, fsync on for both)
+# and measures puts (the load), linearizable gets (cairn: strong, by ReadIndex; lease; etcd: its
+# default), and serializable gets (cairn: eventual; etcd: serializable). Prints each run's output,
+# then a ratio table.
+#   compare/etcd-cluster.sh [records] [ops]          (defaults 50000 50000)
+# Installs Debian's etcd-server if etcd is missing (needs root or sudo). Everything binds to 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+records="${1:-50000}"
+ops="${2:-50000}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
+
+if ! command -v etcd >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt-get install -y etcd-server; else sudo apt-get install -y etcd-server; fi
+fi
+etcd --version | head -1
+cargo build --release -p cairn -p cairn-bench
+bin="$CARGO_TARGET_DIR/release"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_port() { # host port
+    for _ in $(seq 1 400); do
+        if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listens on $1:$2" >&2
+    return 1
+}
+
+bench() { # target addrs label
+    "$bin/cairn-bench" "$1" --addr "$2" --clients 100 --records "$records" --ops "$ops" --workloads C \
+        --reads strong | tee "$work/$3-strong.txt"
+    if [ "$1" = grpc ]; then
+        "$bin/cairn-bench" "$1" --addr "$2" --clients 100 --records "$records" --ops "$ops" --workloads C \
+            --reads lease --no-load | tee "$work/$3-lease.txt"
+    fi
+    "$bin/cairn-bench" "$1" --addr "$2" --clients 100 --records "$records" --ops "$ops" --workloads C \
+        --reads eventual --no-load | tee "$work/$3-eventual.txt"
+}
+
+cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+for round in 1 2; do
+    echo "== round $round: etcd, 3 members"
+    for i in 1 2 3; do
+        etcd --name "e$i" --data-dir "$work/etcd-$round-$i" \
+            --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+            --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+            --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "bench-$round" \
+            --log-level error --logger zap >"$work/etcd-$round-$i.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in 1 2 3; do wait_port 127.0.0.1 "2379$i"; done
+    bench etcd 127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 "etcd-$round"
+    for i in 1 2 3; do kill "${pids[-$i]}" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+
+    echo "== round $round: cairn demo --nodes 3"
+    "$bin/cairn" demo --nodes 3 --store "$work/cairn-$round" --http-addr 127.0.0.1:23810 \
+        --grpc-addr 127.0.0.1:23820 --log-level warn >"$work/cairn-$round.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 600); do grep -q '^cairn listening' "$work/cairn-$round.log" && break; sleep 0.1; done
+    grep -q '^cairn listening' "$work/cairn-$round.log" || { cat "$work/cairn-$round.log"; exit 1; }
+    bench grpc 127.0.0.1:23820,127.0.0.1:23821,127.0.0.1:23822 "cairn-$round"
+    kill -INT "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+done
+
+# ops/s of a phase, and p50/p99 of an operation in it, from a bench output file.
+opsps() { awk -v p="$2" '$1 == p { print $2 }' "$1"; }
+lat() { awk -v p="$2" -v o="$3" -v q="$4" '$1 == p { inside = 1; next } /^[A-Za-z]/ { inside = 0 } inside && $1 == o { for (i = 1; i <= NF; i++) if ($i == q) print $(i + 1) }' "$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+echo
+echo "round  metric                              cairn        etcd      cairn/etcd"
+for round in 1 2; do
+    c="$work/cairn-$round"; e="$work/etcd-$round"
+    row() { printf "%-6s %-32s %10s  %10s  %10s\n" "$round" "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
+    row "put ops/s (100 cl.)" "$(opsps "$c-strong.txt" load)" "$(opsps "$e-strong.txt" load)"
+    row "put p99 ms" "$(lat "$c-strong.txt" load update p99)" "$(lat "$e-strong.txt" load update p99)"
+    row "linearizable get ops/s" "$(opsps "$c-strong.txt" YCSB-C)" "$(opsps "$e-strong.txt" YCSB-C)"
+    row "linearizable get p99 ms" "$(lat "$c-strong.txt" YCSB-C read p99)" "$(lat "$e-strong.txt" YCSB-C read p99)"
+    row "lease get ops/s (vs etcd lin.)" "$(opsps "$c-lease.txt" YCSB-C)" "$(opsps "$e-strong.txt" YCSB-C)"
+    row "serializable get ops/s" "$(opsps "$c-eventual.txt" YCSB-C)" "$(opsps "$e-eventual.txt" YCSB-C)"
+    row "serializable get p99 ms" "$(lat "$c-eventual.txt" YCSB-C read p99)" "$(lat "$e-eventual.txt" YCSB-C read p99)"
+done

@@ -1,0 +1,388 @@
+//! Routing in a cluster (ARCHITECTURE decision 37): a key whose shard has no replica on this node is
+//! forwarded, over the gRPC KV API, to a node that holds one.
+//!
+//! Each node keeps a view of the shard map (from its meta replica). A forwarded request carries a
+//! [`Route`]: the shard it routed to and that shard's epoch in the sender's view. The receiver serves it
+//! from its own replica, never forwards it again, and refuses it ([`NodeError::Misrouted`], gRPC
+//! `ABORTED`) if it holds no replica of the shard or the epoch is not the shard's current one in its
+//! own view (refreshed first when the sender's is newer). A sender that is refused refreshes its view
+//! and routes again, at most [`MAX_ROUTE_ATTEMPTS`] times.
+//!
+//! Reads try the shard's replicas in turn when one is unreachable. A write is sent once per route: if
+//! the connection fails after the request may have left, the outcome is unknown and the client gets a
+//! retryable 503 saying so (re-sending a conditional put elsewhere could apply it twice).
+
+use crate::error::{NodeError, Result};
+use crate::hlc::Timestamp;
+use crate::node::{Ack, Condition, Read, ReadOptions, Versioned};
+use crate::replicated::{Consistency, Token};
+use cairn_cluster::meta::{ClusterState, MetaStore};
+use cairn_cluster::placement::{NodeId, ShardMap, ShardPlacement};
+use cairn_cluster::raft::ReadLevel;
+use cairn_proto::kv;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Routings of one request (the first, and re-routings after a refusal).
+pub const MAX_ROUTE_ATTEMPTS: usize = 3;
+/// How long one forwarded call may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shard a forwarded request routed to, and that shard's epoch in the sender's map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The shard.
+    pub shard: u32,
+    /// Its epoch in the sender's map.
+    pub epoch: u64,
+}
+
+/// A node's view of where shards are.
+#[derive(Debug)]
+pub(crate) struct View {
+    pub map: ShardMap,
+    pub addrs: BTreeMap<NodeId, String>,
+}
+
+impl View {
+    fn of(state: &ClusterState) -> Option<View> {
+        let map = state.map.clone()?;
+        let addrs = state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
+        Some(View { map, addrs })
+    }
+}
+
+/// Routes requests for shards this node holds no replica of.
+pub(crate) struct Router {
+    node_id: NodeId,
+    meta: MetaStore,
+    view: parking_lot::RwLock<Arc<View>>,
+    channels: parking_lot::Mutex<HashMap<String, Channel>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("node_id", &self.node_id).finish()
+    }
+}
+
+fn remote(status: &tonic::Status, addr: &str) -> NodeError {
+    let message = format!("{} (from {addr})", status.message());
+    match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => NodeError::InvalidArgument(message),
+        tonic::Code::NotFound => NodeError::NotFound(message),
+        tonic::Code::FailedPrecondition => NodeError::Precondition(message),
+        tonic::Code::ResourceExhausted => NodeError::TooLarge(message),
+        tonic::Code::Aborted => NodeError::Misrouted(message),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            NodeError::Unavailable(message)
+        }
+        _ => NodeError::Internal(message),
+    }
+}
+
+fn ts_out(ts: Timestamp) -> kv::Timestamp {
+    kv::Timestamp { wall_time: ts.wall_time, logical: ts.logical }
+}
+
+fn ts_in(ts: Option<kv::Timestamp>) -> Result<Timestamp> {
+    let ts = ts.ok_or_else(|| NodeError::Internal("a forwarded answer has no timestamp".into()))?;
+    Ok(Timestamp { wall_time: ts.wall_time, logical: ts.logical })
+}
+
+fn token_in(text: &str) -> Result<Option<Token>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Ok(Token::parse_list(text)?.into_iter().next())
+}
+
+fn consistency_out(c: Consistency) -> i32 {
+    (match c {
+        Consistency::Strong => kv::Consistency::Strong,
+        Consistency::Lease => kv::Consistency::Lease,
+        Consistency::Eventual => kv::Consistency::Eventual,
+    }) as i32
+}
+
+fn after_out(options: &ReadOptions) -> String {
+    options.after.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Whether a failed call may be retried at another replica without risk of applying twice.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads: any failure to reach a replica tries the next.
+    Reads,
+    /// Writes: only a refused route is retried (nothing was applied).
+    Writes,
+}
+
+impl Router {
+    /// A router for node `node_id` with the map in `state`.
+    pub(crate) fn new(node_id: NodeId, meta: MetaStore, state: &ClusterState) -> Result<Router> {
+        let view = View::of(state)
+            .ok_or_else(|| NodeError::Internal("routing before the shards are placed".into()))?;
+        Ok(Router {
+            node_id,
+            meta,
+            view: parking_lot::RwLock::new(Arc::new(view)),
+            channels: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The current view.
+    pub(crate) fn view(&self) -> Arc<View> {
+        Arc::clone(&self.view.read())
+    }
+
+    /// Re-reads the map through the meta group's leader.
+    async fn refresh(&self) -> Result<Arc<View>> {
+        let state = self
+            .meta
+            .read(ReadLevel::Strong)
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("cannot refresh the shard map: {e}")))?;
+        let view =
+            Arc::new(View::of(&state).ok_or_else(|| NodeError::Internal("the shard map vanished".into()))?);
+        let mut current = self.view.write();
+        if view.map.version >= current.map.version {
+            *current = Arc::clone(&view);
+        }
+        Ok(Arc::clone(&current))
+    }
+
+    /// Checks a forwarded request's route against this node's view (refreshed first if the sender's
+    /// is newer). The caller then checks that the shard is local.
+    pub(crate) async fn check(&self, route: Route) -> Result<()> {
+        let mut view = self.view();
+        for _ in 0..2 {
+            let Some(shard) = view.map.shard(route.shard) else {
+                return Err(NodeError::Misrouted(format!("no shard {}", route.shard)));
+            };
+            if shard.epoch == route.epoch {
+                return Ok(());
+            }
+            if shard.epoch > route.epoch {
+                return Err(NodeError::Misrouted(format!(
+                    "stale shard epoch: shard {} is at epoch {}, the request routed by {}",
+                    route.shard, shard.epoch, route.epoch
+                )));
+            }
+            view = self.refresh().await?;
+        }
+        Err(NodeError::Misrouted(format!(
+            "shard {} epoch {} is newer than the map here",
+            route.shard, route.epoch
+        )))
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| NodeError::Internal(format!("bad node address {addr:?}: {e}")))?
+            .timeout(FORWARD_TIMEOUT)
+            .connect_timeout(FORWARD_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Sends `call` for the shard owning `bucket` to a node holding a replica, re-routing (bounded) when
+    /// refused.
+    async fn forward<T, F, Fut>(&self, bucket: u16, retry: Retry, call: F) -> Result<T>
+    where
+        F: Fn(kv::kv_client::KvClient<Channel>, kv::Route) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let mut view = self.view();
+        let mut last = None;
+        for _ in 0..MAX_ROUTE_ATTEMPTS {
+            let shard = view
+                .map
+                .shard_for_bucket(bucket)
+                .ok_or_else(|| NodeError::Internal(format!("no shard owns bucket {bucket}")))?;
+            match self.forward_to(&view, shard, retry, &call).await {
+                Err(NodeError::Misrouted(why)) => {
+                    last = Some(why);
+                    view = self.refresh().await?;
+                }
+                other => return other,
+            }
+        }
+        Err(NodeError::Unavailable(format!(
+            "gave up routing after {MAX_ROUTE_ATTEMPTS} attempts: {}",
+            last.unwrap_or_default()
+        )))
+    }
+
+    async fn forward_to<T, F, Fut>(
+        &self,
+        view: &View,
+        shard: &ShardPlacement,
+        retry: Retry,
+        call: &F,
+    ) -> Result<T>
+    where
+        F: Fn(kv::kv_client::KvClient<Channel>, kv::Route) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let route = kv::Route { shard: shard.id, epoch: shard.epoch };
+        let mut last = NodeError::Unavailable(format!("shard {} has no replica on another node", shard.id));
+        for node in shard.replicas.iter().filter(|n| **n != self.node_id) {
+            let Some(addr) = view.addrs.get(node) else { continue };
+            let client = kv::kv_client::KvClient::new(self.channel(addr)?);
+            match call(client, route).await {
+                Ok(t) => return Ok(t),
+                Err(status) => {
+                    let e = remote(&status, addr);
+                    match (&e, retry) {
+                        (NodeError::Misrouted(_), _) => return Err(e),
+                        (NodeError::Unavailable(_), Retry::Reads) => last = e,
+                        (NodeError::Unavailable(why), Retry::Writes) => {
+                            return Err(NodeError::Unavailable(format!(
+                                "forwarding the write to node {node} failed, its outcome is unknown: {why}"
+                            )));
+                        }
+                        _ => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    pub(crate) async fn get(
+        &self,
+        bucket: u16,
+        key: Vec<u8>,
+        options: &ReadOptions,
+    ) -> Result<Read<Option<Versioned>>> {
+        let answer = self
+            .forward(bucket, Retry::Reads, |mut c, route| {
+                let request = kv::GetRequest {
+                    key: key.clone(),
+                    timestamp: options.at.map(ts_out),
+                    consistency: consistency_out(options.consistency),
+                    after: after_out(options),
+                    route: Some(route),
+                };
+                async move { c.get(request).await.map(tonic::Response::into_inner) }
+            })
+            .await;
+        match answer {
+            Ok(r) => Ok(Read {
+                value: Some(Versioned { value: r.value, timestamp: ts_in(r.value_timestamp)? }),
+                behind: r.behind,
+            }),
+            Err(NodeError::NotFound(_)) => Ok(Read { value: None, behind: 0 }),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) async fn put(
+        &self,
+        bucket: u16,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        condition: Condition,
+    ) -> Result<Ack> {
+        let (if_absent, if_timestamp) = match condition {
+            Condition::None => (false, None),
+            Condition::IfAbsent => (true, None),
+            Condition::IfTimestamp(ts) => (false, Some(ts_out(ts))),
+        };
+        let r = self
+            .forward(bucket, Retry::Writes, |mut c, route| {
+                let request = kv::PutRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                    if_absent,
+                    if_timestamp,
+                    route: Some(route),
+                };
+                async move { c.put(request).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
+        Ok(Ack { timestamp: ts_in(r.timestamp)?, token: token_in(&r.token)? })
+    }
+
+    pub(crate) async fn delete(&self, bucket: u16, key: Vec<u8>) -> Result<Option<Ack>> {
+        let answer = self
+            .forward(bucket, Retry::Writes, |mut c, route| {
+                let request = kv::DeleteRequest { key: key.clone(), route: Some(route) };
+                async move { c.delete(request).await.map(tonic::Response::into_inner) }
+            })
+            .await;
+        match answer {
+            Ok(r) => Ok(Some(Ack { timestamp: ts_in(r.timestamp)?, token: token_in(&r.token)? })),
+            Err(NodeError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) async fn batch(&self, bucket: u16, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Ack> {
+        let ops: Vec<kv::BatchOp> = ops
+            .into_iter()
+            .map(|(key, value)| kv::BatchOp {
+                key,
+                op: Some(match value {
+                    Some(v) => kv::batch_op::Op::Put(v),
+                    None => kv::batch_op::Op::Delete(true),
+                }),
+            })
+            .collect();
+        let r = self
+            .forward(bucket, Retry::Writes, |mut c, route| {
+                let request = kv::BatchRequest { ops: ops.clone(), route: Some(route) };
+                async move { c.batch(request).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
+        Ok(Ack { timestamp: ts_in(r.timestamp)?, token: token_in(&r.token)? })
+    }
+
+    /// Scans shard `shard` (by its first bucket) on a node holding it.
+    pub(crate) async fn scan(
+        &self,
+        first_bucket: u16,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        options: &ReadOptions,
+    ) -> Result<Read<Vec<(Vec<u8>, Versioned)>>> {
+        let limit = u32::try_from(limit).map_err(|_| NodeError::InvalidArgument("limit too large".into()))?;
+        let chunks = self
+            .forward(first_bucket, Retry::Reads, |mut c, route| {
+                let request = kv::ScanRequest {
+                    start: start.to_vec(),
+                    end: end.map(<[u8]>::to_vec),
+                    limit,
+                    timestamp: options.at.map(ts_out),
+                    consistency: consistency_out(options.consistency),
+                    after: after_out(options),
+                    route: Some(route),
+                };
+                async move {
+                    let mut stream = c.scan(request).await?.into_inner();
+                    let mut chunks = Vec::new();
+                    while let Some(chunk) = stream.message().await? {
+                        chunks.push(chunk);
+                    }
+                    Ok(chunks)
+                }
+            })
+            .await?;
+        let behind = chunks.first().map_or(0, |c| c.behind);
+        let mut rows = Vec::new();
+        for row in chunks.into_iter().flat_map(|c| c.rows) {
+            rows.push((row.key, Versioned { value: row.value, timestamp: ts_in(row.timestamp)? }));
+        }
+        Ok(Read { value: rows, behind })
+    }
+}

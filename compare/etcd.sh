@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
 if ! command -v etcd >/dev/null; then
     if [ "$(id -u)" = 0 ]; then apt-get install -y etcd-server; else sudo apt-get install -y etcd-server; fi
 fi
-etcd --version | head -1
+etcd_version="$(etcd --version)"; echo "${etcd_version%%$'\n'*}"
 cargo build --release -p cairn -p cairn-bench
 bin="$CARGO_TARGET_DIR/release"
 work="$(mktemp -d)"

@@ -47,6 +47,10 @@ const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// How long the driver waits for a new member's meta replica to catch up before trying again later.
 const ADD_MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A node counts as up while the meta leader heard from it this recently.
+const LIVE_WITHIN: Duration = Duration::from_secs(3);
+/// How long a status call waits for the meta leader's liveness view.
+const LIVENESS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a new cluster waits for its meta group's first election.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -521,8 +525,48 @@ impl Membership {
     /// a member.
     async fn state(&self, linearizable: bool) -> std::result::Result<Option<ClusterState>, MetaError> {
         let Some(meta) = self.meta.get() else { return Ok(None) };
-        let level = if linearizable { ReadLevel::Strong } else { ReadLevel::Eventual };
-        Ok(meta.read_raw(level).await?.map(|(s, _)| s))
+        if !linearizable {
+            // A learner (a node beyond the meta voters) serves no eventual reads: it asks the leader.
+            if let Ok(read) = meta.read_raw(ReadLevel::Eventual).await {
+                return Ok(read.map(|(s, _)| s));
+            }
+        }
+        Ok(meta.read_raw(ReadLevel::Strong).await?.map(|(s, _)| s))
+    }
+
+    /// The meta group's leader (0: none known) and every active node's liveness as it sees it: asked
+    /// of the leader when this node is not it (unless `forwarded`: then only the leader answers).
+    async fn liveness(&self, state: Option<&ClusterState>, forwarded: bool) -> (u64, Vec<pb::NodeLiveness>) {
+        let (Some(meta), Some(state)) = (self.meta.get(), state) else { return (0, Vec::new()) };
+        let status = meta.replica().status();
+        let Some(leader) = status.leader else { return (0, Vec::new()) };
+        if let Some(heard) = meta.replica().heard_from() {
+            let nodes = state.active_nodes().into_iter().map(|id| {
+                let ago =
+                    if id == status.node { Some(Duration::ZERO) } else { heard.get(&id).copied().flatten() };
+                pb::NodeLiveness {
+                    node_id: id,
+                    up: ago.is_some_and(|d| d < LIVE_WITHIN),
+                    heard_ms_ago: ago.map(|d| d.as_millis() as u64),
+                }
+            });
+            return (leader, nodes.collect());
+        }
+        let Some(addr) = state.nodes.get(&leader).map(|n| n.grpc_addr.clone()) else {
+            return (leader, Vec::new());
+        };
+        if forwarded {
+            return (leader, Vec::new());
+        }
+        let ask = async {
+            let mut client =
+                pb::cluster_client::ClusterClient::connect(format!("http://{addr}")).await.ok()?;
+            let request = pb::StateRequest { linearizable: false, forwarded: true };
+            client.state(request).await.ok().map(|r| r.into_inner().liveness)
+        };
+        let liveness =
+            tokio::time::timeout(LIVENESS_CALL_TIMEOUT, ask).await.ok().flatten().unwrap_or_default();
+        (leader, liveness)
     }
 
     /// Stops the meta replica (call after the shard replicas stopped).
@@ -586,12 +630,15 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::StateRequest>,
     ) -> std::result::Result<Response<pb::StateReply>, Status> {
-        let state =
-            self.membership.state(request.get_ref().linearizable).await.map_err(crate::grpc::meta_status)?;
+        let r = request.into_inner();
+        let state = self.membership.state(r.linearizable).await.map_err(crate::grpc::meta_status)?;
         let node_id = *self.membership.member.borrow();
+        let (meta_leader, liveness) = self.membership.liveness(state.as_ref(), r.forwarded).await;
         Ok(Response::new(pb::StateReply {
             state_json: state.map(|s| s.encode()).unwrap_or_default(),
             node_id: node_id.unwrap_or(0),
+            meta_leader,
+            liveness,
         }))
     }
 }

@@ -236,6 +236,7 @@ impl kv::kv_server::Kv for KvService {
                     committed: g.committed.unwrap_or(0),
                     applied: g.applied.unwrap_or(0),
                     fenced: g.checks.fenced.unwrap_or_default(),
+                    lag: g.lag.into_iter().collect(),
                 }),
             })
             .collect();

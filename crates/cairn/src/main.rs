@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cluster_status;
 mod demo;
 
 #[derive(Parser, Debug)]
@@ -32,7 +33,8 @@ enum Command {
     Demo(DemoArgs),
     /// Read and write keys on a running node (over gRPC).
     Kv(KvArgs),
-    /// Show a running node's store and shards (over gRPC).
+    /// Show a cluster's nodes (with liveness) and shards (ranges, epochs, replicas, leaders, lag), or a
+    /// standalone node's store and shards (over gRPC).
     Status(ClientArgs),
     /// Make a new cluster whose first member is the node at --addr (started with --join).
     Init(InitArgs),
@@ -363,6 +365,16 @@ async fn client_command(command: Command) -> Result<ExitCode, String> {
         Command::Init(i) => return init_command(i).await,
         Command::Start(_) | Command::Demo(_) => return Err("not a client command".into()),
     };
+    if op.is_none()
+        && let Some((json, text)) = cluster_status::cluster_status(&args.addr).await?
+    {
+        if args.json {
+            println!("{json}")
+        } else {
+            println!("{text}")
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut client = Client::connect(&args.addr).await.map_err(|e| e.to_string())?;
     let print = |json: serde_json::Value, text: String| {
         if args.json { println!("{json}") } else { println!("{text}") }

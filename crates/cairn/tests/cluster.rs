@@ -36,7 +36,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn state(server: &Server) -> (Value, u64) {
     runtime().block_on(async {
         let mut c = ClusterClient::connect(format!("http://{}", server.grpc)).await.unwrap();
-        let r = c.state(StateRequest { linearizable: true }).await.unwrap().into_inner();
+        let r = c.state(StateRequest { linearizable: true, forwarded: false }).await.unwrap().into_inner();
         (serde_json::from_slice(&r.state_json).unwrap(), r.node_id)
     })
 }
@@ -182,7 +182,24 @@ fn nodes_join_serve_every_key_refuse_bad_joins_and_keep_their_identity() {
         assert_eq!(code, tonic::Code::Aborted, "{msg}");
         assert!(msg.contains(why), "{msg}");
     }
+    // `cairn status` shows every node up, and every shard with its range, replicas and a leader.
+    let status = |server: &Server| -> Value {
+        let (ok, out, err) = cairn(&["status", "--json", "--addr", &server.grpc.to_string()]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    wait_until("status shows 4 nodes up and a leader per shard", READY, || {
+        let s = status(&n4);
+        let nodes_up = s["nodes"].as_array().unwrap().iter().filter(|n| n["up"] == true).count();
+        nodes_up == 4 && s["shards"].as_array().unwrap().iter().all(|sh| sh["leader"].as_u64() != Some(0))
+    });
+    let (ok, text, _) = cairn(&["status", "--addr", &nodes[0].grpc.to_string()]);
+    assert!(ok && text.contains("shard  buckets") && text.contains("768..=1023"), "{text}");
     n4.stop();
+    wait_until("status shows node 4 down", READY, || {
+        let s = status(&nodes[0]);
+        s["nodes"].as_array().unwrap().iter().any(|n| n["id"] == 4 && n["up"] == false)
+    });
 
     // Bad joins are refused with their reasons.
     let (code, msg) = join(&nodes[1], "not-this-cluster", "t-x", "127.0.0.1:1", "127.0.0.1:2").unwrap_err();

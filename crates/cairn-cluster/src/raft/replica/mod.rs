@@ -608,6 +608,23 @@ impl Replica {
         ReadPoint { applied, behind: committed.saturating_sub(applied) }
     }
 
+    /// On the leader: for each other member's node, how long ago it last acknowledged a heartbeat or
+    /// an append (`None`: never since this leader took over). `None` on other replicas.
+    pub fn heard_from(&self) -> Option<BTreeMap<u64, Option<Duration>>> {
+        use openraft::rt::Instant as _;
+        let Incarnation { raft, id } = self.current();
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        let heartbeats = m.heartbeat.as_ref()?;
+        Some(
+            heartbeats
+                .iter()
+                .filter(|(member, _)| **member != id)
+                .map(|(member, at)| (node_of(*member), at.as_ref().map(|t| t.elapsed())))
+                .collect(),
+        )
+    }
+
     /// This replica's view of the group, in node ids.
     pub fn status(&self) -> GroupStatus {
         let Incarnation { raft, id } = self.current();

@@ -1,0 +1,149 @@
+//! `cairn status` against a cluster member: the cluster's nodes (with liveness as the meta group's
+//! leader sees it), and every shard with its bucket range, epoch, replicas, leader and replica lag
+//! (asked of each node over gRPC).
+
+use cairn_proto::cluster::{StateRequest, cluster_client::ClusterClient};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long each node may take to answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One node's view of its shard replicas: shard id → (role, leader, lag map).
+type Replicas = BTreeMap<u32, (String, u64, BTreeMap<u64, u64>)>;
+
+async fn node_replicas(addr: &str) -> Option<Replicas> {
+    let ask = async {
+        let mut client = cairn_client::Client::connect(addr).await.ok()?;
+        let status = client.status().await.ok()?;
+        let replicas = status
+            .shards
+            .into_iter()
+            .filter_map(|s| {
+                let r = s.replication?;
+                Some((s.shard, (r.role, r.leader, r.lag.into_iter().collect())))
+            })
+            .collect();
+        Some(replicas)
+    };
+    tokio::time::timeout(CALL_TIMEOUT, ask).await.ok().flatten()
+}
+
+/// The cluster's status as JSON and as text, or `None` if the node at `addr` is not a cluster member
+/// (a standalone or `--peers` node: the caller shows the node's own status).
+pub async fn cluster_status(addr: &str) -> Result<Option<(Value, String)>, String> {
+    let mut client = match ClusterClient::connect(format!("http://{addr}")).await {
+        Ok(c) => c,
+        Err(e) => return Err(format!("cannot reach {addr}: {e}")),
+    };
+    let reply = match client.state(StateRequest { linearizable: false, forwarded: false }).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(None),
+        Err(s) => return Err(format!("cluster state: {}", s.message())),
+    };
+    if reply.state_json.is_empty() {
+        let text = format!("the node at {addr} is not a cluster member yet (run `cairn init` on one node)");
+        return Ok(Some((json!({"member": false}), text)));
+    }
+    let state: Value =
+        serde_json::from_slice(&reply.state_json).map_err(|e| format!("undecodable cluster state: {e}"))?;
+    let liveness: BTreeMap<u64, (bool, Option<u64>)> =
+        reply.liveness.iter().map(|l| (l.node_id, (l.up, l.heard_ms_ago))).collect();
+    let mut nodes = Vec::new();
+    let mut views = BTreeMap::new();
+    let empty = serde_json::Map::new();
+    for (id, node) in state["nodes"].as_object().unwrap_or(&empty) {
+        let Ok(id) = id.parse::<u64>() else { continue };
+        let grpc = node["grpc_addr"].as_str().unwrap_or_default().to_string();
+        let active = node["state"] == "Active";
+        let view = if active { node_replicas(&grpc).await } else { None };
+        let (up, heard) = liveness.get(&id).copied().map_or((None, None), |(up, ago)| (Some(up), ago));
+        nodes.push(json!({
+            "id": id, "grpc": grpc, "http": node["http_addr"], "state": node["state"],
+            "up": up, "heard_ms_ago": heard, "answered": view.is_some(),
+        }));
+        if let Some(view) = view {
+            views.insert(id, view);
+        }
+    }
+    let mut shards = Vec::new();
+    for shard in state["map"]["shards"].as_array().into_iter().flatten() {
+        let id = shard["id"].as_u64().unwrap_or(0) as u32;
+        let replicas: Vec<u64> =
+            shard["replicas"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+        let reported = replicas.iter().filter_map(|n| views.get(n).and_then(|v| v.get(&id)).map(|r| (*n, r)));
+        let mut leader = 0;
+        let mut lag = BTreeMap::new();
+        for (node, (role, said_leader, node_lag)) in reported {
+            if role == "leader" {
+                leader = node;
+                lag = node_lag.clone();
+            } else if leader == 0 {
+                leader = *said_leader;
+            }
+        }
+        shards.push(json!({
+            "id": id, "buckets": shard["buckets"], "epoch": shard["epoch"], "replicas": replicas,
+            "leader": leader, "lag": lag,
+        }));
+    }
+    let json = json!({
+        "cluster_id": state["cluster_id"], "version": state["version"], "meta_leader": reply.meta_leader,
+        "answered_by": reply.node_id, "settings": state["settings"], "nodes": nodes, "shards": shards,
+    });
+    Ok(Some((json.clone(), render(&json))))
+}
+
+fn render(s: &Value) -> String {
+    let mut text = format!(
+        "cluster {} (state version {}, meta leader node {})\n",
+        s["cluster_id"].as_str().unwrap_or("?"),
+        s["version"],
+        s["meta_leader"]
+    );
+    text.push_str("node  grpc                   http                   state    up");
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        let up = match n["up"].as_bool() {
+            Some(true) => "yes".to_string(),
+            Some(false) => match n["heard_ms_ago"].as_u64() {
+                Some(ms) => format!("NO (last heard {ms} ms ago)"),
+                None => "NO (never heard)".to_string(),
+            },
+            None => "?".to_string(),
+        };
+        text.push_str(&format!(
+            "\n{:>4}  {:<21}  {:<21}  {:<7}  {up}",
+            n["id"].to_string(),
+            n["grpc"].as_str().unwrap_or_default(),
+            n["http"].as_str().unwrap_or_default(),
+            n["state"].as_str().unwrap_or_default(),
+        ));
+    }
+    text.push_str("\n\nshard  buckets      epoch  replicas  leader  lag (entries behind the leader)");
+    for sh in s["shards"].as_array().into_iter().flatten() {
+        let buckets = format!("{}..={}", sh["buckets"][0], sh["buckets"][1]);
+        let replicas: Vec<String> =
+            sh["replicas"].as_array().into_iter().flatten().map(ToString::to_string).collect();
+        let lag: Vec<String> = sh["lag"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(node, entries)| format!("{node}:{entries}"))
+            .collect();
+        let leader = match sh["leader"].as_u64() {
+            Some(0) | None => "none".to_string(),
+            Some(l) => l.to_string(),
+        };
+        text.push_str(&format!(
+            "\n{:>5}  {:<11}  {:>5}  {:<8}  {:>6}  {}",
+            sh["id"].to_string(),
+            buckets,
+            sh["epoch"].to_string(),
+            replicas.join(","),
+            leader,
+            lag.join(" ")
+        ));
+    }
+    text
+}

@@ -46,6 +46,11 @@ pub struct KvArgs {
     /// asked has applied; etcd: serializable).
     #[arg(long, default_value = "strong")]
     pub reads: String,
+    /// `grpc` against a cluster: each client caches the shard map and sends every request to a node
+    /// holding the key's shard (its leader for writes and linearizable reads) instead of the node it
+    /// connected to.
+    #[arg(long)]
+    pub direct: bool,
     /// Concurrent clients.
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
@@ -126,6 +131,7 @@ enum Op {
 enum Conn {
     Http { stream: BufReader<TcpStream>, host: String, buf: Vec<u8> },
     Grpc(cairn_client::Client),
+    Cluster(cairn_client::ClusterClient),
     Etcd(etcdpb::kv_client::KvClient<tonic::transport::Channel>),
 }
 
@@ -173,6 +179,9 @@ impl Conn {
                 };
                 c.get_request(request).await.map(|v| v.is_some()).map_err(|e| e.to_string())
             }
+            Conn::Cluster(c) => {
+                c.get(key.as_bytes(), level).await.map(|v| v.is_some()).map_err(|e| e.to_string())
+            }
             Conn::Http { .. } => {
                 let query = match level {
                     Consistency::Strong => "",
@@ -195,6 +204,7 @@ impl Conn {
     async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
         match self {
             Conn::Grpc(c) => c.put(key.as_bytes(), value).await.map(|_| ()).map_err(|e| e.to_string()),
+            Conn::Cluster(c) => c.put(key.as_bytes(), value).await.map(|_| ()).map_err(|e| e.to_string()),
             Conn::Http { .. } => match self.http("PUT", key, value).await? {
                 200 => Ok(()),
                 s => Err(format!("PUT answered {s}")),
@@ -269,7 +279,14 @@ async fn run_phase(
         let (next, zipf, value, args) =
             (Arc::clone(&next), Arc::clone(&zipf), Arc::clone(&value), args.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(target, &args.addr[client % args.addr.len()]).await?;
+            let mut conn = if args.direct {
+                let mut seeds = args.addr.clone();
+                let by = client % seeds.len();
+                seeds.rotate_left(by);
+                Conn::Cluster(cairn_client::ClusterClient::connect(&seeds).await.map_err(|e| e.to_string())?)
+            } else {
+                Conn::open(target, &args.addr[client % args.addr.len()]).await?
+            };
             let level = read_level(&args.reads)?;
             let mut rng = Rng::new(args.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut hist = [Histogram::default(), Histogram::default(), Histogram::default()];
@@ -348,6 +365,9 @@ pub fn run(args: &KvArgs, target: Target) -> Result<(), String> {
         return Err("need --addr, --clients > 0, --records > 0 and --key-size >= 8".into());
     }
     read_level(&args.reads)?;
+    if args.direct && target != Target::Grpc {
+        return Err("--direct is for `cairn-bench grpc` against a cluster".into());
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {

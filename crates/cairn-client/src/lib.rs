@@ -1,8 +1,12 @@
-//! A Rust client for cairn over its gRPC API (`cairn.kv.v1.Kv`). Talks to one node; the cluster-aware
-//! client (shard map cache, leader routing) comes with the cluster.
+//! A Rust client for cairn over its gRPC API (`cairn.kv.v1.Kv`). [`Client`] talks to one node (which
+//! forwards what it does not hold); [`ClusterClient`] caches a cluster's shard map and sends each
+//! request to a node holding the key's shard.
+
+mod cluster;
 
 pub use cairn_proto::kv;
 use cairn_proto::kv::kv_client::KvClient;
+pub use cluster::{ClusterClient, MAX_ATTEMPTS};
 use tonic::transport::Channel;
 
 /// What can go wrong.
@@ -14,6 +18,9 @@ pub enum ClientError {
     /// The node answered with an error.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+    /// The cluster's shard map could not be loaded or routed by.
+    #[error("routing: {0}")]
+    Routing(String),
 }
 
 /// A connection to one node.
@@ -70,7 +77,15 @@ impl Client {
 
     /// Deletes `key`; `None` if it had no live value.
     pub async fn delete(&mut self, key: &[u8]) -> Result<Option<kv::Timestamp>, ClientError> {
-        match self.inner.delete(kv::DeleteRequest { key: key.to_vec(), route: None }).await {
+        self.delete_request(kv::DeleteRequest { key: key.to_vec(), route: None }).await
+    }
+
+    /// A delete as given in `request`.
+    pub async fn delete_request(
+        &mut self,
+        request: kv::DeleteRequest,
+    ) -> Result<Option<kv::Timestamp>, ClientError> {
+        match self.inner.delete(request).await {
             Ok(r) => Ok(Some(r.into_inner().timestamp.unwrap_or_default())),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(s.into()),

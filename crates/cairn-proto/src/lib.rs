@@ -1,6 +1,12 @@
 //! cairn wire types: the messages clients and nodes exchange, and the gRPC services (generated from
 //! `proto/*.proto` at build time).
 
+/// The bucket `key` belongs to in a bucket space of `total_buckets`: xxh3-64 of the key's bytes modulo
+/// the space. Part of the protocol: clients that route by key compute it exactly as nodes do.
+pub fn bucket_of(key: &[u8], total_buckets: u32) -> u16 {
+    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(total_buckets.max(1))) as u16
+}
+
 /// The client KV API (`cairn.kv.v1`).
 pub mod kv {
     #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]

@@ -28,7 +28,7 @@ pub const SYSTEM_PREFIX: &[u8] = b"\x00\x02";
 
 /// The bucket of `key` in a space of `total_buckets`.
 pub fn bucket_of(key: &[u8], total_buckets: u32) -> u16 {
-    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(total_buckets.max(1))) as u16
+    cairn_proto::bucket_of(key, total_buckets)
 }
 
 /// `escape(key) ++ terminator`: the prefix every version of `key` starts with.

@@ -182,6 +182,25 @@ fn nodes_join_serve_every_key_refuse_bad_joins_and_keep_their_identity() {
         assert_eq!(code, tonic::Code::Aborted, "{msg}");
         assert!(msg.contains(why), "{msg}");
     }
+    // A cluster client caches the map and talks to the shards' nodes directly (seeded with node 4,
+    // which holds nothing: it only answers the map).
+    runtime().block_on(async {
+        use cairn_client::{ClusterClient, kv::Consistency};
+        let mut c = ClusterClient::connect(&[n4.grpc.to_string()]).await.unwrap();
+        for k in 0..20 {
+            c.put(format!("direct-{k}").as_bytes(), b"d").await.unwrap();
+        }
+        for level in [Consistency::Strong, Consistency::Lease, Consistency::Eventual] {
+            let (value, _) = c.get(b"key-2-9", level).await.unwrap().unwrap();
+            assert_eq!(value, b"v29");
+        }
+        assert!(c.get(b"no-such-key", Consistency::Strong).await.unwrap().is_none());
+        assert!(c.delete(b"direct-3").await.unwrap().is_some());
+        assert!(c.delete(b"direct-3").await.unwrap().is_none());
+    });
+    let r = nodes[2].call("GET", "/kv/rest/entry/direct-7", b"");
+    assert_eq!(r.json()["value"]["bytes"], "ZA=="); // "d"
+
     // `cairn status` shows every node up, and every shard with its range, replicas and a leader.
     let status = |server: &Server| -> Value {
         let (ok, out, err) = cairn(&["status", "--json", "--addr", &server.grpc.to_string()]);

@@ -1,0 +1,270 @@
+//! [`ClusterClient`]: a client that caches a cluster's shard map and sends each request straight to a
+//! node holding the key's shard (its leader, when known), tagged with the shard's epoch, so no node
+//! has to forward it.
+//!
+//! The map and node addresses come from any node's `cairn.cluster.v1.Cluster/State`; the leader hints
+//! from the nodes' KV status. A node refuses a request routed by a stale epoch, or one for a shard it
+//! holds no replica of, with `ABORTED`: nothing was done, so the client refreshes its map and sends it
+//! again (at most [`MAX_ATTEMPTS`] times). A stale leader hint costs one hop inside the shard's Raft
+//! group, never a wrong answer. A write whose connection fails is not re-sent (its outcome is unknown:
+//! the error says so); a read is retried at the shard's other replicas.
+
+use crate::{Client, ClientError, Versioned, kv};
+use cairn_proto::cluster::{StateRequest, cluster_client::ClusterClient as StateClient};
+use std::collections::{BTreeMap, HashMap};
+
+/// Sends of one request (the first, then re-sends after a refresh).
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// One shard as the client routes to it.
+#[derive(Clone, Debug)]
+struct ShardRoute {
+    id: u32,
+    last_bucket: u16,
+    epoch: u64,
+    replicas: Vec<u64>,
+    leader: Option<u64>,
+}
+
+/// The cached map.
+#[derive(Clone, Debug, Default)]
+struct Routes {
+    total_buckets: u32,
+    /// In bucket order.
+    shards: Vec<ShardRoute>,
+    addrs: BTreeMap<u64, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct StateNode {
+    grpc_addr: String,
+}
+
+#[derive(serde::Deserialize)]
+struct StateShard {
+    id: u32,
+    buckets: (u16, u16),
+    replicas: Vec<u64>,
+    epoch: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct StateMap {
+    total_buckets: u32,
+    shards: Vec<StateShard>,
+}
+
+#[derive(serde::Deserialize)]
+struct State {
+    nodes: BTreeMap<u64, StateNode>,
+    map: Option<StateMap>,
+}
+
+/// A client of a whole cluster (see the module doc).
+#[derive(Debug)]
+pub struct ClusterClient {
+    seeds: Vec<String>,
+    routes: Routes,
+    conns: HashMap<String, Client>,
+    /// Spreads eventual reads over a shard's replicas.
+    turn: usize,
+}
+
+fn routing(message: impl Into<String>) -> ClientError {
+    ClientError::Routing(message.into())
+}
+
+impl ClusterClient {
+    /// Connects through the first of `seeds` (nodes' gRPC addresses) that answers, and loads the map.
+    pub async fn connect(seeds: &[String]) -> Result<ClusterClient, ClientError> {
+        if seeds.is_empty() {
+            return Err(routing("no seed addresses"));
+        }
+        let mut client = ClusterClient {
+            seeds: seeds.to_vec(),
+            routes: Routes::default(),
+            conns: HashMap::new(),
+            turn: 0,
+        };
+        client.refresh().await?;
+        Ok(client)
+    }
+
+    /// Reloads the shard map, node addresses and leader hints.
+    pub async fn refresh(&mut self) -> Result<(), ClientError> {
+        let mut last = None;
+        let mut addrs: Vec<String> = self.routes.addrs.values().cloned().collect();
+        addrs.extend(self.seeds.iter().cloned());
+        for addr in addrs {
+            match self.load(&addr).await {
+                Ok(routes) => {
+                    self.routes = routes;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| routing("no node answered")))
+    }
+
+    async fn load(&mut self, addr: &str) -> Result<Routes, ClientError> {
+        let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let mut state_client = StateClient::connect(url.clone())
+            .await
+            .map_err(|e| ClientError::Connect { addr: url, message: e.to_string() })?;
+        let reply = state_client.state(StateRequest { linearizable: false, forwarded: false }).await?;
+        let state: State = serde_json::from_slice(&reply.into_inner().state_json)
+            .map_err(|e| routing(format!("{addr} has no cluster state: {e}")))?;
+        let map = state.map.ok_or_else(|| routing("the cluster has not placed its shards yet"))?;
+        let addrs: BTreeMap<u64, String> = state.nodes.into_iter().map(|(id, n)| (id, n.grpc_addr)).collect();
+        let mut shards: Vec<ShardRoute> = map
+            .shards
+            .into_iter()
+            .map(|s| ShardRoute {
+                id: s.id,
+                last_bucket: s.buckets.1,
+                epoch: s.epoch,
+                replicas: s.replicas,
+                leader: None,
+            })
+            .collect();
+        shards.sort_by_key(|s| s.last_bucket);
+        // Leader hints: each node reports the leader of every shard it holds a replica of.
+        for (node, addr) in &addrs {
+            if !shards.iter().any(|s| s.replicas.contains(node)) {
+                continue;
+            }
+            let Ok(status) = self.conn(addr).await?.status().await else { continue };
+            for reported in status.shards {
+                let Some(r) = reported.replication else { continue };
+                if let Some(s) = shards.iter_mut().find(|s| s.id == reported.shard)
+                    && r.leader != 0
+                    && s.leader.is_none()
+                {
+                    s.leader = Some(r.leader);
+                }
+            }
+        }
+        Ok(Routes { total_buckets: map.total_buckets, shards, addrs })
+    }
+
+    async fn conn(&mut self, addr: &str) -> Result<&mut Client, ClientError> {
+        if !self.conns.contains_key(addr) {
+            let client = Client::connect(addr).await?;
+            self.conns.insert(addr.to_string(), client);
+        }
+        self.conns.get_mut(addr).ok_or_else(|| routing("connection vanished"))
+    }
+
+    /// The shard owning `key`, and the node addresses to try, best first (`spread`: start at the next
+    /// replica in turn instead of the leader).
+    fn targets(&mut self, key: &[u8], spread: bool) -> Result<(kv::Route, Vec<String>), ClientError> {
+        let bucket = cairn_proto::bucket_of(key, self.routes.total_buckets);
+        let i = self.routes.shards.partition_point(|s| s.last_bucket < bucket);
+        let shard =
+            self.routes.shards.get(i).ok_or_else(|| routing(format!("no shard owns bucket {bucket}")))?;
+        let mut order = shard.replicas.clone();
+        if spread && !order.is_empty() {
+            self.turn = self.turn.wrapping_add(1);
+            let by = self.turn % order.len();
+            order.rotate_left(by);
+        } else if let Some(leader) = shard.leader
+            && let Some(at) = order.iter().position(|r| *r == leader)
+        {
+            order.swap(0, at);
+        }
+        let addrs = order.iter().filter_map(|n| self.routes.addrs.get(n).cloned()).collect();
+        Ok((kv::Route { shard: shard.id, epoch: shard.epoch }, addrs))
+    }
+
+    /// Sends a request for `key` with `call`, re-routing after refusals; `retry_elsewhere`: a node
+    /// that cannot be reached is skipped for the shard's next replica (reads only).
+    async fn send<T, F, Fut>(
+        &mut self,
+        key: &[u8],
+        spread: bool,
+        retry_elsewhere: bool,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Client, kv::Route) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut last = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let (route, addrs) = self.targets(key, spread)?;
+            let mut refused = false;
+            for addr in addrs {
+                let client = match self.conn(&addr).await {
+                    Ok(c) => c.clone(),
+                    Err(e) if retry_elsewhere => {
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                match call(client, route).await {
+                    Err(ClientError::Status(s)) if s.code() == tonic::Code::Aborted => {
+                        last = Some(ClientError::Status(s));
+                        refused = true;
+                        break;
+                    }
+                    Err(ClientError::Status(s))
+                        if retry_elsewhere && s.code() == tonic::Code::Unavailable =>
+                    {
+                        self.conns.remove(&addr);
+                        last = Some(ClientError::Status(s));
+                    }
+                    other => return other,
+                }
+            }
+            if !refused && !retry_elsewhere {
+                break;
+            }
+            self.refresh().await?;
+        }
+        Err(last.unwrap_or_else(|| routing("no replica answered")))
+    }
+
+    /// The newest version of `key` at `consistency`; `None` if it has no live value.
+    pub async fn get(
+        &mut self,
+        key: &[u8],
+        consistency: kv::Consistency,
+    ) -> Result<Option<Versioned>, ClientError> {
+        let spread = consistency == kv::Consistency::Eventual;
+        self.send(key, spread, true, |mut client, route| {
+            let request = kv::GetRequest {
+                key: key.to_vec(),
+                consistency: consistency as i32,
+                route: Some(route),
+                ..Default::default()
+            };
+            async move { client.get_request(request).await }
+        })
+        .await
+    }
+
+    /// Writes `value` as `key`'s newest version; returns its timestamp.
+    pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<kv::Timestamp, ClientError> {
+        self.send(key, false, false, |mut client, route| {
+            let request = kv::PutRequest {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                route: Some(route),
+                ..Default::default()
+            };
+            async move { client.put_request(request).await }
+        })
+        .await
+    }
+
+    /// Deletes `key`; `None` if it had no live value.
+    pub async fn delete(&mut self, key: &[u8]) -> Result<Option<kv::Timestamp>, ClientError> {
+        self.send(key, false, false, |mut client, route| {
+            let request = kv::DeleteRequest { key: key.to_vec(), route: Some(route) };
+            async move { client.delete_request(request).await }
+        })
+        .await
+    }
+}

@@ -3,7 +3,8 @@
 # cluster, on this machine, in the same run, twice (rounds back to back). cairn-bench spreads 100
 # clients round-robin over the three nodes of each (8-byte keys, 256-byte values, fsync on for both)
 # and measures puts (the load), linearizable gets (cairn: strong, by ReadIndex; lease; etcd: its
-# default), and serializable gets (cairn: eventual; etcd: serializable). Prints each run's output,
+# default), and serializable gets (cairn: eventual; etcd: serializable); cairn also with clients that
+# cache the shard map and send to the shards' leaders (--direct). Prints each run's output,
 # then a ratio table.
 #   compare/etcd-cluster.sh [records] [ops]          (defaults 50000 50000)
 # Installs Debian's etcd-server if etcd is missing (needs root or sudo). Everything binds to 127.0.0.1.
@@ -39,6 +40,9 @@ bench() { # target addrs label
     if [ "$1" = grpc ]; then
         "$bin/cairn-bench" "$1" --addr "$2" --clients 100 --records "$records" --ops "$ops" --workloads C \
             --reads lease --no-load | tee "$work/$3-lease.txt"
+        # Clients that cache the shard map and send to the shards' leaders (cairn-client ClusterClient).
+        "$bin/cairn-bench" "$1" --addr "$2" --clients 100 --records "$records" --ops "$ops" --workloads C \
+            --reads strong --direct | tee "$work/$3-direct.txt"
     fi
     "$bin/cairn-bench" "$1" --addr "$2" --clients 100 --records "$records" --ops "$ops" --workloads C \
         --reads eventual --no-load | tee "$work/$3-eventual.txt"
@@ -85,6 +89,8 @@ for round in 1 2; do
     row "linearizable get ops/s" "$(opsps "$c-strong.txt" YCSB-C)" "$(opsps "$e-strong.txt" YCSB-C)"
     row "linearizable get p99 ms" "$(lat "$c-strong.txt" YCSB-C read p99)" "$(lat "$e-strong.txt" YCSB-C read p99)"
     row "lease get ops/s (vs etcd lin.)" "$(opsps "$c-lease.txt" YCSB-C)" "$(opsps "$e-strong.txt" YCSB-C)"
+    row "put ops/s, direct clients" "$(opsps "$c-direct.txt" load)" "$(opsps "$e-strong.txt" load)"
+    row "lin. get ops/s, direct clients" "$(opsps "$c-direct.txt" YCSB-C)" "$(opsps "$e-strong.txt" YCSB-C)"
     row "serializable get ops/s" "$(opsps "$c-eventual.txt" YCSB-C)" "$(opsps "$e-eventual.txt" YCSB-C)"
     row "serializable get p99 ms" "$(lat "$c-eventual.txt" YCSB-C read p99)" "$(lat "$e-eventual.txt" YCSB-C read p99)"
 done

@@ -151,8 +151,12 @@ impl Membership {
                 store.display()
             )));
         }
-        let plumbing =
-            Plumbing { service: RaftService::default(), wire: PeerChannels::default(), log: Arc::new(log) };
+        let plumbing = Plumbing {
+            service: RaftService::default(),
+            wire: PeerChannels::default(),
+            log: Arc::new(log),
+            events: crate::events::Events::new(),
+        };
         let node_id = identity.node_id;
         let bootstrap = identity.bootstrap.clone();
         let membership = Arc::new(Membership {
@@ -212,8 +216,11 @@ impl Membership {
         .await
         .map_err(|e| NodeError::Startup(format!("cannot start the meta replica: {e}")))?;
         self.plumbing.service.register_replica(&replica);
+        self.plumbing.events.set_observer(id);
         let tended = replica.clone();
         tokio::spawn(async move { tended.tend().await });
+        let events = Arc::clone(&self.plumbing.events);
+        tokio::spawn(crate::replicated::watch_leadership("meta".into(), replica.clone(), None, events));
         if self.meta.set(MetaStore::new(replica, META_TIMEOUT)).is_err() {
             return Err(NodeError::Internal("the meta replica started twice".into()));
         }
@@ -306,6 +313,8 @@ impl Membership {
         }
         let (state, id) = meta.update(|s| s.join(&request)).await.map_err(crate::grpc::meta_status)?;
         tracing::info!(node = id, grpc = %request.grpc_addr, "admitted a node");
+        let grpc_addr = request.grpc_addr.clone();
+        self.plumbing.events.emit(crate::events::EventKind::NodeJoined { node: id, grpc_addr });
         Ok((state.cluster_id, id))
     }
 
@@ -452,7 +461,8 @@ impl Membership {
     /// stops.
     async fn drive(self: Arc<Self>) {
         let Ok(meta) = self.meta() else { return };
-        loop {
+        let mut up: BTreeMap<u64, bool> = BTreeMap::new();
+        for pass in 0u64.. {
             let status = meta.replica().status();
             if status.role == "shutdown" {
                 return;
@@ -462,7 +472,31 @@ impl Membership {
             {
                 tracing::debug!(error = %e, "driver pass failed; retrying");
             }
+            if pass % 2 == 1 {
+                self.watch_liveness(&mut up).await;
+            }
             tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Emits `node_down`/`node_up` events where the meta leader's view of a node changed since `up`
+    /// (nodes seen for the first time are only recorded).
+    async fn watch_liveness(&self, up: &mut BTreeMap<u64, bool>) {
+        let Ok(Some(state)) = self.state(false).await else { return };
+        let (_, liveness) = self.liveness(Some(&state), false).await;
+        for node in liveness {
+            let before = up.insert(node.node_id, node.up);
+            match (before, node.up) {
+                (Some(true), false) => {
+                    tracing::warn!(node = node.node_id, "node down");
+                    self.plumbing.events.emit(crate::events::EventKind::NodeDown { node: node.node_id });
+                }
+                (Some(false), true) => {
+                    tracing::info!(node = node.node_id, "node up");
+                    self.plumbing.events.emit(crate::events::EventKind::NodeUp { node: node.node_id });
+                }
+                _ => {}
+            }
         }
     }
 
@@ -517,6 +551,7 @@ impl Membership {
                 })
                 .await?;
             tracing::info!(version = placed.version, shards = placed.settings.shards, "shards placed");
+            self.plumbing.events.emit(crate::events::EventKind::ShardsPlaced { version: placed.version });
         }
         Ok(())
     }
@@ -600,8 +635,40 @@ fn settings_of(r: &pb::InitRequest) -> ClusterSettings {
     }
 }
 
+/// Streams `events` as gRPC messages until the node shuts down or the caller goes away.
+pub(crate) fn event_stream(
+    events: &Arc<crate::events::Events>,
+) -> tokio_stream::wrappers::ReceiverStream<std::result::Result<pb::Event, Status>> {
+    let mut subscription = events.subscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(e) = subscription.next().await {
+            let message = pb::Event {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                observer: e.observer,
+                r#type: e.type_name().to_string(),
+                json: e.json(),
+            };
+            if tx.send(Ok(message)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
+    type EventsStream = tokio_stream::wrappers::ReceiverStream<std::result::Result<pb::Event, Status>>;
+
+    async fn events(
+        &self,
+        _request: Request<pb::EventsRequest>,
+    ) -> std::result::Result<Response<Self::EventsStream>, Status> {
+        Ok(Response::new(event_stream(&self.membership.plumbing.events)))
+    }
+
     async fn init(
         &self,
         request: Request<pb::InitRequest>,

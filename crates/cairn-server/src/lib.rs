@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod hlc;
 mod layout;
@@ -99,13 +100,21 @@ pub async fn serve(
             )
         }
     };
+    let events = match (&membership, &early) {
+        (Some(m), _) => Arc::clone(&m.plumbing().events),
+        (None, Some(node)) => node.events(),
+        (None, None) => events::Events::new(),
+    };
     let shutting_down = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutting_down);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let closing = Arc::clone(&events);
     tokio::spawn(async move {
         shutdown.await;
         flag.store(true, Ordering::Release);
         tracing::info!("shutting down: finishing in-flight requests");
+        // Event streams never end on their own.
+        closing.close();
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

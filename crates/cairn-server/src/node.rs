@@ -190,6 +190,8 @@ pub struct Node {
     replication: Option<Replication>,
     /// A cluster member's routing to shards it holds no replica of.
     router: Option<Router>,
+    /// What this node saw happen.
+    events: Arc<crate::events::Events>,
 }
 
 impl std::fmt::Debug for Node {
@@ -295,6 +297,7 @@ impl Node {
             writer_threads: Mutex::new(writer_threads),
             replication: None,
             router: None,
+            events: crate::events::Events::new(),
         })
     }
 
@@ -318,8 +321,13 @@ impl Node {
             .await
             .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
         };
-        let plumbing =
-            Plumbing { service: RaftService::default(), wire: PeerChannels::default(), log: Arc::new(log) };
+        let plumbing = Plumbing {
+            service: RaftService::default(),
+            wire: PeerChannels::default(),
+            log: Arc::new(log),
+            events: crate::events::Events::new(),
+        };
+        plumbing.events.set_observer(rc.node_id);
         let first = rc.members.keys().next() == Some(&rc.node_id);
         let plans = (layout.shards.iter().enumerate())
             .map(|(i, &buckets)| ReplicaPlan {
@@ -392,7 +400,12 @@ impl Node {
             Arc::new((0..shards.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
         for (i, shard) in shards.iter().enumerate() {
             if let Backend::Replicated(replica) = &shard.backend {
-                tokio::spawn(replicated::watch_leadership(i, replica.watch(), Arc::clone(&leader_changes)));
+                tokio::spawn(replicated::watch_leadership(
+                    shard.group.to_string(),
+                    replica.clone(),
+                    Some((i, Arc::clone(&leader_changes))),
+                    Arc::clone(&plumbing.events),
+                ));
                 // Runs consistency checks (periodic and after snapshots) on the groups this node leads,
                 // re-syncs a fenced replica, takes re-synced ones back in and purges verified log; ends
                 // when the replica stops.
@@ -415,6 +428,7 @@ impl Node {
             shards,
             pending: Arc::new(Pending::new()),
             writer_threads: Mutex::new(Vec::new()),
+            events: Arc::clone(&plumbing.events),
             replication: Some(Replication { plumbing, leader_changes }),
             router: None,
         })
@@ -450,6 +464,12 @@ impl Node {
     /// The router (only called where [`Located::There`] was answered, which needs one).
     fn router(&self) -> Result<&Router> {
         self.router.as_ref().ok_or_else(|| NodeError::Internal("forwarding without a router".into()))
+    }
+
+    /// What this node saw happen (leader changes, snapshot installs; a cluster member's also joins,
+    /// placements and node liveness).
+    pub fn events(&self) -> Arc<crate::events::Events> {
+        Arc::clone(&self.events)
     }
 
     /// Answers peers' Raft calls for this node's groups (`None`: a standalone node).

@@ -448,24 +448,38 @@ pub(crate) struct Plumbing {
     pub wire: PeerChannels,
     /// The node's Raft log.
     pub log: Arc<cairn_cluster::raft_log::RaftLog>,
+    /// The node's event stream.
+    pub events: Arc<crate::events::Events>,
 }
 
 /// Logs shard `shard`'s leader changes and counts them in `changes`, until its replica stops.
 pub(crate) async fn watch_leadership(
-    shard: usize,
-    mut watch: cairn_cluster::raft::StatusWatch,
-    changes: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    group: String,
+    replica: Replica,
+    changes: Option<(usize, Arc<Vec<std::sync::atomic::AtomicU64>>)>,
+    events: Arc<crate::events::Events>,
 ) {
+    use crate::events::EventKind;
+    let mut watch = replica.watch();
     let mut last = watch.leadership();
+    let mut installs = replica.status().snapshots_installed;
     while watch.changed().await {
         let (term, leader) = watch.leadership();
         if leader != last.1 && leader.is_some() {
-            if let Some(c) = changes.get(shard) {
+            if let Some((shard, counts)) = &changes
+                && let Some(c) = counts.get(*shard)
+            {
                 c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            tracing::info!(shard, term, leader = ?leader, "shard leader changed");
+            tracing::info!(group = %group, term, leader = ?leader, "leader changed");
+            events.emit(EventKind::LeaderChanged { group: group.clone(), term, leader });
         }
         last = (term, leader);
+        let now = replica.status().snapshots_installed;
+        if now > installs {
+            installs = now;
+            events.emit(EventKind::SnapshotInstalled { group: group.clone(), installs });
+        }
     }
 }
 

@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/_status", get(status))
+        .route("/events", get(events))
         .fallback(unknown_route)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -297,6 +298,27 @@ async fn health(State(state): State<AppState>, uri: Uri) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting_down"}))).into_response();
     }
     Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /events`: the node's event stream as server-sent events (`event: TYPE`, `data: JSON`), until
+/// the node shuts down or the client goes away.
+async fn events(State(state): State<AppState>) -> Response {
+    let mut subscription = state.node.events().subscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+    tokio::spawn(async move {
+        // A comment line first, so the client sees the stream open before any event.
+        if tx.send(Ok(Bytes::from_static(b": cairn events\n\n"))).await.is_err() {
+            return;
+        }
+        while let Some(e) = subscription.next().await {
+            let frame = format!("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.type_name(), e.json());
+            if tx.send(Ok(Bytes::from(frame))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {

@@ -61,6 +61,50 @@ fn join(
     })
 }
 
+/// Follows the gRPC event stream at `addr` (saying `ready` once subscribed) until a `node_down` for
+/// node 4; returns that event's JSON.
+fn watch_grpc_events(addr: std::net::SocketAddr, ready: std::sync::mpsc::Sender<()>) -> String {
+    use cairn_proto::cluster::EventsRequest;
+    runtime().block_on(async {
+        let mut c = ClusterClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut stream = c.events(EventsRequest {}).await.unwrap().into_inner();
+        ready.send(()).unwrap();
+        let seen = async {
+            while let Some(e) = stream.message().await.unwrap() {
+                if e.r#type == "node_down" && e.json.contains(r#""node":4"#) {
+                    return e.json;
+                }
+            }
+            panic!("the event stream ended");
+        };
+        tokio::time::timeout(READY, seen).await.expect("a node_down event")
+    })
+}
+
+/// Follows `GET /events` at `addr` (saying `ready` once the stream opened) until a `node_down` event;
+/// returns its data line.
+fn watch_sse(addr: std::net::SocketAddr, ready: std::sync::mpsc::Sender<()>) -> String {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(READY)).unwrap();
+    write!(stream, "GET /events HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut lines = std::io::BufReader::new(stream).lines();
+    let head = lines.next().unwrap().unwrap();
+    assert!(head.contains(" 200 "), "{head}");
+    let mut ready = Some(ready);
+    loop {
+        let line = lines.next().expect("the event stream ended").unwrap();
+        if line.starts_with(": cairn events")
+            && let Some(r) = ready.take()
+        {
+            r.send(()).unwrap();
+        }
+        if line == "event: node_down" {
+            return lines.next().unwrap().unwrap();
+        }
+    }
+}
+
 /// A Get of a key in shard `shard`'s first bucket, forwarded-style with `epoch`: the refusal.
 fn routed_get(server: &Server, shard: u32, epoch: u64) -> (tonic::Code, String) {
     use cairn_proto::kv::{GetRequest, Route, kv_client::KvClient};
@@ -214,7 +258,25 @@ fn nodes_join_serve_every_key_refuse_bad_joins_and_keep_their_identity() {
     });
     let (ok, text, _) = cairn(&["status", "--addr", &nodes[0].grpc.to_string()]);
     assert!(ok && text.contains("shard  buckets") && text.contains("768..=1023"), "{text}");
+    // Subscribed before node 4 stops, node 1's gRPC event stream and node 2's server-sent events both
+    // report it down.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let grpc_watch = {
+        let (addr, ready) = (nodes[0].grpc, ready_tx.clone());
+        std::thread::spawn(move || watch_grpc_events(addr, ready))
+    };
+    let sse_watch = {
+        let (addr, ready) = (nodes[1].addr, ready_tx);
+        std::thread::spawn(move || watch_sse(addr, ready))
+    };
+    for _ in 0..2 {
+        ready_rx.recv_timeout(READY).expect("event subscriptions open");
+    }
     n4.stop();
+    let down = grpc_watch.join().unwrap();
+    assert!(down.contains(r#""node":4"#) && down.contains(r#""observer":1"#), "{down}");
+    let data = sse_watch.join().unwrap();
+    assert!(data.contains(r#""type":"node_down""#) && data.contains(r#""node":4"#), "{data}");
     wait_until("status shows node 4 down", READY, || {
         let s = status(&nodes[0]);
         s["nodes"].as_array().unwrap().iter().any(|n| n["id"] == 4 && n["up"] == false)

@@ -1,0 +1,184 @@
+//! The node's event stream (seed 002): leader changes of its shard and meta replicas, snapshots they
+//! installed, nodes joining, the shards being placed, and nodes going down and coming back up (as the
+//! meta group's leader sees them, polled by every node). Served over gRPC (`Cluster/Events`, server
+//! streaming) and as server-sent events (`GET /events`).
+//!
+//! Bounded: events go through a broadcast channel of [`CAPACITY`]; a subscriber that falls that far
+//! behind gets a `lagged` event saying how many it missed and carries on from the oldest kept one.
+
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{broadcast, watch};
+
+/// Events kept for slow subscribers.
+pub const CAPACITY: usize = 1024;
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A group's leader changed (`group`: a shard id, or `"meta"`).
+    LeaderChanged { group: String, term: u64, leader: Option<u64> },
+    /// A replica installed a snapshot from its leader (it was too far behind for the log).
+    SnapshotInstalled { group: String, installs: u64 },
+    /// The meta group admitted a node.
+    NodeJoined { node: u64, grpc_addr: String },
+    /// The shards were placed (the map's version).
+    ShardsPlaced { version: u64 },
+    /// A node stopped acknowledging the meta leader's heartbeats.
+    NodeDown { node: u64 },
+    /// A node acknowledges the meta leader's heartbeats (again).
+    NodeUp { node: u64 },
+    /// This subscriber fell behind and missed this many events.
+    Lagged { missed: u64 },
+}
+
+/// One event as subscribers see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Counts this node's events from 1.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch, when this node saw it.
+    pub at_ms: u64,
+    /// The node that saw it (0 before it has an id).
+    pub observer: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// The event's type name (the `type` field of its JSON).
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            EventKind::LeaderChanged { .. } => "leader_changed",
+            EventKind::SnapshotInstalled { .. } => "snapshot_installed",
+            EventKind::NodeJoined { .. } => "node_joined",
+            EventKind::ShardsPlaced { .. } => "shards_placed",
+            EventKind::NodeDown { .. } => "node_down",
+            EventKind::NodeUp { .. } => "node_up",
+            EventKind::Lagged { .. } => "lagged",
+        }
+    }
+
+    /// The event as one JSON object.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The node's events.
+#[derive(Debug)]
+pub struct Events {
+    tx: broadcast::Sender<Event>,
+    seq: AtomicU64,
+    observer: AtomicU64,
+    stop: watch::Sender<bool>,
+}
+
+impl Default for Events {
+    fn default() -> Events {
+        Events {
+            tx: broadcast::Sender::new(CAPACITY),
+            seq: AtomicU64::new(0),
+            observer: AtomicU64::new(0),
+            stop: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Events {
+    /// A new stream.
+    pub fn new() -> Arc<Events> {
+        Arc::new(Events::default())
+    }
+
+    /// Names the node that sees the events (once it has an id).
+    pub fn set_observer(&self, node: u64) {
+        self.observer.store(node, Ordering::Relaxed);
+    }
+
+    /// Publishes `kind` to every subscriber (none: dropped).
+    pub fn emit(&self, kind: EventKind) {
+        tracing::debug!(?kind, "event");
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let observer = self.observer.load(Ordering::Relaxed);
+        let _ = self.tx.send(Event { seq, at_ms, observer, kind });
+    }
+
+    /// Ends every subscription (shutdown).
+    pub fn close(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// A subscription from now on.
+    pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        Subscription { rx: self.tx.subscribe(), stop: self.stop.subscribe(), events: Arc::clone(self) }
+    }
+}
+
+/// One subscriber's view.
+pub struct Subscription {
+    rx: broadcast::Receiver<Event>,
+    stop: watch::Receiver<bool>,
+    events: Arc<Events>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the node shuts down.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if *self.stop.borrow() {
+                return None;
+            }
+            tokio::select! {
+                received = self.rx.recv() => match received {
+                    Ok(event) => return Some(event),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let observer = self.events.observer.load(Ordering::Relaxed);
+                        return Some(Event { seq: 0, at_ms: 0, observer, kind: EventKind::Lagged { missed } });
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                changed = self.stop.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_see_events_in_order_learn_what_they_missed_and_end_at_close() {
+        let events = Events::new();
+        events.set_observer(7);
+        let mut early = events.subscribe();
+        events.emit(EventKind::NodeUp { node: 2 });
+        events.emit(EventKind::LeaderChanged { group: "3".into(), term: 4, leader: Some(2) });
+        let first = early.next().await.unwrap();
+        assert_eq!((first.seq, first.observer, first.type_name()), (1, 7, "node_up"));
+        assert!(first.json().contains(r#""type":"node_up""#), "{}", first.json());
+        assert_eq!(early.next().await.unwrap().seq, 2);
+
+        let mut slow = events.subscribe();
+        for node in 0..(CAPACITY as u64 + 10) {
+            events.emit(EventKind::NodeDown { node });
+        }
+        assert_eq!(slow.next().await.unwrap().kind, EventKind::Lagged { missed: 10 });
+        assert_eq!(slow.next().await.unwrap().kind, EventKind::NodeDown { node: 10 });
+
+        events.close();
+        assert_eq!(slow.next().await, None);
+        assert_eq!(early.next().await, None);
+    }
+}

@@ -76,6 +76,9 @@ struct Identity {
     cluster_id: Option<String>,
     /// This node's id, once it has one.
     node_id: Option<u64>,
+    /// The gRPC address the node joined with: peers' Raft groups reach it there, so it must keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grpc_addr: Option<String>,
     /// Set by `init` until the meta group holds this first state; a restart finishes the bootstrap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bootstrap: Option<ClusterState>,
@@ -149,6 +152,14 @@ impl Membership {
             return Err(NodeError::Startup(format!(
                 "store {} belongs to cluster {have}, not {want}",
                 store.display()
+            )));
+        }
+        if let Some(joined) = &identity.grpc_addr
+            && *joined != grpc_addr
+        {
+            return Err(NodeError::Startup(format!(
+                "this node joined the cluster at gRPC address {joined} and must keep it (its Raft groups \
+                 reach it there): start it with --grpc-addr {joined} (or --advertise-grpc-addr {joined})"
             )));
         }
         let plumbing = Plumbing {
@@ -293,6 +304,7 @@ impl Membership {
         let state = state.ok_or_else(|| Status::internal("the first join changed nothing"))?;
         identity.cluster_id = Some(cluster_id.clone());
         identity.node_id = Some(id);
+        identity.grpc_addr = Some(self.grpc_addr.clone());
         identity.bootstrap = Some(state.clone());
         self.save(&identity).await.map_err(crate::grpc::status_of)?;
         drop(identity);
@@ -396,6 +408,7 @@ impl Membership {
         }
         identity.cluster_id = Some(reply.cluster_id.clone());
         identity.node_id = Some(reply.node_id);
+        identity.grpc_addr = Some(self.grpc_addr.clone());
         self.save(&identity).await?;
         drop(identity);
         self.start_meta(reply.node_id).await?;

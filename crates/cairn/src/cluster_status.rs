@@ -83,9 +83,12 @@ pub async fn cluster_status(addr: &str) -> Result<Option<(Value, String)>, Strin
                 leader = *said_leader;
             }
         }
+        // Replicas on nodes the meta leader does not hear from: the shard runs with fewer copies.
+        let down: Vec<u64> =
+            replicas.iter().copied().filter(|n| liveness.get(n).is_some_and(|(up, _)| !up)).collect();
         shards.push(json!({
             "id": id, "buckets": shard["buckets"], "epoch": shard["epoch"], "replicas": replicas,
-            "leader": leader, "lag": lag,
+            "leader": leader, "lag": lag, "down_replicas": down,
         }));
     }
     let json = json!({
@@ -135,6 +138,12 @@ fn render(s: &Value) -> String {
             Some(0) | None => "none".to_string(),
             Some(l) => l.to_string(),
         };
+        let down: Vec<String> =
+            sh["down_replicas"].as_array().into_iter().flatten().map(ToString::to_string).collect();
+        let mut lag = lag.join(" ");
+        if !down.is_empty() {
+            lag.push_str(&format!("  UNDER-REPLICATED: node {} down", down.join(",")));
+        }
         text.push_str(&format!(
             "\n{:>5}  {:<11}  {:>5}  {:<8}  {:>6}  {}",
             sh["id"].to_string(),
@@ -142,7 +151,7 @@ fn render(s: &Value) -> String {
             sh["epoch"].to_string(),
             replicas.join(","),
             leader,
-            lag.join(" ")
+            lag
         ));
     }
     text

@@ -298,15 +298,52 @@ fn nodes_join_serve_every_key_refuse_bad_joins_and_keep_their_identity() {
     let status = wrong.child.wait().unwrap();
     assert!(!status.success(), "a node naming another cluster must not start");
 
-    // A restarted node is the same node, with its data, and serves again.
+    // With node 3 down the other two keep serving (a majority of every shard), and status shows every
+    // shard under-replicated.
     let n3 = nodes.pop().unwrap();
+    let (n3_http, n3_grpc) = (n3.addr.to_string(), n3.grpc.to_string());
     n3.stop();
-    let n3 = Server::start(&store(3), &["--join", &nodes[0].grpc.to_string()]);
+    for k in 0..10 {
+        let r = nodes[k % 2].call("PUT", &format!("/kv/rest/entry/while-down-{k}"), b"w");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    wait_until("status shows node 3 down and its shards under-replicated", READY, || {
+        let (ok, out, _) = cairn(&["status", "--json", "--addr", &nodes[1].grpc.to_string()]);
+        let s: Value = serde_json::from_str(&out).unwrap_or_default();
+        ok && s["shards"].as_array().is_some_and(|shards| {
+            shards.iter().all(|sh| sh["down_replicas"].as_array().is_some_and(|d| d == &vec![Value::from(3)]))
+        })
+    });
+    let (_, text, _) = cairn(&["status", "--addr", &nodes[0].grpc.to_string()]);
+    assert!(text.contains("UNDER-REPLICATED: node 3 down"), "{text}");
+
+    // A node keeps the gRPC address it joined with (its Raft groups reach it there): another one is
+    // refused with the reason.
+    let moved = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["start", "--log-level", "warn", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--join", &nodes[0].grpc.to_string(), "--store"])
+        .arg(store(3))
+        .output()
+        .unwrap();
+    assert!(!moved.status.success());
+    let why = String::from_utf8_lossy(&moved.stderr);
+    assert!(why.contains("must keep it") && why.contains(&n3_grpc), "{why}");
+
+    // Restarted on its addresses, it is the same node, with its data (and what was written while it
+    // was down), and serves again.
+    let (http, grpc) = (n3_http.as_str(), n3_grpc.as_str());
+    let n3 = Server::start_with(&store(3), &["--http-addr", http, "--grpc-addr", grpc, "--join", grpc]);
     wait_until("the restarted node serves keys", READY, || serves_keys(&n3));
     assert_eq!(state(&n3).1, 3, "a restarted node keeps its id");
     let r = n3.call("GET", "/kv/rest/entry/key-0-1", b"");
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["value"]["bytes"], "djAx"); // base64 of "v01"
+    // Its own replicas catch up with the writes it missed (an eventual read answers from them).
+    wait_until("node 3's replicas caught up", READY, || {
+        (0..10).all(|k| {
+            n3.call("GET", &format!("/kv/rest/entry/while-down-{k}?consistency=eventual"), b"").status == 200
+        })
+    });
     let (s, _) = state(&n3);
     assert_eq!(s["nodes"].as_object().unwrap().len(), 4, "no new node id was taken: {s}");
     nodes.push(n3);

@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Sends of one request (the first, then re-sends after a refresh).
 pub const MAX_ATTEMPTS: usize = 3;
+/// How long connecting to a node, or a status call while loading the map, may take.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One shard as the client routes to it.
 #[derive(Clone, Debug)]
@@ -109,10 +111,18 @@ impl ClusterClient {
 
     async fn load(&mut self, addr: &str) -> Result<Routes, ClientError> {
         let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let mut state_client = StateClient::connect(url.clone())
+        let unanswered = |url: &str| ClientError::Connect {
+            addr: url.to_string(),
+            message: format!("no answer in {CALL_TIMEOUT:?}"),
+        };
+        let mut state_client = tokio::time::timeout(CALL_TIMEOUT, StateClient::connect(url.clone()))
             .await
-            .map_err(|e| ClientError::Connect { addr: url, message: e.to_string() })?;
-        let reply = state_client.state(StateRequest { linearizable: false, forwarded: false }).await?;
+            .map_err(|_| unanswered(&url))?
+            .map_err(|e| ClientError::Connect { addr: url.clone(), message: e.to_string() })?;
+        let request = StateRequest { linearizable: false, forwarded: false };
+        let reply = tokio::time::timeout(CALL_TIMEOUT, state_client.state(request))
+            .await
+            .map_err(|_| unanswered(&url))??;
         let state: State = serde_json::from_slice(&reply.into_inner().state_json)
             .map_err(|e| routing(format!("{addr} has no cluster state: {e}")))?;
         let map = state.map.ok_or_else(|| routing("the cluster has not placed its shards yet"))?;
@@ -129,12 +139,15 @@ impl ClusterClient {
             })
             .collect();
         shards.sort_by_key(|s| s.last_bucket);
-        // Leader hints: each node reports the leader of every shard it holds a replica of.
+        // Leader hints: each node reports the leader of every shard it holds a replica of (a node that
+        // does not answer in time gives none).
         for (node, addr) in &addrs {
             if !shards.iter().any(|s| s.replicas.contains(node)) {
                 continue;
             }
-            let Ok(status) = self.conn(addr).await?.status().await else { continue };
+            let Ok(conn) = self.conn(addr).await else { continue };
+            let asked = tokio::time::timeout(CALL_TIMEOUT, conn.status()).await;
+            let Ok(Ok(status)) = asked else { continue };
             for reported in status.shards {
                 let Some(r) = reported.replication else { continue };
                 if let Some(s) = shards.iter_mut().find(|s| s.id == reported.shard)
@@ -150,7 +163,13 @@ impl ClusterClient {
 
     async fn conn(&mut self, addr: &str) -> Result<&mut Client, ClientError> {
         if !self.conns.contains_key(addr) {
-            let client = Client::connect(addr).await?;
+            let client =
+                tokio::time::timeout(CALL_TIMEOUT, Client::connect(addr)).await.map_err(|_| {
+                    ClientError::Connect {
+                        addr: addr.to_string(),
+                        message: format!("no answer in {CALL_TIMEOUT:?}"),
+                    }
+                })??;
             self.conns.insert(addr.to_string(), client);
         }
         self.conns.get_mut(addr).ok_or_else(|| routing("connection vanished"))
@@ -197,11 +216,11 @@ impl ClusterClient {
             for addr in addrs {
                 let client = match self.conn(&addr).await {
                     Ok(c) => c.clone(),
-                    Err(e) if retry_elsewhere => {
+                    // Nothing was sent: any request may go to the next replica.
+                    Err(e) => {
                         last = Some(e);
                         continue;
                     }
-                    Err(e) => return Err(e),
                 };
                 match call(client, route).await {
                     Err(ClientError::Status(s)) if s.code() == tonic::Code::Aborted => {
@@ -218,10 +237,13 @@ impl ClusterClient {
                     other => return other,
                 }
             }
-            if !refused && !retry_elsewhere {
+            if !refused && !retry_elsewhere && !matches!(last, Some(ClientError::Connect { .. })) {
                 break;
             }
-            self.refresh().await?;
+            // A node that cannot be reached may have been replaced: reload the map (if any node answers).
+            if let Err(e) = self.refresh().await {
+                last = Some(e);
+            }
         }
         Err(last.unwrap_or_else(|| routing("no replica answered")))
     }

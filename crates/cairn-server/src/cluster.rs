@@ -47,6 +47,8 @@ const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// How long the driver waits for a new member's meta replica to catch up before trying again later.
 const ADD_MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Entries a learner may lag the meta leader by and still be promoted to voter.
+const MAX_PROMOTE_LAG: u64 = 64;
 /// A node counts as up while the meta leader heard from it this recently.
 const LIVE_WITHIN: Duration = Duration::from_secs(3);
 /// How long a status call waits for the meta leader's liveness view.
@@ -254,6 +256,8 @@ impl Membership {
         loop {
             match meta.bootstrap(state).await {
                 Ok(_) => break,
+                // Stored before a crash, and changed since (a node joined): the bootstrap is done.
+                Err(MetaError::AlreadyInitialized(cluster)) if cluster == state.cluster_id => break,
                 // No leader yet (the first election).
                 Err(MetaError::Group(e)) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "waiting for the meta group's first leader");
@@ -289,6 +293,17 @@ impl Membership {
     /// `cairn init`: makes a new cluster with this node as node 1.
     async fn init(&self, settings: ClusterSettings) -> std::result::Result<(String, u64), Status> {
         let mut identity = self.identity.lock().await;
+        if let (Some(cluster), Some(id), Some(state)) =
+            (identity.cluster_id.clone(), identity.node_id, identity.bootstrap.clone())
+        {
+            // An earlier init got this far and failed: finish it.
+            drop(identity);
+            if self.meta.get().is_none() {
+                self.start_meta(id).await.map_err(crate::grpc::status_of)?;
+            }
+            self.finish_bootstrap(id, &state).await.map_err(crate::grpc::status_of)?;
+            return Ok((cluster, id));
+        }
         if let Some(cluster) = &identity.cluster_id {
             return Err(Status::already_exists(format!("this node already belongs to cluster {cluster}")));
         }
@@ -323,10 +338,15 @@ impl Membership {
             let identity = self.identity.lock().await;
             request.cluster_id = identity.cluster_id.clone().unwrap_or_default();
         }
-        let (state, id) = meta.update(|s| s.join(&request)).await.map_err(crate::grpc::meta_status)?;
-        tracing::info!(node = id, grpc = %request.grpc_addr, "admitted a node");
-        let grpc_addr = request.grpc_addr.clone();
-        self.plumbing.events.emit(crate::events::EventKind::NodeJoined { node: id, grpc_addr });
+        let (state, (id, changed)) = meta
+            .update(|s| s.join(&request).map(|(next, id)| (next.clone(), (id, next.is_some()))))
+            .await
+            .map_err(crate::grpc::meta_status)?;
+        if changed {
+            tracing::info!(node = id, grpc = %request.grpc_addr, "admitted a node");
+            let grpc_addr = request.grpc_addr.clone();
+            self.plumbing.events.emit(crate::events::EventKind::NodeJoined { node: id, grpc_addr });
+        }
         Ok((state.cluster_id, id))
     }
 
@@ -497,7 +517,8 @@ impl Membership {
     async fn watch_liveness(&self, up: &mut BTreeMap<u64, bool>) {
         let Ok(Some(state)) = self.state(false).await else { return };
         let (_, liveness) = self.liveness(Some(&state), false).await;
-        for node in liveness {
+        // Never heard since the current meta leader took over: unknown, not down.
+        for node in liveness.into_iter().filter(|n| n.heard_ms_ago.is_some()) {
             let before = up.insert(node.node_id, node.up);
             match (before, node.up) {
                 (Some(true), false) => {
@@ -538,33 +559,53 @@ impl Membership {
             }
         }
         let status = meta.replica().status();
+        let heard = meta.replica().heard_from().unwrap_or_default();
+        // Only members that are caught up and answering may become voters: promoting one that is down
+        // could leave the group without a quorum.
+        let healthy = |id: &u64| {
+            *id == status.node
+                || (status.lag.get(id).is_some_and(|lag| *lag <= MAX_PROMOTE_LAG)
+                    && heard.get(id).copied().flatten().is_some_and(|d| d < LIVE_WITHIN))
+        };
         let members: Vec<u64> = active
             .iter()
             .copied()
             .filter(|id| status.voters.contains(id) || status.learners.contains(id))
             .collect();
-        let wanted = if members.len() >= 5 { 5 } else { members.len().min(3) };
+        let candidates: Vec<u64> = members.iter().copied().filter(|id| healthy(id)).collect();
+        // Odd sizes only: two voters tolerate no more failures than one, and need both to commit.
+        let wanted = match candidates.len() {
+            n if n >= 5 => 5,
+            n if n >= 3 => 3,
+            _ => 1,
+        };
         let mut voters: BTreeSet<u64> =
             status.voters.iter().copied().filter(|v| members.contains(v)).take(wanted).collect();
-        for id in &members {
+        for id in &candidates {
             if voters.len() >= wanted {
                 break;
             }
             voters.insert(*id);
         }
-        if !voters.is_empty() && voters != status.voters {
-            meta.replica().change_voters(voters.clone()).await?;
+        // Only grow the voters here (shrinking away from down voters comes with node removal).
+        if voters.len() > status.voters.len() {
+            match tokio::time::timeout(META_TIMEOUT, meta.replica().change_voters(voters.clone())).await {
+                Ok(changed) => changed?,
+                Err(_) => return Err(MetaError::Contended(1)),
+            }
             tracing::info!(voters = ?voters, "meta group voters changed");
         }
         if state.map.is_none() && active.len() >= state.settings.replication_factor {
-            let (placed, ()) = meta
+            let (placed, changed) = meta
                 .update(|s| match s.map {
-                    Some(_) => Ok((None, ())),
-                    None => Ok((Some(s.place_initial()?), ())),
+                    Some(_) => Ok((None, false)),
+                    None => Ok((Some(s.place_initial()?), true)),
                 })
                 .await?;
-            tracing::info!(version = placed.version, shards = placed.settings.shards, "shards placed");
-            self.plumbing.events.emit(crate::events::EventKind::ShardsPlaced { version: placed.version });
+            if changed {
+                tracing::info!(version = placed.version, shards = placed.settings.shards, "shards placed");
+                self.plumbing.events.emit(crate::events::EventKind::ShardsPlaced { version: placed.version });
+            }
         }
         Ok(())
     }
@@ -653,6 +694,7 @@ pub(crate) fn event_stream(
     events: &Arc<crate::events::Events>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::result::Result<pb::Event, Status>> {
     let mut subscription = events.subscribe();
+    let events = Arc::clone(events);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         while let Some(e) = subscription.next().await {
@@ -663,8 +705,10 @@ pub(crate) fn event_stream(
                 r#type: e.type_name().to_string(),
                 json: e.json(),
             };
-            if tx.send(Ok(message)).await.is_err() {
-                return;
+            // A subscriber that stopped reading must not hold the stream open past shutdown.
+            tokio::select! {
+                sent = tx.send(Ok(message)) => if sent.is_err() { return },
+                () = events.closed() => return,
             }
         }
     });

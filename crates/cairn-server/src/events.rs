@@ -115,6 +115,12 @@ impl Events {
         self.stop.send_replace(true);
     }
 
+    /// Resolves once [`Events::close`] was called.
+    pub async fn closed(&self) {
+        let mut stop = self.stop.subscribe();
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }
+
     /// A subscription from now on.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
         Subscription { rx: self.tx.subscribe(), stop: self.stop.subscribe(), events: Arc::clone(self) }

@@ -64,29 +64,37 @@ fn ts_in(ts: kv::Timestamp) -> Timestamp {
 /// The service.
 #[derive(Clone, Debug)]
 pub struct KvService {
-    // Set once the node's shards are up (a cluster member serves gRPC before that, for joins and Raft).
-    node: Arc<std::sync::OnceLock<Arc<Node>>>,
+    // Set once the node's shards are up (a cluster member serves gRPC before that, for joins and Raft),
+    // cleared at shutdown (connection tasks may outlive the server and must not keep the node open).
+    node: Arc<parking_lot::RwLock<Option<Arc<Node>>>>,
 }
 
 impl KvService {
     /// Serves `node`.
     pub fn new(node: Arc<Node>) -> KvService {
-        KvService { node: Arc::new(std::sync::OnceLock::from(node)) }
+        KvService { node: Arc::new(parking_lot::RwLock::new(Some(node))) }
     }
 
     /// A service that answers `UNAVAILABLE` until [`KvService::ready`] gives it its node.
     pub fn starting() -> KvService {
-        KvService { node: Arc::new(std::sync::OnceLock::new()) }
+        KvService { node: Arc::new(parking_lot::RwLock::new(None)) }
     }
 
-    /// Starts serving `node` (no effect if a node is already served).
+    /// Starts serving `node`.
     pub fn ready(&self, node: Arc<Node>) {
-        let _ = self.node.set(node);
+        *self.node.write() = Some(node);
     }
 
-    fn node(&self) -> Result<&Arc<Node>, Status> {
-        self.node.get().ok_or_else(|| {
-            Status::unavailable("the node is starting: it serves keys once the cluster has placed its shards")
+    /// Stops serving (every clone): later calls answer `UNAVAILABLE`, and the node is let go.
+    pub fn retire(&self) {
+        *self.node.write() = None;
+    }
+
+    fn node(&self) -> Result<Arc<Node>, Status> {
+        self.node.read().clone().ok_or_else(|| {
+            Status::unavailable(
+                "the node is not serving keys (starting: the cluster has not placed its shards yet; or shutting down)",
+            )
         })
     }
 }

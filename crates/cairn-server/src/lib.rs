@@ -158,22 +158,29 @@ pub async fn serve(
                 node.set_router(routing::Router::new(id, m.meta_store()?.clone(), &state)?);
                 Ok::<_, NodeError>(node)
             };
-            tokio::select! {
-                node = started => Arc::new(node?),
+            let outcome = tokio::select! {
+                node = started => node.map(Some),
                 () = stopped(stop_rx.clone()) => {
                     tracing::info!("stopped before the node served keys");
+                    Ok(None)
+                }
+            };
+            match outcome {
+                Ok(Some(node)) => Arc::new(node),
+                // Stopped, or failed, before serving keys: take down what runs (shard replicas that
+                // started are dropped with the failed start-up).
+                other => {
                     m.stop().await;
                     if tokio::time::timeout(SHUTDOWN_GRACE, grpc_task).await.is_err() {
                         grpc_abort.abort();
                     }
-                    return Ok(());
+                    return other.map(|_| ());
                 }
             }
         }
         (None, None) => return Err(NodeError::Internal("no node and no cluster membership".into())),
     };
     kv.ready(Arc::clone(&node));
-    drop(kv);
     let state = rest::AppState {
         node: Arc::clone(&node),
         http: Arc::new(metrics::HttpMetrics::default()),
@@ -213,8 +220,17 @@ pub async fn serve(
     if let Some(m) = &membership {
         m.stop().await;
     }
+    // Connection tasks may outlive the server: they keep the service, not the node.
+    kv.retire();
     // Every request task is done; handlers' blocking calls hold their own references until they end.
-    let node = wait_for_last_reference(node).await;
+    let Some(node) = wait_for_last_reference(node).await else {
+        tracing::error!(
+            grace = ?SHUTDOWN_GRACE,
+            "the store is still in use after the shutdown grace: exiting without closing it (the logs hold \
+             every acknowledged write; the next start replays them)"
+        );
+        return Ok(());
+    };
     tokio::task::spawn_blocking(move || node.close())
         .await
         .map_err(|e| NodeError::Internal(format!("close task failed: {e}")))??;
@@ -222,10 +238,13 @@ pub async fn serve(
     Ok(())
 }
 
-async fn wait_for_last_reference(mut node: Arc<Node>) -> Node {
+/// The node once nothing else holds it, or `None` if something still does after [`SHUTDOWN_GRACE`].
+async fn wait_for_last_reference(mut node: Arc<Node>) -> Option<Node> {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     loop {
         match Arc::try_unwrap(node) {
-            Ok(node) => return node,
+            Ok(node) => return Some(node),
+            Err(_) if tokio::time::Instant::now() >= deadline => return None,
             Err(shared) => {
                 node = shared;
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -303,7 +303,8 @@ async fn health(State(state): State<AppState>, uri: Uri) -> Response {
 /// `GET /events`: the node's event stream as server-sent events (`event: TYPE`, `data: JSON`), until
 /// the node shuts down or the client goes away.
 async fn events(State(state): State<AppState>) -> Response {
-    let mut subscription = state.node.events().subscribe();
+    let events = state.node.events();
+    let mut subscription = events.subscribe();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
     tokio::spawn(async move {
         // A comment line first, so the client sees the stream open before any event.
@@ -312,8 +313,10 @@ async fn events(State(state): State<AppState>) -> Response {
         }
         while let Some(e) = subscription.next().await {
             let frame = format!("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.type_name(), e.json());
-            if tx.send(Ok(Bytes::from(frame))).await.is_err() {
-                return;
+            // A client that stopped reading must not hold the stream open past shutdown.
+            tokio::select! {
+                sent = tx.send(Ok(Bytes::from(frame))) => if sent.is_err() { return },
+                () = events.closed() => return,
             }
         }
     });

@@ -369,12 +369,18 @@ impl Router {
                     route: Some(route),
                 };
                 async move {
-                    let mut stream = c.scan(request).await?.into_inner();
-                    let mut chunks = Vec::new();
-                    while let Some(chunk) = stream.message().await? {
-                        chunks.push(chunk);
-                    }
-                    Ok(chunks)
+                    // The channel's timeout covers the answer's start, not the stream: bound it all.
+                    let drained = async {
+                        let mut stream = c.scan(request).await?.into_inner();
+                        let mut chunks = Vec::new();
+                        while let Some(chunk) = stream.message().await? {
+                            chunks.push(chunk);
+                        }
+                        Ok(chunks)
+                    };
+                    tokio::time::timeout(FORWARD_TIMEOUT, drained)
+                        .await
+                        .unwrap_or_else(|_| Err(tonic::Status::unavailable("the forwarded scan timed out")))
                 }
             })
             .await?;

@@ -171,7 +171,8 @@ pub async fn serve(
                 // started are dropped with the failed start-up).
                 other => {
                     m.stop().await;
-                    if tokio::time::timeout(SHUTDOWN_GRACE, grpc_task).await.is_err() {
+                    // Stopped: let in-flight calls finish (bounded). Failed: nothing to wait for.
+                    if other.is_err() || tokio::time::timeout(SHUTDOWN_GRACE, grpc_task).await.is_err() {
                         grpc_abort.abort();
                     }
                     return other.map(|_| ());

@@ -658,6 +658,15 @@ impl Membership {
         (leader, liveness)
     }
 
+    /// Hands the meta group's leadership to another replica if this node leads it (see
+    /// [`Node::hand_over_leadership`](crate::node::Node::hand_over_leadership)).
+    pub(crate) async fn hand_over(&self, timeout: Duration) -> bool {
+        match self.meta.get() {
+            Some(meta) if meta.replica().status().role == "leader" => meta.replica().hand_over(timeout).await,
+            _ => true,
+        }
+    }
+
     /// Stops the meta replica (call after the shard replicas stopped).
     pub(crate) async fn stop(&self) {
         if let Some(meta) = self.meta.get() {

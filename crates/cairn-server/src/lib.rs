@@ -27,6 +27,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// How long shutdown waits for another replica to take over each group this node leads.
+const HAND_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long shutdown waits for requests and connections to finish before closing them.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -107,15 +110,15 @@ pub async fn serve(
     };
     let shutting_down = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutting_down);
+    // `requested`: a signal came; `stop`: the servers stop (after leadership was handed over, while
+    // the Raft service still runs).
+    let (requested_tx, requested_rx) = tokio::sync::watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let closing = Arc::clone(&events);
     tokio::spawn(async move {
         shutdown.await;
         flag.store(true, Ordering::Release);
         tracing::info!("shutting down: finishing in-flight requests");
-        // Event streams never end on their own.
-        closing.close();
-        let _ = stop_tx.send(true);
+        let _ = requested_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -160,7 +163,7 @@ pub async fn serve(
             };
             let outcome = tokio::select! {
                 node = started => node.map(Some),
-                () = stopped(stop_rx.clone()) => {
+                () = stopped(requested_rx.clone()) => {
                     tracing::info!("stopped before the node served keys");
                     Ok(None)
                 }
@@ -170,6 +173,8 @@ pub async fn serve(
                 // Stopped, or failed, before serving keys: take down what runs (shard replicas that
                 // started are dropped with the failed start-up).
                 other => {
+                    events.close();
+                    let _ = stop_tx.send(true);
                     m.stop().await;
                     // Stopped: let in-flight calls finish (bounded). Failed: nothing to wait for.
                     if other.is_err() || tokio::time::timeout(SHUTDOWN_GRACE, grpc_task).await.is_err() {
@@ -182,6 +187,32 @@ pub async fn serve(
         (None, None) => return Err(NodeError::Internal("no node and no cluster membership".into())),
     };
     kv.ready(Arc::clone(&node));
+    {
+        // On the signal: hand over the leadership of every group led here while peers can still reach
+        // this node, then end the event streams (they never end on their own) and stop the servers.
+        let (node, membership, events, requested) =
+            (Arc::clone(&node), membership.clone(), Arc::clone(&events), requested_rx.clone());
+        tokio::spawn(async move {
+            stopped(requested).await;
+            let meta = async {
+                match &membership {
+                    Some(m) => !m.hand_over(HAND_OVER_TIMEOUT).await,
+                    None => false,
+                }
+            };
+            let (failed, meta_kept) = tokio::join!(node.hand_over_leadership(HAND_OVER_TIMEOUT), meta);
+            if failed > 0 || meta_kept {
+                tracing::warn!(
+                    groups = failed,
+                    meta = meta_kept,
+                    "leadership not handed over: peers elect anew"
+                );
+            }
+            drop(node);
+            events.close();
+            let _ = stop_tx.send(true);
+        });
+    }
     let state = rest::AppState {
         node: Arc::clone(&node),
         http: Arc::new(metrics::HttpMetrics::default()),

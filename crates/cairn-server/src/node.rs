@@ -482,6 +482,28 @@ impl Node {
         self.config.replication.as_ref().map(|r| r.node_id)
     }
 
+    /// Hands the leadership of every group this node leads to another replica, all at once, each
+    /// waiting at most `timeout` (a clean stop: the groups keep a leader instead of waiting out an
+    /// election). Returns how many groups had to be handed over but were not.
+    pub async fn hand_over_leadership(&self, timeout: Duration) -> usize {
+        let mut tasks = Vec::new();
+        for shard in &self.shards {
+            if let Backend::Replicated(replica) = &shard.backend
+                && replica.status().role == "leader"
+            {
+                let replica = replica.clone();
+                tasks.push(tokio::spawn(async move { replica.hand_over(timeout).await }));
+            }
+        }
+        let mut failed = 0;
+        for task in tasks {
+            if !matches!(task.await, Ok(true)) {
+                failed += 1;
+            }
+        }
+        failed
+    }
+
     /// Stops every replica (a standalone node has none). Call before [`Node::close`].
     pub async fn stop_replication(&self) {
         let Some(r) = &self.replication else { return };

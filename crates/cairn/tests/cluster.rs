@@ -295,14 +295,20 @@ fn nodes_join_serve_every_key_refuse_bad_joins_and_keep_their_identity() {
     // A process started for another cluster stops with the reason instead of joining.
     let mut wrong =
         Server::start(&store(9), &["--join", &nodes[0].grpc.to_string(), "--cluster-id", "other"]);
-    let status = wrong.child.wait().unwrap();
-    assert!(!status.success(), "a node naming another cluster must not start");
+    let exit = wrong.child.wait().unwrap();
+    assert!(!exit.success(), "a node naming another cluster must not start");
 
     // With node 3 down the other two keep serving (a majority of every shard), and status shows every
     // shard under-replicated.
     let n3 = nodes.pop().unwrap();
     let (n3_http, n3_grpc) = (n3.addr.to_string(), n3.grpc.to_string());
     n3.stop();
+    // A node that stops cleanly first hands over the groups it led: right away, no shard names it.
+    let s = status(&nodes[0]);
+    for shard in s["shards"].as_array().unwrap() {
+        assert_ne!(shard["leader"], 3, "node 3 stopped without handing over: {shard}");
+        assert_ne!(shard["leader"], 0, "a shard without a leader after node 3 stopped: {shard}");
+    }
     for k in 0..10 {
         let r = nodes[k % 2].call("PUT", &format!("/kv/rest/entry/while-down-{k}"), b"w");
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

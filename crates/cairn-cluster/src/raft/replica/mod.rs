@@ -683,6 +683,45 @@ impl Replica {
         StatusWatch { replica: self.clone(), rx: raft.metrics(), id }
     }
 
+    /// If this replica leads its group, hands leadership to the most caught-up other voter and waits
+    /// (at most `timeout`) until it has left this replica; true if another replica leads afterwards.
+    /// For a clean stop: the group keeps a leader instead of waiting out an election timeout.
+    pub async fn hand_over(&self, timeout: Duration) -> bool {
+        let Incarnation { raft, id } = self.current();
+        let target = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            if m.current_leader != Some(id) {
+                return m.current_leader.is_some();
+            }
+            let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+            let matched = |member: &u64| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(member).cloned().flatten())
+                    .map_or(0, |l| l.index + 1)
+            };
+            voters.into_iter().filter(|v| *v != id).max_by_key(|v| (matched(v), std::cmp::Reverse(*v)))
+        };
+        let Some(target) = target else { return false };
+        if raft.trigger().transfer_leader(target).await.is_err() {
+            return false;
+        }
+        let mut metrics = raft.metrics();
+        let moved = async {
+            loop {
+                let leader = metrics.borrow_watched().current_leader;
+                if leader.is_some_and(|l| l != id) {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, moved).await.unwrap_or(false)
+    }
+
     /// Stops the replica (its storage stays as it is).
     pub async fn shutdown(&self) -> Result<(), GroupError> {
         self.shared.stopped.store(true, Ordering::Release);

@@ -7,32 +7,12 @@
 # cache the shard map and send to the shards' leaders (--direct). Prints each run's output,
 # then a ratio table.
 #   compare/etcd-cluster.sh [records] [ops]          (defaults 50000 50000)
-# Installs Debian's etcd-server if etcd is missing (needs root or sudo). Everything binds to 127.0.0.1.
+# Installs Debian's etcd-server if etcd is missing (compare/etcd-common.sh). Everything binds to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-50000}"
 ops="${2:-50000}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
-
-if ! command -v etcd >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then apt-get install -y etcd-server; else sudo apt-get install -y etcd-server; fi
-fi
-etcd_version="$(etcd --version)"; echo "${etcd_version%%$'\n'*}"
-cargo build --release -p cairn -p cairn-bench
-bin="$CARGO_TARGET_DIR/release"
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-wait_port() { # host port
-    for _ in $(seq 1 400); do
-        if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listens on $1:$2" >&2
-    return 1
-}
+source compare/etcd-common.sh
 
 bench() { # target addrs label
     "$bin/cairn-bench" "$1" --addr "$2" --clients 100 --records "$records" --ops "$ops" --workloads C \
@@ -74,10 +54,6 @@ for round in 1 2; do
     kill -INT "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 done
 
-# ops/s of a phase, and p50/p99 of an operation in it, from a bench output file.
-opsps() { awk -v p="$2" '$1 == p { print $2 }' "$1"; }
-lat() { awk -v p="$2" -v o="$3" -v q="$4" '$1 == p { inside = 1; next } /^[A-Za-z]/ { inside = 0 } inside && $1 == o { for (i = 1; i <= NF; i++) if ($i == q) print $(i + 1) }' "$1"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 echo
 echo "round  metric                              cairn        etcd      cairn/etcd"

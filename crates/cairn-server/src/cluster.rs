@@ -282,11 +282,7 @@ impl Membership {
     }
 
     /// The meta store (once this node is a member).
-    pub(crate) fn meta_store(&self) -> Result<&MetaStore> {
-        self.meta()
-    }
-
-    fn meta(&self) -> Result<&MetaStore> {
+    pub(crate) fn meta(&self) -> Result<&MetaStore> {
         self.meta.get().ok_or_else(|| NodeError::Unavailable("this node is not a cluster member yet".into()))
     }
 
@@ -698,32 +694,6 @@ fn settings_of(r: &pb::InitRequest) -> ClusterSettings {
     }
 }
 
-/// Streams `events` as gRPC messages until the node shuts down or the caller goes away.
-pub(crate) fn event_stream(
-    events: &Arc<crate::events::Events>,
-) -> tokio_stream::wrappers::ReceiverStream<std::result::Result<pb::Event, Status>> {
-    let mut subscription = events.subscribe();
-    let events = Arc::clone(events);
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        while let Some(e) = subscription.next().await {
-            let message = pb::Event {
-                seq: e.seq,
-                at_ms: e.at_ms,
-                observer: e.observer,
-                r#type: e.type_name().to_string(),
-                json: e.json(),
-            };
-            // A subscriber that stopped reading must not hold the stream open past shutdown.
-            tokio::select! {
-                sent = tx.send(Ok(message)) => if sent.is_err() { return },
-                () = events.closed() => return,
-            }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     type EventsStream = tokio_stream::wrappers::ReceiverStream<std::result::Result<pb::Event, Status>>;
@@ -732,22 +702,31 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _request: Request<pb::EventsRequest>,
     ) -> std::result::Result<Response<Self::EventsStream>, Status> {
-        Ok(Response::new(event_stream(&self.membership.plumbing.events)))
+        let stream = self.membership.plumbing.events.pump(|e| {
+            Ok(pb::Event {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                observer: e.observer,
+                r#type: e.type_name().to_string(),
+                json: e.json(),
+            })
+        });
+        Ok(Response::new(stream))
     }
 
     async fn init(
         &self,
         request: Request<pb::InitRequest>,
-    ) -> std::result::Result<Response<pb::InitReply>, Status> {
+    ) -> std::result::Result<Response<pb::Member>, Status> {
         let settings = settings_of(request.get_ref());
         let (cluster_id, node_id) = self.membership.init(settings).await?;
-        Ok(Response::new(pb::InitReply { cluster_id, node_id }))
+        Ok(Response::new(pb::Member { cluster_id, node_id }))
     }
 
     async fn join(
         &self,
         request: Request<pb::JoinRequest>,
-    ) -> std::result::Result<Response<pb::JoinReply>, Status> {
+    ) -> std::result::Result<Response<pb::Member>, Status> {
         let r = request.into_inner();
         let request = JoinRequest {
             cluster_id: r.cluster_id,
@@ -756,7 +735,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             http_addr: r.http_addr,
         };
         let (cluster_id, node_id) = self.membership.admit(request).await?;
-        Ok(Response::new(pb::JoinReply { cluster_id, node_id }))
+        Ok(Response::new(pb::Member { cluster_id, node_id }))
     }
 
     async fn state(

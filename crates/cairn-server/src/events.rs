@@ -13,6 +13,8 @@ use tokio::sync::{broadcast, watch};
 
 /// Events kept for slow subscribers.
 pub const CAPACITY: usize = 1024;
+/// Frames a [`Events::pump`] holds for a reader that is behind.
+pub const PUMP_BUFFER: usize = 64;
 
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -119,6 +121,27 @@ impl Events {
     pub async fn closed(&self) {
         let mut stop = self.stop.subscribe();
         let _ = stop.wait_for(|stopped| *stopped).await;
+    }
+
+    /// A stream of `frame(event)` for every event from now on, ending when the node shuts down or the
+    /// reader goes away; a reader that stops reading holds at most [`PUMP_BUFFER`] frames and does not
+    /// keep the stream open past shutdown.
+    pub fn pump<T: Send + 'static>(
+        self: &Arc<Self>,
+        frame: impl Fn(Event) -> T + Send + 'static,
+    ) -> tokio_stream::wrappers::ReceiverStream<T> {
+        let mut subscription = self.subscribe();
+        let events = Arc::clone(self);
+        let (tx, rx) = tokio::sync::mpsc::channel(PUMP_BUFFER);
+        tokio::spawn(async move {
+            while let Some(e) = subscription.next().await {
+                tokio::select! {
+                    sent = tx.send(frame(e)) => if sent.is_err() { return },
+                    () = events.closed() => return,
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
     /// A subscription from now on.

@@ -53,11 +53,11 @@ pub fn meta_status(e: cairn_cluster::meta::MetaError) -> Status {
     }
 }
 
-fn ts_out(ts: Timestamp) -> kv::Timestamp {
+pub(crate) fn ts_out(ts: Timestamp) -> kv::Timestamp {
     kv::Timestamp { wall_time: ts.wall_time, logical: ts.logical }
 }
 
-fn ts_in(ts: kv::Timestamp) -> Timestamp {
+pub(crate) fn ts_in(ts: kv::Timestamp) -> Timestamp {
     Timestamp { wall_time: ts.wall_time, logical: ts.logical }
 }
 

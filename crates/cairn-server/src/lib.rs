@@ -158,7 +158,7 @@ pub async fn serve(
                 node_config.store = m.store().to_path_buf();
                 let mut node =
                     Node::start_replicas(node_config, m.plumbing().clone(), total_buckets, plans).await?;
-                node.set_router(routing::Router::new(id, m.meta_store()?.clone(), &state)?);
+                node.set_router(routing::Router::new(id, m.meta()?.clone(), &state)?);
                 Ok::<_, NodeError>(node)
             };
             let outcome = tokio::select! {

@@ -303,24 +303,14 @@ async fn health(State(state): State<AppState>, uri: Uri) -> Response {
 /// `GET /events`: the node's event stream as server-sent events (`event: TYPE`, `data: JSON`), until
 /// the node shuts down or the client goes away.
 async fn events(State(state): State<AppState>) -> Response {
-    let events = state.node.events();
-    let mut subscription = events.subscribe();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
-    tokio::spawn(async move {
-        // A comment line first, so the client sees the stream open before any event.
-        if tx.send(Ok(Bytes::from_static(b": cairn events\n\n"))).await.is_err() {
-            return;
-        }
-        while let Some(e) = subscription.next().await {
-            let frame = format!("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.type_name(), e.json());
-            // A client that stopped reading must not hold the stream open past shutdown.
-            tokio::select! {
-                sent = tx.send(Ok(Bytes::from(frame))) => if sent.is_err() { return },
-                () = events.closed() => return,
-            }
-        }
+    // A comment line first, so the client sees the stream open before any event.
+    let opened = Bytes::from_static(b": cairn events\n\n");
+    let frames = state.node.events().pump(|e| {
+        let frame = format!("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.type_name(), e.json());
+        Ok::<_, std::convert::Infallible>(Bytes::from(frame))
     });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let stream = tokio_stream::StreamExt::chain(tokio_stream::once(Ok(opened)), frames);
+    let body = Body::from_stream(stream);
     ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 

@@ -83,13 +83,10 @@ fn remote(status: &tonic::Status, addr: &str) -> NodeError {
     }
 }
 
-fn ts_out(ts: Timestamp) -> kv::Timestamp {
-    kv::Timestamp { wall_time: ts.wall_time, logical: ts.logical }
-}
-
+/// A forwarded answer's timestamp (always set by the node that answered).
 fn ts_in(ts: Option<kv::Timestamp>) -> Result<Timestamp> {
-    let ts = ts.ok_or_else(|| NodeError::Internal("a forwarded answer has no timestamp".into()))?;
-    Ok(Timestamp { wall_time: ts.wall_time, logical: ts.logical })
+    ts.map(crate::grpc::ts_in)
+        .ok_or_else(|| NodeError::Internal("a forwarded answer has no timestamp".into()))
 }
 
 fn token_in(text: &str) -> Result<Option<Token>> {
@@ -268,7 +265,7 @@ impl Router {
             .forward(bucket, Retry::Reads, |mut c, route| {
                 let request = kv::GetRequest {
                     key: key.clone(),
-                    timestamp: options.at.map(ts_out),
+                    timestamp: options.at.map(crate::grpc::ts_out),
                     consistency: consistency_out(options.consistency),
                     after: after_out(options),
                     route: Some(route),
@@ -296,7 +293,7 @@ impl Router {
         let (if_absent, if_timestamp) = match condition {
             Condition::None => (false, None),
             Condition::IfAbsent => (true, None),
-            Condition::IfTimestamp(ts) => (false, Some(ts_out(ts))),
+            Condition::IfTimestamp(ts) => (false, Some(crate::grpc::ts_out(ts))),
         };
         let r = self
             .forward(bucket, Retry::Writes, |mut c, route| {
@@ -363,7 +360,7 @@ impl Router {
                     start: start.to_vec(),
                     end: end.map(<[u8]>::to_vec),
                     limit,
-                    timestamp: options.at.map(ts_out),
+                    timestamp: options.at.map(crate::grpc::ts_out),
                     consistency: consistency_out(options.consistency),
                     after: after_out(options),
                     route: Some(route),

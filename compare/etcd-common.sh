@@ -1,0 +1,31 @@
+# Shared by compare/etcd.sh and compare/etcd-cluster.sh (sourced after `cd` to the repository root):
+# installs Debian's etcd-server if etcd is missing (needs root or sudo), builds cairn and cairn-bench
+# in release, sets `bin`, `work` (removed at exit) and `pids` (killed at exit), and defines
+# `wait_port HOST PORT` and the table helpers `opsps FILE PHASE`, `lat FILE PHASE OP QUANTILE` and
+# `ratio A B`.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
+
+if ! command -v etcd >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt-get install -y etcd-server; else sudo apt-get install -y etcd-server; fi
+fi
+etcd_version="$(etcd --version)"; echo "${etcd_version%%$'\n'*}"
+cargo build --release -p cairn -p cairn-bench
+bin="$CARGO_TARGET_DIR/release"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_port() { # host port
+    for _ in $(seq 1 400); do
+        if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listens on $1:$2" >&2
+    return 1
+}
+
+# ops/s of a phase, and p50/p99 of an operation in it, from a bench output file.
+opsps() { awk -v p="$2" '$1 == p { print $2 }' "$1"; }
+lat() { awk -v p="$2" -v o="$3" -v q="$4" '$1 == p { inside = 1; next } /^[A-Za-z]/ { inside = 0 } inside && $1 == o { for (i = 1; i <= NF; i++) if ($i == q) print $(i + 1) }' "$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }

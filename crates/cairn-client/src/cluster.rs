@@ -7,7 +7,8 @@
 //! holds no replica of, with `ABORTED`: nothing was done, so the client refreshes its map and sends it
 //! again (at most [`MAX_ATTEMPTS`] times). A stale leader hint costs one hop inside the shard's Raft
 //! group, never a wrong answer. A write whose connection fails is not re-sent (its outcome is unknown:
-//! the error says so); a read is retried at the shard's other replicas.
+//! the error says so) unless the connection was refused (nothing was sent); a read is retried at the
+//! shard's other replicas.
 
 use crate::{Client, ClientError, Versioned, kv};
 use cairn_proto::cluster::{StateRequest, cluster_client::ClusterClient as StateClient};
@@ -228,8 +229,10 @@ impl ClusterClient {
                         refused = true;
                         break;
                     }
+                    // Reads try the next replica; writes only if nothing was sent.
                     Err(ClientError::Status(s))
-                        if retry_elsewhere && s.code() == tonic::Code::Unavailable =>
+                        if s.code() == tonic::Code::Unavailable
+                            && (retry_elsewhere || cairn_proto::never_sent(&s)) =>
                     {
                         self.conns.remove(&addr);
                         last = Some(ClientError::Status(s));

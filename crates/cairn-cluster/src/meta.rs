@@ -10,7 +10,7 @@
 //! compaction and re-syncs come with the shard machinery unchanged.
 //!
 //! The transitions themselves ([`ClusterState::join`], [`ClusterState::place_initial`],
-//! [`ClusterState::apply_move`], [`ClusterState::remove_node`]) are pure and tested without nodes. They
+//! [`ClusterState::begin_move`], [`ClusterState::finish_move`], [`ClusterState::remove_node`]) are pure and tested without nodes. They
 //! are written to be safe to re-run: a change whose outcome was unknown (a leader change mid-proposal) is
 //! retried by re-reading and recomputing, and a join carries a token so a retried join finds the id the
 //! first attempt got instead of taking a second one.
@@ -35,6 +35,8 @@ pub const STATE_COLUMN: u16 = 0;
 pub const MAX_UPDATE_ATTEMPTS: u32 = 16;
 /// Longest cluster id accepted.
 pub const MAX_CLUSTER_ID_BYTES: usize = 64;
+/// Longest `dead_after_secs` accepted (a day).
+pub const MAX_DEAD_AFTER_SECS: u64 = 86_400;
 /// Longest node address accepted.
 pub const MAX_ADDRESS_BYTES: usize = 256;
 
@@ -170,6 +172,12 @@ impl ClusterState {
     pub fn new(cluster_id: &str, settings: ClusterSettings) -> Result<ClusterState> {
         check_text("a cluster id", cluster_id, MAX_CLUSTER_ID_BYTES)?;
         placement::check_layout(settings.total_buckets, settings.shards, settings.replication_factor)?;
+        if !(1..=MAX_DEAD_AFTER_SECS).contains(&settings.dead_after_secs) {
+            return Err(MetaError::Invalid(format!(
+                "dead_after_secs must be 1 to {MAX_DEAD_AFTER_SECS}, not {}",
+                settings.dead_after_secs
+            )));
+        }
         Ok(ClusterState {
             cluster_id: cluster_id.to_string(),
             version: 1,
@@ -245,15 +253,39 @@ impl ClusterState {
 
     /// Records a replica move (which bumps the shard's epoch); the destination must be an active node.
     pub fn apply_move(&self, mv: &Move) -> Result<ClusterState> {
-        let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
-        match self.nodes.get(&mv.to).map(|n| n.state) {
-            None => return Err(MetaError::UnknownNode(mv.to)),
-            Some(NodeState::Removed) => return Err(MetaError::NodeRemoved(mv.to)),
-            Some(NodeState::Active) => {}
-        }
-        let mut map = map.clone();
+        let mut map = self.map_for_move(mv)?;
         map.apply(mv)?;
         Ok(self.changed(|next| next.map = Some(map)))
+    }
+
+    /// Starts a replica move ([`ShardMap::begin_move`]); the destination must be an active node.
+    /// Returns the next state and the move as recorded.
+    pub fn begin_move(&self, mv: &Move) -> Result<(ClusterState, Move)> {
+        let mut map = self.map_for_move(mv)?;
+        let begun = map.begin_move(mv)?;
+        Ok((self.changed(|next| next.map = Some(map)), begun))
+    }
+
+    /// Completes the replica move under way `mv` ([`ShardMap::finish_move`]); `None` if it was already
+    /// completed (a retry).
+    pub fn finish_move(&self, mv: &Move) -> Result<Option<ClusterState>> {
+        let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
+        if map.shard(mv.shard).is_some_and(|s| s.moving.is_none() && s.replicas.contains(&mv.to)) {
+            return Ok(None);
+        }
+        let mut map = map.clone();
+        map.finish_move(mv)?;
+        Ok(Some(self.changed(|next| next.map = Some(map))))
+    }
+
+    /// A copy of the map for a move to `mv.to`, which must be an active node.
+    fn map_for_move(&self, mv: &Move) -> Result<ShardMap> {
+        let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
+        match self.nodes.get(&mv.to).map(|n| n.state) {
+            None => Err(MetaError::UnknownNode(mv.to)),
+            Some(NodeState::Removed) => Err(MetaError::NodeRemoved(mv.to)),
+            Some(NodeState::Active) => Ok(map.clone()),
+        }
     }
 
     /// Removes a node for good. It must hold no replica any more (move them off first).
@@ -262,7 +294,10 @@ impl ClusterState {
         if node.state == NodeState::Removed {
             return Ok(None);
         }
-        if let Some(shard) = self.map.iter().flat_map(|m| &m.shards).find(|s| s.replicas.contains(&id)) {
+        let holds = |s: &&crate::placement::ShardPlacement| {
+            s.replicas.contains(&id) || s.moving.is_some_and(|m| m.to == id)
+        };
+        if let Some(shard) = self.map.iter().flat_map(|m| &m.shards).find(holds) {
             return Err(MetaError::Invalid(format!("node {id} still holds a replica of shard {}", shard.id)));
         }
         let mut removed = node.clone();
@@ -291,8 +326,9 @@ impl ClusterState {
             if map.total_buckets != self.settings.total_buckets {
                 return Err(MetaError::Corrupt("the map and the settings disagree on total_buckets".into()));
             }
-            if let Some(n) = map.shards.iter().flat_map(|s| &s.replicas).find(|n| !self.nodes.contains_key(n))
-            {
+            let placed =
+                map.shards.iter().flat_map(|s| s.replicas.iter().copied().chain(s.moving.map(|m| m.to)));
+            if let Some(n) = placed.into_iter().find(|n| !self.nodes.contains_key(n)) {
                 return Err(MetaError::Corrupt(format!("the map places a replica on unknown node {n}")));
             }
         }

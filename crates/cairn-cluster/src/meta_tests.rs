@@ -122,6 +122,26 @@ fn moves_bump_epochs_and_go_only_to_active_nodes() {
 }
 
 #[test]
+fn a_begun_move_holds_its_destination_until_it_finishes() {
+    let s = cluster(4, 3).place_initial().unwrap();
+    let shard = s.map.as_ref().unwrap().shards.iter().find(|sh| !sh.replicas.contains(&4)).unwrap().clone();
+    let planned = Move { shard: shard.id, epoch: shard.epoch, from: shard.replicas[0], to: 4 };
+    assert_eq!(s.begin_move(&Move { to: 9, ..planned }).unwrap_err(), MetaError::UnknownNode(9));
+    let (begun_state, begun) = s.begin_move(&planned).unwrap();
+    begun_state.validate().unwrap();
+    assert_eq!(begun_state.version, s.version + 1);
+    // The destination holds (part of) a replica: it cannot be removed.
+    assert!(matches!(begun_state.remove_node(4), Err(MetaError::Invalid(_))));
+    let done = begun_state.finish_move(&begun).unwrap().unwrap();
+    let after = done.map.as_ref().unwrap().shard(shard.id).unwrap();
+    assert!(after.replicas.contains(&4) && after.moving.is_none());
+    assert_eq!(after.epoch, shard.epoch + 2);
+    // Finishing again (a retry whose first attempt applied) changes nothing.
+    assert_eq!(done.finish_move(&begun).unwrap(), None);
+    assert!(done.validate().is_ok());
+}
+
+#[test]
 fn removal_needs_an_empty_node_and_its_id_is_never_given_again() {
     let s = cluster(4, 3).place_initial().unwrap();
     assert!(matches!(s.remove_node(1), Err(MetaError::Invalid(_))));

@@ -6,10 +6,13 @@
 //! refuse a request routed with a stale map ([`ShardMap::check_epoch`]).
 //!
 //! The planners are pure functions of a map and the set of live nodes: they return [`Move`]s and never
-//! change anything themselves. The driver (the meta group's leader) proposes each move through the meta
-//! group, carries it out on the shard's Raft group (add the new replica as a learner, promote it, remove
-//! the old one) and records it with [`ShardMap::apply`], which refuses a move planned against an older
-//! epoch. Being pure, the planners are tested exhaustively against their invariants here, without nodes.
+//! change anything themselves. A move is carried out in three steps, each safe to redo: the driver (the
+//! meta group's leader) records it as the shard's move under way ([`ShardMap::begin_move`], refused if
+//! planned against an older epoch); the destination node starts an empty replica and asks the shard's
+//! group to take it in as a learner, and the shard's leader, once it caught up, makes it a voter in the
+//! source's place and removes the source from the group; then the leader records the move done
+//! ([`ShardMap::finish_move`]). Being pure, the planners are tested exhaustively against their
+//! invariants here, without nodes.
 //!
 //! Invariants of a valid map ([`ShardMap::validate`]): shards are listed in bucket order and their ranges
 //! cover `0..total_buckets` exactly once; each shard has between 1 and `replication_factor` replicas, no
@@ -37,6 +40,10 @@ pub struct ShardPlacement {
     pub replicas: Vec<NodeId>,
     /// Bumped by every change of this shard's placement; starts at 1.
     pub epoch: u64,
+    /// A move under way ([`ShardMap::begin_move`]): its destination holds a learner that is catching up
+    /// and does not serve requests until [`ShardMap::finish_move`] makes it a replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<Move>,
 }
 
 /// The whole cluster's placement.
@@ -177,6 +184,7 @@ impl ShardMap {
                 buckets: ((total * i / count) as u16, (total * (i + 1) / count - 1) as u16),
                 replicas: (0..replication_factor).map(|j| nodes[(i as usize + j) % nodes.len()]).collect(),
                 epoch: 1,
+                moving: None,
             })
             .collect();
         let map = ShardMap { total_buckets, replication_factor, shards, version: 1 };
@@ -216,6 +224,15 @@ impl ShardMap {
             let distinct: BTreeSet<_> = s.replicas.iter().collect();
             if distinct.len() != s.replicas.len() || distinct.contains(&0) {
                 return bad(format!("shard {} has replicas {:?}", s.id, s.replicas));
+            }
+            if let Some(mv) = &s.moving
+                && (mv.shard != s.id
+                    || mv.epoch != s.epoch
+                    || mv.to == 0
+                    || !s.replicas.contains(&mv.from)
+                    || s.replicas.contains(&mv.to))
+            {
+                return bad(format!("shard {} (replicas {:?}) has a bad move {mv:?}", s.id, s.replicas));
             }
         }
         if next != self.total_buckets {
@@ -260,32 +277,97 @@ impl ShardMap {
     /// replica order is kept), and the shard's epoch and the map's version are bumped. Refuses a move
     /// planned against another epoch, from a node that holds no replica or to one that holds one.
     pub fn apply(&mut self, mv: &Move) -> Result<()> {
-        let shard = self
-            .shards
-            .iter_mut()
-            .find(|s| s.id == mv.shard)
-            .ok_or(PlacementError::UnknownShard(mv.shard))?;
-        if shard.epoch != mv.epoch {
-            return Err(PlacementError::StaleEpoch {
+        let shard = self.shard_mut(mv.shard)?;
+        check_move(shard, mv)?;
+        if shard.moving.is_some() {
+            return Err(PlacementError::BadMove {
                 shard: mv.shard,
-                current: shard.epoch,
-                given: mv.epoch,
+                from: mv.from,
+                to: mv.to,
+                why: "another move of the shard is under way",
             });
         }
-        let bad = |why| Err(PlacementError::BadMove { shard: mv.shard, from: mv.from, to: mv.to, why });
-        if mv.to == 0 {
-            return bad("node 0 is not a node");
-        }
-        if shard.replicas.contains(&mv.to) {
-            return bad("the destination already holds a replica");
-        }
-        let Some(slot) = shard.replicas.iter_mut().find(|r| **r == mv.from) else {
-            return bad("the source holds no replica");
-        };
-        *slot = mv.to;
-        shard.epoch += 1;
+        replace(shard, mv);
         self.version += 1;
         Ok(())
+    }
+
+    /// Starts a move (see the module documentation): records it as the shard's move under way, at the
+    /// shard's next epoch, and returns it as recorded (what [`ShardMap::finish_move`] takes). Refused
+    /// like [`ShardMap::apply`], and while another move of the shard is under way.
+    pub fn begin_move(&mut self, mv: &Move) -> Result<Move> {
+        let shard = self.shard_mut(mv.shard)?;
+        check_move(shard, mv)?;
+        if shard.moving.is_some() {
+            return Err(PlacementError::BadMove {
+                shard: mv.shard,
+                from: mv.from,
+                to: mv.to,
+                why: "another move of the shard is under way",
+            });
+        }
+        shard.epoch += 1;
+        let begun = Move { epoch: shard.epoch, ..*mv };
+        shard.moving = Some(begun);
+        self.version += 1;
+        Ok(begun)
+    }
+
+    /// Completes the move under way `mv` (the destination caught up and votes, the source left the
+    /// shard's group): the destination replaces the source, at the next epoch.
+    pub fn finish_move(&mut self, mv: &Move) -> Result<()> {
+        let shard = self.shard_mut(mv.shard)?;
+        if shard.moving != Some(*mv) {
+            return Err(PlacementError::BadMove {
+                shard: mv.shard,
+                from: mv.from,
+                to: mv.to,
+                why: "it is not the shard's move under way",
+            });
+        }
+        shard.moving = None;
+        replace(shard, mv);
+        self.version += 1;
+        Ok(())
+    }
+
+    fn shard_mut(&mut self, id: ShardId) -> Result<&mut ShardPlacement> {
+        self.shards.iter_mut().find(|s| s.id == id).ok_or(PlacementError::UnknownShard(id))
+    }
+}
+
+/// Refuses `mv` for `shard` if it was planned against another epoch, comes from a node that holds no
+/// replica or goes to one that holds one.
+fn check_move(shard: &ShardPlacement, mv: &Move) -> Result<()> {
+    if shard.epoch != mv.epoch {
+        return Err(PlacementError::StaleEpoch { shard: mv.shard, current: shard.epoch, given: mv.epoch });
+    }
+    let bad = |why| Err(PlacementError::BadMove { shard: mv.shard, from: mv.from, to: mv.to, why });
+    if mv.to == 0 {
+        return bad("node 0 is not a node");
+    }
+    if shard.replicas.contains(&mv.to) {
+        return bad("the destination already holds a replica");
+    }
+    if !shard.replicas.contains(&mv.from) {
+        return bad("the source holds no replica");
+    }
+    Ok(())
+}
+
+/// `mv.from`'s replica of `shard` replaced by `mv.to`'s, in place (the replica order is kept), at the
+/// next epoch.
+fn replace(shard: &mut ShardPlacement, mv: &Move) {
+    for slot in shard.replicas.iter_mut().filter(|r| **r == mv.from) {
+        *slot = mv.to;
+    }
+    shard.epoch += 1;
+}
+
+impl ShardMap {
+    /// The moves under way, in shard order.
+    pub fn moves_under_way(&self) -> Vec<Move> {
+        self.shards.iter().filter_map(|s| s.moving).collect()
     }
 }
 
@@ -297,7 +379,8 @@ pub fn plan_repair(map: &ShardMap, live: &BTreeSet<NodeId>) -> RepairPlan {
     let mut plan = RepairPlan::default();
     let mut shards: Vec<&ShardPlacement> = map.shards.iter().collect();
     shards.sort_by_key(|s| s.id);
-    for s in shards {
+    // A shard with a move under way is planned again once that move is done.
+    for s in shards.into_iter().filter(|s| s.moving.is_none()) {
         let mut holders: BTreeSet<NodeId> = s.replicas.iter().copied().collect();
         let mut short = false;
         for dead in s.replicas.iter().filter(|r| !live.contains(r)) {
@@ -326,8 +409,12 @@ pub fn plan_repair(map: &ShardMap, live: &BTreeSet<NodeId>) -> RepairPlan {
 /// not in `live` are left to [`plan_repair`].
 pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<NodeId>, max_moves: usize) -> Vec<Move> {
     let mut counts = map.replica_counts(live);
-    let mut replicas: BTreeMap<ShardId, (u64, BTreeSet<NodeId>)> =
-        map.shards.iter().map(|s| (s.id, (s.epoch, s.replicas.iter().copied().collect()))).collect();
+    let mut replicas: BTreeMap<ShardId, (u64, BTreeSet<NodeId>)> = map
+        .shards
+        .iter()
+        .filter(|s| s.moving.is_none())
+        .map(|s| (s.id, (s.epoch, s.replicas.iter().copied().collect())))
+        .collect();
     let mut moved = BTreeSet::new();
     let mut moves = Vec::new();
     while moves.len() < max_moves {

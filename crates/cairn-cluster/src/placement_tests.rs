@@ -73,6 +73,35 @@ fn apply_bumps_epochs_and_refuses_stale_or_bad_moves() {
 }
 
 #[test]
+fn a_move_begins_then_finishes_at_new_epochs_and_blocks_other_moves_meanwhile() {
+    let mut map = ShardMap::initial(1024, 2, &[1, 2, 3, 4], 3).unwrap();
+    let planned = Move { shard: 0, epoch: 1, from: 2, to: 4 };
+    let begun = map.begin_move(&planned).unwrap();
+    assert_eq!(begun, Move { epoch: 2, ..planned });
+    let s0 = map.shard(0).unwrap();
+    assert_eq!((s0.replicas.clone(), s0.epoch, s0.moving), (vec![1, 2, 3], 2, Some(begun)));
+    map.validate().unwrap();
+    // While it is under way, no other move of the shard starts or applies, and planners leave it be.
+    let other = Move { shard: 0, epoch: 2, from: 3, to: 4 };
+    assert!(map.begin_move(&other).unwrap_err().to_string().contains("under way"));
+    assert!(map.apply(&other).unwrap_err().to_string().contains("under way"));
+    assert!(plan_repair(&map, &set(&[1, 3, 4])).moves.iter().all(|m| m.shard != 0));
+    assert!(plan_rebalance(&map, &set(&[1, 2, 3, 4]), 8).iter().all(|m| m.shard != 0));
+    assert_eq!(map.moves_under_way(), vec![begun]);
+    // Only the move as recorded finishes it.
+    assert!(map.finish_move(&planned).unwrap_err().to_string().contains("not the shard's move"));
+    map.finish_move(&begun).unwrap();
+    let s0 = map.shard(0).unwrap();
+    assert_eq!((s0.replicas.clone(), s0.epoch, s0.moving), (vec![1, 4, 3], 3, None));
+    assert_eq!(map.version, 3);
+    assert!(map.finish_move(&begun).is_err());
+    // A bad move recorded as under way breaks the map.
+    let mut broken = map.clone();
+    broken.shards[0].moving = Some(Move { shard: 0, epoch: 3, from: 2, to: 4 });
+    assert!(broken.validate().unwrap_err().to_string().contains("bad move"));
+}
+
+#[test]
 fn validate_catches_broken_maps() {
     let good = ShardMap::initial(16, 2, &[1, 2, 3], 3).unwrap();
     let broken = |f: &dyn Fn(&mut ShardMap)| {

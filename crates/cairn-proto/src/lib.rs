@@ -1,6 +1,28 @@
 //! cairn wire types: the messages clients and nodes exchange, and the gRPC services (generated from
 //! `proto/*.proto` at build time).
 
+/// True if a call failed with `status` because its connection could not be made (refused, or no
+/// route to the node): the request never left, so it may go to another replica even if it writes.
+pub fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{
+                AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable,
+            };
+            return matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// The bucket `key` belongs to in a bucket space of `total_buckets`: xxh3-64 of the key's bytes modulo
 /// the space. Part of the protocol: clients that route by key compute it exactly as nodes do.
 pub fn bucket_of(key: &[u8], total_buckets: u32) -> u16 {

@@ -37,6 +37,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
+#[path = "cluster_moves.rs"]
+mod moves;
+
 /// The member's identity file in its store.
 pub(crate) const IDENTITY_FILE: &str = "CLUSTER.json";
 /// How long one meta-group call (a read, a change) may wait.
@@ -471,15 +474,17 @@ impl Membership {
         let mut config = node.clone();
         config.replication = Some(replication);
         let Some(map) = &state.map else { return (config, state.settings.total_buckets, Vec::new()) };
+        // Replicas placed here, and those a move under way brings here (which catch up before serving).
         let plans = map
             .shards
             .iter()
-            .filter(|s| s.replicas.contains(&id))
+            .filter(|s| s.replicas.contains(&id) || s.moving.is_some_and(|m| m.to == id))
             .map(|s| ReplicaPlan {
                 group: u64::from(s.id),
                 buckets: s.buckets,
                 bootstrap: (s.replicas.first() == Some(&id))
                     .then(|| s.replicas.iter().filter_map(|r| Some((*r, addrs.get(r)?.clone()))).collect()),
+                serving: s.replicas.contains(&id),
             })
             .collect();
         (config, map.total_buckets, plans)
@@ -491,15 +496,19 @@ impl Membership {
     async fn drive(self: Arc<Self>) {
         let Ok(meta) = self.meta() else { return };
         let mut up: BTreeMap<u64, bool> = BTreeMap::new();
+        let mut leading_since = None;
         for pass in 0u64.. {
             let status = meta.replica().status();
             if status.role == "shutdown" {
                 return;
             }
-            if status.role == "leader"
-                && let Err(e) = self.drive_once(meta, &status).await
-            {
-                tracing::debug!(error = %e, "driver pass failed; retrying");
+            if status.role != "leader" {
+                leading_since = None;
+            } else {
+                let since = *leading_since.get_or_insert_with(tokio::time::Instant::now);
+                if let Err(e) = self.drive_once(meta, &status, since).await {
+                    tracing::debug!(error = %e, "driver pass failed; retrying");
+                }
             }
             if pass % 2 == 1 {
                 self.watch_liveness(&mut up).await;
@@ -530,11 +539,12 @@ impl Membership {
         }
     }
 
-    /// One pass of the driver on the meta leader.
+    /// One pass of the driver on the meta leader (leading since `since`).
     async fn drive_once(
         &self,
         meta: &MetaStore,
         status: &cairn_cluster::raft::GroupStatus,
+        since: tokio::time::Instant,
     ) -> std::result::Result<(), MetaError> {
         let state = meta.read(ReadLevel::Strong).await?;
         let active = state.active_nodes();
@@ -603,7 +613,7 @@ impl Membership {
                 self.plumbing.events.emit(crate::events::EventKind::ShardsPlaced { version: placed.version });
             }
         }
-        Ok(())
+        self.repair(meta, &state, since).await
     }
 
     /// The cluster state this node knows (`linearizable`: through the meta leader); `None` before it is

@@ -32,6 +32,12 @@ pub enum EventKind {
     NodeDown { node: u64 },
     /// A node acknowledges the meta leader's heartbeats (again).
     NodeUp { node: u64 },
+    /// A replica move started: `to` gets a replica of the shard in place of `from`'s (at `epoch`).
+    ReplicaMoving { shard: u32, from: u64, to: u64, epoch: u64 },
+    /// A replica move finished: `to` holds the replica, `from` left the shard's group (at `epoch`).
+    ReplicaMoved { shard: u32, from: u64, to: u64, epoch: u64 },
+    /// This node dropped its replica of a shard that moved away while it was down or partitioned.
+    ReplicaRetired { shard: u32 },
     /// This subscriber fell behind and missed this many events.
     Lagged { missed: u64 },
 }
@@ -60,6 +66,9 @@ impl Event {
             EventKind::ShardsPlaced { .. } => "shards_placed",
             EventKind::NodeDown { .. } => "node_down",
             EventKind::NodeUp { .. } => "node_up",
+            EventKind::ReplicaMoving { .. } => "replica_moving",
+            EventKind::ReplicaMoved { .. } => "replica_moved",
+            EventKind::ReplicaRetired { .. } => "replica_retired",
             EventKind::Lagged { .. } => "lagged",
         }
     }

@@ -125,13 +125,3 @@ pub(crate) fn load_layout(config: &NodeConfig) -> Result<Layout> {
     }
     Ok(layout)
 }
-
-pub(crate) fn owners(layout: &Layout) -> Vec<u16> {
-    let mut owner = vec![0u16; layout.total_buckets as usize];
-    for (i, &(start, end)) in layout.shards.iter().enumerate() {
-        for b in start..=end {
-            owner[b as usize] = i as u16;
-        }
-    }
-    owner
-}

@@ -159,7 +159,7 @@ pub async fn serve(
                 let mut node =
                     Node::start_replicas(node_config, m.plumbing().clone(), total_buckets, plans).await?;
                 node.set_router(routing::Router::new(id, m.meta()?.clone(), &state)?);
-                Ok::<_, NodeError>(node)
+                Ok::<_, NodeError>((node, id))
             };
             let outcome = tokio::select! {
                 node = started => node.map(Some),
@@ -169,7 +169,13 @@ pub async fn serve(
                 }
             };
             match outcome {
-                Ok(Some(node)) => Arc::new(node),
+                Ok(Some((node, id))) => {
+                    let node = Arc::new(node);
+                    // Replica moves: the node follows the map (holding it weakly: shutdown waits for
+                    // the last strong reference).
+                    tokio::spawn(Arc::clone(m).reconcile(Arc::downgrade(&node), id));
+                    node
+                }
                 // Stopped, or failed, before serving keys: take down what runs (shard replicas that
                 // started are dropped with the failed start-up).
                 other => {

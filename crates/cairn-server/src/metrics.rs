@@ -2,6 +2,7 @@
 
 use crate::node::Node;
 use cairn_cluster::raft::GroupStatus;
+use cairn_engine::MetricsSnapshot;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -75,32 +76,26 @@ pub fn render(http: &HttpMetrics, node: &Node) -> String {
         let _ = writeln!(out, "cairn_http_request_duration_seconds_count{{{labels}}} {}", h.count);
     }
     let shards = node.engine_metrics();
-    let gauge = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> String| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for s in 0..shards.len() {
-            let _ = writeln!(out, "{name}{{shard=\"{s}\"}} {}", value(s));
-        }
-    };
-    gauge(&mut out, "cairn_engine_memtable_bytes", "gauge", "Bytes in memtables.", &|s| {
-        shards[s].memtable_bytes.to_string()
+    let gauge =
+        |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&MetricsSnapshot) -> String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (shard, m) in &shards {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(m));
+            }
+        };
+    gauge(&mut out, "cairn_engine_memtable_bytes", "gauge", "Bytes in memtables.", &|m| {
+        m.memtable_bytes.to_string()
     });
-    gauge(&mut out, "cairn_engine_sst_bytes", "gauge", "Bytes in SST files.", &|s| {
-        shards[s].level_bytes.iter().sum::<u64>().to_string()
+    gauge(&mut out, "cairn_engine_sst_bytes", "gauge", "Bytes in SST files.", &|m| {
+        m.level_bytes.iter().sum::<u64>().to_string()
     });
-    gauge(&mut out, "cairn_engine_compactions_total", "counter", "Compactions run.", &|s| {
-        shards[s].compactions.to_string()
+    gauge(&mut out, "cairn_engine_compactions_total", "counter", "Compactions run.", &|m| {
+        m.compactions.to_string()
     });
-    gauge(&mut out, "cairn_engine_flushes_total", "counter", "Memtable flushes.", &|s| {
-        shards[s].flushes.to_string()
-    });
-    gauge(&mut out, "cairn_engine_wal_syncs_total", "counter", "WAL fsyncs.", &|s| {
-        shards[s].wal_syncs.to_string()
-    });
-    gauge(&mut out, "cairn_engine_write_stalls_total", "counter", "Write stalls.", &|s| {
-        shards[s].stalls.to_string()
-    });
-    gauge(&mut out, "cairn_engine_block_cache_hit_ratio", "gauge", "Block cache hits / lookups.", &|s| {
-        let m = &shards[s];
+    gauge(&mut out, "cairn_engine_flushes_total", "counter", "Memtable flushes.", &|m| m.flushes.to_string());
+    gauge(&mut out, "cairn_engine_wal_syncs_total", "counter", "WAL fsyncs.", &|m| m.wal_syncs.to_string());
+    gauge(&mut out, "cairn_engine_write_stalls_total", "counter", "Write stalls.", &|m| m.stalls.to_string());
+    gauge(&mut out, "cairn_engine_block_cache_hit_ratio", "gauge", "Block cache hits / lookups.", &|m| {
         let total = m.block_cache_hits + m.block_cache_misses;
         if total == 0 { "0".to_string() } else { format!("{:.4}", m.block_cache_hits as f64 / total as f64) }
     });
@@ -108,7 +103,7 @@ pub fn render(http: &HttpMetrics, node: &Node) -> String {
         out,
         "# HELP cairn_engine_level_files SST files per level.\n# TYPE cairn_engine_level_files gauge"
     );
-    for (s, m) in shards.iter().enumerate() {
+    for (s, m) in &shards {
         for (level, n) in m.level_files.iter().enumerate() {
             let _ = writeln!(out, "cairn_engine_level_files{{shard=\"{s}\",level=\"{level}\"}} {n}");
         }
@@ -117,8 +112,8 @@ pub fn render(http: &HttpMetrics, node: &Node) -> String {
     out
 }
 
-/// A per-group metric: name, kind, help, and its value for (shard, status).
-type Series<'a> = (&'static str, &'static str, &'static str, &'a dyn Fn(usize, &GroupStatus) -> String);
+/// A per-group metric: name, kind, help, and its value for (leader changes seen, status).
+type Series<'a> = (&'static str, &'static str, &'static str, &'a dyn Fn(u64, &GroupStatus) -> String);
 
 /// Per-group Raft metrics of a replicated node (nothing for a standalone one).
 fn render_replication(out: &mut String, node: &Node) {
@@ -128,8 +123,8 @@ fn render_replication(out: &mut String, node: &Node) {
         "# HELP cairn_raft_log_syncs_total Fsyncs of the node's Raft log (shared by every group).\n\
          # TYPE cairn_raft_log_syncs_total counter\ncairn_raft_log_syncs_total {syncs}"
     );
-    let groups: Vec<_> =
-        (0..node.shard_count()).filter_map(|s| node.group_status(s).map(|g| (s, g))).collect();
+    let groups: Vec<(u64, GroupStatus, u64)> =
+        node.group_statuses().into_iter().filter_map(|(s, g, changes)| Some((s, g?, changes))).collect();
     let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
     let series: [Series<'_>; 12] = [
         ("cairn_raft_is_leader", "gauge", "1 if this node leads the shard's group.", &|_, g| {
@@ -139,8 +134,8 @@ fn render_replication(out: &mut String, node: &Node) {
             g.leader.unwrap_or(0).to_string()
         }),
         ("cairn_raft_term", "gauge", "Current term (each election raises it).", &|_, g| g.term.to_string()),
-        ("cairn_raft_leader_changes_total", "counter", "Leader changes seen since start.", &|s, _| {
-            node.leader_changes(s).to_string()
+        ("cairn_raft_leader_changes_total", "counter", "Leader changes seen since start.", &|changes, _| {
+            changes.to_string()
         }),
         ("cairn_raft_committed_index", "gauge", "Last committed log index (-1: none).", &|_, g| {
             opt(g.committed)
@@ -173,8 +168,8 @@ fn render_replication(out: &mut String, node: &Node) {
     ];
     for (name, kind, help, value) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (s, g) in &groups {
-            let _ = writeln!(out, "{name}{{shard=\"{s}\"}} {}", value(*s, g));
+        for (s, g, changes) in &groups {
+            let _ = writeln!(out, "{name}{{shard=\"{s}\"}} {}", value(*changes, g));
         }
     }
     let _ = writeln!(
@@ -182,7 +177,7 @@ fn render_replication(out: &mut String, node: &Node) {
         "# HELP cairn_raft_replica_lag Entries a member lags the leader's log (on the leader).\n\
          # TYPE cairn_raft_replica_lag gauge"
     );
-    for (s, g) in &groups {
+    for (s, g, _) in &groups {
         for (member, lag) in &g.lag {
             let _ = writeln!(out, "cairn_raft_replica_lag{{shard=\"{s}\",member=\"{member}\"}} {lag}");
         }

@@ -10,7 +10,7 @@
 
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
-use crate::layout::{load_layout, owners};
+use crate::layout::load_layout;
 use crate::mvcc::{self, Stored};
 use crate::replicated::{self, Consistency, Plumbing, ReplicationConfig, Token};
 use crate::routing::{Route, Router};
@@ -20,8 +20,10 @@ use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -138,6 +140,8 @@ pub struct ShardStatus {
     pub memtable_bytes: u64,
     /// Files per level.
     pub level_files: Vec<usize>,
+    /// Whether it serves requests (a replica a move brings here catches up first).
+    pub serving: bool,
     /// Replicated stores: this node's replica of the shard's group.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<GroupStatus>,
@@ -156,6 +160,8 @@ struct Shard {
     group: u64,
     ranges: Vec<BucketRange>,
     backend: Backend,
+    /// Leader changes this node has seen in the shard's group.
+    leader_changes: Arc<AtomicU64>,
 }
 
 impl Shard {
@@ -167,20 +173,82 @@ impl Shard {
     }
 }
 
+/// The shards a node holds, and which of them serves each bucket. A cluster member's set changes as
+/// replicas move ([`Node::add_replica`], [`Node::retire_replica`]): requests take the set as it is when
+/// they start.
+struct ShardSet {
+    list: Vec<Arc<Shard>>,
+    /// Per bucket, the index in `list` of the shard serving it (`NOT_HERE`: none here). A replica that is
+    /// still catching up (a move's destination) is in `list` but serves no bucket.
+    owner: Vec<u16>,
+}
+
+impl ShardSet {
+    /// `list`, with the shards `serving` picks serving their buckets.
+    fn new(list: Vec<Arc<Shard>>, total_buckets: u32, serving: impl Fn(&Shard) -> bool) -> ShardSet {
+        let mut owner = vec![NOT_HERE; total_buckets as usize];
+        for (i, shard) in list.iter().enumerate().filter(|(_, s)| serving(s)) {
+            for range in &shard.ranges {
+                for b in range.clone() {
+                    owner[usize::from(b)] = i as u16;
+                }
+            }
+        }
+        ShardSet { list, owner }
+    }
+
+    /// Index of the shard serving `bucket`.
+    fn index_of_bucket(&self, bucket: u16) -> Result<usize> {
+        match self.owner.get(usize::from(bucket)) {
+            Some(&i) if i != NOT_HERE => Ok(usize::from(i)),
+            _ => Err(NodeError::Unavailable(format!(
+                "bucket {bucket}'s shard has no replica on this node: ask a node that holds it \
+                 (cairn status lists them)"
+            ))),
+        }
+    }
+
+    /// The shard serving `bucket`.
+    fn of_bucket(&self, bucket: u16) -> Result<Arc<Shard>> {
+        Ok(Arc::clone(&self.list[self.index_of_bucket(bucket)?]))
+    }
+
+    /// True if `list[i]` serves its buckets.
+    fn serves(&self, i: usize) -> bool {
+        self.list[i].ranges.first().is_some_and(|r| self.owner[usize::from(*r.start())] == i as u16)
+    }
+
+    /// The shards serving their buckets.
+    fn serving(&self) -> Vec<Arc<Shard>> {
+        (0..self.list.len()).filter(|i| self.serves(*i)).map(|i| Arc::clone(&self.list[i])).collect()
+    }
+
+    /// The serving shard of group `group`.
+    fn serving_group(&self, group: u64) -> Option<Arc<Shard>> {
+        (0..self.list.len())
+            .find(|i| self.list[*i].group == group && self.serves(*i))
+            .map(|i| Arc::clone(&self.list[i]))
+    }
+
+    /// Fails unless every bucket's shard serves here.
+    fn check_all_here(&self) -> Result<()> {
+        match self.owner.iter().position(|&o| o == NOT_HERE) {
+            Some(b) => self.index_of_bucket(b as u16).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A replicated node's Raft plumbing.
 struct Replication {
     plumbing: Plumbing,
-    // Per shard: leader changes this node has seen.
-    leader_changes: Arc<Vec<std::sync::atomic::AtomicU64>>,
 }
 
 /// The local store.
 pub struct Node {
     config: NodeConfig,
     total_buckets: u32,
-    shards: Vec<Shard>,
-    /// Shard index per bucket.
-    owner: Vec<u16>,
+    shards: parking_lot::RwLock<Arc<ShardSet>>,
     /// The clock, and the timestamps of writes not yet committed.
     pending: Arc<Pending>,
     writer_threads: Mutex<Vec<JoinHandle<()>>>,
@@ -193,7 +261,10 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("store", &self.config.store).field("shards", &self.shards.len()).finish()
+        f.debug_struct("Node")
+            .field("store", &self.config.store)
+            .field("shards", &self.shard_count())
+            .finish()
     }
 }
 
@@ -247,15 +318,20 @@ pub(crate) struct ReplicaPlan {
     /// The members (node id → gRPC address) to make the group with if this replica is new; `None`:
     /// another member makes it, this replica waits to hear from it.
     pub bootstrap: Option<std::collections::BTreeMap<u64, String>>,
+    /// Whether it serves requests from the start (not a move's destination, which catches up first).
+    pub serving: bool,
 }
+
+/// The file marking a shard directory whose replica was retired ([`Node::retire_replica`]).
+const RETIRED_FILE: &str = "RETIRED";
 
 /// `Node::owner`'s mark for a bucket whose shard has no replica on this node.
 const NOT_HERE: u16 = u16::MAX;
 
 /// Where a request for a bucket is served.
 enum Located {
-    /// By this node's shard at this index.
-    Here(usize),
+    /// By this node's shard.
+    Here(Arc<Shard>),
     /// By another node (a cluster member forwards it).
     There,
 }
@@ -282,14 +358,17 @@ impl Node {
                 config.sync,
             )?;
             writer_threads.push(thread);
-            let group = i as u64;
-            shards.push(Shard { group, ranges: vec![start..=end], backend: Backend::Local { db, writer } });
+            shards.push(Arc::new(Shard {
+                group: i as u64,
+                ranges: vec![start..=end],
+                backend: Backend::Local { db, writer },
+                leader_changes: Arc::default(),
+            }));
         }
         Ok(Node {
             total_buckets: layout.total_buckets,
-            owner: owners(&layout),
+            shards: parking_lot::RwLock::new(Arc::new(ShardSet::new(shards, layout.total_buckets, |_| true))),
             config,
-            shards,
             pending,
             writer_threads: Mutex::new(writer_threads),
             replication: None,
@@ -331,6 +410,7 @@ impl Node {
                 group: i as u64,
                 buckets,
                 bootstrap: first.then(|| rc.members.clone()),
+                serving: true,
             })
             .collect();
         Node::start_replicas(config, plumbing, layout.total_buckets, plans).await
@@ -349,86 +429,127 @@ impl Node {
             .replication
             .clone()
             .ok_or_else(|| NodeError::Internal("replicas started without a replication config".into()))?;
-        let machines = {
-            let (config, plans) = (config.clone(), plans.clone());
-            tokio::task::spawn_blocking(move || -> Result<Vec<ShardStateMachine>> {
-                let mut machines = Vec::with_capacity(plans.len());
-                for plan in &plans {
-                    let (start, end) = plan.buckets;
-                    let template = shard_config(&config, total_buckets, plan.group);
-                    let sm =
-                        ShardStateMachine::open(template.dir.clone(), template, vec![start..=end], start)
-                            .map_err(|e| open_error(&config, plan.group, e))?;
-                    machines.push(sm);
-                }
-                Ok(machines)
-            })
-            .await
-            .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
-        };
-        let mut shards = Vec::with_capacity(machines.len());
-        for (plan, sm) in plans.into_iter().zip(machines) {
-            let group = plan.group;
-            let replica = Replica::start(
-                rc.node_id,
-                group,
-                Arc::clone(&plumbing.log),
-                sm,
-                plumbing.wire.clone(),
-                rc.replica_config(),
-            )
-            .await
-            .map_err(|e| NodeError::Startup(format!("cannot start shard {group}'s replica: {e}")))?;
-            plumbing.service.register_replica(&replica);
-            // A group this node has never heard of (new, or this node is new to it), and not a replica
-            // that re-synced from scratch (its group exists).
-            if let Some(members) = plan.bootstrap
-                && replica.is_new()
-            {
-                replica
-                    .bootstrap(members)
-                    .await
-                    .map_err(|e| NodeError::Startup(format!("cannot make shard {group}'s group: {e}")))?;
-            }
-            let (start, end) = plan.buckets;
-            shards.push(Shard { group, ranges: vec![start..=end], backend: Backend::Replicated(replica) });
+        let mut shards = Vec::with_capacity(plans.len());
+        let serving: BTreeSet<u64> = plans.iter().filter(|p| p.serving).map(|p| p.group).collect();
+        for plan in plans {
+            shards.push(Arc::new(start_replica(&config, &rc, &plumbing, total_buckets, plan).await?));
         }
-        let leader_changes: Arc<Vec<_>> =
-            Arc::new((0..shards.len()).map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
-        for (i, shard) in shards.iter().enumerate() {
-            if let Backend::Replicated(replica) = &shard.backend {
-                tokio::spawn(replicated::watch_leadership(
-                    shard.group.to_string(),
-                    replica.clone(),
-                    Some((i, Arc::clone(&leader_changes))),
-                    Arc::clone(&plumbing.events),
-                ));
-                // Runs consistency checks (periodic and after snapshots) on the groups this node leads,
-                // re-syncs a fenced replica, takes re-synced ones back in and purges verified log; ends
-                // when the replica stops.
-                let replica = replica.clone();
-                tokio::spawn(async move { replica.tend().await });
-            }
-        }
-        let mut owner = vec![NOT_HERE; total_buckets as usize];
-        for (i, shard) in shards.iter().enumerate() {
-            for range in &shard.ranges {
-                for b in range.clone() {
-                    owner[usize::from(b)] = i as u16;
-                }
-            }
-        }
+        let set = ShardSet::new(shards, total_buckets, |s| serving.contains(&s.group));
         Ok(Node {
             total_buckets,
-            owner,
+            shards: parking_lot::RwLock::new(Arc::new(set)),
             config,
-            shards,
             pending: Arc::new(Pending::new()),
             writer_threads: Mutex::new(Vec::new()),
             events: Arc::clone(&plumbing.events),
-            replication: Some(Replication { plumbing, leader_changes }),
+            replication: Some(Replication { plumbing }),
             router: None,
         })
+    }
+
+    /// The shards as they are now.
+    fn set(&self) -> Arc<ShardSet> {
+        Arc::clone(&self.shards.read())
+    }
+
+    /// Starts this node's replica of `plan`'s group (a replica the map places here, or a move's
+    /// destination, which serves requests only once [`Node::serve_only`] names it). Nothing happens if
+    /// the node already holds a replica of the group.
+    pub(crate) async fn add_replica(&self, plan: ReplicaPlan) -> Result<()> {
+        let (Some(r), Some(rc)) = (&self.replication, &self.config.replication) else {
+            return Err(NodeError::Internal("a standalone node holds no replicas".into()));
+        };
+        if self.replica(plan.group).is_some() {
+            return Ok(());
+        }
+        let group = plan.group;
+        let starts_serving = plan.serving;
+        let shard = Arc::new(start_replica(&self.config, rc, &r.plumbing, self.total_buckets, plan).await?);
+        let mut set = self.shards.write();
+        let mut list = set.list.clone();
+        list.push(shard);
+        let mut serving: BTreeSet<u64> = set.serving().iter().map(|s| s.group).collect();
+        if starts_serving {
+            serving.insert(group);
+        }
+        *set = Arc::new(ShardSet::new(list, self.total_buckets, |s| serving.contains(&s.group)));
+        Ok(())
+    }
+
+    /// Makes exactly the replicas of `groups` (among those held here) serve requests.
+    pub(crate) fn serve_only(&self, groups: &BTreeSet<u64>) {
+        let mut set = self.shards.write();
+        let now: BTreeSet<u64> = set.serving().iter().map(|s| s.group).collect();
+        let wanted: BTreeSet<u64> = set.list.iter().map(|s| s.group).filter(|g| groups.contains(g)).collect();
+        if now != wanted {
+            *set =
+                Arc::new(ShardSet::new(set.list.clone(), self.total_buckets, |s| wanted.contains(&s.group)));
+        }
+    }
+
+    /// Stops this node's replica of group `group` for good (the shard moved away): it stops serving, its
+    /// Raft node stops and its contents are dropped ([`Replica::retire`]).
+    pub(crate) async fn retire_replica(&self, group: u64) -> Result<()> {
+        let Some(r) = &self.replication else { return Ok(()) };
+        let retired = {
+            let mut set = self.shards.write();
+            let Some(i) = set.list.iter().position(|s| s.group == group) else { return Ok(()) };
+            let serving: BTreeSet<u64> = set.serving().iter().map(|s| s.group).collect();
+            let mut list = set.list.clone();
+            let retired = list.remove(i);
+            *set = Arc::new(ShardSet::new(list, self.total_buckets, |s| serving.contains(&s.group)));
+            retired
+        };
+        r.plumbing.service.unregister(group);
+        if let Backend::Replicated(replica) = &retired.backend {
+            replica
+                .retire()
+                .await
+                .map_err(|e| NodeError::Internal(format!("retiring shard {group}: {e}")))?;
+        }
+        mark_retired(self.config.store.join(format!("shard-{group}"))).await
+    }
+
+    /// Retires the replicas left on disk (not running) of the shards in `stale` (group → its buckets):
+    /// shards that moved away while this node was down. Returns the groups retired.
+    pub(crate) async fn retire_stale(&self, stale: Vec<(u64, (u16, u16))>) -> Result<Vec<u64>> {
+        let Some(r) = &self.replication else { return Ok(Vec::new()) };
+        let held = self.groups();
+        let (config, total_buckets) = (self.config.clone(), self.total_buckets);
+        let log = Arc::clone(&r.plumbing.log);
+        tokio::task::spawn_blocking(move || -> Result<Vec<u64>> {
+            let mut retired = Vec::new();
+            for (group, (start, end)) in stale {
+                let template = shard_config(&config, total_buckets, group);
+                let dir = template.dir.clone();
+                if held.contains(&group) || !dir.exists() || dir.join(RETIRED_FILE).exists() {
+                    continue;
+                }
+                let sm = ShardStateMachine::open(dir.clone(), template, vec![start..=end], start)
+                    .map_err(|e| open_error(&config, group, e))?;
+                cairn_cluster::raft::retire_stored(&log, &sm, group)
+                    .map_err(|e| NodeError::Internal(format!("retiring shard {group}: {e}")))?;
+                drop(sm);
+                write_marker(&dir)?;
+                retired.push(group);
+            }
+            Ok(retired)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("retire task failed: {e}")))?
+    }
+
+    /// This node's replica of group `group`, if it holds one.
+    pub(crate) fn replica(&self, group: u64) -> Option<Replica> {
+        self.set().list.iter().find(|s| s.group == group).and_then(|s| match &s.backend {
+            Backend::Replicated(replica) => Some(replica.clone()),
+            Backend::Local { .. } => None,
+        })
+    }
+
+    /// The groups this node holds a replica of.
+    pub(crate) fn groups(&self) -> BTreeSet<u64> {
+        self.set().list.iter().map(|s| s.group).collect()
     }
 
     /// Makes this node forward requests for shards it holds no replica of (a cluster member).
@@ -436,9 +557,16 @@ impl Node {
         self.router = Some(router);
     }
 
+    /// Routes by `state`'s map from now on if it is newer than the one routed by (a cluster member).
+    pub(crate) fn observe_map(&self, state: &cairn_cluster::meta::ClusterState) {
+        if let Some(router) = &self.router {
+            router.observe(state);
+        }
+    }
+
     /// Where a request for `bucket` (forwarded here with `route`, if set) is served.
     async fn locate(&self, bucket: u16, route: Option<Route>) -> Result<Located> {
-        let here = self.shard_of_bucket(bucket);
+        let here = self.set().of_bucket(bucket);
         match (route, &self.router) {
             (None, Some(_)) if here.is_err() => Ok(Located::There),
             (None, _) => here.map(Located::Here),
@@ -447,8 +575,28 @@ impl Node {
             }
             (Some(route), Some(router)) => {
                 router.check(route).await?;
+                let group = u64::from(route.shard);
+                // A move's destination whose move the map (as just checked) shows finished serves at
+                // once, before its reconciler gets to it.
+                let placed_here = || {
+                    let view = router.view();
+                    view.map.shard(route.shard).is_some_and(|s| {
+                        Some(s.epoch) == Some(route.epoch)
+                            && self.node_id().is_some_and(|id| s.replicas.contains(&id))
+                    })
+                };
+                let here = match here {
+                    Err(_) if self.groups().contains(&group) && placed_here() => {
+                        let mut serving: BTreeSet<u64> =
+                            self.set().serving().iter().map(|s| s.group).collect();
+                        serving.insert(group);
+                        self.serve_only(&serving);
+                        self.set().of_bucket(bucket)
+                    }
+                    here => here,
+                };
                 match here {
-                    Ok(i) if self.shards[i].group == u64::from(route.shard) => Ok(Located::Here(i)),
+                    Ok(shard) if shard.group == u64::from(route.shard) => Ok(Located::Here(shard)),
                     _ => Err(NodeError::Misrouted(format!(
                         "bucket {bucket} is not shard {}'s on this node",
                         route.shard
@@ -484,7 +632,7 @@ impl Node {
     /// election). Returns how many groups had to be handed over but were not.
     pub async fn hand_over_leadership(&self, timeout: Duration) -> usize {
         let mut tasks = Vec::new();
-        for shard in &self.shards {
+        for shard in &self.set().list {
             if let Backend::Replicated(replica) = &shard.backend
                 && replica.status().role == "leader"
             {
@@ -504,7 +652,7 @@ impl Node {
     /// Stops every replica (a standalone node has none). Call before [`Node::close`].
     pub async fn stop_replication(&self) {
         let Some(r) = &self.replication else { return };
-        for shard in &self.shards {
+        for shard in &self.set().list {
             if let Backend::Replicated(replica) = &shard.backend {
                 r.plumbing.service.unregister(shard.group);
                 if let Err(e) = replica.shutdown().await {
@@ -524,19 +672,9 @@ impl Node {
         self.pending.clock().now()
     }
 
-    fn shard_of(&self, bucket: u16) -> Result<&Shard> {
-        Ok(&self.shards[self.shard_of_bucket(bucket)?])
-    }
-
-    /// Index of the local shard that owns `bucket`.
-    fn shard_of_bucket(&self, bucket: u16) -> Result<usize> {
-        match self.owner.get(usize::from(bucket)) {
-            Some(&i) if i != NOT_HERE => Ok(usize::from(i)),
-            _ => Err(NodeError::Unavailable(format!(
-                "bucket {bucket}'s shard has no replica on this node: ask a node that holds it \
-                 (cairn status lists them)"
-            ))),
-        }
+    /// The local shard serving `bucket`.
+    fn shard_of(&self, bucket: u16) -> Result<Arc<Shard>> {
+        self.set().of_bucket(bucket)
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
@@ -574,14 +712,12 @@ impl Node {
         self.read_latest(key, at)
     }
 
-    /// Waits until shard `shard` may serve a read with `options` here: how far behind it is.
-    async fn ready_to_read(&self, shard: usize, options: &ReadOptions) -> Result<u64> {
-        let (Backend::Replicated(replica), Some(rc)) =
-            (&self.shards[shard].backend, &self.config.replication)
-        else {
+    /// Waits until `shard` may serve a read with `options` here: how far behind it is.
+    async fn ready_to_read(&self, shard: &Shard, options: &ReadOptions) -> Result<u64> {
+        let (Backend::Replicated(replica), Some(rc)) = (&shard.backend, &self.config.replication) else {
             return Ok(0);
         };
-        let group = self.shards[shard].group as usize;
+        let group = shard.group as usize;
         let token = options.after.iter().filter(|t| t.shard == group).map(|t| t.index).max();
         let point = replicated::read_point(replica, options.consistency, token, rc.request_timeout).await?;
         Ok(if options.consistency == Consistency::Eventual { point.behind } else { 0 })
@@ -596,10 +732,10 @@ impl Node {
         self.check_key(&key)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
         let shard = match self.locate(bucket, options.route).await? {
-            Located::Here(i) => i,
+            Located::Here(shard) => shard,
             Located::There => return self.router()?.get(bucket, key, &options).await,
         };
-        let behind = self.ready_to_read(shard, &options).await?;
+        let behind = self.ready_to_read(&shard, &options).await?;
         let value = match options.at {
             // The newest version is one point read: served here, no hand-off.
             None => self.read_latest(&key, Timestamp::MAX)?,
@@ -642,12 +778,12 @@ impl Node {
         Ok(())
     }
 
-    fn shard_index(&self, key: &[u8]) -> Result<usize> {
-        self.shard_of_bucket(mvcc::bucket_of(key, self.total_buckets))
+    fn shard_of_key(&self, key: &[u8]) -> Result<Arc<Shard>> {
+        self.shard_of(mvcc::bucket_of(key, self.total_buckets))
     }
 
-    fn local_writer(&self, shard: usize) -> Result<&ShardWriter> {
-        match &self.shards[shard].backend {
+    fn local_writer(shard: &Shard) -> Result<&ShardWriter> {
+        match &shard.backend {
             Backend::Local { writer, .. } => Ok(writer),
             Backend::Replicated(_) => {
                 Err(NodeError::Internal("a replicated store takes writes through the async methods".into()))
@@ -655,9 +791,9 @@ impl Node {
         }
     }
 
-    /// Writes `op` to shard `shard`: through its writer, or proposed through its group.
-    async fn write(&self, shard: usize, op: WriteOp) -> Result<(Option<Timestamp>, Option<Token>)> {
-        match (&self.shards[shard].backend, &self.config.replication) {
+    /// Writes `op` to `shard`: through its writer, or proposed through its group.
+    async fn write(&self, shard: &Shard, op: WriteOp) -> Result<(Option<Timestamp>, Option<Token>)> {
+        match (&shard.backend, &self.config.replication) {
             (Backend::Replicated(replica), Some(rc)) => {
                 let proposer = replicated::Proposer {
                     replica,
@@ -666,10 +802,10 @@ impl Node {
                     timeout: rc.request_timeout,
                 };
                 let committed = proposer.write(&op).await?;
-                let shard = self.shards[shard].group as usize;
+                let shard = shard.group as usize;
                 Ok((committed.timestamp, Some(Token { shard, index: committed.index })))
             }
-            _ => Ok((self.local_writer(shard)?.write(op).await?, None)),
+            _ => Ok((Node::local_writer(shard)?.write(op).await?, None)),
         }
     }
 
@@ -680,7 +816,8 @@ impl Node {
         self.check_key(key)?;
         self.check_value(value)?;
         let op = WriteOp::Put { key: key.to_vec(), value: value.to_vec(), condition };
-        written(self.local_writer(self.shard_index(key)?)?.write_blocking(op))
+        let shard = self.shard_of_key(key)?;
+        written(Node::local_writer(&shard)?.write_blocking(op))
     }
 
     /// [`Node::put`] for async callers: waits without holding a thread.
@@ -696,7 +833,7 @@ impl Node {
         self.check_value(&value)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
         match self.locate(bucket, route).await? {
-            Located::Here(shard) => acked(self.write(shard, WriteOp::Put { key, value, condition }).await?),
+            Located::Here(shard) => acked(self.write(&shard, WriteOp::Put { key, value, condition }).await?),
             Located::There => self.router()?.put(bucket, key, value, condition).await,
         }
     }
@@ -705,7 +842,8 @@ impl Node {
     /// only (see [`Node::put`]).
     pub fn delete(&self, key: &[u8]) -> Result<Option<Timestamp>> {
         self.check_key(key)?;
-        self.local_writer(self.shard_index(key)?)?.write_blocking(WriteOp::Delete { key: key.to_vec() })
+        let shard = self.shard_of_key(key)?;
+        Node::local_writer(&shard)?.write_blocking(WriteOp::Delete { key: key.to_vec() })
     }
 
     /// [`Node::delete`] for async callers.
@@ -716,7 +854,7 @@ impl Node {
             Located::Here(shard) => shard,
             Located::There => return self.router()?.delete(bucket, key).await,
         };
-        match self.write(shard, WriteOp::Delete { key }).await? {
+        match self.write(&shard, WriteOp::Delete { key }).await? {
             (None, _) => Ok(None),
             written => acked(written).map(Some),
         }
@@ -726,8 +864,8 @@ impl Node {
     /// must belong to one shard (cross-shard atomicity comes with transactions). Standalone stores only
     /// (see [`Node::put`]).
     pub fn batch(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Timestamp> {
-        let shard = self.shard_of_bucket(self.check_batch(&ops)?)?;
-        written(self.local_writer(shard)?.write_blocking(WriteOp::Batch { ops }))
+        let shard = self.shard_of(self.check_batch(&ops)?)?;
+        written(Node::local_writer(&shard)?.write_blocking(WriteOp::Batch { ops }))
     }
 
     /// [`Node::batch`] for async callers.
@@ -738,7 +876,7 @@ impl Node {
     ) -> Result<Ack> {
         let bucket = self.check_batch(&ops)?;
         match self.locate(bucket, route).await? {
-            Located::Here(shard) => acked(self.write(shard, WriteOp::Batch { ops }).await?),
+            Located::Here(shard) => acked(self.write(&shard, WriteOp::Batch { ops }).await?),
             Located::There => self.router()?.batch(bucket, ops).await,
         }
     }
@@ -779,8 +917,8 @@ impl Node {
 
     /// The id of the shard that owns `bucket` (held here or, for a cluster member, anywhere).
     fn shard_id(&self, bucket: u16) -> Result<u64> {
-        match (self.shard_of_bucket(bucket), &self.router) {
-            (Ok(i), _) => Ok(self.shards[i].group),
+        match (self.shard_of(bucket), &self.router) {
+            (Ok(shard), _) => Ok(shard.group),
             (Err(_), Some(router)) => router
                 .view()
                 .map
@@ -793,7 +931,8 @@ impl Node {
 
     /// Per-shard status.
     pub fn status(&self) -> Vec<ShardStatus> {
-        self.shards
+        let set = self.set();
+        set.list
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -804,30 +943,26 @@ impl Node {
                     sst_bytes: m.level_bytes.iter().sum(),
                     memtable_bytes: m.memtable_bytes,
                     level_files: m.level_files.clone(),
-                    replication: self.group_status(i),
+                    serving: set.serves(i),
+                    replication: group_status(s),
                 }
             })
             .collect()
     }
 
-    /// This node's view of shard `shard`'s group (`None`: standalone).
-    pub fn group_status(&self, shard: usize) -> Option<GroupStatus> {
-        match &self.shards.get(shard)?.backend {
-            Backend::Replicated(replica) => Some(replica.status()),
-            Backend::Local { .. } => None,
-        }
+    /// Per shard held here (in [`Node::status`] order): its id, this node's view of its group (`None`:
+    /// standalone) and the leader changes seen in it since the node started.
+    pub fn group_statuses(&self) -> Vec<(u64, Option<GroupStatus>, u64)> {
+        let set = self.set();
+        set.list
+            .iter()
+            .map(|s| (s.group, group_status(s), s.leader_changes.load(Ordering::Relaxed)))
+            .collect()
     }
 
-    /// Number of shards.
+    /// Number of shards held here (serving or catching up).
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
-    }
-
-    /// Leader changes this node has seen in shard `shard`'s group since it started.
-    pub fn leader_changes(&self, shard: usize) -> u64 {
-        let r = self.replication.as_ref();
-        r.and_then(|r| r.leader_changes.get(shard))
-            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+        self.set().list.len()
     }
 
     /// Fsyncs of the node's Raft log (`None`: standalone).
@@ -835,14 +970,14 @@ impl Node {
         self.replication.as_ref().map(|r| r.plumbing.log.syncs())
     }
 
-    /// Engine metrics per shard.
-    pub fn engine_metrics(&self) -> Vec<MetricsSnapshot> {
-        self.shards.iter().map(|s| s.db().metrics()).collect()
+    /// Engine metrics per shard held here, with the shard's id.
+    pub fn engine_metrics(&self) -> Vec<(u64, MetricsSnapshot)> {
+        self.set().list.iter().map(|s| (s.group, s.db().metrics())).collect()
     }
 
     /// Compacts every shard fully (old versions below the GC horizon are dropped on the way).
     pub fn compact(&self) -> Result<()> {
-        for s in &self.shards {
+        for s in &self.set().list {
             s.db().compact()?;
         }
         Ok(())
@@ -857,8 +992,12 @@ impl Node {
     /// nothing extra: the WAL already holds every write.
     pub fn close(self) -> Result<()> {
         let Node { shards, writer_threads, .. } = self;
-        let mut dbs = Vec::with_capacity(shards.len());
-        for shard in shards {
+        let set = shards.into_inner();
+        let list = Arc::try_unwrap(set).map_or_else(|set| set.list.clone(), |set| set.list);
+        let mut dbs = Vec::with_capacity(list.len());
+        for shard in list {
+            let shard = Arc::try_unwrap(shard)
+                .map_err(|_| NodeError::Internal("a shard is still in use while closing".into()))?;
             match shard.backend {
                 Backend::Local { db, writer } => {
                     // Dropping the last sender ends the writer once its queue is drained.
@@ -880,6 +1019,88 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Marks the shard directory `dir` retired (its replica is empty; nothing to retire at the next start).
+async fn mark_retired(dir: PathBuf) -> Result<()> {
+    tokio::task::spawn_blocking(move || write_marker(&dir))
+        .await
+        .map_err(|e| NodeError::Internal(format!("retire task failed: {e}")))?
+}
+
+fn write_marker(dir: &std::path::Path) -> Result<()> {
+    std::fs::write(dir.join(RETIRED_FILE), b"retired\n")
+        .map_err(|e| NodeError::Internal(format!("marking {} retired: {e}", dir.display())))
+}
+
+/// This node's view of `shard`'s group (`None`: standalone).
+fn group_status(shard: &Shard) -> Option<GroupStatus> {
+    match &shard.backend {
+        Backend::Replicated(replica) => Some(replica.status()),
+        Backend::Local { .. } => None,
+    }
+}
+
+/// Starts this node's replica of `plan`'s group (see [`Node::start_replicas`]) and the tasks that tend
+/// it.
+async fn start_replica(
+    config: &NodeConfig,
+    rc: &ReplicationConfig,
+    plumbing: &Plumbing,
+    total_buckets: u32,
+    plan: ReplicaPlan,
+) -> Result<Shard> {
+    let group = plan.group;
+    let (start, end) = plan.buckets;
+    let sm = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let template = shard_config(&config, total_buckets, group);
+            // A replica that returns to a retired shard directory starts (empty) as its next incarnation.
+            let marker = template.dir.join(RETIRED_FILE);
+            if marker.exists() {
+                std::fs::remove_file(&marker)
+                    .map_err(|e| NodeError::Startup(format!("cannot clear {}: {e}", marker.display())))?;
+            }
+            ShardStateMachine::open(template.dir.clone(), template, vec![start..=end], start)
+                .map_err(|e| open_error(&config, group, e))
+        })
+        .await
+        .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
+    };
+    let replica = Replica::start(
+        rc.node_id,
+        group,
+        Arc::clone(&plumbing.log),
+        sm,
+        plumbing.wire.clone(),
+        rc.replica_config(),
+    )
+    .await
+    .map_err(|e| NodeError::Startup(format!("cannot start shard {group}'s replica: {e}")))?;
+    plumbing.service.register_replica(&replica);
+    // A group this node has never heard of (new, or this node is new to it), and not a replica that
+    // re-synced from scratch (its group exists).
+    if let Some(members) = plan.bootstrap
+        && replica.is_new()
+    {
+        replica
+            .bootstrap(members)
+            .await
+            .map_err(|e| NodeError::Startup(format!("cannot make shard {group}'s group: {e}")))?;
+    }
+    let leader_changes = Arc::new(AtomicU64::new(0));
+    tokio::spawn(replicated::watch_leadership(
+        group.to_string(),
+        replica.clone(),
+        Some(Arc::clone(&leader_changes)),
+        Arc::clone(&plumbing.events),
+    ));
+    // Runs consistency checks (periodic and after snapshots) on the groups this node leads, re-syncs a
+    // fenced replica, takes re-synced ones back in and purges verified log; ends when the replica stops.
+    let tended = replica.clone();
+    tokio::spawn(async move { tended.tend().await });
+    Ok(Shard { group, ranges: vec![start..=end], backend: Backend::Replicated(replica), leader_changes })
 }
 
 /// The timestamp of a put or batch (which always write).

@@ -1,7 +1,7 @@
 //! Range scans of a node's store: every bucket's live keys at a timestamp, merged in key order
 //! across buckets, shards and (for a cluster member) the nodes holding the other shards.
 
-use super::{Located, MAX_SCAN_LIMIT, NOT_HERE, Node, Read, ReadOptions, Versioned, version_of};
+use super::{Located, MAX_SCAN_LIMIT, Node, Read, ReadOptions, Shard, Versioned, version_of};
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
 use crate::mvcc;
@@ -22,17 +22,9 @@ impl Node {
         at: Option<Timestamp>,
     ) -> Result<Vec<(Vec<u8>, Versioned)>> {
         self.check_scan(start, end, limit)?;
-        self.check_all_here()?;
-        let all: Vec<usize> = (0..self.shards.len()).collect();
-        self.scan_shards(&all, start, end, limit, at)
-    }
-
-    /// Fails unless every bucket's shard is held here.
-    fn check_all_here(&self) -> Result<()> {
-        match self.owner.iter().position(|&o| o == NOT_HERE) {
-            Some(b) => self.shard_of_bucket(b as u16).map(|_| ()),
-            None => Ok(()),
-        }
+        let set = self.set();
+        set.check_all_here()?;
+        self.scan_shards(&set.serving(), start, end, limit, at)
     }
 
     fn check_scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<()> {
@@ -54,7 +46,7 @@ impl Node {
     /// [`Node::scan`] over the local shards `shards` only.
     fn scan_shards(
         &self,
-        shards: &[usize],
+        shards: &[Arc<Shard>],
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
@@ -64,7 +56,7 @@ impl Node {
         let lo = mvcc::key_prefix(start);
         let hi = end.map(mvcc::key_prefix);
         let mut cursors = Vec::new();
-        for shard in shards.iter().map(|&i| &self.shards[i]) {
+        for shard in shards {
             let db = shard.db();
             for range in &shard.ranges {
                 for bucket in range.clone() {
@@ -106,12 +98,13 @@ impl Node {
         self.check_scan(&start, end.as_deref(), limit)?;
         let mut local = Vec::new();
         let mut remote = Vec::new();
+        let set = self.set();
         match (options.route, &self.router) {
             (Some(route), _) => {
-                let shard = self.shards.iter().position(|s| s.group == u64::from(route.shard));
-                let bucket = shard.and_then(|i| self.shards[i].ranges.first()).map_or(0, |r| *r.start());
+                let shard = set.serving_group(u64::from(route.shard));
+                let bucket = shard.and_then(|s| s.ranges.first().map(|r| *r.start())).unwrap_or(0);
                 match self.locate(bucket, Some(route)).await? {
-                    Located::Here(i) => local.push(i),
+                    Located::Here(shard) => local.push(shard),
                     Located::There => {
                         return Err(NodeError::Internal("a routed scan located elsewhere".into()));
                     }
@@ -119,19 +112,20 @@ impl Node {
             }
             (None, Some(router)) => {
                 for placed in &router.view().map.shards {
-                    match self.shards.iter().position(|s| s.group == u64::from(placed.id)) {
-                        Some(i) => local.push(i),
+                    match set.serving_group(u64::from(placed.id)) {
+                        Some(shard) => local.push(shard),
                         None => remote.push(placed.buckets.0),
                     }
                 }
             }
             (None, None) => {
-                self.check_all_here()?;
-                local = (0..self.shards.len()).collect();
+                set.check_all_here()?;
+                local = set.serving();
             }
         }
+        drop(set);
         let mut behind = 0;
-        for &shard in &local {
+        for shard in &local {
             behind = behind.max(self.ready_to_read(shard, &options).await?);
         }
         let mut parts = Vec::with_capacity(remote.len() + 1);

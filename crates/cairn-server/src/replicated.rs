@@ -456,7 +456,7 @@ pub(crate) struct Plumbing {
 pub(crate) async fn watch_leadership(
     group: String,
     replica: Replica,
-    changes: Option<(usize, Arc<Vec<std::sync::atomic::AtomicU64>>)>,
+    changes: Option<Arc<std::sync::atomic::AtomicU64>>,
     events: Arc<crate::events::Events>,
 ) {
     use crate::events::EventKind;
@@ -466,9 +466,7 @@ pub(crate) async fn watch_leadership(
     while watch.changed().await {
         let (term, leader) = watch.leadership();
         if leader != last.1 && leader.is_some() {
-            if let Some((shard, counts)) = &changes
-                && let Some(c) = counts.get(*shard)
-            {
+            if let Some(c) = &changes {
                 c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             tracing::info!(group = %group, term, leader = ?leader, "leader changed");

@@ -8,9 +8,10 @@
 //! own view (refreshed first when the sender's is newer). A sender that is refused refreshes its view
 //! and routes again, at most [`MAX_ROUTE_ATTEMPTS`] times.
 //!
-//! Reads try the shard's replicas in turn when one is unreachable. A write is sent once per route: if
-//! the connection fails after the request may have left, the outcome is unknown and the client gets a
-//! retryable 503 saying so (re-sending a conditional put elsewhere could apply it twice).
+//! Reads try the shard's replicas in turn when one is unreachable. A write goes to the next replica
+//! only if its connection was refused (nothing was sent); if the connection fails after the request may
+//! have left, the outcome is unknown and the client gets a retryable 503 saying so (re-sending a
+//! conditional put elsewhere could apply it twice).
 
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
@@ -142,13 +143,17 @@ impl Router {
             .read(ReadLevel::Strong)
             .await
             .map_err(|e| NodeError::Unavailable(format!("cannot refresh the shard map: {e}")))?;
-        let view =
-            Arc::new(View::of(&state).ok_or_else(|| NodeError::Internal("the shard map vanished".into()))?);
+        self.observe(&state).ok_or_else(|| NodeError::Internal("the shard map vanished".into()))
+    }
+
+    /// Takes `state`'s map as the view if it is newer; returns the view (`None`: `state` has no map).
+    pub(crate) fn observe(&self, state: &ClusterState) -> Option<Arc<View>> {
+        let view = Arc::new(View::of(state)?);
         let mut current = self.view.write();
         if view.map.version >= current.map.version {
-            *current = Arc::clone(&view);
+            *current = view;
         }
-        Ok(Arc::clone(&current))
+        Some(Arc::clone(&current))
     }
 
     /// Checks a forwarded request's route against this node's view (refreshed first if the sender's
@@ -242,6 +247,10 @@ impl Router {
                     match (&e, retry) {
                         (NodeError::Misrouted(_), _) => return Err(e),
                         (NodeError::Unavailable(_), Retry::Reads) => last = e,
+                        // The connection was refused: nothing was sent, any request may go on.
+                        (NodeError::Unavailable(_), Retry::Writes) if cairn_proto::never_sent(&status) => {
+                            last = e
+                        }
                         (NodeError::Unavailable(why), Retry::Writes) => {
                             return Err(NodeError::Unavailable(format!(
                                 "forwarding the write to node {node} failed, its outcome is unknown: {why}"

@@ -88,7 +88,7 @@ pub async fn cluster_status(addr: &str) -> Result<Option<(Value, String)>, Strin
             replicas.iter().copied().filter(|n| liveness.get(n).is_some_and(|(up, _)| !up)).collect();
         shards.push(json!({
             "id": id, "buckets": shard["buckets"], "epoch": shard["epoch"], "replicas": replicas,
-            "leader": leader, "lag": lag, "down_replicas": down,
+            "leader": leader, "lag": lag, "down_replicas": down, "moving": shard["moving"],
         }));
     }
     let json = json!({
@@ -143,6 +143,9 @@ fn render(s: &Value) -> String {
         let mut lag = lag.join(" ");
         if !down.is_empty() {
             lag.push_str(&format!("  UNDER-REPLICATED: node {} down", down.join(",")));
+        }
+        if let (Some(from), Some(to)) = (sh["moving"]["from"].as_u64(), sh["moving"]["to"].as_u64()) {
+            lag.push_str(&format!("  MOVING: node {from} -> node {to}"));
         }
         text.push_str(&format!(
             "\n{:>5}  {:<11}  {:>5}  {:<8}  {:>6}  {}",

@@ -59,6 +59,9 @@ struct InitArgs {
     /// Size of the bucket space.
     #[arg(long, default_value_t = 1024)]
     total_buckets: u32,
+    /// Seconds a node may go unheard before its replicas are re-created on other nodes.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    dead_after_secs: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -350,7 +353,7 @@ async fn init_command(args: InitArgs) -> Result<ExitCode, String> {
         replication_factor: args.replication_factor,
         shards: args.shards,
         total_buckets: args.total_buckets,
-        dead_after_secs: 0,
+        dead_after_secs: args.dead_after_secs,
     };
     let reply =
         client.init(request).await.map_err(|s| format!("init refused: {}", s.message()))?.into_inner();

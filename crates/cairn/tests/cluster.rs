@@ -357,3 +357,110 @@ fn nodes_join_serve_every_key_refuse_bad_joins_and_keep_their_identity() {
         n.stop();
     }
 }
+
+/// The cluster state as `cairn status --json` at `server` shows it.
+fn cluster_status(server: &Server) -> Value {
+    let (ok, out, err) = cairn(&["status", "--json", "--addr", &server.grpc.to_string()]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Replica ids of every shard in a `cairn status --json` answer, with its move under way if any.
+fn placements(s: &Value) -> Vec<(Vec<u64>, Value)> {
+    s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sh| {
+            let replicas = sh["replicas"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap()).collect();
+            (replicas, sh["moving"].clone())
+        })
+        .collect()
+}
+
+#[test]
+fn a_dead_nodes_replicas_are_recreated_on_a_live_node_and_it_drops_them_when_it_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = |i: usize| tmp.path().join(format!("node-{i}"));
+    let n1 = Server::start(&store(1), &["--join", ""]);
+    let n1_grpc = n1.grpc.to_string();
+    let init = ["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", "4"];
+    let (ok, _, err) = cairn(&[&init[..], &["--dead-after-secs", "2"]].concat());
+    assert!(ok, "init failed: {err}");
+    let n2 = Server::start(&store(2), &["--join", &n1_grpc]);
+    let n3 = Server::start(&store(3), &["--join", &n1_grpc]);
+    for n in [&n1, &n2, &n3] {
+        wait_until("every node serves keys", READY, || serves_keys(n));
+    }
+    // Node 4 joins after the shards were placed: it holds nothing yet.
+    let n4 = Server::start(&store(4), &["--join", &n1_grpc]);
+    wait_until("node 4 serves keys", READY, || serves_keys(&n4));
+    let before = placements(&cluster_status(&n1));
+    assert!(before.iter().all(|(r, _)| r.len() == 3 && r.contains(&3) && !r.contains(&4)), "{before:?}");
+    let put = |n: &Server, k: &str, v: &str| {
+        let r = n.call("PUT", &format!("/kv/rest/entry/{k}"), v.as_bytes());
+        assert_eq!(r.status, 200, "put {k}: {}", String::from_utf8_lossy(&r.body));
+    };
+    for k in 0..40 {
+        put(if k % 2 == 0 { &n1 } else { &n2 }, &format!("before-{k}"), &format!("b{k}"));
+    }
+
+    // Node 3 dies without a word. Writes go on (two of three replicas answer) while, once it has been
+    // unheard for 2 s, its replica of every shard is re-created on node 4, the only node without one.
+    let (n3_http, n3_grpc) = (n3.addr.to_string(), n3.grpc.to_string());
+    n3.kill9();
+    for k in 0..40 {
+        put(if k % 2 == 0 { &n2 } else { &n4 }, &format!("during-{k}"), &format!("d{k}"));
+    }
+    wait_until("every shard's replica on node 3 moved to node 4", READY, || {
+        placements(&cluster_status(&n2))
+            .iter()
+            .all(|(r, moving)| r.len() == 3 && r.contains(&4) && !r.contains(&3) && moving.is_null())
+    });
+    let s = cluster_status(&n1);
+    for shard in s["shards"].as_array().unwrap() {
+        assert_eq!(shard["down_replicas"], serde_json::json!([]), "replication restored: {shard}");
+        assert!(shard["epoch"].as_u64().unwrap() >= 3, "each move bumped the epoch twice: {shard}");
+    }
+    // Node 4 serves every shard from its own replicas now: its eventual reads answer locally, with
+    // every write acknowledged before and during the moves.
+    let status = n4.call("GET", "/_status", b"").json();
+    let held = status["shards"].as_array().unwrap();
+    assert_eq!(held.len(), 4, "{status}");
+    assert!(held.iter().all(|sh| sh["serving"] == true), "{status}");
+    wait_until("node 4's replicas caught up", READY, || {
+        (0..40).all(|k| {
+            ["before", "during"].iter().all(|p| {
+                n4.call("GET", &format!("/kv/rest/entry/{p}-{k}?consistency=eventual"), b"").status == 200
+            })
+        })
+    });
+    put(&n1, "after-move", "a");
+
+    // Node 3 returns on its addresses: the map no longer places anything on it, so it retires its
+    // stale replicas (they would otherwise serve old data) and forwards every request.
+    let n3 = Server::start_with(
+        &store(3),
+        &["--http-addr", &n3_http, "--grpc-addr", &n3_grpc, "--join", &n3_grpc],
+    );
+    wait_until("the returning node serves keys", READY, || serves_keys(&n3));
+    wait_until("the returning node retired its stale replicas", READY, || {
+        let status = n3.call("GET", "/_status", b"").json();
+        status["shards"].as_array().is_some_and(Vec::is_empty)
+            && (0..4).all(|i| store(3).join(format!("shard-{i}")).join("RETIRED").exists())
+    });
+    for n in [&n1, &n2, &n3, &n4] {
+        for (k, want) in [("before-7", "b7"), ("during-13", "d13"), ("after-move", "a")] {
+            let r = n.call("GET", &format!("/kv/rest/entry/{k}"), b"");
+            assert_eq!(r.status, 200, "{k}: {}", String::from_utf8_lossy(&r.body));
+            let got = r.json()["value"]["bytes"].as_str().unwrap().to_string();
+            use base64::Engine as _;
+            assert_eq!(got, base64::engine::general_purpose::STANDARD.encode(want), "{k} at {}", n.addr);
+        }
+    }
+    let after = placements(&cluster_status(&n3));
+    assert!(after.iter().all(|(r, _)| !r.contains(&3)), "nothing moved back to node 3: {after:?}");
+    for n in [n1, n2, n3, n4] {
+        n.stop();
+    }
+}

@@ -78,6 +78,17 @@ fn write_incarnation(
     fs.sync_dir(root)
 }
 
+/// Deletes `dir` and everything under it.
+fn remove_tree(fs: &dyn cairn_engine::fs::FileSystem, dir: &std::path::Path) -> cairn_engine::Result<()> {
+    for name in fs.list(dir)? {
+        let path = dir.join(&name);
+        if fs.remove(&path).is_err() {
+            remove_tree(fs, &path)?;
+        }
+    }
+    fs.remove_dir(dir)
+}
+
 /// Opens generation `generation` under `root` as a new, empty shard (removing what an interrupted
 /// attempt left there).
 fn open_empty_generation(
@@ -220,6 +231,20 @@ impl ShardStateMachine {
         inner.incarnation = record;
         inner.current = None;
         Ok(incarnation)
+    }
+
+    /// Deletes the files of every generation but the current one (contents a snapshot install or a new
+    /// incarnation replaced). Only while nothing reads the replaced contents any more.
+    pub fn drop_old_generations(&self) -> io::Result<()> {
+        let inner = self.inner.lock();
+        let fs = Arc::clone(&inner.template.fs);
+        for name in fs.list(&inner.root).map_err(io_err)? {
+            let old = name.strip_prefix("gen-").and_then(|g| g.parse::<u64>().ok());
+            if old.is_some_and(|g| g != inner.generation) {
+                remove_tree(fs.as_ref(), &inner.root.join(&name)).map_err(io_err)?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes `db`, opened as generation `generation`, the shard's contents. What checks found about the

@@ -3,10 +3,12 @@
 //! re-synced replicas back into the group and purges the log behind verified positions.
 
 use super::{CheckOutcome, ForwardError, GroupError, GroupStatus, Incarnation, Replica, stopped};
+use crate::raft::ShardStateMachine;
 use crate::raft::{
     Check, Command, CommandResult, ShardRaft, TypeConfig, decode, encode, incarnation_of, log_key, node_of,
     replica_id,
 };
+use crate::raft_log::RaftLog;
 use cairn_proto::raft::RaftCallKind;
 use openraft::alias::StoredMembershipOf;
 use openraft::async_runtime::WatchReceiver;
@@ -239,7 +241,7 @@ impl Replica {
             }
             if self.incarnation() > 0 && !self.in_membership() && due(last_announce) {
                 last_announce = Some(tokio::time::Instant::now());
-                match self.announce().await {
+                match self.announce(self.known_peers()).await {
                     Ok(()) => tracing::info!(group, incarnation = self.incarnation(), "joined as a learner"),
                     Err(e) => tracing::debug!(group, error = %e, "asking to rejoin"),
                 }
@@ -347,10 +349,39 @@ impl Replica {
         peers
     }
 
+    /// Asks the group's leader to take this replica in as a learner (a replica started empty on a node
+    /// a move brings the shard to): every peer in `peers` (node id → address, this node's own among
+    /// them) and those this replica knows, in turn. Harmless when it is a member already.
+    pub async fn ask_to_join(&self, peers: BTreeMap<u64, String>) -> Result<(), GroupError> {
+        if self.in_membership() {
+            return Ok(());
+        }
+        let mut known = self.known_peers();
+        known.extend(peers);
+        self.announce(known).await
+    }
+
+    /// True if this replica is a voter or learner of the group's membership as it knows it.
+    pub fn is_member(&self) -> bool {
+        self.in_membership()
+    }
+
+    /// Stops this replica for good on this node (its shard moved away): the Raft node stops, the state
+    /// machine begins its next incarnation empty (so a later return of the shard to this node joins the
+    /// group afresh, under a member id never used before), the old incarnation's log is dropped and the
+    /// old contents' files are deleted.
+    pub async fn retire(&self) -> Result<(), GroupError> {
+        self.shared.stopped.store(true, Ordering::Release);
+        let _guard = self.shared.lifecycle.lock().await;
+        self.raft().shutdown().await.map_err(stopped)?;
+        retire_stored(&self.shared.log, &self.shared.sm, self.shared.group).map_err(stopped)?;
+        tracing::info!(group = self.shared.group, "replica retired from this node");
+        Ok(())
+    }
+
     /// Asks the group's leader to add this incarnation as a learner in place of its node's earlier
-    /// ones: every peer it knows in turn, following a "not the leader" answer to the leader it names.
-    async fn announce(&self) -> Result<(), GroupError> {
-        let peers = self.known_peers();
+    /// ones: every peer in `peers` in turn, following a "not the leader" answer to the leader it names.
+    async fn announce(&self, peers: BTreeMap<u64, String>) -> Result<(), GroupError> {
         let own = peers.get(&self.shared.node).cloned().ok_or_else(|| {
             GroupError::Membership(format!("node {}'s own address is unknown", self.shared.node))
         })?;
@@ -407,6 +438,19 @@ impl Replica {
             Err(e) => tracing::debug!(group = self.shared.group, error = %e, "promotion postponed"),
         }
     }
+}
+
+/// What [`Replica::retire`] does to a replica's storage, for one no Raft node runs on (a replica left on
+/// disk by a shard that moved away while its node was down): the state machine begins its next
+/// incarnation empty, the old incarnation's log is dropped and the old contents' files deleted.
+pub fn retire_stored(log: &RaftLog, sm: &ShardStateMachine, group: u64) -> std::io::Result<()> {
+    let old = sm.incarnation();
+    sm.begin_incarnation(BTreeMap::new())?;
+    let old_key = log_key(group, old);
+    if let (_, Some(last)) = log.state(old_key) {
+        log.purge(old_key, last).map_err(std::io::Error::other)?;
+    }
+    sm.drop_old_generations()
 }
 
 /// Proposes a membership change on `raft` (the leader) only while its membership is still `decided_on`,

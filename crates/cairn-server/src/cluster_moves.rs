@@ -1,0 +1,254 @@
+//! Replica moves (ARCHITECTURE decision 40): re-creating a dead node's replicas on live nodes, and
+//! reconciling what each node runs with the shard map.
+//!
+//! A move goes through three steps, each driven from what the meta group and the shard's Raft group
+//! hold, so any of them may be redone after a crash or a leader change:
+//!
+//! 1. The meta leader's driver finds nodes it has not heard from for `dead_after_secs`, plans moves with
+//!    [`plan_repair`] and records each as its shard's move under way ([`ClusterState::begin_move`]).
+//! 2. Every node reconciles itself with the map ([`Membership::reconcile`]): it starts replicas of the
+//!    shards placed or moving to it (a move's destination starts empty, serves nothing, and asks the
+//!    shard's group to take it in as a learner), serves exactly the shards whose replica list names it,
+//!    and retires the replicas of shards that no longer name it: a node that was down while its replicas
+//!    moved drops them when it returns instead of serving stale data.
+//! 3. The shard's leader advances the move in its group: once the learner has caught up it becomes a
+//!    voter in place of the source, the source leaves the group, and only then is the move recorded done
+//!    ([`ClusterState::finish_move`]), which makes the destination a replica in the map (epoch bumped).
+//!    The map never names a replica the group does not have, so a node that reads the map may retire
+//!    anything the map no longer names.
+
+use super::{LIVE_WITHIN, MAX_PROMOTE_LAG, Membership, RETRY_PAUSE};
+use crate::events::EventKind;
+use crate::node::{Node, ReplicaPlan};
+use cairn_cluster::meta::{ClusterState, MetaError, MetaStore};
+use cairn_cluster::placement::{Move, plan_repair};
+use cairn_cluster::raft::{ReadLevel, Replica};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How long a shard leader waits for a membership change of its group.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shard leader that is a move's source waits to hand its leadership over.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Membership {
+    /// On the meta leader (leading since `since`): records a move for every replica on a node not heard
+    /// from for the cluster's `dead_after_secs` that a live node can take.
+    pub(super) async fn repair(
+        &self,
+        meta: &MetaStore,
+        state: &ClusterState,
+        since: tokio::time::Instant,
+    ) -> Result<(), MetaError> {
+        let Some(map) = &state.map else { return Ok(()) };
+        let dead_after = Duration::from_secs(state.settings.dead_after_secs);
+        let heard = meta.replica().heard_from().unwrap_or_default();
+        let me = meta.replica().status().node;
+        // A node never heard from since this leader took over counts from the takeover.
+        let live: BTreeSet<u64> = state
+            .active_nodes()
+            .into_iter()
+            .filter(|id| {
+                *id == me
+                    || heard
+                        .get(id)
+                        .copied()
+                        .flatten()
+                        .map_or(since.elapsed() < dead_after, |d| d < dead_after)
+            })
+            .collect();
+        if live.len() == state.active_nodes().len() {
+            return Ok(());
+        }
+        for planned in plan_repair(map, &live).moves {
+            let (after, begun) = meta
+                .update(|s| match s.begin_move(&planned) {
+                    Ok((next, begun)) => Ok((Some(next), Some(begun))),
+                    // Planned against a map that changed since: the next pass plans again.
+                    Err(MetaError::Placement(_)) => Ok((None, None)),
+                    Err(e) => Err(e),
+                })
+                .await?;
+            if let Some(mv) = begun {
+                tracing::warn!(
+                    shard = mv.shard,
+                    from = mv.from,
+                    to = mv.to,
+                    version = after.version,
+                    "re-creating a dead node's replica"
+                );
+                self.plumbing.events.emit(EventKind::ReplicaMoving {
+                    shard: mv.shard,
+                    from: mv.from,
+                    to: mv.to,
+                    epoch: mv.epoch,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps node `id`'s replicas in step with the shard map until the node or the meta replica stops
+    /// (see the module documentation).
+    pub(crate) async fn reconcile(self: Arc<Self>, node: Weak<Node>, id: u64) {
+        let Ok(meta) = self.meta() else { return };
+        let mut first = true;
+        loop {
+            if meta.replica().status().role == "shutdown" {
+                return;
+            }
+            let Some(node) = node.upgrade() else { return };
+            if let Err(e) = self.reconcile_once(meta, &node, id, first).await {
+                tracing::debug!(error = %e, "reconciling with the shard map failed; retrying");
+            } else {
+                first = false;
+            }
+            drop(node);
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// One pass of [`Membership::reconcile`]; `first` also retires replicas left on disk by shards that
+    /// moved away while this node was down.
+    async fn reconcile_once(
+        &self,
+        meta: &MetaStore,
+        node: &Node,
+        id: u64,
+        first: bool,
+    ) -> Result<(), String> {
+        // Through the leader: decisions to retire must not rest on a lagging copy of the map.
+        let state = meta.read(ReadLevel::Strong).await.map_err(|e| e.to_string())?;
+        let Some(map) = &state.map else { return Ok(()) };
+        node.observe_map(&state);
+        let addrs: BTreeMap<u64, String> =
+            state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
+        let incoming = |s: &cairn_cluster::placement::ShardPlacement| s.moving.is_some_and(|m| m.to == id);
+        let serving: BTreeSet<u64> =
+            map.shards.iter().filter(|s| s.replicas.contains(&id)).map(|s| u64::from(s.id)).collect();
+        let wanted: BTreeSet<u64> = map
+            .shards
+            .iter()
+            .filter(|s| s.replicas.contains(&id) || incoming(s))
+            .map(|s| u64::from(s.id))
+            .collect();
+        let held = node.groups();
+        for s in map.shards.iter().filter(|s| wanted.contains(&u64::from(s.id))) {
+            if !held.contains(&u64::from(s.id)) {
+                let plan = ReplicaPlan {
+                    group: u64::from(s.id),
+                    buckets: s.buckets,
+                    bootstrap: None,
+                    serving: false,
+                };
+                node.add_replica(plan).await.map_err(|e| e.to_string())?;
+                tracing::info!(shard = s.id, "started a replica placed on this node");
+            }
+        }
+        for group in held.difference(&wanted) {
+            node.retire_replica(*group).await.map_err(|e| e.to_string())?;
+            tracing::info!(shard = group, "retired a replica of a shard that moved away");
+            self.plumbing.events.emit(EventKind::ReplicaRetired { shard: *group as u32 });
+        }
+        if first {
+            let stale = map
+                .shards
+                .iter()
+                .filter(|s| !wanted.contains(&u64::from(s.id)))
+                .map(|s| (u64::from(s.id), s.buckets))
+                .collect();
+            for group in node.retire_stale(stale).await.map_err(|e| e.to_string())? {
+                tracing::info!(shard = group, "retired a replica left by a shard that moved away meanwhile");
+                self.plumbing.events.emit(EventKind::ReplicaRetired { shard: group as u32 });
+            }
+        }
+        node.serve_only(&serving);
+        for s in &map.shards {
+            let (Some(mv), Some(replica)) = (s.moving, node.replica(u64::from(s.id))) else { continue };
+            if mv.to == id && !replica.is_member() {
+                let peers = s
+                    .replicas
+                    .iter()
+                    .chain([&id])
+                    .filter_map(|n| Some((*n, addrs.get(n)?.clone())))
+                    .collect();
+                if let Err(e) = replica.ask_to_join(peers).await {
+                    tracing::debug!(shard = s.id, error = %e, "asking to join the shard's group");
+                }
+            }
+            if replica.status().role == "leader" {
+                self.advance_move(meta, &replica, mv).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// On the shard's leader: takes move `mv` one step further in the group (see the module
+    /// documentation); records it done once the group's membership is the map's after the move.
+    async fn advance_move(&self, meta: &MetaStore, replica: &Replica, mv: Move) -> Result<(), String> {
+        let status = replica.status();
+        let timed = |what: &'static str| move |_| format!("{what} timed out");
+        if status.node == mv.from {
+            // A leader does not remove itself: another voter takes over and carries on.
+            replica.hand_over(HAND_OVER_TIMEOUT).await;
+            return Ok(());
+        }
+        let (voters, learners) = (&status.voters, &status.learners);
+        if !voters.contains(&mv.to) {
+            let caught_up = status.lag.get(&mv.to).is_some_and(|lag| *lag <= MAX_PROMOTE_LAG);
+            let answering = replica
+                .heard_from()
+                .and_then(|h| h.get(&mv.to).copied().flatten())
+                .is_some_and(|d| d < LIVE_WITHIN);
+            if !learners.contains(&mv.to) || !caught_up || !answering {
+                return Ok(()); // the destination has not asked to join yet, or is catching up
+            }
+            let mut next = voters.clone();
+            next.remove(&mv.from);
+            next.insert(mv.to);
+            tokio::time::timeout(CHANGE_TIMEOUT, replica.change_voters(next))
+                .await
+                .map_err(timed("promoting the destination"))?
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                shard = mv.shard,
+                to = mv.to,
+                from = mv.from,
+                "destination promoted, source demoted"
+            );
+            return Ok(());
+        }
+        if voters.contains(&mv.from) {
+            let mut next = voters.clone();
+            next.remove(&mv.from);
+            tokio::time::timeout(CHANGE_TIMEOUT, replica.change_voters(next))
+                .await
+                .map_err(timed("demoting the source"))?
+                .map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        if learners.contains(&mv.from) {
+            tokio::time::timeout(CHANGE_TIMEOUT, replica.remove_learners(BTreeSet::from([mv.from])))
+                .await
+                .map_err(timed("removing the source"))?
+                .map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        let (after, finished) = meta
+            .update(|s| Ok(s.finish_move(&mv)?.map_or((None, false), |next| (Some(next), true))))
+            .await
+            .map_err(|e| e.to_string())?;
+        if finished {
+            let epoch = after.map.as_ref().and_then(|m| m.shard(mv.shard)).map_or(0, |s| s.epoch);
+            tracing::info!(shard = mv.shard, from = mv.from, to = mv.to, epoch, "replica moved");
+            self.plumbing.events.emit(EventKind::ReplicaMoved {
+                shard: mv.shard,
+                from: mv.from,
+                to: mv.to,
+                epoch,
+            });
+        }
+        Ok(())
+    }
+}

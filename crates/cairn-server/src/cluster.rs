@@ -585,16 +585,25 @@ impl Membership {
             n if n >= 3 => 3,
             _ => 1,
         };
-        let mut voters: BTreeSet<u64> =
-            status.voters.iter().copied().filter(|v| members.contains(v)).take(wanted).collect();
+        // Voters on dead nodes give their place to healthy members (the group keeps its size and can
+        // lose another node); without enough healthy members it never shrinks.
+        let live = self.live_nodes(meta, &state, since);
+        let mut voters: BTreeSet<u64> = status
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| members.contains(v) && live.contains(v))
+            .take(wanted)
+            .collect();
         for id in &candidates {
             if voters.len() >= wanted {
                 break;
             }
             voters.insert(*id);
         }
-        // Only grow the voters here (shrinking away from down voters comes with node removal).
-        if voters.len() > status.voters.len() {
+        let grows = voters.len() > status.voters.len();
+        let replaces_dead = voters.len() == status.voters.len() && voters != status.voters;
+        if grows || replaces_dead {
             match tokio::time::timeout(META_TIMEOUT, meta.replica().change_voters(voters.clone())).await {
                 Ok(changed) => changed?,
                 Err(_) => return Err(MetaError::Contended(1)),

@@ -17,20 +17,19 @@
 //!    The map never names a replica the group does not have, so a node that reads the map may retire
 //!    anything the map no longer names.
 
-use super::{LIVE_WITHIN, MAX_PROMOTE_LAG, Membership, RETRY_PAUSE};
+use super::{Membership, RETRY_PAUSE};
 use crate::events::EventKind;
 use crate::node::{Node, ReplicaPlan};
 use cairn_cluster::meta::{ClusterState, MetaError, MetaStore};
 use cairn_cluster::placement::{Move, plan_repair};
-use cairn_cluster::raft::{ReadLevel, Replica};
+use cairn_cluster::raft::{MoveStep, ReadLevel, Replica};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// How long a shard leader waits for a membership change of its group.
+/// How long a shard leader waits for a membership change of its group (or to hand its leadership
+/// over, when it is a move's source).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a shard leader that is a move's source waits to hand its leadership over.
-const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Membership {
     /// On the meta leader (leading since `since`): records a move for every replica on a node not heard
@@ -42,22 +41,7 @@ impl Membership {
         since: tokio::time::Instant,
     ) -> Result<(), MetaError> {
         let Some(map) = &state.map else { return Ok(()) };
-        let dead_after = Duration::from_secs(state.settings.dead_after_secs);
-        let heard = meta.replica().heard_from().unwrap_or_default();
-        let me = meta.replica().status().node;
-        // A node never heard from since this leader took over counts from the takeover.
-        let live: BTreeSet<u64> = state
-            .active_nodes()
-            .into_iter()
-            .filter(|id| {
-                *id == me
-                    || heard
-                        .get(id)
-                        .copied()
-                        .flatten()
-                        .map_or(since.elapsed() < dead_after, |d| d < dead_after)
-            })
-            .collect();
+        let live = self.live_nodes(meta, state, since);
         if live.len() == state.active_nodes().len() {
             return Ok(());
         }
@@ -87,6 +71,25 @@ impl Membership {
             }
         }
         Ok(())
+    }
+
+    /// On the meta leader (leading since `since`): the active nodes not dead, that is heard from within
+    /// the cluster's `dead_after_secs` (a node never heard from since this leader took over counts from
+    /// the takeover).
+    pub(super) fn live_nodes(
+        &self,
+        meta: &MetaStore,
+        state: &ClusterState,
+        since: tokio::time::Instant,
+    ) -> BTreeSet<u64> {
+        let dead_after = Duration::from_secs(state.settings.dead_after_secs);
+        let heard = meta.replica().heard_from().unwrap_or_default();
+        let me = meta.replica().status().node;
+        let alive = |id: &u64| {
+            *id == me
+                || heard.get(id).copied().flatten().map_or(since.elapsed() < dead_after, |d| d < dead_after)
+        };
+        state.active_nodes().into_iter().filter(alive).collect()
     }
 
     /// Keeps node `id`'s replicas in step with the shard map until the node or the meta replica stops
@@ -166,7 +169,9 @@ impl Membership {
         node.serve_only(&serving);
         for s in &map.shards {
             let (Some(mv), Some(replica)) = (s.moving, node.replica(u64::from(s.id))) else { continue };
-            if mv.to == id && !replica.is_member() {
+            // Asked while the move is under way: this replica's own view of whether it is in the
+            // group may be stale (see `Replica::ask_to_join`); the leader answers at once if it is.
+            if mv.to == id {
                 let peers = s
                     .replicas
                     .iter()
@@ -184,55 +189,19 @@ impl Membership {
         Ok(())
     }
 
-    /// On the shard's leader: takes move `mv` one step further in the group (see the module
-    /// documentation); records it done once the group's membership is the map's after the move.
+    /// On the shard's leader: takes move `mv` one step further in the group
+    /// ([`Replica::advance_move`]); records it done once the group's membership is the map's after
+    /// the move.
     async fn advance_move(&self, meta: &MetaStore, replica: &Replica, mv: Move) -> Result<(), String> {
-        let status = replica.status();
-        let timed = |what: &'static str| move |_| format!("{what} timed out");
-        if status.node == mv.from {
-            // A leader does not remove itself: another voter takes over and carries on.
-            replica.hand_over(HAND_OVER_TIMEOUT).await;
-            return Ok(());
-        }
-        let (voters, learners) = (&status.voters, &status.learners);
-        if !voters.contains(&mv.to) {
-            let caught_up = status.lag.get(&mv.to).is_some_and(|lag| *lag <= MAX_PROMOTE_LAG);
-            let answering = replica
-                .heard_from()
-                .and_then(|h| h.get(&mv.to).copied().flatten())
-                .is_some_and(|d| d < LIVE_WITHIN);
-            if !learners.contains(&mv.to) || !caught_up || !answering {
-                return Ok(()); // the destination has not asked to join yet, or is catching up
+        let step = replica.advance_move(mv.from, mv.to, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
+        match step {
+            MoveStep::Promoted => {
+                tracing::info!(shard = mv.shard, to = mv.to, from = mv.from, "move: destination promoted")
             }
-            let mut next = voters.clone();
-            next.remove(&mv.from);
-            next.insert(mv.to);
-            tokio::time::timeout(CHANGE_TIMEOUT, replica.change_voters(next))
-                .await
-                .map_err(timed("promoting the destination"))?
-                .map_err(|e| e.to_string())?;
-            tracing::info!(
-                shard = mv.shard,
-                to = mv.to,
-                from = mv.from,
-                "destination promoted, source demoted"
-            );
-            return Ok(());
+            MoveStep::Removed => tracing::info!(shard = mv.shard, from = mv.from, "move: source removed"),
+            _ => {}
         }
-        if voters.contains(&mv.from) {
-            let mut next = voters.clone();
-            next.remove(&mv.from);
-            tokio::time::timeout(CHANGE_TIMEOUT, replica.change_voters(next))
-                .await
-                .map_err(timed("demoting the source"))?
-                .map_err(|e| e.to_string())?;
-            return Ok(());
-        }
-        if learners.contains(&mv.from) {
-            tokio::time::timeout(CHANGE_TIMEOUT, replica.remove_learners(BTreeSet::from([mv.from])))
-                .await
-                .map_err(timed("removing the source"))?
-                .map_err(|e| e.to_string())?;
+        if step != MoveStep::Done {
             return Ok(());
         }
         let (after, finished) = meta

@@ -1,4 +1,5 @@
-//! Deterministic simulation of one replicated shard group.
+//! Deterministic simulation of one replicated shard group (optionally moving between nodes:
+//! [`SimConfig::moves`]).
 //!
 //! Every replica runs its real code — node Raft log, engine state machine, openraft through
 //! [`Replica`], messages through [`RaftService::handle`] — on one single-threaded tokio runtime whose
@@ -21,8 +22,8 @@ compile_error!(
 
 use crate::linearizability::{KeyedOperation, Operation, RegisterInput, RegisterOutput};
 use cairn_cluster::raft::{
-    CheckStatus, Command, CommandResult, Condition, GroupError, RaftCall, RaftReply, RaftService, ReadLevel,
-    Replica, ReplicaConfig, ShardStateMachine, Wire, node_of, with_seed,
+    CheckStatus, Command, CommandResult, Condition, GroupError, MoveStep, RaftCall, RaftReply, RaftService,
+    ReadLevel, Replica, ReplicaConfig, ShardStateMachine, Wire, node_of, retire_stored, with_seed,
 };
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FaultController, FaultFs, FileSystem, MemFs};
@@ -51,6 +52,10 @@ pub struct SimConfig {
     /// At the end, change one follower's engine behind Raft's back before a consistency check (which
     /// must then fence exactly that replica, which re-syncs from scratch as its next incarnation).
     pub corrupt: bool,
+    /// Placement changes: the group starts with 3 of the `replicas` nodes as members, and a mover keeps
+    /// moving a random member's replica to a node without one, the way the cluster re-creates a dead
+    /// node's replicas ([`Replica::ask_to_join`], [`Replica::advance_move`], then the source retired).
+    pub moves: bool,
 }
 
 /// What a run produced.
@@ -83,6 +88,10 @@ pub struct SimReport {
     pub corrupted: Option<u64>,
     /// The final check's index.
     pub final_check: u64,
+    /// Replica moves completed.
+    pub moves: u64,
+    /// The group's voters at the end (every node unless `SimConfig::moves`).
+    pub voters: Vec<u64>,
 }
 
 /// A SplitMix64 generator: small, seedable, and the same everywhere.
@@ -212,6 +221,8 @@ struct Sim {
     raft_config: ReplicaConfig,
     seeds: SimRng,
     report: SimReport,
+    /// Nodes whose replica left the group: retired (emptied, next incarnation) when they next start.
+    retire_on_start: BTreeSet<u64>,
 }
 
 impl Sim {
@@ -247,6 +258,7 @@ impl Sim {
             nodes,
             raft_config,
             report: SimReport::default(),
+            retire_on_start: BTreeSet::new(),
         }
     }
 
@@ -257,7 +269,7 @@ impl Sim {
         for id in 1..=replicas {
             sim.start(id).await?;
         }
-        let members = (1..=replicas).map(|id| (id, format!("n{id}"))).collect();
+        let members = (1..=sim.config.first_voters()).map(|id| (id, format!("n{id}"))).collect();
         sim.replica(1).ok_or("node 1 is down")?.bootstrap(members).await.map_err(|e| e.to_string())?;
         Ok(Arc::new(tokio::sync::Mutex::new(sim)))
     }
@@ -279,6 +291,12 @@ impl Sim {
         template.snapshot_volume = Some(format!("memory://sim{}-{}-n{id}", self.run, self.config.seed));
         let sm = ShardStateMachine::open("/shard".into(), template, vec![0..=(BUCKETS - 1) as u16], 0)
             .map_err(|e| format!("node {id} shard: {e}"))?;
+        if self.retire_on_start.remove(&id) {
+            retire_stored(&log, &sm, GROUP).map_err(|e| format!("node {id} retire: {e}"))?;
+            let mut net = self.net.lock();
+            let at = net.start.elapsed().as_micros();
+            net.trace.push(format!("{at} node {id} retired its replica"));
+        }
         let wire = SimWire { from: id, net: Arc::clone(&self.net) };
         let replica = with_seed(seed, Replica::start(id, GROUP, log, sm, wire, self.raft_config.clone()))
             .await
@@ -297,6 +315,13 @@ impl Sim {
 
     /// Kills node `id` at once: every file-system call fails from now on, then unsynced data is lost.
     async fn crash(&mut self, id: u64) {
+        self.power_off(id).await;
+        *self.report.faults.entry("crash").or_default() += 1;
+        self.note(format!("node {id} crashed"));
+    }
+
+    /// Stops node `id` the hard way (what [`Sim::crash`] does, without counting a fault).
+    async fn power_off(&mut self, id: u64) {
         self.net.lock().services.remove(&id);
         let Some(node) = self.nodes.get_mut(&id) else { return };
         node.power.fail_all();
@@ -304,8 +329,6 @@ impl Sim {
             let _ = replica.shutdown().await;
         }
         node.disk.crash();
-        *self.report.faults.entry("crash").or_default() += 1;
-        self.note(format!("node {id} crashed"));
     }
 
     /// Adds `event` to the trace.
@@ -321,6 +344,18 @@ impl Sim {
 
     fn up(&self) -> Vec<u64> {
         self.nodes.iter().filter(|(_, n)| n.replica.is_some()).map(|(id, _)| *id).collect()
+    }
+
+    /// The replica of an up node that leads the group, if one does.
+    fn leader(&self) -> Option<Replica> {
+        self.up().into_iter().filter_map(|id| self.replica(id)).find(|r| r.status().role == "leader")
+    }
+}
+
+impl SimConfig {
+    /// Nodes the group starts with as members.
+    fn first_voters(&self) -> u64 {
+        if self.moves { self.replicas.min(3) } else { self.replicas }
     }
 }
 
@@ -557,6 +592,114 @@ async fn check_loop(sim: SharedSim, mut rng: SimRng, done: Arc<std::sync::atomic
     }
 }
 
+/// A move under way: the node losing its replica and the node gaining one.
+type Moving = Option<(u64, u64)>;
+
+/// Moves replicas until `done` (see [`SimConfig::moves`]): every few hundred milliseconds, one step of
+/// the move under way, or a new one. Returns the move still under way and the generator.
+async fn move_loop(
+    sim: SharedSim,
+    mut rng: SimRng,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(Moving, SimRng), String> {
+    let mut current = None;
+    while !done.load(Ordering::Relaxed) {
+        tokio::time::sleep(rng.millis(100, 400)).await;
+        move_step(&sim, &mut rng, &mut current, true).await?;
+    }
+    Ok((current, rng))
+}
+
+/// Takes the move under way to its end (bounded, in virtual time), starting none.
+async fn finish_moves(sim: &SharedSim, mut rng: SimRng, mut current: Moving) -> Result<(), String> {
+    for _ in 0..300 {
+        if current.is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        move_step(sim, &mut rng, &mut current, false).await?;
+    }
+    let s = sim.lock().await;
+    let statuses: Vec<_> = s.up().into_iter().filter_map(|id| s.replica(id)).map(|r| r.status()).collect();
+    let moves: Vec<String> = s.net.lock().trace.iter().filter(|e| e.contains("move")).cloned().collect();
+    let moves = moves[moves.len().saturating_sub(30)..].join("\n");
+    Err(format!(
+        "the move {current:?} did not finish in 30 s after healing: {statuses:?}\nlast move steps:\n{moves}"
+    ))
+}
+
+/// One step of replica moves, as the cluster takes them: with none under way (and `start_new`), pick a
+/// voter's replica to move to an up node outside the group; otherwise the destination asks to join,
+/// the leader advances the move, and once it is done the source's replica is retired (now, or when
+/// its node next starts).
+async fn move_step(
+    sim: &SharedSim,
+    rng: &mut SimRng,
+    current: &mut Moving,
+    start_new: bool,
+) -> Result<(), String> {
+    let (leader, destination, peers) = {
+        let s = sim.lock().await;
+        let peers: BTreeMap<u64, String> = (1..=s.config.replicas).map(|id| (id, format!("n{id}"))).collect();
+        (s.leader(), current.and_then(|(_, to)| s.replica(to)), peers)
+    };
+    let Some((from, to)) = *current else {
+        let Some(leader) = leader.filter(|_| start_new) else { return Ok(()) };
+        let status = leader.status();
+        let s = sim.lock().await;
+        let members: BTreeSet<u64> = status.voters.union(&status.learners).copied().collect();
+        let free: Vec<u64> = s
+            .up()
+            .into_iter()
+            .filter(|id| !members.contains(id) && !s.retire_on_start.contains(id))
+            .collect();
+        let voters: Vec<u64> = status.voters.iter().copied().collect();
+        if free.is_empty() || voters.is_empty() {
+            return Ok(());
+        }
+        let from = voters[rng.below(voters.len() as u64) as usize];
+        let to = free[rng.below(free.len() as u64) as usize];
+        *current = Some((from, to));
+        s.note(format!("move {from} -> {to} begins"));
+        return Ok(());
+    };
+    // The leader's view decides whether the destination is in (its own view may be stale).
+    let listed = leader.as_ref().is_some_and(|l| {
+        let status = l.status();
+        status.voters.contains(&to) || status.learners.contains(&to)
+    });
+    if let Some(replica) = destination.filter(|_| !listed) {
+        let asked = replica.ask_to_join(peers).await;
+        sim.lock().await.note(format!("move {from} -> {to}: asked to join: {asked:?}"));
+    }
+    let Some(leader) = leader else { return Ok(()) };
+    let step = leader.advance_move(from, to, WRITE_TIMEOUT).await;
+    let mut s = sim.lock().await;
+    s.note(format!("move {from} -> {to}: {step:?}"));
+    if let Ok(MoveStep::Done) = step {
+        *current = None;
+        s.report.moves += 1;
+        s.retire_on_start.insert(from);
+        // Its node restarts at once to retire it (a replica left out of its group has nothing to keep).
+        if s.replica(from).is_some() {
+            s.power_off(from).await;
+            s.start(from).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The voters of the group's leader, once one leads (bounded, in virtual time).
+async fn current_voters(sim: &SharedSim) -> Result<Vec<u64>, String> {
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(leader) = sim.lock().await.leader() {
+            return Ok(leader.status().voters.into_iter().collect());
+        }
+    }
+    Err("no leader 30 s after healing".into())
+}
+
 /// A single-threaded runtime with a virtual clock whose randomness follows `seed`.
 fn runtime(seed: u64) -> Result<tokio::runtime::Runtime, String> {
     // tokio's own randomness (which of a watch channel's waiter lists a waiter joins, so the order
@@ -601,9 +744,10 @@ pub fn run_catch_up(seed: u64, writes: u64) -> Result<CatchUp, String> {
             keys: 1,
             faults: false,
             corrupt: false,
+            moves: false,
         };
         let shared = Sim::boot(config).await?;
-        let leader_id = converge(&shared, 3).await?;
+        let leader_id = converge(&shared, &[1, 2, 3]).await?;
         let mut sim = shared.lock().await;
         let leader = sim.replica(leader_id).ok_or("the leader is down")?;
         let victim = (1..=3).find(|id| *id != leader_id).ok_or("no follower")?;
@@ -637,7 +781,7 @@ pub fn run_catch_up(seed: u64, writes: u64) -> Result<CatchUp, String> {
         let purged = leader.status().purged;
         sim.start(victim).await?;
         drop(sim);
-        converge(&shared, 3).await?;
+        converge(&shared, &[1, 2, 3]).await?;
         let sim = shared.lock().await;
         let installed = sim.replica(victim).ok_or("the victim is down")?.status().snapshots_installed;
         let mut digests = BTreeMap::new();
@@ -669,6 +813,9 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
         .faults
         .then(|| tokio::spawn(fault_loop(Arc::clone(&sim), SimRng::new(rng.next_u64()), Arc::clone(&done))));
     let checks = tokio::spawn(check_loop(Arc::clone(&sim), SimRng::new(rng.next_u64()), Arc::clone(&done)));
+    let mover = config
+        .moves
+        .then(|| tokio::spawn(move_loop(Arc::clone(&sim), SimRng::new(rng.next_u64()), Arc::clone(&done))));
     let mut history = Vec::new();
     for c in clients {
         history.extend(c.await.map_err(|e| format!("client task: {e}"))?);
@@ -678,6 +825,10 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
         f.await.map_err(|e| format!("fault task: {e}"))??;
     }
     checks.await.map_err(|e| format!("check task: {e}"))?;
+    let (in_flight, mover_rng) = match mover {
+        Some(m) => m.await.map_err(|e| format!("mover task: {e}"))??,
+        None => (None, SimRng::new(0)),
+    };
 
     // Heal everything, restart every replica, and let the group converge.
     {
@@ -693,7 +844,14 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
             }
         }
     }
-    let converged = converge(&sim, config.replicas).await?;
+    let voters: Vec<u64> = if config.moves {
+        // The move under way finishes once the network heals; then its group is the voters.
+        finish_moves(&sim, mover_rng, in_flight).await?;
+        current_voters(&sim).await?
+    } else {
+        (1..=config.replicas).collect()
+    };
+    let converged = converge(&sim, &voters).await?;
 
     // Final strong reads of every key join the history: every acknowledged write must show.
     let mut reader = Client { id: 0, rng: SimRng::new(rng.next_u64()), leader: converged };
@@ -709,7 +867,7 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
     // A final consistency check, after which every replica has compared (one possibly corrupted first).
     let leader = sim.lock().await.replica(converged).ok_or("the leader is down")?;
     if config.corrupt {
-        let victim = (1..=config.replicas).find(|id| *id != converged).ok_or("no follower")?;
+        let victim = voters.iter().copied().find(|id| *id != converged).ok_or("no follower")?;
         let (bucket, key) = register(0);
         let s = sim.lock().await;
         let db = s.replica(victim).ok_or("the victim is down")?.db();
@@ -725,15 +883,16 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
     if let Some(victim) = corrupted {
         // The corrupted replica fences itself, re-syncs from scratch as its next incarnation, asks to
         // be taken back, catches up as a learner and is promoted; then a check must find all equal.
-        rejoined(&sim, victim, config.replicas).await?;
+        rejoined(&sim, victim, &voters).await?;
         outcome =
             leader.check_consistency(WRITE_TIMEOUT).await.map_err(|e| format!("check after re-sync: {e}"))?;
     }
-    converge(&sim, config.replicas).await?;
+    converge(&sim, &voters).await?;
 
     let mut s = sim.lock().await;
     s.report.final_check = outcome.index;
-    for id in 1..=config.replicas {
+    s.report.voters = voters.clone();
+    for &id in &voters {
         let status = s.replica(id).ok_or_else(|| format!("node {id} is down at the end"))?.status();
         s.report.check_status.insert(id, status.checks);
         s.report.incarnations.insert(id, status.incarnation);
@@ -741,7 +900,7 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
     s.report.acknowledged = history.iter().filter(|(_, op)| op.output.is_some()).count() as u64;
     s.report.unknown = history.len() as u64 - s.report.acknowledged;
     s.report.history = history;
-    for id in 1..=config.replicas {
+    for &id in &voters {
         let replica = s.replica(id).ok_or_else(|| format!("node {id} is down at the end"))?;
         let digest = replica.state_machine().digest().map_err(|e| format!("node {id} digest: {e}"))?;
         s.report.digests.insert(id, digest);
@@ -760,13 +919,13 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
 }
 
 /// Waits (bounded, in virtual time) until node `victim` runs a later incarnation that is a voter again,
-/// with no learner left in the group.
-async fn rejoined(sim: &SharedSim, victim: u64, replicas: u64) -> Result<(), String> {
+/// with no learner left in the group of `nodes`.
+async fn rejoined(sim: &SharedSim, victim: u64, nodes: &[u64]) -> Result<(), String> {
     let mut last = String::new();
     for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = sim.lock().await;
-        let statuses: Vec<_> = (1..=replicas).filter_map(|id| s.replica(id)).map(|r| r.status()).collect();
+        let statuses: Vec<_> = nodes.iter().filter_map(|id| s.replica(*id)).map(|r| r.status()).collect();
         let back = statuses.iter().any(|st| st.node == victim && st.incarnation > 0 && st.role == "follower")
             && statuses
                 .iter()
@@ -780,14 +939,14 @@ async fn rejoined(sim: &SharedSim, victim: u64, replicas: u64) -> Result<(), Str
     Err(format!("node {victim} did not rejoin in 30 s: {last}"))
 }
 
-/// Waits (bounded, in virtual time) until one leader is known to all and every replica has applied
-/// everything it committed; returns the leader.
-async fn converge(sim: &SharedSim, replicas: u64) -> Result<u64, String> {
+/// Waits (bounded, in virtual time) until one leader is known to the replicas of `nodes` and each has
+/// applied everything it committed; returns the leader.
+async fn converge(sim: &SharedSim, nodes: &[u64]) -> Result<u64, String> {
     let mut last = String::new();
     for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = sim.lock().await;
-        let statuses: Vec<_> = (1..=replicas).filter_map(|id| s.replica(id)).map(|r| r.status()).collect();
+        let statuses: Vec<_> = nodes.iter().filter_map(|id| s.replica(*id)).map(|r| r.status()).collect();
         let leaders: BTreeSet<Option<u64>> = statuses.iter().map(|st| st.leader).collect();
         let applied: BTreeSet<Option<u64>> = statuses.iter().map(|st| st.applied).collect();
         let last_logs: BTreeSet<Option<u64>> = statuses.iter().map(|st| st.last_log).collect();

@@ -12,8 +12,8 @@ mod transport;
 pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, ShardApplier};
 pub use log_store::GroupLogStore;
 pub use replica::{
-    CheckOutcome, GroupError, GroupStatus, ReadLevel, ReadPoint, Replica, ReplicaConfig, StatusWatch,
-    Written, retire_stored,
+    CheckOutcome, GroupError, GroupStatus, MoveStep, ReadLevel, ReadPoint, Replica, ReplicaConfig,
+    StatusWatch, Written, retire_stored,
 };
 pub use runtime::{CairnRuntime, with_seed};
 pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};

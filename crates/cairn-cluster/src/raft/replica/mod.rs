@@ -3,7 +3,7 @@
 //! neither names an openraft type.
 
 mod tend;
-pub use tend::retire_stored;
+pub use tend::{MoveStep, retire_stored};
 mod transfer;
 
 pub(crate) use transfer::{SnapshotFileCall, serve_snapshot_file};

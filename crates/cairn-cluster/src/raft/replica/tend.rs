@@ -21,6 +21,8 @@ use std::time::Duration;
 
 /// Entries a learner may lag the leader's log and still be promoted to voter.
 const PROMOTE_WITHIN: u64 = 64;
+/// A move's destination is promoted only if it acknowledged the leader this recently.
+const MOVE_ANSWERED_WITHIN: Duration = Duration::from_secs(3);
 /// How often [`Replica::tend`] looks at the replica.
 const TEND_EVERY: Duration = Duration::from_millis(100);
 /// Least time between two attempts of a tending step that talks to others.
@@ -187,6 +189,9 @@ impl Replica {
             )));
         }
         let mut membership = metrics.membership_config.clone();
+        if membership.membership().get_node(&new).is_some() && same_node(&membership).len() == 1 {
+            return Ok(()); // already in, alone for its node: a repeated request
+        }
         if membership.membership().get_node(&new).is_none() {
             let add = ChangeMembers::AddNodes(BTreeMap::from([(new, BasicNode::new(addr))]));
             change_membership(&raft, &membership, add, true).await?;
@@ -351,19 +356,63 @@ impl Replica {
 
     /// Asks the group's leader to take this replica in as a learner (a replica started empty on a node
     /// a move brings the shard to): every peer in `peers` (node id → address, this node's own among
-    /// them) and those this replica knows, in turn. Harmless when it is a member already.
+    /// them) and those this replica knows, in turn. Harmless when it is a member already. The replica's
+    /// own view of the membership is not trusted for that: a learner added by a leader whose
+    /// membership change was then lost still believes it is one.
     pub async fn ask_to_join(&self, peers: BTreeMap<u64, String>) -> Result<(), GroupError> {
-        if self.in_membership() {
-            return Ok(());
-        }
         let mut known = self.known_peers();
         known.extend(peers);
         self.announce(known).await
     }
 
-    /// True if this replica is a voter or learner of the group's membership as it knows it.
-    pub fn is_member(&self) -> bool {
-        self.in_membership()
+    /// On the group's leader: takes the move of node `from`'s replica to node `to` one step further
+    /// (each step one guarded membership change, each waiting at most `timeout`) and says where it
+    /// stands. `to`'s replica must first have asked to join ([`Replica::ask_to_join`]); once it has
+    /// caught up and answers, it becomes a voter in `from`'s place, then `from` is removed. A leader
+    /// that is `from` hands its leadership over instead (a leader does not remove itself). Safe to call
+    /// again after any step, on any leader.
+    pub async fn advance_move(&self, from: u64, to: u64, timeout: Duration) -> Result<MoveStep, GroupError> {
+        let status = self.status();
+        if status.role != "leader" {
+            return Ok(MoveStep::NotLeader);
+        }
+        if status.node == from {
+            return Ok(if self.hand_over(timeout).await { MoveStep::HandedOver } else { MoveStep::Waiting });
+        }
+        let change = |what: &'static str, voters: Option<BTreeSet<u64>>| async move {
+            let changed = match voters {
+                Some(voters) => tokio::time::timeout(timeout, self.change_voters(voters)).await,
+                None => tokio::time::timeout(timeout, self.remove_learners(BTreeSet::from([from]))).await,
+            };
+            changed.map_err(|_| GroupError::Timeout(format!("{what} took over {timeout:?}")))?
+        };
+        let (voters, learners) = (&status.voters, &status.learners);
+        if !voters.contains(&to) {
+            let caught_up = status.lag.get(&to).is_some_and(|lag| *lag <= PROMOTE_WITHIN);
+            let answering = self
+                .heard_from()
+                .and_then(|h| h.get(&to).copied().flatten())
+                .is_some_and(|d| d < MOVE_ANSWERED_WITHIN);
+            if !learners.contains(&to) || !caught_up || !answering {
+                return Ok(MoveStep::Waiting);
+            }
+            let mut next = voters.clone();
+            next.remove(&from);
+            next.insert(to);
+            change("promoting the destination", Some(next)).await?;
+            return Ok(MoveStep::Promoted);
+        }
+        if voters.contains(&from) {
+            let mut next = voters.clone();
+            next.remove(&from);
+            change("demoting the source", Some(next)).await?;
+            return Ok(MoveStep::Demoted);
+        }
+        if learners.contains(&from) {
+            change("removing the source", None).await?;
+            return Ok(MoveStep::Removed);
+        }
+        Ok(MoveStep::Done)
     }
 
     /// Stops this replica for good on this node (its shard moved away): the Raft node stops, the state
@@ -438,6 +487,25 @@ impl Replica {
             Err(e) => tracing::debug!(group = self.shared.group, error = %e, "promotion postponed"),
         }
     }
+}
+
+/// Where a replica move stands, as [`Replica::advance_move`] left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveStep {
+    /// This replica does not lead its group: nothing done.
+    NotLeader,
+    /// This leader is the move's source: it handed its leadership to another voter.
+    HandedOver,
+    /// The destination has not joined yet, is catching up, or is not answering: nothing done.
+    Waiting,
+    /// The destination became a voter in the source's place.
+    Promoted,
+    /// The source stopped being a voter.
+    Demoted,
+    /// The source left the group.
+    Removed,
+    /// The group's membership is the one after the move.
+    Done,
 }
 
 /// What [`Replica::retire`] does to a replica's storage, for one no Raft node runs on (a replica left on

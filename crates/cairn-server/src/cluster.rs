@@ -673,6 +673,63 @@ impl Membership {
         (leader, liveness)
     }
 
+    /// The cluster-wide health summary (`GET /health/cluster`), from the map and the meta leader's view
+    /// of liveness: `ok` while every node is up and every shard has all its replicas on up nodes,
+    /// `degraded` while some node is down but every shard keeps a majority of its replicas up,
+    /// `unavailable` if some shard has lost its majority, no meta leader is known, or the map cannot be
+    /// read. Returns whether the cluster is available (not `unavailable`) and the summary.
+    pub(crate) async fn health(&self) -> (bool, serde_json::Value) {
+        use serde_json::json;
+        let state = match self.state(false).await {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                return (false, json!({"status": "unavailable", "reason": "not a cluster member yet"}));
+            }
+            Err(e) => return (false, json!({"status": "unavailable", "reason": e.to_string()})),
+        };
+        let (meta_leader, liveness) = self.liveness(Some(&state), false).await;
+        let down: BTreeSet<u64> = liveness.iter().filter(|n| !n.up).map(|n| n.node_id).collect();
+        let mut under = Vec::new();
+        let mut lost = Vec::new();
+        let mut moving = Vec::new();
+        for s in state.map.iter().flat_map(|m| &m.shards) {
+            let out = s.replicas.iter().filter(|r| down.contains(r)).count();
+            if 2 * (s.replicas.len() - out) <= s.replicas.len() {
+                lost.push(s.id);
+            } else if out > 0 {
+                under.push(s.id);
+            }
+            if s.moving.is_some() {
+                moving.push(s.id);
+            }
+        }
+        let (status, reason) = if meta_leader == 0 {
+            ("unavailable", "no meta group leader is known".to_string())
+        } else if state.map.is_none() {
+            ("unavailable", "the shards are not placed yet".to_string())
+        } else if !lost.is_empty() {
+            ("unavailable", format!("shards {lost:?} have lost a majority of their replicas"))
+        } else if !down.is_empty() {
+            ("degraded", format!("nodes {down:?} are down"))
+        } else {
+            ("ok", String::new())
+        };
+        let summary = json!({
+            "status": status,
+            "reason": reason,
+            "meta_leader": meta_leader,
+            "map_version": state.map.as_ref().map_or(0, |m| m.version),
+            "nodes": {"total": state.active_nodes().len(), "down": down},
+            "shards": {
+                "total": state.map.as_ref().map_or(0, |m| m.shards.len()),
+                "under_replicated": under,
+                "unavailable": lost,
+                "moving": moving,
+            },
+        });
+        (status != "unavailable", summary)
+    }
+
     /// Hands the meta group's leadership to another replica if this node leads it (see
     /// [`Node::hand_over_leadership`](crate::node::Node::hand_over_leadership)).
     pub(crate) async fn hand_over(&self, timeout: Duration) -> bool {

@@ -224,6 +224,7 @@ pub async fn serve(
         http: Arc::new(metrics::HttpMetrics::default()),
         in_flight: Arc::new(tokio::sync::Semaphore::new(rest::MAX_IN_FLIGHT)),
         shutting_down,
+        cluster: membership.clone(),
     };
     let app = rest::router(state);
     // Small responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).

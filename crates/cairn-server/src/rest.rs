@@ -47,6 +47,8 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// Set once shutdown starts: new requests get 503, `/health?ready=1` fails.
     pub shutting_down: Arc<AtomicBool>,
+    /// A cluster member's membership (for `/health/cluster`).
+    pub(crate) cluster: Option<Arc<crate::cluster::Membership>>,
 }
 
 /// The router.
@@ -60,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/kv/rest/range", get(range))
         .route("/kv/rest/range/", get(range))
         .route("/health", get(health))
+        .route("/health/cluster", get(cluster_health))
         .route("/metrics", get(metrics_text))
         .route("/_status", get(status))
         .route("/events", get(events))
@@ -298,6 +301,17 @@ async fn health(State(state): State<AppState>, uri: Uri) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting_down"}))).into_response();
     }
     Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /health/cluster`: the cluster-wide summary ([`Membership::health`](crate::cluster::Membership));
+/// 503 when some shard or the meta group has lost its majority.
+async fn cluster_health(State(state): State<AppState>) -> Response {
+    let Some(membership) = &state.cluster else {
+        return ApiError(NodeError::NotFound("this node is not a cluster member".into())).into_response();
+    };
+    let (available, summary) = membership.health().await;
+    let code = if available { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(summary)).into_response()
 }
 
 /// `GET /events`: the node's event stream as server-sent events (`event: TYPE`, `data: JSON`), until

@@ -397,6 +397,13 @@ fn a_dead_nodes_replicas_are_recreated_on_a_live_node_and_it_drops_them_when_it_
     wait_until("node 4 serves keys", READY, || serves_keys(&n4));
     let before = placements(&cluster_status(&n1));
     assert!(before.iter().all(|(r, _)| r.len() == 3 && r.contains(&3) && !r.contains(&4)), "{before:?}");
+    // Any member sums up the cluster's health.
+    let health = |n: &Server| {
+        let r = n.call("GET", "/health/cluster", b"");
+        let body = r.json();
+        (r.status, body)
+    };
+    wait_until("the cluster reports healthy", READY, || health(&n4).1["status"] == "ok");
     let put = |n: &Server, k: &str, v: &str| {
         let r = n.call("PUT", &format!("/kv/rest/entry/{k}"), v.as_bytes());
         assert_eq!(r.status, 200, "put {k}: {}", String::from_utf8_lossy(&r.body));
@@ -409,6 +416,10 @@ fn a_dead_nodes_replicas_are_recreated_on_a_live_node_and_it_drops_them_when_it_
     // unheard for 2 s, its replica of every shard is re-created on node 4, the only node without one.
     let (n3_http, n3_grpc) = (n3.addr.to_string(), n3.grpc.to_string());
     n3.kill9();
+    wait_until("the cluster reports node 3 down (degraded, still available)", READY, || {
+        let (code, h) = health(&n2);
+        code == 200 && h["status"] == "degraded" && h["nodes"]["down"] == serde_json::json!([3])
+    });
     for k in 0..40 {
         put(if k % 2 == 0 { &n2 } else { &n4 }, &format!("during-{k}"), &format!("d{k}"));
     }
@@ -461,6 +472,7 @@ fn a_dead_nodes_replicas_are_recreated_on_a_live_node_and_it_drops_them_when_it_
     }
     let after = placements(&cluster_status(&n3));
     assert!(after.iter().all(|(r, _)| !r.contains(&3)), "nothing moved back to node 3: {after:?}");
+    wait_until("the cluster reports healthy again", READY, || health(&n3).1["status"] == "ok");
 
     // Then node 2 dies. The meta group survives it (node 3's meta vote went to a live node when node 3
     // was found dead), and node 2's replicas move to node 3, the only node without replicas: it takes

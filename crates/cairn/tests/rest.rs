@@ -121,6 +121,7 @@ fn every_route_and_error_case() {
     // Operations.
     assert_eq!(s.call("GET", "/health", b"").json()["status"], "ok");
     assert_eq!(s.call("GET", "/health?ready=1", b"").status, 200);
+    assert_eq!(s.call("GET", "/health/cluster", b"").status, 404, "a standalone node has no cluster");
     let status = s.call("GET", "/_status", b"").json();
     assert_eq!(status["node"]["total_buckets"], 1024);
     assert_eq!(status["shards"].as_array().unwrap().len(), 4);

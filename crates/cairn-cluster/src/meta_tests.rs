@@ -136,8 +136,16 @@ fn a_begun_move_holds_its_destination_until_it_finishes() {
     let after = done.map.as_ref().unwrap().shard(shard.id).unwrap();
     assert!(after.replicas.contains(&4) && after.moving.is_none());
     assert_eq!(after.epoch, shard.epoch + 2);
-    // Finishing again (a retry whose first attempt applied) changes nothing.
+    // Finishing again (a retry whose first attempt applied) changes nothing, nor does giving it up.
     assert_eq!(done.finish_move(&begun).unwrap(), None);
+    assert_eq!(done.request_abandon(&begun).unwrap(), None);
+    assert_eq!(done.abandon_move(&begun).unwrap(), None);
+    // Given up instead: the shard keeps its replicas.
+    let asked = begun_state.request_abandon(&begun).unwrap().unwrap();
+    assert_eq!(asked.request_abandon(&begun).unwrap(), None);
+    let given_up = asked.abandon_move(&begun).unwrap().unwrap();
+    let kept = given_up.map.as_ref().unwrap().shard(shard.id).unwrap();
+    assert_eq!((&kept.replicas, kept.moving, kept.epoch), (&shard.replicas, None, shard.epoch + 2));
     assert!(done.validate().is_ok());
 }
 

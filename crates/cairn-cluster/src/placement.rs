@@ -44,6 +44,10 @@ pub struct ShardPlacement {
     /// and does not serve requests until [`ShardMap::finish_move`] makes it a replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving: Option<Move>,
+    /// The move under way is to be given up (its destination died): the shard's leader takes the
+    /// destination out of the group, or finishes the move if it already votes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abandoning: bool,
 }
 
 /// The whole cluster's placement.
@@ -185,6 +189,7 @@ impl ShardMap {
                 replicas: (0..replication_factor).map(|j| nodes[(i as usize + j) % nodes.len()]).collect(),
                 epoch: 1,
                 moving: None,
+                abandoning: false,
             })
             .collect();
         let map = ShardMap { total_buckets, replication_factor, shards, version: 1 };
@@ -233,6 +238,9 @@ impl ShardMap {
                     || s.replicas.contains(&mv.to))
             {
                 return bad(format!("shard {} (replicas {:?}) has a bad move {mv:?}", s.id, s.replicas));
+            }
+            if s.abandoning && s.moving.is_none() {
+                return bad(format!("shard {} gives up a move it does not have", s.id));
             }
         }
         if next != self.total_buckets {
@@ -326,7 +334,47 @@ impl ShardMap {
             });
         }
         shard.moving = None;
+        shard.abandoning = false;
         replace(shard, mv);
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Asks for the move under way `mv` to be given up (see [`ShardPlacement::abandoning`]); `false`
+    /// if it already was. Routing does not change, so the epoch stays.
+    pub fn request_abandon(&mut self, mv: &Move) -> Result<bool> {
+        let shard = self.shard_mut(mv.shard)?;
+        if shard.moving != Some(*mv) {
+            return Err(PlacementError::BadMove {
+                shard: mv.shard,
+                from: mv.from,
+                to: mv.to,
+                why: "it is not the shard's move under way",
+            });
+        }
+        if shard.abandoning {
+            return Ok(false);
+        }
+        shard.abandoning = true;
+        self.version += 1;
+        Ok(true)
+    }
+
+    /// Gives up the move under way `mv` (its destination holds no replica in the group any more): the
+    /// shard keeps its replicas, at the next epoch.
+    pub fn abandon_move(&mut self, mv: &Move) -> Result<()> {
+        let shard = self.shard_mut(mv.shard)?;
+        if shard.moving != Some(*mv) {
+            return Err(PlacementError::BadMove {
+                shard: mv.shard,
+                from: mv.from,
+                to: mv.to,
+                why: "it is not the shard's move under way",
+            });
+        }
+        shard.moving = None;
+        shard.abandoning = false;
+        shard.epoch += 1;
         self.version += 1;
         Ok(())
     }

@@ -95,6 +95,17 @@ fn a_move_begins_then_finishes_at_new_epochs_and_blocks_other_moves_meanwhile() 
     assert_eq!((s0.replicas.clone(), s0.epoch, s0.moving), (vec![1, 4, 3], 3, None));
     assert_eq!(map.version, 3);
     assert!(map.finish_move(&begun).is_err());
+    // A move is given up in two steps: asked for (routing unchanged, so no new epoch), then done.
+    let second = map.begin_move(&Move { shard: 1, epoch: 1, from: 2, to: 1 }).unwrap();
+    assert!(map.request_abandon(&second).unwrap());
+    assert!(!map.request_abandon(&second).unwrap(), "asking twice changes nothing");
+    let s1 = map.shard(1).unwrap();
+    assert!(s1.abandoning && s1.epoch == 2);
+    map.validate().unwrap();
+    map.abandon_move(&second).unwrap();
+    let s1 = map.shard(1).unwrap();
+    assert_eq!((s1.replicas.clone(), s1.epoch, s1.moving, s1.abandoning), (vec![2, 3, 4], 3, None, false));
+    assert!(map.abandon_move(&second).is_err(), "given up already");
     // A bad move recorded as under way breaks the map.
     let mut broken = map.clone();
     broken.shards[0].moving = Some(Move { shard: 0, epoch: 3, from: 2, to: 4 });

@@ -45,6 +45,15 @@ impl Membership {
         if live.len() == state.active_nodes().len() {
             return Ok(());
         }
+        // A move whose destination died is given up (its shard is planned again afterwards).
+        for mv in map.moves_under_way().into_iter().filter(|mv| !live.contains(&mv.to)) {
+            let (_, asked) = meta
+                .update(|s| Ok(s.request_abandon(&mv)?.map_or((None, false), |next| (Some(next), true))))
+                .await?;
+            if asked {
+                tracing::warn!(shard = mv.shard, to = mv.to, "giving up a move: its destination is dead");
+            }
+        }
         for planned in plan_repair(map, &live).moves {
             let (after, begun) = meta
                 .update(|s| match s.begin_move(&planned) {
@@ -182,11 +191,59 @@ impl Membership {
                     tracing::debug!(shard = s.id, error = %e, "asking to join the shard's group");
                 }
             }
-            if replica.status().role == "leader" {
+            if replica.status().role != "leader" {
+                continue;
+            }
+            if s.abandoning {
+                self.abandon_move(meta, &replica, mv).await?;
+            } else {
                 self.advance_move(meta, &replica, mv).await?;
             }
         }
+        // On the leaders here: learners the map does not name (left by a move given up while one was
+        // being added) leave the group.
+        for s in &map.shards {
+            let Some(replica) = node.replica(u64::from(s.id)) else { continue };
+            let status = replica.status();
+            if status.role != "leader" {
+                continue;
+            }
+            let named = |n: &u64| s.replicas.contains(n) || s.moving.is_some_and(|m| m.to == *n);
+            let strays: BTreeSet<u64> = status.learners.iter().copied().filter(|n| !named(n)).collect();
+            if !strays.is_empty() {
+                let removed =
+                    tokio::time::timeout(CHANGE_TIMEOUT, replica.remove_learners(strays.clone())).await;
+                tracing::info!(shard = s.id, ?strays, ?removed, "removed learners the map does not name");
+            }
+        }
         Ok(())
+    }
+
+    /// On the shard's leader: gives up move `mv` once its destination holds no replica in the group,
+    /// or finishes it if the destination already votes (it is then a replica on a dead node, which the
+    /// next repair moves again).
+    async fn abandon_move(&self, meta: &MetaStore, replica: &Replica, mv: Move) -> Result<(), String> {
+        match replica.undo_join(mv.to, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(false) => self.advance_move(meta, replica, mv).await,
+            Some(true) => {
+                let (after, given_up) = meta
+                    .update(|s| Ok(s.abandon_move(&mv)?.map_or((None, false), |next| (Some(next), true))))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if given_up {
+                    let epoch = after.map.as_ref().and_then(|m| m.shard(mv.shard)).map_or(0, |s| s.epoch);
+                    tracing::warn!(shard = mv.shard, from = mv.from, to = mv.to, epoch, "move given up");
+                    self.plumbing.events.emit(EventKind::ReplicaMoveAbandoned {
+                        shard: mv.shard,
+                        from: mv.from,
+                        to: mv.to,
+                        epoch,
+                    });
+                }
+                Ok(())
+            }
+        }
     }
 
     /// On the shard's leader: takes move `mv` one step further in the group

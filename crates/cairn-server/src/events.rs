@@ -36,6 +36,8 @@ pub enum EventKind {
     ReplicaMoving { shard: u32, from: u64, to: u64, epoch: u64 },
     /// A replica move finished: `to` holds the replica, `from` left the shard's group (at `epoch`).
     ReplicaMoved { shard: u32, from: u64, to: u64, epoch: u64 },
+    /// A replica move was given up (its destination died before it could take the replica over).
+    ReplicaMoveAbandoned { shard: u32, from: u64, to: u64, epoch: u64 },
     /// This node dropped its replica of a shard that moved away while it was down or partitioned.
     ReplicaRetired { shard: u32 },
     /// This subscriber fell behind and missed this many events.
@@ -68,6 +70,7 @@ impl Event {
             EventKind::NodeUp { .. } => "node_up",
             EventKind::ReplicaMoving { .. } => "replica_moving",
             EventKind::ReplicaMoved { .. } => "replica_moved",
+            EventKind::ReplicaMoveAbandoned { .. } => "replica_move_abandoned",
             EventKind::ReplicaRetired { .. } => "replica_retired",
             EventKind::Lagged { .. } => "lagged",
         }

@@ -90,6 +90,8 @@ pub struct SimReport {
     pub final_check: u64,
     /// Replica moves completed.
     pub moves: u64,
+    /// Replica moves given up (their destination stayed down).
+    pub abandoned: u64,
     /// The group's voters at the end (every node unless `SimConfig::moves`).
     pub voters: Vec<u64>,
 }
@@ -592,8 +594,12 @@ async fn check_loop(sim: SharedSim, mut rng: SimRng, done: Arc<std::sync::atomic
     }
 }
 
-/// A move under way: the node losing its replica and the node gaining one.
-type Moving = Option<(u64, u64)>;
+/// A move under way: the node losing its replica, the node gaining one, and for how many steps in a
+/// row the latter has been down.
+type Moving = Option<(u64, u64, u32)>;
+
+/// Steps a move's destination may stay down before the move is given up.
+const GIVE_UP_AFTER_STEPS: u32 = 6;
 
 /// Moves replicas until `done` (see [`SimConfig::moves`]): every few hundred milliseconds, one step of
 /// the move under way, or a new one. Returns the move still under way and the generator.
@@ -641,9 +647,9 @@ async fn move_step(
     let (leader, destination, peers) = {
         let s = sim.lock().await;
         let peers: BTreeMap<u64, String> = (1..=s.config.replicas).map(|id| (id, format!("n{id}"))).collect();
-        (s.leader(), current.and_then(|(_, to)| s.replica(to)), peers)
+        (s.leader(), current.and_then(|(_, to, _)| s.replica(to)), peers)
     };
-    let Some((from, to)) = *current else {
+    let Some((from, to, down_for)) = *current else {
         let Some(leader) = leader.filter(|_| start_new) else { return Ok(()) };
         let status = leader.status();
         let s = sim.lock().await;
@@ -659,10 +665,28 @@ async fn move_step(
         }
         let from = voters[rng.below(voters.len() as u64) as usize];
         let to = free[rng.below(free.len() as u64) as usize];
-        *current = Some((from, to));
+        *current = Some((from, to, 0));
         s.note(format!("move {from} -> {to} begins"));
         return Ok(());
     };
+    if destination.is_none() && start_new {
+        // Its destination is down: after a while the move is given up, as the cluster does for a dead
+        // destination (the leader takes it out of the group unless it already votes).
+        *current = Some((from, to, down_for + 1));
+        if down_for + 1 < GIVE_UP_AFTER_STEPS {
+            return Ok(());
+        }
+        let Some(leader) = leader else { return Ok(()) };
+        let undone = leader.undo_join(to, WRITE_TIMEOUT).await;
+        let mut s = sim.lock().await;
+        s.note(format!("move {from} -> {to}: giving up: {undone:?}"));
+        if let Ok(Some(true)) = undone {
+            *current = None;
+            s.report.abandoned += 1;
+            s.retire_on_start.insert(to);
+        }
+        return Ok(());
+    }
     // The leader's view decides whether the destination is in (its own view may be stale).
     let listed = leader.as_ref().is_some_and(|l| {
         let status = l.status();

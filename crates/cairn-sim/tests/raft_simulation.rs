@@ -75,7 +75,7 @@ fn run_and_check(config: SimConfig) -> SimReport {
     }
     println!(
         "seed {seed}: {} ops ({} acknowledged, {} unknown), faults {:?}, term {}, snapshots installed {}, \
-         consistency checks {}, replica moves {} (final voters {:?})",
+         consistency checks {}, replica moves {} ({} given up; final voters {:?})",
         report.history.len(),
         report.acknowledged,
         report.unknown,
@@ -84,6 +84,7 @@ fn run_and_check(config: SimConfig) -> SimReport {
         report.snapshots_installed,
         report.checks,
         report.moves,
+        report.abandoned,
         report.voters
     );
     report

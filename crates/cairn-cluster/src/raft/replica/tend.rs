@@ -415,6 +415,26 @@ impl Replica {
         Ok(MoveStep::Done)
     }
 
+    /// On the group's leader, for a move being given up: takes node `to`'s replica out of the group if it
+    /// is only a learner. `None`: this replica does not lead; `Some(true)`: `to` has no replica in the
+    /// group (any more), so the move can be given up; `Some(false)`: `to` already votes, so the move
+    /// must be finished instead.
+    pub async fn undo_join(&self, to: u64, timeout: Duration) -> Result<Option<bool>, GroupError> {
+        let status = self.status();
+        if status.role != "leader" {
+            return Ok(None);
+        }
+        if status.voters.contains(&to) {
+            return Ok(Some(false));
+        }
+        if status.learners.contains(&to) {
+            tokio::time::timeout(timeout, self.remove_learners(BTreeSet::from([to])))
+                .await
+                .map_err(|_| GroupError::Timeout(format!("removing a learner took over {timeout:?}")))??;
+        }
+        Ok(Some(true))
+    }
+
     /// Stops this replica for good on this node (its shard moved away): the Raft node stops, the state
     /// machine begins its next incarnation empty (so a later return of the shard to this node joins the
     /// group afresh, under a member id never used before), the old incarnation's log is dropped and the

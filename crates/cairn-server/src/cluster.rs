@@ -471,6 +471,8 @@ impl Membership {
         let mut replication = self.replication.clone();
         replication.node_id = id;
         replication.members = addrs.clone();
+        // The map decides a shard's voters: its re-synced replicas are promoted by the reconciler.
+        replication.promote_resynced = false;
         let mut config = node.clone();
         config.replication = Some(replication);
         let Some(map) = &state.map else { return (config, state.settings.total_buckets, Vec::new()) };
@@ -496,7 +498,9 @@ impl Membership {
     async fn drive(self: Arc<Self>) {
         let Ok(meta) = self.meta() else { return };
         let mut up: BTreeMap<u64, bool> = BTreeMap::new();
-        let mut leading_since = None;
+        // (term, when this node was first seen leading in it): a leadership lost and won back between
+        // two passes starts afresh.
+        let mut leading_since: Option<(u64, tokio::time::Instant)> = None;
         for pass in 0u64.. {
             let status = meta.replica().status();
             if status.role == "shutdown" {
@@ -505,7 +509,10 @@ impl Membership {
             if status.role != "leader" {
                 leading_since = None;
             } else {
-                let since = *leading_since.get_or_insert_with(tokio::time::Instant::now);
+                if leading_since.is_none_or(|(term, _)| term != status.term) {
+                    leading_since = Some((status.term, tokio::time::Instant::now()));
+                }
+                let since = leading_since.map_or_else(tokio::time::Instant::now, |(_, at)| at);
                 if let Err(e) = self.drive_once(meta, &status, since).await {
                     tracing::debug!(error = %e, "driver pass failed; retrying");
                 }

@@ -21,7 +21,7 @@ use super::{Membership, RETRY_PAUSE};
 use crate::events::EventKind;
 use crate::node::{Node, ReplicaPlan};
 use cairn_cluster::meta::{ClusterState, MetaError, MetaStore};
-use cairn_cluster::placement::{Move, plan_repair};
+use cairn_cluster::placement::{Move, ShardPlacement, plan_repair};
 use cairn_cluster::raft::{MoveStep, ReadLevel, Replica};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
@@ -145,6 +145,8 @@ impl Membership {
             .filter(|s| s.replicas.contains(&id) || incoming(s))
             .map(|s| u64::from(s.id))
             .collect();
+        // Each shard on its own: one that cannot make progress (no quorum, a disk error) must not hold
+        // up the others.
         let held = node.groups();
         for s in map.shards.iter().filter(|s| wanted.contains(&u64::from(s.id))) {
             if !held.contains(&u64::from(s.id)) {
@@ -154,14 +156,20 @@ impl Membership {
                     bootstrap: None,
                     serving: false,
                 };
-                node.add_replica(plan).await.map_err(|e| e.to_string())?;
-                tracing::info!(shard = s.id, "started a replica placed on this node");
+                match node.add_replica(plan).await {
+                    Ok(()) => tracing::info!(shard = s.id, "started a replica placed on this node"),
+                    Err(e) => tracing::warn!(shard = s.id, error = %e, "cannot start a replica placed here"),
+                }
             }
         }
         for group in held.difference(&wanted) {
-            node.retire_replica(*group).await.map_err(|e| e.to_string())?;
-            tracing::info!(shard = group, "retired a replica of a shard that moved away");
-            self.plumbing.events.emit(EventKind::ReplicaRetired { shard: *group as u32 });
+            match node.retire_replica(*group).await {
+                Ok(()) => {
+                    tracing::info!(shard = group, "retired a replica of a shard that moved away");
+                    self.plumbing.events.emit(EventKind::ReplicaRetired { shard: *group as u32 });
+                }
+                Err(e) => tracing::warn!(shard = group, error = %e, "cannot retire a replica"),
+            }
         }
         if first {
             let stale = map
@@ -177,44 +185,62 @@ impl Membership {
         }
         node.serve_only(&serving);
         for s in &map.shards {
-            let (Some(mv), Some(replica)) = (s.moving, node.replica(u64::from(s.id))) else { continue };
-            // Asked while the move is under way: this replica's own view of whether it is in the
-            // group may be stale (see `Replica::ask_to_join`); the leader answers at once if it is.
-            if mv.to == id {
-                let peers = s
-                    .replicas
-                    .iter()
-                    .chain([&id])
-                    .filter_map(|n| Some((*n, addrs.get(n)?.clone())))
-                    .collect();
-                if let Err(e) = replica.ask_to_join(peers).await {
-                    tracing::debug!(shard = s.id, error = %e, "asking to join the shard's group");
-                }
-            }
-            if replica.status().role != "leader" {
-                continue;
-            }
-            if s.abandoning {
-                self.abandon_move(meta, &replica, mv).await?;
-            } else {
-                self.advance_move(meta, &replica, mv).await?;
+            let Some(replica) = node.replica(u64::from(s.id)) else { continue };
+            if let Err(e) = self.tend_shard(meta, &replica, s, &addrs, id).await {
+                tracing::debug!(shard = s.id, error = %e, "shard not reconciled this pass");
             }
         }
-        // On the leaders here: learners the map does not name (left by a move given up while one was
-        // being added) leave the group.
-        for s in &map.shards {
-            let Some(replica) = node.replica(u64::from(s.id)) else { continue };
-            let status = replica.status();
-            if status.role != "leader" {
-                continue;
+        Ok(())
+    }
+
+    /// This node's part in shard `s`'s placement: a move's destination asks to join; the shard's
+    /// leader advances (or gives up) the move under way, promotes the map's replicas that re-synced as
+    /// learners, and removes learners the map does not name.
+    async fn tend_shard(
+        &self,
+        meta: &MetaStore,
+        replica: &Replica,
+        s: &ShardPlacement,
+        addrs: &BTreeMap<u64, String>,
+        id: u64,
+    ) -> Result<(), String> {
+        if let Some(mv) = s.moving
+            && mv.to == id
+        {
+            // Asked while the move is under way: this replica's own view of whether it is in the group
+            // may be stale (see `Replica::ask_to_join`); the leader answers at once if it is.
+            let peers =
+                s.replicas.iter().chain([&id]).filter_map(|n| Some((*n, addrs.get(n)?.clone()))).collect();
+            if let Err(e) = replica.ask_to_join(peers).await {
+                tracing::debug!(shard = s.id, error = %e, "asking to join the shard's group");
             }
-            let named = |n: &u64| s.replicas.contains(n) || s.moving.is_some_and(|m| m.to == *n);
-            let strays: BTreeSet<u64> = status.learners.iter().copied().filter(|n| !named(n)).collect();
-            if !strays.is_empty() {
-                let removed =
-                    tokio::time::timeout(CHANGE_TIMEOUT, replica.remove_learners(strays.clone())).await;
-                tracing::info!(shard = s.id, ?strays, ?removed, "removed learners the map does not name");
+        }
+        let status = replica.status();
+        if status.role != "leader" {
+            return Ok(());
+        }
+        match s.moving {
+            Some(mv) if s.abandoning => self.abandon_move(meta, replica, mv).await?,
+            Some(mv) => self.advance_move(meta, replica, mv).await?,
+            None => {}
+        }
+        // A replica of the map's that re-synced from scratch votes again once it has caught up (not a
+        // move's source, which is on its way out).
+        let leaving = s.moving.map(|m| m.from);
+        for n in status.learners.iter().filter(|n| s.replicas.contains(n) && Some(**n) != leaving) {
+            if replica.promote(*n, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())? {
+                tracing::info!(shard = s.id, node = n, "re-synced replica promoted");
             }
+        }
+        // Learners the map does not name (left by a move given up while one was being added).
+        let named = |n: &u64| s.replicas.contains(n) || s.moving.is_some_and(|m| m.to == *n);
+        let strays: BTreeSet<u64> = status.learners.iter().copied().filter(|n| !named(n)).collect();
+        if !strays.is_empty() {
+            tokio::time::timeout(CHANGE_TIMEOUT, replica.remove_learners(strays.clone()))
+                .await
+                .map_err(|_| "removing stray learners timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            tracing::info!(shard = s.id, ?strays, "removed learners the map does not name");
         }
         Ok(())
     }

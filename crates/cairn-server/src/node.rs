@@ -487,6 +487,21 @@ impl Node {
         }
     }
 
+    /// Makes this node's replica of `group` (if held) serve requests too.
+    fn serve_also(&self, group: u64) {
+        let mut set = self.shards.write();
+        let mut serving: BTreeSet<u64> = set.serving().iter().map(|s| s.group).collect();
+        if set.list.iter().any(|s| s.group == group) && serving.insert(group) {
+            *set =
+                Arc::new(ShardSet::new(set.list.clone(), self.total_buckets, |s| serving.contains(&s.group)));
+        }
+    }
+
+    /// True if `shard` is still held here (not retired since it was looked up).
+    fn still_held(&self, shard: &Arc<Shard>) -> bool {
+        self.set().list.iter().any(|s| Arc::ptr_eq(s, shard))
+    }
+
     /// Stops this node's replica of group `group` for good (the shard moved away): it stops serving, its
     /// Raft node stops and its contents are dropped ([`Replica::retire`]).
     pub(crate) async fn retire_replica(&self, group: u64) -> Result<()> {
@@ -587,10 +602,7 @@ impl Node {
                 };
                 let here = match here {
                     Err(_) if self.groups().contains(&group) && placed_here() => {
-                        let mut serving: BTreeSet<u64> =
-                            self.set().serving().iter().map(|s| s.group).collect();
-                        serving.insert(group);
-                        self.serve_only(&serving);
+                        self.serve_also(group);
                         self.set().of_bucket(bucket)
                     }
                     here => here,

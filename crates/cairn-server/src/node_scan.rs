@@ -100,9 +100,14 @@ impl Node {
         let mut remote = Vec::new();
         let set = self.set();
         match (options.route, &self.router) {
-            (Some(route), _) => {
-                let shard = set.serving_group(u64::from(route.shard));
-                let bucket = shard.and_then(|s| s.ranges.first().map(|r| *r.start())).unwrap_or(0);
+            (Some(route), router) => {
+                // The shard's first bucket, from the map if it does not serve here (yet).
+                let here = set
+                    .serving_group(u64::from(route.shard))
+                    .and_then(|s| s.ranges.first().map(|r| *r.start()));
+                let placed =
+                    router.as_ref().and_then(|r| r.view().map.shard(route.shard).map(|s| s.buckets.0));
+                let bucket = here.or(placed).unwrap_or(0);
                 match self.locate(bucket, Some(route)).await? {
                     Located::Here(shard) => local.push(shard),
                     Located::There => {
@@ -138,10 +143,18 @@ impl Node {
         }
         let node = Arc::clone(self);
         let at = options.at;
+        let local_check = local.clone();
         let here =
             tokio::task::spawn_blocking(move || node.scan_shards(&local, &start, end.as_deref(), limit, at))
                 .await
                 .map_err(|e| NodeError::Internal(format!("scan task failed: {e}")))??;
+        // A replica retired meanwhile (its shard moved away) was emptied: its part cannot be trusted.
+        if let Some(gone) = local_check.iter().find(|s| !self.still_held(s)) {
+            return Err(NodeError::Unavailable(format!(
+                "shard {} moved away from this node during the scan: retry",
+                gone.group
+            )));
+        }
         parts.push(here);
         Ok(Read { value: merge_sorted(parts, limit), behind })
     }

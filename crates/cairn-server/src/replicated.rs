@@ -50,6 +50,9 @@ pub struct ReplicationConfig {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot for followers that lag a little.
     pub keep_behind_snapshot: u64,
+    /// Shard leaders promote re-synced replicas on their own (see [`ReplicaConfig::promote_resynced`]);
+    /// off for a cluster member's shards, whose voters the shard map decides.
+    pub promote_resynced: bool,
 }
 
 impl ReplicationConfig {
@@ -65,6 +68,7 @@ impl ReplicationConfig {
             election_timeout: raft.election_timeout,
             snapshot_every: raft.snapshot_every,
             keep_behind_snapshot: raft.keep_behind_snapshot,
+            promote_resynced: raft.promote_resynced,
         }
     }
 
@@ -103,6 +107,7 @@ impl ReplicationConfig {
             snapshot_every: self.snapshot_every,
             keep_behind_snapshot: self.keep_behind_snapshot,
             check_every: self.check_interval,
+            promote_resynced: self.promote_resynced,
             ..ReplicaConfig::default()
         }
     }

@@ -251,6 +251,8 @@ impl Sim {
             snapshot_timeout: Duration::from_millis(200),
             // `check_loop` runs the periodic checks, at random times.
             check_every: Duration::ZERO,
+            // With moves, the mover decides who votes (as a cluster's shard map does).
+            promote_resynced: !config.moves,
         };
         Sim {
             seeds: SimRng::new(config.seed ^ 0x7365_6564),

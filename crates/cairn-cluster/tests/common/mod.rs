@@ -107,5 +107,6 @@ pub fn replica_config(snapshot_every: u64) -> cairn_cluster::raft::ReplicaConfig
         keep_behind_snapshot: 5,
         snapshot_timeout: Duration::from_secs(5),
         check_every: Duration::ZERO,
+        promote_resynced: true,
     }
 }

@@ -45,6 +45,11 @@ pub struct ReplicaConfig {
     /// A leader runs a consistency check at least this often, besides the one after each snapshot
     /// (see [`Replica::tend`]). Zero: only after snapshots. Default zero.
     pub check_every: Duration,
+    /// The leader promotes a caught-up, answering learner that re-synced from scratch (a later
+    /// incarnation, on a node without a voter) on its own ([`Replica::tend`]). Default true. Off where
+    /// something else decides the voters (a cluster's shard map: its reconciler promotes with
+    /// [`Replica::promote`], and a move's destination must not vote before the move says so).
+    pub promote_resynced: bool,
 }
 
 impl Default for ReplicaConfig {
@@ -56,6 +61,7 @@ impl Default for ReplicaConfig {
             keep_behind_snapshot: 1_000,
             snapshot_timeout: Duration::from_secs(60),
             check_every: Duration::ZERO,
+            promote_resynced: true,
         }
     }
 }

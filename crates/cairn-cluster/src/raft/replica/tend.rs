@@ -251,8 +251,10 @@ impl Replica {
                     Err(e) => tracing::debug!(group, error = %e, "asking to rejoin"),
                 }
             }
-            if status.role == "leader" {
+            if status.role == "leader" && self.shared.config.promote_resynced {
                 self.promote_caught_up().await;
+            }
+            if status.role == "leader" {
                 let unverified_snapshot = status.snapshot.unwrap_or(0) > status.checks.verified.unwrap_or(0);
                 let periodic = !check_every.is_zero() && last_periodic.elapsed() >= check_every;
                 if (unverified_snapshot || periodic) && due(last_check) {
@@ -386,14 +388,13 @@ impl Replica {
             };
             changed.map_err(|_| GroupError::Timeout(format!("{what} took over {timeout:?}")))?
         };
+        if !self.membership_committed() {
+            // A change (maybe a predecessor's) is not committed yet: decide on the committed one.
+            return Ok(MoveStep::Waiting);
+        }
         let (voters, learners) = (&status.voters, &status.learners);
         if !voters.contains(&to) {
-            let caught_up = status.lag.get(&to).is_some_and(|lag| *lag <= PROMOTE_WITHIN);
-            let answering = self
-                .heard_from()
-                .and_then(|h| h.get(&to).copied().flatten())
-                .is_some_and(|d| d < MOVE_ANSWERED_WITHIN);
-            if !learners.contains(&to) || !caught_up || !answering {
+            if !learners.contains(&to) || !self.ready_to_vote(&status, to) {
                 return Ok(MoveStep::Waiting);
             }
             let mut next = voters.clone();
@@ -431,8 +432,53 @@ impl Replica {
             tokio::time::timeout(timeout, self.remove_learners(BTreeSet::from([to])))
                 .await
                 .map_err(|_| GroupError::Timeout(format!("removing a learner took over {timeout:?}")))??;
+            return Ok(None); // look again once the removal is committed
+        }
+        if !self.membership_committed() {
+            return Ok(None);
         }
         Ok(Some(true))
+    }
+
+    /// On the group's leader: makes node `node`'s replica, a learner, a voter as well, if it has
+    /// caught up and answers (a cluster's re-synced replica of a shard the map places on its node).
+    /// `Ok(false)`: not now (not the leader, not a learner, not ready).
+    pub async fn promote(&self, node: u64, timeout: Duration) -> Result<bool, GroupError> {
+        let status = self.status();
+        if status.role != "leader"
+            || !status.learners.contains(&node)
+            || !self.membership_committed()
+            || !self.ready_to_vote(&status, node)
+        {
+            return Ok(false);
+        }
+        let mut voters = status.voters.clone();
+        voters.insert(node);
+        tokio::time::timeout(timeout, self.change_voters(voters))
+            .await
+            .map_err(|_| GroupError::Timeout(format!("promoting node {node} took over {timeout:?}")))??;
+        Ok(true)
+    }
+
+    /// On the leader: whether node `node`'s replica has caught up with the log and acknowledged the
+    /// leader recently (promoting one that is down could cost the group its quorum).
+    fn ready_to_vote(&self, status: &GroupStatus, node: u64) -> bool {
+        let caught_up = status.lag.get(&node).is_some_and(|lag| *lag <= PROMOTE_WITHIN);
+        let answering = self
+            .heard_from()
+            .and_then(|h| h.get(&node).copied().flatten())
+            .is_some_and(|d| d < MOVE_ANSWERED_WITHIN);
+        caught_up && answering
+    }
+
+    /// True if the membership this replica goes by is committed (applied here): a leader may still
+    /// carry its predecessor's uncommitted change, which a later leader could drop.
+    fn membership_committed(&self) -> bool {
+        let raft = self.raft();
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        let at = m.membership_config.log_id().as_ref().map(|id| id.index);
+        at.is_none_or(|at| m.last_applied.as_ref().is_some_and(|applied| applied.index >= at))
     }
 
     /// Stops this replica for good on this node (its shard moved away): the Raft node stops, the state
@@ -486,9 +532,12 @@ impl Replica {
         let membership = m.membership_config.membership();
         let voter_nodes: BTreeSet<u64> = membership.voter_ids().map(node_of).collect();
         let last = m.last_log_index.unwrap_or(0);
+        let heard = self.heard_from().unwrap_or_default();
         let caught_up = |id: &u64| {
             let matched = m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.as_ref());
-            matched.is_some_and(|l| l.index + PROMOTE_WITHIN >= last)
+            let answering =
+                heard.get(&node_of(*id)).copied().flatten().is_some_and(|d| d < MOVE_ANSWERED_WITHIN);
+            matched.is_some_and(|l| l.index + PROMOTE_WITHIN >= last) && answering
         };
         // Only re-synced replicas (a later incarnation) are promoted on their own: a first incarnation
         // is a learner because someone made it one.

@@ -73,6 +73,14 @@ pub struct ClusterSettings {
     pub total_buckets: u32,
     /// How long a node may go unheard before its replicas are re-created elsewhere.
     pub dead_after_secs: u64,
+    /// Move replicas onto nodes that hold fewer than others (one that joined later, or came back), one
+    /// move at a time, while every node is up.
+    #[serde(default = "rebalance_default")]
+    pub rebalance: bool,
+}
+
+fn rebalance_default() -> bool {
+    true
 }
 
 /// Everything the meta group holds.

@@ -7,7 +7,13 @@ use super::*;
 use proptest::prelude::*;
 
 fn settings(rf: usize, shards: usize) -> ClusterSettings {
-    ClusterSettings { replication_factor: rf, shards, total_buckets: 64, dead_after_secs: 30 }
+    ClusterSettings {
+        replication_factor: rf,
+        shards,
+        total_buckets: 64,
+        dead_after_secs: 30,
+        rebalance: true,
+    }
 }
 
 fn request(token: &str, port: u16) -> JoinRequest {

@@ -44,7 +44,13 @@ async fn start(fs: &Arc<MemFs>, net: &Net, node: u64) -> MetaStore {
 }
 
 fn settings() -> ClusterSettings {
-    ClusterSettings { replication_factor: 3, shards: 8, total_buckets: 1024, dead_after_secs: 30 }
+    ClusterSettings {
+        replication_factor: 3,
+        shards: 8,
+        total_buckets: 1024,
+        dead_after_secs: 30,
+        rebalance: true,
+    }
 }
 
 fn join(token: &str, port: u32) -> JoinRequest {

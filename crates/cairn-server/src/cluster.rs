@@ -774,6 +774,7 @@ fn settings_of(r: &pb::InitRequest) -> ClusterSettings {
         shards: if r.shards == 0 { 4 } else { r.shards as usize },
         total_buckets: if r.total_buckets == 0 { 1024 } else { r.total_buckets },
         dead_after_secs: if r.dead_after_secs == 0 { 30 } else { r.dead_after_secs },
+        rebalance: !r.no_rebalance,
     }
 }
 

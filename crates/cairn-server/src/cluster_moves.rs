@@ -6,6 +6,8 @@
 //!
 //! 1. The meta leader's driver finds nodes it has not heard from for `dead_after_secs`, plans moves with
 //!    [`plan_repair`] and records each as its shard's move under way ([`ClusterState::begin_move`]).
+//!    While every node lives it evens out the load instead, one move at a time ([`plan_rebalance`]):
+//!    a node that joined after the placement, or came back, receives replicas.
 //! 2. Every node reconciles itself with the map ([`Membership::reconcile`]): it starts replicas of the
 //!    shards placed or moving to it (a move's destination starts empty, serves nothing, and asks the
 //!    shard's group to take it in as a learner), serves exactly the shards whose replica list names it,
@@ -21,7 +23,7 @@ use super::{Membership, RETRY_PAUSE};
 use crate::events::EventKind;
 use crate::node::{Node, ReplicaPlan};
 use cairn_cluster::meta::{ClusterState, MetaError, MetaStore};
-use cairn_cluster::placement::{Move, ShardPlacement, plan_repair};
+use cairn_cluster::placement::{Move, ShardPlacement, plan_rebalance, plan_repair};
 use cairn_cluster::raft::{MoveStep, ReadLevel, Replica};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
@@ -43,7 +45,7 @@ impl Membership {
         let Some(map) = &state.map else { return Ok(()) };
         let live = self.live_nodes(meta, state, since);
         if live.len() == state.active_nodes().len() {
-            return Ok(());
+            return self.rebalance(meta, state, &live).await;
         }
         // A move whose destination died is given up (its shard is planned again afterwards).
         for mv in map.moves_under_way().into_iter().filter(|mv| !live.contains(&mv.to)) {
@@ -82,6 +84,53 @@ impl Membership {
         Ok(())
     }
 
+    /// On the meta leader, while every node lives: starts one move (cluster-wide, at a time) of a
+    /// replica from the most loaded node to the least loaded one while they differ by two or more
+    /// ([`plan_rebalance`]): a node that joined after the placement, or came back after its replicas
+    /// moved away, receives replicas until the load is even.
+    async fn rebalance(
+        &self,
+        meta: &MetaStore,
+        state: &ClusterState,
+        live: &BTreeSet<u64>,
+    ) -> Result<(), MetaError> {
+        let Some(map) = &state.map else { return Ok(()) };
+        if !state.settings.rebalance || !map.moves_under_way().is_empty() {
+            return Ok(());
+        }
+        // Only among nodes that are members of the meta group and answering: a node still joining
+        // waits.
+        let heard = meta.replica().heard_from().unwrap_or_default();
+        let me = meta.replica().status().node;
+        let ready: BTreeSet<u64> = live
+            .iter()
+            .copied()
+            .filter(|n| *n == me || heard.get(n).copied().flatten().is_some_and(|d| d < super::LIVE_WITHIN))
+            .collect();
+        if ready.len() != live.len() {
+            return Ok(());
+        }
+        for planned in plan_rebalance(map, &ready, 1) {
+            let (_, begun) = meta
+                .update(|s| match s.begin_move(&planned) {
+                    Ok((next, begun)) => Ok((Some(next), Some(begun))),
+                    Err(MetaError::Placement(_)) => Ok((None, None)),
+                    Err(e) => Err(e),
+                })
+                .await?;
+            if let Some(mv) = begun {
+                tracing::info!(shard = mv.shard, from = mv.from, to = mv.to, "rebalancing a replica");
+                self.plumbing.events.emit(EventKind::ReplicaMoving {
+                    shard: mv.shard,
+                    from: mv.from,
+                    to: mv.to,
+                    epoch: mv.epoch,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// On the meta leader (leading since `since`): the active nodes not dead, that is heard from within
     /// the cluster's `dead_after_secs` (a node never heard from since this leader took over counts from
     /// the takeover).
@@ -101,35 +150,49 @@ impl Membership {
         state.active_nodes().into_iter().filter(alive).collect()
     }
 
+    /// Before node `id` starts its replicas: retires those its store holds for shards the map in `state`
+    /// does not give it (shards that moved away while it was down; also one moving back to it, which
+    /// must join afresh).
+    pub(crate) async fn retire_stale(
+        &self,
+        config: &crate::node::NodeConfig,
+        id: u64,
+        state: &ClusterState,
+    ) -> crate::error::Result<()> {
+        let Some(map) = &state.map else { return Ok(()) };
+        let stale = map
+            .shards
+            .iter()
+            .filter(|s| !s.replicas.contains(&id))
+            .map(|s| (u64::from(s.id), s.buckets))
+            .collect();
+        let log = std::sync::Arc::clone(&self.plumbing.log);
+        for group in crate::node::retire_stale(config, map.total_buckets, log, stale).await? {
+            tracing::info!(shard = group, "retired a replica left by a shard that moved away meanwhile");
+            self.plumbing.events.emit(EventKind::ReplicaRetired { shard: group as u32 });
+        }
+        Ok(())
+    }
+
     /// Keeps node `id`'s replicas in step with the shard map until the node or the meta replica stops
     /// (see the module documentation).
     pub(crate) async fn reconcile(self: Arc<Self>, node: Weak<Node>, id: u64) {
         let Ok(meta) = self.meta() else { return };
-        let mut first = true;
         loop {
             if meta.replica().status().role == "shutdown" {
                 return;
             }
             let Some(node) = node.upgrade() else { return };
-            if let Err(e) = self.reconcile_once(meta, &node, id, first).await {
+            if let Err(e) = self.reconcile_once(meta, &node, id).await {
                 tracing::debug!(error = %e, "reconciling with the shard map failed; retrying");
-            } else {
-                first = false;
             }
             drop(node);
             tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 
-    /// One pass of [`Membership::reconcile`]; `first` also retires replicas left on disk by shards that
-    /// moved away while this node was down.
-    async fn reconcile_once(
-        &self,
-        meta: &MetaStore,
-        node: &Node,
-        id: u64,
-        first: bool,
-    ) -> Result<(), String> {
+    /// One pass of [`Membership::reconcile`].
+    async fn reconcile_once(&self, meta: &MetaStore, node: &Node, id: u64) -> Result<(), String> {
         // Through the leader: decisions to retire must not rest on a lagging copy of the map.
         let state = meta.read(ReadLevel::Strong).await.map_err(|e| e.to_string())?;
         let Some(map) = &state.map else { return Ok(()) };
@@ -169,18 +232,6 @@ impl Membership {
                     self.plumbing.events.emit(EventKind::ReplicaRetired { shard: *group as u32 });
                 }
                 Err(e) => tracing::warn!(shard = group, error = %e, "cannot retire a replica"),
-            }
-        }
-        if first {
-            let stale = map
-                .shards
-                .iter()
-                .filter(|s| !wanted.contains(&u64::from(s.id)))
-                .map(|s| (u64::from(s.id), s.buckets))
-                .collect();
-            for group in node.retire_stale(stale).await.map_err(|e| e.to_string())? {
-                tracing::info!(shard = group, "retired a replica left by a shard that moved away meanwhile");
-                self.plumbing.events.emit(EventKind::ReplicaRetired { shard: group as u32 });
             }
         }
         node.serve_only(&serving);

@@ -156,6 +156,7 @@ pub async fn serve(
                 let (node_config, total_buckets, plans) = m.plan(&config.node, id, &state);
                 let mut node_config = node_config;
                 node_config.store = m.store().to_path_buf();
+                m.retire_stale(&node_config, id, &state).await?;
                 let mut node =
                     Node::start_replicas(node_config, m.plumbing().clone(), total_buckets, plans).await?;
                 node.set_router(routing::Router::new(id, m.meta()?.clone(), &state)?);

@@ -525,35 +525,6 @@ impl Node {
         mark_retired(self.config.store.join(format!("shard-{group}"))).await
     }
 
-    /// Retires the replicas left on disk (not running) of the shards in `stale` (group → its buckets):
-    /// shards that moved away while this node was down. Returns the groups retired.
-    pub(crate) async fn retire_stale(&self, stale: Vec<(u64, (u16, u16))>) -> Result<Vec<u64>> {
-        let Some(r) = &self.replication else { return Ok(Vec::new()) };
-        let held = self.groups();
-        let (config, total_buckets) = (self.config.clone(), self.total_buckets);
-        let log = Arc::clone(&r.plumbing.log);
-        tokio::task::spawn_blocking(move || -> Result<Vec<u64>> {
-            let mut retired = Vec::new();
-            for (group, (start, end)) in stale {
-                let template = shard_config(&config, total_buckets, group);
-                let dir = template.dir.clone();
-                if held.contains(&group) || !dir.exists() || dir.join(RETIRED_FILE).exists() {
-                    continue;
-                }
-                let sm = ShardStateMachine::open(dir.clone(), template, vec![start..=end], start)
-                    .map_err(|e| open_error(&config, group, e))?;
-                cairn_cluster::raft::retire_stored(&log, &sm, group)
-                    .map_err(|e| NodeError::Internal(format!("retiring shard {group}: {e}")))?;
-                drop(sm);
-                write_marker(&dir)?;
-                retired.push(group);
-            }
-            Ok(retired)
-        })
-        .await
-        .map_err(|e| NodeError::Internal(format!("retire task failed: {e}")))?
-    }
-
     /// This node's replica of group `group`, if it holds one.
     pub(crate) fn replica(&self, group: u64) -> Option<Replica> {
         self.set().list.iter().find(|s| s.group == group).and_then(|s| match &s.backend {
@@ -1031,6 +1002,39 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Retires the replicas a cluster member left on disk for the shards in `stale` (group → its buckets),
+/// before it starts any: shards that are not (or no longer) its own, which moved away while it was down.
+/// Each begins its next incarnation empty, so if the shard is moving back here it joins afresh.
+/// Returns the groups retired.
+pub(crate) async fn retire_stale(
+    config: &NodeConfig,
+    total_buckets: u32,
+    log: Arc<RaftLog>,
+    stale: Vec<(u64, (u16, u16))>,
+) -> Result<Vec<u64>> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || -> Result<Vec<u64>> {
+        let mut retired = Vec::new();
+        for (group, (start, end)) in stale {
+            let template = shard_config(&config, total_buckets, group);
+            let dir = template.dir.clone();
+            if !dir.exists() || dir.join(RETIRED_FILE).exists() {
+                continue;
+            }
+            let sm = ShardStateMachine::open(dir.clone(), template, vec![start..=end], start)
+                .map_err(|e| open_error(&config, group, e))?;
+            cairn_cluster::raft::retire_stored(&log, &sm, group)
+                .map_err(|e| NodeError::Internal(format!("retiring shard {group}: {e}")))?;
+            drop(sm);
+            write_marker(&dir)?;
+            retired.push(group);
+        }
+        Ok(retired)
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("retire task failed: {e}")))?
 }
 
 /// Marks the shard directory `dir` retired (its replica is empty; nothing to retire at the next start).

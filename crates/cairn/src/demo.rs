@@ -128,6 +128,7 @@ impl DemoCluster {
                     shards: self.shards,
                     total_buckets: 0,
                     dead_after_secs: 0,
+                    no_rebalance: false,
                 };
                 match client.init(request).await {
                     Ok(_) => Ok(true),

@@ -62,6 +62,10 @@ struct InitArgs {
     /// Seconds a node may go unheard before its replicas are re-created on other nodes.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     dead_after_secs: u64,
+    /// Never move replicas onto nodes that hold fewer than others (by default a node that joins later,
+    /// or comes back after its replicas moved away, receives replicas until the load is even).
+    #[arg(long)]
+    no_rebalance: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -354,6 +358,7 @@ async fn init_command(args: InitArgs) -> Result<ExitCode, String> {
         shards: args.shards,
         total_buckets: args.total_buckets,
         dead_after_secs: args.dead_after_secs,
+        no_rebalance: args.no_rebalance,
     };
     let reply =
         client.init(request).await.map_err(|s| format!("init refused: {}", s.message()))?.into_inner();

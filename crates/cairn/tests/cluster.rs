@@ -547,3 +547,46 @@ fn replicas_follow_the_nodes_a_joining_node_gets_a_share_a_dead_ones_are_recreat
         n.stop();
     }
 }
+
+#[test]
+fn a_move_whose_destination_dies_is_given_up_or_finished_never_left_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = |i: usize| tmp.path().join(format!("node-{i}"));
+    let n1 = Server::start(&store(1), &["--join", ""]);
+    let n1_grpc = n1.grpc.to_string();
+    let init = ["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", "4"];
+    let (ok, _, err) = cairn(&[&init[..], &["--dead-after-secs", "2"]].concat());
+    assert!(ok, "init failed: {err}");
+    let n2 = Server::start(&store(2), &["--join", &n1_grpc]);
+    let n3 = Server::start(&store(3), &["--join", &n1_grpc]);
+    for n in [&n1, &n2, &n3] {
+        wait_until("every node serves keys", READY, || serves_keys(n));
+    }
+    for k in 0..20 {
+        let r = n1.call("PUT", &format!("/kv/rest/entry/k-{k}"), format!("v{k}").as_bytes());
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // Node 4 joins; it dies as soon as a replica starts moving onto it.
+    let n4 = Server::start(&store(4), &["--join", &n1_grpc]);
+    wait_until("a replica starts moving onto node 4", READY, || {
+        placements(&cluster_status(&n1)).iter().any(|(_, moving)| moving["to"] == 4)
+    });
+    n4.kill9();
+    // Once node 4 counts as dead the move is given up (or, had node 4 already taken over, finished and
+    // then repaired): every shard ends with 3 replicas on nodes 1 to 3 and no move under way.
+    wait_until("the move onto the dead node is over and every shard is whole", READY, || {
+        settled_load(&cluster_status(&n2))
+            .is_some_and(|load| load.len() == 3 && [1, 2, 3].iter().all(|n| load.get(n) == Some(&4)))
+    });
+    for n in [&n1, &n2, &n3] {
+        let r = n.call("GET", "/kv/rest/entry/k-13", b"");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["value"]["bytes"], "djEz"); // "v13"
+        wait_until("the cluster reports node 4 down", READY, || {
+            n.call("GET", "/health/cluster", b"").json()["nodes"]["down"] == serde_json::json!([4])
+        });
+    }
+    for n in [n1, n2, n3] {
+        n.stop();
+    }
+}

@@ -289,23 +289,21 @@ impl ClusterState {
     /// Asks for the move under way `mv` to be given up ([`ShardMap::request_abandon`]); `None` if it
     /// already was, or the move is over (finished or given up meanwhile).
     pub fn request_abandon(&self, mv: &Move) -> Result<Option<ClusterState>> {
-        let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
-        if map.shard(mv.shard).is_none_or(|s| s.moving != Some(*mv)) {
-            return Ok(None);
-        }
-        let mut map = map.clone();
+        let Some(mut map) = self.map_moving(mv)? else { return Ok(None) };
         Ok(map.request_abandon(mv)?.then(|| self.changed(|next| next.map = Some(map))))
     }
 
     /// Gives up the move under way `mv` ([`ShardMap::abandon_move`]); `None` if it is over already.
     pub fn abandon_move(&self, mv: &Move) -> Result<Option<ClusterState>> {
-        let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
-        if map.shard(mv.shard).is_none_or(|s| s.moving != Some(*mv)) {
-            return Ok(None);
-        }
-        let mut map = map.clone();
+        let Some(mut map) = self.map_moving(mv)? else { return Ok(None) };
         map.abandon_move(mv)?;
         Ok(Some(self.changed(|next| next.map = Some(map))))
+    }
+
+    /// A copy of the map if `mv` is its shard's move under way (`None`: the move is over).
+    fn map_moving(&self, mv: &Move) -> Result<Option<ShardMap>> {
+        let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
+        Ok(map.shard(mv.shard).is_some_and(|s| s.moving == Some(*mv)).then(|| map.clone()))
     }
 
     /// A copy of the map for a move to `mv.to`, which must be an active node.

@@ -285,17 +285,7 @@ impl ShardMap {
     /// replica order is kept), and the shard's epoch and the map's version are bumped. Refuses a move
     /// planned against another epoch, from a node that holds no replica or to one that holds one.
     pub fn apply(&mut self, mv: &Move) -> Result<()> {
-        let shard = self.shard_mut(mv.shard)?;
-        check_move(shard, mv)?;
-        if shard.moving.is_some() {
-            return Err(PlacementError::BadMove {
-                shard: mv.shard,
-                from: mv.from,
-                to: mv.to,
-                why: "another move of the shard is under way",
-            });
-        }
-        replace(shard, mv);
+        replace(self.shard_for_move(mv)?, mv);
         self.version += 1;
         Ok(())
     }
@@ -304,16 +294,7 @@ impl ShardMap {
     /// shard's next epoch, and returns it as recorded (what [`ShardMap::finish_move`] takes). Refused
     /// like [`ShardMap::apply`], and while another move of the shard is under way.
     pub fn begin_move(&mut self, mv: &Move) -> Result<Move> {
-        let shard = self.shard_mut(mv.shard)?;
-        check_move(shard, mv)?;
-        if shard.moving.is_some() {
-            return Err(PlacementError::BadMove {
-                shard: mv.shard,
-                from: mv.from,
-                to: mv.to,
-                why: "another move of the shard is under way",
-            });
-        }
+        let shard = self.shard_for_move(mv)?;
         shard.epoch += 1;
         let begun = Move { epoch: shard.epoch, ..*mv };
         shard.moving = Some(begun);
@@ -324,15 +305,7 @@ impl ShardMap {
     /// Completes the move under way `mv` (the destination caught up and votes, the source left the
     /// shard's group): the destination replaces the source, at the next epoch.
     pub fn finish_move(&mut self, mv: &Move) -> Result<()> {
-        let shard = self.shard_mut(mv.shard)?;
-        if shard.moving != Some(*mv) {
-            return Err(PlacementError::BadMove {
-                shard: mv.shard,
-                from: mv.from,
-                to: mv.to,
-                why: "it is not the shard's move under way",
-            });
-        }
+        let shard = self.shard_moving(mv)?;
         shard.moving = None;
         shard.abandoning = false;
         replace(shard, mv);
@@ -343,15 +316,7 @@ impl ShardMap {
     /// Asks for the move under way `mv` to be given up (see [`ShardPlacement::abandoning`]); `false`
     /// if it already was. Routing does not change, so the epoch stays.
     pub fn request_abandon(&mut self, mv: &Move) -> Result<bool> {
-        let shard = self.shard_mut(mv.shard)?;
-        if shard.moving != Some(*mv) {
-            return Err(PlacementError::BadMove {
-                shard: mv.shard,
-                from: mv.from,
-                to: mv.to,
-                why: "it is not the shard's move under way",
-            });
-        }
+        let shard = self.shard_moving(mv)?;
         if shard.abandoning {
             return Ok(false);
         }
@@ -363,15 +328,7 @@ impl ShardMap {
     /// Gives up the move under way `mv` (its destination holds no replica in the group any more): the
     /// shard keeps its replicas, at the next epoch.
     pub fn abandon_move(&mut self, mv: &Move) -> Result<()> {
-        let shard = self.shard_mut(mv.shard)?;
-        if shard.moving != Some(*mv) {
-            return Err(PlacementError::BadMove {
-                shard: mv.shard,
-                from: mv.from,
-                to: mv.to,
-                why: "it is not the shard's move under way",
-            });
-        }
+        let shard = self.shard_moving(mv)?;
         shard.moving = None;
         shard.abandoning = false;
         shard.epoch += 1;
@@ -379,9 +336,34 @@ impl ShardMap {
         Ok(())
     }
 
+    /// The shard `mv` moves a replica of, if `mv` may start there: planned against its epoch, from a
+    /// holder to a non-holder, and no other move of it under way.
+    fn shard_for_move(&mut self, mv: &Move) -> Result<&mut ShardPlacement> {
+        let shard = self.shard_mut(mv.shard)?;
+        check_move(shard, mv)?;
+        if shard.moving.is_some() {
+            return Err(bad_move(mv, "another move of the shard is under way"));
+        }
+        Ok(shard)
+    }
+
+    /// The shard whose move under way is `mv`.
+    fn shard_moving(&mut self, mv: &Move) -> Result<&mut ShardPlacement> {
+        let shard = self.shard_mut(mv.shard)?;
+        if shard.moving != Some(*mv) {
+            return Err(bad_move(mv, "it is not the shard's move under way"));
+        }
+        Ok(shard)
+    }
+
     fn shard_mut(&mut self, id: ShardId) -> Result<&mut ShardPlacement> {
         self.shards.iter_mut().find(|s| s.id == id).ok_or(PlacementError::UnknownShard(id))
     }
+}
+
+/// A [`PlacementError::BadMove`] for `mv`.
+fn bad_move(mv: &Move, why: &'static str) -> PlacementError {
+    PlacementError::BadMove { shard: mv.shard, from: mv.from, to: mv.to, why }
 }
 
 /// Refuses `mv` for `shard` if it was planned against another epoch, comes from a node that holds no
@@ -390,7 +372,7 @@ fn check_move(shard: &ShardPlacement, mv: &Move) -> Result<()> {
     if shard.epoch != mv.epoch {
         return Err(PlacementError::StaleEpoch { shard: mv.shard, current: shard.epoch, given: mv.epoch });
     }
-    let bad = |why| Err(PlacementError::BadMove { shard: mv.shard, from: mv.from, to: mv.to, why });
+    let bad = |why| Err(bad_move(mv, why));
     if mv.to == 0 {
         return bad("node 0 is not a node");
     }

@@ -49,30 +49,26 @@ impl Membership {
         }
         // A move whose destination died is given up (its shard is planned again afterwards).
         for mv in map.moves_under_way().into_iter().filter(|mv| !live.contains(&mv.to)) {
-            let (_, asked) = meta
-                .update(|s| Ok(s.request_abandon(&mv)?.map_or((None, false), |next| (Some(next), true))))
-                .await?;
-            if asked {
+            if record(meta, |s| s.request_abandon(&mv)).await?.is_some() {
                 tracing::warn!(shard = mv.shard, to = mv.to, "giving up a move: its destination is dead");
             }
         }
-        for planned in plan_repair(map, &live).moves {
-            let (after, begun) = meta
+        self.start_moves(meta, plan_repair(map, &live).moves, "re-creating a dead node's replica").await
+    }
+
+    /// Records each of `planned` as its shard's move under way ([`ClusterState::begin_move`]); one
+    /// planned against a map that changed since is skipped (the next pass plans again).
+    async fn start_moves(&self, meta: &MetaStore, planned: Vec<Move>, why: &str) -> Result<(), MetaError> {
+        for planned in planned {
+            let (_, begun) = meta
                 .update(|s| match s.begin_move(&planned) {
                     Ok((next, begun)) => Ok((Some(next), Some(begun))),
-                    // Planned against a map that changed since: the next pass plans again.
                     Err(MetaError::Placement(_)) => Ok((None, None)),
                     Err(e) => Err(e),
                 })
                 .await?;
             if let Some(mv) = begun {
-                tracing::warn!(
-                    shard = mv.shard,
-                    from = mv.from,
-                    to = mv.to,
-                    version = after.version,
-                    "re-creating a dead node's replica"
-                );
+                tracing::warn!(shard = mv.shard, from = mv.from, to = mv.to, "{why}");
                 self.plumbing.events.emit(EventKind::ReplicaMoving {
                     shard: mv.shard,
                     from: mv.from,
@@ -110,25 +106,7 @@ impl Membership {
         if ready.len() != live.len() {
             return Ok(());
         }
-        for planned in plan_rebalance(map, &ready, 1) {
-            let (_, begun) = meta
-                .update(|s| match s.begin_move(&planned) {
-                    Ok((next, begun)) => Ok((Some(next), Some(begun))),
-                    Err(MetaError::Placement(_)) => Ok((None, None)),
-                    Err(e) => Err(e),
-                })
-                .await?;
-            if let Some(mv) = begun {
-                tracing::info!(shard = mv.shard, from = mv.from, to = mv.to, "rebalancing a replica");
-                self.plumbing.events.emit(EventKind::ReplicaMoving {
-                    shard: mv.shard,
-                    from: mv.from,
-                    to: mv.to,
-                    epoch: mv.epoch,
-                });
-            }
-        }
-        Ok(())
+        self.start_moves(meta, plan_rebalance(map, &ready, 1), "rebalancing a replica").await
     }
 
     /// On the meta leader (leading since `since`): the active nodes not dead, that is heard from within
@@ -304,12 +282,9 @@ impl Membership {
             None => Ok(()),
             Some(false) => self.advance_move(meta, replica, mv).await,
             Some(true) => {
-                let (after, given_up) = meta
-                    .update(|s| Ok(s.abandon_move(&mv)?.map_or((None, false), |next| (Some(next), true))))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if given_up {
-                    let epoch = after.map.as_ref().and_then(|m| m.shard(mv.shard)).map_or(0, |s| s.epoch);
+                let given_up = record(meta, |s| s.abandon_move(&mv)).await.map_err(|e| e.to_string())?;
+                if let Some(after) = given_up {
+                    let epoch = epoch_of(&after, mv.shard);
                     tracing::warn!(shard = mv.shard, from = mv.from, to = mv.to, epoch, "move given up");
                     self.plumbing.events.emit(EventKind::ReplicaMoveAbandoned {
                         shard: mv.shard,
@@ -338,12 +313,9 @@ impl Membership {
         if step != MoveStep::Done {
             return Ok(());
         }
-        let (after, finished) = meta
-            .update(|s| Ok(s.finish_move(&mv)?.map_or((None, false), |next| (Some(next), true))))
-            .await
-            .map_err(|e| e.to_string())?;
-        if finished {
-            let epoch = after.map.as_ref().and_then(|m| m.shard(mv.shard)).map_or(0, |s| s.epoch);
+        let finished = record(meta, |s| s.finish_move(&mv)).await.map_err(|e| e.to_string())?;
+        if let Some(after) = finished {
+            let epoch = epoch_of(&after, mv.shard);
             tracing::info!(shard = mv.shard, from = mv.from, to = mv.to, epoch, "replica moved");
             self.plumbing.events.emit(EventKind::ReplicaMoved {
                 shard: mv.shard,
@@ -354,4 +326,20 @@ impl Membership {
         }
         Ok(())
     }
+}
+
+/// Applies `change` to the cluster state through the meta group; the state after it, or `None` if it
+/// changed nothing (already done, or over).
+async fn record(
+    meta: &MetaStore,
+    change: impl Fn(&ClusterState) -> Result<Option<ClusterState>, MetaError>,
+) -> Result<Option<ClusterState>, MetaError> {
+    let (after, changed) =
+        meta.update(|s| Ok(change(s)?.map_or((None, false), |next| (Some(next), true)))).await?;
+    Ok(changed.then_some(after))
+}
+
+/// Shard `shard`'s epoch in `state` (0 if it has none).
+fn epoch_of(state: &ClusterState, shard: u32) -> u64 {
+    state.map.as_ref().and_then(|m| m.shard(shard)).map_or(0, |s| s.epoch)
 }

@@ -15,7 +15,7 @@ use crate::mvcc::{self, Stored};
 use crate::replicated::{self, Consistency, Plumbing, ReplicationConfig, Token};
 use crate::routing::{Route, Router};
 use crate::writer::{Pending, ShardWriter, WriteOp, WriteOutcome};
-use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica, ShardStateMachine};
+use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot};
 use parking_lot::Mutex;
@@ -173,72 +173,6 @@ impl Shard {
     }
 }
 
-/// The shards a node holds, and which of them serves each bucket. A cluster member's set changes as
-/// replicas move ([`Node::add_replica`], [`Node::retire_replica`]): requests take the set as it is when
-/// they start.
-struct ShardSet {
-    list: Vec<Arc<Shard>>,
-    /// Per bucket, the index in `list` of the shard serving it (`NOT_HERE`: none here). A replica that is
-    /// still catching up (a move's destination) is in `list` but serves no bucket.
-    owner: Vec<u16>,
-}
-
-impl ShardSet {
-    /// `list`, with the shards `serving` picks serving their buckets.
-    fn new(list: Vec<Arc<Shard>>, total_buckets: u32, serving: impl Fn(&Shard) -> bool) -> ShardSet {
-        let mut owner = vec![NOT_HERE; total_buckets as usize];
-        for (i, shard) in list.iter().enumerate().filter(|(_, s)| serving(s)) {
-            for range in &shard.ranges {
-                for b in range.clone() {
-                    owner[usize::from(b)] = i as u16;
-                }
-            }
-        }
-        ShardSet { list, owner }
-    }
-
-    /// Index of the shard serving `bucket`.
-    fn index_of_bucket(&self, bucket: u16) -> Result<usize> {
-        match self.owner.get(usize::from(bucket)) {
-            Some(&i) if i != NOT_HERE => Ok(usize::from(i)),
-            _ => Err(NodeError::Unavailable(format!(
-                "bucket {bucket}'s shard has no replica on this node: ask a node that holds it \
-                 (cairn status lists them)"
-            ))),
-        }
-    }
-
-    /// The shard serving `bucket`.
-    fn of_bucket(&self, bucket: u16) -> Result<Arc<Shard>> {
-        Ok(Arc::clone(&self.list[self.index_of_bucket(bucket)?]))
-    }
-
-    /// True if `list[i]` serves its buckets.
-    fn serves(&self, i: usize) -> bool {
-        self.list[i].ranges.first().is_some_and(|r| self.owner[usize::from(*r.start())] == i as u16)
-    }
-
-    /// The shards serving their buckets.
-    fn serving(&self) -> Vec<Arc<Shard>> {
-        (0..self.list.len()).filter(|i| self.serves(*i)).map(|i| Arc::clone(&self.list[i])).collect()
-    }
-
-    /// The serving shard of group `group`.
-    fn serving_group(&self, group: u64) -> Option<Arc<Shard>> {
-        (0..self.list.len())
-            .find(|i| self.list[*i].group == group && self.serves(*i))
-            .map(|i| Arc::clone(&self.list[i]))
-    }
-
-    /// Fails unless every bucket's shard serves here.
-    fn check_all_here(&self) -> Result<()> {
-        match self.owner.iter().position(|&o| o == NOT_HERE) {
-            Some(b) => self.index_of_bucket(b as u16).map(|_| ()),
-            None => Ok(()),
-        }
-    }
-}
-
 /// A replicated node's Raft plumbing.
 struct Replication {
     plumbing: Plumbing,
@@ -322,10 +256,7 @@ pub(crate) struct ReplicaPlan {
     pub serving: bool,
 }
 
-/// The file marking a shard directory whose replica was retired ([`Node::retire_replica`]).
-const RETIRED_FILE: &str = "RETIRED";
-
-/// `Node::owner`'s mark for a bucket whose shard has no replica on this node.
+/// `ShardSet::owner`'s mark for a bucket whose shard has no replica on this node.
 const NOT_HERE: u16 = u16::MAX;
 
 /// Where a request for a bucket is served.
@@ -450,92 +381,6 @@ impl Node {
     /// The shards as they are now.
     fn set(&self) -> Arc<ShardSet> {
         Arc::clone(&self.shards.read())
-    }
-
-    /// Starts this node's replica of `plan`'s group (a replica the map places here, or a move's
-    /// destination, which serves requests only once [`Node::serve_only`] names it). Nothing happens if
-    /// the node already holds a replica of the group.
-    pub(crate) async fn add_replica(&self, plan: ReplicaPlan) -> Result<()> {
-        let (Some(r), Some(rc)) = (&self.replication, &self.config.replication) else {
-            return Err(NodeError::Internal("a standalone node holds no replicas".into()));
-        };
-        if self.replica(plan.group).is_some() {
-            return Ok(());
-        }
-        let group = plan.group;
-        let starts_serving = plan.serving;
-        let shard = Arc::new(start_replica(&self.config, rc, &r.plumbing, self.total_buckets, plan).await?);
-        let mut set = self.shards.write();
-        let mut list = set.list.clone();
-        list.push(shard);
-        let mut serving: BTreeSet<u64> = set.serving().iter().map(|s| s.group).collect();
-        if starts_serving {
-            serving.insert(group);
-        }
-        *set = Arc::new(ShardSet::new(list, self.total_buckets, |s| serving.contains(&s.group)));
-        Ok(())
-    }
-
-    /// Makes exactly the replicas of `groups` (among those held here) serve requests.
-    pub(crate) fn serve_only(&self, groups: &BTreeSet<u64>) {
-        let mut set = self.shards.write();
-        let now: BTreeSet<u64> = set.serving().iter().map(|s| s.group).collect();
-        let wanted: BTreeSet<u64> = set.list.iter().map(|s| s.group).filter(|g| groups.contains(g)).collect();
-        if now != wanted {
-            *set =
-                Arc::new(ShardSet::new(set.list.clone(), self.total_buckets, |s| wanted.contains(&s.group)));
-        }
-    }
-
-    /// Makes this node's replica of `group` (if held) serve requests too.
-    fn serve_also(&self, group: u64) {
-        let mut set = self.shards.write();
-        let mut serving: BTreeSet<u64> = set.serving().iter().map(|s| s.group).collect();
-        if set.list.iter().any(|s| s.group == group) && serving.insert(group) {
-            *set =
-                Arc::new(ShardSet::new(set.list.clone(), self.total_buckets, |s| serving.contains(&s.group)));
-        }
-    }
-
-    /// True if `shard` is still held here (not retired since it was looked up).
-    fn still_held(&self, shard: &Arc<Shard>) -> bool {
-        self.set().list.iter().any(|s| Arc::ptr_eq(s, shard))
-    }
-
-    /// Stops this node's replica of group `group` for good (the shard moved away): it stops serving, its
-    /// Raft node stops and its contents are dropped ([`Replica::retire`]).
-    pub(crate) async fn retire_replica(&self, group: u64) -> Result<()> {
-        let Some(r) = &self.replication else { return Ok(()) };
-        let retired = {
-            let mut set = self.shards.write();
-            let Some(i) = set.list.iter().position(|s| s.group == group) else { return Ok(()) };
-            let serving: BTreeSet<u64> = set.serving().iter().map(|s| s.group).collect();
-            let mut list = set.list.clone();
-            let retired = list.remove(i);
-            *set = Arc::new(ShardSet::new(list, self.total_buckets, |s| serving.contains(&s.group)));
-            retired
-        };
-        r.plumbing.service.unregister(group);
-        if let Backend::Replicated(replica) = &retired.backend {
-            replica
-                .retire()
-                .await
-                .map_err(|e| NodeError::Internal(format!("retiring shard {group}: {e}")))?;
-        }
-        mark_retired(self.config.store.join(format!("shard-{group}"))).await
-    }
-
-    /// This node's replica of group `group`, if it holds one.
-    pub(crate) fn replica(&self, group: u64) -> Option<Replica> {
-        self.set().list.iter().find(|s| s.group == group).and_then(|s| match &s.backend {
-            Backend::Replicated(replica) => Some(replica.clone()),
-            Backend::Local { .. } => None,
-        })
-    }
-
-    /// The groups this node holds a replica of.
-    pub(crate) fn groups(&self) -> BTreeSet<u64> {
-        self.set().list.iter().map(|s| s.group).collect()
     }
 
     /// Makes this node forward requests for shards it holds no replica of (a cluster member).
@@ -1004,119 +849,12 @@ impl Node {
     }
 }
 
-/// Retires the replicas a cluster member left on disk for the shards in `stale` (group → its buckets),
-/// before it starts any: shards that are not (or no longer) its own, which moved away while it was down.
-/// Each begins its next incarnation empty, so if the shard is moving back here it joins afresh.
-/// Returns the groups retired.
-pub(crate) async fn retire_stale(
-    config: &NodeConfig,
-    total_buckets: u32,
-    log: Arc<RaftLog>,
-    stale: Vec<(u64, (u16, u16))>,
-) -> Result<Vec<u64>> {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || -> Result<Vec<u64>> {
-        let mut retired = Vec::new();
-        for (group, (start, end)) in stale {
-            let template = shard_config(&config, total_buckets, group);
-            let dir = template.dir.clone();
-            if !dir.exists() || dir.join(RETIRED_FILE).exists() {
-                continue;
-            }
-            let sm = ShardStateMachine::open(dir.clone(), template, vec![start..=end], start)
-                .map_err(|e| open_error(&config, group, e))?;
-            cairn_cluster::raft::retire_stored(&log, &sm, group)
-                .map_err(|e| NodeError::Internal(format!("retiring shard {group}: {e}")))?;
-            drop(sm);
-            write_marker(&dir)?;
-            retired.push(group);
-        }
-        Ok(retired)
-    })
-    .await
-    .map_err(|e| NodeError::Internal(format!("retire task failed: {e}")))?
-}
-
-/// Marks the shard directory `dir` retired (its replica is empty; nothing to retire at the next start).
-async fn mark_retired(dir: PathBuf) -> Result<()> {
-    tokio::task::spawn_blocking(move || write_marker(&dir))
-        .await
-        .map_err(|e| NodeError::Internal(format!("retire task failed: {e}")))?
-}
-
-fn write_marker(dir: &std::path::Path) -> Result<()> {
-    std::fs::write(dir.join(RETIRED_FILE), b"retired\n")
-        .map_err(|e| NodeError::Internal(format!("marking {} retired: {e}", dir.display())))
-}
-
 /// This node's view of `shard`'s group (`None`: standalone).
 fn group_status(shard: &Shard) -> Option<GroupStatus> {
     match &shard.backend {
         Backend::Replicated(replica) => Some(replica.status()),
         Backend::Local { .. } => None,
     }
-}
-
-/// Starts this node's replica of `plan`'s group (see [`Node::start_replicas`]) and the tasks that tend
-/// it.
-async fn start_replica(
-    config: &NodeConfig,
-    rc: &ReplicationConfig,
-    plumbing: &Plumbing,
-    total_buckets: u32,
-    plan: ReplicaPlan,
-) -> Result<Shard> {
-    let group = plan.group;
-    let (start, end) = plan.buckets;
-    let sm = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || {
-            let template = shard_config(&config, total_buckets, group);
-            // A replica that returns to a retired shard directory starts (empty) as its next incarnation.
-            let marker = template.dir.join(RETIRED_FILE);
-            if marker.exists() {
-                std::fs::remove_file(&marker)
-                    .map_err(|e| NodeError::Startup(format!("cannot clear {}: {e}", marker.display())))?;
-            }
-            ShardStateMachine::open(template.dir.clone(), template, vec![start..=end], start)
-                .map_err(|e| open_error(&config, group, e))
-        })
-        .await
-        .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
-    };
-    let replica = Replica::start(
-        rc.node_id,
-        group,
-        Arc::clone(&plumbing.log),
-        sm,
-        plumbing.wire.clone(),
-        rc.replica_config(),
-    )
-    .await
-    .map_err(|e| NodeError::Startup(format!("cannot start shard {group}'s replica: {e}")))?;
-    plumbing.service.register_replica(&replica);
-    // A group this node has never heard of (new, or this node is new to it), and not a replica that
-    // re-synced from scratch (its group exists).
-    if let Some(members) = plan.bootstrap
-        && replica.is_new()
-    {
-        replica
-            .bootstrap(members)
-            .await
-            .map_err(|e| NodeError::Startup(format!("cannot make shard {group}'s group: {e}")))?;
-    }
-    let leader_changes = Arc::new(AtomicU64::new(0));
-    tokio::spawn(replicated::watch_leadership(
-        group.to_string(),
-        replica.clone(),
-        Some(Arc::clone(&leader_changes)),
-        Arc::clone(&plumbing.events),
-    ));
-    // Runs consistency checks (periodic and after snapshots) on the groups this node leads, re-syncs a
-    // fenced replica, takes re-synced ones back in and purges verified log; ends when the replica stops.
-    let tended = replica.clone();
-    tokio::spawn(async move { tended.tend().await });
-    Ok(Shard { group, ranges: vec![start..=end], backend: Backend::Replicated(replica), leader_changes })
 }
 
 /// The timestamp of a put or batch (which always write).
@@ -1143,6 +881,11 @@ fn version_of(engine_key: &[u8], row: &cairn_engine::Row) -> Result<Option<Versi
 
 #[path = "node_scan.rs"]
 mod scan;
+
+#[path = "node_replicas.rs"]
+mod replicas;
+pub(crate) use replicas::retire_stale;
+use replicas::{ShardSet, start_replica};
 
 #[cfg(test)]
 #[path = "node_tests.rs"]

@@ -411,11 +411,9 @@ fn held(n: &Server) -> Vec<(u64, bool, u64)> {
         .unwrap_or_default()
 }
 
-#[test]
-fn replicas_follow_the_nodes_a_joining_node_gets_a_share_a_dead_ones_are_recreated_a_returning_one_retires_its_own()
- {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = |i: usize| tmp.path().join(format!("node-{i}"));
+/// Three nodes started with `--join`, a cluster made by `cairn init` on the first (3 replicas, 4 shards,
+/// nodes dead after 2 s unheard), every node serving keys.
+fn three_nodes(store: &dyn Fn(usize) -> std::path::PathBuf) -> [Server; 3] {
     let n1 = Server::start(&store(1), &["--join", ""]);
     let n1_grpc = n1.grpc.to_string();
     let init = ["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", "4"];
@@ -426,6 +424,16 @@ fn replicas_follow_the_nodes_a_joining_node_gets_a_share_a_dead_ones_are_recreat
     for n in [&n1, &n2, &n3] {
         wait_until("every node serves keys", READY, || serves_keys(n));
     }
+    [n1, n2, n3]
+}
+
+#[test]
+fn replicas_follow_the_nodes_a_joining_node_gets_a_share_a_dead_ones_are_recreated_a_returning_one_retires_its_own()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = |i: usize| tmp.path().join(format!("node-{i}"));
+    let [n1, n2, n3] = three_nodes(&store);
+    let n1_grpc = n1.grpc.to_string();
     let put = |n: &Server, k: &str, v: &str| {
         let r = n.call("PUT", &format!("/kv/rest/entry/{k}"), v.as_bytes());
         assert_eq!(r.status, 200, "put {k}: {}", String::from_utf8_lossy(&r.body));
@@ -552,16 +560,8 @@ fn replicas_follow_the_nodes_a_joining_node_gets_a_share_a_dead_ones_are_recreat
 fn a_move_whose_destination_dies_is_given_up_or_finished_never_left_hanging() {
     let tmp = tempfile::tempdir().unwrap();
     let store = |i: usize| tmp.path().join(format!("node-{i}"));
-    let n1 = Server::start(&store(1), &["--join", ""]);
+    let [n1, n2, n3] = three_nodes(&store);
     let n1_grpc = n1.grpc.to_string();
-    let init = ["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", "4"];
-    let (ok, _, err) = cairn(&[&init[..], &["--dead-after-secs", "2"]].concat());
-    assert!(ok, "init failed: {err}");
-    let n2 = Server::start(&store(2), &["--join", &n1_grpc]);
-    let n3 = Server::start(&store(3), &["--join", &n1_grpc]);
-    for n in [&n1, &n2, &n3] {
-        wait_until("every node serves keys", READY, || serves_keys(n));
-    }
     for k in 0..20 {
         let r = n1.call("PUT", &format!("/kv/rest/entry/k-{k}"), format!("v{k}").as_bytes());
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

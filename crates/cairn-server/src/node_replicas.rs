@@ -1,0 +1,282 @@
+//! A node's shards as a set that changes: a cluster member starts replicas the map places on it,
+//! serves the ones the map names it for, and retires those that moved away ([`ShardSet`] and the
+//! [`Node`] methods that change it), plus starting one replica and retiring stored ones.
+
+use super::{Backend, NOT_HERE, Node, NodeConfig, ReplicaPlan, Shard, open_error, shard_config};
+use crate::error::{NodeError, Result};
+use crate::replicated::{self, Plumbing, ReplicationConfig};
+use cairn_cluster::raft::{Replica, ShardStateMachine};
+use cairn_cluster::raft_log::RaftLog;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+/// The file marking a shard directory whose replica was retired ([`Node::retire_replica`]).
+pub(super) const RETIRED_FILE: &str = "RETIRED";
+
+/// The shards a node holds, and which of them serves each bucket. A cluster member's set changes as
+/// replicas move ([`Node::add_replica`], [`Node::retire_replica`]): requests take the set as it is when
+/// they start.
+pub(super) struct ShardSet {
+    pub(super) list: Vec<Arc<Shard>>,
+    /// Per bucket, the index in `list` of the shard serving it (`NOT_HERE`: none here). A replica that is
+    /// still catching up (a move's destination) is in `list` but serves no bucket.
+    pub(super) owner: Vec<u16>,
+}
+
+impl ShardSet {
+    /// `list`, with the shards `serving` picks serving their buckets.
+    pub(super) fn new(
+        list: Vec<Arc<Shard>>,
+        total_buckets: u32,
+        serving: impl Fn(&Shard) -> bool,
+    ) -> ShardSet {
+        let mut owner = vec![NOT_HERE; total_buckets as usize];
+        for (i, shard) in list.iter().enumerate().filter(|(_, s)| serving(s)) {
+            for range in &shard.ranges {
+                for b in range.clone() {
+                    owner[usize::from(b)] = i as u16;
+                }
+            }
+        }
+        ShardSet { list, owner }
+    }
+
+    /// Index of the shard serving `bucket`.
+    pub(super) fn index_of_bucket(&self, bucket: u16) -> Result<usize> {
+        match self.owner.get(usize::from(bucket)) {
+            Some(&i) if i != NOT_HERE => Ok(usize::from(i)),
+            _ => Err(NodeError::Unavailable(format!(
+                "bucket {bucket}'s shard has no replica on this node: ask a node that holds it \
+                 (cairn status lists them)"
+            ))),
+        }
+    }
+
+    /// The shard serving `bucket`.
+    pub(super) fn of_bucket(&self, bucket: u16) -> Result<Arc<Shard>> {
+        Ok(Arc::clone(&self.list[self.index_of_bucket(bucket)?]))
+    }
+
+    /// True if `list[i]` serves its buckets.
+    pub(super) fn serves(&self, i: usize) -> bool {
+        self.list[i].ranges.first().is_some_and(|r| self.owner[usize::from(*r.start())] == i as u16)
+    }
+
+    /// The shards serving their buckets.
+    pub(super) fn serving(&self) -> Vec<Arc<Shard>> {
+        (0..self.list.len()).filter(|i| self.serves(*i)).map(|i| Arc::clone(&self.list[i])).collect()
+    }
+
+    /// The serving shard of group `group`.
+    pub(super) fn serving_group(&self, group: u64) -> Option<Arc<Shard>> {
+        (0..self.list.len())
+            .find(|i| self.list[*i].group == group && self.serves(*i))
+            .map(|i| Arc::clone(&self.list[i]))
+    }
+
+    /// Fails unless every bucket's shard serves here.
+    pub(super) fn check_all_here(&self) -> Result<()> {
+        match self.owner.iter().position(|&o| o == NOT_HERE) {
+            Some(b) => self.index_of_bucket(b as u16).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Node {
+    /// Starts this node's replica of `plan`'s group (a replica the map places here, or a move's
+    /// destination, which serves requests only once [`Node::serve_only`] names it). Nothing happens if
+    /// the node already holds a replica of the group.
+    pub(crate) async fn add_replica(&self, plan: ReplicaPlan) -> Result<()> {
+        let (Some(r), Some(rc)) = (&self.replication, &self.config.replication) else {
+            return Err(NodeError::Internal("a standalone node holds no replicas".into()));
+        };
+        if self.replica(plan.group).is_some() {
+            return Ok(());
+        }
+        let (group, starts_serving) = (plan.group, plan.serving);
+        let shard = Arc::new(start_replica(&self.config, rc, &r.plumbing, self.total_buckets, plan).await?);
+        self.change_set(|list, serving| {
+            list.push(shard);
+            if starts_serving {
+                serving.insert(group);
+            }
+        });
+        Ok(())
+    }
+
+    /// Makes exactly the replicas of `groups` (among those held here) serve requests.
+    pub(crate) fn serve_only(&self, groups: &BTreeSet<u64>) {
+        self.change_set(|_, serving| *serving = groups.clone());
+    }
+
+    /// Makes this node's replica of `group` (if held) serve requests too.
+    pub(super) fn serve_also(&self, group: u64) {
+        self.change_set(|_, serving| {
+            serving.insert(group);
+        });
+    }
+
+    /// True if `shard` is still held here (not retired since it was looked up).
+    pub(super) fn still_held(&self, shard: &Arc<Shard>) -> bool {
+        self.set().list.iter().any(|s| Arc::ptr_eq(s, shard))
+    }
+
+    /// Stops this node's replica of group `group` for good (the shard moved away): it stops serving, its
+    /// Raft node stops and its contents are dropped ([`Replica::retire`]).
+    pub(crate) async fn retire_replica(&self, group: u64) -> Result<()> {
+        let Some(r) = &self.replication else { return Ok(()) };
+        let retired = self.change_set(|list, _| {
+            let i = list.iter().position(|s| s.group == group)?;
+            Some(list.remove(i))
+        });
+        let Some(retired) = retired else { return Ok(()) };
+        r.plumbing.service.unregister(group);
+        if let Backend::Replicated(replica) = &retired.backend {
+            replica
+                .retire()
+                .await
+                .map_err(|e| NodeError::Internal(format!("retiring shard {group}: {e}")))?;
+        }
+        mark_retired(self.config.store.join(format!("shard-{group}"))).await
+    }
+
+    /// Changes the shard set under its lock: `edit` gets the shards held and the groups serving, and
+    /// the set is rebuilt if either changed (only held groups serve).
+    fn change_set<T>(&self, edit: impl FnOnce(&mut Vec<Arc<Shard>>, &mut BTreeSet<u64>) -> T) -> T {
+        let mut set = self.shards.write();
+        let mut list = set.list.clone();
+        let before: BTreeSet<u64> = set.serving().iter().map(|s| s.group).collect();
+        let mut serving = before.clone();
+        let out = edit(&mut list, &mut serving);
+        serving.retain(|g| list.iter().any(|s| s.group == *g));
+        let same_list =
+            list.len() == set.list.len() && list.iter().zip(&set.list).all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same_list || serving != before {
+            *set = Arc::new(ShardSet::new(list, self.total_buckets, |s| serving.contains(&s.group)));
+        }
+        out
+    }
+
+    /// This node's replica of group `group`, if it holds one.
+    pub(crate) fn replica(&self, group: u64) -> Option<Replica> {
+        self.set().list.iter().find(|s| s.group == group).and_then(|s| match &s.backend {
+            Backend::Replicated(replica) => Some(replica.clone()),
+            Backend::Local { .. } => None,
+        })
+    }
+
+    /// The groups this node holds a replica of.
+    pub(crate) fn groups(&self) -> BTreeSet<u64> {
+        self.set().list.iter().map(|s| s.group).collect()
+    }
+}
+
+/// Retires the replicas a cluster member left on disk for the shards in `stale` (group → its buckets),
+/// before it starts any: shards that are not (or no longer) its own, which moved away while it was down.
+/// Each begins its next incarnation empty, so if the shard is moving back here it joins afresh.
+/// Returns the groups retired.
+pub(crate) async fn retire_stale(
+    config: &NodeConfig,
+    total_buckets: u32,
+    log: Arc<RaftLog>,
+    stale: Vec<(u64, (u16, u16))>,
+) -> Result<Vec<u64>> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || -> Result<Vec<u64>> {
+        let mut retired = Vec::new();
+        for (group, (start, end)) in stale {
+            let template = shard_config(&config, total_buckets, group);
+            let dir = template.dir.clone();
+            if !dir.exists() || dir.join(RETIRED_FILE).exists() {
+                continue;
+            }
+            let sm = ShardStateMachine::open(dir.clone(), template, vec![start..=end], start)
+                .map_err(|e| open_error(&config, group, e))?;
+            cairn_cluster::raft::retire_stored(&log, &sm, group)
+                .map_err(|e| NodeError::Internal(format!("retiring shard {group}: {e}")))?;
+            drop(sm);
+            write_marker(&dir)?;
+            retired.push(group);
+        }
+        Ok(retired)
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("retire task failed: {e}")))?
+}
+
+/// Marks the shard directory `dir` retired (its replica is empty; nothing to retire at the next start).
+async fn mark_retired(dir: PathBuf) -> Result<()> {
+    tokio::task::spawn_blocking(move || write_marker(&dir))
+        .await
+        .map_err(|e| NodeError::Internal(format!("retire task failed: {e}")))?
+}
+
+fn write_marker(dir: &std::path::Path) -> Result<()> {
+    std::fs::write(dir.join(RETIRED_FILE), b"retired\n")
+        .map_err(|e| NodeError::Internal(format!("marking {} retired: {e}", dir.display())))
+}
+
+/// Starts this node's replica of `plan`'s group (see [`Node::start_replicas`]) and the tasks that tend
+/// it.
+pub(super) async fn start_replica(
+    config: &NodeConfig,
+    rc: &ReplicationConfig,
+    plumbing: &Plumbing,
+    total_buckets: u32,
+    plan: ReplicaPlan,
+) -> Result<Shard> {
+    let group = plan.group;
+    let (start, end) = plan.buckets;
+    let sm = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let template = shard_config(&config, total_buckets, group);
+            // A replica that returns to a retired shard directory starts (empty) as its next incarnation.
+            let marker = template.dir.join(RETIRED_FILE);
+            if marker.exists() {
+                std::fs::remove_file(&marker)
+                    .map_err(|e| NodeError::Startup(format!("cannot clear {}: {e}", marker.display())))?;
+            }
+            ShardStateMachine::open(template.dir.clone(), template, vec![start..=end], start)
+                .map_err(|e| open_error(&config, group, e))
+        })
+        .await
+        .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
+    };
+    let replica = Replica::start(
+        rc.node_id,
+        group,
+        Arc::clone(&plumbing.log),
+        sm,
+        plumbing.wire.clone(),
+        rc.replica_config(),
+    )
+    .await
+    .map_err(|e| NodeError::Startup(format!("cannot start shard {group}'s replica: {e}")))?;
+    plumbing.service.register_replica(&replica);
+    // A group this node has never heard of (new, or this node is new to it), and not a replica that
+    // re-synced from scratch (its group exists).
+    if let Some(members) = plan.bootstrap
+        && replica.is_new()
+    {
+        replica
+            .bootstrap(members)
+            .await
+            .map_err(|e| NodeError::Startup(format!("cannot make shard {group}'s group: {e}")))?;
+    }
+    let leader_changes = Arc::new(AtomicU64::new(0));
+    tokio::spawn(replicated::watch_leadership(
+        group.to_string(),
+        replica.clone(),
+        Some(Arc::clone(&leader_changes)),
+        Arc::clone(&plumbing.events),
+    ));
+    // Runs consistency checks (periodic and after snapshots) on the groups this node leads, re-syncs a
+    // fenced replica, takes re-synced ones back in and purges verified log; ends when the replica stops.
+    let tended = replica.clone();
+    tokio::spawn(async move { tended.tend().await });
+    Ok(Shard { group, ranges: vec![start..=end], backend: Backend::Replicated(replica), leader_changes })
+}

@@ -1,12 +1,14 @@
 //! The README's command lines, run exactly as written against the demo its main command starts, on its
 //! default ports (127.0.0.1:8080 and 127.0.0.1:50051 and, for a cluster, the ones after them; the test
-//! fails clearly if something else holds them).
+//! waits out connections lingering in TIME_WAIT on them and fails clearly if something else holds them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn readme() -> String {
     // Cargo sets the manifest directory when it runs the test; the compile-time one may name another
@@ -37,6 +39,31 @@ fn readme_lines() -> Vec<String> {
         .collect()
 }
 
+/// How many nodes the main command's demo runs (`--nodes N`, else 1).
+fn demo_nodes(args: &[String]) -> u16 {
+    args.iter().position(|a| a == "--nodes").and_then(|i| args.get(i + 1)).map_or(1, |n| n.parse().unwrap())
+}
+
+/// Waits until the demo's ports can be listened on. A test run just before this one (or any process
+/// on the machine) may have left connections in TIME_WAIT whose local port is one of them: the kernel
+/// hands out ephemeral ports from a range that includes 50051..50053 and keeps a closed client socket's
+/// port for 60 s, refusing a listener meanwhile even with SO_REUSEADDR. Bounded: a port held longer
+/// than TIME_WAIT lasts is reported as in use.
+fn wait_for_free_ports(nodes: u16) {
+    let ports: Vec<u16> = (0..nodes).flat_map(|i| [8080 + i, 50051 + i]).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // std's listeners set SO_REUSEADDR, as the server's do.
+        let busy: Vec<u16> =
+            ports.iter().copied().filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_err()).collect();
+        if busy.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the demo's ports {busy:?} on 127.0.0.1 stay in use");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn readme_lines_work_as_written() {
     let lines = readme_lines();
@@ -45,6 +72,7 @@ fn readme_lines_work_as_written() {
     let bin = Path::new(env!("CARGO_BIN_EXE_cairn"));
     let args = main_command_args();
     assert_eq!(args.first().map(String::as_str), Some("demo"), "{args:?}");
+    wait_for_free_ports(demo_nodes(&args));
     let mut demo = Command::new(bin)
         .args(&args)
         .args(["--log-level", "warn"])

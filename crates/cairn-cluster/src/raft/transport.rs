@@ -36,7 +36,6 @@ use super::replica::{
     ProposeCall, ReadIndexCall, SnapshotFileCall, propose_here, read_index_here, serve_snapshot_file,
 };
 use super::{decode, encode, incarnation_of};
-use openraft::vote::RaftLeaderId;
 
 /// The receiving side: the node's shard groups, by group id.
 #[derive(Clone, Default)]
@@ -130,25 +129,21 @@ impl RaftService {
                     SnapshotMetaOf<TypeConfig>,
                     ShardSnapshotRef,
                 ) = decode(&call.payload)?;
-                let snapshot = match &fetching {
-                    Some(replica) => {
-                        let leader = *vote.leader_id().node_id();
-                        let timeout = replica.snapshot_timeout();
-                        tracing::info!(group = call.group, leader, index = ?meta.last_log_id.map(|l| l.index),
-                            "fetching a snapshot from the leader");
-                        replica.stage_snapshot(leader, &meta, snapshot, timeout).await.inspect_err(|e| {
-                            tracing::warn!(group = call.group, leader, error = %e, "snapshot fetch failed");
-                        })?
-                    }
-                    None => snapshot,
-                };
-                let snapshot = SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot };
                 let installed =
-                    raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
-                if let Some(replica) = fetching {
-                    // The shard now links the files it needs; the staged copies can go.
-                    replica.clear_staging()?;
-                }
+                    match fetching {
+                        // In a task of its own: the leader's call may be dropped (a new leader, a closed
+                        // replication stream) while the snapshot is half fetched or being installed, and
+                        // the fetch must still end with the staged copies cleared or kept for a retry.
+                        Some(replica) => tokio::spawn(async move {
+                            replica.fetch_and_install(&raft, vote, meta, snapshot).await
+                        })
+                        .await
+                        .map_err(|e| format!("snapshot install task failed: {e}"))??,
+                        None => {
+                            let snapshot = SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot };
+                            raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?
+                        }
+                    };
                 encode(&installed)
             }
             Ok(RaftCallKind::Propose) => {

@@ -309,6 +309,8 @@ struct Shared {
     stopped: AtomicBool,
     // Held while the Raft node is replaced or stopped.
     lifecycle: tokio::sync::Mutex<()>,
+    // Held while a snapshot from the leader is fetched and installed.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 /// The running Raft node of the replica's current incarnation.
@@ -420,6 +422,7 @@ impl Replica {
             earlier_divergences: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
+            fetching: tokio::sync::Mutex::new(()),
         };
         Ok(Replica { shared: Arc::new(shared) })
     }

@@ -2,9 +2,11 @@
 //! stages them on its own volume (resuming per file) before installing.
 
 use super::Replica;
-use crate::raft::{ShardSnapshotRef, ShardStateMachine, TypeConfig, decode, encode};
+use crate::raft::{ShardRaft, ShardSnapshotRef, ShardStateMachine, TypeConfig, decode, encode};
 use cairn_proto::raft::RaftCallKind;
-use openraft::alias::SnapshotMetaOf;
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::raft::SnapshotResponse;
+use openraft::vote::RaftLeaderId;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -40,6 +42,30 @@ pub(crate) fn serve_snapshot_file(sm: &ShardStateMachine, call: SnapshotFileCall
 }
 
 impl Replica {
+    /// Fetches snapshot `remote` from the leader that sent it, installs it on `raft` and clears the
+    /// staged copies (the shard then links the files it needs). One fetch at a time per replica: a
+    /// leader that re-sends while an earlier fetch still runs waits for it, then finds its files
+    /// staged (or the snapshot installed). A failed fetch keeps what it staged for the retry.
+    pub(crate) async fn fetch_and_install(
+        &self,
+        raft: &ShardRaft,
+        vote: VoteOf<TypeConfig>,
+        meta: SnapshotMetaOf<TypeConfig>,
+        remote: ShardSnapshotRef,
+    ) -> Result<SnapshotResponse<TypeConfig>, String> {
+        let _one = self.shared.fetching.lock().await;
+        let (group, leader) = (self.shared.group, *vote.leader_id().node_id());
+        tracing::info!(group, leader, index = ?meta.last_log_id.map(|l| l.index), "fetching a snapshot from the leader");
+        let timeout = self.snapshot_timeout();
+        let staged = self.stage_snapshot(leader, &meta, remote, timeout).await.inspect_err(|e| {
+            tracing::warn!(group, leader, error = %e, "snapshot fetch failed");
+        })?;
+        let snapshot = SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot: staged };
+        let installed = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
+        self.clear_staging_except(None)?;
+        Ok(installed)
+    }
+
     /// Copies the files of snapshot `remote` from member `leader` into this replica's staging volume
     /// (see [`ShardStateMachine::staging_dir`]) and returns the snapshot as found there. Files already
     /// staged whole are kept, so an interrupted transfer resumes where it stopped (per file); memory
@@ -61,6 +87,8 @@ impl Replica {
         let staging = cairn_engine::resolve_volume(&cairn_engine::Volume::file_url(&sm.staging_dir()), &fs)
             .map_err(|e| e.to_string())?;
         let dir = cairn_engine::snapshot_dir(&staging, &remote.db_id, remote.snapshot_id);
+        // What an earlier, failed fetch of another snapshot staged is of no use now.
+        self.clear_staging_except(Some(&dir))?;
         fs.create_dir_all(&dir).map_err(|e| e.to_string())?;
         let call = |name: Option<String>, offset: u64| {
             let payload = encode(&(remote.db_id.clone(), remote.snapshot_id, name, offset));
@@ -99,8 +127,9 @@ impl Replica {
         Ok(ShardSnapshotRef { volume: staging.url, ..remote })
     }
 
-    /// Removes every staged snapshot (after an install: the shard holds its own links to the files).
-    pub(crate) fn clear_staging(&self) -> Result<(), String> {
+    /// Removes every staged snapshot but the one in `keep` (after an install, none: the shard holds
+    /// its own links to the files).
+    fn clear_staging_except(&self, keep: Option<&std::path::Path>) -> Result<(), String> {
         let (fs, staging) = (self.shared.sm.fs(), self.shared.sm.staging_dir());
         let err = |e: cairn_engine::Error| e.to_string();
         if !fs.exists(&staging).map_err(err)? {
@@ -108,14 +137,21 @@ impl Replica {
         }
         for shard in fs.list(&staging).map_err(err)? {
             let shard = staging.join(shard);
+            let mut kept = false;
             for snapshot in fs.list(&shard).map_err(err)? {
                 let snapshot = shard.join(snapshot);
+                if keep == Some(snapshot.as_path()) {
+                    kept = true;
+                    continue;
+                }
                 for file in fs.list(&snapshot).map_err(err)? {
                     fs.remove(&snapshot.join(file)).map_err(err)?;
                 }
                 fs.remove_dir(&snapshot).map_err(err)?;
             }
-            fs.remove_dir(&shard).map_err(err)?;
+            if !kept {
+                fs.remove_dir(&shard).map_err(err)?;
+            }
         }
         Ok(())
     }

@@ -361,15 +361,23 @@ fn a_node_down_through_several_snapshots_catches_up_by_streamed_snapshot() {
     // Staged copies are gone once installed. The leader may purge its log behind the checks just
     // verified and send node 3 one more snapshot, whose staging can be under way at this moment: wait
     // for it to be installed and cleared too.
-    let incoming = || -> usize {
-        (0..shards)
-            .map(|s| {
-                let dir = tmp.path().join(format!("n3/shard-{s}/incoming"));
-                std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-            })
-            .sum()
+    let incoming = || -> Vec<String> {
+        let mut left = Vec::new();
+        let mut dirs: Vec<_> =
+            (0..shards).map(|s| tmp.path().join(format!("n3/shard-{s}/incoming"))).collect();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                left.push(entry.path().display().to_string());
+                dirs.push(entry.path());
+            }
+        }
+        left
     };
-    wait_until("no staged snapshots are left behind", Duration::from_secs(30), || incoming() == 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !incoming().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "staged snapshot files left behind: {:?}", incoming());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for node in cluster.nodes.iter_mut().filter_map(Option::take) {
         node.stop();
     }

@@ -431,12 +431,20 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         inner.next_generation += 1;
         let mut config = inner.template.clone();
         config.dir = inner.root.join(format!("gen-{next}"));
-        config.snapshot_volume = Some(snapshot.volume.clone());
+        // Restored from wherever the snapshot is (the leader's volume, or this node's staged copy),
+        // the shard then runs on this replica's own volume: its later snapshots go there, never into
+        // a staging area that is cleared after the install.
+        let mut source = config.clone();
+        source.snapshot_volume = Some(snapshot.volume.clone());
+        Db::restore_from_snapshot(&source, snapshot.snapshot_id, &snapshot.db_id).map_err(io_err)?;
         let db =
             Db::open_from_snapshot(config, snapshot.snapshot_id, snapshot.db_id.clone()).map_err(io_err)?;
         self.swap_in(&mut inner, db, next);
         inner.installed += 1;
-        inner.current = Some((meta.clone(), snapshot));
+        // The snapshot this replica serves from now on is its own copy of what it installed (the same
+        // position and contents), not the one it came from.
+        let (_, own) = snapshot_at(&inner, (meta.last_log_id, meta.last_membership.clone()))?;
+        inner.current = Some((meta.clone(), own));
         Ok(())
     }
 

@@ -187,6 +187,13 @@ impl Config {
                 self.max_batch_bytes, self.max_value_bytes
             ));
         }
+        if self.max_batch_bytes > crate::log::MAX_RECORD_BYTES {
+            return bad(format!(
+                "max_batch_bytes must be at most {} (a WAL record's limit), got {}",
+                crate::log::MAX_RECORD_BYTES,
+                self.max_batch_bytes
+            ));
+        }
         if self.max_group_commit_bytes == 0 {
             return bad("max_group_commit_bytes must be positive".into());
         }

@@ -7,9 +7,12 @@
 //! The length has its own checksum so a damaged length is told apart from a torn tail. Recovery rules
 //! (see docs/format.md): a header or payload that runs past the end of the file is a torn tail from a
 //! crash and ends the log; an all-zero header followed only by zeros ends the log (a zero-filled tail after
-//! a power loss); anything else that fails a checksum is `Corruption` naming the file: records are only
-//! ever appended, so a complete record that is wrong was damaged after it was written, and dropping it
-//! (and everything after it) would silently lose acknowledged writes.
+//! a power loss, or the unused part of a mapped WAL); a record whose length checksum is still zero and
+//! after which only zeros follow is one the mapped WAL was killed in the middle of storing, and ends the
+//! log too (`fs/mapped_log.rs` stores the length checksum last); anything else that fails a checksum is
+//! `Corruption` naming the file: records are only ever appended, so a complete record that is wrong was
+//! damaged after it was written, and dropping it (and everything after it) would silently lose
+//! acknowledged writes.
 
 use crate::coding::masked_crc;
 use crate::error::{Error, Result};
@@ -19,8 +22,9 @@ use std::path::{Path, PathBuf};
 
 /// Bytes of a record header.
 pub const HEADER_BYTES: usize = 12;
-/// The largest record payload a log may hold.
-pub const MAX_RECORD_BYTES: usize = 512 << 20;
+/// The largest record payload a log may hold. Below 535,274,309, the one 4-byte length whose masked
+/// checksum is zero, so a length checksum not yet stored (zero) never passes for a right one.
+pub const MAX_RECORD_BYTES: usize = 500 << 20;
 
 /// Appends framed records to a file.
 pub struct LogWriter {
@@ -122,10 +126,15 @@ pub fn parse_log(data: Vec<u8>, path: &Path) -> Result<LogContents> {
             break;
         }
         let word = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let len = word(0) as usize;
         if masked_crc(&header[..4]) != word(4) {
+            // A length checksum not stored yet, and no later record begun: an append cut short.
+            let end = (pos + HEADER_BYTES).saturating_add(len).min(data.len());
+            if word(4) == 0 && data[end..].iter().all(|b| *b == 0) {
+                break;
+            }
             return Err(Error::corruption(path, format!("record length checksum mismatch at offset {pos}")));
         }
-        let len = word(0) as usize;
         let crc = word(8);
         let start = pos + HEADER_BYTES;
         if len > MAX_RECORD_BYTES {
@@ -173,6 +182,44 @@ mod tests {
                 assert!(err.is_corruption());
             }
         }
+    }
+
+    #[test]
+    fn a_record_without_its_length_checksum_ends_the_log_only_at_the_end() {
+        let path = Path::new("/x.log");
+        let mut data = framed(&[b"one", b"two"]);
+        let last = data.len() - (HEADER_BYTES + 3);
+        data[last + 4..last + 8].fill(0);
+        data.extend_from_slice(&[0u8; 32]);
+        assert_eq!(parse_log(data.clone(), path).unwrap().records.len(), 1);
+        // With a record after it, it is damage.
+        data.truncate(last + HEADER_BYTES + 3);
+        LogWriter::encode_record(&mut data, b"three");
+        assert!(parse_log(data, path).unwrap_err().is_corruption());
+    }
+
+    #[test]
+    fn no_valid_length_has_a_zero_length_checksum() {
+        // CRC-32C of a 4-byte input is affine in its bits; if its linear part has full rank it is a
+        // bijection, and so is the masking (a rotation and an addition). Then exactly one 4-byte length
+        // has a masked checksum of zero, and it lies above every valid length.
+        let raw = |x: u32| crc32c::crc32c(&x.to_le_bytes());
+        let mut basis = [0u32; 32];
+        for i in 0..32 {
+            let mut v = raw(1 << i) ^ raw(0);
+            while v != 0 {
+                let top = 31 - v.leading_zeros() as usize;
+                if basis[top] == 0 {
+                    basis[top] = v;
+                    break;
+                }
+                v ^= basis[top];
+            }
+            assert_ne!(v, 0, "the linear part is singular");
+        }
+        let zero = 535_274_309u32;
+        assert_eq!(masked_crc(&zero.to_le_bytes()), 0);
+        assert!(zero as usize > MAX_RECORD_BYTES);
     }
 
     #[test]

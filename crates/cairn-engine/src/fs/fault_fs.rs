@@ -7,7 +7,7 @@
 
 use super::{FileLock, FileSystem, RandomAccessFile, WritableFile};
 use crate::error::{Error, Result};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,6 +71,9 @@ struct KindState {
 #[derive(Debug, Clone, Default)]
 pub struct FaultController {
     kinds: Arc<Mutex<[KindState; FaultKind::COUNT]>>,
+    // Held (shared) by every call from its check until the wrapped file system has done it, and
+    // (exclusive) by `fail_all`: once that returns, no call that passed its check is still under way.
+    gate: Arc<RwLock<()>>,
 }
 
 impl FaultController {
@@ -87,6 +90,9 @@ impl FaultController {
     /// Every call of every kind fails from now on (until [`FaultController::clear`]): the process
     /// behind this file system is dead, as after `kill -9`.
     pub fn fail_all(&self) {
+        // A call that passed its check just before must not reach the wrapped file system after the
+        // caller goes on (to `MemFs::crash`, say): wait for the calls under way.
+        let _no_calls = self.gate.write();
         for kind in FaultKind::ALL {
             self.fail_after(kind, 0);
         }
@@ -104,15 +110,17 @@ impl FaultController {
         self.kinds.lock()[kind.index()].calls
     }
 
-    /// Counts a call of `kind` on `path` and fails it if a rule says so.
-    fn check(&self, kind: FaultKind, path: &Path) -> Result<()> {
+    /// Counts a call of `kind` on `path` and fails it if a rule says so; the call holds the returned
+    /// guard while it runs.
+    fn check(&self, kind: FaultKind, path: &Path) -> Result<RwLockReadGuard<'_, ()>> {
+        let admitted = self.gate.read_recursive();
         let mut kinds = self.kinds.lock();
         let state = &mut kinds[kind.index()];
         state.calls += 1;
-        let Some(rule) = state.rule.as_mut() else { return Ok(()) };
+        let Some(rule) = state.rule.as_mut() else { return Ok(admitted) };
         if rule.successes_left > 0 {
             rule.successes_left -= 1;
-            return Ok(());
+            return Ok(admitted);
         }
         if rule.once {
             state.rule = None;
@@ -148,12 +156,12 @@ struct FaultWritableFile {
 
 impl WritableFile for FaultWritableFile {
     fn append(&mut self, data: &[u8]) -> Result<()> {
-        self.ctl.check(FaultKind::Write, &self.path)?;
+        let _admitted = self.ctl.check(FaultKind::Write, &self.path)?;
         self.inner.append(data)
     }
 
     fn sync(&mut self) -> Result<()> {
-        self.ctl.check(FaultKind::Sync, &self.path)?;
+        let _admitted = self.ctl.check(FaultKind::Sync, &self.path)?;
         self.inner.sync()
     }
 
@@ -170,7 +178,7 @@ struct FaultRandomAccessFile {
 
 impl RandomAccessFile for FaultRandomAccessFile {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.ctl.check(FaultKind::Read, &self.path)?;
+        let _admitted = self.ctl.check(FaultKind::Read, &self.path)?;
         self.inner.read_exact_at(offset, buf)
     }
 
@@ -181,30 +189,30 @@ impl RandomAccessFile for FaultRandomAccessFile {
 
 impl FileSystem for FaultFs {
     fn create(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
-        self.ctl.check(FaultKind::Create, path)?;
+        let _admitted = self.ctl.check(FaultKind::Create, path)?;
         let inner = self.inner.create(path)?;
         Ok(Box::new(FaultWritableFile { inner, ctl: self.ctl.clone(), path: path.to_path_buf() }))
     }
 
     fn create_log(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
-        self.ctl.check(FaultKind::Create, path)?;
+        let _admitted = self.ctl.check(FaultKind::Create, path)?;
         let inner = self.inner.create_log(path)?;
         Ok(Box::new(FaultWritableFile { inner, ctl: self.ctl.clone(), path: path.to_path_buf() }))
     }
 
     fn open(&self, path: &Path) -> Result<Arc<dyn RandomAccessFile>> {
-        self.ctl.check(FaultKind::Open, path)?;
+        let _admitted = self.ctl.check(FaultKind::Open, path)?;
         let inner = self.inner.open(path)?;
         Ok(Arc::new(FaultRandomAccessFile { inner, ctl: self.ctl.clone(), path: path.to_path_buf() }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<()> {
-        self.ctl.check(FaultKind::Rename, from)?;
+        let _admitted = self.ctl.check(FaultKind::Rename, from)?;
         self.inner.rename(from, to)
     }
 
     fn remove(&self, path: &Path) -> Result<()> {
-        self.ctl.check(FaultKind::Remove, path)?;
+        let _admitted = self.ctl.check(FaultKind::Remove, path)?;
         self.inner.remove(path)
     }
 
@@ -217,12 +225,12 @@ impl FileSystem for FaultFs {
     }
 
     fn link(&self, from: &Path, to: &Path) -> Result<()> {
-        self.ctl.check(FaultKind::Create, to)?;
+        let _admitted = self.ctl.check(FaultKind::Create, to)?;
         self.inner.link(from, to)
     }
 
     fn remove_dir(&self, dir: &Path) -> Result<()> {
-        self.ctl.check(FaultKind::Remove, dir)?;
+        let _admitted = self.ctl.check(FaultKind::Remove, dir)?;
         self.inner.remove_dir(dir)
     }
 
@@ -239,7 +247,7 @@ impl FileSystem for FaultFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> Result<()> {
-        self.ctl.check(FaultKind::SyncDir, dir)?;
+        let _admitted = self.ctl.check(FaultKind::SyncDir, dir)?;
         self.inner.sync_dir(dir)
     }
 

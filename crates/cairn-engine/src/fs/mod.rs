@@ -12,10 +12,6 @@
 //! is durable only after `sync_dir` on its parent directory.
 
 mod fault_fs;
-// Suspended (ARCHITECTURE decision 33): a process killed in the middle of a copy into the mapping can
-// leave a non-prefix of the copied bytes, which recovery reads as damage. Kept, with its tests, for the
-// in-order copy that will bring it back; the WAL appends with `write` meanwhile.
-#[cfg(test)]
 mod mapped_log;
 mod mem_fs;
 #[cfg(feature = "s3")]
@@ -69,9 +65,11 @@ pub trait FileSystem: Send + Sync + Debug {
     /// Creates `path` (truncating any existing file) for appending.
     fn create(&self, path: &Path) -> Result<Box<dyn WritableFile>>;
     /// Creates `path` (truncating any existing file) for a log of framed records (the WAL): appended
-    /// many times in small pieces, read back only by recovery. Same contract as [`FileSystem::create`],
-    /// except that the file may also hold zeros after the appended bytes until the handle is dropped
-    /// (the log reader takes zeros as a clean end). Defaults to `create`.
+    /// many times, whole records at a time, read back only by recovery. Same contract as
+    /// [`FileSystem::create`], except that an append must be whole framed records (`crate::log`), a
+    /// record a crash cut short may be left with its length checksum zero, and the file may hold zeros
+    /// after the appended bytes until the handle is dropped (the log reader takes both as a clean end).
+    /// Defaults to `create`.
     fn create_log(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
         self.create(path)
     }

@@ -3,6 +3,7 @@
 //! `mapped_log`); `sync` is `fdatasync`; reads are positioned
 //! (`pread`) so one open file serves many threads without a shared cursor.
 
+use super::mapped_log::MappedLogFile;
 use super::{FileLock, FileSystem, RandomAccessFile, WritableFile};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions, TryLockError};
@@ -85,6 +86,10 @@ impl FileSystem for StdFs {
     fn create(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
         let file = create_truncated(path)?;
         Ok(Box::new(StdWritableFile { file, path: path.to_path_buf(), len: 0 }))
+    }
+
+    fn create_log(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
+        Ok(Box::new(MappedLogFile::new(create_truncated(path)?, path)))
     }
 
     fn open(&self, path: &Path) -> Result<Arc<dyn RandomAccessFile>> {

@@ -75,9 +75,9 @@ fn sigkill_never_loses_an_acknowledged_write() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let seed = common::seeds(1)[0].wrapping_add(0x6b11);
-    println!("seed {seed} (replay with CAIRN_SEED)");
-    let mut rng = Rng::new(seed);
+    let seed = common::seeds(1)[0];
+    println!("seed {seed} (replay with CAIRN_SEED={seed})");
+    let mut rng = Rng::new(seed.wrapping_add(0x6b11));
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let started = Instant::now();

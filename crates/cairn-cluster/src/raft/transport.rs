@@ -129,21 +129,21 @@ impl RaftService {
                     SnapshotMetaOf<TypeConfig>,
                     ShardSnapshotRef,
                 ) = decode(&call.payload)?;
-                let installed =
-                    match fetching {
-                        // In a task of its own: the leader's call may be dropped (a new leader, a closed
-                        // replication stream) while the snapshot is half fetched or being installed, and
-                        // the fetch must still end with the staged copies cleared or kept for a retry.
-                        Some(replica) => tokio::spawn(async move {
+                // A fetch runs in a task of its own: the leader's call may be dropped (a new leader, a
+                // closed replication stream) while the snapshot is half fetched or being installed, and
+                // the fetch must still end with the staged copies cleared, or kept for a retry.
+                let installed = match fetching {
+                    Some(replica) => {
+                        let fetch = tokio::spawn(async move {
                             replica.fetch_and_install(&raft, vote, meta, snapshot).await
-                        })
-                        .await
-                        .map_err(|e| format!("snapshot install task failed: {e}"))??,
-                        None => {
-                            let snapshot = SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot };
-                            raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?
-                        }
-                    };
+                        });
+                        fetch.await.map_err(|e| format!("snapshot install task failed: {e}"))??
+                    }
+                    None => {
+                        let snapshot = SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot };
+                        raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?
+                    }
+                };
                 encode(&installed)
             }
             Ok(RaftCallKind::Propose) => {

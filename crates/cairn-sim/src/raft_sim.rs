@@ -211,6 +211,8 @@ const GROUP: u64 = 1;
 const BUCKETS: u32 = 16;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// Times a final read of a key is tried before the run fails.
+const FINAL_READ_TRIES: usize = 10;
 
 /// Distinguishes runs in one process (memory volumes are process-wide).
 static RUN: AtomicU64 = AtomicU64::new(0);
@@ -753,9 +755,26 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
     let mut reader = Client { id: 0, rng: SimRng::new(rng.next_u64()), leader: converged };
     for key in 0..config.keys {
         let call = clock.tick();
-        let output = perform(&sim, &mut reader, key, RegisterInput::Read)
-            .await
-            .map_err(|()| format!("final read of key {key} failed"))?;
+        // A read that found no quorum in time (a membership change just committed, messages still
+        // delayed or lost) has no effect: it is tried again, a bounded number of times.
+        let mut output = Err(());
+        for _ in 0..FINAL_READ_TRIES {
+            output = perform(&sim, &mut reader, key, RegisterInput::Read).await;
+            if output.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let Ok(output) = output else {
+            let s = sim.lock().await;
+            let net = s.net.lock();
+            let recent: Vec<&String> = net.trace.iter().filter(|e| !e.contains(" call ")).collect();
+            let tail = recent[recent.len().saturating_sub(40)..].iter().map(|e| format!("\n  | {e}"));
+            return Err(format!(
+                "final read of key {key} failed; the last events:{}",
+                tail.collect::<String>()
+            ));
+        };
         let ret = output.map(|_| clock.tick());
         history.push((key, Operation { client: 0, call, ret, input: RegisterInput::Read, output }));
     }

@@ -368,19 +368,41 @@ fn snapshot_at(
     // Every applied entry is in the engine (applies are synchronous and hold the lock), so the snapshot
     // taken now is exactly the applied position read alongside it.
     let snapshot_id = inner.db.snapshot().map_err(io_err)?;
-    let input = inner.db.shard_snapshot_input(snapshot_id).map_err(io_err)?;
-    let data =
-        ShardSnapshotRef { volume: input.volume, db_id: input.db_id, snapshot_id, digest: input.digest };
+    let data = describe(&inner.db, snapshot_id)?;
     Ok((SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership }, data))
+}
+
+/// The reference of `db`'s snapshot `snapshot_id`, with its content digest (read from the snapshot's
+/// files, which never change: no lock needed).
+fn describe(db: &Db, snapshot_id: u64) -> Result<ShardSnapshotRef, io::Error> {
+    let input = db.shard_snapshot_input(snapshot_id).map_err(io_err)?;
+    Ok(ShardSnapshotRef { volume: input.volume, db_id: input.db_id, snapshot_id, digest: input.digest })
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     type SnapshotData = ShardSnapshotRef;
 
+    /// Applies wait while the engine snapshot is taken (it must hold exactly the applied position), so
+    /// that part is kept short: the memtable is flushed before the lock is taken (the snapshot then
+    /// flushes only what was applied meanwhile), and the digest, which reads the whole snapshot, is
+    /// computed after it is released.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, ShardSnapshotRef>, io::Error> {
+        self.db().flush().map_err(io_err)?;
+        let (meta, db, snapshot_id, generation) = {
+            let inner = self.inner.lock();
+            let (last_log_id, last_membership) = inner.applier.applied().map_err(io_err)?;
+            let snapshot_id = inner.db.snapshot().map_err(io_err)?;
+            let meta = SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership };
+            (meta, Arc::clone(&inner.db), snapshot_id, inner.generation)
+        };
+        let data = describe(&db, snapshot_id)?;
         let mut inner = self.inner.lock();
-        let applied = inner.applier.applied().map_err(io_err)?;
-        let (meta, data) = snapshot_at(&inner, applied)?;
+        if inner.generation != generation
+            && let Some((meta, snapshot)) = inner.current.clone()
+        {
+            // A snapshot from the leader was installed meanwhile: it is newer than this one.
+            return Ok(SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot });
+        }
         inner.current = Some((meta.clone(), data.clone()));
         Ok(SnapshotOf::<TypeConfig, ShardSnapshotRef> { meta, snapshot: data })
     }

@@ -251,8 +251,12 @@ pub(crate) struct Proposer<'a> {
     pub timeout: Duration,
 }
 
-/// Most proposals one write makes (clock catch-ups and unknown outcomes together).
+/// Most proposals one write makes that found no leader or got no answer (each after a growing pause).
 const MAX_ATTEMPTS: usize = 16;
+/// Most proposals one write makes again, at once, at a later timestamp because a newer version of a key
+/// it writes was applied first (a hot key written through several nodes: a follower's timestamp is a
+/// forwarding delay older than the leader's).
+const MAX_CLOCK_RETRIES: usize = 64;
 
 impl Proposer<'_> {
     fn bucket(&self, key: &[u8]) -> u16 {
@@ -362,7 +366,8 @@ impl Proposer<'_> {
     ) -> Result<Committed> {
         let mut unknown: Option<String> = None;
         let mut backoff = Duration::from_millis(10);
-        for _ in 0..MAX_ATTEMPTS {
+        let (mut attempts, mut clock_retries) = (0, 0);
+        while attempts < MAX_ATTEMPTS {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;
@@ -374,11 +379,20 @@ impl Proposer<'_> {
                 Ok(Written { index, result: CommandResult::ConditionFailed }) => {
                     match self.after_failed_condition(op, *ts, index, deadline).await? {
                         Some(done) => return Ok(done),
-                        None => {
-                            // The clock was behind the key's latest version: a new timestamp.
+                        None if clock_retries < MAX_CLOCK_RETRIES => {
+                            // The clock was behind the key's latest version, which it has now observed: a
+                            // new timestamp, proposed at once (a pause would only let newer writes by).
+                            clock_retries += 1;
                             *ts = self.pending.begin();
                             stamps.push(*ts);
                             unknown = None;
+                            continue;
+                        }
+                        None => {
+                            return Err(NodeError::Unavailable(format!(
+                                "{MAX_CLOCK_RETRIES} newer versions of the key were written first, each while \
+                                 this write was on its way to the leader: retry"
+                            )));
                         }
                     }
                 }
@@ -390,6 +404,7 @@ impl Proposer<'_> {
                 Err(e) => return Err(crate::replicated::group_error(e)),
             }
             // No leader, or no answer: the same command again, shortly.
+            attempts += 1;
             let now = tokio::time::Instant::now();
             if now + backoff >= deadline {
                 break;

@@ -147,17 +147,22 @@ impl DemoCluster {
     }
 }
 
-/// Waits until the node at `grpc` serves keys (its KV status answers).
+/// Waits until the node at `grpc` serves keys: its KV status answers, and every shard replica it holds
+/// knows its shard's leader (so the first requests do not wait out an election: a group whose first
+/// candidate asked before its peers were up elects a leader only an election timeout later).
 async fn wait_serving(grpc: SocketAddr) -> Result<(), String> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(mut client) = cairn_client::Client::connect(&grpc.to_string()).await
-            && client.status().await.is_ok()
+            && let Ok(status) = client.status().await
+            && status.shards.iter().all(|s| s.replication.as_ref().is_none_or(|r| r.leader != 0))
         {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("the node at {grpc} did not start serving keys in {START_TIMEOUT:?}"));
+            return Err(format!(
+                "the node at {grpc} did not start serving keys (every shard led) in {START_TIMEOUT:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -244,6 +244,39 @@ fn consistency_levels_tokens_conditions_and_identity_errors() {
         racers.into_iter().map(|r| usize::from(r.join().unwrap() == 200)).sum()
     });
     assert_eq!(winners, 1);
+
+    // One hot key written through every node at once: a write whose timestamp is older than a version
+    // applied before it (a follower's, forwarded) is retried at a newer one, so every write succeeds, at
+    // its own timestamp, and the newest acknowledged one is what the key reads.
+    let ts_of = |v: &Value| (v["wall_time"].as_u64().unwrap(), v["logical"].as_u64().unwrap());
+    let mut acked: Vec<((u64, u64), String)> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..12)
+            .map(|i| {
+                let node = cluster.http[i % NODES];
+                s.spawn(move || {
+                    (0..15)
+                        .map(|n| {
+                            let value = format!("hot-{i}-{n}");
+                            let r = http(node, "PUT", "/kv/rest/entry/hot", value.as_bytes());
+                            assert_eq!(r.status, 200, "{value}: {}", String::from_utf8_lossy(&r.body));
+                            (ts_of(&r.json()["header"]["timestamp"]), value)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        writers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    acked.sort();
+    acked.dedup_by_key(|(ts, _)| *ts);
+    assert_eq!(acked.len(), 12 * 15, "two acknowledged writes share a timestamp");
+    let newest = acked.last().unwrap();
+    for node in &cluster.http {
+        let read = http(*node, "GET", "/kv/rest/entry/hot?consistency=strong", b"").json();
+        assert_eq!(ts_of(&read["value"]["timestamp"]), newest.0, "{read}");
+        assert_eq!(decode_b64(read["value"]["bytes"].as_str().unwrap()), newest.1.as_bytes());
+    }
+
     let current = http(c, "GET", "/kv/rest/entry/k", b"").json()["value"]["timestamp"].clone();
     let at = format!("{}.{}", current["wall_time"], current["logical"]);
     assert_eq!(http(a, "PUT", &format!("/kv/rest/entry/k?if_timestamp={at}"), b"v2").status, 200);

@@ -2,6 +2,7 @@
 //! read at a chosen consistency level is safe, report status. The server and the simulation use this;
 //! neither names an openraft type.
 
+mod read_rounds;
 mod tend;
 pub use tend::{MoveStep, retire_stored};
 mod transfer;
@@ -16,6 +17,7 @@ use super::{
 use crate::raft_log::RaftLog;
 use cairn_engine::Db;
 use cairn_proto::raft::RaftCallKind;
+use futures_util::FutureExt;
 use openraft::LinearizerOption;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
@@ -313,6 +315,8 @@ struct Shared {
     lifecycle: tokio::sync::Mutex<()>,
     // Held while a snapshot from the leader is fetched and installed.
     fetching: tokio::sync::Mutex<()>,
+    // Read-index rounds shared by concurrent linearizable reads: [quorum-confirmed, lease-confirmed].
+    read_rounds: [Arc<read_rounds::ReadRounds>; 2],
 }
 
 /// The running Raft node of the replica's current incarnation.
@@ -425,6 +429,7 @@ impl Replica {
             stopped: AtomicBool::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
             fetching: tokio::sync::Mutex::new(()),
+            read_rounds: Default::default(),
         };
         Ok(Replica { shared: Arc::new(shared) })
     }
@@ -582,23 +587,20 @@ impl Replica {
             ReadLevel::AtLeast(index) => Some(index),
             ReadLevel::Strong | ReadLevel::Lease => {
                 let lease = (level == ReadLevel::Lease).then(|| self.shared.config.lease());
-                match self.leader_elsewhere() {
-                    // A follower read: the leader confirms its role and names the index to wait for.
-                    Some((leader, addr)) => {
-                        let payload = encode(&(lease.map(millis), millis(timeout))).map_err(stopped)?;
-                        let index = self
-                            .forward::<u64>(leader, addr, RaftCallKind::ReadIndex, payload, timeout)
-                            .await
-                            .map_err(|e| match e {
-                                ForwardError::Transport(why) => GroupError::Timeout(format!(
-                                    "read index from node {}: {why}",
-                                    node_of(leader)
-                                )),
-                                ForwardError::Answered(e) => e,
-                            })?;
-                        Some(index)
-                    }
-                    None => Some(read_index_here(&self.raft(), lease, timeout).await?),
+                if lease.is_some() && self.leader_elsewhere().is_none() {
+                    // The leader's own lease check is local and cheap: no round to share.
+                    Some(read_index_here(&self.raft(), lease, timeout).await?)
+                } else {
+                    let replica = self.clone();
+                    let round = self.shared.read_rounds[usize::from(lease.is_some())]
+                        .join(move || async move { replica.read_index(lease, timeout).await }.boxed());
+                    let index = tokio::time::timeout(timeout, round).await.map_err(|_| {
+                        GroupError::Timeout(format!(
+                            "no read index for group {} in {timeout:?}",
+                            self.shared.group
+                        ))
+                    })??;
+                    Some(index)
                 }
             }
         };
@@ -610,6 +612,26 @@ impl Replica {
                 .map_err(|e| GroupError::Timeout(format!("index {index} not applied here: {e}")))?;
         }
         Ok(self.point(target))
+    }
+
+    /// One read-index round: the index a linearizable read started now may serve from, once applied.
+    /// `lease`: the leader may answer from its lease instead of a quorum round.
+    async fn read_index(&self, lease: Option<Duration>, timeout: Duration) -> Result<u64, GroupError> {
+        match self.leader_elsewhere() {
+            // A follower read: the leader confirms its role and names the index to wait for.
+            Some((leader, addr)) => {
+                let payload = encode(&(lease.map(millis), millis(timeout))).map_err(stopped)?;
+                self.forward::<u64>(leader, addr, RaftCallKind::ReadIndex, payload, timeout).await.map_err(
+                    |e| match e {
+                        ForwardError::Transport(why) => {
+                            GroupError::Timeout(format!("read index from node {}: {why}", node_of(leader)))
+                        }
+                        ForwardError::Answered(e) => e,
+                    },
+                )
+            }
+            None => read_index_here(&self.raft(), lease, timeout).await,
+        }
     }
 
     fn point(&self, at_least: Option<u64>) -> ReadPoint {

@@ -10,7 +10,7 @@
 //! generation's directory is left in place (its snapshots may still be read by others); removing old
 //! generations is the next step, together with snapshot retention.
 
-use super::apply::{AppliedState, CheckBoard, ShardApplier};
+use super::apply::{CheckBoard, ShardApplier};
 use super::{TypeConfig, io_err};
 use cairn_engine::{Config, Db};
 use futures_util::StreamExt;
@@ -359,19 +359,6 @@ pub enum Verification {
     },
 }
 
-/// Takes an engine snapshot at the applied position `applied` (just read, under the state machine's lock):
-/// its Raft metadata and its reference.
-fn snapshot_at(
-    inner: &Inner,
-    (last_log_id, last_membership): AppliedState,
-) -> Result<(SnapshotMetaOf<TypeConfig>, ShardSnapshotRef), io::Error> {
-    // Every applied entry is in the engine (applies are synchronous and hold the lock), so the snapshot
-    // taken now is exactly the applied position read alongside it.
-    let snapshot_id = inner.db.snapshot().map_err(io_err)?;
-    let data = describe(&inner.db, snapshot_id)?;
-    Ok((SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership }, data))
-}
-
 /// The reference of `db`'s snapshot `snapshot_id`, with its content digest (read from the snapshot's
 /// files, which never change: no lock needed).
 fn describe(db: &Db, snapshot_id: u64) -> Result<ShardSnapshotRef, io::Error> {
@@ -390,6 +377,8 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         self.db().flush().map_err(io_err)?;
         let (meta, db, snapshot_id, generation) = {
             let inner = self.inner.lock();
+            // Every applied entry is in the engine (applies are synchronous and hold the lock), so the
+            // snapshot taken now is exactly the applied position read alongside it.
             let (last_log_id, last_membership) = inner.applier.applied().map_err(io_err)?;
             let snapshot_id = inner.db.snapshot().map_err(io_err)?;
             let meta = SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership };
@@ -465,7 +454,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         inner.installed += 1;
         // The snapshot this replica serves from now on is its own copy of what it installed (the same
         // position and contents), not the one it came from.
-        let (_, own) = snapshot_at(&inner, (meta.last_log_id, meta.last_membership.clone()))?;
+        let own = describe(&inner.db, inner.db.snapshot().map_err(io_err)?)?;
         inner.current = Some((meta.clone(), own));
         Ok(())
     }

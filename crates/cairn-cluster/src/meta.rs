@@ -77,10 +77,23 @@ pub struct ClusterSettings {
     /// move at a time, while every node is up.
     #[serde(default = "rebalance_default")]
     pub rebalance: bool,
+    /// How far ahead of a node's clock a timestamp from a client or another node may be, in
+    /// milliseconds; further is refused (default 500, at most 60 000).
+    #[serde(default = "max_clock_offset_ms_default")]
+    pub max_clock_offset_ms: u64,
 }
 
 fn rebalance_default() -> bool {
     true
+}
+
+/// The default maximum clock offset, in milliseconds.
+pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 500;
+/// The largest maximum clock offset, in milliseconds.
+pub const MAX_MAX_CLOCK_OFFSET_MS: u64 = 60_000;
+
+fn max_clock_offset_ms_default() -> u64 {
+    DEFAULT_MAX_CLOCK_OFFSET_MS
 }
 
 /// Everything the meta group holds.
@@ -184,6 +197,12 @@ impl ClusterState {
             return Err(MetaError::Invalid(format!(
                 "dead_after_secs must be 1 to {MAX_DEAD_AFTER_SECS}, not {}",
                 settings.dead_after_secs
+            )));
+        }
+        if !(1..=MAX_MAX_CLOCK_OFFSET_MS).contains(&settings.max_clock_offset_ms) {
+            return Err(MetaError::Invalid(format!(
+                "max_clock_offset_ms must be 1 to {MAX_MAX_CLOCK_OFFSET_MS}, not {}",
+                settings.max_clock_offset_ms
             )));
         }
         Ok(ClusterState {

@@ -13,6 +13,7 @@ fn settings(rf: usize, shards: usize) -> ClusterSettings {
         total_buckets: 64,
         dead_after_secs: 30,
         rebalance: true,
+        max_clock_offset_ms: 500,
     }
 }
 

@@ -50,6 +50,7 @@ fn settings() -> ClusterSettings {
         total_buckets: 1024,
         dead_after_secs: 30,
         rebalance: true,
+        max_clock_offset_ms: 500,
     }
 }
 

@@ -1,6 +1,16 @@
 //! cairn wire types: the messages clients and nodes exchange, and the gRPC services (generated from
 //! `proto/*.proto` at build time).
 
+pub mod codec;
+
+/// Default limit of one gRPC message, either way, between clients and nodes and between nodes (Raft
+/// batches, forwarded requests, snapshot chunks, scans). Every node of a cluster must use the same.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// The largest message limit a node may be set up with; clients accept messages up to this size, so
+/// whatever a node is set up with, its answers reach them.
+pub const MAX_MAX_MESSAGE_BYTES: usize = 256 << 20;
+
 /// True if a call failed with `status` because its connection could not be made (refused, or no
 /// route to the node): the request never left, so it may go to another replica even if it writes.
 pub fn never_sent(status: &tonic::Status) -> bool {

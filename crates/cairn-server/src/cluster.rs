@@ -169,7 +169,7 @@ impl Membership {
         }
         let plumbing = Plumbing {
             service: RaftService::default(),
-            wire: PeerChannels::default(),
+            wire: PeerChannels::new(node.max_message_bytes),
             log: Arc::new(log),
             events: crate::events::Events::new(),
         };
@@ -196,8 +196,13 @@ impl Membership {
     }
 
     /// The gRPC service peers and operators call.
-    pub(crate) fn service(self: &Arc<Self>) -> pb::cluster_server::ClusterServer<ClusterService> {
+    pub(crate) fn service(
+        self: &Arc<Self>,
+        max_message_bytes: usize,
+    ) -> pb::cluster_server::ClusterServer<ClusterService> {
         pb::cluster_server::ClusterServer::new(ClusterService { membership: Arc::clone(self) })
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
     }
 
     /// The Raft plumbing every group on this node shares.
@@ -475,6 +480,7 @@ impl Membership {
         replication.promote_resynced = false;
         let mut config = node.clone();
         config.replication = Some(replication);
+        config.max_clock_offset = Duration::from_millis(state.settings.max_clock_offset_ms);
         let Some(map) = &state.map else { return (config, state.settings.total_buckets, Vec::new()) };
         // Replicas placed here, and those a move under way brings here (which catch up before serving).
         let plans = map
@@ -775,6 +781,11 @@ fn settings_of(r: &pb::InitRequest) -> ClusterSettings {
         total_buckets: if r.total_buckets == 0 { 1024 } else { r.total_buckets },
         dead_after_secs: if r.dead_after_secs == 0 { 30 } else { r.dead_after_secs },
         rebalance: !r.no_rebalance,
+        max_clock_offset_ms: if r.max_clock_offset_ms == 0 {
+            cairn_cluster::meta::DEFAULT_MAX_CLOCK_OFFSET_MS
+        } else {
+            r.max_clock_offset_ms
+        },
     }
 }
 

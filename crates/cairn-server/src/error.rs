@@ -7,6 +7,10 @@ pub enum NodeError {
     /// Malformed input: a bad key encoding, an inverted range, a limit over the maximum, ...
     #[error("{0}")]
     InvalidArgument(String),
+    /// A timestamp from a client or peer too far ahead of this node's clock (more than the maximum
+    /// clock offset): refused, never observed.
+    #[error("{0}")]
+    OutOfRange(String),
     /// The key has no live value.
     #[error("{0}")]
     NotFound(String),
@@ -41,7 +45,7 @@ impl NodeError {
     /// The HTTP status.
     pub fn http_status(&self) -> u16 {
         match self {
-            NodeError::InvalidArgument(_) => 400,
+            NodeError::InvalidArgument(_) | NodeError::OutOfRange(_) => 400,
             NodeError::NotFound(_) => 404,
             NodeError::Precondition(_) => 412,
             NodeError::TooLarge(_) => 413,
@@ -54,6 +58,9 @@ impl NodeError {
 
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
+        if let NodeError::OutOfRange(_) = self {
+            return "out_of_range";
+        }
         match self.http_status() {
             400 => "invalid_argument",
             404 => "not_found",
@@ -62,5 +69,11 @@ impl NodeError {
             503 => "unavailable",
             _ => "internal",
         }
+    }
+}
+
+impl From<crate::hlc::TimestampAhead> for NodeError {
+    fn from(e: crate::hlc::TimestampAhead) -> NodeError {
+        NodeError::OutOfRange(e.to_string())
     }
 }

@@ -18,8 +18,10 @@ const SCAN_CHUNK: usize = 256;
 /// Maps a server error to a gRPC status (the REST mapping is [`NodeError::http_status`]).
 pub fn status_of(e: NodeError) -> Status {
     let message = e.to_string();
-    if let NodeError::Misrouted(_) = e {
-        return Status::aborted(message);
+    match e {
+        NodeError::Misrouted(_) => return Status::aborted(message),
+        NodeError::OutOfRange(_) => return Status::out_of_range(message),
+        _ => {}
     }
     match e.http_status() {
         400 => Status::invalid_argument(message),

@@ -1,9 +1,14 @@
 //! Hybrid logical clock: timestamps `{wall_time, logical}` that follow the physical clock but never go
 //! backwards and never repeat, so every write on a node gets a distinct, increasing timestamp.
+//!
+//! The clock is bounded: a timestamp from a client or a peer more than the maximum clock offset ahead
+//! of the physical clock is refused ([`Clock::observe`], [`Clock::check`]) and never moves the clock, so
+//! one request cannot push every later write into the future. Wall times stay within `i64`
+//! nanoseconds (year 2262); a logical counter that would overflow advances the wall time instead.
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A hybrid-logical-clock timestamp: nanoseconds since the Unix epoch, then a counter that orders
 /// events within one nanosecond (or while the physical clock lags behind the last timestamp).
@@ -17,6 +22,33 @@ pub struct Timestamp {
 
 /// Bytes of an encoded timestamp.
 pub const TIMESTAMP_BYTES: usize = 12;
+
+/// The largest wall time a timestamp may carry: `i64::MAX` nanoseconds (what other systems and
+/// languages can hold), far beyond any clock within the maximum offset.
+pub const MAX_WALL_TIME: u64 = i64::MAX as u64;
+
+/// Default maximum clock offset between nodes (and between a client's timestamps and this node).
+pub const DEFAULT_MAX_CLOCK_OFFSET: Duration = Duration::from_millis(500);
+
+/// Largest maximum clock offset a cluster may be set up with.
+pub const MAX_MAX_CLOCK_OFFSET: Duration = Duration::from_secs(60);
+
+/// A timestamp from outside further ahead of this node's clock than the maximum offset.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "timestamp {given} is {ahead_ms} ms ahead of this node's clock ({now}), more than the maximum clock \
+     offset of {max_offset_ms} ms"
+)]
+pub struct TimestampAhead {
+    /// The timestamp given.
+    pub given: Timestamp,
+    /// This node's physical time then.
+    pub now: Timestamp,
+    /// How far ahead it was.
+    pub ahead_ms: u64,
+    /// The maximum clock offset.
+    pub max_offset_ms: u64,
+}
 
 impl Timestamp {
     /// The largest timestamp.
@@ -40,10 +72,15 @@ impl Timestamp {
         })
     }
 
-    /// Parses `WALL` or `WALL.LOGICAL` (decimal).
+    /// Parses `WALL` or `WALL.LOGICAL` (decimal digits only, wall time at most [`MAX_WALL_TIME`]).
     pub fn parse(text: &str) -> Option<Timestamp> {
         let (wall, logical) = text.split_once('.').unwrap_or((text, "0"));
-        Some(Timestamp { wall_time: wall.parse().ok()?, logical: logical.parse().ok()? })
+        let digits = |t: &str| !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(wall) || !digits(logical) {
+            return None;
+        }
+        let ts = Timestamp { wall_time: wall.parse().ok()?, logical: logical.parse().ok()? };
+        (ts.wall_time <= MAX_WALL_TIME).then_some(ts)
     }
 }
 
@@ -54,9 +91,17 @@ impl std::fmt::Display for Timestamp {
 }
 
 /// The node's clock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Clock {
     last: Mutex<Timestamp>,
+    // INVARIANT: at most MAX_MAX_CLOCK_OFFSET.
+    max_offset: Duration,
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::new(DEFAULT_MAX_CLOCK_OFFSET)
+    }
 }
 
 fn physical_now() -> u64 {
@@ -66,9 +111,15 @@ fn physical_now() -> u64 {
 }
 
 impl Clock {
-    /// A clock starting at the physical time.
-    pub fn new() -> Clock {
-        Clock::default()
+    /// A clock starting at the physical time that refuses timestamps more than `max_offset` ahead
+    /// (capped at [`MAX_MAX_CLOCK_OFFSET`]).
+    pub fn new(max_offset: Duration) -> Clock {
+        Clock { last: Mutex::new(Timestamp::default()), max_offset: max_offset.min(MAX_MAX_CLOCK_OFFSET) }
+    }
+
+    /// The maximum clock offset.
+    pub fn max_offset(&self) -> Duration {
+        self.max_offset
     }
 
     /// A fresh timestamp, larger than every one handed out or observed before.
@@ -80,18 +131,38 @@ impl Clock {
         } else if last.logical < u32::MAX {
             Timestamp { wall_time: last.wall_time, logical: last.logical + 1 }
         } else {
-            Timestamp { wall_time: last.wall_time.saturating_add(1), logical: 0 }
+            // The wall time stays within the offset bound of the physical clock (observe refuses
+            // more), so one more nanosecond cannot overflow.
+            Timestamp { wall_time: last.wall_time + 1, logical: 0 }
         };
         *last = next;
         next
     }
 
-    /// Moves the clock past `seen` (a timestamp read from storage or another node).
-    pub fn observe(&self, seen: Timestamp) {
+    /// Refuses `given` if it is more than the maximum offset ahead of the physical clock.
+    pub fn check(&self, given: Timestamp) -> Result<(), TimestampAhead> {
+        let physical = physical_now();
+        let bound = physical.saturating_add(u64::try_from(self.max_offset.as_nanos()).unwrap_or(u64::MAX));
+        if given.wall_time <= bound.min(MAX_WALL_TIME) {
+            return Ok(());
+        }
+        Err(TimestampAhead {
+            given,
+            now: Timestamp { wall_time: physical, logical: 0 },
+            ahead_ms: given.wall_time.saturating_sub(physical) / 1_000_000,
+            max_offset_ms: u64::try_from(self.max_offset.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Moves the clock past `seen` (a timestamp from a client, another node or storage), unless it is
+    /// more than the maximum offset ahead ([`Clock::check`]): then the clock stays where it is.
+    pub fn observe(&self, seen: Timestamp) -> Result<(), TimestampAhead> {
+        self.check(seen)?;
         let mut last = self.last.lock();
         if seen > *last {
             *last = seen;
         }
+        Ok(())
     }
 }
 
@@ -101,7 +172,7 @@ mod tests {
 
     #[test]
     fn timestamps_increase_and_encode_descending() {
-        let clock = Clock::new();
+        let clock = Clock::default();
         let mut prev = clock.now();
         for _ in 0..10_000 {
             let t = clock.now();
@@ -110,10 +181,48 @@ mod tests {
             assert_eq!(Timestamp::decode_descending(&t.encode_descending()), Some(t));
             prev = t;
         }
-        clock.observe(Timestamp { wall_time: u64::MAX - 1, logical: 7 });
-        assert!(clock.now() > Timestamp { wall_time: u64::MAX - 1, logical: 7 });
         assert_eq!(Timestamp::parse("12.3"), Some(Timestamp { wall_time: 12, logical: 3 }));
         assert_eq!(Timestamp::parse("12"), Some(Timestamp { wall_time: 12, logical: 0 }));
-        assert_eq!(Timestamp::parse("x"), None);
+        for bad in ["x", "", ".", "1.", ".1", "+1", "-1", "1.+2", " 1", "1e3", "9223372036854775808"] {
+            assert_eq!(Timestamp::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(Timestamp::parse("18446744073709551615.4294967295"), None);
+        assert_eq!(
+            Timestamp::parse("9223372036854775807"),
+            Some(Timestamp { wall_time: MAX_WALL_TIME, logical: 0 })
+        );
+    }
+
+    // Regression: one read at a far-future timestamp moved the clock 10 years ahead, and a read at
+    // u64::MAX made later timestamps go backwards.
+    #[test]
+    fn timestamps_beyond_the_offset_are_refused_and_never_observed() {
+        let clock = Clock::new(Duration::from_millis(500));
+        let before = clock.now();
+        let now = physical_now();
+        for far in [now + 2_000_000_000, now + 10 * 365 * 24 * 3600 * 1_000_000_000, MAX_WALL_TIME, u64::MAX] {
+            let ts = Timestamp { wall_time: far, logical: u32::MAX };
+            let e = clock.observe(ts).unwrap_err();
+            assert_eq!(e.max_offset_ms, 500);
+            assert!(e.to_string().contains("ahead of this node's clock"), "{e}");
+        }
+        let after = clock.now();
+        assert!(after > before && after.wall_time < physical_now() + 1_000_000_000);
+        // Within the offset: observed, and later timestamps are above it.
+        let near = Timestamp { wall_time: physical_now() + 200_000_000, logical: 9 };
+        clock.observe(near).unwrap();
+        assert!(clock.now() > near);
+    }
+
+    #[test]
+    fn a_saturated_logical_counter_advances_the_wall_time() {
+        let clock = Clock::new(Duration::from_millis(500));
+        let ahead = Timestamp { wall_time: physical_now() + 400_000_000, logical: u32::MAX - 1 };
+        clock.observe(ahead).unwrap();
+        let a = clock.now();
+        let b = clock.now();
+        assert_eq!(a, Timestamp { wall_time: ahead.wall_time, logical: u32::MAX });
+        assert_eq!(b, Timestamp { wall_time: ahead.wall_time + 1, logical: 0 });
+        assert!(b > a);
     }
 }

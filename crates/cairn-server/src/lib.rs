@@ -138,10 +138,15 @@ pub async fn serve(
         (None, Some(node)) => node.raft_service(),
         (None, None) => None,
     };
+    let max_message = config.node.max_message_bytes;
     let grpc_server = tonic::transport::Server::builder()
-        .add_service(cairn_proto::kv::kv_server::KvServer::new(kv.clone()))
-        .add_optional_service(raft.map(|s| s.into_server()))
-        .add_optional_service(membership.as_ref().map(cluster::Membership::service))
+        .add_service(
+            cairn_proto::kv::kv_server::KvServer::new(kv.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_optional_service(raft.map(|s| s.into_server(max_message)))
+        .add_optional_service(membership.as_ref().map(|m| m.service(max_message)))
         .serve_with_incoming_shutdown(grpc_incoming, stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc_server);
     // Ends the gRPC server if its connections outlast the shutdown grace (the task holds the node).
@@ -159,7 +164,12 @@ pub async fn serve(
                 m.retire_stale(&node_config, id, &state).await?;
                 let mut node =
                     Node::start_replicas(node_config, m.plumbing().clone(), total_buckets, plans).await?;
-                node.set_router(routing::Router::new(id, m.meta()?.clone(), &state)?);
+                node.set_router(routing::Router::new(
+                    id,
+                    m.meta()?.clone(),
+                    &state,
+                    config.node.max_message_bytes,
+                )?);
                 Ok::<_, NodeError>((node, id))
             };
             let outcome = tokio::select! {

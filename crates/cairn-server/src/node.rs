@@ -27,16 +27,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Largest key accepted, in bytes.
-pub const MAX_KEY_BYTES: usize = 64 * 1024;
+/// Default largest key, in bytes.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 16 * 1024;
+/// The largest key limit a node may be set up with: a key's engine rows hold it escaped (a zero byte
+/// takes two) plus 14 bytes, within the engine's 64 KiB key limit.
+pub const MAX_MAX_KEY_BYTES: usize = 32_000;
+/// Default largest value, in bytes.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+/// Room a Raft command and its message need besides the keys and values they carry (conditions,
+/// timestamps, row encoding, the message envelope).
+pub const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
 /// Largest `limit` of one range request.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
 /// How long a read at an explicit timestamp waits for writes below it to finish.
 const PENDING_WAIT: Duration = Duration::from_secs(5);
 /// Most operations in one batch request.
 pub const MAX_BATCH_OPS: usize = 10_000;
-/// Most value bytes in one batch request.
-const MAX_BATCH_VALUE_BYTES: usize = 64 << 20;
+/// Bytes a write's Raft command spends per key besides the key and value: a key appears escaped (up to
+/// twice its length) in its version row, its latest row and two conditions; plus timestamps and tags.
+const COMMAND_BYTES_PER_KEY: usize = 8;
+const COMMAND_BYTES_PER_OP: usize = 96;
 
 /// How a node's store is set up.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -49,8 +59,17 @@ pub struct NodeConfig {
     pub total_buckets: u32,
     /// Fsync every write before acknowledging it (group commit makes this cheap).
     pub sync: bool,
-    /// Largest value accepted, in bytes.
+    /// Largest key accepted, in bytes (default 16 KiB, at most [`MAX_MAX_KEY_BYTES`]).
+    pub max_key_bytes: usize,
+    /// Largest value accepted, in bytes (default 1 MiB).
     pub max_value_bytes: usize,
+    /// Largest gRPC message this node sends or accepts, from clients and from peers (default 16 MiB;
+    /// the same on every node of a cluster). A write's Raft command must fit in one, so the largest
+    /// key and value must, with [`MESSAGE_OVERHEAD_BYTES`] to spare.
+    pub max_message_bytes: usize,
+    /// How far ahead of this node's clock a timestamp from a client or peer may be (default 500 ms);
+    /// a cluster member takes its cluster's setting.
+    pub max_clock_offset: Duration,
     /// Versions older than this stay readable; older ones are dropped by compaction.
     pub gc_ttl: Duration,
     /// Block cache per shard, in bytes.
@@ -67,12 +86,67 @@ impl NodeConfig {
             shards: 4,
             total_buckets: 1024,
             sync: true,
-            max_value_bytes: 1 << 20,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_message_bytes: cairn_proto::DEFAULT_MAX_MESSAGE_BYTES,
+            max_clock_offset: crate::hlc::DEFAULT_MAX_CLOCK_OFFSET,
             gc_ttl: Duration::from_secs(24 * 3600),
             block_cache_bytes: 32 << 20,
             replication: None,
         }
     }
+
+    /// Refuses limits that do not fit together: a key over [`MAX_MAX_KEY_BYTES`], a message limit
+    /// outside 1 MiB..=[`cairn_proto::MAX_MAX_MESSAGE_BYTES`], a largest write that would not fit in
+    /// one message, a clock offset over [`crate::hlc::MAX_MAX_CLOCK_OFFSET`].
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(NodeError::Startup(m));
+        if !(1..=MAX_MAX_KEY_BYTES).contains(&self.max_key_bytes) {
+            return bad(format!("max_key_bytes must be 1..={MAX_MAX_KEY_BYTES}, not {}", self.max_key_bytes));
+        }
+        if !((1 << 20)..=cairn_proto::MAX_MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
+            return bad(format!(
+                "max_message_bytes must be {}..={}, not {}",
+                1 << 20,
+                cairn_proto::MAX_MAX_MESSAGE_BYTES,
+                self.max_message_bytes
+            ));
+        }
+        if self.max_value_bytes == 0 || self.largest_write() > self.max_command_bytes() {
+            return bad(format!(
+                "max_value_bytes {} with max_key_bytes {} does not fit in a message of max_message_bytes {} \
+                 (a value may take at most {} bytes)",
+                self.max_value_bytes,
+                self.max_key_bytes,
+                self.max_message_bytes,
+                self.max_command_bytes().saturating_sub(self.largest_write() - self.max_value_bytes)
+            ));
+        }
+        if self.max_clock_offset > crate::hlc::MAX_MAX_CLOCK_OFFSET {
+            return bad(format!(
+                "the maximum clock offset must be at most {:?}, not {:?}",
+                crate::hlc::MAX_MAX_CLOCK_OFFSET,
+                self.max_clock_offset
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest Raft command a write may make: one message less its envelope.
+    pub fn max_command_bytes(&self) -> usize {
+        self.max_message_bytes.saturating_sub(MESSAGE_OVERHEAD_BYTES)
+    }
+
+    /// The command bytes of a put of the largest key and value.
+    fn largest_write(&self) -> usize {
+        command_bytes(self.max_key_bytes, self.max_value_bytes)
+    }
+}
+
+/// An upper bound of the Raft command bytes one put (or batch operation) of a `key`-byte key and a
+/// `value`-byte value takes.
+fn command_bytes(key: usize, value: usize) -> usize {
+    key * COMMAND_BYTES_PER_KEY + value + COMMAND_BYTES_PER_OP
 }
 
 /// One stored version as the APIs return it.
@@ -273,9 +347,10 @@ impl Node {
         if config.replication.is_some() {
             return Err(NodeError::Startup("a replicated store is opened with Node::start".into()));
         }
+        config.validate()?;
         let layout = load_layout(&config)?;
         let mut shards = Vec::with_capacity(layout.shards.len());
-        let pending = Arc::new(Pending::new());
+        let pending = Arc::new(Pending::new(config.max_clock_offset));
         let mut writer_threads = Vec::with_capacity(layout.shards.len());
         for (i, &(start, end)) in layout.shards.iter().enumerate() {
             let db = Db::open(shard_config(&config, layout.total_buckets, i as u64), vec![start..=end])
@@ -330,7 +405,7 @@ impl Node {
         };
         let plumbing = Plumbing {
             service: RaftService::default(),
-            wire: PeerChannels::default(),
+            wire: PeerChannels::new(config.max_message_bytes),
             log: Arc::new(log),
             events: crate::events::Events::new(),
         };
@@ -360,17 +435,19 @@ impl Node {
             .replication
             .clone()
             .ok_or_else(|| NodeError::Internal("replicas started without a replication config".into()))?;
+        config.validate()?;
         let mut shards = Vec::with_capacity(plans.len());
         let serving: BTreeSet<u64> = plans.iter().filter(|p| p.serving).map(|p| p.group).collect();
         for plan in plans {
             shards.push(Arc::new(start_replica(&config, &rc, &plumbing, total_buckets, plan).await?));
         }
         let set = ShardSet::new(shards, total_buckets, |s| serving.contains(&s.group));
+        let pending = Arc::new(Pending::new(config.max_clock_offset));
         Ok(Node {
             total_buckets,
             shards: parking_lot::RwLock::new(Arc::new(set)),
             config,
-            pending: Arc::new(Pending::new()),
+            pending,
             writer_threads: Mutex::new(Vec::new()),
             events: Arc::clone(&plumbing.events),
             replication: Some(Replication { plumbing }),
@@ -506,9 +583,13 @@ impl Node {
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
-        if key.len() > MAX_KEY_BYTES || mvcc::key_prefix(key).len() + 12 > cairn_engine::MAX_KEY_BYTES {
+        if key.is_empty() {
+            return Err(NodeError::InvalidArgument("the key is empty".into()));
+        }
+        let max = self.config.max_key_bytes;
+        if key.len() > max {
             return Err(NodeError::TooLarge(format!(
-                "key of {} bytes is over the limit ({MAX_KEY_BYTES} bytes, less if it holds many zero bytes)",
+                "key of {} bytes is over the limit of {max} bytes",
                 key.len()
             )));
         }
@@ -523,8 +604,9 @@ impl Node {
                 "read timestamp {at} is below the GC horizon ({horizon}.0): older versions may be gone"
             )));
         }
-        // Wait until every write that may get a timestamp at or below `at` has committed.
-        self.pending.clock().observe(at);
+        // Wait until every write that may get a timestamp at or below `at` has committed. A timestamp
+        // beyond the clock's offset bound is refused before it can move the clock.
+        self.pending.clock().observe(at)?;
         if !self.pending.wait_below(at, Instant::now() + PENDING_WAIT) {
             return Err(NodeError::Unavailable("writes below the read timestamp are still in flight".into()));
         }
@@ -606,6 +688,15 @@ impl Node {
         Ok(())
     }
 
+    /// Refuses a condition naming a version further ahead than the maximum clock offset (no write
+    /// could have stamped it).
+    fn check_condition(&self, condition: Condition) -> Result<()> {
+        match condition {
+            Condition::IfTimestamp(want) => Ok(self.pending.clock().check(want)?),
+            Condition::None | Condition::IfAbsent => Ok(()),
+        }
+    }
+
     fn shard_of_key(&self, key: &[u8]) -> Result<Arc<Shard>> {
         self.shard_of(mvcc::bucket_of(key, self.total_buckets))
     }
@@ -628,6 +719,7 @@ impl Node {
                     pending: &self.pending,
                     total_buckets: self.total_buckets,
                     timeout: rc.request_timeout,
+                    max_command_bytes: self.config.max_command_bytes(),
                 };
                 let committed = proposer.write(&op).await?;
                 let shard = shard.group as usize;
@@ -643,6 +735,7 @@ impl Node {
     pub fn put(&self, key: &[u8], value: &[u8], condition: Condition) -> Result<Timestamp> {
         self.check_key(key)?;
         self.check_value(value)?;
+        self.check_condition(condition)?;
         let op = WriteOp::Put { key: key.to_vec(), value: value.to_vec(), condition };
         let shard = self.shard_of_key(key)?;
         written(Node::local_writer(&shard)?.write_blocking(op))
@@ -659,6 +752,7 @@ impl Node {
     ) -> Result<Ack> {
         self.check_key(&key)?;
         self.check_value(&value)?;
+        self.check_condition(condition)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
         match self.locate(bucket, route).await? {
             Located::Here(shard) => acked(self.write(&shard, WriteOp::Put { key, value, condition }).await?),
@@ -728,8 +822,8 @@ impl Node {
             self.check_key(key)?;
             if let Some(v) = value {
                 self.check_value(v)?;
-                bytes += v.len();
             }
+            bytes += command_bytes(key.len(), value.as_ref().map_or(0, Vec::len));
             let other = self.shard_id(mvcc::bucket_of(key, self.total_buckets))?;
             if other != shard {
                 return Err(NodeError::InvalidArgument(format!(
@@ -737,8 +831,12 @@ impl Node {
                 )));
             }
         }
-        if bytes > MAX_BATCH_VALUE_BYTES {
-            return Err(NodeError::TooLarge(format!("the batch holds {bytes} bytes of values, over 64 MiB")));
+        if bytes > self.config.max_command_bytes() {
+            return Err(NodeError::TooLarge(format!(
+                "the batch takes up to {bytes} bytes as one Raft command, over the limit of {} bytes \
+                 (max_message_bytes less {MESSAGE_OVERHEAD_BYTES}): split it",
+                self.config.max_command_bytes()
+            )));
         }
         Ok(bucket)
     }

@@ -27,7 +27,7 @@ fn versions_conditions_limits_and_scans() {
     assert_eq!(n.delete(b"a").unwrap(), None);
     assert!(n.put(b"a", b"4", Condition::IfAbsent).unwrap() > t3);
     assert!(matches!(
-        n.put(&vec![1u8; MAX_KEY_BYTES + 1], b"v", Condition::None),
+        n.put(&vec![1u8; DEFAULT_MAX_KEY_BYTES + 1], b"v", Condition::None),
         Err(NodeError::TooLarge(_))
     ));
     assert!(matches!(n.put(&vec![0u8; 40_000], b"v", Condition::None), Err(NodeError::TooLarge(_))));

@@ -249,6 +249,8 @@ pub(crate) struct Proposer<'a> {
     pub pending: &'a Pending,
     pub total_buckets: u32,
     pub timeout: Duration,
+    /// The largest command that fits in one message (and so always replicates).
+    pub max_command_bytes: usize,
 }
 
 /// Most proposals one write makes that found no leader or got no answer (each after a growing pause).
@@ -348,7 +350,7 @@ impl Proposer<'_> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         if let WriteOp::Put { condition: PutCondition::IfTimestamp(want), .. } = op {
             // The new version must sort after the one it replaces.
-            self.pending.clock().observe(*want);
+            self.pending.clock().observe(*want)?;
         }
         let mut ts = self.pending.begin();
         let mut stamps = vec![ts];
@@ -372,7 +374,16 @@ impl Proposer<'_> {
             if left.is_zero() {
                 break;
             }
-            match self.replica.write(self.command(op, *ts), left).await {
+            let command = self.command(op, *ts);
+            if command.approx_bytes() > self.max_command_bytes {
+                // The request checks keep writes well under this: a guard, not a path.
+                return Err(NodeError::TooLarge(format!(
+                    "the write takes {} bytes as a Raft command, over the limit of {} bytes",
+                    command.approx_bytes(),
+                    self.max_command_bytes
+                )));
+            }
+            match self.replica.write(command, left).await {
                 Ok(Written { index, result: CommandResult::Applied }) => {
                     return Ok(Committed { timestamp: Some(*ts), index });
                 }
@@ -447,7 +458,13 @@ impl Proposer<'_> {
         let mut live = None;
         for key in keys {
             if let Some((latest, stored)) = latest_version(&db, self.total_buckets, key)? {
-                self.pending.clock().observe(latest);
+                self.pending.clock().observe(latest).map_err(|e| {
+                    NodeError::OutOfRange(format!(
+                        "the key's newest version is at {latest}, {} ms ahead of this node's clock (more \
+                         than the maximum clock offset of {} ms): a write cannot be ordered after it",
+                        e.ahead_ms, e.max_offset_ms
+                    ))
+                })?;
                 live = matches!(stored, Stored::Value(_)).then_some(latest);
             }
         }

@@ -61,6 +61,8 @@ pub(crate) struct Router {
     meta: MetaStore,
     view: parking_lot::RwLock<Arc<View>>,
     channels: parking_lot::Mutex<HashMap<String, Channel>>,
+    /// The cluster's message limit, both ways.
+    max_message_bytes: usize,
 }
 
 impl std::fmt::Debug for Router {
@@ -72,7 +74,8 @@ impl std::fmt::Debug for Router {
 fn remote(status: &tonic::Status, addr: &str) -> NodeError {
     let message = format!("{} (from {addr})", status.message());
     match status.code() {
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => NodeError::InvalidArgument(message),
+        tonic::Code::InvalidArgument => NodeError::InvalidArgument(message),
+        tonic::Code::OutOfRange => NodeError::OutOfRange(message),
         tonic::Code::NotFound => NodeError::NotFound(message),
         tonic::Code::FailedPrecondition => NodeError::Precondition(message),
         tonic::Code::ResourceExhausted => NodeError::TooLarge(message),
@@ -120,7 +123,12 @@ enum Retry {
 
 impl Router {
     /// A router for node `node_id` with the map in `state`.
-    pub(crate) fn new(node_id: NodeId, meta: MetaStore, state: &ClusterState) -> Result<Router> {
+    pub(crate) fn new(
+        node_id: NodeId,
+        meta: MetaStore,
+        state: &ClusterState,
+        max_message_bytes: usize,
+    ) -> Result<Router> {
         let view = View::of(state)
             .ok_or_else(|| NodeError::Internal("routing before the shards are placed".into()))?;
         Ok(Router {
@@ -128,6 +136,7 @@ impl Router {
             meta,
             view: parking_lot::RwLock::new(Arc::new(view)),
             channels: parking_lot::Mutex::new(HashMap::new()),
+            max_message_bytes,
         })
     }
 
@@ -239,7 +248,9 @@ impl Router {
         let mut last = NodeError::Unavailable(format!("shard {} has no replica on another node", shard.id));
         for node in shard.replicas.iter().filter(|n| **n != self.node_id) {
             let Some(addr) = view.addrs.get(node) else { continue };
-            let client = kv::kv_client::KvClient::new(self.channel(addr)?);
+            let client = kv::kv_client::KvClient::new(self.channel(addr)?)
+                .max_decoding_message_size(self.max_message_bytes)
+                .max_encoding_message_size(self.max_message_bytes);
             match call(client, route).await {
                 Ok(t) => return Ok(t),
                 Err(status) => {

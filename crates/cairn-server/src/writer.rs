@@ -66,9 +66,10 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// No write in flight; a clock starting at the physical time.
-    pub(crate) fn new() -> Pending {
-        Pending { clock: Clock::new(), stamps: Mutex::new(BTreeMap::new()), done: Condvar::new() }
+    /// No write in flight; a clock starting at the physical time, refusing timestamps more than
+    /// `max_clock_offset` ahead of it.
+    pub(crate) fn new(max_clock_offset: std::time::Duration) -> Pending {
+        Pending { clock: Clock::new(max_clock_offset), stamps: Mutex::new(BTreeMap::new()), done: Condvar::new() }
     }
 
     /// The node's clock.

@@ -129,6 +129,7 @@ impl DemoCluster {
                     total_buckets: 0,
                     dead_after_secs: 0,
                     no_rebalance: false,
+                    max_clock_offset_ms: 0,
                 };
                 match client.init(request).await {
                     Ok(_) => Ok(true),

@@ -66,6 +66,10 @@ struct InitArgs {
     /// or comes back after its replicas moved away, receives replicas until the load is even).
     #[arg(long)]
     no_rebalance: bool,
+    /// How far ahead of a node's clock, in milliseconds, a timestamp from a client or another node may
+    /// be; further is refused (REST 400, gRPC OUT_OF_RANGE) and never moves a clock.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    max_clock_offset_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -127,9 +131,20 @@ struct NodeArgs {
     /// Acknowledge writes before they are fsynced (they still survive a process crash, not power loss).
     #[arg(long, env = "CAIRN_NO_SYNC")]
     no_sync: bool,
-    /// Largest value accepted, in bytes.
+    /// Largest key accepted, in bytes (default 16384, at most 32000).
+    #[arg(long, env = "CAIRN_MAX_KEY_BYTES")]
+    max_key_bytes: Option<usize>,
+    /// Largest value accepted, in bytes (default 1048576).
     #[arg(long, env = "CAIRN_MAX_VALUE_BYTES")]
     max_value_bytes: Option<usize>,
+    /// Largest gRPC message sent or accepted, from clients and peers, in bytes (default 16777216; the
+    /// same on every node of a cluster; the largest key and value must fit in one).
+    #[arg(long, env = "CAIRN_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// How far ahead of this node's clock a client's timestamp may be, in milliseconds (default 500;
+    /// a cluster member takes its cluster's setting, `cairn init --max-clock-offset-ms`).
+    #[arg(long, env = "CAIRN_MAX_CLOCK_OFFSET_MS")]
+    max_clock_offset_ms: Option<u64>,
     /// How long old versions stay readable, in seconds.
     #[arg(long, env = "CAIRN_GC_TTL_SECS")]
     gc_ttl_secs: Option<u64>,
@@ -199,7 +214,10 @@ struct FileConfig {
     grpc_addr: Option<SocketAddr>,
     shards: Option<usize>,
     sync: Option<bool>,
+    max_key_bytes: Option<usize>,
     max_value_bytes: Option<usize>,
+    max_message_bytes: Option<usize>,
+    max_clock_offset_ms: Option<u64>,
     gc_ttl_secs: Option<u64>,
     node_id: Option<u64>,
     peers: Option<String>,
@@ -234,12 +252,19 @@ fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig,
         node.shards = n;
     }
     node.sync = !args.no_sync && file.sync.unwrap_or(true);
+    if let Some(n) = args.max_key_bytes.or(file.max_key_bytes) {
+        node.max_key_bytes = n;
+    }
     if let Some(n) = args.max_value_bytes.or(file.max_value_bytes) {
-        if n == 0 || n > (64 << 20) {
-            return Err(format!("--max-value-bytes must be 1..=67108864, got {n}"));
-        }
         node.max_value_bytes = n;
     }
+    if let Some(n) = args.max_message_bytes.or(file.max_message_bytes) {
+        node.max_message_bytes = n;
+    }
+    if let Some(ms) = args.max_clock_offset_ms.or(file.max_clock_offset_ms) {
+        node.max_clock_offset = Duration::from_millis(ms);
+    }
+    node.validate().map_err(|e| e.to_string())?;
     if let Some(s) = args.gc_ttl_secs.or(file.gc_ttl_secs) {
         node.gc_ttl = Duration::from_secs(s);
     }
@@ -359,6 +384,7 @@ async fn init_command(args: InitArgs) -> Result<ExitCode, String> {
         total_buckets: args.total_buckets,
         dead_after_secs: args.dead_after_secs,
         no_rebalance: args.no_rebalance,
+        max_clock_offset_ms: args.max_clock_offset_ms,
     };
     let reply =
         client.init(request).await.map_err(|s| format!("init refused: {}", s.message()))?.into_inner();

@@ -64,6 +64,24 @@ impl Command {
         Command { conditions: Vec::new(), batch: Vec::new(), check: Some(check) }
     }
 
+    /// About how many bytes the command takes encoded: never less (each field adds a little more than
+    /// its bytes, counted generously), so batches bounded by it stay under a message limit.
+    pub fn approx_bytes(&self) -> usize {
+        fn condition(c: &Condition) -> usize {
+            16 + match c {
+                Condition::ColumnIs { key, value, .. } => key.len() + value.as_ref().map_or(0, Vec::len),
+                Condition::ColumnBelow { key, value, .. } => key.len() + value.len(),
+                Condition::Any(all) => all.iter().map(condition).sum(),
+                Condition::Not(c) => condition(c),
+            }
+        }
+        let check = match &self.check {
+            Some(Check::Compare { digest, .. }) => 16 + digest.len(),
+            Some(Check::Record) | None => 1,
+        };
+        16 + self.batch.len() + self.conditions.iter().map(condition).sum::<usize>() + check
+    }
+
     /// A write of `batch` applied only if every condition holds.
     pub fn conditional(conditions: Vec<Condition>, batch: &cairn_engine::WriteBatch) -> Command {
         Command { conditions, batch: batch.as_bytes().to_vec(), check: None }

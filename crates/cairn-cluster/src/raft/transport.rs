@@ -9,6 +9,12 @@
 //! postcard-encoded payloads. Every call carries
 //! openraft's hard deadline, and every failure is reported to openraft as "unreachable", which backs off
 //! and retries.
+//!
+//! Messages are bounded: sender and receiver share one message limit ([`Wire::max_message_bytes`]),
+//! and an AppendEntries call carries a prefix of the entries openraft hands it that fits
+//! [`APPEND_BATCH_BYTES`] (always at least one entry, which the proposer kept under the limit), answered
+//! as a partial success so openraft sends the rest next. Without this, a batch of large entries over
+//! the receiver's limit was refused and re-sent unchanged forever, and the group stopped committing.
 
 use super::{ShardRaft, ShardSnapshotRef, TypeConfig};
 use cairn_proto::raft::RaftCallKind;
@@ -36,6 +42,14 @@ use super::replica::{
     ProposeCall, ReadIndexCall, SnapshotFileCall, propose_here, read_index_here, serve_snapshot_file,
 };
 use super::{decode, encode, incarnation_of};
+
+/// Soft bound of the entry bytes in one AppendEntries call (a single larger entry goes alone), like
+/// etcd's and TiKV's per-message bounds: big enough to amortise a call, small enough that one batch
+/// does not hold a heartbeat's slot for long.
+pub const APPEND_BATCH_BYTES: usize = 4 << 20;
+
+/// Room a message needs besides its entries (the call's envelope, log ids, the vote).
+const ENVELOPE_BYTES: usize = 4 << 10;
 
 /// The receiving side: the node's shard groups, by group id.
 #[derive(Clone, Default)]
@@ -77,9 +91,12 @@ impl RaftService {
         self.replicas.write().remove(&group);
     }
 
-    /// The tonic service to add to a server.
-    pub fn into_server(self) -> RaftTransportServer<RaftService> {
+    /// The tonic service to add to a server, accepting and sending messages of up to
+    /// `max_message_bytes` (the limit every peer's [`Wire`] shares).
+    pub fn into_server(self, max_message_bytes: usize) -> RaftTransportServer<RaftService> {
         RaftTransportServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
     }
 
     /// Answers one call (what the gRPC service does; simulated networks call it directly).
@@ -191,9 +208,16 @@ impl RaftTransport for RaftService {
 
 /// One lazily connected channel per peer address, shared by every group's network (and by every
 /// incarnation of the peer's replicas).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    max_message_bytes: usize,
+}
+
+impl Default for PeerChannels {
+    fn default() -> PeerChannels {
+        PeerChannels::new(cairn_proto::DEFAULT_MAX_MESSAGE_BYTES)
+    }
 }
 
 impl std::fmt::Debug for PeerChannels {
@@ -203,6 +227,11 @@ impl std::fmt::Debug for PeerChannels {
 }
 
 impl PeerChannels {
+    /// Channels whose messages are at most `max_message_bytes` either way.
+    pub fn new(max_message_bytes: usize) -> PeerChannels {
+        PeerChannels { channels: Arc::default(), max_message_bytes }
+    }
+
     /// The channel to the peer at `addr` (`host:port`), created on first use.
     fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock();
@@ -234,6 +263,11 @@ pub trait Wire: Clone + Send + Sync + 'static {
         call: RaftCall,
         timeout: Duration,
     ) -> impl Future<Output = Result<RaftReply, String>> + Send;
+
+    /// The largest message a call or reply may be (the receiver refuses larger ones).
+    fn max_message_bytes(&self) -> usize {
+        cairn_proto::DEFAULT_MAX_MESSAGE_BYTES
+    }
 }
 
 impl Wire for PeerChannels {
@@ -247,7 +281,10 @@ impl Wire for PeerChannels {
         let channel = self.channel(addr)?;
         let mut request = Request::new(call);
         request.set_timeout(timeout);
-        match RaftTransportClient::new(channel).call(request).await {
+        let mut client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
+        match client.call(request).await {
             Ok(reply) => Ok(reply.into_inner()),
             Err(status) => {
                 // A channel whose first connection failed can keep failing after the peer is up:
@@ -258,6 +295,10 @@ impl Wire for PeerChannels {
                 Err(status.to_string())
             }
         }
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 }
 
@@ -318,11 +359,33 @@ impl<W: Wire> RaftNetworkV2<TypeConfig> for GroupLink<W> {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let limit = self.wire.max_message_bytes();
+        let keep = batch_prefix(&rpc.entries, APPEND_BATCH_BYTES.min(limit.saturating_sub(ENVELOPE_BYTES)));
+        let truncated = keep < rpc.entries.len();
+        if truncated {
+            rpc.entries.truncate(keep);
+        }
+        let last = rpc.entries.last().map(|e| e.log_id);
         let payload = encode(&rpc).map_err(unreachable)?;
-        Ok(self.call(RaftCallKind::AppendEntries, payload, &option).await?)
+        if payload.len() > limit {
+            // Only an entry written before the limits were enforced can be this big.
+            return Err(unreachable(format!(
+                "an AppendEntries message of {} bytes (entry {:?}) is over the message limit of {limit} bytes",
+                payload.len(),
+                last
+            ))
+            .into());
+        }
+        let reply: AppendEntriesResponse<TypeConfig> =
+            self.call(RaftCallKind::AppendEntries, payload, &option).await?;
+        Ok(match reply {
+            // The peer took the prefix sent: openraft sends the rest next.
+            AppendEntriesResponse::Success if truncated => AppendEntriesResponse::PartialSuccess(last),
+            reply => reply,
+        })
     }
 
     async fn vote(
@@ -343,5 +406,66 @@ impl<W: Wire> RaftNetworkV2<TypeConfig> for GroupLink<W> {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let payload = encode(&(vote, snapshot.meta, snapshot.snapshot)).map_err(unreachable)?;
         Ok(self.call(RaftCallKind::FullSnapshot, payload, &option).await?)
+    }
+}
+
+/// How many of `entries`, from the first, fit in `budget` bytes (estimated from their payloads); at
+/// least one, so an entry larger than the budget goes alone.
+fn batch_prefix(entries: &[openraft::alias::EntryOf<TypeConfig>], budget: usize) -> usize {
+    let mut bytes = 0usize;
+    for (i, entry) in entries.iter().enumerate() {
+        bytes = bytes.saturating_add(entry_bytes(entry));
+        if bytes > budget {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
+
+/// About how many bytes `entry` takes encoded (at least that many, give or take a few per entry).
+pub(crate) fn entry_bytes(entry: &openraft::alias::EntryOf<TypeConfig>) -> usize {
+    use openraft::EntryPayload;
+    const PER_ENTRY: usize = 32;
+    match &entry.payload {
+        EntryPayload::Normal(command) => PER_ENTRY + command.approx_bytes(),
+        // Each node is named in the node map and in one or two voter configurations.
+        EntryPayload::Membership(m) => PER_ENTRY + m.nodes().map(|(_, n)| 64 + n.addr.len()).sum::<usize>(),
+        EntryPayload::Blank => PER_ENTRY,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Command;
+    use openraft::{EntryPayload, LogId};
+
+    fn entry(index: u64, value_bytes: usize) -> openraft::alias::EntryOf<TypeConfig> {
+        let mut batch = cairn_engine::WriteBatch::new();
+        batch.put(1, b"k", 0, &vec![7u8; value_bytes]);
+        openraft::Entry {
+            log_id: LogId::new_term_index(1, index),
+            payload: EntryPayload::Normal(Command::write(&batch)),
+        }
+    }
+
+    // Regression: twelve concurrent 1 MiB puts made one 10 MiB AppendEntries call, over the receiver's
+    // 4 MiB limit, re-sent unchanged forever: the shard never committed again.
+    #[test]
+    fn append_batches_are_bounded_in_bytes_and_never_empty() {
+        let mib = 1 << 20;
+        let big: Vec<_> = (1..=12).map(|i| entry(i, mib)).collect();
+        assert_eq!(batch_prefix(&big, 4 * mib), 3);
+        let encoded = encode(&big[..3].to_vec()).unwrap().len();
+        assert!(encoded <= 4 * mib && encoded > 3 * mib, "{encoded}");
+        // An entry over the budget goes alone.
+        assert_eq!(batch_prefix(&[entry(1, 5 * mib), entry(2, 10)], 4 * mib), 1);
+        let small: Vec<_> = (1..=300).map(|i| entry(i, 256)).collect();
+        assert_eq!(batch_prefix(&small, 4 * mib), 300);
+        assert_eq!(batch_prefix(&[], 4 * mib), 0);
+        // The estimate is never below the encoded size.
+        for e in big.iter().chain(&small) {
+            assert!(entry_bytes(e) >= encode(e).unwrap().len(), "{}", e.log_id);
+        }
     }
 }

@@ -59,12 +59,11 @@ async fn start(dir: &std::path::Path, id: u64, listener: tokio::net::TcpListener
     service.register(1, replica.raft().clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(
-        tonic::transport::Server::builder().add_service(service.into_server(cairn_proto::DEFAULT_MAX_MESSAGE_BYTES)).serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
+        tonic::transport::Server::builder()
+            .add_service(service.into_server(cairn_proto::DEFAULT_MAX_MESSAGE_BYTES))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
-            },
-        ),
+            }),
     );
     Ok(Member { replica, stop })
 }

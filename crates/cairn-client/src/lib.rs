@@ -9,6 +9,9 @@ use cairn_proto::kv::kv_client::KvClient;
 pub use cluster::{ClusterClient, MAX_ATTEMPTS};
 use tonic::transport::Channel;
 
+/// Rows a scan returns when no limit is given.
+pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
+
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -38,7 +41,10 @@ impl Client {
         let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
         let inner = KvClient::connect(url.clone())
             .await
-            .map_err(|e| ClientError::Connect { addr: url, message: e.to_string() })?;
+            .map_err(|e| ClientError::Connect { addr: url, message: e.to_string() })?
+            // A node answers messages of up to its configured limit: accept up to the largest one.
+            .max_decoding_message_size(cairn_proto::MAX_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cairn_proto::MAX_MAX_MESSAGE_BYTES);
         Ok(Client { inner })
     }
 
@@ -92,7 +98,9 @@ impl Client {
         }
     }
 
-    /// Live keys in `[start, end)` in key order, at most `limit` (0: the server's default).
+    /// Live keys in `[start, end)` in key order, at most `limit` (0: the default, 1000), read page by
+    /// page (a node ends a page at its byte budget). Each page reads the newest versions (or those at
+    /// `at`: give a timestamp for one consistent view across pages).
     pub async fn scan(
         &mut self,
         start: &[u8],
@@ -100,6 +108,27 @@ impl Client {
         limit: u32,
         at: Option<kv::Timestamp>,
     ) -> Result<Vec<kv::Row>, ClientError> {
+        let limit = if limit == 0 { DEFAULT_SCAN_LIMIT } else { limit };
+        let (mut rows, mut from) = (Vec::new(), start.to_vec());
+        loop {
+            let left = limit - u32::try_from(rows.len()).unwrap_or(limit);
+            let (page, resume) = self.scan_page(&from, end, left, at).await?;
+            rows.extend(page);
+            match resume {
+                Some(next) if rows.len() < limit as usize => from = next,
+                _ => return Ok(rows),
+            }
+        }
+    }
+
+    /// One page of a scan: its rows and the key the next page starts at (`None`: the range is done).
+    pub async fn scan_page(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+        at: Option<kv::Timestamp>,
+    ) -> Result<(Vec<kv::Row>, Option<Vec<u8>>), ClientError> {
         let request = kv::ScanRequest {
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
@@ -108,11 +137,12 @@ impl Client {
             ..Default::default()
         };
         let mut stream = self.inner.scan(request).await?.into_inner();
-        let mut rows = Vec::new();
+        let (mut rows, mut resume) = (Vec::new(), None);
         while let Some(chunk) = stream.message().await? {
             rows.extend(chunk.rows);
+            resume = chunk.resume_key;
         }
-        Ok(rows)
+        Ok((rows, resume))
     }
 
     /// Applies `ops` atomically (all keys in one shard).

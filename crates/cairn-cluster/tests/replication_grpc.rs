@@ -32,12 +32,11 @@ async fn start(fs: &Arc<MemFs>, id: u64) -> Node {
     service.register(1, raft.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(
-        tonic::transport::Server::builder().add_service(service.into_server(cairn_proto::DEFAULT_MAX_MESSAGE_BYTES)).serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
+        tonic::transport::Server::builder()
+            .add_service(service.into_server(cairn_proto::DEFAULT_MAX_MESSAGE_BYTES))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
-            },
-        ),
+            }),
     );
     Node { raft, sm, stop, addr }
 }

@@ -11,6 +11,9 @@ pub enum NodeError {
     /// clock offset): refused, never observed.
     #[error("{0}")]
     OutOfRange(String),
+    /// The client took too long to send its request.
+    #[error("{0}")]
+    Timeout(String),
     /// The key has no live value.
     #[error("{0}")]
     NotFound(String),
@@ -48,6 +51,7 @@ impl NodeError {
             NodeError::InvalidArgument(_) | NodeError::OutOfRange(_) => 400,
             NodeError::NotFound(_) => 404,
             NodeError::Precondition(_) => 412,
+            NodeError::Timeout(_) => 408,
             NodeError::TooLarge(_) => 413,
             NodeError::Unavailable(_) | NodeError::Misrouted(_) => 503,
             NodeError::Engine(cairn_engine::Error::InvalidArgument(_)) => 400,
@@ -64,6 +68,7 @@ impl NodeError {
         match self.http_status() {
             400 => "invalid_argument",
             404 => "not_found",
+            408 => "request_timeout",
             412 => "failed_precondition",
             413 => "too_large",
             503 => "unavailable",

@@ -12,8 +12,11 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-/// Rows per streamed scan chunk.
+/// Most rows per streamed scan chunk.
 const SCAN_CHUNK: usize = 256;
+/// A streamed scan chunk is closed once its rows hold this many bytes (a larger row goes alone; the
+/// node's message limit is well above the largest row).
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
 /// Maps a server error to a gRPC status (the REST mapping is [`NodeError::http_status`]).
 pub fn status_of(e: NodeError) -> Status {
@@ -26,6 +29,7 @@ pub fn status_of(e: NodeError) -> Status {
     match e.http_status() {
         400 => Status::invalid_argument(message),
         404 => Status::not_found(message),
+        408 => Status::deadline_exceeded(message),
         412 => Status::failed_precondition(message),
         413 => Status::resource_exhausted(message),
         503 => Status::unavailable(message),
@@ -130,6 +134,31 @@ fn row(key: Vec<u8>, v: Versioned) -> kv::Row {
     kv::Row { key, value: v.value, timestamp: Some(ts_out(v.timestamp)) }
 }
 
+/// A scan page as stream chunks of at most [`SCAN_CHUNK`] rows and about [`SCAN_CHUNK_BYTES`] (a larger
+/// row alone): `behind` on the first, the resume key on the last.
+fn scan_chunks(page: crate::node::Scanned, behind: u64) -> Vec<kv::ScanResponse> {
+    let mut chunks = Vec::new();
+    let (mut chunk, mut bytes) = (Vec::new(), 0usize);
+    for (key, v) in page.rows {
+        bytes += key.len() + v.value.len();
+        chunk.push(row(key, v));
+        if chunk.len() == SCAN_CHUNK || bytes >= SCAN_CHUNK_BYTES {
+            chunks.push(kv::ScanResponse { rows: std::mem::take(&mut chunk), behind: 0, resume_key: None });
+            bytes = 0;
+        }
+    }
+    if !chunk.is_empty() || chunks.is_empty() {
+        chunks.push(kv::ScanResponse { rows: chunk, behind: 0, resume_key: None });
+    }
+    if let Some(first) = chunks.first_mut() {
+        first.behind = behind;
+    }
+    if let Some(last) = chunks.last_mut() {
+        last.resume_key = page.resume;
+    }
+    chunks
+}
+
 #[tonic::async_trait]
 impl kv::kv_server::Kv for KvService {
     async fn get(&self, request: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
@@ -186,21 +215,8 @@ impl kv::kv_server::Kv for KvService {
         let limit = if r.limit == 0 { crate::rest::DEFAULT_SCAN_LIMIT } else { r.limit as usize };
         let options = read_options(r.timestamp, r.consistency, &r.after, r.route)?;
         let read = self.node()?.scan_async(r.start, r.end, limit, options).await.map_err(status_of)?;
-        let (rows, behind) = (read.value, read.behind);
-        let mut chunks = Vec::with_capacity(rows.len().div_ceil(SCAN_CHUNK));
-        let mut chunk = Vec::with_capacity(SCAN_CHUNK.min(rows.len()));
-        for (key, v) in rows {
-            chunk.push(row(key, v));
-            if chunk.len() == SCAN_CHUNK {
-                let behind = if chunks.is_empty() { behind } else { 0 };
-                chunks.push(Ok(kv::ScanResponse { rows: std::mem::take(&mut chunk), behind }));
-            }
-        }
-        if !chunk.is_empty() || chunks.is_empty() {
-            let behind = if chunks.is_empty() { behind } else { 0 };
-            chunks.push(Ok(kv::ScanResponse { rows: chunk, behind }));
-        }
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let chunks = scan_chunks(read.value, read.behind);
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
     }
 
     async fn batch(&self, request: Request<kv::BatchRequest>) -> Result<Response<kv::BatchResponse>, Status> {
@@ -257,5 +273,29 @@ impl kv::kv_server::Kv for KvService {
             shards,
             node_id: node.node_id().unwrap_or(0),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Scanned;
+
+    // Regression: six 1 MiB rows made one 6 MiB chunk, over the client's 4 MiB message limit.
+    #[test]
+    fn scan_chunks_are_bounded_in_bytes() {
+        let v = |n: usize| Versioned { value: vec![1; n], timestamp: Timestamp::default() };
+        let rows = (0..6u8).map(|i| (vec![i], v(1 << 20))).collect();
+        let chunks = scan_chunks(Scanned { rows, resume: Some(b"z".to_vec()) }, 7);
+        assert_eq!(chunks.len(), 6);
+        assert!(chunks.iter().all(|c| c.rows.len() == 1));
+        assert_eq!((chunks[0].behind, chunks[1].behind), (7, 0));
+        assert_eq!(chunks[5].resume_key.as_deref(), Some(&b"z"[..]));
+        assert!(chunks[..5].iter().all(|c| c.resume_key.is_none()));
+        let small = (0..600u16).map(|i| (i.to_be_bytes().to_vec(), v(10))).collect();
+        let chunks = scan_chunks(Scanned { rows: small, resume: None }, 0);
+        assert_eq!(chunks.iter().map(|c| c.rows.len()).collect::<Vec<_>>(), vec![256, 256, 88]);
+        let empty = scan_chunks(Scanned::default(), 3);
+        assert_eq!((empty.len(), empty[0].behind, empty[0].rows.len()), (1, 3, 0));
     }
 }

@@ -200,7 +200,8 @@ mod tests {
         let clock = Clock::new(Duration::from_millis(500));
         let before = clock.now();
         let now = physical_now();
-        for far in [now + 2_000_000_000, now + 10 * 365 * 24 * 3600 * 1_000_000_000, MAX_WALL_TIME, u64::MAX] {
+        for far in [now + 2_000_000_000, now + 10 * 365 * 24 * 3600 * 1_000_000_000, MAX_WALL_TIME, u64::MAX]
+        {
             let ts = Timestamp { wall_time: far, logical: u32::MAX };
             let e = clock.observe(ts).unwrap_err();
             assert_eq!(e.max_offset_ms, 500);

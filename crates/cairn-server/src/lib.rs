@@ -11,10 +11,12 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod hlc;
+pub mod http_server;
 mod layout;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;
+pub mod params;
 pub mod replicated;
 pub mod rest;
 pub mod routing;
@@ -45,6 +47,8 @@ pub struct ServerConfig {
     /// Run as a member of a cluster (`cairn start --join`); `None`: standalone, or statically
     /// replicated by `node.replication`.
     pub cluster: Option<cluster::ClusterConfig>,
+    /// What one HTTP client may hold (connections, timeouts, head size).
+    pub http: http_server::HttpLimits,
 }
 
 /// The addresses a running node serves on.
@@ -236,13 +240,14 @@ pub async fn serve(
         in_flight: Arc::new(tokio::sync::Semaphore::new(rest::MAX_IN_FLIGHT)),
         shutting_down,
         cluster: membership.clone(),
+        body_read_timeout: config.http.body_read_timeout,
     };
     let app = rest::router(state);
-    // Small responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http_server = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http_stop = stopped(stop_rx.clone());
+    let http_server = async {
+        http_server::serve(http_listener, app, config.http, http_stop).await;
+        Ok::<(), std::convert::Infallible>(())
+    };
     tracing::info!(%http, %grpc, shards = node.shard_count(), "serving");
     let servers = async {
         let (http_result, grpc_result) = tokio::join!(http_server, grpc_task);

@@ -37,6 +37,8 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 /// Room a Raft command and its message need besides the keys and values they carry (conditions,
 /// timestamps, row encoding, the message envelope).
 pub const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
+/// Default byte budget of one range scan page.
+pub const DEFAULT_MAX_SCAN_BYTES: usize = 4 << 20;
 /// Largest `limit` of one range request.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
 /// How long a read at an explicit timestamp waits for writes below it to finish.
@@ -70,6 +72,10 @@ pub struct NodeConfig {
     /// How far ahead of this node's clock a timestamp from a client or peer may be (default 500 ms);
     /// a cluster member takes its cluster's setting.
     pub max_clock_offset: Duration,
+    /// A range scan stops once its rows hold this many key and value bytes (default 4 MiB; at least
+    /// one row) and answers where the next page starts: a response's memory is bounded by this, not by
+    /// the data.
+    pub max_scan_bytes: usize,
     /// Versions older than this stay readable; older ones are dropped by compaction.
     pub gc_ttl: Duration,
     /// Block cache per shard, in bytes.
@@ -90,6 +96,7 @@ impl NodeConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_message_bytes: cairn_proto::DEFAULT_MAX_MESSAGE_BYTES,
             max_clock_offset: crate::hlc::DEFAULT_MAX_CLOCK_OFFSET,
+            max_scan_bytes: DEFAULT_MAX_SCAN_BYTES,
             gc_ttl: Duration::from_secs(24 * 3600),
             block_cache_bytes: 32 << 20,
             replication: None,
@@ -120,6 +127,13 @@ impl NodeConfig {
                 self.max_key_bytes,
                 self.max_message_bytes,
                 self.max_command_bytes().saturating_sub(self.largest_write() - self.max_value_bytes)
+            ));
+        }
+        if !(1..=self.max_command_bytes()).contains(&self.max_scan_bytes) {
+            return bad(format!(
+                "max_scan_bytes must be 1..={} (a page must fit in a message), not {}",
+                self.max_command_bytes(),
+                self.max_scan_bytes
             ));
         }
         if self.max_clock_offset > crate::hlc::MAX_MAX_CLOCK_OFFSET {
@@ -586,6 +600,11 @@ impl Node {
         if key.is_empty() {
             return Err(NodeError::InvalidArgument("the key is empty".into()));
         }
+        self.check_bound(key)
+    }
+
+    /// A range bound: empty (the first key) or a key within the limit.
+    fn check_bound(&self, key: &[u8]) -> Result<()> {
         let max = self.config.max_key_bytes;
         if key.len() > max {
             return Err(NodeError::TooLarge(format!(
@@ -979,6 +998,7 @@ fn version_of(engine_key: &[u8], row: &cairn_engine::Row) -> Result<Option<Versi
 
 #[path = "node_scan.rs"]
 mod scan;
+pub use scan::Scanned;
 
 #[path = "node_replicas.rs"]
 mod replicas;

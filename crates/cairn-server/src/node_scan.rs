@@ -1,5 +1,11 @@
 //! Range scans of a node's store: every bucket's live keys at a timestamp, merged in key order
 //! across buckets, shards and (for a cluster member) the nodes holding the other shards.
+//!
+//! A scan stops at its row limit or once its rows hold the node's byte budget
+//! ([`NodeConfig::max_scan_bytes`](super::NodeConfig), at least one row), and then names the key the
+//! next page starts at, so a response's memory is bounded by configuration, not by the data. Parts
+//! scanned separately (shards on other nodes) merge exactly: rows at or past the smallest key where a
+//! part stopped are left for the next page.
 
 use super::{Located, MAX_SCAN_LIMIT, Node, Read, ReadOptions, Shard, Versioned, version_of};
 use crate::error::{NodeError, Result};
@@ -10,17 +16,32 @@ use std::collections::BinaryHeap;
 use std::iter::Peekable;
 use std::sync::Arc;
 
+/// One page of a scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scanned {
+    /// Live keys in order, each with its version.
+    pub rows: Vec<(Vec<u8>, Versioned)>,
+    /// Where the next page starts, if the scan stopped before the end of its range.
+    pub resume: Option<Vec<u8>>,
+}
+
+/// Key and value bytes of a row (what the byte budget counts).
+fn row_bytes(key: &[u8], v: &Versioned) -> usize {
+    key.len() + v.value.len()
+}
+
 impl Node {
     /// Up to `limit` live keys in `[start, end)` (`end` `None`: to the last key) in key order, each with
-    /// its newest version at or below `at`, merged across every shard and bucket. Every shard must be
-    /// held here (a cluster member's [`Node::scan_async`] asks other nodes for the rest).
+    /// its newest version at or below `at`, merged across every shard and bucket, within the byte
+    /// budget. Every shard must be held here (a cluster member's [`Node::scan_async`] asks other nodes
+    /// for the rest).
     pub fn scan(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
         at: Option<Timestamp>,
-    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+    ) -> Result<Scanned> {
         self.check_scan(start, end, limit)?;
         let set = self.set();
         set.check_all_here()?;
@@ -28,9 +49,9 @@ impl Node {
     }
 
     fn check_scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<()> {
-        self.check_key(start)?;
+        self.check_bound(start)?;
         if let Some(end) = end {
-            self.check_key(end)?;
+            self.check_bound(end)?;
             if end < start {
                 return Err(NodeError::InvalidArgument("range end is below its start".into()));
             }
@@ -51,7 +72,7 @@ impl Node {
         end: Option<&[u8]>,
         limit: usize,
         at: Option<Timestamp>,
-    ) -> Result<Vec<(Vec<u8>, Versioned)>> {
+    ) -> Result<Scanned> {
         let at = self.check_read_ts(at)?;
         let lo = mvcc::key_prefix(start);
         let hi = end.map(mvcc::key_prefix);
@@ -75,15 +96,18 @@ impl Node {
                 heap.push(Reverse((key, i, v.timestamp, v.value)));
             }
         }
-        let mut out = Vec::new();
-        while out.len() < limit {
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        while out.len() < limit && bytes < self.config.max_scan_bytes {
             let Some(Reverse((key, i, timestamp, value))) = heap.pop() else { break };
-            out.push((key, Versioned { value, timestamp }));
+            let v = Versioned { value, timestamp };
+            bytes += row_bytes(&key, &v);
+            out.push((key, v));
             if let Some((key, v)) = cursors[i].next_live()? {
                 heap.push(Reverse((key, i, v.timestamp, v.value)));
             }
         }
-        Ok(out)
+        let resume = heap.pop().map(|Reverse((key, ..))| key);
+        Ok(Scanned { rows: out, resume })
     }
 
     /// [`Node::scan`] at the consistency `options` ask for (every shard is read at that level). A
@@ -94,7 +118,7 @@ impl Node {
         end: Option<Vec<u8>>,
         limit: usize,
         options: ReadOptions,
-    ) -> Result<Read<Vec<(Vec<u8>, Versioned)>>> {
+    ) -> Result<Read<Scanned>> {
         self.check_scan(&start, end.as_deref(), limit)?;
         let mut local = Vec::new();
         let mut remote = Vec::new();
@@ -156,19 +180,32 @@ impl Node {
             )));
         }
         parts.push(here);
-        Ok(Read { value: merge_sorted(parts, limit), behind })
+        Ok(Read { value: merge_pages(parts, limit, self.config.max_scan_bytes), behind })
     }
 }
 
-/// Merges key-ordered row lists (of disjoint keys) into the first `limit` rows in key order.
-fn merge_sorted(parts: Vec<Vec<(Vec<u8>, Versioned)>>, limit: usize) -> Vec<(Vec<u8>, Versioned)> {
-    if parts.len() == 1 {
-        return parts.into_iter().flatten().take(limit).collect();
-    }
-    let mut rows: Vec<_> = parts.into_iter().flatten().collect();
+/// Merges pages of disjoint key ranges' scans into one page of at most `limit` rows and about
+/// `max_bytes` (at least one row): rows at or past the smallest key where a part stopped are left to
+/// the next page, since that part's rows from there on are not here.
+fn merge_pages(parts: Vec<Scanned>, limit: usize, max_bytes: usize) -> Scanned {
+    let cut = parts.iter().filter_map(|p| p.resume.clone()).min();
+    let mut rows: Vec<_> = parts.into_iter().flat_map(|p| p.rows).collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
-    rows.truncate(limit);
-    rows
+    let mut bytes = 0usize;
+    let mut keep = 0;
+    for (key, v) in &rows {
+        if keep == limit || bytes >= max_bytes || cut.as_ref().is_some_and(|c| key >= c) {
+            break;
+        }
+        bytes += row_bytes(key, v);
+        keep += 1;
+    }
+    let resume = match rows.get(keep) {
+        Some((key, _)) => Some(cut.map_or_else(|| key.clone(), |c| c.min(key.clone()))),
+        None => cut,
+    };
+    rows.truncate(keep);
+    Scanned { rows, resume }
 }
 
 /// One bucket's rows, reduced to live keys at a timestamp.
@@ -210,5 +247,44 @@ impl BucketCursor {
                 return Ok(Some((key, v)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(keys: &[&str], resume: Option<&str>) -> Scanned {
+        let v = |k: &str| Versioned {
+            value: vec![0; 10],
+            timestamp: Timestamp { wall_time: k.len() as u64, logical: 0 },
+        };
+        Scanned {
+            rows: keys.iter().map(|k| (k.as_bytes().to_vec(), v(k))).collect(),
+            resume: resume.map(|r| r.as_bytes().to_vec()),
+        }
+    }
+
+    fn keys(s: &Scanned) -> (Vec<String>, Option<String>) {
+        (
+            s.rows.iter().map(|(k, _)| String::from_utf8(k.clone()).unwrap()).collect(),
+            s.resume.as_ref().map(|r| String::from_utf8(r.clone()).unwrap()),
+        )
+    }
+
+    #[test]
+    fn pages_merge_up_to_the_first_part_that_stopped() {
+        // Part 1 stopped before "d": its rows from "d" on are missing, so "e" waits for the next page.
+        let merged = merge_pages(vec![page(&["a", "c"], Some("d")), page(&["b", "e"], None)], 10, 1 << 20);
+        assert_eq!(keys(&merged), (vec!["a".into(), "b".into(), "c".into()], Some("d".into())));
+        // The row limit cuts first: the next page starts at the first row not returned.
+        let merged = merge_pages(vec![page(&["a", "c"], None), page(&["b", "e"], None)], 2, 1 << 20);
+        assert_eq!(keys(&merged), (vec!["a".into(), "b".into()], Some("c".into())));
+        // The byte budget: rows of 11 bytes, a budget of 15 takes two (the one that crosses it is kept).
+        let merged = merge_pages(vec![page(&["a", "c"], None), page(&["b", "e"], None)], 10, 15);
+        assert_eq!(keys(&merged), (vec!["a".into(), "b".into()], Some("c".into())));
+        // Everything fits: no resume key.
+        let merged = merge_pages(vec![page(&["a"], None), page(&["b"], None)], 10, 1 << 20);
+        assert_eq!(keys(&merged), (vec!["a".into(), "b".into()], None));
     }
 }

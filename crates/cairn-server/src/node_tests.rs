@@ -35,11 +35,12 @@ fn versions_conditions_limits_and_scans() {
     for i in 0..300u32 {
         n.put(format!("s{i:03}").as_bytes(), &i.to_be_bytes(), Condition::None).unwrap();
     }
-    let rows = n.scan(b"s100", Some(b"s200"), 1000, None).unwrap();
+    let rows = n.scan(b"s100", Some(b"s200"), 1000, None).unwrap().rows;
     assert_eq!(rows.len(), 100);
     assert!(rows.windows(2).all(|w| w[0].0 < w[1].0));
     assert_eq!(rows[0].0, b"s100");
-    assert_eq!(n.scan(b"s", None, 7, None).unwrap().len(), 7);
+    let page = n.scan(b"s", None, 7, None).unwrap();
+    assert_eq!((page.rows.len(), page.resume.as_deref()), (7, Some(&b"s007"[..])));
     assert!(matches!(n.scan(b"b", Some(b"a"), 10, None), Err(NodeError::InvalidArgument(_))));
     assert!(matches!(n.scan(b"", None, MAX_SCAN_LIMIT + 1, None), Err(NodeError::InvalidArgument(_))));
     let old = Timestamp { wall_time: 1, logical: 0 };
@@ -129,4 +130,46 @@ fn compaction_drops_versions_below_the_gc_horizon() {
     assert_eq!(stored_versions(&kept, b"gone"), 2);
     assert_eq!(stored_versions(&collected, b"gone"), 1);
     assert_eq!(collected.get(b"gone", None).unwrap(), None);
+}
+
+// Regression: a range over large values was built whole in memory (up to `limit` rows of any size).
+#[test]
+fn scans_stop_at_the_byte_budget_and_page_through_every_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = NodeConfig::new(tmp.path());
+    c.sync = false;
+    c.max_value_bytes = 100;
+    c.max_scan_bytes = 250;
+    let n = Node::open(c).unwrap();
+    for i in 0..20u8 {
+        n.put(&[b'k', i], &[i; 100], Condition::None).unwrap();
+    }
+    let (mut seen, mut start) = (Vec::new(), b"k".to_vec());
+    loop {
+        let page = n.scan(&start, None, 1000, None).unwrap();
+        // 102 bytes a row: the third row crosses the 250-byte budget and ends the page.
+        assert!(page.rows.len() <= 3, "{}", page.rows.len());
+        seen.extend(page.rows.into_iter().map(|(k, _)| k));
+        match page.resume {
+            Some(next) => start = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..20u8).map(|i| vec![b'k', i]).collect::<Vec<_>>());
+}
+
+// Regression: a read at a far-future timestamp moved the clock, so every later write was stamped in
+// the future; a conditional put naming one did too.
+#[test]
+fn timestamps_beyond_the_clock_offset_are_refused_and_leave_the_clock_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = node(tmp.path());
+    let now = n.now();
+    let far = Timestamp { wall_time: now.wall_time + 10 * 365 * 24 * 3600 * 1_000_000_000, logical: 0 };
+    assert!(matches!(n.get(b"a", Some(far)), Err(NodeError::OutOfRange(_))));
+    assert!(matches!(n.scan(b"", None, 10, Some(far)), Err(NodeError::OutOfRange(_))));
+    assert!(matches!(n.put(b"a", b"1", Condition::IfTimestamp(far)), Err(NodeError::OutOfRange(_))));
+    let written = n.put(b"a", b"1", Condition::None).unwrap();
+    assert!(written.wall_time < now.wall_time + 1_000_000_000, "{written} vs {now}");
+    assert!(matches!(n.put(b"", b"1", Condition::None), Err(NodeError::InvalidArgument(_))));
 }

@@ -149,15 +149,19 @@ impl std::fmt::Display for Token {
 pub const MAX_TOKENS: usize = 1024;
 
 impl Token {
-    /// Parses `SHARD:INDEX,...` (empty: none).
+    /// Parses `SHARD:INDEX,...` (decimal digits; empty: none).
     pub fn parse_list(text: &str) -> Result<Vec<Token>> {
         let bad = || NodeError::InvalidArgument(format!("{text:?} is not a list of SHARD:INDEX tokens"));
+        let number = |t: &str| crate::params::parse_number("a token", t, u64::MAX).map_err(|_| bad());
         let mut out = Vec::new();
-        for part in text.split(',').filter(|p| !p.is_empty()) {
+        if text.is_empty() {
+            return Ok(out);
+        }
+        for part in text.split(',') {
             let (shard, index) = part.split_once(':').ok_or_else(bad)?;
             out.push(Token {
-                shard: shard.parse().map_err(|_| bad())?,
-                index: index.parse().map_err(|_| bad())?,
+                shard: usize::try_from(number(shard)?).map_err(|_| bad())?,
+                index: number(index)?,
             });
             if out.len() > MAX_TOKENS {
                 return Err(NodeError::InvalidArgument(format!("at most {MAX_TOKENS} tokens per read")));
@@ -538,6 +542,9 @@ mod tests {
         );
         assert_eq!(Token::parse_list("").unwrap(), vec![]);
         assert!(Token::parse_list("0:").is_err());
+        for bad in [",", "0:1,", ",0:1", "+0:1", "0:+1", "0:1 ", "0:1:2"] {
+            assert!(Token::parse_list(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(Token { shard: 2, index: 9 }.to_string(), "2:9");
         assert_eq!(Consistency::parse("eventual").unwrap(), Consistency::Eventual);
         assert!(Consistency::parse("sometimes").is_err());

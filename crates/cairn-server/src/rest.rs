@@ -13,6 +13,7 @@ use crate::error::NodeError;
 use crate::hlc::Timestamp;
 use crate::metrics::{self, HttpMetrics};
 use crate::node::{Ack, Condition, Node, Read, ReadOptions, Versioned};
+use crate::params::{self, ParamError, Params};
 use crate::replicated::{Consistency, Token};
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
@@ -24,7 +25,6 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -49,6 +49,8 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// A cluster member's membership (for `/health/cluster`).
     pub(crate) cluster: Option<Arc<crate::cluster::Membership>>,
+    /// A request body must arrive within this long.
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// The router.
@@ -67,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/_status", get(status))
         .route("/events", get(events))
         .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -105,7 +108,10 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let is_health = route == "/health";
-    let response = if state.shutting_down.load(Ordering::Acquire) && !is_health {
+    let params_ok = Params::parse(request.uri().query(), allowed_params(&route, request.method()));
+    let response = if let Err(e) = params_ok {
+        ApiError::from(e).into_response()
+    } else if state.shutting_down.load(Ordering::Acquire) && !is_health {
         ApiError(NodeError::Unavailable("the node is shutting down".into())).into_response()
     } else {
         match Arc::clone(&state.in_flight).try_acquire_owned() {
@@ -117,66 +123,50 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-/// Decodes `%XX` escapes into bytes (`plus_is_space` for query strings).
-pub fn percent_decode(text: &str, plus_is_space: bool) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+/// What a GET or HEAD of an entry takes.
+const ENTRY_READ_PARAMS: &[&str] = &["timestamp", "consistency", "after"];
+/// What a PUT or POST of an entry takes.
+const ENTRY_WRITE_PARAMS: &[&str] = &["if_absent", "if_timestamp"];
+/// What a range takes.
+const RANGE_PARAMS: &[&str] = &["start", "end", "limit", "timestamp", "consistency", "after"];
+
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> ApiError {
+        bad(e.0)
     }
-    Some(out)
+}
+
+/// The query parameters `route` takes with `method` (every other one is refused, on every route).
+fn allowed_params(route: &str, method: &Method) -> &'static [&'static str] {
+    match route {
+        "/kv/rest/entry/{*key}" if method == Method::GET || method == Method::HEAD => ENTRY_READ_PARAMS,
+        "/kv/rest/entry/{*key}" if method == Method::PUT || method == Method::POST => ENTRY_WRITE_PARAMS,
+        "/kv/rest/range" | "/kv/rest/range/" => RANGE_PARAMS,
+        "/health" => &["ready"],
+        _ => &[],
+    }
 }
 
 /// The key of an entry URL, decoded.
 fn entry_key(uri: &Uri) -> ApiResult<Vec<u8>> {
-    let raw = uri.path().strip_prefix(ENTRY_PREFIX).unwrap_or_default();
-    if raw.is_empty() {
-        return Err(bad("the key is empty"));
-    }
-    percent_decode(raw, false).ok_or_else(|| bad("the key is not valid percent-encoding"))
+    Ok(params::entry_key(uri.path().strip_prefix(ENTRY_PREFIX).unwrap_or_default())?)
 }
 
-/// Query parameters, decoded to bytes; repeated names are refused.
-fn query(uri: &Uri) -> ApiResult<HashMap<String, Vec<u8>>> {
-    let mut out = HashMap::new();
-    for pair in uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value, true)
-            .ok_or_else(|| bad(format!("parameter {name:?} is not valid percent-encoding")))?;
-        if out.insert(name.to_string(), value).is_some() {
-            return Err(bad(format!("parameter {name:?} is given twice")));
-        }
-    }
-    Ok(out)
+/// The query's parameters, each one of `allowed`.
+fn query(uri: &Uri, allowed: &[&str]) -> ApiResult<Params> {
+    Ok(Params::parse(uri.query(), allowed)?)
 }
 
-fn text_param<'a>(params: &'a HashMap<String, Vec<u8>>, name: &str) -> ApiResult<Option<&'a str>> {
+fn timestamp_param(params: &Params, name: &str) -> ApiResult<Option<Timestamp>> {
     params
-        .get(name)
-        .map(|v| std::str::from_utf8(v).map_err(|_| bad(format!("parameter {name:?} is not text"))))
-        .transpose()
-}
-
-fn timestamp_param(params: &HashMap<String, Vec<u8>>, name: &str) -> ApiResult<Option<Timestamp>> {
-    text_param(params, name)?
+        .text(name)?
         .map(|t| {
             Timestamp::parse(t).ok_or_else(|| {
-                bad(format!("parameter {name:?} is not a timestamp (WALL or WALL.LOGICAL): {t:?}"))
+                bad(format!(
+                    "parameter {name:?} is not a timestamp (WALL or WALL.LOGICAL, decimal, wall time at most \
+                     {}): {t:?}",
+                    crate::hlc::MAX_WALL_TIME
+                ))
             })
         })
         .transpose()
@@ -203,14 +193,14 @@ fn ack_json(ack: &Ack) -> Value {
 }
 
 /// The read options in a query string.
-fn read_options(params: &HashMap<String, Vec<u8>>) -> ApiResult<ReadOptions> {
+fn read_options(params: &Params) -> ApiResult<ReadOptions> {
     Ok(ReadOptions {
         at: timestamp_param(params, "timestamp")?,
-        consistency: match text_param(params, "consistency")? {
+        consistency: match params.text("consistency")? {
             Some(c) => Consistency::parse(c)?,
             None => Consistency::default(),
         },
-        after: match text_param(params, "after")? {
+        after: match params.text("after")? {
             Some(t) => Token::parse_list(t)?,
             None => Vec::new(),
         },
@@ -225,7 +215,7 @@ fn version_json(v: &Versioned) -> Value {
 /// The version an entry URL (`?timestamp=`, `consistency=`, `after=` optional) names, if any.
 async fn read_entry(state: &AppState, uri: &Uri) -> ApiResult<(Read<Option<Versioned>>, ReadOptions)> {
     let key = entry_key(uri)?;
-    let options = read_options(&query(uri)?)?;
+    let options = read_options(&query(uri, ENTRY_READ_PARAMS)?)?;
     Ok((state.node.get_async(key, options.clone()).await?, options))
 }
 
@@ -249,20 +239,33 @@ async fn head_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Respon
 
 async fn put_entry(State(state): State<AppState>, uri: Uri, body: Body) -> ApiResult<Json<Value>> {
     let key = entry_key(&uri)?;
-    let params = query(&uri)?;
-    let max = state.node.config().max_value_bytes;
-    let value: Bytes = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| ApiError(NodeError::TooLarge(format!("the value is over the limit of {max} bytes"))))?;
-    let condition = match (text_param(&params, "if_absent")?, timestamp_param(&params, "if_timestamp")?) {
-        (Some(_), Some(_)) => return Err(bad("give at most one of if_absent and if_timestamp")),
-        (Some("true" | "1" | ""), None) => Condition::IfAbsent,
-        (Some(other), None) => return Err(bad(format!("if_absent must be true, not {other:?}"))),
-        (None, Some(ts)) => Condition::IfTimestamp(ts),
-        (None, None) => Condition::None,
+    let params = query(&uri, ENTRY_WRITE_PARAMS)?;
+    let condition = match (params.flag("if_absent")?, timestamp_param(&params, "if_timestamp")?) {
+        (true, Some(_)) => return Err(bad("give at most one of if_absent and if_timestamp")),
+        (true, None) => Condition::IfAbsent,
+        (false, Some(ts)) => Condition::IfTimestamp(ts),
+        (false, None) => Condition::None,
     };
+    let max = state.node.config().max_value_bytes;
+    let value: Bytes = tokio::time::timeout(state.body_read_timeout, axum::body::to_bytes(body, max))
+        .await
+        .map_err(|_| ApiError(NodeError::Timeout("the request body did not arrive in time".into())))?
+        .map_err(|e| body_error(&e, max))?;
     let ack = state.node.put_async(key, value.to_vec(), condition, None).await.map_err(ApiError)?;
     Ok(Json(ack_json(&ack)))
+}
+
+/// A body that could not be read: over the limit (413), or malformed, such as a broken chunked
+/// encoding (400).
+fn body_error(e: &axum::Error, max: usize) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ApiError(NodeError::TooLarge(format!("the value is over the limit of {max} bytes")));
+        }
+        source = s.source();
+    }
+    bad(format!("the request body could not be read: {e}"))
 }
 
 async fn delete_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
@@ -273,30 +276,39 @@ async fn delete_entry(State(state): State<AppState>, uri: Uri) -> ApiResult<Json
     }
 }
 
+/// `GET /kv/rest/range`: one page of live keys in `[start, end)`. A page stops at `limit` rows or at
+/// the node's byte budget; then the header's `resume_key` (base64) and `resume_start` (percent-encoded,
+/// ready for `start=`) name where the next page starts.
 async fn range(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>> {
-    let params = query(&uri)?;
-    for name in params.keys() {
-        if !["start", "end", "limit", "timestamp", "consistency", "after"].contains(&name.as_str()) {
-            return Err(bad(format!(
-                "unknown parameter {name:?} (start, end, limit, timestamp, consistency, after)"
-            )));
-        }
-    }
-    let start = params.get("start").cloned().unwrap_or_default();
-    let end = params.get("end").cloned();
-    let limit = match text_param(&params, "limit")? {
-        Some(l) => l.parse::<usize>().map_err(|_| bad(format!("limit {l:?} is not a number")))?,
+    let params = query(&uri, RANGE_PARAMS)?;
+    let start = params.bytes("start").unwrap_or_default().to_vec();
+    let end = params.bytes("end").map(<[u8]>::to_vec);
+    let limit = match params.number("limit", crate::node::MAX_SCAN_LIMIT as u64)? {
+        Some(l) => usize::try_from(l).map_err(|_| bad("limit too large"))?,
         None => DEFAULT_SCAN_LIMIT,
     };
     let options = read_options(&params)?;
     let read = state.node.scan_async(start, end, limit, options.clone()).await?;
-    let rows: Vec<Value> =
-        read.value.iter().map(|(k, v)| json!({"key": B64.encode(k), "value": version_json(v)})).collect();
-    Ok(Json(json!({"header": header(&state.node, &read, &options), "rows": rows})))
+    let rows: Vec<Value> = read
+        .value
+        .rows
+        .iter()
+        .map(|(k, v)| json!({"key": B64.encode(k), "value": version_json(v)}))
+        .collect();
+    let mut header = header(&state.node, &read, &options);
+    if let Some(resume) = &read.value.resume {
+        header["resume_key"] = json!(B64.encode(resume));
+        header["resume_start"] =
+            json!(percent_encoding::percent_encode(resume, percent_encoding::NON_ALPHANUMERIC).to_string());
+    }
+    Ok(Json(json!({"header": header, "rows": rows})))
 }
 
 async fn health(State(state): State<AppState>, uri: Uri) -> Response {
-    let ready = query(&uri).ok().and_then(|p| p.get("ready").cloned()).is_some_and(|v| v != b"0");
+    let ready = match query(&uri, &["ready"]).and_then(|p| Ok(p.flag("ready")?)) {
+        Ok(ready) => ready,
+        Err(e) => return e.into_response(),
+    };
     if ready && state.shutting_down.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting_down"}))).into_response();
     }
@@ -355,16 +367,10 @@ async fn unknown_route(method: Method, uri: Uri) -> ApiError {
     ApiError(NodeError::NotFound(format!("no route for {method} {}", uri.path())))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding_takes_any_byte_and_refuses_bad_escapes() {
-        assert_eq!(percent_decode("a%00b%ff", false), Some(vec![b'a', 0, b'b', 0xff]));
-        assert_eq!(percent_decode("a+b", false), Some(b"a+b".to_vec()));
-        assert_eq!(percent_decode("a+b", true), Some(b"a b".to_vec()));
-        assert_eq!(percent_decode("%zz", false), None);
-        assert_eq!(percent_decode("%4", false), None);
-    }
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let body = json!({
+        "code": "method_not_allowed",
+        "message": format!("{} does not take {method}", uri.path()),
+    });
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }

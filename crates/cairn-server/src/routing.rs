@@ -372,7 +372,7 @@ impl Router {
         end: Option<&[u8]>,
         limit: usize,
         options: &ReadOptions,
-    ) -> Result<Read<Vec<(Vec<u8>, Versioned)>>> {
+    ) -> Result<Read<crate::node::Scanned>> {
         let limit = u32::try_from(limit).map_err(|_| NodeError::InvalidArgument("limit too large".into()))?;
         let chunks = self
             .forward(first_bucket, Retry::Reads, |mut c, route| {
@@ -402,10 +402,11 @@ impl Router {
             })
             .await?;
         let behind = chunks.first().map_or(0, |c| c.behind);
+        let resume = chunks.last().and_then(|c| c.resume_key.clone());
         let mut rows = Vec::new();
         for row in chunks.into_iter().flat_map(|c| c.rows) {
             rows.push((row.key, Versioned { value: row.value, timestamp: ts_in(row.timestamp)? }));
         }
-        Ok(Read { value: rows, behind })
+        Ok(Read { value: crate::node::Scanned { rows, resume }, behind })
     }
 }

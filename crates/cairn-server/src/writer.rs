@@ -69,7 +69,11 @@ impl Pending {
     /// No write in flight; a clock starting at the physical time, refusing timestamps more than
     /// `max_clock_offset` ahead of it.
     pub(crate) fn new(max_clock_offset: std::time::Duration) -> Pending {
-        Pending { clock: Clock::new(max_clock_offset), stamps: Mutex::new(BTreeMap::new()), done: Condvar::new() }
+        Pending {
+            clock: Clock::new(max_clock_offset),
+            stamps: Mutex::new(BTreeMap::new()),
+            done: Condvar::new(),
+        }
     }
 
     /// The node's clock.

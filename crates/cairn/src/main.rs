@@ -145,6 +145,13 @@ struct NodeArgs {
     /// a cluster member takes its cluster's setting, `cairn init --max-clock-offset-ms`).
     #[arg(long, env = "CAIRN_MAX_CLOCK_OFFSET_MS")]
     max_clock_offset_ms: Option<u64>,
+    /// HTTP connections served at once (default 1024; more wait in the listen backlog).
+    #[arg(long, env = "CAIRN_HTTP_MAX_CONNECTIONS")]
+    http_max_connections: Option<usize>,
+    /// An HTTP request's head must arrive whole within this many milliseconds of the connection
+    /// waiting for it; also how long a kept-alive connection may sit idle (default 10000).
+    #[arg(long, env = "CAIRN_HTTP_HEADER_READ_TIMEOUT_MS")]
+    http_header_read_timeout_ms: Option<u64>,
     /// How long old versions stay readable, in seconds.
     #[arg(long, env = "CAIRN_GC_TTL_SECS")]
     gc_ttl_secs: Option<u64>,
@@ -218,6 +225,8 @@ struct FileConfig {
     max_value_bytes: Option<usize>,
     max_message_bytes: Option<usize>,
     max_clock_offset_ms: Option<u64>,
+    http_max_connections: Option<usize>,
+    http_header_read_timeout_ms: Option<u64>,
     gc_ttl_secs: Option<u64>,
     node_id: Option<u64>,
     peers: Option<String>,
@@ -265,6 +274,19 @@ fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig,
         node.max_clock_offset = Duration::from_millis(ms);
     }
     node.validate().map_err(|e| e.to_string())?;
+    let mut http = cairn_server::http_server::HttpLimits::default();
+    if let Some(n) = args.http_max_connections.or(file.http_max_connections) {
+        if n == 0 {
+            return Err("--http-max-connections must be at least 1".into());
+        }
+        http.max_connections = n;
+    }
+    if let Some(ms) = args.http_header_read_timeout_ms.or(file.http_header_read_timeout_ms) {
+        if ms == 0 {
+            return Err("--http-header-read-timeout-ms must be at least 1".into());
+        }
+        http.header_read_timeout = Duration::from_millis(ms);
+    }
     if let Some(s) = args.gc_ttl_secs.or(file.gc_ttl_secs) {
         node.gc_ttl = Duration::from_secs(s);
     }
@@ -336,7 +358,7 @@ fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig,
             })
         }
     };
-    Ok(ServerConfig { node, http_addr, grpc_addr, cluster })
+    Ok(ServerConfig { node, http_addr, grpc_addr, cluster, http })
 }
 
 fn demo_banner(addr: SocketAddr, grpc: SocketAddr, store: &Path) -> String {

@@ -98,14 +98,20 @@ pub fn http(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> Respon
 
 /// [`http`], reporting a connection that fails or ends early instead of panicking.
 pub fn try_http(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let head = format!(
         "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    raw_http(addr, &request)
+}
+
+/// Sends `request` verbatim on a fresh connection and reads the response until the server closes it.
+pub fn raw_http(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(request)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {

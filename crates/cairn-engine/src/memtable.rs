@@ -199,18 +199,18 @@ impl Memtable {
     }
 }
 
-/// Where one copied entry lies in a [`MemtableIter`]'s arena: internal key `start..key_end`, value
-/// `key_end..value_end`.
-#[derive(Clone, Copy, Debug)]
+/// One entry of a [`MemtableIter`]'s chunk: its internal key at `start..key_end` in the arena, and its
+/// value, a handle on the memtable's own bytes (a reference count, not a copy: values can be large).
+#[derive(Clone, Debug)]
 struct Span {
     start: usize,
     key_end: usize,
-    value_end: usize,
+    value: Bytes,
 }
 
-/// Iterates a memtable by copying small chunks of entries out of the tree into one reused buffer, so
-/// the iterator owns what it exposes, needs no borrow of the map, and allocates only while its buffer
-/// grows.
+/// Iterates a memtable by copying small chunks of entries' keys out of the tree into one reused buffer
+/// (values are shared, not copied), so the iterator owns what it exposes, needs no borrow of the map,
+/// and allocates only while its buffer grows.
 pub struct MemtableIter {
     mem: Arc<Memtable>,
     arena: Vec<u8>,
@@ -235,8 +235,8 @@ impl MemtableIter {
             self.arena.extend_from_slice(k.user_key());
             self.arena.extend_from_slice(&k.trailer.to_le_bytes());
             let key_end = self.arena.len();
-            self.arena.extend_from_slice(k.value());
-            self.spans.push(Span { start, key_end, value_end: self.arena.len() });
+            let value = k.data.slice(k.key_len as usize..);
+            self.spans.push(Span { start, key_end, value });
         }
         self.exhausted = true;
     }
@@ -271,13 +271,12 @@ impl InternalIterator for MemtableIter {
     }
 
     fn key(&self) -> &[u8] {
-        let s = self.spans[self.pos];
+        let s = &self.spans[self.pos];
         &self.arena[s.start..s.key_end]
     }
 
     fn value(&self) -> &[u8] {
-        let s = self.spans[self.pos];
-        &self.arena[s.key_end..s.value_end]
+        &self.spans[self.pos].value
     }
 }
 

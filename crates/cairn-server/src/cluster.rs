@@ -99,6 +99,38 @@ fn fresh_id(salt: &str) -> String {
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(seed.as_bytes()))
 }
 
+/// Each shard's replicas whose replication stream is stalled, as its leader reports them (asking every
+/// node that is up for its status, at once, each within [`LIVENESS_CALL_TIMEOUT`]).
+async fn stalled_streams(state: &ClusterState, down: &BTreeSet<u64>) -> BTreeMap<u32, Vec<u64>> {
+    use cairn_proto::kv::{StatusRequest, kv_client::KvClient};
+    let mut asks = tokio::task::JoinSet::new();
+    for id in state.active_nodes().into_iter().filter(|id| !down.contains(id)) {
+        let Some(addr) = state.nodes.get(&id).map(|n| n.grpc_addr.clone()) else { continue };
+        asks.spawn(async move {
+            let ask = async {
+                let mut client = KvClient::connect(format!("http://{addr}"))
+                    .await
+                    .ok()?
+                    .max_decoding_message_size(cairn_proto::MAX_MAX_MESSAGE_BYTES);
+                client.status(StatusRequest {}).await.ok().map(|r| r.into_inner())
+            };
+            tokio::time::timeout(LIVENESS_CALL_TIMEOUT, ask).await.ok().flatten()
+        });
+    }
+    let mut stalled = BTreeMap::new();
+    while let Some(answer) = asks.join_next().await {
+        for shard in answer.ok().flatten().into_iter().flat_map(|s| s.shards) {
+            match shard.replication {
+                Some(r) if r.role == "leader" && !r.stalled.is_empty() => {
+                    stalled.insert(shard.shard, r.stalled);
+                }
+                _ => {}
+            }
+        }
+    }
+    stalled
+}
+
 /// A cluster member's membership: identity, the meta group replica, and the Raft plumbing its groups
 /// share.
 pub(crate) struct Membership {
@@ -716,6 +748,7 @@ impl Membership {
                 moving.push(s.id);
             }
         }
+        let stalled = stalled_streams(&state, &down).await;
         let (status, reason) = if meta_leader == 0 {
             ("unavailable", "no meta group leader is known".to_string())
         } else if state.map.is_none() {
@@ -724,6 +757,8 @@ impl Membership {
             ("unavailable", format!("shards {lost:?} have lost a majority of their replicas"))
         } else if !down.is_empty() {
             ("degraded", format!("nodes {down:?} are down"))
+        } else if let Some((shard, nodes)) = stalled.iter().next() {
+            ("degraded", format!("shard {shard}'s replication to nodes {nodes:?} is stalled"))
         } else {
             ("ok", String::new())
         };
@@ -738,6 +773,7 @@ impl Membership {
                 "under_replicated": under,
                 "unavailable": lost,
                 "moving": moving,
+                "stalled": stalled,
             },
         });
         (status != "unavailable", summary)

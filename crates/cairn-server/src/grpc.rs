@@ -263,6 +263,7 @@ impl kv::kv_server::Kv for KvService {
                     applied: g.applied.unwrap_or(0),
                     fenced: g.checks.fenced.unwrap_or_default(),
                     lag: g.lag.into_iter().collect(),
+                    stalled: g.stalled.into_iter().collect(),
                 }),
             })
             .collect();

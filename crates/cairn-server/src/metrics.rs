@@ -182,4 +182,19 @@ fn render_replication(out: &mut String, node: &Node) {
             let _ = writeln!(out, "cairn_raft_replica_lag{{shard=\"{s}\",member=\"{member}\"}} {lag}");
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP cairn_raft_replication_stalled 1 while a member answers heartbeats but has taken no entry \
+         for {} s though it lags (on the leader).\n# TYPE cairn_raft_replication_stalled gauge",
+        cairn_cluster::raft::STALL_AFTER.as_secs()
+    );
+    for (s, g, _) in &groups {
+        for member in g.lag.keys() {
+            let stalled = u8::from(g.stalled.contains(member));
+            let _ = writeln!(
+                out,
+                "cairn_raft_replication_stalled{{shard=\"{s}\",member=\"{member}\"}} {stalled}"
+            );
+        }
+    }
 }

@@ -202,6 +202,9 @@ pub(crate) fn group_error(e: GroupError) -> NodeError {
     match e {
         GroupError::Fenced(why) => NodeError::Unavailable(format!("this replica is fenced: {why}")),
         GroupError::InvalidConfig(why) | GroupError::Membership(why) => NodeError::Internal(why),
+        e @ GroupError::BeyondCommitted { .. } => {
+            NodeError::InvalidArgument(format!("bad token: {e} (tokens come from this cluster's writes)"))
+        }
         e => NodeError::Unavailable(e.to_string()),
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 /// How long each node may take to answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One node's view of its shard replicas: shard id → (role, leader, lag map).
-type Replicas = BTreeMap<u32, (String, u64, BTreeMap<u64, u64>)>;
+/// One node's view of its shard replicas: shard id → (role, leader, lag map, stalled streams).
+type Replicas = BTreeMap<u32, (String, u64, BTreeMap<u64, u64>, Vec<u64>)>;
 
 async fn node_replicas(addr: &str) -> Option<Replicas> {
     let ask = async {
@@ -22,7 +22,7 @@ async fn node_replicas(addr: &str) -> Option<Replicas> {
             .into_iter()
             .filter_map(|s| {
                 let r = s.replication?;
-                Some((s.shard, (r.role, r.leader, r.lag.into_iter().collect())))
+                Some((s.shard, (r.role, r.leader, r.lag.into_iter().collect(), r.stalled)))
             })
             .collect();
         Some(replicas)
@@ -75,10 +75,12 @@ pub async fn cluster_status(addr: &str) -> Result<Option<(Value, String)>, Strin
         let reported = replicas.iter().filter_map(|n| views.get(n).and_then(|v| v.get(&id)).map(|r| (*n, r)));
         let mut leader = 0;
         let mut lag = BTreeMap::new();
-        for (node, (role, said_leader, node_lag)) in reported {
+        let mut stalled = Vec::new();
+        for (node, (role, said_leader, node_lag, node_stalled)) in reported {
             if role == "leader" {
                 leader = node;
                 lag = node_lag.clone();
+                stalled = node_stalled.clone();
             } else if leader == 0 {
                 leader = *said_leader;
             }
@@ -88,7 +90,8 @@ pub async fn cluster_status(addr: &str) -> Result<Option<(Value, String)>, Strin
             replicas.iter().copied().filter(|n| liveness.get(n).is_some_and(|(up, _)| !up)).collect();
         shards.push(json!({
             "id": id, "buckets": shard["buckets"], "epoch": shard["epoch"], "replicas": replicas,
-            "leader": leader, "lag": lag, "down_replicas": down, "moving": shard["moving"],
+            "leader": leader, "lag": lag, "down_replicas": down, "stalled": stalled,
+            "moving": shard["moving"],
         }));
     }
     let json = json!({
@@ -143,6 +146,11 @@ fn render(s: &Value) -> String {
         let mut lag = lag.join(" ");
         if !down.is_empty() {
             lag.push_str(&format!("  UNDER-REPLICATED: node {} down", down.join(",")));
+        }
+        let stalled: Vec<String> =
+            sh["stalled"].as_array().into_iter().flatten().map(ToString::to_string).collect();
+        if !stalled.is_empty() {
+            lag.push_str(&format!("  STALLED: replication to node {}", stalled.join(",")));
         }
         if let (Some(from), Some(to)) = (sh["moving"]["from"].as_u64(), sh["moving"]["to"].as_u64()) {
             lag.push_str(&format!("  MOVING: node {from} -> node {to}"));

@@ -141,6 +141,10 @@ struct NodeArgs {
     /// same on every node of a cluster; the largest key and value must fit in one).
     #[arg(long, env = "CAIRN_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
+    /// Bytes of keys and values one range page holds at most (default 4194304; at least one row goes,
+    /// and the page names where the next one starts).
+    #[arg(long, env = "CAIRN_MAX_SCAN_BYTES")]
+    max_scan_bytes: Option<usize>,
     /// How far ahead of this node's clock a client's timestamp may be, in milliseconds (default 500;
     /// a cluster member takes its cluster's setting, `cairn init --max-clock-offset-ms`).
     #[arg(long, env = "CAIRN_MAX_CLOCK_OFFSET_MS")]
@@ -224,6 +228,7 @@ struct FileConfig {
     max_key_bytes: Option<usize>,
     max_value_bytes: Option<usize>,
     max_message_bytes: Option<usize>,
+    max_scan_bytes: Option<usize>,
     max_clock_offset_ms: Option<u64>,
     http_max_connections: Option<usize>,
     http_header_read_timeout_ms: Option<u64>,
@@ -269,6 +274,9 @@ fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig,
     }
     if let Some(n) = args.max_message_bytes.or(file.max_message_bytes) {
         node.max_message_bytes = n;
+    }
+    if let Some(n) = args.max_scan_bytes.or(file.max_scan_bytes) {
+        node.max_scan_bytes = n;
     }
     if let Some(ms) = args.max_clock_offset_ms.or(file.max_clock_offset_ms) {
         node.max_clock_offset = Duration::from_millis(ms);

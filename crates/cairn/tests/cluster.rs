@@ -8,25 +8,8 @@
 mod common;
 
 use cairn_proto::cluster::{JoinRequest, StateRequest, cluster_client::ClusterClient};
-use common::{Server, cairn, try_http, wait_until};
+use common::{READY, Server, cairn, serves_keys, three_nodes, wait_until};
 use serde_json::Value;
-use std::time::Duration;
-
-const READY: Duration = Duration::from_secs(60);
-
-/// True once the node at `server` serves keys over HTTP.
-fn serves_keys(server: &Server) -> bool {
-    // Until its shards are up a member answers no HTTP; the connection waits in the listen backlog.
-    let probe = std::thread::scope(|s| {
-        let h = s.spawn(|| try_http(server.addr, "GET", "/health?ready=1", b""));
-        let start = std::time::Instant::now();
-        while !h.is_finished() && start.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        h.is_finished().then(|| h.join().unwrap())
-    });
-    matches!(probe, Some(Ok(r)) if r.status == 200)
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -409,22 +392,6 @@ fn held(n: &Server) -> Vec<(u64, bool, u64)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Three nodes started with `--join`, a cluster made by `cairn init` on the first (3 replicas, 4 shards,
-/// nodes dead after 2 s unheard), every node serving keys.
-fn three_nodes(store: &dyn Fn(usize) -> std::path::PathBuf) -> [Server; 3] {
-    let n1 = Server::start(&store(1), &["--join", ""]);
-    let n1_grpc = n1.grpc.to_string();
-    let init = ["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", "4"];
-    let (ok, _, err) = cairn(&[&init[..], &["--dead-after-secs", "2"]].concat());
-    assert!(ok, "init failed: {err}");
-    let n2 = Server::start(&store(2), &["--join", &n1_grpc]);
-    let n3 = Server::start(&store(3), &["--join", &n1_grpc]);
-    for n in [&n1, &n2, &n3] {
-        wait_until("every node serves keys", READY, || serves_keys(n));
-    }
-    [n1, n2, n3]
 }
 
 #[test]

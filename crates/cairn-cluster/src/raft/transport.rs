@@ -26,7 +26,8 @@ use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
@@ -47,6 +48,24 @@ use super::{decode, encode, incarnation_of};
 /// etcd's and TiKV's per-message bounds: big enough to amortise a call, small enough that one batch
 /// does not hold a heartbeat's slot for long.
 pub const APPEND_BATCH_BYTES: usize = 4 << 20;
+
+/// Least time an AppendEntries call that carries entries may take. openraft allows each call one
+/// heartbeat interval (50 ms by default), and retries one that times out from scratch: a batch of large
+/// entries that the follower cannot receive, write and sync that fast (a slow disk, a busy or debug
+/// build) would be resent forever while the log grows behind it. Heartbeats are separate calls, so a
+/// longer wait here delays nothing but this follower's stream.
+const APPEND_TIMEOUT_FLOOR: Duration = Duration::from_secs(2);
+
+/// On top of [`APPEND_TIMEOUT_FLOOR`], an AppendEntries call gets one second per this many bytes.
+const APPEND_BYTES_PER_SECOND: usize = 4 << 20;
+
+/// How long an AppendEntries call of `bytes` (`entries` of them) may take, given openraft's `ttl`.
+fn append_timeout(ttl: Duration, entries: usize, bytes: usize) -> Duration {
+    if entries == 0 {
+        return ttl;
+    }
+    ttl.max(APPEND_TIMEOUT_FLOOR) + Duration::from_secs_f64(bytes as f64 / APPEND_BYTES_PER_SECOND as f64)
+}
 
 /// Room a message needs besides its entries (the call's envelope, log ids, the vote).
 const ENVELOPE_BYTES: usize = 4 << 10;
@@ -131,21 +150,12 @@ impl RaftService {
         };
         let fetching = replica.as_ref().filter(|(_, fetch)| *fetch).map(|(r, _)| r.clone());
         let replica = replica.map(|(r, _)| r);
-        match RaftCallKind::try_from(call.kind) {
-            Ok(RaftCallKind::AppendEntries) => {
-                let rpc: AppendEntriesRequest<TypeConfig> = decode(&call.payload)?;
+        match Message::decode(call.kind, &call.payload)? {
+            Message::AppendEntries(rpc) => {
                 encode(&raft.append_entries(rpc).await.map_err(|e| e.to_string())?)
             }
-            Ok(RaftCallKind::Vote) => {
-                let rpc: VoteRequest<TypeConfig> = decode(&call.payload)?;
-                encode(&raft.vote(rpc).await.map_err(|e| e.to_string())?)
-            }
-            Ok(RaftCallKind::FullSnapshot) => {
-                let (vote, meta, snapshot): (
-                    VoteOf<TypeConfig>,
-                    SnapshotMetaOf<TypeConfig>,
-                    ShardSnapshotRef,
-                ) = decode(&call.payload)?;
+            Message::Vote(rpc) => encode(&raft.vote(rpc).await.map_err(|e| e.to_string())?),
+            Message::FullSnapshot(vote, meta, snapshot) => {
                 // A fetch runs in a task of its own: the leader's call may be dropped (a new leader, a
                 // closed replication stream) while the snapshot is half fetched or being installed, and
                 // the fetch must still end with the staged copies cleared, or kept for a retry.
@@ -163,40 +173,82 @@ impl RaftService {
                 };
                 encode(&installed)
             }
-            Ok(RaftCallKind::Propose) => {
-                let (command, timeout_ms): ProposeCall = decode(&call.payload)?;
+            Message::Propose((command, timeout_ms)) => {
                 encode(&propose_here(&raft, command, Duration::from_millis(timeout_ms)).await)
             }
-            Ok(RaftCallKind::ReadIndex) => {
-                let (lease_ms, timeout_ms): ReadIndexCall = decode(&call.payload)?;
+            Message::ReadIndex((lease_ms, timeout_ms)) => {
                 let lease = lease_ms.map(Duration::from_millis);
                 encode(&read_index_here(&raft, lease, Duration::from_millis(timeout_ms)).await)
             }
-            Ok(RaftCallKind::SnapshotFile) => {
+            Message::SnapshotFile(request) => {
                 let replica =
                     replica.ok_or_else(|| format!("group {} serves no snapshot files", call.group))?;
-                let request: SnapshotFileCall = decode(&call.payload)?;
                 let sm = replica.state_machine().clone();
                 // File reads block: off the runtime's threads.
                 tokio::task::spawn_blocking(move || serve_snapshot_file(&sm, request))
                     .await
                     .map_err(|e| format!("snapshot file task failed: {e}"))?
             }
-            Ok(RaftCallKind::Replace) => {
+            Message::Replace(new, addr) => {
                 let replica =
                     replica.ok_or_else(|| format!("group {} has no replica to answer", call.group))?;
-                let (new, addr): (u64, String) = decode(&call.payload)?;
                 encode(&replica.replace_here(new, addr).await)
             }
-            Ok(RaftCallKind::Digest) => {
+            Message::Digest(index) => {
                 let replica =
                     replica.ok_or_else(|| format!("group {} has no replica to answer", call.group))?;
-                let index: u64 = decode(&call.payload)?;
                 encode(&replica.state_machine().recorded_digest(index))
             }
-            Ok(RaftCallKind::Unspecified) | Err(_) => Err(format!("unknown raft call kind {}", call.kind)),
+            Message::TransferLeader(rpc) => {
+                encode(&raft.handle_transfer_leader(rpc).await.map_err(|e| e.to_string())?)
+            }
         }
     }
+}
+
+/// A call's payload, decoded as its kind says: what [`RaftService`] acts on.
+enum Message {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    FullSnapshot(VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, ShardSnapshotRef),
+    Propose(ProposeCall),
+    ReadIndex(ReadIndexCall),
+    SnapshotFile(SnapshotFileCall),
+    Replace(u64, String),
+    Digest(u64),
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+}
+
+impl Message {
+    fn decode(kind: i32, payload: &[u8]) -> Result<Message, String> {
+        Ok(match RaftCallKind::try_from(kind) {
+            Ok(RaftCallKind::AppendEntries) => Message::AppendEntries(decode(payload)?),
+            Ok(RaftCallKind::Vote) => Message::Vote(decode(payload)?),
+            Ok(RaftCallKind::FullSnapshot) => {
+                let (vote, meta, snapshot) = decode(payload)?;
+                Message::FullSnapshot(vote, meta, snapshot)
+            }
+            Ok(RaftCallKind::Propose) => Message::Propose(decode(payload)?),
+            Ok(RaftCallKind::ReadIndex) => Message::ReadIndex(decode(payload)?),
+            Ok(RaftCallKind::SnapshotFile) => Message::SnapshotFile(decode(payload)?),
+            Ok(RaftCallKind::Replace) => {
+                let (new, addr) = decode(payload)?;
+                Message::Replace(new, addr)
+            }
+            Ok(RaftCallKind::Digest) => Message::Digest(decode(payload)?),
+            Ok(RaftCallKind::TransferLeader) => Message::TransferLeader(decode(payload)?),
+            Ok(RaftCallKind::Unspecified) | Err(_) => return Err(format!("unknown raft call kind {kind}")),
+        })
+    }
+}
+
+/// Decodes a received call as the node does before acting on it (envelope, then the payload its
+/// kind names), acting on nothing: an error for anything undecodable, never a panic. What the Raft
+/// message fuzz target drives.
+pub fn decode_call(bytes: &[u8]) -> Result<(), String> {
+    let call =
+        <RaftCall as prost::Message>::decode(bytes).map_err(|e| format!("cannot decode a raft call: {e}"))?;
+    Message::decode(call.kind, &call.payload).map(drop)
 }
 
 #[tonic::async_trait]
@@ -342,11 +394,10 @@ impl<W: Wire> GroupLink<W> {
         &self,
         kind: RaftCallKind,
         payload: Vec<u8>,
-        option: &RPCOption,
+        timeout: Duration,
     ) -> Result<T, Unreachable<TypeConfig>> {
         let call = RaftCall { group: self.group, kind: kind as i32, payload, target: self.target };
-        let reply =
-            self.wire.call(self.target, &self.addr, call, option.hard_ttl()).await.map_err(unreachable)?;
+        let reply = self.wire.call(self.target, &self.addr, call, timeout).await.map_err(unreachable)?;
         if !reply.error.is_empty() {
             return Err(unreachable(reply.error));
         }
@@ -379,8 +430,9 @@ impl<W: Wire> RaftNetworkV2<TypeConfig> for GroupLink<W> {
             ))
             .into());
         }
+        let timeout = append_timeout(option.hard_ttl(), rpc.entries.len(), payload.len());
         let reply: AppendEntriesResponse<TypeConfig> =
-            self.call(RaftCallKind::AppendEntries, payload, &option).await?;
+            self.call(RaftCallKind::AppendEntries, payload, timeout).await?;
         Ok(match reply {
             // The peer took the prefix sent: openraft sends the rest next.
             AppendEntriesResponse::Success if truncated => AppendEntriesResponse::PartialSuccess(last),
@@ -394,7 +446,18 @@ impl<W: Wire> RaftNetworkV2<TypeConfig> for GroupLink<W> {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let payload = encode(&rpc).map_err(unreachable)?;
-        Ok(self.call(RaftCallKind::Vote, payload, &option).await?)
+        Ok(self.call(RaftCallKind::Vote, payload, option.hard_ttl()).await?)
+    }
+
+    /// Without this (openraft's default answers "unreachable"), a leader stepping down only stopped
+    /// proposing: its group waited out an election timeout, as long as after a crash.
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = encode(&rpc).map_err(unreachable)?;
+        Ok(self.call(RaftCallKind::TransferLeader, payload, option.hard_ttl()).await?)
     }
 
     async fn full_snapshot(
@@ -405,7 +468,7 @@ impl<W: Wire> RaftNetworkV2<TypeConfig> for GroupLink<W> {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let payload = encode(&(vote, snapshot.meta, snapshot.snapshot)).map_err(unreachable)?;
-        Ok(self.call(RaftCallKind::FullSnapshot, payload, &option).await?)
+        Ok(self.call(RaftCallKind::FullSnapshot, payload, option.hard_ttl()).await?)
     }
 }
 
@@ -449,6 +512,18 @@ mod tests {
         }
     }
 
+    // Regression: each AppendEntries call had one heartbeat interval (50 ms); a 1 MiB entry that took
+    // longer to reach, write and sync was resent from scratch forever.
+    #[test]
+    fn calls_carrying_entries_get_time_for_their_bytes() {
+        let heartbeat = Duration::from_millis(50);
+        assert_eq!(append_timeout(heartbeat, 0, 300), heartbeat, "a heartbeat keeps openraft's bound");
+        assert_eq!(append_timeout(heartbeat, 1, 0), APPEND_TIMEOUT_FLOOR);
+        let full = append_timeout(heartbeat, 4, APPEND_BATCH_BYTES);
+        assert_eq!(full, APPEND_TIMEOUT_FLOOR + Duration::from_secs(1));
+        assert_eq!(append_timeout(Duration::from_secs(10), 1, 0), Duration::from_secs(10));
+    }
+
     // Regression: twelve concurrent 1 MiB puts made one 10 MiB AppendEntries call, over the receiver's
     // 4 MiB limit, re-sent unchanged forever: the shard never committed again.
     #[test]
@@ -467,5 +542,33 @@ mod tests {
         for e in big.iter().chain(&small) {
             assert!(entry_bytes(e) >= encode(e).unwrap().len(), "{}", e.log_id);
         }
+    }
+
+    #[test]
+    fn calls_decode_by_their_kind_and_anything_else_is_an_error() {
+        let call = |kind: RaftCallKind, payload: Vec<u8>| {
+            prost::Message::encode_to_vec(&RaftCall { group: 1, kind: kind as i32, payload, target: 0 })
+        };
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: vec![entry(1, 1 << 20)],
+            leader_commit: None,
+        };
+        let encoded = call(RaftCallKind::AppendEntries, encode(&append).unwrap());
+        assert_eq!(decode_call(&encoded), Ok(()));
+        assert_eq!(decode_call(&call(RaftCallKind::Digest, encode(&7u64).unwrap())), Ok(()));
+        // Cut short, the wrong kind, an unknown kind, garbage: errors, not panics.
+        assert!(decode_call(&encoded[..encoded.len() / 2]).is_err());
+        assert!(decode_call(&call(RaftCallKind::Vote, encode(&append).unwrap())).is_err());
+        assert!(decode_call(&call(RaftCallKind::Unspecified, Vec::new())).is_err());
+        let unknown =
+            prost::Message::encode_to_vec(&RaftCall { group: 1, kind: 99, payload: vec![], target: 0 });
+        assert!(decode_call(&unknown).is_err());
+        assert!(decode_call(&[0xff; 64]).is_err());
+        // A length prefix claiming far more entries than the bytes hold is refused, not allocated.
+        let mut lying = encode(&append).unwrap();
+        lying.truncate(lying.len() - (1 << 20));
+        assert!(decode_call(&call(RaftCallKind::AppendEntries, lying)).is_err());
     }
 }

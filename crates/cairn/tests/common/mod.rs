@@ -143,3 +143,62 @@ pub fn cairn(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// How long a cluster may take to come up or to settle.
+pub const READY: Duration = Duration::from_secs(60);
+
+/// True once the node at `server` serves keys over HTTP.
+pub fn serves_keys(server: &Server) -> bool {
+    // Until its shards are up a member answers no HTTP; the connection waits in the listen backlog.
+    let probe = std::thread::scope(|s| {
+        let h = s.spawn(|| try_http(server.addr, "GET", "/health?ready=1", b""));
+        let start = std::time::Instant::now();
+        while !h.is_finished() && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        h.is_finished().then(|| h.join().unwrap())
+    });
+    matches!(probe, Some(Ok(r)) if r.status == 200)
+}
+
+/// Three nodes started with `--join`, a cluster made by `cairn init` on the first (3 replicas, 4 shards,
+/// nodes dead after 2 s unheard), every node serving keys.
+pub fn three_nodes(store: &dyn Fn(usize) -> std::path::PathBuf) -> [Server; 3] {
+    let n1 = Server::start(&store(1), &["--join", ""]);
+    let n1_grpc = n1.grpc.to_string();
+    let init = ["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", "4"];
+    let (ok, _, err) = cairn(&[&init[..], &["--dead-after-secs", "2"]].concat());
+    assert!(ok, "init failed: {err}");
+    let n2 = Server::start(&store(2), &["--join", &n1_grpc]);
+    let n3 = Server::start(&store(3), &["--join", &n1_grpc]);
+    for n in [&n1, &n2, &n3] {
+        wait_until("every node serves keys", READY, || serves_keys(n));
+    }
+    [n1, n2, n3]
+}
+
+/// A key in each shard, from the cluster's map: (shard id, key).
+pub fn key_per_shard(n: &Server) -> Vec<(u64, String)> {
+    let (ok, out, err) = cairn(&["status", "--json", "--addr", &n.grpc.to_string()]);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let shards: Vec<(u64, u64, u64)> = status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (s["id"].as_u64().unwrap(), s["buckets"][0].as_u64().unwrap(), s["buckets"][1].as_u64().unwrap())
+        })
+        .collect();
+    let total = shards.iter().map(|s| s.2).max().unwrap() as u32 + 1;
+    shards
+        .iter()
+        .map(|&(id, first, last)| {
+            let key = (0..)
+                .map(|i| format!("probe-{i}"))
+                .find(|k| (first..=last).contains(&u64::from(cairn_proto::bucket_of(k.as_bytes(), total))))
+                .unwrap();
+            (id, key)
+        })
+        .collect()
+}

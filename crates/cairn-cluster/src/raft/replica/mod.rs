@@ -3,6 +3,8 @@
 //! neither names an openraft type.
 
 mod read_rounds;
+mod stalls;
+pub use stalls::STALL_AFTER;
 mod tend;
 pub use tend::{MoveStep, retire_stored};
 mod transfer;
@@ -136,6 +138,15 @@ pub enum GroupError {
     /// that wait for an index.
     #[error("replica catching up: {0}")]
     CatchingUp(String),
+    /// A read asked to wait for a log index the group has not committed (a made-up or foreign token):
+    /// refused at once rather than waited for.
+    #[error("log index {index} is beyond what the group has committed ({committed})")]
+    BeyondCommitted {
+        /// The index asked for.
+        index: u64,
+        /// The group's commit index, as its leader answered.
+        committed: u64,
+    },
 }
 
 /// A read's required freshness.
@@ -201,6 +212,9 @@ pub struct GroupStatus {
     pub learners: BTreeSet<u64>,
     /// On the leader: for each other member, how many entries it lags the leader's log.
     pub lag: BTreeMap<u64, u64>,
+    /// On the leader: members whose replication stream is stalled (they answer heartbeats and lag,
+    /// but took no entry for [`STALL_AFTER`]).
+    pub stalled: BTreeSet<u64>,
     /// What consistency checks found here.
     #[serde(flatten)]
     pub checks: CheckStatus,
@@ -311,6 +325,8 @@ struct Shared {
     resyncs: AtomicU64,
     earlier_divergences: AtomicU64,
     stopped: AtomicBool,
+    // On the leader: its followers' progress, to tell a stalled stream (see `stalls`).
+    stalls: parking_lot::Mutex<stalls::StallWatch>,
     // Held while the Raft node is replaced or stopped.
     lifecycle: tokio::sync::Mutex<()>,
     // Held while a snapshot from the leader is fetched and installed.
@@ -425,6 +441,7 @@ impl Replica {
             current: parking_lot::RwLock::new(Incarnation { raft, id }),
             snapshot_bytes: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
+            stalls: parking_lot::Mutex::default(),
             earlier_divergences: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             lifecycle: tokio::sync::Mutex::new(()),
@@ -584,23 +601,26 @@ impl Replica {
                 }
                 None
             }
-            ReadLevel::AtLeast(index) => Some(index),
+            ReadLevel::AtLeast(index) => {
+                let last_log = self.raft().metrics().borrow_watched().last_log_index.unwrap_or(0);
+                if index > last_log {
+                    // Not even in this replica's log: either it lags, or no leader ever wrote there.
+                    // The leader's commit index tells which (a write's index is committed before the
+                    // write is acknowledged).
+                    let committed = self.shared_read_index(None, timeout).await?;
+                    if index > committed {
+                        return Err(GroupError::BeyondCommitted { index, committed });
+                    }
+                }
+                Some(index)
+            }
             ReadLevel::Strong | ReadLevel::Lease => {
                 let lease = (level == ReadLevel::Lease).then(|| self.shared.config.lease());
                 if lease.is_some() && self.leader_elsewhere().is_none() {
                     // The leader's own lease check is local and cheap: no round to share.
                     Some(read_index_here(&self.raft(), lease, timeout).await?)
                 } else {
-                    let replica = self.clone();
-                    let round = self.shared.read_rounds[usize::from(lease.is_some())]
-                        .join(move || async move { replica.read_index(lease, timeout).await }.boxed());
-                    let index = tokio::time::timeout(timeout, round).await.map_err(|_| {
-                        GroupError::Timeout(format!(
-                            "no read index for group {} in {timeout:?}",
-                            self.shared.group
-                        ))
-                    })??;
-                    Some(index)
+                    Some(self.shared_read_index(lease, timeout).await?)
                 }
             }
         };
@@ -612,6 +632,17 @@ impl Replica {
                 .map_err(|e| GroupError::Timeout(format!("index {index} not applied here: {e}")))?;
         }
         Ok(self.point(target))
+    }
+
+    /// The index a linearizable read started now may serve from, from a read-index round shared with
+    /// the concurrent reads at the same level (see [`read_rounds`]).
+    async fn shared_read_index(&self, lease: Option<Duration>, timeout: Duration) -> Result<u64, GroupError> {
+        let replica = self.clone();
+        let round = self.shared.read_rounds[usize::from(lease.is_some())]
+            .join(move || async move { replica.read_index(lease, timeout).await }.boxed());
+        tokio::time::timeout(timeout, round).await.map_err(|_| {
+            GroupError::Timeout(format!("no read index for group {} in {timeout:?}", self.shared.group))
+        })?
     }
 
     /// One read-index round: the index a linearizable read started now may serve from, once applied.
@@ -704,6 +735,7 @@ impl Replica {
             voters,
             learners,
             lag,
+            stalled: self.shared.stalls.lock().stalled(),
             checks,
             snapshots_installed: self.shared.sm.snapshots_installed(),
             snapshot_bytes_received: self.shared.snapshot_bytes.load(Ordering::Relaxed),

@@ -235,6 +235,7 @@ impl Replica {
             }
             let status = self.status();
             let group = self.shared.group;
+            self.watch_replication(&status);
             if status.checks.fenced.is_some() {
                 if status.role == "leader" {
                     // A fenced leader hands its role to another voter first, then re-syncs as a follower.
@@ -272,6 +273,43 @@ impl Replica {
                 }
             }
             self.purge_verified(&status).await;
+        }
+    }
+
+    /// On the leader, notes each follower's progress and says when a replication stream stalls or moves
+    /// again (see [`StallWatch`](super::stalls::StallWatch)); on other replicas, forgets it.
+    fn watch_replication(&self, status: &GroupStatus) {
+        use super::stalls::Follower;
+        let group = self.shared.group;
+        let mut watch = self.shared.stalls.lock();
+        if status.role != "leader" {
+            watch.clear();
+            return;
+        }
+        let heard = self.heard_from().unwrap_or_default();
+        let last = status.last_log.map_or(0, |l| l + 1);
+        let followers = status
+            .lag
+            .iter()
+            .map(|(node, lag)| {
+                let answering =
+                    heard.get(node).copied().flatten().is_some_and(|ago| ago < MOVE_ANSWERED_WITHIN);
+                (*node, Follower { matched: last.saturating_sub(*lag), behind: *lag > 0, answering })
+            })
+            .collect();
+        let changes = watch.observe(std::time::Instant::now(), &followers);
+        for (node, matched) in changes.stalled {
+            tracing::warn!(
+                group,
+                node,
+                matched,
+                leader_log = last,
+                "replication to node {node} stalled: it answers heartbeats but took no entry for {} s",
+                super::STALL_AFTER.as_secs()
+            );
+        }
+        for node in changes.recovered {
+            tracing::info!(group, node, "replication to node {node} is no longer stalled");
         }
     }
 

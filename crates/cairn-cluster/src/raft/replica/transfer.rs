@@ -38,7 +38,7 @@ pub(crate) fn serve_snapshot_file(sm: &ShardStateMachine, call: SnapshotFileCall
     let len = file.len().saturating_sub(offset).min(SNAPSHOT_CHUNK);
     let mut chunk = vec![0u8; len as usize];
     file.read_exact_at(offset, &mut chunk).map_err(|e| e.to_string())?;
-    encode(&chunk)
+    encode(&serde_bytes::Bytes::new(&chunk))
 }
 
 impl Replica {
@@ -111,7 +111,8 @@ impl Replica {
             let mut out = fs.create(&part).map_err(|e| e.to_string())?;
             let mut offset = 0;
             while offset < size {
-                let chunk: Vec<u8> = decode(&call(Some(name.clone()), offset).await?)?;
+                let chunk =
+                    decode::<serde_bytes::ByteBuf>(&call(Some(name.clone()), offset).await?)?.into_vec();
                 if chunk.is_empty() {
                     return Err(format!("snapshot file {name} ended at {offset} of {size} bytes"));
                 }

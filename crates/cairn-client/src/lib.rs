@@ -11,6 +11,8 @@ use tonic::transport::Channel;
 
 /// Rows a scan returns when no limit is given.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
+/// Most rows a node returns in one scan page (its `limit` maximum); larger scans take several pages.
+const MAX_PAGE_ROWS: u32 = 10_000;
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,9 @@ pub enum ClientError {
     /// The cluster's shard map could not be loaded or routed by.
     #[error("routing: {0}")]
     Routing(String),
+    /// The node answered something the protocol does not allow.
+    #[error("protocol: {0}")]
+    Protocol(String),
 }
 
 /// A connection to one node.
@@ -112,10 +117,16 @@ impl Client {
         let (mut rows, mut from) = (Vec::new(), start.to_vec());
         loop {
             let left = limit - u32::try_from(rows.len()).unwrap_or(limit);
-            let (page, resume) = self.scan_page(&from, end, left, at).await?;
+            let (page, resume) = self.scan_page(&from, end, left.min(MAX_PAGE_ROWS), at).await?;
+            let progressed = !page.is_empty();
             rows.extend(page);
             match resume {
-                Some(next) if rows.len() < limit as usize => from = next,
+                // A page must move on (a node that answers an empty page with a resume key would
+                // otherwise be asked the same forever).
+                Some(next) if rows.len() < limit as usize && progressed && next > from => from = next,
+                Some(_) if rows.len() < limit as usize => {
+                    return Err(ClientError::Protocol("a scan page did not move past its start".into()));
+                }
                 _ => return Ok(rows),
             }
         }

@@ -1,6 +1,7 @@
 //! The protobuf codec every cairn gRPC service and client uses: prost's, except that a message that
 //! cannot be decoded is the sender's fault (`INVALID_ARGUMENT`), not the receiver's (`INTERNAL`, which
-//! is what tonic-prost answers and what monitoring treats as a server bug).
+//! is what tonic-prost answers and what monitoring treats as a server bug). Tested end to end against
+//! a running node (`crates/cairn/tests/hostile.rs`: tonic offers no way to build a `DecodeBuf` here).
 
 use prost::Message;
 use std::marker::PhantomData;
@@ -53,18 +54,5 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
         U::decode(buf)
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("the message is not valid protobuf: {e}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn undecodable_bytes_are_the_senders_fault() {
-        // A field 1 (key, bytes) whose length runs past the end of the message.
-        let e = crate::kv::GetRequest::decode(&[0x0a, 0x05, b'a'][..]).unwrap_err();
-        let status = Status::invalid_argument(format!("the message is not valid protobuf: {e}"));
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 }

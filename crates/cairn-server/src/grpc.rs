@@ -14,9 +14,11 @@ use tonic::{Request, Response, Status};
 
 /// Most rows per streamed scan chunk.
 const SCAN_CHUNK: usize = 256;
-/// A streamed scan chunk is closed once its rows hold this many bytes (a larger row goes alone; the
-/// node's message limit is well above the largest row).
-const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// Most bytes of a streamed scan chunk's rows (a larger row goes alone). Half the smallest message
+/// limit, so a chunk fits in a message whatever the node's limit (which the largest row fits in too).
+const SCAN_CHUNK_BYTES: usize = 512 << 10;
+/// Bytes a row takes in a chunk besides its key and value (field tags, lengths, timestamp).
+const SCAN_ROW_OVERHEAD: usize = 32;
 
 /// Maps a server error to a gRPC status (the REST mapping is [`NodeError::http_status`]).
 pub fn status_of(e: NodeError) -> Status {
@@ -134,18 +136,19 @@ fn row(key: Vec<u8>, v: Versioned) -> kv::Row {
     kv::Row { key, value: v.value, timestamp: Some(ts_out(v.timestamp)) }
 }
 
-/// A scan page as stream chunks of at most [`SCAN_CHUNK`] rows and about [`SCAN_CHUNK_BYTES`] (a larger
-/// row alone): `behind` on the first, the resume key on the last.
+/// A scan page as stream chunks of at most [`SCAN_CHUNK`] rows and [`SCAN_CHUNK_BYTES`] (a larger row
+/// alone): `behind` on the first, the resume key on the last.
 fn scan_chunks(page: crate::node::Scanned, behind: u64) -> Vec<kv::ScanResponse> {
     let mut chunks = Vec::new();
     let (mut chunk, mut bytes) = (Vec::new(), 0usize);
     for (key, v) in page.rows {
-        bytes += key.len() + v.value.len();
-        chunk.push(row(key, v));
-        if chunk.len() == SCAN_CHUNK || bytes >= SCAN_CHUNK_BYTES {
+        let size = key.len() + v.value.len() + SCAN_ROW_OVERHEAD;
+        if !chunk.is_empty() && (chunk.len() == SCAN_CHUNK || bytes + size > SCAN_CHUNK_BYTES) {
             chunks.push(kv::ScanResponse { rows: std::mem::take(&mut chunk), behind: 0, resume_key: None });
             bytes = 0;
         }
+        bytes += size;
+        chunk.push(row(key, v));
     }
     if !chunk.is_empty() || chunks.is_empty() {
         chunks.push(kv::ScanResponse { rows: chunk, behind: 0, resume_key: None });
@@ -296,6 +299,13 @@ mod tests {
         let small = (0..600u16).map(|i| (i.to_be_bytes().to_vec(), v(10))).collect();
         let chunks = scan_chunks(Scanned { rows: small, resume: None }, 0);
         assert_eq!(chunks.iter().map(|c| c.rows.len()).collect::<Vec<_>>(), vec![256, 256, 88]);
+        // Rows that fill a chunk partway close it before it would cross the budget.
+        let mid = (0..5u8).map(|i| (vec![i], v(200 << 10))).collect();
+        let chunks = scan_chunks(Scanned { rows: mid, resume: None }, 0);
+        assert_eq!(chunks.iter().map(|c| c.rows.len()).collect::<Vec<_>>(), vec![2, 2, 1]);
+        for c in &chunks {
+            assert!(prost::Message::encoded_len(c) <= 1 << 20, "{}", prost::Message::encoded_len(c));
+        }
         let empty = scan_chunks(Scanned::default(), 3);
         assert_eq!((empty.len(), empty[0].behind, empty[0].rows.len()), (1, 3, 0));
     }

@@ -126,7 +126,7 @@ impl NodeConfig {
                 self.max_value_bytes,
                 self.max_key_bytes,
                 self.max_message_bytes,
-                self.max_command_bytes().saturating_sub(self.largest_write() - self.max_value_bytes)
+                self.max_command_bytes().saturating_sub(command_bytes(self.max_key_bytes, 0)) / 2
             ));
         }
         if !(1..=self.max_command_bytes()).contains(&self.max_scan_bytes) {
@@ -136,9 +136,11 @@ impl NodeConfig {
                 self.max_scan_bytes
             ));
         }
-        if self.max_clock_offset > crate::hlc::MAX_MAX_CLOCK_OFFSET {
+        if self.max_clock_offset < Duration::from_millis(1)
+            || self.max_clock_offset > crate::hlc::MAX_MAX_CLOCK_OFFSET
+        {
             return bad(format!(
-                "the maximum clock offset must be at most {:?}, not {:?}",
+                "the maximum clock offset must be 1 ms to {:?}, not {:?}",
                 crate::hlc::MAX_MAX_CLOCK_OFFSET,
                 self.max_clock_offset
             ));
@@ -158,9 +160,9 @@ impl NodeConfig {
 }
 
 /// An upper bound of the Raft command bytes one put (or batch operation) of a `key`-byte key and a
-/// `value`-byte value takes.
+/// `value`-byte value takes: the value is written twice, in its version row and its key's latest row.
 fn command_bytes(key: usize, value: usize) -> usize {
-    key * COMMAND_BYTES_PER_KEY + value + COMMAND_BYTES_PER_OP
+    key * COMMAND_BYTES_PER_KEY + 2 * value + COMMAND_BYTES_PER_OP
 }
 
 /// One stored version as the APIs return it.
@@ -596,6 +598,8 @@ impl Node {
         self.set().of_bucket(bucket)
     }
 
+    /// A key to read or delete: not empty, and no longer than any key a store may hold (a key written
+    /// under a larger `max_key_bytes` stays readable and deletable after the limit is lowered).
     fn check_key(&self, key: &[u8]) -> Result<()> {
         if key.is_empty() {
             return Err(NodeError::InvalidArgument("the key is empty".into()));
@@ -603,12 +607,24 @@ impl Node {
         self.check_bound(key)
     }
 
-    /// A range bound: empty (the first key) or a key within the limit.
-    fn check_bound(&self, key: &[u8]) -> Result<()> {
+    /// A key to write: [`Node::check_key`], and within this node's `max_key_bytes`.
+    fn check_new_key(&self, key: &[u8]) -> Result<()> {
+        self.check_key(key)?;
         let max = self.config.max_key_bytes;
         if key.len() > max {
             return Err(NodeError::TooLarge(format!(
                 "key of {} bytes is over the limit of {max} bytes",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A range bound: empty (the first key) or no longer than any key a store may hold.
+    fn check_bound(&self, key: &[u8]) -> Result<()> {
+        if key.len() > MAX_MAX_KEY_BYTES {
+            return Err(NodeError::TooLarge(format!(
+                "key of {} bytes is over the limit of {MAX_MAX_KEY_BYTES} bytes",
                 key.len()
             )));
         }
@@ -752,7 +768,7 @@ impl Node {
     /// until the write is durable (as configured). Standalone stores only; async callers (and replicated
     /// stores) use [`Node::put_async`].
     pub fn put(&self, key: &[u8], value: &[u8], condition: Condition) -> Result<Timestamp> {
-        self.check_key(key)?;
+        self.check_new_key(key)?;
         self.check_value(value)?;
         self.check_condition(condition)?;
         let op = WriteOp::Put { key: key.to_vec(), value: value.to_vec(), condition };
@@ -769,7 +785,7 @@ impl Node {
         condition: Condition,
         route: Option<Route>,
     ) -> Result<Ack> {
-        self.check_key(&key)?;
+        self.check_new_key(&key)?;
         self.check_value(&value)?;
         self.check_condition(condition)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
@@ -838,9 +854,12 @@ impl Node {
         let shard = self.shard_id(bucket)?;
         let mut bytes = 0usize;
         for (key, value) in ops {
-            self.check_key(key)?;
-            if let Some(v) = value {
-                self.check_value(v)?;
+            match value {
+                Some(v) => {
+                    self.check_new_key(key)?;
+                    self.check_value(v)?;
+                }
+                None => self.check_key(key)?,
             }
             bytes += command_bytes(key.len(), value.as_ref().map_or(0, Vec::len));
             let other = self.shard_id(mvcc::bucket_of(key, self.total_buckets))?;

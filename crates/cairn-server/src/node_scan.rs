@@ -56,6 +56,10 @@ impl Node {
                 return Err(NodeError::InvalidArgument("range end is below its start".into()));
             }
         }
+        if limit == 0 {
+            // A page of no rows could only name its own start as the next: a pager would never end.
+            return Err(NodeError::InvalidArgument("limit must be at least 1".into()));
+        }
         if limit > MAX_SCAN_LIMIT {
             return Err(NodeError::InvalidArgument(format!(
                 "limit {limit} is over the maximum {MAX_SCAN_LIMIT}"

@@ -442,6 +442,27 @@ impl Proposer<'_> {
     /// After the command at `ts` failed a condition at log index `index`: the outcome if the write is
     /// decided (applied by an earlier copy, or the caller's condition does not hold), `None` if it must
     /// be retried at a later timestamp.
+    /// Moves the clock past `latest`, a key's newest stored version, so a retried write is ordered
+    /// after it. Another node may have stamped it up to the maximum offset ahead of its own clock,
+    /// which may itself run ahead of this one's: a version up to twice the offset ahead is waited for
+    /// (the physical clock catches up; the clock never jumps past the bound), one further ahead is
+    /// refused (only a write from before timestamps were bounded can be that far ahead).
+    async fn observe_stored(&self, latest: Timestamp, deadline: tokio::time::Instant) -> Result<()> {
+        let clock = self.pending.clock();
+        let Err(e) = clock.observe(latest) else { return Ok(()) };
+        if e.ahead_ms <= 2 * e.max_offset_ms {
+            let wait = Duration::from_millis(e.ahead_ms.saturating_sub(e.max_offset_ms) + 1);
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + wait)).await;
+        }
+        clock.observe(latest).map_err(|e| {
+            NodeError::OutOfRange(format!(
+                "the key's newest version is at {latest}, {} ms ahead of this node's clock (more than the \
+                 maximum clock offset of {} ms): a write cannot be ordered after it",
+                e.ahead_ms, e.max_offset_ms
+            ))
+        })
+    }
+
     async fn after_failed_condition(
         &self,
         op: &WriteOp,
@@ -465,13 +486,7 @@ impl Proposer<'_> {
         let mut live = None;
         for key in keys {
             if let Some((latest, stored)) = latest_version(&db, self.total_buckets, key)? {
-                self.pending.clock().observe(latest).map_err(|e| {
-                    NodeError::OutOfRange(format!(
-                        "the key's newest version is at {latest}, {} ms ahead of this node's clock (more \
-                         than the maximum clock offset of {} ms): a write cannot be ordered after it",
-                        e.ahead_ms, e.max_offset_ms
-                    ))
-                })?;
+                self.observe_stored(latest, deadline).await?;
                 live = matches!(stored, Stored::Value(_)).then_some(latest);
             }
         }

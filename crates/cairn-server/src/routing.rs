@@ -75,6 +75,10 @@ fn remote(status: &tonic::Status, addr: &str) -> NodeError {
     let message = format!("{} (from {addr})", status.message());
     match status.code() {
         tonic::Code::InvalidArgument => NodeError::InvalidArgument(message),
+        // tonic also answers OUT_OF_RANGE for a message over a size limit (its own, not a node's).
+        tonic::Code::OutOfRange if status.message().contains("message length too large") => {
+            NodeError::Internal(message)
+        }
         tonic::Code::OutOfRange => NodeError::OutOfRange(message),
         tonic::Code::NotFound => NodeError::NotFound(message),
         tonic::Code::FailedPrecondition => NodeError::Precondition(message),

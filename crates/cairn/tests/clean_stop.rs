@@ -30,9 +30,8 @@ fn a_clean_stop_hands_over_leadership_and_writes_pause_briefly() {
         })
     };
     common::wait_until("the shard has a leader", common::READY, || nodes.iter().any(leads));
-    let leader = nodes.iter().position(leads).unwrap();
-    let writer = nodes.remove((leader + 1) % 3);
     let leader = nodes.remove(nodes.iter().position(leads).unwrap());
+    let writer = nodes.remove(0);
 
     // (took, status) of every write, in order; `stop` ends the loop.
     let writes: Mutex<Vec<(Duration, u16)>> = Mutex::new(Vec::new());

@@ -421,10 +421,12 @@ impl<W: Wire> RaftNetworkV2<TypeConfig> for GroupLink<W> {
         }
         let last = rpc.entries.last().map(|e| e.log_id);
         let payload = encode(&rpc).map_err(unreachable)?;
-        if payload.len() > limit {
-            // Only an entry written before the limits were enforced can be this big.
+        if payload.len() > limit.saturating_sub(ENVELOPE_BYTES) {
+            // Only an entry written before the limits were enforced, or under a larger limit, can be
+            // this big: raising max_message_bytes on every node lets it through.
             return Err(unreachable(format!(
-                "an AppendEntries message of {} bytes (entry {:?}) is over the message limit of {limit} bytes",
+                "an AppendEntries message of {} bytes (entry {:?}) is over the message limit of {limit} bytes \
+                 (raise max_message_bytes on every node)",
                 payload.len(),
                 last
             ))

@@ -31,6 +31,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How long shutdown waits for another replica to take over each group this node leads.
 const HAND_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often an idle gRPC connection is probed (an HTTP/2 ping).
+const GRPC_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a probe may go unanswered before the connection is dropped.
+const GRPC_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How long shutdown waits for requests and connections to finish before closing them.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -144,6 +148,9 @@ pub async fn serve(
     };
     let max_message = config.node.max_message_bytes;
     let grpc_server = tonic::transport::Server::builder()
+        // A peer or client that vanished without closing its connection is found and dropped.
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .add_service(
             cairn_proto::kv::kv_server::KvServer::new(kv.clone())
                 .max_decoding_message_size(max_message)

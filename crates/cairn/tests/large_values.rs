@@ -126,6 +126,22 @@ fn one_mib_values_replicate_without_wedging_any_shard() {
     let metrics = String::from_utf8(nodes[0].call("GET", "/metrics", b"").body).unwrap();
     assert!(metrics.contains("# TYPE cairn_raft_replication_stalled gauge"));
     assert!(!metrics.lines().any(|l| l.starts_with("cairn_raft_replication_stalled{") && l.ends_with(" 1")));
+
+    // A replica that was down while large entries piled up in its shards' logs catches up from them
+    // (the leaders send them in bounded batches, one at a time if need be) and converges.
+    let [n1, n2, n3] = nodes;
+    let (http, grpc) = (n3.addr.to_string(), n3.grpc.to_string());
+    n3.stop();
+    for i in 0..12 {
+        let r = n1.call("PUT", &format!("/kv/rest/entry/late-{i:02}"), &value(i));
+        assert_eq!(r.status, 200, "late-{i:02}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let n3 = Server::start_with(&store(3), &["--http-addr", &http, "--grpc-addr", &grpc, "--join", &grpc]);
+    wait_until("the returning node serves keys", READY, || common::serves_keys(&n3));
+    let nodes = [n1, n2, n3];
+    wait_until("the returning replica caught up with every shard", READY, || converged(&nodes));
+    let r = nodes[2].call("GET", "/kv/rest/entry/late-11?consistency=eventual", b"");
+    assert_eq!(r.status, 200);
     for n in nodes {
         n.stop();
     }

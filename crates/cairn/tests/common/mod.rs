@@ -169,12 +169,26 @@ pub fn three_nodes(store: &dyn Fn(usize) -> std::path::PathBuf) -> [Server; 3] {
     let init = ["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", "4"];
     let (ok, _, err) = cairn(&[&init[..], &["--dead-after-secs", "2"]].concat());
     assert!(ok, "init failed: {err}");
+    // One at a time, so that `nN` is node N (ids are handed out in the order joins are admitted).
     let n2 = Server::start(&store(2), &["--join", &n1_grpc]);
+    wait_until("node 2 is admitted", READY, || node_id(&n2) == 2);
     let n3 = Server::start(&store(3), &["--join", &n1_grpc]);
     for n in [&n1, &n2, &n3] {
         wait_until("every node serves keys", READY, || serves_keys(n));
     }
     [n1, n2, n3]
+}
+
+/// The node id `server` was admitted as (0 until it is).
+pub fn node_id(server: &Server) -> u64 {
+    use cairn_proto::cluster::{StateRequest, cluster_client::ClusterClient};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = ClusterClient::connect(format!("http://{}", server.grpc)).await.ok()?;
+        let r = c.state(StateRequest { linearizable: false, forwarded: false }).await.ok()?;
+        Some(r.into_inner().node_id)
+    })
+    .unwrap_or(0)
 }
 
 /// A key in each shard, from the cluster's map: (shard id, key).

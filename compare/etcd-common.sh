@@ -1,6 +1,6 @@
 # Shared by compare/etcd.sh and compare/etcd-cluster.sh (sourced after `cd` to the repository root):
 # installs Debian's etcd-server if etcd is missing (needs root or sudo), builds cairn and cairn-bench
-# in release, sets `bin`, `work` (removed at exit) and `pids` (killed at exit), and defines
+# in release (or takes them from `CAIRN_BIN_DIR`), sets `bin`, `work` (removed at exit) and `pids` (killed at exit), and defines
 # `wait_port HOST PORT` and the table helpers `opsps FILE PHASE`, `lat FILE PHASE OP QUANTILE` and
 # `ratio A B`.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
@@ -9,8 +9,13 @@ if ! command -v etcd >/dev/null; then
     if [ "$(id -u)" = 0 ]; then apt-get install -y etcd-server; else sudo apt-get install -y etcd-server; fi
 fi
 etcd_version="$(etcd --version)"; echo "${etcd_version%%$'\n'*}"
-cargo build --release -p cairn -p cairn-bench
-bin="$CARGO_TARGET_DIR/release"
+# CAIRN_BIN_DIR=DIR runs the cairn and cairn-bench binaries in DIR (an older build, for a before/after).
+if [ -n "${CAIRN_BIN_DIR:-}" ]; then
+    bin="$CAIRN_BIN_DIR"
+else
+    cargo build --release -p cairn -p cairn-bench
+    bin="$CARGO_TARGET_DIR/release"
+fi
 work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }

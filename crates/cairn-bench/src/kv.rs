@@ -5,7 +5,8 @@
 //! Phases: `load` inserts `--records` keys (8-byte keys, `--value-size` values by default), then each
 //! workload of `--workloads` runs `--ops` operations with keys drawn from a scrambled zipfian
 //! distribution (YCSB's, constant 0.99) by `--clients` concurrent clients:
-//! A = 50% reads / 50% updates, B = 95% / 5%, C = 100% reads, F = 50% reads / 50% read-modify-writes.
+//! A = 50% reads / 50% updates, B = 95% / 5%, C = 100% reads, E = 95% scans of 10 rows from a key / 5%
+//! updates, F = 50% reads / 50% read-modify-writes.
 //! Reads are the node's default (linearizable on one node: the newest committed version). Each phase
 //! prints ops/s and per-operation p50/p99/p999 latencies.
 
@@ -60,7 +61,7 @@ pub struct KvArgs {
     /// Operations per workload.
     #[arg(long, default_value_t = 100_000)]
     pub ops: u64,
-    /// Workloads to run after the load, comma-separated (A, B, C, F).
+    /// Workloads to run after the load, comma-separated (A, B, C, E, F).
     #[arg(long, value_delimiter = ',', default_values_t = vec!["A".to_string(), "B".to_string(), "C".to_string(), "F".to_string()])]
     pub workloads: Vec<String>,
     /// Key size in bytes (hex digits of the scrambled record number, zero-padded).
@@ -125,7 +126,11 @@ enum Op {
     Read,
     Update,
     ReadModifyWrite,
+    Scan,
 }
+
+/// Rows a YCSB-E scan asks for.
+const SCAN_ROWS: u32 = 10;
 
 /// One client's connection.
 enum Conn {
@@ -201,6 +206,35 @@ impl Conn {
         }
     }
 
+    /// Up to [`SCAN_ROWS`] rows from `start` on (a cluster client: not offered).
+    async fn scan(&mut self, start: &str) -> Result<usize, String> {
+        match self {
+            Conn::Grpc(c) => c
+                .scan_page(start.as_bytes(), None, SCAN_ROWS, None)
+                .await
+                .map(|(rows, _)| rows.len())
+                .map_err(|e| e.to_string()),
+            Conn::Cluster(_) => Err("workload E is not offered with --direct".into()),
+            Conn::Http { .. } => {
+                let path = format!("/kv/rest/range?start={start}&limit={SCAN_ROWS}");
+                match self.http_path("GET", &path, &[]).await? {
+                    200 => Ok(0),
+                    s => Err(format!("range answered {s}")),
+                }
+            }
+            Conn::Etcd(c) => {
+                // From `start` to the end of the key space ("\0" as range_end).
+                let request = etcdpb::RangeRequest {
+                    key: start.as_bytes().to_vec(),
+                    range_end: vec![0],
+                    limit: i64::from(SCAN_ROWS),
+                    ..Default::default()
+                };
+                c.range(request).await.map(|r| r.into_inner().kvs.len()).map_err(|e| e.to_string())
+            }
+        }
+    }
+
     async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
         match self {
             Conn::Grpc(c) => c.put(key.as_bytes(), value).await.map(|_| ()).map_err(|e| e.to_string()),
@@ -219,14 +253,16 @@ impl Conn {
 
     /// One keep-alive HTTP/1.1 request; returns the status (the body is read and dropped).
     async fn http(&mut self, method: &str, key: &str, body: &[u8]) -> Result<u16, String> {
+        self.http_path(method, &format!("/kv/rest/entry/{key}"), body).await
+    }
+
+    /// One keep-alive HTTP/1.1 request to `path`; returns the status (the body is read and dropped).
+    async fn http_path(&mut self, method: &str, path: &str, body: &[u8]) -> Result<u16, String> {
         let Conn::Http { stream, host, buf } = self else { return Err("not HTTP".into()) };
         buf.clear();
         buf.extend_from_slice(
-            format!(
-                "{method} /kv/rest/entry/{key} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n", body.len())
+                .as_bytes(),
         );
         buf.extend_from_slice(body);
         let io = |e: std::io::Error| e.to_string();
@@ -274,6 +310,7 @@ async fn run_phase(
     let zipf = Arc::new(Zipf::new(args.records.max(2), 0.99));
     let value: Arc<Vec<u8>> = Arc::new((0..args.value_size).map(|i| b'a' + (i % 26) as u8).collect());
     let started = Instant::now();
+    let scan_reads = mix.is_some_and(|(_, other)| other == Op::Scan);
     let mut tasks = Vec::with_capacity(args.clients);
     for client in 0..args.clients {
         let (next, zipf, value, args) =
@@ -289,7 +326,8 @@ async fn run_phase(
             };
             let level = read_level(&args.reads)?;
             let mut rng = Rng::new(args.seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut hist = [Histogram::default(), Histogram::default(), Histogram::default()];
+            let mut hist =
+                [Histogram::default(), Histogram::default(), Histogram::default(), Histogram::default()];
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
@@ -300,7 +338,13 @@ async fn run_phase(
                     Some((read_fraction, other)) => {
                         let key = key_of(zipf.next(&mut rng), args.key_size);
                         let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                        (if u < read_fraction { Op::Read } else { other }, key)
+                        let op = match (u < read_fraction, scan_reads) {
+                            (true, true) => Op::Scan,
+                            (true, false) => Op::Read,
+                            (false, _) if other == Op::Scan => Op::Update,
+                            (false, _) => other,
+                        };
+                        (op, key)
                     }
                 };
                 let t = Instant::now();
@@ -309,6 +353,9 @@ async fn run_phase(
                         conn.get(&key, level).await?;
                     }
                     Op::Update => conn.put(&key, &value).await?,
+                    Op::Scan => {
+                        conn.scan(&key).await?;
+                    }
                     Op::ReadModifyWrite => {
                         conn.get(&key, level).await?;
                         conn.put(&key, &value).await?;
@@ -318,13 +365,14 @@ async fn run_phase(
                     Op::Read => 0,
                     Op::Update => 1,
                     Op::ReadModifyWrite => 2,
+                    Op::Scan => 3,
                 };
                 hist[idx].record(t.elapsed().as_nanos() as u64);
             }
             Ok::<_, String>(hist)
         }));
     }
-    let mut merged = [Histogram::default(), Histogram::default(), Histogram::default()];
+    let mut merged = [Histogram::default(), Histogram::default(), Histogram::default(), Histogram::default()];
     for t in tasks {
         let hist = t.await.map_err(|e| e.to_string())??;
         for (m, h) in merged.iter_mut().zip(&hist) {
@@ -332,8 +380,8 @@ async fn run_phase(
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    let [read, update, rmw] = merged;
-    let latency = vec![(Op::Read, read), (Op::Update, update), (Op::ReadModifyWrite, rmw)]
+    let [read, update, rmw, scan] = merged;
+    let latency = vec![(Op::Read, read), (Op::Update, update), (Op::ReadModifyWrite, rmw), (Op::Scan, scan)]
         .into_iter()
         .filter(|(_, h)| h.count() > 0)
         .collect();
@@ -347,6 +395,7 @@ fn print(name: &str, r: &PhaseResult) {
             Op::Read => "read",
             Op::Update => "update",
             Op::ReadModifyWrite => "rmw",
+            Op::Scan => "scan",
         };
         let ms = |q: f64| h.quantile(q) as f64 / 1e6;
         println!(
@@ -393,8 +442,9 @@ pub fn run(args: &KvArgs, target: Target) -> Result<(), String> {
                 "A" => (0.5, Op::Update),
                 "B" => (0.95, Op::Update),
                 "C" => (1.0, Op::Update),
+                "E" => (0.95, Op::Scan),
                 "F" => (0.5, Op::ReadModifyWrite),
-                other => return Err(format!("unknown workload {other:?} (A, B, C, F)")),
+                other => return Err(format!("unknown workload {other:?} (A, B, C, E, F)")),
             };
             print(
                 &format!("YCSB-{}", w.to_ascii_uppercase()),

@@ -82,3 +82,15 @@ impl From<crate::hlc::TimestampAhead> for NodeError {
         NodeError::OutOfRange(e.to_string())
     }
 }
+
+impl From<cairn_kv::KvError> for NodeError {
+    fn from(e: cairn_kv::KvError) -> NodeError {
+        use cairn_kv::KvError;
+        match e {
+            KvError::ConditionFailed(m) => NodeError::Precondition(m),
+            e @ KvError::TooFarAhead { .. } => NodeError::OutOfRange(e.to_string()),
+            KvError::Malformed(m) => NodeError::Internal(m),
+            KvError::Engine(e) => NodeError::Engine(e),
+        }
+    }
+}

@@ -10,17 +10,18 @@ pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod grpc;
-pub mod hlc;
 pub mod http_server;
 mod layout;
 pub mod metrics;
-pub mod mvcc;
 pub mod node;
 pub mod params;
 pub mod replicated;
 pub mod rest;
 pub mod routing;
 mod writer;
+
+/// The clock and the MVCC codec live in the KV layer.
+pub use cairn_kv::{hlc, mvcc};
 
 use crate::error::{NodeError, Result};
 use crate::node::{Node, NodeConfig};

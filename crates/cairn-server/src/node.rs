@@ -11,13 +11,14 @@
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
 use crate::layout::load_layout;
-use crate::mvcc::{self, Stored};
+use crate::mvcc;
 use crate::replicated::{self, Consistency, Plumbing, ReplicationConfig, Token};
 use crate::routing::{Route, Router};
-use crate::writer::{Pending, ShardWriter, WriteOp, WriteOutcome};
+use crate::writer::{Pending, ShardWriter, WriteOutcome};
 use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot};
+use cairn_kv::{DbReader, Write as WriteOp};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -165,25 +166,7 @@ fn command_bytes(key: usize, value: usize) -> usize {
     key * COMMAND_BYTES_PER_KEY + 2 * value + COMMAND_BYTES_PER_OP
 }
 
-/// One stored version as the APIs return it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Versioned {
-    /// The value.
-    pub value: Vec<u8>,
-    /// When it was written.
-    pub timestamp: Timestamp,
-}
-
-/// A condition on a put.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Condition {
-    /// Always write.
-    None,
-    /// Write only if the key has no live value.
-    IfAbsent,
-    /// Write only if the key's current version has this timestamp.
-    IfTimestamp(Timestamp),
-}
+pub use cairn_kv::{Condition, Versioned};
 
 /// Options of a read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -695,21 +678,8 @@ impl Node {
     }
 
     fn read_latest(&self, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
-        let bucket = mvcc::bucket_of(key, self.total_buckets);
-        if at == Timestamp::MAX {
-            // The newest version: one point read of the key's latest row.
-            return crate::writer::read_latest(&self.shard_of(bucket)?.db(), self.total_buckets, key);
-        }
-        let start = mvcc::version_key(key, at);
-        let mut end = mvcc::key_prefix(key);
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        let mut it = self.shard_of(bucket)?.db().scan(bucket, &start[..]..&end[..])?;
-        match it.next().transpose()? {
-            None => Ok(None),
-            Some((_, engine_key, row)) => version_of(&engine_key, &row),
-        }
+        let db = self.shard_of(mvcc::bucket_of(key, self.total_buckets))?.db();
+        Ok(DbReader { db: &db, total_buckets: self.total_buckets }.at(key, at)?)
     }
 
     fn check_value(&self, value: &[u8]) -> Result<()> {
@@ -1003,16 +973,6 @@ fn acked((timestamp, token): (Option<Timestamp>, Option<Token>)) -> Result<Ack> 
     let timestamp =
         timestamp.ok_or_else(|| NodeError::Internal("a write reported nothing written".into()))?;
     Ok(Ack { timestamp, token })
-}
-
-fn version_of(engine_key: &[u8], row: &cairn_engine::Row) -> Result<Option<Versioned>> {
-    let (_, timestamp) = mvcc::decode_version_key(engine_key)
-        .ok_or_else(|| NodeError::Internal("malformed version key in the store".into()))?;
-    match mvcc::decode_value(row) {
-        Some(Stored::Value(value)) => Ok(Some(Versioned { value, timestamp })),
-        Some(Stored::Tombstone) => Ok(None),
-        None => Err(NodeError::Internal("malformed version value in the store".into())),
-    }
 }
 
 #[path = "node_scan.rs"]

@@ -7,10 +7,11 @@
 //! scanned separately (shards on other nodes) merge exactly: rows at or past the smallest key where a
 //! part stopped are left for the next page.
 
-use super::{Located, MAX_SCAN_LIMIT, Node, Read, ReadOptions, Shard, Versioned, version_of};
+use super::{Located, MAX_SCAN_LIMIT, Node, Read, ReadOptions, Shard, Versioned};
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
 use crate::mvcc;
+use cairn_kv::reader::version_of;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::iter::Peekable;
@@ -224,8 +225,8 @@ impl BucketCursor {
         loop {
             let Some(item) = self.rows.next() else { return Ok(None) };
             let (_, engine_key, row) = item?;
-            if engine_key.starts_with(mvcc::SYSTEM_PREFIX) {
-                continue; // a replicated shard's own rows (its applied position)
+            if mvcc::is_reserved(&engine_key) {
+                continue; // a replicated shard's own rows (its applied position), and the like
             }
             let (key, ts) = match mvcc::parse_engine_key(&engine_key) {
                 Some((key, Some(ts))) => (key, ts),

@@ -173,3 +173,128 @@ fn timestamps_beyond_the_clock_offset_are_refused_and_leave_the_clock_alone() {
     assert!(written.wall_time < now.wall_time + 1_000_000_000, "{written} vs {now}");
     assert!(matches!(n.put(b"", b"1", Condition::None), Err(NodeError::InvalidArgument(_))));
 }
+
+/// Puts `value` as `key`'s version at `ts` under the node's feet (as a peer whose clock ran ahead
+/// would have): straight into a standalone shard, or as a raw command through a replicated one's log.
+async fn plant_version(n: &Node, key: &[u8], ts: Timestamp, value: &[u8]) {
+    let shard = n.shard_of_key(key).unwrap();
+    let mut batch = cairn_engine::WriteBatch::new();
+    cairn_kv::evaluate::add_version(&mut batch, mvcc::bucket_of(key, n.total_buckets), key, ts, Some(value));
+    match &shard.backend {
+        Backend::Local { db, .. } => db.write(batch, cairn_engine::WriteOptions { sync: false }).unwrap(),
+        Backend::Replicated(replica) => {
+            let command = cairn_cluster::raft::Command::write(&batch);
+            replica.write(command, Duration::from_secs(5)).await.unwrap();
+        }
+    }
+}
+
+/// The same script of writes and reads, with what each step answered (timestamps as the step that
+/// produced them).
+async fn evaluation_script(n: &Arc<Node>) -> Vec<String> {
+    let mut seen: Vec<Timestamp> = Vec::new();
+    let mut log = Vec::new();
+    let name = |seen: &mut Vec<Timestamp>, ts: Timestamp| -> String {
+        assert!(seen.last().is_none_or(|last| ts > *last), "timestamps only grow");
+        seen.push(ts);
+        format!("t{}", seen.len())
+    };
+    let kind = |e: &NodeError| e.code().to_string();
+    let put = |key: &str, value: &str, condition| n.put_async(key.into(), value.into(), condition, None);
+    let get = |key: &str, at| n.get_async(key.into(), ReadOptions { at, ..ReadOptions::default() });
+    let read = |r: Result<Read<Option<Versioned>>>| match r {
+        Ok(Read { value: Some(v), .. }) => String::from_utf8(v.value).unwrap(),
+        Ok(Read { value: None, .. }) => "none".into(),
+        Err(e) => e.code().to_string(),
+    };
+    let t1 = put("a", "1", Condition::None).await.unwrap().timestamp;
+    log.push(name(&mut seen, t1));
+    let t2 = put("a", "2", Condition::IfTimestamp(t1)).await.unwrap().timestamp;
+    log.push(name(&mut seen, t2));
+    for (condition, what) in
+        [(Condition::IfAbsent, "if-absent over a value"), (Condition::IfTimestamp(t1), "stale if-ts")]
+    {
+        log.push(format!("{what}: {}", put("a", "x", condition).await.map_err(|e| kind(&e)).unwrap_err()));
+    }
+    let t3 = n.delete_async(b"a".to_vec(), None).await.unwrap().unwrap().timestamp;
+    log.push(name(&mut seen, t3));
+    log.push(format!("delete again: {:?}", n.delete_async(b"a".to_vec(), None).await.unwrap().map(|_| ())));
+    log.push(format!(
+        "a now {}, at t2 {}, at t1 {}",
+        read(get("a", None).await),
+        read(get("a", Some(t2)).await),
+        read(get("a", Some(t1)).await)
+    ));
+    let t4 = put("a", "4", Condition::IfAbsent).await.unwrap().timestamp;
+    log.push(name(&mut seen, t4));
+    log.push(format!(
+        "if-ts on absent: {}",
+        put("b", "x", Condition::IfTimestamp(t1)).await.map_err(|e| kind(&e)).unwrap_err()
+    ));
+    // A batch stays within a shard: "a" and a "c…" key of its shard.
+    let group = |key: &str| n.shard_of_key(key.as_bytes()).unwrap().group;
+    let c = (0..).map(|i| format!("c{i}")).find(|c| group(c) == group("a")).unwrap();
+    let ops = vec![(b"a".to_vec(), None), (c.clone().into_bytes(), Some(b"5".to_vec()))];
+    let t5 = n.batch_async(ops, None).await.unwrap().timestamp;
+    log.push(name(&mut seen, t5));
+    log.push(format!(
+        "a {}, c {}, a at t4 {}",
+        read(get("a", None).await),
+        read(get(&c, None).await),
+        read(get("a", Some(t4)).await)
+    ));
+    // Write-too-old: a version 300 ms ahead of the clock (within the maximum offset) is written over
+    // just above it, and the clock follows.
+    let ahead = Timestamp { wall_time: n.now().wall_time + 300_000_000, logical: 7 };
+    plant_version(n, b"w", ahead, b"planted").await;
+    let over = put("w", "over", Condition::None).await.unwrap().timestamp;
+    log.push(format!("written over a version ahead: {}", over == ahead.next()));
+    log.push(format!("w {}; clock past it: {}", read(get("w", None).await), n.now() > over));
+    // A version further ahead than the offset cannot be written over.
+    let far = Timestamp { wall_time: n.now().wall_time + 3_000_000_000, logical: 0 };
+    plant_version(n, b"far", far, b"planted").await;
+    log.push(format!(
+        "over a version far ahead: {}",
+        put("far", "x", Condition::None).await.map_err(|e| kind(&e)).unwrap_err()
+    ));
+    log.push(format!("far {}; clock not moved: {}", read(get("far", None).await), n.now() < far));
+    log
+}
+
+// The standalone writer and the replicated proposer share one evaluation: the same script answers the
+// same on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_and_replicated_writes_evaluate_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut standalone = NodeConfig::new(tmp.path().join("standalone"));
+    standalone.sync = false;
+    let mut replicated = NodeConfig::new(tmp.path().join("replicated"));
+    replicated.sync = false;
+    let members = [(1, "127.0.0.1:1".to_string())].into_iter().collect();
+    replicated.replication = Some(ReplicationConfig::new(1, members));
+    let standalone = Arc::new(Node::start(standalone).await.unwrap());
+    let replicated = Arc::new(Node::start(replicated).await.unwrap());
+    let expected = evaluation_script(&standalone).await;
+    assert_eq!(evaluation_script(&replicated).await, expected);
+    assert_eq!(
+        expected,
+        [
+            "t1",
+            "t2",
+            "if-absent over a value: failed_precondition",
+            "stale if-ts: failed_precondition",
+            "t3",
+            "delete again: None",
+            "a now none, at t2 2, at t1 1",
+            "t4",
+            "if-ts on absent: failed_precondition",
+            "t5",
+            "a none, c 5, a at t4 4",
+            "written over a version ahead: true",
+            "w over; clock past it: true",
+            "over a version far ahead: out_of_range",
+            "far planted; clock not moved: true",
+        ]
+    );
+    replicated.stop_replication().await;
+}

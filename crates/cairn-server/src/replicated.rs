@@ -2,29 +2,27 @@
 //! static membership (`--node-id`, `--peers`), its state machine the shard's engine (WAL off: the node's
 //! Raft log is the log).
 //!
-//! Writes are MVCC commands decided at apply, identically on every replica. The proposing node picks
-//! the version's timestamp from its hybrid-logical clock; every command carries the condition that the
-//! key's latest version is older than that timestamp (a node whose clock is behind, say a new leader,
-//! learns the newer time and retries), so a key's latest row only moves forward. That condition also
-//! makes a command idempotent: once applied, a second copy fails it. So a write whose outcome is unknown
-//! (the leader changed, a reply was lost) is proposed again, unchanged; the copy that commits either
-//! applies (the first never will: Raft's log matching) or fails its condition, and then the key's version
-//! row at the timestamp tells whether the first applied. A client learns its write's outcome or, if no
-//! leader answers before the request timeout, gets a retryable 503 saying the outcome is unknown.
+//! A write is evaluated ([`cairn_kv::evaluate`]) on the node that received it, against its replica,
+//! at a timestamp from its hybrid-logical clock, and proposed as rows with conditions that what the
+//! evaluation read still holds (see [`Proposer::write`]): every replica then applies it or refuses it
+//! alike, a key's latest row only moves forward, and a copy proposed twice applies once. A client learns
+//! its write's outcome or, if no leader answers before the request timeout, gets a retryable 503 saying
+//! the outcome is unknown.
 //!
 //! Reads pick a consistency level per request; every replica serves every level (a follower asks the
 //! leader for a read index, then waits to apply it; see [`cairn_cluster::raft::Replica::read_point`]).
 
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
-use crate::mvcc::{self, Stored};
+use crate::mvcc;
 use crate::node::Condition as PutCondition;
-use crate::writer::{Pending, WriteOp, check_condition, latest_version};
+use crate::writer::Pending;
 use cairn_cluster::raft::{
     Command, CommandResult, Condition, GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica,
     ReplicaConfig, Written,
 };
 use cairn_engine::{Db, WriteBatch};
+use cairn_kv::{DbReader, Depends, KvError, Outcome, Write};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -262,169 +260,197 @@ pub(crate) struct Proposer<'a> {
 
 /// Most proposals one write makes that found no leader or got no answer (each after a growing pause).
 const MAX_ATTEMPTS: usize = 16;
-/// Most proposals one write makes again, at once, at a later timestamp because a newer version of a key
-/// it writes was applied first (a hot key written through several nodes: a follower's timestamp is a
-/// forwarding delay older than the leader's).
+/// Most times one write is evaluated again, at once, at a later timestamp because a newer version of a
+/// key it writes was applied first (a hot key written through several nodes: this replica had not
+/// applied the newest version when it evaluated).
 const MAX_CLOCK_RETRIES: usize = 64;
+
+/// A write evaluated on this replica.
+enum Proposal {
+    /// Rows to propose, written at this timestamp if their evaluation's reads still hold at apply.
+    Rows(Command, Timestamp),
+    /// Nothing to write.
+    Nothing,
+}
 
 impl Proposer<'_> {
     fn bucket(&self, key: &[u8]) -> u16 {
         mvcc::bucket_of(key, self.total_buckets)
     }
 
-    /// The key's latest version is older than `ts` (or there is none).
-    fn older_than(&self, key: &[u8], ts: Timestamp) -> Condition {
-        let (bucket, latest) = (self.bucket(key), mvcc::latest_key(key));
-        Condition::Any(vec![
-            Condition::ColumnIs { bucket, key: latest.clone(), column: 1, value: None },
-            Condition::ColumnBelow {
-                bucket,
-                key: latest,
-                column: 1,
-                value: mvcc::encode_timestamp(ts).to_vec(),
-            },
-        ])
+    /// The apply-time check that what evaluation read of `key` still holds.
+    fn condition(&self, depends: Depends) -> Condition {
+        let column_is = |key: &[u8], value: Option<Vec<u8>>| Condition::ColumnIs {
+            bucket: self.bucket(key),
+            key: mvcc::latest_key(key),
+            column: 1,
+            value,
+        };
+        match depends {
+            Depends::Unchanged { key, latest } => {
+                column_is(&key, latest.map(|t| mvcc::encode_timestamp(t).to_vec()))
+            }
+            // No version yet, or the newest is older.
+            Depends::OlderThan { key, ts } => Condition::Any(vec![
+                column_is(&key, None),
+                Condition::ColumnBelow {
+                    bucket: self.bucket(&key),
+                    key: mvcc::latest_key(&key),
+                    column: 1,
+                    value: mvcc::encode_timestamp(ts).to_vec(),
+                },
+            ]),
+        }
     }
 
-    /// The key has a live value.
-    fn live(&self, key: &[u8]) -> Condition {
-        let (bucket, latest) = (self.bucket(key), mvcc::latest_key(key));
-        Condition::Not(Box::new(Condition::Any(vec![
-            Condition::ColumnIs { bucket, key: latest.clone(), column: 0, value: None },
-            Condition::ColumnIs { bucket, key: latest, column: 0, value: Some(mvcc::encode_value(None)) },
-        ])))
-    }
-
-    /// The command writing `op` at `ts`.
-    fn command(&self, op: &WriteOp, ts: Timestamp) -> Command {
+    /// Evaluates `op` at `ts` on this replica's shard as it has applied it.
+    fn evaluate(&self, op: &Write, ts: Timestamp) -> std::result::Result<Proposal, KvError> {
+        let db = self.replica.db();
+        let reader = DbReader { db: &db, total_buckets: self.total_buckets };
         let mut batch = WriteBatch::new();
-        let mut conditions = Vec::new();
-        match op {
-            WriteOp::Put { key, value, condition } => {
-                crate::writer::add_version(&mut batch, self.bucket(key), key, ts, Some(value));
-                match condition {
-                    PutCondition::None => {}
-                    PutCondition::IfAbsent => conditions.push(Condition::Not(Box::new(self.live(key)))),
-                    PutCondition::IfTimestamp(want) => {
-                        conditions.push(self.live(key));
-                        conditions.push(Condition::ColumnIs {
-                            bucket: self.bucket(key),
-                            key: mvcc::latest_key(key),
-                            column: 1,
-                            value: Some(mvcc::encode_timestamp(*want).to_vec()),
-                        });
-                    }
-                }
-                conditions.push(self.older_than(key, ts));
+        let limit = self.pending.clock().limit();
+        let evaluated = cairn_kv::evaluate(op, &reader, ts, limit, self.total_buckets, &mut batch)?;
+        Ok(match evaluated.outcome {
+            Outcome::Unchanged => Proposal::Nothing,
+            Outcome::Written(at) => {
+                let conditions = evaluated.depends.into_iter().map(|d| self.condition(d)).collect();
+                Proposal::Rows(Command::conditional(conditions, &batch), at)
             }
-            WriteOp::Delete { key } => {
-                crate::writer::add_version(&mut batch, self.bucket(key), key, ts, None);
-                conditions.push(self.live(key));
-                conditions.push(self.older_than(key, ts));
-            }
-            WriteOp::Batch { ops } => {
-                for (key, value) in ops {
-                    crate::writer::add_version(&mut batch, self.bucket(key), key, ts, value.as_deref());
-                    conditions.push(self.older_than(key, ts));
-                }
-            }
-        }
-        Command::conditional(conditions, &batch)
-    }
-
-    /// The key whose version row at the write's timestamp shows whether it applied, and that row's
-    /// column 0 if it did.
-    fn witness(op: &WriteOp) -> (&[u8], Vec<u8>) {
-        match op {
-            WriteOp::Put { key, value, .. } => (key, mvcc::encode_value(Some(value))),
-            WriteOp::Delete { key } => (key, mvcc::encode_value(None)),
-            WriteOp::Batch { ops } => match ops.first() {
-                Some((key, value)) => (key, mvcc::encode_value(value.as_deref())),
-                None => (&[], Vec::new()),
-            },
-        }
+        })
     }
 
     /// Whether `db` holds the write of `op` at `ts`.
-    fn applied(&self, db: &Db, op: &WriteOp, ts: Timestamp) -> Result<bool> {
-        let (key, column) = Self::witness(op);
+    fn applied(&self, db: &Db, op: &Write, ts: Timestamp) -> Result<bool> {
+        let Some((key, column)) = op.witness() else { return Ok(false) };
         let row = db.get(self.bucket(key), &mvcc::version_key(key, ts))?;
         Ok(row.as_ref().and_then(|r| r.column(0)) == Some(column.as_slice()))
     }
 
-    /// Writes `op` through the group: see the module's description.
-    pub(crate) async fn write(&self, op: &WriteOp) -> Result<Committed> {
+    /// Waits until this replica has applied everything committed when the call began (or at least
+    /// `index`): what it then reads is current. Returns the applied index.
+    async fn catch_up(&self, index: Option<u64>, deadline: tokio::time::Instant) -> Result<u64> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let point = match index {
+            Some(index) => self.replica.read_point(ReadLevel::AtLeast(index), left).await,
+            None => self.replica.read_point(ReadLevel::Strong, left).await,
+        };
+        Ok(point.map_err(group_error)?.applied)
+    }
+
+    /// Writes `op` through the group.
+    ///
+    /// The write is evaluated ([`cairn_kv::evaluate`]) on this replica and proposed with conditions
+    /// that its reads still hold when it applies, so every replica decides alike; a replica that had
+    /// not applied the newest versions evaluates again once it has. An outcome that writes nothing (a
+    /// failed condition, a delete of an absent key) is only answered from a replica that has caught up
+    /// with the leader. The conditions also make a command idempotent: once applied, a second copy
+    /// fails them. So a write whose outcome is unknown (the leader changed, a reply was lost) is
+    /// proposed again, unchanged; the copy that commits either applies (the first never will: Raft's
+    /// log matching) or fails its conditions, and then the key's version row at the write's timestamp
+    /// tells whether the first applied.
+    pub(crate) async fn write(&self, op: &Write) -> Result<Committed> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        if let WriteOp::Put { condition: PutCondition::IfTimestamp(want), .. } = op {
+        if let Write::Put { condition: PutCondition::IfTimestamp(want), .. } = op {
             // The new version must sort after the one it replaces.
             self.pending.clock().observe(*want)?;
         }
-        let mut ts = self.pending.begin();
-        let mut stamps = vec![ts];
-        let outcome = self.attempts(op, &mut ts, &mut stamps, deadline).await;
+        let mut stamps = Vec::new();
+        let outcome = self.evaluations(op, &mut stamps, deadline).await;
         self.pending.end(&stamps);
         outcome
     }
 
-    async fn attempts(
+    async fn evaluations(
         &self,
-        op: &WriteOp,
-        ts: &mut Timestamp,
+        op: &Write,
         stamps: &mut Vec<Timestamp>,
         deadline: tokio::time::Instant,
     ) -> Result<Committed> {
+        // The log index this replica had applied, known to be current, when it last evaluated.
+        let mut current: Option<u64> = None;
+        let mut waited_for_clock = false;
+        for _ in 0..=MAX_CLOCK_RETRIES {
+            let ts = self.pending.begin();
+            stamps.push(ts);
+            let (command, at) = match self.evaluate(op, ts) {
+                Ok(Proposal::Rows(command, at)) => (command, at),
+                Ok(Proposal::Nothing) | Err(KvError::ConditionFailed(_)) if current.is_none() => {
+                    current = Some(self.catch_up(None, deadline).await?);
+                    continue;
+                }
+                Ok(Proposal::Nothing) => {
+                    return Ok(Committed { timestamp: None, index: current.unwrap_or_default() });
+                }
+                Err(KvError::TooFarAhead { latest, limit }) if !waited_for_clock => {
+                    // Another node may have stamped the version up to the maximum offset ahead of its
+                    // own clock, which may itself run ahead of this one's: a version up to twice the
+                    // offset ahead is waited for (the physical clock catches up; the clock never jumps
+                    // past its bound); one further ahead is refused.
+                    let ahead = Duration::from_nanos(latest.wall_time.saturating_sub(limit.wall_time));
+                    if ahead > self.pending.clock().max_offset() {
+                        return Err(KvError::TooFarAhead { latest, limit }.into());
+                    }
+                    waited_for_clock = true;
+                    let wake = deadline.min(tokio::time::Instant::now() + ahead + Duration::from_millis(1));
+                    tokio::time::sleep_until(wake).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match self.propose(command, deadline).await? {
+                Written { index, result: CommandResult::Applied } => {
+                    if at > ts {
+                        // Written above a newer version: later writes go above it.
+                        let _ = self.pending.clock().observe(at);
+                    }
+                    return Ok(Committed { timestamp: Some(at), index });
+                }
+                Written { index, result: CommandResult::ConditionFailed } => {
+                    // The entry was applied on the leader; once this replica has got there too, it
+                    // either holds the write (an earlier copy applied) or evaluates again on what
+                    // changed, at once (a pause would only let newer writes by).
+                    current = Some(self.catch_up(Some(index), deadline).await?);
+                    if self.applied(&self.replica.db(), op, at)? {
+                        return Ok(Committed { timestamp: Some(at), index });
+                    }
+                }
+                Written { result, .. } => {
+                    return Err(NodeError::Internal(format!("the shard refused a write: {result:?}")));
+                }
+            }
+        }
+        Err(NodeError::Unavailable(format!(
+            "{MAX_CLOCK_RETRIES} newer versions of the key were written first, each while this write was on \
+             its way to the leader: retry"
+        )))
+    }
+
+    /// Proposes `command` until the group decides it: again, unchanged, while no leader is known or
+    /// none answers (see [`Proposer::write`]).
+    async fn propose(&self, command: Command, deadline: tokio::time::Instant) -> Result<Written> {
+        if command.approx_bytes() > self.max_command_bytes {
+            // The request checks keep writes well under this: a guard, not a path.
+            return Err(NodeError::TooLarge(format!(
+                "the write takes {} bytes as a Raft command, over the limit of {} bytes",
+                command.approx_bytes(),
+                self.max_command_bytes
+            )));
+        }
         let mut unknown: Option<String> = None;
         let mut backoff = Duration::from_millis(10);
-        let (mut attempts, mut clock_retries) = (0, 0);
-        while attempts < MAX_ATTEMPTS {
+        for _ in 0..MAX_ATTEMPTS {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;
             }
-            let command = self.command(op, *ts);
-            if command.approx_bytes() > self.max_command_bytes {
-                // The request checks keep writes well under this: a guard, not a path.
-                return Err(NodeError::TooLarge(format!(
-                    "the write takes {} bytes as a Raft command, over the limit of {} bytes",
-                    command.approx_bytes(),
-                    self.max_command_bytes
-                )));
-            }
-            match self.replica.write(command, left).await {
-                Ok(Written { index, result: CommandResult::Applied }) => {
-                    return Ok(Committed { timestamp: Some(*ts), index });
-                }
-                Ok(Written { index, result: CommandResult::ConditionFailed }) => {
-                    match self.after_failed_condition(op, *ts, index, deadline).await? {
-                        Some(done) => return Ok(done),
-                        None if clock_retries < MAX_CLOCK_RETRIES => {
-                            // The clock was behind the key's latest version, which it has now observed: a
-                            // new timestamp, proposed at once (a pause would only let newer writes by).
-                            clock_retries += 1;
-                            *ts = self.pending.begin();
-                            stamps.push(*ts);
-                            unknown = None;
-                            continue;
-                        }
-                        None => {
-                            return Err(NodeError::Unavailable(format!(
-                                "{MAX_CLOCK_RETRIES} newer versions of the key were written first, each while \
-                                 this write was on its way to the leader: retry"
-                            )));
-                        }
-                    }
-                }
-                Ok(Written { result, .. }) => {
-                    return Err(NodeError::Internal(format!("the shard refused a write: {result:?}")));
-                }
+            match self.replica.write(command.clone(), left).await {
+                Ok(written) => return Ok(written),
                 Err(GroupError::OutcomeUnknown(why)) => unknown = Some(why),
                 Err(GroupError::NotLeader { .. } | GroupError::Timeout(_)) => {}
-                Err(e) => return Err(crate::replicated::group_error(e)),
+                Err(e) => return Err(group_error(e)),
             }
             // No leader, or no answer: the same command again, shortly.
-            attempts += 1;
-            let now = tokio::time::Instant::now();
-            if now + backoff >= deadline {
+            if tokio::time::Instant::now() + backoff >= deadline {
                 break;
             }
             tokio::time::sleep(backoff).await;
@@ -437,64 +463,6 @@ impl Proposer<'_> {
             ),
             None => "no leader accepted the write in time: retry".into(),
         }))
-    }
-
-    /// After the command at `ts` failed a condition at log index `index`: the outcome if the write is
-    /// decided (applied by an earlier copy, or the caller's condition does not hold), `None` if it must
-    /// be retried at a later timestamp.
-    /// Moves the clock past `latest`, a key's newest stored version, so a retried write is ordered
-    /// after it. Another node may have stamped it up to the maximum offset ahead of its own clock,
-    /// which may itself run ahead of this one's: a version up to twice the offset ahead is waited for
-    /// (the physical clock catches up; the clock never jumps past the bound), one further ahead is
-    /// refused (only a write from before timestamps were bounded can be that far ahead).
-    async fn observe_stored(&self, latest: Timestamp, deadline: tokio::time::Instant) -> Result<()> {
-        let clock = self.pending.clock();
-        let Err(e) = clock.observe(latest) else { return Ok(()) };
-        if e.ahead_ms <= 2 * e.max_offset_ms {
-            let wait = Duration::from_millis(e.ahead_ms.saturating_sub(e.max_offset_ms) + 1);
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + wait)).await;
-        }
-        clock.observe(latest).map_err(|e| {
-            NodeError::OutOfRange(format!(
-                "the key's newest version is at {latest}, {} ms ahead of this node's clock (more than the \
-                 maximum clock offset of {} ms): a write cannot be ordered after it",
-                e.ahead_ms, e.max_offset_ms
-            ))
-        })
-    }
-
-    async fn after_failed_condition(
-        &self,
-        op: &WriteOp,
-        ts: Timestamp,
-        index: u64,
-        deadline: tokio::time::Instant,
-    ) -> Result<Option<Committed>> {
-        // The entry was applied on the leader; this replica may not have got there yet.
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.replica.read_point(ReadLevel::AtLeast(index), left).await.map_err(group_error)?;
-        let db = self.replica.db();
-        if self.applied(&db, op, ts)? {
-            return Ok(Some(Committed { timestamp: Some(ts), index }));
-        }
-        // Learn every key's newest time (a later timestamp is needed if the clock was behind), and
-        // whether a single key is live (the caller's condition).
-        let keys: Vec<&[u8]> = match op {
-            WriteOp::Put { key, .. } | WriteOp::Delete { key } => vec![key],
-            WriteOp::Batch { ops } => ops.iter().map(|(k, _)| k.as_slice()).collect(),
-        };
-        let mut live = None;
-        for key in keys {
-            if let Some((latest, stored)) = latest_version(&db, self.total_buckets, key)? {
-                self.observe_stored(latest, deadline).await?;
-                live = matches!(stored, Stored::Value(_)).then_some(latest);
-            }
-        }
-        match op {
-            WriteOp::Put { condition, .. } => check_condition(*condition, live).map(|()| None),
-            WriteOp::Delete { .. } if live.is_none() => Ok(Some(Committed { timestamp: None, index })),
-            WriteOp::Delete { .. } | WriteOp::Batch { .. } => Ok(None),
-        }
     }
 }
 

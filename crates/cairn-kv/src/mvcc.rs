@@ -12,8 +12,10 @@
 //! Every write updates the key's latest row in the same atomic batch as its version row, so reading the
 //! newest value is one point read (bloom filters apply); reads at a timestamp scan the versions.
 //!
-//! Engine keys starting `00 02` (which no escaped key does) are the shard's own system rows, such as a
-//! replicated shard's applied Raft position; reads skip them.
+//! Engine keys starting `00 xx` with `xx` from 02 to FE are never an escaped key's (a 0x00 byte in one is followed
+//! by 0xFF, 0x00 or 0x01), so they are reserved: `00 02` for the shard's own system rows (such as a
+//! replicated shard's applied Raft position), `00 03` for write intents and `00 04` for transaction
+//! records (both for transactions, not written yet). Reads skip every reserved row.
 //!
 //! The escaping keeps keys in byte order and makes the terminator sort below any continuation, so within
 //! a bucket the engine holds keys in order and each key's versions newest first. The bucket of a key is
@@ -25,6 +27,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The prefix of system rows (never an escaped key's: a 0x00 byte is followed by 0xFF, 0x00 or 0x01).
 pub const SYSTEM_PREFIX: &[u8] = b"\x00\x02";
+/// The prefix of write intents (reserved for transactions).
+pub const INTENT_PREFIX: &[u8] = b"\x00\x03";
+/// The prefix of transaction records (reserved for transactions).
+pub const TXN_RECORD_PREFIX: &[u8] = b"\x00\x04";
+
+/// Whether `engine_key` is a reserved row (system, intent or transaction record), not a key's version
+/// or latest row.
+pub fn is_reserved(engine_key: &[u8]) -> bool {
+    matches!(engine_key, [0x00, 0x02..=0xFE, ..])
+}
 
 /// The bucket of `key` in a space of `total_buckets`.
 pub fn bucket_of(key: &[u8], total_buckets: u32) -> u16 {
@@ -222,6 +234,13 @@ mod tests {
         // A version whose inverted logical ends in zero bytes is still a version.
         let odd = Timestamp { wall_time: 7, logical: u32::MAX };
         assert_eq!(parse_engine_key(&version_key(b"k", odd)), Some((b"k".to_vec(), Some(odd))));
+        // No key's rows are reserved; every reserved prefix is.
+        for k in &keys {
+            assert!(!is_reserved(&latest_key(k)) && !is_reserved(&version_key(k, t1)), "{k:?}");
+        }
+        for p in [SYSTEM_PREFIX, INTENT_PREFIX, TXN_RECORD_PREFIX] {
+            assert!(is_reserved(p) && parse_engine_key(p).is_none());
+        }
     }
 
     #[test]

@@ -72,6 +72,15 @@ impl Timestamp {
         })
     }
 
+    /// The smallest timestamp above this one (the logical counter, or the next nanosecond once it is
+    /// saturated).
+    pub fn next(&self) -> Timestamp {
+        match self.logical.checked_add(1) {
+            Some(logical) => Timestamp { wall_time: self.wall_time, logical },
+            None => Timestamp { wall_time: self.wall_time.saturating_add(1), logical: 0 },
+        }
+    }
+
     /// Parses `WALL` or `WALL.LOGICAL` (decimal digits only, wall time at most [`MAX_WALL_TIME`]).
     pub fn parse(text: &str) -> Option<Timestamp> {
         let (wall, logical) = text.split_once('.').unwrap_or((text, "0"));
@@ -139,6 +148,13 @@ impl Clock {
         next
     }
 
+    /// The largest timestamp this node accepts now: the physical time plus the maximum offset (within
+    /// [`MAX_WALL_TIME`]), with the largest logical counter.
+    pub fn limit(&self) -> Timestamp {
+        let offset = u64::try_from(self.max_offset.as_nanos()).unwrap_or(u64::MAX);
+        Timestamp { wall_time: physical_now().saturating_add(offset).min(MAX_WALL_TIME), logical: u32::MAX }
+    }
+
     /// Refuses `given` if it is more than the maximum offset ahead of the physical clock.
     pub fn check(&self, given: Timestamp) -> Result<(), TimestampAhead> {
         let physical = physical_now();
@@ -163,6 +179,32 @@ impl Clock {
             *last = seen;
         }
         Ok(())
+    }
+}
+
+/// The uncertainty interval of a read at `read`: a version above `read` but at or below `limit` (the
+/// read's time plus the maximum clock offset) may have been written before the read began on a node
+/// whose clock ran ahead, so a transaction reading at `read` that meets one cannot tell whether it
+/// precedes it and must move its read timestamp above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uncertainty {
+    /// The read's timestamp.
+    pub read: Timestamp,
+    /// The interval's upper end.
+    pub limit: Timestamp,
+}
+
+impl Uncertainty {
+    /// The interval of a read at `read` with clocks at most `max_offset` apart.
+    pub fn new(read: Timestamp, max_offset: Duration) -> Uncertainty {
+        let offset = u64::try_from(max_offset.as_nanos()).unwrap_or(u64::MAX);
+        let limit = Timestamp { wall_time: read.wall_time.saturating_add(offset), logical: u32::MAX };
+        Uncertainty { read, limit: limit.max(read) }
+    }
+
+    /// Whether a version at `version` is uncertain for this read (above it, within the interval).
+    pub fn is_uncertain(&self, version: Timestamp) -> bool {
+        version > self.read && version <= self.limit
     }
 }
 
@@ -213,6 +255,28 @@ mod tests {
         let near = Timestamp { wall_time: physical_now() + 200_000_000, logical: 9 };
         clock.observe(near).unwrap();
         assert!(clock.now() > near);
+    }
+
+    #[test]
+    fn next_and_uncertainty_intervals() {
+        let t = Timestamp { wall_time: 10, logical: 3 };
+        assert_eq!(t.next(), Timestamp { wall_time: 10, logical: 4 });
+        assert_eq!(
+            Timestamp { wall_time: 10, logical: u32::MAX }.next(),
+            Timestamp { wall_time: 11, logical: 0 }
+        );
+        let u = Uncertainty::new(Timestamp { wall_time: 1_000, logical: 0 }, Duration::from_nanos(500));
+        assert!(
+            !u.is_uncertain(Timestamp { wall_time: 1_000, logical: 0 }),
+            "the read's own time is certain"
+        );
+        assert!(!u.is_uncertain(Timestamp { wall_time: 999, logical: 9 }));
+        assert!(u.is_uncertain(Timestamp { wall_time: 1_000, logical: 1 }));
+        assert!(u.is_uncertain(Timestamp { wall_time: 1_500, logical: u32::MAX }));
+        assert!(!u.is_uncertain(Timestamp { wall_time: 1_501, logical: 0 }));
+        let clock = Clock::new(Duration::from_millis(500));
+        assert!(clock.check(clock.limit()).is_ok());
+        assert!(clock.limit() > clock.now());
     }
 
     #[test]

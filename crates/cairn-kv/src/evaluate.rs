@@ -1,0 +1,412 @@
+//! Request evaluation: the one place cairn decides what a write does.
+//!
+//! [`evaluate()`] reads what it needs through a [`Reader`] and turns a [`Write`] proposed at a timestamp
+//! into engine rows (added to a write batch), an [`Outcome`], and what it [`Depends`] on. The rules:
+//!
+//! - a put's [`Condition`] is checked against the key's newest *live* version (a tombstone counts as
+//!   absent); a failed condition writes nothing and is an error ([`KvError::ConditionFailed`]);
+//! - a delete of a key without a live value writes nothing ([`Outcome::Unchanged`]); otherwise it
+//!   writes a tombstone version;
+//! - every key's versions only move forward: a write that would land at or below the key's newest
+//!   version (a clock behind another node's, a restart after the clock stepped back) is moved to just
+//!   above it (write-too-old), unless that is beyond `limit` (the clock's bound: more than the maximum
+//!   clock offset ahead), which is refused ([`KvError::TooFarAhead`]);
+//! - a batch writes every key at one timestamp, atomically.
+//!
+//! Evaluation is deterministic: the same write, reads and timestamp give the same rows and outcome.
+//! The standalone writer evaluates a group of writes in order over an [`Overlay`] of the group's
+//! earlier writes and commits them as one batch. A replicated shard evaluates on the proposing node
+//! and proposes the rows; [`Depends`] lists what must still hold when the command applies, so that
+//! every replica applies it only if the evaluation's reads are still current.
+
+use crate::hlc::Timestamp;
+use crate::mvcc;
+use crate::reader::{Latest, Reader};
+use cairn_engine::WriteBatch;
+use std::collections::HashMap;
+
+/// A write, validated by the caller (key and value sizes; one shard for a batch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Write `value` as the key's newest version if `condition` holds.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// When to write.
+        condition: Condition,
+    },
+    /// Write a tombstone if the key has a live value.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Puts (`Some`) and deletes (`None`) at one timestamp, atomically.
+    Batch {
+        /// The keys and what to write.
+        ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
+}
+
+impl Write {
+    /// Bytes of keys and values.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Write::Put { key, value, .. } => key.len() + value.len(),
+            Write::Delete { key } => key.len(),
+            Write::Batch { ops } => ops.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum(),
+        }
+    }
+
+    /// The keys written, in order.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            Write::Put { key, .. } | Write::Delete { key } => vec![key],
+            Write::Batch { ops } => ops.iter().map(|(k, _)| k.as_slice()).collect(),
+        }
+    }
+
+    /// The key whose version row shows whether the write was applied, and that row's column 0 when it
+    /// was (see [`crate::mvcc`]).
+    pub fn witness(&self) -> Option<(&[u8], Vec<u8>)> {
+        match self {
+            Write::Put { key, value, .. } => Some((key, mvcc::encode_value(Some(value)))),
+            Write::Delete { key } => Some((key, mvcc::encode_value(None))),
+            Write::Batch { ops } => {
+                ops.first().map(|(key, value)| (key.as_slice(), mvcc::encode_value(value.as_deref())))
+            }
+        }
+    }
+}
+
+/// A condition on a put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Always write.
+    None,
+    /// Write only if the key has no live value.
+    IfAbsent,
+    /// Write only if the key's newest version is a value with this timestamp.
+    IfTimestamp(Timestamp),
+}
+
+/// What a write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its versions were written at this timestamp.
+    Written(Timestamp),
+    /// Nothing to write (a delete of a key without a live value).
+    Unchanged,
+}
+
+/// A read an evaluation depended on, which must still hold for its rows to be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Depends {
+    /// The key's newest version is still this one (`None`: the key was never written).
+    Unchanged {
+        /// The key.
+        key: Vec<u8>,
+        /// Its newest version's timestamp when evaluated.
+        latest: Option<Timestamp>,
+    },
+    /// The key's newest version, if any, is still older than `ts` (the write's own timestamp).
+    OlderThan {
+        /// The key.
+        key: Vec<u8>,
+        /// The write's timestamp.
+        ts: Timestamp,
+    },
+}
+
+/// An evaluated write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evaluated {
+    /// What it did (its rows are in the batch given to [`evaluate()`]).
+    pub outcome: Outcome,
+    /// What must still hold when the rows apply.
+    pub depends: Vec<Depends>,
+}
+
+/// Why a write was not evaluated into rows.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// A put's condition does not hold.
+    #[error("{0}")]
+    ConditionFailed(String),
+    /// A key's newest version is so far ahead that a write ordered after it would be beyond `limit`,
+    /// the clock's bound (the physical time plus the maximum clock offset). Only a version stamped
+    /// before timestamps were bounded, or by a clock far ahead of this one, can be.
+    #[error(
+        "the key's newest version is at {latest}, {} ms beyond this node's clock plus the maximum clock \
+         offset ({limit}): a write cannot be ordered after it",
+        latest.wall_time.saturating_sub(limit.wall_time) / 1_000_000
+    )]
+    TooFarAhead {
+        /// The key's newest version.
+        latest: Timestamp,
+        /// The bound.
+        limit: Timestamp,
+    },
+    /// The store holds something it never wrote.
+    #[error("{0}")]
+    Malformed(String),
+    /// The engine failed.
+    #[error("storage error: {0}")]
+    Engine(#[from] cairn_engine::Error),
+}
+
+/// Whether a put with `condition` may go ahead given the key's newest live version's timestamp.
+pub fn check_condition(condition: Condition, live: Option<Timestamp>) -> Result<(), KvError> {
+    let failed = |m: String| Err(KvError::ConditionFailed(m));
+    match (condition, live) {
+        (Condition::None, _) | (Condition::IfAbsent, None) => Ok(()),
+        (Condition::IfAbsent, Some(ts)) => failed(format!("key exists (current version {ts})")),
+        (Condition::IfTimestamp(want), Some(ts)) if ts == want => Ok(()),
+        (Condition::IfTimestamp(want), Some(ts)) => failed(format!("current version is {ts}, not {want}")),
+        (Condition::IfTimestamp(want), None) => failed(format!("key is absent, not at version {want}")),
+    }
+}
+
+/// Adds `key`'s version at `ts` (`value`, or a tombstone for `None`) and its latest row to `batch`.
+pub fn add_version(batch: &mut WriteBatch, bucket: u16, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
+    let encoded = mvcc::encode_value(value);
+    batch.put(bucket, &mvcc::version_key(key, ts), 0, &encoded);
+    // A whole-row write: a read of the latest row never folds through older deltas of a hot key.
+    batch.put_row(bucket, &mvcc::latest_key(key), &[(0, &encoded), (1, &mvcc::encode_timestamp(ts))]);
+}
+
+/// The timestamp a write proposed at `ts` lands at, given the key's newest version `latest`: `ts`, or
+/// just above `latest` if that is not older (write-too-old), within `limit`.
+fn above(ts: Timestamp, latest: Option<Latest>, limit: Timestamp) -> Result<Timestamp, KvError> {
+    let Some(latest) = latest.map(|l| l.timestamp) else { return Ok(ts) };
+    if latest < ts {
+        return Ok(ts);
+    }
+    let next = latest.next();
+    if next > limit {
+        return Err(KvError::TooFarAhead { latest, limit });
+    }
+    Ok(next)
+}
+
+/// Evaluates `write` proposed at `ts` against `reader`: adds its rows to `batch` and says what it did
+/// and depended on (see the module's description). `limit` bounds how far a write-too-old may move the
+/// timestamp; `total_buckets` places keys in buckets.
+pub fn evaluate(
+    write: &Write,
+    reader: &impl Reader,
+    ts: Timestamp,
+    limit: Timestamp,
+    total_buckets: u32,
+    batch: &mut WriteBatch,
+) -> Result<Evaluated, KvError> {
+    let bucket = |key: &[u8]| mvcc::bucket_of(key, total_buckets);
+    match write {
+        Write::Put { key, value, condition } => {
+            let latest = reader.latest(key)?;
+            check_condition(*condition, latest.filter(|l| l.live).map(|l| l.timestamp))?;
+            let at = above(ts, latest, limit)?;
+            add_version(batch, bucket(key), key, at, Some(value));
+            let depends = match condition {
+                // A blind put depends only on landing above the newest version.
+                Condition::None => Depends::OlderThan { key: key.clone(), ts: at },
+                Condition::IfAbsent | Condition::IfTimestamp(_) => {
+                    Depends::Unchanged { key: key.clone(), latest: latest.map(|l| l.timestamp) }
+                }
+            };
+            Ok(Evaluated { outcome: Outcome::Written(at), depends: vec![depends] })
+        }
+        Write::Delete { key } => {
+            let latest = reader.latest(key)?;
+            let depends = vec![Depends::Unchanged { key: key.clone(), latest: latest.map(|l| l.timestamp) }];
+            if !latest.is_some_and(|l| l.live) {
+                return Ok(Evaluated { outcome: Outcome::Unchanged, depends });
+            }
+            let at = above(ts, latest, limit)?;
+            add_version(batch, bucket(key), key, at, None);
+            Ok(Evaluated { outcome: Outcome::Written(at), depends })
+        }
+        Write::Batch { ops } => {
+            let mut at = ts;
+            for (key, _) in ops {
+                at = at.max(above(ts, reader.latest(key)?, limit)?);
+            }
+            let mut depends = Vec::with_capacity(ops.len());
+            for (key, value) in ops {
+                add_version(batch, bucket(key), key, at, value.as_deref());
+                depends.push(Depends::OlderThan { key: key.clone(), ts: at });
+            }
+            Ok(Evaluated { outcome: Outcome::Written(at), depends })
+        }
+    }
+}
+
+/// A reader of a base reader plus writes evaluated but not committed yet (a writer's group), so that
+/// a later write in the group sees the earlier ones.
+pub struct Overlay<'a, R> {
+    base: &'a R,
+    // Key → its newest version among the group's writes.
+    written: HashMap<Vec<u8>, Latest>,
+}
+
+impl<'a, R: Reader> Overlay<'a, R> {
+    /// Nothing written over `base` yet.
+    pub fn new(base: &'a R) -> Overlay<'a, R> {
+        Overlay { base, written: HashMap::new() }
+    }
+
+    /// Records what `write` wrote (its evaluation said `outcome`).
+    pub fn record(&mut self, write: &Write, outcome: Outcome) {
+        let Outcome::Written(timestamp) = outcome else { return };
+        match write {
+            Write::Put { key, .. } => {
+                self.written.insert(key.clone(), Latest { timestamp, live: true });
+            }
+            Write::Delete { key } => {
+                self.written.insert(key.clone(), Latest { timestamp, live: false });
+            }
+            Write::Batch { ops } => {
+                for (key, value) in ops {
+                    self.written.insert(key.clone(), Latest { timestamp, live: value.is_some() });
+                }
+            }
+        }
+    }
+}
+
+impl<R: Reader> Reader for Overlay<'_, R> {
+    fn latest(&self, key: &[u8]) -> Result<Option<Latest>, KvError> {
+        match self.written.get(key) {
+            Some(l) => Ok(Some(*l)),
+            None => self.base.latest(key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys' newest versions, as a map.
+    #[derive(Default)]
+    struct Map(HashMap<Vec<u8>, Latest>);
+
+    impl Reader for Map {
+        fn latest(&self, key: &[u8]) -> Result<Option<Latest>, KvError> {
+            Ok(self.0.get(key).copied())
+        }
+    }
+
+    fn ts(wall: u64) -> Timestamp {
+        Timestamp { wall_time: wall, logical: 0 }
+    }
+
+    const LIMIT: Timestamp = Timestamp { wall_time: 1_000, logical: u32::MAX };
+
+    fn put(key: &str, condition: Condition) -> Write {
+        Write::Put { key: key.into(), value: b"v".to_vec(), condition }
+    }
+
+    fn run(write: &Write, reader: &Map, at: Timestamp) -> (Result<Evaluated, KvError>, WriteBatch) {
+        let mut batch = WriteBatch::new();
+        (evaluate(write, reader, at, LIMIT, 64, &mut batch), batch)
+    }
+
+    fn with(entries: &[(&str, u64, bool)]) -> Map {
+        Map(entries
+            .iter()
+            .map(|&(k, w, live)| (k.as_bytes().to_vec(), Latest { timestamp: ts(w), live }))
+            .collect())
+    }
+
+    #[test]
+    fn conditions_are_checked_against_the_newest_live_version() {
+        let map = with(&[("live", 5, true), ("dead", 5, false)]);
+        let cases = [
+            ("absent", Condition::None, true),
+            ("live", Condition::None, true),
+            ("absent", Condition::IfAbsent, true),
+            ("dead", Condition::IfAbsent, true),
+            ("live", Condition::IfAbsent, false),
+            ("live", Condition::IfTimestamp(ts(5)), true),
+            ("live", Condition::IfTimestamp(ts(4)), false),
+            ("dead", Condition::IfTimestamp(ts(5)), false),
+            ("absent", Condition::IfTimestamp(ts(5)), false),
+        ];
+        for (key, condition, holds) in cases {
+            let (result, batch) = run(&put(key, condition), &map, ts(10));
+            match result {
+                Ok(e) => {
+                    assert!(holds, "{key} {condition:?} wrote");
+                    assert_eq!(e.outcome, Outcome::Written(ts(10)));
+                    assert_eq!(batch.len(), 2, "a version row and the latest row");
+                }
+                Err(KvError::ConditionFailed(_)) => {
+                    assert!(!holds, "{key} {condition:?} refused");
+                    assert_eq!(batch.len(), 0, "a failed condition writes nothing");
+                }
+                Err(e) => panic!("{key} {condition:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn deletes_write_a_tombstone_only_over_a_live_value() {
+        let map = with(&[("live", 5, true), ("dead", 5, false)]);
+        for (key, writes) in [("live", true), ("dead", false), ("absent", false)] {
+            let (result, batch) = run(&Write::Delete { key: key.into() }, &map, ts(10));
+            let e = result.unwrap();
+            let latest = map.0.get(key.as_bytes()).map(|l| l.timestamp);
+            assert_eq!(e.depends, vec![Depends::Unchanged { key: key.into(), latest }]);
+            if writes {
+                assert_eq!(e.outcome, Outcome::Written(ts(10)));
+                assert_eq!(batch.len(), 2);
+            } else {
+                assert_eq!(e.outcome, Outcome::Unchanged);
+                assert_eq!(batch.len(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_at_or_below_the_newest_version_lands_just_above_it() {
+        let map = with(&[("k", 50, true), ("far", 2_000, true), ("j", 7, false)]);
+        let (e, _) = run(&put("k", Condition::None), &map, ts(40));
+        let e = e.unwrap();
+        let above = Timestamp { wall_time: 50, logical: 1 };
+        assert_eq!(e.outcome, Outcome::Written(above));
+        assert_eq!(e.depends, vec![Depends::OlderThan { key: b"k".to_vec(), ts: above }]);
+        // Equal is not older either.
+        assert_eq!(run(&put("k", Condition::None), &map, ts(50)).0.unwrap().outcome, Outcome::Written(above));
+        // A conditional put that holds moves up too.
+        let e = run(&put("k", Condition::IfTimestamp(ts(50))), &map, ts(20)).0.unwrap();
+        assert_eq!(e.outcome, Outcome::Written(above));
+        // A batch lands above every key's newest version, all at one timestamp.
+        let batch = Write::Batch { ops: vec![(b"j".to_vec(), None), (b"k".to_vec(), Some(b"x".to_vec()))] };
+        let e = run(&batch, &map, ts(10)).0.unwrap();
+        assert_eq!(e.outcome, Outcome::Written(above));
+        assert_eq!(e.depends.len(), 2);
+        // Beyond the clock's bound: refused, nothing written.
+        let (e, rows) = run(&put("far", Condition::None), &map, ts(10));
+        assert!(matches!(e, Err(KvError::TooFarAhead { latest, .. }) if latest == ts(2_000)), "{e:?}");
+        assert_eq!(rows.len(), 0);
+    }
+
+    #[test]
+    fn an_overlay_shows_a_groups_earlier_writes() {
+        let base = with(&[("k", 5, true)]);
+        let mut overlay = Overlay::new(&base);
+        let mut batch = WriteBatch::new();
+        let del = Write::Delete { key: b"k".to_vec() };
+        let e = evaluate(&del, &overlay, ts(10), LIMIT, 64, &mut batch).unwrap();
+        overlay.record(&del, e.outcome);
+        // The key is gone for the group's next writes: a second delete does nothing, IfAbsent holds.
+        let e = evaluate(&del, &overlay, ts(11), LIMIT, 64, &mut batch).unwrap();
+        assert_eq!(e.outcome, Outcome::Unchanged);
+        let e = evaluate(&put("k", Condition::IfAbsent), &overlay, ts(12), LIMIT, 64, &mut batch).unwrap();
+        overlay.record(&put("k", Condition::IfAbsent), e.outcome);
+        assert_eq!(overlay.latest(b"k").unwrap(), Some(Latest { timestamp: ts(12), live: true }));
+        assert_eq!(batch.len(), 4);
+    }
+}

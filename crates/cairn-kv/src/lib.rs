@@ -1,0 +1,22 @@
+//! cairn's KV layer: what a key's versions mean and how a request becomes writes.
+//!
+//! - [`hlc`]: the hybrid logical clock, bounded by a maximum clock offset, and the uncertainty
+//!   interval reads will use;
+//! - [`mvcc`]: how a key's versions are laid out as engine rows (and which rows are reserved);
+//! - [`reader`]: reading a key's newest version, or its version at a timestamp, from a shard;
+//! - [`evaluate`](mod@evaluate): the one place the write rules are decided — conditions, tombstones,
+//!   and a write that would land below a newer version (write-too-old) — turning a request into an
+//!   engine write batch, an outcome, and the reads it depended on.
+//!
+//! The server's standalone writer and its replicated shards both evaluate with [`evaluate()`]; nothing
+//! above this crate decides an MVCC rule, and nothing in it knows about Raft or the APIs.
+
+pub mod evaluate;
+pub mod hlc;
+pub mod mvcc;
+pub mod reader;
+
+pub use evaluate::{Condition, Depends, Evaluated, KvError, Outcome, Overlay, Write, evaluate};
+pub use hlc::{Clock, Timestamp, TimestampAhead, Uncertainty};
+pub use mvcc::Stored;
+pub use reader::{DbReader, Latest, Reader, Versioned};

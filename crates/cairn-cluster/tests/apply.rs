@@ -174,3 +174,56 @@ fn conditions_see_every_earlier_entry_and_decide_the_write() {
         .unwrap();
     assert_eq!(results, vec![ConditionFailed, Applied, ConditionFailed, Applied, ConditionFailed]);
 }
+
+// Regression: a check entry hashed the whole shard inside apply, holding the lock every read's fencing
+// check takes (~0.8 s per GB). The hash now runs in the background on a read view: with the shard's
+// files unreadable (a stuck device), the check entry, later writes and reads all go through, and the
+// digest arrives once the files can be read again, equal to the shard's contents at the entry.
+#[test]
+fn a_consistency_check_hashes_in_the_background_holding_up_neither_applies_nor_reads() {
+    use cairn_cluster::raft::Check;
+    use cairn_engine::fs::{FaultFs, FaultKind};
+    let faults = FaultFs::new(Arc::new(MemFs::new()));
+    let control = faults.controller();
+    let mut c = Config::new("/shard");
+    c.fs = Arc::new(faults) as Arc<dyn FileSystem>;
+    c.wal = false;
+    c.total_buckets = BUCKETS;
+    c.block_cache_bytes = 0;
+    let db = Arc::new(Db::open(c, vec![0..=(BUCKETS - 1) as u16]).unwrap());
+    let applier = ShardApplier::new(Arc::clone(&db), 0);
+    applier.apply(&(1..=200).map(command).collect::<Vec<_>>()).unwrap();
+    db.flush().unwrap();
+    let check = entry(201, EntryPayload::Normal(Command::check(Check::Record)));
+    let wait_for_digest = |applier: &ShardApplier| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(digest) = applier.recorded_digest(201) {
+                return digest;
+            }
+            assert!(std::time::Instant::now() < deadline, "the digest never arrived");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    // What another replica that applied the same entries hashes there.
+    let other = ShardApplier::new(open(&Arc::new(MemFs::new())), 0);
+    other.apply(&(1..=200).map(command).chain([check.clone()]).collect::<Vec<_>>()).unwrap();
+    let expected = wait_for_digest(&other);
+
+    control.hold(FaultKind::Read);
+    assert_eq!(applier.apply(&[check]).unwrap(), vec![CommandResult::Recorded]);
+    assert_eq!(applier.recorded_digest(201), None, "the hash waits for the files");
+    // Applies, and the fencing check every read makes, go on meanwhile.
+    assert_eq!(applier.apply(&[command(202)]).unwrap(), vec![CommandResult::Applied]);
+    assert_eq!(applier.check_status().fenced, None);
+    // A comparison applied before the digest is ready waits for it.
+    let compare = Check::Compare { index: 201, digest: expected.clone() };
+    let compare = entry(203, EntryPayload::Normal(Command::check(compare)));
+    assert_eq!(applier.apply(&[compare]).unwrap(), vec![CommandResult::Compared(None)]);
+
+    control.release(FaultKind::Read);
+    assert_eq!(wait_for_digest(&applier), expected, "the contents at the check entry");
+    let status = applier.check_status();
+    assert_eq!((status.verified, status.fenced), (Some(201), None), "compared once hashed");
+    assert!(present(&db, 202));
+}

@@ -18,6 +18,8 @@ pub struct DbIter {
     // Exclusive upper bound on user keys; `None` for unbounded.
     end: Option<Vec<u8>>,
     start: Vec<u8>,
+    // The range the iterator was created for (its sources cover it): seeks stay within it.
+    bounds: (Vec<u8>, Option<Vec<u8>>),
     started: bool,
     folder: RowFolder,
     // INVARIANT: when `positioned`, the current row's user key and its encoded live columns.
@@ -39,6 +41,7 @@ impl DbIter {
         DbIter {
             inner,
             seq,
+            bounds: (start.clone(), end.clone()),
             end,
             start,
             started: false,
@@ -48,6 +51,26 @@ impl DbIter {
             positioned: false,
             _pin: pin,
         }
+    }
+
+    /// Repositions the iterator on `bucket`'s rows with keys in `from..to` (`to`: `None` for the rest of
+    /// the bucket), clamped to the range it was created for; the next [`DbIter::advance`] returns the
+    /// first of them. Reuses the iterator's sources, so visiting many buckets one after another costs
+    /// one seek each instead of one new iterator each.
+    pub fn seek(&mut self, bucket: u16, from: &[u8], to: Option<&[u8]>) {
+        let start = keys::user_key(bucket, from);
+        let end = match to {
+            Some(to) => Some(keys::user_key(bucket, to)),
+            None => bucket.checked_add(1).map(|next| next.to_be_bytes().to_vec()),
+        };
+        self.start = start.max(self.bounds.0.clone());
+        self.end = match (end, &self.bounds.1) {
+            (Some(e), Some(b)) => Some(e.min(b.clone())),
+            (e, None) => e,
+            (None, b) => b.clone(),
+        };
+        self.started = false;
+        self.positioned = false;
     }
 
     /// The next row as `(bucket, key, row)`, or `None` at the end.

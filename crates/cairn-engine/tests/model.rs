@@ -141,8 +141,23 @@ fn run(ops: Vec<Op>) {
                 assert_eq!(got, model_rows(&model, b, b), "scan({b})");
             }
             Op::ScanBuckets(lo, hi) => {
-                let got: Vec<_> = db.scan_buckets(lo..=hi).unwrap().collect::<Result<_, _>>().unwrap();
+                let mut it = db.scan_buckets(lo..=hi).unwrap();
+                let got: Vec<_> = it.by_ref().collect::<Result<_, _>>().unwrap();
                 assert_eq!(got, model_rows(&model, lo, hi), "scan_buckets({lo}..={hi})");
+                // The same iterator, repositioned on each bucket, backwards, then on a key range.
+                for b in (lo..=hi).rev() {
+                    it.seek(b, &[], None);
+                    let got: Vec<_> = it.by_ref().collect::<Result<_, _>>().unwrap();
+                    assert_eq!(got, model_rows(&model, b, b), "seek({b})");
+                    let (from, to) = (key(64), key(192));
+                    it.seek(b, &from, Some(&to));
+                    let got: Vec<_> = it.by_ref().collect::<Result<_, _>>().unwrap();
+                    let want: Vec<_> = model_rows(&model, b, b)
+                        .into_iter()
+                        .filter(|(_, k, _)| *k >= from && *k < to)
+                        .collect();
+                    assert_eq!(got, want, "seek({b}, 64..192)");
+                }
             }
             Op::ViewCheck(writes) => {
                 // A view ignores writes made after it, through flushes and compactions.

@@ -9,12 +9,10 @@
 
 use super::{Located, MAX_SCAN_LIMIT, Node, Read, ReadOptions, Shard, Versioned};
 use crate::error::{NodeError, Result};
-use crate::hlc::Timestamp;
+use crate::hlc::{TIMESTAMP_BYTES, Timestamp};
 use crate::mvcc;
 use cairn_kv::reader::version_of;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::iter::Peekable;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One page of a scan.
@@ -81,38 +79,19 @@ impl Node {
         let at = self.check_read_ts(at)?;
         let lo = mvcc::key_prefix(start);
         let hi = end.map(mvcc::key_prefix);
-        let mut cursors = Vec::new();
+        let mut page = PageBuilder::new(limit, self.config.max_scan_bytes);
         for shard in shards {
             let db = shard.db();
             for range in &shard.ranges {
+                // One iterator per bucket range, repositioned on each bucket: a bucket costs one seek.
+                let mut rows = db.scan_buckets(range.clone())?;
                 for bucket in range.clone() {
-                    let it = match &hi {
-                        Some(hi) => db.scan(bucket, &lo[..]..&hi[..])?,
-                        None => db.scan(bucket, &lo[..]..)?,
-                    };
-                    cursors.push(BucketCursor { rows: it.peekable(), at });
+                    rows.seek(bucket, &lo, hi.as_deref());
+                    live_keys(&mut rows, at, &mut page)?;
                 }
             }
         }
-        // k-way merge by key: each cursor yields its bucket's live keys in order.
-        let mut heap = BinaryHeap::new();
-        for (i, c) in cursors.iter_mut().enumerate() {
-            if let Some((key, v)) = c.next_live()? {
-                heap.push(Reverse((key, i, v.timestamp, v.value)));
-            }
-        }
-        let (mut out, mut bytes) = (Vec::new(), 0usize);
-        while out.len() < limit && bytes < self.config.max_scan_bytes {
-            let Some(Reverse((key, i, timestamp, value))) = heap.pop() else { break };
-            let v = Versioned { value, timestamp };
-            bytes += row_bytes(&key, &v);
-            out.push((key, v));
-            if let Some((key, v)) = cursors[i].next_live()? {
-                heap.push(Reverse((key, i, v.timestamp, v.value)));
-            }
-        }
-        let resume = heap.pop().map(|Reverse((key, ..))| key);
-        Ok(Scanned { rows: out, resume })
+        Ok(page.finish())
     }
 
     /// [`Node::scan`] at the consistency `options` ask for (every shard is read at that level). A
@@ -213,46 +192,110 @@ fn merge_pages(parts: Vec<Scanned>, limit: usize, max_bytes: usize) -> Scanned {
     Scanned { rows, resume }
 }
 
-/// One bucket's rows, reduced to live keys at a timestamp.
-struct BucketCursor {
-    rows: Peekable<cairn_engine::DbIter>,
-    at: Timestamp,
+/// The rows of a page being gathered bucket by bucket (keys hash to buckets, so any bucket may hold the
+/// page's next key): the smallest keys seen, and no more of them than the page and the key after it
+/// (its resume key) can need, by count and by bytes.
+struct PageBuilder {
+    rows: BTreeMap<Vec<u8>, Versioned>,
+    bytes: usize,
+    limit: usize,
+    max_bytes: usize,
 }
 
-impl BucketCursor {
-    /// The next key with a live version at or below `at`, and that version.
-    fn next_live(&mut self) -> Result<Option<(Vec<u8>, Versioned)>> {
+impl PageBuilder {
+    fn new(limit: usize, max_bytes: usize) -> PageBuilder {
+        PageBuilder { rows: BTreeMap::new(), bytes: 0, limit, max_bytes }
+    }
+
+    fn largest_bytes(&self) -> usize {
+        self.rows.last_key_value().map_or(0, |(k, v)| row_bytes(k, v))
+    }
+
+    /// True if a key above every row held would be dropped at once: the page and its resume key are
+    /// among the rows held.
+    fn full(&self) -> bool {
+        self.rows.len() > self.limit
+            || (!self.rows.is_empty() && self.bytes - self.largest_bytes() >= self.max_bytes)
+    }
+
+    /// Whether a row for `key` could still be in the page or be its resume key.
+    fn wants(&self, key: &[u8]) -> bool {
+        !self.full() || self.rows.last_key_value().is_some_and(|(last, _)| key < last.as_slice())
+    }
+
+    fn offer(&mut self, key: Vec<u8>, v: Versioned) {
+        self.bytes += row_bytes(&key, &v);
+        self.rows.insert(key, v);
+        // Drop the largest row while the page and its resume key stand without it: more rows than the
+        // page plus one, or the rows below the two largest already hold the byte budget.
         loop {
-            let Some(item) = self.rows.next() else { return Ok(None) };
-            let (_, engine_key, row) = item?;
-            if mvcc::is_reserved(&engine_key) {
-                continue; // a replicated shard's own rows (its applied position), and the like
+            let n = self.rows.len();
+            let beyond = n > self.limit + 1
+                || (n >= 3 && {
+                    let mut top = self.rows.iter().rev().map(|(k, v)| row_bytes(k, v));
+                    let two = top.next().unwrap_or(0) + top.next().unwrap_or(0);
+                    self.bytes - two >= self.max_bytes
+                });
+            if !beyond {
+                break;
             }
-            let (key, ts) = match mvcc::parse_engine_key(&engine_key) {
-                Some((key, Some(ts))) => (key, ts),
-                Some((_, None)) => continue, // a latest row: scans read the versions
-                None => return Err(NodeError::Internal("malformed version key in the store".into())),
-            };
-            // Versions come newest first: take the first at or below `at`, skip the key's others.
-            let mut chosen = (ts <= self.at).then_some((engine_key, row));
-            while let Some(Ok((_, next_key, _))) = self.rows.peek() {
-                match mvcc::decode_version_key(next_key) {
-                    Some((k, t)) if k == key => {
-                        let Some(Ok((_, next_key, next_row))) = self.rows.next() else { break };
-                        if chosen.is_none() && t <= self.at {
-                            chosen = Some((next_key, next_row));
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            if let Some((engine_key, row)) = chosen
-                && let Some(v) = version_of(&engine_key, &row)?
-            {
-                return Ok(Some((key, v)));
+            if let Some((k, v)) = self.rows.pop_last() {
+                self.bytes -= row_bytes(&k, &v);
             }
         }
     }
+
+    /// The page: rows in key order up to the limit or until they hold the byte budget (at least one),
+    /// and the next row's key to resume from.
+    fn finish(self) -> Scanned {
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        let mut rows = self.rows.into_iter();
+        for (key, v) in rows.by_ref() {
+            if out.len() == self.limit || bytes >= self.max_bytes {
+                return Scanned { rows: out, resume: Some(key) };
+            }
+            bytes += row_bytes(&key, &v);
+            out.push((key, v));
+        }
+        Scanned { rows: out, resume: None }
+    }
+}
+
+/// Offers `page` each key of the bucket `rows` is positioned on that has a live version at or below
+/// `at` (with that version), in key order, until the page wants no more of the bucket's keys.
+fn live_keys(rows: &mut cairn_engine::DbIter, at: Timestamp, page: &mut PageBuilder) -> Result<()> {
+    // The escaped key (with its terminator) whose version was decided: its older versions are skipped.
+    let mut decided: Vec<u8> = Vec::new();
+    while rows.advance()? {
+        let engine_key = rows.key();
+        if mvcc::is_reserved(engine_key) {
+            continue; // a replicated shard's own rows (its applied position), and the like
+        }
+        if !decided.is_empty()
+            && engine_key.len() == decided.len() + TIMESTAMP_BYTES
+            && engine_key.starts_with(&decided)
+        {
+            continue;
+        }
+        let (key, ts) = match mvcc::parse_engine_key(engine_key) {
+            Some((key, Some(ts))) => (key, ts),
+            Some((_, None)) => continue, // a latest row: scans read the versions
+            None => return Err(NodeError::Internal("malformed version key in the store".into())),
+        };
+        if !page.wants(&key) {
+            return Ok(());
+        }
+        if ts > at {
+            continue; // newer than the read; an older version may be visible
+        }
+        decided.clear();
+        decided.extend_from_slice(&engine_key[..engine_key.len() - TIMESTAMP_BYTES]);
+        let row = rows.row().to_row();
+        if let Some(v) = version_of(engine_key, &row)? {
+            page.offer(key, v);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -275,6 +318,47 @@ mod tests {
             s.rows.iter().map(|(k, _)| String::from_utf8(k.clone()).unwrap()).collect(),
             s.resume.as_ref().map(|r| String::from_utf8(r.clone()).unwrap()),
         )
+    }
+
+    // A page gathered bucket by bucket (keys in any order across buckets, each bucket stopped once the
+    // page wants none of its keys) is the page of all the rows in order.
+    #[test]
+    fn a_page_gathered_in_any_order_is_the_first_page_of_all_rows() {
+        for seed in 0..500u64 {
+            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = |n: u64| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state % n
+            };
+            let limit = 1 + next(8) as usize;
+            let max_bytes = 1 + next(200) as usize;
+            let mut rows: BTreeMap<Vec<u8>, Versioned> = BTreeMap::new();
+            for _ in 0..next(40) {
+                let key = format!("k{:03}", next(100)).into_bytes();
+                let v = Versioned { value: vec![0; next(50) as usize], timestamp: Timestamp::default() };
+                rows.insert(key, v);
+            }
+            let all: Vec<_> = rows.clone().into_iter().collect();
+            let want = merge_pages(vec![Scanned { rows: all.clone(), resume: None }], limit, max_bytes);
+            // Deal the rows into "buckets", each in key order, visited one after another.
+            let mut buckets: Vec<Vec<(Vec<u8>, Versioned)>> = vec![Vec::new(); 1 + next(5) as usize];
+            for row in all {
+                let b = next(buckets.len() as u64) as usize;
+                buckets[b].push(row);
+            }
+            let mut page = PageBuilder::new(limit, max_bytes);
+            for bucket in buckets {
+                for (key, v) in bucket {
+                    if !page.wants(&key) {
+                        break;
+                    }
+                    page.offer(key, v);
+                }
+            }
+            assert_eq!(page.finish(), want, "seed {seed}, limit {limit}, max_bytes {max_bytes}");
+        }
     }
 
     #[test]

@@ -56,9 +56,34 @@ impl CheckBoard {
         CheckStatus { verified: c.verified, fenced: c.fenced.clone(), divergences: c.divergences }
     }
 
-    /// The digest recorded at check entry `index`, if this replica applied it (and still keeps it).
+    /// The digest recorded at check entry `index`, if this replica applied it, has finished computing
+    /// it, and still keeps it.
     pub(crate) fn recorded(&self, index: u64) -> Option<String> {
-        self.0.lock().recorded.iter().find(|(i, _)| *i == index).map(|(_, d)| d.clone())
+        self.0.lock().recorded.iter().find(|(i, _)| *i == index).and_then(|(_, d)| d.clone())
+    }
+
+    /// Records the digest computed for check entry `index` (unless the contents were replaced since),
+    /// and makes the comparisons that waited for it.
+    fn finish(&self, index: u64, digest: cairn_engine::Result<String>) {
+        let mut checks = self.0.lock();
+        let Some(slot) = checks.recorded.iter().position(|(i, d)| *i == index && d.is_none()) else {
+            return;
+        };
+        match digest {
+            Ok(digest) => checks.recorded[slot].1 = Some(digest),
+            Err(e) => {
+                tracing::error!(index, error = %e, "consistency check: cannot hash the shard");
+                checks.recorded.remove(slot);
+                checks.awaiting.retain(|(i, _)| *i != index);
+                return;
+            }
+        }
+        let waiting: Vec<(u64, String)> =
+            checks.awaiting.iter().filter(|(i, _)| *i == index).cloned().collect();
+        checks.awaiting.retain(|(i, _)| *i != index);
+        for (at, majority) in waiting {
+            checks.compare(at, &majority);
+        }
     }
 
     /// Forgets everything (the contents were replaced).
@@ -70,8 +95,10 @@ impl CheckBoard {
 /// Digests recorded at check entries, and what comparing them found.
 #[derive(Debug, Default)]
 struct Checks {
-    // (index, digest), newest last; at most `KEPT_CHECKS`.
-    recorded: std::collections::VecDeque<(u64, String)>,
+    // (index, digest), newest last; at most `KEPT_CHECKS`. `None` while the digest is being computed.
+    recorded: std::collections::VecDeque<(u64, Option<String>)>,
+    // Comparisons applied while this replica's digest was still being computed: (index, majority's).
+    awaiting: Vec<(u64, String)>,
     // The last index whose digest matched the proposer's.
     verified: Option<u64>,
     // Why this replica stopped trusting its contents, if it did.
@@ -80,6 +107,23 @@ struct Checks {
 }
 
 const KEPT_CHECKS: usize = 8;
+
+impl Checks {
+    /// Compares this replica's digest at check entry `at` with the majority's; fences on a difference.
+    /// `None` if it has no digest there (yet).
+    fn compare(&mut self, at: u64, majority: &str) -> Option<bool> {
+        let ours = self.recorded.iter().find(|(i, _)| *i == at).and_then(|(_, d)| d.clone())?;
+        if ours == majority {
+            self.verified = self.verified.max(Some(at));
+            return Some(true);
+        }
+        let why = format!("content digest {ours} at index {at} differs from the majority's {majority}");
+        tracing::error!(index = at, ours = %ours, majority = %majority, "replica diverged; fencing it");
+        self.divergences += 1;
+        self.fenced.get_or_insert(why);
+        Some(false)
+    }
+}
 
 /// What consistency checks found on one replica (see [`Check`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -107,6 +151,11 @@ impl ShardApplier {
     /// What consistency checks found.
     pub fn check_status(&self) -> CheckStatus {
         self.checks.status()
+    }
+
+    /// The digest recorded at check entry `index`, once computed.
+    pub fn recorded_digest(&self, index: u64) -> Option<String> {
+        self.checks.recorded(index)
     }
 
     /// The applied position the engine holds.
@@ -181,30 +230,38 @@ impl ShardApplier {
     }
 
     /// Runs one step of a consistency check at entry `index` (everything up to it is in the engine).
+    /// The digest is computed in the background on a read view taken here, so neither applies nor
+    /// reads wait for a whole-shard hash.
     fn run_check(&self, index: u64, check: &Check) -> Result<CommandResult, ApplyError> {
-        let mut checks = self.checks.0.lock();
         match check {
             Check::Record => {
-                let digest = self.db.view().content_digest()?.to_hex();
-                if checks.recorded.len() == KEPT_CHECKS {
-                    checks.recorded.pop_front();
+                let view = self.db.view();
+                {
+                    let mut checks = self.checks.0.lock();
+                    if checks.recorded.len() == KEPT_CHECKS
+                        && let Some((dropped, _)) = checks.recorded.pop_front()
+                    {
+                        checks.awaiting.retain(|(i, _)| *i != dropped);
+                    }
+                    checks.recorded.push_back((index, None));
                 }
-                checks.recorded.push_back((index, digest.clone()));
-                Ok(CommandResult::Digest(digest))
+                let board = self.checks.clone();
+                let spawned = std::thread::Builder::new().name("cairn-digest".into()).spawn(move || {
+                    board.finish(index, view.content_digest().map(|d| d.to_hex()));
+                });
+                if let Err(e) = spawned {
+                    self.checks.finish(index, Err(cairn_engine::Error::io("<digest thread>", e)));
+                }
+                Ok(CommandResult::Recorded)
             }
             Check::Compare { index: at, digest } => {
-                let Some((_, ours)) = checks.recorded.iter().find(|(i, _)| i == at) else {
-                    return Ok(CommandResult::Compared(None));
-                };
-                if ours == digest {
-                    checks.verified = checks.verified.max(Some(*at));
-                    return Ok(CommandResult::Compared(Some(true)));
+                let mut checks = self.checks.0.lock();
+                let result = checks.compare(*at, digest);
+                if result.is_none() && checks.recorded.iter().any(|(i, d)| i == at && d.is_none()) {
+                    // Still hashing: compared when the digest is ready.
+                    checks.awaiting.push((*at, digest.clone()));
                 }
-                let why = format!("content digest {ours} at index {at} differs from the majority's {digest}");
-                tracing::error!(index = at, ours = %ours, majority = %digest, "replica diverged; fencing it");
-                checks.divergences += 1;
-                checks.fenced.get_or_insert(why);
-                Ok(CommandResult::Compared(Some(false)))
+                Ok(CommandResult::Compared(result))
             }
         }
     }

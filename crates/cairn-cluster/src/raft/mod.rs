@@ -46,7 +46,7 @@ pub struct Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Check {
     /// Every replica records the content digest of its shard as of this entry (answered
-    /// [`CommandResult::Digest`]).
+    /// [`CommandResult::Recorded`]).
     Record,
     /// Every replica compares the digest it recorded at entry `index` with `digest`; one that differs
     /// fences itself.
@@ -142,10 +142,12 @@ pub enum CommandResult {
     Applied,
     /// A condition did not hold; nothing was written.
     ConditionFailed,
-    /// A [`Check::Record`]: this replica's digest at the entry.
-    Digest(String),
+    /// A [`Check::Record`]: this replica is hashing its shard as of the entry, in the background
+    /// ([`ShardStateMachine::recorded_digest`] has the digest once done).
+    Recorded,
     /// A [`Check::Compare`]: whether this replica's digest matched (`None`: it had none recorded there,
-    /// having restarted or installed a snapshot since).
+    /// having restarted or installed a snapshot since, or it is still hashing: then it compares, and
+    /// fences itself on a difference, once done).
     Compared(Option<bool>),
     /// It was malformed or broke a limit (an unowned bucket, an oversized key or value); nothing was
     /// written. Proposers check commands first, so this is a proposer's bug, reported rather than fatal.

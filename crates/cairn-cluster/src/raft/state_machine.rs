@@ -311,9 +311,13 @@ impl ShardStateMachine {
     /// The last applied index and the content digest of the shard as of it (equal on replicas that
     /// applied the same entries, and to the digest of a snapshot taken there).
     pub fn digest(&self) -> Result<(Option<u64>, String), io::Error> {
-        let inner = self.inner.lock();
-        let applied = inner.applier.applied().map_err(io_err)?;
-        let digest = inner.db.view().content_digest().map_err(io_err)?;
+        // The position and a read view at it under the lock; the hash, which reads the whole shard,
+        // after it is released (applies wait for the lock).
+        let (applied, view) = {
+            let inner = self.inner.lock();
+            (inner.applier.applied().map_err(io_err)?, inner.db.view())
+        };
+        let digest = view.content_digest().map_err(io_err)?;
         Ok((applied.0.map(|id| id.index), digest.to_hex()))
     }
 
@@ -326,12 +330,15 @@ impl ShardStateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         theirs: &ShardSnapshotRef,
     ) -> Result<Verification, io::Error> {
-        let inner = self.inner.lock();
-        let applied = inner.applier.applied().map_err(io_err)?;
-        if applied.0 != meta.last_log_id {
-            return Ok(Verification::NotAtPosition { applied: applied.0.map(|id| id.index) });
-        }
-        let ours = inner.db.view().content_digest().map_err(io_err)?.to_hex();
+        let view = {
+            let inner = self.inner.lock();
+            let applied = inner.applier.applied().map_err(io_err)?;
+            if applied.0 != meta.last_log_id {
+                return Ok(Verification::NotAtPosition { applied: applied.0.map(|id| id.index) });
+            }
+            inner.db.view()
+        };
+        let ours = view.content_digest().map_err(io_err)?.to_hex();
         Ok(if ours == theirs.digest {
             Verification::Match
         } else {

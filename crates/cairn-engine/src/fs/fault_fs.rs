@@ -74,6 +74,8 @@ pub struct FaultController {
     // Held (shared) by every call from its check until the wrapped file system has done it, and
     // (exclusive) by `fail_all`: once that returns, no call that passed its check is still under way.
     gate: Arc<RwLock<()>>,
+    // Kinds whose calls wait (before their check) until released: `hold`/`release`.
+    held: Arc<(Mutex<[bool; FaultKind::COUNT]>, parking_lot::Condvar)>,
 }
 
 impl FaultController {
@@ -98,6 +100,18 @@ impl FaultController {
         }
     }
 
+    /// Calls of `kind` wait from now on until [`FaultController::release`]: a slow or stuck device, to
+    /// show what does or does not wait for it.
+    pub fn hold(&self, kind: FaultKind) {
+        self.held.0.lock()[kind.index()] = true;
+    }
+
+    /// Lets the held calls of `kind` go on, and later ones through.
+    pub fn release(&self, kind: FaultKind) {
+        self.held.0.lock()[kind.index()] = false;
+        self.held.1.notify_all();
+    }
+
     /// Removes every rule; counters keep counting.
     pub fn clear(&self) {
         for kind in self.kinds.lock().iter_mut() {
@@ -113,6 +127,12 @@ impl FaultController {
     /// Counts a call of `kind` on `path` and fails it if a rule says so; the call holds the returned
     /// guard while it runs.
     fn check(&self, kind: FaultKind, path: &Path) -> Result<RwLockReadGuard<'_, ()>> {
+        {
+            let mut held = self.held.0.lock();
+            while held[kind.index()] {
+                self.held.1.wait(&mut held);
+            }
+        }
         let admitted = self.gate.read_recursive();
         let mut kinds = self.kinds.lock();
         let state = &mut kinds[kind.index()];

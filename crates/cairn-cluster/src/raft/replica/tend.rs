@@ -37,7 +37,7 @@ impl Replica {
     pub async fn check_consistency(&self, timeout: Duration) -> Result<CheckOutcome, GroupError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let recorded = self.write(Command::check(Check::Record), timeout).await?;
-        if !matches!(recorded.result, CommandResult::Digest(_)) {
+        if recorded.result != CommandResult::Recorded {
             return Err(GroupError::OutcomeUnknown(format!("check record answered {:?}", recorded.result)));
         }
         let digest = self.majority_digest(recorded.index, deadline).await?;

@@ -24,8 +24,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 /// Per-entry bookkeeping bytes counted on top of key and value (B-tree slot with the inline key head, node
 /// slack, allocator slack).
 const ENTRY_OVERHEAD_BYTES: usize = 96;
-/// Entries copied out of the tree per refill of an iterator's buffer.
+/// Most entries copied out of the tree per refill of an iterator's buffer.
 const ITER_CHUNK: usize = 64;
+/// Entries copied by the first refill after a seek; each later refill copies twice as many (up to
+/// [`ITER_CHUNK`]), so a seek that reads a row or two (a scan visiting many buckets) copies little.
+const FIRST_CHUNK: usize = 4;
 /// Bytes of the user key kept inline in each entry, so that most comparisons during a search read
 /// only the node itself and never chase the pointer to the key's bytes.
 const HEAD_BYTES: usize = 24;
@@ -195,7 +198,14 @@ impl Memtable {
 
     /// An iterator over all entries.
     pub fn iter(self: &Arc<Self>) -> MemtableIter {
-        MemtableIter { mem: Arc::clone(self), arena: Vec::new(), spans: Vec::new(), pos: 0, exhausted: true }
+        MemtableIter {
+            mem: Arc::clone(self),
+            arena: Vec::new(),
+            spans: Vec::new(),
+            pos: 0,
+            exhausted: true,
+            chunk: FIRST_CHUNK,
+        }
     }
 }
 
@@ -218,6 +228,8 @@ pub struct MemtableIter {
     pos: usize,
     // True once the tree has no entries past the end of `spans`.
     exhausted: bool,
+    // Entries the next refill copies.
+    chunk: usize,
 }
 
 impl MemtableIter {
@@ -227,7 +239,7 @@ impl MemtableIter {
         self.pos = 0;
         let map = self.mem.map.read();
         for k in map.set.range((bound, Bound::Unbounded)) {
-            if self.spans.len() == ITER_CHUNK {
+            if self.spans.len() == self.chunk {
                 self.exhausted = false;
                 return;
             }
@@ -240,6 +252,12 @@ impl MemtableIter {
         }
         self.exhausted = true;
     }
+
+    /// Refills from `bound` after a seek: a small chunk first.
+    fn seek_from(&mut self, bound: Bound<&MemKey>) {
+        self.chunk = FIRST_CHUNK;
+        self.fill_from(bound);
+    }
 }
 
 impl InternalIterator for MemtableIter {
@@ -248,13 +266,13 @@ impl InternalIterator for MemtableIter {
     }
 
     fn seek_to_first(&mut self) -> Result<()> {
-        self.fill_from(Bound::Unbounded);
+        self.seek_from(Bound::Unbounded);
         Ok(())
     }
 
     fn seek(&mut self, target: &[u8]) -> Result<()> {
         let key = MemKey::from_internal(target);
-        self.fill_from(Bound::Included(&key));
+        self.seek_from(Bound::Included(&key));
         Ok(())
     }
 
@@ -265,6 +283,7 @@ impl InternalIterator for MemtableIter {
             && let Some(last) = self.spans.last()
         {
             let key = MemKey::from_internal(&self.arena[last.start..last.key_end]);
+            self.chunk = (self.chunk * 2).min(ITER_CHUNK);
             self.fill_from(Bound::Excluded(&key));
         }
         Ok(())

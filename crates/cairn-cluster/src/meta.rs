@@ -383,9 +383,10 @@ impl ClusterState {
     }
 
     /// The state as stored.
-    pub fn encode(&self) -> Vec<u8> {
-        // Serialising plain data with string keys cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        // Plain data with string keys: a failure would be a bug, reported, never an empty state stored.
+        serde_json::to_vec(self)
+            .map_err(|e| MetaError::Corrupt(format!("cannot encode the cluster state: {e}")))
     }
 
     /// Decodes and validates a stored state.
@@ -487,7 +488,7 @@ impl MetaStore {
     /// Proposes `next` on the condition that the row holds `expected`.
     async fn swap(&self, expected: Option<Vec<u8>>, next: &ClusterState) -> Result<Swap> {
         let mut batch = cairn_engine::WriteBatch::new();
-        batch.put(META_BUCKET, STATE_KEY, STATE_COLUMN, &next.encode());
+        batch.put(META_BUCKET, STATE_KEY, STATE_COLUMN, &next.encode()?);
         let condition = Condition::ColumnIs {
             bucket: META_BUCKET,
             key: STATE_KEY.to_vec(),

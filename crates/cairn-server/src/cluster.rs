@@ -89,14 +89,12 @@ struct Identity {
     bootstrap: Option<ClusterState>,
 }
 
-/// A fresh random-looking id: 128 bits of hashed time, process, counter and `salt`, in hex.
-fn fresh_id(salt: &str) -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let seed = format!("{nanos}/{}/{count}/{salt}", std::process::id());
-    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(seed.as_bytes()))
+/// A fresh id: 128 bits from the operating system's random source, in hex.
+fn fresh_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| NodeError::Startup(format!("cannot read the operating system's random source: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Each shard's replicas whose replication stream is stalled, as its leader reports them (asking every
@@ -158,7 +156,7 @@ impl Membership {
     ) -> Result<Arc<Membership>> {
         let store = node.store.clone();
         let (identity, log) = {
-            let (store, salt) = (store.clone(), format!("{grpc_addr}/{}", store.display()));
+            let store = store.clone();
             tokio::task::spawn_blocking(move || -> Result<_> {
                 std::fs::create_dir_all(&store).map_err(|e| {
                     NodeError::Startup(format!("cannot create store {}: {e}", store.display()))
@@ -173,7 +171,7 @@ impl Membership {
                 let identity = match read_json::<Identity>(&path)? {
                     Some(identity) => identity,
                     None => {
-                        let identity = Identity { token: fresh_id(&salt), ..Identity::default() };
+                        let identity = Identity { token: fresh_id()?, ..Identity::default() };
                         write_json(&path, &identity)?;
                         identity
                     }
@@ -343,7 +341,10 @@ impl Membership {
         if let Some(cluster) = &identity.cluster_id {
             return Err(Status::already_exists(format!("this node already belongs to cluster {cluster}")));
         }
-        let cluster_id = self.config.cluster_id.clone().unwrap_or_else(|| fresh_id(&identity.token));
+        let cluster_id = match self.config.cluster_id.clone() {
+            Some(id) => id,
+            None => fresh_id().map_err(crate::grpc::status_of)?,
+        };
         let state = ClusterState::new(&cluster_id, settings).map_err(crate::grpc::meta_status)?;
         let request = JoinRequest {
             cluster_id: cluster_id.clone(),
@@ -878,7 +879,11 @@ impl pb::cluster_server::Cluster for ClusterService {
         let node_id = *self.membership.member.borrow();
         let (meta_leader, liveness) = self.membership.liveness(state.as_ref(), r.forwarded).await;
         Ok(Response::new(pb::StateReply {
-            state_json: state.map(|s| s.encode()).unwrap_or_default(),
+            state_json: state
+                .map(|s| s.encode())
+                .transpose()
+                .map_err(crate::grpc::meta_status)?
+                .unwrap_or_default(),
             node_id: node_id.unwrap_or(0),
             meta_leader,
             liveness,

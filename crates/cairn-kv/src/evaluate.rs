@@ -68,13 +68,14 @@ impl Write {
     }
 
     /// The key whose version row shows whether the write was applied, and that row's column 0 when it
-    /// was (see [`crate::mvcc`]).
+    /// was (see [`crate::mvcc`]): a batch's last operation (a key written twice in a batch keeps its
+    /// last value).
     pub fn witness(&self) -> Option<(&[u8], Vec<u8>)> {
         match self {
             Write::Put { key, value, .. } => Some((key, mvcc::encode_value(Some(value)))),
             Write::Delete { key } => Some((key, mvcc::encode_value(None))),
             Write::Batch { ops } => {
-                ops.first().map(|(key, value)| (key.as_slice(), mvcc::encode_value(value.as_deref())))
+                ops.last().map(|(key, value)| (key.as_slice(), mvcc::encode_value(value.as_deref())))
             }
         }
     }

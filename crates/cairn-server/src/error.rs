@@ -26,6 +26,10 @@ pub enum NodeError {
     /// Overload or shutdown: retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// A write that may or may not have been applied (its leader changed or a forwarded call failed
+    /// after it was sent, and nothing confirmed it in time): read before retrying.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// A request another node forwarded here by a stale shard map, or to a node without the shard:
     /// the sender refreshes its map and routes again.
     #[error("{0}")]
@@ -53,7 +57,7 @@ impl NodeError {
             NodeError::Precondition(_) => 412,
             NodeError::Timeout(_) => 408,
             NodeError::TooLarge(_) => 413,
-            NodeError::Unavailable(_) | NodeError::Misrouted(_) => 503,
+            NodeError::Unavailable(_) | NodeError::Misrouted(_) | NodeError::OutcomeUnknown(_) => 503,
             NodeError::Engine(cairn_engine::Error::InvalidArgument(_)) => 400,
             NodeError::Engine(cairn_engine::Error::Poisoned(_) | cairn_engine::Error::Closed) => 503,
             NodeError::Startup(_) | NodeError::Internal(_) | NodeError::Engine(_) => 500,
@@ -62,8 +66,10 @@ impl NodeError {
 
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
-        if let NodeError::OutOfRange(_) = self {
-            return "out_of_range";
+        match self {
+            NodeError::OutOfRange(_) => return "out_of_range",
+            NodeError::OutcomeUnknown(_) => return "outcome_unknown",
+            _ => {}
         }
         match self.http_status() {
             400 => "invalid_argument",
@@ -92,5 +98,21 @@ impl From<cairn_kv::KvError> for NodeError {
             KvError::Malformed(m) => NodeError::Internal(m),
             KvError::Engine(e) => NodeError::Engine(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // "Retry" and "the outcome is unknown" were one kind, told apart only by the message.
+    #[test]
+    fn retry_and_outcome_unknown_are_distinct_kinds() {
+        let retry = NodeError::Unavailable("no leader accepted the write in time: retry".into());
+        let unknown = NodeError::OutcomeUnknown("the write's outcome is unknown".into());
+        assert_eq!((retry.http_status(), retry.code()), (503, "unavailable"));
+        assert_eq!((unknown.http_status(), unknown.code()), (503, "outcome_unknown"));
+        assert_eq!(crate::grpc::status_of(retry).code(), tonic::Code::Unavailable);
+        assert_eq!(crate::grpc::status_of(unknown).code(), tonic::Code::Unknown);
     }
 }

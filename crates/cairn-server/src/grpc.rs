@@ -26,6 +26,9 @@ pub fn status_of(e: NodeError) -> Status {
     match e {
         NodeError::Misrouted(_) => return Status::aborted(message),
         NodeError::OutOfRange(_) => return Status::out_of_range(message),
+        // Not UNAVAILABLE: clients retry that freely, and a write whose outcome is unknown is not
+        // safe to send again blindly.
+        NodeError::OutcomeUnknown(_) => return Status::unknown(message),
         _ => {}
     }
     match e.http_status() {

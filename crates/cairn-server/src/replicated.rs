@@ -200,6 +200,9 @@ pub(crate) fn group_error(e: GroupError) -> NodeError {
     match e {
         GroupError::Fenced(why) => NodeError::Unavailable(format!("this replica is fenced: {why}")),
         GroupError::InvalidConfig(why) | GroupError::Membership(why) => NodeError::Internal(why),
+        GroupError::OutcomeUnknown(why) => {
+            NodeError::OutcomeUnknown(format!("the outcome is unknown: {why}"))
+        }
         e @ GroupError::BeyondCommitted { .. } => {
             NodeError::InvalidArgument(format!("bad token: {e} (tokens come from this cluster's writes)"))
         }
@@ -373,6 +376,13 @@ impl Proposer<'_> {
             let ts = self.pending.begin();
             stamps.push(ts);
             let (command, at) = match self.evaluate(op, ts) {
+                Ok(Proposal::Rows(_, at)) if at > ts => {
+                    // Written above a newer version: evaluated again at a timestamp of this node's own
+                    // clock past it, never at the pushed one, which another write evaluated against the
+                    // same version would share (and the witness below could not tell them apart).
+                    let _ = self.pending.clock().observe(at);
+                    continue;
+                }
                 Ok(Proposal::Rows(command, at)) => (command, at),
                 Ok(Proposal::Nothing) | Err(KvError::ConditionFailed(_)) if current.is_none() => {
                     current = Some(self.catch_up(None, deadline).await?);
@@ -399,10 +409,6 @@ impl Proposer<'_> {
             };
             match self.propose(command, deadline).await? {
                 Written { index, result: CommandResult::Applied } => {
-                    if at > ts {
-                        // Written above a newer version: later writes go above it.
-                        let _ = self.pending.clock().observe(at);
-                    }
                     return Ok(Committed { timestamp: Some(at), index });
                 }
                 Written { index, result: CommandResult::ConditionFailed } => {
@@ -456,13 +462,13 @@ impl Proposer<'_> {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
         }
-        Err(NodeError::Unavailable(match unknown {
-            Some(why) => format!(
+        Err(match unknown {
+            Some(why) => NodeError::OutcomeUnknown(format!(
                 "the write's outcome is unknown ({why}) and no leader confirmed it in time: read the key \
                  before retrying"
-            ),
-            None => "no leader accepted the write in time: retry".into(),
-        }))
+            )),
+            None => NodeError::Unavailable("no leader accepted the write in time: retry".into()),
+        })
     }
 }
 

@@ -87,6 +87,7 @@ fn remote(status: &tonic::Status, addr: &str) -> NodeError {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             NodeError::Unavailable(message)
         }
+        tonic::Code::Unknown => NodeError::OutcomeUnknown(message),
         _ => NodeError::Internal(message),
     }
 }
@@ -267,7 +268,7 @@ impl Router {
                             last = e
                         }
                         (NodeError::Unavailable(why), Retry::Writes) => {
-                            return Err(NodeError::Unavailable(format!(
+                            return Err(NodeError::OutcomeUnknown(format!(
                                 "forwarding the write to node {node} failed, its outcome is unknown: {why}"
                             )));
                         }

@@ -292,6 +292,7 @@ impl Sim {
         template.snapshot_volume = Some(format!("memory://sim{}-{}-n{id}", self.run, self.config.seed));
         let sm = ShardStateMachine::open("/shard".into(), template, vec![0..=(BUCKETS - 1) as u16], 0)
             .map_err(|e| format!("node {id} shard: {e}"))?;
+        sm.hash_checks_inline();
         if self.retire_on_start.remove(&id) {
             retire_stored(&log, &sm, GROUP).map_err(|e| format!("node {id} retire: {e}"))?;
             let mut net = self.net.lock();

@@ -263,6 +263,12 @@ impl ShardStateMachine {
         Arc::clone(&self.db.read())
     }
 
+    /// Makes consistency checks hash inside apply rather than in the background (for a deterministic
+    /// simulation, whose outcome must not depend on when another thread finishes).
+    pub fn hash_checks_inline(&self) {
+        self.checks.hash_inline();
+    }
+
     /// What consistency checks found since this replica last opened or installed a snapshot.
     pub fn check_status(&self) -> super::CheckStatus {
         self.checks.status()

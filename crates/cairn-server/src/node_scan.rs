@@ -24,6 +24,9 @@ pub struct Scanned {
     pub resume: Option<Vec<u8>>,
 }
 
+/// Most shards on other nodes one scan asks at once.
+const MAX_REMOTE_PARTS_AT_ONCE: usize = 8;
+
 /// Key and value bytes of a row (what the byte budget counts).
 fn row_bytes(key: &[u8], v: &Versioned) -> usize {
     key.len() + v.value.len()
@@ -143,8 +146,14 @@ impl Node {
         }
         let mut parts = Vec::with_capacity(remote.len() + 1);
         if let Some(router) = &self.router {
-            for first_bucket in remote {
-                let part = router.scan(first_bucket, &start, end.as_deref(), limit, &options).await?;
+            // The other nodes' shards at once, a few at a time (each part is bounded by the byte budget).
+            use futures_util::stream::{self, StreamExt, TryStreamExt};
+            let asks = remote
+                .into_iter()
+                .map(|first_bucket| router.scan(first_bucket, &start, end.as_deref(), limit, &options));
+            let answers: Vec<_> =
+                stream::iter(asks).buffer_unordered(MAX_REMOTE_PARTS_AT_ONCE).try_collect().await?;
+            for part in answers {
                 behind = behind.max(part.behind);
                 parts.push(part.value);
             }

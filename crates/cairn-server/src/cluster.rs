@@ -99,17 +99,21 @@ fn fresh_id() -> Result<String> {
 
 /// Each shard's replicas whose replication stream is stalled, as its leader reports them (asking every
 /// node that is up for its status, at once, each within [`LIVENESS_CALL_TIMEOUT`]).
-async fn stalled_streams(state: &ClusterState, down: &BTreeSet<u64>) -> BTreeMap<u32, Vec<u64>> {
+async fn stalled_streams(
+    state: &ClusterState,
+    down: &BTreeSet<u64>,
+    channels: &crate::channels::Channels,
+) -> BTreeMap<u32, Vec<u64>> {
     use cairn_proto::kv::{StatusRequest, kv_client::KvClient};
     let mut asks = tokio::task::JoinSet::new();
     for id in state.active_nodes().into_iter().filter(|id| !down.contains(id)) {
-        let Some(addr) = state.nodes.get(&id).map(|n| n.grpc_addr.clone()) else { continue };
+        let Some(channel) = state.nodes.get(&id).and_then(|n| channels.get(&n.grpc_addr).ok()) else {
+            continue;
+        };
         asks.spawn(async move {
             let ask = async {
-                let mut client = KvClient::connect(format!("http://{addr}"))
-                    .await
-                    .ok()?
-                    .max_decoding_message_size(cairn_proto::MAX_MAX_MESSAGE_BYTES);
+                let mut client =
+                    KvClient::new(channel).max_decoding_message_size(cairn_proto::MAX_MAX_MESSAGE_BYTES);
                 client.status(StatusRequest {}).await.ok().map(|r| r.into_inner())
             };
             tokio::time::timeout(LIVENESS_CALL_TIMEOUT, ask).await.ok().flatten()
@@ -142,6 +146,8 @@ pub(crate) struct Membership {
     meta: OnceLock<MetaStore>,
     /// This node's id once it has one.
     member: tokio::sync::watch::Sender<Option<u64>>,
+    /// Channels to the other members, for liveness and status calls.
+    channels: crate::channels::Channels,
 }
 
 impl Membership {
@@ -215,6 +221,7 @@ impl Membership {
             identity: tokio::sync::Mutex::new(identity),
             meta: OnceLock::new(),
             member: tokio::sync::watch::Sender::new(None),
+            channels: crate::channels::Channels::new(LIVENESS_CALL_TIMEOUT),
         });
         if let Some(id) = node_id {
             membership.start_meta(id).await?;
@@ -702,15 +709,15 @@ impl Membership {
             });
             return (leader, nodes.collect());
         }
-        let Some(addr) = state.nodes.get(&leader).map(|n| n.grpc_addr.clone()) else {
+        let Some(channel) = state.nodes.get(&leader).and_then(|n| self.channels.get(&n.grpc_addr).ok())
+        else {
             return (leader, Vec::new());
         };
         if forwarded {
             return (leader, Vec::new());
         }
         let ask = async {
-            let mut client =
-                pb::cluster_client::ClusterClient::connect(format!("http://{addr}")).await.ok()?;
+            let mut client = pb::cluster_client::ClusterClient::new(channel);
             let request = pb::StateRequest { linearizable: false, forwarded: true };
             client.state(request).await.ok().map(|r| r.into_inner().liveness)
         };
@@ -749,7 +756,7 @@ impl Membership {
                 moving.push(s.id);
             }
         }
-        let stalled = stalled_streams(&state, &down).await;
+        let stalled = stalled_streams(&state, &down, &self.channels).await;
         let (status, reason) = if meta_leader == 0 {
             ("unavailable", "no meta group leader is known".to_string())
         } else if state.map.is_none() {

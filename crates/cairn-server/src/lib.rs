@@ -6,6 +6,7 @@
 //! is local (a standalone node) or this node's replica of the shard's Raft group
 //! ([`replicated`]). The APIs do not change between the two.
 
+mod channels;
 pub mod cluster;
 pub mod error;
 pub mod events;

@@ -21,7 +21,7 @@ use cairn_cluster::meta::{ClusterState, MetaStore};
 use cairn_cluster::placement::{NodeId, ShardMap, ShardPlacement};
 use cairn_cluster::raft::ReadLevel;
 use cairn_proto::kv;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -60,7 +60,7 @@ pub(crate) struct Router {
     node_id: NodeId,
     meta: MetaStore,
     view: parking_lot::RwLock<Arc<View>>,
-    channels: parking_lot::Mutex<HashMap<String, Channel>>,
+    channels: crate::channels::Channels,
     /// The cluster's message limit, both ways.
     max_message_bytes: usize,
 }
@@ -140,7 +140,7 @@ impl Router {
             node_id,
             meta,
             view: parking_lot::RwLock::new(Arc::new(view)),
-            channels: parking_lot::Mutex::new(HashMap::new()),
+            channels: crate::channels::Channels::new(FORWARD_TIMEOUT),
             max_message_bytes,
         })
     }
@@ -196,18 +196,7 @@ impl Router {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel> {
-        let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
-        }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| NodeError::Internal(format!("bad node address {addr:?}: {e}")))?
-            .timeout(FORWARD_TIMEOUT)
-            .connect_timeout(FORWARD_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        self.channels.get(addr)
     }
 
     /// Sends `call` for the shard owning `bucket` to a node holding a replica, re-routing (bounded) when

@@ -77,4 +77,4 @@ pub use snapshot::{
 };
 pub use sst::Compression;
 pub use view::View;
-pub use volume::{ResolvedVolume, Volume, VolumeRole, resolve as resolve_volume};
+pub use volume::{ResolvedVolume, Volume, VolumeRole, forget_memory_volumes, resolve as resolve_volume};

@@ -67,6 +67,16 @@ fn memory_volumes() -> &'static Mutex<HashMap<String, MemFs>> {
     VOLUMES.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Forgets every `memory://` volume whose name starts with `prefix` (a test or simulation run that is
+/// done with its volumes): the next `resolve` of such a name gets a new, empty volume, and the old
+/// one's memory is freed once no handle to it is left. Returns how many were forgotten.
+pub fn forget_memory_volumes(prefix: &str) -> usize {
+    let mut volumes = memory_volumes().lock();
+    let before = volumes.len();
+    volumes.retain(|name, _| !name.starts_with(prefix));
+    before - volumes.len()
+}
+
 /// Resolves `url`; `file://` volumes use `fs`.
 pub fn resolve(url: &str, fs: &Arc<dyn FileSystem>) -> Result<ResolvedVolume> {
     let bad = |why: &str| Error::InvalidArgument(format!("volume URL {url:?}: {why}"));
@@ -257,6 +267,12 @@ mod tests {
         write_atomic(a.fs.as_ref(), &a.root.join("f"), b"hello").unwrap();
         let b = resolve("memory://shared-by-name", &fs).unwrap();
         assert_eq!(b.fs.read_all(&b.root.join("f")).unwrap(), b"hello");
+        // Forgotten (by prefix), the name names a new, empty volume.
+        let _other = resolve("memory://shared-by-nam", &fs).unwrap();
+        assert_eq!(forget_memory_volumes("shared-by-name"), 1);
+        let c = resolve("memory://shared-by-name", &fs).unwrap();
+        assert!(c.fs.read_all(&c.root.join("f")).is_err());
+        assert_eq!(forget_memory_volumes("shared-by-nam"), 2);
     }
 
     #[test]

@@ -224,6 +224,13 @@ struct Sim {
     retire_on_start: BTreeSet<u64>,
 }
 
+impl Drop for Sim {
+    // Each run's snapshot volumes live in the process-wide memory:// registry: freed with the run.
+    fn drop(&mut self) {
+        cairn_engine::forget_memory_volumes(&format!("sim{}-{}-", self.run, self.config.seed));
+    }
+}
+
 impl Sim {
     fn new(config: SimConfig) -> Sim {
         let net = Net {

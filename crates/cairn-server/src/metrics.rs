@@ -3,43 +3,86 @@
 use crate::node::Node;
 use cairn_cluster::raft::GroupStatus;
 use cairn_engine::MetricsSnapshot;
-use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use parking_lot::RwLock;
+use std::collections::HashMap;
 use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// Counts and latencies of one route and method, updated without locks.
+struct RouteStats {
+    // By status code (100..=599).
+    statuses: Box<[AtomicU64]>,
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    nanos: AtomicU64,
 }
 
-/// Counters and latency histograms per route and method.
+/// Lowest HTTP status code counted; codes outside `FIRST_STATUS..FIRST_STATUS + STATUSES` count as 599.
+const FIRST_STATUS: u16 = 100;
+const STATUSES: usize = 500;
+
+impl RouteStats {
+    fn new() -> RouteStats {
+        RouteStats {
+            statuses: (0..STATUSES).map(|_| AtomicU64::new(0)).collect(),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Counters and latency histograms per route and method. Recording a request takes a shared read
+/// lock and a few atomic adds (a route and method seen for the first time also an exclusive lock and
+/// an allocation); rendering reads the same counters.
 #[derive(Default)]
 pub struct HttpMetrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    // Route → method → stats. Routes are the router's matched paths and methods a handful: bounded.
+    routes: RwLock<HashMap<String, HashMap<String, Arc<RouteStats>>>>,
 }
 
 impl HttpMetrics {
+    fn stats(&self, route: &str, method: &str) -> Arc<RouteStats> {
+        if let Some(stats) = self.routes.read().get(route).and_then(|m| m.get(method)) {
+            return Arc::clone(stats);
+        }
+        let mut routes = self.routes.write();
+        let methods = routes.entry(route.to_string()).or_default();
+        Arc::clone(methods.entry(method.to_string()).or_insert_with(|| Arc::new(RouteStats::new())))
+    }
+
     /// Records one request.
     pub fn record(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        *self.requests.lock().entry((route.to_string(), method.to_string(), status)).or_insert(0) += 1;
+        let stats = self.stats(route, method);
+        let slot = usize::from(status.saturating_sub(FIRST_STATUS)).min(STATUSES - 1);
+        stats.statuses[slot].fetch_add(1, Ordering::Relaxed);
         let secs = elapsed.as_secs_f64();
-        let mut latency = self.latency.lock();
-        let h = latency.entry((route.to_string(), method.to_string())).or_default();
         for (i, bound) in BUCKETS.iter().enumerate() {
             if secs <= *bound {
-                h.counts[i] += 1;
+                stats.buckets[i].fetch_add(1, Ordering::Relaxed);
             }
         }
-        h.count += 1;
-        h.sum += secs;
+        stats.count.fetch_add(1, Ordering::Relaxed);
+        stats.nanos.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Every route and method recorded, in order, with its stats.
+    fn sorted(&self) -> Vec<(String, String, Arc<RouteStats>)> {
+        let routes = self.routes.read();
+        let mut out: Vec<_> = routes
+            .iter()
+            .flat_map(|(route, methods)| {
+                methods.iter().map(move |(method, stats)| (route.clone(), method.clone(), Arc::clone(stats)))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
     }
 }
 
@@ -52,28 +95,37 @@ pub fn render(http: &HttpMetrics, node: &Node) -> String {
     let mut out = String::new();
     out.push_str("# HELP cairn_http_requests_total HTTP requests by route, method and status.\n");
     out.push_str("# TYPE cairn_http_requests_total counter\n");
-    for ((route, method, status), n) in http.requests.lock().iter() {
-        let _ = writeln!(
-            out,
-            "cairn_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
-            escape(route)
-        );
+    let routes = http.sorted();
+    for (route, method, stats) in &routes {
+        for (slot, n) in stats.statuses.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let status = usize::from(FIRST_STATUS) + slot;
+            let _ = writeln!(
+                out,
+                "cairn_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
+                escape(route)
+            );
+        }
     }
     out.push_str("# HELP cairn_http_request_duration_seconds HTTP request latency by route and method.\n");
     out.push_str("# TYPE cairn_http_request_duration_seconds histogram\n");
-    for ((route, method), h) in http.latency.lock().iter() {
+    for (route, method, stats) in &routes {
         let labels = format!("route=\"{}\",method=\"{method}\"", escape(route));
         for (i, bound) in BUCKETS.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "cairn_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
-                h.counts[i]
+                stats.buckets[i].load(Ordering::Relaxed)
             );
         }
-        let _ =
-            writeln!(out, "cairn_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "cairn_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
-        let _ = writeln!(out, "cairn_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+        let count = stats.count.load(Ordering::Relaxed);
+        let sum = stats.nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "cairn_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "cairn_http_request_duration_seconds_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "cairn_http_request_duration_seconds_count{{{labels}}} {count}");
     }
     let shards = node.engine_metrics();
     let gauge =
@@ -196,5 +248,30 @@ fn render_replication(out: &mut String, node: &Node) {
                 "cairn_raft_replication_stalled{{shard=\"{s}\",member=\"{member}\"}} {stalled}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_per_route_method_and_status() {
+        let m = HttpMetrics::default();
+        m.record("/kv/rest/range", "GET", 200, Duration::from_millis(2));
+        m.record("/kv/rest/range", "GET", 200, Duration::from_secs(20));
+        m.record("/kv/rest/range", "GET", 503, Duration::from_millis(2));
+        m.record("/health", "GET", 999, Duration::ZERO);
+        let routes = m.sorted();
+        let names: Vec<_> = routes.iter().map(|(r, method, _)| (r.as_str(), method.as_str())).collect();
+        assert_eq!(names, [("/health", "GET"), ("/kv/rest/range", "GET")]);
+        let range = &routes[1].2;
+        let status = |code: usize| range.statuses[code - 100].load(Ordering::Relaxed);
+        assert_eq!((status(200), status(503)), (2, 1));
+        assert_eq!(range.count.load(Ordering::Relaxed), 3);
+        // 2 ms falls in the 2.5 ms bucket and above; 20 s in none.
+        assert_eq!(range.buckets[2].load(Ordering::Relaxed), 2);
+        assert_eq!(range.buckets[BUCKETS.len() - 1].load(Ordering::Relaxed), 2);
+        assert_eq!(routes[0].2.statuses[STATUSES - 1].load(Ordering::Relaxed), 1, "out of range: 599");
     }
 }

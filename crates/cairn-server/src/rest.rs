@@ -102,13 +102,12 @@ fn bad(msg: impl Into<String>) -> ApiError {
 /// Counts and times every request; refuses new ones when overloaded or shutting down.
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    // Handles that outlive the request without copying (a method clone and a shared path).
+    let method = request.method().clone();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let is_health = route == "/health";
-    let params_ok = Params::parse(request.uri().query(), allowed_params(&route, request.method()));
+    let params_ok = Params::parse(request.uri().query(), allowed_params(route, request.method()));
     let response = if let Err(e) = params_ok {
         ApiError::from(e).into_response()
     } else if state.shutting_down.load(Ordering::Acquire) && !is_health {
@@ -119,7 +118,7 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
             Err(_) => ApiError(NodeError::Unavailable("too many requests in flight".into())).into_response(),
         }
     };
-    state.http.record(&route, &method, response.status().as_u16(), started.elapsed());
+    state.http.record(route, method.as_str(), response.status().as_u16(), started.elapsed());
     response
 }
 

@@ -59,14 +59,6 @@ impl Write {
         }
     }
 
-    /// The keys written, in order.
-    pub fn keys(&self) -> Vec<&[u8]> {
-        match self {
-            Write::Put { key, .. } | Write::Delete { key } => vec![key],
-            Write::Batch { ops } => ops.iter().map(|(k, _)| k.as_slice()).collect(),
-        }
-    }
-
     /// The key whose version row shows whether the write was applied, and that row's column 0 when it
     /// was (see [`crate::mvcc`]): a batch's last operation (a key written twice in a batch keeps its
     /// last value).

@@ -49,18 +49,13 @@ impl DbReader<'_> {
         Ok(self.db.get(bucket, &mvcc::latest_key(key))?)
     }
 
-    /// `key`'s newest version, a tombstone included, and its timestamp; `None` if never written.
-    pub fn latest_version(&self, key: &[u8]) -> Result<Option<(Timestamp, Stored)>, KvError> {
-        let Some(row) = self.latest_row(key)? else { return Ok(None) };
-        let timestamp = mvcc::decode_timestamp(&row).ok_or_else(|| malformed("latest row"))?;
-        Ok(Some((timestamp, mvcc::decode_value(&row).ok_or_else(|| malformed("latest row"))?)))
-    }
-
     /// `key`'s newest live value; `None` if absent or deleted.
     pub fn newest(&self, key: &[u8]) -> Result<Option<Versioned>, KvError> {
-        Ok(match self.latest_version(key)? {
-            Some((timestamp, Stored::Value(value))) => Some(Versioned { value, timestamp }),
-            Some((_, Stored::Tombstone)) | None => None,
+        let Some(row) = self.latest_row(key)? else { return Ok(None) };
+        let timestamp = mvcc::decode_timestamp(&row).ok_or_else(|| malformed("latest row"))?;
+        Ok(match mvcc::decode_value(&row).ok_or_else(|| malformed("latest row"))? {
+            Stored::Value(value) => Some(Versioned { value, timestamp }),
+            Stored::Tombstone => None,
         })
     }
 

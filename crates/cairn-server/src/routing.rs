@@ -195,10 +195,6 @@ impl Router {
         )))
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel> {
-        self.channels.get(addr)
-    }
-
     /// Sends `call` for the shard owning `bucket` to a node holding a replica, re-routing (bounded) when
     /// refused.
     async fn forward<T, F, Fut>(&self, bucket: u16, retry: Retry, call: F) -> Result<T>
@@ -242,7 +238,7 @@ impl Router {
         let mut last = NodeError::Unavailable(format!("shard {} has no replica on another node", shard.id));
         for node in shard.replicas.iter().filter(|n| **n != self.node_id) {
             let Some(addr) = view.addrs.get(node) else { continue };
-            let client = kv::kv_client::KvClient::new(self.channel(addr)?)
+            let client = kv::kv_client::KvClient::new(self.channels.get(addr)?)
                 .max_decoding_message_size(self.max_message_bytes)
                 .max_encoding_message_size(self.max_message_bytes);
             match call(client, route).await {

@@ -48,30 +48,34 @@ pub struct ShardApplier {
 
 /// Where an applier keeps what consistency checks found; clones share it.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct CheckBoard(Arc<parking_lot::Mutex<Checks>>, Arc<std::sync::atomic::AtomicBool>);
+pub(crate) struct CheckBoard {
+    checks: Arc<parking_lot::Mutex<Checks>>,
+    // Hash inside apply instead of in the background (see `hash_inline`).
+    inline: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl CheckBoard {
     /// Hash at the check entry, inside apply, instead of in the background: a deterministic
     /// simulation must not depend on when another thread finishes.
     pub(crate) fn hash_inline(&self) {
-        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inline.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn status(&self) -> CheckStatus {
-        let c = self.0.lock();
+        let c = self.checks.lock();
         CheckStatus { verified: c.verified, fenced: c.fenced.clone(), divergences: c.divergences }
     }
 
     /// The digest recorded at check entry `index`, if this replica applied it, has finished computing
     /// it, and still keeps it.
     pub(crate) fn recorded(&self, index: u64) -> Option<String> {
-        self.0.lock().recorded.iter().find(|(i, _)| *i == index).and_then(|(_, d)| d.clone())
+        self.checks.lock().recorded.iter().find(|(i, _)| *i == index).and_then(|(_, d)| d.clone())
     }
 
     /// Records the digest computed for check entry `index` (unless the contents were replaced since),
     /// and makes the comparisons that waited for it.
     fn finish(&self, index: u64, digest: cairn_engine::Result<String>) {
-        let mut checks = self.0.lock();
+        let mut checks = self.checks.lock();
         let Some(slot) = checks.recorded.iter().position(|(i, d)| *i == index && d.is_none()) else {
             return;
         };
@@ -92,19 +96,26 @@ impl CheckBoard {
         }
     }
 
-    /// Keeps at most [`KEPT_CHECKS`] recorded digests (and the comparisons waiting on them).
-    fn trim(&self) {
-        let mut checks = self.0.lock();
+    /// Starts recording the digest of check entry `index`, keeping at most [`KEPT_CHECKS`] (and the
+    /// comparisons waiting on them); false if an earlier digest is still being computed (one hash at a
+    /// time per replica).
+    fn begin(&self, index: u64) -> bool {
+        let mut checks = self.checks.lock();
+        if checks.recorded.iter().any(|(_, d)| d.is_none()) {
+            return false;
+        }
+        checks.recorded.push_back((index, None));
         while checks.recorded.len() > KEPT_CHECKS {
             if let Some((dropped, _)) = checks.recorded.pop_front() {
                 checks.awaiting.retain(|(i, _)| *i != dropped);
             }
         }
+        true
     }
 
     /// Forgets everything (the contents were replaced).
     pub(crate) fn reset(&self) {
-        *self.0.lock() = Checks::default();
+        *self.checks.lock() = Checks::default();
     }
 }
 
@@ -252,38 +263,25 @@ impl ShardApplier {
         match check {
             Check::Record => {
                 let view = self.db.view();
-                if self.checks.1.load(std::sync::atomic::Ordering::Relaxed) {
-                    self.checks.0.lock().recorded.push_back((index, None));
+                if !self.checks.begin(index) {
+                    // This check gets no digest here (it fails for want of a majority if others are
+                    // busy too; the next one runs).
+                    tracing::warn!(index, "consistency check: still hashing an earlier check; skipped");
+                } else if self.checks.inline.load(std::sync::atomic::Ordering::Relaxed) {
                     self.checks.finish(index, view.content_digest().map(|d| d.to_hex()));
-                    self.checks.trim();
-                    return Ok(CommandResult::Recorded);
-                }
-                {
-                    let mut checks = self.checks.0.lock();
-                    if checks.recorded.iter().any(|(_, d)| d.is_none()) {
-                        // One hash at a time per replica: this check gets no digest here (it fails for
-                        // want of a majority if others are busy too; the next one runs).
-                        tracing::warn!(index, "consistency check: still hashing an earlier check; skipped");
-                        return Ok(CommandResult::Recorded);
+                } else {
+                    let board = self.checks.clone();
+                    let spawned = std::thread::Builder::new().name("cairn-digest".into()).spawn(move || {
+                        board.finish(index, view.content_digest().map(|d| d.to_hex()));
+                    });
+                    if let Err(e) = spawned {
+                        self.checks.finish(index, Err(cairn_engine::Error::io("<digest thread>", e)));
                     }
-                    if checks.recorded.len() == KEPT_CHECKS
-                        && let Some((dropped, _)) = checks.recorded.pop_front()
-                    {
-                        checks.awaiting.retain(|(i, _)| *i != dropped);
-                    }
-                    checks.recorded.push_back((index, None));
-                }
-                let board = self.checks.clone();
-                let spawned = std::thread::Builder::new().name("cairn-digest".into()).spawn(move || {
-                    board.finish(index, view.content_digest().map(|d| d.to_hex()));
-                });
-                if let Err(e) = spawned {
-                    self.checks.finish(index, Err(cairn_engine::Error::io("<digest thread>", e)));
                 }
                 Ok(CommandResult::Recorded)
             }
             Check::Compare { index: at, digest } => {
-                let mut checks = self.checks.0.lock();
+                let mut checks = self.checks.checks.lock();
                 let result = checks.compare(*at, digest);
                 if result.is_none() && checks.recorded.iter().any(|(i, d)| i == at && d.is_none()) {
                     // Still hashing: compared when the digest is ready.

@@ -1,0 +1,196 @@
+//! Writes to a node's store: puts (with their conditions), deletes and single-shard batches, checked
+//! against the node's limits, then handed to the shard's writer thread (standalone) or proposed
+//! through its Raft group ([`crate::replicated::Proposer`]).
+
+use super::{
+    Ack, Backend, Condition, Located, MAX_BATCH_OPS, MESSAGE_OVERHEAD_BYTES, Node, Shard, Token,
+    command_bytes,
+};
+use crate::error::{NodeError, Result};
+use crate::hlc::Timestamp;
+use crate::routing::Route;
+use crate::writer::{ShardWriter, WriteOutcome};
+use crate::{mvcc, replicated};
+use cairn_kv::Write as WriteOp;
+use std::sync::Arc;
+
+impl Node {
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        if value.len() > self.config.max_value_bytes {
+            return Err(NodeError::TooLarge(format!(
+                "value of {} bytes is over the limit of {} bytes",
+                value.len(),
+                self.config.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a condition naming a version further ahead than the maximum clock offset (no write
+    /// could have stamped it).
+    fn check_condition(&self, condition: Condition) -> Result<()> {
+        match condition {
+            Condition::IfTimestamp(want) => Ok(self.pending.clock().check(want)?),
+            Condition::None | Condition::IfAbsent => Ok(()),
+        }
+    }
+
+    pub(super) fn shard_of_key(&self, key: &[u8]) -> Result<Arc<Shard>> {
+        self.shard_of(mvcc::bucket_of(key, self.total_buckets))
+    }
+
+    fn local_writer(shard: &Shard) -> Result<&ShardWriter> {
+        match &shard.backend {
+            Backend::Local { writer, .. } => Ok(writer),
+            Backend::Replicated(_) => {
+                Err(NodeError::Internal("a replicated store takes writes through the async methods".into()))
+            }
+        }
+    }
+
+    /// Writes `op` to `shard`: through its writer, or proposed through its group.
+    async fn write(&self, shard: &Shard, op: WriteOp) -> Result<(Option<Timestamp>, Option<Token>)> {
+        match (&shard.backend, &self.config.replication) {
+            (Backend::Replicated(replica), Some(rc)) => {
+                let proposer = replicated::Proposer {
+                    replica,
+                    pending: &self.pending,
+                    total_buckets: self.total_buckets,
+                    timeout: rc.request_timeout,
+                    max_command_bytes: self.config.max_command_bytes(),
+                };
+                let committed = proposer.write(&op).await?;
+                let shard = shard.group as usize;
+                Ok((committed.timestamp, Some(Token { shard, index: committed.index })))
+            }
+            _ => Ok((Node::local_writer(shard)?.write(op).await?, None)),
+        }
+    }
+
+    /// Writes `value` as the newest version of `key`, if `condition` holds; returns its timestamp. Blocks
+    /// until the write is durable (as configured). Standalone stores only; async callers (and replicated
+    /// stores) use [`Node::put_async`].
+    pub fn put(&self, key: &[u8], value: &[u8], condition: Condition) -> Result<Timestamp> {
+        self.check_new_key(key)?;
+        self.check_value(value)?;
+        self.check_condition(condition)?;
+        let op = WriteOp::Put { key: key.to_vec(), value: value.to_vec(), condition };
+        let shard = self.shard_of_key(key)?;
+        written(Node::local_writer(&shard)?.write_blocking(op))
+    }
+
+    /// [`Node::put`] for async callers: waits without holding a thread.
+    /// `route` is set on a request another cluster node forwarded here.
+    pub async fn put_async(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        condition: Condition,
+        route: Option<Route>,
+    ) -> Result<Ack> {
+        self.check_new_key(&key)?;
+        self.check_value(&value)?;
+        self.check_condition(condition)?;
+        let bucket = mvcc::bucket_of(&key, self.total_buckets);
+        match self.locate(bucket, route).await? {
+            Located::Here(shard) => acked(self.write(&shard, WriteOp::Put { key, value, condition }).await?),
+            Located::There => self.router()?.put(bucket, key, value, condition).await,
+        }
+    }
+
+    /// Deletes `key` (writes a tombstone version); `None` if it had no live value. Standalone stores
+    /// only (see [`Node::put`]).
+    pub fn delete(&self, key: &[u8]) -> Result<Option<Timestamp>> {
+        self.check_key(key)?;
+        let shard = self.shard_of_key(key)?;
+        Node::local_writer(&shard)?.write_blocking(WriteOp::Delete { key: key.to_vec() })
+    }
+
+    /// [`Node::delete`] for async callers.
+    pub async fn delete_async(&self, key: Vec<u8>, route: Option<Route>) -> Result<Option<Ack>> {
+        self.check_key(&key)?;
+        let bucket = mvcc::bucket_of(&key, self.total_buckets);
+        let shard = match self.locate(bucket, route).await? {
+            Located::Here(shard) => shard,
+            Located::There => return self.router()?.delete(bucket, key).await,
+        };
+        match self.write(&shard, WriteOp::Delete { key }).await? {
+            (None, _) => Ok(None),
+            written => acked(written).map(Some),
+        }
+    }
+
+    /// Applies `ops` (key, `Some(value)` to put, `None` to delete) atomically at one timestamp. Every key
+    /// must belong to one shard (cross-shard atomicity comes with transactions). Standalone stores only
+    /// (see [`Node::put`]).
+    pub fn batch(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Timestamp> {
+        let shard = self.shard_of(self.check_batch(&ops)?)?;
+        written(Node::local_writer(&shard)?.write_blocking(WriteOp::Batch { ops }))
+    }
+
+    /// [`Node::batch`] for async callers.
+    pub async fn batch_async(
+        &self,
+        ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        route: Option<Route>,
+    ) -> Result<Ack> {
+        let bucket = self.check_batch(&ops)?;
+        match self.locate(bucket, route).await? {
+            Located::Here(shard) => acked(self.write(&shard, WriteOp::Batch { ops }).await?),
+            Located::There => self.router()?.batch(bucket, ops).await,
+        }
+    }
+
+    /// Checks a batch's size, keys and values, and that all its keys belong to one shard; returns the
+    /// first key's bucket.
+    fn check_batch(&self, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<u16> {
+        let Some((first, _)) = ops.first() else {
+            return Err(NodeError::InvalidArgument("the batch is empty".into()));
+        };
+        if ops.len() > MAX_BATCH_OPS {
+            return Err(NodeError::InvalidArgument(format!(
+                "a batch holds at most {MAX_BATCH_OPS} operations, not {}",
+                ops.len()
+            )));
+        }
+        let bucket = mvcc::bucket_of(first, self.total_buckets);
+        let shard = self.shard_id(bucket)?;
+        let mut bytes = 0usize;
+        for (key, value) in ops {
+            match value {
+                Some(v) => {
+                    self.check_new_key(key)?;
+                    self.check_value(v)?;
+                }
+                None => self.check_key(key)?,
+            }
+            bytes += command_bytes(key.len(), value.as_ref().map_or(0, Vec::len));
+            let other = self.shard_id(mvcc::bucket_of(key, self.total_buckets))?;
+            if other != shard {
+                return Err(NodeError::InvalidArgument(format!(
+                    "the batch's keys belong to shards {shard} and {other}: a batch must stay within one shard"
+                )));
+            }
+        }
+        if bytes > self.config.max_command_bytes() {
+            return Err(NodeError::TooLarge(format!(
+                "the batch takes up to {bytes} bytes as one Raft command, over the limit of {} bytes \
+                 (max_message_bytes less {MESSAGE_OVERHEAD_BYTES}): split it",
+                self.config.max_command_bytes()
+            )));
+        }
+        Ok(bucket)
+    }
+}
+
+/// The timestamp of a put or batch (which always write).
+fn written(outcome: WriteOutcome) -> Result<Timestamp> {
+    outcome?.ok_or_else(|| NodeError::Internal("a write reported nothing written".into()))
+}
+
+/// The acknowledgement of a put or batch (which always write).
+fn acked((timestamp, token): (Option<Timestamp>, Option<Token>)) -> Result<Ack> {
+    let timestamp =
+        timestamp.ok_or_else(|| NodeError::Internal("a write reported nothing written".into()))?;
+    Ok(Ack { timestamp, token })
+}

@@ -93,7 +93,7 @@ fn a_malformed_or_unowned_command_is_rejected_alone_and_the_position_moves_past_
     // This shard owns buckets 0..=7 only.
     let db = Arc::new(Db::open(c, vec![0..=7]).unwrap());
     let applier = ShardApplier::new(Arc::clone(&db), 0);
-    let malformed = Command { conditions: Vec::new(), batch: vec![1, 2, 3], check: None };
+    let malformed = Command::Conditional { conditions: Vec::new(), batch: vec![1, 2, 3] };
     let mut unowned = WriteBatch::new();
     unowned.put(1, b"mine", 0, b"v");
     unowned.put(9, b"not-mine", 0, b"v");
@@ -111,6 +111,40 @@ fn a_malformed_or_unowned_command_is_rejected_alone_and_the_position_moves_past_
     assert_eq!(results[3], CommandResult::Applied);
     assert!(present(&db, 1) && present(&db, 4));
     assert!(db.get(1, b"mine").unwrap().is_none(), "a rejected command writes nothing");
+    assert_eq!(applier.applied().unwrap().0.map(|id| id.index), Some(4));
+}
+
+#[test]
+fn a_command_evaluated_under_another_leadership_is_refused_and_writes_nothing() {
+    let fs = Arc::new(MemFs::new());
+    let db = open(&fs);
+    let applier = ShardApplier::new(Arc::clone(&db), 0);
+    let put = |key: &[u8]| {
+        let mut b = WriteBatch::new();
+        b.put(2, key, 0, b"v");
+        b
+    };
+    let at = |term: u64, index: u64, command: Command| {
+        EntryOf::<TypeConfig>::new(LogId::new_term_index(term, index), EntryPayload::Normal(command))
+    };
+    let results = applier
+        .apply(&[
+            // An entry of term 2 that a later leader committed keeps its term: evaluated in it, applied.
+            at(2, 1, Command::evaluated(2, &put(b"carried"))),
+            // Evaluated and appended by the leader of term 3.
+            at(3, 2, Command::evaluated(3, &put(b"current"))),
+            // Evaluated by the leader of term 2, appended by term 3's (it lost the role in between).
+            at(3, 3, Command::evaluated(2, &put(b"stale"))),
+            at(4, 4, Command::evaluated(4, &put(b"next"))),
+        ])
+        .unwrap();
+    assert_eq!(results[0], CommandResult::Applied);
+    assert_eq!(results[1], CommandResult::Applied);
+    assert_eq!(results[2], CommandResult::WrongTerm { evaluated: 2, appended: 3 });
+    assert_eq!(results[3], CommandResult::Applied);
+    assert!(db.get(2, b"current").unwrap().is_some() && db.get(2, b"next").unwrap().is_some());
+    assert!(db.get(2, b"carried").unwrap().is_some());
+    assert!(db.get(2, b"stale").unwrap().is_none(), "a refused command writes nothing");
     assert_eq!(applier.applied().unwrap().0.map(|id| id.index), Some(4));
 }
 

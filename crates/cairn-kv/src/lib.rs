@@ -4,6 +4,7 @@
 //!   interval reads will use;
 //! - [`mvcc`]: how a key's versions are laid out as engine rows (and which rows are reserved);
 //! - [`reader`]: reading a key's newest version, or its version at a timestamp, from a shard;
+//! - [`latch`]: a shard leader's locks on the keys a request touches, from evaluation until apply;
 //! - [`evaluate`](mod@evaluate): the one place the write rules are decided — conditions, tombstones,
 //!   and a write that would land below a newer version (write-too-old) — turning a request into an
 //!   engine write batch, an outcome, and the reads it depended on.
@@ -13,10 +14,12 @@
 
 pub mod evaluate;
 pub mod hlc;
+pub mod latch;
 pub mod mvcc;
 pub mod reader;
 
 pub use evaluate::{Condition, Depends, Evaluated, KvError, Outcome, Overlay, Write, evaluate};
 pub use hlc::{Clock, Timestamp, TimestampAhead, Uncertainty};
+pub use latch::{LatchGuard, Latches};
 pub use mvcc::Stored;
 pub use reader::{DbReader, Latest, Reader, Versioned};

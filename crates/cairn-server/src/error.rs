@@ -30,6 +30,10 @@ pub enum NodeError {
     /// after it was sent, and nothing confirmed it in time): read before retrying.
     #[error("{0}")]
     OutcomeUnknown(String),
+    /// The replica asked to evaluate a write does not lead its shard's group (any more): nothing was
+    /// proposed; the write may be sent again, to the leader.
+    #[error("{0}")]
+    NotLeader(String),
     /// A request another node forwarded here by a stale shard map, or to a node without the shard:
     /// the sender refreshes its map and routes again.
     #[error("{0}")]
@@ -57,7 +61,10 @@ impl NodeError {
             NodeError::Precondition(_) => 412,
             NodeError::Timeout(_) => 408,
             NodeError::TooLarge(_) => 413,
-            NodeError::Unavailable(_) | NodeError::Misrouted(_) | NodeError::OutcomeUnknown(_) => 503,
+            NodeError::Unavailable(_)
+            | NodeError::Misrouted(_)
+            | NodeError::OutcomeUnknown(_)
+            | NodeError::NotLeader(_) => 503,
             NodeError::Engine(cairn_engine::Error::InvalidArgument(_)) => 400,
             NodeError::Engine(cairn_engine::Error::Poisoned(_) | cairn_engine::Error::Closed) => 503,
             NodeError::Startup(_) | NodeError::Internal(_) | NodeError::Engine(_) => 500,
@@ -69,6 +76,7 @@ impl NodeError {
         match self {
             NodeError::OutOfRange(_) => return "out_of_range",
             NodeError::OutcomeUnknown(_) => return "outcome_unknown",
+            NodeError::NotLeader(_) => return "not_leader",
             _ => {}
         }
         match self.http_status() {
@@ -112,7 +120,16 @@ mod tests {
         let unknown = NodeError::OutcomeUnknown("the write's outcome is unknown".into());
         assert_eq!((retry.http_status(), retry.code()), (503, "unavailable"));
         assert_eq!((unknown.http_status(), unknown.code()), (503, "outcome_unknown"));
-        assert_eq!(crate::grpc::status_of(retry).code(), tonic::Code::Unavailable);
-        assert_eq!(crate::grpc::status_of(unknown).code(), tonic::Code::Unknown);
+        let not_leader = NodeError::NotLeader("node 2 no longer leads shard 1".into());
+        assert_eq!((not_leader.http_status(), not_leader.code()), (503, "not_leader"));
+        for (e, code, kind) in [
+            (retry, tonic::Code::Unavailable, "unavailable"),
+            (unknown, tonic::Code::Unknown, "outcome_unknown"),
+            (not_leader, tonic::Code::Unavailable, "not_leader"),
+        ] {
+            let status = crate::grpc::status_of(e);
+            assert_eq!(status.code(), code);
+            assert_eq!(status.metadata().get(crate::grpc::CODE_HEADER).unwrap(), kind);
+        }
     }
 }

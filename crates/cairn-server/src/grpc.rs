@@ -22,6 +22,18 @@ const SCAN_ROW_OVERHEAD: usize = 32;
 
 /// Maps a server error to a gRPC status (the REST mapping is [`NodeError::http_status`]).
 pub fn status_of(e: NodeError) -> Status {
+    let code = e.code();
+    let mut status = status_code_of(e);
+    // The stable code REST answers in its body, so that kinds sharing a gRPC code (not leader, retry)
+    // stay apart.
+    status.metadata_mut().insert(CODE_HEADER, tonic::metadata::MetadataValue::from_static(code));
+    status
+}
+
+/// The metadata key of an error's stable code (as in REST error bodies: `not_leader`, `unavailable`, ...).
+pub const CODE_HEADER: &str = "cairn-code";
+
+fn status_code_of(e: NodeError) -> Status {
     let message = e.to_string();
     match e {
         NodeError::Misrouted(_) => return Status::aborted(message),

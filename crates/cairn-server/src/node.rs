@@ -15,7 +15,7 @@ use crate::mvcc;
 use crate::replicated::{self, Consistency, Plumbing, ReplicationConfig, Token};
 use crate::routing::{Route, Router};
 use crate::writer::{Pending, ShardWriter};
-use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica};
+use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica, RequestHandler};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot};
 use cairn_kv::DbReader;
@@ -249,6 +249,8 @@ impl Shard {
 /// A replicated node's Raft plumbing.
 struct Replication {
     plumbing: Plumbing,
+    /// Evaluates writes for the groups this node leads.
+    leaders: Arc<replicated::Leaders>,
 }
 
 /// The local store.
@@ -442,6 +444,13 @@ impl Node {
         }
         let set = ShardSet::new(shards, total_buckets, |s| serving.contains(&s.group));
         let pending = Arc::new(Pending::new(config.max_clock_offset));
+        let leaders = replicated::Leaders::new(
+            Arc::clone(&pending),
+            total_buckets,
+            rc.request_timeout,
+            config.max_command_bytes(),
+        );
+        plumbing.service.set_request_handler(Arc::clone(&leaders) as Arc<dyn RequestHandler>);
         Ok(Node {
             total_buckets,
             shards: parking_lot::RwLock::new(Arc::new(set)),
@@ -449,7 +458,7 @@ impl Node {
             pending,
             writer_threads: Mutex::new(Vec::new()),
             events: Arc::clone(&plumbing.events),
-            replication: Some(Replication { plumbing }),
+            replication: Some(Replication { plumbing, leaders }),
             router: None,
         })
     }

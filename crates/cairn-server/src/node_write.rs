@@ -1,6 +1,6 @@
 //! Writes to a node's store: puts (with their conditions), deletes and single-shard batches, checked
-//! against the node's limits, then handed to the shard's writer thread (standalone) or proposed
-//! through its Raft group ([`crate::replicated::Proposer`]).
+//! against the node's limits, then handed to the shard's writer thread (standalone) or to its Raft
+//! group's leader ([`crate::replicated::Leaders`]).
 
 use super::{
     Ack, Backend, Condition, Located, MAX_BATCH_OPS, MESSAGE_OVERHEAD_BYTES, Node, Shard, Token,
@@ -8,9 +8,9 @@ use super::{
 };
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
+use crate::mvcc;
 use crate::routing::Route;
 use crate::writer::{ShardWriter, WriteOutcome};
-use crate::{mvcc, replicated};
 use cairn_kv::Write as WriteOp;
 use std::sync::Arc;
 
@@ -50,16 +50,9 @@ impl Node {
 
     /// Writes `op` to `shard`: through its writer, or proposed through its group.
     async fn write(&self, shard: &Shard, op: WriteOp) -> Result<(Option<Timestamp>, Option<Token>)> {
-        match (&shard.backend, &self.config.replication) {
-            (Backend::Replicated(replica), Some(rc)) => {
-                let proposer = replicated::Proposer {
-                    replica,
-                    pending: &self.pending,
-                    total_buckets: self.total_buckets,
-                    timeout: rc.request_timeout,
-                    max_command_bytes: self.config.max_command_bytes(),
-                };
-                let committed = proposer.write(&op).await?;
+        match (&shard.backend, &self.replication) {
+            (Backend::Replicated(replica), Some(replication)) => {
+                let committed = replication.leaders.write(replica, op).await?;
                 let shard = shard.group as usize;
                 Ok((committed.timestamp, Some(Token { shard, index: committed.index })))
             }

@@ -2,12 +2,12 @@
 //! static membership (`--node-id`, `--peers`), its state machine the shard's engine (WAL off: the node's
 //! Raft log is the log).
 //!
-//! A write is evaluated ([`cairn_kv::evaluate`]) on the node that received it, against its replica,
-//! at a timestamp from its hybrid-logical clock, and proposed as rows with conditions that what the
-//! evaluation read still holds (see [`Proposer::write`]): every replica then applies it or refuses it
-//! alike, a key's latest row only moves forward, and a copy proposed twice applies once. A client learns
-//! its write's outcome or, if no leader answers before the request timeout, gets a retryable 503 saying
-//! the outcome is unknown.
+//! A write is evaluated ([`cairn_kv::evaluate`]) by the shard's leader, at a timestamp from the
+//! leader node's hybrid-logical clock, under latches on its keys, and proposed as rows stamped with
+//! the leader's term (see [`Leaders`]); a node that does not lead the shard hands the write to the one
+//! that does. Every replica applies the rows, or refuses them alike if the leadership changed before
+//! they were appended. A client learns its write's outcome or, if it cannot be known before the request
+//! timeout, gets a 503 `outcome_unknown`.
 //!
 //! Reads pick a consistency level per request; every replica serves every level (a follower asks the
 //! leader for a read index, then waits to apply it; see [`cairn_cluster::raft::Replica::read_point`]).
@@ -18,11 +18,12 @@ use crate::mvcc;
 use crate::node::Condition as PutCondition;
 use crate::writer::Pending;
 use cairn_cluster::raft::{
-    Command, CommandResult, Condition, GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica,
-    ReplicaConfig, Written,
+    Command, CommandResult, GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica,
+    ReplicaConfig, RequestHandler, Written,
 };
-use cairn_engine::{Db, WriteBatch};
-use cairn_kv::{DbReader, Depends, KvError, Outcome, Write};
+use cairn_engine::WriteBatch;
+use cairn_kv::{DbReader, Evaluated, KvError, LatchGuard, Latches, Outcome, Write};
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -243,7 +244,7 @@ pub(crate) async fn read_point(
 }
 
 /// What a replicated write did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Committed {
     /// The version's timestamp; `None` for a delete of an absent key (nothing written).
     pub timestamp: Option<Timestamp>,
@@ -251,151 +252,207 @@ pub(crate) struct Committed {
     pub index: u64,
 }
 
-/// Proposes writes to one shard's group.
-pub(crate) struct Proposer<'a> {
-    pub replica: &'a Replica,
-    pub pending: &'a Pending,
-    pub total_buckets: u32,
-    pub timeout: Duration,
+/// A write another node hands to this node's leader replica: the write and how long it may take (ms).
+#[derive(Serialize, Deserialize)]
+struct Forwarded {
+    write: Write,
+    timeout_ms: u64,
+}
+
+/// Most rounds one write makes to find the leader (a pause after each that found none, or reached a
+/// leader that had just lost the role: nothing was proposed then).
+const MAX_ROUNDS: usize = 16;
+/// Most evaluations of one write on the leader: a second when the first landed above a newer version
+/// an earlier leader's clock stamped (see [`Leaders::evaluate`]).
+const MAX_EVALUATIONS: usize = 2;
+
+/// Evaluates the writes of the shard groups this node leads: its own clients' and those other nodes
+/// hand over ([`RequestHandler`]). The leader picks each write's timestamp from this node's clock,
+/// evaluates it ([`cairn_kv::evaluate`]) against its replica while it holds latches on the write's
+/// keys, and proposes the rows as a [`Command::Evaluated`] of its term; the latches are held until
+/// the command applies, so the next write on those keys reads what this one wrote, and a command
+/// whose leader lost the role before it was appended is refused at apply
+/// ([`CommandResult::WrongTerm`]) rather than applied against a state it was not evaluated on.
+pub(crate) struct Leaders {
+    pending: Arc<Pending>,
+    total_buckets: u32,
+    timeout: Duration,
     /// The largest command that fits in one message (and so always replicates).
-    pub max_command_bytes: usize,
+    max_command_bytes: usize,
+    latches: parking_lot::Mutex<std::collections::HashMap<u64, Arc<Latches>>>,
 }
 
-/// Most proposals one write makes that found no leader or got no answer (each after a growing pause).
-const MAX_ATTEMPTS: usize = 16;
-/// Most times one write is evaluated again, at once, at a later timestamp because a newer version of a
-/// key it writes was applied first (a hot key written through several nodes: this replica had not
-/// applied the newest version when it evaluated).
-const MAX_CLOCK_RETRIES: usize = 64;
-
-/// A write evaluated on this replica.
-enum Proposal {
-    /// Rows to propose, written at this timestamp if their evaluation's reads still hold at apply.
-    Rows(Command, Timestamp),
-    /// Nothing to write.
-    Nothing,
+impl std::fmt::Debug for Leaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leaders").field("groups", &self.latches.lock().len()).finish()
+    }
 }
 
-impl Proposer<'_> {
-    fn bucket(&self, key: &[u8]) -> u16 {
-        mvcc::bucket_of(key, self.total_buckets)
+/// How a round of a write ended when it did not answer the client.
+enum Round {
+    /// Evaluate again, wherever the leader now is (nothing of this round will apply).
+    Again(String),
+    /// Answer the client.
+    Done(Result<Committed>),
+}
+
+impl Leaders {
+    pub(crate) fn new(
+        pending: Arc<Pending>,
+        total_buckets: u32,
+        timeout: Duration,
+        max_command_bytes: usize,
+    ) -> Arc<Leaders> {
+        Arc::new(Leaders { pending, total_buckets, timeout, max_command_bytes, latches: Default::default() })
     }
 
-    /// The apply-time check that what evaluation read of `key` still holds.
-    fn condition(&self, depends: Depends) -> Condition {
-        let column_is = |key: &[u8], value: Option<Vec<u8>>| Condition::ColumnIs {
-            bucket: self.bucket(key),
-            key: mvcc::latest_key(key),
-            column: 1,
-            value,
-        };
-        match depends {
-            Depends::Unchanged { key, latest } => {
-                column_is(&key, latest.map(|t| mvcc::encode_timestamp(t).to_vec()))
+    fn latches(&self, group: u64) -> Arc<Latches> {
+        Arc::clone(self.latches.lock().entry(group).or_default())
+    }
+
+    /// Writes `op` through `replica`'s group: evaluated here if this replica leads, otherwise handed to
+    /// the leader's node, which evaluates it and answers. Goes round again, after a pause, while no
+    /// leader is known or the one reached had just lost the role (nothing was proposed then).
+    pub(crate) async fn write(self: &Arc<Self>, replica: &Replica, op: Write) -> Result<Committed> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut why = String::from("no leader is known");
+        let mut backoff = Duration::from_millis(10);
+        for _ in 0..MAX_ROUNDS {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
             }
-            // No version yet, or the newest is older.
-            Depends::OlderThan { key, ts } => Condition::Any(vec![
-                column_is(&key, None),
-                Condition::ColumnBelow {
-                    bucket: self.bucket(&key),
-                    key: mvcc::latest_key(&key),
-                    column: 1,
-                    value: mvcc::encode_timestamp(ts).to_vec(),
-                },
-            ]),
+            let round = match replica.leading_term(left).await {
+                Ok(term) => self.lead(replica, &op, term, deadline).await,
+                Err(GroupError::NotLeader { leader: Some(_) }) => self.forward(replica, &op, left).await,
+                Err(GroupError::NotLeader { leader: None }) => Round::Again("no leader is known".into()),
+                Err(GroupError::Timeout(w)) => Round::Again(w),
+                Err(e) => Round::Done(Err(group_error(e))),
+            };
+            match round {
+                Round::Done(outcome) => return outcome,
+                Round::Again(w) => why = w,
+            }
+            if tokio::time::Instant::now() + backoff >= deadline {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        Err(NodeError::Unavailable(format!("no leader took the write in time ({why}): retry")))
+    }
+
+    /// Hands `op` to the leader's node.
+    async fn forward(&self, replica: &Replica, op: &Write, left: Duration) -> Round {
+        let request =
+            Forwarded { write: op.clone(), timeout_ms: left.as_millis().try_into().unwrap_or(u64::MAX) };
+        let request = match postcard::to_stdvec(&request) {
+            Ok(r) => r,
+            Err(e) => return Round::Done(Err(NodeError::Internal(format!("cannot encode a write: {e}")))),
+        };
+        match replica.forward_request(request, left).await {
+            Ok(answer) => match postcard::from_bytes::<std::result::Result<Committed, WireError>>(&answer) {
+                Ok(Ok(committed)) => Round::Done(Ok(committed)),
+                Ok(Err(WireError::NotLeader(why))) => Round::Again(why),
+                Ok(Err(e)) => Round::Done(Err(e.into())),
+                Err(e) => {
+                    Round::Done(Err(NodeError::Internal(format!("the leader's answer does not decode: {e}"))))
+                }
+            },
+            Err(GroupError::NotLeader { .. }) => {
+                Round::Again("the leader's node did not take the write".into())
+            }
+            Err(e) => Round::Done(Err(group_error(e))),
         }
     }
 
-    /// Evaluates `op` at `ts` on this replica's shard as it has applied it.
-    fn evaluate(&self, op: &Write, ts: Timestamp) -> std::result::Result<Proposal, KvError> {
-        let db = self.replica.db();
-        let reader = DbReader { db: &db, total_buckets: self.total_buckets };
-        let mut batch = WriteBatch::new();
-        let limit = self.pending.clock().limit();
-        let evaluated = cairn_kv::evaluate(op, &reader, ts, limit, self.total_buckets, &mut batch)?;
-        Ok(match evaluated.outcome {
-            Outcome::Unchanged => Proposal::Nothing,
-            Outcome::Written(at) => {
-                let conditions = evaluated.depends.into_iter().map(|d| self.condition(d)).collect();
-                Proposal::Rows(Command::conditional(conditions, &batch), at)
+    /// Evaluates a write another node handed over, if this replica still leads (otherwise the sender
+    /// goes round again).
+    async fn serve(self: Arc<Self>, replica: Replica, request: Vec<u8>) -> Vec<u8> {
+        let answer = match postcard::from_bytes::<Forwarded>(&request) {
+            Err(e) => Err(WireError::Internal(format!("a forwarded write does not decode: {e}"))),
+            Ok(Forwarded { write, timeout_ms }) => {
+                let timeout = Duration::from_millis(timeout_ms).min(self.timeout);
+                let deadline = tokio::time::Instant::now() + timeout;
+                let round = match replica.leading_term(timeout).await {
+                    Ok(term) => self.lead(&replica, &write, term, deadline).await,
+                    Err(e) => Round::Again(e.to_string()),
+                };
+                match round {
+                    Round::Done(outcome) => outcome.map_err(WireError::from),
+                    Round::Again(why) => Err(WireError::NotLeader(why)),
+                }
             }
-        })
-    }
-
-    /// Whether `db` holds the write of `op` at `ts`.
-    fn applied(&self, db: &Db, op: &Write, ts: Timestamp) -> Result<bool> {
-        let Some((key, column)) = op.witness() else { return Ok(false) };
-        let row = db.get(self.bucket(key), &mvcc::version_key(key, ts))?;
-        Ok(row.as_ref().and_then(|r| r.column(0)) == Some(column.as_slice()))
-    }
-
-    /// Waits until this replica has applied everything committed when the call began (or at least
-    /// `index`): what it then reads is current. Returns the applied index.
-    async fn catch_up(&self, index: Option<u64>, deadline: tokio::time::Instant) -> Result<u64> {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let point = match index {
-            Some(index) => self.replica.read_point(ReadLevel::AtLeast(index), left).await,
-            None => self.replica.read_point(ReadLevel::Strong, left).await,
         };
-        Ok(point.map_err(group_error)?.applied)
+        postcard::to_stdvec(&answer).unwrap_or_default()
     }
 
-    /// Writes `op` through the group.
-    ///
-    /// The write is evaluated ([`cairn_kv::evaluate`]) on this replica and proposed with conditions
-    /// that its reads still hold when it applies, so every replica decides alike; a replica that had
-    /// not applied the newest versions evaluates again once it has. An outcome that writes nothing (a
-    /// failed condition, a delete of an absent key) is only answered from a replica that has caught up
-    /// with the leader. The conditions also make a command idempotent: once applied, a second copy
-    /// fails them. So a write whose outcome is unknown (the leader changed, a reply was lost) is
-    /// proposed again, unchanged; the copy that commits either applies (the first never will: Raft's
-    /// log matching) or fails its conditions, and then the key's version row at the write's timestamp
-    /// tells whether the first applied.
-    pub(crate) async fn write(&self, op: &Write) -> Result<Committed> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+    /// One evaluation of `op` as the leader of `term`, and its proposal.
+    async fn lead(&self, replica: &Replica, op: &Write, term: u64, deadline: tokio::time::Instant) -> Round {
         if let Write::Put { condition: PutCondition::IfTimestamp(want), .. } = op {
             // The new version must sort after the one it replaces.
-            self.pending.clock().observe(*want)?;
+            if let Err(e) = self.pending.clock().observe(*want) {
+                return Round::Done(Err(e.into()));
+            }
         }
+        let latches = self.latches(replica.group()).acquire(op.keys()).await;
         let mut stamps = Vec::new();
-        let outcome = self.evaluations(op, &mut stamps, deadline).await;
+        let evaluated = self.evaluate(replica, op, term, &mut stamps, deadline).await;
+        let round = match evaluated {
+            Ok(Some((command, at))) => self.propose(replica, op, command, at, latches, deadline).await,
+            Ok(None) => {
+                // Nothing to write: this replica's state is current for the latched keys.
+                let index = replica.status().applied.unwrap_or_default();
+                Round::Done(Ok(Committed { timestamp: None, index }))
+            }
+            Err(e) => Round::Done(Err(e)),
+        };
         self.pending.end(&stamps);
-        outcome
+        round
     }
 
-    async fn evaluations(
+    /// Evaluates `op` on the leader's replica at a timestamp of this node's clock: the command to
+    /// propose and the write's timestamp, or `None` if it writes nothing.
+    async fn evaluate(
         &self,
+        replica: &Replica,
         op: &Write,
+        term: u64,
         stamps: &mut Vec<Timestamp>,
         deadline: tokio::time::Instant,
-    ) -> Result<Committed> {
-        // The log index this replica had applied, known to be current, when it last evaluated.
-        let mut current: Option<u64> = None;
+    ) -> Result<Option<(Command, Timestamp)>> {
         let mut waited_for_clock = false;
-        for _ in 0..=MAX_CLOCK_RETRIES {
+        for _ in 0..MAX_EVALUATIONS + 1 {
             let ts = self.pending.begin();
             stamps.push(ts);
-            let (command, at) = match self.evaluate(op, ts) {
-                Ok(Proposal::Rows(_, at)) if at > ts => {
-                    // Written above a newer version: evaluated again at a timestamp of this node's own
-                    // clock past it, never at the pushed one, which another write evaluated against the
-                    // same version would share (and the witness below could not tell them apart).
+            let db = replica.db();
+            let reader = DbReader { db: &db, total_buckets: self.total_buckets };
+            let mut batch = WriteBatch::new();
+            let limit = self.pending.clock().limit();
+            match cairn_kv::evaluate(op, &reader, ts, limit, self.total_buckets, &mut batch) {
+                Ok(Evaluated { outcome: Outcome::Unchanged, .. }) => return Ok(None),
+                Ok(Evaluated { outcome: Outcome::Written(at), .. }) if at > ts => {
+                    // Above a newer version an earlier leader's clock stamped: evaluated again at a
+                    // timestamp of this node's clock past it, never at the pushed one, which another
+                    // write evaluated against the same version could share.
                     let _ = self.pending.clock().observe(at);
-                    continue;
                 }
-                Ok(Proposal::Rows(command, at)) => (command, at),
-                Ok(Proposal::Nothing) | Err(KvError::ConditionFailed(_)) if current.is_none() => {
-                    current = Some(self.catch_up(None, deadline).await?);
-                    continue;
-                }
-                Ok(Proposal::Nothing) => {
-                    return Ok(Committed { timestamp: None, index: current.unwrap_or_default() });
+                Ok(Evaluated { outcome: Outcome::Written(at), .. }) => {
+                    let command = Command::evaluated(term, &batch);
+                    if command.approx_bytes() > self.max_command_bytes {
+                        // The request checks keep writes well under this: a guard, not a path.
+                        return Err(NodeError::TooLarge(format!(
+                            "the write takes {} bytes as a Raft command, over the limit of {} bytes",
+                            command.approx_bytes(),
+                            self.max_command_bytes
+                        )));
+                    }
+                    return Ok(Some((command, at)));
                 }
                 Err(KvError::TooFarAhead { latest, limit }) if !waited_for_clock => {
-                    // Another node may have stamped the version up to the maximum offset ahead of its
-                    // own clock, which may itself run ahead of this one's: a version up to twice the
-                    // offset ahead is waited for (the physical clock catches up; the clock never jumps
-                    // past its bound); one further ahead is refused.
+                    // A version up to twice the maximum offset ahead (another node's clock may run
+                    // that far ahead of this one's) is waited for: the physical clock catches up, the
+                    // clock never jumps past its bound. One further ahead is refused.
                     let ahead = Duration::from_nanos(latest.wall_time.saturating_sub(limit.wall_time));
                     if ahead > self.pending.clock().max_offset() {
                         return Err(KvError::TooFarAhead { latest, limit }.into());
@@ -403,72 +460,145 @@ impl Proposer<'_> {
                     waited_for_clock = true;
                     let wake = deadline.min(tokio::time::Instant::now() + ahead + Duration::from_millis(1));
                     tokio::time::sleep_until(wake).await;
-                    continue;
                 }
                 Err(e) => return Err(e.into()),
-            };
-            match self.propose(command, deadline).await? {
-                Written { index, result: CommandResult::Applied } => {
-                    return Ok(Committed { timestamp: Some(at), index });
-                }
-                Written { index, result: CommandResult::ConditionFailed } => {
-                    // The entry was applied on the leader; once this replica has got there too, it
-                    // either holds the write (an earlier copy applied) or evaluates again on what
-                    // changed, at once (a pause would only let newer writes by).
-                    current = Some(self.catch_up(Some(index), deadline).await?);
-                    if self.applied(&self.replica.db(), op, at)? {
-                        return Ok(Committed { timestamp: Some(at), index });
-                    }
-                }
-                Written { result, .. } => {
-                    return Err(NodeError::Internal(format!("the shard refused a write: {result:?}")));
-                }
             }
         }
-        Err(NodeError::Unavailable(format!(
-            "{MAX_CLOCK_RETRIES} newer versions of the key were written first, each while this write was on \
-             its way to the leader: retry"
-        )))
+        Err(NodeError::Unavailable("the write's keys kept moving ahead of this node's clock: retry".into()))
     }
 
-    /// Proposes `command` until the group decides it: again, unchanged, while no leader is known or
-    /// none answers (see [`Proposer::write`]).
-    async fn propose(&self, command: Command, deadline: tokio::time::Instant) -> Result<Written> {
-        if command.approx_bytes() > self.max_command_bytes {
-            // The request checks keep writes well under this: a guard, not a path.
-            return Err(NodeError::TooLarge(format!(
-                "the write takes {} bytes as a Raft command, over the limit of {} bytes",
-                command.approx_bytes(),
-                self.max_command_bytes
-            )));
+    /// Proposes `command` (the evaluation of `op` at `at`) and waits for its outcome until `deadline`.
+    /// The proposal runs in a task of its own holding `latches` until the group decides it: a client
+    /// that stops waiting (its deadline passed) does not free the keys of a command that may still
+    /// apply.
+    async fn propose(
+        &self,
+        replica: &Replica,
+        op: &Write,
+        command: Command,
+        at: Timestamp,
+        latches: LatchGuard,
+        deadline: tokio::time::Instant,
+    ) -> Round {
+        let proposer = replica.clone();
+        let proposal = tokio::spawn(async move {
+            let _latches = latches;
+            // No timeout of its own: openraft answers once the entry applied or the leader lost the
+            // role.
+            proposer.propose_here(command, Duration::MAX).await
+        });
+        let outcome = match tokio::time::timeout_at(deadline, proposal).await {
+            Err(_) => {
+                return Round::Done(Err(NodeError::OutcomeUnknown(
+                    "the write was proposed but not applied in time: read the key before retrying".into(),
+                )));
+            }
+            Ok(Err(e)) => return Round::Done(Err(NodeError::Internal(format!("proposal task failed: {e}")))),
+            Ok(Ok(outcome)) => outcome,
+        };
+        match outcome {
+            Ok(Written { index, result: CommandResult::Applied }) => {
+                Round::Done(Ok(Committed { timestamp: Some(at), index }))
+            }
+            Ok(Written { result: CommandResult::WrongTerm { evaluated, appended }, .. }) => {
+                Round::Again(format!("evaluated in term {evaluated}, appended in term {appended}"))
+            }
+            Ok(Written { result, .. }) => {
+                Round::Done(Err(NodeError::Internal(format!("the shard refused a write: {result:?}"))))
+            }
+            // Nothing was appended.
+            Err(GroupError::NotLeader { .. }) => Round::Again("this replica lost the leadership".into()),
+            Err(GroupError::OutcomeUnknown(why)) => self.settle(replica, op, at, why, deadline).await,
+            Err(e) => Round::Done(Err(group_error(e))),
         }
-        let mut unknown: Option<String> = None;
-        let mut backoff = Duration::from_millis(10);
-        for _ in 0..MAX_ATTEMPTS {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                break;
+    }
+
+    /// Finds out whether a command appended while this replica led, whose leader lost the role before
+    /// it applied, was applied after all: once this replica has applied what the current leader has
+    /// committed (at least its first entry, after any entry of the old term that survives), the key's
+    /// version row at `at` tells. If the command did not apply, it never will, and the write goes
+    /// round again.
+    async fn settle(
+        &self,
+        replica: &Replica,
+        op: &Write,
+        at: Timestamp,
+        why: String,
+        deadline: tokio::time::Instant,
+    ) -> Round {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let point = match replica.read_point(ReadLevel::Strong, left).await {
+            Ok(point) => point,
+            Err(e) => {
+                return Round::Done(Err(NodeError::OutcomeUnknown(format!(
+                    "the write's outcome is unknown ({why}) and no leader confirmed it in time ({e}): read \
+                     the key before retrying"
+                ))));
             }
-            match self.replica.write(command.clone(), left).await {
-                Ok(written) => return Ok(written),
-                Err(GroupError::OutcomeUnknown(why)) => unknown = Some(why),
-                Err(GroupError::NotLeader { .. } | GroupError::Timeout(_)) => {}
-                Err(e) => return Err(group_error(e)),
+        };
+        let Some((key, column)) = op.witness() else {
+            return Round::Again(why);
+        };
+        let bucket = mvcc::bucket_of(key, self.total_buckets);
+        match replica.db().get(bucket, &mvcc::version_key(key, at)) {
+            Ok(row) if row.as_ref().and_then(|r| r.column(0)) == Some(column.as_slice()) => {
+                Round::Done(Ok(Committed { timestamp: Some(at), index: point.applied }))
             }
-            // No leader, or no answer: the same command again, shortly.
-            if tokio::time::Instant::now() + backoff >= deadline {
-                break;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            Ok(_) => Round::Again(why),
+            Err(e) => Round::Done(Err(e.into())),
         }
-        Err(match unknown {
-            Some(why) => NodeError::OutcomeUnknown(format!(
-                "the write's outcome is unknown ({why}) and no leader confirmed it in time: read the key \
-                 before retrying"
-            )),
-            None => NodeError::Unavailable("no leader accepted the write in time: retry".into()),
-        })
+    }
+}
+
+impl RequestHandler for Leaders {
+    fn handle(self: Arc<Self>, replica: Replica, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+        Box::pin(self.serve(replica, request))
+    }
+}
+
+/// A leader's refusal or failure, as it travels back to the node that handed it the write.
+#[derive(Debug, Serialize, Deserialize)]
+enum WireError {
+    /// The replica no longer leads: the sender goes round again.
+    NotLeader(String),
+    InvalidArgument(String),
+    OutOfRange(String),
+    TooLarge(String),
+    Precondition(String),
+    Unavailable(String),
+    OutcomeUnknown(String),
+    Internal(String),
+}
+
+impl From<NodeError> for WireError {
+    fn from(e: NodeError) -> WireError {
+        let message = e.to_string();
+        match e {
+            NodeError::NotLeader(_) => WireError::NotLeader(message),
+            NodeError::InvalidArgument(_) => WireError::InvalidArgument(message),
+            NodeError::OutOfRange(_) => WireError::OutOfRange(message),
+            NodeError::TooLarge(_) => WireError::TooLarge(message),
+            NodeError::Precondition(_) => WireError::Precondition(message),
+            NodeError::OutcomeUnknown(_) => WireError::OutcomeUnknown(message),
+            e if e.http_status() == 503 => WireError::Unavailable(message),
+            e if e.http_status() == 400 => WireError::InvalidArgument(message),
+            _ => WireError::Internal(message),
+        }
+    }
+}
+
+impl From<WireError> for NodeError {
+    fn from(e: WireError) -> NodeError {
+        match e {
+            WireError::NotLeader(m) => NodeError::NotLeader(m),
+            WireError::InvalidArgument(m) => NodeError::InvalidArgument(m),
+            WireError::OutOfRange(m) => NodeError::OutOfRange(m),
+            WireError::TooLarge(m) => NodeError::TooLarge(m),
+            WireError::Precondition(m) => NodeError::Precondition(m),
+            WireError::Unavailable(m) => NodeError::Unavailable(m),
+            WireError::OutcomeUnknown(m) => NodeError::OutcomeUnknown(m),
+            WireError::Internal(m) => NodeError::Internal(m),
+        }
     }
 }
 

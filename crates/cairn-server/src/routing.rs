@@ -73,6 +73,10 @@ impl std::fmt::Debug for Router {
 
 fn remote(status: &tonic::Status, addr: &str) -> NodeError {
     let message = format!("{} (from {addr})", status.message());
+    let code = status.metadata().get(crate::grpc::CODE_HEADER).and_then(|c| c.to_str().ok());
+    if code == Some("not_leader") {
+        return NodeError::NotLeader(message);
+    }
     match status.code() {
         tonic::Code::InvalidArgument => NodeError::InvalidArgument(message),
         // tonic also answers OUT_OF_RANGE for a message over a size limit (its own, not a node's).

@@ -17,8 +17,8 @@
 
 use crate::linearizability::{KeyedOperation, Operation, RegisterInput, RegisterOutput};
 use cairn_cluster::raft::{
-    CheckStatus, Command, CommandResult, Condition, GroupError, RaftCall, RaftReply, RaftService, ReadLevel,
-    Replica, ReplicaConfig, ShardStateMachine, Wire, node_of, retire_stored, with_seed,
+    CallError, CheckStatus, Command, CommandResult, Condition, GroupError, RaftCall, RaftReply, RaftService,
+    ReadLevel, Replica, ReplicaConfig, ShardStateMachine, Wire, node_of, retire_stored, with_seed,
 };
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FaultController, FaultFs, FileSystem, MemFs};
@@ -151,10 +151,13 @@ impl Wire for SimWire {
         addr: &str,
         call: RaftCall,
         timeout: Duration,
-    ) -> Result<RaftReply, String> {
+    ) -> Result<RaftReply, CallError> {
         // Nodes are addressed `n<id>`; a call names a replica (node and incarnation) or only the address.
         let target = match target {
-            0 => addr.strip_prefix('n').and_then(|n| n.parse().ok()).ok_or(format!("bad address {addr}"))?,
+            0 => addr
+                .strip_prefix('n')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| CallError::NotSent(format!("bad address {addr}")))?,
             replica => node_of(replica),
         };
         let (there, back, lost) = {
@@ -170,17 +173,17 @@ impl Wire for SimWire {
         };
         if lost {
             tokio::time::sleep(timeout).await;
-            return Err(format!("message {} -> {target} lost", self.from));
+            return Err(CallError::Lost(format!("message {} -> {target} lost", self.from)));
         }
         tokio::time::sleep(there).await;
         let service = self.net.lock().services.get(&target).cloned();
         let Some(service) = service else {
             tokio::time::sleep(timeout.saturating_sub(there)).await;
-            return Err(format!("node {target} is down"));
+            return Err(CallError::NotSent(format!("node {target} is down")));
         };
         let reply = match tokio::time::timeout(timeout.saturating_sub(there), service.handle(call)).await {
             Ok(reply) => reply,
-            Err(_) => return Err(format!("node {target} did not answer in time")),
+            Err(_) => return Err(CallError::Lost(format!("node {target} did not answer in time"))),
         };
         tokio::time::sleep(back).await;
         let lost = {
@@ -189,7 +192,7 @@ impl Wire for SimWire {
             net.cut.contains(&(target, self.from)) || net.rng.chance(loss)
         };
         if lost {
-            return Err(format!("reply {target} -> {} lost", self.from));
+            return Err(CallError::Lost(format!("reply {target} -> {} lost", self.from)));
         }
         Ok(reply)
     }

@@ -1,5 +1,5 @@
 //! Applying a shard group's committed entries to the shard's engine `Db`, with the applied log id and
-//! membership written in the same engine batch as the data they cover.
+//! membership (postcard-encoded) written in the same engine batch as the data they cover.
 //!
 //! Replicated shards run the engine with its WAL off (the Raft log is the log). After a crash the
 //! engine holds exactly what it flushed; because the applied position travels in the same batches as
@@ -33,6 +33,16 @@ pub enum ApplyError {
     /// The stored applied position does not decode.
     #[error("corrupt applied-position row: {0}")]
     Corrupt(String),
+}
+
+/// Decodes the applied-position row: postcard, or the JSON that stores written before it was binary
+/// hold (a JSON array starts with `[`, which no postcard encoding of the position does: its first byte
+/// is an `Option` tag, 0 or 1).
+fn decode_position(bytes: &[u8]) -> Result<AppliedState, ApplyError> {
+    if bytes.first() == Some(&b'[') {
+        return serde_json::from_slice(bytes).map_err(|e| ApplyError::Corrupt(e.to_string()));
+    }
+    super::decode(bytes).map_err(ApplyError::Corrupt)
 }
 
 /// Applies entries to one shard.
@@ -191,7 +201,7 @@ impl ShardApplier {
             return Ok((None, StoredMembershipOf::<TypeConfig>::default()));
         };
         let bytes = row.column(0).ok_or_else(|| ApplyError::Corrupt("no value column".into()))?;
-        serde_json::from_slice(bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))
+        decode_position(bytes)
     }
 
     /// Applies `entries` (consecutive, after the applied position) in as few engine batches as their
@@ -214,7 +224,7 @@ impl ShardApplier {
             let mut result = CommandResult::Applied;
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(Command { check: Some(check), .. }) => {
+                EntryPayload::Normal(Command::Check(check)) => {
                     // A digest must cover every entry up to and including this one: commit them all.
                     pending = None;
                     self.commit(std::mem::take(&mut batch), entry.log_id(), &membership)?;
@@ -222,20 +232,38 @@ impl ShardApplier {
                     results.push(self.run_check(entry.log_id().index, check)?);
                     continue;
                 }
-                EntryPayload::Normal(command) => {
-                    let mut own = WriteBatch::new();
-                    match own.extend_from_bytes(&command.batch).and_then(|()| self.db.check_batch(&own)) {
+                EntryPayload::Normal(Command::Evaluated { term, batch: bytes }) => {
+                    let appended = entry.log_id().committed_leader_id().term;
+                    if *term != appended {
+                        result = CommandResult::WrongTerm { evaluated: *term, appended };
+                    } else {
+                        match self.checked(bytes) {
+                            Err(e) => result = CommandResult::Rejected(e.to_string()),
+                            Ok(own) => {
+                                if batch.encoded_len() + own.encoded_len() > limit
+                                    && let Some(upto) = pending.take()
+                                {
+                                    self.commit(std::mem::take(&mut batch), upto, &membership)?;
+                                    *cached = Some(membership.clone());
+                                }
+                                batch.extend_from_bytes(own.as_bytes())?;
+                            }
+                        }
+                    }
+                }
+                EntryPayload::Normal(Command::Conditional { conditions, batch: bytes }) => {
+                    match self.checked(bytes) {
                         Err(e) => result = CommandResult::Rejected(e.to_string()),
-                        Ok(()) => {
+                        Ok(own) => {
                             // A condition must see the writes before it; a combined batch must stay
                             // within the engine's limit.
-                            let must_commit = !command.conditions.is_empty()
-                                || batch.encoded_len() + own.encoded_len() > limit;
+                            let must_commit =
+                                !conditions.is_empty() || batch.encoded_len() + own.encoded_len() > limit;
                             if let (true, Some(upto)) = (must_commit, pending.take()) {
                                 self.commit(std::mem::take(&mut batch), upto, &membership)?;
                                 *cached = Some(membership.clone());
                             }
-                            result = self.holds(command)?;
+                            result = self.holds(conditions)?;
                             if result == CommandResult::Applied {
                                 batch.extend_from_bytes(own.as_bytes())?;
                             }
@@ -300,18 +328,26 @@ impl ShardApplier {
         membership: &StoredMembershipOf<TypeConfig>,
     ) -> Result<(), ApplyError> {
         let state = (Some(upto), membership);
-        let encoded = serde_json::to_vec(&state).map_err(|e| ApplyError::Corrupt(e.to_string()))?;
+        let encoded = super::encode(&state).map_err(ApplyError::Corrupt)?;
         batch.put_row(self.meta_bucket, APPLIED_ROW_KEY, &[(0, &encoded)]);
         // The WAL is off for replicated shards: durability is the Raft log's job.
         self.db.write(batch, WriteOptions { sync: false })?;
         Ok(())
     }
 
-    /// Whether every condition of `command` holds in the engine now: `Applied` if so (nothing is
+    /// `bytes` as a write batch, if they decode and the shard may apply it (owned buckets, limits).
+    fn checked(&self, bytes: &[u8]) -> cairn_engine::Result<WriteBatch> {
+        let mut own = WriteBatch::new();
+        own.extend_from_bytes(bytes)?;
+        self.db.check_batch(&own)?;
+        Ok(own)
+    }
+
+    /// Whether every condition holds in the engine now: `Applied` if so (nothing is
     /// written yet), `ConditionFailed` if not, `Rejected` if a condition names a row the shard cannot
     /// hold. Storage failures are errors.
-    fn holds(&self, command: &Command) -> Result<CommandResult, ApplyError> {
-        for condition in &command.conditions {
+    fn holds(&self, conditions: &[Condition]) -> Result<CommandResult, ApplyError> {
+        for condition in conditions {
             match self.check(condition) {
                 Ok(true) => {}
                 Ok(false) => return Ok(CommandResult::ConditionFailed),

@@ -18,7 +18,8 @@ pub use replica::{
 pub use runtime::{CairnRuntime, with_seed};
 pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};
 pub use transport::{
-    GroupLink, GroupNetwork, PeerChannels, RaftCall, RaftReply, RaftService, Wire, decode_call,
+    CallError, GroupLink, GroupNetwork, PeerChannels, RaftCall, RaftReply, RaftService, RequestHandler, Wire,
+    decode_call,
 };
 
 /// A shard group's Raft node.
@@ -26,19 +27,37 @@ pub type ShardRaft = openraft::Raft<TypeConfig, ShardStateMachine>;
 
 use serde::{Deserialize, Serialize};
 
-/// A command a shard group replicates: an encoded engine write batch, applied only if every condition
-/// holds when the command's turn comes (so every replica decides the same way).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
-    /// Checked, in order, against the shard as of the entries before this one.
-    pub conditions: Vec<Condition>,
-    /// The writes, as [`cairn_engine::WriteBatch::as_bytes`] encodes them. (Byte strings are encoded as
-    /// bytes, not as sequences of numbers: the same postcard encoding, decoded in one copy instead of
-    /// one visitor call per byte, which made a 1 MiB value cost ~20 ms of CPU per decode.)
-    #[serde(with = "serde_bytes")]
-    pub batch: Vec<u8>,
-    /// A consistency-check step instead of writes (the command's other fields are then empty).
-    pub check: Option<Check>,
+/// A command a shard group replicates. Every replica applies it alike: what it writes and whether it
+/// writes are decided by the command and the entries before it, never by the replica.
+///
+/// The variants leave room for the commands still to come (splits and merges, a GC threshold, intent
+/// resolution): each is one more variant with its own apply step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Engine writes evaluated by the group's leader in `term`, against a state machine that had
+    /// applied every entry of earlier terms, while it held latches on the keys it read until the
+    /// command applied. Applied only if the entry was appended in that same term (by that leader): a
+    /// command evaluated under an older leadership is refused ([`CommandResult::WrongTerm`]), never
+    /// applied on a state it was not evaluated against.
+    Evaluated {
+        /// The leader's term at evaluation.
+        term: u64,
+        /// The writes, as [`cairn_engine::WriteBatch::as_bytes`] encodes them (byte strings stay byte
+        /// strings in postcard: decoded in one copy, not one visitor call per byte).
+        #[serde(with = "serde_bytes")]
+        batch: Vec<u8>,
+    },
+    /// Engine writes applied only if every condition holds as of the entries before this one, whoever
+    /// proposed them (system writes, tests, and the simulation's raw commands).
+    Conditional {
+        /// Checked, in order.
+        conditions: Vec<Condition>,
+        /// The writes, encoded as in [`Command::Evaluated`].
+        #[serde(with = "serde_bytes")]
+        batch: Vec<u8>,
+    },
+    /// A consistency-check step.
+    Check(Check),
 }
 
 /// The two log entries of a consistency check (seed 004): every replica hashes its shard at the same
@@ -61,12 +80,22 @@ pub enum Check {
 impl Command {
     /// An unconditional write of `batch`.
     pub fn write(batch: &cairn_engine::WriteBatch) -> Command {
-        Command { conditions: Vec::new(), batch: batch.as_bytes().to_vec(), check: None }
+        Command::conditional(Vec::new(), batch)
+    }
+
+    /// A write of `batch` applied only if every condition holds.
+    pub fn conditional(conditions: Vec<Condition>, batch: &cairn_engine::WriteBatch) -> Command {
+        Command::Conditional { conditions, batch: batch.as_bytes().to_vec() }
+    }
+
+    /// A write of `batch` evaluated by the leader of `term`.
+    pub fn evaluated(term: u64, batch: &cairn_engine::WriteBatch) -> Command {
+        Command::Evaluated { term, batch: batch.as_bytes().to_vec() }
     }
 
     /// A consistency-check step.
     pub fn check(check: Check) -> Command {
-        Command { conditions: Vec::new(), batch: Vec::new(), check: Some(check) }
+        Command::Check(check)
     }
 
     /// About how many bytes the command takes encoded: never less (each field adds a little more than
@@ -80,22 +109,32 @@ impl Command {
                 Condition::Not(c) => condition(c),
             }
         }
-        let check = match &self.check {
-            Some(Check::Compare { digest, .. }) => 16 + digest.len(),
-            Some(Check::Record) | None => 1,
-        };
-        16 + self.batch.len() + self.conditions.iter().map(condition).sum::<usize>() + check
+        16 + match self {
+            Command::Evaluated { batch, .. } => 16 + batch.len(),
+            Command::Conditional { conditions, batch } => {
+                batch.len() + conditions.iter().map(condition).sum::<usize>()
+            }
+            Command::Check(Check::Compare { digest, .. }) => 16 + digest.len(),
+            Command::Check(Check::Record) => 1,
+        }
     }
+}
 
-    /// A write of `batch` applied only if every condition holds.
-    pub fn conditional(conditions: Vec<Condition>, batch: &cairn_engine::WriteBatch) -> Command {
-        Command { conditions, batch: batch.as_bytes().to_vec(), check: None }
+impl Default for Command {
+    fn default() -> Command {
+        Command::Conditional { conditions: Vec::new(), batch: Vec::new() }
     }
 }
 
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "command({} bytes, {} conditions)", self.batch.len(), self.conditions.len())
+        match self {
+            Command::Evaluated { term, batch } => write!(f, "evaluated(term {term}, {} bytes)", batch.len()),
+            Command::Conditional { conditions, batch } => {
+                write!(f, "conditional({} bytes, {} conditions)", batch.len(), conditions.len())
+            }
+            Command::Check(check) => write!(f, "check({check:?})"),
+        }
     }
 }
 
@@ -149,6 +188,15 @@ pub enum CommandResult {
     /// having restarted or installed a snapshot since, or it is still hashing: then it compares, and
     /// fences itself on a difference, once done).
     Compared(Option<bool>),
+    /// A [`Command::Evaluated`] appended in another term than the one it was evaluated in (its leader
+    /// lost the role in between): nothing was written. The proposer evaluates it again, as the leader
+    /// it is now or at the leader there is now.
+    WrongTerm {
+        /// The term it was evaluated in.
+        evaluated: u64,
+        /// The term of the entry.
+        appended: u64,
+    },
     /// It was malformed or broke a limit (an unowned bucket, an oversized key or value); nothing was
     /// written. Proposers check commands first, so this is a proposer's bug, reported rather than fatal.
     Rejected(String),
@@ -232,6 +280,7 @@ mod tests {
             Command::conditional(vec![Condition::Any(vec![condition])], &batch),
             Command::check(Check::Record),
             Command::check(Check::Compare { index: 7, digest: "ab".into() }),
+            Command::evaluated(3, &batch),
         ] {
             let bytes = encode(&command).unwrap();
             assert_eq!(decode::<Command>(&bytes).unwrap(), command);

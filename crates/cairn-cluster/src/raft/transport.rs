@@ -70,6 +70,18 @@ fn append_timeout(ttl: Duration, entries: usize, bytes: usize) -> Duration {
 /// Room a message needs besides its entries (the call's envelope, log ids, the vote).
 const ENVELOPE_BYTES: usize = 4 << 10;
 
+/// Evaluates requests a follower's node hands to this node's leader replica of a group
+/// ([`Replica::forward_request`]). The layer above implements it: the request and its answer are its
+/// own encodings, opaque here.
+pub trait RequestHandler: Send + Sync + 'static {
+    /// Answers `request` for `replica`'s group (this node's replica, which leads or led it).
+    fn handle(
+        self: Arc<Self>,
+        replica: Replica,
+        request: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'static, Vec<u8>>;
+}
+
 /// The receiving side: the node's shard groups, by group id.
 #[derive(Clone, Default)]
 pub struct RaftService {
@@ -78,6 +90,8 @@ pub struct RaftService {
     // Replicas, and whether their snapshots are fetched from the leader (otherwise, as in the
     // simulation, the snapshot volume is shared and installs read it directly).
     replicas: Arc<RwLock<HashMap<u64, (Replica, bool)>>>,
+    // Answers forwarded requests (none: they are refused).
+    requests: Arc<RwLock<Option<Arc<dyn RequestHandler>>>>,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -102,6 +116,11 @@ impl RaftService {
     /// are on already (one process, one memory volume): installs read it directly.
     pub fn register_replica_sharing_volume(&self, replica: &Replica) {
         self.replicas.write().insert(replica.group(), (replica.clone(), false));
+    }
+
+    /// Answers requests forwarded to this node's leader replicas with `handler`.
+    pub fn set_request_handler(&self, handler: Arc<dyn RequestHandler>) {
+        *self.requests.write() = Some(handler);
     }
 
     /// Stops routing calls for `group` (they are answered "not on this node").
@@ -202,6 +221,14 @@ impl RaftService {
             Message::TransferLeader(rpc) => {
                 encode(&raft.handle_transfer_leader(rpc).await.map_err(|e| e.to_string())?)
             }
+            Message::Request(request) => {
+                let handler = self.requests.read().clone();
+                let handler =
+                    handler.ok_or_else(|| "this node evaluates no forwarded requests".to_string())?;
+                let replica =
+                    replica.ok_or_else(|| format!("group {} has no replica to answer", call.group))?;
+                Ok(handler.handle(replica, request).await)
+            }
         }
     }
 }
@@ -217,6 +244,7 @@ enum Message {
     Replace(u64, String),
     Digest(u64),
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    Request(Vec<u8>),
 }
 
 impl Message {
@@ -237,6 +265,7 @@ impl Message {
             }
             Ok(RaftCallKind::Digest) => Message::Digest(decode(payload)?),
             Ok(RaftCallKind::TransferLeader) => Message::TransferLeader(decode(payload)?),
+            Ok(RaftCallKind::Request) => Message::Request(payload.to_vec()),
             Ok(RaftCallKind::Unspecified) | Err(_) => return Err(format!("unknown raft call kind {kind}")),
         })
     }
@@ -304,6 +333,23 @@ impl PeerChannels {
     }
 }
 
+/// Why a call got no reply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The call never left this node (no connection could be made): the receiver did nothing.
+    #[error("{0} (not sent)")]
+    NotSent(String),
+    /// The call or its reply was lost, or it timed out: the receiver may have acted on it.
+    #[error("{0}")]
+    Lost(String),
+}
+
+impl From<String> for CallError {
+    fn from(why: String) -> CallError {
+        CallError::Lost(why)
+    }
+}
+
 /// How a node's Raft messages reach a peer.
 pub trait Wire: Clone + Send + Sync + 'static {
     /// Delivers `call` to member `target` (a replica id: see [`super::node_of`]; 0 when only `addr` is
@@ -314,7 +360,7 @@ pub trait Wire: Clone + Send + Sync + 'static {
         addr: &str,
         call: RaftCall,
         timeout: Duration,
-    ) -> impl Future<Output = Result<RaftReply, String>> + Send;
+    ) -> impl Future<Output = Result<RaftReply, CallError>> + Send;
 
     /// The largest message a call or reply may be (the receiver refuses larger ones).
     fn max_message_bytes(&self) -> usize {
@@ -329,8 +375,8 @@ impl Wire for PeerChannels {
         addr: &str,
         call: RaftCall,
         timeout: Duration,
-    ) -> Result<RaftReply, String> {
-        let channel = self.channel(addr)?;
+    ) -> Result<RaftReply, CallError> {
+        let channel = self.channel(addr).map_err(CallError::NotSent)?;
         let mut request = Request::new(call);
         request.set_timeout(timeout);
         let mut client = RaftTransportClient::new(channel)
@@ -344,7 +390,10 @@ impl Wire for PeerChannels {
                 if status.code() == tonic::Code::Unavailable {
                     self.forget(addr);
                 }
-                Err(status.to_string())
+                if cairn_proto::never_sent(&status) {
+                    return Err(CallError::NotSent(status.to_string()));
+                }
+                Err(CallError::Lost(status.to_string()))
             }
         }
     }

@@ -91,8 +91,9 @@ impl cairn_cluster::raft::Wire for Net {
         addr: &str,
         call: cairn_cluster::raft::RaftCall,
         _timeout: Duration,
-    ) -> Result<cairn_cluster::raft::RaftReply, String> {
-        let service = self.0.lock().get(addr).cloned().ok_or_else(|| format!("{addr} is down"))?;
+    ) -> Result<cairn_cluster::raft::RaftReply, cairn_cluster::raft::CallError> {
+        let down = || cairn_cluster::raft::CallError::NotSent(format!("{addr} is down"));
+        let service = self.0.lock().get(addr).cloned().ok_or_else(down)?;
         Ok(service.handle(call).await)
     }
 }

@@ -12,9 +12,9 @@ mod transfer;
 pub(crate) use transfer::{SnapshotFileCall, serve_snapshot_file};
 
 use super::{
-    CheckStatus, Command, CommandResult, GroupLogStore, GroupNetwork, MAX_NODE_ID, RaftCall, RaftReply,
-    ShardRaft, ShardStateMachine, TypeConfig, Wire, decode, encode, incarnation_of, log_key, node_of,
-    replica_id,
+    CallError, CheckStatus, Command, CommandResult, GroupLogStore, GroupNetwork, MAX_NODE_ID, RaftCall,
+    RaftReply, ShardRaft, ShardStateMachine, TypeConfig, Wire, decode, encode, incarnation_of, log_key,
+    node_of, replica_id,
 };
 use crate::raft_log::RaftLog;
 use cairn_engine::Db;
@@ -276,7 +276,7 @@ trait Forward: Send + Sync {
         addr: String,
         call: RaftCall,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<RaftReply, String>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<RaftReply, CallError>> + Send + '_>>;
 }
 
 impl<W: Wire> Forward for W {
@@ -286,7 +286,7 @@ impl<W: Wire> Forward for W {
         addr: String,
         call: RaftCall,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<RaftReply, String>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<RaftReply, CallError>> + Send + '_>> {
         Box::pin(async move { Wire::call(self, target, &addr, call, timeout).await })
     }
 }
@@ -531,6 +531,75 @@ impl Replica {
         }
     }
 
+    /// The term this replica leads its group in, once it may evaluate requests for it: it is the leader
+    /// and has applied an entry of its own term, so every entry of an earlier term is applied and its
+    /// state machine holds everything any earlier leader wrote. A leader just elected waits (up to
+    /// `timeout`) for its first entry to apply; a replica that does not lead answers `NotLeader`.
+    pub async fn leading_term(&self, timeout: Duration) -> Result<u64, GroupError> {
+        if let Some(why) = self.shared.sm.check_status().fenced {
+            return Err(GroupError::Fenced(why));
+        }
+        let Incarnation { raft, id } = self.current();
+        let ready = |m: &openraft::RaftMetrics<TypeConfig>| {
+            m.last_applied.as_ref().is_some_and(|l| l.committed_leader_id().term == m.current_term)
+        };
+        let waited = raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader != Some(id) || ready(m), "the leader's first entry applied")
+            .await;
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.current_leader != Some(id) {
+            return Err(GroupError::NotLeader { leader: m.current_leader });
+        }
+        match waited {
+            Ok(_) if ready(&m) => Ok(m.current_term),
+            _ => Err(GroupError::Timeout(format!(
+                "leader of term {} has not applied its first entry within {timeout:?}",
+                m.current_term
+            ))),
+        }
+    }
+
+    /// Proposes `command` here, never forwarding it: for commands this replica evaluated as the
+    /// leader ([`Command::Evaluated`]). `NotLeader` if it no longer leads.
+    pub async fn propose_here(&self, command: Command, timeout: Duration) -> Result<Written, GroupError> {
+        propose_here(&self.raft(), command, timeout).await
+    }
+
+    /// Hands `request` (the layer above's encoding) to the leader's node, whose [`RequestHandler`]
+    /// evaluates it there and answers; returns that answer. `NotLeader` if no other replica is known
+    /// to lead (nothing was sent); `OutcomeUnknown` if the call failed once sent (the leader may
+    /// have acted on it).
+    pub async fn forward_request(&self, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, GroupError> {
+        let Some((leader, addr)) = self.leader_elsewhere() else {
+            let leader = self.raft().metrics().borrow_watched().current_leader;
+            return Err(GroupError::NotLeader { leader });
+        };
+        let call = RaftCall {
+            group: self.shared.group,
+            kind: RaftCallKind::Request as i32,
+            payload: request,
+            target: leader,
+        };
+        let node = node_of(leader);
+        match self.shared.wire.call(leader, addr, call, timeout).await {
+            Ok(reply) if reply.error.is_empty() => Ok(reply.payload),
+            // The leader's node refused it before acting (the group is not there, another incarnation).
+            Ok(reply) => {
+                tracing::debug!(node, error = %reply.error, "forwarded request refused");
+                Err(GroupError::NotLeader { leader: None })
+            }
+            Err(CallError::NotSent(why)) => {
+                tracing::debug!(node, %why, "forwarded request not sent");
+                Err(GroupError::NotLeader { leader: None })
+            }
+            Err(CallError::Lost(why)) => {
+                Err(GroupError::OutcomeUnknown(format!("forwarding to node {node}: {why}")))
+            }
+        }
+    }
+
     /// The leader this replica knows of (its member id) and its address, when that is another replica.
     fn leader_elsewhere(&self) -> Option<(u64, String)> {
         let Incarnation { raft, id } = self.current();
@@ -557,7 +626,7 @@ impl Replica {
         timeout: Duration,
     ) -> Result<Vec<u8>, String> {
         let call = RaftCall { group: self.shared.group, kind: kind as i32, payload, target };
-        let reply = self.shared.wire.call(target, addr, call, timeout).await?;
+        let reply = self.shared.wire.call(target, addr, call, timeout).await.map_err(|e| e.to_string())?;
         if reply.error.is_empty() { Ok(reply.payload) } else { Err(reply.error) }
     }
 

@@ -99,12 +99,25 @@ impl std::fmt::Display for Timestamp {
     }
 }
 
+/// A physical time source: nanoseconds since the Unix epoch.
+pub type Physical = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// The node's clock.
-#[derive(Debug)]
 pub struct Clock {
     last: Mutex<Timestamp>,
     // INVARIANT: at most MAX_MAX_CLOCK_OFFSET.
     max_offset: Duration,
+    // `None`: the system's clock.
+    physical: Option<Physical>,
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clock")
+            .field("last", &*self.last.lock())
+            .field("max_offset", &self.max_offset)
+            .finish()
+    }
 }
 
 impl Default for Clock {
@@ -123,7 +136,24 @@ impl Clock {
     /// A clock starting at the physical time that refuses timestamps more than `max_offset` ahead
     /// (capped at [`MAX_MAX_CLOCK_OFFSET`]).
     pub fn new(max_offset: Duration) -> Clock {
-        Clock { last: Mutex::new(Timestamp::default()), max_offset: max_offset.min(MAX_MAX_CLOCK_OFFSET) }
+        Clock {
+            last: Mutex::new(Timestamp::default()),
+            max_offset: max_offset.min(MAX_MAX_CLOCK_OFFSET),
+            physical: None,
+        }
+    }
+
+    /// Like [`Clock::new`], reading the physical time from `physical` (a simulation's virtual time,
+    /// skewed per node).
+    pub fn with_physical(max_offset: Duration, physical: Physical) -> Clock {
+        Clock { physical: Some(physical), ..Clock::new(max_offset) }
+    }
+
+    fn physical_now(&self) -> u64 {
+        match &self.physical {
+            Some(physical) => physical(),
+            None => physical_now(),
+        }
     }
 
     /// The maximum clock offset.
@@ -133,7 +163,7 @@ impl Clock {
 
     /// A fresh timestamp, larger than every one handed out or observed before.
     pub fn now(&self) -> Timestamp {
-        let physical = physical_now();
+        let physical = self.physical_now();
         let mut last = self.last.lock();
         let next = if physical > last.wall_time {
             Timestamp { wall_time: physical, logical: 0 }
@@ -152,12 +182,15 @@ impl Clock {
     /// [`MAX_WALL_TIME`]), with the largest logical counter.
     pub fn limit(&self) -> Timestamp {
         let offset = u64::try_from(self.max_offset.as_nanos()).unwrap_or(u64::MAX);
-        Timestamp { wall_time: physical_now().saturating_add(offset).min(MAX_WALL_TIME), logical: u32::MAX }
+        Timestamp {
+            wall_time: self.physical_now().saturating_add(offset).min(MAX_WALL_TIME),
+            logical: u32::MAX,
+        }
     }
 
     /// Refuses `given` if it is more than the maximum offset ahead of the physical clock.
     pub fn check(&self, given: Timestamp) -> Result<(), TimestampAhead> {
-        let physical = physical_now();
+        let physical = self.physical_now();
         let bound = physical.saturating_add(u64::try_from(self.max_offset.as_nanos()).unwrap_or(u64::MAX));
         if given.wall_time <= bound.min(MAX_WALL_TIME) {
             return Ok(());

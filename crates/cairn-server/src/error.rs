@@ -97,6 +97,22 @@ impl From<crate::hlc::TimestampAhead> for NodeError {
     }
 }
 
+impl From<cairn_kv::WriteError> for NodeError {
+    fn from(e: cairn_kv::WriteError) -> NodeError {
+        use cairn_kv::WriteError as W;
+        match e {
+            W::NotLeader(m) => NodeError::NotLeader(m),
+            W::ConditionFailed(m) => NodeError::Precondition(m),
+            W::OutOfRange(m) => NodeError::OutOfRange(m),
+            W::TooLarge(m) => NodeError::TooLarge(m),
+            W::InvalidArgument(m) => NodeError::InvalidArgument(m),
+            W::Unavailable(m) => NodeError::Unavailable(m),
+            W::OutcomeUnknown(m) => NodeError::OutcomeUnknown(m),
+            W::Internal(m) => NodeError::Internal(m),
+        }
+    }
+}
+
 impl From<cairn_kv::KvError> for NodeError {
     fn from(e: cairn_kv::KvError) -> NodeError {
         use cairn_kv::KvError;

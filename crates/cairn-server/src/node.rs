@@ -14,11 +14,12 @@ use crate::layout::load_layout;
 use crate::mvcc;
 use crate::replicated::{self, Consistency, Plumbing, ReplicationConfig, Token};
 use crate::routing::{Route, Router};
-use crate::writer::{Pending, ShardWriter};
+use crate::writer::ShardWriter;
 use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica, RequestHandler};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot};
 use cairn_kv::DbReader;
+use cairn_kv::{Leaders, Pending};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -250,7 +251,7 @@ impl Shard {
 struct Replication {
     plumbing: Plumbing,
     /// Evaluates writes for the groups this node leads.
-    leaders: Arc<replicated::Leaders>,
+    leaders: Arc<Leaders>,
 }
 
 /// The local store.
@@ -444,12 +445,8 @@ impl Node {
         }
         let set = ShardSet::new(shards, total_buckets, |s| serving.contains(&s.group));
         let pending = Arc::new(Pending::new(config.max_clock_offset));
-        let leaders = replicated::Leaders::new(
-            Arc::clone(&pending),
-            total_buckets,
-            rc.request_timeout,
-            config.max_command_bytes(),
-        );
+        let leaders =
+            Leaders::new(Arc::clone(&pending), total_buckets, rc.request_timeout, config.max_command_bytes());
         plumbing.service.set_request_handler(Arc::clone(&leaders) as Arc<dyn RequestHandler>);
         Ok(Node {
             total_buckets,

@@ -1,6 +1,6 @@
 //! Writes to a node's store: puts (with their conditions), deletes and single-shard batches, checked
 //! against the node's limits, then handed to the shard's writer thread (standalone) or to its Raft
-//! group's leader ([`crate::replicated::Leaders`]).
+//! group's leader ([`cairn_kv::Leaders`]).
 
 use super::{
     Ack, Backend, Condition, Located, MAX_BATCH_OPS, MESSAGE_OVERHEAD_BYTES, Node, Shard, Token,

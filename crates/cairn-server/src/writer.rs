@@ -10,12 +10,9 @@
 
 use crate::error::{NodeError, Result};
 use cairn_engine::{Db, WriteBatch, WriteOptions};
-use cairn_kv::{Clock, DbReader, Outcome, Overlay, Timestamp, Write};
-use parking_lot::{Condvar, Mutex};
-use std::collections::BTreeMap;
+use cairn_kv::{DbReader, Outcome, Overlay, Pending, Timestamp, Write};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests a shard's channel holds before senders wait.
@@ -31,69 +28,6 @@ pub(crate) type WriteOutcome = Result<Option<Timestamp>>;
 struct WriteRequest {
     op: Write,
     reply: oneshot::Sender<WriteOutcome>,
-}
-
-/// Timestamps handed to writes not yet committed, so that a read at an explicit timestamp can wait for
-/// every write that may land at or below it.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    clock: Clock,
-    stamps: Mutex<BTreeMap<Timestamp, u32>>,
-    done: Condvar,
-}
-
-impl Pending {
-    /// No write in flight; a clock starting at the physical time, refusing timestamps more than
-    /// `max_clock_offset` ahead of it.
-    pub(crate) fn new(max_clock_offset: std::time::Duration) -> Pending {
-        Pending {
-            clock: Clock::new(max_clock_offset),
-            stamps: Mutex::new(BTreeMap::new()),
-            done: Condvar::new(),
-        }
-    }
-
-    /// The node's clock.
-    pub(crate) fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    /// A fresh timestamp for a write, registered as in flight.
-    pub(crate) fn begin(&self) -> Timestamp {
-        let mut stamps = self.stamps.lock();
-        let ts = self.clock.now();
-        *stamps.entry(ts).or_insert(0) += 1;
-        ts
-    }
-
-    /// Marks the writes at `stamps` committed (or failed).
-    pub(crate) fn end(&self, done: &[Timestamp]) {
-        if done.is_empty() {
-            return;
-        }
-        let mut stamps = self.stamps.lock();
-        for ts in done {
-            if let Some(n) = stamps.get_mut(ts) {
-                *n -= 1;
-                if *n == 0 {
-                    stamps.remove(ts);
-                }
-            }
-        }
-        drop(stamps);
-        self.done.notify_all();
-    }
-
-    /// Waits until no write at or below `at` is in flight; false if `deadline` passed first.
-    pub(crate) fn wait_below(&self, at: Timestamp, deadline: Instant) -> bool {
-        let mut stamps = self.stamps.lock();
-        while stamps.keys().next().is_some_and(|&t| t <= at) {
-            if self.done.wait_until(&mut stamps, deadline).timed_out() {
-                return false;
-            }
-        }
-        true
-    }
 }
 
 /// The sending side of a shard's writer.

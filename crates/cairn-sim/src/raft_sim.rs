@@ -17,12 +17,14 @@
 
 use crate::linearizability::{KeyedOperation, Operation, RegisterInput, RegisterOutput};
 use cairn_cluster::raft::{
-    CallError, CheckStatus, Command, CommandResult, Condition, GroupError, RaftCall, RaftReply, RaftService,
-    ReadLevel, Replica, ReplicaConfig, ShardStateMachine, Wire, node_of, retire_stored, with_seed,
+    CallError, CheckStatus, Command, GroupError, RaftCall, RaftReply, RaftService, ReadLevel, Replica,
+    ReplicaConfig, RequestHandler, ShardStateMachine, Wire, node_of, retire_stored, with_seed,
 };
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FaultController, FaultFs, FileSystem, MemFs};
 use cairn_engine::{Config, WriteBatch};
+use cairn_kv::hlc::{Clock as Hlc, Physical, Timestamp};
+use cairn_kv::{Condition as PutCondition, DbReader, LeaderStats, Leaders, Pending, Write, WriteError};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -89,6 +91,8 @@ pub struct SimReport {
     pub abandoned: u64,
     /// The group's voters at the end (every node unless `SimConfig::moves`).
     pub voters: Vec<u64>,
+    /// What the KV layer's writers did, summed over every node and restart.
+    pub leaders: LeaderStats,
 }
 
 /// A SplitMix64 generator: small, seedable, and the same everywhere.
@@ -203,11 +207,21 @@ struct Node {
     disk: MemFs,
     power: FaultController,
     replica: Option<Replica>,
+    /// Evaluates the writes of the group while this node's replica leads it, and hands them to the
+    /// leader otherwise: clients write through it.
+    leaders: Option<Arc<Leaders>>,
 }
 
 const GROUP: u64 = 1;
 const BUCKETS: u32 = 16;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The clocks' maximum offset, and how far ahead of the virtual time each node's clock runs (at most).
+const MAX_CLOCK_OFFSET: Duration = Duration::from_millis(500);
+const MAX_CLOCK_SKEW_NS: u64 = 250_000_000;
+/// The virtual time's start as a wall time (2026-01-01).
+const SIM_EPOCH_NS: u64 = 1_767_225_600_000_000_000;
+/// The largest command (a register write is a few dozen bytes).
+const MAX_COMMAND_BYTES: usize = 1 << 20;
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// Times a final read of a key is tried before the run fails.
 const FINAL_READ_TRIES: usize = 10;
@@ -246,7 +260,17 @@ impl Sim {
             start: tokio::time::Instant::now(),
         };
         let nodes = (1..=config.replicas)
-            .map(|id| (id, Node { disk: MemFs::new(), power: FaultController::default(), replica: None }))
+            .map(|id| {
+                (
+                    id,
+                    Node {
+                        disk: MemFs::new(),
+                        power: FaultController::default(),
+                        replica: None,
+                        leaders: None,
+                    },
+                )
+            })
             .collect();
         let raft_config = ReplicaConfig {
             heartbeat: Duration::from_millis(50),
@@ -315,6 +339,17 @@ impl Sim {
             .map_err(|e| format!("node {id} start: {e}"))?;
         let service = RaftService::default();
         service.register_replica_sharing_volume(&replica);
+        // The node's clock: virtual time, skewed by up to half the maximum offset (so one node's
+        // versions can be ahead of another's clock: writes land above them).
+        let skew = self.seeds.below(MAX_CLOCK_SKEW_NS);
+        let start = self.net.lock().start;
+        let physical: Physical = Arc::new(move || {
+            SIM_EPOCH_NS + u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX) + skew
+        });
+        let pending = Arc::new(Pending::with_clock(Hlc::with_physical(MAX_CLOCK_OFFSET, physical)));
+        let leaders = Leaders::new(pending, BUCKETS, WRITE_TIMEOUT, MAX_COMMAND_BYTES);
+        service.set_request_handler(Arc::clone(&leaders) as Arc<dyn RequestHandler>);
+        node.leaders = Some(leaders);
         self.net.lock().services.insert(id, service);
         tokio::spawn({
             let replica = replica.clone();
@@ -337,6 +372,9 @@ impl Sim {
         self.net.lock().services.remove(&id);
         let Some(node) = self.nodes.get_mut(&id) else { return };
         node.power.fail_all();
+        if let Some(leaders) = node.leaders.take() {
+            add_stats(&mut self.report.leaders, leaders.stats());
+        }
         if let Some(replica) = node.replica.take() {
             let _ = replica.shutdown().await;
         }
@@ -352,6 +390,12 @@ impl Sim {
 
     fn replica(&self, id: u64) -> Option<Replica> {
         self.nodes.get(&id).and_then(|n| n.replica.clone())
+    }
+
+    /// Node `id`'s replica and the writer in front of it, if the node is up.
+    fn gateway(&self, id: u64) -> Option<(Replica, Arc<Leaders>)> {
+        let node = self.nodes.get(&id)?;
+        Some((node.replica.clone()?, node.leaders.clone()?))
     }
 
     fn up(&self) -> Vec<u64> {
@@ -371,7 +415,21 @@ impl SimConfig {
     }
 }
 
-/// The engine key and bucket of register `key`.
+fn add_stats(sum: &mut LeaderStats, more: LeaderStats) {
+    sum.evaluated += more.evaluated;
+    sum.forwarded += more.forwarded;
+    sum.served += more.served;
+    sum.pushed += more.pushed;
+    sum.wrong_term += more.wrong_term;
+    sum.settled += more.settled;
+}
+
+/// The user key of register `key`.
+fn register_key(key: u64) -> Vec<u8> {
+    format!("reg-{key}").into_bytes()
+}
+
+/// The engine key and bucket of register `key` written as a raw row (the catch-up run's writes).
 fn register(key: u64) -> (u16, Vec<u8>) {
     ((key % u64::from(BUCKETS)) as u16, format!("reg-{key}").into_bytes())
 }
@@ -382,11 +440,13 @@ fn decode(value: Option<&[u8]>) -> Result<Option<u64>, String> {
         .transpose()
 }
 
-/// A client's view: which node it believes leads.
+/// A client's view: which node it believes leads, and the timestamp of the version it last read of
+/// each register.
 struct Client {
     id: u64,
     rng: SimRng,
     leader: u64,
+    seen: HashMap<u64, Option<Timestamp>>,
 }
 
 /// Global event clock for the history: calls and returns in the order they happened.
@@ -412,9 +472,20 @@ enum Attempt {
     Redirect(Option<u64>),
 }
 
-async fn attempt(replica: &Replica, rng: &mut SimRng, key: u64, input: RegisterInput) -> Attempt {
-    let (bucket, engine_key) = register(key);
-    let (expect, new) = match input {
+/// One try of `input` on register `key` through node `gateway`: reads at its replica, writes through
+/// the KV layer ([`Leaders::write`]: evaluated by the group's leader). A compare-and-set expecting a
+/// value is a put conditional on the timestamp of that value's version (`seen`: every value is written
+/// once, so the newest version has that timestamp exactly when the register holds that value); one
+/// expecting nothing is a put if absent. A read records the timestamp of what it read in `seen`.
+async fn attempt(
+    (replica, leaders): &(Replica, Arc<Leaders>),
+    rng: &mut SimRng,
+    key: u64,
+    input: RegisterInput,
+    seen: &mut Option<Timestamp>,
+) -> Attempt {
+    let user_key = register_key(key);
+    let (condition, new) = match input {
         RegisterInput::Read => {
             let level = if rng.chance(30) { ReadLevel::Lease } else { ReadLevel::Strong };
             return match replica.read_point(level, READ_TIMEOUT).await {
@@ -422,39 +493,41 @@ async fn attempt(replica: &Replica, rng: &mut SimRng, key: u64, input: RegisterI
                 Err(_) => Attempt::NoEffect,
                 // Nothing runs between the wait and this read (one thread): it sees the state the
                 // wait established, or newer.
-                Ok(_) => match replica.db().get(bucket, &engine_key) {
-                    Ok(row) => match decode(row.as_ref().and_then(|r| r.column(0))) {
-                        Ok(v) => Attempt::Done(RegisterOutput::Read(v)),
+                Ok(_) => {
+                    let db = replica.db();
+                    let reader = DbReader { db: &db, total_buckets: BUCKETS };
+                    match reader.newest(&user_key) {
+                        Ok(version) => {
+                            *seen = version.as_ref().map(|v| v.timestamp);
+                            match decode(version.as_ref().map(|v| v.value.as_slice())) {
+                                Ok(v) => Attempt::Done(RegisterOutput::Read(v)),
+                                Err(_) => Attempt::NoEffect,
+                            }
+                        }
                         Err(_) => Attempt::NoEffect,
-                    },
-                    Err(_) => Attempt::NoEffect,
-                },
+                    }
+                }
             };
         }
         RegisterInput::Write(v) => (None, v),
-        RegisterInput::Cas { expect, new } => (Some(expect), new),
+        RegisterInput::Cas { expect: None, new } => (Some(PutCondition::IfAbsent), new),
+        RegisterInput::Cas { expect: Some(_), new } => match *seen {
+            Some(ts) => (Some(PutCondition::IfTimestamp(ts)), new),
+            None => return Attempt::NoEffect,
+        },
         RegisterInput::Delete => return Attempt::NoEffect,
     };
-    let mut batch = WriteBatch::new();
-    batch.put(bucket, &engine_key, 0, &new.to_be_bytes());
-    let command = match expect {
-        None => Command::write(&batch),
-        Some(expect) => {
-            let value = expect.map(|e| e.to_be_bytes().to_vec());
-            Command::conditional(
-                vec![Condition::ColumnIs { bucket, key: engine_key, column: 0, value }],
-                &batch,
-            )
-        }
+    let op = Write::Put {
+        key: user_key,
+        value: new.to_be_bytes().to_vec(),
+        condition: condition.unwrap_or(PutCondition::None),
     };
-    match replica.write(command, WRITE_TIMEOUT).await {
-        Ok(w) => match (expect, w.result) {
-            (Some(_), r) => Attempt::Done(RegisterOutput::Cas(r == CommandResult::Applied)),
-            (None, CommandResult::Applied) => Attempt::Done(RegisterOutput::Done),
-            // Refused: nothing was written.
-            (None, _) => Attempt::NoEffect,
-        },
-        Err(GroupError::NotLeader { leader }) => Attempt::Redirect(leader),
+    match leaders.write(replica, op).await {
+        Ok(_) if condition.is_some() => Attempt::Done(RegisterOutput::Cas(true)),
+        Ok(_) => Attempt::Done(RegisterOutput::Done),
+        Err(WriteError::ConditionFailed(_)) => Attempt::Done(RegisterOutput::Cas(false)),
+        // Nothing was proposed, or what was is known not to have applied.
+        Err(WriteError::Unavailable(_) | WriteError::NotLeader(_)) => Attempt::NoEffect,
         Err(_) => Attempt::Unknown,
     }
 }
@@ -470,13 +543,14 @@ async fn perform(
 ) -> Result<Option<RegisterOutput>, ()> {
     let replicas = sim.lock().await.config.replicas;
     for _ in 0..4 {
-        let replica = sim.lock().await.replica(client.leader);
-        let Some(replica) = replica else {
+        let gateway = sim.lock().await.gateway(client.leader);
+        let Some(gateway) = gateway else {
             client.leader = 1 + client.rng.below(replicas);
             continue;
         };
         sim.lock().await.note(format!("client {} key {key} {input:?} at node {}", client.id, client.leader));
-        let outcome = attempt(&replica, &mut client.rng, key, input).await;
+        let seen = client.seen.entry(key).or_default();
+        let outcome = attempt(&gateway, &mut client.rng, key, input, seen).await;
         sim.lock().await.note(format!("client {} key {key} {input:?} -> {outcome:?}", client.id));
         match outcome {
             Attempt::Done(output) => return Ok(Some(output)),
@@ -722,7 +796,12 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
     let mut clients = Vec::new();
     let until = tokio::time::Instant::now() + config.duration;
     for id in 1..=config.clients {
-        let client = Client { id, rng: SimRng::new(rng.next_u64()), leader: 1 + rng.below(config.replicas) };
+        let client = Client {
+            id,
+            rng: SimRng::new(rng.next_u64()),
+            leader: 1 + rng.below(config.replicas),
+            seen: HashMap::new(),
+        };
         clients.push(tokio::spawn(client_loop(Arc::clone(&sim), client, clock.clone(), until, config.keys)));
     }
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -771,7 +850,8 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
     let converged = converge(&sim, &voters).await?;
 
     // Final strong reads of every key join the history: every acknowledged write must show.
-    let mut reader = Client { id: 0, rng: SimRng::new(rng.next_u64()), leader: converged };
+    let mut reader =
+        Client { id: 0, rng: SimRng::new(rng.next_u64()), leader: converged, seen: HashMap::new() };
     for key in 0..config.keys {
         let call = clock.tick();
         // A read that found no quorum in time (a membership change just committed, messages still
@@ -843,6 +923,9 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
         s.report.snapshots_installed += replica.state_machine().snapshots_installed();
     }
     for id in 1..=config.replicas {
+        if let Some(leaders) = s.nodes.get(&id).and_then(|n| n.leaders.clone()) {
+            add_stats(&mut s.report.leaders, leaders.stats());
+        }
         if let Some(r) = s.replica(id) {
             let _ = r.shutdown().await;
         }

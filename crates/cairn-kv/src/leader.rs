@@ -1,0 +1,456 @@
+//! Writes to a replicated shard, evaluated by its Raft group's leader.
+//!
+//! [`Leaders`] evaluates the writes of the groups a node leads: its own clients' and those other nodes
+//! hand over (it is the node's [`RequestHandler`]). The leader picks each write's timestamp from its
+//! node's clock, evaluates it ([`evaluate()`]) against its replica while it holds
+//! [latches](crate::latch) on the write's keys, and proposes the rows as a [`Command::Evaluated`] of its
+//! term. The latches are held until the command applies, so the next write on those keys reads what
+//! this one wrote; a leader evaluates only once it has applied an entry of its own term (every earlier
+//! leader's writes), and a command whose leader lost the role before it was appended is refused at
+//! apply ([`CommandResult::WrongTerm`]) rather than applied against a state it was not evaluated on.
+//!
+//! A write's outcome is definite except when the leader's node cannot learn it in time: then the
+//! client is told it is unknown ([`WriteError::OutcomeUnknown`]).
+
+use crate::evaluate::{Condition, Evaluated, KvError, Outcome, Write, evaluate};
+use crate::hlc::Timestamp;
+use crate::latch::{LatchGuard, Latches};
+use crate::mvcc;
+use crate::pending::Pending;
+use crate::reader::DbReader;
+use cairn_cluster::raft::{Command, CommandResult, GroupError, ReadLevel, Replica, RequestHandler, Written};
+use cairn_engine::WriteBatch;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Why a replicated write was not done, or may not have been. Serializable: the leader's node answers
+/// with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WriteError {
+    /// The replica asked does not lead the group (any more): nothing was proposed.
+    #[error("{0}")]
+    NotLeader(String),
+    /// A put's condition does not hold.
+    #[error("{0}")]
+    ConditionFailed(String),
+    /// A timestamp beyond the clock's bound (see [`KvError::TooFarAhead`]).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A write over a limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A write the shard cannot take (an unowned bucket, a bad row).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No leader took the write in time, or the store is shutting down: retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The write may or may not have been applied: read before retrying.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    /// A bug or corruption.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<KvError> for WriteError {
+    fn from(e: KvError) -> WriteError {
+        match e {
+            KvError::ConditionFailed(m) => WriteError::ConditionFailed(m),
+            e @ KvError::TooFarAhead { .. } => WriteError::OutOfRange(e.to_string()),
+            KvError::Malformed(m) => WriteError::Internal(m),
+            KvError::Engine(e @ cairn_engine::Error::InvalidArgument(_)) => {
+                WriteError::InvalidArgument(e.to_string())
+            }
+            KvError::Engine(e @ (cairn_engine::Error::Poisoned(_) | cairn_engine::Error::Closed)) => {
+                WriteError::Unavailable(format!("storage error: {e}"))
+            }
+            KvError::Engine(e) => WriteError::Internal(format!("storage error: {e}")),
+        }
+    }
+}
+
+impl From<GroupError> for WriteError {
+    fn from(e: GroupError) -> WriteError {
+        match e {
+            GroupError::NotLeader { .. } => WriteError::NotLeader(e.to_string()),
+            GroupError::OutcomeUnknown(why) => {
+                WriteError::OutcomeUnknown(format!("the outcome is unknown: {why}"))
+            }
+            GroupError::InvalidConfig(why) | GroupError::Membership(why) => WriteError::Internal(why),
+            GroupError::Fenced(why) => WriteError::Unavailable(format!("this replica is fenced: {why}")),
+            e => WriteError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// What a replicated write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// The version's timestamp; `None` for a delete of an absent key (nothing written).
+    pub timestamp: Option<Timestamp>,
+    /// The log index that decided it.
+    pub index: u64,
+}
+
+/// A write another node hands to this node's leader replica: the write and how long it may take (ms).
+#[derive(Serialize, Deserialize)]
+struct Forwarded {
+    write: Write,
+    timeout_ms: u64,
+}
+
+/// Most rounds one write makes to find the leader (a pause after each that found none, or reached a
+/// leader that had just lost the role: nothing was proposed then).
+const MAX_ROUNDS: usize = 16;
+/// Most evaluations of one write on the leader: a second when the first landed above a newer version
+/// an earlier leader's clock stamped (see [`Leaders::evaluate`]).
+const MAX_EVALUATIONS: usize = 2;
+
+/// Evaluates the writes of the shard groups this node leads (see the module documentation), and hands
+/// those of the groups it does not lead to their leaders.
+pub struct Leaders {
+    pending: Arc<Pending>,
+    total_buckets: u32,
+    timeout: Duration,
+    /// The largest command that fits in one message (and so always replicates).
+    max_command_bytes: usize,
+    latches: parking_lot::Mutex<std::collections::HashMap<u64, Arc<Latches>>>,
+    stats: Stats,
+}
+
+/// What a node's [`Leaders`] did, counted since it started.
+#[derive(Debug, Default)]
+struct Stats {
+    evaluated: AtomicU64,
+    forwarded: AtomicU64,
+    served: AtomicU64,
+    pushed: AtomicU64,
+    wrong_term: AtomicU64,
+    settled: AtomicU64,
+}
+
+/// A copy of a node's [`Leaders`] counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaderStats {
+    /// Writes evaluated here as the leader (each evaluation counted).
+    pub evaluated: u64,
+    /// Writes handed to the leader's node.
+    pub forwarded: u64,
+    /// Writes other nodes handed here.
+    pub served: u64,
+    /// Evaluations that landed above a newer version stamped by another node's clock, evaluated again.
+    pub pushed: u64,
+    /// Commands refused at apply for a change of leadership, and evaluated again.
+    pub wrong_term: u64,
+    /// Proposals whose outcome was learned after the leader lost the role.
+    pub settled: u64,
+}
+
+impl std::fmt::Debug for Leaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leaders").field("groups", &self.latches.lock().len()).finish()
+    }
+}
+
+/// How a round of a write ended when it did not answer the client.
+enum Round {
+    /// Evaluate again, wherever the leader now is (nothing of this round will apply).
+    Again(String),
+    /// Answer the client.
+    Done(Result<Committed, WriteError>),
+}
+
+impl Leaders {
+    pub fn new(
+        pending: Arc<Pending>,
+        total_buckets: u32,
+        timeout: Duration,
+        max_command_bytes: usize,
+    ) -> Arc<Leaders> {
+        Arc::new(Leaders {
+            pending,
+            total_buckets,
+            timeout,
+            max_command_bytes,
+            latches: Default::default(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// What this node's leaders did so far.
+    pub fn stats(&self) -> LeaderStats {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LeaderStats {
+            evaluated: get(&s.evaluated),
+            forwarded: get(&s.forwarded),
+            served: get(&s.served),
+            pushed: get(&s.pushed),
+            wrong_term: get(&s.wrong_term),
+            settled: get(&s.settled),
+        }
+    }
+
+    fn latches(&self, group: u64) -> Arc<Latches> {
+        Arc::clone(self.latches.lock().entry(group).or_default())
+    }
+
+    /// Writes `op` through `replica`'s group: evaluated here if this replica leads, otherwise handed to
+    /// the leader's node, which evaluates it and answers. Goes round again, after a pause, while no
+    /// leader is known or the one reached had just lost the role (nothing was proposed then).
+    pub async fn write(self: &Arc<Self>, replica: &Replica, op: Write) -> Result<Committed, WriteError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut why = String::from("no leader is known");
+        let mut backoff = Duration::from_millis(10);
+        for _ in 0..MAX_ROUNDS {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let round = match replica.leading_term(left).await {
+                Ok(term) => self.lead(replica, &op, term, deadline).await,
+                Err(GroupError::NotLeader { leader: Some(_) }) => self.forward(replica, &op, left).await,
+                Err(GroupError::NotLeader { leader: None }) => Round::Again("no leader is known".into()),
+                Err(GroupError::Timeout(w)) => Round::Again(w),
+                Err(e) => Round::Done(Err(WriteError::from(e))),
+            };
+            match round {
+                Round::Done(outcome) => return outcome,
+                Round::Again(w) => why = w,
+            }
+            if tokio::time::Instant::now() + backoff >= deadline {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        Err(WriteError::Unavailable(format!("no leader took the write in time ({why}): retry")))
+    }
+
+    /// Hands `op` to the leader's node.
+    async fn forward(&self, replica: &Replica, op: &Write, left: Duration) -> Round {
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let request =
+            Forwarded { write: op.clone(), timeout_ms: left.as_millis().try_into().unwrap_or(u64::MAX) };
+        let request = match postcard::to_stdvec(&request) {
+            Ok(r) => r,
+            Err(e) => return Round::Done(Err(WriteError::Internal(format!("cannot encode a write: {e}")))),
+        };
+        match replica.forward_request(request, left).await {
+            Ok(answer) => match postcard::from_bytes::<Result<Committed, WriteError>>(&answer) {
+                Ok(Ok(committed)) => Round::Done(Ok(committed)),
+                Ok(Err(WriteError::NotLeader(why))) => Round::Again(why),
+                Ok(Err(e)) => Round::Done(Err(e)),
+                Err(e) => Round::Done(Err(WriteError::Internal(format!(
+                    "the leader's answer does not decode: {e}"
+                )))),
+            },
+            Err(GroupError::NotLeader { .. }) => {
+                Round::Again("the leader's node did not take the write".into())
+            }
+            Err(e) => Round::Done(Err(WriteError::from(e))),
+        }
+    }
+
+    /// Evaluates a write another node handed over, if this replica still leads (otherwise the sender
+    /// goes round again).
+    async fn serve(self: Arc<Self>, replica: Replica, request: Vec<u8>) -> Vec<u8> {
+        self.stats.served.fetch_add(1, Ordering::Relaxed);
+        let answer = match postcard::from_bytes::<Forwarded>(&request) {
+            Err(e) => Err(WriteError::Internal(format!("a forwarded write does not decode: {e}"))),
+            Ok(Forwarded { write, timeout_ms }) => {
+                let timeout = Duration::from_millis(timeout_ms).min(self.timeout);
+                let deadline = tokio::time::Instant::now() + timeout;
+                let round = match replica.leading_term(timeout).await {
+                    Ok(term) => self.lead(&replica, &write, term, deadline).await,
+                    Err(e) => Round::Again(e.to_string()),
+                };
+                match round {
+                    Round::Done(outcome) => outcome,
+                    Round::Again(why) => Err(WriteError::NotLeader(why)),
+                }
+            }
+        };
+        postcard::to_stdvec(&answer).unwrap_or_default()
+    }
+
+    /// One evaluation of `op` as the leader of `term`, and its proposal.
+    async fn lead(&self, replica: &Replica, op: &Write, term: u64, deadline: tokio::time::Instant) -> Round {
+        if let Write::Put { condition: Condition::IfTimestamp(want), .. } = op {
+            // The new version must sort after the one it replaces.
+            if let Err(e) = self.pending.clock().observe(*want) {
+                return Round::Done(Err(WriteError::OutOfRange(e.to_string())));
+            }
+        }
+        let latches = self.latches(replica.group()).acquire(op.keys()).await;
+        let mut stamps = Vec::new();
+        let evaluated = self.evaluate(replica, op, term, &mut stamps, deadline).await;
+        let round = match evaluated {
+            Ok(Some((command, at))) => self.propose(replica, op, command, at, latches, deadline).await,
+            Ok(None) => {
+                // Nothing to write: this replica's state is current for the latched keys.
+                let index = replica.status().applied.unwrap_or_default();
+                Round::Done(Ok(Committed { timestamp: None, index }))
+            }
+            Err(e) => Round::Done(Err(e)),
+        };
+        self.pending.end(&stamps);
+        round
+    }
+
+    /// Evaluates `op` on the leader's replica at a timestamp of this node's clock: the command to
+    /// propose and the write's timestamp, or `None` if it writes nothing.
+    async fn evaluate(
+        &self,
+        replica: &Replica,
+        op: &Write,
+        term: u64,
+        stamps: &mut Vec<Timestamp>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<(Command, Timestamp)>, WriteError> {
+        let mut waited_for_clock = false;
+        for _ in 0..MAX_EVALUATIONS + 1 {
+            let ts = self.pending.begin();
+            stamps.push(ts);
+            self.stats.evaluated.fetch_add(1, Ordering::Relaxed);
+            let db = replica.db();
+            let reader = DbReader { db: &db, total_buckets: self.total_buckets };
+            let mut batch = WriteBatch::new();
+            let limit = self.pending.clock().limit();
+            match evaluate(op, &reader, ts, limit, self.total_buckets, &mut batch) {
+                Ok(Evaluated { outcome: Outcome::Unchanged, .. }) => return Ok(None),
+                Ok(Evaluated { outcome: Outcome::Written(at), .. }) if at > ts => {
+                    // Above a newer version an earlier leader's clock stamped: evaluated again at a
+                    // timestamp of this node's clock past it, never at the pushed one, which another
+                    // write evaluated against the same version could share.
+                    let _ = self.pending.clock().observe(at);
+                    self.stats.pushed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Evaluated { outcome: Outcome::Written(at), .. }) => {
+                    let command = Command::evaluated(term, &batch);
+                    if command.approx_bytes() > self.max_command_bytes {
+                        // The request checks keep writes well under this: a guard, not a path.
+                        return Err(WriteError::TooLarge(format!(
+                            "the write takes {} bytes as a Raft command, over the limit of {} bytes",
+                            command.approx_bytes(),
+                            self.max_command_bytes
+                        )));
+                    }
+                    return Ok(Some((command, at)));
+                }
+                Err(KvError::TooFarAhead { latest, limit }) if !waited_for_clock => {
+                    // A version up to twice the maximum offset ahead (another node's clock may run
+                    // that far ahead of this one's) is waited for: the physical clock catches up, the
+                    // clock never jumps past its bound. One further ahead is refused.
+                    let ahead = Duration::from_nanos(latest.wall_time.saturating_sub(limit.wall_time));
+                    if ahead > self.pending.clock().max_offset() {
+                        return Err(KvError::TooFarAhead { latest, limit }.into());
+                    }
+                    waited_for_clock = true;
+                    let wake = deadline.min(tokio::time::Instant::now() + ahead + Duration::from_millis(1));
+                    tokio::time::sleep_until(wake).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(WriteError::Unavailable("the write's keys kept moving ahead of this node's clock: retry".into()))
+    }
+
+    /// Proposes `command` (the evaluation of `op` at `at`) and waits for its outcome until `deadline`.
+    /// The proposal runs in a task of its own holding `latches` until the group decides it: a client
+    /// that stops waiting (its deadline passed) does not free the keys of a command that may still
+    /// apply.
+    async fn propose(
+        &self,
+        replica: &Replica,
+        op: &Write,
+        command: Command,
+        at: Timestamp,
+        latches: LatchGuard,
+        deadline: tokio::time::Instant,
+    ) -> Round {
+        let proposer = replica.clone();
+        let proposal = tokio::spawn(async move {
+            let _latches = latches;
+            // No timeout of its own: openraft answers once the entry applied or the leader lost the
+            // role.
+            proposer.propose_here(command, Duration::MAX).await
+        });
+        let outcome = match tokio::time::timeout_at(deadline, proposal).await {
+            Err(_) => {
+                return Round::Done(Err(WriteError::OutcomeUnknown(
+                    "the write was proposed but not applied in time: read the key before retrying".into(),
+                )));
+            }
+            Ok(Err(e)) => {
+                return Round::Done(Err(WriteError::Internal(format!("proposal task failed: {e}"))));
+            }
+            Ok(Ok(outcome)) => outcome,
+        };
+        match outcome {
+            Ok(Written { index, result: CommandResult::Applied }) => {
+                Round::Done(Ok(Committed { timestamp: Some(at), index }))
+            }
+            Ok(Written { result: CommandResult::WrongTerm { evaluated, appended }, .. }) => {
+                self.stats.wrong_term.fetch_add(1, Ordering::Relaxed);
+                Round::Again(format!("evaluated in term {evaluated}, appended in term {appended}"))
+            }
+            Ok(Written { result, .. }) => {
+                Round::Done(Err(WriteError::Internal(format!("the shard refused a write: {result:?}"))))
+            }
+            // Nothing was appended.
+            Err(GroupError::NotLeader { .. }) => Round::Again("this replica lost the leadership".into()),
+            Err(GroupError::OutcomeUnknown(why)) => {
+                self.stats.settled.fetch_add(1, Ordering::Relaxed);
+                self.settle(replica, op, at, why, deadline).await
+            }
+            Err(e) => Round::Done(Err(WriteError::from(e))),
+        }
+    }
+
+    /// Finds out whether a command appended while this replica led, whose leader lost the role before
+    /// it applied, was applied after all: once this replica has applied what the current leader has
+    /// committed (at least its first entry, after any entry of the old term that survives), the key's
+    /// version row at `at` tells. If the command did not apply, it never will, and the write goes
+    /// round again.
+    async fn settle(
+        &self,
+        replica: &Replica,
+        op: &Write,
+        at: Timestamp,
+        why: String,
+        deadline: tokio::time::Instant,
+    ) -> Round {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let point = match replica.read_point(ReadLevel::Strong, left).await {
+            Ok(point) => point,
+            Err(e) => {
+                return Round::Done(Err(WriteError::OutcomeUnknown(format!(
+                    "the write's outcome is unknown ({why}) and no leader confirmed it in time ({e}): read \
+                     the key before retrying"
+                ))));
+            }
+        };
+        let Some((key, column)) = op.witness() else {
+            return Round::Again(why);
+        };
+        let bucket = mvcc::bucket_of(key, self.total_buckets);
+        match replica.db().get(bucket, &mvcc::version_key(key, at)) {
+            Ok(row) if row.as_ref().and_then(|r| r.column(0)) == Some(column.as_slice()) => {
+                Round::Done(Ok(Committed { timestamp: Some(at), index: point.applied }))
+            }
+            Ok(_) => Round::Again(why),
+            Err(e) => Round::Done(Err(KvError::Engine(e).into())),
+        }
+    }
+}
+
+impl RequestHandler for Leaders {
+    fn handle(self: Arc<Self>, replica: Replica, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+        Box::pin(self.serve(replica, request))
+    }
+}

@@ -5,6 +5,7 @@
 
 use cairn_bench::histogram::Histogram;
 use cairn_bench::report::{Printer, WorkloadResult};
+use cairn_cluster::raft::Role;
 use cairn_cluster::raft::{
     Command, PeerChannels, RaftService, ReadLevel, Replica, ReplicaConfig, ShardStateMachine,
 };
@@ -95,7 +96,7 @@ async fn run_async(args: &RaftArgs) -> Result<(), String> {
     members[&1].replica.bootstrap(members_addr).await.map_err(|e| e.to_string())?;
     let leader = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Some(m) = members.values().find(|m| m.replica.status().role == "leader") {
+        if let Some(m) = members.values().find(|m| m.replica.status().role == Role::Leader) {
             break m.replica.clone();
         }
     };

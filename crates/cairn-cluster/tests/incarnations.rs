@@ -8,6 +8,7 @@
 
 mod common;
 
+use cairn_cluster::raft::Role;
 use cairn_cluster::raft::{
     Command, GroupError, RaftCall, RaftService, ReadLevel, Replica, ShardStateMachine, replica_id,
 };
@@ -86,7 +87,7 @@ async fn write(replica: &Replica, command: Command) -> u64 {
 }
 
 fn leader(replicas: &BTreeMap<u64, Replica>) -> Replica {
-    replicas.values().find(|r| r.status().role == "leader").cloned().expect("a leader")
+    replicas.values().find(|r| r.status().role == Role::Leader).cloned().expect("a leader")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +98,7 @@ async fn a_diverged_replica_resyncs_as_its_next_incarnation_and_rejoins() {
         write(&replicas[&1], put(&format!("k{i}"), b"v")).await;
     }
     let l = leader(&replicas);
-    let victim = replicas.values().find(|r| r.status().role == "follower").unwrap().clone();
+    let victim = replicas.values().find(|r| r.status().role == Role::Follower).unwrap().clone();
     let node = victim.status().node;
     let old_id = victim.id();
     assert_eq!(old_id, replica_id(node, 0));
@@ -110,7 +111,7 @@ async fn a_diverged_replica_resyncs_as_its_next_incarnation_and_rejoins() {
     until(&replicas, "the re-synced replica back as a voter", |r| {
         let l = leader(r).status();
         victim.incarnation() == 1
-            && victim.status().role == "follower"
+            && victim.status().role == Role::Follower
             && l.voters.contains(&node)
             && l.learners.is_empty()
     })
@@ -160,9 +161,9 @@ async fn a_diverged_leader_is_outvoted_steps_down_and_resyncs() {
     until(&replicas, "the old leader re-synced and back as a voter", |r| {
         let me = r[&node].status();
         me.incarnation == 1
-            && me.role == "follower"
+            && me.role == Role::Follower
             && me.leader.is_some_and(|x| x != node)
-            && r.values().any(|o| o.status().role == "leader" && o.status().voters.contains(&node))
+            && r.values().any(|o| o.status().role == Role::Leader && o.status().voters.contains(&node))
     })
     .await;
     assert!(replicas[&node].db().get(3, b"stray").unwrap().is_none());
@@ -182,7 +183,7 @@ async fn membership_changes_go_through_the_leader_one_at_a_time() {
         write(&replicas[&1], put(&format!("k{i}"), b"v")).await;
     }
     let l = leader(&replicas);
-    let follower = replicas.values().find(|r| r.status().role == "follower").unwrap().clone();
+    let follower = replicas.values().find(|r| r.status().role == Role::Follower).unwrap().clone();
     assert!(matches!(
         follower.change_voters(BTreeSet::from([1, 2])).await,
         Err(GroupError::NotLeader { leader: Some(_) })

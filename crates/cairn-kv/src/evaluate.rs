@@ -19,6 +19,7 @@
 //! and proposes the rows; [`Depends`] lists what must still hold when the command applies, so that
 //! every replica applies it only if the evaluation's reads are still current.
 
+pub use crate::error::KvError;
 use crate::hlc::Timestamp;
 use crate::mvcc;
 use crate::reader::{Latest, Reader};
@@ -153,34 +154,6 @@ pub struct Evaluated {
     pub outcome: Outcome,
     /// What must still hold when the rows apply.
     pub depends: Vec<Depends>,
-}
-
-/// Why a write was not evaluated into rows.
-#[derive(Debug, thiserror::Error)]
-pub enum KvError {
-    /// A put's condition does not hold.
-    #[error("{0}")]
-    ConditionFailed(String),
-    /// A key's newest version is so far ahead that a write ordered after it would be beyond `limit`,
-    /// the clock's bound (the physical time plus the maximum clock offset). Only a version stamped
-    /// before timestamps were bounded, or by a clock far ahead of this one, can be.
-    #[error(
-        "the key's newest version is at {latest}, {} ms beyond this node's clock plus the maximum clock \
-         offset ({limit}): a write cannot be ordered after it",
-        latest.wall_time.saturating_sub(limit.wall_time) / 1_000_000
-    )]
-    TooFarAhead {
-        /// The key's newest version.
-        latest: Timestamp,
-        /// The bound.
-        limit: Timestamp,
-    },
-    /// The store holds something it never wrote.
-    #[error("{0}")]
-    Malformed(String),
-    /// The engine failed.
-    #[error("storage error: {0}")]
-    Engine(#[from] cairn_engine::Error),
 }
 
 /// Whether a put with `condition` may go ahead given the key's newest live version's timestamp.

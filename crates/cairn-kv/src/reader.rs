@@ -1,7 +1,7 @@
 //! Reading a key's versions from a shard's engine: the newest one (one point read of the key's latest
 //! row) or the newest at or below a timestamp (a short scan of its version rows).
 
-use crate::evaluate::KvError;
+use crate::error::KvError;
 use crate::hlc::Timestamp;
 use crate::mvcc::{self, Stored};
 use cairn_engine::{Db, Row};

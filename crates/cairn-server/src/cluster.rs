@@ -20,14 +20,16 @@
 //! Every member then starts its replicas of the shards placed on it: the first node in a shard's replica
 //! list makes the shard's group, the others wait to hear from it. A shard group's id is its shard id.
 
+use crate::config::NodeConfig;
 use crate::error::{NodeError, Result};
-use crate::layout::{LAYOUT_FILE, read_json, write_json};
-use crate::node::{NodeConfig, ReplicaPlan, open_raft_log};
+use crate::layout::{IDENTITY_FILE, LAYOUT_FILE, read_json, write_json};
+use crate::node::{ReplicaPlan, open_raft_log};
 use crate::replicated::{Plumbing, ReplicationConfig};
 use cairn_cluster::meta::{
     ClusterSettings, ClusterState, JoinRequest, META_BUCKET, META_GROUP, META_TOTAL_BUCKETS, MetaError,
     MetaStore,
 };
+use cairn_cluster::raft::Role;
 use cairn_cluster::raft::{PeerChannels, RaftService, ReadLevel, Replica, ShardStateMachine};
 use cairn_proto::cluster as pb;
 use serde::{Deserialize, Serialize};
@@ -40,8 +42,6 @@ use tonic::{Request, Response, Status};
 #[path = "cluster_moves.rs"]
 mod moves;
 
-/// The member's identity file in its store.
-pub(crate) const IDENTITY_FILE: &str = "CLUSTER.json";
 /// How long one meta-group call (a read, a change) may wait.
 const META_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one join call may take.
@@ -123,7 +123,7 @@ async fn stalled_streams(
     while let Some(answer) = asks.join_next().await {
         for shard in answer.ok().flatten().into_iter().flat_map(|s| s.shards) {
             match shard.replication {
-                Some(r) if r.role == "leader" && !r.stalled.is_empty() => {
+                Some(r) if r.role.parse() == Ok(Role::Leader) && !r.stalled.is_empty() => {
                     stalled.insert(shard.shard, r.stalled);
                 }
                 _ => {}
@@ -340,9 +340,9 @@ impl Membership {
             // An earlier init got this far and failed: finish it.
             drop(identity);
             if self.meta.get().is_none() {
-                self.start_meta(id).await.map_err(crate::grpc::status_of)?;
+                self.start_meta(id).await.map_err(crate::wire::status_of)?;
             }
-            self.finish_bootstrap(id, &state).await.map_err(crate::grpc::status_of)?;
+            self.finish_bootstrap(id, &state).await.map_err(crate::wire::status_of)?;
             return Ok((cluster, id));
         }
         if let Some(cluster) = &identity.cluster_id {
@@ -350,25 +350,25 @@ impl Membership {
         }
         let cluster_id = match self.config.cluster_id.clone() {
             Some(id) => id,
-            None => fresh_id().map_err(crate::grpc::status_of)?,
+            None => fresh_id().map_err(crate::wire::status_of)?,
         };
-        let state = ClusterState::new(&cluster_id, settings).map_err(crate::grpc::meta_status)?;
+        let state = ClusterState::new(&cluster_id, settings).map_err(crate::wire::meta_status)?;
         let request = JoinRequest {
             cluster_id: cluster_id.clone(),
             token: identity.token.clone(),
             grpc_addr: self.grpc_addr.clone(),
             http_addr: self.http_addr.clone(),
         };
-        let (state, id) = state.join(&request).map_err(crate::grpc::meta_status)?;
+        let (state, id) = state.join(&request).map_err(crate::wire::meta_status)?;
         let state = state.ok_or_else(|| Status::internal("the first join changed nothing"))?;
         identity.cluster_id = Some(cluster_id.clone());
         identity.node_id = Some(id);
         identity.grpc_addr = Some(self.grpc_addr.clone());
         identity.bootstrap = Some(state.clone());
-        self.save(&identity).await.map_err(crate::grpc::status_of)?;
+        self.save(&identity).await.map_err(crate::wire::status_of)?;
         drop(identity);
-        self.start_meta(id).await.map_err(crate::grpc::status_of)?;
-        self.finish_bootstrap(id, &state).await.map_err(crate::grpc::status_of)?;
+        self.start_meta(id).await.map_err(crate::wire::status_of)?;
+        self.finish_bootstrap(id, &state).await.map_err(crate::wire::status_of)?;
         tracing::info!(cluster = %cluster_id, node = id, "made a new cluster");
         Ok((cluster_id, id))
     }
@@ -385,7 +385,7 @@ impl Membership {
         let (state, (id, changed)) = meta
             .update(|s| s.join(&request).map(|(next, id)| (next.clone(), (id, next.is_some()))))
             .await
-            .map_err(crate::grpc::meta_status)?;
+            .map_err(crate::wire::meta_status)?;
         if changed {
             tracing::info!(node = id, grpc = %request.grpc_addr, "admitted a node");
             let grpc_addr = request.grpc_addr.clone();
@@ -549,10 +549,10 @@ impl Membership {
         let mut leading_since: Option<(u64, tokio::time::Instant)> = None;
         for pass in 0u64.. {
             let status = meta.replica().status();
-            if status.role == "shutdown" {
+            if status.role == Role::Shutdown {
                 return;
             }
-            if status.role != "leader" {
+            if status.role != Role::Leader {
                 leading_since = None;
             } else {
                 if leading_since.is_none_or(|(term, _)| term != status.term) {
@@ -791,7 +791,9 @@ impl Membership {
     /// [`Node::hand_over_leadership`](crate::node::Node::hand_over_leadership)).
     pub(crate) async fn hand_over(&self, timeout: Duration) -> bool {
         match self.meta.get() {
-            Some(meta) if meta.replica().status().role == "leader" => meta.replica().hand_over(timeout).await,
+            Some(meta) if meta.replica().status().role == Role::Leader => {
+                meta.replica().hand_over(timeout).await
+            }
             _ => true,
         }
     }
@@ -882,14 +884,14 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::StateRequest>,
     ) -> std::result::Result<Response<pb::StateReply>, Status> {
         let r = request.into_inner();
-        let state = self.membership.state(r.linearizable).await.map_err(crate::grpc::meta_status)?;
+        let state = self.membership.state(r.linearizable).await.map_err(crate::wire::meta_status)?;
         let node_id = *self.membership.member.borrow();
         let (meta_leader, liveness) = self.membership.liveness(state.as_ref(), r.forwarded).await;
         Ok(Response::new(pb::StateReply {
             state_json: state
                 .map(|s| s.encode())
                 .transpose()
-                .map_err(crate::grpc::meta_status)?
+                .map_err(crate::wire::meta_status)?
                 .unwrap_or_default(),
             node_id: node_id.unwrap_or(0),
             meta_leader,

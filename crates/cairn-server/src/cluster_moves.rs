@@ -24,6 +24,7 @@ use crate::events::EventKind;
 use crate::node::{Node, ReplicaPlan};
 use cairn_cluster::meta::{ClusterState, MetaError, MetaStore};
 use cairn_cluster::placement::{Move, ShardPlacement, plan_rebalance, plan_repair};
+use cairn_cluster::raft::Role;
 use cairn_cluster::raft::{MoveStep, ReadLevel, Replica};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
@@ -157,7 +158,7 @@ impl Membership {
     pub(crate) async fn reconcile(self: Arc<Self>, node: Weak<Node>, id: u64) {
         let Ok(meta) = self.meta() else { return };
         loop {
-            if meta.replica().status().role == "shutdown" {
+            if meta.replica().status().role == Role::Shutdown {
                 return;
             }
             let Some(node) = node.upgrade() else { return };
@@ -245,7 +246,7 @@ impl Membership {
             }
         }
         let status = replica.status();
-        if status.role != "leader" {
+        if status.role != Role::Leader {
             return Ok(());
         }
         match s.moving {

@@ -124,28 +124,3 @@ impl From<cairn_kv::KvError> for NodeError {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // "Retry" and "the outcome is unknown" were one kind, told apart only by the message.
-    #[test]
-    fn retry_and_outcome_unknown_are_distinct_kinds() {
-        let retry = NodeError::Unavailable("no leader accepted the write in time: retry".into());
-        let unknown = NodeError::OutcomeUnknown("the write's outcome is unknown".into());
-        assert_eq!((retry.http_status(), retry.code()), (503, "unavailable"));
-        assert_eq!((unknown.http_status(), unknown.code()), (503, "outcome_unknown"));
-        let not_leader = NodeError::NotLeader("node 2 no longer leads shard 1".into());
-        assert_eq!((not_leader.http_status(), not_leader.code()), (503, "not_leader"));
-        for (e, code, kind) in [
-            (retry, tonic::Code::Unavailable, "unavailable"),
-            (unknown, tonic::Code::Unknown, "outcome_unknown"),
-            (not_leader, tonic::Code::Unavailable, "not_leader"),
-        ] {
-            let status = crate::grpc::status_of(e);
-            assert_eq!(status.code(), code);
-            assert_eq!(status.metadata().get(crate::grpc::CODE_HEADER).unwrap(), kind);
-        }
-    }
-}

@@ -1,11 +1,10 @@
 //! The gRPC KV service (`cairn.kv.v1.Kv`), over the same [`Node`] as the REST API, and the one place
 //! server errors become gRPC status codes.
 
-use crate::error::NodeError;
-use crate::hlc::Timestamp;
-use crate::node::{Condition, Node, ReadOptions, Versioned};
-use crate::replicated::{Consistency, Token};
-use crate::routing::Route;
+use crate::node::Node;
+use crate::types::{Condition, Scanned};
+pub use crate::wire::{CODE_HEADER, meta_status, status_of};
+use crate::wire::{read_options, route_in, row, token_text, ts_in, ts_out};
 use cairn_proto::kv;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,70 +18,6 @@ const SCAN_CHUNK: usize = 256;
 const SCAN_CHUNK_BYTES: usize = 512 << 10;
 /// Bytes a row takes in a chunk besides its key and value (field tags, lengths, timestamp).
 const SCAN_ROW_OVERHEAD: usize = 32;
-
-/// Maps a server error to a gRPC status (the REST mapping is [`NodeError::http_status`]).
-pub fn status_of(e: NodeError) -> Status {
-    let code = e.code();
-    let mut status = status_code_of(e);
-    // The stable code REST answers in its body, so that kinds sharing a gRPC code (not leader, retry)
-    // stay apart.
-    status.metadata_mut().insert(CODE_HEADER, tonic::metadata::MetadataValue::from_static(code));
-    status
-}
-
-/// The metadata key of an error's stable code (as in REST error bodies: `not_leader`, `unavailable`, ...).
-pub const CODE_HEADER: &str = "cairn-code";
-
-fn status_code_of(e: NodeError) -> Status {
-    let message = e.to_string();
-    match e {
-        NodeError::Misrouted(_) => return Status::aborted(message),
-        NodeError::OutOfRange(_) => return Status::out_of_range(message),
-        // Not UNAVAILABLE: clients retry that freely, and a write whose outcome is unknown is not
-        // safe to send again blindly.
-        NodeError::OutcomeUnknown(_) => return Status::unknown(message),
-        _ => {}
-    }
-    match e.http_status() {
-        400 => Status::invalid_argument(message),
-        404 => Status::not_found(message),
-        408 => Status::deadline_exceeded(message),
-        412 => Status::failed_precondition(message),
-        413 => Status::resource_exhausted(message),
-        503 => Status::unavailable(message),
-        _ => {
-            tracing::error!(error = %message, "gRPC request failed");
-            Status::internal(message)
-        }
-    }
-}
-
-/// The gRPC status of a meta-group refusal or failure (joins, init, cluster state).
-pub fn meta_status(e: cairn_cluster::meta::MetaError) -> Status {
-    use cairn_cluster::meta::MetaError as M;
-    let message = e.to_string();
-    match e {
-        M::WrongCluster { .. } | M::NodeRemoved(_) => Status::failed_precondition(message),
-        M::DuplicateAddress { .. } | M::AlreadyInitialized(_) | M::AlreadyPlaced => {
-            Status::already_exists(message)
-        }
-        M::Invalid(_) | M::Placement(_) => Status::invalid_argument(message),
-        M::UnknownNode(_) => Status::not_found(message),
-        M::NotInitialized | M::Group(_) | M::Contended(_) => Status::unavailable(message),
-        M::Corrupt(_) => {
-            tracing::error!(error = %message, "meta request failed");
-            Status::internal(message)
-        }
-    }
-}
-
-pub(crate) fn ts_out(ts: Timestamp) -> kv::Timestamp {
-    kv::Timestamp { wall_time: ts.wall_time, logical: ts.logical }
-}
-
-pub(crate) fn ts_in(ts: kv::Timestamp) -> Timestamp {
-    Timestamp { wall_time: ts.wall_time, logical: ts.logical }
-}
 
 /// The service.
 #[derive(Clone, Debug)]
@@ -122,38 +57,9 @@ impl KvService {
     }
 }
 
-/// A request's read options.
-fn read_options(
-    at: Option<kv::Timestamp>,
-    consistency: i32,
-    after: &str,
-    route: Option<kv::Route>,
-) -> Result<ReadOptions, Status> {
-    let consistency = match kv::Consistency::try_from(consistency) {
-        Ok(kv::Consistency::Strong) => Consistency::Strong,
-        Ok(kv::Consistency::Lease) => Consistency::Lease,
-        Ok(kv::Consistency::Eventual) => Consistency::Eventual,
-        Err(_) => return Err(Status::invalid_argument(format!("unknown consistency {consistency}"))),
-    };
-    let after = Token::parse_list(after).map_err(status_of)?;
-    Ok(ReadOptions { at: at.map(ts_in), consistency, after, route: route.map(route_in) })
-}
-
-fn route_in(r: kv::Route) -> Route {
-    Route { shard: r.shard, epoch: r.epoch }
-}
-
-fn token_text(token: Option<Token>) -> String {
-    token.map(|t| t.to_string()).unwrap_or_default()
-}
-
-fn row(key: Vec<u8>, v: Versioned) -> kv::Row {
-    kv::Row { key, value: v.value, timestamp: Some(ts_out(v.timestamp)) }
-}
-
 /// A scan page as stream chunks of at most [`SCAN_CHUNK`] rows and [`SCAN_CHUNK_BYTES`] (a larger row
 /// alone): `behind` on the first, the resume key on the last.
-fn scan_chunks(page: crate::node::Scanned, behind: u64) -> Vec<kv::ScanResponse> {
+fn scan_chunks(page: Scanned, behind: u64) -> Vec<kv::ScanResponse> {
     let mut chunks = Vec::new();
     let (mut chunk, mut bytes) = (Vec::new(), 0usize);
     for (key, v) in page.rows {
@@ -230,7 +136,7 @@ impl kv::kv_server::Kv for KvService {
 
     async fn scan(&self, request: Request<kv::ScanRequest>) -> Result<Response<Self::ScanStream>, Status> {
         let r = request.into_inner();
-        let limit = if r.limit == 0 { crate::rest::DEFAULT_SCAN_LIMIT } else { r.limit as usize };
+        let limit = if r.limit == 0 { crate::types::DEFAULT_SCAN_LIMIT } else { r.limit as usize };
         let options = read_options(r.timestamp, r.consistency, &r.after, r.route)?;
         let read = self.node()?.scan_async(r.start, r.end, limit, options).await.map_err(status_of)?;
         let chunks = scan_chunks(read.value, read.behind);
@@ -298,7 +204,9 @@ impl kv::kv_server::Kv for KvService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::Scanned;
+    use crate::hlc::Timestamp;
+    use crate::types::Versioned;
+    use Scanned;
 
     // Regression: six 1 MiB rows made one 6 MiB chunk, over the client's 4 MiB message limit.
     #[test]

@@ -1,8 +1,8 @@
 //! The store's layout on disk (`<store>/LAYOUT.json`): the bucket space, the shards' bucket ranges and,
 //! for a replicated store, the node's identity. Fixed when the store is created; written atomically.
 
+use crate::config::NodeConfig;
 use crate::error::{NodeError, Result};
-use crate::node::NodeConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,6 +28,8 @@ struct LayoutReplication {
 
 /// The layout's file in the store.
 pub(crate) const LAYOUT_FILE: &str = "LAYOUT.json";
+/// A cluster member's identity file in its store.
+pub(crate) const IDENTITY_FILE: &str = "CLUSTER.json";
 
 /// The data format this build writes and reads.
 const STORE_FORMAT: u32 = 2;
@@ -75,7 +77,7 @@ pub(crate) fn load_layout(config: &NodeConfig) -> Result<Layout> {
         .replication
         .as_ref()
         .map(|r| LayoutReplication { node_id: r.node_id, members: r.members.clone() });
-    if config.store.join(crate::cluster::IDENTITY_FILE).exists() {
+    if config.store.join(IDENTITY_FILE).exists() {
         return Err(NodeError::Startup(format!(
             "store {} belongs to a cluster member: start it with --join",
             config.store.display()

@@ -8,6 +8,7 @@
 
 mod channels;
 pub mod cluster;
+pub mod config;
 pub mod error;
 pub mod events;
 pub mod grpc;
@@ -19,8 +20,11 @@ pub mod params;
 pub mod replicated;
 pub mod rest;
 pub mod routing;
+pub mod types;
+pub mod wire;
 mod writer;
 
+pub use cairn_cluster::raft::Role;
 /// The clock and the MVCC codec live in the KV layer.
 pub use cairn_kv::{hlc, mvcc};
 

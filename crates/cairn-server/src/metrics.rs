@@ -2,6 +2,7 @@
 
 use crate::node::Node;
 use cairn_cluster::raft::GroupStatus;
+use cairn_cluster::raft::Role;
 use cairn_engine::MetricsSnapshot;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -180,7 +181,7 @@ fn render_replication(out: &mut String, node: &Node) {
     let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
     let series: [Series<'_>; 12] = [
         ("cairn_raft_is_leader", "gauge", "1 if this node leads the shard's group.", &|_, g| {
-            u8::from(g.role == "leader").to_string()
+            u8::from(g.role == Role::Leader).to_string()
         }),
         ("cairn_raft_leader", "gauge", "The leader's node id (0: none known).", &|_, g| {
             g.leader.unwrap_or(0).to_string()

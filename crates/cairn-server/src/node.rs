@@ -8,20 +8,28 @@
 //! Reads of the newest version are one point read and run on the caller's thread; reads at an explicit
 //! timestamp may wait for writes in flight below it, so they run on blocking tasks.
 
+use crate::config::command_bytes;
+pub use crate::config::{
+    DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_SCAN_BYTES, DEFAULT_MAX_VALUE_BYTES, MAX_BATCH_OPS, MAX_MAX_KEY_BYTES,
+    MESSAGE_OVERHEAD_BYTES, NodeConfig,
+};
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
 use crate::layout::load_layout;
 use crate::mvcc;
-use crate::replicated::{self, Consistency, Plumbing, ReplicationConfig, Token};
-use crate::routing::{Route, Router};
+use crate::replicated::{self, Plumbing};
+use crate::routing::Router;
+use crate::types::Route;
+pub use crate::types::{Ack, Condition, MAX_SCAN_LIMIT, Read, ReadOptions, Scanned, Versioned};
+use crate::types::{Consistency, Token};
 use crate::writer::ShardWriter;
-use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica, RequestHandler};
+use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica, RequestHandler, Role};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot};
 use cairn_kv::DbReader;
 use cairn_kv::{Leaders, Pending};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,177 +37,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Default largest key, in bytes.
-pub const DEFAULT_MAX_KEY_BYTES: usize = 16 * 1024;
-/// The largest key limit a node may be set up with: a key's engine rows hold it escaped (a zero byte
-/// takes two) plus 14 bytes, within the engine's 64 KiB key limit.
-pub const MAX_MAX_KEY_BYTES: usize = 32_000;
-/// Default largest value, in bytes.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
-/// Room a Raft command and its message need besides the keys and values they carry (conditions,
-/// timestamps, row encoding, the message envelope).
-pub const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
-/// Default byte budget of one range scan page.
-pub const DEFAULT_MAX_SCAN_BYTES: usize = 4 << 20;
-/// Largest `limit` of one range request.
-pub const MAX_SCAN_LIMIT: usize = 10_000;
 /// How long a read at an explicit timestamp waits for writes below it to finish.
 const PENDING_WAIT: Duration = Duration::from_secs(5);
-/// Most operations in one batch request.
-pub const MAX_BATCH_OPS: usize = 10_000;
-/// Bytes a write's Raft command spends per key besides the key and value: a key appears escaped (up to
-/// twice its length) in its version row, its latest row and two conditions; plus timestamps and tags.
-const COMMAND_BYTES_PER_KEY: usize = 8;
-const COMMAND_BYTES_PER_OP: usize = 96;
-
-/// How a node's store is set up.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NodeConfig {
-    /// The store directory (one subdirectory per shard).
-    pub store: PathBuf,
-    /// Shards a new store is split into (an existing store keeps its layout).
-    pub shards: usize,
-    /// Size of the bucket space of a new store.
-    pub total_buckets: u32,
-    /// Fsync every write before acknowledging it (group commit makes this cheap).
-    pub sync: bool,
-    /// Largest key accepted, in bytes (default 16 KiB, at most [`MAX_MAX_KEY_BYTES`]).
-    pub max_key_bytes: usize,
-    /// Largest value accepted, in bytes (default 1 MiB).
-    pub max_value_bytes: usize,
-    /// Largest gRPC message this node sends or accepts, from clients and from peers (default 16 MiB;
-    /// the same on every node of a cluster). A write's Raft command must fit in one, so the largest
-    /// key and value must, with [`MESSAGE_OVERHEAD_BYTES`] to spare.
-    pub max_message_bytes: usize,
-    /// How far ahead of this node's clock a timestamp from a client or peer may be (default 500 ms);
-    /// a cluster member takes its cluster's setting.
-    pub max_clock_offset: Duration,
-    /// A range scan stops once its rows hold this many key and value bytes (default 4 MiB; at least
-    /// one row) and answers where the next page starts: a response's memory is bounded by this, not by
-    /// the data.
-    pub max_scan_bytes: usize,
-    /// Versions older than this stay readable; older ones are dropped by compaction.
-    pub gc_ttl: Duration,
-    /// Block cache per shard, in bytes.
-    pub block_cache_bytes: u64,
-    /// Replicate every shard across these members (`None`: a standalone node).
-    pub replication: Option<ReplicationConfig>,
-}
-
-impl NodeConfig {
-    /// Defaults for a store in `store`.
-    pub fn new(store: impl Into<PathBuf>) -> NodeConfig {
-        NodeConfig {
-            store: store.into(),
-            shards: 4,
-            total_buckets: 1024,
-            sync: true,
-            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
-            max_message_bytes: cairn_proto::DEFAULT_MAX_MESSAGE_BYTES,
-            max_clock_offset: crate::hlc::DEFAULT_MAX_CLOCK_OFFSET,
-            max_scan_bytes: DEFAULT_MAX_SCAN_BYTES,
-            gc_ttl: Duration::from_secs(24 * 3600),
-            block_cache_bytes: 32 << 20,
-            replication: None,
-        }
-    }
-
-    /// Refuses limits that do not fit together: a key over [`MAX_MAX_KEY_BYTES`], a message limit
-    /// outside 1 MiB..=[`cairn_proto::MAX_MAX_MESSAGE_BYTES`], a largest write that would not fit in
-    /// one message, a clock offset over [`crate::hlc::MAX_MAX_CLOCK_OFFSET`].
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(NodeError::Startup(m));
-        if !(1..=MAX_MAX_KEY_BYTES).contains(&self.max_key_bytes) {
-            return bad(format!("max_key_bytes must be 1..={MAX_MAX_KEY_BYTES}, not {}", self.max_key_bytes));
-        }
-        if !((1 << 20)..=cairn_proto::MAX_MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
-            return bad(format!(
-                "max_message_bytes must be {}..={}, not {}",
-                1 << 20,
-                cairn_proto::MAX_MAX_MESSAGE_BYTES,
-                self.max_message_bytes
-            ));
-        }
-        if self.max_value_bytes == 0 || self.largest_write() > self.max_command_bytes() {
-            return bad(format!(
-                "max_value_bytes {} with max_key_bytes {} does not fit in a message of max_message_bytes {} \
-                 (a value may take at most {} bytes)",
-                self.max_value_bytes,
-                self.max_key_bytes,
-                self.max_message_bytes,
-                self.max_command_bytes().saturating_sub(command_bytes(self.max_key_bytes, 0)) / 2
-            ));
-        }
-        if !(1..=self.max_command_bytes()).contains(&self.max_scan_bytes) {
-            return bad(format!(
-                "max_scan_bytes must be 1..={} (a page must fit in a message), not {}",
-                self.max_command_bytes(),
-                self.max_scan_bytes
-            ));
-        }
-        if self.max_clock_offset < Duration::from_millis(1)
-            || self.max_clock_offset > crate::hlc::MAX_MAX_CLOCK_OFFSET
-        {
-            return bad(format!(
-                "the maximum clock offset must be 1 ms to {:?}, not {:?}",
-                crate::hlc::MAX_MAX_CLOCK_OFFSET,
-                self.max_clock_offset
-            ));
-        }
-        Ok(())
-    }
-
-    /// The largest Raft command a write may make: one message less its envelope.
-    pub fn max_command_bytes(&self) -> usize {
-        self.max_message_bytes.saturating_sub(MESSAGE_OVERHEAD_BYTES)
-    }
-
-    /// The command bytes of a put of the largest key and value.
-    fn largest_write(&self) -> usize {
-        command_bytes(self.max_key_bytes, self.max_value_bytes)
-    }
-}
-
-/// An upper bound of the Raft command bytes one put (or batch operation) of a `key`-byte key and a
-/// `value`-byte value takes: the value is written twice, in its version row and its key's latest row.
-fn command_bytes(key: usize, value: usize) -> usize {
-    key * COMMAND_BYTES_PER_KEY + 2 * value + COMMAND_BYTES_PER_OP
-}
-
-pub use cairn_kv::{Condition, Versioned};
-
-/// Options of a read.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReadOptions {
-    /// Read the newest version at or below this timestamp (`None`: the newest).
-    pub at: Option<Timestamp>,
-    /// How fresh the read must be (replicated stores).
-    pub consistency: Consistency,
-    /// Tokens of earlier writes an eventual read must see (read-your-writes).
-    pub after: Vec<Token>,
-    /// Set on a request another cluster node forwarded here ([`crate::routing`]).
-    pub route: Option<Route>,
-}
-
-/// What a read returns, and how stale it may be.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Read<T> {
-    /// The answer.
-    pub value: T,
-    /// Eventual reads of a replicated store: committed entries the answering replica had not applied
-    /// (the most over the shards read). 0 otherwise.
-    pub behind: u64,
-}
-
-/// An acknowledged write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ack {
-    /// The version's timestamp.
-    pub timestamp: Timestamp,
-    /// Replicated stores: where the write is in its shard's log (for read-your-writes).
-    pub token: Option<Token>,
-}
 
 /// A shard's status.
 #[derive(Clone, Debug, Serialize)]
@@ -544,7 +383,7 @@ impl Node {
         let mut tasks = Vec::new();
         for shard in &self.set().list {
             if let Backend::Replicated(replica) = &shard.backend
-                && replica.status().role == "leader"
+                && replica.status().role == Role::Leader
             {
                 let replica = replica.clone();
                 tasks.push(tokio::spawn(async move { replica.hand_over(timeout).await }));
@@ -807,7 +646,6 @@ mod write;
 
 #[path = "node_scan.rs"]
 mod scan;
-pub use scan::Scanned;
 
 #[path = "node_replicas.rs"]
 mod replicas;

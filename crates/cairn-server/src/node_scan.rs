@@ -7,22 +7,14 @@
 //! scanned separately (shards on other nodes) merge exactly: rows at or past the smallest key where a
 //! part stopped are left for the next page.
 
-use super::{Located, MAX_SCAN_LIMIT, Node, Read, ReadOptions, Shard, Versioned};
+use super::{Located, Node, Shard};
 use crate::error::{NodeError, Result};
 use crate::hlc::{TIMESTAMP_BYTES, Timestamp};
 use crate::mvcc;
+use crate::types::{MAX_SCAN_LIMIT, Read, ReadOptions, Scanned, Versioned};
 use cairn_kv::reader::version_of;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// One page of a scan.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Scanned {
-    /// Live keys in order, each with its version.
-    pub rows: Vec<(Vec<u8>, Versioned)>,
-    /// Where the next page starts, if the scan stopped before the end of its range.
-    pub resume: Option<Vec<u8>>,
-}
 
 /// Most shards on other nodes one scan asks at once.
 const MAX_REMOTE_PARTS_AT_ONCE: usize = 8;

@@ -1,6 +1,7 @@
 //! Node tests: versions, conditions, limits and scans on a standalone node; compaction-driven GC.
 
 use super::*;
+use crate::replicated::ReplicationConfig;
 use std::path::Path;
 
 fn node(dir: &Path) -> Node {

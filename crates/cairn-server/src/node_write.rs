@@ -9,7 +9,7 @@ use super::{
 use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
 use crate::mvcc;
-use crate::routing::Route;
+use crate::types::Route;
 use crate::writer::{ShardWriter, WriteOutcome};
 use cairn_kv::Write as WriteOp;
 use std::sync::Arc;

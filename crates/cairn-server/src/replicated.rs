@@ -13,6 +13,7 @@
 //! leader for a read index, then waits to apply it; see [`cairn_cluster::raft::Replica::read_point`]).
 
 use crate::error::{NodeError, Result};
+use crate::types::Consistency;
 use cairn_cluster::raft::{
     GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica, ReplicaConfig,
 };
@@ -121,73 +122,6 @@ pub fn parse_members(text: &str) -> std::result::Result<BTreeMap<u64, String>, S
     Ok(members)
 }
 
-/// A write's place in its shard's log: a read with this token sees it (read-your-writes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Token {
-    /// The shard (its Raft group).
-    pub shard: usize,
-    /// The write's log index.
-    pub index: u64,
-}
-
-impl std::fmt::Display for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.shard, self.index)
-    }
-}
-
-/// Most tokens one read accepts.
-pub const MAX_TOKENS: usize = 1024;
-
-impl Token {
-    /// Parses `SHARD:INDEX,...` (decimal digits; empty: none).
-    pub fn parse_list(text: &str) -> Result<Vec<Token>> {
-        let bad = || NodeError::InvalidArgument(format!("{text:?} is not a list of SHARD:INDEX tokens"));
-        let number = |t: &str| crate::params::parse_number("a token", t, u64::MAX).map_err(|_| bad());
-        let mut out = Vec::new();
-        if text.is_empty() {
-            return Ok(out);
-        }
-        for part in text.split(',') {
-            let (shard, index) = part.split_once(':').ok_or_else(bad)?;
-            out.push(Token {
-                shard: usize::try_from(number(shard)?).map_err(|_| bad())?,
-                index: number(index)?,
-            });
-            if out.len() > MAX_TOKENS {
-                return Err(NodeError::InvalidArgument(format!("at most {MAX_TOKENS} tokens per read")));
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// A read's required freshness.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Consistency {
-    /// Linearizable through a quorum round (the default).
-    #[default]
-    Strong,
-    /// Linearizable while the leader's lease holds.
-    Lease,
-    /// Whatever the answering replica applied (after the read's tokens).
-    Eventual,
-}
-
-impl Consistency {
-    /// `strong`, `lease` or `eventual`.
-    pub fn parse(text: &str) -> Result<Consistency> {
-        match text {
-            "strong" | "linearizable" => Ok(Consistency::Strong),
-            "lease" => Ok(Consistency::Lease),
-            "eventual" | "stale" => Ok(Consistency::Eventual),
-            other => Err(NodeError::InvalidArgument(format!(
-                "consistency must be strong, lease or eventual, not {other:?}"
-            ))),
-        }
-    }
-}
-
 /// Maps a group error to what the API reports.
 pub(crate) fn group_error(e: GroupError) -> NodeError {
     match e {
@@ -280,6 +214,7 @@ pub(crate) async fn watch_leadership(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Token;
 
     #[test]
     fn members_tokens_and_levels_parse_or_say_why_not() {

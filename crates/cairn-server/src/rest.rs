@@ -12,9 +12,9 @@
 use crate::error::NodeError;
 use crate::hlc::Timestamp;
 use crate::metrics::{self, HttpMetrics};
-use crate::node::{Ack, Condition, Node, Read, ReadOptions, Versioned};
+use crate::node::Node;
 use crate::params::{self, ParamError, Params};
-use crate::replicated::{Consistency, Token};
+use crate::types::{Ack, Condition, Consistency, DEFAULT_SCAN_LIMIT, Read, ReadOptions, Token, Versioned};
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
@@ -32,8 +32,6 @@ use tokio::sync::Semaphore;
 
 /// Requests served at once; more get 503.
 pub const MAX_IN_FLIGHT: usize = 4096;
-/// Default `limit` of a range request.
-pub const DEFAULT_SCAN_LIMIT: usize = 1000;
 const ENTRY_PREFIX: &str = "/kv/rest/entry/";
 
 /// What every handler shares.
@@ -282,7 +280,7 @@ async fn range(State(state): State<AppState>, uri: Uri) -> ApiResult<Json<Value>
     let params = query(&uri, RANGE_PARAMS)?;
     let start = params.bytes("start").unwrap_or_default().to_vec();
     let end = params.bytes("end").map(<[u8]>::to_vec);
-    let limit = match params.number("limit", crate::node::MAX_SCAN_LIMIT as u64)? {
+    let limit = match params.number("limit", crate::types::MAX_SCAN_LIMIT as u64)? {
         Some(l) => usize::try_from(l).map_err(|_| bad("limit too large"))?,
         None => DEFAULT_SCAN_LIMIT,
     };

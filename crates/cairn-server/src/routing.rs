@@ -14,9 +14,8 @@
 //! conditional put elsewhere could apply it twice).
 
 use crate::error::{NodeError, Result};
-use crate::hlc::Timestamp;
-use crate::node::{Ack, Condition, Read, ReadOptions, Versioned};
-use crate::replicated::{Consistency, Token};
+use crate::types::{Ack, Condition, Read, ReadOptions, Route, Scanned, Versioned};
+use crate::wire::{after_out, consistency_out, remote, token_in, ts_out, ts_required};
 use cairn_cluster::meta::{ClusterState, MetaStore};
 use cairn_cluster::placement::{NodeId, ShardMap, ShardPlacement};
 use cairn_cluster::raft::ReadLevel;
@@ -30,15 +29,6 @@ use tonic::transport::Channel;
 pub const MAX_ROUTE_ATTEMPTS: usize = 3;
 /// How long one forwarded call may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The shard a forwarded request routed to, and that shard's epoch in the sender's map.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Route {
-    /// The shard.
-    pub shard: u32,
-    /// Its epoch in the sender's map.
-    pub epoch: u64,
-}
 
 /// A node's view of where shards are.
 #[derive(Debug)]
@@ -69,56 +59,6 @@ impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router").field("node_id", &self.node_id).finish()
     }
-}
-
-fn remote(status: &tonic::Status, addr: &str) -> NodeError {
-    let message = format!("{} (from {addr})", status.message());
-    let code = status.metadata().get(crate::grpc::CODE_HEADER).and_then(|c| c.to_str().ok());
-    if code == Some("not_leader") {
-        return NodeError::NotLeader(message);
-    }
-    match status.code() {
-        tonic::Code::InvalidArgument => NodeError::InvalidArgument(message),
-        // tonic also answers OUT_OF_RANGE for a message over a size limit (its own, not a node's).
-        tonic::Code::OutOfRange if status.message().contains("message length too large") => {
-            NodeError::Internal(message)
-        }
-        tonic::Code::OutOfRange => NodeError::OutOfRange(message),
-        tonic::Code::NotFound => NodeError::NotFound(message),
-        tonic::Code::FailedPrecondition => NodeError::Precondition(message),
-        tonic::Code::ResourceExhausted => NodeError::TooLarge(message),
-        tonic::Code::Aborted => NodeError::Misrouted(message),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            NodeError::Unavailable(message)
-        }
-        tonic::Code::Unknown => NodeError::OutcomeUnknown(message),
-        _ => NodeError::Internal(message),
-    }
-}
-
-/// A forwarded answer's timestamp (always set by the node that answered).
-fn ts_in(ts: Option<kv::Timestamp>) -> Result<Timestamp> {
-    ts.map(crate::grpc::ts_in)
-        .ok_or_else(|| NodeError::Internal("a forwarded answer has no timestamp".into()))
-}
-
-fn token_in(text: &str) -> Result<Option<Token>> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    Ok(Token::parse_list(text)?.into_iter().next())
-}
-
-fn consistency_out(c: Consistency) -> i32 {
-    (match c {
-        Consistency::Strong => kv::Consistency::Strong,
-        Consistency::Lease => kv::Consistency::Lease,
-        Consistency::Eventual => kv::Consistency::Eventual,
-    }) as i32
-}
-
-fn after_out(options: &ReadOptions) -> String {
-    options.after.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// Whether a failed call may be retried at another replica without risk of applying twice.
@@ -279,7 +219,7 @@ impl Router {
             .forward(bucket, Retry::Reads, |mut c, route| {
                 let request = kv::GetRequest {
                     key: key.clone(),
-                    timestamp: options.at.map(crate::grpc::ts_out),
+                    timestamp: options.at.map(ts_out),
                     consistency: consistency_out(options.consistency),
                     after: after_out(options),
                     route: Some(route),
@@ -289,7 +229,7 @@ impl Router {
             .await;
         match answer {
             Ok(r) => Ok(Read {
-                value: Some(Versioned { value: r.value, timestamp: ts_in(r.value_timestamp)? }),
+                value: Some(Versioned { value: r.value, timestamp: ts_required(r.value_timestamp)? }),
                 behind: r.behind,
             }),
             Err(NodeError::NotFound(_)) => Ok(Read { value: None, behind: 0 }),
@@ -307,7 +247,7 @@ impl Router {
         let (if_absent, if_timestamp) = match condition {
             Condition::None => (false, None),
             Condition::IfAbsent => (true, None),
-            Condition::IfTimestamp(ts) => (false, Some(crate::grpc::ts_out(ts))),
+            Condition::IfTimestamp(ts) => (false, Some(ts_out(ts))),
         };
         let r = self
             .forward(bucket, Retry::Writes, |mut c, route| {
@@ -321,7 +261,7 @@ impl Router {
                 async move { c.put(request).await.map(tonic::Response::into_inner) }
             })
             .await?;
-        Ok(Ack { timestamp: ts_in(r.timestamp)?, token: token_in(&r.token)? })
+        Ok(Ack { timestamp: ts_required(r.timestamp)?, token: token_in(&r.token)? })
     }
 
     pub(crate) async fn delete(&self, bucket: u16, key: Vec<u8>) -> Result<Option<Ack>> {
@@ -332,7 +272,7 @@ impl Router {
             })
             .await;
         match answer {
-            Ok(r) => Ok(Some(Ack { timestamp: ts_in(r.timestamp)?, token: token_in(&r.token)? })),
+            Ok(r) => Ok(Some(Ack { timestamp: ts_required(r.timestamp)?, token: token_in(&r.token)? })),
             Err(NodeError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -355,7 +295,7 @@ impl Router {
                 async move { c.batch(request).await.map(tonic::Response::into_inner) }
             })
             .await?;
-        Ok(Ack { timestamp: ts_in(r.timestamp)?, token: token_in(&r.token)? })
+        Ok(Ack { timestamp: ts_required(r.timestamp)?, token: token_in(&r.token)? })
     }
 
     /// Scans shard `shard` (by its first bucket) on a node holding it.
@@ -366,7 +306,7 @@ impl Router {
         end: Option<&[u8]>,
         limit: usize,
         options: &ReadOptions,
-    ) -> Result<Read<crate::node::Scanned>> {
+    ) -> Result<Read<Scanned>> {
         let limit = u32::try_from(limit).map_err(|_| NodeError::InvalidArgument("limit too large".into()))?;
         let chunks = self
             .forward(first_bucket, Retry::Reads, |mut c, route| {
@@ -374,7 +314,7 @@ impl Router {
                     start: start.to_vec(),
                     end: end.map(<[u8]>::to_vec),
                     limit,
-                    timestamp: options.at.map(crate::grpc::ts_out),
+                    timestamp: options.at.map(ts_out),
                     consistency: consistency_out(options.consistency),
                     after: after_out(options),
                     route: Some(route),
@@ -399,8 +339,8 @@ impl Router {
         let resume = chunks.last().and_then(|c| c.resume_key.clone());
         let mut rows = Vec::new();
         for row in chunks.into_iter().flat_map(|c| c.rows) {
-            rows.push((row.key, Versioned { value: row.value, timestamp: ts_in(row.timestamp)? }));
+            rows.push((row.key, Versioned { value: row.value, timestamp: ts_required(row.timestamp)? }));
         }
-        Ok(Read { value: crate::node::Scanned { rows, resume }, behind })
+        Ok(Read { value: Scanned { rows, resume }, behind })
     }
 }

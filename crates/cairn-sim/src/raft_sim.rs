@@ -18,7 +18,7 @@
 use crate::linearizability::{KeyedOperation, Operation, RegisterInput, RegisterOutput};
 use cairn_cluster::raft::{
     CallError, CheckStatus, Command, GroupError, RaftCall, RaftReply, RaftService, ReadLevel, Replica,
-    ReplicaConfig, RequestHandler, ShardStateMachine, Wire, node_of, retire_stored, with_seed,
+    ReplicaConfig, RequestHandler, Role, ShardStateMachine, Wire, node_of, retire_stored, with_seed,
 };
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FaultController, FaultFs, FileSystem, MemFs};
@@ -404,7 +404,7 @@ impl Sim {
 
     /// The replica of an up node that leads the group, if one does.
     fn leader(&self) -> Option<Replica> {
-        self.up().into_iter().filter_map(|id| self.replica(id)).find(|r| r.status().role == "leader")
+        self.up().into_iter().filter_map(|id| self.replica(id)).find(|r| r.status().role == Role::Leader)
     }
 }
 
@@ -665,7 +665,7 @@ async fn check_loop(sim: SharedSim, mut rng: SimRng, done: Arc<std::sync::atomic
         tokio::time::sleep(rng.millis(1000, 3000)).await;
         let leader = {
             let s = sim.lock().await;
-            s.up().into_iter().filter_map(|id| s.replica(id)).find(|r| r.status().role == "leader")
+            s.up().into_iter().filter_map(|id| s.replica(id)).find(|r| r.status().role == Role::Leader)
         };
         if let Some(leader) = leader {
             let outcome = leader.check_consistency(WRITE_TIMEOUT).await;
@@ -943,11 +943,12 @@ async fn rejoined(sim: &SharedSim, victim: u64, nodes: &[u64]) -> Result<(), Str
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = sim.lock().await;
         let statuses: Vec<_> = nodes.iter().filter_map(|id| s.replica(*id)).map(|r| r.status()).collect();
-        let back = statuses.iter().any(|st| st.node == victim && st.incarnation > 0 && st.role == "follower")
-            && statuses
-                .iter()
-                .filter(|st| st.role == "leader")
-                .any(|st| st.voters.contains(&victim) && st.learners.is_empty());
+        let back =
+            statuses.iter().any(|st| st.node == victim && st.incarnation > 0 && st.role == Role::Follower)
+                && statuses
+                    .iter()
+                    .filter(|st| st.role == Role::Leader)
+                    .any(|st| st.voters.contains(&victim) && st.learners.is_empty());
         if back {
             return Ok(());
         }

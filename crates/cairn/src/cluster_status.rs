@@ -3,6 +3,7 @@
 //! (asked of each node over gRPC).
 
 use cairn_proto::cluster::{StateRequest, cluster_client::ClusterClient};
+use cairn_server::Role;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One node's view of its shard replicas: shard id → (role, leader, lag map, stalled streams).
-type Replicas = BTreeMap<u32, (String, u64, BTreeMap<u64, u64>, Vec<u64>)>;
+type Replicas = BTreeMap<u32, (Option<Role>, u64, BTreeMap<u64, u64>, Vec<u64>)>;
 
 async fn node_replicas(addr: &str) -> Option<Replicas> {
     let ask = async {
@@ -22,7 +23,9 @@ async fn node_replicas(addr: &str) -> Option<Replicas> {
             .into_iter()
             .filter_map(|s| {
                 let r = s.replication?;
-                Some((s.shard, (r.role, r.leader, r.lag.into_iter().collect(), r.stalled)))
+                // A role this version does not know counts as not leading.
+                let role = r.role.parse::<Role>().ok();
+                Some((s.shard, (role, r.leader, r.lag.into_iter().collect(), r.stalled)))
             })
             .collect();
         Some(replicas)
@@ -77,7 +80,7 @@ pub async fn cluster_status(addr: &str) -> Result<Option<(Value, String)>, Strin
         let mut lag = BTreeMap::new();
         let mut stalled = Vec::new();
         for (node, (role, said_leader, node_lag, node_stalled)) in reported {
-            if role == "leader" {
+            if *role == Some(Role::Leader) {
                 leader = node;
                 lag = node_lag.clone();
                 stalled = node_stalled.clone();

@@ -12,7 +12,7 @@ mod transport;
 pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, ShardApplier};
 pub use log_store::GroupLogStore;
 pub use replica::{
-    CheckOutcome, GroupError, GroupStatus, MoveStep, ReadLevel, ReadPoint, Replica, ReplicaConfig,
+    CheckOutcome, GroupError, GroupStatus, MoveStep, ReadLevel, ReadPoint, Replica, ReplicaConfig, Role,
     STALL_AFTER, StatusWatch, Written, retire_stored,
 };
 pub use runtime::{CairnRuntime, with_seed};

@@ -181,6 +181,52 @@ pub struct Written {
     pub result: CommandResult,
 }
 
+/// A replica's part in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// It leads the group.
+    Leader,
+    /// It votes and follows the leader.
+    Follower,
+    /// It is campaigning.
+    Candidate,
+    /// It follows without a vote (a replica catching up, or a move's destination).
+    Learner,
+    /// It has stopped.
+    Shutdown,
+}
+
+impl Role {
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Role, String> {
+        [Role::Leader, Role::Follower, Role::Candidate, Role::Learner, Role::Shutdown]
+            .into_iter()
+            .find(|r| r.as_str() == text)
+            .ok_or_else(|| format!("{text:?} is not a replica role"))
+    }
+}
+
 /// One group member's view of the group (serialized as the server's `/_status` shows it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GroupStatus {
@@ -190,8 +236,8 @@ pub struct GroupStatus {
     pub node: u64,
     /// This replica's incarnation (it grows each time the replica re-syncs from scratch).
     pub incarnation: u16,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: &'static str,
+    /// Its part in the group.
+    pub role: Role,
     /// Current term.
     pub term: u64,
     /// The leader this replica knows of.
@@ -764,11 +810,11 @@ impl Replica {
         let Incarnation { raft, id } = self.current();
         let m = raft.metrics().borrow_watched().clone();
         let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
         };
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().map(node_of).collect();

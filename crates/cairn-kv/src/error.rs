@@ -1,0 +1,31 @@
+//! Why a write was not evaluated into rows (the KV layer's storage-level error).
+
+use crate::hlc::Timestamp;
+
+/// Why a write was not evaluated into rows.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// A put's condition does not hold.
+    #[error("{0}")]
+    ConditionFailed(String),
+    /// A key's newest version is so far ahead that a write ordered after it would be beyond `limit`,
+    /// the clock's bound (the physical time plus the maximum clock offset). Only a version stamped
+    /// before timestamps were bounded, or by a clock far ahead of this one, can be.
+    #[error(
+        "the key's newest version is at {latest}, {} ms beyond this node's clock plus the maximum clock \
+         offset ({limit}): a write cannot be ordered after it",
+        latest.wall_time.saturating_sub(limit.wall_time) / 1_000_000
+    )]
+    TooFarAhead {
+        /// The key's newest version.
+        latest: Timestamp,
+        /// The bound.
+        limit: Timestamp,
+    },
+    /// The store holds something it never wrote.
+    #[error("{0}")]
+    Malformed(String),
+    /// The engine failed.
+    #[error("storage error: {0}")]
+    Engine(#[from] cairn_engine::Error),
+}

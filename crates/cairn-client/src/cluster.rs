@@ -23,7 +23,6 @@ const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Clone, Debug)]
 struct ShardRoute {
     id: u32,
-    last_bucket: u16,
     epoch: u64,
     replicas: Vec<u64>,
     leader: Option<u64>,
@@ -33,8 +32,9 @@ struct ShardRoute {
 #[derive(Clone, Debug, Default)]
 struct Routes {
     total_buckets: u32,
-    /// In bucket order.
     shards: Vec<ShardRoute>,
+    /// Every shard's bucket ranges (first, last, index in `shards`), in bucket order.
+    ranges: Vec<(u16, u16, usize)>,
     addrs: BTreeMap<u64, String>,
 }
 
@@ -46,9 +46,24 @@ struct StateNode {
 #[derive(serde::Deserialize)]
 struct StateShard {
     id: u32,
-    buckets: (u16, u16),
+    #[serde(alias = "buckets", deserialize_with = "ranges_or_pair")]
+    ranges: Vec<(u16, u16)>,
     replicas: Vec<u64>,
     epoch: u64,
+}
+
+/// A shard's ranges: a list of pairs, or the one pair of a map written before shards had several.
+fn ranges_or_pair<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(u16, u16)>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Ranges {
+        Several(Vec<(u16, u16)>),
+        One((u16, u16)),
+    }
+    Ok(match <Ranges as serde::Deserialize>::deserialize(d)? {
+        Ranges::Several(ranges) => ranges,
+        Ranges::One(range) => vec![range],
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -128,18 +143,13 @@ impl ClusterClient {
             .map_err(|e| routing(format!("{addr} has no cluster state: {e}")))?;
         let map = state.map.ok_or_else(|| routing("the cluster has not placed its shards yet"))?;
         let addrs: BTreeMap<u64, String> = state.nodes.into_iter().map(|(id, n)| (id, n.grpc_addr)).collect();
-        let mut shards: Vec<ShardRoute> = map
-            .shards
-            .into_iter()
-            .map(|s| ShardRoute {
-                id: s.id,
-                last_bucket: s.buckets.1,
-                epoch: s.epoch,
-                replicas: s.replicas,
-                leader: None,
-            })
-            .collect();
-        shards.sort_by_key(|s| s.last_bucket);
+        let mut ranges = Vec::new();
+        let mut shards = Vec::with_capacity(map.shards.len());
+        for (i, s) in map.shards.into_iter().enumerate() {
+            ranges.extend(s.ranges.iter().map(|&(first, last)| (first, last, i)));
+            shards.push(ShardRoute { id: s.id, epoch: s.epoch, replicas: s.replicas, leader: None });
+        }
+        ranges.sort_unstable();
         // Leader hints: each node reports the leader of every shard it holds a replica of (a node that
         // does not answer in time gives none).
         for (node, addr) in &addrs {
@@ -159,7 +169,7 @@ impl ClusterClient {
                 }
             }
         }
-        Ok(Routes { total_buckets: map.total_buckets, shards, addrs })
+        Ok(Routes { total_buckets: map.total_buckets, shards, ranges, addrs })
     }
 
     async fn conn(&mut self, addr: &str) -> Result<&mut Client, ClientError> {
@@ -180,9 +190,11 @@ impl ClusterClient {
     /// replica in turn instead of the leader).
     fn targets(&mut self, key: &[u8], spread: bool) -> Result<(kv::Route, Vec<String>), ClientError> {
         let bucket = cairn_proto::bucket_of(key, self.routes.total_buckets);
-        let i = self.routes.shards.partition_point(|s| s.last_bucket < bucket);
-        let shard =
-            self.routes.shards.get(i).ok_or_else(|| routing(format!("no shard owns bucket {bucket}")))?;
+        let i = self.routes.ranges.partition_point(|r| r.1 < bucket);
+        let shard = (self.routes.ranges.get(i))
+            .filter(|r| r.0 <= bucket)
+            .and_then(|r| self.routes.shards.get(r.2))
+            .ok_or_else(|| routing(format!("no shard owns bucket {bucket}")))?;
         let mut order = shard.replicas.clone();
         if spread && !order.is_empty() {
             self.turn = self.turn.wrapping_add(1);

@@ -341,7 +341,7 @@ impl ClusterState {
         if node.state == NodeState::Removed {
             return Ok(None);
         }
-        let holds = |s: &&crate::placement::ShardPlacement| {
+        let holds = |s: &&crate::placement::ShardDescriptor| {
             s.replicas.contains(&id) || s.moving.is_some_and(|m| m.to == id)
         };
         if let Some(shard) = self.map.iter().flat_map(|m| &m.shards).find(holds) {

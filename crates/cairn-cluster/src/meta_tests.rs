@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use crate::placement::ShardId;
 use proptest::prelude::*;
 
 fn settings(rf: usize, shards: usize) -> ClusterSettings {
@@ -175,7 +176,8 @@ fn removal_needs_an_empty_node_and_its_id_is_never_given_again() {
     // The removed node cannot come back with its token; its address is free for a new node, new id.
     assert_eq!(removed.join(&request("t1", 1010)).unwrap_err(), MetaError::NodeRemoved(1));
     assert_eq!(removed.join(&request("fresh", 1010)).unwrap().1, 5);
-    let target = Move { shard: 0, epoch: removed.map.as_ref().unwrap().shards[0].epoch, from: 2, to: 1 };
+    let target =
+        Move { shard: ShardId(0), epoch: removed.map.as_ref().unwrap().shards[0].epoch, from: 2, to: 1 };
     assert!(matches!(removed.apply_move(&target), Err(MetaError::NodeRemoved(1))));
 }
 

@@ -23,23 +23,54 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A node's id (never reused; 0 is not a node).
 pub type NodeId = u64;
-/// A shard's id (stable for the shard's life).
-pub type ShardId = u32;
+/// A shard's id: stable for the shard's life and never given to another shard. Its Raft group's id is
+/// the same number ([`ShardId::group`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ShardId(pub u32);
+
+impl ShardId {
+    /// The id of the shard's Raft group.
+    pub fn group(self) -> u64 {
+        u64::from(self.0)
+    }
+}
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<ShardId> for u64 {
+    fn from(id: ShardId) -> u64 {
+        id.group()
+    }
+}
 
 /// The largest replication factor the planners accept.
 pub const MAX_REPLICATION_FACTOR: usize = 7;
 
-/// One shard: its bucket range, where its replicas are, and the epoch of that placement.
+/// One shard as the cluster knows it: the bucket ranges it owns, where its replicas are, and the epoch
+/// and generation of that knowledge. Placement, the meta group, routing and the node all use this one
+/// type; a replica's engine holds the same ranges in its manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardPlacement {
+pub struct ShardDescriptor {
     /// The shard's id.
     pub id: ShardId,
-    /// First and last bucket (inclusive) the shard owns.
-    pub buckets: (u16, u16),
+    /// The bucket ranges it owns, first and last bucket (inclusive) of each, in bucket order. One range
+    /// for a shard made at initial placement; a merge of adjacent shards keeps one, other layouts may
+    /// hold several. (Maps written before shards had several ranges hold one pair, `buckets`.)
+    #[serde(alias = "buckets", deserialize_with = "ranges_or_pair")]
+    pub ranges: Vec<(u16, u16)>,
     /// Nodes holding a replica, in the order they were placed.
     pub replicas: Vec<NodeId>,
-    /// Bumped by every change of this shard's placement; starts at 1.
+    /// Bumped by every change of this shard's placement or ranges; starts at 1. Requests carry the epoch
+    /// they were routed by.
     pub epoch: u64,
+    /// Bumped by every change of the shard's ranges (a split or a merge); starts at 1.
+    #[serde(default = "first_generation")]
+    pub generation: u64,
     /// A move under way ([`ShardMap::begin_move`]): its destination holds a learner that is catching up
     /// and does not serve requests until [`ShardMap::finish_move`] makes it a replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,6 +81,41 @@ pub struct ShardPlacement {
     pub abandoning: bool,
 }
 
+fn first_generation() -> u64 {
+    1
+}
+
+/// Reads `ranges` as a list of pairs, or as the one pair older maps hold.
+fn ranges_or_pair<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<(u16, u16)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ranges {
+        Several(Vec<(u16, u16)>),
+        One((u16, u16)),
+    }
+    Ok(match Ranges::deserialize(d)? {
+        Ranges::Several(ranges) => ranges,
+        Ranges::One(range) => vec![range],
+    })
+}
+
+impl ShardDescriptor {
+    /// The shard's first bucket (a bucket to route to it by).
+    pub fn first_bucket(&self) -> u16 {
+        self.ranges.first().map_or(0, |r| r.0)
+    }
+
+    /// Whether the shard owns `bucket`.
+    pub fn owns(&self, bucket: u16) -> bool {
+        self.ranges.iter().any(|&(first, last)| first <= bucket && bucket <= last)
+    }
+
+    /// Its ranges as the engine takes them.
+    pub fn bucket_ranges(&self) -> Vec<std::ops::RangeInclusive<u16>> {
+        self.ranges.iter().map(|&(first, last)| first..=last).collect()
+    }
+}
+
 /// The whole cluster's placement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMap {
@@ -57,8 +123,8 @@ pub struct ShardMap {
     pub total_buckets: u32,
     /// Replicas each shard should have.
     pub replication_factor: usize,
-    /// Shards in bucket order.
-    pub shards: Vec<ShardPlacement>,
+    /// Shards in the order of their first bucket.
+    pub shards: Vec<ShardDescriptor>,
     /// Bumped by every change to the map; starts at 1.
     pub version: u64,
 }
@@ -183,11 +249,12 @@ impl ShardMap {
         let total = u64::from(total_buckets);
         let count = shards as u64;
         let shards = (0..count)
-            .map(|i| ShardPlacement {
-                id: i as ShardId,
-                buckets: ((total * i / count) as u16, (total * (i + 1) / count - 1) as u16),
+            .map(|i| ShardDescriptor {
+                id: ShardId(i as u32),
+                ranges: vec![((total * i / count) as u16, (total * (i + 1) / count - 1) as u16)],
                 replicas: (0..replication_factor).map(|j| nodes[(i as usize + j) % nodes.len()]).collect(),
                 epoch: 1,
+                generation: 1,
                 moving: None,
                 abandoning: false,
             })
@@ -209,19 +276,28 @@ impl ShardMap {
         if self.version == 0 {
             return bad("map version 0".into());
         }
-        let mut next = 0u32;
+        let mut ranges: Vec<(u32, u32, ShardId)> = Vec::new();
         let mut ids = BTreeSet::new();
+        let mut previous_first = None;
         for s in &self.shards {
-            let (first, last) = (u32::from(s.buckets.0), u32::from(s.buckets.1));
-            if first != next || last < first || last >= self.total_buckets {
-                return bad(format!("shard {} covers {first}..={last}, expected to start at {next}", s.id));
+            if s.ranges.is_empty() {
+                return bad(format!("shard {} owns no buckets", s.id));
             }
-            next = last + 1;
+            if previous_first.is_some_and(|p| p >= s.first_bucket()) {
+                return bad(format!("shard {} is out of bucket order", s.id));
+            }
+            previous_first = Some(s.first_bucket());
+            for pair in s.ranges.windows(2) {
+                if pair[1].0 <= pair[0].1 {
+                    return bad(format!("shard {}'s ranges {:?} are not in bucket order", s.id, s.ranges));
+                }
+            }
+            ranges.extend(s.ranges.iter().map(|&(first, last)| (u32::from(first), u32::from(last), s.id)));
             if !ids.insert(s.id) {
                 return bad(format!("shard {} listed twice", s.id));
             }
-            if s.epoch == 0 {
-                return bad(format!("shard {} at epoch 0", s.id));
+            if s.epoch == 0 || s.generation == 0 {
+                return bad(format!("shard {} at epoch {}, generation {}", s.id, s.epoch, s.generation));
             }
             if s.replicas.is_empty() || s.replicas.len() > self.replication_factor {
                 return bad(format!("shard {} has {} replicas", s.id, s.replicas.len()));
@@ -243,20 +319,32 @@ impl ShardMap {
                 return bad(format!("shard {} gives up a move it does not have", s.id));
             }
         }
+        ranges.sort_unstable();
+        let mut next = 0u32;
+        for (first, last, id) in ranges {
+            if first != next || last < first || last >= self.total_buckets {
+                return bad(format!("shard {id} covers {first}..={last}, expected to start at {next}"));
+            }
+            next = last + 1;
+        }
         if next != self.total_buckets {
             return bad(format!("buckets {next}..{} belong to no shard", self.total_buckets));
         }
         Ok(())
     }
 
-    /// The shard owning `bucket`.
-    pub fn shard_for_bucket(&self, bucket: u16) -> Option<&ShardPlacement> {
-        let i = self.shards.partition_point(|s| s.buckets.1 < bucket);
-        self.shards.get(i).filter(|s| s.buckets.0 <= bucket)
+    /// The shard owning `bucket`: found by its first bucket when it owns one range (the shards are in
+    /// the order of their first bucket), otherwise by looking through every shard's ranges.
+    pub fn shard_for_bucket(&self, bucket: u16) -> Option<&ShardDescriptor> {
+        let i = self.shards.partition_point(|s| s.first_bucket() <= bucket);
+        match i.checked_sub(1).and_then(|i| self.shards.get(i)) {
+            Some(s) if s.owns(bucket) => Some(s),
+            _ => self.shards.iter().find(|s| s.owns(bucket)),
+        }
     }
 
     /// The shard with id `id`.
-    pub fn shard(&self, id: ShardId) -> Option<&ShardPlacement> {
+    pub fn shard(&self, id: ShardId) -> Option<&ShardDescriptor> {
         self.shards.iter().find(|s| s.id == id)
     }
 
@@ -313,7 +401,7 @@ impl ShardMap {
         Ok(())
     }
 
-    /// Asks for the move under way `mv` to be given up (see [`ShardPlacement::abandoning`]); `false`
+    /// Asks for the move under way `mv` to be given up (see [`ShardDescriptor::abandoning`]); `false`
     /// if it already was. Routing does not change, so the epoch stays.
     pub fn request_abandon(&mut self, mv: &Move) -> Result<bool> {
         let shard = self.shard_moving(mv)?;
@@ -338,7 +426,7 @@ impl ShardMap {
 
     /// The shard `mv` moves a replica of, if `mv` may start there: planned against its epoch, from a
     /// holder to a non-holder, and no other move of it under way.
-    fn shard_for_move(&mut self, mv: &Move) -> Result<&mut ShardPlacement> {
+    fn shard_for_move(&mut self, mv: &Move) -> Result<&mut ShardDescriptor> {
         let shard = self.shard_mut(mv.shard)?;
         check_move(shard, mv)?;
         if shard.moving.is_some() {
@@ -348,7 +436,7 @@ impl ShardMap {
     }
 
     /// The shard whose move under way is `mv`.
-    fn shard_moving(&mut self, mv: &Move) -> Result<&mut ShardPlacement> {
+    fn shard_moving(&mut self, mv: &Move) -> Result<&mut ShardDescriptor> {
         let shard = self.shard_mut(mv.shard)?;
         if shard.moving != Some(*mv) {
             return Err(bad_move(mv, "it is not the shard's move under way"));
@@ -356,7 +444,7 @@ impl ShardMap {
         Ok(shard)
     }
 
-    fn shard_mut(&mut self, id: ShardId) -> Result<&mut ShardPlacement> {
+    fn shard_mut(&mut self, id: ShardId) -> Result<&mut ShardDescriptor> {
         self.shards.iter_mut().find(|s| s.id == id).ok_or(PlacementError::UnknownShard(id))
     }
 }
@@ -368,7 +456,7 @@ fn bad_move(mv: &Move, why: &'static str) -> PlacementError {
 
 /// Refuses `mv` for `shard` if it was planned against another epoch, comes from a node that holds no
 /// replica or goes to one that holds one.
-fn check_move(shard: &ShardPlacement, mv: &Move) -> Result<()> {
+fn check_move(shard: &ShardDescriptor, mv: &Move) -> Result<()> {
     if shard.epoch != mv.epoch {
         return Err(PlacementError::StaleEpoch { shard: mv.shard, current: shard.epoch, given: mv.epoch });
     }
@@ -387,7 +475,7 @@ fn check_move(shard: &ShardPlacement, mv: &Move) -> Result<()> {
 
 /// `mv.from`'s replica of `shard` replaced by `mv.to`'s, in place (the replica order is kept), at the
 /// next epoch.
-fn replace(shard: &mut ShardPlacement, mv: &Move) {
+fn replace(shard: &mut ShardDescriptor, mv: &Move) {
     for slot in shard.replicas.iter_mut().filter(|r| **r == mv.from) {
         *slot = mv.to;
     }
@@ -407,7 +495,7 @@ impl ShardMap {
 pub fn plan_repair(map: &ShardMap, live: &BTreeSet<NodeId>) -> RepairPlan {
     let mut counts = map.replica_counts(live);
     let mut plan = RepairPlan::default();
-    let mut shards: Vec<&ShardPlacement> = map.shards.iter().collect();
+    let mut shards: Vec<&ShardDescriptor> = map.shards.iter().collect();
     shards.sort_by_key(|s| s.id);
     // A shard with a move under way is planned again once that move is done.
     for s in shards.into_iter().filter(|s| s.moving.is_none()) {

@@ -16,15 +16,15 @@ fn spread(map: &ShardMap, live: &BTreeSet<NodeId>) -> usize {
 #[test]
 fn initial_layout_splits_buckets_and_spreads_replicas() {
     let map = ShardMap::initial(1024, 4, &[3, 1, 2], 3).unwrap();
-    let ranges: Vec<_> = map.shards.iter().map(|s| s.buckets).collect();
+    let ranges: Vec<_> = map.shards.iter().map(|s| s.ranges[0]).collect();
     assert_eq!(ranges, vec![(0, 255), (256, 511), (512, 767), (768, 1023)]);
     assert_eq!(map.shards[0].replicas, vec![1, 2, 3]);
     assert_eq!(map.shards[1].replicas, vec![2, 3, 1]);
     assert_eq!(map.shards[3].replicas, vec![1, 2, 3]);
     assert!(map.shards.iter().all(|s| s.epoch == 1));
-    assert_eq!(map.shard_for_bucket(0).unwrap().id, 0);
-    assert_eq!(map.shard_for_bucket(511).unwrap().id, 1);
-    assert_eq!(map.shard_for_bucket(1023).unwrap().id, 3);
+    assert_eq!(map.shard_for_bucket(0).unwrap().id, ShardId(0));
+    assert_eq!(map.shard_for_bucket(511).unwrap().id, ShardId(1));
+    assert_eq!(map.shard_for_bucket(1023).unwrap().id, ShardId(3));
     assert!(map.shard_for_bucket(1024).is_none());
     // One replica per shard on a one-node cluster.
     let single = ShardMap::initial(1024, 4, &[7], 1).unwrap();
@@ -53,21 +53,29 @@ fn apply_bumps_epochs_and_refuses_stale_or_bad_moves() {
     let mut map = ShardMap::initial(1024, 2, &[1, 2, 3, 4], 3).unwrap();
     let s0 = map.shards[0].clone();
     assert_eq!(s0.replicas, vec![1, 2, 3]);
-    map.check_epoch(0, 1).unwrap();
-    map.apply(&Move { shard: 0, epoch: 1, from: 2, to: 4 }).unwrap();
+    map.check_epoch(ShardId(0), 1).unwrap();
+    map.apply(&Move { shard: ShardId(0), epoch: 1, from: 2, to: 4 }).unwrap();
     assert_eq!(map.shards[0].replicas, vec![1, 4, 3]);
     assert_eq!((map.shards[0].epoch, map.shards[1].epoch, map.version), (2, 1, 2));
-    assert_eq!(map.check_epoch(0, 1), Err(PlacementError::StaleEpoch { shard: 0, current: 2, given: 1 }));
+    assert_eq!(
+        map.check_epoch(ShardId(0), 1),
+        Err(PlacementError::StaleEpoch { shard: ShardId(0), current: 2, given: 1 })
+    );
     // The same move again was planned against epoch 1.
     assert!(matches!(
-        map.apply(&Move { shard: 0, epoch: 1, from: 2, to: 4 }),
+        map.apply(&Move { shard: ShardId(0), epoch: 1, from: 2, to: 4 }),
         Err(PlacementError::StaleEpoch { .. })
     ));
-    let bad = |map: &mut ShardMap, from, to| map.apply(&Move { shard: 0, epoch: 2, from, to }).unwrap_err();
+    let bad = |map: &mut ShardMap, from, to| {
+        map.apply(&Move { shard: ShardId(0), epoch: 2, from, to }).unwrap_err()
+    };
     assert!(bad(&mut map, 2, 5).to_string().contains("source holds no replica"));
     assert!(bad(&mut map, 1, 3).to_string().contains("already holds a replica"));
-    assert_eq!(map.apply(&Move { shard: 9, epoch: 1, from: 1, to: 2 }), Err(PlacementError::UnknownShard(9)));
-    assert_eq!(map.check_epoch(9, 1), Err(PlacementError::UnknownShard(9)));
+    assert_eq!(
+        map.apply(&Move { shard: ShardId(9), epoch: 1, from: 1, to: 2 }),
+        Err(PlacementError::UnknownShard(ShardId(9)))
+    );
+    assert_eq!(map.check_epoch(ShardId(9), 1), Err(PlacementError::UnknownShard(ShardId(9))));
     map.validate().unwrap();
     assert_eq!(map.version, 2, "refused moves change nothing");
 }
@@ -75,40 +83,40 @@ fn apply_bumps_epochs_and_refuses_stale_or_bad_moves() {
 #[test]
 fn a_move_begins_then_finishes_at_new_epochs_and_blocks_other_moves_meanwhile() {
     let mut map = ShardMap::initial(1024, 2, &[1, 2, 3, 4], 3).unwrap();
-    let planned = Move { shard: 0, epoch: 1, from: 2, to: 4 };
+    let planned = Move { shard: ShardId(0), epoch: 1, from: 2, to: 4 };
     let begun = map.begin_move(&planned).unwrap();
     assert_eq!(begun, Move { epoch: 2, ..planned });
-    let s0 = map.shard(0).unwrap();
+    let s0 = map.shard(ShardId(0)).unwrap();
     assert_eq!((s0.replicas.clone(), s0.epoch, s0.moving), (vec![1, 2, 3], 2, Some(begun)));
     map.validate().unwrap();
     // While it is under way, no other move of the shard starts or applies, and planners leave it be.
-    let other = Move { shard: 0, epoch: 2, from: 3, to: 4 };
+    let other = Move { shard: ShardId(0), epoch: 2, from: 3, to: 4 };
     assert!(map.begin_move(&other).unwrap_err().to_string().contains("under way"));
     assert!(map.apply(&other).unwrap_err().to_string().contains("under way"));
-    assert!(plan_repair(&map, &set(&[1, 3, 4])).moves.iter().all(|m| m.shard != 0));
-    assert!(plan_rebalance(&map, &set(&[1, 2, 3, 4]), 8).iter().all(|m| m.shard != 0));
+    assert!(plan_repair(&map, &set(&[1, 3, 4])).moves.iter().all(|m| m.shard != ShardId(0)));
+    assert!(plan_rebalance(&map, &set(&[1, 2, 3, 4]), 8).iter().all(|m| m.shard != ShardId(0)));
     assert_eq!(map.moves_under_way(), vec![begun]);
     // Only the move as recorded finishes it.
     assert!(map.finish_move(&planned).unwrap_err().to_string().contains("not the shard's move"));
     map.finish_move(&begun).unwrap();
-    let s0 = map.shard(0).unwrap();
+    let s0 = map.shard(ShardId(0)).unwrap();
     assert_eq!((s0.replicas.clone(), s0.epoch, s0.moving), (vec![1, 4, 3], 3, None));
     assert_eq!(map.version, 3);
     assert!(map.finish_move(&begun).is_err());
     // A move is given up in two steps: asked for (routing unchanged, so no new epoch), then done.
-    let second = map.begin_move(&Move { shard: 1, epoch: 1, from: 2, to: 1 }).unwrap();
+    let second = map.begin_move(&Move { shard: ShardId(1), epoch: 1, from: 2, to: 1 }).unwrap();
     assert!(map.request_abandon(&second).unwrap());
     assert!(!map.request_abandon(&second).unwrap(), "asking twice changes nothing");
-    let s1 = map.shard(1).unwrap();
+    let s1 = map.shard(ShardId(1)).unwrap();
     assert!(s1.abandoning && s1.epoch == 2);
     map.validate().unwrap();
     map.abandon_move(&second).unwrap();
-    let s1 = map.shard(1).unwrap();
+    let s1 = map.shard(ShardId(1)).unwrap();
     assert_eq!((s1.replicas.clone(), s1.epoch, s1.moving, s1.abandoning), (vec![2, 3, 4], 3, None, false));
     assert!(map.abandon_move(&second).is_err(), "given up already");
     // A bad move recorded as under way breaks the map.
     let mut broken = map.clone();
-    broken.shards[0].moving = Some(Move { shard: 0, epoch: 3, from: 2, to: 4 });
+    broken.shards[0].moving = Some(Move { shard: ShardId(0), epoch: 3, from: 2, to: 4 });
     assert!(broken.validate().unwrap_err().to_string().contains("bad move"));
 }
 
@@ -120,13 +128,48 @@ fn validate_catches_broken_maps() {
         f(&mut m);
         m.validate().unwrap_err().to_string()
     };
-    assert!(broken(&|m| m.shards[1].buckets = (9, 15)).contains("expected to start at 8"));
-    assert!(broken(&|m| m.shards[1].buckets = (8, 14)).contains("belong to no shard"));
+    assert!(broken(&|m| m.shards[1].ranges = vec![(9, 15)]).contains("expected to start at 8"));
+    assert!(broken(&|m| m.shards[1].ranges = vec![(8, 14)]).contains("belong to no shard"));
     assert!(broken(&|m| m.shards[1].replicas = vec![1, 1]).contains("replicas"));
     assert!(broken(&|m| m.shards[1].replicas = vec![]).contains("0 replicas"));
     assert!(broken(&|m| m.shards[1].replicas = vec![1, 2, 3, 4]).contains("4 replicas"));
     assert!(broken(&|m| m.shards[1].epoch = 0).contains("epoch 0"));
-    assert!(broken(&|m| m.shards[1].id = 0).contains("twice"));
+    assert!(broken(&|m| m.shards[1].id = ShardId(0)).contains("twice"));
+    assert!(broken(&|m| m.shards[1].generation = 0).contains("generation 0"));
+    assert!(broken(&|m| m.shards[1].ranges = vec![]).contains("owns no buckets"));
+    assert!(broken(&|m| m.shards[1].ranges = vec![(12, 15), (8, 11)]).contains("not in bucket order"));
+}
+
+#[test]
+fn a_shard_may_own_several_ranges_and_is_found_by_any_of_its_buckets() {
+    // Shard 0 owns 0..=3 and 8..=11, shard 1 owns 4..=7 and 12..=15.
+    let mut map = ShardMap::initial(16, 2, &[1, 2, 3], 3).unwrap();
+    map.shards[0].ranges = vec![(0, 3), (8, 11)];
+    map.shards[1].ranges = vec![(4, 7), (12, 15)];
+    map.validate().unwrap();
+    for bucket in 0..16u16 {
+        let want = ShardId(u32::from(bucket / 4 % 2));
+        assert_eq!(map.shard_for_bucket(bucket).map(|s| s.id), Some(want), "bucket {bucket}");
+    }
+    assert_eq!(map.shard_for_bucket(16), None);
+    // Two shards may not share a bucket.
+    map.shards[1].ranges = vec![(4, 8), (12, 15)];
+    assert!(map.validate().is_err());
+}
+
+#[test]
+fn maps_written_with_one_range_per_shard_still_read() {
+    let old = r#"{"total_buckets":16,"replication_factor":1,"version":3,"shards":[
+        {"id":0,"buckets":[0,7],"replicas":[1],"epoch":2},
+        {"id":1,"buckets":[8,15],"replicas":[1],"epoch":1}]}"#;
+    let map: ShardMap = serde_json::from_str(old).unwrap();
+    map.validate().unwrap();
+    assert_eq!(map.shards[0].ranges, vec![(0, 7)]);
+    assert_eq!((map.shards[0].generation, map.shards[0].epoch), (1, 2));
+    assert_eq!(map.shard_for_bucket(9).map(|s| s.id), Some(ShardId(1)));
+    // Written again, it says `ranges`, and reads back the same.
+    let again: ShardMap = serde_json::from_str(&serde_json::to_string(&map).unwrap()).unwrap();
+    assert_eq!(again, map);
 }
 
 #[test]
@@ -149,7 +192,7 @@ fn a_dead_nodes_replicas_go_to_the_least_loaded_live_nodes() {
     let small = ShardMap::initial(1024, 2, &[1, 2, 3], 3).unwrap();
     let plan = plan_repair(&small, &set(&[1, 2]));
     assert!(plan.moves.is_empty());
-    assert_eq!(plan.under_replicated, vec![0, 1]);
+    assert_eq!(plan.under_replicated, vec![ShardId(0), ShardId(1)]);
 }
 
 #[test]

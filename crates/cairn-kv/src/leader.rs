@@ -291,15 +291,40 @@ impl Leaders {
         let evaluated = self.evaluate(replica, op, term, &mut stamps, deadline).await;
         let round = match evaluated {
             Ok(Some((command, at))) => self.propose(replica, op, command, at, latches, deadline).await,
-            Ok(None) => {
-                // Nothing to write: this replica's state is current for the latched keys.
-                let index = replica.status().applied.unwrap_or_default();
-                Round::Done(Ok(Committed { timestamp: None, index }))
+            // Nothing to write (a delete of an absent key), or a failed condition: answered from this
+            // replica's state, which is current for the latched keys as long as it still leads.
+            Ok(None) => match self.still_leading(replica, term, deadline).await {
+                Ok(index) => Round::Done(Ok(Committed { timestamp: None, index })),
+                Err(why) => Round::Again(why),
+            },
+            Err(e @ WriteError::ConditionFailed(_)) => {
+                match self.still_leading(replica, term, deadline).await {
+                    Ok(_) => Round::Done(Err(e)),
+                    Err(why) => Round::Again(why),
+                }
             }
             Err(e) => Round::Done(Err(e)),
         };
         self.pending.end(&stamps);
         round
+    }
+
+    /// Confirms, after an evaluation in `term` that writes nothing, that this replica still leads in
+    /// that term (a quorum round, shared with concurrent reads): a leader cut off from the others may
+    /// not know that a newer leader has written since, and must not answer from its state. Returns the
+    /// index a read-your-writes token names.
+    async fn still_leading(
+        &self,
+        replica: &Replica,
+        term: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, String> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match replica.read_point(ReadLevel::Strong, left).await {
+            Ok(point) if replica.leading_term(Duration::ZERO).await == Ok(term) => Ok(point.applied),
+            Ok(_) => Err(format!("this replica no longer leads in term {term}")),
+            Err(e) => Err(format!("this replica could not confirm it still leads: {e}")),
+        }
     }
 
     /// Evaluates `op` on the leader's replica at a timestamp of this node's clock: the command to

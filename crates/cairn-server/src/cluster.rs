@@ -528,8 +528,8 @@ impl Membership {
             .iter()
             .filter(|s| s.replicas.contains(&id) || s.moving.is_some_and(|m| m.to == id))
             .map(|s| ReplicaPlan {
-                group: u64::from(s.id),
-                buckets: s.buckets,
+                group: s.id.group(),
+                ranges: s.ranges.clone(),
                 bootstrap: (s.replicas.first() == Some(&id))
                     .then(|| s.replicas.iter().filter_map(|r| Some((*r, addrs.get(r)?.clone()))).collect()),
                 serving: s.replicas.contains(&id),

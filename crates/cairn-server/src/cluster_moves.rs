@@ -23,7 +23,7 @@ use super::{Membership, RETRY_PAUSE};
 use crate::events::EventKind;
 use crate::node::{Node, ReplicaPlan};
 use cairn_cluster::meta::{ClusterState, MetaError, MetaStore};
-use cairn_cluster::placement::{Move, ShardPlacement, plan_rebalance, plan_repair};
+use cairn_cluster::placement::{Move, ShardDescriptor, ShardId, plan_rebalance, plan_repair};
 use cairn_cluster::raft::Role;
 use cairn_cluster::raft::{MoveStep, ReadLevel, Replica};
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,7 +51,7 @@ impl Membership {
         // A move whose destination died is given up (its shard is planned again afterwards).
         for mv in map.moves_under_way().into_iter().filter(|mv| !live.contains(&mv.to)) {
             if record(meta, |s| s.request_abandon(&mv)).await?.is_some() {
-                tracing::warn!(shard = mv.shard, to = mv.to, "giving up a move: its destination is dead");
+                tracing::warn!(shard = %mv.shard, to = mv.to, "giving up a move: its destination is dead");
             }
         }
         self.start_moves(meta, plan_repair(map, &live).moves, "re-creating a dead node's replica").await
@@ -69,7 +69,7 @@ impl Membership {
                 })
                 .await?;
             if let Some(mv) = begun {
-                tracing::warn!(shard = mv.shard, from = mv.from, to = mv.to, "{why}");
+                tracing::warn!(shard = %mv.shard, from = mv.from, to = mv.to, "{why}");
                 self.plumbing.events.emit(EventKind::ReplicaMoving {
                     shard: mv.shard,
                     from: mv.from,
@@ -143,12 +143,12 @@ impl Membership {
             .shards
             .iter()
             .filter(|s| !s.replicas.contains(&id))
-            .map(|s| (u64::from(s.id), s.buckets))
+            .map(|s| (s.id.group(), s.ranges.clone()))
             .collect();
         let log = std::sync::Arc::clone(&self.plumbing.log);
         for group in crate::node::retire_stale(config, map.total_buckets, log, stale).await? {
             tracing::info!(shard = group, "retired a replica left by a shard that moved away meanwhile");
-            self.plumbing.events.emit(EventKind::ReplicaRetired { shard: group as u32 });
+            self.plumbing.events.emit(EventKind::ReplicaRetired { shard: ShardId(group as u32) });
         }
         Ok(())
     }
@@ -178,29 +178,29 @@ impl Membership {
         node.observe_map(&state);
         let addrs: BTreeMap<u64, String> =
             state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
-        let incoming = |s: &cairn_cluster::placement::ShardPlacement| s.moving.is_some_and(|m| m.to == id);
+        let incoming = |s: &cairn_cluster::placement::ShardDescriptor| s.moving.is_some_and(|m| m.to == id);
         let serving: BTreeSet<u64> =
-            map.shards.iter().filter(|s| s.replicas.contains(&id)).map(|s| u64::from(s.id)).collect();
+            map.shards.iter().filter(|s| s.replicas.contains(&id)).map(|s| s.id.group()).collect();
         let wanted: BTreeSet<u64> = map
             .shards
             .iter()
             .filter(|s| s.replicas.contains(&id) || incoming(s))
-            .map(|s| u64::from(s.id))
+            .map(|s| s.id.group())
             .collect();
         // Each shard on its own: one that cannot make progress (no quorum, a disk error) must not hold
         // up the others.
         let held = node.groups();
-        for s in map.shards.iter().filter(|s| wanted.contains(&u64::from(s.id))) {
-            if !held.contains(&u64::from(s.id)) {
+        for s in map.shards.iter().filter(|s| wanted.contains(&s.id.group())) {
+            if !held.contains(&s.id.group()) {
                 let plan = ReplicaPlan {
-                    group: u64::from(s.id),
-                    buckets: s.buckets,
+                    group: s.id.group(),
+                    ranges: s.ranges.clone(),
                     bootstrap: None,
                     serving: false,
                 };
                 match node.add_replica(plan).await {
-                    Ok(()) => tracing::info!(shard = s.id, "started a replica placed on this node"),
-                    Err(e) => tracing::warn!(shard = s.id, error = %e, "cannot start a replica placed here"),
+                    Ok(()) => tracing::info!(shard = %s.id, "started a replica placed on this node"),
+                    Err(e) => tracing::warn!(shard = %s.id, error = %e, "cannot start a replica placed here"),
                 }
             }
         }
@@ -208,16 +208,16 @@ impl Membership {
             match node.retire_replica(*group).await {
                 Ok(()) => {
                     tracing::info!(shard = group, "retired a replica of a shard that moved away");
-                    self.plumbing.events.emit(EventKind::ReplicaRetired { shard: *group as u32 });
+                    self.plumbing.events.emit(EventKind::ReplicaRetired { shard: ShardId(*group as u32) });
                 }
                 Err(e) => tracing::warn!(shard = group, error = %e, "cannot retire a replica"),
             }
         }
         node.serve_only(&serving);
         for s in &map.shards {
-            let Some(replica) = node.replica(u64::from(s.id)) else { continue };
+            let Some(replica) = node.replica(s.id.group()) else { continue };
             if let Err(e) = self.tend_shard(meta, &replica, s, &addrs, id).await {
-                tracing::debug!(shard = s.id, error = %e, "shard not reconciled this pass");
+                tracing::debug!(shard = %s.id, error = %e, "shard not reconciled this pass");
             }
         }
         Ok(())
@@ -230,7 +230,7 @@ impl Membership {
         &self,
         meta: &MetaStore,
         replica: &Replica,
-        s: &ShardPlacement,
+        s: &ShardDescriptor,
         addrs: &BTreeMap<u64, String>,
         id: u64,
     ) -> Result<(), String> {
@@ -242,7 +242,7 @@ impl Membership {
             let peers =
                 s.replicas.iter().chain([&id]).filter_map(|n| Some((*n, addrs.get(n)?.clone()))).collect();
             if let Err(e) = replica.ask_to_join(peers).await {
-                tracing::debug!(shard = s.id, error = %e, "asking to join the shard's group");
+                tracing::debug!(shard = %s.id, error = %e, "asking to join the shard's group");
             }
         }
         let status = replica.status();
@@ -259,7 +259,7 @@ impl Membership {
         let leaving = s.moving.map(|m| m.from);
         for n in status.learners.iter().filter(|n| s.replicas.contains(n) && Some(**n) != leaving) {
             if replica.promote(*n, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())? {
-                tracing::info!(shard = s.id, node = n, "re-synced replica promoted");
+                tracing::info!(shard = %s.id, node = n, "re-synced replica promoted");
             }
         }
         // Learners the map does not name (left by a move given up while one was being added).
@@ -270,7 +270,7 @@ impl Membership {
                 .await
                 .map_err(|_| "removing stray learners timed out".to_string())?
                 .map_err(|e| e.to_string())?;
-            tracing::info!(shard = s.id, ?strays, "removed learners the map does not name");
+            tracing::info!(shard = %s.id, ?strays, "removed learners the map does not name");
         }
         Ok(())
     }
@@ -286,7 +286,7 @@ impl Membership {
                 let given_up = record(meta, |s| s.abandon_move(&mv)).await.map_err(|e| e.to_string())?;
                 if let Some(after) = given_up {
                     let epoch = epoch_of(&after, mv.shard);
-                    tracing::warn!(shard = mv.shard, from = mv.from, to = mv.to, epoch, "move given up");
+                    tracing::warn!(shard = %mv.shard, from = mv.from, to = mv.to, epoch, "move given up");
                     self.plumbing.events.emit(EventKind::ReplicaMoveAbandoned {
                         shard: mv.shard,
                         from: mv.from,
@@ -306,9 +306,9 @@ impl Membership {
         let step = replica.advance_move(mv.from, mv.to, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
         match step {
             MoveStep::Promoted => {
-                tracing::info!(shard = mv.shard, to = mv.to, from = mv.from, "move: destination promoted")
+                tracing::info!(shard = %mv.shard, to = mv.to, from = mv.from, "move: destination promoted")
             }
-            MoveStep::Removed => tracing::info!(shard = mv.shard, from = mv.from, "move: source removed"),
+            MoveStep::Removed => tracing::info!(shard = %mv.shard, from = mv.from, "move: source removed"),
             _ => {}
         }
         if step != MoveStep::Done {
@@ -317,7 +317,7 @@ impl Membership {
         let finished = record(meta, |s| s.finish_move(&mv)).await.map_err(|e| e.to_string())?;
         if let Some(after) = finished {
             let epoch = epoch_of(&after, mv.shard);
-            tracing::info!(shard = mv.shard, from = mv.from, to = mv.to, epoch, "replica moved");
+            tracing::info!(shard = %mv.shard, from = mv.from, to = mv.to, epoch, "replica moved");
             self.plumbing.events.emit(EventKind::ReplicaMoved {
                 shard: mv.shard,
                 from: mv.from,
@@ -341,6 +341,6 @@ async fn record(
 }
 
 /// Shard `shard`'s epoch in `state` (0 if it has none).
-fn epoch_of(state: &ClusterState, shard: u32) -> u64 {
+fn epoch_of(state: &ClusterState, shard: ShardId) -> u64 {
     state.map.as_ref().and_then(|m| m.shard(shard)).map_or(0, |s| s.epoch)
 }

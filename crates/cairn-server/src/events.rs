@@ -1,4 +1,4 @@
-//! The node's event stream (seed 002): leader changes of its shard and meta replicas, snapshots they
+//! The node's event stream: leader changes of its shard and meta replicas, snapshots they
 //! installed, nodes joining, the shards being placed, and nodes going down and coming back up (as the
 //! meta group's leader sees them, polled by every node). Served over gRPC (`Cluster/Events`, server
 //! streaming) and as server-sent events (`GET /events`).
@@ -6,6 +6,7 @@
 //! Bounded: events go through a broadcast channel of [`CAPACITY`]; a subscriber that falls that far
 //! behind gets a `lagged` event saying how many it missed and carries on from the oldest kept one.
 
+use cairn_cluster::placement::ShardId;
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,13 +34,13 @@ pub enum EventKind {
     /// A node acknowledges the meta leader's heartbeats (again).
     NodeUp { node: u64 },
     /// A replica move started: `to` gets a replica of the shard in place of `from`'s (at `epoch`).
-    ReplicaMoving { shard: u32, from: u64, to: u64, epoch: u64 },
+    ReplicaMoving { shard: ShardId, from: u64, to: u64, epoch: u64 },
     /// A replica move finished: `to` holds the replica, `from` left the shard's group (at `epoch`).
-    ReplicaMoved { shard: u32, from: u64, to: u64, epoch: u64 },
+    ReplicaMoved { shard: ShardId, from: u64, to: u64, epoch: u64 },
     /// A replica move was given up (its destination died before it could take the replica over).
-    ReplicaMoveAbandoned { shard: u32, from: u64, to: u64, epoch: u64 },
+    ReplicaMoveAbandoned { shard: ShardId, from: u64, to: u64, epoch: u64 },
     /// This node dropped its replica of a shard that moved away while it was down or partitioned.
-    ReplicaRetired { shard: u32 },
+    ReplicaRetired { shard: ShardId },
     /// This subscriber fell behind and missed this many events.
     Lagged { missed: u64 },
 }

@@ -162,8 +162,8 @@ pub(crate) fn open_raft_log(store: &std::path::Path) -> Result<RaftLog> {
 pub(crate) struct ReplicaPlan {
     /// The group (the shard's id).
     pub group: u64,
-    /// First and last bucket the shard owns.
-    pub buckets: (u16, u16),
+    /// The bucket ranges the shard owns (first and last bucket of each).
+    pub ranges: Vec<(u16, u16)>,
     /// The members (node id → gRPC address) to make the group with if this replica is new; `None`:
     /// another member makes it, this replica waits to hear from it.
     pub bootstrap: Option<std::collections::BTreeMap<u64, String>>,
@@ -253,9 +253,9 @@ impl Node {
         plumbing.events.set_observer(rc.node_id);
         let first = rc.members.keys().next() == Some(&rc.node_id);
         let plans = (layout.shards.iter().enumerate())
-            .map(|(i, &buckets)| ReplicaPlan {
+            .map(|(i, &range)| ReplicaPlan {
                 group: i as u64,
-                buckets,
+                ranges: vec![range],
                 bootstrap: first.then(|| rc.members.clone()),
                 serving: true,
             })
@@ -327,7 +327,7 @@ impl Node {
             }
             (Some(route), Some(router)) => {
                 router.check(route).await?;
-                let group = u64::from(route.shard);
+                let group = route.shard.group();
                 // A move's destination whose move the map (as just checked) shows finished serves at
                 // once, before its reconciler gets to it.
                 let placed_here = || {
@@ -345,7 +345,7 @@ impl Node {
                     here => here,
                 };
                 match here {
-                    Ok(shard) if shard.group == u64::from(route.shard) => Ok(Located::Here(shard)),
+                    Ok(shard) if shard.group == route.shard.group() => Ok(Located::Here(shard)),
                     _ => Err(NodeError::Misrouted(format!(
                         "bucket {bucket} is not shard {}'s on this node",
                         route.shard
@@ -535,7 +535,7 @@ impl Node {
                 .view()
                 .map
                 .shard_for_bucket(bucket)
-                .map(|s| u64::from(s.id))
+                .map(|s| s.id.group())
                 .ok_or_else(|| NodeError::Internal(format!("no shard owns bucket {bucket}"))),
             (Err(e), None) => Err(e),
         }

@@ -182,19 +182,20 @@ pub(crate) async fn retire_stale(
     config: &NodeConfig,
     total_buckets: u32,
     log: Arc<RaftLog>,
-    stale: Vec<(u64, (u16, u16))>,
+    stale: Vec<(u64, Vec<(u16, u16)>)>,
 ) -> Result<Vec<u64>> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || -> Result<Vec<u64>> {
         let mut retired = Vec::new();
-        for (group, (start, end)) in stale {
+        for (group, ranges) in stale {
             let template = shard_config(&config, total_buckets, group);
             let dir = template.dir.clone();
             if !dir.exists() || dir.join(RETIRED_FILE).exists() {
                 continue;
             }
-            let sm = ShardStateMachine::open(dir.clone(), template, vec![start..=end], start)
-                .map_err(|e| open_error(&config, group, e))?;
+            let sm =
+                ShardStateMachine::open(dir.clone(), template, engine_ranges(&ranges), meta_bucket(&ranges))
+                    .map_err(|e| open_error(&config, group, e))?;
             cairn_cluster::raft::retire_stored(&log, &sm, group)
                 .map_err(|e| NodeError::Internal(format!("retiring shard {group}: {e}")))?;
             drop(sm);
@@ -205,6 +206,16 @@ pub(crate) async fn retire_stale(
     })
     .await
     .map_err(|e| NodeError::Internal(format!("retire task failed: {e}")))?
+}
+
+/// A shard's bucket ranges as the engine takes them.
+fn engine_ranges(ranges: &[(u16, u16)]) -> Vec<cairn_engine::BucketRange> {
+    ranges.iter().map(|&(first, last)| first..=last).collect()
+}
+
+/// The bucket a shard keeps its applied position in: its first.
+fn meta_bucket(ranges: &[(u16, u16)]) -> u16 {
+    ranges.first().map_or(0, |r| r.0)
 }
 
 /// Marks the shard directory `dir` retired (its replica is empty; nothing to retire at the next start).
@@ -229,7 +240,7 @@ pub(super) async fn start_replica(
     plan: ReplicaPlan,
 ) -> Result<Shard> {
     let group = plan.group;
-    let (start, end) = plan.buckets;
+    let (ranges, meta) = (engine_ranges(&plan.ranges), meta_bucket(&plan.ranges));
     let sm = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
@@ -240,7 +251,7 @@ pub(super) async fn start_replica(
                 std::fs::remove_file(&marker)
                     .map_err(|e| NodeError::Startup(format!("cannot clear {}: {e}", marker.display())))?;
             }
-            ShardStateMachine::open(template.dir.clone(), template, vec![start..=end], start)
+            ShardStateMachine::open(template.dir.clone(), template, ranges, meta)
                 .map_err(|e| open_error(&config, group, e))
         })
         .await
@@ -278,5 +289,6 @@ pub(super) async fn start_replica(
     // fenced replica, takes re-synced ones back in and purges verified log; ends when the replica stops.
     let tended = replica.clone();
     tokio::spawn(async move { tended.tend().await });
-    Ok(Shard { group, ranges: vec![start..=end], backend: Backend::Replicated(replica), leader_changes })
+    let ranges = engine_ranges(&plan.ranges);
+    Ok(Shard { group, ranges, backend: Backend::Replicated(replica), leader_changes })
 }

@@ -105,11 +105,10 @@ impl Node {
         match (options.route, &self.router) {
             (Some(route), router) => {
                 // The shard's first bucket, from the map if it does not serve here (yet).
-                let here = set
-                    .serving_group(u64::from(route.shard))
-                    .and_then(|s| s.ranges.first().map(|r| *r.start()));
+                let here =
+                    set.serving_group(route.shard.group()).and_then(|s| s.ranges.first().map(|r| *r.start()));
                 let placed =
-                    router.as_ref().and_then(|r| r.view().map.shard(route.shard).map(|s| s.buckets.0));
+                    router.as_ref().and_then(|r| r.view().map.shard(route.shard).map(|s| s.first_bucket()));
                 let bucket = here.or(placed).unwrap_or(0);
                 match self.locate(bucket, Some(route)).await? {
                     Located::Here(shard) => local.push(shard),
@@ -120,9 +119,9 @@ impl Node {
             }
             (None, Some(router)) => {
                 for placed in &router.view().map.shards {
-                    match set.serving_group(u64::from(placed.id)) {
+                    match set.serving_group(placed.id.group()) {
                         Some(shard) => local.push(shard),
-                        None => remote.push(placed.buckets.0),
+                        None => remote.push(placed.first_bucket()),
                     }
                 }
             }

@@ -17,7 +17,7 @@ use crate::error::{NodeError, Result};
 use crate::types::{Ack, Condition, Read, ReadOptions, Route, Scanned, Versioned};
 use crate::wire::{after_out, consistency_out, remote, token_in, ts_out, ts_required};
 use cairn_cluster::meta::{ClusterState, MetaStore};
-use cairn_cluster::placement::{NodeId, ShardMap, ShardPlacement};
+use cairn_cluster::placement::{NodeId, ShardDescriptor, ShardMap};
 use cairn_cluster::raft::ReadLevel;
 use cairn_proto::kv;
 use std::collections::BTreeMap;
@@ -170,7 +170,7 @@ impl Router {
     async fn forward_to<T, F, Fut>(
         &self,
         view: &View,
-        shard: &ShardPlacement,
+        shard: &ShardDescriptor,
         retry: Retry,
         call: &F,
     ) -> Result<T>
@@ -178,7 +178,7 @@ impl Router {
         F: Fn(kv::kv_client::KvClient<Channel>, kv::Route) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        let route = kv::Route { shard: shard.id, epoch: shard.epoch };
+        let route = kv::Route { shard: shard.id.0, epoch: shard.epoch };
         let mut last = NodeError::Unavailable(format!("shard {} has no replica on another node", shard.id));
         for node in shard.replicas.iter().filter(|n| **n != self.node_id) {
             let Some(addr) = view.addrs.get(node) else { continue };

@@ -124,7 +124,7 @@ impl Consistency {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
     /// The shard.
-    pub shard: u32,
+    pub shard: cairn_cluster::placement::ShardId,
     /// Its epoch in the sender's map.
     pub epoch: u64,
 }

@@ -90,7 +90,7 @@ pub(crate) fn read_options(
 }
 
 pub(crate) fn route_in(r: kv::Route) -> Route {
-    Route { shard: r.shard, epoch: r.epoch }
+    Route { shard: cairn_cluster::placement::ShardId(r.shard), epoch: r.epoch }
 }
 
 pub(crate) fn token_text(token: Option<Token>) -> String {

@@ -1,5 +1,5 @@
 //! `cairn status` against a cluster member: the cluster's nodes (with liveness as the meta group's
-//! leader sees it), and every shard with its bucket range, epoch, replicas, leader and replica lag
+//! leader sees it), and every shard with its bucket ranges, epoch, replicas, leader and replica lag
 //! (asked of each node over gRPC).
 
 use cairn_proto::cluster::{StateRequest, cluster_client::ClusterClient};
@@ -92,7 +92,8 @@ pub async fn cluster_status(addr: &str) -> Result<Option<(Value, String)>, Strin
         let down: Vec<u64> =
             replicas.iter().copied().filter(|n| liveness.get(n).is_some_and(|(up, _)| !up)).collect();
         shards.push(json!({
-            "id": id, "buckets": shard["buckets"], "epoch": shard["epoch"], "replicas": replicas,
+            "id": id, "ranges": shard["ranges"], "epoch": shard["epoch"], "generation": shard["generation"],
+            "replicas": replicas,
             "leader": leader, "lag": lag, "down_replicas": down, "stalled": stalled,
             "moving": shard["moving"],
         }));
@@ -131,7 +132,9 @@ fn render(s: &Value) -> String {
     }
     text.push_str("\n\nshard  buckets      epoch  replicas  leader  lag (entries behind the leader)");
     for sh in s["shards"].as_array().into_iter().flatten() {
-        let buckets = format!("{}..={}", sh["buckets"][0], sh["buckets"][1]);
+        let ranges: Vec<String> =
+            (sh["ranges"].as_array().into_iter().flatten()).map(|r| format!("{}..={}", r[0], r[1])).collect();
+        let buckets = ranges.join(",");
         let replicas: Vec<String> =
             sh["replicas"].as_array().into_iter().flatten().map(ToString::to_string).collect();
         let lag: Vec<String> = sh["lag"]

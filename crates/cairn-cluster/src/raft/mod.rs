@@ -9,7 +9,9 @@ mod runtime;
 mod state_machine;
 mod transport;
 
-pub use apply::{APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, ShardApplier};
+pub use apply::{
+    APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, HASH_BYTES_PER_SECOND, ShardApplier,
+};
 pub use log_store::GroupLogStore;
 pub use replica::{
     CheckOutcome, GroupError, GroupStatus, MoveStep, ReadLevel, ReadPoint, Replica, ReplicaConfig, Role,

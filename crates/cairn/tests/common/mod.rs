@@ -201,7 +201,8 @@ pub fn key_per_shard(n: &Server) -> Vec<(u64, String)> {
         .unwrap()
         .iter()
         .map(|s| {
-            (s["id"].as_u64().unwrap(), s["buckets"][0].as_u64().unwrap(), s["buckets"][1].as_u64().unwrap())
+            let first = &s["ranges"][0];
+            (s["id"].as_u64().unwrap(), first[0].as_u64().unwrap(), first[1].as_u64().unwrap())
         })
         .collect();
     let total = shards.iter().map(|s| s.2).max().unwrap() as u32 + 1;

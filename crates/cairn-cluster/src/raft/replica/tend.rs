@@ -28,9 +28,11 @@ const MOVE_ANSWERED_WITHIN: Duration = Duration::from_secs(3);
 const TEND_EVERY: Duration = Duration::from_millis(100);
 /// Least time between two attempts of a tending step that talks to others.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-/// A rate every replica hashes its shard at, with room to spare: measured at ~1.2 GB/s on this
-/// machine's 2 cores (0.8 s per GB), counted at a fifth of that for slower disks and busy nodes.
-const HASH_BYTES_PER_SECOND: f64 = 250e6;
+/// How many bytes of rows a byte of SST file may hold, at most, as [`Replica::check_timeout`] counts
+/// (blocks are compressed; repetitive values compress about fivefold).
+const COMPRESSION_ALLOWANCE: u64 = 8;
+
+use crate::raft::HASH_BYTES_PER_SECOND;
 
 impl Replica {
     /// Runs a consistency check through the log: every replica hashes its shard at one entry; this
@@ -52,11 +54,13 @@ impl Replica {
 
     /// How long a consistency check may take: four election timeouts, plus the time to hash this
     /// replica's shard at [`HASH_BYTES_PER_SECOND`] (every replica hashes its own copy, in the
-    /// background, at the same entry; a shard of tens of GB takes longer than a fixed wait).
+    /// background, at the same entry; a shard of tens of GB takes minutes). The shard's rows are
+    /// counted as [`COMPRESSION_ALLOWANCE`] times its files' bytes plus its memtables.
     pub fn check_timeout(&self) -> Duration {
-        let bytes = self.db().metrics().sst_bytes();
+        let m = self.db().metrics();
+        let rows = m.sst_bytes() * COMPRESSION_ALLOWANCE + m.memtable_bytes;
         self.shared.config.election_timeout.1 * 4
-            + Duration::from_secs_f64(bytes as f64 / HASH_BYTES_PER_SECOND)
+            + Duration::from_secs_f64(rows as f64 / HASH_BYTES_PER_SECOND as f64)
     }
 
     /// The digest a majority of the group's voters recorded at check entry `index`, asking each voter

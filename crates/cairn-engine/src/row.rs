@@ -87,11 +87,6 @@ impl<'a> RowRef<'a> {
         DeltaIter::new(self.data).map_while(|c| c.ok()).filter_map(|(c, v)| v.map(|v| (c, v)))
     }
 
-    /// Bytes of its encoding.
-    pub fn encoded_len(&self) -> usize {
-        self.data.len()
-    }
-
     /// Number of live columns.
     pub fn len(&self) -> usize {
         let mut buf = self.data;

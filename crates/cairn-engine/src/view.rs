@@ -61,12 +61,6 @@ impl View {
     /// Hashes every live row of every owned bucket as of the view: equal to the digest of a shard
     /// snapshot taken at the same point (see [`ContentDigest`]), without taking one.
     pub fn content_digest(&self) -> Result<ContentDigest> {
-        self.content_digest_paced(&mut |_| {})
-    }
-
-    /// [`View::content_digest`], calling `pace` with the bytes of each row read (its key and encoded
-    /// row), so the caller can hold the hash to a rate, and so to a share of the CPU and the disk.
-    pub fn content_digest_paced(&self, pace: &mut dyn FnMut(usize)) -> Result<ContentDigest> {
         let mut ranges = self.owned.ranges().to_vec().into_iter();
         let mut iter: Option<DbIter> = None;
         digest_rows(|emit| {
@@ -75,7 +69,6 @@ impl View {
                     && it.advance()?
                 {
                     emit(it.bucket(), it.key(), it.row());
-                    pace(it.key().len() + it.row().encoded_len());
                     return Ok(true);
                 }
                 match ranges.next() {

@@ -156,6 +156,25 @@ impl std::fmt::Debug for Leaders {
     }
 }
 
+/// The timestamps one write took from the node's clock, registered as in flight ([`Pending`]) until the
+/// guard drops: when the write is decided, or, if the client stops waiting first, when its proposal
+/// is (the proposal's task owns the guard then), so a read at a timestamp never skips a write that may
+/// still land below it, and a request dropped midway leaves nothing registered.
+struct Stamps {
+    pending: Arc<Pending>,
+    list: Vec<Timestamp>,
+}
+
+impl Drop for Stamps {
+    fn drop(&mut self) {
+        self.pending.end(&self.list);
+    }
+}
+
+/// Time a leader keeps back from a forwarded write's budget, so its answer reaches the sender before
+/// the sender's own deadline (at most a quarter of the budget).
+const FORWARD_MARGIN: Duration = Duration::from_millis(250);
+
 /// How a round of a write ended when it did not answer the client.
 enum Round {
     /// Evaluate again, wherever the leader now is (nothing of this round will apply).
@@ -263,11 +282,17 @@ impl Leaders {
         let answer = match postcard::from_bytes::<Forwarded>(&request) {
             Err(e) => Err(WriteError::Internal(format!("a forwarded write does not decode: {e}"))),
             Ok(Forwarded { write, timeout_ms }) => {
+                // Answer while the sender still waits: a definite answer (even "not the leader")
+                // beats its timing out and reporting an unknown outcome.
                 let timeout = Duration::from_millis(timeout_ms).min(self.timeout);
-                let deadline = tokio::time::Instant::now() + timeout;
-                let round = match replica.leading_term(timeout).await {
+                let budget = timeout.saturating_sub(FORWARD_MARGIN.min(timeout / 4));
+                let deadline = tokio::time::Instant::now() + budget;
+                let round = match replica.leading_term(budget).await {
                     Ok(term) => self.lead(&replica, &write, term, deadline).await,
-                    Err(e) => Round::Again(e.to_string()),
+                    Err(e @ (GroupError::NotLeader { .. } | GroupError::Timeout(_))) => {
+                        Round::Again(e.to_string())
+                    }
+                    Err(e) => Round::Done(Err(WriteError::from(e))),
                 };
                 match round {
                     Round::Done(outcome) => outcome,
@@ -286,11 +311,25 @@ impl Leaders {
                 return Round::Done(Err(WriteError::OutOfRange(e.to_string())));
             }
         }
-        let latches = self.latches(replica.group()).acquire(op.keys()).await;
-        let mut stamps = Vec::new();
-        let evaluated = self.evaluate(replica, op, term, &mut stamps, deadline).await;
-        let round = match evaluated {
-            Ok(Some((command, at))) => self.propose(replica, op, command, at, latches, deadline).await,
+        let latches = self.latches(replica.group());
+        let Ok(latches) = tokio::time::timeout_at(deadline, latches.acquire(op.keys())).await else {
+            return Round::Done(Err(WriteError::Unavailable(
+                "earlier writes of the same keys held them until this write's deadline: nothing was written, \
+                 retry"
+                    .into(),
+            )));
+        };
+        let mut stamps = Stamps { pending: Arc::clone(&self.pending), list: Vec::new() };
+        let evaluated = self.evaluate(replica, op, term, &mut stamps.list, deadline).await;
+        if evaluated.as_ref().is_ok_and(Option::is_some) && tokio::time::Instant::now() >= deadline {
+            return Round::Done(Err(WriteError::Unavailable(
+                "the write's deadline passed before it was proposed: nothing was written, retry".into(),
+            )));
+        }
+        match evaluated {
+            Ok(Some((command, at))) => {
+                self.propose(replica, op, command, at, (latches, stamps), deadline).await
+            }
             // Nothing to write (a delete of an absent key), or a failed condition: answered from this
             // replica's state, which is current for the latched keys as long as it still leads.
             Ok(None) => match self.still_leading(replica, term, deadline).await {
@@ -304,9 +343,7 @@ impl Leaders {
                 }
             }
             Err(e) => Round::Done(Err(e)),
-        };
-        self.pending.end(&stamps);
-        round
+        }
     }
 
     /// Confirms, after an evaluation in `term` that writes nothing, that this replica still leads in
@@ -386,21 +423,21 @@ impl Leaders {
     }
 
     /// Proposes `command` (the evaluation of `op` at `at`) and waits for its outcome until `deadline`.
-    /// The proposal runs in a task of its own holding `latches` until the group decides it: a client
-    /// that stops waiting (its deadline passed) does not free the keys of a command that may still
-    /// apply.
+    /// The proposal runs in a task of its own holding the write's latches and timestamps until the group
+    /// decides it: a client that stops waiting (its deadline passed) does not free the keys of a
+    /// command that may still apply.
     async fn propose(
         &self,
         replica: &Replica,
         op: &Write,
         command: Command,
         at: Timestamp,
-        latches: LatchGuard,
+        held: (LatchGuard, Stamps),
         deadline: tokio::time::Instant,
     ) -> Round {
         let proposer = replica.clone();
         let proposal = tokio::spawn(async move {
-            let _latches = latches;
+            let _held = held;
             // No timeout of its own: openraft answers once the entry applied or the leader lost the
             // role.
             proposer.propose_here(command, Duration::MAX).await
@@ -412,7 +449,10 @@ impl Leaders {
                 )));
             }
             Ok(Err(e)) => {
-                return Round::Done(Err(WriteError::Internal(format!("proposal task failed: {e}"))));
+                // The command may have been appended before the task ended.
+                return Round::Done(Err(WriteError::OutcomeUnknown(format!(
+                    "the write's proposal task ended ({e}): read the key before retrying"
+                ))));
             }
             Ok(Ok(outcome)) => outcome,
         };
@@ -469,13 +509,28 @@ impl Leaders {
                 Round::Done(Ok(Committed { timestamp: Some(at), index: point.applied }))
             }
             Ok(_) => Round::Again(why),
-            Err(e) => Round::Done(Err(KvError::Engine(e).into())),
+            Err(e) => Round::Done(Err(WriteError::OutcomeUnknown(format!(
+                "the write's outcome is unknown ({why}) and this replica cannot read whether it applied \
+                 ({e}): read the key before retrying"
+            )))),
         }
     }
 }
 
 impl RequestHandler for Leaders {
+    // In a task of its own: a sender that stops waiting (its call timed out or was dropped) does not
+    // cancel an evaluation halfway.
     fn handle(self: Arc<Self>, replica: Replica, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
-        Box::pin(self.serve(replica, request))
+        Box::pin(async move {
+            match tokio::spawn(self.serve(replica, request)).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    let failed: Result<Committed, WriteError> = Err(WriteError::OutcomeUnknown(format!(
+                        "the leader's evaluation task ended ({e}): read the key before retrying"
+                    )));
+                    postcard::to_stdvec(&failed).unwrap_or_default()
+                }
+            }
+        })
     }
 }

@@ -31,8 +31,17 @@ fn log_id(p: LogPosition) -> LogIdOf<TypeConfig> {
     LogId::new_term_index(p.term, p.index)
 }
 
+/// Decodes a stored entry. Entries written before commands were an enum (one struct of conditions, a
+/// batch and a check step) cannot be told apart from today's reliably, so they are not read: a store
+/// made by such a build is recreated (no release ever wrote one), and says so.
 fn decode_entry(e: &LogEntry) -> io::Result<EntryOf<TypeConfig>> {
-    super::decode(&e.payload).map_err(io_err)
+    super::decode(&e.payload).map_err(|why| {
+        io_err(format!(
+            "{why} (entry {}; a Raft log written by a cairn build from before 2026-12-06, whose \
+             commands were not typed, cannot be replayed: recreate the store)",
+            e.index
+        ))
+    })
 }
 
 impl RaftLogReader<TypeConfig> for GroupLogStore {

@@ -120,6 +120,10 @@ pub struct Leaders {
     max_command_bytes: usize,
     latches: parking_lot::Mutex<std::collections::HashMap<u64, Arc<Latches>>>,
     stats: Stats,
+    // Set when the node hands its leaderships over (a clean stop): no new evaluation starts here.
+    draining: std::sync::atomic::AtomicBool,
+    // Proposals whose outcome the group has not decided yet.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What a node's [`Leaders`] did, counted since it started.
@@ -171,6 +175,22 @@ impl Drop for Stamps {
     }
 }
 
+/// Counts a proposal in flight while it lives.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(count: Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Time a leader keeps back from a forwarded write's budget, so its answer reaches the sender before
 /// the sender's own deadline (at most a quarter of the budget).
 const FORWARD_MARGIN: Duration = Duration::from_millis(250);
@@ -197,7 +217,25 @@ impl Leaders {
             max_command_bytes,
             latches: Default::default(),
             stats: Stats::default(),
+            draining: Default::default(),
+            in_flight: Default::default(),
         })
+    }
+
+    /// Stops evaluating writes here (they go round to the next leader) and waits, up to `timeout`,
+    /// for the proposals in flight to be decided: a clean stop calls it before handing its
+    /// leaderships over, so no write is left waiting on a leader that is going away. True if none is
+    /// left.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.draining.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.in_flight.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
     }
 
     /// What this node's leaders did so far.
@@ -305,6 +343,9 @@ impl Leaders {
 
     /// One evaluation of `op` as the leader of `term`, and its proposal.
     async fn lead(&self, replica: &Replica, op: &Write, term: u64, deadline: tokio::time::Instant) -> Round {
+        if self.draining.load(Ordering::Acquire) {
+            return Round::Again("this node is handing its leaderships over".into());
+        }
         if let Write::Put { condition: Condition::IfTimestamp(want), .. } = op {
             // The new version must sort after the one it replaces.
             if let Err(e) = self.pending.clock().observe(*want) {
@@ -436,8 +477,9 @@ impl Leaders {
         deadline: tokio::time::Instant,
     ) -> Round {
         let proposer = replica.clone();
+        let in_flight = InFlight::new(Arc::clone(&self.in_flight));
         let proposal = tokio::spawn(async move {
-            let _held = held;
+            let _held = (held, in_flight);
             // No timeout of its own: openraft answers once the entry applied or the leader lost the
             // role.
             proposer.propose_here(command, Duration::MAX).await

@@ -37,6 +37,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// How long a clean stop waits for the writes its leaders proposed to be decided before it hands the
+/// leaderships over (new writes go to the next leaders meanwhile).
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// How long a read at an explicit timestamp waits for writes below it to finish.
 const PENDING_WAIT: Duration = Duration::from_secs(5);
 
@@ -378,8 +381,15 @@ impl Node {
 
     /// Hands the leadership of every group this node leads to another replica, all at once, each
     /// waiting at most `timeout` (a clean stop: the groups keep a leader instead of waiting out an
-    /// election). Returns how many groups had to be handed over but were not.
+    /// election). First this node stops evaluating writes (they go to the next leaders) and waits
+    /// briefly for those it proposed to be decided; it never evaluates again. Returns how many groups
+    /// had to be handed over but were not.
     pub async fn hand_over_leadership(&self, timeout: Duration) -> usize {
+        if let Some(r) = &self.replication
+            && !r.leaders.drain(timeout.min(DRAIN_WAIT)).await
+        {
+            tracing::warn!("writes still in flight after {DRAIN_WAIT:?}; handing leaderships over anyway");
+        }
         let mut tasks = Vec::new();
         for shard in &self.set().list {
             if let Backend::Replicated(replica) = &shard.backend

@@ -3,10 +3,11 @@
 # one shard, so one Raft group holds every key) is loaded with SIZE_MB of values (4 KiB each, logical
 # bytes: the bench's values compress about fivefold on disk), then serves linearizable point reads
 # (YCSB-C, 16 clients) twice: with no periodic checks (steady), and with a check every 2 s (each hashes
-# the whole shard). Twice per build, side by side; prints ops/s and read p50/p99/p999 of each run, the
+# the whole shard). Twice per build, side by side; prints ops/s and read p50/p99/p999/max of each run, the
 # checks that passed during the checked run (builds that log them at info), and the ratio of the p99s.
 #   scripts/bench-check.sh BIN_DIR [BIN_DIR...]      (each holds `cairn` and `cairn-bench`)
-# Env: SIZE_MB (default 1024), OPS (reads per run, default 300000). Binds to 127.0.0.1 only.
+# Env: SIZE_MB (default 1024), OPS (reads per run, default 300000), BENCH_BIN (one cairn-bench for
+# every build: the same client, and one that prints max latencies). Binds to 127.0.0.1 only.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 BIN_DIR [BIN_DIR...]" >&2; exit 2; }
 size_mb="${SIZE_MB:-1024}"
@@ -25,8 +26,11 @@ start() { # bin store interval log
     for _ in $(seq 1 600); do grep -q '^cairn listening' "$4" && break; sleep 0.1; done
 }
 stop() { kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
+bench() { # bin
+    echo "${BENCH_BIN:-$1/cairn-bench}"
+}
 reads() { # bin out
-    "$1/cairn-bench" grpc --addr 127.0.0.1:23891 --clients 16 --records "$records" --ops "$ops" \
+    "$(bench "$1")" grpc --addr 127.0.0.1:23891 --clients 16 --records "$records" --ops "$ops" \
         --value-size "$value" --workloads C --no-load | tee "$2"
 }
 
@@ -37,7 +41,7 @@ for round in 1 2; do
         label="r$round-b$i"
         echo "== round $round: build $i ($bin): load $size_mb MB ($records x $value B)"
         start "$bin" "$work/$label" 0 "$work/$label-load.log"
-        "$bin/cairn-bench" grpc --addr 127.0.0.1:23891 --clients 32 --records "$records" --ops 1 \
+        "$(bench "$bin")" grpc --addr 127.0.0.1:23891 --clients 32 --records "$records" --ops 1 \
             --value-size "$value" --workloads C >/dev/null
         reads "$bin" "$work/$label-steady.txt"
         stop
@@ -50,13 +54,13 @@ for round in 1 2; do
 done
 
 echo
-echo "round  build  store MB  steady ops/s  p50    p99    p999   | checked ops/s  p50    p99    p999   checks  p99 ratio"
+echo "round  build  store MB  steady ops/s  p50    p99    p999   max      | checked ops/s  p50    p99    p999   max      checks  p99 ratio"
 for round in 1 2; do
     i=0
     for bin in "$@"; do
         i=$((i + 1))
         label="r$round-b$i"
-        row() { awk '$1 == "YCSB-C" { o = $2 } $1 == "read" { p50 = $5; p99 = $8; p999 = $11 } END { printf "%12s  %-6s %-6s %-6s", o, p50, p99, p999 }' "$1"; }
+        row() { awk '$1 == "YCSB-C" { o = $2 } $1 == "read" { p50 = $5; p99 = $8; p999 = $11; max = $14 } END { printf "%12s  %-6s %-6s %-6s %-8s", o, p50, p99, p999, max }' "$1"; }
         s99="$(awk '$1 == "read" { print $8 }' "$work/$label-steady.txt")"
         c99="$(awk '$1 == "read" { print $8 }' "$work/$label-checked.txt")"
         printf "%-6s %-6s %8s  %s | %s  %6s  %s\n" "$round" "$i" "$(cat "$work/$label-mb")" \

@@ -62,6 +62,11 @@ impl Histogram {
         self.max = self.max.max(other.max);
     }
 
+    /// The largest value recorded (0 if none).
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
     /// Number of recorded values.
     pub fn count(&self) -> u64 {
         self.total

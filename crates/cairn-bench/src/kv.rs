@@ -399,11 +399,12 @@ fn print(name: &str, r: &PhaseResult) {
         };
         let ms = |q: f64| h.quantile(q) as f64 / 1e6;
         println!(
-            "  {label:<7} {:>9} ops  p50 {:>8.3} ms  p99 {:>8.3} ms  p999 {:>8.3} ms",
+            "  {label:<7} {:>9} ops  p50 {:>8.3} ms  p99 {:>8.3} ms  p999 {:>8.3} ms  max {:>8.3} ms",
             h.count(),
             ms(0.5),
             ms(0.99),
-            ms(0.999)
+            ms(0.999),
+            h.max() as f64 / 1e6
         );
     }
 }

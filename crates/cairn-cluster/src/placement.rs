@@ -109,11 +109,6 @@ impl ShardDescriptor {
     pub fn owns(&self, bucket: u16) -> bool {
         self.ranges.iter().any(|&(first, last)| first <= bucket && bucket <= last)
     }
-
-    /// Its ranges as the engine takes them.
-    pub fn bucket_ranges(&self) -> Vec<std::ops::RangeInclusive<u16>> {
-        self.ranges.iter().map(|&(first, last)| first..=last).collect()
-    }
 }
 
 /// The whole cluster's placement.

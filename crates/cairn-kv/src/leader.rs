@@ -137,6 +137,17 @@ struct Stats {
     settled: AtomicU64,
 }
 
+impl std::ops::AddAssign for LeaderStats {
+    fn add_assign(&mut self, more: LeaderStats) {
+        self.evaluated += more.evaluated;
+        self.forwarded += more.forwarded;
+        self.served += more.served;
+        self.pushed += more.pushed;
+        self.wrong_term += more.wrong_term;
+        self.settled += more.settled;
+    }
+}
+
 /// A copy of a node's [`Leaders`] counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LeaderStats {

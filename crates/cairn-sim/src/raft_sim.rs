@@ -373,7 +373,7 @@ impl Sim {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         node.power.fail_all();
         if let Some(leaders) = node.leaders.take() {
-            add_stats(&mut self.report.leaders, leaders.stats());
+            self.report.leaders += leaders.stats();
         }
         if let Some(replica) = node.replica.take() {
             let _ = replica.shutdown().await;
@@ -413,15 +413,6 @@ impl SimConfig {
     fn first_voters(&self) -> u64 {
         if self.moves { self.replicas.min(3) } else { self.replicas }
     }
-}
-
-fn add_stats(sum: &mut LeaderStats, more: LeaderStats) {
-    sum.evaluated += more.evaluated;
-    sum.forwarded += more.forwarded;
-    sum.served += more.served;
-    sum.pushed += more.pushed;
-    sum.wrong_term += more.wrong_term;
-    sum.settled += more.settled;
 }
 
 /// The user key of register `key`.
@@ -924,7 +915,7 @@ async fn run_async(config: SimConfig) -> Result<SimReport, String> {
     }
     for id in 1..=config.replicas {
         if let Some(leaders) = s.nodes.get(&id).and_then(|n| n.leaders.clone()) {
-            add_stats(&mut s.report.leaders, leaders.stats());
+            s.report.leaders += leaders.stats();
         }
         if let Some(r) = s.replica(id) {
             let _ = r.shutdown().await;

@@ -237,29 +237,13 @@ impl ShardApplier {
                     results.push(self.run_check(entry.log_id().index, check)?);
                     continue;
                 }
-                EntryPayload::Normal(Command::Evaluated { term, batch: bytes }) => {
+                EntryPayload::Normal(command) => {
                     let appended = entry.log_id().committed_leader_id().term;
-                    if *term != appended {
-                        result = CommandResult::WrongTerm { evaluated: *term, appended };
-                    } else {
-                        match self.checked(bytes) {
-                            Err(e) => result = CommandResult::Rejected(e.to_string()),
-                            Ok(own) => {
-                                if batch.encoded_len() + own.encoded_len() > limit
-                                    && let Some(upto) = pending.take()
-                                {
-                                    self.commit(std::mem::take(&mut batch), upto, &membership)?;
-                                    *cached = Some(membership.clone());
-                                }
-                                batch.extend_from_bytes(own.as_bytes())?;
-                            }
-                        }
-                    }
-                }
-                EntryPayload::Normal(Command::Conditional { conditions, batch: bytes }) => {
-                    match self.checked(bytes) {
-                        Err(e) => result = CommandResult::Rejected(e.to_string()),
-                        Ok(own) => {
+                    match command.rows(appended).map(|(bytes, conditions)| (self.checked(bytes), conditions))
+                    {
+                        Err(refused) => result = refused,
+                        Ok((Err(e), _)) => result = CommandResult::Rejected(e.to_string()),
+                        Ok((Ok(own), conditions)) => {
                             // A condition must see the writes before it; a combined batch must stay
                             // within the engine's limit.
                             let must_commit =

@@ -100,6 +100,18 @@ impl Command {
         Command::Check(check)
     }
 
+    /// The rows a write command applies and the conditions they need, as of an entry appended in
+    /// term `appended`; what every replica answers instead when they are not applied (a command
+    /// evaluated in another term, or one that writes nothing).
+    pub(crate) fn rows(&self, appended: u64) -> Result<(&[u8], &[Condition]), CommandResult> {
+        match self {
+            Command::Evaluated { term, batch } if *term == appended => Ok((batch, &[])),
+            Command::Evaluated { term, .. } => Err(CommandResult::WrongTerm { evaluated: *term, appended }),
+            Command::Conditional { conditions, batch } => Ok((batch, conditions)),
+            Command::Check(_) => Err(CommandResult::Rejected("a check step writes no rows".into())),
+        }
+    }
+
     /// About how many bytes the command takes encoded: never less (each field adds a little more than
     /// its bytes, counted generously), so batches bounded by it stay under a message limit.
     pub fn approx_bytes(&self) -> usize {
@@ -119,12 +131,6 @@ impl Command {
             Command::Check(Check::Compare { digest, .. }) => 16 + digest.len(),
             Command::Check(Check::Record) => 1,
         }
-    }
-}
-
-impl Default for Command {
-    fn default() -> Command {
-        Command::Conditional { conditions: Vec::new(), batch: Vec::new() }
     }
 }
 

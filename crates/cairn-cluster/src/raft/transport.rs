@@ -344,12 +344,6 @@ pub enum CallError {
     Lost(String),
 }
 
-impl From<String> for CallError {
-    fn from(why: String) -> CallError {
-        CallError::Lost(why)
-    }
-}
-
 /// How a node's Raft messages reach a peer.
 pub trait Wire: Clone + Send + Sync + 'static {
     /// Delivers `call` to member `target` (a replica id: see [`super::node_of`]; 0 when only `addr` is

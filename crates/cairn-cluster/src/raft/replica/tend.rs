@@ -4,11 +4,11 @@
 
 use super::Role;
 use super::{CheckOutcome, ForwardError, GroupError, GroupStatus, Incarnation, Replica, stopped};
-use crate::raft::ShardStateMachine;
 use crate::raft::{
     Check, Command, CommandResult, ShardRaft, TypeConfig, decode, encode, incarnation_of, log_key, node_of,
     replica_id,
 };
+use crate::raft::{HASH_BYTES_PER_SECOND, ShardStateMachine};
 use crate::raft_log::RaftLog;
 use cairn_proto::raft::RaftCallKind;
 use openraft::alias::StoredMembershipOf;
@@ -31,8 +31,6 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How many bytes of rows a byte of SST file may hold, at most, as [`Replica::check_timeout`] counts
 /// (blocks are compressed; repetitive values compress about fivefold).
 const COMPRESSION_ALLOWANCE: u64 = 8;
-
-use crate::raft::HASH_BYTES_PER_SECOND;
 
 impl Replica {
     /// Runs a consistency check through the log: every replica hashes its shard at one entry; this

@@ -76,10 +76,13 @@ impl CheckBoard {
         CheckStatus { verified: c.verified, fenced: c.fenced.clone(), divergences: c.divergences }
     }
 
-    /// The digest recorded at check entry `index`, if this replica applied it, has finished computing
-    /// it, and still keeps it.
-    pub(crate) fn recorded(&self, index: u64) -> Option<String> {
-        self.checks.lock().recorded.iter().find(|(i, _)| *i == index).and_then(|(_, d)| d.clone())
+    /// Where this replica is with the digest of check entry `index`.
+    pub(crate) fn digest(&self, index: u64) -> DigestState {
+        match self.checks.lock().recorded.iter().find(|(i, _)| *i == index) {
+            None => DigestState::Absent,
+            Some((_, None)) => DigestState::Hashing,
+            Some((_, Some(digest))) => DigestState::Done(digest.clone()),
+        }
     }
 
     /// Records the digest computed for check entry `index` (unless the contents were replaced since),
@@ -126,6 +129,28 @@ impl CheckBoard {
     /// Forgets everything (the contents were replaced).
     pub(crate) fn reset(&self) {
         *self.checks.lock() = Checks::default();
+    }
+}
+
+/// Where a replica is with the digest of one check entry (a peer's answer when asked for it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DigestState {
+    /// None: the replica did not apply the entry, restarted or installed a snapshot since, skipped it
+    /// (still hashing an earlier one), failed to hash, or no longer keeps it.
+    Absent,
+    /// Being computed (or waiting for a digest thread).
+    Hashing,
+    /// Computed.
+    Done(String),
+}
+
+impl DigestState {
+    /// The digest, once computed.
+    pub fn done(self) -> Option<String> {
+        match self {
+            DigestState::Done(digest) => Some(digest),
+            _ => None,
+        }
     }
 }
 
@@ -197,7 +222,7 @@ impl ShardApplier {
 
     /// The digest recorded at check entry `index`, once computed.
     pub fn recorded_digest(&self, index: u64) -> Option<String> {
-        self.checks.recorded(index)
+        self.checks.digest(index).done()
     }
 
     /// The applied position the engine holds.
@@ -288,10 +313,10 @@ impl ShardApplier {
                     self.checks.finish(index, view.content_digest().map(|d| d.to_hex()));
                 } else {
                     let board = self.checks.clone();
-                    let spawned = std::thread::Builder::new().name("cairn-digest".into()).spawn(move || {
+                    let queued = super::digest::run(Box::new(move || {
                         board.finish(index, view.content_digest().map(|d| d.to_hex()));
-                    });
-                    if let Err(e) = spawned {
+                    }));
+                    if let Err(e) = queued {
                         self.checks.finish(index, Err(cairn_engine::Error::io("<digest thread>", e)));
                     }
                 }

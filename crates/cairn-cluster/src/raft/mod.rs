@@ -3,6 +3,8 @@
 //! this module names an openraft type.
 
 mod apply;
+mod digest;
+pub use digest::{DIGEST_NICENESS, MAX_DIGEST_THREADS};
 mod log_store;
 mod replica;
 mod runtime;
@@ -10,7 +12,7 @@ mod state_machine;
 mod transport;
 
 pub use apply::{
-    APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, HASH_BYTES_PER_SECOND, ShardApplier,
+    APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, DigestState, HASH_BYTES_PER_SECOND, ShardApplier,
 };
 pub use log_store::GroupLogStore;
 pub use replica::{

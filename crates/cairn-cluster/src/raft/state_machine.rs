@@ -276,7 +276,12 @@ impl ShardStateMachine {
 
     /// The digest this replica recorded at consistency-check entry `index`, if it has it.
     pub fn recorded_digest(&self, index: u64) -> Option<String> {
-        self.checks.recorded(index)
+        self.checks.digest(index).done()
+    }
+
+    /// Where this replica is with the digest of consistency-check entry `index`.
+    pub fn digest_state(&self, index: u64) -> super::DigestState {
+        self.checks.digest(index)
     }
 
     /// Where snapshots fetched from another node are staged before they are installed (a snapshot

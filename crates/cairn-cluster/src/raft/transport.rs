@@ -216,7 +216,7 @@ impl RaftService {
             Message::Digest(index) => {
                 let replica =
                     replica.ok_or_else(|| format!("group {} has no replica to answer", call.group))?;
-                encode(&replica.state_machine().recorded_digest(index))
+                encode(&replica.state_machine().digest_state(index))
             }
             Message::TransferLeader(rpc) => {
                 encode(&raft.handle_transfer_leader(rpc).await.map_err(|e| e.to_string())?)

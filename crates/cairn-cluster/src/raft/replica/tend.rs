@@ -8,7 +8,7 @@ use crate::raft::{
     Check, Command, CommandResult, ShardRaft, TypeConfig, decode, encode, incarnation_of, log_key, node_of,
     replica_id,
 };
-use crate::raft::{HASH_BYTES_PER_SECOND, ShardStateMachine};
+use crate::raft::{DigestState, HASH_BYTES_PER_SECOND, ShardStateMachine};
 use crate::raft_log::RaftLog;
 use cairn_proto::raft::RaftCallKind;
 use openraft::alias::StoredMembershipOf;
@@ -17,6 +17,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::Precondition;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ const MOVE_ANSWERED_WITHIN: Duration = Duration::from_secs(3);
 const TEND_EVERY: Duration = Duration::from_millis(100);
 /// Least time between two attempts of a tending step that talks to others.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long past its timeout a consistency check waits for voters that are still hashing.
+const MAX_CHECK_WAIT: Duration = Duration::from_secs(3600);
 /// How many bytes of rows a byte of SST file may hold, at most, as [`Replica::check_timeout`] counts
 /// (blocks are compressed; repetitive values compress about fivefold).
 const COMPRESSION_ALLOWANCE: u64 = 8;
@@ -80,26 +83,33 @@ impl Replica {
             (id, voters)
         };
         let quorum = members.len() / 2 + 1;
+        // Past `deadline`, the check goes on while a voter still hashes, until this.
+        let last_resort = tokio::time::Instant::now() + MAX_CHECK_WAIT;
         let mut answers: BTreeMap<u64, String> = BTreeMap::new();
         loop {
+            let mut hashing = 0;
             for (voter, addr) in &members {
                 if answers.contains_key(voter) {
                     continue;
                 }
-                let digest = if *voter == me {
-                    self.shared.sm.recorded_digest(index)
+                let state = if *voter == me {
+                    self.shared.sm.digest_state(index)
                 } else if let Some(addr) = addr {
                     let payload = encode(&index).map_err(GroupError::Timeout)?;
                     let wait = self.shared.config.election_timeout.0;
                     match self.send(*voter, addr.clone(), RaftCallKind::Digest, payload, wait).await {
-                        Ok(reply) => decode::<Option<String>>(&reply).map_err(GroupError::Timeout)?,
-                        Err(_) => None,
+                        Ok(reply) => decode::<DigestState>(&reply).map_err(GroupError::Timeout)?,
+                        Err(_) => DigestState::Absent,
                     }
                 } else {
-                    None
+                    DigestState::Absent
                 };
-                if let Some(digest) = digest {
-                    answers.insert(*voter, digest);
+                match state {
+                    DigestState::Done(digest) => {
+                        answers.insert(*voter, digest);
+                    }
+                    DigestState::Hashing => hashing += 1,
+                    DigestState::Absent => {}
                 }
             }
             let mut counts: BTreeMap<&String, usize> = BTreeMap::new();
@@ -109,7 +119,11 @@ impl Replica {
             if let Some((digest, _)) = counts.into_iter().find(|(_, n)| *n >= quorum) {
                 return Ok(digest.clone());
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            // A voter still hashing may yet make a majority: a hash slowed by a busy node (digest
+            // threads run at a low priority) delays the check rather than failing it.
+            let may_agree = hashing > 0 && answers.len() + hashing >= quorum;
+            if now >= deadline && !(may_agree && now < last_resort) {
                 if answers.len() == members.len() {
                     tracing::error!(
                         group = self.shared.group,
@@ -242,6 +256,8 @@ impl Replica {
         // The periodic check's clock starts now, not at the first check.
         let mut last_periodic = tokio::time::Instant::now();
         let check_every = self.shared.config.check_every;
+        // Whether a check this replica started is still running.
+        let checking = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let due = |last: Option<tokio::time::Instant>| last.is_none_or(|t| t.elapsed() >= RETRY_AFTER);
         while !self.shared.stopped.load(Ordering::Acquire) {
             tokio::time::sleep(TEND_EVERY).await;
@@ -273,20 +289,27 @@ impl Replica {
             if status.role == Role::Leader {
                 let unverified_snapshot = status.snapshot.unwrap_or(0) > status.checks.verified.unwrap_or(0);
                 let periodic = !check_every.is_zero() && last_periodic.elapsed() >= check_every;
-                if (unverified_snapshot || periodic) && due(last_check) {
+                let idle = !checking.load(Ordering::Acquire);
+                if (unverified_snapshot || periodic) && due(last_check) && idle {
                     last_check = Some(tokio::time::Instant::now());
                     last_periodic = tokio::time::Instant::now();
-                    let timeout = self.check_timeout();
-                    match self.check_consistency(timeout).await {
-                        Ok(outcome) => {
-                            tracing::info!(group, index = outcome.index, "consistency check passed")
+                    // In a task of its own: a check waits for every replica's hash, which on a large
+                    // shard of a busy node takes long, and tending goes on meanwhile.
+                    checking.store(true, Ordering::Release);
+                    let (replica, checking) = (self.clone(), Arc::clone(&checking));
+                    tokio::spawn(async move {
+                        match replica.check_consistency(replica.check_timeout()).await {
+                            Ok(outcome) => {
+                                tracing::info!(group, index = outcome.index, "consistency check passed")
+                            }
+                            // Leadership moved during the check: the new leader runs the next one.
+                            Err(e @ GroupError::NotLeader { .. }) => {
+                                tracing::debug!(group, error = %e, "consistency check skipped")
+                            }
+                            Err(e) => tracing::warn!(group, error = %e, "consistency check failed"),
                         }
-                        // Leadership moved during the check: the new leader runs the next one.
-                        Err(e @ GroupError::NotLeader { .. }) => {
-                            tracing::debug!(group, error = %e, "consistency check skipped")
-                        }
-                        Err(e) => tracing::warn!(group, error = %e, "consistency check failed"),
-                    }
+                        checking.store(false, Ordering::Release);
+                    });
                 }
             }
             self.purge_verified(&status).await;

@@ -110,11 +110,11 @@ impl CheckBoard {
     }
 
     /// Starts recording the digest of check entry `index`, keeping at most [`KEPT_CHECKS`] (and the
-    /// comparisons waiting on them); false if an earlier digest is still being computed (one hash at a
-    /// time per replica).
+    /// comparisons waiting on them); false if [`HASHES_PER_REPLICA`] earlier digests are still being
+    /// computed (each holds a read view, which keeps its files).
     fn begin(&self, index: u64) -> bool {
         let mut checks = self.checks.lock();
-        if checks.recorded.iter().any(|(_, d)| d.is_none()) {
+        if checks.recorded.iter().filter(|(_, d)| d.is_none()).count() >= HASHES_PER_REPLICA {
             return false;
         }
         checks.recorded.push_back((index, None));
@@ -169,6 +169,10 @@ struct Checks {
 }
 
 const KEPT_CHECKS: usize = 8;
+
+/// Digests of one replica being computed or waiting for a digest thread, at most: a check that comes
+/// while one hashes waits its turn.
+const HASHES_PER_REPLICA: usize = 2;
 
 /// A rate a replica hashes its shard at for a consistency check, in bytes of rows per second, counted
 /// low: unloaded, the hash takes one core for ~0.8 s per GB here; a node busy with writes gives it
@@ -308,7 +312,7 @@ impl ShardApplier {
                 if !self.checks.begin(index) {
                     // This check gets no digest here (it fails for want of a majority if others are
                     // busy too; the next one runs).
-                    tracing::warn!(index, "consistency check: still hashing an earlier check; skipped");
+                    tracing::warn!(index, "consistency check: still hashing two earlier checks; skipped");
                 } else if self.checks.inline.load(std::sync::atomic::Ordering::Relaxed) {
                     self.checks.finish(index, view.content_digest().map(|d| d.to_hex()));
                 } else {

@@ -56,7 +56,8 @@ impl Replica {
     /// How long a consistency check may take: four election timeouts, plus the time to hash this
     /// replica's shard at [`HASH_BYTES_PER_SECOND`] (every replica hashes its own copy, in the
     /// background, at the same entry; a shard of tens of GB takes minutes). The shard's rows are
-    /// counted as [`COMPRESSION_ALLOWANCE`] times its files' bytes plus its memtables.
+    /// counted as [`COMPRESSION_ALLOWANCE`] times its files' bytes plus its memtables. Voters still
+    /// hashing then keep the check going, up to [`MAX_CHECK_WAIT`] longer.
     pub fn check_timeout(&self) -> Duration {
         let m = self.db().metrics();
         let rows = m.sst_bytes() * COMPRESSION_ALLOWANCE + m.memtable_bytes;

@@ -2,12 +2,16 @@
 //! decision 35).
 //!
 //! The meta group is an ordinary replicated shard ([`Replica`], group [`META_GROUP`]) whose engine holds
-//! one row: the [`ClusterState`], JSON-encoded. Every change is a compare-and-set through the group's log
-//! ([`MetaStore::update`]): read the state linearizably, compute the next one with a pure function of
-//! [`ClusterState`], propose it on the condition that the row still holds exactly the bytes read. Every
-//! replica decides the condition the same way at the same log position, so concurrent changes from any
-//! nodes serialise, and a loser re-reads and recomputes instead of overwriting. Snapshots, verified log
-//! compaction and re-syncs come with the shard machinery unchanged.
+//! the [`ClusterState`] one row per part: a header (identity and settings), one row per node and one
+//! per shard descriptor (the layout is in `meta_rows.rs`). Every change is a compare-and-set through
+//! the group's log ([`MetaStore::update`]): read the state linearizably, compute the next one with a
+//! pure function of [`ClusterState`], propose the rows that differ on the condition that the rows it
+//! was decided on still hold what was read. Every replica decides the condition the same way at the
+//! same log position, so concurrent changes from any nodes serialise where they touch the same rows
+//! (and changes of different shards go through side by side), and a loser re-reads and recomputes
+//! instead of overwriting. Snapshots, verified log compaction and re-syncs come with the shard
+//! machinery unchanged. Nodes follow changes by watching their own replica's applied index
+//! ([`MetaStore::changed`]).
 //!
 //! The transitions themselves ([`ClusterState::join`], [`ClusterState::place_initial`],
 //! [`ClusterState::begin_move`], [`ClusterState::finish_move`], [`ClusterState::remove_node`]) are pure and tested without nodes. They
@@ -16,10 +20,14 @@
 //! first attempt got instead of taking a second one.
 
 use crate::placement::{self, Move, NodeId, PlacementError, ShardMap};
-use crate::raft::{Command, CommandResult, Condition, GroupError, MAX_NODE_ID, ReadLevel, Replica};
+use crate::raft::{Command, CommandResult, GroupError, MAX_NODE_ID, ReadLevel, Replica};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+#[path = "meta_rows.rs"]
+mod rows;
+pub use rows::LEGACY_KEY;
 
 /// The meta group's Raft group id: the top of the group id space, so shard groups keep `0..`.
 pub const META_GROUP: u64 = MAX_NODE_ID;
@@ -27,9 +35,7 @@ pub const META_GROUP: u64 = MAX_NODE_ID;
 pub const META_BUCKET: u16 = 0;
 /// Buckets of the meta group's engine.
 pub const META_TOTAL_BUCKETS: u32 = 1;
-/// The state row's key.
-pub const STATE_KEY: &[u8] = b"cluster";
-/// The state row's column.
+/// The column every meta row keeps its value in.
 pub const STATE_COLUMN: u16 = 0;
 /// Compare-and-set rounds [`MetaStore::update`] tries before giving up with [`MetaError::Contended`].
 pub const MAX_UPDATE_ATTEMPTS: u32 = 16;
@@ -354,11 +360,17 @@ impl ClusterState {
         })))
     }
 
-    /// A copy of this state with `edit` applied and the version bumped: every transition's result.
+    /// A copy of this state with `edit` applied and the version bumped (the map's too, to the same
+    /// number, if the map changed): every transition's result.
     fn changed(&self, edit: impl FnOnce(&mut ClusterState)) -> ClusterState {
         let mut next = self.clone();
         edit(&mut next);
         next.version += 1;
+        if next.map != self.map
+            && let Some(map) = &mut next.map
+        {
+            map.version = next.version;
+        }
         next
     }
 
@@ -417,23 +429,42 @@ impl MetaStore {
         &self.replica
     }
 
-    /// The stored state and its bytes as of a read at `level`; `None` before bootstrap.
-    pub async fn read_raw(&self, level: ReadLevel) -> Result<Option<(ClusterState, Vec<u8>)>> {
+    /// The stored state and its rows as of a read at `level`; `None` before bootstrap.
+    async fn load(&self, level: ReadLevel) -> Result<Option<(ClusterState, rows::Rows)>> {
         self.replica.read_point(level, self.timeout).await?;
-        let row = self
-            .replica
-            .db()
-            .get(META_BUCKET, STATE_KEY)
-            .map_err(|e| MetaError::Corrupt(format!("reading the state row: {e}")))?;
-        match row.and_then(|r| r.column(STATE_COLUMN).map(<[u8]>::to_vec)) {
-            None => Ok(None),
-            Some(bytes) => Ok(Some((ClusterState::decode(&bytes)?, bytes))),
+        let failed = |e: cairn_engine::Error| MetaError::Corrupt(format!("reading the meta rows: {e}"));
+        // One view: the rows as of one point.
+        let view = self.replica.db().view();
+        let mut stored = rows::Rows::new();
+        for row in view.scan(META_BUCKET, ..).map_err(failed)? {
+            let (_, key, row) = row.map_err(failed)?;
+            // The shard machinery's own rows (the applied position) start with a zero byte.
+            if key.first() == Some(&0) {
+                continue;
+            }
+            if let Some(value) = row.column(STATE_COLUMN) {
+                stored.insert(key, value.to_vec());
+            }
         }
+        Ok(rows::state_of(&stored)?.map(|state| (state, stored)))
+    }
+
+    /// The state as of a read at `level`; `None` before bootstrap.
+    pub async fn read_if_any(&self, level: ReadLevel) -> Result<Option<ClusterState>> {
+        Ok(self.load(level).await?.map(|(state, _)| state))
     }
 
     /// The state as of a read at `level`.
     pub async fn read(&self, level: ReadLevel) -> Result<ClusterState> {
-        self.read_raw(level).await?.map(|(s, _)| s).ok_or(MetaError::NotInitialized)
+        self.read_if_any(level).await?.ok_or(MetaError::NotInitialized)
+    }
+
+    /// Waits until this node's replica of the meta group has applied an entry past `seen` (an applied
+    /// index this returned before; `None` at first), or `wait` passes. Returns the last applied index:
+    /// read the state when it differs from `seen`. A replica that stops hearing from the group sees no
+    /// changes: callers still read now and then.
+    pub async fn changed(&self, seen: Option<u64>, wait: Duration) -> Option<u64> {
+        self.replica.applied_past(seen, wait).await
     }
 
     /// Stores the first state of a new cluster. Refused if the group already holds one (by then
@@ -441,14 +472,16 @@ impl MetaStore {
     pub async fn bootstrap(&self, state: &ClusterState) -> Result<ClusterState> {
         state.validate()?;
         for _ in 0..MAX_UPDATE_ATTEMPTS {
-            if let Some((current, _)) = self.read_raw(ReadLevel::Strong).await? {
+            if let Some((current, _)) = self.load(ReadLevel::Strong).await? {
                 return if current == *state {
                     Ok(current)
                 } else {
                     Err(MetaError::AlreadyInitialized(current.cluster_id))
                 };
             }
-            if self.swap(None, state).await? == Swap::Applied {
+            let none = rows::Rows::new();
+            let change = rows::Change::between(&none, &rows::rows_of(state, &none)?);
+            if self.swap(&change).await? == Swap::Applied {
                 return Ok(state.clone());
             }
         }
@@ -457,26 +490,28 @@ impl MetaStore {
 
     /// Changes the state by compare-and-set: `change` computes the next state from the current one (or
     /// `None` for no change) and a result; a lost race re-reads and recomputes, up to
-    /// [`MAX_UPDATE_ATTEMPTS`] times. Returns the state after the change and `change`'s result.
+    /// [`MAX_UPDATE_ATTEMPTS`] times. Returns the state after the change as `change` computed it (rows
+    /// it did not touch may have changed meanwhile: read again for the whole state) and `change`'s
+    /// result.
     pub async fn update<T>(
         &self,
         change: impl Fn(&ClusterState) -> Result<(Option<ClusterState>, T)>,
     ) -> Result<(ClusterState, T)> {
         for _ in 0..MAX_UPDATE_ATTEMPTS {
-            let (current, bytes) =
-                self.read_raw(ReadLevel::Strong).await?.ok_or(MetaError::NotInitialized)?;
+            let (current, before) = self.load(ReadLevel::Strong).await?.ok_or(MetaError::NotInitialized)?;
             let (next, out) = change(&current)?;
             let Some(next) = next else {
                 return Ok((current, out));
             };
             next.validate()?;
-            match self.swap(Some(bytes), &next).await? {
+            let swap = rows::Change::between(&before, &rows::rows_of(&next, &before)?);
+            match self.swap(&swap).await? {
                 Swap::Applied => return Ok((next, out)),
                 Swap::Lost => {}
                 Swap::Unknown => {
-                    // Versions only grow, so finding exactly the proposed state means this change applied.
-                    let now = self.read_raw(ReadLevel::Strong).await?;
-                    if now.is_some_and(|(s, _)| s == next) {
+                    // Revisions only grow, so finding exactly the rows proposed means this change applied.
+                    let now = self.load(ReadLevel::Strong).await?;
+                    if now.is_some_and(|(_, rows)| swap.is_in(&rows)) {
                         return Ok((next, out));
                     }
                 }
@@ -485,17 +520,10 @@ impl MetaStore {
         Err(MetaError::Contended(MAX_UPDATE_ATTEMPTS))
     }
 
-    /// Proposes `next` on the condition that the row holds `expected`.
-    async fn swap(&self, expected: Option<Vec<u8>>, next: &ClusterState) -> Result<Swap> {
-        let mut batch = cairn_engine::WriteBatch::new();
-        batch.put(META_BUCKET, STATE_KEY, STATE_COLUMN, &next.encode()?);
-        let condition = Condition::ColumnIs {
-            bucket: META_BUCKET,
-            key: STATE_KEY.to_vec(),
-            column: STATE_COLUMN,
-            value: expected,
-        };
-        match self.replica.write(Command::conditional(vec![condition], &batch), self.timeout).await {
+    /// Proposes `change`.
+    async fn swap(&self, change: &rows::Change) -> Result<Swap> {
+        let command = Command::conditional(change.conditions.clone(), &change.batch());
+        match self.replica.write(command, self.timeout).await {
             Ok(w) => match w.result {
                 CommandResult::Applied => Ok(Swap::Applied),
                 CommandResult::ConditionFailed => Ok(Swap::Lost),
@@ -513,9 +541,9 @@ impl MetaStore {
 /// What a compare-and-set proposal came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Swap {
-    /// The row held the expected bytes; the new state is stored.
+    /// The rows held what the change was decided on; its rows are stored.
     Applied,
-    /// The row held something else; nothing was written.
+    /// Some row held something else; nothing was written.
     Lost,
     /// No answer (leader change, timeout): it may apply or not; re-read to find out.
     Unknown,

@@ -12,6 +12,7 @@ use cairn_cluster::meta::{
     ClusterSettings, ClusterState, JoinRequest, META_BUCKET, META_GROUP, META_TOTAL_BUCKETS, MetaError,
     MetaStore,
 };
+use cairn_cluster::placement::Move;
 use cairn_cluster::raft::{RaftService, ReadLevel, Replica, ShardStateMachine};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::Config;
@@ -128,6 +129,33 @@ async fn changes_from_every_node_serialise_and_survive_the_leader() {
     for store in &stores {
         assert_eq!(store.read(ReadLevel::Strong).await.unwrap(), placed);
     }
+
+    // Moves of two shards at once, through two nodes: rows of different shards, so neither waits for
+    // the other; each descriptor at its own revision, the map at the newer. Every node's replica
+    // sees the change (its applied index moves past what it had seen).
+    let seen = stores[1].changed(None, TIMEOUT).await;
+    let map = placed.map.as_ref().unwrap();
+    let moves: Vec<Move> = map.shards[..2]
+        .iter()
+        .map(|s| {
+            let to = *ids.values().find(|n| !s.replicas.contains(n)).unwrap();
+            Move { shard: s.id, epoch: s.epoch, from: s.replicas[0], to }
+        })
+        .collect();
+    let begun = moves.iter().enumerate().map(|(i, mv)| {
+        let store = stores[i].clone();
+        async move { store.update(|s| s.begin_move(mv).map(|(next, _)| (Some(next), ()))).await }
+    });
+    for result in futures_util::future::join_all(begun).await {
+        result.unwrap();
+    }
+    assert!(stores[1].changed(seen, TIMEOUT).await > seen);
+    let moved = stores[1].read(ReadLevel::Strong).await.unwrap();
+    let moved_map = moved.map.as_ref().unwrap();
+    for mv in &moves {
+        assert_eq!(moved_map.shard(mv.shard).unwrap().moving.map(|m| m.to), Some(mv.to));
+    }
+    assert!(moved.version > placed.version && moved_map.version == moved.version);
 
     // The leader goes down (its replica stops, the network loses it): the others elect another and go on.
     let leader = stores[0].replica().status().leader.map(cairn_cluster::raft::node_of).unwrap();

@@ -55,7 +55,7 @@ impl View {
     pub fn scan<'a>(&self, bucket: u16, range: impl RangeBounds<&'a [u8]>) -> Result<DbIter> {
         self.check_owned(bucket)?;
         let (start, end) = bucket_key_bounds(bucket, range);
-        Ok(self.iter(start, end))
+        Ok(self.iter(start, end, true))
     }
 
     /// Hashes every live row of every owned bucket as of the view: equal to the digest of a shard
@@ -71,8 +71,9 @@ impl View {
                     emit(it.bucket(), it.key(), it.row());
                     return Ok(true);
                 }
+                // Past the block cache: one pass over every block must not evict what reads use.
                 match ranges.next() {
-                    Some(r) => iter = Some(self.scan_buckets(r)?),
+                    Some(r) => iter = Some(self.buckets_iter(r, false)?),
                     None => return Ok(false),
                 }
             }
@@ -81,6 +82,11 @@ impl View {
 
     /// All rows of the buckets in `buckets`, as of the view. Every bucket must be owned.
     pub fn scan_buckets(&self, buckets: BucketRange) -> Result<DbIter> {
+        self.buckets_iter(buckets, true)
+    }
+
+    /// [`View::scan_buckets`], keeping the blocks it reads in the block cache if `fill_cache`.
+    fn buckets_iter(&self, buckets: BucketRange, fill_cache: bool) -> Result<DbIter> {
         if buckets.start() > buckets.end() {
             return Err(Error::InvalidArgument(format!(
                 "empty bucket range {}..={}",
@@ -94,10 +100,18 @@ impl View {
         }
         let start = buckets.start().to_be_bytes().to_vec();
         let end = buckets.end().checked_add(1).map(|b| b.to_be_bytes().to_vec());
-        Ok(self.iter(start, end))
+        Ok(self.iter(start, end, fill_cache))
     }
 
-    fn iter(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> DbIter {
+    fn iter(&self, start: Vec<u8>, end: Option<Vec<u8>>, fill_cache: bool) -> DbIter {
+        let level_iter = |files| {
+            let cache = Arc::clone(&self.db.table_cache);
+            Box::new(if fill_cache {
+                LevelIter::new(cache, files)
+            } else {
+                LevelIter::new_no_fill(cache, files)
+            })
+        };
         let mut children: Vec<Box<dyn InternalIterator>> = vec![Box::new(self.sv.mem.iter())];
         for m in self.sv.imm.iter().rev() {
             children.push(Box::new(m.iter()));
@@ -106,8 +120,7 @@ impl View {
         let hi = end.as_deref();
         for file in &self.sv.version.levels[0] {
             if file.overlaps(lo, None) && hi.is_none_or(|h| file.smallest_user_key() < h) {
-                children
-                    .push(Box::new(LevelIter::new(Arc::clone(&self.db.table_cache), vec![Arc::clone(file)])));
+                children.push(level_iter(vec![Arc::clone(file)]));
             }
         }
         for level in 1..self.sv.version.levels.len() {
@@ -117,7 +130,7 @@ impl View {
                 .cloned()
                 .collect();
             if !files.is_empty() {
-                children.push(Box::new(LevelIter::new(Arc::clone(&self.db.table_cache), files)));
+                children.push(level_iter(files));
             }
         }
         let pin = Box::new(ViewPin { db: Arc::clone(&self.db), seq: self.seq, _sv: Arc::clone(&self.sv) });

@@ -487,7 +487,7 @@ impl Membership {
         let driver = Arc::clone(self);
         tokio::spawn(async move { driver.drive().await });
         let meta = self.meta()?;
-        let mut waits = 0u64;
+        let (mut waits, mut seen) = (0u64, None);
         loop {
             // Through the leader's read index: a learner (a node beyond the voters) serves no eventual
             // reads, and this node's replica must have caught up with the map anyway.
@@ -500,7 +500,7 @@ impl Membership {
             if waits % 20 == 1 {
                 tracing::info!(node = id, "waiting for the cluster to place its shards");
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            seen = meta.changed(seen, Duration::from_millis(500)).await;
         }
     }
 
@@ -684,11 +684,11 @@ impl Membership {
         let Some(meta) = self.meta.get() else { return Ok(None) };
         if !linearizable {
             // A learner (a node beyond the meta voters) serves no eventual reads: it asks the leader.
-            if let Ok(read) = meta.read_raw(ReadLevel::Eventual).await {
-                return Ok(read.map(|(s, _)| s));
+            if let Ok(read) = meta.read_if_any(ReadLevel::Eventual).await {
+                return Ok(read);
             }
         }
-        Ok(meta.read_raw(ReadLevel::Strong).await?.map(|(s, _)| s))
+        meta.read_if_any(ReadLevel::Strong).await
     }
 
     /// The meta group's leader (0: none known) and every active node's liveness as it sees it: asked

@@ -33,6 +33,8 @@ use std::time::Duration;
 /// How long a shard leader waits for a membership change of its group (or to hand its leadership
 /// over, when it is a move's source).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between two reconcile passes while nothing is under way.
+const IDLE_RECONCILE: Duration = Duration::from_secs(5);
 
 impl Membership {
     /// On the meta leader (leading since `since`): records a move for every replica on a node not heard
@@ -155,26 +157,35 @@ impl Membership {
 
     /// Keeps node `id`'s replicas in step with the shard map until the node or the meta replica stops
     /// (see the module documentation).
+    ///
+    /// A pass runs whenever this node's meta replica applies a change, every [`RETRY_PAUSE`] while
+    /// something is under way here (a move, a learner to promote or remove, a pass that failed), and
+    /// every [`IDLE_RECONCILE`] otherwise (a replica cut off from the meta group sees no changes).
     pub(crate) async fn reconcile(self: Arc<Self>, node: Weak<Node>, id: u64) {
         let Ok(meta) = self.meta() else { return };
+        let mut seen = None;
         loop {
             if meta.replica().status().role == Role::Shutdown {
                 return;
             }
             let Some(node) = node.upgrade() else { return };
-            if let Err(e) = self.reconcile_once(meta, &node, id).await {
-                tracing::debug!(error = %e, "reconciling with the shard map failed; retrying");
-            }
+            let settled = match self.reconcile_once(meta, &node, id).await {
+                Ok(settled) => settled,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconciling with the shard map failed; retrying");
+                    false
+                }
+            };
             drop(node);
-            tokio::time::sleep(RETRY_PAUSE).await;
+            seen = meta.changed(seen, if settled { IDLE_RECONCILE } else { RETRY_PAUSE }).await;
         }
     }
 
-    /// One pass of [`Membership::reconcile`].
-    async fn reconcile_once(&self, meta: &MetaStore, node: &Node, id: u64) -> Result<(), String> {
+    /// One pass of [`Membership::reconcile`]; whether nothing is left under way here.
+    async fn reconcile_once(&self, meta: &MetaStore, node: &Node, id: u64) -> Result<bool, String> {
         // Through the leader: decisions to retire must not rest on a lagging copy of the map.
         let state = meta.read(ReadLevel::Strong).await.map_err(|e| e.to_string())?;
-        let Some(map) = &state.map else { return Ok(()) };
+        let Some(map) = &state.map else { return Ok(true) };
         node.observe_map(&state);
         let addrs: BTreeMap<u64, String> =
             state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
@@ -214,13 +225,18 @@ impl Membership {
             }
         }
         node.serve_only(&serving);
+        let mut settled = node.groups() == wanted;
         for s in &map.shards {
             let Some(replica) = node.replica(s.id.group()) else { continue };
             if let Err(e) = self.tend_shard(meta, &replica, s, &addrs, id).await {
                 tracing::debug!(shard = %s.id, error = %e, "shard not reconciled this pass");
+                settled = false;
             }
+            let status = replica.status();
+            // A move, or learners a leader promotes or removes: under way in the shard's group.
+            settled &= s.moving.is_none() && (status.role != Role::Leader || status.learners.is_empty());
         }
-        Ok(())
+        Ok(settled)
     }
 
     /// This node's part in shard `s`'s placement: a move's destination asks to join; the shard's

@@ -503,6 +503,23 @@ impl Replica {
         self.shared.current.read().raft.clone()
     }
 
+    /// Waits until this replica has applied an entry past `seen` (`None`: any entry), `wait` passes,
+    /// or its incarnation ends; returns the last index it applied.
+    pub async fn applied_past(&self, seen: Option<u64>, wait: Duration) -> Option<u64> {
+        let mut metrics = self.raft().metrics();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let applied = metrics.borrow_watched().last_applied.map(|l| l.index);
+            if applied > seen {
+                return applied;
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return applied,
+            }
+        }
+    }
+
     /// The shard's engine as of now (installing a snapshot replaces it).
     pub fn db(&self) -> Arc<Db> {
         self.shared.sm.db()

@@ -107,7 +107,17 @@ impl Db {
     pub fn open(config: Config, bucket_ranges: Vec<BucketRange>) -> Result<Db> {
         config.validate()?;
         let owned = BucketSet::new(&bucket_ranges, config.total_buckets)?;
-        let inner = crate::recovery::open_inner(config, owned)?;
+        Db::start(crate::recovery::open_inner(config, Some(owned))?)
+    }
+
+    /// Opens the existing shard in `config.dir` with the buckets its manifest says it owns (a shard's
+    /// ranges change with rescales: the manifest is where they are recorded). Refused if there is none.
+    pub fn open_as_stored(config: Config) -> Result<Db> {
+        config.validate()?;
+        Db::start(crate::recovery::open_inner(config, None)?)
+    }
+
+    fn start(inner: DbInner) -> Result<Db> {
         let inner = Arc::new(inner);
         let threads =
             vec![crate::flush::spawn(Arc::clone(&inner))?, crate::compaction::spawn(Arc::clone(&inner))?];

@@ -46,9 +46,14 @@ pub(crate) fn parse_file_name(name: &str) -> FileKind {
     }
 }
 
-pub(crate) fn open_inner(config: Config, owned: BucketSet) -> Result<DbInner> {
+/// Opens the shard in `config.dir`: owning `owned` (a new shard is made; an existing one must own
+/// exactly these), or `None`: an existing shard, owning what its manifest says.
+pub(crate) fn open_inner(config: Config, owned: Option<BucketSet>) -> Result<DbInner> {
     let fs = Arc::clone(&config.fs);
     let dir = config.dir.clone();
+    if owned.is_none() && !fs.exists(&dir.join(CURRENT))? {
+        return Err(Error::InvalidArgument(format!("no shard in {}", dir.display())));
+    }
     fs.create_dir_all(&dir)?;
     let lock = fs.lock(&dir.join(LOCK_FILE))?;
     let obsolete = Arc::new(ObsoleteFiles::default());
@@ -61,7 +66,9 @@ pub(crate) fn open_inner(config: Config, owned: BucketSet) -> Result<DbInner> {
                 config.total_buckets
             )));
         }
-        if vs.state().owned != owned {
+        if let Some(owned) = &owned
+            && vs.state().owned != *owned
+        {
             return Err(Error::InvalidArgument(format!(
                 "shard owns buckets {:?}, opened with {:?}",
                 vs.state().owned.ranges(),
@@ -70,7 +77,10 @@ pub(crate) fn open_inner(config: Config, owned: BucketSet) -> Result<DbInner> {
         }
         vs
     } else {
-        let state = DurableState::new(crate::snapshot::new_db_id(), config.total_buckets, owned.clone());
+        let Some(owned) = owned else {
+            return Err(Error::InvalidArgument(format!("no shard in {}", dir.display())));
+        };
+        let state = DurableState::new(crate::snapshot::new_db_id(), config.total_buckets, owned);
         VersionSet::create(Arc::clone(&fs), &dir, state, Arc::clone(&obsolete))?
     };
 

@@ -426,3 +426,31 @@ fn check_shards(ctx: &str, shards: &[Db], owned: &[BucketSet], model: &Model, bu
         }
     }
 }
+
+/// A shard's ranges change with rescales, so the manifest is where a reopen finds them.
+#[test]
+fn a_shard_reopens_with_the_ranges_its_manifest_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snapvol = Volume::file_url(&tmp.path().join("snapshots"));
+    let cfg = |name: &str| config(&tmp.path().join(name), &snapvol);
+    // Nothing stored: refused, and nothing made.
+    let e = Db::open_as_stored(cfg("none")).unwrap_err();
+    assert!(e.to_string().contains("no shard in"), "{e}");
+    assert!(!tmp.path().join("none").exists());
+    let a = Db::open(cfg("a"), vec![0..=1023]).unwrap();
+    write_all(&[&a], &[vec![0..=1023]], 0..500, 0);
+    a.shrink_bucket(vec![512..=1023]).unwrap();
+    a.close().unwrap();
+    // Opening with the ranges it was made with is refused; as stored, it owns what the shrink left.
+    let e = Db::open(cfg("a"), vec![0..=1023]).unwrap_err();
+    assert!(e.to_string().contains("shard owns buckets"), "{e}");
+    let a = Db::open_as_stored(cfg("a")).unwrap();
+    assert_eq!(a.owned_buckets(), vec![0..=511]);
+    for i in 0..500 {
+        let b = bucket_of(i);
+        match a.get(b, &key(i)) {
+            Ok(row) if b < 512 => assert_eq!(row.unwrap().column(0), Some(&value(i, 0)[..]), "key {i}"),
+            got => assert!(matches!(got, Err(Error::NotOwned { .. })), "key {i} in bucket {b}: {got:?}"),
+        }
+    }
+}

@@ -13,18 +13,20 @@
 //!   ([`ClusterState::join`] through the meta group); refusals that retrying cannot cure (a wrong cluster
 //!   id, an address another node has) stop the start-up with the reason.
 //!
-//! A member starts its replica of the meta group; the meta group's leader adds it (the **driver**, which
-//! every node runs and which acts only where this node leads the meta group): every active node gets a
-//! replica, the lowest-id ones vote (3, or 5 once there are 5 nodes), the rest learn. Once as many nodes
-//! have joined as the replication factor, the driver places the shards ([`ClusterState::place_initial`]).
-//! Every member then starts its replicas of the shards placed on it: the first node in a shard's replica
-//! list makes the shard's group, the others wait to hear from it. A shard group's id is its shard id.
+//! A member starts its replica of the meta group and the control plane's driver
+//! ([`cairn_cluster::control::drive`]), which acts where this node leads the meta group: it adds every
+//! active node's meta replica, and once as many nodes have joined as the replication factor, places the
+//! shards. Every member then starts its replicas of the shards placed on it (the first node in a shard's
+//! replica list makes the shard's group, the others wait to hear from it; a shard group's id is its
+//! shard id) and the reconciler ([`cairn_cluster::control::reconcile`]), which keeps them in step with
+//! the map.
 
 use crate::config::NodeConfig;
 use crate::error::{NodeError, Result};
 use crate::layout::{IDENTITY_FILE, LAYOUT_FILE, read_json, write_json};
 use crate::node::{ReplicaPlan, open_raft_log};
 use crate::replicated::{Plumbing, ReplicationConfig};
+use cairn_cluster::control::{self, LIVE_WITHIN, META_TIMEOUT};
 use cairn_cluster::meta::{
     ClusterSettings, ClusterState, JoinRequest, META_BUCKET, META_GROUP, META_TOTAL_BUCKETS, MetaError,
     MetaStore,
@@ -39,21 +41,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-#[path = "cluster_moves.rs"]
-mod moves;
-
-/// How long one meta-group call (a read, a change) may wait.
-const META_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one join call may take.
 const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause between rounds of join attempts, and between the driver's passes.
+/// Pause between rounds of join attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
-/// How long the driver waits for a new member's meta replica to catch up before trying again later.
-const ADD_MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Entries a learner may lag the meta leader by and still be promoted to voter.
-const MAX_PROMOTE_LAG: u64 = 64;
-/// A node counts as up while the meta leader heard from it this recently.
-const LIVE_WITHIN: Duration = Duration::from_secs(3);
+/// How often a node looks at the meta leader's view of which nodes are up.
+const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 /// How long a status call waits for the meta leader's liveness view.
 const LIVENESS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a new cluster waits for its meta group's first election.
@@ -484,9 +477,11 @@ impl Membership {
     /// returns this node's id and the cluster state with the shard map.
     pub(crate) async fn establish(self: &Arc<Self>) -> Result<(u64, ClusterState)> {
         let id = self.become_member().await?;
-        let driver = Arc::clone(self);
-        tokio::spawn(async move { driver.drive().await });
         let meta = self.meta()?;
+        let events = Arc::clone(&self.plumbing.events);
+        let sink: control::EventSink = Arc::new(move |e| events.emit(e.into()));
+        tokio::spawn(control::drive(meta.clone(), sink));
+        tokio::spawn(Arc::clone(self).watch_nodes());
         let (mut waits, mut seen) = (0u64, None);
         loop {
             // Through the leader's read index: a learner (a node beyond the voters) serves no eventual
@@ -538,35 +533,40 @@ impl Membership {
         (config, map.total_buckets, plans)
     }
 
-    /// The driver: while this node leads the meta group, keeps the meta group's membership in step with
-    /// the active nodes and places the shards once enough nodes have joined. Ends when the meta replica
-    /// stops.
-    async fn drive(self: Arc<Self>) {
+    /// Before node `id` starts its replicas: retires those its store holds for shards the map in `state`
+    /// does not give it (shards that moved away while it was down; also one moving back to it, which
+    /// must join afresh).
+    pub(crate) async fn retire_stale(
+        &self,
+        config: &crate::node::NodeConfig,
+        id: u64,
+        state: &ClusterState,
+    ) -> crate::error::Result<()> {
+        let Some(map) = &state.map else { return Ok(()) };
+        let stale = map
+            .shards
+            .iter()
+            .filter(|s| !s.replicas.contains(&id))
+            .map(|s| (s.id.group(), s.ranges.clone()))
+            .collect();
+        let log = std::sync::Arc::clone(&self.plumbing.log);
+        for group in crate::node::retire_stale(config, map.total_buckets, log, stale).await? {
+            tracing::info!(shard = group, "retired a replica left by a shard that moved away meanwhile");
+            self.plumbing.events.emit(crate::events::EventKind::ReplicaRetired {
+                shard: cairn_cluster::placement::ShardId(group as u32),
+            });
+        }
+        Ok(())
+    }
+
+    /// Watches the meta leader's view of the nodes until the meta replica stops, emitting `node_down`
+    /// and `node_up` events (see [`Membership::watch_liveness`]).
+    async fn watch_nodes(self: Arc<Self>) {
         let Ok(meta) = self.meta() else { return };
         let mut up: BTreeMap<u64, bool> = BTreeMap::new();
-        // (term, when this node was first seen leading in it): a leadership lost and won back between
-        // two passes starts afresh.
-        let mut leading_since: Option<(u64, tokio::time::Instant)> = None;
-        for pass in 0u64.. {
-            let status = meta.replica().status();
-            if status.role == Role::Shutdown {
-                return;
-            }
-            if status.role != Role::Leader {
-                leading_since = None;
-            } else {
-                if leading_since.is_none_or(|(term, _)| term != status.term) {
-                    leading_since = Some((status.term, tokio::time::Instant::now()));
-                }
-                let since = leading_since.map_or_else(tokio::time::Instant::now, |(_, at)| at);
-                if let Err(e) = self.drive_once(meta, &status, since).await {
-                    tracing::debug!(error = %e, "driver pass failed; retrying");
-                }
-            }
-            if pass % 2 == 1 {
-                self.watch_liveness(&mut up).await;
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
+        while meta.replica().status().role != Role::Shutdown {
+            self.watch_liveness(&mut up).await;
+            tokio::time::sleep(LIVENESS_EVERY).await;
         }
     }
 
@@ -590,92 +590,6 @@ impl Membership {
                 _ => {}
             }
         }
-    }
-
-    /// One pass of the driver on the meta leader (leading since `since`).
-    async fn drive_once(
-        &self,
-        meta: &MetaStore,
-        status: &cairn_cluster::raft::GroupStatus,
-        since: tokio::time::Instant,
-    ) -> std::result::Result<(), MetaError> {
-        let state = meta.read(ReadLevel::Strong).await?;
-        let active = state.active_nodes();
-        let members: BTreeSet<u64> = status.voters.union(&status.learners).copied().collect();
-        for id in active.iter().filter(|id| !members.contains(id)) {
-            let Some(node) = state.nodes.get(id) else { continue };
-            let added = tokio::time::timeout(
-                ADD_MEMBER_TIMEOUT,
-                meta.replica().add_learner(*id, node.grpc_addr.clone()),
-            )
-            .await;
-            match added {
-                Ok(Ok(())) => tracing::info!(node = id, "node's meta replica added"),
-                Ok(Err(e)) => {
-                    tracing::debug!(node = id, error = %e, "cannot add the node's meta replica yet")
-                }
-                Err(_) => tracing::debug!(node = id, "the node's meta replica is not caught up yet"),
-            }
-        }
-        let status = meta.replica().status();
-        let heard = meta.replica().heard_from().unwrap_or_default();
-        // Only members that are caught up and answering may become voters: promoting one that is down
-        // could leave the group without a quorum.
-        let healthy = |id: &u64| {
-            *id == status.node
-                || (status.lag.get(id).is_some_and(|lag| *lag <= MAX_PROMOTE_LAG)
-                    && heard.get(id).copied().flatten().is_some_and(|d| d < LIVE_WITHIN))
-        };
-        let members: Vec<u64> = active
-            .iter()
-            .copied()
-            .filter(|id| status.voters.contains(id) || status.learners.contains(id))
-            .collect();
-        let candidates: Vec<u64> = members.iter().copied().filter(|id| healthy(id)).collect();
-        // Odd sizes only: two voters tolerate no more failures than one, and need both to commit.
-        let wanted = match candidates.len() {
-            n if n >= 5 => 5,
-            n if n >= 3 => 3,
-            _ => 1,
-        };
-        // Voters on dead nodes give their place to healthy members (the group keeps its size and can
-        // lose another node); without enough healthy members it never shrinks.
-        let live = self.live_nodes(meta, &state, since);
-        let mut voters: BTreeSet<u64> = status
-            .voters
-            .iter()
-            .copied()
-            .filter(|v| members.contains(v) && live.contains(v))
-            .take(wanted)
-            .collect();
-        for id in &candidates {
-            if voters.len() >= wanted {
-                break;
-            }
-            voters.insert(*id);
-        }
-        let grows = voters.len() > status.voters.len();
-        let replaces_dead = voters.len() == status.voters.len() && voters != status.voters;
-        if grows || replaces_dead {
-            match tokio::time::timeout(META_TIMEOUT, meta.replica().change_voters(voters.clone())).await {
-                Ok(changed) => changed?,
-                Err(_) => return Err(MetaError::Contended(1)),
-            }
-            tracing::info!(voters = ?voters, "meta group voters changed");
-        }
-        if state.map.is_none() && active.len() >= state.settings.replication_factor {
-            let (placed, changed) = meta
-                .update(|s| match s.map {
-                    Some(_) => Ok((None, false)),
-                    None => Ok((Some(s.place_initial()?), true)),
-                })
-                .await?;
-            if changed {
-                tracing::info!(version = placed.version, shards = placed.settings.shards, "shards placed");
-                self.plumbing.events.emit(crate::events::EventKind::ShardsPlaced { version: placed.version });
-            }
-        }
-        self.repair(meta, &state, since).await
     }
 
     /// The cluster state this node knows (`linearizable`: through the meta leader); `None` before it is

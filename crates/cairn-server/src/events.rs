@@ -6,6 +6,7 @@
 //! Bounded: events go through a broadcast channel of [`CAPACITY`]; a subscriber that falls that far
 //! behind gets a `lagged` event saying how many it missed and carries on from the oldest kept one.
 
+use cairn_cluster::control::ControlEvent;
 use cairn_cluster::placement::ShardId;
 use serde::Serialize;
 use std::sync::Arc;
@@ -43,6 +44,24 @@ pub enum EventKind {
     ReplicaRetired { shard: ShardId },
     /// This subscriber fell behind and missed this many events.
     Lagged { missed: u64 },
+}
+
+impl From<ControlEvent> for EventKind {
+    fn from(event: ControlEvent) -> EventKind {
+        match event {
+            ControlEvent::ShardsPlaced { version } => EventKind::ShardsPlaced { version },
+            ControlEvent::ReplicaMoving { shard, from, to, epoch } => {
+                EventKind::ReplicaMoving { shard, from, to, epoch }
+            }
+            ControlEvent::ReplicaMoved { shard, from, to, epoch } => {
+                EventKind::ReplicaMoved { shard, from, to, epoch }
+            }
+            ControlEvent::ReplicaMoveAbandoned { shard, from, to, epoch } => {
+                EventKind::ReplicaMoveAbandoned { shard, from, to, epoch }
+            }
+            ControlEvent::ReplicaRetired { shard } => EventKind::ReplicaRetired { shard },
+        }
+    }
 }
 
 /// One event as subscribers see it.

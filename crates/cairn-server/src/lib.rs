@@ -201,7 +201,8 @@ pub async fn serve(
                     let node = Arc::new(node);
                     // Replica moves: the node follows the map (holding it weakly: shutdown waits for
                     // the last strong reference).
-                    tokio::spawn(Arc::clone(m).reconcile(Arc::downgrade(&node), id));
+                    let meta = m.meta()?.clone();
+                    tokio::spawn(cairn_cluster::control::reconcile(meta, Arc::downgrade(&node), id));
                     node
                 }
                 // Stopped, or failed, before serving keys: take down what runs (shard replicas that

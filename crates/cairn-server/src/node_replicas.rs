@@ -174,6 +174,45 @@ impl Node {
     }
 }
 
+/// The node as the control plane's reconciler acts on it.
+impl cairn_cluster::control::Host for Node {
+    type Error = NodeError;
+
+    fn event(&self, event: cairn_cluster::control::ControlEvent) {
+        self.events().emit(event.into());
+    }
+
+    fn observe(&self, state: &cairn_cluster::meta::ClusterState) {
+        self.observe_map(state);
+    }
+
+    fn groups(&self) -> BTreeSet<u64> {
+        Node::groups(self)
+    }
+
+    fn replica(&self, group: u64) -> Option<Replica> {
+        Node::replica(self, group)
+    }
+
+    fn serve_only(&self, groups: &BTreeSet<u64>) {
+        Node::serve_only(self, groups);
+    }
+
+    async fn add_replica(&self, shard: &cairn_cluster::placement::ShardDescriptor) -> Result<()> {
+        let plan = ReplicaPlan {
+            group: shard.id.group(),
+            ranges: shard.ranges.clone(),
+            bootstrap: None,
+            serving: false,
+        };
+        Node::add_replica(self, plan).await
+    }
+
+    async fn retire_replica(&self, group: u64) -> Result<()> {
+        Node::retire_replica(self, group).await
+    }
+}
+
 /// Retires the replicas a cluster member left on disk for the shards in `stale` (group → its buckets),
 /// before it starts any: shards that are not (or no longer) its own, which moved away while it was down.
 /// Each begins its next incarnation empty, so if the shard is moving back here it joins afresh.
@@ -289,6 +328,7 @@ pub(super) async fn start_replica(
     // fenced replica, takes re-synced ones back in and purges verified log; ends when the replica stops.
     let tended = replica.clone();
     tokio::spawn(async move { tended.tend().await });
-    let ranges = engine_ranges(&plan.ranges);
+    // What the replica's engine owns (its manifest), which a plan from an older map may not know yet.
+    let ranges = replica.state_machine().owned_buckets();
     Ok(Shard { group, ranges, backend: Backend::Replicated(replica), leader_changes })
 }

@@ -146,7 +146,8 @@ impl std::fmt::Debug for ShardStateMachine {
 
 impl ShardStateMachine {
     /// Opens (or creates) the shard under `root` with `template`'s settings (its WAL should be off: the
-    /// Raft log is the log), owning `buckets`; the applied position lives in `meta_bucket`.
+    /// Raft log is the log); a new replica owns `buckets`, an existing one what its engine's manifest
+    /// says ([`ShardStateMachine::owned_buckets`]); the applied position lives in `meta_bucket`.
     pub fn open(
         root: PathBuf,
         template: Config,
@@ -178,8 +179,19 @@ impl ShardStateMachine {
         } else {
             let mut config = template.clone();
             config.dir = root.join(format!("gen-{generation}"));
-            Db::open(config, buckets.clone())?
+            if fs.exists(&config.dir.join("CURRENT"))? {
+                // The engine's manifest records what the replica owns (rescales change it through the
+                // log): it wins over `buckets`, which only says what a new replica starts with.
+                Db::open_as_stored(config)?
+            } else {
+                Db::open(config, buckets.clone())?
+            }
         };
+        let owned = db.owned_buckets();
+        if owned != buckets {
+            tracing::info!(root = %root.display(), ?owned, planned = ?buckets, "the replica owns what its engine's manifest says");
+        }
+        let buckets = owned;
         let db = Arc::new(db);
         let checks = CheckBoard::default();
         let applier = ShardApplier::with_checks(Arc::clone(&db), meta_bucket, checks.clone());
@@ -261,6 +273,11 @@ impl ShardStateMachine {
     /// The shard's engine (without waiting for an apply in progress).
     pub fn db(&self) -> Arc<Db> {
         Arc::clone(&self.db.read())
+    }
+
+    /// The bucket ranges this replica owns, as its engine's manifest records them.
+    pub fn owned_buckets(&self) -> Vec<cairn_engine::BucketRange> {
+        self.db().owned_buckets()
     }
 
     /// Makes consistency checks hash inside apply rather than in the background (for a deterministic

@@ -1,0 +1,139 @@
+//! The control plane (ARCHITECTURE decision 40): what keeps a cluster's placement true, as the meta
+//! group records it. It acts on its node through [`Host`]; the node's handlers, wire formats, metrics
+//! and events stay in the server.
+//!
+//! - The **driver** ([`drive`]) runs on every node and acts while the node leads the meta group: it
+//!   keeps the meta group's membership in step with the active nodes (every node a replica, the
+//!   lowest-id healthy ones voting), places the shards once enough nodes have joined, re-creates dead
+//!   nodes' replicas on live ones and evens out the load.
+//! - The **reconciler** ([`reconcile`]) runs on every node and keeps what the node runs in step with
+//!   the map, and, on a shard's leader, takes the shard's move under way one step further.
+//!
+//! A replica move goes through three steps, each driven from what the meta group and the shard's Raft
+//! group hold, so any of them may be redone after a crash or a leader change:
+//!
+//! 1. The driver finds nodes it has not heard from for `dead_after_secs`, plans moves with
+//!    [`plan_repair`](crate::placement::plan_repair) and records each as its shard's move under way
+//!    ([`ClusterState::begin_move`]). While every node lives it evens out the load instead, one move at
+//!    a time ([`plan_rebalance`](crate::placement::plan_rebalance)): a node that joined after the
+//!    placement, or came back, receives replicas.
+//! 2. Every node reconciles itself with the map: it starts replicas of the shards placed or moving to it
+//!    (a move's destination starts empty, serves nothing, and asks the shard's group to take it in as a
+//!    learner), serves exactly the shards whose replica list names it, and retires the replicas of
+//!    shards that no longer name it: a node that was down while its replicas moved drops them when it
+//!    returns instead of serving stale data.
+//! 3. The shard's leader advances the move in its group: once the learner has caught up it becomes a
+//!    voter in place of the source, the source leaves the group, and only then is the move recorded
+//!    done ([`ClusterState::finish_move`]), which makes the destination a replica in the map (epoch
+//!    bumped). The map never names a replica the group does not have, so a node that reads the map may
+//!    retire anything the map no longer names.
+
+mod driver;
+mod reconcile;
+
+pub use driver::drive;
+pub use reconcile::reconcile;
+
+use crate::meta::{ClusterState, MetaError, MetaStore};
+use crate::placement::{ShardDescriptor, ShardId};
+use crate::raft::Replica;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A node counts as up while the meta leader heard from it this recently.
+pub const LIVE_WITHIN: Duration = Duration::from_secs(3);
+/// Pause between the driver's passes, and between reconcile passes while something is under way.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long one meta-group call (a read, a change) may wait.
+pub const META_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the control plane did, for the node's event stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// The shards were placed (the map's version).
+    ShardsPlaced {
+        /// The map's version.
+        version: u64,
+    },
+    /// A replica move started: `to` gets a replica of the shard in place of `from`'s (at `epoch`).
+    ReplicaMoving {
+        /// The shard.
+        shard: ShardId,
+        /// The node losing the replica.
+        from: u64,
+        /// The node gaining it.
+        to: u64,
+        /// The shard's epoch with the move under way.
+        epoch: u64,
+    },
+    /// A replica move finished: `to` holds the replica, `from` left the shard's group (at `epoch`).
+    ReplicaMoved {
+        /// The shard.
+        shard: ShardId,
+        /// The node that lost the replica.
+        from: u64,
+        /// The node that gained it.
+        to: u64,
+        /// The shard's epoch after the move.
+        epoch: u64,
+    },
+    /// A replica move was given up (its destination died before it could take the replica over).
+    ReplicaMoveAbandoned {
+        /// The shard.
+        shard: ShardId,
+        /// The node that keeps the replica.
+        from: u64,
+        /// The node that was to gain it.
+        to: u64,
+        /// The shard's epoch after the move was given up.
+        epoch: u64,
+    },
+    /// This node dropped its replica of a shard that moved away while it was down or partitioned.
+    ReplicaRetired {
+        /// The shard.
+        shard: ShardId,
+    },
+}
+
+/// Where the driver reports what it did.
+pub type EventSink = Arc<dyn Fn(ControlEvent) + Send + Sync>;
+
+/// The node the reconciler keeps in step with the map.
+pub trait Host: Send + Sync + 'static {
+    /// Why the node could not start or retire a replica.
+    type Error: std::fmt::Display + Send;
+
+    /// Reports what the control plane did.
+    fn event(&self, event: ControlEvent);
+    /// Routes by `state`'s map from now on, if it is newer than the node's.
+    fn observe(&self, state: &ClusterState);
+    /// The shard groups the node holds a replica of.
+    fn groups(&self) -> BTreeSet<u64>;
+    /// The node's replica of `group`.
+    fn replica(&self, group: u64) -> Option<Replica>;
+    /// Makes exactly the replicas of `groups` (among those held) serve requests.
+    fn serve_only(&self, groups: &BTreeSet<u64>);
+    /// Starts a replica of `shard` that serves nothing until [`Host::serve_only`] names it (nothing
+    /// happens if the node holds one already).
+    fn add_replica(&self, shard: &ShardDescriptor) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Stops the node's replica of `group` for good and drops its contents.
+    fn retire_replica(&self, group: u64) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Applies `change` to the cluster state through the meta group; the state after it, or `None` if it
+/// changed nothing (already done, or over).
+async fn record(
+    meta: &MetaStore,
+    change: impl Fn(&ClusterState) -> Result<Option<ClusterState>, MetaError>,
+) -> Result<Option<ClusterState>, MetaError> {
+    let (after, changed) =
+        meta.update(|s| Ok(change(s)?.map_or((None, false), |next| (Some(next), true)))).await?;
+    Ok(changed.then_some(after))
+}
+
+/// Shard `shard`'s epoch in `state` (0 if it has none).
+fn epoch_of(state: &ClusterState, shard: ShardId) -> u64 {
+    state.map.as_ref().and_then(|m| m.shard(shard)).map_or(0, |s| s.epoch)
+}

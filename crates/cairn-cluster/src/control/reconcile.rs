@@ -1,0 +1,195 @@
+//! The reconciler: keeps what a node runs in step with the shard map, and on a shard's leader takes the
+//! shard's move under way one step further (steps 2 and 3 in the [module documentation](super)).
+
+use super::{ControlEvent, Host, RETRY_PAUSE, epoch_of, record};
+use crate::meta::MetaStore;
+use crate::placement::{Move, ShardDescriptor, ShardId};
+use crate::raft::{MoveStep, ReadLevel, Replica, Role};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Weak;
+use std::time::Duration;
+
+/// How long a shard leader waits for a membership change of its group (or to hand its leadership
+/// over, when it is a move's source).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between two reconcile passes while nothing is under way.
+pub const IDLE_RECONCILE: Duration = Duration::from_secs(5);
+
+/// Keeps node `id` (`host`, held weakly: the node's shutdown waits for the last strong reference) in
+/// step with the shard map until the node or the meta replica stops.
+///
+/// A pass runs whenever this node's meta replica applies a change, every [`RETRY_PAUSE`] while
+/// something is under way here (a move, a learner to promote or remove, a pass that failed), and every
+/// [`IDLE_RECONCILE`] otherwise (a replica cut off from the meta group sees no changes).
+pub async fn reconcile<H: Host>(meta: MetaStore, host: Weak<H>, id: u64) {
+    let mut seen = None;
+    loop {
+        if meta.replica().status().role == Role::Shutdown {
+            return;
+        }
+        let Some(node) = host.upgrade() else { return };
+        let settled = match reconcile_once(&meta, node.as_ref(), id).await {
+            Ok(settled) => settled,
+            Err(e) => {
+                tracing::debug!(error = %e, "reconciling with the shard map failed; retrying");
+                false
+            }
+        };
+        drop(node);
+        seen = meta.changed(seen, if settled { IDLE_RECONCILE } else { RETRY_PAUSE }).await;
+    }
+}
+
+/// One pass of [`reconcile`]; whether nothing is left under way here.
+async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<bool, String> {
+    // Through the leader: decisions to retire must not rest on a lagging copy of the map.
+    let state = meta.read(ReadLevel::Strong).await.map_err(|e| e.to_string())?;
+    let Some(map) = &state.map else { return Ok(true) };
+    node.observe(&state);
+    let addrs: BTreeMap<u64, String> = state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
+    let incoming = |s: &ShardDescriptor| s.moving.is_some_and(|m| m.to == id);
+    let serving: BTreeSet<u64> =
+        map.shards.iter().filter(|s| s.replicas.contains(&id)).map(|s| s.id.group()).collect();
+    let wanted: BTreeSet<u64> =
+        map.shards.iter().filter(|s| s.replicas.contains(&id) || incoming(s)).map(|s| s.id.group()).collect();
+    // Each shard on its own: one that cannot make progress (no quorum, a disk error) must not hold up
+    // the others.
+    let held = node.groups();
+    for s in map.shards.iter().filter(|s| wanted.contains(&s.id.group()) && !held.contains(&s.id.group())) {
+        match node.add_replica(s).await {
+            Ok(()) => tracing::info!(shard = %s.id, "started a replica placed on this node"),
+            Err(e) => tracing::warn!(shard = %s.id, error = %e, "cannot start a replica placed here"),
+        }
+    }
+    for group in held.difference(&wanted) {
+        match node.retire_replica(*group).await {
+            Ok(()) => {
+                tracing::info!(shard = group, "retired a replica of a shard that moved away");
+                node.event(ControlEvent::ReplicaRetired { shard: ShardId(*group as u32) });
+            }
+            Err(e) => tracing::warn!(shard = group, error = %e, "cannot retire a replica"),
+        }
+    }
+    node.serve_only(&serving);
+    let mut settled = node.groups() == wanted;
+    for s in &map.shards {
+        let Some(replica) = node.replica(s.id.group()) else { continue };
+        if let Err(e) = tend_shard(meta, node, &replica, s, &addrs, id).await {
+            tracing::debug!(shard = %s.id, error = %e, "shard not reconciled this pass");
+            settled = false;
+        }
+        let status = replica.status();
+        // A move, or learners a leader promotes or removes: under way in the shard's group.
+        settled &= s.moving.is_none() && (status.role != Role::Leader || status.learners.is_empty());
+    }
+    Ok(settled)
+}
+
+/// This node's part in shard `s`'s placement: a move's destination asks to join; the shard's leader
+/// advances (or gives up) the move under way, promotes the map's replicas that re-synced as learners,
+/// and removes learners the map does not name.
+async fn tend_shard<H: Host>(
+    meta: &MetaStore,
+    node: &H,
+    replica: &Replica,
+    s: &ShardDescriptor,
+    addrs: &BTreeMap<u64, String>,
+    id: u64,
+) -> Result<(), String> {
+    if let Some(mv) = s.moving
+        && mv.to == id
+    {
+        // Asked while the move is under way: this replica's own view of whether it is in the group may
+        // be stale (see `Replica::ask_to_join`); the leader answers at once if it is.
+        let peers =
+            s.replicas.iter().chain([&id]).filter_map(|n| Some((*n, addrs.get(n)?.clone()))).collect();
+        if let Err(e) = replica.ask_to_join(peers).await {
+            tracing::debug!(shard = %s.id, error = %e, "asking to join the shard's group");
+        }
+    }
+    let status = replica.status();
+    if status.role != Role::Leader {
+        return Ok(());
+    }
+    match s.moving {
+        Some(mv) if s.abandoning => abandon_move(meta, node, replica, mv).await?,
+        Some(mv) => advance_move(meta, node, replica, mv).await?,
+        None => {}
+    }
+    // A replica of the map's that re-synced from scratch votes again once it has caught up (not a move's
+    // source, which is on its way out).
+    let leaving = s.moving.map(|m| m.from);
+    for n in status.learners.iter().filter(|n| s.replicas.contains(n) && Some(**n) != leaving) {
+        if replica.promote(*n, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())? {
+            tracing::info!(shard = %s.id, node = n, "re-synced replica promoted");
+        }
+    }
+    // Learners the map does not name (left by a move given up while one was being added).
+    let named = |n: &u64| s.replicas.contains(n) || s.moving.is_some_and(|m| m.to == *n);
+    let strays: BTreeSet<u64> = status.learners.iter().copied().filter(|n| !named(n)).collect();
+    if !strays.is_empty() {
+        tokio::time::timeout(CHANGE_TIMEOUT, replica.remove_learners(strays.clone()))
+            .await
+            .map_err(|_| "removing stray learners timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        tracing::info!(shard = %s.id, ?strays, "removed learners the map does not name");
+    }
+    Ok(())
+}
+
+/// On the shard's leader: gives up move `mv` once its destination holds no replica in the group, or
+/// finishes it if the destination already votes (it is then a replica on a dead node, which the next
+/// repair moves again).
+async fn abandon_move<H: Host>(
+    meta: &MetaStore,
+    node: &H,
+    replica: &Replica,
+    mv: Move,
+) -> Result<(), String> {
+    match replica.undo_join(mv.to, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())? {
+        None => Ok(()),
+        Some(false) => advance_move(meta, node, replica, mv).await,
+        Some(true) => {
+            let given_up = record(meta, |s| s.abandon_move(&mv)).await.map_err(|e| e.to_string())?;
+            if let Some(after) = given_up {
+                let epoch = epoch_of(&after, mv.shard);
+                tracing::warn!(shard = %mv.shard, from = mv.from, to = mv.to, epoch, "move given up");
+                node.event(ControlEvent::ReplicaMoveAbandoned {
+                    shard: mv.shard,
+                    from: mv.from,
+                    to: mv.to,
+                    epoch,
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// On the shard's leader: takes move `mv` one step further in the group ([`Replica::advance_move`]);
+/// records it done once the group's membership is the map's after the move.
+async fn advance_move<H: Host>(
+    meta: &MetaStore,
+    node: &H,
+    replica: &Replica,
+    mv: Move,
+) -> Result<(), String> {
+    let step = replica.advance_move(mv.from, mv.to, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
+    match step {
+        MoveStep::Promoted => {
+            tracing::info!(shard = %mv.shard, to = mv.to, from = mv.from, "move: destination promoted")
+        }
+        MoveStep::Removed => tracing::info!(shard = %mv.shard, from = mv.from, "move: source removed"),
+        _ => {}
+    }
+    if step != MoveStep::Done {
+        return Ok(());
+    }
+    let finished = record(meta, |s| s.finish_move(&mv)).await.map_err(|e| e.to_string())?;
+    if let Some(after) = finished {
+        let epoch = epoch_of(&after, mv.shard);
+        tracing::info!(shard = %mv.shard, from = mv.from, to = mv.to, epoch, "replica moved");
+        node.event(ControlEvent::ReplicaMoved { shard: mv.shard, from: mv.from, to: mv.to, epoch });
+    }
+    Ok(())
+}

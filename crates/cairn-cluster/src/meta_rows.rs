@@ -12,10 +12,13 @@
 //! | `s/` + shard id (u32 BE) | one shard's descriptor                                  |
 //!
 //! A row's revision is the state version that last wrote it; a state's version is the largest
-//! revision, its map's the largest among the map rows (`m` and `s/`). Two changes of different shards
-//! decided at once may write the same revision, so a version orders changes but may not name one.
+//! revision, its map's the largest among the map rows (`m` and `s/`). A row is rewritten only on the
+//! condition that it still holds what the change read, so each row's revisions grow, and so does the
+//! state's version along the log; but a change of one shard decided on an older read (or at the same
+//! time as another's) writes a revision no larger than the current version, so two states may share a
+//! version: a version orders states, shard epochs tell them apart.
 //!
-//! Which rows a change is conditioned on ([`Change::between`]): every row it writes, the header and
+//! Which rows a change is conditioned on ([`Change::between`]): every row it writes, both headers and
 //! every node row; and every row if it changes anything but existing shard rows (a join, a removal,
 //! a setting, the first placement). So changes of different shards go through side by side, while a
 //! change of membership or settings is decided on the whole state, as it reads the whole state.

@@ -8,10 +8,10 @@
 
 mod common;
 
-use cairn_cluster::raft::Role;
 use cairn_cluster::raft::{
     Command, GroupError, RaftCall, RaftService, ReadLevel, Replica, ShardStateMachine, replica_id,
 };
+use cairn_cluster::raft::{Effect, Role};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FileSystem, MemFs};
 use cairn_engine::{Config, WriteBatch};
@@ -144,6 +144,16 @@ async fn a_diverged_replica_resyncs_as_its_next_incarnation_and_rejoins() {
     }
 }
 
+/// The effect of the check at entry `index` (a periodic check may come before it).
+async fn effect_at(effects: &mut tokio::sync::broadcast::Receiver<Effect>, index: u64) -> Effect {
+    loop {
+        let effect = tokio::time::timeout(Duration::from_secs(5), effects.recv()).await.unwrap().unwrap();
+        if matches!(effect, Effect::Fenced { index: i } | Effect::Verified { index: i } if i == index) {
+            return effect;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverged_leader_is_outvoted_steps_down_and_resyncs() {
     let (fs, net) = (Arc::new(MemFs::new()), Net::default());
@@ -154,10 +164,14 @@ async fn a_diverged_leader_is_outvoted_steps_down_and_resyncs() {
     let l = leader(&replicas);
     let node = l.status().node;
     l.db().put(3, b"stray", 0, b"x").unwrap();
+    let follower = replicas.values().find(|r| r.status().node != node).unwrap();
+    let (mut fenced, mut verified) = (l.effects(), follower.effects());
     // The check compares with the digest a majority recorded: the leader's is the odd one out.
     let outcome = l.check_consistency(Duration::from_secs(5)).await.unwrap();
-    let follower = replicas.values().find(|r| r.status().node != node).unwrap();
     assert_eq!(outcome.digest, follower.state_machine().recorded_digest(outcome.index).unwrap());
+    // Each replica's owner learns what the check found as an effect of applying it.
+    assert_eq!(effect_at(&mut fenced, outcome.index).await, Effect::Fenced { index: outcome.index });
+    assert_eq!(effect_at(&mut verified, outcome.index).await, Effect::Verified { index: outcome.index });
     until(&replicas, "the old leader re-synced and back as a voter", |r| {
         let me = r[&node].status();
         me.incarnation == 1

@@ -130,9 +130,9 @@ async fn changes_from_every_node_serialise_and_survive_the_leader() {
         assert_eq!(store.read(ReadLevel::Strong).await.unwrap(), placed);
     }
 
-    // Moves of two shards at once, through two nodes: rows of different shards, so neither waits for
-    // the other; each descriptor at its own revision, the map at the newer. Every node's replica
-    // sees the change (its applied index moves past what it had seen).
+    // Moves of two shards at once, through two nodes (rows of different shards: neither conditions on
+    // the other's, as `meta_rows`' unit tests show): both land. Every node's replica sees the change
+    // (its applied index moves past what it had seen).
     let seen = stores[1].changed(None, TIMEOUT).await;
     let map = placed.map.as_ref().unwrap();
     let moves: Vec<Move> = map.shards[..2]

@@ -42,6 +42,9 @@ pub enum EventKind {
     ReplicaMoveAbandoned { shard: ShardId, from: u64, to: u64, epoch: u64 },
     /// This node dropped its replica of a shard that moved away while it was down or partitioned.
     ReplicaRetired { shard: ShardId },
+    /// A consistency check found this node's replica of a group differs from the majority's at check
+    /// entry `index`: it refuses reads and re-syncs from scratch.
+    ReplicaFenced { group: String, index: u64 },
     /// This subscriber fell behind and missed this many events.
     Lagged { missed: u64 },
 }
@@ -92,6 +95,7 @@ impl Event {
             EventKind::ReplicaMoved { .. } => "replica_moved",
             EventKind::ReplicaMoveAbandoned { .. } => "replica_move_abandoned",
             EventKind::ReplicaRetired { .. } => "replica_retired",
+            EventKind::ReplicaFenced { .. } => "replica_fenced",
             EventKind::Lagged { .. } => "lagged",
         }
     }

@@ -191,9 +191,19 @@ pub(crate) async fn watch_leadership(
 ) {
     use crate::events::EventKind;
     let mut watch = replica.watch();
+    let mut effects = replica.effects();
     let mut last = watch.leadership();
     let mut installs = replica.status().snapshots_installed;
-    while watch.changed().await {
+    loop {
+        tokio::select! {
+            changed = watch.changed() => if !changed { return },
+            effect = effects.recv() => {
+                if let Ok(cairn_cluster::raft::Effect::Fenced { index }) = effect {
+                    events.emit(EventKind::ReplicaFenced { group: group.clone(), index });
+                }
+                continue;
+            }
+        }
         let (term, leader) = watch.leadership();
         if leader != last.1 && leader.is_some() {
             if let Some(c) = &changes {

@@ -104,11 +104,17 @@ impl Router {
         self.observe(&state).ok_or_else(|| NodeError::Internal("the shard map vanished".into()))
     }
 
-    /// Takes `state`'s map as the view if it is newer; returns the view (`None`: `state` has no map).
+    /// Takes `state`'s map as the view unless it is older; returns the view (`None`: `state` has no
+    /// map). Map versions never go down along the meta log, but two states may share one (see
+    /// `cairn_cluster::meta`), so at an equal version the one no shard's epoch went back in wins.
     pub(crate) fn observe(&self, state: &ClusterState) -> Option<Arc<View>> {
         let view = Arc::new(View::of(state)?);
         let mut current = self.view.write();
-        if view.map.version >= current.map.version {
+        let (new, old) = (&view.map, &current.map);
+        let not_older = new.version > old.version
+            || (new.version == old.version
+                && old.shards.iter().all(|s| new.shard(s.id).is_some_and(|n| n.epoch >= s.epoch)));
+        if not_older {
             *current = view;
         }
         Some(Arc::clone(&current))

@@ -21,10 +21,10 @@ pub async fn drive(meta: MetaStore, events: EventSink) {
     // passes starts afresh.
     let mut leading_since: Option<(u64, tokio::time::Instant)> = None;
     loop {
-        let status = meta.replica().status();
-        if status.role == Role::Shutdown {
+        if meta.replica().is_stopped() {
             return;
         }
+        let status = meta.replica().status();
         if status.role != Role::Leader {
             leading_since = None;
         } else {

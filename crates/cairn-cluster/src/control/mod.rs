@@ -107,7 +107,7 @@ pub trait Host: Send + Sync + 'static {
 
     /// Reports what the control plane did.
     fn event(&self, event: ControlEvent);
-    /// Routes by `state`'s map from now on, if it is newer than the node's.
+    /// Routes by `state`'s map from now on, unless the node's is newer.
     fn observe(&self, state: &ClusterState);
     /// The shard groups the node holds a replica of.
     fn groups(&self) -> BTreeSet<u64>;

@@ -24,7 +24,7 @@ pub const IDLE_RECONCILE: Duration = Duration::from_secs(5);
 pub async fn reconcile<H: Host>(meta: MetaStore, host: Weak<H>, id: u64) {
     let mut seen = None;
     loop {
-        if meta.replica().status().role == Role::Shutdown {
+        if meta.replica().is_stopped() {
             return;
         }
         let Some(node) = host.upgrade() else { return };

@@ -56,15 +56,63 @@ pub struct ShardApplier {
     checks: CheckBoard,
 }
 
+/// What applying entries did that the replica's owner acts on, beyond answering their proposers
+/// (published by the state machine: [`ShardStateMachine::effects`](super::ShardStateMachine::effects)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A consistency check found this replica's contents differ from the majority's at check entry
+    /// `index`: it is fenced (reads refused) until it re-syncs from scratch.
+    Fenced {
+        /// The check entry.
+        index: u64,
+    },
+    /// A consistency check verified this replica's contents at check entry `index`.
+    Verified {
+        /// The check entry.
+        index: u64,
+    },
+}
+
+/// Effects kept for a subscriber that is behind (it misses the oldest; the replica's status still
+/// says where it stands).
+pub const EFFECTS_KEPT: usize = 16;
+
 /// Where an applier keeps what consistency checks found; clones share it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct CheckBoard {
     checks: Arc<parking_lot::Mutex<Checks>>,
     // Hash inside apply instead of in the background (see `hash_inline`).
     inline: Arc<std::sync::atomic::AtomicBool>,
+    effects: tokio::sync::broadcast::Sender<Effect>,
+}
+
+impl Default for CheckBoard {
+    fn default() -> CheckBoard {
+        CheckBoard {
+            checks: Arc::default(),
+            inline: Arc::default(),
+            effects: tokio::sync::broadcast::channel(EFFECTS_KEPT).0,
+        }
+    }
 }
 
 impl CheckBoard {
+    /// Effects from now on.
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Effect> {
+        self.effects.subscribe()
+    }
+
+    /// Publishes what comparing at check entry `index` found (nothing if this replica had no digest).
+    fn publish(&self, index: u64, matched: Option<bool>) {
+        let effect = match matched {
+            Some(true) => Effect::Verified { index },
+            Some(false) => Effect::Fenced { index },
+            None => return,
+        };
+        // No subscriber: nobody to tell.
+        let _ = self.effects.send(effect);
+    }
+
     /// Hash at the check entry, inside apply, instead of in the background: a deterministic
     /// simulation must not depend on when another thread finishes.
     pub(crate) fn hash_inline(&self) {
@@ -104,8 +152,11 @@ impl CheckBoard {
         let waiting: Vec<(u64, String)> =
             checks.awaiting.iter().filter(|(i, _)| *i == index).cloned().collect();
         checks.awaiting.retain(|(i, _)| *i != index);
-        for (at, majority) in waiting {
-            checks.compare(at, &majority);
+        let found: Vec<(u64, Option<bool>)> =
+            waiting.into_iter().map(|(at, majority)| (at, checks.compare(at, &majority))).collect();
+        drop(checks);
+        for (at, matched) in found {
+            self.publish(at, matched);
         }
     }
 
@@ -318,7 +369,17 @@ impl ShardApplier {
                 } else {
                     let board = self.checks.clone();
                     let queued = super::digest::run(Box::new(move || {
-                        board.finish(index, view.content_digest().map(|d| d.to_hex()));
+                        // A hash that panics is a failed hash: the check entry must not stay "hashing".
+                        let digest = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            view.content_digest().map(|d| d.to_hex())
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(cairn_engine::Error::io(
+                                "<digest>",
+                                std::io::Error::other("the hash panicked"),
+                            ))
+                        });
+                        board.finish(index, digest);
                     }));
                     if let Err(e) = queued {
                         self.checks.finish(index, Err(cairn_engine::Error::io("<digest thread>", e)));
@@ -333,6 +394,8 @@ impl ShardApplier {
                     // Still hashing: compared when the digest is ready.
                     checks.awaiting.push((*at, digest.clone()));
                 }
+                drop(checks);
+                self.checks.publish(*at, result);
                 Ok(CommandResult::Compared(result))
             }
         }

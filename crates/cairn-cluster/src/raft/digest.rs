@@ -1,11 +1,10 @@
 //! Where consistency-check digests are computed: a node-wide pool of [`MAX_DIGEST_THREADS`] background
-//! threads at the lowest scheduling priority (Linux `SCHED_IDLE`, and niceness [`DIGEST_NICENESS`]
-//! where that is refused), so however many shards check at once the node hashes at most that many at a
-//! time, and a hash takes only the CPU that serving requests leaves over: a request's thread that
-//! wakes preempts it at once (at nice 19 alone, a request could wait out the hash's time slice: read
-//! p99 rose 2.7–2.8× during checks). A check waits for a digest still being computed (see
-//! [`Replica::check_consistency`](super::Replica::check_consistency)), so a slow hash on a busy node
-//! delays the check instead of failing it.
+//! threads at a low scheduling priority ([`DIGEST_NICENESS`]), so however many shards check at once
+//! the node hashes at most that many at a time, and a hash takes little of the CPU that serving
+//! requests wants. (The idle scheduling class was tried: reads fared no better, and a hash preempted
+//! while holding a lock a request needs could then wait for an idle CPU.) A check waits for a digest
+//! still being computed (see [`Replica::check_consistency`](super::Replica::check_consistency)), so a
+//! slow hash on a busy node delays the check instead of failing it.
 
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -33,7 +32,10 @@ pub(crate) fn run(job: Job) -> std::io::Result<()> {
                 loop {
                     let next = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
                     match next {
-                        Ok(job) => job(),
+                        // A job that panics must not take the node's digest thread with it.
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
                         Err(_) => return,
                     }
                 }
@@ -50,64 +52,50 @@ pub(crate) fn run(job: Job) -> std::io::Result<()> {
     }
 }
 
-/// Lowers the calling thread's scheduling priority to the idle class (or, if refused, to
-/// [`DIGEST_NICENESS`]); where both fail the thread keeps the normal priority.
+/// Lowers the calling thread's scheduling priority to [`DIGEST_NICENESS`] (on Linux a thread's nice
+/// value is its own); where that fails the thread keeps the normal priority.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    if let Err(e) = idle_class() {
-        tracing::debug!(error = %e, "cannot move the digest thread to the idle scheduling class");
-        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), DIGEST_NICENESS)
-        {
-            tracing::debug!(error = %e, "cannot lower the digest thread's priority");
-        }
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), DIGEST_NICENESS) {
+        tracing::debug!(error = %e, "cannot lower the digest thread's priority");
     }
-}
-
-/// Moves the calling thread to `SCHED_IDLE` (on Linux, `sched_setscheduler` with pid 0 changes the
-/// calling thread only).
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn idle_class() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a plain system call; `param` is a valid, initialised `sched_param` that outlives it, and
-    // the kernel only reads it.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The calling thread's scheduling policy, from procfs (`None` where there is none).
-    fn policy() -> Option<u32> {
-        let sched = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
-        let line = sched.lines().find(|l| l.starts_with("policy"))?;
-        line.rsplit(':').next()?.trim().parse().ok()
+    /// The calling thread's niceness.
+    #[cfg(target_os = "linux")]
+    fn nice() -> Option<i32> {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).ok()
     }
 
     #[test]
-    fn jobs_run_on_an_idle_class_thread() {
-        let before = policy();
+    #[cfg(target_os = "linux")]
+    fn jobs_run_on_a_low_priority_thread() {
+        let before = nice();
         let (tx, rx) = mpsc::channel();
         for n in 0..3 {
             let tx = tx.clone();
             run(Box::new(move || {
+                if n == 1 {
+                    panic!("a job that panics");
+                }
                 let name = std::thread::current().name().map(str::to_string);
-                let _ = tx.send((n, policy(), name));
+                let _ = tx.send((n, nice(), name));
             }))
             .unwrap_or_else(|e| panic!("no digest thread: {e}"));
         }
-        let mut seen: Vec<_> = (0..3).map(|_| rx.recv().unwrap_or_else(|e| panic!("{e}"))).collect();
-        seen.sort_by_key(|(n, _, _)| *n);
-        for (n, policy, name) in seen {
-            // Moving oneself to the idle class needs no privilege (5 is SCHED_IDLE).
-            if cfg!(target_os = "linux") {
-                assert_eq!(policy, Some(5), "job {n}");
-            }
+        // Job 1 panicked; the thread lived on to run job 2.
+        let seen: Vec<_> = (0..2).map(|_| rx.recv().unwrap_or_else(|e| panic!("{e}"))).collect();
+        assert_eq!(seen.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(), vec![0, 2]);
+        for (n, nice, name) in seen {
+            // Lowering one's own priority needs no privilege.
+            assert_eq!(nice, Some(DIGEST_NICENESS), "job {n}");
             assert!(name.is_some_and(|n| n.starts_with("cairn-digest-")), "job {n}");
         }
-        // This thread kept its class.
-        assert_eq!(policy(), before);
+        // This thread kept its priority.
+        assert_eq!(nice(), before);
     }
 }

@@ -12,7 +12,8 @@ mod state_machine;
 mod transport;
 
 pub use apply::{
-    APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, DigestState, HASH_BYTES_PER_SECOND, ShardApplier,
+    APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, DigestState, EFFECTS_KEPT, Effect,
+    HASH_BYTES_PER_SECOND, ShardApplier,
 };
 pub use log_store::GroupLogStore;
 pub use replica::{

@@ -180,8 +180,8 @@ impl ShardStateMachine {
             let mut config = template.clone();
             config.dir = root.join(format!("gen-{generation}"));
             if fs.exists(&config.dir.join("CURRENT"))? {
-                // The engine's manifest records what the replica owns (rescales change it through the
-                // log): it wins over `buckets`, which only says what a new replica starts with.
+                // The engine's manifest records what the replica owns (a rescale changes it there):
+                // it wins over `buckets`, which only says what a new replica starts with.
                 Db::open_as_stored(config)?
             } else {
                 Db::open(config, buckets.clone())?
@@ -294,6 +294,11 @@ impl ShardStateMachine {
     /// The digest this replica recorded at consistency-check entry `index`, if it has it.
     pub fn recorded_digest(&self, index: u64) -> Option<String> {
         self.checks.digest(index).done()
+    }
+
+    /// What applying entries does from now on that the replica's owner acts on ([`super::Effect`]).
+    pub fn effects(&self) -> tokio::sync::broadcast::Receiver<super::Effect> {
+        self.checks.subscribe()
     }
 
     /// Where this replica is with the digest of consistency-check entry `index`.

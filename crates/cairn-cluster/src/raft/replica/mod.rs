@@ -254,6 +254,11 @@ impl StatusWatch {
         }
     }
 
+    /// The last index applied as of the last change seen.
+    pub fn applied(&self) -> Option<u64> {
+        self.rx.borrow_watched().last_applied.map(|l| l.index)
+    }
+
     /// The term and leader (node id) as of the last change seen.
     pub fn leadership(&self) -> (u64, Option<u64>) {
         let m = self.rx.borrow_watched();
@@ -504,20 +509,31 @@ impl Replica {
     }
 
     /// Waits until this replica has applied an entry past `seen` (`None`: any entry), `wait` passes,
-    /// or its incarnation ends; returns the last index it applied.
+    /// or it stops (a re-sync into a new incarnation is followed); returns the last index it applied.
     pub async fn applied_past(&self, seen: Option<u64>, wait: Duration) -> Option<u64> {
-        let mut metrics = self.raft().metrics();
+        let mut watch = self.watch();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let applied = metrics.borrow_watched().last_applied.map(|l| l.index);
+            let applied = watch.applied();
             if applied > seen {
                 return applied;
             }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return applied,
+            match tokio::time::timeout_at(deadline, watch.changed()).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return applied,
             }
         }
+    }
+
+    /// True once the replica was shut down or retired (not while it re-syncs into a new incarnation,
+    /// when its Raft node is briefly down).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// What applying this replica's entries does from now on that its owner acts on.
+    pub fn effects(&self) -> tokio::sync::broadcast::Receiver<crate::raft::Effect> {
+        self.shared.sm.effects()
     }
 
     /// The shard's engine as of now (installing a snapshot replaces it).

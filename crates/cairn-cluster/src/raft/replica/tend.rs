@@ -49,7 +49,9 @@ impl Replica {
         }
         let digest = self.majority_digest(recorded.index, deadline).await?;
         let compare = Command::check(Check::Compare { index: recorded.index, digest: digest.clone() });
-        self.write(compare, deadline.saturating_duration_since(tokio::time::Instant::now())).await?;
+        // Its own wait: a check that waited out hashing voters is past `deadline` by now.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.write(compare, left.max(self.shared.config.election_timeout.1 * 4)).await?;
         Ok(CheckOutcome { index: recorded.index, digest })
     }
 
@@ -84,8 +86,8 @@ impl Replica {
             (id, voters)
         };
         let quorum = members.len() / 2 + 1;
-        // Past `deadline`, the check goes on while a voter still hashes, until this.
-        let last_resort = tokio::time::Instant::now() + MAX_CHECK_WAIT;
+        // Past `deadline`, the check goes on while voters still hash, until this.
+        let last_resort = deadline + MAX_CHECK_WAIT;
         let mut answers: BTreeMap<u64, String> = BTreeMap::new();
         loop {
             let mut hashing = 0;
@@ -99,7 +101,8 @@ impl Replica {
                     let payload = encode(&index).map_err(GroupError::Timeout)?;
                     let wait = self.shared.config.election_timeout.0;
                     match self.send(*voter, addr.clone(), RaftCallKind::Digest, payload, wait).await {
-                        Ok(reply) => decode::<DigestState>(&reply).map_err(GroupError::Timeout)?,
+                        // An answer that does not decode (a node of another version) counts as none.
+                        Ok(reply) => decode::<DigestState>(&reply).unwrap_or(DigestState::Absent),
                         Err(_) => DigestState::Absent,
                     }
                 } else {
@@ -117,13 +120,21 @@ impl Replica {
             for digest in answers.values() {
                 *counts.entry(digest).or_default() += 1;
             }
+            let largest = counts.values().copied().max().unwrap_or(0);
             if let Some((digest, _)) = counts.into_iter().find(|(_, n)| *n >= quorum) {
                 return Ok(digest.clone());
             }
             let now = tokio::time::Instant::now();
-            // A voter still hashing may yet make a majority: a hash slowed by a busy node (digest
-            // threads run at a low priority) delays the check rather than failing it.
-            let may_agree = hashing > 0 && answers.len() + hashing >= quorum;
+            // Voters still hashing may yet make a majority with the largest agreeing group: a hash
+            // slowed by a busy node (digest threads run at a low priority) delays the check rather
+            // than failing it.
+            let may_agree = hashing > 0 && largest + hashing >= quorum;
+            if self.shared.stopped.load(Ordering::Acquire) {
+                return Err(stopped("the replica stopped during a consistency check"));
+            }
+            if self.status().role != Role::Leader {
+                return Err(GroupError::NotLeader { leader: self.status().leader });
+            }
             if now >= deadline && !(may_agree && now < last_resort) {
                 if answers.len() == members.len() {
                     tracing::error!(
@@ -137,7 +148,9 @@ impl Replica {
                     "no majority digest at index {index} (answers: {answers:?})"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Past the deadline the wait is long: ask less often.
+            let pause = if now < deadline { Duration::from_millis(20) } else { Duration::from_secs(1) };
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -260,8 +273,18 @@ impl Replica {
         // Whether a check this replica started is still running.
         let checking = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let due = |last: Option<tokio::time::Instant>| last.is_none_or(|t| t.elapsed() >= RETRY_AFTER);
+        let mut effects = self.effects();
         while !self.shared.stopped.load(Ordering::Acquire) {
-            tokio::time::sleep(TEND_EVERY).await;
+            // A fencing is acted on at once; everything else at the next look.
+            tokio::select! {
+                biased;
+                effect = effects.recv() => {
+                    if let Ok(effect @ crate::raft::Effect::Fenced { .. }) = effect {
+                        tracing::debug!(group = self.shared.group, ?effect, "acting on a fencing");
+                    }
+                }
+                () = tokio::time::sleep(TEND_EVERY) => {}
+            }
             if self.shared.stopped.load(Ordering::Acquire) {
                 return;
             }

@@ -76,6 +76,11 @@ impl<'a> RowRef<'a> {
         RowRef { data }
     }
 
+    /// Bytes of the row's encoding.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.data.len()
+    }
+
     /// The value of `column`, if set.
     pub fn column(&self, column: u16) -> Option<&'a [u8]> {
         self.columns().take_while(|(c, _)| *c <= column).find(|(c, _)| *c == column).map(|(_, v)| v)

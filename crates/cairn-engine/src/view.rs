@@ -61,14 +61,27 @@ impl View {
     /// Hashes every live row of every owned bucket as of the view: equal to the digest of a shard
     /// snapshot taken at the same point (see [`ContentDigest`]), without taking one.
     pub fn content_digest(&self) -> Result<ContentDigest> {
+        self.content_digest_pausing(0, || {})
+    }
+
+    /// [`View::content_digest`], calling `pause` each time it has hashed another `every_bytes` of keys
+    /// and rows (never if 0): a background hash gives the CPU up there (a thread woken for a request
+    /// then waits for a few rows, not for the hash's time slice).
+    pub fn content_digest_pausing(&self, every_bytes: u64, mut pause: impl FnMut()) -> Result<ContentDigest> {
         let mut ranges = self.owned.ranges().to_vec().into_iter();
         let mut iter: Option<DbIter> = None;
+        let mut since_pause = 0u64;
         digest_rows(|emit| {
             loop {
                 if let Some(it) = iter.as_mut()
                     && it.advance()?
                 {
                     emit(it.bucket(), it.key(), it.row());
+                    since_pause += (it.key().len() + it.row().encoded_len()) as u64;
+                    if every_bytes > 0 && since_pause >= every_bytes {
+                        since_pause = 0;
+                        pause();
+                    }
                     return Ok(true);
                 }
                 // Past the block cache: one pass over every block must not evict what reads use.

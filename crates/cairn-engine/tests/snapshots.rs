@@ -613,3 +613,27 @@ fn incremental_materialize_to_a_separate_volume() {
         assert_eq!(restored.get(bucket_of(i), &key(i)).unwrap().unwrap().column(0), Some(&want[..]));
     }
 }
+
+/// A background hash that pauses every so many bytes hashes the same rows to the same digest.
+#[test]
+fn a_pausing_digest_matches_and_pauses_by_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snapvol = Volume::file_url(&tmp.path().join("snapshots"));
+    let db = Db::open(shard_config(&tmp.path().join("db"), &snapvol), vec![0..=999]).unwrap();
+    let mut bytes = 0;
+    for i in 0..3_000 {
+        db.put(bucket_of(i), &key(i), 0, &value(i, 0)).unwrap();
+        bytes += key(i).len() + value(i, 0).len();
+    }
+    db.flush().unwrap();
+    let view = db.view();
+    let whole = view.content_digest().unwrap();
+    let mut pauses = 0usize;
+    let paused = view.content_digest_pausing(4096, || pauses += 1).unwrap();
+    assert_eq!((paused.to_hex(), paused.rows), (whole.to_hex(), whole.rows));
+    // Each row's encoding adds a few bytes to its key and value: at least one pause per 4 KiB of them.
+    assert!(pauses >= bytes / 4096 && pauses <= 2 * bytes / 4096 + 1, "{pauses} pauses for {bytes} bytes");
+    let mut never = 0;
+    view.content_digest_pausing(0, || never += 1).unwrap();
+    assert_eq!(never, 0);
+}

@@ -371,7 +371,11 @@ impl ShardApplier {
                     let queued = super::digest::run(Box::new(move || {
                         // A hash that panics is a failed hash: the check entry must not stay "hashing".
                         let digest = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            view.content_digest().map(|d| d.to_hex())
+                            view.content_digest_pausing(
+                                super::digest::YIELD_EVERY_BYTES,
+                                std::thread::yield_now,
+                            )
+                            .map(|d| d.to_hex())
                         }))
                         .unwrap_or_else(|_| {
                             Err(cairn_engine::Error::io(

@@ -9,6 +9,10 @@
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
+/// Bytes of rows a digest thread hashes between two yields of the CPU (tens of microseconds of work):
+/// a request's thread that wakes on the digest thread's core runs after at most that, instead of
+/// after the digest thread's time slice (milliseconds, at any niceness).
+pub const YIELD_EVERY_BYTES: u64 = 64 << 10;
 /// Digests computed at once on a node.
 pub const MAX_DIGEST_THREADS: usize = 1;
 /// The digest threads' niceness (Linux: 19 is the lowest priority): a thread at 19 gets about 1.5% of

@@ -1,10 +1,11 @@
 //! Where consistency-check digests are computed: a node-wide pool of [`MAX_DIGEST_THREADS`] background
 //! threads at a low scheduling priority ([`DIGEST_NICENESS`]), so however many shards check at once
-//! the node hashes at most that many at a time, and a hash takes little of the CPU that serving
-//! requests wants. (The idle scheduling class was tried: reads fared no better, and a hash preempted
-//! while holding a lock a request needs could then wait for an idle CPU.) A check waits for a digest
-//! still being computed (see [`Replica::check_consistency`](super::Replica::check_consistency)), so a
-//! slow hash on a busy node delays the check instead of failing it.
+//! the node hashes at most that many at a time. A hash yields the CPU every [`YIELD_EVERY_BYTES`]: a
+//! thread woken for a request on the hash's core then waits microseconds, not the hash's time slice
+//! (which neither niceness nor the idle scheduling class prevented: read p99 rose 3× during checks of
+//! a 1 GiB shard without the yields, and stayed level with them). A check waits for a digest still
+//! being computed (see [`Replica::check_consistency`](super::Replica::check_consistency)), so a slow
+//! hash on a busy node delays the check instead of failing it.
 
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};

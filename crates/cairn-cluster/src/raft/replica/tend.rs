@@ -132,9 +132,6 @@ impl Replica {
             if self.shared.stopped.load(Ordering::Acquire) {
                 return Err(stopped("the replica stopped during a consistency check"));
             }
-            if self.status().role != Role::Leader {
-                return Err(GroupError::NotLeader { leader: self.status().leader });
-            }
             if now >= deadline && !(may_agree && now < last_resort) {
                 if answers.len() == members.len() {
                     tracing::error!(

@@ -71,6 +71,24 @@ pub enum Effect {
         /// The check entry.
         index: u64,
     },
+    /// A [`Command::Split`] gave buckets up: the node opens the new shard from them.
+    Split(SplitOff),
+}
+
+/// What a replica's node needs to open the shard a [`Command::Split`] made, by reference
+/// ([`ShardStateMachine::open_split`](super::ShardStateMachine::open_split)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SplitOff {
+    /// The split entry.
+    pub index: u64,
+    /// The new shard's group.
+    pub new_group: u64,
+    /// The bucket ranges it takes.
+    pub ranges: Vec<(u16, u16)>,
+    /// The engine identity of the shard that gave them up (this replica's).
+    pub source: String,
+    /// Its pre-shrink snapshot, which holds them.
+    pub snapshot: u64,
 }
 
 /// Effects kept for a subscriber that is behind (it misses the oldest; the replica's status still
@@ -100,6 +118,11 @@ impl CheckBoard {
     /// Effects from now on.
     pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Effect> {
         self.effects.subscribe()
+    }
+
+    /// Publishes `effect` (no subscriber: nobody to tell).
+    fn publish_effect(&self, effect: Effect) {
+        let _ = self.effects.send(effect);
     }
 
     /// Publishes what comparing at check entry `index` found (nothing if this replica had no digest).
@@ -317,6 +340,21 @@ impl ShardApplier {
                     results.push(self.run_check(entry.log_id().index, check)?);
                     continue;
                 }
+                EntryPayload::Normal(Command::Split { new_group, ranges }) => {
+                    // The shrink's snapshot must hold every entry before this one, and the shrink must
+                    // not be lost to a crash before this entry's position is stored: commit up to the
+                    // entry before, shrink (durable at once in the engine's manifest; a replay shrinks
+                    // again, which the engine answers with the same snapshot), then store the position.
+                    if let Some(upto) = pending.take() {
+                        self.commit(std::mem::take(&mut batch), upto, &membership)?;
+                        *cached = Some(membership.clone());
+                    }
+                    let result = self.split(entry.log_id().index, *new_group, ranges)?;
+                    self.commit(WriteBatch::new(), entry.log_id(), &membership)?;
+                    *cached = Some(membership.clone());
+                    results.push(result);
+                    continue;
+                }
                 EntryPayload::Normal(command) => {
                     let appended = entry.log_id().committed_leader_id().term;
                     match command.rows(appended).map(|(bytes, conditions)| (self.checked(bytes), conditions))
@@ -351,6 +389,31 @@ impl ShardApplier {
             *cached = Some(membership);
         }
         Ok(results)
+    }
+
+    /// Gives `ranges` up for group `new_group` at split entry `index` (see [`Command::Split`]).
+    fn split(&self, index: u64, new_group: u64, ranges: &[(u16, u16)]) -> Result<CommandResult, ApplyError> {
+        let keeps_position = ranges.iter().any(|&(first, last)| (first..=last).contains(&self.meta_bucket));
+        if ranges.is_empty() || keeps_position || ranges.iter().any(|&(first, last)| first > last) {
+            return Ok(CommandResult::Rejected(format!(
+                "a split moves non-empty ranges without the shard's first bucket {}: {ranges:?}",
+                self.meta_bucket
+            )));
+        }
+        let moved = ranges.iter().map(|&(first, last)| first..=last).collect();
+        let snapshot = match self.db.shrink_bucket(moved) {
+            Ok(snapshot) => snapshot,
+            // Buckets this shard does not own (and did not give up to this very split: a replay is
+            // answered with its snapshot), on every replica alike.
+            Err(e @ cairn_engine::Error::InvalidArgument(_)) => {
+                return Ok(CommandResult::Rejected(e.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let source = self.db.id();
+        let off = SplitOff { index, new_group, ranges: ranges.to_vec(), source: source.clone(), snapshot };
+        self.checks.publish_effect(Effect::Split(off));
+        Ok(CommandResult::Split { source, snapshot })
     }
 
     /// Runs one step of a consistency check at entry `index` (everything up to it is in the engine).

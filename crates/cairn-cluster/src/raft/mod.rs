@@ -13,7 +13,7 @@ mod transport;
 
 pub use apply::{
     APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, DigestState, EFFECTS_KEPT, Effect,
-    HASH_BYTES_PER_SECOND, ShardApplier,
+    HASH_BYTES_PER_SECOND, ShardApplier, SplitOff,
 };
 pub use log_store::GroupLogStore;
 pub use replica::{
@@ -63,6 +63,17 @@ pub enum Command {
     },
     /// A consistency-check step.
     Check(Check),
+    /// Hands `ranges` of this shard to a new shard, group `new_group`: every replica gives them up at
+    /// this entry (the engine's shrink, whose pre-shrink snapshot keeps their files) and publishes
+    /// [`Effect::Split`], from which its node opens the new shard by reference
+    /// ([`ShardStateMachine::open_split`]). Answered [`CommandResult::Split`].
+    Split {
+        /// The new shard's group.
+        new_group: u64,
+        /// The bucket ranges it takes (first and last bucket of each); never the shard's first bucket,
+        /// which keeps its applied position.
+        ranges: Vec<(u16, u16)>,
+    },
 }
 
 /// The two log entries of a consistency check (seed 004): every replica hashes its shard at the same
@@ -112,6 +123,7 @@ impl Command {
             Command::Evaluated { term, .. } => Err(CommandResult::WrongTerm { evaluated: *term, appended }),
             Command::Conditional { conditions, batch } => Ok((batch, conditions)),
             Command::Check(_) => Err(CommandResult::Rejected("a check step writes no rows".into())),
+            Command::Split { .. } => Err(CommandResult::Rejected("a split writes no rows".into())),
         }
     }
 
@@ -133,6 +145,7 @@ impl Command {
             }
             Command::Check(Check::Compare { digest, .. }) => 16 + digest.len(),
             Command::Check(Check::Record) => 1,
+            Command::Split { ranges, .. } => 16 + 8 * ranges.len(),
         }
     }
 }
@@ -145,6 +158,7 @@ impl std::fmt::Display for Command {
                 write!(f, "conditional({} bytes, {} conditions)", batch.len(), conditions.len())
             }
             Command::Check(check) => write!(f, "check({check:?})"),
+            Command::Split { new_group, ranges } => write!(f, "split({ranges:?} to group {new_group})"),
         }
     }
 }
@@ -207,6 +221,14 @@ pub enum CommandResult {
         evaluated: u64,
         /// The term of the entry.
         appended: u64,
+    },
+    /// A [`Command::Split`]: the ranges left this shard; `snapshot` of shard `source` (the engine's
+    /// pre-shrink snapshot) holds them for the new shard.
+    Split {
+        /// The engine identity of this replica's shard.
+        source: String,
+        /// The pre-shrink snapshot.
+        snapshot: u64,
     },
     /// It was malformed or broke a limit (an unowned bucket, an oversized key or value); nothing was
     /// written. Proposers check commands first, so this is a proposer's bug, reported rather than fatal.

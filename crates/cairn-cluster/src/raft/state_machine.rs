@@ -275,6 +275,33 @@ impl ShardStateMachine {
         Arc::clone(&self.db.read())
     }
 
+    /// Opens (or, the first time, makes) under `root` this node's replica of the shard `split` made:
+    /// an engine owning nothing that imports the split's ranges from the pre-shrink snapshot on the
+    /// shared snapshot volume, by reference (0 bytes copied on one file system). Every replica that
+    /// applied the split makes the same contents, as of the split entry. Safe to redo after a crash.
+    /// Returns the state machine and what the import copied (nothing when reopened).
+    pub fn open_split(
+        root: PathBuf,
+        template: Config,
+        split: &super::SplitOff,
+    ) -> cairn_engine::Result<(ShardStateMachine, cairn_engine::ExpandStats)> {
+        let ranges: Vec<cairn_engine::BucketRange> = split.ranges.iter().map(|&(f, l)| f..=l).collect();
+        let Some(meta_bucket) = ranges.first().map(|r| *r.start()) else {
+            return Err(cairn_engine::Error::InvalidArgument("a split of no buckets".into()));
+        };
+        let fs = Arc::clone(&template.fs);
+        let mut config = template.clone();
+        config.dir = root.join("gen-0");
+        let mut stats = cairn_engine::ExpandStats::default();
+        let made = fs.exists(&config.dir.join("CURRENT"))?;
+        let db = if made { Db::open_as_stored(config)? } else { Db::open(config, Vec::new())? };
+        if db.owned_buckets() != ranges {
+            stats = db.expand_bucket(&split.source, split.snapshot, ranges.clone())?;
+        }
+        db.close()?;
+        Ok((ShardStateMachine::open(root, template, ranges, meta_bucket)?, stats))
+    }
+
     /// The bucket ranges this replica owns, as its engine's manifest records them.
     pub fn owned_buckets(&self) -> Vec<cairn_engine::BucketRange> {
         self.db().owned_buckets()

@@ -19,7 +19,7 @@
 //! retried by re-reading and recomputing, and a join carries a token so a retried join finds the id the
 //! first attempt got instead of taking a second one.
 
-use crate::placement::{self, Move, NodeId, PlacementError, ShardMap};
+use crate::placement::{self, Move, NodeId, PlacementError, ShardId, ShardMap};
 use crate::raft::{Command, CommandResult, GroupError, MAX_NODE_ID, ReadLevel, Replica};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -115,6 +115,10 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// The shard map, once the initial placement was made.
     pub map: Option<ShardMap>,
+    /// The id the next shard a split makes gets (ids are never reused; 0 in states from before
+    /// splits: then one past the largest id in the map).
+    #[serde(default)]
+    pub next_shard_id: u32,
     /// Settings.
     pub settings: ClusterSettings,
 }
@@ -217,6 +221,7 @@ impl ClusterState {
             next_node_id: 1,
             nodes: BTreeMap::new(),
             map: None,
+            next_shard_id: 0,
             settings,
         })
     }
@@ -341,6 +346,43 @@ impl ClusterState {
         }
     }
 
+    /// The id the next split's new shard gets: never one a shard has or had.
+    fn next_shard(&self) -> u32 {
+        let used =
+            self.map.iter().flat_map(|m| &m.shards).flat_map(|s| [Some(s.id), s.splitting.map(|p| p.new)]);
+        let past = used.flatten().map(|id| id.0 + 1).max().unwrap_or(0);
+        self.next_shard_id.max(past)
+    }
+
+    /// Starts splitting shard `shard` at bucket `at` ([`ShardMap::begin_split`]) under a new shard id.
+    /// Returns the next state (`None`: this split is under way already) and the new shard's id.
+    pub fn begin_split(&self, shard: ShardId, at: u16) -> Result<(Option<ClusterState>, ShardId)> {
+        let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
+        if let Some(plan) = map.shard(shard).and_then(|s| s.splitting).filter(|p| p.at == at) {
+            return Ok((None, plan.new));
+        }
+        let new = ShardId(self.next_shard());
+        let mut map = map.clone();
+        map.begin_split(shard, at, new)?;
+        let next = self.changed(|next| {
+            next.map = Some(map);
+            next.next_shard_id = new.0 + 1;
+        });
+        Ok((Some(next), new))
+    }
+
+    /// Makes the split under way of shard `shard` ([`ShardMap::finish_split`]); `None` if none is (a
+    /// retry after it was made).
+    pub fn finish_split(&self, shard: ShardId) -> Result<Option<ClusterState>> {
+        let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
+        if map.shard(shard).is_none_or(|s| s.splitting.is_none()) {
+            return Ok(None);
+        }
+        let mut map = map.clone();
+        map.finish_split(shard)?;
+        Ok(Some(self.changed(|next| next.map = Some(map))))
+    }
+
     /// Removes a node for good. It must hold no replica any more (move them off first).
     pub fn remove_node(&self, id: NodeId) -> Result<Option<ClusterState>> {
         let node = self.nodes.get(&id).ok_or(MetaError::UnknownNode(id))?;
@@ -389,6 +431,15 @@ impl ClusterState {
                 map.shards.iter().flat_map(|s| s.replicas.iter().copied().chain(s.moving.map(|m| m.to)));
             if let Some(n) = placed.into_iter().find(|n| !self.nodes.contains_key(n)) {
                 return Err(MetaError::Corrupt(format!("the map places a replica on unknown node {n}")));
+            }
+            let ids = map.shards.iter().flat_map(|s| [Some(s.id), s.splitting.map(|p| p.new)]).flatten();
+            if self.next_shard_id != 0
+                && let Some(id) = ids.into_iter().find(|id| id.0 >= self.next_shard_id)
+            {
+                return Err(MetaError::Corrupt(format!(
+                    "shard {id} is at or past the next shard id {}",
+                    self.next_shard_id
+                )));
             }
         }
         Ok(())

@@ -52,6 +52,12 @@ struct Header {
     cluster_id: String,
     next_node_id: NodeId,
     settings: ClusterSettings,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    next_shard_id: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The map header row's part.
@@ -96,6 +102,7 @@ fn parts(state: &ClusterState) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         cluster_id: state.cluster_id.clone(),
         next_node_id: state.next_node_id,
         settings: state.settings.clone(),
+        next_shard_id: state.next_shard_id,
     };
     parts.insert(HEADER_KEY.to_vec(), json(&header)?);
     for (id, node) in &state.nodes {
@@ -186,6 +193,7 @@ pub(crate) fn state_of(rows: &Rows) -> Result<Option<ClusterState>> {
         next_node_id: header.next_node_id,
         nodes,
         map,
+        next_shard_id: header.next_shard_id,
         settings: header.settings,
     };
     state.validate()?;

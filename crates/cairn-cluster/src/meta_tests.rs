@@ -239,3 +239,51 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_split_takes_a_new_id_then_cuts_the_shard_in_two() {
+    let placed = cluster(3, 3).place_initial().unwrap();
+    let shard = &placed.map.as_ref().unwrap().shards[1];
+    assert_eq!(shard.ranges, vec![(16, 31)]);
+    // Refused: the shard's first bucket, a bucket it does not own, an unknown shard.
+    for at in [16, 40] {
+        let e = placed.begin_split(shard.id, at).unwrap_err();
+        assert!(matches!(e, MetaError::Placement(PlacementError::BadSplit { .. })), "{e}");
+    }
+    assert!(placed.begin_split(ShardId(9), 20).is_err());
+
+    let (begun, new) = placed.begin_split(shard.id, 24).unwrap();
+    let begun = begun.unwrap();
+    assert_eq!((new, begun.next_shard_id), (ShardId(4), 5));
+    let s = begun.map.as_ref().unwrap().shard(shard.id).unwrap();
+    assert_eq!((s.ranges.clone(), s.epoch), (vec![(16, 31)], shard.epoch), "routing is unchanged so far");
+    // The same split again is no change; another split of the shard is refused, and so is a move.
+    assert_eq!(begun.begin_split(shard.id, 24).unwrap(), (None, ShardId(4)));
+    assert!(begun.begin_split(shard.id, 20).is_err());
+    let mv = Move { shard: shard.id, epoch: shard.epoch, from: shard.replicas[0], to: 9 };
+    let mut map = begun.map.clone().unwrap();
+    assert!(map.begin_move(&mv).is_err());
+
+    let done = begun.finish_split(shard.id).unwrap().unwrap();
+    done.validate().unwrap();
+    let map = done.map.as_ref().unwrap();
+    let (old, new) = (map.shard(shard.id).unwrap(), map.shard(ShardId(4)).unwrap());
+    assert_eq!((old.ranges.clone(), old.epoch, old.generation), (vec![(16, 23)], shard.epoch + 1, 2));
+    assert_eq!(
+        (new.ranges.clone(), new.epoch, new.replicas.clone()),
+        (vec![(24, 31)], 1, shard.replicas.clone())
+    );
+    assert_eq!(map.shards.iter().map(|s| s.id.0).collect::<Vec<_>>(), vec![0, 1, 4, 2, 3], "in bucket order");
+    assert_eq!(map.version, done.version);
+    assert_eq!(done.finish_split(shard.id).unwrap(), None, "a retry after it was made");
+    // The next split gets the next id; ids are never reused.
+    let (again, id) = done.begin_split(ShardId(4), 28).unwrap();
+    assert_eq!((id, again.unwrap().next_shard_id), (ShardId(5), 6));
+    // Stored and read back through the meta rows, the split and the id counter survive.
+    let rows = rows::rows_of(&begun, &rows::Rows::new()).unwrap();
+    assert_eq!(rows::state_of(&rows).unwrap().as_ref(), Some(&begun));
+    // A state whose counter is behind its shards is corrupt.
+    let mut behind = done.clone();
+    behind.next_shard_id = 3;
+    assert!(matches!(behind.validate(), Err(MetaError::Corrupt(_))));
+}

@@ -79,6 +79,19 @@ pub struct ShardDescriptor {
     /// destination out of the group, or finishes the move if it already votes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub abandoning: bool,
+    /// A split under way ([`ShardMap::begin_split`]): the shard's leader splits it in its group, then
+    /// [`ShardMap::finish_split`] records the new shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splitting: Option<SplitPlan>,
+}
+
+/// Where a shard splits, and the id the new shard gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitPlan {
+    /// The new shard's id (never used before).
+    pub new: ShardId,
+    /// The first bucket the new shard takes: it takes every bucket of the shard from here on.
+    pub at: u16,
 }
 
 fn first_generation() -> u64 {
@@ -190,6 +203,16 @@ pub enum PlacementError {
         /// What is wrong.
         why: &'static str,
     },
+    /// A split the shard cannot make.
+    #[error("cannot split shard {shard} at bucket {at}: {why}")]
+    BadSplit {
+        /// The shard.
+        shard: ShardId,
+        /// The bucket asked to split at.
+        at: u16,
+        /// What is wrong.
+        why: String,
+    },
     /// The map breaks an invariant (see the module documentation).
     #[error("invalid shard map: {0}")]
     Invalid(String),
@@ -252,6 +275,7 @@ impl ShardMap {
                 generation: 1,
                 moving: None,
                 abandoning: false,
+                splitting: None,
             })
             .collect();
         let map = ShardMap { total_buckets, replication_factor, shards, version: 1 };
@@ -313,6 +337,11 @@ impl ShardMap {
             if s.abandoning && s.moving.is_none() {
                 return bad(format!("shard {} gives up a move it does not have", s.id));
             }
+            if let Some(plan) = &s.splitting
+                && (plan.at <= s.first_bucket() || !s.owns(plan.at) || s.moving.is_some())
+            {
+                return bad(format!("shard {} (ranges {:?}) has a bad split {plan:?}", s.id, s.ranges));
+            }
         }
         ranges.sort_unstable();
         let mut next = 0u32;
@@ -324,6 +353,11 @@ impl ShardMap {
         }
         if next != self.total_buckets {
             return bad(format!("buckets {next}..{} belong to no shard", self.total_buckets));
+        }
+        for plan in self.shards.iter().filter_map(|s| s.splitting) {
+            if !ids.insert(plan.new) {
+                return bad(format!("a split's new shard {} is already a shard's id", plan.new));
+            }
         }
         Ok(())
     }
@@ -426,6 +460,9 @@ impl ShardMap {
         check_move(shard, mv)?;
         if shard.moving.is_some() {
             return Err(bad_move(mv, "another move of the shard is under way"));
+        }
+        if shard.splitting.is_some() {
+            return Err(bad_move(mv, "the shard is splitting"));
         }
         Ok(shard)
     }
@@ -557,6 +594,10 @@ pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<NodeId>, max_moves: usize)
     }
     moves
 }
+
+#[path = "placement_split.rs"]
+mod split;
+pub use split::split_ranges;
 
 #[cfg(test)]
 #[path = "placement_tests.rs"]

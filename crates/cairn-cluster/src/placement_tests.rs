@@ -273,3 +273,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn ranges_cut_at_a_bucket() {
+    let ranges = [(0, 3), (8, 11), (20, 20)];
+    assert_eq!(split_ranges(&ranges, 10), (vec![(0, 3), (8, 9)], vec![(10, 11), (20, 20)]));
+    assert_eq!(split_ranges(&ranges, 8), (vec![(0, 3)], vec![(8, 11), (20, 20)]));
+    assert_eq!(split_ranges(&ranges, 5), (vec![(0, 3)], vec![(8, 11), (20, 20)]));
+    assert_eq!(split_ranges(&ranges, 20), (vec![(0, 3), (8, 11)], vec![(20, 20)]));
+}

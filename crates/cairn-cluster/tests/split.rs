@@ -1,20 +1,49 @@
 //! Splitting a shard through its Raft log: a `Command::Split` entry makes every replica give the
 //! moved bucket ranges up at that index (the engine's shrink) and publish the split, from which each
 //! node opens the new shard by reference from the pre-shrink snapshot, with no bytes copied; every
-//! replica's new shard holds the same rows, exactly the moved ones as of the split.
+//! replica's new shard holds the same rows, exactly the moved ones as of the split. The new shard's
+//! group starts on those replicas at a log index past a pristine log's, so it needs no bootstrap, and
+//! a replica without the contents catches up by snapshot.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use cairn_cluster::raft::{Command, CommandResult, Effect, ShardStateMachine};
+use cairn_cluster::raft::{
+    Command, CommandResult, Effect, RaftService, ReadLevel, Replica, Role, ShardStateMachine,
+    prepare_split_log,
+};
+use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FileSystem, MemFs};
 use cairn_engine::{Config, Error, WriteBatch};
-use common::Net;
-use common::group::{VOLUME, group, leader, write};
+use common::group::{VOLUME, leader, state_machine, until, write};
+use common::{Net, replica_config};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// One node: its Raft log and Raft service, shared by every group it holds a replica of.
+struct Node {
+    log: Arc<RaftLog>,
+    service: RaftService,
+}
+
+fn node(fs: &Arc<MemFs>, net: &Net, id: u64) -> Node {
+    let dyn_fs = Arc::clone(fs) as Arc<dyn FileSystem>;
+    let log = Arc::new(RaftLog::open(RaftLogConfig::new(format!("/n{id}/raft"), dyn_fs)).unwrap());
+    let service = RaftService::default();
+    net.0.lock().insert(format!("n{id}"), service.clone());
+    Node { log, service }
+}
+
+async fn start(node: &Node, net: &Net, id: u64, group: u64, sm: ShardStateMachine) -> Replica {
+    let replica =
+        Replica::start(id, group, Arc::clone(&node.log), sm, net.clone(), replica_config(20)).await.unwrap();
+    node.service.register_replica_sharing_volume(&replica);
+    let tended = replica.clone();
+    tokio::spawn(async move { tended.tend().await });
+    replica
+}
 
 /// A write of `value` under `key` in `bucket`.
 fn put(bucket: u16, key: &str, value: &[u8]) -> Command {
@@ -35,7 +64,14 @@ fn template(fs: &Arc<MemFs>, root: &str) -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
     let (fs, net) = (Arc::new(MemFs::new()), Net::default());
-    let replicas = group(&fs, &net, 3).await;
+    let nodes: BTreeMap<u64, Node> = (1..=3).map(|id| (id, node(&fs, &net, id))).collect();
+    let mut replicas = BTreeMap::new();
+    for (id, n) in &nodes {
+        replicas.insert(*id, start(n, &net, *id, 1, state_machine(&fs, *id)).await);
+    }
+    let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("n{id}"))).collect();
+    replicas[&1].bootstrap(members.clone()).await.unwrap();
+    until(&replicas, "a leader", |r| r.values().all(|r| r.status().leader.is_some())).await;
     for i in 0..64u16 {
         write(&replicas[&1], put(i % 16, &format!("k{i}"), format!("v{i}").as_bytes())).await;
     }
@@ -57,6 +93,7 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
     assert!(matches!(moved.result, CommandResult::Rejected(_)), "{:?}", moved.result);
 
     let mut digests = Vec::new();
+    let mut new_shard = BTreeMap::new();
     for (id, replica) in &replicas {
         let off = loop {
             let effect = tokio::time::timeout(Duration::from_secs(10), effects.get_mut(id).unwrap().recv());
@@ -75,7 +112,7 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
         // The node opens the new shard from the split: linked, not copied; again after a restart.
         let root = format!("/n{id}/shard-7");
         let (sm, stats) =
-            ShardStateMachine::open_split(root.clone().into(), template(&fs, &root), &off).unwrap();
+            ShardStateMachine::open_split(root.clone().into(), template(&fs, &root), &off, &members).unwrap();
         assert!(stats.files_imported > 0 && stats.bytes_copied == 0, "{stats:?}");
         let new = sm.db();
         assert_eq!(new.owned_buckets(), vec![8..=15]);
@@ -89,13 +126,43 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
         drop(new);
         drop(sm);
         let (again, stats) =
-            ShardStateMachine::open_split(root.clone().into(), template(&fs, &root), &off).unwrap();
+            ShardStateMachine::open_split(root.clone().into(), template(&fs, &root), &off, &members).unwrap();
         assert_eq!(stats, Default::default(), "reopened, not imported again");
         assert_eq!(again.owned_buckets(), vec![8..=15]);
+        // The new shard's group: its log starts where its state machine does; nobody bootstraps it.
+        prepare_split_log(&nodes[id].log, 7).unwrap();
+        new_shard.insert(*id, start(&nodes[id], &net, *id, 7, again).await);
     }
     // Every replica's new shard is the same.
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
-    for replica in replicas.values() {
+    // Its group elects a leader among the shard's voters and takes writes to the moved buckets; every
+    // replica serves them.
+    until(&new_shard, "a leader of the new shard", |r| r.values().any(|r| r.status().role == Role::Leader))
+        .await;
+    let index = write(&new_shard[&3], put(9, "late", b"y")).await;
+    assert!(index > cairn_cluster::raft::SPLIT_START_INDEX);
+    assert_eq!(new_shard[&1].status().voters, (1..=3).collect());
+    for r in new_shard.values() {
+        r.read_point(ReadLevel::Strong, Duration::from_secs(5)).await.unwrap();
+        let row = r.db().get(9, b"late").unwrap().unwrap();
+        assert_eq!(row.column(0), Some(&b"y"[..]));
+        assert_eq!(r.db().get(9, b"k9").unwrap().unwrap().column(0), Some(&b"v9"[..]));
+    }
+    // A replica without the split's contents (a node that never had the shard) starts empty, behind
+    // the group's first index, and catches up by snapshot.
+    let fourth = node(&fs, &net, 4);
+    let root = "/n4/shard-7";
+    let empty = ShardStateMachine::open(root.into(), template(&fs, root), vec![8..=15], 8).unwrap();
+    let learner = start(&fourth, &net, 4, 7, empty).await;
+    let l7 = leader(&new_shard);
+    tokio::time::timeout(Duration::from_secs(10), l7.add_learner(4, "n4".into())).await.unwrap().unwrap();
+    let caught_up = BTreeMap::from([(4, learner.clone())]);
+    until(&caught_up, "the learner caught up", |r| r[&4].status().applied >= Some(index)).await;
+    let st = learner.status();
+    assert!(st.snapshots_installed >= 1, "by snapshot: {st:?}");
+    assert_eq!(learner.db().get(9, b"k9").unwrap().unwrap().column(0), Some(&b"v9"[..]));
+    assert_eq!(learner.db().get(9, b"late").unwrap().unwrap().column(0), Some(&b"y"[..]));
+    for replica in replicas.values().chain(new_shard.values()).chain([&learner]) {
         replica.shutdown().await.unwrap();
     }
 }

@@ -12,6 +12,7 @@ use cairn_engine::{Db, WriteBatch, WriteOptions};
 use openraft::EntryPayload;
 use openraft::alias::{EntryOf, LogIdOf, StoredMembershipOf};
 use openraft::entry::RaftEntry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// The engine key of the applied-position system row.
@@ -480,6 +481,26 @@ impl ShardApplier {
         batch.put_row(self.meta_bucket, APPLIED_ROW_KEY, &[(0, &encoded)]);
         // The WAL is off for replicated shards: durability is the Raft log's job.
         self.db.write(batch, WriteOptions { sync: false })?;
+        Ok(())
+    }
+
+    /// Makes the engine's contents the state of a group that starts at log position `(term 0, index)`
+    /// with `members` (node → address) voting, durably: a split's new shard starts so on every replica
+    /// that made it, while a replica without it starts with nothing and so can neither win an election
+    /// against them nor serve before it has caught up.
+    pub fn start_at(&self, index: u64, members: &BTreeMap<u64, String>) -> Result<(), ApplyError> {
+        let voters: BTreeSet<u64> = members.keys().map(|n| super::replica_id(*n, 0)).collect();
+        let nodes: BTreeMap<u64, openraft::BasicNode> = members
+            .iter()
+            .map(|(n, addr)| (super::replica_id(*n, 0), openraft::BasicNode::new(addr)))
+            .collect();
+        let membership = openraft::Membership::new(vec![voters], nodes)
+            .map_err(|e| ApplyError::Corrupt(format!("a split's membership: {e}")))?;
+        let at = LogIdOf::<TypeConfig>::new_term_index(0, index);
+        let stored = StoredMembershipOf::<TypeConfig>::new(Some(at), membership);
+        self.commit(WriteBatch::new(), at, &stored)?;
+        *self.membership.lock() = Some(stored);
+        self.db.flush()?;
         Ok(())
     }
 

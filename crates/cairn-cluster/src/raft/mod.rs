@@ -250,6 +250,23 @@ openraft::declare_raft_types!(
         AsyncRuntime = CairnRuntime,
 );
 
+/// The log index a split's new shard starts its group at on the replicas that made it (index 0 is a
+/// pristine log's): their logs and state machines start past what a replica without the split's
+/// contents has, so such a replica can neither win an election nor be counted caught up before it
+/// has installed a snapshot.
+pub const SPLIT_START_INDEX: u64 = 10;
+
+/// Starts node log `log`'s log of group `group` (first incarnation) at [`SPLIT_START_INDEX`], unless
+/// it has begun already: the log side of [`ShardStateMachine::open_split`]. Durable when it returns.
+pub fn prepare_split_log(log: &crate::raft_log::RaftLog, group: u64) -> crate::raft_log::Result<()> {
+    let key = log_key(group, 0);
+    if log.state(key) == (None, None) && log.vote(key).is_none() {
+        log.purge(key, crate::raft_log::LogPosition { term: 0, index: SPLIT_START_INDEX })?;
+        log.sync()?;
+    }
+    Ok(())
+}
+
 /// Bits of a replica id that hold the node id; the bits above hold the incarnation.
 const NODE_BITS: u32 = 48;
 /// Largest node id (and group id) a replica id can carry.

@@ -10,7 +10,7 @@
 //! generation's directory is left in place (its snapshots may still be read by others); removing old
 //! generations is the next step, together with snapshot retention.
 
-use super::apply::{CheckBoard, ShardApplier};
+use super::apply::{ApplyError, CheckBoard, ShardApplier};
 use super::{TypeConfig, io_err};
 use cairn_engine::{Config, Db};
 use futures_util::StreamExt;
@@ -87,6 +87,14 @@ fn remove_tree(fs: &dyn cairn_engine::fs::FileSystem, dir: &std::path::Path) -> 
         }
     }
     fs.remove_dir(dir)
+}
+
+/// An apply error as the engine's (what opening a shard returns).
+fn engine_error(e: ApplyError) -> cairn_engine::Error {
+    match e {
+        ApplyError::Engine(e) => e,
+        ApplyError::Corrupt(why) => cairn_engine::Error::corruption("<applied position>", why),
+    }
 }
 
 /// Opens generation `generation` under `root` as a new, empty shard (removing what an interrupted
@@ -280,10 +288,16 @@ impl ShardStateMachine {
     /// shared snapshot volume, by reference (0 bytes copied on one file system). Every replica that
     /// applied the split makes the same contents, as of the split entry. Safe to redo after a crash.
     /// Returns the state machine and what the import copied (nothing when reopened).
+    ///
+    /// The new shard's group starts at log position `(0, SPLIT_START_INDEX)` with `members` (node →
+    /// address: the splitting shard's voters) voting ([`ShardApplier::start_at`]); its node's Raft log
+    /// for the group starts there too ([`prepare_split_log`](super::prepare_split_log)). No replica
+    /// bootstraps it.
     pub fn open_split(
         root: PathBuf,
         template: Config,
         split: &super::SplitOff,
+        members: &std::collections::BTreeMap<u64, String>,
     ) -> cairn_engine::Result<(ShardStateMachine, cairn_engine::ExpandStats)> {
         let ranges: Vec<cairn_engine::BucketRange> = split.ranges.iter().map(|&(f, l)| f..=l).collect();
         let Some(meta_bucket) = ranges.first().map(|r| *r.start()) else {
@@ -299,7 +313,15 @@ impl ShardStateMachine {
             stats = db.expand_bucket(&split.source, split.snapshot, ranges.clone())?;
         }
         db.close()?;
-        Ok((ShardStateMachine::open(root, template, ranges, meta_bucket)?, stats))
+        let sm = ShardStateMachine::open(root, template, ranges, meta_bucket)?;
+        {
+            let inner = sm.inner.lock();
+            let unstarted = inner.applier.applied().map_err(engine_error)?.0.is_none();
+            if unstarted {
+                inner.applier.start_at(super::SPLIT_START_INDEX, members).map_err(engine_error)?;
+            }
+        }
+        Ok((sm, stats))
     }
 
     /// The bucket ranges this replica owns, as its engine's manifest records them.

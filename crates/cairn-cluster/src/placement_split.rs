@@ -24,6 +24,24 @@ pub fn split_ranges(ranges: &[(u16, u16)], at: u16) -> (Ranges, Ranges) {
     (below, above)
 }
 
+impl ShardDescriptor {
+    /// The new shard this shard's split under way makes: its buckets from the split bucket on, the
+    /// same replicas, epoch and generation 1.
+    pub fn split_child(&self) -> Option<ShardDescriptor> {
+        let plan = self.splitting?;
+        Some(ShardDescriptor {
+            id: plan.new,
+            ranges: split_ranges(&self.ranges, plan.at).1,
+            replicas: self.replicas.clone(),
+            epoch: 1,
+            generation: 1,
+            moving: None,
+            abandoning: false,
+            splitting: None,
+        })
+    }
+}
+
 impl ShardMap {
     /// Records that shard `shard` splits at bucket `at`, the new shard to be `new`. Refused for a bucket
     /// the shard does not own or its first one, while a move of the shard is under way, for a shard
@@ -65,21 +83,13 @@ impl ShardMap {
         let Some(plan) = s.splitting else {
             return Err(PlacementError::BadSplit { shard, at: 0, why: "no split is under way".into() });
         };
-        let (below, above) = split_ranges(&s.ranges, plan.at);
-        s.ranges = below;
+        let Some(new) = s.split_child() else {
+            return Err(PlacementError::BadSplit { shard, at: plan.at, why: "no split is under way".into() });
+        };
+        s.ranges = split_ranges(&s.ranges, plan.at).0;
         s.epoch += 1;
         s.generation += 1;
         s.splitting = None;
-        let new = ShardDescriptor {
-            id: plan.new,
-            ranges: above,
-            replicas: s.replicas.clone(),
-            epoch: 1,
-            generation: 1,
-            moving: None,
-            abandoning: false,
-            splitting: None,
-        };
         let at = self
             .shards
             .iter()

@@ -124,6 +124,17 @@ impl Db {
         Ok(Db { inner, threads: Mutex::new(threads) })
     }
 
+    /// The last ranges this shard gave up ([`Db::shrink_bucket`]) and the pre-shrink snapshot that
+    /// holds them.
+    pub fn last_release(&self) -> Option<(u64, Vec<BucketRange>)> {
+        self.inner.versions.lock().state().last_release.clone()
+    }
+
+    /// The URL of the volume this shard's snapshots go to.
+    pub fn snapshot_volume_url(&self) -> Result<String> {
+        self.inner.config.snapshot_volume_url()
+    }
+
     /// Sets `column` of row `key` in `bucket`.
     pub fn put(&self, bucket: u16, key: &[u8], column: u16, value: &[u8]) -> Result<()> {
         let mut b = WriteBatch::new();

@@ -621,6 +621,20 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::Member { cluster_id, node_id }))
     }
 
+    async fn split_shard(
+        &self,
+        request: Request<pb::SplitShardRequest>,
+    ) -> std::result::Result<Response<pb::SplitShardReply>, Status> {
+        let r = request.into_inner();
+        let at = u16::try_from(r.at)
+            .map_err(|_| Status::invalid_argument(format!("bucket {} is out of range", r.at)))?;
+        let shard = cairn_cluster::placement::ShardId(r.shard);
+        let meta = self.membership.meta().map_err(crate::wire::status_of)?;
+        let (_, new) = meta.update(|s| s.begin_split(shard, at)).await.map_err(crate::wire::meta_status)?;
+        tracing::info!(%shard, at, %new, "shard split requested");
+        Ok(Response::new(pb::SplitShardReply { new_shard: new.0 }))
+    }
+
     async fn state(
         &self,
         request: Request<pb::StateRequest>,

@@ -65,6 +65,8 @@ impl NodeError {
             | NodeError::Misrouted(_)
             | NodeError::OutcomeUnknown(_)
             | NodeError::NotLeader(_) => 503,
+            // The bucket's shard split (or moved) since the request was routed: route it again.
+            NodeError::Engine(cairn_engine::Error::NotOwned { .. }) => 503,
             NodeError::Engine(cairn_engine::Error::InvalidArgument(_)) => 400,
             NodeError::Engine(cairn_engine::Error::Poisoned(_) | cairn_engine::Error::Closed) => 503,
             NodeError::Startup(_) | NodeError::Internal(_) | NodeError::Engine(_) => 500,

@@ -38,6 +38,8 @@ pub enum EventKind {
     ReplicaMoving { shard: ShardId, from: u64, to: u64, epoch: u64 },
     /// A replica move finished: `to` holds the replica, `from` left the shard's group (at `epoch`).
     ReplicaMoved { shard: ShardId, from: u64, to: u64, epoch: u64 },
+    /// A shard split: `new` took its buckets from `at` on (`shard` is at `epoch` after it).
+    ShardSplit { shard: ShardId, new: ShardId, at: u16, epoch: u64 },
     /// A replica move was given up (its destination died before it could take the replica over).
     ReplicaMoveAbandoned { shard: ShardId, from: u64, to: u64, epoch: u64 },
     /// This node dropped its replica of a shard that moved away while it was down or partitioned.
@@ -63,6 +65,9 @@ impl From<ControlEvent> for EventKind {
                 EventKind::ReplicaMoveAbandoned { shard, from, to, epoch }
             }
             ControlEvent::ReplicaRetired { shard } => EventKind::ReplicaRetired { shard },
+            ControlEvent::ShardSplit { shard, new, at, epoch } => {
+                EventKind::ShardSplit { shard, new, at, epoch }
+            }
         }
     }
 }
@@ -96,6 +101,7 @@ impl Event {
             EventKind::ReplicaMoveAbandoned { .. } => "replica_move_abandoned",
             EventKind::ReplicaRetired { .. } => "replica_retired",
             EventKind::ReplicaFenced { .. } => "replica_fenced",
+            EventKind::ShardSplit { .. } => "shard_split",
             EventKind::Lagged { .. } => "lagged",
         }
     }

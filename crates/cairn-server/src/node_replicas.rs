@@ -107,6 +107,69 @@ impl Node {
         Ok(())
     }
 
+    /// Starts this node's replica of group `new_group`, which a split made, from this node's replica of
+    /// the shard that split (the one whose last split gave exactly `ranges` away), by reference
+    /// ([`ShardStateMachine::open_split`]), its group's members being `members` (node → address).
+    /// False if no replica here applied that split (the node then gets a replica the ordinary way,
+    /// empty, once the map names the new shard).
+    pub(crate) async fn add_split_replica(
+        &self,
+        new_group: u64,
+        ranges: &[(u16, u16)],
+        members: std::collections::BTreeMap<u64, String>,
+    ) -> Result<bool> {
+        let (Some(r), Some(rc)) = (&self.replication, &self.config.replication) else {
+            return Err(NodeError::Internal("a standalone node holds no replicas".into()));
+        };
+        if self.replica(new_group).is_some() {
+            return Ok(true);
+        }
+        // The replica here whose last split gave exactly these ranges away.
+        let found = self.set().list.iter().find_map(|s| match &s.backend {
+            Backend::Replicated(r) => {
+                r.state_machine().split_off(new_group, ranges).map(|off| (s.group, off))
+            }
+            Backend::Local { .. } => None,
+        });
+        let Some((parent, off)) = found else { return Ok(false) };
+        let (config, total_buckets, log) =
+            (self.config.clone(), self.total_buckets, Arc::clone(&r.plumbing.log));
+        let sm = tokio::task::spawn_blocking(move || {
+            let template = shard_config(&config, total_buckets, new_group);
+            let (sm, stats) = ShardStateMachine::open_split(template.dir.clone(), template, &off, &members)
+                .map_err(|e| open_error(&config, new_group, e))?;
+            cairn_cluster::raft::prepare_split_log(&log, new_group)
+                .map_err(|e| NodeError::Startup(format!("cannot start shard {new_group}'s log: {e}")))?;
+            tracing::info!(
+                shard = new_group,
+                from = parent,
+                imported = stats.files_imported,
+                copied = stats.bytes_copied,
+                "made a split's new shard"
+            );
+            Ok::<_, NodeError>(sm)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("split task failed: {e}")))??;
+        let shard = Arc::new(launch(rc, &r.plumbing, new_group, sm, None).await?);
+        // The new shard serves nothing until the map names it; the parent serves what its engine kept.
+        self.change_set(|list, _| {
+            if let Some(i) = list.iter().position(|s| s.group == parent)
+                && let Backend::Replicated(replica) = &list[i].backend
+            {
+                let kept = Shard {
+                    group: parent,
+                    ranges: replica.state_machine().owned_buckets(),
+                    backend: Backend::Replicated(replica.clone()),
+                    leader_changes: Arc::clone(&list[i].leader_changes),
+                };
+                list[i] = Arc::new(kept);
+            }
+            list.push(shard);
+        });
+        Ok(true)
+    }
+
     /// Makes exactly the replicas of `groups` (among those held here) serve requests.
     pub(crate) fn serve_only(&self, groups: &BTreeSet<u64>) {
         self.change_set(|_, serving| *serving = groups.clone());
@@ -208,6 +271,15 @@ impl cairn_cluster::control::Host for Node {
         Node::add_replica(self, plan).await
     }
 
+    async fn add_split_replica(
+        &self,
+        shard: &cairn_cluster::placement::ShardDescriptor,
+        members: &std::collections::BTreeMap<u64, String>,
+    ) -> Result<bool> {
+        let members = shard.replicas.iter().filter_map(|n| Some((*n, members.get(n)?.clone()))).collect();
+        Node::add_split_replica(self, shard.id.group(), &shard.ranges, members).await
+    }
+
     async fn retire_replica(&self, group: u64) -> Result<()> {
         Node::retire_replica(self, group).await
     }
@@ -296,6 +368,18 @@ pub(super) async fn start_replica(
         .await
         .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
     };
+    launch(rc, plumbing, group, sm, plan.bootstrap).await
+}
+
+/// Starts node `rc.node_id`'s replica of `group` over `sm` (making the group with `bootstrap` as its
+/// members if given and the replica is new), with its leadership watch and its tending.
+async fn launch(
+    rc: &ReplicationConfig,
+    plumbing: &Plumbing,
+    group: u64,
+    sm: ShardStateMachine,
+    bootstrap: Option<std::collections::BTreeMap<u64, String>>,
+) -> Result<Shard> {
     let replica = Replica::start(
         rc.node_id,
         group,
@@ -309,7 +393,7 @@ pub(super) async fn start_replica(
     plumbing.service.register_replica(&replica);
     // A group this node has never heard of (new, or this node is new to it), and not a replica that
     // re-synced from scratch (its group exists).
-    if let Some(members) = plan.bootstrap
+    if let Some(members) = bootstrap
         && replica.is_new()
     {
         replica

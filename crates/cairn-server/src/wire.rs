@@ -24,7 +24,9 @@ pub const CODE_HEADER: &str = "cairn-code";
 fn status_code_of(e: NodeError) -> Status {
     let message = e.to_string();
     match e {
-        NodeError::Misrouted(_) => return Status::aborted(message),
+        NodeError::Misrouted(_) | NodeError::Engine(cairn_engine::Error::NotOwned { .. }) => {
+            return Status::aborted(message);
+        }
         NodeError::OutOfRange(_) => return Status::out_of_range(message),
         // Not UNAVAILABLE: clients retry that freely, and a write whose outcome is unknown is not
         // safe to send again blindly.
@@ -53,6 +55,10 @@ pub fn meta_status(e: cairn_cluster::meta::MetaError) -> Status {
         M::WrongCluster { .. } | M::NodeRemoved(_) => Status::failed_precondition(message),
         M::DuplicateAddress { .. } | M::AlreadyInitialized(_) | M::AlreadyPlaced => {
             Status::already_exists(message)
+        }
+        M::Placement(cairn_cluster::placement::PlacementError::UnknownShard(_)) => Status::not_found(message),
+        M::Placement(cairn_cluster::placement::PlacementError::BadSplit { .. }) => {
+            Status::failed_precondition(message)
         }
         M::Invalid(_) | M::Placement(_) => Status::invalid_argument(message),
         M::UnknownNode(_) => Status::not_found(message),

@@ -44,6 +44,28 @@ enum Command {
     Status(ClientArgs),
     /// Make a new cluster whose first member is the node at --addr (started with --join).
     Init(InitArgs),
+    /// Change a cluster's shards (over gRPC, through any member).
+    #[command(subcommand)]
+    Shards(ShardsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ShardsCommand {
+    /// Split SHARD at bucket --at: a new shard takes the shard's buckets from there on, with the same
+    /// replicas, by reference (no bytes copied). A single bucket never splits; the bucket space
+    /// (`total_buckets`, fixed at `cairn init`) bounds how many shards a cluster can have.
+    Split(SplitArgs),
+}
+
+#[derive(Args, Debug)]
+struct SplitArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The shard to split (`cairn status` lists them).
+    shard: u32,
+    /// The first bucket the new shard takes: above the shard's first bucket, one it owns.
+    #[arg(long)]
+    at: u32,
 }
 
 #[derive(Args, Debug)]
@@ -426,6 +448,29 @@ async fn init_command(args: InitArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn split_command(args: SplitArgs) -> Result<ExitCode, String> {
+    use cairn_proto::cluster::{SplitShardRequest, cluster_client::ClusterClient};
+    let endpoint = format!("http://{}", args.client.addr);
+    let mut client = ClusterClient::connect(endpoint)
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", args.client.addr))?;
+    let request = SplitShardRequest { shard: args.shard, at: args.at };
+    let reply = client
+        .split_shard(request)
+        .await
+        .map_err(|s| format!("split refused: {}", s.message()))?
+        .into_inner();
+    if args.client.json {
+        println!("{}", serde_json::json!({"shard": args.shard, "at": args.at, "new_shard": reply.new_shard}));
+    } else {
+        println!(
+            "splitting shard {} at bucket {}: shard {} takes the rest",
+            args.shard, args.at, reply.new_shard
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a client command; the exit status is 0 on success, 1 for "not found" and errors.
 async fn client_command(command: Command) -> Result<ExitCode, String> {
     use cairn_client::Client;
@@ -433,6 +478,7 @@ async fn client_command(command: Command) -> Result<ExitCode, String> {
         Command::Kv(k) => (k.client, Some(k.op)),
         Command::Status(c) => (c, None),
         Command::Init(i) => return init_command(i).await,
+        Command::Shards(ShardsCommand::Split(a)) => return split_command(a).await,
         Command::Start(_) | Command::Demo(_) => return Err("not a client command".into()),
     };
     if op.is_none()
@@ -616,7 +662,7 @@ fn main() -> ExitCode {
         Command::Start(a) => (build_config(a.store.clone(), &a.node), false, a.exit_with_stdin),
         Command::Demo(a) if a.nodes > 1 => return demo_cluster(a, &cli.log_level),
         Command::Demo(a) => (build_config(Some(a.store.clone()), &a.node), true, false),
-        Command::Kv(_) | Command::Status(_) | Command::Init(_) => {
+        Command::Kv(_) | Command::Status(_) | Command::Init(_) | Command::Shards(_) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

@@ -37,7 +37,7 @@ pub use reconcile::reconcile;
 use crate::meta::{ClusterState, MetaError, MetaStore};
 use crate::placement::{ShardDescriptor, ShardId};
 use crate::raft::Replica;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +79,17 @@ pub enum ControlEvent {
         /// The shard's epoch after the move.
         epoch: u64,
     },
+    /// A shard split: `new` took its buckets from `at` on (`shard` is at `epoch` after it).
+    ShardSplit {
+        /// The shard that split.
+        shard: ShardId,
+        /// The new shard.
+        new: ShardId,
+        /// The first bucket the new shard took.
+        at: u16,
+        /// The split shard's epoch after the split.
+        epoch: u64,
+    },
     /// A replica move was given up (its destination died before it could take the replica over).
     ReplicaMoveAbandoned {
         /// The shard.
@@ -118,6 +129,14 @@ pub trait Host: Send + Sync + 'static {
     /// Starts a replica of `shard` that serves nothing until [`Host::serve_only`] names it (nothing
     /// happens if the node holds one already).
     fn add_replica(&self, shard: &ShardDescriptor) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Starts the node's replica of `shard`, a split's new shard, from the node's replica of the shard
+    /// it split from, by reference; `members` are the group's nodes and addresses. False (nothing
+    /// started) if no replica here has applied that split.
+    fn add_split_replica(
+        &self,
+        shard: &ShardDescriptor,
+        members: &BTreeMap<u64, String>,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
     /// Stops the node's replica of `group` for good and drops its contents.
     fn retire_replica(&self, group: u64) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }

@@ -3,8 +3,8 @@
 
 use super::{ControlEvent, Host, RETRY_PAUSE, epoch_of, record};
 use crate::meta::MetaStore;
-use crate::placement::{Move, ShardDescriptor, ShardId};
-use crate::raft::{MoveStep, ReadLevel, Replica, Role};
+use crate::placement::{Move, ShardDescriptor, ShardId, SplitPlan, split_ranges};
+use crate::raft::{Command, CommandResult, MoveStep, ReadLevel, Replica, Role};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
 use std::time::Duration;
@@ -50,12 +50,36 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
     let incoming = |s: &ShardDescriptor| s.moving.is_some_and(|m| m.to == id);
     let serving: BTreeSet<u64> =
         map.shards.iter().filter(|s| s.replicas.contains(&id)).map(|s| s.id.group()).collect();
-    let wanted: BTreeSet<u64> =
-        map.shards.iter().filter(|s| s.replicas.contains(&id) || incoming(s)).map(|s| s.id.group()).collect();
+    // A split under way: its new shard, made from this node's replica of the splitting one.
+    let children: Vec<ShardDescriptor> = map
+        .shards
+        .iter()
+        .filter(|s| s.replicas.contains(&id))
+        .filter_map(ShardDescriptor::split_child)
+        .collect();
+    let wanted: BTreeSet<u64> = map
+        .shards
+        .iter()
+        .filter(|s| s.replicas.contains(&id) || incoming(s))
+        .map(|s| s.id.group())
+        .chain(children.iter().map(|c| c.id.group()))
+        .collect();
     // Each shard on its own: one that cannot make progress (no quorum, a disk error) must not hold up
     // the others.
     let held = node.groups();
+    for child in children.iter().filter(|c| !held.contains(&c.id.group())) {
+        match node.add_split_replica(child, &addrs).await {
+            Ok(true) => tracing::info!(shard = %child.id, "started a split's new shard by reference"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard"),
+        }
+    }
     for s in map.shards.iter().filter(|s| wanted.contains(&s.id.group()) && !held.contains(&s.id.group())) {
+        // A split's new shard this node's replica of the split shard made: by reference.
+        if let Ok(true) = node.add_split_replica(s, &addrs).await {
+            tracing::info!(shard = %s.id, "started a split's new shard by reference");
+            continue;
+        }
         match node.add_replica(s).await {
             Ok(()) => tracing::info!(shard = %s.id, "started a replica placed on this node"),
             Err(e) => tracing::warn!(shard = %s.id, error = %e, "cannot start a replica placed here"),
@@ -71,7 +95,7 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
         }
     }
     node.serve_only(&serving);
-    let mut settled = node.groups() == wanted;
+    let mut settled = node.groups() == wanted && children.is_empty();
     for s in &map.shards {
         let Some(replica) = node.replica(s.id.group()) else { continue };
         if let Err(e) = tend_shard(meta, node, &replica, s, &addrs, id).await {
@@ -116,6 +140,9 @@ async fn tend_shard<H: Host>(
         Some(mv) => advance_move(meta, node, replica, mv).await?,
         None => {}
     }
+    if let Some(plan) = s.splitting {
+        split(meta, node, replica, s, plan).await?;
+    }
     // A replica of the map's that re-synced from scratch votes again once it has caught up (not a move's
     // source, which is on its way out).
     let leaving = s.moving.map(|m| m.from);
@@ -133,6 +160,31 @@ async fn tend_shard<H: Host>(
             .map_err(|_| "removing stray learners timed out".to_string())?
             .map_err(|e| e.to_string())?;
         tracing::info!(shard = %s.id, ?strays, "removed learners the map does not name");
+    }
+    Ok(())
+}
+
+/// On the shard's leader: splits shard `s` in its group as `plan` says (`Command::Split`, which every
+/// replica applies at one index; proposing it again after a lost answer gives the same split), then
+/// records the split in the map.
+async fn split<H: Host>(
+    meta: &MetaStore,
+    node: &H,
+    replica: &Replica,
+    s: &ShardDescriptor,
+    plan: SplitPlan,
+) -> Result<(), String> {
+    let ranges = split_ranges(&s.ranges, plan.at).1;
+    let command = Command::Split { new_group: plan.new.group(), ranges };
+    let written = replica.write(command, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
+    if let CommandResult::Rejected(why) = &written.result {
+        return Err(format!("the shard's group refused the split: {why}"));
+    }
+    let recorded = record(meta, |state| state.finish_split(s.id)).await.map_err(|e| e.to_string())?;
+    if let Some(after) = recorded {
+        let epoch = epoch_of(&after, s.id);
+        tracing::info!(shard = %s.id, new = %plan.new, at = plan.at, epoch, "shard split");
+        node.event(ControlEvent::ShardSplit { shard: s.id, new: plan.new, at: plan.at, epoch });
     }
     Ok(())
 }

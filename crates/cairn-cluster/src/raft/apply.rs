@@ -90,6 +90,8 @@ pub struct SplitOff {
     pub source: String,
     /// Its pre-shrink snapshot, which holds them.
     pub snapshot: u64,
+    /// The volume that snapshot is on.
+    pub volume: String,
 }
 
 /// Effects kept for a subscriber that is behind (it misses the oldest; the replica's status still
@@ -412,7 +414,9 @@ impl ShardApplier {
             Err(e) => return Err(e.into()),
         };
         let source = self.db.id();
-        let off = SplitOff { index, new_group, ranges: ranges.to_vec(), source: source.clone(), snapshot };
+        let volume = self.db.snapshot_volume_url()?;
+        let off =
+            SplitOff { index, new_group, ranges: ranges.to_vec(), source: source.clone(), snapshot, volume };
         self.checks.publish_effect(Effect::Split(off));
         Ok(CommandResult::Split { source, snapshot })
     }

@@ -306,6 +306,8 @@ impl ShardStateMachine {
         let fs = Arc::clone(&template.fs);
         let mut config = template.clone();
         config.dir = root.join("gen-0");
+        // The import reads the splitting shard's snapshot where it is.
+        config.snapshot_volume = Some(split.volume.clone());
         let mut stats = cairn_engine::ExpandStats::default();
         let made = fs.exists(&config.dir.join("CURRENT"))?;
         let db = if made { Db::open_as_stored(config)? } else { Db::open(config, Vec::new())? };
@@ -322,6 +324,27 @@ impl ShardStateMachine {
             }
         }
         Ok((sm, stats))
+    }
+
+    /// The split that gave `ranges` to group `new_group`, if this replica applied it (its engine's
+    /// last release is those ranges): what [`ShardStateMachine::open_split`] needs, found again after a
+    /// restart. (Its `index` is 0: the engine does not keep it.)
+    pub fn split_off(&self, new_group: u64, ranges: &[(u16, u16)]) -> Option<super::SplitOff> {
+        let db = self.db();
+        let (snapshot, released) = db.last_release()?;
+        let wanted: Vec<cairn_engine::BucketRange> = ranges.iter().map(|&(f, l)| f..=l).collect();
+        if released != wanted {
+            return None;
+        }
+        let volume = db.snapshot_volume_url().ok()?;
+        Some(super::SplitOff {
+            index: 0,
+            new_group,
+            ranges: ranges.to_vec(),
+            source: db.id(),
+            snapshot,
+            volume,
+        })
     }
 
     /// The bucket ranges this replica owns, as its engine's manifest records them.

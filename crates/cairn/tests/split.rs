@@ -1,0 +1,103 @@
+//! Splitting a shard of a running 3-node cluster: `cairn shards split` records the split, the shard's
+//! leader carries it out through the shard's Raft log, every node opens the new shard by reference
+//! and serves it once the map names it; every key written before stays readable from every node, and
+//! the moved buckets take writes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{READY, Server, cairn, three_nodes, wait_until};
+use serde_json::Value;
+use std::time::Duration;
+
+fn status(server: &Server) -> Value {
+    let (ok, out, err) = cairn(&["status", "--json", "--addr", &server.grpc.to_string()]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Shard id → its ranges, and whether any shard is still splitting.
+fn shards(s: &Value) -> (Vec<(u64, Value)>, bool) {
+    let list = s["shards"].as_array().unwrap();
+    let splitting = list.iter().any(|sh| !sh["splitting"].is_null());
+    (list.iter().map(|sh| (sh["id"].as_u64().unwrap(), sh["ranges"].clone())).collect(), splitting)
+}
+
+/// Reads `key` on `server` until it answers (a request racing the split may be refused with a
+/// retryable error); its value, base64.
+fn read(server: &Server, key: &str) -> String {
+    let mut got = String::new();
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let r = server.call("GET", &format!("/kv/rest/entry/{key}"), b"");
+        if r.status == 200 {
+            got = r.json()["value"]["bytes"].as_str().unwrap().to_string();
+            return got;
+        }
+        last = format!("{} {}", r.status, String::from_utf8_lossy(&r.body));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = server.call("GET", "/_status", b"").json();
+    panic!("{key} does not read back: {last} {got}; status {st}");
+}
+
+#[test]
+fn a_shard_splits_online_by_reference_and_every_key_stays_readable_and_writable() {
+    use base64::Engine as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(&|i| tmp.path().join(format!("n{i}")));
+    for k in 0..120 {
+        let r = nodes[k % 3].call("PUT", &format!("/kv/rest/entry/s-{k}"), format!("v{k}").as_bytes());
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let addr = nodes[1].grpc.to_string();
+    // Refused: the shard's first bucket, a bucket it does not own, an unknown shard.
+    for (shard, at) in [("0", "0"), ("0", "700"), ("9", "10")] {
+        let (ok, _, err) = cairn(&["shards", "split", shard, "--at", at, "--addr", &addr]);
+        assert!(!ok && err.contains("split refused"), "{shard} at {at}: {err}");
+    }
+    let (ok, out, err) = cairn(&["shards", "split", "0", "--at", "128", "--json", "--addr", &addr]);
+    assert!(ok, "{err}");
+    let reply: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["new_shard"], 4);
+
+    wait_until("the split is recorded", READY, || {
+        let (list, splitting) = shards(&status(&nodes[0]));
+        !splitting && list.len() == 5
+    });
+    let (list, _) = shards(&status(&nodes[2]));
+    let ranges: std::collections::BTreeMap<u64, Value> = list.into_iter().collect();
+    assert_eq!(ranges[&0], serde_json::json!([[0, 127]]));
+    assert_eq!(ranges[&4], serde_json::json!([[128, 255]]));
+    // Every node holds the new shard and serves it; the split shard keeps the lower half.
+    for n in &nodes {
+        wait_until("the new shard serves on every node", READY, || {
+            let s = n.call("GET", "/_status", b"").json();
+            let shards = s["shards"].as_array().unwrap();
+            let serves = shards.iter().any(|sh| sh["shard"] == 4 && sh["serving"] == true);
+            let kept = shards
+                .iter()
+                .any(|sh| sh["shard"] == 0 && sh["buckets"] == serde_json::json!([{"start": 0, "end": 127}]));
+            serves && kept
+        });
+    }
+    // Every key reads back from every node; writes go on, to moved buckets too.
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    for n in &nodes {
+        for k in 0..120 {
+            assert_eq!(read(n, &format!("s-{k}")), b64(&format!("v{k}")), "s-{k}");
+        }
+    }
+    for k in 0..120 {
+        let r = nodes[(k + 1) % 3].call("PUT", &format!("/kv/rest/entry/s-{k}"), format!("w{k}").as_bytes());
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    for k in 0..120 {
+        assert_eq!(read(&nodes[k % 3], &format!("s-{k}")), b64(&format!("w{k}")), "s-{k} after");
+    }
+    for n in nodes {
+        n.stop();
+    }
+}

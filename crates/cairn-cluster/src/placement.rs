@@ -83,6 +83,10 @@ pub struct ShardDescriptor {
     /// [`ShardMap::finish_split`] records the new shard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub splitting: Option<SplitPlan>,
+    /// The shard a split made this one from. Its group starts on the replicas that made it from the
+    /// split's files; no node ever bootstraps it (an empty replica must not start it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_from: Option<ShardId>,
 }
 
 /// Where a shard splits, and the id the new shard gets.
@@ -276,6 +280,7 @@ impl ShardMap {
                 moving: None,
                 abandoning: false,
                 splitting: None,
+                split_from: None,
             })
             .collect();
         let map = ShardMap { total_buckets, replication_factor, shards, version: 1 };
@@ -530,7 +535,7 @@ pub fn plan_repair(map: &ShardMap, live: &BTreeSet<NodeId>) -> RepairPlan {
     let mut shards: Vec<&ShardDescriptor> = map.shards.iter().collect();
     shards.sort_by_key(|s| s.id);
     // A shard with a move under way is planned again once that move is done.
-    for s in shards.into_iter().filter(|s| s.moving.is_none()) {
+    for s in shards.into_iter().filter(|s| s.moving.is_none() && s.splitting.is_none()) {
         let mut holders: BTreeSet<NodeId> = s.replicas.iter().copied().collect();
         let mut short = false;
         for dead in s.replicas.iter().filter(|r| !live.contains(r)) {
@@ -562,7 +567,7 @@ pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<NodeId>, max_moves: usize)
     let mut replicas: BTreeMap<ShardId, (u64, BTreeSet<NodeId>)> = map
         .shards
         .iter()
-        .filter(|s| s.moving.is_none())
+        .filter(|s| s.moving.is_none() && s.splitting.is_none())
         .map(|s| (s.id, (s.epoch, s.replicas.iter().copied().collect())))
         .collect();
     let mut moved = BTreeSet::new();

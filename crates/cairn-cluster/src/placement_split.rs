@@ -38,6 +38,7 @@ impl ShardDescriptor {
             moving: None,
             abandoning: false,
             splitting: None,
+            split_from: Some(self.id),
         })
     }
 }

@@ -68,6 +68,9 @@ impl From<KvError> for WriteError {
             KvError::Engine(e @ (cairn_engine::Error::Poisoned(_) | cairn_engine::Error::Closed)) => {
                 WriteError::Unavailable(format!("storage error: {e}"))
             }
+            KvError::Engine(cairn_engine::Error::NotOwned { bucket }) => WriteError::Unavailable(format!(
+                "bucket {bucket} is no longer this shard's (it split or moved): send the write again"
+            )),
             KvError::Engine(e) => WriteError::Internal(format!("storage error: {e}")),
         }
     }
@@ -516,6 +519,12 @@ impl Leaders {
             Ok(Written { result: CommandResult::WrongTerm { evaluated, appended }, .. }) => {
                 self.stats.wrong_term.fetch_add(1, Ordering::Relaxed);
                 Round::Again(format!("evaluated in term {evaluated}, appended in term {appended}"))
+            }
+            // Nothing was written: the bucket left the shard between evaluation and apply.
+            Ok(Written { result: CommandResult::NotOwned { bucket }, .. }) => {
+                Round::Done(Err(WriteError::Unavailable(format!(
+                    "bucket {bucket} is no longer this shard's (it split or moved): send the write again"
+                ))))
             }
             Ok(Written { result, .. }) => {
                 Round::Done(Err(WriteError::Internal(format!("the shard refused a write: {result:?}"))))

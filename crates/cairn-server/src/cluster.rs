@@ -488,14 +488,21 @@ impl Membership {
         config.max_clock_offset = Duration::from_millis(state.settings.max_clock_offset_ms);
         let Some(map) = &state.map else { return (config, state.settings.total_buckets, Vec::new()) };
         // Replicas placed here, and those a move under way brings here (which catch up before serving).
+        // A split's new shard not made here yet is left to the reconciler, which makes it from this
+        // node's replica of the split shard if that applied the split (an empty replica otherwise);
+        // nobody bootstraps one.
+        let made_here = |s: &cairn_cluster::placement::ShardDescriptor| {
+            s.split_from.is_none() || self.store.join(format!("shard-{}", s.id.group())).exists()
+        };
         let plans = map
             .shards
             .iter()
             .filter(|s| s.replicas.contains(&id) || s.moving.is_some_and(|m| m.to == id))
+            .filter(|s| made_here(s))
             .map(|s| ReplicaPlan {
                 group: s.id.group(),
                 ranges: s.ranges.clone(),
-                bootstrap: (s.replicas.first() == Some(&id))
+                bootstrap: (s.replicas.first() == Some(&id) && s.split_from.is_none())
                     .then(|| s.replicas.iter().filter_map(|r| Some((*r, addrs.get(r)?.clone()))).collect()),
                 serving: s.replicas.contains(&id),
             })

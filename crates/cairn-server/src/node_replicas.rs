@@ -109,15 +109,10 @@ impl Node {
 
     /// Starts this node's replica of group `new_group`, which a split made, from this node's replica of
     /// the shard that split (the one whose last split gave exactly `ranges` away), by reference
-    /// ([`ShardStateMachine::open_split`]), its group's members being `members` (node → address).
-    /// False if no replica here applied that split (the node then gets a replica the ordinary way,
+    /// ([`ShardStateMachine::open_split`]), with the voters the split recorded. False if no replica
+    /// here applied that split (the node then gets a replica the ordinary way,
     /// empty, once the map names the new shard).
-    pub(crate) async fn add_split_replica(
-        &self,
-        new_group: u64,
-        ranges: &[(u16, u16)],
-        members: std::collections::BTreeMap<u64, String>,
-    ) -> Result<bool> {
+    pub(crate) async fn add_split_replica(&self, new_group: u64, ranges: &[(u16, u16)]) -> Result<bool> {
         let (Some(r), Some(rc)) = (&self.replication, &self.config.replication) else {
             return Err(NodeError::Internal("a standalone node holds no replicas".into()));
         };
@@ -136,7 +131,7 @@ impl Node {
             (self.config.clone(), self.total_buckets, Arc::clone(&r.plumbing.log));
         let sm = tokio::task::spawn_blocking(move || {
             let template = shard_config(&config, total_buckets, new_group);
-            let (sm, stats) = ShardStateMachine::open_split(template.dir.clone(), template, &off, &members)
+            let (sm, stats) = ShardStateMachine::open_split(template.dir.clone(), template, &off)
                 .map_err(|e| open_error(&config, new_group, e))?;
             cairn_cluster::raft::prepare_split_log(&log, new_group)
                 .map_err(|e| NodeError::Startup(format!("cannot start shard {new_group}'s log: {e}")))?;
@@ -271,13 +266,8 @@ impl cairn_cluster::control::Host for Node {
         Node::add_replica(self, plan).await
     }
 
-    async fn add_split_replica(
-        &self,
-        shard: &cairn_cluster::placement::ShardDescriptor,
-        members: &std::collections::BTreeMap<u64, String>,
-    ) -> Result<bool> {
-        let members = shard.replicas.iter().filter_map(|n| Some((*n, members.get(n)?.clone()))).collect();
-        Node::add_split_replica(self, shard.id.group(), &shard.ranges, members).await
+    async fn add_split_replica(&self, shard: &cairn_cluster::placement::ShardDescriptor) -> Result<bool> {
+        Node::add_split_replica(self, shard.id.group(), &shard.ranges).await
     }
 
     async fn retire_replica(&self, group: u64) -> Result<()> {

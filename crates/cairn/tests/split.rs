@@ -97,6 +97,30 @@ fn a_shard_splits_online_by_reference_and_every_key_stays_readable_and_writable(
     for k in 0..120 {
         assert_eq!(read(&nodes[k % 3], &format!("s-{k}")), b64(&format!("w{k}")), "s-{k} after");
     }
+    // The whole cluster restarts: every node comes back with both shards (nobody bootstraps the new
+    // one) and every key reads back.
+    let addrs: Vec<(String, String)> =
+        nodes.iter().map(|n| (n.addr.to_string(), n.grpc.to_string())).collect();
+    for n in nodes {
+        n.stop();
+    }
+    let nodes: Vec<Server> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (http, grpc))| {
+            let store = tmp.path().join(format!("n{}", i + 1));
+            Server::start_with(&store, &["--http-addr", http, "--grpc-addr", grpc, "--join", &addrs[0].1])
+        })
+        .collect();
+    for k in 0..120 {
+        assert_eq!(
+            read(&nodes[(k + 2) % 3], &format!("s-{k}")),
+            b64(&format!("w{k}")),
+            "s-{k} after a restart"
+        );
+    }
+    let (list, _) = shards(&status(&nodes[1]));
+    assert_eq!(list.len(), 5);
     for n in nodes {
         n.stop();
     }

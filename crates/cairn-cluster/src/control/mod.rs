@@ -37,7 +37,7 @@ pub use reconcile::reconcile;
 use crate::meta::{ClusterState, MetaError, MetaStore};
 use crate::placement::{ShardDescriptor, ShardId};
 use crate::raft::Replica;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,12 +130,11 @@ pub trait Host: Send + Sync + 'static {
     /// happens if the node holds one already).
     fn add_replica(&self, shard: &ShardDescriptor) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Starts the node's replica of `shard`, a split's new shard, from the node's replica of the shard
-    /// it split from, by reference; `members` are the group's nodes and addresses. False (nothing
-    /// started) if no replica here has applied that split.
+    /// it split from, by reference, with the voters the split recorded. False (nothing started) if no
+    /// replica here has applied that split.
     fn add_split_replica(
         &self,
         shard: &ShardDescriptor,
-        members: &BTreeMap<u64, String>,
     ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
     /// Stops the node's replica of `group` for good and drops its contents.
     fn retire_replica(&self, group: u64) -> impl Future<Output = Result<(), Self::Error>> + Send;

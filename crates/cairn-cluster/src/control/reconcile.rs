@@ -68,15 +68,17 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
     // the others.
     let held = node.groups();
     for child in children.iter().filter(|c| !held.contains(&c.id.group())) {
-        match node.add_split_replica(child, &addrs).await {
+        match node.add_split_replica(child).await {
             Ok(true) => tracing::info!(shard = %child.id, "started a split's new shard by reference"),
             Ok(false) => {}
             Err(e) => tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard"),
         }
     }
     for s in map.shards.iter().filter(|s| wanted.contains(&s.id.group()) && !held.contains(&s.id.group())) {
-        // A split's new shard this node's replica of the split shard made: by reference.
-        if let Ok(true) = node.add_split_replica(s, &addrs).await {
+        // A split's new shard this node's replica of the split shard made: by reference (only while
+        // its group is the split's, not a replica moving here later).
+        let from_split = s.split_from.is_some() && s.epoch == 1 && s.moving.is_none();
+        if from_split && let Ok(true) = node.add_split_replica(s).await {
             tracing::info!(shard = %s.id, "started a split's new shard by reference");
             continue;
         }
@@ -141,7 +143,7 @@ async fn tend_shard<H: Host>(
         None => {}
     }
     if let Some(plan) = s.splitting {
-        split(meta, node, replica, s, plan).await?;
+        split(meta, node, replica, s, plan, addrs).await?;
     }
     // A replica of the map's that re-synced from scratch votes again once it has caught up (not a move's
     // source, which is on its way out).
@@ -173,13 +175,35 @@ async fn split<H: Host>(
     replica: &Replica,
     s: &ShardDescriptor,
     plan: SplitPlan,
+    addrs: &BTreeMap<u64, String>,
 ) -> Result<(), String> {
     let ranges = split_ranges(&s.ranges, plan.at).1;
-    let command = Command::Split { new_group: plan.new.group(), ranges };
+    let voters = s.replicas.iter().filter_map(|n| Some((*n, addrs.get(n)?.clone()))).collect::<Vec<_>>();
+    if voters.len() != s.replicas.len() {
+        return Err(format!("the map has no address for some of shard {}'s replicas", s.id));
+    }
+    let moved: Vec<cairn_engine::BucketRange> = ranges.iter().map(|&(f, l)| f..=l).collect();
+    let owned = replica.state_machine().owned_buckets();
+    if !moved.iter().any(|m| owned.iter().any(|o| o.start() <= m.end() && m.start() <= o.end())) {
+        // This replica no longer owns them: the group split before (a snapshot taken after the split
+        // replaced the record here). Record it.
+        return finish(meta, node, s, plan).await;
+    }
+    let command = Command::Split { new_group: plan.new.group(), ranges, voters };
     let written = replica.write(command, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
     if let CommandResult::Rejected(why) = &written.result {
         return Err(format!("the shard's group refused the split: {why}"));
     }
+    finish(meta, node, s, plan).await
+}
+
+/// Records shard `s`'s split as made.
+async fn finish<H: Host>(
+    meta: &MetaStore,
+    node: &H,
+    s: &ShardDescriptor,
+    plan: SplitPlan,
+) -> Result<(), String> {
     let recorded = record(meta, |state| state.finish_split(s.id)).await.map_err(|e| e.to_string())?;
     if let Some(after) = recorded {
         let epoch = epoch_of(&after, s.id);

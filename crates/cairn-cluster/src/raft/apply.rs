@@ -92,6 +92,21 @@ pub struct SplitOff {
     pub snapshot: u64,
     /// The volume that snapshot is on.
     pub volume: String,
+    /// The new group's voters: node → address.
+    pub voters: BTreeMap<u64, String>,
+}
+
+/// The engine key of the split record: the last split this shard made (a [`SplitRecord`], postcard),
+/// written with the split entry's position so a node can open the new shard after a restart.
+pub const SPLIT_ROW_KEY: &[u8] = b"\x00\x02raft/split";
+
+/// The last split a shard made, as its replicas keep it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SplitRecord {
+    pub(crate) new_group: u64,
+    pub(crate) ranges: Vec<(u16, u16)>,
+    pub(crate) snapshot: u64,
+    pub(crate) voters: Vec<(u64, String)>,
 }
 
 /// Effects kept for a subscriber that is behind (it misses the oldest; the replica's status still
@@ -343,7 +358,7 @@ impl ShardApplier {
                     results.push(self.run_check(entry.log_id().index, check)?);
                     continue;
                 }
-                EntryPayload::Normal(Command::Split { new_group, ranges }) => {
+                EntryPayload::Normal(Command::Split { new_group, ranges, voters }) => {
                     // The shrink's snapshot must hold every entry before this one, and the shrink must
                     // not be lost to a crash before this entry's position is stored: commit up to the
                     // entry before, shrink (durable at once in the engine's manifest; a replay shrinks
@@ -352,8 +367,8 @@ impl ShardApplier {
                         self.commit(std::mem::take(&mut batch), upto, &membership)?;
                         *cached = Some(membership.clone());
                     }
-                    let result = self.split(entry.log_id().index, *new_group, ranges)?;
-                    self.commit(WriteBatch::new(), entry.log_id(), &membership)?;
+                    let (result, record) = self.split(entry.log_id().index, *new_group, ranges, voters)?;
+                    self.commit(record, entry.log_id(), &membership)?;
                     *cached = Some(membership.clone());
                     results.push(result);
                     continue;
@@ -363,6 +378,9 @@ impl ShardApplier {
                     match command.rows(appended).map(|(bytes, conditions)| (self.checked(bytes), conditions))
                     {
                         Err(refused) => result = refused,
+                        Ok((Err(cairn_engine::Error::NotOwned { bucket }), _)) => {
+                            result = CommandResult::NotOwned { bucket }
+                        }
                         Ok((Err(e), _)) => result = CommandResult::Rejected(e.to_string()),
                         Ok((Ok(own), conditions)) => {
                             // A condition must see the writes before it; a combined batch must stay
@@ -394,14 +412,23 @@ impl ShardApplier {
         Ok(results)
     }
 
-    /// Gives `ranges` up for group `new_group` at split entry `index` (see [`Command::Split`]).
-    fn split(&self, index: u64, new_group: u64, ranges: &[(u16, u16)]) -> Result<CommandResult, ApplyError> {
+    /// Gives `ranges` up for group `new_group` at split entry `index` (see [`Command::Split`]); the
+    /// answer and the writes that record the split.
+    fn split(
+        &self,
+        index: u64,
+        new_group: u64,
+        ranges: &[(u16, u16)],
+        voters: &[(u64, String)],
+    ) -> Result<(CommandResult, WriteBatch), ApplyError> {
         let keeps_position = ranges.iter().any(|&(first, last)| (first..=last).contains(&self.meta_bucket));
-        if ranges.is_empty() || keeps_position || ranges.iter().any(|&(first, last)| first > last) {
-            return Ok(CommandResult::Rejected(format!(
-                "a split moves non-empty ranges without the shard's first bucket {}: {ranges:?}",
+        let bad = ranges.is_empty() || keeps_position || ranges.iter().any(|&(first, last)| first > last);
+        if bad || voters.is_empty() {
+            let why = format!(
+                "a split moves non-empty ranges without the shard's first bucket {} to some voters: {ranges:?}",
                 self.meta_bucket
-            )));
+            );
+            return Ok((CommandResult::Rejected(why), WriteBatch::new()));
         }
         let moved = ranges.iter().map(|&(first, last)| first..=last).collect();
         let snapshot = match self.db.shrink_bucket(moved) {
@@ -409,16 +436,28 @@ impl ShardApplier {
             // Buckets this shard does not own (and did not give up to this very split: a replay is
             // answered with its snapshot), on every replica alike.
             Err(e @ cairn_engine::Error::InvalidArgument(_)) => {
-                return Ok(CommandResult::Rejected(e.to_string()));
+                return Ok((CommandResult::Rejected(e.to_string()), WriteBatch::new()));
             }
             Err(e) => return Err(e.into()),
         };
         let source = self.db.id();
         let volume = self.db.snapshot_volume_url()?;
-        let off =
-            SplitOff { index, new_group, ranges: ranges.to_vec(), source: source.clone(), snapshot, volume };
+        let record = SplitRecord { new_group, ranges: ranges.to_vec(), snapshot, voters: voters.to_vec() };
+        let mut batch = WriteBatch::new();
+        let encoded = super::encode(&record).map_err(ApplyError::Corrupt)?;
+        batch.put_row(self.meta_bucket, SPLIT_ROW_KEY, &[(0, &encoded)]);
+        let voters = voters.iter().cloned().collect();
+        let ranges = ranges.to_vec();
+        let off = SplitOff { index, new_group, ranges, source: source.clone(), snapshot, volume, voters };
         self.checks.publish_effect(Effect::Split(off));
-        Ok(CommandResult::Split { source, snapshot })
+        Ok((CommandResult::Split { source, snapshot }, batch))
+    }
+
+    /// The last split this shard made, if it keeps its record.
+    pub(crate) fn split_record(&self) -> Result<Option<SplitRecord>, ApplyError> {
+        let Some(row) = self.db.get(self.meta_bucket, SPLIT_ROW_KEY)? else { return Ok(None) };
+        let bytes = row.column(0).ok_or_else(|| ApplyError::Corrupt("no split record column".into()))?;
+        super::decode(bytes).map(Some).map_err(ApplyError::Corrupt)
     }
 
     /// Runs one step of a consistency check at entry `index` (everything up to it is in the engine).

@@ -73,6 +73,9 @@ pub enum Command {
         /// The bucket ranges it takes (first and last bucket of each); never the shard's first bucket,
         /// which keeps its applied position.
         ranges: Vec<(u16, u16)>,
+        /// The new group's voters (node, address): decided here, once, so every replica starts the
+        /// group with the same membership.
+        voters: Vec<(u64, String)>,
     },
 }
 
@@ -145,7 +148,9 @@ impl Command {
             }
             Command::Check(Check::Compare { digest, .. }) => 16 + digest.len(),
             Command::Check(Check::Record) => 1,
-            Command::Split { ranges, .. } => 16 + 8 * ranges.len(),
+            Command::Split { ranges, voters, .. } => {
+                16 + 8 * ranges.len() + voters.iter().map(|(_, a)| 16 + a.len()).sum::<usize>()
+            }
         }
     }
 }
@@ -158,7 +163,7 @@ impl std::fmt::Display for Command {
                 write!(f, "conditional({} bytes, {} conditions)", batch.len(), conditions.len())
             }
             Command::Check(check) => write!(f, "check({check:?})"),
-            Command::Split { new_group, ranges } => write!(f, "split({ranges:?} to group {new_group})"),
+            Command::Split { new_group, ranges, .. } => write!(f, "split({ranges:?} to group {new_group})"),
         }
     }
 }
@@ -223,15 +228,21 @@ pub enum CommandResult {
         appended: u64,
     },
     /// A [`Command::Split`]: the ranges left this shard; `snapshot` of shard `source` (the engine's
-    /// pre-shrink snapshot) holds them for the new shard.
+    /// pre-shrink snapshot) holds them for the new shard. Also the answer to a split of ranges the
+    /// shard no longer owns whose record it keeps (a retry).
     Split {
         /// The engine identity of this replica's shard.
         source: String,
         /// The pre-shrink snapshot.
         snapshot: u64,
     },
-    /// It was malformed or broke a limit (an unowned bucket, an oversized key or value); nothing was
-    /// written. Proposers check commands first, so this is a proposer's bug, reported rather than fatal.
+    /// A write to a bucket the shard no longer owns (it split away, or the write was routed by an old
+    /// map); nothing was written. Route it again.
+    NotOwned {
+        /// The bucket.
+        bucket: u16,
+    },
+    /// It was malformed or broke a limit (an oversized key or value); nothing was written. Proposers check commands first, so this is a proposer's bug, reported rather than fatal.
     Rejected(String),
 }
 

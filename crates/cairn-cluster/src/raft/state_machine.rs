@@ -289,15 +289,15 @@ impl ShardStateMachine {
     /// applied the split makes the same contents, as of the split entry. Safe to redo after a crash.
     /// Returns the state machine and what the import copied (nothing when reopened).
     ///
-    /// The new shard's group starts at log position `(0, SPLIT_START_INDEX)` with `members` (node →
-    /// address: the splitting shard's voters) voting ([`ShardApplier::start_at`]); its node's Raft log
-    /// for the group starts there too ([`prepare_split_log`](super::prepare_split_log)). No replica
-    /// bootstraps it.
+    /// The new shard's group starts at log position `(0, SPLIT_START_INDEX)` with the split's voters
+    /// ([`ShardApplier::start_at`]); its node's Raft log for the group starts there too
+    /// ([`prepare_split_log`](super::prepare_split_log)). No replica bootstraps it. A directory
+    /// holding an engine that never started there (an empty replica's, or an interrupted attempt's)
+    /// is made again.
     pub fn open_split(
         root: PathBuf,
         template: Config,
         split: &super::SplitOff,
-        members: &std::collections::BTreeMap<u64, String>,
     ) -> cairn_engine::Result<(ShardStateMachine, cairn_engine::ExpandStats)> {
         let ranges: Vec<cairn_engine::BucketRange> = split.ranges.iter().map(|&(f, l)| f..=l).collect();
         let Some(meta_bucket) = ranges.first().map(|r| *r.start()) else {
@@ -310,6 +310,17 @@ impl ShardStateMachine {
         config.snapshot_volume = Some(split.volume.clone());
         let mut stats = cairn_engine::ExpandStats::default();
         let made = fs.exists(&config.dir.join("CURRENT"))?;
+        if made {
+            let db = Db::open_as_stored(config.clone())?;
+            let started =
+                ShardApplier::new(Arc::new(db), meta_bucket).applied().map_err(engine_error)?.0.is_some();
+            if !started {
+                for name in fs.list(&config.dir)? {
+                    fs.remove(&config.dir.join(name))?;
+                }
+            }
+        }
+        let made = fs.exists(&config.dir.join("CURRENT"))?;
         let db = if made { Db::open_as_stored(config)? } else { Db::open(config, Vec::new())? };
         if db.owned_buckets() != ranges {
             stats = db.expand_bucket(&split.source, split.snapshot, ranges.clone())?;
@@ -320,30 +331,30 @@ impl ShardStateMachine {
             let inner = sm.inner.lock();
             let unstarted = inner.applier.applied().map_err(engine_error)?.0.is_none();
             if unstarted {
-                inner.applier.start_at(super::SPLIT_START_INDEX, members).map_err(engine_error)?;
+                inner.applier.start_at(super::SPLIT_START_INDEX, &split.voters).map_err(engine_error)?;
             }
         }
         Ok((sm, stats))
     }
 
-    /// The split that gave `ranges` to group `new_group`, if this replica applied it (its engine's
-    /// last release is those ranges): what [`ShardStateMachine::open_split`] needs, found again after a
-    /// restart. (Its `index` is 0: the engine does not keep it.)
+    /// The split that gave `ranges` to group `new_group`, if it is the last split this replica
+    /// applied: what [`ShardStateMachine::open_split`] needs, found again after a restart (its `index`
+    /// is 0: the record does not keep it).
     pub fn split_off(&self, new_group: u64, ranges: &[(u16, u16)]) -> Option<super::SplitOff> {
-        let db = self.db();
-        let (snapshot, released) = db.last_release()?;
-        let wanted: Vec<cairn_engine::BucketRange> = ranges.iter().map(|&(f, l)| f..=l).collect();
-        if released != wanted {
+        let record = self.inner.lock().applier.split_record().ok()??;
+        if record.new_group != new_group || record.ranges != ranges {
             return None;
         }
+        let db = self.db();
         let volume = db.snapshot_volume_url().ok()?;
         Some(super::SplitOff {
             index: 0,
             new_group,
-            ranges: ranges.to_vec(),
+            ranges: record.ranges,
             source: db.id(),
-            snapshot,
+            snapshot: record.snapshot,
             volume,
+            voters: record.voters.into_iter().collect(),
         })
     }
 

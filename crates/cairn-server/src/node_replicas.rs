@@ -107,26 +107,27 @@ impl Node {
         Ok(())
     }
 
-    /// Starts this node's replica of group `new_group`, which a split made, from this node's replica of
-    /// the shard that split (the one whose last split gave exactly `ranges` away), by reference
+    /// Starts this node's replica of group `new_group`, which a split of group `parent` made, from this
+    /// node's replica of `parent` (if its last split gave exactly `ranges` away), by reference
     /// ([`ShardStateMachine::open_split`]), with the voters the split recorded. False if no replica
     /// here applied that split (the node then gets a replica the ordinary way,
     /// empty, once the map names the new shard).
-    pub(crate) async fn add_split_replica(&self, new_group: u64, ranges: &[(u16, u16)]) -> Result<bool> {
+    pub(crate) async fn add_split_replica(
+        &self,
+        parent: u64,
+        new_group: u64,
+        ranges: &[(u16, u16)],
+    ) -> Result<bool> {
         let (Some(r), Some(rc)) = (&self.replication, &self.config.replication) else {
             return Err(NodeError::Internal("a standalone node holds no replicas".into()));
         };
         if self.replica(new_group).is_some() {
             return Ok(true);
         }
-        // The replica here whose last split gave exactly these ranges away.
-        let found = self.set().list.iter().find_map(|s| match &s.backend {
-            Backend::Replicated(r) => {
-                r.state_machine().split_off(new_group, ranges).map(|off| (s.group, off))
-            }
-            Backend::Local { .. } => None,
-        });
-        let Some((parent, off)) = found else { return Ok(false) };
+        let Some(off) = self.replica(parent).and_then(|p| p.state_machine().split_off(new_group, ranges))
+        else {
+            return Ok(false);
+        };
         let (config, total_buckets, log) =
             (self.config.clone(), self.total_buckets, Arc::clone(&r.plumbing.log));
         let sm = tokio::task::spawn_blocking(move || {
@@ -267,7 +268,8 @@ impl cairn_cluster::control::Host for Node {
     }
 
     async fn add_split_replica(&self, shard: &cairn_cluster::placement::ShardDescriptor) -> Result<bool> {
-        Node::add_split_replica(self, shard.id.group(), &shard.ranges).await
+        let Some(parent) = shard.split_from else { return Ok(false) };
+        Node::add_split_replica(self, parent.group(), shard.id.group(), &shard.ranges).await
     }
 
     async fn retire_replica(&self, group: u64) -> Result<()> {

@@ -291,9 +291,7 @@ impl ShardStateMachine {
     ///
     /// The new shard's group starts at log position `(0, SPLIT_START_INDEX)` with the split's voters
     /// ([`ShardApplier::start_at`]); its node's Raft log for the group starts there too
-    /// ([`prepare_split_log`](super::prepare_split_log)). No replica bootstraps it. A directory
-    /// holding an engine that never started there (an empty replica's, or an interrupted attempt's)
-    /// is made again.
+    /// ([`prepare_split_log`](super::prepare_split_log)). No replica bootstraps it.
     pub fn open_split(
         root: PathBuf,
         template: Config,
@@ -309,17 +307,10 @@ impl ShardStateMachine {
         // The import reads the splitting shard's snapshot where it is.
         config.snapshot_volume = Some(split.volume.clone());
         let mut stats = cairn_engine::ExpandStats::default();
-        let made = fs.exists(&config.dir.join("CURRENT"))?;
-        if made {
-            let db = Db::open_as_stored(config.clone())?;
-            let started =
-                ShardApplier::new(Arc::new(db), meta_bucket).applied().map_err(engine_error)?.0.is_some();
-            if !started {
-                for name in fs.list(&config.dir)? {
-                    fs.remove(&config.dir.join(name))?;
-                }
-            }
-        }
+        // An engine already here is this function's, interrupted or done: an empty replica of a split
+        // shard is started (and kept, or retired with its files) by the ordinary path, never here. So
+        // one that owns the ranges imported them: importing again would be refused (the snapshot's
+        // ranges are claimed), and starting it is what is left.
         let made = fs.exists(&config.dir.join("CURRENT"))?;
         let db = if made { Db::open_as_stored(config)? } else { Db::open(config, Vec::new())? };
         if db.owned_buckets() != ranges {

@@ -41,6 +41,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
+#[path = "cluster_admin.rs"]
+pub(crate) mod admin;
 #[path = "cluster_status.rs"]
 mod status;
 
@@ -636,10 +638,16 @@ impl pb::cluster_server::Cluster for ClusterService {
         let at = u16::try_from(r.at)
             .map_err(|_| Status::invalid_argument(format!("bucket {} is out of range", r.at)))?;
         let shard = cairn_cluster::placement::ShardId(r.shard);
-        let meta = self.membership.meta().map_err(crate::wire::status_of)?;
-        let (_, new) = meta.update(|s| s.begin_split(shard, at)).await.map_err(crate::wire::meta_status)?;
-        tracing::info!(%shard, at, %new, "shard split requested");
+        let new = self.membership.split_shard(shard, at).await.map_err(crate::wire::meta_status)?;
         Ok(Response::new(pb::SplitShardReply { new_shard: new.0 }))
+    }
+
+    async fn list_shards(
+        &self,
+        _request: Request<pb::ListShardsRequest>,
+    ) -> std::result::Result<Response<pb::ListShardsReply>, Status> {
+        let map = self.membership.shard_map().await.map_err(crate::wire::meta_status)?;
+        Ok(Response::new(admin::list_reply(&map)))
     }
 
     async fn state(

@@ -20,7 +20,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -66,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/_status", get(status))
         .route("/events", get(events))
+        .route("/admin/shards", get(list_shards))
+        .route("/admin/shards/{id}/split", post(split_shard))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -140,6 +142,7 @@ fn allowed_params(route: &str, method: &Method) -> &'static [&'static str] {
         "/kv/rest/entry/{*key}" if method == Method::PUT || method == Method::POST => ENTRY_WRITE_PARAMS,
         "/kv/rest/range" | "/kv/rest/range/" => RANGE_PARAMS,
         "/health" => &["ready"],
+        "/admin/shards/{id}/split" => &["at"],
         _ => &[],
     }
 }
@@ -321,6 +324,39 @@ async fn cluster_health(State(state): State<AppState>) -> Response {
     let (available, summary) = membership.health().await;
     let code = if available { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(summary)).into_response()
+}
+
+/// The cluster membership behind an admin route (404 on a standalone node).
+fn membership(state: &AppState) -> ApiResult<&Arc<crate::cluster::Membership>> {
+    state
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ApiError(NodeError::NotFound("this node is not a cluster member".into())))
+}
+
+/// `GET /admin/shards`: the shard map as the meta group's leader holds it.
+async fn list_shards(State(state): State<AppState>) -> ApiResult<Response> {
+    let map = membership(&state)?.shard_map().await.map_err(crate::wire::meta_error)?;
+    Ok(Json(crate::cluster::admin::list_json(&map)).into_response())
+}
+
+/// `POST /admin/shards/{id}/split?at=BUCKET`: marks the shard to split at the bucket (answered once the
+/// split is under way, with the new shard's id).
+async fn split_shard(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let shard = id.parse::<u32>().map_err(|_| bad(format!("shard id {id:?} is not a number")))?;
+    let params = query(&uri, &["at"])?;
+    let Some(at) = params.number("at", u64::from(u16::MAX))? else {
+        return Err(bad("parameter \"at\" (the first bucket the new shard takes) is required"));
+    };
+    let at = u16::try_from(at).map_err(|_| bad(format!("bucket {at} is out of range")))?;
+    let shard = cairn_cluster::placement::ShardId(shard);
+    let new = membership(&state)?.split_shard(shard, at).await.map_err(crate::wire::meta_error)?;
+    let body = json!({"shard": shard.0, "at": at, "new_shard": new.0});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// `GET /events`: the node's event stream as server-sent events (`event: TYPE`, `data: JSON`), until

@@ -47,6 +47,25 @@ fn status_code_of(e: NodeError) -> Status {
     }
 }
 
+/// A meta-group refusal or failure as the REST API answers it (the same classes as [`meta_status`]).
+pub fn meta_error(e: cairn_cluster::meta::MetaError) -> NodeError {
+    use cairn_cluster::meta::MetaError as M;
+    use cairn_cluster::placement::PlacementError as P;
+    let message = e.to_string();
+    match e {
+        M::WrongCluster { .. } | M::NodeRemoved(_) | M::Placement(P::BadSplit { .. }) => {
+            NodeError::Precondition(message)
+        }
+        M::DuplicateAddress { .. } | M::AlreadyInitialized(_) | M::AlreadyPlaced => {
+            NodeError::Precondition(message)
+        }
+        M::Placement(P::UnknownShard(_)) | M::UnknownNode(_) => NodeError::NotFound(message),
+        M::Invalid(_) | M::Placement(_) => NodeError::InvalidArgument(message),
+        M::NotInitialized | M::Group(_) | M::Contended(_) => NodeError::Unavailable(message),
+        M::Corrupt(_) => NodeError::Internal(message),
+    }
+}
+
 /// The gRPC status of a meta-group refusal or failure (joins, init, cluster state).
 pub fn meta_status(e: cairn_cluster::meta::MetaError) -> Status {
     use cairn_cluster::meta::MetaError as M;

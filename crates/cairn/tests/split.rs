@@ -1,7 +1,7 @@
 //! Splitting a shard of a running 3-node cluster: `cairn shards split` records the split, the shard's
 //! leader carries it out through the shard's Raft log, every node opens the new shard by reference
 //! and serves it once the map names it; every key written before stays readable from every node, and
-//! the moved buckets take writes.
+//! the moved buckets take writes. The same through the admin REST route, and `cairn shards list`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,8 +11,9 @@ use common::{READY, Server, cairn, three_nodes, wait_until};
 use serde_json::Value;
 use std::time::Duration;
 
+/// `cairn shards list --json` through `server`.
 fn status(server: &Server) -> Value {
-    let (ok, out, err) = cairn(&["status", "--json", "--addr", &server.grpc.to_string()]);
+    let (ok, out, err) = cairn(&["shards", "list", "--json", "--addr", &server.grpc.to_string()]);
     assert!(ok, "{err}");
     serde_json::from_str(&out).unwrap()
 }
@@ -67,16 +68,37 @@ fn a_shard_splits_online_by_reference_and_every_key_stays_readable_and_writable(
         let (list, splitting) = shards(&status(&nodes[0]));
         !splitting && list.len() == 5
     });
+    // The admin REST route: refusals first (no bucket, an unknown shard, a bucket the shard does not
+    // own), then the new shard splits again.
+    for (target, code) in [
+        ("/admin/shards/4/split", 400),
+        ("/admin/shards/x/split?at=3", 400),
+        ("/admin/shards/9/split?at=200", 404),
+        ("/admin/shards/4/split?at=100", 412),
+    ] {
+        let r = nodes[2].call("POST", target, b"");
+        assert_eq!(r.status, code, "{target}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let r = nodes[2].call("POST", "/admin/shards/4/split?at=192", b"");
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["new_shard"], 5);
+    wait_until("the second split is recorded", READY, || {
+        let listed = nodes[1].call("GET", "/admin/shards", b"").json();
+        let (list, splitting) = shards(&listed);
+        !splitting && list.len() == 6
+    });
     let (list, _) = shards(&status(&nodes[2]));
     let ranges: std::collections::BTreeMap<u64, Value> = list.into_iter().collect();
     assert_eq!(ranges[&0], serde_json::json!([[0, 127]]));
-    assert_eq!(ranges[&4], serde_json::json!([[128, 255]]));
+    assert_eq!(ranges[&4], serde_json::json!([[128, 191]]));
+    assert_eq!(ranges[&5], serde_json::json!([[192, 255]]));
     // Every node holds the new shard and serves it; the split shard keeps the lower half.
     for n in &nodes {
         wait_until("the new shard serves on every node", READY, || {
             let s = n.call("GET", "/_status", b"").json();
             let shards = s["shards"].as_array().unwrap();
-            let serves = shards.iter().any(|sh| sh["shard"] == 4 && sh["serving"] == true);
+            let serves =
+                [4, 5].iter().all(|id| shards.iter().any(|sh| sh["shard"] == *id && sh["serving"] == true));
             let kept = shards
                 .iter()
                 .any(|sh| sh["shard"] == 0 && sh["buckets"] == serde_json::json!([{"start": 0, "end": 127}]));
@@ -120,7 +142,9 @@ fn a_shard_splits_online_by_reference_and_every_key_stays_readable_and_writable(
         );
     }
     let (list, _) = shards(&status(&nodes[1]));
-    assert_eq!(list.len(), 5);
+    assert_eq!(list.len(), 6);
+    let (ok, out, err) = cairn(&["shards", "list", "--addr", &addrs[2].1]);
+    assert!(ok && out.contains("6 shards over 1024 buckets"), "{out}{err}");
     for n in nodes {
         n.stop();
     }

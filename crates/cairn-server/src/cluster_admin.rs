@@ -1,0 +1,66 @@
+//! Operators' changes to a cluster's shards, the same on gRPC (`Cluster/SplitShard`,
+//! `Cluster/ListShards`) and on the admin REST routes (`POST /admin/shards/{id}/split`,
+//! `GET /admin/shards`): one place decides them, both wire formats only translate.
+
+use super::Membership;
+use cairn_cluster::meta::MetaError;
+use cairn_cluster::placement::{ShardId, ShardMap};
+use cairn_proto::cluster as pb;
+
+impl Membership {
+    /// Marks shard `shard` to split at bucket `at` in the meta group (the shard's leader carries the
+    /// split out); the new shard's id. The same split asked again answers the same id.
+    pub(crate) async fn split_shard(&self, shard: ShardId, at: u16) -> Result<ShardId, MetaError> {
+        let meta = self.meta().map_err(|_| MetaError::NotInitialized)?;
+        let (_, new) = meta.update(|s| s.begin_split(shard, at)).await?;
+        tracing::info!(%shard, at, %new, "shard split requested");
+        Ok(new)
+    }
+
+    /// The shard map, read through the meta group's leader.
+    pub(crate) async fn shard_map(&self) -> Result<ShardMap, MetaError> {
+        self.state(true).await?.and_then(|s| s.map).ok_or(MetaError::NotInitialized)
+    }
+}
+
+/// `map` as `Cluster/ListShards` answers it.
+pub(crate) fn list_reply(map: &ShardMap) -> pb::ListShardsReply {
+    let shards = map
+        .shards
+        .iter()
+        .map(|s| pb::ShardInfo {
+            id: s.id.0,
+            ranges: s
+                .ranges
+                .iter()
+                .map(|&(first, last)| pb::BucketRange { first: first.into(), last: last.into() })
+                .collect(),
+            replicas: s.replicas.clone(),
+            epoch: s.epoch,
+            generation: s.generation,
+            splitting: s.splitting.map(|p| pb::SplitUnderWay { new_shard: p.new.0, at: p.at.into() }),
+            moving: s.moving.map(|m| pb::MoveUnderWay { from: m.from, to: m.to }),
+        })
+        .collect();
+    pb::ListShardsReply { version: map.version, total_buckets: map.total_buckets, shards }
+}
+
+/// `map` as `GET /admin/shards` answers it.
+pub(crate) fn list_json(map: &ShardMap) -> serde_json::Value {
+    let shards: Vec<serde_json::Value> = map
+        .shards
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "id": s.id.0,
+                "ranges": s.ranges,
+                "replicas": s.replicas,
+                "epoch": s.epoch,
+                "generation": s.generation,
+                "splitting": s.splitting.map(|p| serde_json::json!({"new_shard": p.new.0, "at": p.at})),
+                "moving": s.moving.map(|m| serde_json::json!({"from": m.from, "to": m.to})),
+            })
+        })
+        .collect();
+    serde_json::json!({"version": map.version, "total_buckets": map.total_buckets, "shards": shards})
+}

@@ -383,6 +383,33 @@ impl ClusterState {
         Ok(Some(self.changed(|next| next.map = Some(map))))
     }
 
+    /// Starts merging shard `right` into shard `left` ([`ShardMap::begin_merge`]); `None` if this
+    /// merge is under way already.
+    pub fn begin_merge(&self, left: ShardId, right: ShardId) -> Result<Option<ClusterState>> {
+        let mut map = self.map.as_ref().ok_or(MetaError::NotInitialized)?.clone();
+        if !map.begin_merge(left, right)? {
+            return Ok(None);
+        }
+        Ok(Some(self.changed(|next| next.map = Some(map))))
+    }
+
+    /// Makes the merge under way at shard `left` ([`ShardMap::finish_merge`]); `None` if none is (a
+    /// retry after it was made).
+    pub fn finish_merge(&self, left: ShardId) -> Result<Option<ClusterState>> {
+        let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
+        if map.shard(left).is_none_or(|s| s.merging.is_none()) {
+            return Ok(None);
+        }
+        let mut map = map.clone();
+        map.finish_merge(left)?;
+        // The right-hand shard's id is never given out again, even if it was the largest.
+        let next_shard_id = self.next_shard();
+        Ok(Some(self.changed(|next| {
+            next.map = Some(map);
+            next.next_shard_id = next_shard_id;
+        })))
+    }
+
     /// Removes a node for good. It must hold no replica any more (move them off first).
     pub fn remove_node(&self, id: NodeId) -> Result<Option<ClusterState>> {
         let node = self.nodes.get(&id).ok_or(MetaError::UnknownNode(id))?;

@@ -287,3 +287,31 @@ fn a_split_takes_a_new_id_then_cuts_the_shard_in_two() {
     behind.next_shard_id = 3;
     assert!(matches!(behind.validate(), Err(MetaError::Corrupt(_))));
 }
+
+#[test]
+fn a_merge_is_recorded_then_joins_two_shards_and_drops_the_right_ones_row() {
+    let placed = cluster(3, 3).place_initial().unwrap();
+    let (left, right) = (ShardId(1), ShardId(2));
+    let e = placed.begin_merge(left, ShardId(3)).unwrap_err();
+    assert!(matches!(e, MetaError::Placement(PlacementError::BadMerge { .. })), "{e}");
+    let begun = placed.begin_merge(left, right).unwrap().unwrap();
+    begun.validate().unwrap();
+    assert_eq!(begun.begin_merge(left, right).unwrap(), None, "the same merge again is no change");
+    assert_eq!(placed.finish_merge(left).unwrap(), None, "no merge under way");
+    // The initial placement spreads replicas over the same three nodes: co-located already.
+    assert!(begun.map.as_ref().unwrap().colocated(left));
+    let done = begun.finish_merge(left).unwrap().unwrap();
+    done.validate().unwrap();
+    let map = done.map.as_ref().unwrap();
+    assert_eq!(map.shards.iter().map(|s| s.id.0).collect::<Vec<_>>(), vec![0, 1, 3]);
+    assert_eq!(map.shard(left).unwrap().ranges, vec![(16, 47)]);
+    assert_eq!(done.finish_merge(left).unwrap(), None, "a retry after it was made");
+    // Through the meta rows: the right-hand shard's row goes, the rest reads back.
+    let before = rows::rows_of(&begun, &rows::Rows::new()).unwrap();
+    let after = rows::rows_of(&done, &before).unwrap();
+    assert_eq!(before.len(), after.len() + 1);
+    assert_eq!(rows::state_of(&after).unwrap().as_ref(), Some(&done));
+    // A merged-away id is never given out again.
+    let (_, next) = done.begin_split(left, 30).unwrap();
+    assert_eq!(next, ShardId(4));
+}

@@ -87,6 +87,10 @@ pub struct ShardDescriptor {
     /// split's files; no node ever bootstraps it (an empty replica must not start it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_from: Option<ShardId>,
+    /// A merge under way ([`ShardMap::begin_merge`]): this shard takes over the buckets of the shard
+    /// named, the next one in bucket order, once their replicas are on the same nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merging: Option<ShardId>,
 }
 
 /// Where a shard splits, and the id the new shard gets.
@@ -120,6 +124,11 @@ impl ShardDescriptor {
     /// The shard's first bucket (a bucket to route to it by).
     pub fn first_bucket(&self) -> u16 {
         self.ranges.first().map_or(0, |r| r.0)
+    }
+
+    /// The shard's last bucket.
+    pub fn last_bucket(&self) -> u16 {
+        self.ranges.last().map_or(0, |r| r.1)
     }
 
     /// Whether the shard owns `bucket`.
@@ -217,6 +226,16 @@ pub enum PlacementError {
         /// What is wrong.
         why: String,
     },
+    /// A merge the two shards cannot make.
+    #[error("cannot merge shard {right} into shard {left}: {why}")]
+    BadMerge {
+        /// The shard that takes the buckets over.
+        left: ShardId,
+        /// The shard whose buckets it takes.
+        right: ShardId,
+        /// What is wrong.
+        why: String,
+    },
     /// The map breaks an invariant (see the module documentation).
     #[error("invalid shard map: {0}")]
     Invalid(String),
@@ -281,6 +300,7 @@ impl ShardMap {
                 abandoning: false,
                 splitting: None,
                 split_from: None,
+                merging: None,
             })
             .collect();
         let map = ShardMap { total_buckets, replication_factor, shards, version: 1 };
@@ -364,7 +384,7 @@ impl ShardMap {
                 return bad(format!("a split's new shard {} is already a shard's id", plan.new));
             }
         }
-        Ok(())
+        self.validate_merges()
     }
 
     /// The shard owning `bucket`: found by its first bucket when it owns one range (the shards are in
@@ -567,7 +587,7 @@ pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<NodeId>, max_moves: usize)
     let mut replicas: BTreeMap<ShardId, (u64, BTreeSet<NodeId>)> = map
         .shards
         .iter()
-        .filter(|s| s.moving.is_none() && s.splitting.is_none())
+        .filter(|s| s.moving.is_none() && s.splitting.is_none() && !map.in_merge(s.id))
         .map(|s| (s.id, (s.epoch, s.replicas.iter().copied().collect())))
         .collect();
     let mut moved = BTreeSet::new();
@@ -603,6 +623,9 @@ pub fn plan_rebalance(map: &ShardMap, live: &BTreeSet<NodeId>, max_moves: usize)
 #[path = "placement_split.rs"]
 mod split;
 pub use split::split_ranges;
+#[path = "placement_merge.rs"]
+mod merge;
+pub use merge::{merge_ranges, plan_colocation};
 
 #[cfg(test)]
 #[path = "placement_tests.rs"]

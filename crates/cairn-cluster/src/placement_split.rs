@@ -39,6 +39,7 @@ impl ShardDescriptor {
             abandoning: false,
             splitting: None,
             split_from: Some(self.id),
+            merging: None,
         })
     }
 }
@@ -55,6 +56,9 @@ impl ShardMap {
             .any(|s| s.id == new || s.splitting.is_some_and(|p| p.new == new && s.id != shard))
         {
             return Err(bad(&format!("shard id {new} is taken")));
+        }
+        if self.in_merge(shard) {
+            return Err(bad("a merge of the shard is under way"));
         }
         let s = self.shard_mut(shard)?;
         match s.splitting {

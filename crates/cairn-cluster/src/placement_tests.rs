@@ -282,3 +282,66 @@ fn ranges_cut_at_a_bucket() {
     assert_eq!(split_ranges(&ranges, 5), (vec![(0, 3)], vec![(8, 11), (20, 20)]));
     assert_eq!(split_ranges(&ranges, 20), (vec![(0, 3), (8, 11)], vec![(20, 20)]));
 }
+
+#[test]
+fn merged_ranges_join_neighbours() {
+    assert_eq!(merge_ranges(&[(0, 127)], &[(128, 255)]), vec![(0, 255)]);
+    assert_eq!(merge_ranges(&[(0, 3), (8, 9)], &[(10, 11), (20, 20)]), vec![(0, 3), (8, 11), (20, 20)]);
+    assert_eq!(merge_ranges(&[(5, 6)], &[(0, 3)]), vec![(0, 3), (5, 6)]);
+}
+
+#[test]
+fn a_merge_waits_for_colocation_then_joins_the_buckets_at_new_epochs() {
+    let mut map = ShardMap::initial(1024, 4, &[1, 2, 3, 4], 3).unwrap();
+    let (left, right) = (ShardId(0), ShardId(1));
+    map.shards[1].replicas = vec![2, 3, 4];
+    map.shards[0].replicas = vec![1, 2, 3];
+    // Refused: not neighbours, itself, unknown.
+    assert!(matches!(map.begin_merge(left, ShardId(2)), Err(PlacementError::BadMerge { .. })));
+    assert!(matches!(map.begin_merge(right, left), Err(PlacementError::BadMerge { .. })));
+    assert!(matches!(map.begin_merge(left, left), Err(PlacementError::BadMerge { .. })));
+    assert_eq!(map.begin_merge(left, ShardId(9)), Err(PlacementError::UnknownShard(ShardId(9))));
+    assert!(map.begin_merge(left, right).unwrap());
+    assert!(!map.begin_merge(left, right).unwrap(), "the same merge again changes nothing");
+    map.validate().unwrap();
+    assert!(map.in_merge(left) && map.in_merge(right) && !map.in_merge(ShardId(2)));
+    assert_eq!(map.merging_into(right).unwrap().id, left);
+    // Either shard is now out of other merges and splits, and out of rebalancing.
+    assert!(matches!(map.begin_merge(right, ShardId(2)), Err(PlacementError::BadMerge { .. })));
+    assert!(matches!(map.begin_split(left, 100, ShardId(7)), Err(PlacementError::BadSplit { .. })));
+    let live = set(&[1, 2, 3, 4, 5]);
+    assert!(plan_rebalance(&map, &live, 4).iter().all(|m| m.shard != left && m.shard != right));
+    // Not co-located: refused to finish; the plan moves the right-hand shard's replica from 4 to 1.
+    assert!(!map.colocated(left));
+    assert!(matches!(map.finish_merge(left), Err(PlacementError::BadMerge { .. })));
+    let moves = plan_colocation(&map);
+    assert_eq!(moves, vec![Move { shard: right, epoch: 1, from: 4, to: 1 }]);
+    let begun = map.begin_move(&moves[0]).unwrap();
+    assert!(plan_colocation(&map).is_empty(), "one move at a time");
+    assert!(!map.colocated(left));
+    map.finish_move(&begun).unwrap();
+    assert!(map.colocated(left));
+    assert!(plan_colocation(&map).is_empty());
+    assert_eq!(map.finish_merge(left).unwrap(), right);
+    map.validate().unwrap();
+    assert_eq!(map.shards.len(), 3);
+    let l = map.shard(left).unwrap();
+    assert_eq!((l.ranges.clone(), l.epoch, l.generation, l.merging), (vec![(0, 511)], 2, 2, None));
+    assert!(map.shard(right).is_none());
+    assert_eq!(map.shard_for_bucket(300).unwrap().id, left);
+    assert!(matches!(map.finish_merge(left), Err(PlacementError::BadMerge { .. })));
+}
+
+#[test]
+fn validate_catches_broken_merges() {
+    let mut map = ShardMap::initial(1024, 4, &[1, 2, 3], 3).unwrap();
+    map.shards[0].merging = Some(ShardId(2));
+    assert!(matches!(map.validate(), Err(PlacementError::Invalid(_))));
+    map.shards[0].merging = Some(ShardId(9));
+    assert!(matches!(map.validate(), Err(PlacementError::Invalid(_))));
+    map.shards[0].merging = Some(ShardId(1));
+    map.shards[1].merging = Some(ShardId(2));
+    assert!(matches!(map.validate(), Err(PlacementError::Invalid(_))));
+    map.shards[1].merging = None;
+    map.validate().unwrap();
+}

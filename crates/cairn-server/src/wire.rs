@@ -53,9 +53,9 @@ pub fn meta_error(e: cairn_cluster::meta::MetaError) -> NodeError {
     use cairn_cluster::placement::PlacementError as P;
     let message = e.to_string();
     match e {
-        M::WrongCluster { .. } | M::NodeRemoved(_) | M::Placement(P::BadSplit { .. }) => {
-            NodeError::Precondition(message)
-        }
+        M::WrongCluster { .. }
+        | M::NodeRemoved(_)
+        | M::Placement(P::BadSplit { .. } | P::BadMerge { .. }) => NodeError::Precondition(message),
         M::DuplicateAddress { .. } | M::AlreadyInitialized(_) | M::AlreadyPlaced => {
             NodeError::Precondition(message)
         }
@@ -76,9 +76,10 @@ pub fn meta_status(e: cairn_cluster::meta::MetaError) -> Status {
             Status::already_exists(message)
         }
         M::Placement(cairn_cluster::placement::PlacementError::UnknownShard(_)) => Status::not_found(message),
-        M::Placement(cairn_cluster::placement::PlacementError::BadSplit { .. }) => {
-            Status::failed_precondition(message)
-        }
+        M::Placement(
+            cairn_cluster::placement::PlacementError::BadSplit { .. }
+            | cairn_cluster::placement::PlacementError::BadMerge { .. },
+        ) => Status::failed_precondition(message),
         M::Invalid(_) | M::Placement(_) => Status::invalid_argument(message),
         M::UnknownNode(_) => Status::not_found(message),
         M::NotInitialized | M::Group(_) | M::Contended(_) => Status::unavailable(message),

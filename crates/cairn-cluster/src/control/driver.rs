@@ -4,7 +4,7 @@
 use super::{EventSink, LIVE_WITHIN, META_TIMEOUT, RETRY_PAUSE, record};
 use crate::control::ControlEvent;
 use crate::meta::{ClusterState, MetaError, MetaStore};
-use crate::placement::{Move, plan_rebalance, plan_repair};
+use crate::placement::{Move, plan_colocation, plan_rebalance, plan_repair};
 use crate::raft::{GroupStatus, ReadLevel, Role};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -145,6 +145,9 @@ async fn repair(
 ) -> Result<(), MetaError> {
     let Some(map) = &state.map else { return Ok(()) };
     let live = live_nodes(meta, state, since);
+    // Merges wait for their shards' replicas to be on the same (live) nodes.
+    let colocate = plan_colocation(map).into_iter().filter(|mv| live.contains(&mv.to)).collect();
+    start_moves(meta, events, colocate, "co-locating a merge's replica").await?;
     if live.len() == state.active_nodes().len() {
         return rebalance(meta, events, state, &live).await;
     }

@@ -308,3 +308,67 @@ fn a_split_replayed_after_a_power_loss_gives_the_same_snapshot() {
     assert_eq!(again[0], CommandResult::Split { source, snapshot });
     assert_eq!(applier.applied().unwrap().0.map(|id| id.index), Some(12));
 }
+
+/// A freeze stores its position and record, then gives every bucket up: after a power loss the shard
+/// reopens frozen, at the freeze entry (read from the pre-shrink snapshot, as the engine owns nothing),
+/// and the entries after it are refused alike. A merge on a replica whose node has no frozen copy of
+/// the right-hand shard cannot take its ranges in: that replica fences itself.
+#[test]
+fn a_freeze_survives_a_power_loss_and_a_merge_without_the_frozen_shard_fences() {
+    let fs = Arc::new(MemFs::new());
+    let config = |dir: &str| {
+        let mut c = Config::new(dir);
+        c.fs = Arc::clone(&fs) as Arc<dyn FileSystem>;
+        c.wal = false;
+        c.total_buckets = BUCKETS;
+        c.snapshot_volume = Some("file:///snapshots".into());
+        c
+    };
+    let db = Arc::new(Db::open(config("/right"), vec![8..=15]).unwrap());
+    let applier = ShardApplier::new(Arc::clone(&db), 8);
+    let voters = BTreeSet::from([1u64, 2, 3]);
+    applier
+        .apply(&[entry(1, EntryPayload::Membership(Membership::new_with_defaults(vec![voters], [])))])
+        .unwrap();
+    // Entry `index` writes to the shard's buckets, 8..=15.
+    let write = |index: u64| {
+        let mut b = WriteBatch::new();
+        b.put(8 + (index % 8) as u16, format!("k{index}").as_bytes(), 0, b"v");
+        entry(index, EntryPayload::Normal(Command::write(&b)))
+    };
+    applier.apply(&(2..=11).map(write).collect::<Vec<_>>()).unwrap();
+    // Only all of what it owns.
+    let partial = entry(12, EntryPayload::Normal(Command::Freeze { ranges: vec![(8, 14)] }));
+    assert!(matches!(applier.apply(&[partial]).unwrap()[0], CommandResult::Rejected(_)));
+    let freeze = entry(13, EntryPayload::Normal(Command::Freeze { ranges: vec![(8, 15)] }));
+    let CommandResult::Frozen { snapshot } = applier.apply(std::slice::from_ref(&freeze)).unwrap()[0] else {
+        panic!("not frozen")
+    };
+    let after = [entry(14, EntryPayload::Blank), write(15)];
+    let answered = applier.apply(&after).unwrap();
+    assert_eq!(answered[1], CommandResult::NotOwned { bucket: 8 });
+    assert_eq!(applier.applied().unwrap().0.map(|id| id.index), Some(15));
+    let frozen = applier.frozen().unwrap().unwrap();
+    assert_eq!((frozen.snapshot, frozen.ranges.clone()), (snapshot, vec![(8, 15)]));
+
+    fs.crash();
+    drop(applier);
+    drop(db);
+    let db = Arc::new(Db::open_as_stored(config("/right")).unwrap());
+    assert!(db.owned_buckets().is_empty());
+    let release = db.open_last_release().unwrap().unwrap();
+    assert!((2..=11).all(|i| release.get(8 + (i % 8) as u16, format!("k{i}").as_bytes()).unwrap().is_some()));
+    let applier = ShardApplier::new(Arc::clone(&db), 8);
+    assert_eq!(applier.applied().unwrap().0.map(|id| id.index), Some(13), "the freeze's own position");
+    assert_eq!(applier.frozen().unwrap(), Some(frozen.clone()));
+    assert_eq!(applier.apply(&after).unwrap(), answered, "replayed alike");
+    assert_eq!(applier.apply(std::slice::from_ref(&freeze)).unwrap()[0], CommandResult::Frozen { snapshot });
+
+    // The left-hand neighbour's replica on a node without the frozen shard: fenced, nothing taken in.
+    let left = Arc::new(Db::open(config("/left"), vec![0..=7]).unwrap());
+    let applier = ShardApplier::new(Arc::clone(&left), 0);
+    let merge = entry(2, EntryPayload::Normal(Command::Merge { right_group: 2, ranges: vec![(8, 15)] }));
+    assert_eq!(applier.apply(&[merge]).unwrap(), vec![CommandResult::Merged]);
+    assert!(applier.check_status().fenced.is_some());
+    assert_eq!(left.owned_buckets(), vec![0..=7]);
+}

@@ -10,56 +10,16 @@
 mod common;
 
 use cairn_cluster::raft::{
-    Command, CommandResult, Effect, RaftService, ReadLevel, Replica, Role, ShardStateMachine,
-    prepare_split_log,
+    Command, CommandResult, Effect, ReadLevel, Role, ShardStateMachine, prepare_split_log,
 };
-use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
-use cairn_engine::fs::{FileSystem, MemFs};
-use cairn_engine::{Config, Error, WriteBatch};
-use common::group::{VOLUME, leader, state_machine, until, write};
-use common::{Net, replica_config};
+use cairn_engine::Error;
+use cairn_engine::fs::MemFs;
+use common::Net;
+use common::group::{leader, state_machine, until, write};
+use common::nodes::{Node, node, put, start, template};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// One node: its Raft log and Raft service, shared by every group it holds a replica of.
-struct Node {
-    log: Arc<RaftLog>,
-    service: RaftService,
-}
-
-fn node(fs: &Arc<MemFs>, net: &Net, id: u64) -> Node {
-    let dyn_fs = Arc::clone(fs) as Arc<dyn FileSystem>;
-    let log = Arc::new(RaftLog::open(RaftLogConfig::new(format!("/n{id}/raft"), dyn_fs)).unwrap());
-    let service = RaftService::default();
-    net.0.lock().insert(format!("n{id}"), service.clone());
-    Node { log, service }
-}
-
-async fn start(node: &Node, net: &Net, id: u64, group: u64, sm: ShardStateMachine) -> Replica {
-    let replica =
-        Replica::start(id, group, Arc::clone(&node.log), sm, net.clone(), replica_config(20)).await.unwrap();
-    node.service.register_replica_sharing_volume(&replica);
-    let tended = replica.clone();
-    tokio::spawn(async move { tended.tend().await });
-    replica
-}
-
-/// A write of `value` under `key` in `bucket`.
-fn put(bucket: u16, key: &str, value: &[u8]) -> Command {
-    let mut b = WriteBatch::new();
-    b.put(bucket, key.as_bytes(), 0, value);
-    Command::write(&b)
-}
-
-fn template(fs: &Arc<MemFs>, root: &str) -> Config {
-    let mut template = Config::new(root);
-    template.fs = Arc::clone(fs) as Arc<dyn FileSystem>;
-    template.wal = false;
-    template.total_buckets = 16;
-    template.snapshot_volume = Some(VOLUME.into());
-    template
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {

@@ -304,12 +304,32 @@ impl Db {
         snapshot_id: u64,
         ranges: Vec<BucketRange>,
     ) -> Result<ExpandStats> {
-        self.expand(source_db_id, snapshot_id, ranges, true)
+        self.expand(None, source_db_id, snapshot_id, ranges, true)
+    }
+
+    /// [`Db::expand_bucket`] from a snapshot on the volume at `volume_url` instead of this shard's own
+    /// (another shard's volume; on the same file system the files are still linked, not copied).
+    pub fn expand_bucket_from(
+        &self,
+        volume_url: &str,
+        source_db_id: &str,
+        snapshot_id: u64,
+        ranges: Vec<BucketRange>,
+    ) -> Result<ExpandStats> {
+        self.expand(Some(volume_url), source_db_id, snapshot_id, ranges, true)
+    }
+
+    /// The pre-shrink snapshot of the last ranges this shard gave up ([`Db::last_release`]), opened
+    /// read-only; `None` if it never gave any up.
+    pub fn open_last_release(&self) -> Result<Option<ReadOnlyDb>> {
+        let Some((snapshot, _)) = self.last_release() else { return Ok(None) };
+        ReadOnlyDb::open(&self.inner.config, &self.inner.db_id, snapshot).map(Some)
     }
 
     /// [`Db::expand_bucket`]; `link_if_possible == false` forces the copy (tests).
     fn expand(
         &self,
+        volume_url: Option<&str>,
         source_db_id: &str,
         snapshot_id: u64,
         ranges: Vec<BucketRange>,
@@ -323,7 +343,10 @@ impl Db {
         if want.is_empty() {
             return Err(Error::InvalidArgument("expand_bucket needs at least one bucket range".into()));
         }
-        let volume = config.resolve_snapshot_volume()?;
+        let volume = match volume_url {
+            Some(url) => volume::resolve(url, &config.fs)?,
+            None => config.resolve_snapshot_volume()?,
+        };
         let (src_dir, loaded) = load_verified_snapshot(&volume, source_db_id, snapshot_id, total)?;
         if let Some(b) = first(&want.subtract(&loaded.state.owned)) {
             return Err(Error::InvalidArgument(format!(
@@ -511,7 +534,7 @@ mod tests {
         }
         a.flush().unwrap();
         let snap = a.shrink_bucket(vec![4..=7]).unwrap();
-        let stats = b.expand(&a.id(), snap, vec![4..=7], false).unwrap();
+        let stats = b.expand(None, &a.id(), snap, vec![4..=7], false).unwrap();
         assert!(stats.bytes_copied > 0 && stats.files_imported > 0, "{stats:?}");
         let check = |db: &Db| {
             for i in 0..300u32 {

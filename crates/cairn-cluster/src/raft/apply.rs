@@ -7,7 +7,7 @@
 //! replays only the log tail after it. A system row (key prefix `00 02`, which the server's MVCC key
 //! encoding never produces) in the shard's first bucket holds that position.
 
-use super::{Check, Command, CommandResult, Condition, TypeConfig};
+use super::{Check, Command, CommandResult, Condition, FrozenShard, FrozenShards, TypeConfig};
 use cairn_engine::{Db, WriteBatch, WriteOptions};
 use openraft::EntryPayload;
 use openraft::alias::{EntryOf, LogIdOf, StoredMembershipOf};
@@ -55,6 +55,35 @@ pub struct ShardApplier {
     // writes the position row without reading it first. INVARIANT: when loaded, equals the stored row's.
     membership: Arc<parking_lot::Mutex<Option<StoredMembershipOf<TypeConfig>>>>,
     checks: CheckBoard,
+    // Set once the shard froze for a merge (applied or found at open): the engine owns nothing, so the
+    // position of the entries after the freeze is kept here (they change nothing a replay cannot redo).
+    frozen: Arc<parking_lot::Mutex<Option<Frozen>>>,
+    // The node's frozen shards and this shard's group, once the node said (see `NodeLink`).
+    node: NodeLink,
+}
+
+/// A frozen shard's applied position and where its contents are.
+#[derive(Clone, Debug)]
+struct Frozen {
+    // The last applied entry's.
+    position: AppliedState,
+    // The freeze entry's, which the pre-shrink snapshot holds.
+    freeze_position: AppliedState,
+    shard: FrozenShard,
+}
+
+/// The node's registry of frozen shards and this shard's group in it; shared by every generation's
+/// applier of one state machine.
+pub(crate) type NodeLink = Arc<parking_lot::Mutex<Option<(FrozenShards, u64)>>>;
+
+/// The engine key of the freeze record (a [`FrozenRecord`], postcard), written with the freeze entry's
+/// position just before the shrink, so the pre-shrink snapshot holds both.
+pub const FROZEN_ROW_KEY: &[u8] = b"\x00\x02raft/frozen";
+
+/// What a freeze gave up.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FrozenRecord {
+    ranges: Vec<(u16, u16)>,
 }
 
 /// What applying entries did that the replica's owner acts on, beyond answering their proposers
@@ -152,6 +181,17 @@ impl CheckBoard {
         };
         // No subscriber: nobody to tell.
         let _ = self.effects.send(effect);
+    }
+
+    /// Fences this replica at entry `index` for `why` (its contents are not the group's).
+    fn fence(&self, index: u64, why: String) {
+        tracing::error!(index, why = %why, "replica fenced");
+        {
+            let mut checks = self.checks.lock();
+            checks.divergences += 1;
+            checks.fenced.get_or_insert(why);
+        }
+        self.publish_effect(Effect::Fenced { index });
     }
 
     /// Hash at the check entry, inside apply, instead of in the background: a deterministic
@@ -308,7 +348,27 @@ impl ShardApplier {
 
     /// Like [`ShardApplier::new`], recording consistency checks on `checks`.
     pub(crate) fn with_checks(db: Arc<Db>, meta_bucket: u16, checks: CheckBoard) -> ShardApplier {
-        ShardApplier { db, meta_bucket, membership: Arc::default(), checks }
+        ShardApplier::linked(db, meta_bucket, checks, NodeLink::default())
+    }
+
+    /// Like [`ShardApplier::with_checks`], registering a freeze with (and finding the shards to merge
+    /// in) the node `node` names.
+    pub(crate) fn linked(db: Arc<Db>, meta_bucket: u16, checks: CheckBoard, node: NodeLink) -> ShardApplier {
+        ShardApplier { db, meta_bucket, membership: Arc::default(), checks, frozen: Arc::default(), node }
+    }
+
+    /// Where this shard's frozen contents are, if it froze for a merge.
+    pub fn frozen(&self) -> Result<Option<FrozenShard>, ApplyError> {
+        self.applied()?;
+        Ok(self.frozen.lock().as_ref().map(|f| f.shard.clone()))
+    }
+
+    /// The position and pre-shrink snapshot of a frozen shard, for a Raft snapshot: a replica that
+    /// installs it finds the freeze record and finishes the freeze itself.
+    pub(crate) fn frozen_snapshot(&self) -> Option<(AppliedState, u64)> {
+        let frozen = self.frozen.lock();
+        let f = frozen.as_ref()?;
+        Some((f.freeze_position.clone(), f.shard.snapshot))
     }
 
     /// What consistency checks found.
@@ -321,13 +381,79 @@ impl ShardApplier {
         self.checks.digest(index).done()
     }
 
-    /// The applied position the engine holds.
+    /// The applied position the engine holds (a frozen shard's: the one kept since the freeze).
     pub fn applied(&self) -> Result<AppliedState, ApplyError> {
-        let Some(row) = self.db.get(self.meta_bucket, APPLIED_ROW_KEY)? else {
+        if let Some(f) = self.frozen.lock().as_ref() {
+            return Ok(f.position.clone());
+        }
+        let row = match self.db.get(self.meta_bucket, APPLIED_ROW_KEY) {
+            Ok(row) => row,
+            // The shard gave its first bucket up: only a freeze does that.
+            Err(cairn_engine::Error::NotOwned { .. }) => return self.load_frozen(),
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(record) = self.db.get(self.meta_bucket, FROZEN_ROW_KEY)? {
+            // The freeze was stored but its shrink did not happen (a crash in between, or a snapshot
+            // installed from a frozen replica): finish it.
+            let bytes =
+                record.column(0).ok_or_else(|| ApplyError::Corrupt("no freeze record column".into()))?;
+            let record: FrozenRecord = super::decode(bytes).map_err(ApplyError::Corrupt)?;
+            self.db.shrink_bucket(record.ranges.iter().map(|&(f, l)| f..=l).collect())?;
+            return self.load_frozen();
+        }
+        let Some(row) = row else {
             return Ok((None, StoredMembershipOf::<TypeConfig>::default()));
         };
         let bytes = row.column(0).ok_or_else(|| ApplyError::Corrupt("no value column".into()))?;
         decode_position(bytes)
+    }
+
+    /// Reads a frozen shard's position and freeze record from its pre-shrink snapshot, and registers it
+    /// with the node.
+    fn load_frozen(&self) -> Result<AppliedState, ApplyError> {
+        let Some((snapshot, _)) = self.db.last_release() else {
+            return Err(ApplyError::Corrupt(format!(
+                "the shard does not own its first bucket {} and gave nothing up",
+                self.meta_bucket
+            )));
+        };
+        let release = self.db.open_last_release()?.ok_or_else(|| ApplyError::Corrupt("no release".into()))?;
+        let column = |row: Option<cairn_engine::Row>, what: &str| {
+            row.and_then(|r| r.column(0).map(<[u8]>::to_vec)).ok_or_else(|| {
+                ApplyError::Corrupt(format!("the shard gave its first bucket up without a freeze ({what})"))
+            })
+        };
+        let position =
+            decode_position(&column(release.get(self.meta_bucket, APPLIED_ROW_KEY)?, "position")?)?;
+        let record: FrozenRecord =
+            super::decode(&column(release.get(self.meta_bucket, FROZEN_ROW_KEY)?, "record")?)
+                .map_err(ApplyError::Corrupt)?;
+        let shard = FrozenShard {
+            db_id: self.db.id(),
+            snapshot,
+            volume: self.db.snapshot_volume_url()?,
+            ranges: record.ranges,
+        };
+        self.enter_frozen(Frozen { position: position.clone(), freeze_position: position.clone(), shard });
+        Ok(position)
+    }
+
+    /// Records this shard as frozen, here and with its node.
+    fn enter_frozen(&self, frozen: Frozen) {
+        if let Some((shards, group)) = self.node.lock().as_ref() {
+            shards.insert(*group, frozen.shard.clone());
+        }
+        *self.frozen.lock() = Some(frozen);
+    }
+
+    /// Links this applier to its node's frozen shards as group `group` (registering the freeze, if the
+    /// shard is frozen).
+    pub(crate) fn link(&self, shards: FrozenShards, group: u64) -> Result<(), ApplyError> {
+        *self.node.lock() = Some((shards.clone(), group));
+        if let Some(f) = self.frozen()? {
+            shards.insert(group, f);
+        }
+        Ok(())
     }
 
     /// Applies `entries` (consecutive, after the applied position) in as few engine batches as their
@@ -347,6 +473,11 @@ impl ShardApplier {
         // Room left for the position row in a combined batch.
         let limit = self.db.max_batch_bytes().saturating_sub(POSITION_ROW_ROOM);
         for entry in entries {
+            if self.frozen.lock().is_some() {
+                results.push(self.apply_frozen(entry, &mut membership)?);
+                *cached = Some(membership.clone());
+                continue;
+            }
             let mut result = CommandResult::Applied;
             match &entry.payload {
                 EntryPayload::Blank => {}
@@ -369,6 +500,27 @@ impl ShardApplier {
                     }
                     let (result, record) = self.split(entry.log_id().index, *new_group, ranges, voters)?;
                     self.commit(record, entry.log_id(), &membership)?;
+                    *cached = Some(membership.clone());
+                    results.push(result);
+                    continue;
+                }
+                EntryPayload::Normal(Command::Freeze { ranges }) => {
+                    // As a split: the pre-shrink snapshot holds every entry up to this one, whose position
+                    // (and the freeze record) is committed before the shrink.
+                    if let Some(upto) = pending.take() {
+                        self.commit(std::mem::take(&mut batch), upto, &membership)?;
+                    }
+                    results.push(self.freeze(entry.log_id(), ranges, &membership)?);
+                    *cached = Some(membership.clone());
+                    continue;
+                }
+                EntryPayload::Normal(Command::Merge { right_group, ranges }) => {
+                    // The import lands after every entry before this one.
+                    if let Some(upto) = pending.take() {
+                        self.commit(std::mem::take(&mut batch), upto, &membership)?;
+                    }
+                    let (result, cleanup) = self.merge(entry.log_id().index, *right_group, ranges)?;
+                    self.commit(cleanup, entry.log_id(), &membership)?;
                     *cached = Some(membership.clone());
                     results.push(result);
                     continue;
@@ -451,6 +603,137 @@ impl ShardApplier {
         let off = SplitOff { index, new_group, ranges, source: source.clone(), snapshot, volume, voters };
         self.checks.publish_effect(Effect::Split(off));
         Ok((CommandResult::Split { source, snapshot }, batch))
+    }
+
+    /// Freezes the shard at entry `at` (see [`Command::Freeze`]): stores the position and the freeze
+    /// record, then gives every bucket up.
+    fn freeze(
+        &self,
+        at: LogIdOf<TypeConfig>,
+        ranges: &[(u16, u16)],
+        membership: &StoredMembershipOf<TypeConfig>,
+    ) -> Result<CommandResult, ApplyError> {
+        let owned: Vec<(u16, u16)> = self.db.owned_buckets().iter().map(|r| (*r.start(), *r.end())).collect();
+        if ranges.is_empty() || ranges != owned.as_slice() {
+            self.commit(WriteBatch::new(), at, membership)?;
+            let why = format!("a freeze gives up everything the shard owns ({owned:?}), not {ranges:?}");
+            return Ok(CommandResult::Rejected(why));
+        }
+        let mut record = WriteBatch::new();
+        let encoded =
+            super::encode(&FrozenRecord { ranges: ranges.to_vec() }).map_err(ApplyError::Corrupt)?;
+        record.put_row(self.meta_bucket, FROZEN_ROW_KEY, &[(0, &encoded)]);
+        self.commit(record, at, membership)?;
+        let snapshot = self.db.shrink_bucket(ranges.iter().map(|&(f, l)| f..=l).collect())?;
+        let position = (Some(at), membership.clone());
+        let shard = FrozenShard {
+            db_id: self.db.id(),
+            snapshot,
+            volume: self.db.snapshot_volume_url()?,
+            ranges: ranges.to_vec(),
+        };
+        tracing::info!(index = at.index, ?ranges, snapshot, "shard frozen for a merge");
+        self.enter_frozen(Frozen { position: position.clone(), freeze_position: position, shard });
+        Ok(CommandResult::Frozen { snapshot })
+    }
+
+    /// Applies one entry to a frozen shard: nothing is written; the position moves in memory.
+    fn apply_frozen(
+        &self,
+        entry: &EntryOf<TypeConfig>,
+        membership: &mut StoredMembershipOf<TypeConfig>,
+    ) -> Result<CommandResult, ApplyError> {
+        let Some((first, snapshot)) = self
+            .frozen
+            .lock()
+            .as_ref()
+            .map(|f| (f.shard.ranges.first().map_or(self.meta_bucket, |r| r.0), f.shard.snapshot))
+        else {
+            return Err(ApplyError::Corrupt("a frozen entry applied to a shard that is not frozen".into()));
+        };
+        let result = match &entry.payload {
+            EntryPayload::Blank => CommandResult::Applied,
+            EntryPayload::Membership(m) => {
+                *membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id()), m.clone());
+                CommandResult::Applied
+            }
+            EntryPayload::Normal(Command::Freeze { .. }) => CommandResult::Frozen { snapshot },
+            // Every frozen replica hashes the same (empty) contents.
+            EntryPayload::Normal(Command::Check(check)) => self.run_check(entry.log_id().index, check)?,
+            EntryPayload::Normal(Command::Merge { .. }) => {
+                CommandResult::Rejected("a shard frozen for a merge takes nothing in".into())
+            }
+            EntryPayload::Normal(_) => CommandResult::NotOwned { bucket: first },
+        };
+        if let Some(f) = self.frozen.lock().as_mut() {
+            f.position = (Some(entry.log_id()), membership.clone());
+        }
+        Ok(result)
+    }
+
+    /// Takes in `ranges` from group `right_group`'s frozen replica on this node at merge entry `index`
+    /// (see [`Command::Merge`]); the answer and the writes that go with the entry's position (the
+    /// frozen shard's system rows, which came in with its first bucket, deleted).
+    fn merge(
+        &self,
+        index: u64,
+        right_group: u64,
+        ranges: &[(u16, u16)],
+    ) -> Result<(CommandResult, WriteBatch), ApplyError> {
+        let want: Vec<cairn_engine::BucketRange> = ranges.iter().map(|&(f, l)| f..=l).collect();
+        let owned = self.db.owned_buckets();
+        let covered = |r: &cairn_engine::BucketRange| {
+            owned.iter().any(|o| o.start() <= r.start() && r.end() <= o.end())
+        };
+        let overlaps = |r: &cairn_engine::BucketRange| {
+            owned.iter().any(|o| o.start() <= r.end() && r.start() <= o.end())
+        };
+        if want.is_empty() || want.iter().any(|r| r.start() > r.end()) {
+            return Ok((
+                CommandResult::Rejected(format!("a merge of no buckets: {ranges:?}")),
+                WriteBatch::new(),
+            ));
+        }
+        let Some(first) = ranges.iter().map(|r| r.0).min() else { unreachable!("checked non-empty") };
+        let mut cleanup = WriteBatch::new();
+        for key in [APPLIED_ROW_KEY, SPLIT_ROW_KEY, FROZEN_ROW_KEY] {
+            cleanup.delete(first, key);
+        }
+        if want.iter().all(covered) {
+            // Taken in before (a replay after a crash, or a snapshot taken after the merge).
+            return Ok((CommandResult::Merged, cleanup));
+        }
+        if want.iter().any(overlaps) {
+            let why = format!("a merge of {ranges:?}, which the shard partly owns ({owned:?})");
+            return Ok((CommandResult::Rejected(why), WriteBatch::new()));
+        }
+        let node = self.node.lock().as_ref().map(|(shards, _)| shards.clone());
+        let found = node.and_then(|shards| shards.get(right_group)).filter(|f| f.ranges == ranges);
+        let imported = match &found {
+            None => Err(format!("this node has no replica of group {right_group} frozen with {ranges:?}")),
+            Some(f) => {
+                self.db.expand_bucket_from(&f.volume, &f.db_id, f.snapshot, want).map_err(|e| e.to_string())
+            }
+        };
+        match imported {
+            Ok(stats) => {
+                tracing::info!(
+                    index,
+                    right_group,
+                    ?ranges,
+                    files = stats.files_imported,
+                    copied = stats.bytes_copied,
+                    "merged a frozen neighbour in"
+                );
+                Ok((CommandResult::Merged, cleanup))
+            }
+            Err(why) => {
+                // The others take the ranges in; this replica cannot, so it must not serve or decide
+                // anything until it re-syncs from them.
+                self.checks.fence(index, format!("cannot take in the merge at index {index}: {why}"));
+                Ok((CommandResult::Merged, WriteBatch::new()))
+            }
+        }
     }
 
     /// The last split this shard made, if it keeps its record.

@@ -6,6 +6,7 @@ mod apply;
 mod digest;
 pub use digest::{DIGEST_NICENESS, MAX_DIGEST_THREADS};
 mod log_store;
+mod merge;
 mod replica;
 mod runtime;
 mod state_machine;
@@ -16,6 +17,7 @@ pub use apply::{
     HASH_BYTES_PER_SECOND, ShardApplier, SplitOff,
 };
 pub use log_store::GroupLogStore;
+pub use merge::{FrozenShard, FrozenShards, MERGE_WAIT};
 pub use replica::{
     CheckOutcome, GroupError, GroupStatus, MoveStep, ReadLevel, ReadPoint, Replica, ReplicaConfig, Role,
     STALL_AFTER, StatusWatch, Written, retire_stored,
@@ -77,6 +79,26 @@ pub enum Command {
         /// group with the same membership.
         voters: Vec<(u64, String)>,
     },
+    /// Stops this shard for a merge into its left-hand neighbour: every replica stores the entry's
+    /// position, gives up `ranges` (everything the shard owns) at this entry (the engine's shrink, whose
+    /// pre-shrink snapshot keeps their files) and from then on writes nothing: writes are answered
+    /// [`CommandResult::NotOwned`], reads find the buckets gone. Each replica registers its frozen
+    /// contents with its node ([`FrozenShards`]), from which the neighbour's replica there imports
+    /// them ([`Command::Merge`]). Answered [`CommandResult::Frozen`].
+    Freeze {
+        /// Every range the shard owns.
+        ranges: Vec<(u16, u16)>,
+    },
+    /// Takes in `ranges` from group `right_group`, frozen for this merge ([`Command::Freeze`]): every
+    /// replica imports them from its node's frozen replica of that group, by reference (0 bytes copied
+    /// on one file system). A replica whose node has no such frozen replica fences itself and re-syncs
+    /// from the others. Answered [`CommandResult::Merged`] (also when the ranges were taken in before).
+    Merge {
+        /// The frozen right-hand shard's group.
+        right_group: u64,
+        /// Its ranges.
+        ranges: Vec<(u16, u16)>,
+    },
 }
 
 /// The two log entries of a consistency check (seed 004): every replica hashes its shard at the same
@@ -127,6 +149,9 @@ impl Command {
             Command::Conditional { conditions, batch } => Ok((batch, conditions)),
             Command::Check(_) => Err(CommandResult::Rejected("a check step writes no rows".into())),
             Command::Split { .. } => Err(CommandResult::Rejected("a split writes no rows".into())),
+            Command::Freeze { .. } | Command::Merge { .. } => {
+                Err(CommandResult::Rejected("a freeze or a merge writes no rows".into()))
+            }
         }
     }
 
@@ -151,6 +176,7 @@ impl Command {
             Command::Split { ranges, voters, .. } => {
                 16 + 8 * ranges.len() + voters.iter().map(|(_, a)| 16 + a.len()).sum::<usize>()
             }
+            Command::Freeze { ranges } | Command::Merge { ranges, .. } => 16 + 8 * ranges.len(),
         }
     }
 }
@@ -164,6 +190,8 @@ impl std::fmt::Display for Command {
             }
             Command::Check(check) => write!(f, "check({check:?})"),
             Command::Split { new_group, ranges, .. } => write!(f, "split({ranges:?} to group {new_group})"),
+            Command::Freeze { ranges } => write!(f, "freeze({ranges:?})"),
+            Command::Merge { right_group, ranges } => write!(f, "merge({ranges:?} from group {right_group})"),
         }
     }
 }
@@ -236,6 +264,15 @@ pub enum CommandResult {
         /// The pre-shrink snapshot.
         snapshot: u64,
     },
+    /// A [`Command::Freeze`]: the shard gave everything up; `snapshot` (the engine's pre-shrink
+    /// snapshot) holds it for the merge. Also the answer to a freeze of a shard frozen before.
+    Frozen {
+        /// The pre-shrink snapshot.
+        snapshot: u64,
+    },
+    /// A [`Command::Merge`]: the ranges are this shard's now (on a replica that fenced itself instead,
+    /// the group's answer all the same: the others took them in).
+    Merged,
     /// A write to a bucket the shard no longer owns (it split away, or the write was routed by an old
     /// map); nothing was written. Route it again.
     NotOwned {
@@ -342,6 +379,8 @@ mod tests {
             Command::check(Check::Record),
             Command::check(Check::Compare { index: 7, digest: "ab".into() }),
             Command::evaluated(3, &batch),
+            Command::Freeze { ranges: vec![(4, 7)] },
+            Command::Merge { right_group: 2, ranges: vec![(4, 7), (9, 9)] },
         ] {
             let bytes = encode(&command).unwrap();
             assert_eq!(decode::<Command>(&bytes).unwrap(), command);

@@ -10,7 +10,7 @@
 //! generation's directory is left in place (its snapshots may still be read by others); removing old
 //! generations is the next step, together with snapshot retention.
 
-use super::apply::{ApplyError, CheckBoard, ShardApplier};
+use super::apply::{ApplyError, CheckBoard, NodeLink, ShardApplier};
 use super::{TypeConfig, io_err};
 use cairn_engine::{Config, Db};
 use futures_util::StreamExt;
@@ -144,6 +144,8 @@ pub struct ShardStateMachine {
     checks: CheckBoard,
     // The engine readers use, outside `inner`'s lock for the same reason. INVARIANT: `inner.db`.
     db: Arc<parking_lot::RwLock<Arc<Db>>>,
+    // The node's frozen shards, shared with every generation's applier.
+    node: NodeLink,
 }
 
 impl std::fmt::Debug for ShardStateMachine {
@@ -202,7 +204,8 @@ impl ShardStateMachine {
         let buckets = owned;
         let db = Arc::new(db);
         let checks = CheckBoard::default();
-        let applier = ShardApplier::with_checks(Arc::clone(&db), meta_bucket, checks.clone());
+        let node = NodeLink::default();
+        let applier = ShardApplier::linked(Arc::clone(&db), meta_bucket, checks.clone(), Arc::clone(&node));
         let shared = Arc::new(parking_lot::RwLock::new(Arc::clone(&db)));
         let inner = Inner {
             applier,
@@ -217,7 +220,18 @@ impl ShardStateMachine {
             current: None,
             installed: 0,
         };
-        Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)), checks, db: shared })
+        Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)), checks, db: shared, node })
+    }
+
+    /// Makes this replica, of group `group`, one of the node whose frozen shards `shards` holds: a
+    /// freeze registers there, and a merge finds the right-hand shard's frozen replica there.
+    pub fn link(&self, shards: &super::FrozenShards, group: u64) -> io::Result<()> {
+        self.inner.lock().applier.link(shards.clone(), group).map_err(io_err)
+    }
+
+    /// Where this replica's frozen contents are, if its shard froze for a merge.
+    pub fn frozen(&self) -> Option<super::FrozenShard> {
+        self.inner.lock().applier.frozen().ok().flatten()
     }
 
     /// This replica's incarnation (0 until it first re-syncs from scratch).
@@ -272,7 +286,12 @@ impl ShardStateMachine {
     fn swap_in(&self, inner: &mut Inner, db: Db, generation: u64) {
         let db = Arc::new(db);
         self.checks.reset();
-        inner.applier = ShardApplier::with_checks(Arc::clone(&db), inner.meta_bucket, self.checks.clone());
+        inner.applier = ShardApplier::linked(
+            Arc::clone(&db),
+            inner.meta_bucket,
+            self.checks.clone(),
+            Arc::clone(&self.node),
+        );
         *self.db.write() = Arc::clone(&db);
         inner.db = db;
         inner.generation = generation;
@@ -454,6 +473,27 @@ impl ShardStateMachine {
     }
 }
 
+impl ShardStateMachine {
+    /// Before `entries` apply: for each merge among them whose ranges this replica does not hold yet,
+    /// waits (up to [`MERGE_WAIT`](super::MERGE_WAIT)) for the node's replica of the right-hand shard
+    /// to freeze (one that lags is catching up; one that restarted is reopening).
+    async fn await_frozen_neighbours(&self, entries: &[openraft::alias::EntryOf<TypeConfig>]) {
+        let Some((shards, _)) = self.node.lock().clone() else { return };
+        for entry in entries {
+            if let openraft::EntryPayload::Normal(super::Command::Merge { right_group, ranges }) =
+                &entry.payload
+            {
+                let owned = self.owned_buckets();
+                let held =
+                    ranges.iter().all(|&(f, l)| owned.iter().any(|o| *o.start() <= f && l <= *o.end()));
+                if !held && shards.wait(*right_group, super::MERGE_WAIT).await.is_none() {
+                    tracing::warn!(right_group, "the merged shard's replica here did not freeze in time");
+                }
+            }
+        }
+    }
+}
+
 /// What [`ShardStateMachine::verify`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verification {
@@ -493,8 +533,17 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
             let inner = self.inner.lock();
             // Every applied entry is in the engine (applies are synchronous and hold the lock), so the
             // snapshot taken now is exactly the applied position read alongside it.
-            let (last_log_id, last_membership) = inner.applier.applied().map_err(io_err)?;
-            let snapshot_id = inner.db.snapshot().map_err(io_err)?;
+            let (last_log_id, last_membership, snapshot_id) = match inner.applier.frozen_snapshot() {
+                // A frozen shard's snapshot is its pre-shrink one, at the freeze: what a replica
+                // installs to freeze itself alike (the entries since change nothing).
+                Some(((last_log_id, last_membership), snapshot_id)) => {
+                    (last_log_id, last_membership, snapshot_id)
+                }
+                None => {
+                    let (last_log_id, last_membership) = inner.applier.applied().map_err(io_err)?;
+                    (last_log_id, last_membership, inner.db.snapshot().map_err(io_err)?)
+                }
+            };
             let meta = SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership };
             (meta, Arc::clone(&inner.db), snapshot_id, inner.generation)
         };
@@ -533,6 +582,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             batch.push(entry);
             responders.push(responder);
         }
+        self.await_frozen_neighbours(&batch).await;
         let results = self.inner.lock().applier.apply(&batch).map_err(io_err)?;
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(r) = responder {

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod group;
+pub mod nodes;
 
 use cairn_cluster::raft::{Command, GroupLogStore, ShardRaft, ShardStateMachine};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};

@@ -170,6 +170,7 @@ impl Membership {
             wire: PeerChannels::new(node.max_message_bytes),
             log: Arc::new(log),
             events: crate::events::Events::new(),
+            frozen: cairn_cluster::raft::FrozenShards::default(),
         };
         let node_id = identity.node_id;
         let bootstrap = identity.bootstrap.clone();
@@ -640,6 +641,17 @@ impl pb::cluster_server::Cluster for ClusterService {
         let shard = cairn_cluster::placement::ShardId(r.shard);
         let new = self.membership.split_shard(shard, at).await.map_err(crate::wire::meta_status)?;
         Ok(Response::new(pb::SplitShardReply { new_shard: new.0 }))
+    }
+
+    async fn merge_shards(
+        &self,
+        request: Request<pb::MergeShardsRequest>,
+    ) -> std::result::Result<Response<pb::MergeShardsReply>, Status> {
+        let r = request.into_inner();
+        let (left, right) =
+            (cairn_cluster::placement::ShardId(r.left), cairn_cluster::placement::ShardId(r.right));
+        self.membership.merge_shards(left, right).await.map_err(crate::wire::meta_status)?;
+        Ok(Response::new(pb::MergeShardsReply {}))
     }
 
     async fn list_shards(

@@ -1,6 +1,7 @@
 //! Operators' changes to a cluster's shards, the same on gRPC (`Cluster/SplitShard`,
-//! `Cluster/ListShards`) and on the admin REST routes (`POST /admin/shards/{id}/split`,
-//! `GET /admin/shards`): one place decides them, both wire formats only translate.
+//! `Cluster/MergeShards`, `Cluster/ListShards`) and on the admin REST routes
+//! (`POST /admin/shards/{id}/split`, `POST /admin/shards/{id}/merge`, `GET /admin/shards`): one place
+//! decides them, both wire formats only translate.
 
 use super::Membership;
 use cairn_cluster::meta::MetaError;
@@ -15,6 +16,16 @@ impl Membership {
         let (_, new) = meta.update(|s| s.begin_split(shard, at)).await?;
         tracing::info!(%shard, at, %new, "shard split requested");
         Ok(new)
+    }
+
+    /// Marks shard `right` to merge into its left-hand neighbour `left` in the meta group (the control
+    /// plane co-locates their replicas, then the shards' leaders freeze and merge). The same merge asked
+    /// again changes nothing.
+    pub(crate) async fn merge_shards(&self, left: ShardId, right: ShardId) -> Result<(), MetaError> {
+        let meta = self.meta().map_err(|_| MetaError::NotInitialized)?;
+        meta.update(|s| Ok((s.begin_merge(left, right)?, ()))).await?;
+        tracing::info!(%left, %right, "shard merge requested");
+        Ok(())
     }
 
     /// The shard map, read through the meta group's leader.
@@ -40,6 +51,7 @@ pub(crate) fn list_reply(map: &ShardMap) -> pb::ListShardsReply {
             generation: s.generation,
             splitting: s.splitting.map(|p| pb::SplitUnderWay { new_shard: p.new.0, at: p.at.into() }),
             moving: s.moving.map(|m| pb::MoveUnderWay { from: m.from, to: m.to }),
+            merging: s.merging.map(|r| r.0),
         })
         .collect();
     pb::ListShardsReply { version: map.version, total_buckets: map.total_buckets, shards }
@@ -59,6 +71,7 @@ pub(crate) fn list_json(map: &ShardMap) -> serde_json::Value {
                 "generation": s.generation,
                 "splitting": s.splitting.map(|p| serde_json::json!({"new_shard": p.new.0, "at": p.at})),
                 "moving": s.moving.map(|m| serde_json::json!({"from": m.from, "to": m.to})),
+                "merging": s.merging.map(|r| r.0),
             })
         })
         .collect();

@@ -40,6 +40,8 @@ pub enum EventKind {
     ReplicaMoved { shard: ShardId, from: u64, to: u64, epoch: u64 },
     /// A shard split: `new` took its buckets from `at` on (`shard` is at `epoch` after it).
     ShardSplit { shard: ShardId, new: ShardId, at: u16, epoch: u64 },
+    /// Shard `merged` was merged into `shard`, which took its buckets (at `epoch` after it).
+    ShardMerged { shard: ShardId, merged: ShardId, epoch: u64 },
     /// A replica move was given up (its destination died before it could take the replica over).
     ReplicaMoveAbandoned { shard: ShardId, from: u64, to: u64, epoch: u64 },
     /// This node dropped its replica of a shard that moved away while it was down or partitioned.
@@ -67,6 +69,9 @@ impl From<ControlEvent> for EventKind {
             ControlEvent::ReplicaRetired { shard } => EventKind::ReplicaRetired { shard },
             ControlEvent::ShardSplit { shard, new, at, epoch } => {
                 EventKind::ShardSplit { shard, new, at, epoch }
+            }
+            ControlEvent::ShardMerged { shard, merged, epoch } => {
+                EventKind::ShardMerged { shard, merged, epoch }
             }
         }
     }
@@ -102,6 +107,7 @@ impl Event {
             EventKind::ReplicaRetired { .. } => "replica_retired",
             EventKind::ReplicaFenced { .. } => "replica_fenced",
             EventKind::ShardSplit { .. } => "shard_split",
+            EventKind::ShardMerged { .. } => "shard_merged",
             EventKind::Lagged { .. } => "lagged",
         }
     }

@@ -252,6 +252,7 @@ impl Node {
             wire: PeerChannels::new(config.max_message_bytes),
             log: Arc::new(log),
             events: crate::events::Events::new(),
+            frozen: cairn_cluster::raft::FrozenShards::default(),
         };
         plumbing.events.set_observer(rc.node_id);
         let first = rc.members.keys().next() == Some(&rc.node_id);

@@ -150,25 +150,19 @@ impl Node {
         let shard = Arc::new(launch(rc, &r.plumbing, new_group, sm, None).await?);
         // The new shard serves nothing until the map names it; the parent serves what its engine kept.
         self.change_set(|list, _| {
-            if let Some(i) = list.iter().position(|s| s.group == parent)
-                && let Backend::Replicated(replica) = &list[i].backend
-            {
-                let kept = Shard {
-                    group: parent,
-                    ranges: replica.state_machine().owned_buckets(),
-                    backend: Backend::Replicated(replica.clone()),
-                    leader_changes: Arc::clone(&list[i].leader_changes),
-                };
-                list[i] = Arc::new(kept);
-            }
+            refresh_ranges(list);
             list.push(shard);
         });
         Ok(true)
     }
 
-    /// Makes exactly the replicas of `groups` (among those held here) serve requests.
+    /// Makes exactly the replicas of `groups` (among those held here) serve requests, each for the
+    /// buckets its engine owns now (a split or a merge changed them).
     pub(crate) fn serve_only(&self, groups: &BTreeSet<u64>) {
-        self.change_set(|_, serving| *serving = groups.clone());
+        self.change_set(|list, serving| {
+            refresh_ranges(list);
+            *serving = groups.clone();
+        });
     }
 
     /// Makes this node's replica of `group` (if held) serve requests too.
@@ -178,9 +172,10 @@ impl Node {
         });
     }
 
-    /// True if `shard` is still held here (not retired since it was looked up).
+    /// True if `shard` is still held here (not retired since it was looked up; its ranges may have
+    /// changed, which keeps the replica and its leadership counter).
     pub(super) fn still_held(&self, shard: &Arc<Shard>) -> bool {
-        self.set().list.iter().any(|s| Arc::ptr_eq(s, shard))
+        self.set().list.iter().any(|s| Arc::ptr_eq(&s.leader_changes, &shard.leader_changes))
     }
 
     /// Stops this node's replica of group `group` for good (the shard moved away): it stops serving, its
@@ -193,6 +188,7 @@ impl Node {
         });
         let Some(retired) = retired else { return Ok(()) };
         r.plumbing.service.unregister(group);
+        r.plumbing.frozen.remove(group);
         if let Backend::Replicated(replica) = &retired.backend {
             replica
                 .retire()
@@ -230,6 +226,24 @@ impl Node {
     /// The groups this node holds a replica of.
     pub(crate) fn groups(&self) -> BTreeSet<u64> {
         self.set().list.iter().map(|s| s.group).collect()
+    }
+}
+
+/// Makes each replica in `list` serve the buckets its engine owns (a split gave some up, a merge took
+/// some in, a freeze gave all up).
+fn refresh_ranges(list: &mut [Arc<Shard>]) {
+    for shard in list.iter_mut() {
+        let Backend::Replicated(replica) = &shard.backend else { continue };
+        let owned = replica.state_machine().owned_buckets();
+        if owned != shard.ranges {
+            let now = Shard {
+                group: shard.group,
+                ranges: owned,
+                backend: Backend::Replicated(replica.clone()),
+                leader_changes: Arc::clone(&shard.leader_changes),
+            };
+            *shard = Arc::new(now);
+        }
     }
 }
 
@@ -372,6 +386,8 @@ async fn launch(
     sm: ShardStateMachine,
     bootstrap: Option<std::collections::BTreeMap<u64, String>>,
 ) -> Result<Shard> {
+    sm.link(&plumbing.frozen, group)
+        .map_err(|e| NodeError::Startup(format!("cannot open shard {group}'s replica: {e}")))?;
     let replica = Replica::start(
         rc.node_id,
         group,

@@ -180,6 +180,8 @@ pub(crate) struct Plumbing {
     pub log: Arc<cairn_cluster::raft_log::RaftLog>,
     /// The node's event stream.
     pub events: Arc<crate::events::Events>,
+    /// The node's shards frozen for a merge (see `Command::Freeze`).
+    pub frozen: cairn_cluster::raft::FrozenShards,
 }
 
 /// Logs shard `shard`'s leader changes and counts them in `changes`, until its replica stops.

@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(events))
         .route("/admin/shards", get(list_shards))
         .route("/admin/shards/{id}/split", post(split_shard))
+        .route("/admin/shards/{id}/merge", post(merge_shards))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -143,6 +144,7 @@ fn allowed_params(route: &str, method: &Method) -> &'static [&'static str] {
         "/kv/rest/range" | "/kv/rest/range/" => RANGE_PARAMS,
         "/health" => &["ready"],
         "/admin/shards/{id}/split" => &["at"],
+        "/admin/shards/{id}/merge" => &["with"],
         _ => &[],
     }
 }
@@ -357,6 +359,24 @@ async fn split_shard(
     let new = membership(&state)?.split_shard(shard, at).await.map_err(crate::wire::meta_error)?;
     let body = json!({"shard": shard.0, "at": at, "new_shard": new.0});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `POST /admin/shards/{id}/merge?with=RIGHT`: marks shard RIGHT to merge into shard `id`, its
+/// left-hand neighbour (answered once the merge is under way).
+async fn merge_shards(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let left = id.parse::<u32>().map_err(|_| bad(format!("shard id {id:?} is not a number")))?;
+    let params = query(&uri, &["with"])?;
+    let Some(right) = params.number("with", u64::from(u32::MAX))? else {
+        return Err(bad("parameter \"with\" (the right-hand neighbour to merge in) is required"));
+    };
+    let (left, right) =
+        (cairn_cluster::placement::ShardId(left), cairn_cluster::placement::ShardId(right as u32));
+    membership(&state)?.merge_shards(left, right).await.map_err(crate::wire::meta_error)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"shard": left.0, "merging": right.0}))).into_response())
 }
 
 /// `GET /events`: the node's event stream as server-sent events (`event: TYPE`, `data: JSON`), until

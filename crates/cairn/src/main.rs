@@ -20,6 +20,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cluster_status;
 mod demo;
+mod shards;
+
+use shards::ShardsCommand;
 
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about = "cairn: a replicated, sharded key-value database")]
@@ -47,28 +50,6 @@ enum Command {
     /// Change a cluster's shards (over gRPC, through any member).
     #[command(subcommand)]
     Shards(ShardsCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum ShardsCommand {
-    /// Split SHARD at bucket --at: a new shard takes the shard's buckets from there on, with the same
-    /// replicas, by reference (no bytes copied). A single bucket never splits; the bucket space
-    /// (`total_buckets`, fixed at `cairn init`) bounds how many shards a cluster can have.
-    Split(SplitArgs),
-    /// List the shards as the meta group's leader knows them: buckets, replicas, epoch, generation, and
-    /// any split or replica move under way.
-    List(ClientArgs),
-}
-
-#[derive(Args, Debug)]
-struct SplitArgs {
-    #[command(flatten)]
-    client: ClientArgs,
-    /// The shard to split (`cairn status` lists them).
-    shard: u32,
-    /// The first bucket the new shard takes: above the shard's first bucket, one it owns.
-    #[arg(long)]
-    at: u32,
 }
 
 #[derive(Args, Debug)]
@@ -451,91 +432,6 @@ async fn init_command(args: InitArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn split_command(args: SplitArgs) -> Result<ExitCode, String> {
-    use cairn_proto::cluster::{SplitShardRequest, cluster_client::ClusterClient};
-    let endpoint = format!("http://{}", args.client.addr);
-    let mut client = ClusterClient::connect(endpoint)
-        .await
-        .map_err(|e| format!("cannot reach {}: {e}", args.client.addr))?;
-    let request = SplitShardRequest { shard: args.shard, at: args.at };
-    let reply = client
-        .split_shard(request)
-        .await
-        .map_err(|s| format!("split refused: {}", s.message()))?
-        .into_inner();
-    if args.client.json {
-        println!("{}", serde_json::json!({"shard": args.shard, "at": args.at, "new_shard": reply.new_shard}));
-    } else {
-        println!(
-            "splitting shard {} at bucket {}: shard {} takes the rest",
-            args.shard, args.at, reply.new_shard
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn list_shards_command(args: ClientArgs) -> Result<ExitCode, String> {
-    use cairn_proto::cluster::{ListShardsRequest, cluster_client::ClusterClient};
-    let mut client = ClusterClient::connect(format!("http://{}", args.addr))
-        .await
-        .map_err(|e| format!("cannot reach {}: {e}", args.addr))?;
-    let reply = client
-        .list_shards(ListShardsRequest {})
-        .await
-        .map_err(|s| format!("cannot list the shards: {}", s.message()))?
-        .into_inner();
-    let ranges = |s: &cairn_proto::cluster::ShardInfo| -> String {
-        s.ranges.iter().map(|r| format!("{}-{}", r.first, r.last)).collect::<Vec<_>>().join(",")
-    };
-    if args.json {
-        let shards: Vec<serde_json::Value> = reply
-            .shards
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "id": s.id,
-                    "ranges": s.ranges.iter().map(|r| [r.first, r.last]).collect::<Vec<_>>(),
-                    "replicas": s.replicas,
-                    "epoch": s.epoch,
-                    "generation": s.generation,
-                    "splitting": s.splitting.map(|p| serde_json::json!({"new_shard": p.new_shard, "at": p.at})),
-                    "moving": s.moving.map(|m| serde_json::json!({"from": m.from, "to": m.to})),
-                })
-            })
-            .collect();
-        let out = serde_json::json!({"version": reply.version, "total_buckets": reply.total_buckets, "shards": shards});
-        println!("{out}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{} shards over {} buckets (map version {})",
-        reply.shards.len(),
-        reply.total_buckets,
-        reply.version
-    );
-    println!("{:>6}  {:<16} {:<12} {:>6} {:>4}  under way", "shard", "buckets", "replicas", "epoch", "gen");
-    for s in &reply.shards {
-        let replicas = s.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-        let mut doing = Vec::new();
-        if let Some(p) = s.splitting {
-            doing.push(format!("splitting at {} into shard {}", p.at, p.new_shard));
-        }
-        if let Some(m) = s.moving {
-            doing.push(format!("moving a replica {} -> {}", m.from, m.to));
-        }
-        println!(
-            "{:>6}  {:<16} {:<12} {:>6} {:>4}  {}",
-            s.id,
-            ranges(s),
-            replicas,
-            s.epoch,
-            s.generation,
-            doing.join("; ")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Runs a client command; the exit status is 0 on success, 1 for "not found" and errors.
 async fn client_command(command: Command) -> Result<ExitCode, String> {
     use cairn_client::Client;
@@ -543,8 +439,7 @@ async fn client_command(command: Command) -> Result<ExitCode, String> {
         Command::Kv(k) => (k.client, Some(k.op)),
         Command::Status(c) => (c, None),
         Command::Init(i) => return init_command(i).await,
-        Command::Shards(ShardsCommand::Split(a)) => return split_command(a).await,
-        Command::Shards(ShardsCommand::List(a)) => return list_shards_command(a).await,
+        Command::Shards(c) => return shards::run(c).await,
         Command::Start(_) | Command::Demo(_) => return Err("not a client command".into()),
     };
     if op.is_none()

@@ -2,6 +2,8 @@
 //! leader carries it out through the shard's Raft log, every node opens the new shard by reference
 //! and serves it once the map names it; every key written before stays readable from every node, and
 //! the moved buckets take writes. The same through the admin REST route, and `cairn shards list`.
+//! Then merges take the cluster back to four shards (`cairn shards merge`, the admin REST route): the
+//! right-hand shard freezes, the left-hand one imports its files, and every key stays readable.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -145,6 +147,61 @@ fn a_shard_splits_online_by_reference_and_every_key_stays_readable_and_writable(
     assert_eq!(list.len(), 6);
     let (ok, out, err) = cairn(&["shards", "list", "--addr", &addrs[2].1]);
     assert!(ok && out.contains("6 shards over 1024 buckets"), "{out}{err}");
+
+    // Merges, back to four shards: shard 5 into 4 by CLI, then 4 into 0 over REST. Refused first:
+    // shards that are not neighbours, an unknown one.
+    let addr = &addrs[0].1;
+    for (left, right) in [("0", "5"), ("5", "4"), ("4", "9")] {
+        let (ok, _, err) = cairn(&["shards", "merge", left, right, "--addr", addr]);
+        assert!(!ok && err.contains("merge refused"), "{left} {right}: {err}");
+    }
+    let (ok, _, err) = cairn(&["shards", "merge", "4", "5", "--addr", addr]);
+    assert!(ok, "{err}");
+    wait_until("the first merge is recorded", READY, || shards(&status(&nodes[1])).0.len() == 5);
+    for (target, code) in [
+        ("/admin/shards/0/merge", 400),
+        ("/admin/shards/0/merge?with=1", 412),
+        ("/admin/shards/0/merge?with=9", 404),
+    ] {
+        let r = nodes[2].call("POST", target, b"");
+        assert_eq!(r.status, code, "{target}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let r = nodes[2].call("POST", "/admin/shards/0/merge?with=4", b"");
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    wait_until("the second merge is recorded", READY, || shards(&status(&nodes[0])).0.len() == 4);
+    let (list, _) = shards(&status(&nodes[2]));
+    let ranges: std::collections::BTreeMap<u64, Value> = list.into_iter().collect();
+    assert_eq!(ranges[&0], serde_json::json!([[0, 255]]));
+    // Every node serves the merged shard and drops the merged-in ones; every key reads back and takes
+    // writes.
+    for n in &nodes {
+        wait_until("the merged shard serves on every node", READY, || {
+            let s = n.call("GET", "/_status", b"").json();
+            let shards = s["shards"].as_array().unwrap();
+            let gone = shards.iter().all(|sh| sh["shard"] != 4 && sh["shard"] != 5);
+            let whole = shards.iter().any(|sh| {
+                sh["shard"] == 0
+                    && sh["serving"] == true
+                    && sh["buckets"] == serde_json::json!([{"start": 0, "end": 255}])
+            });
+            gone && whole
+        });
+    }
+    for n in &nodes {
+        for k in 0..120 {
+            assert_eq!(read(n, &format!("s-{k}")), b64(&format!("w{k}")), "s-{k} after the merges");
+        }
+        // Every replica took the buckets in itself: none had to re-sync from another.
+        let metrics = String::from_utf8(n.call("GET", "/metrics", b"").body).unwrap();
+        let resyncs: Vec<&str> =
+            metrics.lines().filter(|l| l.starts_with("cairn_raft_resyncs_total")).collect();
+        assert!(!resyncs.is_empty() && resyncs.iter().all(|l| l.ends_with(" 0")), "{resyncs:?}");
+    }
+    for k in 0..120 {
+        let r = nodes[k % 3].call("PUT", &format!("/kv/rest/entry/s-{k}"), format!("m{k}").as_bytes());
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(read(&nodes[(k + 1) % 3], &format!("s-{k}")), b64(&format!("m{k}")), "s-{k} written");
+    }
     for n in nodes {
         n.stop();
     }

@@ -90,6 +90,15 @@ pub enum ControlEvent {
         /// The split shard's epoch after the split.
         epoch: u64,
     },
+    /// Shard `merged` was merged into `shard`, which took its buckets (at `epoch` after it).
+    ShardMerged {
+        /// The shard that took the buckets.
+        shard: ShardId,
+        /// The shard merged in (its id is never used again).
+        merged: ShardId,
+        /// The merged shard's epoch after the merge.
+        epoch: u64,
+    },
     /// A replica move was given up (its destination died before it could take the replica over).
     ReplicaMoveAbandoned {
         /// The shard.

@@ -3,7 +3,7 @@
 
 use super::{ControlEvent, Host, RETRY_PAUSE, epoch_of, record};
 use crate::meta::MetaStore;
-use crate::placement::{Move, ShardDescriptor, ShardId, SplitPlan, split_ranges};
+use crate::placement::{Move, ShardDescriptor, ShardId, ShardMap, SplitPlan, split_ranges};
 use crate::raft::{Command, CommandResult, MoveStep, ReadLevel, Replica, Role};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
@@ -87,7 +87,13 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
             Err(e) => tracing::warn!(shard = %s.id, error = %e, "cannot start a replica placed here"),
         }
     }
+    let mut merging = false;
     for group in held.difference(&wanted) {
+        if awaits_merge(map, node, *group) {
+            // This node's replica of the shard it merged into has not taken its buckets in yet.
+            merging = true;
+            continue;
+        }
         match node.retire_replica(*group).await {
             Ok(()) => {
                 tracing::info!(shard = group, "retired a replica of a shard that moved away");
@@ -97,16 +103,17 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
         }
     }
     node.serve_only(&serving);
-    let mut settled = node.groups() == wanted && children.is_empty();
+    let mut settled = node.groups() == wanted && children.is_empty() && !merging;
     for s in &map.shards {
         let Some(replica) = node.replica(s.id.group()) else { continue };
-        if let Err(e) = tend_shard(meta, node, &replica, s, &addrs, id).await {
+        if let Err(e) = tend_shard(meta, node, &replica, map, s, &addrs, id).await {
             tracing::debug!(shard = %s.id, error = %e, "shard not reconciled this pass");
             settled = false;
         }
         let status = replica.status();
-        // A move, or learners a leader promotes or removes: under way in the shard's group.
+        // A move, a merge, or learners a leader promotes or removes: under way in the shard's group.
         settled &= s.moving.is_none() && (status.role != Role::Leader || status.learners.is_empty());
+        settled &= !map.in_merge(s.id);
     }
     Ok(settled)
 }
@@ -118,6 +125,7 @@ async fn tend_shard<H: Host>(
     meta: &MetaStore,
     node: &H,
     replica: &Replica,
+    map: &ShardMap,
     s: &ShardDescriptor,
     addrs: &BTreeMap<u64, String>,
     id: u64,
@@ -144,6 +152,16 @@ async fn tend_shard<H: Host>(
     }
     if let Some(plan) = s.splitting {
         split(meta, node, replica, s, plan, addrs).await?;
+    }
+    if let Some(left) = map.merging_into(s.id)
+        && map.colocated(left.id)
+    {
+        freeze(replica, s).await?;
+    }
+    if let Some(right) = s.merging.and_then(|r| map.shard(r))
+        && map.colocated(s.id)
+    {
+        merge(meta, node, replica, s, right).await?;
     }
     // A replica of the map's that re-synced from scratch votes again once it has caught up (not a move's
     // source, which is on its way out).
@@ -195,6 +213,68 @@ async fn split<H: Host>(
         return Err(format!("the shard's group refused the split: {why}"));
     }
     finish(meta, node, s, plan).await
+}
+
+/// Whether this node's replica of group `group`, which the map no longer names, is a frozen shard that
+/// this node's replica of the shard it merged into has not taken in yet (it is kept until then: that
+/// replica imports from it).
+fn awaits_merge<H: Host>(map: &ShardMap, node: &H, group: u64) -> bool {
+    let Some(frozen) = node.replica(group).and_then(|r| r.state_machine().frozen()) else { return false };
+    let Some(&(first, _)) = frozen.ranges.first() else { return false };
+    let Some(into) = map.shard_for_bucket(first).and_then(|s| node.replica(s.id.group())) else {
+        return false;
+    };
+    let owned = into.state_machine().owned_buckets();
+    let merged = frozen.ranges.iter().all(|&(f, l)| owned.iter().any(|o| *o.start() <= f && l <= *o.end()));
+    !merged && into.status().checks.fenced.is_none()
+}
+
+/// On the leader of shard `s`, the right-hand shard of a merge whose replicas are co-located: freezes
+/// it in its group (`Command::Freeze`), unless this replica froze already.
+async fn freeze(replica: &Replica, s: &ShardDescriptor) -> Result<(), String> {
+    if replica.state_machine().frozen().is_some() {
+        return Ok(());
+    }
+    let command = Command::Freeze { ranges: s.ranges.clone() };
+    let written = replica.write(command, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
+    match written.result {
+        CommandResult::Frozen { snapshot } => {
+            tracing::info!(shard = %s.id, index = written.index, snapshot, "shard frozen for a merge");
+            Ok(())
+        }
+        other => Err(format!("the shard's group refused the freeze: {other:?}")),
+    }
+}
+
+/// On the leader of shard `s`, merging shard `right` in: once this node's replica of `right` froze,
+/// takes its buckets in through the group (`Command::Merge`), then records the merge in the map.
+async fn merge<H: Host>(
+    meta: &MetaStore,
+    node: &H,
+    replica: &Replica,
+    s: &ShardDescriptor,
+    right: &ShardDescriptor,
+) -> Result<(), String> {
+    let owned = replica.state_machine().owned_buckets();
+    let taken = right.ranges.iter().all(|&(f, l)| owned.iter().any(|o| *o.start() <= f && l <= *o.end()));
+    if !taken {
+        let frozen = node.replica(right.id.group()).and_then(|r| r.state_machine().frozen());
+        if frozen.is_none() {
+            return Err(format!("waiting for shard {} to freeze on this node", right.id));
+        }
+        let command = Command::Merge { right_group: right.id.group(), ranges: right.ranges.clone() };
+        let written = replica.write(command, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
+        if written.result != CommandResult::Merged {
+            return Err(format!("the shard's group refused the merge: {:?}", written.result));
+        }
+    }
+    let recorded = record(meta, |state| state.finish_merge(s.id)).await.map_err(|e| e.to_string())?;
+    if let Some(after) = recorded {
+        let epoch = epoch_of(&after, s.id);
+        tracing::info!(shard = %s.id, merged = %right.id, epoch, "shards merged");
+        node.event(ControlEvent::ShardMerged { shard: s.id, merged: right.id, epoch });
+    }
+    Ok(())
 }
 
 /// Records shard `s`'s split as made.

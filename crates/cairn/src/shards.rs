@@ -1,0 +1,153 @@
+//! `cairn shards`: split, merge and list a cluster's shards (over gRPC, through any member).
+
+use crate::ClientArgs;
+use clap::{Args, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ShardsCommand {
+    /// Split SHARD at bucket --at: a new shard takes the shard's buckets from there on, with the same
+    /// replicas, by reference (no bytes copied). A single bucket never splits; the bucket space
+    /// (`total_buckets`, fixed at `cairn init`) bounds how many shards a cluster can have.
+    Split(SplitArgs),
+    /// Merge shard RIGHT into its left-hand neighbour LEFT (RIGHT's buckets start where LEFT's end):
+    /// their replicas are brought onto the same nodes, RIGHT is frozen and LEFT imports its files by
+    /// reference (no bytes copied); RIGHT's id is never used again.
+    Merge(MergeArgs),
+    /// List the shards as the meta group's leader knows them: buckets, replicas, epoch, generation, and
+    /// any split or replica move under way.
+    List(ClientArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SplitArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The shard to split (`cairn status` lists them).
+    shard: u32,
+    /// The first bucket the new shard takes: above the shard's first bucket, one it owns.
+    #[arg(long)]
+    at: u32,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct MergeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The shard that takes the buckets.
+    left: u32,
+    /// Its right-hand neighbour, merged in.
+    right: u32,
+}
+
+/// Runs a `cairn shards` command.
+pub(crate) async fn run(command: ShardsCommand) -> Result<ExitCode, String> {
+    match command {
+        ShardsCommand::Split(a) => split_command(a).await,
+        ShardsCommand::Merge(a) => merge_command(a).await,
+        ShardsCommand::List(a) => list_shards_command(a).await,
+    }
+}
+
+/// A client of the Cluster service at `addr`.
+async fn cluster_client(
+    addr: &str,
+) -> Result<cairn_proto::cluster::cluster_client::ClusterClient<tonic::transport::Channel>, String> {
+    cairn_proto::cluster::cluster_client::ClusterClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| format!("cannot reach {addr}: {e}"))
+}
+
+async fn merge_command(args: MergeArgs) -> Result<ExitCode, String> {
+    let mut client = cluster_client(&args.client.addr).await?;
+    let request = cairn_proto::cluster::MergeShardsRequest { left: args.left, right: args.right };
+    client.merge_shards(request).await.map_err(|s| format!("merge refused: {}", s.message()))?;
+    if args.client.json {
+        println!("{}", serde_json::json!({"shard": args.left, "merging": args.right}));
+    } else {
+        println!("merging shard {} into shard {}", args.right, args.left);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn split_command(args: SplitArgs) -> Result<ExitCode, String> {
+    let mut client = cluster_client(&args.client.addr).await?;
+    let request = cairn_proto::cluster::SplitShardRequest { shard: args.shard, at: args.at };
+    let reply = client
+        .split_shard(request)
+        .await
+        .map_err(|s| format!("split refused: {}", s.message()))?
+        .into_inner();
+    if args.client.json {
+        println!("{}", serde_json::json!({"shard": args.shard, "at": args.at, "new_shard": reply.new_shard}));
+    } else {
+        println!(
+            "splitting shard {} at bucket {}: shard {} takes the rest",
+            args.shard, args.at, reply.new_shard
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_shards_command(args: ClientArgs) -> Result<ExitCode, String> {
+    let mut client = cluster_client(&args.addr).await?;
+    let reply = client
+        .list_shards(cairn_proto::cluster::ListShardsRequest {})
+        .await
+        .map_err(|s| format!("cannot list the shards: {}", s.message()))?
+        .into_inner();
+    let ranges = |s: &cairn_proto::cluster::ShardInfo| -> String {
+        s.ranges.iter().map(|r| format!("{}-{}", r.first, r.last)).collect::<Vec<_>>().join(",")
+    };
+    if args.json {
+        let shards: Vec<serde_json::Value> = reply
+            .shards
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id,
+                    "ranges": s.ranges.iter().map(|r| [r.first, r.last]).collect::<Vec<_>>(),
+                    "replicas": s.replicas,
+                    "epoch": s.epoch,
+                    "generation": s.generation,
+                    "splitting": s.splitting.map(|p| serde_json::json!({"new_shard": p.new_shard, "at": p.at})),
+                    "moving": s.moving.map(|m| serde_json::json!({"from": m.from, "to": m.to})),
+                    "merging": s.merging,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({"version": reply.version, "total_buckets": reply.total_buckets, "shards": shards});
+        println!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} shards over {} buckets (map version {})",
+        reply.shards.len(),
+        reply.total_buckets,
+        reply.version
+    );
+    println!("{:>6}  {:<16} {:<12} {:>6} {:>4}  under way", "shard", "buckets", "replicas", "epoch", "gen");
+    for s in &reply.shards {
+        let replicas = s.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let mut doing = Vec::new();
+        if let Some(p) = s.splitting {
+            doing.push(format!("splitting at {} into shard {}", p.at, p.new_shard));
+        }
+        if let Some(m) = s.moving {
+            doing.push(format!("moving a replica {} -> {}", m.from, m.to));
+        }
+        if let Some(r) = s.merging {
+            doing.push(format!("merging shard {r} in"));
+        }
+        println!(
+            "{:>6}  {:<16} {:<12} {:>6} {:>4}  {}",
+            s.id,
+            ranges(s),
+            replicas,
+            s.epoch,
+            s.generation,
+            doing.join("; ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -87,6 +87,79 @@ pub struct ClusterSettings {
     /// milliseconds; further is refused (default 500, at most 60 000).
     #[serde(default = "max_clock_offset_ms_default")]
     pub max_clock_offset_ms: u64,
+    /// When shards split and merge on their own.
+    #[serde(default)]
+    pub reshape: ReshapeSettings,
+}
+
+/// When shards split and merge on their own (`cairn settings set NAME VALUE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReshapeSettings {
+    /// Split a shard holding more live bytes than this (`split_size`, default 256 MiB; 0: never by
+    /// size), at the bucket that halves them.
+    pub split_size_bytes: u64,
+    /// Split a shard serving more requests per second than this (`split_qps`, default 2500; 0: never
+    /// by load)...
+    pub split_qps: u64,
+    /// ...for this many seconds on end (`split_load_secs`, default 30), at the bucket that halves the
+    /// load.
+    pub split_load_secs: u64,
+    /// Merge neighbouring shards that together hold under a quarter of `split_size` and are cold
+    /// (`auto_merge`, default on).
+    pub auto_merge: bool,
+}
+
+/// The default size a shard splits at.
+pub const DEFAULT_SPLIT_SIZE_BYTES: u64 = 256 << 20;
+/// The smallest `split_size` (for tests and demos; production shards are far larger).
+pub const MIN_SPLIT_SIZE_BYTES: u64 = 4 << 10;
+
+impl Default for ReshapeSettings {
+    fn default() -> ReshapeSettings {
+        ReshapeSettings {
+            split_size_bytes: DEFAULT_SPLIT_SIZE_BYTES,
+            split_qps: 2500,
+            split_load_secs: 30,
+            auto_merge: true,
+        }
+    }
+}
+
+impl ReshapeSettings {
+    /// The planner's view of them.
+    pub fn auto(&self) -> placement::AutoSettings {
+        placement::AutoSettings {
+            split_size_bytes: self.split_size_bytes,
+            split_qps: self.split_qps,
+            split_load_secs: self.split_load_secs,
+            merge: self.auto_merge,
+        }
+    }
+}
+
+/// The settings `cairn settings set` changes, with what each takes.
+pub const SETTABLE: &[(&str, &str)] = &[
+    ("split_size", "bytes, with an optional KiB, MiB or GiB suffix; 0 turns splits by size off"),
+    ("split_qps", "requests per second; 0 turns splits by load off"),
+    ("split_load_secs", "seconds, 1 to 3600"),
+    ("auto_merge", "true or false"),
+    ("rebalance", "true or false"),
+    ("dead_after_secs", "seconds, 1 to 86400"),
+];
+
+/// `text` as a byte size: digits, then an optional `KiB`, `MiB` or `GiB` (or `K`, `M`, `G`).
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "KB" => 10,
+        "M" | "MiB" | "MB" => 20,
+        "G" | "GiB" | "GB" => 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 fn rebalance_default() -> bool {
@@ -224,6 +297,44 @@ impl ClusterState {
             next_shard_id: 0,
             settings,
         })
+    }
+
+    /// Changes setting `name` to `value` (see [`SETTABLE`]); `None` if it already was.
+    pub fn set_setting(&self, name: &str, value: &str) -> Result<Option<ClusterState>> {
+        let bad = |want: &str| MetaError::Invalid(format!("{name} takes {want}, not {value:?}"));
+        let want = SETTABLE.iter().find(|(n, _)| *n == name).map(|(_, w)| *w).ok_or_else(|| {
+            let names: Vec<&str> = SETTABLE.iter().map(|(n, _)| *n).collect();
+            MetaError::Invalid(format!("no setting {name:?}: the settings are {}", names.join(", ")))
+        })?;
+        let flag = || match value {
+            "true" | "on" => Ok(true),
+            "false" | "off" => Ok(false),
+            _ => Err(bad(want)),
+        };
+        let number = |range: std::ops::RangeInclusive<u64>| {
+            value.trim().parse::<u64>().ok().filter(|n| range.contains(n)).ok_or_else(|| bad(want))
+        };
+        let mut settings = self.settings.clone();
+        match name {
+            "split_size" => {
+                let bytes = parse_bytes(value).ok_or_else(|| bad(want))?;
+                if bytes != 0 && bytes < MIN_SPLIT_SIZE_BYTES {
+                    return Err(MetaError::Invalid(format!(
+                        "split_size must be 0 or at least {MIN_SPLIT_SIZE_BYTES} bytes, not {bytes}"
+                    )));
+                }
+                settings.reshape.split_size_bytes = bytes;
+            }
+            "split_qps" => settings.reshape.split_qps = number(0..=u64::from(u32::MAX))?,
+            "split_load_secs" => settings.reshape.split_load_secs = number(1..=3600)?,
+            "auto_merge" => settings.reshape.auto_merge = flag()?,
+            "rebalance" => settings.rebalance = flag()?,
+            _ => settings.dead_after_secs = number(1..=MAX_DEAD_AFTER_SECS)?,
+        }
+        if settings == self.settings {
+            return Ok(None);
+        }
+        Ok(Some(self.changed(|next| next.settings = settings)))
     }
 
     /// Admits a node, or finds the one that joined with the same token (a retry or a restart, whose

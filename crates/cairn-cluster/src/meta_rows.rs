@@ -272,6 +272,7 @@ mod tests {
             dead_after_secs: 30,
             rebalance: true,
             max_clock_offset_ms: 500,
+            reshape: Default::default(),
         }
     }
 

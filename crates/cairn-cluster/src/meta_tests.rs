@@ -15,6 +15,7 @@ fn settings(rf: usize, shards: usize) -> ClusterSettings {
         dead_after_secs: 30,
         rebalance: true,
         max_clock_offset_ms: 500,
+        reshape: Default::default(),
     }
 }
 
@@ -314,4 +315,28 @@ fn a_merge_is_recorded_then_joins_two_shards_and_drops_the_right_ones_row() {
     // A merged-away id is never given out again.
     let (_, next) = done.begin_split(left, 30).unwrap();
     assert_eq!(next, ShardId(4));
+}
+
+#[test]
+fn settings_change_by_name_with_their_values_checked() {
+    let state = ClusterState::new("c", settings(3, 4)).unwrap();
+    let next = state.set_setting("split_size", "64MiB").unwrap().unwrap();
+    assert_eq!(next.settings.reshape.split_size_bytes, 64 << 20);
+    assert!(next.version > state.version);
+    assert!(next.set_setting("split_size", "64M").unwrap().is_none(), "the same value changes nothing");
+    let next = next.set_setting("auto_merge", "off").unwrap().unwrap();
+    assert!(!next.settings.reshape.auto_merge);
+    let next = next.set_setting("split_qps", "0").unwrap().unwrap();
+    assert_eq!(next.settings.reshape.split_qps, 0);
+    assert!(!next.set_setting("rebalance", "false").unwrap().unwrap().settings.rebalance);
+    for (name, value) in [
+        ("split_size", "12 apples"),
+        ("split_size", "100"),
+        ("split_load_secs", "0"),
+        ("auto_merge", "maybe"),
+        ("dead_after_secs", "-1"),
+        ("total_buckets", "2048"),
+    ] {
+        assert!(matches!(next.set_setting(name, value), Err(MetaError::Invalid(_))), "{name}={value}");
+    }
 }

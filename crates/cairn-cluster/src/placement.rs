@@ -627,6 +627,9 @@ pub use split::split_ranges;
 mod merge;
 pub use merge::{merge_ranges, plan_colocation};
 
+#[path = "placement_auto.rs"]
+mod auto;
 #[cfg(test)]
 #[path = "placement_tests.rs"]
 mod tests;
+pub use auto::{AutoChange, AutoSettings, ShardLoad, SplitReason, halving_bucket, plan_auto};

@@ -52,6 +52,7 @@ fn settings() -> ClusterSettings {
         dead_after_secs: 30,
         rebalance: true,
         max_clock_offset_ms: 500,
+        reshape: Default::default(),
     }
 }
 

@@ -239,6 +239,37 @@ impl Db {
         self.inner.state.lock().owned.ranges().to_vec()
     }
 
+    /// About how many bytes each owned bucket holds, in bucket order (buckets holding none left out):
+    /// each table file's size spread evenly over the buckets its keys span, counted for the buckets this
+    /// shard owns and the file shows (so a shrink's hidden entries count for nobody), and the memtables'
+    /// bytes spread evenly over the owned buckets. Old versions and tombstones count until compaction
+    /// drops them.
+    pub fn bucket_bytes(&self) -> Vec<(u16, u64)> {
+        let (version, owned, memtable) = {
+            let state = self.inner.state.lock();
+            let memtable = state.mem.approximate_bytes()
+                + state.imm.iter().map(|i| i.approximate_bytes()).sum::<usize>();
+            (Arc::clone(&state.version), Arc::clone(&state.owned), memtable as u64)
+        };
+        let mut bytes: BTreeMap<u16, u64> = BTreeMap::new();
+        for file in version.all_files() {
+            let span = file.bucket_span();
+            let width = u64::from(*span.end() - *span.start()) + 1;
+            let share = file.meta.size / width;
+            for bucket in span.filter(|b| owned.contains(*b) && file.shows(*b)) {
+                *bytes.entry(bucket).or_default() += share;
+            }
+        }
+        let owned_count: u64 = owned.ranges().iter().map(|r| u64::from(*r.end() - *r.start()) + 1).sum();
+        if memtable > 0 && owned_count > 0 {
+            let share = memtable / owned_count;
+            for bucket in owned.ranges().iter().flat_map(|r| r.clone()) {
+                *bytes.entry(bucket).or_default() += share;
+            }
+        }
+        bytes.into_iter().filter(|(_, b)| *b > 0).collect()
+    }
+
     /// Counters and gauges.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.metrics_snapshot()

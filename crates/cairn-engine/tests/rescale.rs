@@ -454,3 +454,35 @@ fn a_shard_reopens_with_the_ranges_its_manifest_records() {
         }
     }
 }
+
+/// `Db::bucket_bytes` counts each owned bucket's share of the files: about even over buckets that hold
+/// about the same, nothing for buckets a shrink gave up (their entries stay in the files, hidden), and
+/// the importer counts what it took in.
+#[test]
+fn bucket_sizes_follow_ownership_through_a_shrink_and_an_expand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snapvol = Volume::file_url(&tmp.path().join("snapshots"));
+    let a = Db::open(config(&tmp.path().join("a"), &snapvol), vec![0..=1023]).unwrap();
+    for i in 0..20_000 {
+        a.put(bucket_of(i), &key(i), 0, &value(i, 0)).unwrap();
+    }
+    a.flush().unwrap();
+    let sizes = a.bucket_bytes();
+    let total: u64 = sizes.iter().map(|(_, b)| b).sum();
+    let sst = a.metrics().sst_bytes();
+    assert!(total <= sst && total * 10 >= sst * 9, "{total} of {sst}");
+    let lower: u64 = sizes.iter().filter(|(b, _)| *b < 512).map(|(_, b)| b).sum();
+    assert!(lower * 10 > total * 4 && lower * 10 < total * 6, "{lower} of {total}");
+
+    let snap = a.shrink_bucket(vec![512..=1023]).unwrap();
+    let kept = a.bucket_bytes();
+    assert!(kept.iter().all(|(b, _)| *b < 512));
+    // Compaction may reshape the files meanwhile: shares move a little.
+    let near = |got: u64, want: u64| got * 100 >= want * 85 && got * 100 <= want * 115;
+    let kept_total = kept.iter().map(|(_, b)| b).sum::<u64>();
+    assert!(near(kept_total, lower), "{kept_total} kept of {lower}");
+    let b = Db::open(config(&tmp.path().join("b"), &snapvol), Vec::new()).unwrap();
+    b.expand_bucket(&a.id(), snap, vec![512..=1023]).unwrap();
+    let taken: u64 = b.bucket_bytes().iter().map(|(_, b)| b).sum();
+    assert!(near(taken, total - lower), "{taken} taken of {}", total - lower);
+}

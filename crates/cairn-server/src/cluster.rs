@@ -584,6 +584,7 @@ fn settings_of(r: &pb::InitRequest) -> ClusterSettings {
         } else {
             r.max_clock_offset_ms
         },
+        reshape: Default::default(),
     }
 }
 

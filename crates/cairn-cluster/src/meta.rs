@@ -482,6 +482,21 @@ impl ClusterState {
         Ok((Some(next), new))
     }
 
+    /// [`ClusterState::begin_split`], planned by automatic splitting: the new shard is one an automatic
+    /// merge may join back.
+    pub fn begin_auto_split(&self, shard: ShardId, at: u16) -> Result<(Option<ClusterState>, ShardId)> {
+        let (next, new) = self.begin_split(shard, at)?;
+        let next = next.map(|mut next| {
+            if let Some(plan) =
+                next.map.as_mut().and_then(|m| m.shard_mut(shard).ok()).and_then(|s| s.splitting.as_mut())
+            {
+                plan.automatic = true;
+            }
+            next
+        });
+        Ok((next, new))
+    }
+
     /// Makes the split under way of shard `shard` ([`ShardMap::finish_split`]); `None` if none is (a
     /// retry after it was made).
     pub fn finish_split(&self, shard: ShardId) -> Result<Option<ClusterState>> {
@@ -504,11 +519,12 @@ impl ClusterState {
         Ok(Some(self.changed(|next| next.map = Some(map))))
     }
 
-    /// Makes the merge under way at shard `left` ([`ShardMap::finish_merge`]); `None` if none is (a
-    /// retry after it was made).
-    pub fn finish_merge(&self, left: ShardId) -> Result<Option<ClusterState>> {
+    /// Makes the merge of shard `right` into shard `left` ([`ShardMap::finish_merge`]); `None` if that
+    /// merge is not under way (a retry after it was made: a decision taken on an older map never
+    /// finishes another merge of `left`'s).
+    pub fn finish_merge(&self, left: ShardId, right: ShardId) -> Result<Option<ClusterState>> {
         let map = self.map.as_ref().ok_or(MetaError::NotInitialized)?;
-        if map.shard(left).is_none_or(|s| s.merging.is_none()) {
+        if map.shard(left).is_none_or(|s| s.merging != Some(right)) {
             return Ok(None);
         }
         let mut map = map.clone();

@@ -298,15 +298,15 @@ fn a_merge_is_recorded_then_joins_two_shards_and_drops_the_right_ones_row() {
     let begun = placed.begin_merge(left, right).unwrap().unwrap();
     begun.validate().unwrap();
     assert_eq!(begun.begin_merge(left, right).unwrap(), None, "the same merge again is no change");
-    assert_eq!(placed.finish_merge(left).unwrap(), None, "no merge under way");
+    assert_eq!(placed.finish_merge(left, right).unwrap(), None, "no merge under way");
     // The initial placement spreads replicas over the same three nodes: co-located already.
     assert!(begun.map.as_ref().unwrap().colocated(left));
-    let done = begun.finish_merge(left).unwrap().unwrap();
+    let done = begun.finish_merge(left, right).unwrap().unwrap();
     done.validate().unwrap();
     let map = done.map.as_ref().unwrap();
     assert_eq!(map.shards.iter().map(|s| s.id.0).collect::<Vec<_>>(), vec![0, 1, 3]);
     assert_eq!(map.shard(left).unwrap().ranges, vec![(16, 47)]);
-    assert_eq!(done.finish_merge(left).unwrap(), None, "a retry after it was made");
+    assert_eq!(done.finish_merge(left, right).unwrap(), None, "a retry after it was made");
     // Through the meta rows: the right-hand shard's row goes, the rest reads back.
     let before = rows::rows_of(&begun, &rows::Rows::new()).unwrap();
     let after = rows::rows_of(&done, &before).unwrap();

@@ -91,6 +91,15 @@ pub struct ShardDescriptor {
     /// named, the next one in bucket order, once their replicas are on the same nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merging: Option<ShardId>,
+    /// Made by an automatic split: an automatic merge may join it back to its left-hand neighbour.
+    /// Shards an operator made (the initial placement, `cairn shards split`) stay until an operator
+    /// merges them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub automatic: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Where a shard splits, and the id the new shard gets.
@@ -100,6 +109,9 @@ pub struct SplitPlan {
     pub new: ShardId,
     /// The first bucket the new shard takes: it takes every bucket of the shard from here on.
     pub at: u16,
+    /// Planned by automatic splitting (the new shard is [`ShardDescriptor::automatic`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub automatic: bool,
 }
 
 fn first_generation() -> u64 {
@@ -301,6 +313,7 @@ impl ShardMap {
                 splitting: None,
                 split_from: None,
                 merging: None,
+                automatic: false,
             })
             .collect();
         let map = ShardMap { total_buckets, replication_factor, shards, version: 1 };
@@ -501,7 +514,7 @@ impl ShardMap {
         Ok(shard)
     }
 
-    fn shard_mut(&mut self, id: ShardId) -> Result<&mut ShardDescriptor> {
+    pub(crate) fn shard_mut(&mut self, id: ShardId) -> Result<&mut ShardDescriptor> {
         self.shards.iter_mut().find(|s| s.id == id).ok_or(PlacementError::UnknownShard(id))
     }
 }
@@ -629,6 +642,9 @@ pub use merge::{merge_ranges, plan_colocation};
 
 #[path = "placement_auto.rs"]
 mod auto;
+#[path = "placement_leaders.rs"]
+mod leaders;
+pub use leaders::{LeaderMove, plan_leaders};
 #[cfg(test)]
 #[path = "placement_tests.rs"]
 mod tests;

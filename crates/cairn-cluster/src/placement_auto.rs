@@ -77,7 +77,8 @@ fn splits(s: &ShardDescriptor, at: u16) -> bool {
 
 /// The one change to make now, if any: the largest shard over the size limit, else the busiest shard
 /// hot for long enough, else (one merge at a time, and none while any shard splits) the smallest
-/// pair of cold neighbours under a quarter of the size limit. Shards without a report are left alone.
+/// pair of cold neighbours under a quarter of the size limit whose right-hand one an automatic split
+/// made (boundaries an operator set stay). Shards without a report are left alone.
 pub fn plan_auto(
     map: &ShardMap,
     loads: &BTreeMap<ShardId, ShardLoad>,
@@ -114,7 +115,7 @@ pub fn plan_auto(
     shards.sort_by_key(|s| s.first_bucket());
     shards
         .windows(2)
-        .filter(|w| u32::from(w[0].last_bucket()) + 1 == u32::from(w[1].first_bucket()))
+        .filter(|w| u32::from(w[0].last_bucket()) + 1 == u32::from(w[1].first_bucket()) && w[1].automatic)
         .filter_map(|w| Some((w[0], w[1], known(w[0])?, known(w[1])?)))
         .filter(|(_, _, l, r)| cold(l) && cold(r))
         .map(|(left, right, l, r)| (left.id, right.id, l.bytes + r.bytes))
@@ -203,7 +204,16 @@ mod tests {
 
     #[test]
     fn small_cold_neighbours_merge_one_pair_at_a_time() {
-        let map = ShardMap::initial(1024, 4, &[1, 2, 3], 3).unwrap();
+        let mut map = ShardMap::initial(1024, 4, &[1, 2, 3], 3).unwrap();
+        let operators = plan_auto(
+            &map,
+            &BTreeMap::from([(ShardId(0), load(1, 9, 0.0, 0)), (ShardId(1), load(1, 300, 0.0, 0))]),
+            &settings(),
+        );
+        assert_eq!(operators, None, "shards an operator made are not merged on their own");
+        for s in &mut map.shards {
+            s.automatic = true;
+        }
         let mut loads: BTreeMap<ShardId, ShardLoad> =
             (0..4).map(|i| (ShardId(i), load(100, i as u16 * 256 + 9, 1.0, 0))).collect();
         loads.insert(ShardId(0), load(200, 9, 1.0, 0));

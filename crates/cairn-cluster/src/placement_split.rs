@@ -40,6 +40,7 @@ impl ShardDescriptor {
             splitting: None,
             split_from: Some(self.id),
             merging: None,
+            automatic: plan.automatic,
         })
     }
 }
@@ -62,7 +63,7 @@ impl ShardMap {
         }
         let s = self.shard_mut(shard)?;
         match s.splitting {
-            Some(plan) if plan == (SplitPlan { new, at }) => return Ok(()),
+            Some(plan) if (plan.new, plan.at) == (new, at) => return Ok(()),
             Some(plan) => return Err(bad(&format!("it is splitting at bucket {} already", plan.at))),
             None => {}
         }
@@ -75,7 +76,7 @@ impl ShardMap {
         if s.moving.is_some() {
             return Err(bad("a move of the shard is under way"));
         }
-        s.splitting = Some(SplitPlan { new, at });
+        s.splitting = Some(SplitPlan { new, at, automatic: false });
         self.version += 1;
         Ok(())
     }

@@ -43,6 +43,8 @@ use tonic::{Request, Response, Status};
 
 #[path = "cluster_admin.rs"]
 pub(crate) mod admin;
+#[path = "cluster_reshape.rs"]
+mod reshape;
 #[path = "cluster_status.rs"]
 mod status;
 
@@ -452,6 +454,7 @@ impl Membership {
         let sink: control::EventSink = Arc::new(move |e| events.emit(e.into()));
         tokio::spawn(control::drive(meta.clone(), sink));
         tokio::spawn(Arc::clone(self).watch_nodes());
+        tokio::spawn(Arc::clone(self).reshape());
         let (mut waits, mut seen) = (0u64, None);
         loop {
             // Through the leader's read index: a learner (a node beyond the voters) serves no eventual
@@ -588,6 +591,12 @@ fn settings_of(r: &pb::InitRequest) -> ClusterSettings {
     }
 }
 
+/// `settings` as `Cluster/Settings` answers them.
+fn settings_reply(settings: &ClusterSettings) -> std::result::Result<Response<pb::SettingsReply>, Status> {
+    let settings_json = serde_json::to_string(settings).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(pb::SettingsReply { settings_json }))
+}
+
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     type EventsStream = tokio_stream::wrappers::ReceiverStream<std::result::Result<pb::Event, Status>>;
@@ -653,6 +662,37 @@ impl pb::cluster_server::Cluster for ClusterService {
             (cairn_cluster::placement::ShardId(r.left), cairn_cluster::placement::ShardId(r.right));
         self.membership.merge_shards(left, right).await.map_err(crate::wire::meta_status)?;
         Ok(Response::new(pb::MergeShardsReply {}))
+    }
+
+    async fn set_setting(
+        &self,
+        request: Request<pb::SetSettingRequest>,
+    ) -> std::result::Result<Response<pb::SettingsReply>, Status> {
+        let r = request.into_inner();
+        let settings =
+            self.membership.set_setting(&r.name, &r.value).await.map_err(crate::wire::meta_status)?;
+        settings_reply(&settings)
+    }
+
+    async fn settings(
+        &self,
+        _request: Request<pb::SettingsRequest>,
+    ) -> std::result::Result<Response<pb::SettingsReply>, Status> {
+        let settings = self.membership.settings().await.map_err(crate::wire::meta_status)?;
+        settings_reply(&settings)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> std::result::Result<Response<pb::TransferLeaderReply>, Status> {
+        let r = request.into_inner();
+        let group = cairn_cluster::placement::ShardId(r.shard).group();
+        let moved = match self.membership.plumbing.service.replica(group) {
+            Some(replica) => replica.hand_to(r.to, reshape::HAND_OVER_TIMEOUT).await,
+            None => false,
+        };
+        Ok(Response::new(pb::TransferLeaderReply { moved }))
     }
 
     async fn list_shards(

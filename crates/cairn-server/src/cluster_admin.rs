@@ -1,10 +1,11 @@
 //! Operators' changes to a cluster's shards, the same on gRPC (`Cluster/SplitShard`,
 //! `Cluster/MergeShards`, `Cluster/ListShards`) and on the admin REST routes
 //! (`POST /admin/shards/{id}/split`, `POST /admin/shards/{id}/merge`, `GET /admin/shards`): one place
-//! decides them, both wire formats only translate.
+//! decides them, both wire formats only translate. Settings likewise (`Cluster/SetSetting`,
+//! `PUT /admin/settings/{name}`).
 
 use super::Membership;
-use cairn_cluster::meta::MetaError;
+use cairn_cluster::meta::{ClusterSettings, MetaError};
 use cairn_cluster::placement::{ShardId, ShardMap};
 use cairn_proto::cluster as pb;
 
@@ -26,6 +27,25 @@ impl Membership {
         meta.update(|s| Ok((s.begin_merge(left, right)?, ()))).await?;
         tracing::info!(%left, %right, "shard merge requested");
         Ok(())
+    }
+
+    /// The cluster settings, read through the meta group's leader.
+    pub(crate) async fn settings(&self) -> Result<ClusterSettings, MetaError> {
+        self.state(true).await?.map(|s| s.settings).ok_or(MetaError::NotInitialized)
+    }
+
+    /// Changes setting `name` to `value` cluster-wide through the meta group
+    /// ([`ClusterState::set_setting`](cairn_cluster::meta::ClusterState::set_setting)); the settings
+    /// after the change.
+    pub(crate) async fn set_setting(&self, name: &str, value: &str) -> Result<ClusterSettings, MetaError> {
+        let meta = self.meta().map_err(|_| MetaError::NotInitialized)?;
+        let (after, changed) = meta
+            .update(|s| Ok(s.set_setting(name, value)?.map_or((None, false), |next| (Some(next), true))))
+            .await?;
+        if changed {
+            tracing::info!(name, value, "cluster setting changed");
+        }
+        Ok(after.settings)
     }
 
     /// The shard map, read through the meta group's leader.

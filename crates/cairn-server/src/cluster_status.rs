@@ -11,13 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Each shard's replicas whose replication stream is stalled, as its leader reports them (asking every
-/// node that is up for its status, at once, each within [`LIVENESS_CALL_TIMEOUT`]).
-async fn stalled_streams(
+/// What every node that is up says of its shards (asking them at once, each within
+/// [`LIVENESS_CALL_TIMEOUT`]; a node that does not answer in time is left out).
+pub(super) async fn node_statuses(
     state: &ClusterState,
     down: &BTreeSet<u64>,
     channels: &crate::channels::Channels,
-) -> BTreeMap<u32, Vec<u64>> {
+) -> Vec<cairn_proto::kv::StatusResponse> {
     use cairn_proto::kv::{StatusRequest, kv_client::KvClient};
     let mut asks = tokio::task::JoinSet::new();
     for id in state.active_nodes().into_iter().filter(|id| !down.contains(id)) {
@@ -33,9 +33,22 @@ async fn stalled_streams(
             tokio::time::timeout(LIVENESS_CALL_TIMEOUT, ask).await.ok().flatten()
         });
     }
-    let mut stalled = BTreeMap::new();
+    let mut answers = Vec::new();
     while let Some(answer) = asks.join_next().await {
-        for shard in answer.ok().flatten().into_iter().flat_map(|s| s.shards) {
+        answers.extend(answer.ok().flatten());
+    }
+    answers
+}
+
+/// Each shard's replicas whose replication stream is stalled, as its leader reports them.
+async fn stalled_streams(
+    state: &ClusterState,
+    down: &BTreeSet<u64>,
+    channels: &crate::channels::Channels,
+) -> BTreeMap<u32, Vec<u64>> {
+    let mut stalled = BTreeMap::new();
+    for answer in node_statuses(state, down, channels).await {
+        for shard in answer.shards {
             match shard.replication {
                 Some(r) if r.role.parse() == Ok(Role::Leader) && !r.stalled.is_empty() => {
                     stalled.insert(shard.shard, r.stalled);

@@ -179,6 +179,10 @@ impl kv::kv_server::Kv for KvService {
                 last_bucket: s.buckets.last().map_or(0, |r| u32::from(*r.end())),
                 sst_bytes: s.sst_bytes,
                 memtable_bytes: s.memtable_bytes,
+                live_bytes: s.live_bytes,
+                size_split_at: s.size_split_at.map_or(0, u32::from),
+                requests_per_sec: s.requests_per_sec,
+                load_split_at: s.load_split_at.map_or(0, u32::from),
                 replication: s.replication.map(|g| kv::Replication {
                     role: g.role.to_string(),
                     leader: g.leader.unwrap_or(0),

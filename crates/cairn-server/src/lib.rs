@@ -14,6 +14,7 @@ pub mod events;
 pub mod grpc;
 pub mod http_server;
 mod layout;
+mod load;
 pub mod metrics;
 pub mod node;
 pub mod params;

@@ -161,8 +161,35 @@ pub fn render(http: &HttpMetrics, node: &Node) -> String {
             let _ = writeln!(out, "cairn_engine_level_files{{shard=\"{s}\",level=\"{level}\"}} {n}");
         }
     }
+    render_shard_load(&mut out, node);
     render_replication(&mut out, node);
     out
+}
+
+/// Each shard's live bytes and the requests per second this node served for it (what automatic
+/// splits and merges go by).
+fn render_shard_load(out: &mut String, node: &Node) {
+    let status = node.status();
+    let _ = writeln!(
+        out,
+        "# HELP cairn_shard_live_bytes Bytes of live data in the buckets the shard owns, about.\n\
+         # TYPE cairn_shard_live_bytes gauge"
+    );
+    for s in &status {
+        let _ = writeln!(out, "cairn_shard_live_bytes{{shard=\"{}\"}} {}", s.shard, s.live_bytes);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cairn_shard_requests_per_second Requests this node served for the shard, per second, \
+         smoothed over 10 s.\n# TYPE cairn_shard_requests_per_second gauge"
+    );
+    for s in &status {
+        let _ = writeln!(
+            out,
+            "cairn_shard_requests_per_second{{shard=\"{}\"}} {:.3}",
+            s.shard, s.requests_per_sec
+        );
+    }
 }
 
 /// A per-group metric: name, kind, help, and its value for (leader changes seen, status).

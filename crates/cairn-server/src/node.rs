@@ -54,6 +54,16 @@ pub struct ShardStatus {
     pub sst_bytes: u64,
     /// Bytes in memtables.
     pub memtable_bytes: u64,
+    /// Bytes of live data in the buckets it owns, about ([`Db::bucket_bytes`]).
+    pub live_bytes: u64,
+    /// The bucket that halves `live_bytes`, where a split by size cuts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_split_at: Option<u16>,
+    /// Requests per second served here, smoothed over the last seconds.
+    pub requests_per_sec: f64,
+    /// The bucket that halves the requests, where a split by load cuts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_split_at: Option<u16>,
     /// Files per level.
     pub level_files: Vec<usize>,
     /// Whether it serves requests (a replica a move brings here catches up first).
@@ -109,6 +119,8 @@ pub struct Node {
     router: Option<Router>,
     /// What this node saw happen.
     events: Arc<crate::events::Events>,
+    /// Requests served here, per bucket.
+    load: crate::load::BucketLoad,
 }
 
 impl std::fmt::Debug for Node {
@@ -224,6 +236,7 @@ impl Node {
             replication: None,
             router: None,
             events: crate::events::Events::new(),
+            load: crate::load::BucketLoad::new(layout.total_buckets),
         })
     }
 
@@ -300,6 +313,7 @@ impl Node {
             events: Arc::clone(&plumbing.events),
             replication: Some(Replication { plumbing, leaders }),
             router: None,
+            load: crate::load::BucketLoad::new(total_buckets),
         })
     }
 
@@ -320,9 +334,10 @@ impl Node {
         }
     }
 
-    /// Where a request for `bucket` (forwarded here with `route`, if set) is served.
+    /// Where a request for `bucket` (forwarded here with `route`, if set) is served; one served here
+    /// counts toward the bucket's load.
     async fn locate(&self, bucket: u16, route: Option<Route>) -> Result<Located> {
-        let here = self.set().of_bucket(bucket);
+        let here = self.set().of_bucket(bucket).inspect(|_| self.load.record(bucket));
         match (route, &self.router) {
             (None, Some(_)) if here.is_err() => Ok(Located::There),
             (None, _) => here.map(Located::Here),
@@ -555,16 +570,25 @@ impl Node {
     /// Per-shard status.
     pub fn status(&self) -> Vec<ShardStatus> {
         let set = self.set();
+        let load = self.load.rates();
         set.list
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let m = s.db().metrics();
+                let db = s.db();
+                let m = db.metrics();
+                let sizes: Vec<(u16, f64)> =
+                    db.bucket_bytes().into_iter().map(|(b, n)| (b, n as f64)).collect();
+                let rates = load.of(&s.ranges);
                 ShardStatus {
                     shard: s.group as usize,
                     buckets: s.ranges.clone(),
                     sst_bytes: m.level_bytes.iter().sum(),
                     memtable_bytes: m.memtable_bytes,
+                    live_bytes: sizes.iter().map(|(_, n)| *n as u64).sum(),
+                    size_split_at: cairn_cluster::placement::halving_bucket(&sizes),
+                    requests_per_sec: rates.iter().map(|(_, r)| r).sum(),
+                    load_split_at: cairn_cluster::placement::halving_bucket(&rates),
                     level_files: m.level_files.clone(),
                     serving: set.serves(i),
                     replication: group_status(s),

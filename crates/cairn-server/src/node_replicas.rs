@@ -326,7 +326,7 @@ pub(crate) async fn retire_stale(
 }
 
 /// A shard's bucket ranges as the engine takes them.
-fn engine_ranges(ranges: &[(u16, u16)]) -> Vec<cairn_engine::BucketRange> {
+pub(super) fn engine_ranges(ranges: &[(u16, u16)]) -> Vec<cairn_engine::BucketRange> {
     ranges.iter().map(|&(first, last)| first..=last).collect()
 }
 

@@ -7,6 +7,7 @@
 //! scanned separately (shards on other nodes) merge exactly: rows at or past the smallest key where a
 //! part stopped are left for the next page.
 
+use super::replicas::engine_ranges;
 use super::{Located, Node, Shard};
 use crate::error::{NodeError, Result};
 use crate::hlc::{TIMESTAMP_BYTES, Timestamp};
@@ -39,7 +40,9 @@ impl Node {
         self.check_scan(start, end, limit)?;
         let set = self.set();
         set.check_all_here()?;
-        self.scan_shards(&set.serving(), start, end, limit, at)
+        let parts: Vec<ScanPart> =
+            set.serving().into_iter().map(|s| (Arc::clone(&s), s.ranges.clone())).collect();
+        self.scan_shards(&parts, start, end, limit, at)
     }
 
     fn check_scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<()> {
@@ -62,10 +65,10 @@ impl Node {
         Ok(())
     }
 
-    /// [`Node::scan`] over the local shards `shards` only.
+    /// [`Node::scan`] over the local shards `shards` only, each over the ranges given with it.
     fn scan_shards(
         &self,
-        shards: &[Arc<Shard>],
+        shards: &[ScanPart],
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
@@ -75,9 +78,9 @@ impl Node {
         let lo = mvcc::key_prefix(start);
         let hi = end.map(mvcc::key_prefix);
         let mut page = PageBuilder::new(limit, self.config.max_scan_bytes);
-        for shard in shards {
+        for (shard, ranges) in shards {
             let db = shard.db();
-            for range in &shard.ranges {
+            for range in ranges {
                 // One iterator per bucket range, repositioned on each bucket: a bucket costs one seek.
                 let mut rows = db.scan_buckets(range.clone())?;
                 for bucket in range.clone() {
@@ -111,7 +114,10 @@ impl Node {
                     router.as_ref().and_then(|r| r.view().map.shard(route.shard).map(|s| s.first_bucket()));
                 let bucket = here.or(placed).unwrap_or(0);
                 match self.locate(bucket, Some(route)).await? {
-                    Located::Here(shard) => local.push(shard),
+                    Located::Here(shard) => {
+                        let ranges = router.as_ref().and_then(|r| mapped(&r.view().map, route.shard));
+                        local.push((Arc::clone(&shard), ranges.unwrap_or_else(|| shard.ranges.clone())));
+                    }
                     Located::There => {
                         return Err(NodeError::Internal("a routed scan located elsewhere".into()));
                     }
@@ -120,19 +126,19 @@ impl Node {
             (None, Some(router)) => {
                 for placed in &router.view().map.shards {
                     match set.serving_group(placed.id.group()) {
-                        Some(shard) => local.push(shard),
+                        Some(shard) => local.push((shard, engine_ranges(&placed.ranges))),
                         None => remote.push(placed.first_bucket()),
                     }
                 }
             }
             (None, None) => {
                 set.check_all_here()?;
-                local = set.serving();
+                local = set.serving().into_iter().map(|s| (Arc::clone(&s), s.ranges.clone())).collect();
             }
         }
         drop(set);
         let mut behind = 0;
-        for shard in &local {
+        for (shard, _) in &local {
             behind = behind.max(self.ready_to_read(shard, &options).await?);
         }
         let mut parts = Vec::with_capacity(remote.len() + 1);
@@ -157,7 +163,7 @@ impl Node {
                 .await
                 .map_err(|e| NodeError::Internal(format!("scan task failed: {e}")))??;
         // A replica retired meanwhile (its shard moved away) was emptied: its part cannot be trusted.
-        if let Some(gone) = local_check.iter().find(|s| !self.still_held(s)) {
+        if let Some((gone, _)) = local_check.iter().find(|(s, _)| !self.still_held(s)) {
             return Err(NodeError::Unavailable(format!(
                 "shard {} moved away from this node during the scan: retry",
                 gone.group
@@ -166,6 +172,19 @@ impl Node {
         parts.push(here);
         Ok(Read { value: merge_pages(parts, limit, self.config.max_scan_bytes), behind })
     }
+}
+
+/// A local shard to scan, and the ranges to scan it over: the map's for the shard, not what the node
+/// last saw the replica own, so a split or merge in between is refused by the engine (`NotOwned`, a
+/// retryable error) instead of leaving buckets out.
+type ScanPart = (Arc<Shard>, Vec<cairn_engine::BucketRange>);
+
+/// The ranges `map` gives shard `id`, as the engine takes them.
+fn mapped(
+    map: &cairn_cluster::placement::ShardMap,
+    id: cairn_cluster::placement::ShardId,
+) -> Option<Vec<cairn_engine::BucketRange>> {
+    map.shard(id).map(|s| engine_ranges(&s.ranges))
 }
 
 /// Merges pages of disjoint key ranges' scans into one page of at most `limit` rows and about

@@ -66,9 +66,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/_status", get(status))
         .route("/events", get(events))
-        .route("/admin/shards", get(list_shards))
-        .route("/admin/shards/{id}/split", post(split_shard))
-        .route("/admin/shards/{id}/merge", post(merge_shards))
+        .route("/admin/shards", get(admin::list_shards))
+        .route("/admin/shards/{id}/split", post(admin::split_shard))
+        .route("/admin/shards/{id}/merge", post(admin::merge_shards))
+        .route("/admin/settings", get(admin::settings))
+        .route("/admin/settings/{name}", axum::routing::put(admin::set_setting))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -328,57 +330,6 @@ async fn cluster_health(State(state): State<AppState>) -> Response {
     (code, Json(summary)).into_response()
 }
 
-/// The cluster membership behind an admin route (404 on a standalone node).
-fn membership(state: &AppState) -> ApiResult<&Arc<crate::cluster::Membership>> {
-    state
-        .cluster
-        .as_ref()
-        .ok_or_else(|| ApiError(NodeError::NotFound("this node is not a cluster member".into())))
-}
-
-/// `GET /admin/shards`: the shard map as the meta group's leader holds it.
-async fn list_shards(State(state): State<AppState>) -> ApiResult<Response> {
-    let map = membership(&state)?.shard_map().await.map_err(crate::wire::meta_error)?;
-    Ok(Json(crate::cluster::admin::list_json(&map)).into_response())
-}
-
-/// `POST /admin/shards/{id}/split?at=BUCKET`: marks the shard to split at the bucket (answered once the
-/// split is under way, with the new shard's id).
-async fn split_shard(
-    State(state): State<AppState>,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    uri: Uri,
-) -> ApiResult<Response> {
-    let shard = id.parse::<u32>().map_err(|_| bad(format!("shard id {id:?} is not a number")))?;
-    let params = query(&uri, &["at"])?;
-    let Some(at) = params.number("at", u64::from(u16::MAX))? else {
-        return Err(bad("parameter \"at\" (the first bucket the new shard takes) is required"));
-    };
-    let at = u16::try_from(at).map_err(|_| bad(format!("bucket {at} is out of range")))?;
-    let shard = cairn_cluster::placement::ShardId(shard);
-    let new = membership(&state)?.split_shard(shard, at).await.map_err(crate::wire::meta_error)?;
-    let body = json!({"shard": shard.0, "at": at, "new_shard": new.0});
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-/// `POST /admin/shards/{id}/merge?with=RIGHT`: marks shard RIGHT to merge into shard `id`, its
-/// left-hand neighbour (answered once the merge is under way).
-async fn merge_shards(
-    State(state): State<AppState>,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    uri: Uri,
-) -> ApiResult<Response> {
-    let left = id.parse::<u32>().map_err(|_| bad(format!("shard id {id:?} is not a number")))?;
-    let params = query(&uri, &["with"])?;
-    let Some(right) = params.number("with", u64::from(u32::MAX))? else {
-        return Err(bad("parameter \"with\" (the right-hand neighbour to merge in) is required"));
-    };
-    let (left, right) =
-        (cairn_cluster::placement::ShardId(left), cairn_cluster::placement::ShardId(right as u32));
-    membership(&state)?.merge_shards(left, right).await.map_err(crate::wire::meta_error)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"shard": left.0, "merging": right.0}))).into_response())
-}
-
 /// `GET /events`: the node's event stream as server-sent events (`event: TYPE`, `data: JSON`), until
 /// the node shuts down or the client goes away.
 async fn events(State(state): State<AppState>) -> Response {
@@ -427,3 +378,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     });
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
+
+#[path = "rest_admin.rs"]
+mod admin;

@@ -47,6 +47,21 @@ fn run_and_check(config: SimConfig) -> SimReport {
         if config.moves { ", replicas moving" } else { "" }
     );
     let report = run(config.clone()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    println!(
+        "seed {seed}: {} ops ({} acknowledged, {} unknown), faults {:?}, term {}, snapshots installed {}, \
+         consistency checks {}, replica moves {} ({} given up; final voters {:?}), writers {:?}",
+        report.history.len(),
+        report.acknowledged,
+        report.unknown,
+        report.faults,
+        report.term,
+        report.snapshots_installed,
+        report.checks,
+        report.moves,
+        report.abandoned,
+        report.voters,
+        report.leaders
+    );
     let (verdict, key) = check_per_key(&report.history, 2_000_000);
     if verdict != Verdict::Linearizable {
         explain(seed, &report, key);
@@ -75,23 +90,15 @@ fn run_and_check(config: SimConfig) -> SimReport {
     assert!(report.acknowledged >= config.keys, "seed {seed}: no progress");
     if config.moves {
         assert_eq!(report.voters.len(), 3, "seed {seed}: the group ended with voters {:?}", report.voters);
-        assert!(report.moves >= 2, "seed {seed}: only {} replica moves completed", report.moves);
+        // Moves ran: at least one completed, and others completed or were given up (a schedule that
+        // keeps destinations down gives moves up, as the cluster does; seed 13197298341106563183).
+        assert!(report.moves >= 1, "seed {seed}: no replica move completed");
+        assert!(
+            report.moves + report.abandoned >= 2,
+            "seed {seed}: only {} replica moves ended",
+            report.moves
+        );
     }
-    println!(
-        "seed {seed}: {} ops ({} acknowledged, {} unknown), faults {:?}, term {}, snapshots installed {}, \
-         consistency checks {}, replica moves {} ({} given up; final voters {:?}), writers {:?}",
-        report.history.len(),
-        report.acknowledged,
-        report.unknown,
-        report.faults,
-        report.term,
-        report.snapshots_installed,
-        report.checks,
-        report.moves,
-        report.abandoned,
-        report.voters,
-        report.leaders
-    );
     report
 }
 

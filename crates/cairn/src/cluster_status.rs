@@ -1,6 +1,6 @@
 //! `cairn status` against a cluster member: the cluster's nodes (with liveness as the meta group's
-//! leader sees it), and every shard with its bucket ranges, epoch, replicas, leader and replica lag
-//! (asked of each node over gRPC).
+//! leader sees it), and every shard with its bucket ranges, epoch, replicas, leader, replica lag, size
+//! and load (asked of each node over gRPC).
 
 use cairn_proto::cluster::{StateRequest, cluster_client::ClusterClient};
 use cairn_server::Role;
@@ -11,8 +11,23 @@ use std::time::Duration;
 /// How long each node may take to answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One node's view of its shard replicas: shard id → (role, leader, lag map, stalled streams).
-type Replicas = BTreeMap<u32, (Option<Role>, u64, BTreeMap<u64, u64>, Vec<u64>)>;
+/// One node's view of one of its shard replicas.
+struct Reported {
+    role: Option<Role>,
+    /// The leader it knows of (0: none).
+    leader: u64,
+    /// Entries each follower is behind (as a leader sees it).
+    lag: BTreeMap<u64, u64>,
+    /// Followers whose replication has stalled (as a leader sees it).
+    stalled: Vec<u64>,
+    /// Live bytes, as the replica estimates them.
+    bytes: u64,
+    /// Requests per second this node routed to the shard.
+    qps: f64,
+}
+
+/// One node's view of its shard replicas, by shard id.
+type Replicas = BTreeMap<u32, Reported>;
 
 async fn node_replicas(addr: &str) -> Option<Replicas> {
     let ask = async {
@@ -25,7 +40,15 @@ async fn node_replicas(addr: &str) -> Option<Replicas> {
                 let r = s.replication?;
                 // A role this version does not know counts as not leading.
                 let role = r.role.parse::<Role>().ok();
-                Some((s.shard, (role, r.leader, r.lag.into_iter().collect(), r.stalled)))
+                let reported = Reported {
+                    role,
+                    leader: r.leader,
+                    lag: r.lag.into_iter().collect(),
+                    stalled: r.stalled,
+                    bytes: s.live_bytes,
+                    qps: s.requests_per_sec,
+                };
+                Some((s.shard, reported))
             })
             .collect();
         Some(replicas)
@@ -79,13 +102,16 @@ pub async fn cluster_status(addr: &str) -> Result<Option<(Value, String)>, Strin
         let mut leader = 0;
         let mut lag = BTreeMap::new();
         let mut stalled = Vec::new();
-        for (node, (role, said_leader, node_lag, node_stalled)) in reported {
-            if *role == Some(Role::Leader) {
+        let (mut bytes, mut qps) = (None, 0.0);
+        for (node, r) in reported {
+            qps += r.qps;
+            if r.role == Some(Role::Leader) {
                 leader = node;
-                lag = node_lag.clone();
-                stalled = node_stalled.clone();
+                lag = r.lag.clone();
+                stalled = r.stalled.clone();
+                bytes = Some(r.bytes);
             } else if leader == 0 {
-                leader = *said_leader;
+                leader = r.leader;
             }
         }
         // Replicas on nodes the meta leader does not hear from: the shard runs with fewer copies.
@@ -95,7 +121,7 @@ pub async fn cluster_status(addr: &str) -> Result<Option<(Value, String)>, Strin
             "id": id, "ranges": shard["ranges"], "epoch": shard["epoch"], "generation": shard["generation"],
             "replicas": replicas,
             "leader": leader, "lag": lag, "down_replicas": down, "stalled": stalled,
-            "moving": shard["moving"],
+            "moving": shard["moving"], "live_bytes": bytes, "requests_per_sec": (qps * 10.0).round() / 10.0,
         }));
     }
     let json = json!({
@@ -130,7 +156,9 @@ fn render(s: &Value) -> String {
             n["state"].as_str().unwrap_or_default(),
         ));
     }
-    text.push_str("\n\nshard  buckets      epoch  replicas  leader  lag (entries behind the leader)");
+    text.push_str(
+        "\n\nshard  buckets      epoch  replicas  leader      size   req/s  lag (entries behind the leader)",
+    );
     for sh in s["shards"].as_array().into_iter().flatten() {
         let ranges: Vec<String> =
             (sh["ranges"].as_array().into_iter().flatten()).map(|r| format!("{}..={}", r[0], r[1])).collect();
@@ -161,15 +189,30 @@ fn render(s: &Value) -> String {
         if let (Some(from), Some(to)) = (sh["moving"]["from"].as_u64(), sh["moving"]["to"].as_u64()) {
             lag.push_str(&format!("  MOVING: node {from} -> node {to}"));
         }
+        let size = sh["live_bytes"].as_u64().map_or_else(|| "?".to_string(), human_bytes);
         text.push_str(&format!(
-            "\n{:>5}  {:<11}  {:>5}  {:<8}  {:>6}  {}",
+            "\n{:>5}  {:<11}  {:>5}  {:<8}  {:>6}  {:>8}  {:>6}  {}",
             sh["id"].to_string(),
             buckets,
             sh["epoch"].to_string(),
             replicas.join(","),
             leader,
+            size,
+            sh["requests_per_sec"].as_f64().unwrap_or(0.0).round(),
             lag
         ));
     }
     text
+}
+
+/// `bytes` in B, KiB, MiB or GiB, one decimal.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }

@@ -50,6 +50,9 @@ enum Command {
     /// Change a cluster's shards (over gRPC, through any member).
     #[command(subcommand)]
     Shards(ShardsCommand),
+    /// Show or change a cluster's settings (over gRPC, through any member).
+    #[command(subcommand)]
+    Settings(shards::SettingsCommand),
 }
 
 #[derive(Args, Debug)]
@@ -440,6 +443,7 @@ async fn client_command(command: Command) -> Result<ExitCode, String> {
         Command::Status(c) => (c, None),
         Command::Init(i) => return init_command(i).await,
         Command::Shards(c) => return shards::run(c).await,
+        Command::Settings(c) => return shards::settings(c).await,
         Command::Start(_) | Command::Demo(_) => return Err("not a client command".into()),
     };
     if op.is_none()
@@ -623,7 +627,11 @@ fn main() -> ExitCode {
         Command::Start(a) => (build_config(a.store.clone(), &a.node), false, a.exit_with_stdin),
         Command::Demo(a) if a.nodes > 1 => return demo_cluster(a, &cli.log_level),
         Command::Demo(a) => (build_config(Some(a.store.clone()), &a.node), true, false),
-        Command::Kv(_) | Command::Status(_) | Command::Init(_) | Command::Shards(_) => {
+        Command::Kv(_)
+        | Command::Status(_)
+        | Command::Init(_)
+        | Command::Shards(_)
+        | Command::Settings(_) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

@@ -1,4 +1,5 @@
-//! `cairn shards`: split, merge and list a cluster's shards (over gRPC, through any member).
+//! `cairn shards`: split, merge and list a cluster's shards; `cairn settings`: show and change the
+//! cluster settings that drive automatic splits and merges (over gRPC, through any member).
 
 use crate::ClientArgs;
 use clap::{Args, Subcommand};
@@ -46,6 +47,68 @@ pub(crate) async fn run(command: ShardsCommand) -> Result<ExitCode, String> {
         ShardsCommand::Split(a) => split_command(a).await,
         ShardsCommand::Merge(a) => merge_command(a).await,
         ShardsCommand::List(a) => list_shards_command(a).await,
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SettingsCommand {
+    /// Print the cluster settings.
+    Show(ClientArgs),
+    /// Change one setting cluster-wide: split_size (bytes; KiB, MiB or GiB suffixes; 0: no splits by
+    /// size), split_qps (0: no splits by load), split_load_secs, auto_merge (true or false), rebalance
+    /// (true or false) or dead_after_secs.
+    Set(SetArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SetArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The setting.
+    name: String,
+    /// Its new value.
+    value: String,
+}
+
+/// Runs a `cairn settings` command: prints the settings (after the change, for `set`).
+pub(crate) async fn settings(command: SettingsCommand) -> Result<ExitCode, String> {
+    let (args, reply) = match command {
+        SettingsCommand::Show(args) => {
+            let mut client = cluster_client(&args.addr).await?;
+            let reply = client.settings(cairn_proto::cluster::SettingsRequest {}).await;
+            (args, reply.map_err(|s| format!("cannot read the settings: {}", s.message()))?)
+        }
+        SettingsCommand::Set(a) => {
+            let mut client = cluster_client(&a.client.addr).await?;
+            let request = cairn_proto::cluster::SetSettingRequest { name: a.name, value: a.value };
+            let reply = client.set_setting(request).await;
+            (a.client, reply.map_err(|s| format!("setting refused: {}", s.message()))?)
+        }
+    };
+    let json = reply.into_inner().settings_json;
+    if args.json {
+        println!("{json}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("bad settings: {e}"))?;
+    let mut flat = Vec::new();
+    flatten("", &value, &mut flat);
+    for (name, v) in flat {
+        println!("{name:<24} {v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `value`'s leaves as (dotted name, value).
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (k, v) in fields {
+                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&name, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
     }
 }
 

@@ -215,18 +215,27 @@ async fn split<H: Host>(
     finish(meta, node, s, plan).await
 }
 
-/// Whether this node's replica of group `group`, which the map no longer names, is a frozen shard that
-/// this node's replica of the shard it merged into has not taken in yet (it is kept until then: that
-/// replica imports from it).
+/// Whether this node's replica of group `group`, which the map no longer names, is a shard merged into
+/// another (frozen, or still to freeze as it catches up) that this node's replica of that other shard
+/// has not taken in yet: it is kept until then, as that replica imports from it (one that cannot,
+/// fenced, re-syncs from a snapshot taken past the merge and takes the buckets in so).
 fn awaits_merge<H: Host>(map: &ShardMap, node: &H, group: u64) -> bool {
-    let Some(frozen) = node.replica(group).and_then(|r| r.state_machine().frozen()) else { return false };
-    let Some(&(first, _)) = frozen.ranges.first() else { return false };
-    let Some(into) = map.shard_for_bucket(first).and_then(|s| node.replica(s.id.group())) else {
-        return false;
+    let Some(replica) = node.replica(group) else { return false };
+    let sm = replica.state_machine();
+    let ranges: Vec<(u16, u16)> = match sm.frozen() {
+        Some(frozen) => frozen.ranges,
+        None => sm.owned_buckets().iter().map(|r| (*r.start(), *r.end())).collect(),
     };
-    let owned = into.state_machine().owned_buckets();
-    let merged = frozen.ranges.iter().all(|&(f, l)| owned.iter().any(|o| *o.start() <= f && l <= *o.end()));
-    !merged && into.status().checks.fenced.is_none()
+    let Some(&(first, _)) = ranges.first() else { return false };
+    let Some(into) = map.shard_for_bucket(first).filter(|s| s.id.group() != group) else { return false };
+    // Only a merge gives the buckets of a shard that left the map to another (a move keeps the shard).
+    let Some(into) = node.replica(into.id.group()) else { return false };
+    !owns(&into.state_machine().owned_buckets(), &ranges)
+}
+
+/// Whether `owned` covers every range of `ranges`.
+fn owns(owned: &[cairn_engine::BucketRange], ranges: &[(u16, u16)]) -> bool {
+    ranges.iter().all(|&(f, l)| owned.iter().any(|o| *o.start() <= f && l <= *o.end()))
 }
 
 /// On the leader of shard `s`, the right-hand shard of a merge whose replicas are co-located: freezes
@@ -255,9 +264,7 @@ async fn merge<H: Host>(
     s: &ShardDescriptor,
     right: &ShardDescriptor,
 ) -> Result<(), String> {
-    let owned = replica.state_machine().owned_buckets();
-    let taken = right.ranges.iter().all(|&(f, l)| owned.iter().any(|o| *o.start() <= f && l <= *o.end()));
-    if !taken {
+    if !owns(&replica.state_machine().owned_buckets(), &right.ranges) {
         let frozen = node.replica(right.id.group()).and_then(|r| r.state_machine().frozen());
         if frozen.is_none() {
             return Err(format!("waiting for shard {} to freeze on this node", right.id));
@@ -267,8 +274,26 @@ async fn merge<H: Host>(
         if written.result != CommandResult::Merged {
             return Err(format!("the shard's group refused the merge: {:?}", written.result));
         }
+        if !owns(&replica.state_machine().owned_buckets(), &right.ranges) {
+            // This replica could not take them in (it fenced itself): another leader finishes.
+            return Err(format!("this replica did not take shard {}'s buckets in", right.id));
+        }
     }
-    let recorded = record(meta, |state| state.finish_merge(s.id)).await.map_err(|e| e.to_string())?;
+    // A snapshot past the merge first: a replica that later starts from a snapshot must not need the
+    // frozen shard, which the nodes retire once the map drops it.
+    let applied = replica.status().applied;
+    if replica.status().snapshot < applied {
+        let _ = replica.raft().trigger().snapshot().await;
+        let deadline = tokio::time::Instant::now() + CHANGE_TIMEOUT;
+        while replica.status().snapshot < applied {
+            if tokio::time::Instant::now() >= deadline {
+                return Err("no snapshot past the merge yet".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let recorded =
+        record(meta, |state| state.finish_merge(s.id, right.id)).await.map_err(|e| e.to_string())?;
     if let Some(after) = recorded {
         let epoch = epoch_of(&after, s.id);
         tracing::info!(shard = %s.id, merged = %right.id, epoch, "shards merged");

@@ -103,6 +103,12 @@ pub enum Effect {
     },
     /// A [`Command::Split`] gave buckets up: the node opens the new shard from them.
     Split(SplitOff),
+    /// A [`Command::Merge`] at entry `index` took a frozen neighbour's buckets in: the replica takes a
+    /// snapshot past it, so a replica that installs one never needs the frozen neighbour.
+    Merged {
+        /// The merge entry.
+        index: u64,
+    },
 }
 
 /// What a replica's node needs to open the shard a [`Command::Split`] made, by reference
@@ -515,12 +521,18 @@ impl ShardApplier {
                     continue;
                 }
                 EntryPayload::Normal(Command::Merge { right_group, ranges }) => {
-                    // The import lands after every entry before this one.
+                    // The import lands after every entry before this one, and is durable in the engine's
+                    // manifest at once, while the position waits for a flush: so every entry before it
+                    // is flushed first (a replay must not apply them to the new ownership), and the
+                    // entry's own position right after (a replay must not start before the merge, whose
+                    // frozen source may be gone by then).
                     if let Some(upto) = pending.take() {
                         self.commit(std::mem::take(&mut batch), upto, &membership)?;
                     }
+                    self.db.flush()?;
                     let (result, cleanup) = self.merge(entry.log_id().index, *right_group, ranges)?;
                     self.commit(cleanup, entry.log_id(), &membership)?;
+                    self.db.flush()?;
                     *cached = Some(membership.clone());
                     results.push(result);
                     continue;
@@ -725,6 +737,7 @@ impl ShardApplier {
                     copied = stats.bytes_copied,
                     "merged a frozen neighbour in"
                 );
+                self.checks.publish_effect(Effect::Merged { index });
                 Ok((CommandResult::Merged, cleanup))
             }
             Err(why) => {

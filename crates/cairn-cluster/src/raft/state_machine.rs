@@ -614,6 +614,18 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         Db::restore_from_snapshot(&source, snapshot.snapshot_id, &snapshot.db_id).map_err(io_err)?;
         let db =
             Db::open_from_snapshot(config, snapshot.snapshot_id, snapshot.db_id.clone()).map_err(io_err)?;
+        let db = Arc::new(db);
+        // A frozen shard's snapshot holds the freeze record: the freeze is finished before the contents
+        // serve anything (the shrink), so they never show the buckets as owned.
+        let fresh = ShardApplier::linked(
+            Arc::clone(&db),
+            inner.meta_bucket,
+            CheckBoard::default(),
+            NodeLink::default(),
+        );
+        fresh.applied().map_err(io_err)?;
+        drop(fresh);
+        let db = Arc::into_inner(db).ok_or_else(|| io_err("the installed shard is still in use"))?;
         self.swap_in(&mut inner, db, next);
         inner.installed += 1;
         // The snapshot this replica serves from now on is its own copy of what it installed (the same

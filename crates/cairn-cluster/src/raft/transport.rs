@@ -118,6 +118,11 @@ impl RaftService {
         self.replicas.write().insert(replica.group(), (replica.clone(), false));
     }
 
+    /// This node's registered replica of `group`, if any.
+    pub fn replica(&self, group: u64) -> Option<Replica> {
+        self.replicas.read().get(&group).map(|(replica, _)| replica.clone())
+    }
+
     /// Answers requests forwarded to this node's leader replicas with `handler`.
     pub fn set_request_handler(&self, handler: Arc<dyn RequestHandler>) {
         *self.requests.write() = Some(handler);

@@ -798,6 +798,23 @@ impl Replica {
     /// (at most `timeout`) until it has left this replica; true if another replica leads afterwards.
     /// For a clean stop: the group keeps a leader instead of waiting out an election timeout.
     pub async fn hand_over(&self, timeout: Duration) -> bool {
+        self.transfer_leadership(None, timeout).await
+    }
+
+    /// If this replica leads its group, hands leadership to the voter on node `node` and waits (at
+    /// most `timeout`) until another replica leads; true if one does afterwards. False (nothing done)
+    /// if this replica does not lead or no voter runs on `node`. For balancing leaders over nodes.
+    pub async fn hand_to(&self, node: u64, timeout: Duration) -> bool {
+        let leads = {
+            let m = self.raft().metrics().borrow_watched().clone();
+            m.current_leader == Some(m.id)
+        };
+        leads && self.transfer_leadership(Some(node), timeout).await
+    }
+
+    /// Hands leadership to the voter on `node` (or, with `None`, the most caught-up other voter) if
+    /// this replica leads, and waits (at most `timeout`) until another replica leads.
+    async fn transfer_leadership(&self, node: Option<u64>, timeout: Duration) -> bool {
         let Incarnation { raft, id } = self.current();
         let target = {
             let metrics = raft.metrics();
@@ -812,7 +829,10 @@ impl Replica {
                     .and_then(|r| r.get(member).cloned().flatten())
                     .map_or(0, |l| l.index + 1)
             };
-            voters.into_iter().filter(|v| *v != id).max_by_key(|v| (matched(v), std::cmp::Reverse(*v)))
+            voters
+                .into_iter()
+                .filter(|v| *v != id && node.is_none_or(|n| node_of(*v) == n))
+                .max_by_key(|v| (matched(v), std::cmp::Reverse(*v)))
         };
         let Some(target) = target else { return false };
         if raft.trigger().transfer_leader(target).await.is_err() {

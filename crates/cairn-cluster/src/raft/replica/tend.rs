@@ -276,8 +276,16 @@ impl Replica {
             tokio::select! {
                 biased;
                 effect = effects.recv() => {
-                    if let Ok(effect @ crate::raft::Effect::Fenced { .. }) = effect {
-                        tracing::debug!(group = self.shared.group, ?effect, "acting on a fencing");
+                    match effect {
+                        Ok(effect @ crate::raft::Effect::Fenced { .. }) => {
+                            tracing::debug!(group = self.shared.group, ?effect, "acting on a fencing");
+                        }
+                        Ok(crate::raft::Effect::Merged { index }) => {
+                            // A snapshot past the merge, so no replica needs the frozen neighbour.
+                            tracing::info!(group = self.shared.group, index, "snapshot after a merge");
+                            let _ = self.raft().trigger().snapshot().await;
+                        }
+                        _ => {}
                     }
                 }
                 () = tokio::time::sleep(TEND_EVERY) => {}

@@ -1,0 +1,81 @@
+//! The admin REST routes of a cluster member: the shards (`GET /admin/shards`, splits and merges) and
+//! the cluster settings (`GET /admin/settings`, `PUT /admin/settings/{name}`).
+
+use super::{ApiError, ApiResult, AppState, bad, query};
+use crate::error::NodeError;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The cluster membership behind an admin route (404 on a standalone node).
+fn membership(state: &AppState) -> ApiResult<&Arc<crate::cluster::Membership>> {
+    state
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ApiError(NodeError::NotFound("this node is not a cluster member".into())))
+}
+
+/// `GET /admin/shards`: the shard map as the meta group's leader holds it.
+pub(super) async fn list_shards(State(state): State<AppState>) -> ApiResult<Response> {
+    let map = membership(&state)?.shard_map().await.map_err(crate::wire::meta_error)?;
+    Ok(Json(crate::cluster::admin::list_json(&map)).into_response())
+}
+
+/// `POST /admin/shards/{id}/split?at=BUCKET`: marks the shard to split at the bucket (answered once the
+/// split is under way, with the new shard's id).
+pub(super) async fn split_shard(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let shard = id.parse::<u32>().map_err(|_| bad(format!("shard id {id:?} is not a number")))?;
+    let params = query(&uri, &["at"])?;
+    let Some(at) = params.number("at", u64::from(u16::MAX))? else {
+        return Err(bad("parameter \"at\" (the first bucket the new shard takes) is required"));
+    };
+    let at = u16::try_from(at).map_err(|_| bad(format!("bucket {at} is out of range")))?;
+    let shard = cairn_cluster::placement::ShardId(shard);
+    let new = membership(&state)?.split_shard(shard, at).await.map_err(crate::wire::meta_error)?;
+    let body = json!({"shard": shard.0, "at": at, "new_shard": new.0});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `POST /admin/shards/{id}/merge?with=RIGHT`: marks shard RIGHT to merge into shard `id`, its
+/// left-hand neighbour (answered once the merge is under way).
+pub(super) async fn merge_shards(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let left = id.parse::<u32>().map_err(|_| bad(format!("shard id {id:?} is not a number")))?;
+    let params = query(&uri, &["with"])?;
+    let Some(right) = params.number("with", u64::from(u32::MAX))? else {
+        return Err(bad("parameter \"with\" (the right-hand neighbour to merge in) is required"));
+    };
+    let (left, right) =
+        (cairn_cluster::placement::ShardId(left), cairn_cluster::placement::ShardId(right as u32));
+    membership(&state)?.merge_shards(left, right).await.map_err(crate::wire::meta_error)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"shard": left.0, "merging": right.0}))).into_response())
+}
+
+/// `GET /admin/settings`: the cluster settings as the meta group's leader holds them.
+pub(super) async fn settings(State(state): State<AppState>) -> ApiResult<Response> {
+    let settings = membership(&state)?.settings().await.map_err(crate::wire::meta_error)?;
+    Ok(Json(json!(settings)).into_response())
+}
+
+/// `PUT /admin/settings/{name}` with the value as the body: changes one setting cluster-wide, through
+/// the meta group (`cairn settings set`); answers the settings after the change.
+pub(super) async fn set_setting(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let value = std::str::from_utf8(&body).map_err(|_| bad("the setting's value is not UTF-8"))?;
+    let settings =
+        membership(&state)?.set_setting(&name, value.trim()).await.map_err(crate::wire::meta_error)?;
+    Ok(Json(json!(settings)).into_response())
+}

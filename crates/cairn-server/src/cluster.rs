@@ -32,7 +32,7 @@ use cairn_cluster::meta::{
     MetaStore,
 };
 use cairn_cluster::raft::Role;
-use cairn_cluster::raft::{PeerChannels, RaftService, ReadLevel, Replica, ShardStateMachine};
+use cairn_cluster::raft::{PeerChannels, RaftService, ReadLevel, Replica, ReplicaConfig, ShardStateMachine};
 use cairn_proto::cluster as pb;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -234,7 +234,8 @@ impl Membership {
             Arc::clone(&self.plumbing.log),
             sm,
             self.plumbing.wire.clone(),
-            self.replication.replica_config(),
+            // The meta group never goes quiet: its leader's heartbeats are how nodes are known alive.
+            ReplicaConfig { quiesce_after: Duration::ZERO, ..self.replication.replica_config() },
         )
         .await
         .map_err(|e| NodeError::Startup(format!("cannot start the meta replica: {e}")))?;

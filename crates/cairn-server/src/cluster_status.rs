@@ -77,6 +77,10 @@ impl Membership {
     async fn watch_liveness(&self, up: &mut BTreeMap<u64, bool>) {
         let Ok(Some(state)) = self.state(false).await else { return };
         let (_, liveness) = self.liveness(Some(&state), false).await;
+        // Quiet groups whose leader is on a node not up check that it still leads (a node not heard
+        // since the current meta leader took over counts: a check costs one call).
+        let down = liveness.iter().filter(|n| !n.up).map(|n| n.node_id).collect();
+        self.replication.down_nodes.set(down);
         // Never heard since the current meta leader took over: unknown, not down.
         for node in liveness.into_iter().filter(|n| n.heard_ms_ago.is_some()) {
             let before = up.insert(node.node_id, node.up);

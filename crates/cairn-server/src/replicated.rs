@@ -15,7 +15,7 @@
 use crate::error::{NodeError, Result};
 use crate::types::Consistency;
 use cairn_cluster::raft::{
-    GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica, ReplicaConfig,
+    DownNodes, GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica, ReplicaConfig,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -45,6 +45,13 @@ pub struct ReplicationConfig {
     /// Shard leaders promote re-synced replicas on their own (see [`ReplicaConfig::promote_resynced`]);
     /// off for a cluster member's shards, whose voters the shard map decides.
     pub promote_resynced: bool,
+    /// Shard groups idle this long go quiet (see [`ReplicaConfig::quiesce_after`]); zero: never. A
+    /// cluster member's shards use it, fed the meta leader's liveness view through `down_nodes`.
+    #[serde(default)]
+    pub quiesce_after: Duration,
+    /// The nodes this node believes down (shared by its replicas; see [`DownNodes`]).
+    #[serde(skip)]
+    pub down_nodes: DownNodes,
 }
 
 impl ReplicationConfig {
@@ -61,6 +68,8 @@ impl ReplicationConfig {
             snapshot_every: raft.snapshot_every,
             keep_behind_snapshot: raft.keep_behind_snapshot,
             promote_resynced: raft.promote_resynced,
+            quiesce_after: raft.quiesce_after,
+            down_nodes: DownNodes::default(),
         }
     }
 
@@ -100,6 +109,8 @@ impl ReplicationConfig {
             keep_behind_snapshot: self.keep_behind_snapshot,
             check_every: self.check_interval,
             promote_resynced: self.promote_resynced,
+            quiesce_after: self.quiesce_after,
+            down_nodes: self.down_nodes.clone(),
             ..ReplicaConfig::default()
         }
     }

@@ -284,6 +284,8 @@ impl Sim {
             check_every: Duration::ZERO,
             // With moves, the mover decides who votes (as a cluster's shard map does).
             promote_resynced: !config.moves,
+            // Groups never go quiet here: the workload writes all the time.
+            ..ReplicaConfig::default()
         };
         Sim {
             seeds: SimRng::new(config.seed ^ 0x7365_6564),

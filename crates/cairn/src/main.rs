@@ -357,6 +357,8 @@ fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig,
                 ));
             }
             let mut replication = cairn_server::replicated::ReplicationConfig::new(1, Default::default());
+            // Idle shard groups go quiet (the meta leader's liveness view wakes them on failures).
+            replication.quiesce_after = Duration::from_secs(2);
             if let Some(s) = args.check_interval_secs.or(file.check_interval_secs) {
                 replication.check_interval = Duration::from_secs(s);
             }

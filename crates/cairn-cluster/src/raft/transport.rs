@@ -198,11 +198,21 @@ impl RaftService {
                 encode(&installed)
             }
             Message::Propose((command, timeout_ms)) => {
-                encode(&propose_here(&raft, command, Duration::from_millis(timeout_ms)).await)
+                let timeout = Duration::from_millis(timeout_ms);
+                let raft = match &replica {
+                    Some(replica) => replica.awake(timeout).await,
+                    None => raft,
+                };
+                encode(&propose_here(&raft, command, timeout).await)
             }
             Message::ReadIndex((lease_ms, timeout_ms)) => {
                 let lease = lease_ms.map(Duration::from_millis);
-                encode(&read_index_here(&raft, lease, Duration::from_millis(timeout_ms)).await)
+                let timeout = Duration::from_millis(timeout_ms);
+                let raft = match &replica {
+                    Some(replica) => replica.awake(timeout).await,
+                    None => raft,
+                };
+                encode(&read_index_here(&raft, lease, timeout).await)
             }
             Message::SnapshotFile(request) => {
                 let replica =
@@ -225,6 +235,11 @@ impl RaftService {
             }
             Message::TransferLeader(rpc) => {
                 encode(&raft.handle_transfer_leader(rpc).await.map_err(|e| e.to_string())?)
+            }
+            Message::Quiet(ask) => {
+                let replica =
+                    replica.ok_or_else(|| format!("group {} has no replica to answer", call.group))?;
+                encode(&replica.answer_quiet(ask))
             }
             Message::Request(request) => {
                 let handler = self.requests.read().clone();
@@ -250,6 +265,7 @@ enum Message {
     Digest(u64),
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     Request(Vec<u8>),
+    Quiet(super::replica::QuietCall),
 }
 
 impl Message {
@@ -271,6 +287,7 @@ impl Message {
             Ok(RaftCallKind::Digest) => Message::Digest(decode(payload)?),
             Ok(RaftCallKind::TransferLeader) => Message::TransferLeader(decode(payload)?),
             Ok(RaftCallKind::Request) => Message::Request(payload.to_vec()),
+            Ok(RaftCallKind::Quiet) => Message::Quiet(decode(payload)?),
             Ok(RaftCallKind::Unspecified) | Err(_) => return Err(format!("unknown raft call kind {kind}")),
         })
     }

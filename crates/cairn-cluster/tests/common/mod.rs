@@ -81,6 +81,10 @@ pub async fn applied(raft: &ShardRaft, index: u64) {
         .unwrap();
 }
 
+/// Calls made over every [`Net`] of the test binary (each test binary runs its tests in processes of
+/// their own under nextest).
+pub static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// An in-process network: each node's service by address; a node missing from the map is down.
 #[derive(Clone, Default)]
 pub struct Net(
@@ -97,6 +101,7 @@ impl cairn_cluster::raft::Wire for Net {
     ) -> Result<cairn_cluster::raft::RaftReply, cairn_cluster::raft::CallError> {
         let down = || cairn_cluster::raft::CallError::NotSent(format!("{addr} is down"));
         let service = self.0.lock().get(addr).cloned().ok_or_else(down)?;
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(service.handle(call).await)
     }
 }
@@ -112,5 +117,6 @@ pub fn replica_config(snapshot_every: u64) -> cairn_cluster::raft::ReplicaConfig
         snapshot_timeout: Duration::from_secs(5),
         check_every: Duration::ZERO,
         promote_resynced: true,
+        ..Default::default()
     }
 }

@@ -2,6 +2,9 @@
 //! read at a chosen consistency level is safe, report status. The server and the simulation use this;
 //! neither names an openraft type.
 
+mod quiet;
+pub use quiet::DownNodes;
+pub(crate) use quiet::QuietCall;
 mod read_rounds;
 mod role;
 pub use role::Role;
@@ -60,6 +63,12 @@ pub struct ReplicaConfig {
     /// something else decides the voters (a cluster's shard map: its reconciler promotes with
     /// [`Replica::promote`], and a move's destination must not vote before the move says so).
     pub promote_resynced: bool,
+    /// A leader whose log has not moved for this long, with every follower on a live node caught up,
+    /// makes its group quiet: no heartbeats, no election timeouts, until something happens (see
+    /// [`quiet`]). Zero: never. Default zero.
+    pub quiesce_after: Duration,
+    /// The nodes believed down (the node's liveness view), for quiet groups.
+    pub down_nodes: DownNodes,
 }
 
 impl Default for ReplicaConfig {
@@ -72,6 +81,8 @@ impl Default for ReplicaConfig {
             snapshot_timeout: Duration::from_secs(60),
             check_every: Duration::ZERO,
             promote_resynced: true,
+            quiesce_after: Duration::ZERO,
+            down_nodes: DownNodes::default(),
         }
     }
 }
@@ -228,6 +239,8 @@ pub struct GroupStatus {
     pub snapshot_bytes_received: u64,
     /// Times this replica re-synced from scratch since it started.
     pub resyncs: u64,
+    /// Whether the group is quiet here (its timers stopped, see [`ReplicaConfig::quiesce_after`]).
+    pub quiet: bool,
 }
 
 /// A consistency check's outcome.
@@ -304,6 +317,8 @@ struct Shared {
     fetching: tokio::sync::Mutex<()>,
     // Read-index rounds shared by concurrent linearizable reads: [quorum-confirmed, lease-confirmed].
     read_rounds: [Arc<read_rounds::ReadRounds>; 2],
+    // Whether the group is quiet (see `quiet`).
+    quiet: quiet::Quiet,
 }
 
 /// The running Raft node of the replica's current incarnation.
@@ -346,6 +361,11 @@ pub(crate) async fn propose_here(
     }
 }
 
+/// The longest a read-index round waits for a quorum.
+const MAX_READ_INDEX_WAIT: Duration = Duration::from_secs(60);
+/// The longest lease a read may ask for (a peer's figure is untrusted; ours is far shorter).
+const MAX_LEASE: Duration = Duration::from_secs(10);
+
 /// Confirms this node still leads (by a quorum round, or without one while its last quorum
 /// acknowledgement is younger than `lease`) and returns the index a linearizable read must see.
 pub(crate) async fn read_index_here(
@@ -353,6 +373,9 @@ pub(crate) async fn read_index_here(
     lease: Option<Duration>,
     timeout: Duration,
 ) -> Result<u64, GroupError> {
+    // Bounded: openraft adds the wait to the clock, and a timeout from a peer is untrusted (a huge
+    // one would overflow the instant and stop the group).
+    let (timeout, lease) = (timeout.min(MAX_READ_INDEX_WAIT), lease.map(|l| l.min(MAX_LEASE)));
     let option = match lease {
         Some(lease) => LinearizerOption::new(Some(lease), false).with_wait_timeout(Duration::ZERO),
         None => LinearizerOption::new(Some(Duration::ZERO), true).with_wait_timeout(timeout),
@@ -418,6 +441,7 @@ impl Replica {
             lifecycle: tokio::sync::Mutex::new(()),
             fetching: tokio::sync::Mutex::new(()),
             read_rounds: Default::default(),
+            quiet: quiet::Quiet::default(),
         };
         Ok(Replica { shared: Arc::new(shared) })
     }
@@ -498,13 +522,14 @@ impl Replica {
     /// once the leader applied it; a read here at `ReadLevel::AtLeast(index)` then sees it.
     pub async fn write(&self, command: Command, timeout: Duration) -> Result<Written, GroupError> {
         match self.leader_elsewhere() {
-            None => propose_here(&self.raft(), command, timeout).await,
+            None => propose_here(&self.awake(timeout).await, command, timeout).await,
             Some((leader, addr)) => {
                 let payload = encode(&(command, millis(timeout))).map_err(GroupError::OutcomeUnknown)?;
                 self.forward(leader, addr, RaftCallKind::Propose, payload, timeout).await.map_err(|e| match e
                 {
                     // The leader may have received it.
                     ForwardError::Transport(why) => {
+                        self.suspect_leader();
                         GroupError::OutcomeUnknown(format!("forwarding to node {}: {why}", node_of(leader)))
                     }
                     ForwardError::Answered(e) => e,
@@ -546,7 +571,7 @@ impl Replica {
     /// Proposes `command` here, never forwarding it: for commands this replica evaluated as the
     /// leader ([`Command::Evaluated`]). `NotLeader` if it no longer leads.
     pub async fn propose_here(&self, command: Command, timeout: Duration) -> Result<Written, GroupError> {
-        propose_here(&self.raft(), command, timeout).await
+        propose_here(&self.awake(timeout).await, command, timeout).await
     }
 
     /// Hands `request` (the layer above's encoding) to the leader's node, whose [`RequestHandler`]
@@ -573,10 +598,12 @@ impl Replica {
                 Err(GroupError::NotLeader { leader: None })
             }
             Err(CallError::NotSent(why)) => {
+                self.suspect_leader();
                 tracing::debug!(node, %why, "forwarded request not sent");
                 Err(GroupError::NotLeader { leader: None })
             }
             Err(CallError::Lost(why)) => {
+                self.suspect_leader();
                 Err(GroupError::OutcomeUnknown(format!("forwarding to node {node}: {why}")))
             }
         }
@@ -669,7 +696,7 @@ impl Replica {
                 let lease = (level == ReadLevel::Lease).then(|| self.shared.config.lease());
                 if lease.is_some() && self.leader_elsewhere().is_none() {
                     // The leader's own lease check is local and cheap: no round to share.
-                    Some(read_index_here(&self.raft(), lease, timeout).await?)
+                    Some(read_index_here(&self.awake(timeout).await, lease, timeout).await?)
                 } else {
                     Some(self.shared_read_index(lease, timeout).await?)
                 }
@@ -706,13 +733,14 @@ impl Replica {
                 self.forward::<u64>(leader, addr, RaftCallKind::ReadIndex, payload, timeout).await.map_err(
                     |e| match e {
                         ForwardError::Transport(why) => {
+                            self.suspect_leader();
                             GroupError::Timeout(format!("read index from node {}: {why}", node_of(leader)))
                         }
                         ForwardError::Answered(e) => e,
                     },
                 )
             }
-            None => read_index_here(&self.raft(), lease, timeout).await,
+            None => read_index_here(&self.awake(timeout).await, lease, timeout).await,
         }
     }
 
@@ -791,6 +819,7 @@ impl Replica {
             snapshots_installed: self.shared.sm.snapshots_installed(),
             snapshot_bytes_received: self.shared.snapshot_bytes.load(Ordering::Relaxed),
             resyncs: self.shared.resyncs.load(Ordering::Relaxed),
+            quiet: self.is_quiet(),
         }
     }
 
@@ -815,7 +844,8 @@ impl Replica {
     /// Hands leadership to the voter on `node` (or, with `None`, the most caught-up other voter) if
     /// this replica leads, and waits (at most `timeout`) until another replica leads.
     async fn transfer_leadership(&self, node: Option<u64>, timeout: Duration) -> bool {
-        let Incarnation { raft, id } = self.current();
+        let raft = self.awake(timeout).await;
+        let id = self.id();
         let target = {
             let metrics = raft.metrics();
             let m = metrics.borrow_watched();

@@ -154,7 +154,8 @@ impl Replica {
     /// Adds node `node`'s first incarnation at `addr` as a learner and waits until it has caught up with
     /// the log.
     pub async fn add_learner(&self, node: u64, addr: String) -> Result<(), GroupError> {
-        self.raft()
+        self.awake(self.shared.config.election_timeout.1)
+            .await
             .add_learner(replica_id(node, 0), BasicNode::new(addr), true)
             .await
             .map(|_| ())
@@ -166,7 +167,7 @@ impl Replica {
     /// each through joint consensus, and each only if the membership is still the one it was decided
     /// on.
     pub async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), GroupError> {
-        let raft = self.raft();
+        let raft = self.awake(self.shared.config.election_timeout.1).await;
         let membership = raft.metrics().borrow_watched().membership_config.clone();
         let mut ids = BTreeSet::new();
         for node in voters {
@@ -185,7 +186,7 @@ impl Replica {
     /// Removes nodes `nodes`' replicas from the group; they must be learners already (demote voters
     /// with [`Replica::change_voters`] first). Guarded like every membership change.
     pub async fn remove_learners(&self, nodes: BTreeSet<u64>) -> Result<(), GroupError> {
-        let raft = self.raft();
+        let raft = self.awake(self.shared.config.election_timeout.1).await;
         let membership = raft.metrics().borrow_watched().membership_config.clone();
         let voters: BTreeSet<u64> = membership.membership().voter_ids().collect();
         let mut ids = BTreeSet::new();
@@ -210,7 +211,7 @@ impl Replica {
     /// and removes its node's other incarnations from the group. Refused for the leader's own node and
     /// for an incarnation older than one the group already has.
     pub(crate) async fn replace_here(&self, new: u64, addr: String) -> Result<(), GroupError> {
-        let raft = self.raft();
+        let raft = self.awake(self.shared.config.election_timeout.1).await;
         let metrics = raft.metrics().borrow_watched().clone();
         if metrics.state != ServerState::Leader {
             return Err(GroupError::NotLeader { leader: metrics.current_leader });
@@ -271,7 +272,15 @@ impl Replica {
         let checking = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let due = |last: Option<tokio::time::Instant>| last.is_none_or(|t| t.elapsed() >= RETRY_AFTER);
         let mut effects = self.effects();
+        // The current incarnation's metrics: a quiet replica looks again as soon as they change.
+        let mut watched = (self.id(), self.raft().metrics());
         while !self.shared.stopped.load(Ordering::Acquire) {
+            if watched.0 != self.id() {
+                watched = (self.id(), self.raft().metrics());
+            }
+            // (A change seen before the replica went quiet wakes the first quiet look for nothing.)
+            let quiet = self.is_quiet();
+            let pause = if quiet { super::quiet::QUIET_TEND_EVERY } else { TEND_EVERY };
             // A fencing is acted on at once; everything else at the next look.
             tokio::select! {
                 biased;
@@ -288,13 +297,20 @@ impl Replica {
                         _ => {}
                     }
                 }
-                () = tokio::time::sleep(TEND_EVERY) => {}
+                _ = watched.1.changed(), if quiet => {}
+                () = tokio::time::sleep(pause) => {}
             }
             if self.shared.stopped.load(Ordering::Acquire) {
                 return;
             }
+            if quiet && self.tend_quiet().await {
+                continue;
+            }
             let status = self.status();
             let group = self.shared.group;
+            if status.leader.is_none() {
+                self.wake_leader().await;
+            }
             self.watch_replication(&status);
             if status.checks.fenced.is_some() {
                 if status.role == Role::Leader {
@@ -317,7 +333,9 @@ impl Replica {
             }
             if status.role == Role::Leader {
                 let unverified_snapshot = status.snapshot.unwrap_or(0) > status.checks.verified.unwrap_or(0);
-                let periodic = !check_every.is_zero() && last_periodic.elapsed() >= check_every;
+                // (Not on a group that applied nothing since its last verified check: it stays quiet.)
+                let moved = status.applied > status.checks.verified;
+                let periodic = !check_every.is_zero() && last_periodic.elapsed() >= check_every && moved;
                 let idle = !checking.load(Ordering::Acquire);
                 if (unverified_snapshot || periodic) && due(last_check) && idle {
                     last_check = Some(tokio::time::Instant::now());
@@ -342,6 +360,12 @@ impl Replica {
                 }
             }
             self.purge_verified(&status).await;
+            if status.role == Role::Leader {
+                let busy = checking.load(Ordering::Acquire) || status.checks.fenced.is_some();
+                if let Err(e) = self.maybe_quiesce(busy).await {
+                    tracing::debug!(group, error = %e, "not quiet");
+                }
+            }
         }
     }
 

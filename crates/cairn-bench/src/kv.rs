@@ -8,10 +8,13 @@
 //! A = 50% reads / 50% updates, B = 95% / 5%, C = 100% reads, E = 95% scans of 10 rows from a key / 5%
 //! updates, F = 50% reads / 50% read-modify-writes.
 //! Reads are the node's default (linearizable on one node: the newest committed version). Each phase
-//! prints ops/s and per-operation p50/p99/p999 latencies.
+//! prints ops/s and per-operation p50/p99/p999 latencies. With `--retry` (HTTP), an operation refused
+//! with 503 (retry: a split under way, a leader change) is retried after 20 ms and counted; any other
+//! error ends the run. With `--verify`, every loaded key is read back at the end and must hold the
+//! value the run wrote (every write writes the same value).
 
-use cairn_bench::histogram::Histogram;
-use cairn_bench::rng::Rng;
+use crate::histogram::Histogram;
+use crate::rng::Rng;
 use clap::Args;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +79,51 @@ pub struct KvArgs {
     /// Seed of the key choices.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Retry operations answered 503 (HTTP), counting them, instead of ending the run.
+    #[arg(long)]
+    pub retry: bool,
+    /// At the end, read every loaded key back (HTTP) and fail unless each holds the written value.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// Why an operation failed.
+#[derive(Debug)]
+enum OpError {
+    /// Refused with "retry" (HTTP 503): nothing, or possibly something, was done; try again.
+    Retry(String),
+    /// Anything else.
+    Fail(String),
+}
+
+impl From<String> for OpError {
+    fn from(e: String) -> OpError {
+        OpError::Fail(e)
+    }
+}
+
+impl From<&str> for OpError {
+    fn from(e: &str) -> OpError {
+        OpError::Fail(e.to_string())
+    }
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpError::Retry(e) => write!(f, "retryable: {e}"),
+            OpError::Fail(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The outcome of an HTTP status for an operation that expects `ok`: 503 is retryable.
+fn http_status(method: &str, status: u16) -> Result<u16, OpError> {
+    match status {
+        200 | 404 => Ok(status),
+        503 => Err(OpError::Retry(format!("{method} answered 503"))),
+        other => Err(OpError::Fail(format!("{method} answered {other}"))),
+    }
 }
 
 /// YCSB's zipfian generator over `0..n` (Gray et al., "Quickly generating billion-record synthetic
@@ -132,6 +180,11 @@ enum Op {
 /// Rows a YCSB-E scan asks for.
 const SCAN_ROWS: u32 = 10;
 
+/// How often one operation is tried with `--retry` before the run fails.
+const MAX_RETRIES: u32 = 500;
+/// The pause before trying an operation answered "retry" again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// One client's connection.
 enum Conn {
     Http { stream: BufReader<TcpStream>, host: String, buf: Vec<u8> },
@@ -173,7 +226,7 @@ impl Conn {
         })
     }
 
-    async fn get(&mut self, key: &str, level: cairn_client::kv::Consistency) -> Result<bool, String> {
+    async fn get(&mut self, key: &str, level: cairn_client::kv::Consistency) -> Result<bool, OpError> {
         use cairn_client::kv::Consistency;
         match self {
             Conn::Grpc(c) => {
@@ -182,18 +235,21 @@ impl Conn {
                     consistency: level as i32,
                     ..Default::default()
                 };
-                c.get_request(request).await.map(|v| v.is_some()).map_err(|e| e.to_string())
+                c.get_request(request).await.map(|v| v.is_some()).map_err(|e| OpError::Fail(e.to_string()))
             }
-            Conn::Cluster(c) => {
-                c.get(key.as_bytes(), level).await.map(|v| v.is_some()).map_err(|e| e.to_string())
-            }
+            Conn::Cluster(c) => c
+                .get(key.as_bytes(), level)
+                .await
+                .map(|v| v.is_some())
+                .map_err(|e| OpError::Fail(e.to_string())),
             Conn::Http { .. } => {
                 let query = match level {
                     Consistency::Strong => "",
                     Consistency::Lease => "?consistency=lease",
                     Consistency::Eventual => "?consistency=eventual",
                 };
-                self.http("GET", &format!("{key}{query}"), &[]).await.map(|status| status == 200)
+                let status = self.http("GET", &format!("{key}{query}"), &[]).await?;
+                http_status("GET", status).map(|status| status == 200)
             }
             Conn::Etcd(c) => {
                 let request = etcdpb::RangeRequest {
@@ -201,25 +257,29 @@ impl Conn {
                     serializable: level == Consistency::Eventual,
                     ..Default::default()
                 };
-                c.range(request).await.map(|r| !r.into_inner().kvs.is_empty()).map_err(|e| e.to_string())
+                c.range(request)
+                    .await
+                    .map(|r| !r.into_inner().kvs.is_empty())
+                    .map_err(|e| OpError::Fail(e.to_string()))
             }
         }
     }
 
     /// Up to [`SCAN_ROWS`] rows from `start` on (a cluster client: not offered).
-    async fn scan(&mut self, start: &str) -> Result<usize, String> {
+    async fn scan(&mut self, start: &str) -> Result<usize, OpError> {
         match self {
             Conn::Grpc(c) => c
                 .scan_page(start.as_bytes(), None, SCAN_ROWS, None)
                 .await
                 .map(|(rows, _)| rows.len())
-                .map_err(|e| e.to_string()),
+                .map_err(|e| OpError::Fail(e.to_string())),
             Conn::Cluster(_) => Err("workload E is not offered with --direct".into()),
             Conn::Http { .. } => {
                 let path = format!("/kv/rest/range?start={start}&limit={SCAN_ROWS}");
                 match self.http_path("GET", &path, &[]).await? {
                     200 => Ok(0),
-                    s => Err(format!("range answered {s}")),
+                    503 => Err(OpError::Retry("range answered 503".into())),
+                    s => Err(format!("range answered {s}").into()),
                 }
             }
             Conn::Etcd(c) => {
@@ -230,23 +290,30 @@ impl Conn {
                     limit: i64::from(SCAN_ROWS),
                     ..Default::default()
                 };
-                c.range(request).await.map(|r| r.into_inner().kvs.len()).map_err(|e| e.to_string())
+                c.range(request)
+                    .await
+                    .map(|r| r.into_inner().kvs.len())
+                    .map_err(|e| OpError::Fail(e.to_string()))
             }
         }
     }
 
-    async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+    async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), OpError> {
+        let fail = |e: String| OpError::Fail(e);
         match self {
-            Conn::Grpc(c) => c.put(key.as_bytes(), value).await.map(|_| ()).map_err(|e| e.to_string()),
-            Conn::Cluster(c) => c.put(key.as_bytes(), value).await.map(|_| ()).map_err(|e| e.to_string()),
+            Conn::Grpc(c) => c.put(key.as_bytes(), value).await.map(|_| ()).map_err(|e| fail(e.to_string())),
+            Conn::Cluster(c) => {
+                c.put(key.as_bytes(), value).await.map(|_| ()).map_err(|e| fail(e.to_string()))
+            }
             Conn::Http { .. } => match self.http("PUT", key, value).await? {
                 200 => Ok(()),
-                s => Err(format!("PUT answered {s}")),
+                503 => Err(OpError::Retry("PUT answered 503".into())),
+                s => Err(format!("PUT answered {s}").into()),
             },
             Conn::Etcd(c) => {
                 let request =
                     etcdpb::PutRequest { key: key.as_bytes().to_vec(), value: value.to_vec(), lease: 0 };
-                c.put(request).await.map(|_| ()).map_err(|e| e.to_string())
+                c.put(request).await.map(|_| ()).map_err(|e| fail(e.to_string()))
             }
         }
     }
@@ -256,7 +323,16 @@ impl Conn {
         self.http_path(method, &format!("/kv/rest/entry/{key}"), body).await
     }
 
-    /// One keep-alive HTTP/1.1 request to `path`; returns the status (the body is read and dropped).
+    /// A GET of `key` over HTTP: its status and body.
+    async fn http_read(&mut self, key: &str) -> Result<(u16, String), String> {
+        let status = self.http("GET", key, &[]).await?;
+        match self {
+            Conn::Http { buf, .. } => Ok((status, String::from_utf8_lossy(buf).into_owned())),
+            _ => Err("not HTTP".into()),
+        }
+    }
+
+    /// One keep-alive HTTP/1.1 request to `path`; returns the status (the body is left in `buf`).
     async fn http_path(&mut self, method: &str, path: &str, body: &[u8]) -> Result<u16, String> {
         let Conn::Http { stream, host, buf } = self else { return Err("not HTTP".into()) };
         buf.clear();
@@ -288,14 +364,17 @@ impl Conn {
             })
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let mut body = vec![0u8; length];
-        stream.read_exact(&mut body).await.map_err(io)?;
+        buf.clear();
+        buf.resize(length, 0);
+        stream.read_exact(buf).await.map_err(io)?;
         Ok(status)
     }
 }
 
 struct PhaseResult {
     ops: u64,
+    /// Operations answered "retry" (and retried, with `--retry`).
+    retried: u64,
     secs: f64,
     latency: Vec<(Op, Histogram)>,
 }
@@ -307,14 +386,15 @@ async fn run_phase(
     total: u64,
 ) -> Result<PhaseResult, String> {
     let next = Arc::new(AtomicU64::new(0));
+    let retried = Arc::new(AtomicU64::new(0));
     let zipf = Arc::new(Zipf::new(args.records.max(2), 0.99));
     let value: Arc<Vec<u8>> = Arc::new((0..args.value_size).map(|i| b'a' + (i % 26) as u8).collect());
     let started = Instant::now();
     let scan_reads = mix.is_some_and(|(_, other)| other == Op::Scan);
     let mut tasks = Vec::with_capacity(args.clients);
     for client in 0..args.clients {
-        let (next, zipf, value, args) =
-            (Arc::clone(&next), Arc::clone(&zipf), Arc::clone(&value), args.clone());
+        let (next, zipf, value, args, retried) =
+            (Arc::clone(&next), Arc::clone(&zipf), Arc::clone(&value), args.clone(), Arc::clone(&retried));
         tasks.push(tokio::spawn(async move {
             let mut conn = if args.direct {
                 let mut seeds = args.addr.clone();
@@ -348,17 +428,28 @@ async fn run_phase(
                     }
                 };
                 let t = Instant::now();
-                match op {
-                    Op::Read => {
-                        conn.get(&key, level).await?;
-                    }
-                    Op::Update => conn.put(&key, &value).await?,
-                    Op::Scan => {
-                        conn.scan(&key).await?;
-                    }
-                    Op::ReadModifyWrite => {
-                        conn.get(&key, level).await?;
-                        conn.put(&key, &value).await?;
+                let mut tries = 0;
+                loop {
+                    let done = match op {
+                        Op::Read => conn.get(&key, level).await.map(drop),
+                        Op::Update => conn.put(&key, &value).await,
+                        Op::Scan => conn.scan(&key).await.map(drop),
+                        Op::ReadModifyWrite => match conn.get(&key, level).await {
+                            Ok(_) => conn.put(&key, &value).await,
+                            Err(e) => Err(e),
+                        },
+                    };
+                    match done {
+                        Ok(()) => break,
+                        Err(OpError::Retry(why)) if args.retry && tries < MAX_RETRIES => {
+                            tries += 1;
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            if tries == MAX_RETRIES {
+                                return Err(format!("{key}: still refused after {tries} tries: {why}"));
+                            }
+                            tokio::time::sleep(RETRY_AFTER).await;
+                        }
+                        Err(e) => return Err(format!("{key}: {e}")),
                     }
                 }
                 let idx = match op {
@@ -385,11 +476,17 @@ async fn run_phase(
         .into_iter()
         .filter(|(_, h)| h.count() > 0)
         .collect();
-    Ok(PhaseResult { ops: total, secs, latency })
+    Ok(PhaseResult { ops: total, retried: retried.load(Ordering::Relaxed), secs, latency })
 }
 
 fn print(name: &str, r: &PhaseResult) {
-    println!("{name:<8} {:>10.0} ops/s  ({} ops in {:.2} s)", r.ops as f64 / r.secs, r.ops, r.secs);
+    println!(
+        "{name:<8} {:>10.0} ops/s  ({} ops in {:.2} s, {} answered retry)",
+        r.ops as f64 / r.secs,
+        r.ops,
+        r.secs,
+        r.retried
+    );
     for (op, h) in &r.latency {
         let label = match op {
             Op::Read => "read",
@@ -407,6 +504,38 @@ fn print(name: &str, r: &PhaseResult) {
             h.max() as f64 / 1e6
         );
     }
+}
+
+/// Reads every loaded key back through the first address (retrying 503s) and checks it holds the
+/// value every write wrote.
+async fn verify(args: &KvArgs, target: Target) -> Result<(), String> {
+    use base64::Engine as _;
+    if target != Target::Http {
+        return Err("--verify is for `cairn-bench http`".into());
+    }
+    let value: Vec<u8> = (0..args.value_size).map(|i| b'a' + (i % 26) as u8).collect();
+    let want = format!("\"bytes\":\"{}\"", base64::engine::general_purpose::STANDARD.encode(&value));
+    let mut conn = Conn::open(target, &args.addr[0]).await?;
+    let mut retried = 0u64;
+    for record in 0..args.records {
+        let key = key_of(record, args.key_size);
+        let mut tries = 0;
+        loop {
+            let (status, body) = conn.http_read(&key).await?;
+            match status {
+                200 if body.contains(&want) => break,
+                200 => return Err(format!("{key} holds another value: {body}")),
+                503 if tries < MAX_RETRIES => {
+                    tries += 1;
+                    retried += 1;
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+                other => return Err(format!("{key}: GET answered {other}: {body}")),
+            }
+        }
+    }
+    println!("verify   {} keys read back, each with its value ({retried} answered retry)", args.records);
+    Ok(())
 }
 
 /// Runs the load and the workloads against `target`.
@@ -451,6 +580,9 @@ pub fn run(args: &KvArgs, target: Target) -> Result<(), String> {
                 &format!("YCSB-{}", w.to_ascii_uppercase()),
                 &run_phase(args, target, Some(mix), args.ops).await?,
             );
+        }
+        if args.verify {
+            verify(args, target).await?;
         }
         Ok(())
     })

@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod histogram;
+pub mod kv;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -7,7 +7,6 @@
 mod engine;
 mod engine_args;
 mod engine_reads;
-mod kv;
 mod raft;
 mod rescale;
 mod snapshot;
@@ -30,11 +29,11 @@ enum Command {
     /// Online rescale: the handoff pause, bytes copied and reclamation time of moving a bucket range.
     Rescale(rescale::RescaleArgs),
     /// YCSB-style workloads against a running node's REST API.
-    Http(kv::KvArgs),
+    Http(cairn_bench::kv::KvArgs),
     /// YCSB-style workloads against a running node's gRPC API.
-    Grpc(kv::KvArgs),
+    Grpc(cairn_bench::kv::KvArgs),
     /// The same workloads against an etcd v3 server (linearizable reads), for compare/etcd.sh.
-    Etcd(kv::KvArgs),
+    Etcd(cairn_bench::kv::KvArgs),
     /// One three-replica shard group in-process over gRPC on loopback: replicated puts, then strong,
     /// lease and eventual reads.
     Raft(raft::RaftArgs),
@@ -46,9 +45,9 @@ fn main() {
         Command::Engine(args) => engine::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
         Command::Rescale(args) => rescale::run(&args),
-        Command::Http(args) => kv::run(&args, kv::Target::Http),
-        Command::Grpc(args) => kv::run(&args, kv::Target::Grpc),
-        Command::Etcd(args) => kv::run(&args, kv::Target::Etcd),
+        Command::Http(args) => cairn_bench::kv::run(&args, cairn_bench::kv::Target::Http),
+        Command::Grpc(args) => cairn_bench::kv::run(&args, cairn_bench::kv::Target::Grpc),
+        Command::Etcd(args) => cairn_bench::kv::run(&args, cairn_bench::kv::Target::Etcd),
         Command::Raft(args) => raft::run(&args),
     };
     if let Err(e) = result {

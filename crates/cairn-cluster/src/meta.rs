@@ -107,6 +107,15 @@ pub struct ReshapeSettings {
     /// Merge neighbouring shards that together hold under a quarter of `split_size` and are cold
     /// (`auto_merge`, default on).
     pub auto_merge: bool,
+    /// A shard whose ranges changed (a split or merge made it) in the last this many seconds is not
+    /// merged on its own (`merge_delay_secs`, default 300), so a split is not undone while its halves
+    /// are still settling (their sizes drop as memtables flush to compressed files).
+    #[serde(default = "merge_delay_default")]
+    pub merge_delay_secs: u64,
+}
+
+fn merge_delay_default() -> u64 {
+    300
 }
 
 /// The default size a shard splits at.
@@ -121,6 +130,7 @@ impl Default for ReshapeSettings {
             split_qps: 2500,
             split_load_secs: 30,
             auto_merge: true,
+            merge_delay_secs: merge_delay_default(),
         }
     }
 }
@@ -133,6 +143,7 @@ impl ReshapeSettings {
             split_qps: self.split_qps,
             split_load_secs: self.split_load_secs,
             merge: self.auto_merge,
+            merge_delay_secs: self.merge_delay_secs,
         }
     }
 }
@@ -143,6 +154,7 @@ pub const SETTABLE: &[(&str, &str)] = &[
     ("split_qps", "requests per second; 0 turns splits by load off"),
     ("split_load_secs", "seconds, 1 to 3600"),
     ("auto_merge", "true or false"),
+    ("merge_delay_secs", "seconds, 0 to 86400"),
     ("rebalance", "true or false"),
     ("dead_after_secs", "seconds, 1 to 86400"),
 ];
@@ -328,6 +340,7 @@ impl ClusterState {
             "split_qps" => settings.reshape.split_qps = number(0..=u64::from(u32::MAX))?,
             "split_load_secs" => settings.reshape.split_load_secs = number(1..=3600)?,
             "auto_merge" => settings.reshape.auto_merge = flag()?,
+            "merge_delay_secs" => settings.reshape.merge_delay_secs = number(0..=86_400)?,
             "rebalance" => settings.rebalance = flag()?,
             _ => settings.dead_after_secs = number(1..=MAX_DEAD_AFTER_SECS)?,
         }

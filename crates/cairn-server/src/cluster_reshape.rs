@@ -1,8 +1,9 @@
 //! Automatic splits and merges, and leadership balancing: on the meta group's leader, every
 //! [`RESHAPE_EVERY`], the shards' sizes, loads and leaders are gathered from the nodes (each shard's
-//! size from its leader, its load summed over the nodes serving it) and the one change `plan_auto`
-//! picks is recorded, as an operator's command would be; the shards' leaders then carry it out. With
-//! no such change, one leadership hand-over `plan_leaders` picks is asked of the shard's leader.
+//! size from its leader, its load summed over the nodes serving it) and the changes `plan_auto`
+//! picks (up to [`MAX_CHANGES`], on distinct shards) are recorded, as an operator's commands would
+//! be; the shards' leaders then carry them out. With no such change, one leadership hand-over
+//! `plan_leaders` picks is asked of the shard's leader.
 
 use super::Membership;
 use super::status::node_statuses;
@@ -17,6 +18,9 @@ use tokio::time::Instant;
 /// How often the meta leader looks at the shards' sizes, loads and leaders.
 pub(crate) const RESHAPE_EVERY: Duration = Duration::from_secs(2);
 
+/// The most splits or merges one look starts (each on other shards).
+const MAX_CHANGES: usize = 8;
+
 /// How long a shard's leader waits for another replica to take its leadership over.
 pub(crate) const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -25,15 +29,16 @@ impl Membership {
     /// until its meta replica stops.
     pub(super) async fn reshape(self: Arc<Self>) {
         let Ok(meta) = self.meta() else { return };
-        // Since when each shard has been over the load threshold, as this leader saw it.
-        let mut hot_since: BTreeMap<ShardId, Instant> = BTreeMap::new();
+        // Since when each shard has been over the load threshold, and since when it has had its
+        // current ranges (generation), as this leader saw it.
+        let mut seen = Seen::default();
         while !meta.replica().is_stopped() {
             tokio::time::sleep(RESHAPE_EVERY).await;
             if meta.replica().status().role != Role::Leader {
-                hot_since.clear();
+                seen = Seen::default();
                 continue;
             }
-            if let Err(e) = self.reshape_once(meta, &mut hot_since).await {
+            if let Err(e) = self.reshape_once(meta, &mut seen).await {
                 tracing::debug!(error = %e, "automatic reshaping skipped this round");
             }
         }
@@ -42,8 +47,9 @@ impl Membership {
     async fn reshape_once(
         &self,
         meta: &MetaStore,
-        hot_since: &mut BTreeMap<ShardId, Instant>,
+        seen: &mut Seen,
     ) -> Result<(), cairn_cluster::meta::MetaError> {
+        let Seen { hot_since, shaped_since } = seen;
         let state = meta.read(ReadLevel::Strong).await?;
         let Some(map) = &state.map else { return Ok(()) };
         let settings = state.settings.reshape.auto();
@@ -58,6 +64,18 @@ impl Membership {
         }
         let mut loads = gather(&statuses);
         let now = Instant::now();
+        // A shard first seen, or seen with other ranges, changed shape now (a new meta leader
+        // counts every shard as changed: no merge until the delay has passed).
+        shaped_since.retain(|id, _| map.shard(*id).is_some());
+        for s in &map.shards {
+            let since = shaped_since.entry(s.id).or_insert((s.generation, now));
+            if since.0 != s.generation {
+                *since = (s.generation, now);
+            }
+            if let Some(load) = loads.get_mut(&s.id) {
+                load.changed_secs_ago = now.duration_since(since.1).as_secs();
+            }
+        }
         hot_since.retain(|id, _| loads.contains_key(id));
         for (id, load) in &mut loads {
             if settings.split_qps > 0 && load.qps > settings.split_qps as f64 {
@@ -66,23 +84,26 @@ impl Membership {
                 hot_since.remove(id);
             }
         }
-        let Some(change) = plan_auto(map, &loads, &settings) else {
+        let changes = plan_auto(map, &loads, &settings, MAX_CHANGES);
+        if changes.is_empty() {
             if let Some(step) = leader_step {
                 self.hand_leadership(&state, step).await;
             }
             return Ok(());
-        };
-        match change {
-            AutoChange::Split { shard, at, reason } => {
-                let load = &loads[&shard];
-                tracing::info!(%shard, at, ?reason, bytes = load.bytes, qps = load.qps, "splitting a shard on its own");
-                let meta = self.meta().map_err(|_| cairn_cluster::meta::MetaError::NotInitialized)?;
-                meta.update(|s| s.begin_auto_split(shard, at)).await?;
-                hot_since.remove(&shard);
-            }
-            AutoChange::Merge { left, right } => {
-                tracing::info!(%left, %right, bytes = loads[&left].bytes + loads[&right].bytes, "merging small, cold neighbours");
-                self.merge_shards(left, right).await?;
+        }
+        for change in changes {
+            match change {
+                AutoChange::Split { shard, at, reason } => {
+                    let load = &loads[&shard];
+                    tracing::info!(%shard, at, ?reason, bytes = load.bytes, qps = load.qps, "splitting a shard on its own");
+                    let meta = self.meta().map_err(|_| cairn_cluster::meta::MetaError::NotInitialized)?;
+                    meta.update(|s| s.begin_auto_split(shard, at)).await?;
+                    hot_since.remove(&shard);
+                }
+                AutoChange::Merge { left, right } => {
+                    tracing::info!(%left, %right, bytes = loads[&left].bytes + loads[&right].bytes, "merging small, cold neighbours");
+                    self.merge_shards(left, right).await?;
+                }
             }
         }
         Ok(())
@@ -116,6 +137,14 @@ fn leaders(statuses: &[cairn_proto::kv::StatusResponse]) -> BTreeMap<ShardId, u6
         }
     }
     leaders
+}
+
+/// What the meta leader remembers between looks: since when each shard has been over the load
+/// threshold, and since when it has had its current ranges (with its generation then).
+#[derive(Default)]
+struct Seen {
+    hot_since: BTreeMap<ShardId, Instant>,
+    shaped_since: BTreeMap<ShardId, (u64, Instant)>,
 }
 
 /// Each shard's size (from its leader's report; shards whose leader did not report are left out) and

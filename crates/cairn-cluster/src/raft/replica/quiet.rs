@@ -145,7 +145,8 @@ impl Replica {
             self.wake("a request to the leader");
             // A failed round leaves the caller to find out (the write or change is then refused).
             let round = timeout.min(self.shared.config.election_timeout.1 * 2);
-            let _ = super::read_index_here(&raft, None, round).await;
+            // (Boxed: this rare path would otherwise deepen every caller's future type.)
+            let _ = Box::pin(super::read_index_here(&raft, None, round)).await;
         }
         raft
     }

@@ -206,3 +206,65 @@ fn a_shard_splits_online_by_reference_and_every_key_stays_readable_and_writable(
         n.stop();
     }
 }
+
+/// Seed 001's example, "2 shards -> 3 shards" (A owns 0..=511 and B 512..=1023; then A 0..=341,
+/// B 342..=683, C 684..=1023), through the cluster's commands on a running 3-node cluster: B splits at
+/// 684 (C takes 684..=1023), A splits at 342, and A's upper part merges with B's lower one. No byte is
+/// copied; every key stays readable and writable throughout.
+#[test]
+fn the_seed_001_example_2_shards_to_3_through_the_cluster_commands() {
+    use base64::Engine as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = common::three_nodes_with(&|i| tmp.path().join(format!("n{i}")), 2);
+    let addr = nodes[0].grpc.to_string();
+    let layout = || -> Vec<(u64, Value)> {
+        let (list, _) = shards(&status(&nodes[1]));
+        let mut list = list;
+        list.sort_by_key(|(_, r)| r[0][0].as_u64());
+        list
+    };
+    assert_eq!(layout(), vec![(0, serde_json::json!([[0, 511]])), (1, serde_json::json!([[512, 1023]]))]);
+    for k in 0..90 {
+        let r = nodes[k % 3].call("PUT", &format!("/kv/rest/entry/seed-{k}"), format!("v{k}").as_bytes());
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let settled = |want: usize| {
+        wait_until("the map settles", Duration::from_secs(60), || {
+            let s = status(&nodes[2]);
+            let list = s["shards"].as_array().unwrap();
+            list.len() == want && list.iter().all(|sh| sh["splitting"].is_null() && sh["merging"].is_null())
+        })
+    };
+    // C: B's buckets from 684 on.
+    let (ok, out, err) = cairn(&["shards", "split", "1", "--at", "684", "--json", "--addr", &addr]);
+    assert!(ok, "{err}");
+    let c: Value = serde_json::from_str(&out).unwrap();
+    let c = c["new_shard"].as_u64().unwrap();
+    settled(3);
+    // A gives 342..=511 up to a shard of its own, which then merges with B's remaining 512..=683.
+    let (ok, out, err) = cairn(&["shards", "split", "0", "--at", "342", "--json", "--addr", &addr]);
+    assert!(ok, "{err}");
+    let a_upper: Value = serde_json::from_str(&out).unwrap();
+    let a_upper = a_upper["new_shard"].as_u64().unwrap();
+    settled(4);
+    let (ok, _, err) = cairn(&["shards", "merge", &a_upper.to_string(), "1", "--addr", &addr]);
+    assert!(ok, "{err}");
+    settled(3);
+    assert_eq!(
+        layout(),
+        vec![
+            (0, serde_json::json!([[0, 341]])),
+            (a_upper, serde_json::json!([[342, 683]])),
+            (c, serde_json::json!([[684, 1023]])),
+        ]
+    );
+    for k in 0..90 {
+        let want = base64::engine::general_purpose::STANDARD.encode(format!("v{k}"));
+        assert_eq!(read(&nodes[k % 3], &format!("seed-{k}")), want, "seed-{k}");
+        let r = nodes[(k + 1) % 3].call("PUT", &format!("/kv/rest/entry/seed-{k}"), b"again");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    for n in nodes {
+        n.stop();
+    }
+}

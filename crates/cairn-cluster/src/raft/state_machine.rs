@@ -146,6 +146,10 @@ pub struct ShardStateMachine {
     db: Arc<parking_lot::RwLock<Arc<Db>>>,
     // The node's frozen shards, shared with every generation's applier.
     node: NodeLink,
+    // The incarnation whose Raft node this handle serves (`None`: any). Once a re-sync began a later
+    // incarnation, the earlier one's Raft node (its workers may still be finishing an apply or a
+    // snapshot install after its shutdown) is refused, so it cannot write into the new contents.
+    bound: Option<u16>,
 }
 
 impl std::fmt::Debug for ShardStateMachine {
@@ -220,7 +224,13 @@ impl ShardStateMachine {
             current: None,
             installed: 0,
         };
-        Ok(ShardStateMachine { inner: Arc::new(parking_lot::Mutex::new(inner)), checks, db: shared, node })
+        Ok(ShardStateMachine {
+            inner: Arc::new(parking_lot::Mutex::new(inner)),
+            checks,
+            db: shared,
+            node,
+            bound: None,
+        })
     }
 
     /// Makes this replica, of group `group`, one of the node whose frozen shards `shards` holds: a
@@ -237,6 +247,23 @@ impl ShardStateMachine {
     /// This replica's incarnation (0 until it first re-syncs from scratch).
     pub fn incarnation(&self) -> u16 {
         self.inner.lock().incarnation.incarnation
+    }
+
+    /// This state machine as incarnation `incarnation`'s Raft node uses it: refused once a later
+    /// incarnation began.
+    pub(crate) fn bound_to(&self, incarnation: u16) -> ShardStateMachine {
+        ShardStateMachine { bound: Some(incarnation), ..self.clone() }
+    }
+
+    /// Refuses a call from an earlier incarnation's Raft node.
+    fn check_bound(&self, inner: &Inner) -> io::Result<()> {
+        match self.bound {
+            Some(b) if b != inner.incarnation.incarnation => Err(io_err(format!(
+                "incarnation {b} ended (incarnation {} runs now)",
+                inner.incarnation.incarnation
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Where the group's other nodes were when this incarnation began (empty for incarnation 0).
@@ -549,6 +576,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         };
         let data = describe(&db, snapshot_id)?;
         let mut inner = self.inner.lock();
+        self.check_bound(&inner)?;
         if inner.generation != generation
             && let Some((meta, snapshot)) = inner.current.clone()
         {
@@ -567,7 +595,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
-        self.inner.lock().applier.applied().map_err(io_err)
+        let inner = self.inner.lock();
+        self.check_bound(&inner)?;
+        inner.applier.applied().map_err(io_err)
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -583,7 +613,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             responders.push(responder);
         }
         self.await_frozen_neighbours(&batch).await;
-        let results = self.inner.lock().applier.apply(&batch).map_err(io_err)?;
+        let results = {
+            let inner = self.inner.lock();
+            self.check_bound(&inner)?;
+            inner.applier.apply(&batch).map_err(io_err)?
+        };
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(r) = responder {
                 r.send(result);
@@ -602,6 +636,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         snapshot: ShardSnapshotRef,
     ) -> Result<(), io::Error> {
         let mut inner = self.inner.lock();
+        self.check_bound(&inner)?;
         let next = inner.next_generation;
         inner.next_generation += 1;
         let mut config = inner.template.clone();
@@ -639,6 +674,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, ShardSnapshotRef>>, io::Error> {
         let inner = self.inner.lock();
+        self.check_bound(&inner)?;
         Ok(inner
             .current
             .clone()

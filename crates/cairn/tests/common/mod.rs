@@ -164,9 +164,15 @@ pub fn serves_keys(server: &Server) -> bool {
 /// Three nodes started with `--join`, a cluster made by `cairn init` on the first (3 replicas, 4 shards,
 /// nodes dead after 2 s unheard), every node serving keys.
 pub fn three_nodes(store: &dyn Fn(usize) -> std::path::PathBuf) -> [Server; 3] {
+    three_nodes_with(store, 4)
+}
+
+/// [`three_nodes`] with `shards` shards.
+pub fn three_nodes_with(store: &dyn Fn(usize) -> std::path::PathBuf, shards: u32) -> [Server; 3] {
     let n1 = Server::start(&store(1), &["--join", ""]);
     let n1_grpc = n1.grpc.to_string();
-    let init = ["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", "4"];
+    let shards = shards.to_string();
+    let init = ["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", &shards];
     let (ok, _, err) = cairn(&[&init[..], &["--dead-after-secs", "2"]].concat());
     assert!(ok, "init failed: {err}");
     // One at a time, so that `nN` is node N (ids are handed out in the order joins are admitted).
@@ -216,4 +222,20 @@ pub fn key_per_shard(n: &Server) -> Vec<(u64, String)> {
             (id, key)
         })
         .collect()
+}
+
+/// The shards' ranges (`GET /admin/shards` through `server`), and whether a split or merge is under
+/// way.
+pub fn shard_ranges(server: &Server) -> (Vec<Value>, bool) {
+    let listed = server.call("GET", "/admin/shards", b"").json();
+    let list = listed["shards"].as_array().unwrap().clone();
+    let busy = list.iter().any(|s| !s["splitting"].is_null() || !s["merging"].is_null());
+    (list.iter().map(|s| s["ranges"].clone()).collect(), busy)
+}
+
+/// Sets cluster setting `name` to `value` with `cairn settings set` through `server`.
+pub fn set_setting(server: &Server, name: &str, value: &str) {
+    let (ok, out, err) = cairn(&["settings", "set", name, value, "--addr", &server.grpc.to_string()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("split_size_bytes"), "{out}");
 }

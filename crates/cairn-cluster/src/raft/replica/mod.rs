@@ -417,7 +417,7 @@ impl Replica {
             Box::new(move |id, incarnation| {
                 let network = GroupNetwork::new(wire.clone(), group);
                 let store = GroupLogStore::new(Arc::clone(&log), log_key(group, incarnation));
-                let (config, sm) = (Arc::clone(&raft_config), sm.clone());
+                let (config, sm) = (Arc::clone(&raft_config), sm.bound_to(incarnation));
                 Box::pin(async move { ShardRaft::new(id, config, network, store, sm).await.map_err(stopped) })
             })
         };

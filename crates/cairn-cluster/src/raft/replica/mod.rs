@@ -880,7 +880,11 @@ impl Replica {
                 }
             }
         };
-        tokio::time::timeout(timeout, moved).await.unwrap_or(false)
+        let moved = tokio::time::timeout(timeout, moved).await.unwrap_or(false);
+        if !moved {
+            self.transfer_unfinished().await;
+        }
+        moved
     }
 
     /// Stops the replica (its storage stays as it is).

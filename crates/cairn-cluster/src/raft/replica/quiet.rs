@@ -70,8 +70,11 @@ pub(crate) enum QuietCall {
     Quiesce { term: u64, leader: u64, index: Option<u64> },
     /// A quiet follower asks its leader whether it still leads in `term`.
     Ping { term: u64 },
-    /// A replica that knows no leader asks a voter to wake if it leads.
+    /// A replica that knows no leader (or just started) asks a voter to wake if it leads.
     Wake,
+    /// A leader whose hand-over did not finish asks a follower to restart its ticker, so the group
+    /// elects a leader (openraft's fallback for a lost hand-over).
+    Resume,
 }
 
 /// The point a replica went quiet at: anything else seen later wakes it.
@@ -85,7 +88,7 @@ struct QuietAt {
 }
 
 /// A replica's quiescence state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Quiet {
     at: parking_lot::Mutex<Option<QuietAt>>,
     /// Since when the leader has seen no new entry, and its last log index then.
@@ -94,7 +97,32 @@ pub(super) struct Quiet {
     suspect: AtomicBool,
     /// When the leader was last pinged, or (knowing no leader) the voters last asked to wake.
     pinged: parking_lot::Mutex<Option<Instant>>,
+    /// Pings in a row the leader did not answer.
+    failed_pings: std::sync::atomic::AtomicU32,
+    /// When this replica's current Raft node started: for a while after, it asks the voters to wake
+    /// whichever leads (a restarted follower knows its old leader from its vote, not that it is quiet).
+    started: parking_lot::Mutex<Instant>,
+    /// A leadership hand-over that did not finish in this term: openraft's leader then neither
+    /// heartbeats nor takes writes until an election, so the group must not go quiet before one.
+    unfinished_transfer: parking_lot::Mutex<Option<u64>>,
 }
+
+impl Default for Quiet {
+    fn default() -> Quiet {
+        Quiet {
+            at: parking_lot::Mutex::default(),
+            idle: parking_lot::Mutex::default(),
+            suspect: AtomicBool::default(),
+            pinged: parking_lot::Mutex::default(),
+            failed_pings: std::sync::atomic::AtomicU32::default(),
+            started: parking_lot::Mutex::new(Instant::now()),
+            unfinished_transfer: parking_lot::Mutex::default(),
+        }
+    }
+}
+
+/// How long after its Raft node starts a follower asks the voters to wake whichever leads.
+const STARTUP_WAKE: Duration = Duration::from_secs(3);
 
 impl Replica {
     /// Whether this replica's group is quiet (its ticker stopped).
@@ -114,6 +142,10 @@ impl Replica {
                     self.wake("a replica that knows no leader asked");
                 }
                 leads
+            }
+            QuietCall::Resume => {
+                self.wake("the leader's hand-over did not finish");
+                true
             }
             QuietCall::Quiesce { term, leader, index } => {
                 let at_point = m.current_term == term
@@ -140,8 +172,20 @@ impl Replica {
     /// membership changes). A quiet follower stays quiet (its view of the leader is old: with its
     /// ticker running it would campaign at once); it wakes once the leader's entries reach it.
     pub(crate) async fn awake(&self, timeout: Duration) -> super::ShardRaft {
+        use openraft::rt::Instant as _;
         let Incarnation { raft, id } = self.current();
-        if self.is_quiet() && raft.metrics().borrow_watched().current_leader == Some(id) {
+        let (leads, lapsed) = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            let single = m.membership_config.membership().voter_ids().count() <= 1;
+            // Half openraft's own lease (the longest election timeout), so it is renewed in time.
+            let lease = self.shared.config.election_timeout.1 / 2;
+            let lapsed = !single && m.last_quorum_acked.as_ref().is_none_or(|t| t.elapsed() >= lease);
+            (m.current_leader == Some(id), lapsed)
+        };
+        // Not only the first request after a quiet spell: every one that finds the lease lapsed
+        // renews it (each would be refused until the first heartbeat is answered).
+        if leads && (self.is_quiet() || lapsed) {
             self.wake("a request to the leader");
             // A failed round leaves the caller to find out (the write or change is then refused).
             let round = timeout.min(self.shared.config.election_timeout.1 * 2);
@@ -203,15 +247,25 @@ impl Replica {
             }
             None => false,
         };
-        if !leads {
+        let failed = if leads {
+            self.shared.quiet.failed_pings.store(0, Ordering::Release);
+            0
+        } else {
+            self.shared.quiet.failed_pings.fetch_add(1, Ordering::AcqRel) + 1
+        };
+        // One unanswered ping is enough when the cluster also believes the leader's node down;
+        // otherwise (a failed forward) two in a row, so one slow answer does not start an election.
+        if failed >= 2 || (failed == 1 && down.contains(node_of(leader))) {
             tracing::info!(
                 group = self.shared.group,
                 leader = node_of(leader),
                 "quiet group's leader is gone"
             );
+            self.shared.quiet.failed_pings.store(0, Ordering::Release);
             self.wake("its leader does not answer");
+            return false;
         }
-        leads
+        true
     }
 
     /// On a replica of a group that may go quiet, knowing no leader and not campaigning: asks the
@@ -220,8 +274,9 @@ impl Replica {
     pub(super) async fn wake_leader(&self) {
         let Incarnation { raft, id } = self.current();
         let m = raft.metrics().borrow_watched().clone();
+        let starting = self.shared.quiet.started.lock().elapsed() < STARTUP_WAKE;
         if self.shared.config.quiesce_after.is_zero()
-            || m.current_leader.is_some()
+            || (m.current_leader.is_some() && !starting)
             || m.state != ServerState::Follower
         {
             return;
@@ -268,7 +323,8 @@ impl Replica {
         let membership = m.membership_config.membership();
         let settled = membership.get_joint_config().len() == 1 && membership.learner_ids().next().is_none();
         let applied = m.last_applied.map(|l| l.index) == m.last_log_index;
-        if busy || idle_since.elapsed() < after || !settled || !applied {
+        let transferring = *self.shared.quiet.unfinished_transfer.lock() == Some(m.current_term);
+        if busy || transferring || idle_since.elapsed() < after || !settled || !applied {
             return Ok(());
         }
         let down = &self.shared.config.down_nodes;
@@ -277,8 +333,17 @@ impl Replica {
         };
         let mut asked = Vec::new();
         let mut left_out = BTreeSet::new();
+        // A follower the liveness view lists down but that answered this leader lately is up (the
+        // view can lag, e.g. right after the meta leader changed): it is asked like the others.
+        let heard_lately = |member: u64| {
+            use openraft::rt::Instant as _;
+            m.heartbeat
+                .as_ref()
+                .and_then(|h| h.get(&member).cloned().flatten())
+                .is_some_and(|t| t.elapsed() < self.shared.config.election_timeout.1)
+        };
         for voter in membership.voter_ids().filter(|v| *v != id) {
-            if down.contains(node_of(voter)) {
+            if down.contains(node_of(voter)) && !heard_lately(voter) {
                 left_out.insert(node_of(voter));
             } else if matched(voter) != m.last_log_index {
                 return Ok(());
@@ -304,5 +369,30 @@ impl Replica {
         raft.runtime_config().tick(false);
         tracing::debug!(group = self.shared.group, index = ?m.last_log_index, "group quiet");
         Ok(())
+    }
+}
+
+impl Replica {
+    /// Notes that this replica's Raft node (re)started now (see `Quiet::started`).
+    pub(super) fn note_started(&self) {
+        *self.shared.quiet.started.lock() = Instant::now();
+    }
+
+    /// After a leadership hand-over that did not finish: keeps the group from going quiet in this
+    /// term and asks the other voters to restart their tickers, so that they elect a leader.
+    pub(super) async fn transfer_unfinished(&self) {
+        let Incarnation { raft, id } = self.current();
+        let m = raft.metrics().borrow_watched().clone();
+        *self.shared.quiet.unfinished_transfer.lock() = Some(m.current_term);
+        if self.shared.config.quiesce_after.is_zero() {
+            return;
+        }
+        let membership = m.membership_config.membership();
+        let payload = crate::raft::encode(&QuietCall::Resume).unwrap_or_default();
+        for voter in membership.voter_ids().filter(|v| *v != id) {
+            let Some(addr) = membership.get_node(&voter).map(|n| n.addr.clone()) else { continue };
+            let kind = cairn_proto::raft::RaftCallKind::Quiet;
+            let _ = self.send(voter, addr, kind, payload.clone(), QUIET_CALL_TIMEOUT).await;
+        }
     }
 }

@@ -464,6 +464,7 @@ impl Replica {
         let id = replica_id(self.shared.node, incarnation);
         let raft = (self.shared.start_raft)(id, incarnation).await?;
         *self.shared.current.write() = Incarnation { raft, id };
+        self.note_started();
         self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
         // The old incarnation's log is never read again.
         let old_key = log_key(self.shared.group, incarnation_of(old_id));

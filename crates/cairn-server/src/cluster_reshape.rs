@@ -55,10 +55,11 @@ impl Membership {
         let settings = state.settings.reshape.auto();
         let statuses = node_statuses(&state, &BTreeSet::new(), &self.channels).await;
         let live: BTreeSet<u64> = statuses.iter().map(|s| s.node_id).filter(|id| *id != 0).collect();
-        let leader_step = plan_leaders(map, &leaders(&statuses), &live).filter(|_| state.settings.rebalance);
+        let balance = state.settings.rebalance;
+        let led = leaders(&statuses);
         if settings.split_size_bytes == 0 && settings.split_qps == 0 {
-            if let Some(step) = leader_step {
-                self.hand_leadership(&state, step).await;
+            if balance {
+                self.balance_leaders(&state, map, led, &live).await;
             }
             return Ok(());
         }
@@ -86,8 +87,8 @@ impl Membership {
         }
         let changes = plan_auto(map, &loads, &settings, MAX_CHANGES);
         if changes.is_empty() {
-            if let Some(step) = leader_step {
-                self.hand_leadership(&state, step).await;
+            if balance {
+                self.balance_leaders(&state, map, led, &live).await;
             }
             return Ok(());
         }
@@ -111,6 +112,22 @@ impl Membership {
 }
 
 impl Membership {
+    /// Up to [`MAX_CHANGES`] leadership hand-overs, one shard at a time, each planned on the leaders
+    /// as the ones before left them.
+    async fn balance_leaders(
+        &self,
+        state: &cairn_cluster::meta::ClusterState,
+        map: &cairn_cluster::placement::ShardMap,
+        mut led: BTreeMap<ShardId, u64>,
+        live: &BTreeSet<u64>,
+    ) {
+        for _ in 0..MAX_CHANGES {
+            let Some(step) = plan_leaders(map, &led, live) else { return };
+            self.hand_leadership(state, step).await;
+            led.insert(step.shard, step.to);
+        }
+    }
+
     /// Asks the leader of `step.shard` (node `step.from`) to hand leadership to node `step.to`.
     async fn hand_leadership(&self, state: &cairn_cluster::meta::ClusterState, step: LeaderMove) {
         use cairn_proto::cluster::{TransferLeaderRequest, cluster_client::ClusterClient};

@@ -399,6 +399,11 @@ async fn launch(
     .await
     .map_err(|e| NodeError::Startup(format!("cannot start shard {group}'s replica: {e}")))?;
     plumbing.service.register_replica(&replica);
+    // A replica coming back with state of its own (this node restarted) waits before it campaigns:
+    // its group may be quiet, and the wake it asks for brings the leader's heartbeats first.
+    if !replica.is_new() {
+        replica.hold_elections();
+    }
     // A group this node has never heard of (new, or this node is new to it), and not a replica that
     // re-synced from scratch (its group exists).
     if let Some(members) = bootstrap

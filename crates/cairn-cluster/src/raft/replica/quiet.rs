@@ -105,6 +105,8 @@ pub(super) struct Quiet {
     /// A leadership hand-over that did not finish in this term: openraft's leader then neither
     /// heartbeats nor takes writes until an election, so the group must not go quiet before one.
     unfinished_transfer: parking_lot::Mutex<Option<u64>>,
+    /// Elections held off after a restart (see [`Replica::hold_elections`]).
+    electing_held: parking_lot::Mutex<bool>,
 }
 
 impl Default for Quiet {
@@ -117,6 +119,7 @@ impl Default for Quiet {
             failed_pings: std::sync::atomic::AtomicU32::default(),
             started: parking_lot::Mutex::new(Instant::now()),
             unfinished_transfer: parking_lot::Mutex::default(),
+            electing_held: parking_lot::Mutex::default(),
         }
     }
 }
@@ -376,6 +379,29 @@ impl Replica {
     /// Notes that this replica's Raft node (re)started now (see `Quiet::started`).
     pub(super) fn note_started(&self) {
         *self.shared.quiet.started.lock() = Instant::now();
+    }
+
+    /// For a replica that comes back with state of its own (its node restarted), in a group that may
+    /// go quiet: no campaigning for [`STARTUP_WAKE`]. openraft counts a restarted replica's view of
+    /// its leader as expired, so it would campaign at its first tick, before the wake it asks for
+    /// (see [`Replica::wake_leader`]) brings a quiet leader's heartbeats, and win. Its tending lets it
+    /// campaign again once the time is up.
+    pub fn hold_elections(&self) {
+        if self.shared.config.quiesce_after.is_zero() {
+            return;
+        }
+        self.note_started();
+        *self.shared.quiet.electing_held.lock() = true;
+        self.raft().runtime_config().elect(false);
+    }
+
+    /// Ends a hold of [`Replica::hold_elections`] once its time is up.
+    pub(super) fn end_election_hold(&self) {
+        let mut held = self.shared.quiet.electing_held.lock();
+        if *held && self.shared.quiet.started.lock().elapsed() >= STARTUP_WAKE {
+            *held = false;
+            self.raft().runtime_config().elect(true);
+        }
     }
 
     /// After a leadership hand-over that did not finish: keeps the group from going quiet in this

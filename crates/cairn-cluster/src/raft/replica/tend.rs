@@ -303,14 +303,13 @@ impl Replica {
             if self.shared.stopped.load(Ordering::Acquire) {
                 return;
             }
+            self.end_election_hold();
             if quiet && self.tend_quiet().await {
                 continue;
             }
             let status = self.status();
             let group = self.shared.group;
-            if status.leader.is_none() {
-                self.wake_leader().await;
-            }
+            self.wake_leader().await;
             self.watch_replication(&status);
             if status.checks.fenced.is_some() {
                 if status.role == Role::Leader {

@@ -5,10 +5,9 @@
 
 mod common;
 
-use cairn_cluster::raft::{DownNodes, RaftService, Replica, ReplicaConfig, Role};
-use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
-use cairn_engine::fs::{FileSystem, MemFs};
-use common::group::{put, state_machine, until, write};
+use cairn_cluster::raft::{DownNodes, Replica, ReplicaConfig, Role};
+use cairn_engine::fs::MemFs;
+use common::group::{put, start_with, until, write};
 use common::{CALLS, Net, replica_config};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,17 +17,9 @@ use std::time::Duration;
 const QUIESCE_AFTER: Duration = Duration::from_millis(300);
 
 async fn start(fs: &Arc<MemFs>, net: &Net, id: u64, down: &DownNodes) -> Replica {
-    let dyn_fs = Arc::clone(fs) as Arc<dyn FileSystem>;
-    let log = Arc::new(RaftLog::open(RaftLogConfig::new(format!("/n{id}/raft"), dyn_fs)).unwrap());
     let config =
         ReplicaConfig { quiesce_after: QUIESCE_AFTER, down_nodes: down.clone(), ..replica_config(1000) };
-    let replica = Replica::start(id, 1, log, state_machine(fs, id), net.clone(), config).await.unwrap();
-    let service = RaftService::default();
-    service.register_replica_sharing_volume(&replica);
-    net.0.lock().insert(format!("n{id}"), service);
-    let tended = replica.clone();
-    tokio::spawn(async move { tended.tend().await });
-    replica
+    start_with(fs, net, id, config).await
 }
 
 fn all_quiet(replicas: &BTreeMap<u64, Replica>) -> bool {

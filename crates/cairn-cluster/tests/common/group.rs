@@ -25,10 +25,19 @@ pub fn state_machine(fs: &Arc<MemFs>, id: u64) -> ShardStateMachine {
 }
 
 pub async fn start(fs: &Arc<MemFs>, net: &Net, id: u64) -> Replica {
+    start_with(fs, net, id, replica_config(20)).await
+}
+
+/// [`start`] with `config`.
+pub async fn start_with(
+    fs: &Arc<MemFs>,
+    net: &Net,
+    id: u64,
+    config: cairn_cluster::raft::ReplicaConfig,
+) -> Replica {
     let dyn_fs = Arc::clone(fs) as Arc<dyn FileSystem>;
     let log = Arc::new(RaftLog::open(RaftLogConfig::new(format!("/n{id}/raft"), dyn_fs)).unwrap());
-    let replica =
-        Replica::start(id, 1, log, state_machine(fs, id), net.clone(), replica_config(20)).await.unwrap();
+    let replica = Replica::start(id, 1, log, state_machine(fs, id), net.clone(), config).await.unwrap();
     let service = RaftService::default();
     service.register_replica_sharing_volume(&replica);
     net.0.lock().insert(format!("n{id}"), service);

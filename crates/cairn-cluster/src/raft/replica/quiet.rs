@@ -241,15 +241,7 @@ impl Replica {
             return true;
         }
         *self.shared.quiet.pinged.lock() = Some(Instant::now());
-        let leads = match self.address_of(leader) {
-            Some(addr) => {
-                let payload = crate::raft::encode(&QuietCall::Ping { term: at.term }).unwrap_or_default();
-                let kind = cairn_proto::raft::RaftCallKind::Quiet;
-                let answer = self.send(leader, addr, kind, payload, QUIET_CALL_TIMEOUT).await;
-                answer.ok().and_then(|bytes| crate::raft::decode::<bool>(&bytes).ok()).unwrap_or(false)
-            }
-            None => false,
-        };
+        let leads = self.ask_quiet(leader, QuietCall::Ping { term: at.term }).await;
         let failed = if leads {
             self.shared.quiet.failed_pings.store(0, Ordering::Release);
             0
@@ -274,14 +266,12 @@ impl Replica {
     /// On a replica of a group that may go quiet, knowing no leader and not campaigning: asks the
     /// other voters (at most once per [`QUIET_TEND_EVERY`]) to wake whichever of them leads, so its
     /// heartbeats reach this replica before an election timeout does.
-    pub(super) async fn wake_leader(&self) {
-        let Incarnation { raft, id } = self.current();
-        let m = raft.metrics().borrow_watched().clone();
+    pub(super) async fn wake_leader(&self, status: &super::GroupStatus) {
+        if self.shared.config.quiesce_after.is_zero() || status.role != super::Role::Follower {
+            return;
+        }
         let starting = self.shared.quiet.started.lock().elapsed() < STARTUP_WAKE;
-        if self.shared.config.quiesce_after.is_zero()
-            || (m.current_leader.is_some() && !starting)
-            || m.state != ServerState::Follower
-        {
+        if status.leader.is_some() && !starting {
             return;
         }
         {
@@ -291,13 +281,8 @@ impl Replica {
             }
             *pinged = Some(Instant::now());
         }
-        let membership = m.membership_config.membership();
-        let payload = crate::raft::encode(&QuietCall::Wake).unwrap_or_default();
-        for voter in membership.voter_ids().filter(|v| *v != id) {
-            let Some(addr) = membership.get_node(&voter).map(|n| n.addr.clone()) else { continue };
-            let kind = cairn_proto::raft::RaftCallKind::Quiet;
-            let answer = self.send(voter, addr, kind, payload.clone(), QUIET_CALL_TIMEOUT).await;
-            if answer.ok().and_then(|bytes| crate::raft::decode::<bool>(&bytes).ok()).unwrap_or(false) {
+        for voter in self.other_voters() {
+            if self.ask_quiet(voter, QuietCall::Wake).await {
                 return;
             }
         }
@@ -355,12 +340,8 @@ impl Replica {
             }
         }
         let call = QuietCall::Quiesce { term: m.current_term, leader: id, index: m.last_log_index };
-        let payload = crate::raft::encode(&call).map_err(GroupError::Stopped)?;
         for voter in asked {
-            let addr = self.address_of(voter).unwrap_or_default();
-            let kind = cairn_proto::raft::RaftCallKind::Quiet;
-            let answer = self.send(voter, addr, kind, payload.clone(), QUIET_CALL_TIMEOUT).await;
-            if !answer.ok().and_then(|bytes| crate::raft::decode::<bool>(&bytes).ok()).unwrap_or(false) {
+            if !self.ask_quiet(voter, call).await {
                 // It wakes on its own once the group moves; the next look tries again.
                 *self.shared.quiet.idle.lock() = None;
                 return Ok(());
@@ -407,18 +388,30 @@ impl Replica {
     /// After a leadership hand-over that did not finish: keeps the group from going quiet in this
     /// term and asks the other voters to restart their tickers, so that they elect a leader.
     pub(super) async fn transfer_unfinished(&self) {
-        let Incarnation { raft, id } = self.current();
-        let m = raft.metrics().borrow_watched().clone();
-        *self.shared.quiet.unfinished_transfer.lock() = Some(m.current_term);
+        let term = self.raft().metrics().borrow_watched().current_term;
+        *self.shared.quiet.unfinished_transfer.lock() = Some(term);
         if self.shared.config.quiesce_after.is_zero() {
             return;
         }
-        let membership = m.membership_config.membership();
-        let payload = crate::raft::encode(&QuietCall::Resume).unwrap_or_default();
-        for voter in membership.voter_ids().filter(|v| *v != id) {
-            let Some(addr) = membership.get_node(&voter).map(|n| n.addr.clone()) else { continue };
-            let kind = cairn_proto::raft::RaftCallKind::Quiet;
-            let _ = self.send(voter, addr, kind, payload.clone(), QUIET_CALL_TIMEOUT).await;
+        for voter in self.other_voters() {
+            self.ask_quiet(voter, QuietCall::Resume).await;
         }
+    }
+
+    /// The group's voters other than this replica, as it knows the membership.
+    fn other_voters(&self) -> Vec<u64> {
+        let Incarnation { raft, id } = self.current();
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().voter_ids().filter(|v| *v != id).collect()
+    }
+
+    /// Sends `call` to member `member` and returns its answer; false if it could not be asked.
+    async fn ask_quiet(&self, member: u64, call: QuietCall) -> bool {
+        let Some(addr) = self.address_of(member) else { return false };
+        let Ok(payload) = crate::raft::encode(&call) else { return false };
+        let kind = cairn_proto::raft::RaftCallKind::Quiet;
+        let answer = self.send(member, addr, kind, payload, QUIET_CALL_TIMEOUT).await;
+        answer.ok().and_then(|bytes| crate::raft::decode::<bool>(&bytes).ok()).unwrap_or(false)
     }
 }

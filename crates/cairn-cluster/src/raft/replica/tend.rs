@@ -309,7 +309,7 @@ impl Replica {
             }
             let status = self.status();
             let group = self.shared.group;
-            self.wake_leader().await;
+            self.wake_leader(&status).await;
             self.watch_replication(&status);
             if status.checks.fenced.is_some() {
                 if status.role == Role::Leader {

@@ -7,22 +7,8 @@
 set -euo pipefail
 N=${1:-1024}
 BIN=${2:-${CARGO_TARGET_DIR:-target}/release/cairn}
-[ -x "$BIN" ] || { echo "no cairn binary at $BIN (cargo build --release -p cairn)" >&2; exit 1; }
-D=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$D"; }
-trap cleanup EXIT
-start() { # id http grpc join
-  "$BIN" start --log-level warn --store "$D/n$1" --http-addr "127.0.0.1:$2" --grpc-addr "127.0.0.1:$3" \
-    --join "$4" >"$D/n$1.out" 2>"$D/n$1.err" &
-  PIDS+=($!)
-}
-start 1 18081 18051 ""
-sleep 1
-"$BIN" init --addr 127.0.0.1:18051 --replication-factor 3 --shards "$N" --total-buckets 4096 >/dev/null
-start 2 18082 18052 127.0.0.1:18051
-sleep 1
-start 3 18083 18053 127.0.0.1:18051
+SHARDS=$N
+source "$(dirname "$0")/local-nodes.sh"
 t0=$(date +%s)
 led=0
 for _ in $(seq 1 300); do
@@ -36,11 +22,11 @@ except Exception:
   sleep 1
 done
 echo "$led of $N shards led $(( $(date +%s) - t0 )) s after the nodes started"
-ticks() { local t=0; for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+ticks() { local t=0; for p in "${PID[@]}"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 sleep 5
 c0=$(ticks); sleep 20; c1=$(ticks)
 hz=$(getconf CLK_TCK)
 python3 -c "print(f'idle: {($c1-$c0)/$hz:.2f} CPU s over 20 s = {($c1-$c0)/$hz/20:.3f} cores (3 nodes)')"
-for p in "${PIDS[@]}"; do
+for p in "${PID[@]}"; do
   echo "pid $p: rss $(awk '/VmRSS/{print $2}' /proc/$p/status) kB, threads $(ls /proc/$p/task | wc -l), fds $(ls /proc/$p/fd | wc -l)"
 done

@@ -73,7 +73,8 @@ pub use rescale::{CLAIM_PREFIX, ExpandStats, RELEASE_FILE};
 pub use row::{Row, RowRef};
 pub use single::SingleDb;
 pub use snapshot::{
-    ContentDigest, RESTORE_MARKER, RestoreStats, ShardSnapshotInput, new_db_id, snapshot_dir,
+    ContentDigest, LOCAL_KEY_PREFIX, RESTORE_MARKER, RestoreStats, ShardSnapshotInput, new_db_id,
+    snapshot_dir,
 };
 pub use sst::Compression;
 pub use view::View;

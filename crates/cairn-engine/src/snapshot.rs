@@ -67,8 +67,13 @@ pub struct ShardSnapshotInput {
     pub created_at_ms: u64,
 }
 
+/// Rows whose key starts with this are a replica's own bookkeeping, not content it shares with other
+/// replicas (which of its own snapshots holds what a split gave away): [`ContentDigest`]s leave them
+/// out, so replicas that took their snapshots at different times still hash alike.
+pub const LOCAL_KEY_PREFIX: &[u8] = b"\x00\x02local/";
+
 /// A deterministic hash of a shard's logical contents: every live row as (bucket, key, columns in
-/// order, values), in key order. Sequence numbers, file boundaries, levels, compression and how writes
+/// order, values), in key order, but for the rows under [`LOCAL_KEY_PREFIX`]. Sequence numbers, file boundaries, levels, compression and how writes
 /// were batched do not enter it, so two shards holding the same rows have the same digest however their
 /// trees are shaped. xxh3-128: it detects divergence between replicas, it is not a defence against an
 /// adversary.

@@ -76,6 +76,9 @@ impl View {
                 if let Some(it) = iter.as_mut()
                     && it.advance()?
                 {
+                    if it.key().starts_with(crate::snapshot::LOCAL_KEY_PREFIX) {
+                        continue;
+                    }
                     emit(it.bucket(), it.key(), it.row());
                     since_pause += (it.key().len() + it.row().encoded_len()) as u64;
                     if every_bytes > 0 && since_pause >= every_bytes {

@@ -487,34 +487,15 @@ impl Membership {
             state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
         let mut replication = self.replication.clone();
         replication.node_id = id;
-        replication.members = addrs.clone();
+        replication.members = addrs;
         // The map decides a shard's voters: its re-synced replicas are promoted by the reconciler.
         replication.promote_resynced = false;
         let mut config = node.clone();
         config.replication = Some(replication);
         config.max_clock_offset = Duration::from_millis(state.settings.max_clock_offset_ms);
-        let Some(map) = &state.map else { return (config, state.settings.total_buckets, Vec::new()) };
-        // Replicas placed here, and those a move under way brings here (which catch up before serving).
-        // A split's new shard not made here yet is left to the reconciler, which makes it from this
-        // node's replica of the split shard if that applied the split (an empty replica otherwise);
-        // nobody bootstraps one.
-        let made_here = |s: &cairn_cluster::placement::ShardDescriptor| {
-            s.split_from.is_none() || self.store.join(format!("shard-{}", s.id.group())).exists()
-        };
-        let plans = map
-            .shards
-            .iter()
-            .filter(|s| s.replicas.contains(&id) || s.moving.is_some_and(|m| m.to == id))
-            .filter(|s| made_here(s))
-            .map(|s| ReplicaPlan {
-                group: s.id.group(),
-                ranges: s.ranges.clone(),
-                bootstrap: (s.replicas.first() == Some(&id) && s.split_from.is_none())
-                    .then(|| s.replicas.iter().filter_map(|r| Some((*r, addrs.get(r)?.clone()))).collect()),
-                serving: s.replicas.contains(&id),
-            })
-            .collect();
-        (config, map.total_buckets, plans)
+        let total_buckets = state.map.as_ref().map_or(state.settings.total_buckets, |m| m.total_buckets);
+        let plans = control::boot_plan(state, id, &crate::node::replicas_on_disk(&self.store));
+        (config, total_buckets, plans)
     }
 
     /// Before node `id` starts its replicas: retires those its store holds for shards the map in `state`
@@ -527,12 +508,7 @@ impl Membership {
         state: &ClusterState,
     ) -> crate::error::Result<()> {
         let Some(map) = &state.map else { return Ok(()) };
-        let stale = map
-            .shards
-            .iter()
-            .filter(|s| !s.replicas.contains(&id))
-            .map(|s| (s.id.group(), s.ranges.clone()))
-            .collect();
+        let stale = control::stale_shards(state, id);
         let log = std::sync::Arc::clone(&self.plumbing.log);
         for group in crate::node::retire_stale(config, map.total_buckets, log, stale).await? {
             tracing::info!(shard = group, "retired a replica left by a shard that moved away meanwhile");

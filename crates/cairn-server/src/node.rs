@@ -97,6 +97,18 @@ impl Shard {
             Backend::Replicated(replica) => replica.db(),
         }
     }
+
+    /// Fails if the replica was stopped: a read from [`Shard::db`] that this follows may have seen the
+    /// empty engine a retired replica begins (its shard moved or merged away), so it must not answer.
+    fn still_running(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Replicated(replica) if replica.is_stopped() => Err(NodeError::Unavailable(format!(
+                "shard {}'s replica here was stopped while it was read (it moved or merged away): try again",
+                self.group
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A replicated node's Raft plumbing.
@@ -172,19 +184,7 @@ pub(crate) fn open_raft_log(store: &std::path::Path) -> Result<RaftLog> {
         .map_err(|e| NodeError::Startup(format!("cannot open the Raft log of {}: {e}", store.display())))
 }
 
-/// One shard group this node serves a replica of.
-#[derive(Clone, Debug)]
-pub(crate) struct ReplicaPlan {
-    /// The group (the shard's id).
-    pub group: u64,
-    /// The bucket ranges the shard owns (first and last bucket of each).
-    pub ranges: Vec<(u16, u16)>,
-    /// The members (node id → gRPC address) to make the group with if this replica is new; `None`:
-    /// another member makes it, this replica waits to hear from it.
-    pub bootstrap: Option<std::collections::BTreeMap<u64, String>>,
-    /// Whether it serves requests from the start (not a move's destination, which catches up first).
-    pub serving: bool,
-}
+pub(crate) use cairn_cluster::control::ReplicaPlan;
 
 /// `ShardSet::owner`'s mark for a bucket whose shard has no replica on this node.
 const NOT_HERE: u16 = u16::MAX;
@@ -297,7 +297,16 @@ impl Node {
         let mut shards = Vec::with_capacity(plans.len());
         let serving: BTreeSet<u64> = plans.iter().filter(|p| p.serving).map(|p| p.group).collect();
         for plan in plans {
-            shards.push(Arc::new(start_replica(&config, &rc, &plumbing, total_buckets, plan).await?));
+            let (group, orphan) = (plan.group, plan.ranges.is_empty());
+            match start_replica(&config, &rc, &plumbing, total_buckets, plan).await {
+                Ok(shard) => shards.push(Arc::new(shard)),
+                // A replica of a shard the map no longer names is only kept for a merge to take its
+                // buckets in: without it, this node's replica of the merged shard re-syncs instead.
+                Err(e) if orphan => {
+                    tracing::warn!(shard = group, error = %e, "not reopening a replica the map no longer names")
+                }
+                Err(e) => return Err(e),
+            }
         }
         let set = ShardSet::new(shards, total_buckets, |s| serving.contains(&s.group));
         let pending = Arc::new(Pending::new(config.max_clock_offset));
@@ -549,8 +558,10 @@ impl Node {
     }
 
     fn read_latest(&self, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
-        let db = self.shard_of(mvcc::bucket_of(key, self.total_buckets))?.db();
-        Ok(DbReader { db: &db, total_buckets: self.total_buckets }.at(key, at)?)
+        let shard = self.shard_of(mvcc::bucket_of(key, self.total_buckets))?;
+        let found = DbReader { db: &shard.db(), total_buckets: self.total_buckets }.at(key, at)?;
+        shard.still_running()?;
+        Ok(found)
     }
 
     /// The id of the shard that owns `bucket` (held here or, for a cluster member, anywhere).
@@ -684,8 +695,8 @@ mod scan;
 
 #[path = "node_replicas.rs"]
 mod replicas;
-pub(crate) use replicas::retire_stale;
 use replicas::{ShardSet, start_replica};
+pub(crate) use replicas::{replicas_on_disk, retire_stale};
 
 #[cfg(test)]
 #[path = "node_tests.rs"]

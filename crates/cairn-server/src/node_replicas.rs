@@ -325,6 +325,16 @@ pub(crate) async fn retire_stale(
     .map_err(|e| NodeError::Internal(format!("retire task failed: {e}")))?
 }
 
+/// The groups whose replica directory (`shard-<group>`) `store` holds, retired ones left out.
+pub(crate) fn replicas_on_disk(store: &std::path::Path) -> BTreeSet<u64> {
+    let Ok(entries) = std::fs::read_dir(store) else { return BTreeSet::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.path().join(RETIRED_FILE).exists())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("shard-")?.parse().ok())
+        .collect()
+}
+
 /// A shard's bucket ranges as the engine takes them.
 pub(super) fn engine_ranges(ranges: &[(u16, u16)]) -> Vec<cairn_engine::BucketRange> {
     ranges.iter().map(|&(first, last)| first..=last).collect()
@@ -367,6 +377,14 @@ pub(super) async fn start_replica(
             if marker.exists() {
                 std::fs::remove_file(&marker)
                     .map_err(|e| NodeError::Startup(format!("cannot clear {}: {e}", marker.display())))?;
+            }
+            if ranges.is_empty() {
+                // A shard the map no longer names, as stored (see `control::boot_plan`).
+                return ShardStateMachine::open_stored(template.dir.clone(), template)
+                    .map_err(|e| open_error(&config, group, e))?
+                    .ok_or_else(|| {
+                        NodeError::Startup(format!("shard {group}'s replica here keeps no meta bucket"))
+                    });
             }
             ShardStateMachine::open(template.dir.clone(), template, ranges, meta)
                 .map_err(|e| open_error(&config, group, e))

@@ -88,6 +88,7 @@ impl Node {
                     live_keys(&mut rows, at, &mut page)?;
                 }
             }
+            shard.still_running()?;
         }
         Ok(page.finish())
     }

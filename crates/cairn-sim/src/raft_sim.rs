@@ -140,6 +140,15 @@ struct Net {
     // Every message's fate, in order (for finding where two runs of one seed part).
     trace: Vec<String>,
     start: tokio::time::Instant,
+    // Each node's disk switch: a node whose disk died (a crash at a chosen step) sends and answers
+    // nothing from that instant, before the simulation notices and stops it.
+    power: HashMap<u64, FaultController>,
+}
+
+impl Net {
+    fn dead(&self, node: u64) -> bool {
+        self.power.get(&node).is_some_and(FaultController::is_dead)
+    }
 }
 
 #[derive(Clone)]
@@ -170,7 +179,10 @@ impl Wire for SimWire {
             let there = net.rng.millis(0, max);
             let back = net.rng.millis(0, max);
             let loss = net.loss_percent;
-            let lost = net.cut.contains(&(self.from, target)) || net.rng.chance(loss);
+            let lost = net.cut.contains(&(self.from, target))
+                || net.rng.chance(loss)
+                || net.dead(self.from)
+                || net.dead(target);
             let at = net.start.elapsed().as_micros();
             net.trace.push(format!("{at} {} -> {target} call {} lost {lost}", self.from, call.kind));
             (there, back, lost)
@@ -193,7 +205,7 @@ impl Wire for SimWire {
         let lost = {
             let mut net = self.net.lock();
             let loss = net.loss_percent;
-            net.cut.contains(&(target, self.from)) || net.rng.chance(loss)
+            net.cut.contains(&(target, self.from)) || net.rng.chance(loss) || net.dead(target)
         };
         if lost {
             return Err(CallError::Lost(format!("reply {target} -> {} lost", self.from)));
@@ -258,6 +270,7 @@ impl Sim {
             max_delay_ms: 2,
             trace: Vec::new(),
             start: tokio::time::Instant::now(),
+            power: HashMap::new(),
         };
         let nodes = (1..=config.replicas)
             .map(|id| {
@@ -728,4 +741,7 @@ use clients::{Client, Clock, check_loop, client_loop, fault_loop, perform, regis
 
 #[path = "raft_sim_moves.rs"]
 mod moves;
+
+#[path = "raft_sim_cluster.rs"]
+pub mod cluster;
 use moves::{current_voters, finish_moves, move_loop};

@@ -5,7 +5,7 @@
 use super::*;
 
 /// The user key of register `key`.
-fn register_key(key: u64) -> Vec<u8> {
+pub(super) fn register_key(key: u64) -> Vec<u8> {
     format!("reg-{key}").into_bytes()
 }
 
@@ -41,7 +41,7 @@ impl Clock {
 
 /// One try of an operation at one replica.
 #[derive(Debug)]
-enum Attempt {
+pub(super) enum Attempt {
     /// A definite answer.
     Done(RegisterOutput),
     /// Proposed, outcome unknown.
@@ -57,7 +57,7 @@ enum Attempt {
 /// value is a put conditional on the timestamp of that value's version (`seen`: every value is written
 /// once, so the newest version has that timestamp exactly when the register holds that value); one
 /// expecting nothing is a put if absent. A read records the timestamp of what it read in `seen`.
-async fn attempt(
+pub(super) async fn attempt(
     (replica, leaders): &(Replica, Arc<Leaders>),
     rng: &mut SimRng,
     key: u64,
@@ -77,6 +77,9 @@ async fn attempt(
                     let db = replica.db();
                     let reader = DbReader { db: &db, total_buckets: BUCKETS };
                     match reader.newest(&user_key) {
+                        // Retired meanwhile (its shard merged away): what it read may be the next
+                        // incarnation's empty engine.
+                        Ok(_) if replica.is_stopped() => Attempt::NoEffect,
                         Ok(version) => {
                             *seen = version.as_ref().map(|v| v.timestamp);
                             match decode(version.as_ref().map(|v| v.value.as_slice())) {
@@ -188,30 +191,7 @@ pub(super) async fn fault_loop(
         let n = sim.config.replicas;
         let up = sim.up();
         let kind = match rng.below(7) {
-            0 => {
-                let side: BTreeSet<u64> = (1..=n).filter(|_| rng.chance(50)).collect();
-                let mut net = sim.net.lock();
-                for a in 1..=n {
-                    for b in 1..=n {
-                        if side.contains(&a) != side.contains(&b) {
-                            net.cut.insert((a, b));
-                        }
-                    }
-                }
-                "partition"
-            }
-            1 | 2 => {
-                sim.net.lock().cut.clear();
-                "heal"
-            }
-            3 => {
-                sim.net.lock().loss_percent = rng.below(20);
-                "loss"
-            }
-            4 => {
-                sim.net.lock().max_delay_ms = rng.below(60);
-                "delay"
-            }
+            k @ 0..=4 => disturb(&mut sim.net.lock(), &mut rng, k, n),
             5 if (n - up.len() as u64) < (n - 1) / 2 || up.len() as u64 == n => {
                 let victim = up[rng.below(up.len() as u64) as usize];
                 sim.crash(victim).await;
@@ -235,6 +215,36 @@ pub(super) async fn fault_loop(
         sim.note(state);
     }
     Ok(())
+}
+
+/// A network fault of kind `kind` (0 to 4) among nodes `1..=n`: a random partition, a heal, message
+/// loss or delay. Returns its name.
+pub(super) fn disturb(net: &mut Net, rng: &mut SimRng, kind: u64, n: u64) -> &'static str {
+    match kind {
+        0 => {
+            let side: BTreeSet<u64> = (1..=n).filter(|_| rng.chance(50)).collect();
+            for a in 1..=n {
+                for b in 1..=n {
+                    if side.contains(&a) != side.contains(&b) {
+                        net.cut.insert((a, b));
+                    }
+                }
+            }
+            "partition"
+        }
+        1 | 2 => {
+            net.cut.clear();
+            "heal"
+        }
+        3 => {
+            net.loss_percent = rng.below(20);
+            "loss"
+        }
+        _ => {
+            net.max_delay_ms = rng.below(60);
+            "delay"
+        }
+    }
 }
 
 /// Runs a consistency check through the current leader every few simulated seconds until `done`.

@@ -37,7 +37,7 @@ pub use reconcile::reconcile;
 use crate::meta::{ClusterState, MetaError, MetaStore};
 use crate::placement::{ShardDescriptor, ShardId};
 use crate::raft::Replica;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +147,67 @@ pub trait Host: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
     /// Stops the node's replica of `group` for good and drops its contents.
     fn retire_replica(&self, group: u64) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// A replica a node starts: placed on it by the map, or brought to it by a move under way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaPlan {
+    /// The group (the shard's id).
+    pub group: u64,
+    /// The bucket ranges the shard owns (first and last bucket of each).
+    pub ranges: Vec<(u16, u16)>,
+    /// The members (node id → gRPC address) to make the group with if this replica is new; `None`:
+    /// another member makes it, this replica waits to hear from it.
+    pub bootstrap: Option<BTreeMap<u64, String>>,
+    /// Whether it serves requests from the start (not a move's destination, which catches up first).
+    pub serving: bool,
+}
+
+/// The replicas node `id` starts when it starts, by `state`'s map: those placed on it and those a move
+/// under way brings to it (which catch up before serving). The first replica of an initial shard makes
+/// its group. A split's new shard is started only if this node made it before (`on_disk` names the
+/// groups whose replica directory the node holds, retired ones left out): one not made here yet is
+/// left to the reconciler, which makes it from this node's replica of the split shard if that applied
+/// the split (an empty replica otherwise); nobody bootstraps one. A replica on disk of a shard the map
+/// no longer names (merged away while the node was down) is started too, as stored (empty `ranges`),
+/// serving nothing: this node's replica of the shard it merged into may still have to take its buckets
+/// in from it, and the reconciler retires it once that is done.
+pub fn boot_plan(state: &ClusterState, id: u64, on_disk: &BTreeSet<u64>) -> Vec<ReplicaPlan> {
+    let Some(map) = &state.map else { return Vec::new() };
+    let addrs: BTreeMap<u64, String> = state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
+    let mut plans: Vec<ReplicaPlan> = map
+        .shards
+        .iter()
+        .filter(|s| s.replicas.contains(&id) || s.moving.is_some_and(|m| m.to == id))
+        .filter(|s| s.split_from.is_none() || on_disk.contains(&s.id.group()))
+        .map(|s| ReplicaPlan {
+            group: s.id.group(),
+            ranges: s.ranges.clone(),
+            bootstrap: (s.replicas.first() == Some(&id) && s.split_from.is_none())
+                .then(|| s.replicas.iter().filter_map(|r| Some((*r, addrs.get(r)?.clone()))).collect()),
+            serving: s.replicas.contains(&id),
+        })
+        .collect();
+    let mapped: BTreeSet<u64> = map.shards.iter().map(|s| s.id.group()).collect();
+    plans.extend(on_disk.difference(&mapped).map(|&group| ReplicaPlan {
+        group,
+        ranges: Vec::new(),
+        bootstrap: None,
+        serving: false,
+    }));
+    plans
+}
+
+/// The shards (group, ranges) whose replicas node `id` must retire before it starts any: those the map
+/// in `state` does not give it (they moved away while it was down; also one moving back to it, which
+/// must join afresh).
+pub fn stale_shards(state: &ClusterState, id: u64) -> Vec<(u64, Vec<(u16, u16)>)> {
+    let Some(map) = &state.map else { return Vec::new() };
+    map.shards
+        .iter()
+        .filter(|s| !s.replicas.contains(&id))
+        .map(|s| (s.id.group(), s.ranges.clone()))
+        .collect()
 }
 
 /// Applies `change` to the cluster state through the meta group; the state after it, or `None` if it

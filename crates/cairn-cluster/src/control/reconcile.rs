@@ -216,9 +216,11 @@ async fn split<H: Host>(
 }
 
 /// Whether this node's replica of group `group`, which the map no longer names, is a shard merged into
-/// another (frozen, or still to freeze as it catches up) that this node's replica of that other shard
-/// has not taken in yet: it is kept until then, as that replica imports from it (one that cannot,
-/// fenced, re-syncs from a snapshot taken past the merge and takes the buckets in so).
+/// another (frozen, or still to freeze as it catches up) whose buckets this node's replicas of the
+/// map's shards have not all taken in yet: it is kept until then, as the left-hand replica imports from
+/// it (one that cannot, fenced, re-syncs from a snapshot taken past the merge and takes the buckets in
+/// so). The buckets may have moved on since (a later split spreads them over several shards), so each
+/// must be owned by one of those replicas, whichever.
 fn awaits_merge<H: Host>(map: &ShardMap, node: &H, group: u64) -> bool {
     let Some(replica) = node.replica(group) else { return false };
     let sm = replica.state_machine();
@@ -229,13 +231,27 @@ fn awaits_merge<H: Host>(map: &ShardMap, node: &H, group: u64) -> bool {
     let Some(&(first, _)) = ranges.first() else { return false };
     let Some(into) = map.shard_for_bucket(first).filter(|s| s.id.group() != group) else { return false };
     // Only a merge gives the buckets of a shard that left the map to another (a move keeps the shard).
-    let Some(into) = node.replica(into.id.group()) else { return false };
-    !owns(&into.state_machine().owned_buckets(), &ranges)
+    if node.replica(into.id.group()).is_none() {
+        return false;
+    }
+    let owned: Vec<cairn_engine::BucketRange> = map
+        .shards
+        .iter()
+        .filter(|s| s.id.group() != group)
+        .filter_map(|s| node.replica(s.id.group()))
+        .flat_map(|r| r.state_machine().owned_buckets())
+        .collect();
+    !covers(&owned, &ranges)
 }
 
-/// Whether `owned` covers every range of `ranges`.
+/// Whether `owned` covers every range of `ranges` (each range within one owned range).
 fn owns(owned: &[cairn_engine::BucketRange], ranges: &[(u16, u16)]) -> bool {
     ranges.iter().all(|&(f, l)| owned.iter().any(|o| *o.start() <= f && l <= *o.end()))
+}
+
+/// Whether every bucket of `ranges` is in one of `owned`.
+fn covers(owned: &[cairn_engine::BucketRange], ranges: &[(u16, u16)]) -> bool {
+    ranges.iter().flat_map(|&(f, l)| f..=l).all(|b| owned.iter().any(|o| o.contains(&b)))
 }
 
 /// On the leader of shard `s`, the right-hand shard of a merge whose replicas are co-located: freezes

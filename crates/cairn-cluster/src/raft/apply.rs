@@ -132,8 +132,11 @@ pub struct SplitOff {
 }
 
 /// The engine key of the split record: the last split this shard made (a [`SplitRecord`], postcard),
-/// written with the split entry's position so a node can open the new shard after a restart.
-pub const SPLIT_ROW_KEY: &[u8] = b"\x00\x02raft/split";
+/// written with the split entry's position so a node can open the new shard after a restart. It names
+/// this replica's own pre-split snapshot, so it is local ([`cairn_engine::LOCAL_KEY_PREFIX`]): left out
+/// of consistency checks, as replicas number their snapshots differently (one that restarted, or
+/// installed a snapshot, took more or fewer).
+pub const SPLIT_ROW_KEY: &[u8] = b"\x00\x02local/raft/split";
 
 /// The last split a shard made, as its replicas keep it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

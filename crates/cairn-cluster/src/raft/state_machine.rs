@@ -48,6 +48,37 @@ struct IncarnationRecord {
 
 const INCARNATION_FILE: &str = "INCARNATION";
 
+/// The file in a shard replica's directory that names the bucket its applied position (and its split,
+/// freeze and check records) live in: the shard's first bucket, which never changes for a group (a
+/// split moves the upper buckets away, a merge adds the right-hand shard's after it). Written when the
+/// replica is first opened, so a node can reopen the replica of a shard the map no longer names (one
+/// frozen for a merge while the node was down) without knowing its buckets.
+const META_BUCKET_FILE: &str = "META_BUCKET";
+
+/// The meta bucket stored in `root` (see [`META_BUCKET_FILE`]), storing `given` if none is.
+fn stored_meta_bucket(
+    fs: &dyn cairn_engine::fs::FileSystem,
+    root: &std::path::Path,
+    given: u16,
+) -> cairn_engine::Result<u16> {
+    let path = root.join(META_BUCKET_FILE);
+    if fs.exists(&path)? {
+        let bytes = fs.read_all(&path)?;
+        return std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| cairn_engine::Error::corruption(path.clone(), "bad meta bucket"));
+    }
+    let tmp = root.join(format!("{META_BUCKET_FILE}.tmp"));
+    let mut file = fs.create(&tmp)?;
+    file.append(format!("{given}\n").as_bytes())?;
+    file.sync()?;
+    drop(file);
+    fs.rename(&tmp, &path)?;
+    fs.sync_dir(root)?;
+    Ok(given)
+}
+
 fn read_incarnation(
     fs: &dyn cairn_engine::fs::FileSystem,
     root: &std::path::Path,
@@ -161,7 +192,8 @@ impl std::fmt::Debug for ShardStateMachine {
 impl ShardStateMachine {
     /// Opens (or creates) the shard under `root` with `template`'s settings (its WAL should be off: the
     /// Raft log is the log); a new replica owns `buckets`, an existing one what its engine's manifest
-    /// says ([`ShardStateMachine::owned_buckets`]); the applied position lives in `meta_bucket`.
+    /// says ([`ShardStateMachine::owned_buckets`]); the applied position lives in `meta_bucket` (a
+    /// replica opened before keeps the one it was first opened with).
     pub fn open(
         root: PathBuf,
         template: Config,
@@ -170,6 +202,8 @@ impl ShardStateMachine {
     ) -> cairn_engine::Result<ShardStateMachine> {
         let fs = Arc::clone(&template.fs);
         fs.create_dir_all(&root)?;
+        // A replica opened before keeps the meta bucket it started with.
+        let meta_bucket = stored_meta_bucket(fs.as_ref(), &root, meta_bucket)?;
         // The newest generation an install completed (the engine writes `CURRENT` last); a later one
         // without it is an install a crash interrupted, and is never reused.
         let generations: Vec<u64> = fs
@@ -231,6 +265,18 @@ impl ShardStateMachine {
             node,
             bound: None,
         })
+    }
+
+    /// Reopens the replica under `root` as it was stored, its buckets and meta bucket its own: one the
+    /// map no longer names (frozen for a merge while its node was down, say). `None` if no replica was
+    /// opened there since replicas kept their meta bucket (see [`META_BUCKET_FILE`]).
+    pub fn open_stored(root: PathBuf, template: Config) -> cairn_engine::Result<Option<ShardStateMachine>> {
+        let fs = Arc::clone(&template.fs);
+        if !fs.exists(&root.join(META_BUCKET_FILE))? {
+            return Ok(None);
+        }
+        let meta_bucket = stored_meta_bucket(fs.as_ref(), &root, 0)?;
+        ShardStateMachine::open(root, template, Vec::new(), meta_bucket).map(Some)
     }
 
     /// Makes this replica, of group `group`, one of the node whose frozen shards `shards` holds: a

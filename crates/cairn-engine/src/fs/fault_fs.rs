@@ -49,6 +49,11 @@ impl FaultKind {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// Whether a call of this kind changes what the disk holds.
+    fn changes_disk(self) -> bool {
+        !matches!(self, FaultKind::Read | FaultKind::Open)
+    }
 }
 
 /// When a kind starts failing.
@@ -76,6 +81,10 @@ pub struct FaultController {
     gate: Arc<RwLock<()>>,
     // Kinds whose calls wait (before their check) until released: `hold`/`release`.
     held: Arc<(Mutex<[bool; FaultKind::COUNT]>, parking_lot::Condvar)>,
+    // Calls that change the disk still allowed before every call fails (`fail_all_after_changes`).
+    changes_left: Arc<Mutex<Option<u64>>>,
+    // Set once every call fails: `fail_all`, or `fail_all_after_changes` ran out.
+    dead: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FaultController {
@@ -98,6 +107,20 @@ impl FaultController {
         for kind in FaultKind::ALL {
             self.fail_after(kind, 0);
         }
+        self.dead.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The next `n` calls that change the disk (writes, syncs, creates, links, renames, removes)
+    /// succeed; from the one after, every call of every kind fails: the process dies at exactly that
+    /// step. [`FaultController::is_dead`] tells when it has.
+    pub fn fail_all_after_changes(&self, n: u64) {
+        *self.changes_left.lock() = Some(n);
+    }
+
+    /// Whether every call fails now ([`FaultController::fail_all`], or
+    /// [`FaultController::fail_all_after_changes`] ran out).
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Calls of `kind` wait from now on until [`FaultController::release`]: a slow or stuck device, to
@@ -117,6 +140,8 @@ impl FaultController {
         for kind in self.kinds.lock().iter_mut() {
             kind.rule = None;
         }
+        *self.changes_left.lock() = None;
+        self.dead.store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Calls of `kind` seen so far, failed ones included.
@@ -135,6 +160,20 @@ impl FaultController {
         }
         let admitted = self.gate.read_recursive();
         let mut kinds = self.kinds.lock();
+        if kind.changes_disk() {
+            let mut left = self.changes_left.lock();
+            match left.as_mut() {
+                Some(0) => {
+                    *left = None;
+                    for state in kinds.iter_mut() {
+                        state.rule = Some(Rule { successes_left: 0, once: false });
+                    }
+                    self.dead.store(true, std::sync::atomic::Ordering::Release);
+                }
+                Some(n) => *n -= 1,
+                None => {}
+            }
+        }
         let state = &mut kinds[kind.index()];
         state.calls += 1;
         let Some(rule) = state.rule.as_mut() else { return Ok(admitted) };

@@ -709,6 +709,13 @@ impl Replica {
                 .await
                 .map_err(|e| GroupError::Timeout(format!("index {index} not applied here: {e}")))?;
         }
+        // Retired while it waited: its engine is the next incarnation's, empty.
+        if self.is_stopped() {
+            return Err(GroupError::Stopped(format!(
+                "shard {}'s replica here was stopped",
+                self.shared.group
+            )));
+        }
         Ok(self.point(target))
     }
 

@@ -264,6 +264,8 @@ impl Replica {
     /// and verified by a check (seed 004's verified compaction), keeping the configured tail.
     pub async fn tend(&self) {
         let mut last_announce: Option<tokio::time::Instant> = None;
+        // The last merge this replica applied (see `Replica::purge_verified`).
+        let mut merged_at: Option<u64> = None;
         let mut last_check: Option<tokio::time::Instant> = None;
         // The periodic check's clock starts now, not at the first check.
         let mut last_periodic = tokio::time::Instant::now();
@@ -293,6 +295,7 @@ impl Replica {
                             // A snapshot past the merge, so no replica needs the frozen neighbour.
                             tracing::info!(group = self.shared.group, index, "snapshot after a merge");
                             let _ = self.raft().trigger().snapshot().await;
+                            merged_at = Some(index);
                         }
                         _ => {}
                     }
@@ -358,7 +361,7 @@ impl Replica {
                     });
                 }
             }
-            self.purge_verified(&status).await;
+            self.purge_verified(&status, merged_at).await;
             if status.role == Role::Leader {
                 let busy = checking.load(Ordering::Acquire) || status.checks.fenced.is_some();
                 if let Err(e) = self.maybe_quiesce(busy).await {
@@ -432,10 +435,17 @@ impl Replica {
     }
 
     /// Drops the log up to the newest position that is both in this replica's snapshot and verified by
-    /// a consistency check, minus the configured tail kept for lagging followers.
-    async fn purge_verified(&self, status: &GroupStatus) {
+    /// a consistency check, minus the configured tail kept for lagging followers; but always through
+    /// the last merge this replica applied (`merged_at`) once that is covered. A merge entry applies
+    /// only where the node still holds the right-hand shard's frozen replica, which nodes retire once
+    /// merged: a replica that lags, or starts afresh, must catch up past it by snapshot, not by log.
+    async fn purge_verified(&self, status: &GroupStatus, merged_at: Option<u64>) {
         let (Some(snapshot), Some(verified)) = (status.snapshot, status.checks.verified) else { return };
-        let upto = snapshot.min(verified).saturating_sub(self.shared.config.keep_behind_snapshot);
+        let covered = snapshot.min(verified);
+        let mut upto = covered.saturating_sub(self.shared.config.keep_behind_snapshot);
+        if let Some(merged) = merged_at.filter(|m| *m <= covered) {
+            upto = upto.max(merged);
+        }
         if upto > 0 && status.purged.is_none_or(|p| p < upto) {
             let _ = self.raft().trigger().purge_log(upto).await;
         }

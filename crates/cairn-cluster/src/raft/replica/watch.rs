@@ -51,8 +51,9 @@ impl Replica {
         StatusWatch { replica: self.clone(), rx: raft.metrics(), id }
     }
 
-    /// Waits until this replica has applied an entry past `seen` (`None`: any entry), `wait` passes,
-    /// or it stops (a re-sync into a new incarnation is followed); returns the last index it applied.
+    /// Waits until this replica has applied an entry past `seen` (`None`: any entry) or `wait` passes
+    /// (a re-sync into a new incarnation is followed; a replica whose Raft node stopped applies nothing
+    /// more, and the whole wait passes); returns the last index it applied.
     pub async fn applied_past(&self, seen: Option<u64>, wait: Duration) -> Option<u64> {
         let mut watch = self.watch();
         let deadline = tokio::time::Instant::now() + wait;
@@ -63,7 +64,13 @@ impl Replica {
             }
             match tokio::time::timeout_at(deadline, watch.changed()).await {
                 Ok(true) => {}
-                Ok(false) | Err(_) => return applied,
+                // The Raft node stopped (shut down, or failed on its disk): nothing will change, but
+                // callers that loop on this must still wait, not spin.
+                Ok(false) => {
+                    tokio::time::sleep_until(deadline).await;
+                    return applied;
+                }
+                Err(_) => return applied,
             }
         }
     }

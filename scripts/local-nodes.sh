@@ -9,7 +9,7 @@ declare -A PID
 cleanup() { for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$D"; }
 trap cleanup EXIT
 start_node() { # id join
-  "$BIN" start --log-level warn --store "$D/n$1" --http-addr "127.0.0.1:1808$1" --grpc-addr "127.0.0.1:1805$1" \
+  "$BIN" start --log-level "${LOG_LEVEL:-warn}" --store "$D/n$1" --http-addr "127.0.0.1:1808$1" --grpc-addr "127.0.0.1:1805$1" \
     --join "$2" >"$D/n$1.out" 2>"$D/n$1.err" &
   PID[$1]=$!
 }

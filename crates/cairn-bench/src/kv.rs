@@ -567,7 +567,8 @@ pub fn run(args: &KvArgs, target: Target) -> Result<(), String> {
         if !args.no_load {
             print("load", &run_phase(args, target, None, args.records).await?);
         }
-        for w in &args.workloads {
+        // (`--workloads ""`: the load alone.)
+        for w in args.workloads.iter().filter(|w| !w.is_empty()) {
             let mix = match w.to_ascii_uppercase().as_str() {
                 "A" => (0.5, Op::Update),
                 "B" => (0.95, Op::Update),

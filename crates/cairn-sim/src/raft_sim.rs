@@ -129,6 +129,31 @@ impl SimRng {
     }
 }
 
+/// The seeds a test runs: `CAIRN_SEED` alone, or `count` seeds derived from the clock.
+pub fn seeds(count: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("CAIRN_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let base =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    (0..count).map(|i| base.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).collect()
+}
+
+/// Where two runs of seed `seed` part, if they do: the first event that differs, with the few before
+/// it (two traces of one seed must be equal).
+pub fn parting(seed: u64, first: &[String], second: &[String]) -> Option<String> {
+    if let Some(i) = first.iter().zip(second).position(|(a, b)| a != b) {
+        return Some(format!(
+            "seed {seed}: the runs part at event {i}: {:?} vs {:?}, after {:?}",
+            first[i],
+            second[i],
+            &first[i.saturating_sub(5)..i]
+        ));
+    }
+    (first.len() != second.len())
+        .then(|| format!("seed {seed}: one run has {} events, the other {}", first.len(), second.len()))
+}
+
 /// The network's state: which nodes are up, which links are cut, how lossy and slow it is.
 struct Net {
     rng: SimRng,

@@ -177,6 +177,8 @@ impl SimHost {
         bootstrap: Option<BTreeMap<u64, String>>,
     ) -> Result<(), String> {
         sm.link(&self.frozen, group).map_err(|e| e.to_string())?;
+        // Checks hash on this thread, not a background one: runs replay from their seed.
+        sm.hash_checks_inline();
         let seed = self.seeds.lock().next_u64();
         let start =
             Replica::start(self.id, group, Arc::clone(&self.log), sm, self.wire.clone(), self.config.clone());
@@ -202,9 +204,17 @@ impl SimHost {
                     continue;
                 }
                 let fenced = watched.state_machine().check_status().fenced;
+                // (Not the shard's engine id, which is random.)
+                let effect = match effect {
+                    Effect::Split(off) => format!(
+                        "split at {} into {} of {:?} from snapshot {}",
+                        off.index, off.new_group, off.ranges, off.snapshot
+                    ),
+                    other => format!("{other:?}"),
+                };
                 let mut net = wire.net.lock();
                 let at = net.start.elapsed().as_micros();
-                net.trace.push(format!("{at} node {id}: shard {group}: {effect:?} (fenced: {fenced:?})"));
+                net.trace.push(format!("{at} node {id}: shard {group}: {effect} (fenced: {fenced:?})"));
             }
         });
         self.replicas.lock().insert(group, replica);
@@ -479,6 +489,7 @@ impl ClusterSim {
         let sm =
             ShardStateMachine::open("/meta".into(), template, vec![META_BUCKET..=META_BUCKET], META_BUCKET)
                 .map_err(|e| format!("node {id} meta: {e}"))?;
+        sm.hash_checks_inline();
         let wire = SimWire { from: id, net: Arc::clone(&self.net) };
         let start =
             Replica::start(id, META_GROUP, Arc::clone(&log), sm, wire.clone(), self.raft_config.clone());
@@ -1129,6 +1140,14 @@ pub fn run_crash_step(seed: u64, step: CrashStep, after: Option<u64>) -> Result<
             }
         }
         let total = changes(&power) - before;
+        if crashed_at.is_none() && power.is_dead() {
+            // It died just as the operation settled: stopped all the same.
+            sim.lock().await.crash(victim).await;
+            crashed_at = Some("after the operation settled".into());
+        } else if crashed_at.is_none() {
+            // The operation made fewer changes there than the step asked for this time: no crash.
+            power.clear();
+        }
         if crashed_at.is_some() {
             sim.lock().await.start(victim).await?;
         }

@@ -18,10 +18,11 @@
 
 use cairn_sim::linearizability::{Register, Verdict, check_per_key, first_failure};
 use cairn_sim::raft_sim::cluster::{ClusterConfig, ClusterReport, CrashStep, run_cluster, run_crash_step};
+#[cfg(tokio_unstable)]
+use cairn_sim::raft_sim::parting;
 use std::time::Duration;
 
-/// The seeds to run: `CAIRN_SEED` alone, or `count` seeds derived from the clock. With
-/// `CAIRN_SIM_LOG=<filter>` (say `cairn_cluster=info`) the replicas' logs go to stderr.
+/// With `CAIRN_SIM_LOG=<filter>` (say `cairn_cluster=info`) the replicas' logs go to stderr.
 fn seeds(count: u64) -> Vec<u64> {
     if let Ok(filter) = std::env::var("CAIRN_SIM_LOG") {
         let _ = tracing_subscriber::fmt()
@@ -29,12 +30,7 @@ fn seeds(count: u64) -> Vec<u64> {
             .with_writer(std::io::stderr)
             .try_init();
     }
-    if let Some(seed) = std::env::var("CAIRN_SEED").ok().and_then(|s| s.parse().ok()) {
-        return vec![seed];
-    }
-    let base =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-    (0..count).map(|i| base.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).collect()
+    cairn_sim::raft_sim::seeds(count)
 }
 
 /// The history of `report` is linearizable per register, and splits copied nothing.
@@ -172,4 +168,18 @@ fn a_crash_at_every_step_of_a_merge_on_its_leader() {
 #[test]
 fn a_crash_at_every_step_of_a_merge_on_a_follower() {
     crash_at_every_step(CrashStep::MergeFollower, 24);
+}
+
+// Exact replays need tokio's RNG seeded, an unstable tokio API (`--cfg tokio_unstable`, which the
+// workspace's .cargo/config.toml sets unless RUSTFLAGS replaces it).
+#[cfg(tokio_unstable)]
+#[test]
+fn a_seed_replays_exactly() {
+    let seed = seeds(1)[0];
+    let first = run_and_check(config(seed, true));
+    let second = run_and_check(config(seed, true));
+    if let Some(parting) = parting(seed, &first.trace, &second.trace) {
+        panic!("{parting}");
+    }
+    assert_eq!(first.history, second.history, "seed {seed}: the history differs between two runs");
 }

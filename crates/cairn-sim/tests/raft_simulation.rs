@@ -12,18 +12,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cairn_sim::linearizability::{Register, Verdict, check_per_key, first_failure};
-use cairn_sim::raft_sim::{SimConfig, SimReport, run, run_catch_up};
+#[cfg(tokio_unstable)]
+use cairn_sim::raft_sim::parting;
+use cairn_sim::raft_sim::{SimConfig, SimReport, run, run_catch_up, seeds};
 use std::time::Duration;
-
-/// The seeds to run: `CAIRN_SEED` alone, or `count` seeds derived from the clock.
-fn seeds(count: u64) -> Vec<u64> {
-    if let Some(seed) = std::env::var("CAIRN_SEED").ok().and_then(|s| s.parse().ok()) {
-        return vec![seed];
-    }
-    let base =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-    (0..count).map(|i| base.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).collect()
-}
 
 fn config(seed: u64, replicas: u64, faults: bool) -> SimConfig {
     SimConfig {
@@ -206,15 +198,9 @@ fn a_seed_replays_exactly() {
     let seed = seeds(1)[0];
     let first = run_and_check(config(seed, 3, true));
     let second = run_and_check(config(seed, 3, true));
-    if let Some(i) = first.trace.iter().zip(&second.trace).position(|(a, b)| a != b) {
-        panic!(
-            "seed {seed}: the runs part at event {i}: {:?} vs {:?}, after {:?}",
-            first.trace[i],
-            second.trace[i],
-            &first.trace[i.saturating_sub(5)..i]
-        );
+    if let Some(parting) = parting(seed, &first.trace, &second.trace) {
+        panic!("{parting}");
     }
-    assert_eq!(first.trace.len(), second.trace.len(), "seed {seed}");
     assert_eq!(first.history, second.history, "seed {seed}: the history differs between two runs");
     assert_eq!(first.faults, second.faults, "seed {seed}");
     assert_eq!(first.term, second.term, "seed {seed}");

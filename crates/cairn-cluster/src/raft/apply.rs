@@ -893,3 +893,13 @@ impl ShardApplier {
         }
     }
 }
+
+#[cfg(test)]
+mod local_rows {
+    /// The split record names the replica's own pre-split snapshot: it must stay out of the digests
+    /// that consistency checks compare.
+    #[test]
+    fn the_split_record_is_local() {
+        assert!(super::SPLIT_ROW_KEY.starts_with(cairn_engine::LOCAL_KEY_PREFIX));
+    }
+}

@@ -350,6 +350,25 @@ mod tests {
     }
 
     #[test]
+    fn the_disk_dies_after_exactly_n_changes() {
+        let (fs, ctl, mut w) = setup();
+        ctl.fail_all_after_changes(2);
+        // Reads and opens are not changes.
+        fs.open(Path::new("/db/log")).unwrap();
+        w.append(b"a").unwrap();
+        w.sync().unwrap();
+        assert!(!ctl.is_dead());
+        // The third change fails, and from then on every call of every kind.
+        assert!(is_injected(w.append(b"b")));
+        assert!(ctl.is_dead());
+        assert!(fs.open(Path::new("/db/log")).is_err());
+        assert!(fs.sync_dir(Path::new("/db")).is_err());
+        ctl.clear();
+        assert!(!ctl.is_dead());
+        assert_eq!(fs.read_all(Path::new("/db/log")).unwrap(), b"a");
+    }
+
+    #[test]
     fn fail_once_after_fails_exactly_one_call() {
         let (_fs, ctl, mut w) = setup();
         ctl.fail_once_after(FaultKind::Sync, 1);

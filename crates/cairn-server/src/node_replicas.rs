@@ -147,7 +147,14 @@ impl Node {
         })
         .await
         .map_err(|e| NodeError::Internal(format!("split task failed: {e}")))??;
-        let shard = Arc::new(launch(rc, &r.plumbing, new_group, sm, None).await?);
+        let shard = Arc::new(launch(rc, &r.plumbing, new_group, sm, None, true).await?);
+        // The node that led the split shard asks for votes at once: the moved buckets wait for one
+        // round of votes, not an election timeout.
+        if let (Some(parent), Backend::Replicated(child)) = (self.replica(parent), &shard.backend)
+            && parent.status().role == cairn_cluster::raft::Role::Leader
+        {
+            child.campaign();
+        }
         // The new shard serves nothing until the map names it; the parent serves what its engine kept.
         self.change_set(|list, _| {
             refresh_ranges(list);
@@ -392,7 +399,7 @@ pub(super) async fn start_replica(
         .await
         .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
     };
-    launch(rc, plumbing, group, sm, plan.bootstrap).await
+    launch(rc, plumbing, group, sm, plan.bootstrap, false).await
 }
 
 /// Starts node `rc.node_id`'s replica of `group` over `sm` (making the group with `bootstrap` as its
@@ -403,6 +410,7 @@ async fn launch(
     group: u64,
     sm: ShardStateMachine,
     bootstrap: Option<std::collections::BTreeMap<u64, String>>,
+    split_child: bool,
 ) -> Result<Shard> {
     sm.link(&plumbing.frozen, group)
         .map_err(|e| NodeError::Startup(format!("cannot open shard {group}'s replica: {e}")))?;
@@ -418,8 +426,9 @@ async fn launch(
     .map_err(|e| NodeError::Startup(format!("cannot start shard {group}'s replica: {e}")))?;
     plumbing.service.register_replica(&replica);
     // A replica coming back with state of its own (this node restarted) waits before it campaigns:
-    // its group may be quiet, and the wake it asks for brings the leader's heartbeats first.
-    if !replica.is_new() {
+    // its group may be quiet, and the wake it asks for brings the leader's heartbeats first. Not a
+    // split's new shard: its group has no leader yet.
+    if !replica.is_new() && !split_child {
         replica.hold_elections();
     }
     // A group this node has never heard of (new, or this node is new to it), and not a replica that

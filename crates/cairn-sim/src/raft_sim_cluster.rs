@@ -175,7 +175,8 @@ impl SimHost {
         group: u64,
         sm: ShardStateMachine,
         bootstrap: Option<BTreeMap<u64, String>>,
-    ) -> Result<(), String> {
+        split_child: bool,
+    ) -> Result<Replica, String> {
         sm.link(&self.frozen, group).map_err(|e| e.to_string())?;
         // Checks hash on this thread, not a background one: runs replay from their seed.
         sm.hash_checks_inline();
@@ -185,7 +186,7 @@ impl SimHost {
         let replica =
             with_seed(seed, start).await.map_err(|e| format!("node {} shard {group}: {e}", self.id))?;
         self.service.register_replica(&replica);
-        if !replica.is_new() {
+        if !replica.is_new() && !split_child {
             replica.hold_elections();
         }
         if let Some(members) = bootstrap
@@ -217,8 +218,8 @@ impl SimHost {
                 net.trace.push(format!("{at} node {id}: shard {group}: {effect} (fenced: {fenced:?})"));
             }
         });
-        self.replicas.lock().insert(group, replica);
-        Ok(())
+        self.replicas.lock().insert(group, replica.clone());
+        Ok(replica)
     }
 
     /// What a node does when it starts, once it can read the map: retires the replicas of shards the
@@ -254,7 +255,7 @@ impl SimHost {
         let plans = control::boot_plan(&state, self.id, &on_disk);
         for ReplicaPlan { group, ranges, bootstrap, serving } in plans {
             let started = match self.open(group, &ranges) {
-                Ok(sm) => self.launch(group, sm, bootstrap).await,
+                Ok(sm) => self.launch(group, sm, bootstrap, false).await.map(drop),
                 Err(e) => Err(e),
             };
             if let Err(e) = started {
@@ -324,7 +325,7 @@ impl Host for SimHost {
             return Ok(());
         }
         let sm = self.open(group, &shard.ranges)?;
-        self.launch(group, sm, None).await
+        self.launch(group, sm, None, false).await.map(drop)
     }
 
     async fn add_split_replica(&self, shard: &ShardDescriptor) -> Result<bool, String> {
@@ -341,7 +342,11 @@ impl Host for SimHost {
         prepare_split_log(&self.log, group).map_err(|e| e.to_string())?;
         self.tally.lock().bytes_copied += stats.bytes_copied;
         self.note(format!("made split shard {group} from {parent}: {stats:?}"));
-        self.launch(group, sm, None).await?;
+        let child = self.launch(group, sm, None, true).await?;
+        // As a server does: the node that led the split shard asks for votes at once.
+        if self.replica(parent.group()).is_some_and(|p| p.status().role == Role::Leader) {
+            child.campaign();
+        }
         Ok(true)
     }
 

@@ -126,6 +126,10 @@ impl Default for Quiet {
 
 /// How long after its Raft node starts a follower asks the voters to wake whichever leads.
 const STARTUP_WAKE: Duration = Duration::from_secs(3);
+/// How long [`Replica::campaign`] keeps asking for votes.
+const CAMPAIGN_FOR: Duration = Duration::from_secs(2);
+/// Pause between two of [`Replica::campaign`]'s elections.
+const CAMPAIGN_RETRY: Duration = Duration::from_millis(100);
 
 impl Replica {
     /// Whether this replica's group is quiet (its ticker stopped).
@@ -374,6 +378,25 @@ impl Replica {
         self.note_started();
         *self.shared.quiet.electing_held.lock() = true;
         self.raft().runtime_config().elect(false);
+    }
+
+    /// Campaigns at once, in the background: for a split's new group, whose replicas all start at one
+    /// log position with no leader. The node that led the split shard asks first, so the moved buckets
+    /// wait for one round of votes rather than an election timeout. Asks again every
+    /// [`CAMPAIGN_RETRY`] (a peer that has not opened its replica yet cannot vote) until a leader is
+    /// known, for at most [`CAMPAIGN_FOR`].
+    pub fn campaign(&self) {
+        let replica = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + CAMPAIGN_FOR;
+            while tokio::time::Instant::now() < deadline && !replica.is_stopped() {
+                if replica.status().leader.is_some() {
+                    return;
+                }
+                let _ = replica.raft().trigger().elect(false).await;
+                tokio::time::sleep(CAMPAIGN_RETRY).await;
+            }
+        });
     }
 
     /// Ends a hold of [`Replica::hold_elections`] once its time is up.

@@ -175,7 +175,7 @@ pub struct ReplicaPlan {
 pub fn boot_plan(state: &ClusterState, id: u64, on_disk: &BTreeSet<u64>) -> Vec<ReplicaPlan> {
     let Some(map) = &state.map else { return Vec::new() };
     let addrs: BTreeMap<u64, String> = state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
-    let mut plans: Vec<ReplicaPlan> = map
+    let plans: Vec<ReplicaPlan> = map
         .shards
         .iter()
         .filter(|s| s.replicas.contains(&id) || s.moving.is_some_and(|m| m.to == id))
@@ -188,14 +188,15 @@ pub fn boot_plan(state: &ClusterState, id: u64, on_disk: &BTreeSet<u64>) -> Vec<
             serving: s.replicas.contains(&id),
         })
         .collect();
+    // First: a replica of the merged-into shard may apply the merge as soon as its Raft node runs.
     let mapped: BTreeSet<u64> = map.shards.iter().map(|s| s.id.group()).collect();
-    plans.extend(on_disk.difference(&mapped).map(|&group| ReplicaPlan {
+    let orphans = on_disk.difference(&mapped).map(|&group| ReplicaPlan {
         group,
         ranges: Vec::new(),
         bootstrap: None,
         serving: false,
-    }));
-    plans
+    });
+    orphans.chain(plans).collect()
 }
 
 /// The shards (group, ranges) whose replicas node `id` must retire before it starts any: those the map

@@ -89,7 +89,7 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
     }
     let mut merging = false;
     for group in held.difference(&wanted) {
-        if awaits_merge(map, node, *group) {
+        if awaits_merge(map, node, *group, id) {
             // This node's replica of the shard it merged into has not taken its buckets in yet.
             merging = true;
             continue;
@@ -219,9 +219,10 @@ async fn split<H: Host>(
 /// another (frozen, or still to freeze as it catches up) whose buckets this node's replicas of the
 /// map's shards have not all taken in yet: it is kept until then, as the left-hand replica imports from
 /// it (one that cannot, fenced, re-syncs from a snapshot taken past the merge and takes the buckets in
-/// so). The buckets may have moved on since (a later split spreads them over several shards), so each
-/// must be owned by one of those replicas, whichever.
-fn awaits_merge<H: Host>(map: &ShardMap, node: &H, group: u64) -> bool {
+/// so). The buckets may have moved on since (a later split spreads them over several shards, a move
+/// takes some elsewhere), so each one whose shard is placed on this node must be owned by one of those
+/// replicas, whichever; the others do not hold it up.
+fn awaits_merge<H: Host>(map: &ShardMap, node: &H, group: u64, id: u64) -> bool {
     let Some(replica) = node.replica(group) else { return false };
     let sm = replica.state_machine();
     let ranges: Vec<(u16, u16)> = match sm.frozen() {
@@ -241,17 +242,20 @@ fn awaits_merge<H: Host>(map: &ShardMap, node: &H, group: u64) -> bool {
         .filter_map(|s| node.replica(s.id.group()))
         .flat_map(|r| r.state_machine().owned_buckets())
         .collect();
-    !covers(&owned, &ranges)
+    let placed_here = |b: u16| {
+        map.shard_for_bucket(b)
+            .is_some_and(|s| s.replicas.contains(&id) || s.moving.is_some_and(|m| m.to == id))
+    };
+    !ranges
+        .iter()
+        .flat_map(|&(f, l)| f..=l)
+        .filter(|b| placed_here(*b))
+        .all(|b| owned.iter().any(|o| o.contains(&b)))
 }
 
 /// Whether `owned` covers every range of `ranges` (each range within one owned range).
 fn owns(owned: &[cairn_engine::BucketRange], ranges: &[(u16, u16)]) -> bool {
     ranges.iter().all(|&(f, l)| owned.iter().any(|o| *o.start() <= f && l <= *o.end()))
-}
-
-/// Whether every bucket of `ranges` is in one of `owned`.
-fn covers(owned: &[cairn_engine::BucketRange], ranges: &[(u16, u16)]) -> bool {
-    ranges.iter().flat_map(|&(f, l)| f..=l).all(|b| owned.iter().any(|o| o.contains(&b)))
 }
 
 /// On the leader of shard `s`, the right-hand shard of a merge whose replicas are co-located: freezes

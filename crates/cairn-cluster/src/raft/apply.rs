@@ -138,6 +138,10 @@ pub struct SplitOff {
 /// installed a snapshot, took more or fewer).
 pub const SPLIT_ROW_KEY: &[u8] = b"\x00\x02local/raft/split";
 
+/// Where replicas kept the split record before it was local: read if the new one is missing, and
+/// deleted when a split or merge writes the shard's records again.
+const LEGACY_SPLIT_ROW_KEY: &[u8] = b"\x00\x02raft/split";
+
 /// The last split a shard made, as its replicas keep it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SplitRecord {
@@ -613,6 +617,7 @@ impl ShardApplier {
         let mut batch = WriteBatch::new();
         let encoded = super::encode(&record).map_err(ApplyError::Corrupt)?;
         batch.put_row(self.meta_bucket, SPLIT_ROW_KEY, &[(0, &encoded)]);
+        batch.delete(self.meta_bucket, LEGACY_SPLIT_ROW_KEY);
         let voters = voters.iter().cloned().collect();
         let ranges = ranges.to_vec();
         let off = SplitOff { index, new_group, ranges, source: source.clone(), snapshot, volume, voters };
@@ -711,7 +716,7 @@ impl ShardApplier {
         }
         let Some(first) = ranges.iter().map(|r| r.0).min() else { unreachable!("checked non-empty") };
         let mut cleanup = WriteBatch::new();
-        for key in [APPLIED_ROW_KEY, SPLIT_ROW_KEY, FROZEN_ROW_KEY] {
+        for key in [APPLIED_ROW_KEY, SPLIT_ROW_KEY, LEGACY_SPLIT_ROW_KEY, FROZEN_ROW_KEY] {
             cleanup.delete(first, key);
         }
         if want.iter().all(covered) {
@@ -754,7 +759,13 @@ impl ShardApplier {
 
     /// The last split this shard made, if it keeps its record.
     pub(crate) fn split_record(&self) -> Result<Option<SplitRecord>, ApplyError> {
-        let Some(row) = self.db.get(self.meta_bucket, SPLIT_ROW_KEY)? else { return Ok(None) };
+        let row = match self.db.get(self.meta_bucket, SPLIT_ROW_KEY)? {
+            Some(row) => row,
+            None => match self.db.get(self.meta_bucket, LEGACY_SPLIT_ROW_KEY)? {
+                Some(row) => row,
+                None => return Ok(None),
+            },
+        };
         let bytes = row.column(0).ok_or_else(|| ApplyError::Corrupt("no split record column".into()))?;
         super::decode(bytes).map(Some).map_err(ApplyError::Corrupt)
     }

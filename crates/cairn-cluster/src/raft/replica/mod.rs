@@ -707,7 +707,13 @@ impl Replica {
                 .wait(Some(timeout))
                 .applied_index_at_least(Some(index), "read-your-writes")
                 .await
-                .map_err(|e| GroupError::Timeout(format!("index {index} not applied here: {e}")))?;
+                .map_err(|e| {
+                    if self.is_stopped() {
+                        GroupError::Stopped(format!("shard {}'s replica here was stopped", self.shared.group))
+                    } else {
+                        GroupError::Timeout(format!("index {index} not applied here: {e}"))
+                    }
+                })?;
         }
         // Retired while it waited: its engine is the next incarnation's, empty.
         if self.is_stopped() {

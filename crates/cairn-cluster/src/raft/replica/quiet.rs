@@ -128,8 +128,12 @@ impl Default for Quiet {
 const STARTUP_WAKE: Duration = Duration::from_secs(3);
 /// How long [`Replica::campaign`] keeps asking for votes.
 const CAMPAIGN_FOR: Duration = Duration::from_secs(2);
-/// Pause between two of [`Replica::campaign`]'s elections.
-const CAMPAIGN_RETRY: Duration = Duration::from_millis(100);
+/// How long [`Replica::campaign`] gives a round of votes (a vote is a round trip and a synced write)
+/// before it starts another: longer makes a round that found a peer not ready yet cost more, shorter
+/// risks cutting off a round a loaded machine is slow to finish.
+const CAMPAIGN_ROUND: Duration = Duration::from_millis(150);
+/// How often [`Replica::campaign`] looks for the round's leader.
+const CAMPAIGN_POLL: Duration = Duration::from_millis(10);
 
 impl Replica {
     /// Whether this replica's group is quiet (its ticker stopped).
@@ -382,19 +386,25 @@ impl Replica {
 
     /// Campaigns at once, in the background: for a split's new group, whose replicas all start at one
     /// log position with no leader. The node that led the split shard asks first, so the moved buckets
-    /// wait for one round of votes rather than an election timeout. Asks again every
-    /// [`CAMPAIGN_RETRY`] (a peer that has not opened its replica yet cannot vote) until a leader is
-    /// known, for at most [`CAMPAIGN_FOR`].
+    /// wait for one round of votes rather than an election timeout. A round that finds no leader (a
+    /// peer that has not opened its replica yet cannot vote) is followed by another once it has had
+    /// [`CAMPAIGN_ROUND`] to finish, until a leader is known, for at most [`CAMPAIGN_FOR`].
+    /// Nothing happens once the group has moved past its first position (it has had a leader).
     pub fn campaign(&self) {
         let replica = self.clone();
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + CAMPAIGN_FOR;
+            let round = CAMPAIGN_ROUND.min(replica.shared.config.election_timeout.0);
             while tokio::time::Instant::now() < deadline && !replica.is_stopped() {
-                if replica.status().leader.is_some() {
+                let status = replica.status();
+                if status.leader.is_some() || status.last_log > Some(crate::raft::SPLIT_START_INDEX) {
                     return;
                 }
                 let _ = replica.raft().trigger().elect(false).await;
-                tokio::time::sleep(CAMPAIGN_RETRY).await;
+                let until = tokio::time::Instant::now() + round;
+                while tokio::time::Instant::now() < until && replica.status().leader.is_none() {
+                    tokio::time::sleep(CAMPAIGN_POLL).await;
+                }
             }
         });
     }

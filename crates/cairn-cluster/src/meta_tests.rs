@@ -340,28 +340,3 @@ fn settings_change_by_name_with_their_values_checked() {
         assert!(matches!(next.set_setting(name, value), Err(MetaError::Invalid(_))), "{name}={value}");
     }
 }
-
-/// What a node starts when it starts (`control::boot_plan`): the shards the map places on it, a
-/// split's new shard only if the node made it before, and a replica on disk of a shard the map no
-/// longer names, as stored and serving nothing.
-#[test]
-fn a_starting_node_plans_its_shards_made_split_shards_and_merged_away_replicas() {
-    let placed = cluster(3, 3).place_initial().unwrap();
-    let (split, new) = placed.begin_split(ShardId(0), 8).unwrap();
-    let split = split.unwrap().finish_split(ShardId(0)).unwrap().unwrap();
-    let mapped: Vec<u64> = split.map.as_ref().unwrap().shards.iter().map(|s| s.id.group()).collect();
-    let groups = |on_disk: &[u64]| -> Vec<u64> {
-        let plans = crate::control::boot_plan(&split, 1, &on_disk.iter().copied().collect());
-        plans.iter().map(|p| p.group).collect()
-    };
-    // Not made here yet: left to the reconciler.
-    assert!(!groups(&[0, 1, 2, 3]).contains(&new.group()));
-    assert!(groups(&[0, 1, 2, 3, new.group()]).contains(&new.group()));
-    let plans = crate::control::boot_plan(&split, 1, &[0, 77].into_iter().collect());
-    let orphan = plans.iter().find(|p| p.group == 77).unwrap();
-    assert!(orphan.ranges.is_empty() && !orphan.serving && orphan.bootstrap.is_none());
-    for p in plans.iter().filter(|p| p.group != 77) {
-        assert!(mapped.contains(&p.group) && p.serving && !p.ranges.is_empty(), "{p:?}");
-    }
-    assert_eq!(crate::control::stale_shards(&split, 1), Vec::new(), "three nodes: every shard on each");
-}

@@ -544,14 +544,19 @@ impl Node {
             Located::There => return self.router()?.get(bucket, key, &options).await,
         };
         let behind = self.ready_to_read(&shard, &options).await?;
+        // From the shard whose read point was just established (a split or merge since may have
+        // given the bucket to another: then the engine refuses it, and the client retries).
         let value = match options.at {
             // The newest version is one point read: served here, no hand-off.
-            None => self.read_latest(&key, Timestamp::MAX)?,
+            None => self.read_from(&shard, &key, Timestamp::MAX)?,
             at => {
                 let node = Arc::clone(self);
-                tokio::task::spawn_blocking(move || node.get(&key, at))
-                    .await
-                    .map_err(|e| NodeError::Internal(format!("read task failed: {e}")))??
+                tokio::task::spawn_blocking(move || {
+                    let at = node.check_read_ts(at)?;
+                    node.read_from(&shard, &key, at)
+                })
+                .await
+                .map_err(|e| NodeError::Internal(format!("read task failed: {e}")))??
             }
         };
         Ok(Read { value, behind })
@@ -559,6 +564,11 @@ impl Node {
 
     fn read_latest(&self, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
         let shard = self.shard_of(mvcc::bucket_of(key, self.total_buckets))?;
+        self.read_from(&shard, key, at)
+    }
+
+    /// The newest version of `key` at or below `at` in `shard`'s replica here.
+    fn read_from(&self, shard: &Shard, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
         let found = DbReader { db: &shard.db(), total_buckets: self.total_buckets }.at(key, at)?;
         shard.still_running()?;
         Ok(found)

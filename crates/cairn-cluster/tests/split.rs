@@ -108,7 +108,17 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
     assert!(index > cairn_cluster::raft::SPLIT_START_INDEX);
     assert_eq!(new_shard[&1].status().voters, (1..=3).collect());
     for r in new_shard.values() {
-        r.read_point(ReadLevel::Strong, Duration::from_secs(5)).await.unwrap();
+        // (A follower's read index comes from the leader, which may refuse it in the moments after it
+        // was elected: retried, as the server does.)
+        let mut point = r.read_point(ReadLevel::Strong, Duration::from_secs(5)).await;
+        for _ in 0..50 {
+            if !matches!(point, Err(cairn_cluster::raft::GroupError::NotLeader { .. })) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            point = r.read_point(ReadLevel::Strong, Duration::from_secs(5)).await;
+        }
+        point.unwrap();
         let row = r.db().get(9, b"late").unwrap().unwrap();
         assert_eq!(row.column(0), Some(&b"y"[..]));
         assert_eq!(r.db().get(9, b"k9").unwrap().unwrap().column(0), Some(&b"v9"[..]));

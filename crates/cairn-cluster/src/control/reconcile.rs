@@ -201,6 +201,9 @@ async fn split<H: Host>(
         return Err(format!("the map has no address for some of shard {}'s replicas", s.id));
     }
     let moved: Vec<cairn_engine::BucketRange> = ranges.iter().map(|&(f, l)| f..=l).collect();
+    // What this replica owns once it has applied everything committed: a leader may not have applied
+    // its log's tail yet (a merge that brought the buckets in), and must not take the split for done.
+    replica.read_point(ReadLevel::Strong, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
     let owned = replica.state_machine().owned_buckets();
     if !moved.iter().any(|m| owned.iter().any(|o| o.start() <= m.end() && m.start() <= o.end())) {
         // This replica no longer owns them: the group split before (a snapshot taken after the split

@@ -147,6 +147,48 @@ pub(super) async fn perform(
     Err(())
 }
 
+/// A client's random workload: reads, writes and compare-and-sets (expecting the value it last read)
+/// of random registers, a few dozen milliseconds apart, and the history they make.
+#[derive(Default)]
+pub(super) struct Workload {
+    pub(super) history: Vec<KeyedOperation<u64>>,
+    last_seen: HashMap<u64, Option<u64>>,
+    n: u64,
+}
+
+impl Workload {
+    /// Waits a moment, then picks the next operation: its register and input.
+    pub(super) async fn next(&mut self, client: &mut Client, keys: u64) -> (u64, RegisterInput) {
+        self.n += 1;
+        tokio::time::sleep(client.rng.millis(0, 50)).await;
+        let key = client.rng.below(keys);
+        let value = client.id * 1_000_000 + self.n;
+        let input = match client.rng.below(10) {
+            0..=3 => RegisterInput::Read,
+            4..=6 => RegisterInput::Write(value),
+            _ => RegisterInput::Cas { expect: self.last_seen.get(&key).copied().flatten(), new: value },
+        };
+        (key, input)
+    }
+
+    /// Records an operation called at `call` that may have taken effect (`output` none: unknown).
+    pub(super) fn record(
+        &mut self,
+        clock: &Clock,
+        client: u64,
+        key: u64,
+        input: RegisterInput,
+        call: u64,
+        output: Option<RegisterOutput>,
+    ) {
+        let ret = output.map(|_| clock.tick());
+        if let Some(RegisterOutput::Read(v)) = output {
+            self.last_seen.insert(key, v);
+        }
+        self.history.push((key, Operation { client, call, ret, input, output }));
+    }
+}
+
 pub(super) async fn client_loop(
     sim: SharedSim,
     mut client: Client,
@@ -154,28 +196,14 @@ pub(super) async fn client_loop(
     until: tokio::time::Instant,
     keys: u64,
 ) -> Vec<KeyedOperation<u64>> {
-    let mut history = Vec::new();
-    let mut last_seen: HashMap<u64, Option<u64>> = HashMap::new();
-    let mut n = 0;
+    let mut workload = Workload::default();
     while tokio::time::Instant::now() < until {
-        n += 1;
-        tokio::time::sleep(client.rng.millis(0, 50)).await;
-        let key = client.rng.below(keys);
-        let value = client.id * 1_000_000 + n;
-        let input = match client.rng.below(10) {
-            0..=3 => RegisterInput::Read,
-            4..=6 => RegisterInput::Write(value),
-            _ => RegisterInput::Cas { expect: last_seen.get(&key).copied().flatten(), new: value },
-        };
+        let (key, input) = workload.next(&mut client, keys).await;
         let call = clock.tick();
         let Ok(output) = perform(&sim, &mut client, key, input).await else { continue };
-        let ret = output.map(|_| clock.tick());
-        if let Some(RegisterOutput::Read(v)) = output {
-            last_seen.insert(key, v);
-        }
-        history.push((key, Operation { client: client.id, call, ret, input, output }));
+        workload.record(&clock, client.id, key, input, call, output);
     }
-    history
+    workload.history
 }
 
 /// Injects faults until `done`: partitions and heals, loss, delay, crashes (a minority at a time) and

@@ -144,6 +144,12 @@ impl FaultController {
         self.dead.store(false, std::sync::atomic::Ordering::Release);
     }
 
+    /// Calls that change the disk (writes, syncs, creates, links, renames, removes) seen so far.
+    pub fn changes(&self) -> u64 {
+        let kinds = self.kinds.lock();
+        FaultKind::ALL.iter().filter(|k| k.changes_disk()).map(|k| kinds[k.index()].calls).sum()
+    }
+
     /// Calls of `kind` seen so far, failed ones included.
     pub fn count(&self, kind: FaultKind) -> u64 {
         self.kinds.lock()[kind.index()].calls

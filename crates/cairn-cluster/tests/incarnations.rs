@@ -2,7 +2,7 @@
 //! found diverged re-syncs from scratch as its next incarnation and is taken back into its group; calls
 //! for an earlier incarnation are refused; membership changes go one at a time through the leader;
 //! the log is dropped only up to positions a check verified; an interrupted incarnation switch is
-//! completed on reopen.
+//! completed on reopen; a new group whose first member never starts is made by the others.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -212,4 +212,42 @@ fn an_interrupted_incarnation_switch_is_completed_on_reopen() {
     let reopened = state_machine(&fs, 1);
     assert_eq!(reopened.incarnation(), 1);
     assert!(reopened.db().get(3, b"old").unwrap().is_none());
+}
+
+/// The member that makes a new group stops before anything reaches the others (its node died right
+/// after the shards were placed): the others make the same group themselves after
+/// [`cairn_cluster::raft::FORM_AFTER`], elect a leader among them and take writes; nothing happens
+/// before that time (the first member would have made it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_whose_first_member_never_starts_is_made_by_the_others() {
+    let fs = Arc::new(MemFs::new());
+    let net = Net::default();
+    let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("n{id}"))).collect();
+    let mut replicas = BTreeMap::new();
+    for id in 2..=3 {
+        let replica = start(&fs, &net, id).await;
+        replica.form(members.clone(), false).await.unwrap();
+        replicas.insert(id, replica);
+    }
+    tokio::time::sleep(cairn_cluster::raft::FORM_AFTER / 2).await;
+    assert!(
+        replicas.values().all(cairn_cluster::raft::Replica::is_new),
+        "the first member is given time to make it"
+    );
+    until(&replicas, "a leader among the two", |r| r.values().all(|r| r.status().leader.is_some())).await;
+    write(&replicas[&2], put("a", b"1")).await;
+    until(&replicas, "both hold the write", |r| {
+        let applied: Vec<_> = r.values().map(|r| r.status().applied).collect();
+        applied.windows(2).all(|w| w[0] == w[1])
+    })
+    .await;
+    // The first member starts late: made already, it joins the group it finds.
+    let late = start(&fs, &net, 1).await;
+    late.form(members, true).await.unwrap();
+    replicas.insert(1, late);
+    until(&replicas, "the late member holds the write too", |r| {
+        let applied: Vec<_> = r.values().map(|r| r.status().applied).collect();
+        applied.windows(2).all(|w| w[0] == w[1])
+    })
+    .await;
 }

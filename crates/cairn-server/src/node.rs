@@ -273,7 +273,7 @@ impl Node {
             .map(|(i, &range)| ReplicaPlan {
                 group: i as u64,
                 ranges: vec![range],
-                bootstrap: first.then(|| rc.members.clone()),
+                bootstrap: Some(cairn_cluster::control::Bootstrap { members: rc.members.clone(), first }),
                 serving: true,
             })
             .collect();

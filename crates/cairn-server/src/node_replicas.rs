@@ -409,7 +409,7 @@ async fn launch(
     plumbing: &Plumbing,
     group: u64,
     sm: ShardStateMachine,
-    bootstrap: Option<std::collections::BTreeMap<u64, String>>,
+    bootstrap: Option<cairn_cluster::control::Bootstrap>,
     split_child: bool,
 ) -> Result<Shard> {
     sm.link(&plumbing.frozen, group)
@@ -433,11 +433,9 @@ async fn launch(
     }
     // A group this node has never heard of (new, or this node is new to it), and not a replica that
     // re-synced from scratch (its group exists).
-    if let Some(members) = bootstrap
-        && replica.is_new()
-    {
+    if let Some(b) = bootstrap {
         replica
-            .bootstrap(members)
+            .form(b.members, b.first)
             .await
             .map_err(|e| NodeError::Startup(format!("cannot make shard {group}'s group: {e}")))?;
     }

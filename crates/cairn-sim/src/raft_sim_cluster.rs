@@ -16,7 +16,7 @@
 
 use super::clients::{Attempt, Workload, attempt, disturb, register_key};
 use super::*;
-use cairn_cluster::control::{self, ControlEvent, Host, ReplicaPlan};
+use cairn_cluster::control::{self, Bootstrap, ControlEvent, Host, ReplicaPlan};
 use cairn_cluster::meta::{
     ClusterSettings, ClusterState, JoinRequest, META_BUCKET, META_GROUP, META_TOTAL_BUCKETS, MetaStore,
 };
@@ -173,7 +173,7 @@ impl SimHost {
         &self,
         group: u64,
         sm: ShardStateMachine,
-        bootstrap: Option<BTreeMap<u64, String>>,
+        bootstrap: Option<Bootstrap>,
         split_child: bool,
     ) -> Result<Replica, String> {
         sm.link(&self.frozen, group).map_err(|e| e.to_string())?;
@@ -188,10 +188,8 @@ impl SimHost {
         if !replica.is_new() && !split_child {
             replica.hold_elections();
         }
-        if let Some(members) = bootstrap
-            && replica.is_new()
-        {
-            replica.bootstrap(members).await.map_err(|e| e.to_string())?;
+        if let Some(b) = bootstrap {
+            replica.form(b.members, b.first).await.map_err(|e| e.to_string())?;
         }
         let tended = replica.clone();
         tokio::spawn(async move { tended.tend().await });

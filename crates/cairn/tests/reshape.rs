@@ -147,13 +147,22 @@ fn leaders_spread_over_the_nodes_again_after_one_restarts() {
     let [n1, n2, n3] = three_nodes(&store);
     let (http, grpc) = (n3.addr.to_string(), n3.grpc.to_string());
     n3.stop();
+    // Each view that differs from the last is printed: shown if the wait times out.
+    let mut last = Vec::new();
+    let mut seen = |who: &str, l: Vec<u64>| {
+        if l != last {
+            eprintln!("{:?} {who} sees leaders {l:?}", std::time::SystemTime::now());
+            last = l.clone();
+        }
+        l
+    };
     wait_until("nodes 1 and 2 lead every shard", RESHAPED, || {
-        let l = leaders(&n1);
+        let l = seen("node 1", leaders(&n1));
         l.len() == 4 && l.iter().all(|n| *n == 1 || *n == 2)
     });
     let n3 = Server::start_with(&store(3), &["--http-addr", &http, "--grpc-addr", &grpc, "--join", &grpc]);
     wait_until("leaders spread over the three nodes", RESHAPED, || {
-        let l = leaders(&n2);
+        let l = seen("node 2", leaders(&n2));
         let count = |node| l.iter().filter(|n| **n == node).count();
         l.len() == 4 && l.iter().all(|n| *n != 0) && (1..=3).all(|node| (1..=2).contains(&count(node)))
     });

@@ -149,6 +149,15 @@ pub trait Host: Send + Sync + 'static {
     fn retire_replica(&self, group: u64) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
+/// How a new replica makes its group ([`Replica::form`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// The members (node id → gRPC address).
+    pub members: BTreeMap<u64, String>,
+    /// The member that makes the group at once; the others make it only if nothing reached them.
+    pub first: bool,
+}
+
 /// A replica a node starts: placed on it by the map, or brought to it by a move under way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaPlan {
@@ -156,16 +165,16 @@ pub struct ReplicaPlan {
     pub group: u64,
     /// The bucket ranges the shard owns (first and last bucket of each).
     pub ranges: Vec<(u16, u16)>,
-    /// The members (node id → gRPC address) to make the group with if this replica is new; `None`:
-    /// another member makes it, this replica waits to hear from it.
-    pub bootstrap: Option<BTreeMap<u64, String>>,
+    /// How to make the group if this replica is new (see [`Replica::form`]); `None`: another member
+    /// made it, this replica waits to hear from it.
+    pub bootstrap: Option<Bootstrap>,
     /// Whether it serves requests from the start (not a move's destination, which catches up first).
     pub serving: bool,
 }
 
 /// The replicas node `id` starts when it starts, by `state`'s map: those placed on it and those a move
 /// under way brings to it (which catch up before serving). The first replica of an initial shard makes
-/// its group. A split's new shard is started only if this node made it before (`on_disk` names the
+/// its group (the others too, later, if it never reaches them while the shard is unchanged). A split's new shard is started only if this node made it before (`on_disk` names the
 /// groups whose replica directory the node holds, retired ones left out): one not made here yet is
 /// left to the reconciler, which makes it from this node's replica of the split shard if that applied
 /// the split (an empty replica otherwise); nobody bootstraps one. A replica on disk of a shard the map
@@ -180,12 +189,18 @@ pub fn boot_plan(state: &ClusterState, id: u64, on_disk: &BTreeSet<u64>) -> Vec<
         .iter()
         .filter(|s| s.replicas.contains(&id) || s.moving.is_some_and(|m| m.to == id))
         .filter(|s| s.split_from.is_none() || on_disk.contains(&s.id.group()))
-        .map(|s| ReplicaPlan {
-            group: s.id.group(),
-            ranges: s.ranges.clone(),
-            bootstrap: (s.replicas.first() == Some(&id) && s.split_from.is_none())
-                .then(|| s.replicas.iter().filter_map(|r| Some((*r, addrs.get(r)?.clone()))).collect()),
-            serving: s.replicas.contains(&id),
+        .map(|s| {
+            // An initial shard: its first replica makes the group; while the shard has never changed
+            // (epoch 1), the others make the same one if nothing from it reaches them.
+            let first = s.replicas.first() == Some(&id);
+            let makes = s.split_from.is_none() && (first || (s.epoch == 1 && s.replicas.contains(&id)));
+            let members = || s.replicas.iter().filter_map(|r| Some((*r, addrs.get(r)?.clone()))).collect();
+            ReplicaPlan {
+                group: s.id.group(),
+                ranges: s.ranges.clone(),
+                bootstrap: makes.then(|| Bootstrap { members: members(), first }),
+                serving: s.replicas.contains(&id),
+            }
         })
         .collect();
     // First: a replica of the merged-into shard may apply the merge as soon as its Raft node runs.
@@ -234,6 +249,7 @@ mod tests {
     use super::{boot_plan, stale_shards};
     use crate::meta::{ClusterSettings, ClusterState, JoinRequest};
     use crate::placement::ShardId;
+    use std::collections::BTreeSet;
 
     /// Three nodes, four shards over 64 buckets, placed.
     fn placed() -> ClusterState {
@@ -281,5 +297,29 @@ mod tests {
             assert!(mapped.contains(&p.group) && p.serving && !p.ranges.is_empty(), "{p:?}");
         }
         assert_eq!(stale_shards(&split, 1), Vec::new(), "three nodes: every shard on each");
+    }
+
+    /// Every replica of an initial shard that never changed may make its group (the first at once,
+    /// the others if nothing from it reaches them); once the shard changed, only its first replica.
+    #[test]
+    fn every_replica_of_an_unchanged_initial_shard_may_make_its_group() {
+        let state = placed();
+        let map = state.map.clone().unwrap();
+        for id in 1..=3 {
+            for plan in boot_plan(&state, id, &BTreeSet::new()) {
+                let shard = map.shard(ShardId(plan.group as u32)).unwrap();
+                let b = plan.bootstrap.clone().unwrap_or_else(|| panic!("{plan:?}"));
+                assert_eq!(b.first, shard.replicas.first() == Some(&id), "{plan:?}");
+                let replicas: BTreeSet<u64> = shard.replicas.iter().copied().collect();
+                assert_eq!(b.members.keys().copied().collect::<BTreeSet<_>>(), replicas, "{plan:?}");
+            }
+        }
+        let (split, _) = state.begin_split(ShardId(0), 8).unwrap();
+        let split = split.unwrap().finish_split(ShardId(0)).unwrap().unwrap();
+        let first = split.map.as_ref().unwrap().shard(ShardId(0)).unwrap().replicas[0];
+        for id in 1..=3 {
+            let plan = boot_plan(&split, id, &BTreeSet::new()).into_iter().find(|p| p.group == 0).unwrap();
+            assert_eq!(plan.bootstrap.is_some(), id == first, "{plan:?}");
+        }
     }
 }

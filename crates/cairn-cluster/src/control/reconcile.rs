@@ -18,9 +18,10 @@ pub const IDLE_RECONCILE: Duration = Duration::from_secs(5);
 /// Keeps node `id` (`host`, held weakly: the node's shutdown waits for the last strong reference) in
 /// step with the shard map until the node or the meta replica stops.
 ///
-/// A pass runs whenever this node's meta replica applies a change, every [`RETRY_PAUSE`] while
-/// something is under way here (a move, a learner to promote or remove, a pass that failed), and every
-/// [`IDLE_RECONCILE`] otherwise (a replica cut off from the meta group sees no changes).
+/// A pass runs whenever this node's meta replica applies a change, as soon as a replica here applies
+/// a split whose new shard this node is to start, every [`RETRY_PAUSE`] while something is under way
+/// here (a move, a learner to promote or remove, a pass that failed), and every [`IDLE_RECONCILE`]
+/// otherwise (a replica cut off from the meta group sees no changes).
 pub async fn reconcile<H: Host>(meta: MetaStore, host: Weak<H>, id: u64) {
     let mut seen = None;
     loop {
@@ -28,23 +29,59 @@ pub async fn reconcile<H: Host>(meta: MetaStore, host: Weak<H>, id: u64) {
             return;
         }
         let Some(node) = host.upgrade() else { return };
-        let settled = match reconcile_once(&meta, node.as_ref(), id).await {
-            Ok(settled) => settled,
+        let pass = match reconcile_once(&meta, node.as_ref(), id).await {
+            Ok(pass) => pass,
             Err(e) => {
                 tracing::debug!(error = %e, "reconciling with the shard map failed; retrying");
-                false
+                Pass { settled: false, splits: Vec::new() }
             }
         };
         drop(node);
-        seen = meta.changed(seen, if settled { IDLE_RECONCILE } else { RETRY_PAUSE }).await;
+        let wait = if pass.settled { IDLE_RECONCILE } else { RETRY_PAUSE };
+        seen = tokio::select! {
+            seen = meta.changed(seen, wait) => seen,
+            () = split_applied(pass.splits) => seen,
+        };
     }
 }
 
-/// One pass of [`reconcile`]; whether nothing is left under way here.
-async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<bool, String> {
+/// What one pass of [`reconcile`] leaves.
+struct Pass {
+    /// Nothing is left under way here.
+    settled: bool,
+    /// The effects of this node's replicas of shards splitting whose new shard it could not start yet
+    /// (they have not applied the split): subscribed to before it looked, so none is missed.
+    splits: Vec<tokio::sync::broadcast::Receiver<crate::raft::Effect>>,
+}
+
+/// Returns once one of `splits` publishes a split (or lost track of its effects); never if none.
+async fn split_applied(splits: Vec<tokio::sync::broadcast::Receiver<crate::raft::Effect>>) {
+    if splits.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = splits.into_iter().map(|mut effects| {
+        Box::pin(async move {
+            loop {
+                match effects.recv().await {
+                    Ok(crate::raft::Effect::Split(_)) => return,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    // The replica stopped: its node's next pass sees to it.
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        return std::future::pending().await;
+                    }
+                }
+            }
+        })
+    });
+    futures_util::future::select_all(waits).await;
+}
+
+/// One pass of [`reconcile`].
+async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<Pass, String> {
     // Through the leader: decisions to retire must not rest on a lagging copy of the map.
     let state = meta.read(ReadLevel::Strong).await.map_err(|e| e.to_string())?;
-    let Some(map) = &state.map else { return Ok(true) };
+    let Some(map) = &state.map else { return Ok(Pass { settled: true, splits: Vec::new() }) };
     node.observe(&state);
     let addrs: BTreeMap<u64, String> = state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
     let incoming = |s: &ShardDescriptor| s.moving.is_some_and(|m| m.to == id);
@@ -67,10 +104,13 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
     // Each shard on its own: one that cannot make progress (no quorum, a disk error) must not hold up
     // the others.
     let held = node.groups();
+    let mut splits = Vec::new();
     for child in children.iter().filter(|c| !held.contains(&c.id.group())) {
+        // Subscribed first: a split applied while this looks still wakes the next pass at once.
+        let effects = child.split_from.and_then(|p| node.replica(p.group())).map(|p| p.effects());
         match node.add_split_replica(child).await {
             Ok(true) => tracing::info!(shard = %child.id, "started a split's new shard by reference"),
-            Ok(false) => {}
+            Ok(false) => splits.extend(effects),
             Err(e) => tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard"),
         }
     }
@@ -115,7 +155,7 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
         settled &= s.moving.is_none() && (status.role != Role::Leader || status.learners.is_empty());
         settled &= !map.in_merge(s.id);
     }
-    Ok(settled)
+    Ok(Pass { settled, splits })
 }
 
 /// This node's part in shard `s`'s placement: a move's destination asks to join; the shard's leader
@@ -214,6 +254,13 @@ async fn split<H: Host>(
     let written = replica.write(command, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
     if let CommandResult::Rejected(why) = &written.result {
         return Err(format!("the shard's group refused the split: {why}"));
+    }
+    // The new shard's replica here starts (and campaigns) now, while the map records the split: the
+    // moved buckets wait for the longer of the two, not for both.
+    if let Some(child) = s.split_child()
+        && let Err(e) = node.add_split_replica(&child).await
+    {
+        tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard");
     }
     finish(meta, node, s, plan).await
 }

@@ -19,8 +19,8 @@ pub use apply::{
 pub use log_store::GroupLogStore;
 pub use merge::{FrozenShard, FrozenShards, MERGE_WAIT};
 pub use replica::{
-    CheckOutcome, DownNodes, GroupError, GroupStatus, MoveStep, ReadLevel, ReadPoint, Replica, ReplicaConfig,
-    Role, STALL_AFTER, StatusWatch, Written, retire_stored,
+    CheckOutcome, DownNodes, FORM_AFTER, GroupError, GroupStatus, MoveStep, ReadLevel, ReadPoint, Replica,
+    ReplicaConfig, Role, STALL_AFTER, StatusWatch, Written, retire_stored,
 };
 pub use runtime::{CairnRuntime, with_seed};
 pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};

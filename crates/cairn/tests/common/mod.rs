@@ -27,8 +27,10 @@ impl Server {
 
     /// `cairn start --store STORE ARGS...` (listen addresses among `args`).
     pub fn start_with(store: &Path, args: &[&str]) -> Server {
+        // CAIRN_TEST_LOG (e.g. `info,cairn_cluster=debug`) says more when a test is being chased.
+        let level = std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "warn".to_string());
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["start", "--log-level", "warn"])
+            .args(["start", "--log-level", &level])
             .arg("--store")
             .arg(store)
             .args(args)

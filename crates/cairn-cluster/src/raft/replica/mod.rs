@@ -365,6 +365,9 @@ pub(crate) async fn propose_here(
 const MAX_READ_INDEX_WAIT: Duration = Duration::from_secs(60);
 /// The longest lease a read may ask for (a peer's figure is untrusted; ours is far shorter).
 const MAX_LEASE: Duration = Duration::from_secs(10);
+/// How long a new replica of a group another member makes waits to hear from it before it makes the
+/// group itself ([`Replica::form`]): longer than that member's first election takes.
+pub const FORM_AFTER: Duration = Duration::from_secs(3);
 
 /// Confirms this node still leads (by a quorum round, or without one while its last quorum
 /// acknowledgement is younger than `lease`) and returns the index a linearizable read must see.
@@ -455,6 +458,33 @@ impl Replica {
         let members: BTreeMap<u64, BasicNode> =
             members.into_iter().map(|(id, addr)| (replica_id(id, 0), BasicNode::new(addr))).collect();
         self.raft().initialize(members).await.map_err(|e| GroupError::Membership(e.to_string()))
+    }
+
+    /// Makes this replica's new group of `members` (see [`Replica::bootstrap`]) if the replica is new:
+    /// at once if `first` (the member that makes it); otherwise only if nothing has reached it after
+    /// [`FORM_AFTER`] (the first member may have stopped before its first election, and the group
+    /// would wait for it). Every member makes the same first entry (the membership at log position
+    /// (0, 0)), so members that both make it agree, and the vote decides who leads.
+    pub async fn form(&self, members: BTreeMap<u64, String>, first: bool) -> Result<(), GroupError> {
+        if !self.is_new() {
+            return Ok(());
+        }
+        if first {
+            return self.bootstrap(members).await;
+        }
+        let replica = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FORM_AFTER).await;
+            if replica.is_stopped() || !replica.is_new() {
+                return;
+            }
+            tracing::info!(group = replica.group(), "nothing reached this new replica: it makes the group");
+            // Something that reached it meanwhile makes this fail, harmlessly.
+            if let Err(e) = replica.bootstrap(members).await {
+                tracing::debug!(group = replica.group(), error = %e, "not made here");
+            }
+        });
+        Ok(())
     }
 
     /// True if this replica has never been part of a group: first incarnation, no vote, no log. Only

@@ -92,7 +92,14 @@ pub struct RaftService {
     replicas: Arc<RwLock<HashMap<u64, (Replica, bool)>>>,
     // Answers forwarded requests (none: they are refused).
     requests: Arc<RwLock<Option<Arc<dyn RequestHandler>>>>,
+    // Woken whenever a replica is registered (a vote for a group not here yet waits for it a while).
+    registered: Arc<tokio::sync::Notify>,
 }
+
+/// How long a vote for a group this node has no replica of waits for one to be registered: a split's
+/// new group elects while its replicas are still being opened on the other nodes, and a vote answered
+/// "not here" would cost the candidate a whole round.
+const VOTE_WAITS_FOR_GROUP: Duration = Duration::from_millis(200);
 
 impl std::fmt::Debug for RaftService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,12 +117,28 @@ impl RaftService {
     /// are fetched from the leader.
     pub fn register_replica(&self, replica: &Replica) {
         self.replicas.write().insert(replica.group(), (replica.clone(), true));
+        self.registered.notify_waiters();
     }
 
     /// Like [`RaftService::register_replica`], for replicas whose snapshot volume the leader's snapshots
     /// are on already (one process, one memory volume): installs read it directly.
     pub fn register_replica_sharing_volume(&self, replica: &Replica) {
         self.replicas.write().insert(replica.group(), (replica.clone(), false));
+        self.registered.notify_waiters();
+    }
+
+    /// Waits (up to `wait`) until a replica of `group` is registered.
+    async fn replica_registered(&self, group: u64, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let registered = self.registered.notified();
+            if self.replicas.read().contains_key(&group) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, registered).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// This node's registered replica of `group`, if any.
@@ -151,7 +174,12 @@ impl RaftService {
     }
 
     async fn dispatch(&self, call: RaftCall) -> Result<Vec<u8>, String> {
-        let replica = self.replicas.read().get(&call.group).cloned();
+        let mut replica = self.replicas.read().get(&call.group).cloned();
+        let unknown = || replica.is_none() && !self.groups.read().contains_key(&call.group);
+        if call.kind == RaftCallKind::Vote as i32 && unknown() {
+            self.replica_registered(call.group, VOTE_WAITS_FOR_GROUP).await;
+            replica = self.replicas.read().get(&call.group).cloned();
+        }
         let raft = match &replica {
             Some((replica, _)) => {
                 let id = replica.id();

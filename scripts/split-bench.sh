@@ -7,7 +7,8 @@
 #   3. twice with the 64+ shards (steady: `split_size` back to 256 MiB first).
 # Each run prints ops/s, p50/p99/max and the nodes' CPU seconds per put (utime+stime from /proc), and
 # the script prints the time from the setting to 64 shards and the bytes the splits copied (from the
-# nodes' logs). The nodes stop at the end.
+# nodes' logs), and how long each split left its moved buckets without a serving shard. The nodes
+# stop at the end.
 #
 #   scripts/split-bench.sh [RECORDS] [SPLIT_SIZE] [BIN_DIR]   (defaults: 30000, 96KiB, target/release)
 set -euo pipefail
@@ -71,3 +72,10 @@ for i in 1 2 3; do
   grep -h "made a split's new shard" "$D/n$i.out" "$D/n$i.err" 2>/dev/null \
     | sed -n 's/.*copied=\([0-9]*\).*/\1/p' | awk -v i="$i" '{s+=$1; n++} END {printf "  node %d: %d splits made, %d bytes copied\n", i, n, s}'
 done
+echo "moved buckets without a serving shard, per split (the split's entry applied on the old shard's"
+echo "leader until the new shard has a leader and the map names it; from the leaders' logs):"
+cat "$D"/n*.out "$D"/n*.err 2>/dev/null | grep -h "split's moved buckets served again" \
+  | sed -n 's/.*paused_ms=\([0-9]*\) recorded_ms=\([0-9]*\).*/\1 \2/p' | sort -n | awk '
+    {p[NR]=$1; r+=$2} END {if (NR == 0) {print "  none logged"; exit}
+     printf "  %d splits: p50 %d ms, p90 %d ms, max %d ms (map recorded after %d ms on average)\n",
+       NR, p[int(NR*0.5)+1>NR?NR:int(NR*0.5)+1], p[int(NR*0.9)+1>NR?NR:int(NR*0.9)+1], p[NR], r/NR}'

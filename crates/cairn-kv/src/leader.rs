@@ -54,6 +54,13 @@ pub enum WriteError {
     /// A bug or corruption.
     #[error("{0}")]
     Internal(String),
+    /// The key's bucket is no longer the shard's (it split, merged or moved): nothing was written;
+    /// route the write again. (Last: the variants' order is their encoding.)
+    #[error("bucket {bucket} is no longer this shard's (it split or moved): send the write again")]
+    NotOwned {
+        /// The bucket.
+        bucket: u16,
+    },
 }
 
 impl From<KvError> for WriteError {
@@ -68,9 +75,7 @@ impl From<KvError> for WriteError {
             KvError::Engine(e @ (cairn_engine::Error::Poisoned(_) | cairn_engine::Error::Closed)) => {
                 WriteError::Unavailable(format!("storage error: {e}"))
             }
-            KvError::Engine(cairn_engine::Error::NotOwned { bucket }) => WriteError::Unavailable(format!(
-                "bucket {bucket} is no longer this shard's (it split or moved): send the write again"
-            )),
+            KvError::Engine(cairn_engine::Error::NotOwned { bucket }) => WriteError::NotOwned { bucket },
             KvError::Engine(e) => WriteError::Internal(format!("storage error: {e}")),
         }
     }
@@ -522,9 +527,7 @@ impl Leaders {
             }
             // Nothing was written: the bucket left the shard between evaluation and apply.
             Ok(Written { result: CommandResult::NotOwned { bucket }, .. }) => {
-                Round::Done(Err(WriteError::Unavailable(format!(
-                    "bucket {bucket} is no longer this shard's (it split or moved): send the write again"
-                ))))
+                Round::Done(Err(WriteError::NotOwned { bucket }))
             }
             Ok(Written { result, .. }) => {
                 Round::Done(Err(WriteError::Internal(format!("the shard refused a write: {result:?}"))))

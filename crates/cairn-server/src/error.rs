@@ -111,6 +111,7 @@ impl From<cairn_kv::WriteError> for NodeError {
             W::Unavailable(m) => NodeError::Unavailable(m),
             W::OutcomeUnknown(m) => NodeError::OutcomeUnknown(m),
             W::Internal(m) => NodeError::Internal(m),
+            W::NotOwned { bucket } => NodeError::Engine(cairn_engine::Error::NotOwned { bucket }),
         }
     }
 }

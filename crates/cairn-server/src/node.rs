@@ -539,27 +539,31 @@ impl Node {
     ) -> Result<Read<Option<Versioned>>> {
         self.check_key(&key)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
-        let shard = match self.locate(bucket, options.route).await? {
-            Located::Here(shard) => shard,
-            Located::There => return self.router()?.get(bucket, key, &options).await,
-        };
-        let behind = self.ready_to_read(&shard, &options).await?;
-        // From the shard whose read point was just established (a split or merge since may have
-        // given the bucket to another: then the engine refuses it, and the client retries).
-        let value = match options.at {
-            // The newest version is one point read: served here, no hand-off.
-            None => self.read_from(&shard, &key, Timestamp::MAX)?,
-            at => {
-                let node = Arc::clone(self);
-                tokio::task::spawn_blocking(move || {
-                    let at = node.check_read_ts(at)?;
-                    node.read_from(&shard, &key, at)
-                })
-                .await
-                .map_err(|e| NodeError::Internal(format!("read task failed: {e}")))??
-            }
-        };
-        Ok(Read { value, behind })
+        let (key, options) = (&key, &options);
+        self.rerouted(options.route, move || async move {
+            let shard = match self.locate(bucket, options.route).await? {
+                Located::Here(shard) => shard,
+                Located::There => return self.router()?.get(bucket, key.clone(), options).await,
+            };
+            let behind = self.ready_to_read(&shard, options).await?;
+            // From the shard whose read point was just established (a split or merge since may have
+            // given the bucket to another: then the engine refuses it, and the read is routed again).
+            let value = match options.at {
+                // The newest version is one point read: served here, no hand-off.
+                None => self.read_from(&shard, key, Timestamp::MAX)?,
+                at => {
+                    let (node, key) = (Arc::clone(self), key.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let at = node.check_read_ts(at)?;
+                        node.read_from(&shard, &key, at)
+                    })
+                    .await
+                    .map_err(|e| NodeError::Internal(format!("read task failed: {e}")))??
+                }
+            };
+            Ok(Read { value, behind })
+        })
+        .await
     }
 
     fn read_latest(&self, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {

@@ -13,6 +13,13 @@ use crate::types::Route;
 use crate::writer::{ShardWriter, WriteOutcome};
 use cairn_kv::Write as WriteOp;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a request this node routed is sent again after the shard it reached gave the key's bucket
+/// up (see [`Node::rerouted`]).
+const MOVED_RETRIES: usize = 3;
+/// How long such a request waits for this node's map to show where the bucket went, each time.
+const MOVED_WAIT: Duration = Duration::from_secs(1);
 
 impl Node {
     fn check_value(&self, value: &[u8]) -> Result<()> {
@@ -85,10 +92,43 @@ impl Node {
         self.check_value(&value)?;
         self.check_condition(condition)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
-        match self.locate(bucket, route).await? {
-            Located::Here(shard) => acked(self.write(&shard, WriteOp::Put { key, value, condition }).await?),
-            Located::There => self.router()?.put(bucket, key, value, condition).await,
+        let (key, value) = (&key, &value);
+        self.rerouted(route, move || async move {
+            match self.locate(bucket, route).await? {
+                Located::Here(shard) => {
+                    let op = WriteOp::Put { key: key.clone(), value: value.clone(), condition };
+                    acked(self.write(&shard, op).await?)
+                }
+                Located::There => self.router()?.put(bucket, key.clone(), value.clone(), condition).await,
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt`, a request this node routes by its map (`route` is `None`: not forwarded to
+    /// it), again when the shard it reached no longer owns the key's bucket (a split or merge moved it;
+    /// nothing was written or read), once this node's map has moved on: at most [`MOVED_RETRIES`]
+    /// times, each waiting up to [`MOVED_WAIT`]. The client sees the split as a short delay, not an
+    /// error. A forwarded request is left to the node that forwarded it (which routes it again).
+    pub(super) async fn rerouted<T, F, Fut>(&self, route: Option<Route>, attempt: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let router = match (&self.router, route) {
+            (Some(router), None) => router,
+            _ => return attempt().await,
+        };
+        for _ in 0..MOVED_RETRIES {
+            let seen = router.view().map.version;
+            match attempt().await {
+                Err(NodeError::Engine(cairn_engine::Error::NotOwned { .. })) => {
+                    router.moved_past(seen, MOVED_WAIT).await;
+                }
+                other => return other,
+            }
         }
+        attempt().await
     }
 
     /// Deletes `key` (writes a tombstone version); `None` if it had no live value. Standalone stores
@@ -103,14 +143,18 @@ impl Node {
     pub async fn delete_async(&self, key: Vec<u8>, route: Option<Route>) -> Result<Option<Ack>> {
         self.check_key(&key)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
-        let shard = match self.locate(bucket, route).await? {
-            Located::Here(shard) => shard,
-            Located::There => return self.router()?.delete(bucket, key).await,
-        };
-        match self.write(&shard, WriteOp::Delete { key }).await? {
-            (None, _) => Ok(None),
-            written => acked(written).map(Some),
-        }
+        let key = &key;
+        self.rerouted(route, move || async move {
+            let shard = match self.locate(bucket, route).await? {
+                Located::Here(shard) => shard,
+                Located::There => return self.router()?.delete(bucket, key.clone()).await,
+            };
+            match self.write(&shard, WriteOp::Delete { key: key.clone() }).await? {
+                (None, _) => Ok(None),
+                written => acked(written).map(Some),
+            }
+        })
+        .await
     }
 
     /// Applies `ops` (key, `Some(value)` to put, `None` to delete) atomically at one timestamp. Every key
@@ -128,10 +172,14 @@ impl Node {
         route: Option<Route>,
     ) -> Result<Ack> {
         let bucket = self.check_batch(&ops)?;
-        match self.locate(bucket, route).await? {
-            Located::Here(shard) => acked(self.write(&shard, WriteOp::Batch { ops }).await?),
-            Located::There => self.router()?.batch(bucket, ops).await,
-        }
+        let ops = &ops;
+        self.rerouted(route, move || async move {
+            match self.locate(bucket, route).await? {
+                Located::Here(shard) => acked(self.write(&shard, WriteOp::Batch { ops: ops.clone() }).await?),
+                Located::There => self.router()?.batch(bucket, ops.clone()).await,
+            }
+        })
+        .await
     }
 
     /// Checks a batch's size, keys and values, and that all its keys belong to one shard; returns the

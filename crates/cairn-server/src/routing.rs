@@ -50,6 +50,8 @@ pub(crate) struct Router {
     node_id: NodeId,
     meta: MetaStore,
     view: parking_lot::RwLock<Arc<View>>,
+    /// Woken whenever the view changes.
+    changed: tokio::sync::Notify,
     channels: crate::channels::Channels,
     /// The cluster's message limit, both ways.
     max_message_bytes: usize,
@@ -84,6 +86,7 @@ impl Router {
             node_id,
             meta,
             view: parking_lot::RwLock::new(Arc::new(view)),
+            changed: tokio::sync::Notify::new(),
             channels: crate::channels::Channels::new(FORWARD_TIMEOUT),
             max_message_bytes,
         })
@@ -115,9 +118,24 @@ impl Router {
             || (new.version == old.version
                 && old.shards.iter().all(|s| new.shard(s.id).is_some_and(|n| n.epoch >= s.epoch)));
         if not_older {
+            let moved = view.map.version > current.map.version;
             *current = view;
+            if moved {
+                self.changed.notify_waiters();
+            }
         }
         Some(Arc::clone(&current))
+    }
+
+    /// Waits (up to `wait`) until the view's map is past version `seen`.
+    pub(crate) async fn moved_past(&self, seen: u64, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.changed.notified();
+            if self.view().map.version > seen || tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Checks a forwarded request's route against this node's view (refreshed first if the sender's

@@ -110,7 +110,9 @@ pub(super) async fn attempt(
         Ok(_) => Attempt::Done(RegisterOutput::Done),
         Err(WriteError::ConditionFailed(_)) => Attempt::Done(RegisterOutput::Cas(false)),
         // Nothing was proposed, or what was is known not to have applied.
-        Err(WriteError::Unavailable(_) | WriteError::NotLeader(_)) => Attempt::NoEffect,
+        Err(WriteError::Unavailable(_) | WriteError::NotLeader(_) | WriteError::NotOwned { .. }) => {
+            Attempt::NoEffect
+        }
         Err(_) => Attempt::Unknown,
     }
 }

@@ -255,6 +255,9 @@ async fn split<H: Host>(
     if let CommandResult::Rejected(why) = &written.result {
         return Err(format!("the shard's group refused the split: {why}"));
     }
+    // From here the moved buckets have no shard serving them until the new one has a leader and the
+    // map names it.
+    let applied_at = tokio::time::Instant::now();
     // The new shard's replica here starts (and campaigns) now, while the map records the split: the
     // moved buckets wait for the longer of the two, not for both.
     if let Some(child) = s.split_child()
@@ -262,7 +265,28 @@ async fn split<H: Host>(
     {
         tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard");
     }
-    finish(meta, node, s, plan).await
+    finish(meta, node, s, plan).await?;
+    if let Some(child) = node.replica(plan.new.group()) {
+        tokio::spawn(report_pause(child, s.id, plan.new, applied_at));
+    }
+    Ok(())
+}
+
+/// Logs how long a split's moved buckets had no shard to serve them: from the split's entry applying
+/// on the old shard's leader until the new shard has a leader, and the map names it (it did when this
+/// is called); nothing if no leader comes within [`CHANGE_TIMEOUT`].
+async fn report_pause(child: Replica, shard: ShardId, new: ShardId, applied_at: tokio::time::Instant) {
+    let recorded = applied_at.elapsed();
+    let deadline = applied_at + CHANGE_TIMEOUT;
+    while child.status().leader.is_none() {
+        if tokio::time::Instant::now() >= deadline || child.is_stopped() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let paused = applied_at.elapsed().max(recorded);
+    let (paused_ms, recorded_ms) = (paused.as_millis() as u64, recorded.as_millis() as u64);
+    tracing::info!(shard = %shard, new = %new, paused_ms, recorded_ms, "split's moved buckets served again");
 }
 
 /// Whether this node's replica of group `group`, which the map no longer names, is a shard merged into

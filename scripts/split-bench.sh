@@ -7,7 +7,7 @@
 #   3. twice with the 64+ shards (steady: `split_size` back to 256 MiB first).
 # Each run prints ops/s, p50/p99/max and the nodes' CPU seconds per put (utime+stime from /proc), and
 # the script prints the time from the setting to 64 shards and the bytes the splits copied (from the
-# nodes' logs), and how long each split left its moved buckets without a serving shard. The nodes
+# nodes' logs), and how long each split's moved buckets waited for a leader and for the map. The nodes
 # stop at the end.
 #
 #   scripts/split-bench.sh [RECORDS] [SPLIT_SIZE] [BIN_DIR]   (defaults: 30000, 96KiB, target/release)
@@ -42,9 +42,10 @@ put_run() { # label
   c1=$(ticks)
   echo "$out" | awk -v label="$1" -v cpu="$(( c1 - c0 ))" -v hz="$hz" -v n="$RECORDS" '
     /^load/ {ops=$2; retried=$(NF-2)}
-    /update/ {p50=$5; p99=$8; max=$14}
+    /^  update/ {p50=$5; p99=$8; max=$14}
+    /^  retried/ {$1=""; why=why "\n               retried" $0}
     END {printf "%-14s %8.0f puts/s  p50 %7s ms  p99 %7s ms  max %8s ms  %s retried  %.1f us CPU/put (nodes)\n",
-         label, ops, p50, p99, max, retried, cpu / hz / n * 1e6}'
+         label, ops, p50, p99, max, retried, cpu / hz / n * 1e6; if (why != "") print substr(why, 2)}'
 }
 put_run "4 shards"
 put_run "4 shards"
@@ -72,10 +73,16 @@ for i in 1 2 3; do
   grep -h "made a split's new shard" "$D/n$i.out" "$D/n$i.err" 2>/dev/null \
     | sed -n 's/.*copied=\([0-9]*\).*/\1/p' | awk -v i="$i" '{s+=$1; n++} END {printf "  node %d: %d splits made, %d bytes copied\n", i, n, s}'
 done
-echo "moved buckets without a serving shard, per split (the split's entry applied on the old shard's"
-echo "leader until the new shard has a leader and the map names it; from the leaders' logs):"
+echo "moved buckets waiting, per split, from the split's entry applying on the old shard's leader until"
+echo "the new shard has a leader (then nodes holding it serve them) and until the map names it (then every"
+echo "node routes to it); from the leaders' logs:"
 cat "$D"/n*.out "$D"/n*.err 2>/dev/null | grep -h "split's moved buckets served again" \
-  | sed -n 's/.*paused_ms=\([0-9]*\) recorded_ms=\([0-9]*\).*/\1 \2/p' | sort -n | awk '
-    {p[NR]=$1; r+=$2} END {if (NR == 0) {print "  none logged"; exit}
-     printf "  %d splits: p50 %d ms, p90 %d ms, max %d ms (map recorded after %d ms on average)\n",
-       NR, p[int(NR*0.5)+1>NR?NR:int(NR*0.5)+1], p[int(NR*0.9)+1>NR?NR:int(NR*0.9)+1], p[NR], r/NR}'
+  | sed -n 's/.*leader_ms=\([0-9]*\) recorded_ms=\([0-9]*\).*/\1 \2/p' > "$D/pauses" || true
+for col in 1 2; do
+  label=$([ $col = 1 ] && echo "a leader" || echo "in the map")
+  cut -d' ' -f$col "$D/pauses" | sort -n | awk -v label="$label" '
+    function at(q) { i = int(NR * q) + 1; if (i > NR) i = NR; return p[i] }
+    {p[NR] = $1}
+    END {if (NR == 0) {print "  none logged"; exit}
+         printf "  %-10s %d splits: p50 %d ms, p90 %d ms, max %d ms\n", label, NR, at(0.5), at(0.9), p[NR]}'
+done

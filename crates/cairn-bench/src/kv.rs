@@ -307,7 +307,7 @@ impl Conn {
             }
             Conn::Http { .. } => match self.http("PUT", key, value).await? {
                 200 => Ok(()),
-                503 => Err(OpError::Retry("PUT answered 503".into())),
+                503 => Err(OpError::Retry(format!("PUT answered 503: {}", self.body_text()))),
                 s => Err(format!("PUT answered {s}").into()),
             },
             Conn::Etcd(c) => {
@@ -321,6 +321,14 @@ impl Conn {
     /// One keep-alive HTTP/1.1 request; returns the status (the body is read and dropped).
     async fn http(&mut self, method: &str, key: &str, body: &[u8]) -> Result<u16, String> {
         self.http_path(method, &format!("/kv/rest/entry/{key}"), body).await
+    }
+
+    /// The last HTTP answer's body, as text (empty for other connections).
+    fn body_text(&self) -> String {
+        match self {
+            Conn::Http { buf, .. } => String::from_utf8_lossy(buf).into_owned(),
+            _ => String::new(),
+        }
     }
 
     /// A GET of `key` over HTTP: its status and body.
@@ -375,6 +383,8 @@ struct PhaseResult {
     ops: u64,
     /// Operations answered "retry" (and retried, with `--retry`).
     retried: u64,
+    /// The most frequent reasons given for "retry" (digits left out, so alike ones count together).
+    reasons: Vec<(u64, String)>,
     secs: f64,
     latency: Vec<(Op, Histogram)>,
 }
@@ -387,6 +397,7 @@ async fn run_phase(
 ) -> Result<PhaseResult, String> {
     let next = Arc::new(AtomicU64::new(0));
     let retried = Arc::new(AtomicU64::new(0));
+    let reasons: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
     let zipf = Arc::new(Zipf::new(args.records.max(2), 0.99));
     let value: Arc<Vec<u8>> = Arc::new((0..args.value_size).map(|i| b'a' + (i % 26) as u8).collect());
     let started = Instant::now();
@@ -395,6 +406,7 @@ async fn run_phase(
     for client in 0..args.clients {
         let (next, zipf, value, args, retried) =
             (Arc::clone(&next), Arc::clone(&zipf), Arc::clone(&value), args.clone(), Arc::clone(&retried));
+        let reasons = Arc::clone(&reasons);
         tasks.push(tokio::spawn(async move {
             let mut conn = if args.direct {
                 let mut seeds = args.addr.clone();
@@ -444,6 +456,11 @@ async fn run_phase(
                         Err(OpError::Retry(why)) if args.retry && tries < MAX_RETRIES => {
                             tries += 1;
                             retried.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut reasons) = reasons.lock()
+                                && (reasons.len() < MAX_REASONS || reasons.contains_key(&reason_of(&why)))
+                            {
+                                *reasons.entry(reason_of(&why)).or_default() += 1;
+                            }
                             if tries == MAX_RETRIES {
                                 return Err(format!("{key}: still refused after {tries} tries: {why}"));
                             }
@@ -476,7 +493,27 @@ async fn run_phase(
         .into_iter()
         .filter(|(_, h)| h.count() > 0)
         .collect();
-    Ok(PhaseResult { ops: total, retried: retried.load(Ordering::Relaxed), secs, latency })
+    let mut reasons: Vec<(u64, String)> =
+        reasons.lock().map(|r| r.iter().map(|(why, n)| (*n, why.clone())).collect()).unwrap_or_default();
+    reasons.sort_by(|a, b| b.cmp(a));
+    reasons.truncate(3);
+    Ok(PhaseResult { ops: total, retried: retried.load(Ordering::Relaxed), secs, latency, reasons })
+}
+
+/// How many distinct reasons for "retry" a phase tallies.
+const MAX_REASONS: usize = 64;
+
+/// A reason for "retry" with its numbers left out (and cut short), so alike reasons count together.
+fn reason_of(why: &str) -> String {
+    let mut out = String::new();
+    for c in why.chars().take(160) {
+        if !c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('#') {
+            out.push('#');
+        }
+    }
+    out
 }
 
 fn print(name: &str, r: &PhaseResult) {
@@ -487,6 +524,9 @@ fn print(name: &str, r: &PhaseResult) {
         r.secs,
         r.retried
     );
+    for (n, why) in &r.reasons {
+        println!("  retried {n:>7}x  {why}");
+    }
     for (op, h) in &r.latency {
         let label = match op {
             Op::Read => "read",

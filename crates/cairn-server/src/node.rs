@@ -133,6 +133,11 @@ pub struct Node {
     events: Arc<crate::events::Events>,
     /// Requests served here, per bucket.
     load: crate::load::BucketLoad,
+    /// Woken whenever the shards served here change.
+    reshaped: tokio::sync::Notify,
+    /// Held while a split's new shard is being opened (a pass of the reconciler and a watcher may both
+    /// try: only one opens it).
+    opening_split: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Node {
@@ -237,6 +242,8 @@ impl Node {
             router: None,
             events: crate::events::Events::new(),
             load: crate::load::BucketLoad::new(layout.total_buckets),
+            reshaped: tokio::sync::Notify::new(),
+            opening_split: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -323,6 +330,8 @@ impl Node {
             replication: Some(Replication { plumbing, leaders }),
             router: None,
             load: crate::load::BucketLoad::new(total_buckets),
+            reshaped: tokio::sync::Notify::new(),
+            opening_split: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -539,31 +548,45 @@ impl Node {
     ) -> Result<Read<Option<Versioned>>> {
         self.check_key(&key)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
-        let (key, options) = (&key, &options);
-        self.rerouted(options.route, move || async move {
-            let shard = match self.locate(bucket, options.route).await? {
-                Located::Here(shard) => shard,
-                Located::There => return self.router()?.get(bucket, key.clone(), options).await,
-            };
-            let behind = self.ready_to_read(&shard, options).await?;
-            // From the shard whose read point was just established (a split or merge since may have
-            // given the bucket to another: then the engine refuses it, and the read is routed again).
-            let value = match options.at {
-                // The newest version is one point read: served here, no hand-off.
-                None => self.read_from(&shard, key, Timestamp::MAX)?,
-                at => {
-                    let (node, key) = (Arc::clone(self), key.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let at = node.check_read_ts(at)?;
-                        node.read_from(&shard, &key, at)
-                    })
-                    .await
-                    .map_err(|e| NodeError::Internal(format!("read task failed: {e}")))??
-                }
-            };
-            Ok(Read { value, behind })
-        })
-        .await
+        let mut tries = 0;
+        loop {
+            let seen = self.map_version();
+            // Boxed: inline, its future nests too deep for the compiler's layout queries.
+            let outcome = Box::pin(self.get_once(bucket, &key, &options)).await;
+            if !self.moved_on(&outcome, options.route, seen, &mut tries).await {
+                return outcome;
+            }
+        }
+    }
+
+    /// One try of [`Node::get_async`].
+    async fn get_once(
+        self: &Arc<Self>,
+        bucket: u16,
+        key: &[u8],
+        options: &ReadOptions,
+    ) -> Result<Read<Option<Versioned>>> {
+        let shard = match self.locate(bucket, options.route).await? {
+            Located::Here(shard) => shard,
+            Located::There => return self.router()?.get(bucket, key.to_vec(), options).await,
+        };
+        let behind = self.ready_to_read(&shard, options).await?;
+        // From the shard whose read point was just established (a split or merge since may have
+        // given the bucket to another: then the engine refuses it, and the read is routed again).
+        let value = match options.at {
+            // The newest version is one point read: served here, no hand-off.
+            None => self.read_from(&shard, key, Timestamp::MAX)?,
+            at => {
+                let (node, key) = (Arc::clone(self), key.to_vec());
+                tokio::task::spawn_blocking(move || {
+                    let at = node.check_read_ts(at)?;
+                    node.read_from(&shard, &key, at)
+                })
+                .await
+                .map_err(|e| NodeError::Internal(format!("read task failed: {e}")))??
+            }
+        };
+        Ok(Read { value, behind })
     }
 
     fn read_latest(&self, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {

@@ -121,6 +121,7 @@ impl Node {
         let (Some(r), Some(rc)) = (&self.replication, &self.config.replication) else {
             return Err(NodeError::Internal("a standalone node holds no replicas".into()));
         };
+        let _one_at_a_time = self.opening_split.lock().await;
         if self.replica(new_group).is_some() {
             return Ok(true);
         }
@@ -155,10 +156,13 @@ impl Node {
         {
             child.campaign();
         }
-        // The new shard serves nothing until the map names it; the parent serves what its engine kept.
-        self.change_set(|list, _| {
+        // The new shard serves its buckets here at once (requests wait for its first leader), before
+        // the map names it: requests this node routes by its own shards reach it. The parent serves
+        // what its engine kept.
+        self.change_set(|list, serving| {
             refresh_ranges(list);
             list.push(shard);
+            serving.insert(new_group);
         });
         Ok(true)
     }
@@ -218,6 +222,7 @@ impl Node {
             list.len() == set.list.len() && list.iter().zip(&set.list).all(|(a, b)| Arc::ptr_eq(a, b));
         if !same_list || serving != before {
             *set = Arc::new(ShardSet::new(list, self.total_buckets, |s| serving.contains(&s.group)));
+            self.reshaped.notify_waiters();
         }
         out
     }

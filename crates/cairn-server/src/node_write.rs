@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a request this node routed is sent again after the shard it reached gave the key's bucket
-/// up (see [`Node::rerouted`]).
+/// up (see [`Node::moved_on`]).
 const MOVED_RETRIES: usize = 3;
 /// How long such a request waits for this node's map to show where the bucket went, each time.
 const MOVED_WAIT: Duration = Duration::from_secs(1);
@@ -92,43 +92,59 @@ impl Node {
         self.check_value(&value)?;
         self.check_condition(condition)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
-        let (key, value) = (&key, &value);
-        self.rerouted(route, move || async move {
-            match self.locate(bucket, route).await? {
-                Located::Here(shard) => {
+        let mut tries = 0;
+        loop {
+            let seen = self.map_version();
+            let outcome = match self.locate(bucket, route).await {
+                Ok(Located::Here(shard)) => {
                     let op = WriteOp::Put { key: key.clone(), value: value.clone(), condition };
-                    acked(self.write(&shard, op).await?)
+                    self.write(&shard, op).await.and_then(acked)
                 }
-                Located::There => self.router()?.put(bucket, key.clone(), value.clone(), condition).await,
-            }
-        })
-        .await
-    }
-
-    /// Runs `attempt`, a request this node routes by its map (`route` is `None`: not forwarded to
-    /// it), again when the shard it reached no longer owns the key's bucket (a split or merge moved it;
-    /// nothing was written or read), once this node's map has moved on: at most [`MOVED_RETRIES`]
-    /// times, each waiting up to [`MOVED_WAIT`]. The client sees the split as a short delay, not an
-    /// error. A forwarded request is left to the node that forwarded it (which routes it again).
-    pub(super) async fn rerouted<T, F, Fut>(&self, route: Option<Route>, attempt: F) -> Result<T>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let router = match (&self.router, route) {
-            (Some(router), None) => router,
-            _ => return attempt().await,
-        };
-        for _ in 0..MOVED_RETRIES {
-            let seen = router.view().map.version;
-            match attempt().await {
-                Err(NodeError::Engine(cairn_engine::Error::NotOwned { .. })) => {
-                    router.moved_past(seen, MOVED_WAIT).await;
-                }
-                other => return other,
+                Ok(Located::There) => match self.router() {
+                    Ok(router) => router.put(bucket, key.clone(), value.clone(), condition).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            if !self.moved_on(&outcome, route, seen, &mut tries).await {
+                return outcome;
             }
         }
-        attempt().await
+    }
+
+    /// What this node routes by now (its map's version and its shards), to pass to
+    /// [`Node::moved_on`] (`None` outside a cluster).
+    pub(super) fn map_version(&self) -> Option<(u64, Arc<super::ShardSet>)> {
+        self.router.as_ref().map(|r| (r.view().map.version, self.set()))
+    }
+
+    /// Whether to try again a request this node routed (`route` is `None`: not forwarded to it),
+    /// whose `outcome` says the shard it reached no longer owns the key's bucket (a split or merge
+    /// moved it; nothing was written or read): yes once this node's shards or its map have changed
+    /// since `seen` (waiting up to [`MOVED_WAIT`] for that), at most [`MOVED_RETRIES`] times (`tries`
+    /// counts them). The client sees the split as a short delay, not an error. A forwarded request is
+    /// left to the node that forwarded it (which routes it again).
+    pub(super) async fn moved_on<T>(
+        &self,
+        outcome: &Result<T>,
+        route: Option<Route>,
+        seen: Option<(u64, Arc<super::ShardSet>)>,
+        tries: &mut usize,
+    ) -> bool {
+        let (Some(router), None, Some((version, set))) = (&self.router, route, seen) else { return false };
+        let moved = matches!(outcome, Err(NodeError::Engine(cairn_engine::Error::NotOwned { .. })));
+        if *tries >= MOVED_RETRIES || !moved {
+            return false;
+        }
+        *tries += 1;
+        let reshaped = self.reshaped.notified();
+        if Arc::ptr_eq(&set, &self.set()) {
+            tokio::select! {
+                () = router.moved_past(version, MOVED_WAIT) => {}
+                () = reshaped => {}
+            }
+        }
+        true
     }
 
     /// Deletes `key` (writes a tombstone version); `None` if it had no live value. Standalone stores
@@ -143,18 +159,27 @@ impl Node {
     pub async fn delete_async(&self, key: Vec<u8>, route: Option<Route>) -> Result<Option<Ack>> {
         self.check_key(&key)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
-        let key = &key;
-        self.rerouted(route, move || async move {
-            let shard = match self.locate(bucket, route).await? {
-                Located::Here(shard) => shard,
-                Located::There => return self.router()?.delete(bucket, key.clone()).await,
+        let mut tries = 0;
+        loop {
+            let seen = self.map_version();
+            let outcome = match self.locate(bucket, route).await {
+                Ok(Located::Here(shard)) => {
+                    match self.write(&shard, WriteOp::Delete { key: key.clone() }).await {
+                        Ok((None, _)) => Ok(None),
+                        Ok(written) => acked(written).map(Some),
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(Located::There) => match self.router() {
+                    Ok(router) => router.delete(bucket, key.clone()).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
             };
-            match self.write(&shard, WriteOp::Delete { key: key.clone() }).await? {
-                (None, _) => Ok(None),
-                written => acked(written).map(Some),
+            if !self.moved_on(&outcome, route, seen, &mut tries).await {
+                return outcome;
             }
-        })
-        .await
+        }
     }
 
     /// Applies `ops` (key, `Some(value)` to put, `None` to delete) atomically at one timestamp. Every key
@@ -172,14 +197,23 @@ impl Node {
         route: Option<Route>,
     ) -> Result<Ack> {
         let bucket = self.check_batch(&ops)?;
-        let ops = &ops;
-        self.rerouted(route, move || async move {
-            match self.locate(bucket, route).await? {
-                Located::Here(shard) => acked(self.write(&shard, WriteOp::Batch { ops: ops.clone() }).await?),
-                Located::There => self.router()?.batch(bucket, ops.clone()).await,
+        let mut tries = 0;
+        loop {
+            let seen = self.map_version();
+            let outcome = match self.locate(bucket, route).await {
+                Ok(Located::Here(shard)) => {
+                    self.write(&shard, WriteOp::Batch { ops: ops.clone() }).await.and_then(acked)
+                }
+                Ok(Located::There) => match self.router() {
+                    Ok(router) => router.batch(bucket, ops.clone()).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            if !self.moved_on(&outcome, route, seen, &mut tries).await {
+                return outcome;
             }
-        })
-        .await
+        }
     }
 
     /// Checks a batch's size, keys and values, and that all its keys belong to one shard; returns the

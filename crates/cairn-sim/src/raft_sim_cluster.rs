@@ -114,6 +114,8 @@ struct SimHost {
     serving: Mutex<BTreeSet<u64>>,
     map: Mutex<Option<(u64, ShardMap)>>,
     tally: Arc<Mutex<Tally>>,
+    /// Held while a split's new shard is opened (a reconciler pass and a watcher may both try).
+    opening_split: tokio::sync::Mutex<()>,
 }
 
 const RETIRED: &str = "RETIRED";
@@ -327,6 +329,7 @@ impl Host for SimHost {
 
     async fn add_split_replica(&self, shard: &ShardDescriptor) -> Result<bool, String> {
         let (Some(parent), group) = (shard.split_from, shard.id.group()) else { return Ok(false) };
+        let _one_at_a_time = self.opening_split.lock().await;
         if self.replica(group).is_some() {
             return Ok(true);
         }
@@ -522,6 +525,7 @@ impl ClusterSim {
             serving: Mutex::default(),
             map: Mutex::default(),
             tally: Arc::clone(&self.tally),
+            opening_split: tokio::sync::Mutex::new(()),
         });
         let noted = Arc::downgrade(&host);
         let sink: control::EventSink = Arc::new(move |e| {

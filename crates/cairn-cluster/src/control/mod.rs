@@ -139,7 +139,8 @@ pub trait Host: Send + Sync + 'static {
     /// happens if the node holds one already).
     fn add_replica(&self, shard: &ShardDescriptor) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Starts the node's replica of `shard`, a split's new shard, from the node's replica of the shard
-    /// it split from, by reference, with the voters the split recorded. False (nothing started) if no
+    /// it split from, by reference, with the voters the split recorded; it may serve its buckets at
+    /// once (the reconciler keeps it serving before the map names it). False (nothing started) if no
     /// replica here has applied that split.
     fn add_split_replica(
         &self,

@@ -6,7 +6,7 @@ use crate::meta::MetaStore;
 use crate::placement::{Move, ShardDescriptor, ShardId, ShardMap, SplitPlan, split_ranges};
 use crate::raft::{Command, CommandResult, MoveStep, ReadLevel, Replica, Role};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// How long a shard leader waits for a membership change of its group (or to hand its leadership
@@ -18,70 +18,83 @@ pub const IDLE_RECONCILE: Duration = Duration::from_secs(5);
 /// Keeps node `id` (`host`, held weakly: the node's shutdown waits for the last strong reference) in
 /// step with the shard map until the node or the meta replica stops.
 ///
-/// A pass runs whenever this node's meta replica applies a change, as soon as a replica here applies
-/// a split whose new shard this node is to start, every [`RETRY_PAUSE`] while something is under way
-/// here (a move, a learner to promote or remove, a pass that failed), and every [`IDLE_RECONCILE`]
-/// otherwise (a replica cut off from the meta group sees no changes).
+/// A pass runs whenever this node's meta replica applies a change, every [`RETRY_PAUSE`] while
+/// something is under way here (a move, a learner to promote or remove, a pass that failed), and every
+/// [`IDLE_RECONCILE`] otherwise (a replica cut off from the meta group sees no changes). A split's new
+/// shard that a pass could not start yet (this node's replica of the splitting shard had not applied
+/// the split) is started by a watcher as soon as that replica applies it, not at the next pass.
 pub async fn reconcile<H: Host>(meta: MetaStore, host: Weak<H>, id: u64) {
     let mut seen = None;
+    let watching = SplitWatchers::default();
     loop {
         if meta.replica().is_stopped() {
             return;
         }
         let Some(node) = host.upgrade() else { return };
-        let pass = match reconcile_once(&meta, node.as_ref(), id).await {
-            Ok(pass) => pass,
+        let settled = match reconcile_once(&meta, &node, id, &watching).await {
+            Ok(settled) => settled,
             Err(e) => {
                 tracing::debug!(error = %e, "reconciling with the shard map failed; retrying");
-                Pass { settled: false, splits: Vec::new() }
+                false
             }
         };
         drop(node);
-        let wait = if pass.settled { IDLE_RECONCILE } else { RETRY_PAUSE };
-        seen = tokio::select! {
-            seen = meta.changed(seen, wait) => seen,
-            () = split_applied(pass.splits) => seen,
-        };
+        seen = meta.changed(seen, if settled { IDLE_RECONCILE } else { RETRY_PAUSE }).await;
     }
 }
 
-/// What one pass of [`reconcile`] leaves.
-struct Pass {
-    /// Nothing is left under way here.
-    settled: bool,
-    /// The effects of this node's replicas of shards splitting whose new shard it could not start yet
-    /// (they have not applied the split): subscribed to before it looked, so none is missed.
-    splits: Vec<tokio::sync::broadcast::Receiver<crate::raft::Effect>>,
-}
+/// The split children a watcher waits for (by group), so a pass starts one watcher each.
+type SplitWatchers = Arc<parking_lot::Mutex<BTreeSet<u64>>>;
 
-/// Returns once one of `splits` publishes a split (or lost track of its effects); never if none.
-async fn split_applied(splits: Vec<tokio::sync::broadcast::Receiver<crate::raft::Effect>>) {
-    if splits.is_empty() {
-        return std::future::pending().await;
+/// Starts this node's replica of split child `child` as soon as `effects` (of this node's replica of
+/// the splitting shard, subscribed to before the pass looked, so nothing is missed) show the split
+/// applied; gives up after [`CHANGE_TIMEOUT`] (the next pass looks again). One watcher per child.
+fn watch_split<H: Host>(
+    host: &Arc<H>,
+    child: &ShardDescriptor,
+    mut effects: tokio::sync::broadcast::Receiver<crate::raft::Effect>,
+    watching: &SplitWatchers,
+) {
+    let group = child.id.group();
+    if !watching.lock().insert(group) {
+        return;
     }
-    let waits = splits.into_iter().map(|mut effects| {
-        Box::pin(async move {
+    let (host, child, watching) = (Arc::downgrade(host), child.clone(), Arc::clone(watching));
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        let applied = tokio::time::timeout(CHANGE_TIMEOUT, async {
             loop {
                 match effects.recv().await {
-                    Ok(crate::raft::Effect::Split(_)) => return,
+                    Ok(crate::raft::Effect::Split(off)) if off.new_group == group => return true,
                     Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                    // The replica stopped: its node's next pass sees to it.
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        return std::future::pending().await;
-                    }
+                    Err(RecvError::Lagged(_)) => return true,
+                    Err(RecvError::Closed) => return false,
                 }
             }
         })
+        .await;
+        if let (Ok(true), Some(node)) = (applied, host.upgrade()) {
+            match node.add_split_replica(&child).await {
+                Ok(true) => tracing::info!(shard = %child.id, "started a split's new shard by reference"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard"),
+            }
+        }
+        watching.lock().remove(&group);
     });
-    futures_util::future::select_all(waits).await;
 }
 
-/// One pass of [`reconcile`].
-async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<Pass, String> {
+/// One pass of [`reconcile`]; whether nothing is left under way here.
+async fn reconcile_once<H: Host>(
+    meta: &MetaStore,
+    host: &Arc<H>,
+    id: u64,
+    watching: &SplitWatchers,
+) -> Result<bool, String> {
+    let node = host.as_ref();
     // Through the leader: decisions to retire must not rest on a lagging copy of the map.
     let state = meta.read(ReadLevel::Strong).await.map_err(|e| e.to_string())?;
-    let Some(map) = &state.map else { return Ok(Pass { settled: true, splits: Vec::new() }) };
+    let Some(map) = &state.map else { return Ok(true) };
     node.observe(&state);
     let addrs: BTreeMap<u64, String> = state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
     let incoming = |s: &ShardDescriptor| s.moving.is_some_and(|m| m.to == id);
@@ -104,13 +117,16 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
     // Each shard on its own: one that cannot make progress (no quorum, a disk error) must not hold up
     // the others.
     let held = node.groups();
-    let mut splits = Vec::new();
     for child in children.iter().filter(|c| !held.contains(&c.id.group())) {
-        // Subscribed first: a split applied while this looks still wakes the next pass at once.
+        // Subscribed first: a split applied while this looks still reaches the watcher.
         let effects = child.split_from.and_then(|p| node.replica(p.group())).map(|p| p.effects());
         match node.add_split_replica(child).await {
             Ok(true) => tracing::info!(shard = %child.id, "started a split's new shard by reference"),
-            Ok(false) => splits.extend(effects),
+            Ok(false) => {
+                if let Some(effects) = effects {
+                    watch_split(host, child, effects, watching);
+                }
+            }
             Err(e) => tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard"),
         }
     }
@@ -142,6 +158,13 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
             Err(e) => tracing::warn!(shard = group, error = %e, "cannot retire a replica"),
         }
     }
+    // A split's new shard serves here as soon as it is started (its replica holds the moved buckets
+    // from the split's entry on), before the map names it.
+    let held = node.groups();
+    let serving: BTreeSet<u64> = serving
+        .into_iter()
+        .chain(children.iter().map(|c| c.id.group()).filter(|g| held.contains(g)))
+        .collect();
     node.serve_only(&serving);
     let mut settled = node.groups() == wanted && children.is_empty() && !merging;
     for s in &map.shards {
@@ -155,7 +178,7 @@ async fn reconcile_once<H: Host>(meta: &MetaStore, node: &H, id: u64) -> Result<
         settled &= s.moving.is_none() && (status.role != Role::Leader || status.learners.is_empty());
         settled &= !map.in_merge(s.id);
     }
-    Ok(Pass { settled, splits })
+    Ok(settled)
 }
 
 /// This node's part in shard `s`'s placement: a move's destination asks to join; the shard's leader
@@ -255,38 +278,47 @@ async fn split<H: Host>(
     if let CommandResult::Rejected(why) = &written.result {
         return Err(format!("the shard's group refused the split: {why}"));
     }
-    // From here the moved buckets have no shard serving them until the new one has a leader and the
-    // map names it.
+    // From here the moved buckets have no shard serving them until the new one has a leader.
     let applied_at = tokio::time::Instant::now();
-    // The new shard's replica here starts (and campaigns) now, while the map records the split: the
-    // moved buckets wait for the longer of the two, not for both.
+    // The new shard's replica here starts (and campaigns) now, while the map records the split.
     if let Some(child) = s.split_child()
         && let Err(e) = node.add_split_replica(&child).await
     {
         tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard");
     }
+    let leader = node.replica(plan.new.group()).map(|c| tokio::spawn(first_leader(c, applied_at)));
     finish(meta, node, s, plan).await?;
-    if let Some(child) = node.replica(plan.new.group()) {
-        tokio::spawn(report_pause(child, s.id, plan.new, applied_at));
+    let recorded_ms = applied_at.elapsed().as_millis() as u64;
+    if let Some(leader) = leader {
+        let (shard, new) = (s.id, plan.new);
+        tokio::spawn(async move {
+            if let Ok(Some(leader_ms)) = leader.await {
+                tracing::info!(
+                    shard = %shard,
+                    new = %new,
+                    leader_ms,
+                    recorded_ms,
+                    "split's moved buckets served again"
+                );
+            }
+        });
     }
     Ok(())
 }
 
-/// Logs how long a split's moved buckets had no shard to serve them: from the split's entry applying
-/// on the old shard's leader until the new shard has a leader, and the map names it (it did when this
-/// is called); nothing if no leader comes within [`CHANGE_TIMEOUT`].
-async fn report_pause(child: Replica, shard: ShardId, new: ShardId, applied_at: tokio::time::Instant) {
-    let recorded = applied_at.elapsed();
+/// How long after `applied_at` (a split's entry applying on the old shard's leader) the new shard's
+/// replica `child` knew a leader (from then a node holding a replica serves the moved buckets);
+/// `None` if none within [`CHANGE_TIMEOUT`]. The split's leader logs it with the time the map took to
+/// name the new shard (from then every node routes to it).
+async fn first_leader(child: Replica, applied_at: tokio::time::Instant) -> Option<u64> {
     let deadline = applied_at + CHANGE_TIMEOUT;
     while child.status().leader.is_none() {
         if tokio::time::Instant::now() >= deadline || child.is_stopped() {
-            return;
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let paused = applied_at.elapsed().max(recorded);
-    let (paused_ms, recorded_ms) = (paused.as_millis() as u64, recorded.as_millis() as u64);
-    tracing::info!(shard = %shard, new = %new, paused_ms, recorded_ms, "split's moved buckets served again");
+    Some(applied_at.elapsed().as_millis() as u64)
 }
 
 /// Whether this node's replica of group `group`, which the map no longer names, is a shard merged into

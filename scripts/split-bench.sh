@@ -73,6 +73,13 @@ for i in 1 2 3; do
   grep -h "made a split's new shard" "$D/n$i.out" "$D/n$i.err" 2>/dev/null \
     | sed -n 's/.*copied=\([0-9]*\).*/\1/p' | awk -v i="$i" '{s+=$1; n++} END {printf "  node %d: %d splits made, %d bytes copied\n", i, n, s}'
 done
+echo "opening a split's new shard on a node (engine by reference and its log; from the nodes' logs):"
+cat "$D"/n*.out "$D"/n*.err 2>/dev/null | grep -h "made a split's new shard" \
+  | sed -n 's/.*opened_ms=\([0-9]*\).*/\1/p' | sort -n | awk '
+    function at(q) { i = int(NR * q) + 1; if (i > NR) i = NR; return p[i] }
+    {p[NR] = $1}
+    END {if (NR == 0) {print "  none logged"; exit}
+         printf "  %d opened: p50 %d ms, p90 %d ms, max %d ms\n", NR, at(0.5), at(0.9), p[NR]}' || true
 echo "moved buckets waiting, per split, from the split's entry applying on the old shard's leader until"
 echo "the new shard has a leader (then nodes holding it serve them) and until the map names it (then every"
 echo "node routes to it); from the leaders' logs:"

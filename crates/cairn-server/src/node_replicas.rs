@@ -131,6 +131,7 @@ impl Node {
         };
         let (config, total_buckets, log) =
             (self.config.clone(), self.total_buckets, Arc::clone(&r.plumbing.log));
+        let began = std::time::Instant::now();
         let sm = tokio::task::spawn_blocking(move || {
             let template = shard_config(&config, total_buckets, new_group);
             let (sm, stats) = ShardStateMachine::open_split(template.dir.clone(), template, &off)
@@ -142,6 +143,7 @@ impl Node {
                 from = parent,
                 imported = stats.files_imported,
                 copied = stats.bytes_copied,
+                opened_ms = began.elapsed().as_millis() as u64,
                 "made a split's new shard"
             );
             Ok::<_, NodeError>(sm)
@@ -149,6 +151,11 @@ impl Node {
         .await
         .map_err(|e| NodeError::Internal(format!("split task failed: {e}")))??;
         let shard = Arc::new(launch(rc, &r.plumbing, new_group, sm, None, true).await?);
+        tracing::debug!(
+            shard = new_group,
+            started_ms = began.elapsed().as_millis() as u64,
+            "split's new shard runs"
+        );
         // The node that led the split shard asks for votes at once: the moved buckets wait for one
         // round of votes, not an election timeout.
         if let (Some(parent), Backend::Replicated(child)) = (self.replica(parent), &shard.backend)

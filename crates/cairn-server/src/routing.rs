@@ -5,8 +5,10 @@
 //! [`Route`]: the shard it routed to and that shard's epoch in the sender's view. The receiver serves it
 //! from its own replica, never forwards it again, and refuses it ([`NodeError::Misrouted`], gRPC
 //! `ABORTED`) if it holds no replica of the shard or the epoch is not the shard's current one in its
-//! own view (refreshed first when the sender's is newer). A sender that is refused refreshes its view
-//! and routes again, at most [`MAX_ROUTE_ATTEMPTS`] times.
+//! own view (refreshed first when the sender's is newer or names a shard it does not know). A sender
+//! that is refused tries the shard's other replicas (a split's new shard starts serving on each node as
+//! that node's replica applies the split), then refreshes its view and routes again, at most
+//! [`MAX_ROUTE_ATTEMPTS`] times.
 //!
 //! Reads try the shard's replicas in turn when one is unreachable. A write goes to the next replica
 //! only if its connection was refused (nothing was sent); if the connection fails after the request may
@@ -142,8 +144,14 @@ impl Router {
     /// is newer). The caller then checks that the shard is local.
     pub(crate) async fn check(&self, route: Route) -> Result<()> {
         let mut view = self.view();
-        for _ in 0..2 {
+        for attempt in 0..2 {
+            // A shard this view does not know yet (a split's new shard the sender's newer map names)
+            // is looked up again, as a newer epoch is.
             let Some(shard) = view.map.shard(route.shard) else {
+                if attempt == 0 {
+                    view = self.refresh().await?;
+                    continue;
+                }
                 return Err(NodeError::Misrouted(format!("no shard {}", route.shard)));
             };
             if shard.epoch == route.epoch {
@@ -214,7 +222,9 @@ impl Router {
                 Err(status) => {
                     let e = remote(&status, addr);
                     match (&e, retry) {
-                        (NodeError::Misrouted(_), _) => return Err(e),
+                        // That node does not serve the shard (yet: a split's new shard opens on each
+                        // node as its replica applies the split): the next replica may; nothing was done.
+                        (NodeError::Misrouted(_), _) => last = e,
                         (NodeError::Unavailable(_), Retry::Reads) => last = e,
                         // The connection was refused: nothing was sent, any request may go on.
                         (NodeError::Unavailable(_), Retry::Writes) if cairn_proto::never_sent(&status) => {

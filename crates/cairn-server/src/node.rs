@@ -135,9 +135,9 @@ pub struct Node {
     load: crate::load::BucketLoad,
     /// Woken whenever the shards served here change.
     reshaped: tokio::sync::Notify,
-    /// Held while a split's new shard is being opened (a pass of the reconciler and a watcher may both
-    /// try: only one opens it).
-    opening_split: tokio::sync::Mutex<()>,
+    /// Held while a replica is being added (a pass of the reconciler and a split's watcher may both try
+    /// to open a split's new shard: only one opens it).
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Node {
@@ -243,7 +243,7 @@ impl Node {
             events: crate::events::Events::new(),
             load: crate::load::BucketLoad::new(layout.total_buckets),
             reshaped: tokio::sync::Notify::new(),
-            opening_split: tokio::sync::Mutex::new(()),
+            opening: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -331,7 +331,7 @@ impl Node {
             router: None,
             load: crate::load::BucketLoad::new(total_buckets),
             reshaped: tokio::sync::Notify::new(),
-            opening_split: tokio::sync::Mutex::new(()),
+            opening: tokio::sync::Mutex::new(()),
         })
     }
 

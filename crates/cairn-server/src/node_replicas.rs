@@ -93,6 +93,9 @@ impl Node {
         let (Some(r), Some(rc)) = (&self.replication, &self.config.replication) else {
             return Err(NodeError::Internal("a standalone node holds no replicas".into()));
         };
+        // One at a time with a split's new shard: a watcher may be opening this very group by
+        // reference while a pass starts it empty.
+        let _one_at_a_time = self.opening.lock().await;
         if self.replica(plan.group).is_some() {
             return Ok(());
         }
@@ -121,7 +124,7 @@ impl Node {
         let (Some(r), Some(rc)) = (&self.replication, &self.config.replication) else {
             return Err(NodeError::Internal("a standalone node holds no replicas".into()));
         };
-        let _one_at_a_time = self.opening_split.lock().await;
+        let _one_at_a_time = self.opening.lock().await;
         if self.replica(new_group).is_some() {
             return Ok(true);
         }

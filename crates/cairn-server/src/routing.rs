@@ -149,7 +149,10 @@ impl Router {
             // is looked up again, as a newer epoch is.
             let Some(shard) = view.map.shard(route.shard) else {
                 if attempt == 0 {
-                    view = self.refresh().await?;
+                    // Nothing was done: a failed refresh is a refusal the sender may route again.
+                    view = self.refresh().await.map_err(|e| {
+                        NodeError::Misrouted(format!("no shard {} in the map here ({e})", route.shard))
+                    })?;
                     continue;
                 }
                 return Err(NodeError::Misrouted(format!("no shard {}", route.shard)));

@@ -114,8 +114,9 @@ struct SimHost {
     serving: Mutex<BTreeSet<u64>>,
     map: Mutex<Option<(u64, ShardMap)>>,
     tally: Arc<Mutex<Tally>>,
-    /// Held while a split's new shard is opened (a reconciler pass and a watcher may both try).
-    opening_split: tokio::sync::Mutex<()>,
+    /// Held while a replica is added (a reconciler pass and a split's watcher may both try to open a
+    /// split's new shard).
+    opening: tokio::sync::Mutex<()>,
 }
 
 const RETIRED: &str = "RETIRED";
@@ -275,10 +276,19 @@ impl SimHost {
         }
     }
 
-    /// The replica serving `bucket` here by this node's map, if any.
+    /// The replica serving `bucket` here, if any, found as a server finds it: a serving replica whose
+    /// engine owns the bucket (a split's new shard serves before the map names it), else the map's.
     fn route(&self, bucket: u16) -> Option<Replica> {
+        let serving = self.serving.lock().clone();
+        let local = serving
+            .iter()
+            .filter_map(|g| self.replicas.lock().get(g).cloned())
+            .find(|r| r.state_machine().owned_buckets().iter().any(|owned| owned.contains(&bucket)));
+        if local.is_some() {
+            return local;
+        }
         let group = self.map.lock().as_ref()?.1.shard_for_bucket(bucket)?.id.group();
-        if !self.serving.lock().contains(&group) {
+        if !serving.contains(&group) {
             return None;
         }
         self.replicas.lock().get(&group).cloned()
@@ -320,6 +330,7 @@ impl Host for SimHost {
 
     async fn add_replica(&self, shard: &ShardDescriptor) -> Result<(), String> {
         let group = shard.id.group();
+        let _one_at_a_time = self.opening.lock().await;
         if self.replica(group).is_some() {
             return Ok(());
         }
@@ -329,7 +340,7 @@ impl Host for SimHost {
 
     async fn add_split_replica(&self, shard: &ShardDescriptor) -> Result<bool, String> {
         let (Some(parent), group) = (shard.split_from, shard.id.group()) else { return Ok(false) };
-        let _one_at_a_time = self.opening_split.lock().await;
+        let _one_at_a_time = self.opening.lock().await;
         if self.replica(group).is_some() {
             return Ok(true);
         }
@@ -347,6 +358,8 @@ impl Host for SimHost {
         if self.replica(parent.group()).is_some_and(|p| p.status().role == Role::Leader) {
             child.campaign();
         }
+        // As a server does: it serves its buckets at once, before the map names it.
+        self.serving.lock().insert(group);
         Ok(true)
     }
 
@@ -525,7 +538,7 @@ impl ClusterSim {
             serving: Mutex::default(),
             map: Mutex::default(),
             tally: Arc::clone(&self.tally),
-            opening_split: tokio::sync::Mutex::new(()),
+            opening: tokio::sync::Mutex::new(()),
         });
         let noted = Arc::downgrade(&host);
         let sink: control::EventSink = Arc::new(move |e| {

@@ -175,8 +175,9 @@ pub struct ReplicaPlan {
 
 /// The replicas node `id` starts when it starts, by `state`'s map: those placed on it and those a move
 /// under way brings to it (which catch up before serving). The first replica of an initial shard makes
-/// its group (the others too, later, if it never reaches them while the shard is unchanged). A split's new shard is started only if this node made it before (`on_disk` names the
-/// groups whose replica directory the node holds, retired ones left out): one not made here yet is
+/// its group (the others too, later, if it never reaches them while the shard is unchanged). A split's
+/// new shard is started only if this node made it before (`on_disk` names the groups whose replica
+/// directory the node holds, retired ones left out): one not made here yet is
 /// left to the reconciler, which makes it from this node's replica of the split shard if that applied
 /// the split (an empty replica otherwise); nobody bootstraps one. A replica on disk of a shard the map
 /// no longer names (merged away while the node was down) is started too, as stored (empty `ranges`),
@@ -194,12 +195,16 @@ pub fn boot_plan(state: &ClusterState, id: u64, on_disk: &BTreeSet<u64>) -> Vec<
             // An initial shard: its first replica makes the group; while the shard has never changed
             // (epoch 1), the others make the same one if nothing from it reaches them.
             let first = s.replicas.first() == Some(&id);
-            let makes = s.split_from.is_none() && (first || (s.epoch == 1 && s.replicas.contains(&id)));
-            let members = || s.replicas.iter().filter_map(|r| Some((*r, addrs.get(r)?.clone()))).collect();
+            let members: BTreeMap<u64, String> =
+                s.replicas.iter().filter_map(|r| Some((*r, addrs.get(r)?.clone()))).collect();
+            // Only with every replica's address: members that make the group must all make the same.
+            let makes = s.split_from.is_none()
+                && members.len() == s.replicas.len()
+                && (first || (s.epoch == 1 && s.replicas.contains(&id)));
             ReplicaPlan {
                 group: s.id.group(),
                 ranges: s.ranges.clone(),
-                bootstrap: makes.then(|| Bootstrap { members: members(), first }),
+                bootstrap: makes.then_some(Bootstrap { members, first }),
                 serving: s.replicas.contains(&id),
             }
         })

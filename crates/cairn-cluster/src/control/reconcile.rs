@@ -280,15 +280,21 @@ async fn split<H: Host>(
     }
     // From here the moved buckets have no shard serving them until the new one has a leader.
     let applied_at = tokio::time::Instant::now();
-    // The new shard's replica here starts (and campaigns) now, while the map records the split.
-    if let Some(child) = s.split_child()
-        && let Err(e) = node.add_split_replica(&child).await
-    {
-        tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard");
-    }
-    let leader = node.replica(plan.new.group()).map(|c| tokio::spawn(first_leader(c, applied_at)));
-    finish(meta, node, s, plan).await?;
-    let recorded_ms = applied_at.elapsed().as_millis() as u64;
+    // The new shard's replica here starts (and campaigns) while the map records the split.
+    let open_child = async {
+        if let Some(child) = s.split_child()
+            && let Err(e) = node.add_split_replica(&child).await
+        {
+            tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard");
+        }
+        node.replica(plan.new.group()).map(|c| tokio::spawn(first_leader(c, applied_at)))
+    };
+    let (leader, recorded) = tokio::join!(open_child, async {
+        let recorded = finish(meta, node, s, plan).await;
+        (recorded, applied_at.elapsed().as_millis() as u64)
+    });
+    let (recorded, recorded_ms) = recorded;
+    recorded?;
     if let Some(leader) = leader {
         let (shard, new) = (s.id, plan.new);
         tokio::spawn(async move {
@@ -316,7 +322,7 @@ async fn first_leader(child: Replica, applied_at: tokio::time::Instant) -> Optio
         if tokio::time::Instant::now() >= deadline || child.is_stopped() {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Some(applied_at.elapsed().as_millis() as u64)
 }

@@ -381,8 +381,14 @@ impl Node {
                     }
                     here => here,
                 };
+                // A split's new shard serving here before the map (as just checked) names it: the
+                // sender routed by the shard it split from, which gave the bucket up here already, and
+                // the new shard's replica here holds it. Served by it, as a request routed here is.
+                let ahead_of_map =
+                    |shard: &Shard| router.view().map.shards.iter().all(|s| s.id.group() != shard.group);
                 match here {
                     Ok(shard) if shard.group == route.shard.group() => Ok(Located::Here(shard)),
+                    Ok(shard) if ahead_of_map(&shard) => Ok(Located::Here(shard)),
                     _ => Err(NodeError::Misrouted(format!(
                         "bucket {bucket} is not shard {}'s on this node",
                         route.shard

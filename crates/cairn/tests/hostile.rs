@@ -10,7 +10,7 @@ mod common;
 use cairn_proto::kv::{
     BatchOp, BatchRequest, GetRequest, PutRequest, ScanRequest, Timestamp, batch_op, kv_client::KvClient,
 };
-use common::{Server, cairn, raw_http};
+use common::{READY, Server, cairn, raw_http, serves_keys, wait_until};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime};
@@ -161,6 +161,8 @@ fn rest_refuses_hostile_requests_with_a_status_and_a_json_code() {
 fn grpc_and_cli_refuse_hostile_requests() {
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start(&tmp.path().join("store"), &[]);
+    // gRPC answers "not serving keys yet" (UNAVAILABLE) until the node's shards are up; HTTP waits.
+    wait_until("the node serves keys", READY, || serves_keys(&s));
     let grpc = s.grpc.to_string();
     let far = Timestamp { wall_time: far_future(), logical: 0 };
     runtime().block_on(async {

@@ -159,12 +159,9 @@ async fn reconcile_once<H: Host>(
         }
     }
     // A split's new shard serves here as soon as it is started (its replica holds the moved buckets
-    // from the split's entry on), before the map names it.
-    let held = node.groups();
-    let serving: BTreeSet<u64> = serving
-        .into_iter()
-        .chain(children.iter().map(|c| c.id.group()).filter(|g| held.contains(g)))
-        .collect();
+    // from the split's entry on), before the map names it. Named whether held or not: the node serves
+    // only what it holds, and one a watcher starts meanwhile must not be dropped.
+    let serving: BTreeSet<u64> = serving.into_iter().chain(children.iter().map(|c| c.id.group())).collect();
     node.serve_only(&serving);
     let mut settled = node.groups() == wanted && children.is_empty() && !merging;
     for s in &map.shards {

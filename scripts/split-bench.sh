@@ -73,23 +73,20 @@ for i in 1 2 3; do
   grep -h "made a split's new shard" "$D/n$i.out" "$D/n$i.err" 2>/dev/null \
     | sed -n 's/.*copied=\([0-9]*\).*/\1/p' | awk -v i="$i" '{s+=$1; n++} END {printf "  node %d: %d splits made, %d bytes copied\n", i, n, s}'
 done
-echo "opening a split's new shard on a node (engine by reference and its log; from the nodes' logs):"
-cat "$D"/n*.out "$D"/n*.err 2>/dev/null | grep -h "made a split's new shard" \
-  | sed -n 's/.*opened_ms=\([0-9]*\).*/\1/p' | sort -n | awk '
+percentiles() { # label: p50, p90 and max of the numbers on stdin, one a line
+  sort -n | awk -v label="$1" '
     function at(q) { i = int(NR * q) + 1; if (i > NR) i = NR; return p[i] }
     {p[NR] = $1}
     END {if (NR == 0) {print "  none logged"; exit}
-         printf "  %d opened: p50 %d ms, p90 %d ms, max %d ms\n", NR, at(0.5), at(0.9), p[NR]}' || true
+         printf "  %-10s %d: p50 %d ms, p90 %d ms, max %d ms\n", label, NR, at(0.5), at(0.9), p[NR]}'
+}
+echo "opening a split's new shard on a node (engine by reference and its log; from the nodes' logs):"
+cat "$D"/n*.out "$D"/n*.err 2>/dev/null | grep -h "made a split's new shard" \
+  | sed -n 's/.*opened_ms=\([0-9]*\).*/\1/p' | percentiles "opened" || true
 echo "moved buckets waiting, per split, from the split's entry applying on the old shard's leader until"
 echo "the new shard has a leader (then nodes holding it serve them) and until the map names it (then every"
 echo "node routes to it); from the leaders' logs:"
 cat "$D"/n*.out "$D"/n*.err 2>/dev/null | grep -h "split's moved buckets served again" \
   | sed -n 's/.*leader_ms=\([0-9]*\) recorded_ms=\([0-9]*\).*/\1 \2/p' > "$D/pauses" || true
-for col in 1 2; do
-  label=$([ $col = 1 ] && echo "a leader" || echo "in the map")
-  cut -d' ' -f$col "$D/pauses" | sort -n | awk -v label="$label" '
-    function at(q) { i = int(NR * q) + 1; if (i > NR) i = NR; return p[i] }
-    {p[NR] = $1}
-    END {if (NR == 0) {print "  none logged"; exit}
-         printf "  %-10s %d splits: p50 %d ms, p90 %d ms, max %d ms\n", label, NR, at(0.5), at(0.9), p[NR]}'
-done
+cut -d' ' -f1 "$D/pauses" | percentiles "a leader"
+cut -d' ' -f2 "$D/pauses" | percentiles "in the map"

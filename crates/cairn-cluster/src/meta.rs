@@ -28,6 +28,9 @@ use std::time::Duration;
 #[path = "meta_rows.rs"]
 mod rows;
 pub use rows::LEGACY_KEY;
+/// A cluster state with nodes joined, for other modules' tests.
+#[cfg(test)]
+pub(crate) use rows::tests::joined;
 
 /// The meta group's Raft group id: the top of the group id space, so shard groups keep `0..`.
 pub const META_GROUP: u64 = MAX_NODE_ID;

@@ -259,7 +259,7 @@ impl Change {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::meta::JoinRequest;
@@ -276,7 +276,8 @@ mod tests {
         }
     }
 
-    fn joined(n: u64) -> ClusterState {
+    /// `n` nodes joined to a new cluster of four shards over 64 buckets (not placed yet).
+    pub(crate) fn joined(n: u64) -> ClusterState {
         let mut state = ClusterState::new("c", settings()).unwrap();
         for i in 0..n {
             let request = JoinRequest {

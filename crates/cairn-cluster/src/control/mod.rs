@@ -253,32 +253,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::{boot_plan, stale_shards};
-    use crate::meta::{ClusterSettings, ClusterState, JoinRequest};
+    use crate::meta::ClusterState;
     use crate::placement::ShardId;
     use std::collections::BTreeSet;
 
     /// Three nodes, four shards over 64 buckets, placed.
     fn placed() -> ClusterState {
-        let settings = ClusterSettings {
-            replication_factor: 3,
-            shards: 4,
-            total_buckets: 64,
-            dead_after_secs: 30,
-            rebalance: true,
-            max_clock_offset_ms: 500,
-            reshape: Default::default(),
-        };
-        let mut state = ClusterState::new("c1", settings).unwrap();
-        for i in 1..=3u16 {
-            let request = JoinRequest {
-                cluster_id: "c1".into(),
-                token: format!("t{i}"),
-                grpc_addr: format!("127.0.0.1:{}", 1000 + 10 * i),
-                http_addr: format!("127.0.0.1:{}", 1001 + 10 * i),
-            };
-            state = state.join(&request).unwrap().0.unwrap();
-        }
-        state.place_initial().unwrap()
+        crate::meta::joined(3).place_initial().unwrap()
     }
 
     /// What a node starts when it starts: the shards the map places on it, a split's new shard only if

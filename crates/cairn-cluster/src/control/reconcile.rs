@@ -314,14 +314,17 @@ async fn split<H: Host>(
 /// `None` if none within [`CHANGE_TIMEOUT`]. The split's leader logs it with the time the map took to
 /// name the new shard (from then every node routes to it).
 async fn first_leader(child: Replica, applied_at: tokio::time::Instant) -> Option<u64> {
-    let deadline = applied_at + CHANGE_TIMEOUT;
-    while child.status().leader.is_none() {
-        if tokio::time::Instant::now() >= deadline || child.is_stopped() {
-            return None;
+    let mut watch = child.watch();
+    let led = async {
+        while child.status().leader.is_none() {
+            if !watch.changed().await {
+                return false;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Some(applied_at.elapsed().as_millis() as u64)
+        true
+    };
+    let led = tokio::time::timeout_at(applied_at + CHANGE_TIMEOUT, led).await;
+    led.is_ok_and(|led| led).then(|| applied_at.elapsed().as_millis() as u64)
 }
 
 /// Whether this node's replica of group `group`, which the map no longer names, is a shard merged into

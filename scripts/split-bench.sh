@@ -84,9 +84,9 @@ echo "opening a split's new shard on a node (engine by reference and its log; fr
 cat "$D"/n*.out "$D"/n*.err 2>/dev/null | grep -h "made a split's new shard" \
   | sed -n 's/.*opened_ms=\([0-9]*\).*/\1/p' | percentiles "opened" || true
 echo "moved buckets waiting, per split, from the split's entry applying on the old shard's leader until"
-echo "the new shard has a leader (then nodes holding it serve them) and until the map names it (then every"
-echo "node routes to it); from the leaders' logs:"
+echo "the new shard has a leader and its first entry committed (then nodes holding it serve them) and until"
+echo "the map names it (then every node routes to it); from the leaders' logs:"
 cat "$D"/n*.out "$D"/n*.err 2>/dev/null | grep -h "split's moved buckets served again" \
-  | sed -n 's/.*leader_ms=\([0-9]*\) recorded_ms=\([0-9]*\).*/\1 \2/p' > "$D/pauses" || true
-cut -d' ' -f1 "$D/pauses" | percentiles "a leader"
+  | sed -n 's/.*committed_ms=\([0-9]*\) recorded_ms=\([0-9]*\).*/\1 \2/p' > "$D/pauses" || true
+cut -d' ' -f1 "$D/pauses" | percentiles "committed"
 cut -d' ' -f2 "$D/pauses" | percentiles "in the map"

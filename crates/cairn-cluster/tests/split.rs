@@ -16,7 +16,7 @@ use cairn_engine::Error;
 use cairn_engine::fs::MemFs;
 use common::Net;
 use common::group::{leader, state_machine, until, write};
-use common::nodes::{Node, node, put, start, template};
+use common::nodes::{Node, node, put, start, start_leading, template};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,15 +40,14 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
     // Refused alike everywhere: the shard's first bucket (its applied position), an empty range.
     let l = leader(&replicas);
     let voters: Vec<(u64, String)> = members.clone().into_iter().collect();
+    let first_leader = l.status().node;
     for ranges in [vec![(0, 3)], vec![(9, 8)], vec![]] {
-        let refused = l
-            .write(Command::Split { new_group: 7, ranges, voters: voters.clone() }, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let refused = Command::Split { new_group: 7, ranges, voters: voters.clone(), first_leader };
+        let refused = l.write(refused, Duration::from_secs(5)).await.unwrap();
         assert!(matches!(refused.result, CommandResult::Rejected(_)), "{:?}", refused.result);
     }
 
-    let split = Command::Split { new_group: 7, ranges: vec![(8, 15)], voters: voters.clone() };
+    let split = Command::Split { new_group: 7, ranges: vec![(8, 15)], voters: voters.clone(), first_leader };
     let split = l.write(split, Duration::from_secs(5)).await;
     let split = split.unwrap();
     let CommandResult::Split { .. } = &split.result else { panic!("{:?}", split.result) };
@@ -68,6 +67,7 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
             }
         };
         assert_eq!((off.index, off.new_group, off.ranges.clone()), (split.index, 7, vec![(8, 15)]));
+        assert_eq!(off.first_leader, Some(first_leader));
         // The shard kept only its own buckets.
         let db = replica.db();
         assert_eq!(db.owned_buckets(), vec![0..=7]);
@@ -94,16 +94,24 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
             ShardStateMachine::open_split(root.clone().into(), template(&fs, &root), &off).unwrap();
         assert_eq!(stats, Default::default(), "reopened, not imported again");
         assert_eq!(again.owned_buckets(), vec![8..=15]);
-        // The new shard's group: its log starts where its state machine does; nobody bootstraps it.
-        prepare_split_log(&nodes[id].log, 7).unwrap();
-        new_shard.insert(*id, start(&nodes[id], &net, *id, 7, again).await);
+        // The new shard's group: its log starts where its state machine does, with the vote for the
+        // node the split named; nobody bootstraps it.
+        let voted = prepare_split_log(&nodes[id].log, 7, off.first_leader).unwrap();
+        assert!(voted, "the log started now, with the vote");
+        let leads = *id == first_leader;
+        new_shard.insert(*id, start_leading(&nodes[id], &net, *id, 7, again, leads).await);
     }
+    // A log that started before (a node restarted after making the group) is left as it is, and its
+    // replica must win an election: it may have led, and lost entries its followers kept.
+    assert!(!prepare_split_log(&nodes[&first_leader].log, 7, Some(first_leader)).unwrap());
     // Every replica's new shard is the same.
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
-    // Its group elects a leader among the shard's voters and takes writes to the moved buckets; every
-    // replica serves them.
+    // The node the split named leads its group's first term (no election) and takes writes to the
+    // moved buckets; every replica serves them.
     until(&new_shard, "a leader of the new shard", |r| r.values().any(|r| r.status().role == Role::Leader))
         .await;
+    let led = new_shard.values().find(|r| r.status().role == Role::Leader).unwrap().status();
+    assert_eq!((led.node, led.term), (first_leader, cairn_cluster::raft::FIRST_SPLIT_TERM), "{led:?}");
     let index = write(&new_shard[&3], put(9, "late", b"y")).await;
     assert!(index > cairn_cluster::raft::SPLIT_START_INDEX);
     assert_eq!(new_shard[&1].status().voters, (1..=3).collect());

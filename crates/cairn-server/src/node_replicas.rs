@@ -5,7 +5,7 @@
 use super::{Backend, NOT_HERE, Node, NodeConfig, ReplicaPlan, Shard, open_error, shard_config};
 use crate::error::{NodeError, Result};
 use crate::replicated::{self, Plumbing, ReplicationConfig};
-use cairn_cluster::raft::{Replica, ShardStateMachine};
+use cairn_cluster::raft::{Replica, ReplicaConfig, ShardStateMachine};
 use cairn_cluster::raft_log::RaftLog;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -124,7 +124,9 @@ impl Node {
         let (Some(r), Some(rc)) = (&self.replication, &self.config.replication) else {
             return Err(NodeError::Internal("a standalone node holds no replicas".into()));
         };
+        let asked = std::time::Instant::now();
         let _one_at_a_time = self.opening.lock().await;
+        let waited_ms = asked.elapsed().as_millis() as u64;
         if self.replica(new_group).is_some() {
             return Ok(true);
         }
@@ -132,6 +134,7 @@ impl Node {
         else {
             return Ok(false);
         };
+        let first_leader = off.first_leader;
         let (config, total_buckets, log) =
             (self.config.clone(), self.total_buckets, Arc::clone(&r.plumbing.log));
         let began = std::time::Instant::now();
@@ -139,29 +142,35 @@ impl Node {
             let template = shard_config(&config, total_buckets, new_group);
             let (sm, stats) = ShardStateMachine::open_split(template.dir.clone(), template, &off)
                 .map_err(|e| open_error(&config, new_group, e))?;
-            cairn_cluster::raft::prepare_split_log(&log, new_group)
+            let voted = cairn_cluster::raft::prepare_split_log(&log, new_group, first_leader)
                 .map_err(|e| NodeError::Startup(format!("cannot start shard {new_group}'s log: {e}")))?;
             tracing::info!(
                 shard = new_group,
                 from = parent,
                 imported = stats.files_imported,
                 copied = stats.bytes_copied,
+                waited_ms,
                 opened_ms = began.elapsed().as_millis() as u64,
                 "made a split's new shard"
             );
-            Ok::<_, NodeError>(sm)
+            Ok::<_, NodeError>((sm, voted))
         })
         .await
         .map_err(|e| NodeError::Internal(format!("split task failed: {e}")))??;
-        let shard = Arc::new(launch(rc, &r.plumbing, new_group, sm, None, true).await?);
-        tracing::debug!(
+        let (sm, voted) = sm;
+        let leads = voted && first_leader == Some(rc.node_id);
+        let shard = Arc::new(launch(rc, &r.plumbing, new_group, sm, None, Some(leads)).await?);
+        tracing::info!(
             shard = new_group,
             started_ms = began.elapsed().as_millis() as u64,
+            leads,
             "split's new shard runs"
         );
-        // The node that led the split shard asks for votes at once: the moved buckets wait for one
-        // round of votes, not an election timeout.
-        if let (Some(parent), Backend::Replicated(child)) = (self.replica(parent), &shard.backend)
+        // The node the split named leads the new group at once (its log starts with the vote). A split
+        // that named no one (written before splits did) has the node that led the split shard ask for
+        // votes at once: the moved buckets wait for one round of votes, not an election timeout.
+        if let (None, Some(parent), Backend::Replicated(child)) =
+            (first_leader, self.replica(parent), &shard.backend)
             && parent.status().role == cairn_cluster::raft::Role::Leader
         {
             child.campaign();
@@ -414,36 +423,33 @@ pub(super) async fn start_replica(
         .await
         .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))??
     };
-    launch(rc, plumbing, group, sm, plan.bootstrap, false).await
+    launch(rc, plumbing, group, sm, plan.bootstrap, None).await
 }
 
 /// Starts node `rc.node_id`'s replica of `group` over `sm` (making the group with `bootstrap` as its
-/// members if given and the replica is new), with its leadership watch and its tending.
+/// members if given and the replica is new), with its leadership watch and its tending. A split's new
+/// shard made here from the split entry is `Some(leads)`: true if its log started now with this
+/// node's vote (it starts as the leader, see [`cairn_cluster::raft::prepare_split_log`]).
 async fn launch(
     rc: &ReplicationConfig,
     plumbing: &Plumbing,
     group: u64,
     sm: ShardStateMachine,
     bootstrap: Option<cairn_cluster::control::Bootstrap>,
-    split_child: bool,
+    split_child: Option<bool>,
 ) -> Result<Shard> {
     sm.link(&plumbing.frozen, group)
         .map_err(|e| NodeError::Startup(format!("cannot open shard {group}'s replica: {e}")))?;
-    let replica = Replica::start(
-        rc.node_id,
-        group,
-        Arc::clone(&plumbing.log),
-        sm,
-        plumbing.wire.clone(),
-        rc.replica_config(),
-    )
-    .await
-    .map_err(|e| NodeError::Startup(format!("cannot start shard {group}'s replica: {e}")))?;
+    let config = ReplicaConfig { leads_from_start: split_child == Some(true), ..rc.replica_config() };
+    let replica =
+        Replica::start(rc.node_id, group, Arc::clone(&plumbing.log), sm, plumbing.wire.clone(), config)
+            .await
+            .map_err(|e| NodeError::Startup(format!("cannot start shard {group}'s replica: {e}")))?;
     plumbing.service.register_replica(&replica);
     // A replica coming back with state of its own (this node restarted) waits before it campaigns:
     // its group may be quiet, and the wake it asks for brings the leader's heartbeats first. Not a
     // split's new shard: its group has no leader yet.
-    if !replica.is_new() && !split_child {
+    if !replica.is_new() && split_child.is_none() {
         replica.hold_elections();
     }
     // A group this node has never heard of (new, or this node is new to it), and not a replica that

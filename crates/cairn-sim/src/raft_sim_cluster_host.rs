@@ -89,18 +89,18 @@ impl SimHost {
         group: u64,
         sm: ShardStateMachine,
         bootstrap: Option<Bootstrap>,
-        split_child: bool,
+        split_child: Option<bool>,
     ) -> Result<Replica, String> {
         sm.link(&self.frozen, group).map_err(|e| e.to_string())?;
         // Checks hash on this thread, not a background one: runs replay from their seed.
         sm.hash_checks_inline();
         let seed = self.seeds.lock().next_u64();
-        let start =
-            Replica::start(self.id, group, Arc::clone(&self.log), sm, self.wire.clone(), self.config.clone());
+        let config = ReplicaConfig { leads_from_start: split_child == Some(true), ..self.config.clone() };
+        let start = Replica::start(self.id, group, Arc::clone(&self.log), sm, self.wire.clone(), config);
         let replica =
             with_seed(seed, start).await.map_err(|e| format!("node {} shard {group}: {e}", self.id))?;
         self.service.register_replica(&replica);
-        if !replica.is_new() && !split_child {
+        if !replica.is_new() && split_child.is_none() {
             replica.hold_elections();
         }
         if let Some(b) = bootstrap {
@@ -167,7 +167,7 @@ impl SimHost {
         let plans = control::boot_plan(&state, self.id, &on_disk);
         for ReplicaPlan { group, ranges, bootstrap, serving } in plans {
             let started = match self.open(group, &ranges) {
-                Ok(sm) => self.launch(group, sm, bootstrap, false).await.map(drop),
+                Ok(sm) => self.launch(group, sm, bootstrap, None).await.map(drop),
                 Err(e) => Err(e),
             };
             if let Err(e) = started {
@@ -247,7 +247,7 @@ impl Host for SimHost {
             return Ok(());
         }
         let sm = self.open(group, &shard.ranges)?;
-        self.launch(group, sm, None, false).await.map(drop)
+        self.launch(group, sm, None, None).await.map(drop)
     }
 
     async fn add_split_replica(&self, shard: &ShardDescriptor) -> Result<bool, String> {
@@ -262,12 +262,16 @@ impl Host for SimHost {
         let (sm, stats) =
             ShardStateMachine::open_split(SimHost::dir(group).into(), self.template(group), &off)
                 .map_err(|e| format!("node {} split shard {group}: {e}", self.id))?;
-        prepare_split_log(&self.log, group).map_err(|e| e.to_string())?;
+        let voted = prepare_split_log(&self.log, group, off.first_leader).map_err(|e| e.to_string())?;
         self.tally.lock().bytes_copied += stats.bytes_copied;
         self.note(format!("made split shard {group} from {parent}: {stats:?}"));
-        let child = self.launch(group, sm, None, true).await?;
-        // As a server does: the node that led the split shard asks for votes at once.
-        if self.replica(parent.group()).is_some_and(|p| p.status().role == Role::Leader) {
+        let leads = voted && off.first_leader == Some(self.id);
+        let child = self.launch(group, sm, None, Some(leads)).await?;
+        // As a server does: the node the split named leads at once; for a split that named no one, the
+        // node that led the split shard asks for votes at once.
+        if off.first_leader.is_none()
+            && self.replica(parent.group()).is_some_and(|p| p.status().role == Role::Leader)
+        {
             child.campaign();
         }
         // As a server does: it serves its buckets at once, before the map names it.

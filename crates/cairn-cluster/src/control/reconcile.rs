@@ -26,6 +26,7 @@ pub const IDLE_RECONCILE: Duration = Duration::from_secs(5);
 pub async fn reconcile<H: Host>(meta: MetaStore, host: Weak<H>, id: u64) {
     let mut seen = None;
     let watching = SplitWatchers::default();
+    tokio::spawn(watch_splits(meta.clone(), host.clone(), id, Arc::clone(&watching)));
     loop {
         if meta.replica().is_stopped() {
             return;
@@ -46,9 +47,42 @@ pub async fn reconcile<H: Host>(meta: MetaStore, host: Weak<H>, id: u64) {
 /// The split children a watcher waits for (by group), so a pass starts one watcher each.
 type SplitWatchers = Arc<parking_lot::Mutex<BTreeSet<u64>>>;
 
-/// Starts this node's replica of split child `child` as soon as `effects` (of this node's replica of
-/// the splitting shard, subscribed to before the pass looked, so nothing is missed) show the split
-/// applied; gives up after [`CHANGE_TIMEOUT`] (the next pass looks again). One watcher per child.
+/// Starts a watcher for each split under way in the map that makes a new shard on node `id`, as soon
+/// as this node's meta replica applies the change that began it: apart from the passes, which can take
+/// a while on a node with many shards while the moved buckets wait for the new shard's replicas. It
+/// reads the local copy of the map (a watcher only starts a new shard once this node's replica of the
+/// splitting one has applied the split, and nothing here retires anything).
+async fn watch_splits<H: Host>(meta: MetaStore, host: Weak<H>, id: u64, watching: SplitWatchers) {
+    let mut seen = None;
+    loop {
+        if meta.replica().is_stopped() {
+            return;
+        }
+        if let (Some(node), Ok(state)) = (host.upgrade(), meta.read(ReadLevel::Eventual).await)
+            && let Some(map) = &state.map
+        {
+            let held = node.groups();
+            let children = map
+                .shards
+                .iter()
+                .filter(|s| s.replicas.contains(&id))
+                .filter_map(ShardDescriptor::split_child);
+            for child in children.filter(|c| !held.contains(&c.id.group())) {
+                if let Some(effects) =
+                    child.split_from.and_then(|p| node.replica(p.group())).map(|p| p.effects())
+                {
+                    watch_split(&node, &child, effects, &watching);
+                }
+            }
+        }
+        seen = meta.changed(seen, IDLE_RECONCILE).await;
+    }
+}
+
+/// Starts this node's replica of split child `child` at once if this node's replica of the splitting
+/// shard has applied the split, or else as soon as `effects` (of that replica, subscribed to before
+/// looking, so nothing is missed) show it applied; gives up after [`CHANGE_TIMEOUT`] (the next pass
+/// looks again). One watcher per child.
 fn watch_split<H: Host>(
     host: &Arc<H>,
     child: &ShardDescriptor,
@@ -62,6 +96,17 @@ fn watch_split<H: Host>(
     let (host, child, watching) = (Arc::downgrade(host), child.clone(), Arc::clone(watching));
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
+        if let Some(node) = host.upgrade() {
+            match node.add_split_replica(&child).await {
+                Ok(true) => {
+                    tracing::info!(shard = %child.id, "started a split's new shard by reference");
+                    watching.lock().remove(&group);
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard"),
+            }
+        }
         let applied = tokio::time::timeout(CHANGE_TIMEOUT, async {
             loop {
                 match effects.recv().await {
@@ -118,16 +163,9 @@ async fn reconcile_once<H: Host>(
     // the others.
     let held = node.groups();
     for child in children.iter().filter(|c| !held.contains(&c.id.group())) {
-        // Subscribed first: a split applied while this looks still reaches the watcher.
-        let effects = child.split_from.and_then(|p| node.replica(p.group())).map(|p| p.effects());
-        match node.add_split_replica(child).await {
-            Ok(true) => tracing::info!(shard = %child.id, "started a split's new shard by reference"),
-            Ok(false) => {
-                if let Some(effects) = effects {
-                    watch_split(host, child, effects, watching);
-                }
-            }
-            Err(e) => tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard"),
+        // Subscribed first: a split applied while the watcher looks still reaches it.
+        if let Some(effects) = child.split_from.and_then(|p| node.replica(p.group())).map(|p| p.effects()) {
+            watch_split(host, child, effects, watching);
         }
     }
     for s in map.shards.iter().filter(|s| wanted.contains(&s.id.group()) && !held.contains(&s.id.group())) {
@@ -270,7 +308,13 @@ async fn split<H: Host>(
         // replaced the record here). Record it.
         return finish(meta, node, s, plan).await;
     }
-    let command = Command::Split { new_group: plan.new.group(), ranges, voters };
+    // This node leads the new group's first term: it is the one that opens the group first.
+    let command = Command::Split {
+        new_group: plan.new.group(),
+        ranges,
+        voters,
+        first_leader: crate::raft::node_of(replica.id()),
+    };
     let written = replica.write(command, CHANGE_TIMEOUT).await.map_err(|e| e.to_string())?;
     if let CommandResult::Rejected(why) = &written.result {
         return Err(format!("the shard's group refused the split: {why}"));
@@ -284,7 +328,7 @@ async fn split<H: Host>(
         {
             tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard");
         }
-        node.replica(plan.new.group()).map(|c| tokio::spawn(first_leader(c, applied_at)))
+        node.replica(plan.new.group()).map(|c| tokio::spawn(first_commit(c, applied_at)))
     };
     let (leader, recorded) = tokio::join!(open_child, async {
         let recorded = finish(meta, node, s, plan).await;
@@ -295,11 +339,11 @@ async fn split<H: Host>(
     if let Some(leader) = leader {
         let (shard, new) = (s.id, plan.new);
         tokio::spawn(async move {
-            if let Ok(Some(leader_ms)) = leader.await {
+            if let Ok(Some(committed_ms)) = leader.await {
                 tracing::info!(
                     shard = %shard,
                     new = %new,
-                    leader_ms,
+                    committed_ms,
                     recorded_ms,
                     "split's moved buckets served again"
                 );
@@ -310,13 +354,17 @@ async fn split<H: Host>(
 }
 
 /// How long after `applied_at` (a split's entry applying on the old shard's leader) the new shard's
-/// replica `child` knew a leader (from then a node holding a replica serves the moved buckets);
-/// `None` if none within [`CHANGE_TIMEOUT`]. The split's leader logs it with the time the map took to
-/// name the new shard (from then every node routes to it).
-async fn first_leader(child: Replica, applied_at: tokio::time::Instant) -> Option<u64> {
+/// replica `child` knew a leader and an entry of its committed past the group's start (its leader's
+/// first: a quorum of replicas runs the group, and from then a node holding a replica serves the moved
+/// buckets); `None` if not within [`CHANGE_TIMEOUT`]. The split's leader logs it with the time the map
+/// took to name the new shard (from then every node routes to it).
+async fn first_commit(child: Replica, applied_at: tokio::time::Instant) -> Option<u64> {
     let mut watch = child.watch();
+    let served = |s: crate::raft::GroupStatus| {
+        s.leader.is_some() && s.committed > Some(crate::raft::SPLIT_START_INDEX)
+    };
     let led = async {
-        while child.status().leader.is_none() {
+        while !served(child.status()) {
             if !watch.changed().await {
                 return false;
             }

@@ -129,6 +129,9 @@ pub struct SplitOff {
     pub volume: String,
     /// The new group's voters: node → address.
     pub voters: BTreeMap<u64, String>,
+    /// The voter that leads the new group's first term, if the split named one
+    /// ([`Command::Split`](super::Command::Split)'s `first_leader`).
+    pub first_leader: Option<u64>,
 }
 
 /// The engine key of the split record: the last split this shard made (a [`SplitRecord`], postcard),
@@ -149,6 +152,27 @@ pub(crate) struct SplitRecord {
     pub(crate) ranges: Vec<(u16, u16)>,
     pub(crate) snapshot: u64,
     pub(crate) voters: Vec<(u64, String)>,
+    pub(crate) first_leader: Option<u64>,
+}
+
+impl SplitRecord {
+    /// The record in `bytes`, as kept now or before splits named a first leader.
+    fn decode(bytes: &[u8]) -> Result<SplitRecord, String> {
+        super::decode(bytes).or_else(|e| {
+            let LegacySplitRecord { new_group, ranges, snapshot, voters } =
+                super::decode(bytes).map_err(|_| e)?;
+            Ok(SplitRecord { new_group, ranges, snapshot, voters, first_leader: None })
+        })
+    }
+}
+
+/// A [`SplitRecord`] as kept before splits named their new group's first leader.
+#[derive(serde::Deserialize)]
+struct LegacySplitRecord {
+    new_group: u64,
+    ranges: Vec<(u16, u16)>,
+    snapshot: u64,
+    voters: Vec<(u64, String)>,
 }
 
 /// Effects kept for a subscriber that is behind (it misses the oldest; the replica's status still
@@ -502,7 +526,10 @@ impl ShardApplier {
                     results.push(self.run_check(entry.log_id().index, check)?);
                     continue;
                 }
-                EntryPayload::Normal(Command::Split { new_group, ranges, voters }) => {
+                EntryPayload::Normal(
+                    Command::Split { new_group, ranges, voters, .. }
+                    | Command::LegacySplit { new_group, ranges, voters },
+                ) => {
                     // The shrink's snapshot must hold every entry before this one, and the shrink must
                     // not be lost to a crash before this entry's position is stored: commit up to the
                     // entry before, shrink (durable at once in the engine's manifest; a replay shrinks
@@ -511,7 +538,12 @@ impl ShardApplier {
                         self.commit(std::mem::take(&mut batch), upto, &membership)?;
                         *cached = Some(membership.clone());
                     }
-                    let (result, record) = self.split(entry.log_id().index, *new_group, ranges, voters)?;
+                    let first_leader = match &entry.payload {
+                        EntryPayload::Normal(Command::Split { first_leader, .. }) => Some(*first_leader),
+                        _ => None,
+                    };
+                    let (result, record) =
+                        self.split(entry.log_id().index, *new_group, ranges, voters, first_leader)?;
                     self.commit(record, entry.log_id(), &membership)?;
                     *cached = Some(membership.clone());
                     results.push(result);
@@ -591,6 +623,7 @@ impl ShardApplier {
         new_group: u64,
         ranges: &[(u16, u16)],
         voters: &[(u64, String)],
+        first_leader: Option<u64>,
     ) -> Result<(CommandResult, WriteBatch), ApplyError> {
         let keeps_position = ranges.iter().any(|&(first, last)| (first..=last).contains(&self.meta_bucket));
         let bad = ranges.is_empty() || keeps_position || ranges.iter().any(|&(first, last)| first > last);
@@ -602,6 +635,7 @@ impl ShardApplier {
             return Ok((CommandResult::Rejected(why), WriteBatch::new()));
         }
         let moved = ranges.iter().map(|&(first, last)| first..=last).collect();
+        let began = std::time::Instant::now();
         let snapshot = match self.db.shrink_bucket(moved) {
             Ok(snapshot) => snapshot,
             // Buckets this shard does not own (and did not give up to this very split: a replay is
@@ -611,16 +645,39 @@ impl ShardApplier {
             }
             Err(e) => return Err(e.into()),
         };
+        tracing::info!(
+            index,
+            new_group,
+            shrink_ms = began.elapsed().as_millis() as u64,
+            "gave buckets up to a split"
+        );
         let source = self.db.id();
         let volume = self.db.snapshot_volume_url()?;
-        let record = SplitRecord { new_group, ranges: ranges.to_vec(), snapshot, voters: voters.to_vec() };
+        // Only a voter can lead the new group.
+        let first_leader = first_leader.filter(|node| voters.iter().any(|(n, _)| n == node));
+        let record = SplitRecord {
+            new_group,
+            ranges: ranges.to_vec(),
+            snapshot,
+            voters: voters.to_vec(),
+            first_leader,
+        };
         let mut batch = WriteBatch::new();
         let encoded = super::encode(&record).map_err(ApplyError::Corrupt)?;
         batch.put_row(self.meta_bucket, SPLIT_ROW_KEY, &[(0, &encoded)]);
         batch.delete(self.meta_bucket, LEGACY_SPLIT_ROW_KEY);
         let voters = voters.iter().cloned().collect();
         let ranges = ranges.to_vec();
-        let off = SplitOff { index, new_group, ranges, source: source.clone(), snapshot, volume, voters };
+        let off = SplitOff {
+            index,
+            new_group,
+            ranges,
+            source: source.clone(),
+            snapshot,
+            volume,
+            voters,
+            first_leader,
+        };
         self.checks.publish_effect(Effect::Split(off));
         Ok((CommandResult::Split { source, snapshot }, batch))
     }
@@ -767,7 +824,7 @@ impl ShardApplier {
             },
         };
         let bytes = row.column(0).ok_or_else(|| ApplyError::Corrupt("no split record column".into()))?;
-        super::decode(bytes).map(Some).map_err(ApplyError::Corrupt)
+        SplitRecord::decode(bytes).map(Some).map_err(ApplyError::Corrupt)
     }
 
     /// Runs one step of a consistency check at entry `index` (everything up to it is in the engine).
@@ -838,9 +895,10 @@ impl ShardApplier {
     }
 
     /// Makes the engine's contents the state of a group that starts at log position `(term 0, index)`
-    /// with `members` (node → address) voting, durably: a split's new shard starts so on every replica
-    /// that made it, while a replica without it starts with nothing and so can neither win an election
-    /// against them nor serve before it has caught up.
+    /// with `members` (node → address) voting (durable once the engine flushes: the caller's start
+    /// snapshot does): a split's new shard starts so on every replica that made it, while a replica
+    /// without it starts with nothing and so can neither win an election against them nor serve before
+    /// it has caught up.
     pub fn start_at(&self, index: u64, members: &BTreeMap<u64, String>) -> Result<(), ApplyError> {
         let voters: BTreeSet<u64> = members.keys().map(|n| super::replica_id(*n, 0)).collect();
         let nodes: BTreeMap<u64, openraft::BasicNode> = members
@@ -853,7 +911,6 @@ impl ShardApplier {
         let stored = StoredMembershipOf::<TypeConfig>::new(Some(at), membership);
         self.commit(WriteBatch::new(), at, &stored)?;
         *self.membership.lock() = Some(stored);
-        self.db.flush()?;
         Ok(())
     }
 
@@ -912,5 +969,19 @@ mod local_rows {
     #[test]
     fn the_split_record_is_local() {
         assert!(super::SPLIT_ROW_KEY.starts_with(cairn_engine::LOCAL_KEY_PREFIX));
+    }
+
+    /// A record kept before splits named a first leader still opens the new shard (whose group then
+    /// elects); one kept now names it.
+    #[test]
+    fn split_records_of_both_shapes_decode() {
+        let voters = vec![(1u64, "n1".to_string())];
+        let legacy = crate::raft::encode(&(9u64, vec![(8u16, 15u16)], 4u64, voters.clone())).unwrap();
+        let record = super::SplitRecord::decode(&legacy).unwrap();
+        assert_eq!((record.new_group, record.snapshot, record.first_leader), (9, 4, None));
+        let now = super::SplitRecord { first_leader: Some(1), ..record };
+        let bytes = crate::raft::encode(&now).unwrap();
+        assert_eq!(super::SplitRecord::decode(&bytes).unwrap(), now);
+        assert!(super::SplitRecord::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 }

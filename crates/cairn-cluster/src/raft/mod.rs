@@ -65,18 +65,14 @@ pub enum Command {
     },
     /// A consistency-check step.
     Check(Check),
-    /// Hands `ranges` of this shard to a new shard, group `new_group`: every replica gives them up at
-    /// this entry (the engine's shrink, whose pre-shrink snapshot keeps their files) and publishes
-    /// [`Effect::Split`], from which its node opens the new shard by reference
-    /// ([`ShardStateMachine::open_split`]). Answered [`CommandResult::Split`].
-    Split {
+    /// A [`Command::Split`] as written before a split named its new group's first leader: the new
+    /// group elects one. Kept so logs written then still apply.
+    LegacySplit {
         /// The new shard's group.
         new_group: u64,
-        /// The bucket ranges it takes (first and last bucket of each); never the shard's first bucket,
-        /// which keeps its applied position.
+        /// The bucket ranges it takes.
         ranges: Vec<(u16, u16)>,
-        /// The new group's voters (node, address): decided here, once, so every replica starts the
-        /// group with the same membership.
+        /// The new group's voters (node, address).
         voters: Vec<(u64, String)>,
     },
     /// Stops this shard for a merge into its left-hand neighbour: every replica stores the entry's
@@ -98,6 +94,25 @@ pub enum Command {
         right_group: u64,
         /// Its ranges.
         ranges: Vec<(u16, u16)>,
+    },
+    /// Hands `ranges` of this shard to a new shard, group `new_group`: every replica gives them up at
+    /// this entry (the engine's shrink, whose pre-shrink snapshot keeps their files) and publishes
+    /// [`Effect::Split`], from which its node opens the new shard by reference
+    /// ([`ShardStateMachine::open_split`]). Answered [`CommandResult::Split`].
+    Split {
+        /// The new shard's group.
+        new_group: u64,
+        /// The bucket ranges it takes (first and last bucket of each); never the shard's first bucket,
+        /// which keeps its applied position.
+        ranges: Vec<(u16, u16)>,
+        /// The new group's voters (node, address): decided here, once, so every replica starts the
+        /// group with the same membership.
+        voters: Vec<(u64, String)>,
+        /// The voter that leads the new group's first term (the node that proposed the split): every
+        /// replica that makes the group from this entry starts with its vote for that node, committed,
+        /// so that node leads at once, without a round of votes ([`prepare_split_log`]). A value that
+        /// is not a voter names no one (the group elects).
+        first_leader: u64,
     },
 }
 
@@ -148,7 +163,9 @@ impl Command {
             Command::Evaluated { term, .. } => Err(CommandResult::WrongTerm { evaluated: *term, appended }),
             Command::Conditional { conditions, batch } => Ok((batch, conditions)),
             Command::Check(_) => Err(CommandResult::Rejected("a check step writes no rows".into())),
-            Command::Split { .. } => Err(CommandResult::Rejected("a split writes no rows".into())),
+            Command::Split { .. } | Command::LegacySplit { .. } => {
+                Err(CommandResult::Rejected("a split writes no rows".into()))
+            }
             Command::Freeze { .. } | Command::Merge { .. } => {
                 Err(CommandResult::Rejected("a freeze or a merge writes no rows".into()))
             }
@@ -173,7 +190,7 @@ impl Command {
             }
             Command::Check(Check::Compare { digest, .. }) => 16 + digest.len(),
             Command::Check(Check::Record) => 1,
-            Command::Split { ranges, voters, .. } => {
+            Command::Split { ranges, voters, .. } | Command::LegacySplit { ranges, voters, .. } => {
                 16 + 8 * ranges.len() + voters.iter().map(|(_, a)| 16 + a.len()).sum::<usize>()
             }
             Command::Freeze { ranges } | Command::Merge { ranges, .. } => 16 + 8 * ranges.len(),
@@ -189,7 +206,9 @@ impl std::fmt::Display for Command {
                 write!(f, "conditional({} bytes, {} conditions)", batch.len(), conditions.len())
             }
             Command::Check(check) => write!(f, "check({check:?})"),
-            Command::Split { new_group, ranges, .. } => write!(f, "split({ranges:?} to group {new_group})"),
+            Command::Split { new_group, ranges, .. } | Command::LegacySplit { new_group, ranges, .. } => {
+                write!(f, "split({ranges:?} to group {new_group})")
+            }
             Command::Freeze { ranges } => write!(f, "freeze({ranges:?})"),
             Command::Merge { right_group, ranges } => write!(f, "merge({ranges:?} from group {right_group})"),
         }
@@ -306,14 +325,41 @@ pub const SPLIT_START_INDEX: u64 = 10;
 
 /// Starts node log `log`'s log of group `group` (first incarnation) at [`SPLIT_START_INDEX`], unless
 /// it has begun already: the log side of [`ShardStateMachine::open_split`]. Durable when it returns.
-pub fn prepare_split_log(log: &crate::raft_log::RaftLog, group: u64) -> crate::raft_log::Result<()> {
+///
+/// With a `first_leader` (the node the split named, [`Command::Split`]), the log also starts with a
+/// committed vote for that node's replica in term 1: every replica that makes the group from the split
+/// entry writes the same vote, as if that node had won term 1's election with all of them, so it leads
+/// at once (openraft restores a leader from its committed vote at start) and the others follow it.
+/// Only a pristine log gets it: a replica that voted or logged anything keeps what it has, and one
+/// that did not make the group (a snapshot's) starts with no vote, so term 1 still has one leader.
+///
+/// True if the log started now, with the vote: only then may the named node's replica start as the
+/// leader ([`ReplicaConfig::leads_from_start`]); one whose log started before may have led and lost
+/// entries to a crash that its followers kept, and must win an election.
+pub fn prepare_split_log(
+    log: &crate::raft_log::RaftLog,
+    group: u64,
+    first_leader: Option<u64>,
+) -> crate::raft_log::Result<bool> {
     let key = log_key(group, 0);
-    if log.state(key) == (None, None) && log.vote(key).is_none() {
+    let pristine = log.state(key) == (None, None) && log.vote(key).is_none();
+    if pristine {
+        // The start first: a crash between the two leaves a started log without the vote (the group
+        // elects), never a vote on a log that did not start.
         log.purge(key, crate::raft_log::LogPosition { term: 0, index: SPLIT_START_INDEX })?;
+        if let Some(node) = first_leader {
+            let vote =
+                openraft::alias::VoteOf::<TypeConfig>::new_committed(FIRST_SPLIT_TERM, replica_id(node, 0));
+            let bytes = encode(&vote).map_err(crate::raft_log::RaftLogError::InvalidArgument)?;
+            log.save_vote(key, &bytes)?;
+        }
         log.sync()?;
     }
-    Ok(())
+    Ok(pristine && first_leader.is_some())
 }
+
+/// The term a split's new group starts in, led by the node the split named.
+pub const FIRST_SPLIT_TERM: u64 = 1;
 
 /// Bits of a replica id that hold the node id; the bits above hold the incarnation.
 const NODE_BITS: u32 = 48;

@@ -31,7 +31,8 @@ pub struct ShardSnapshotRef {
     pub db_id: String,
     /// Its id within that shard.
     pub snapshot_id: u64,
-    /// Content digest (32 hex digits): equal for replicas that applied the same entries.
+    /// Content digest (32 hex digits): equal for replicas that applied the same entries. Empty for the
+    /// first snapshot of a split's new shard (see `ShardStateMachine::open_split`).
     pub digest: String,
 }
 
@@ -410,14 +411,35 @@ impl ShardStateMachine {
         }
         db.close()?;
         let sm = ShardStateMachine::open(root, template, ranges, meta_bucket)?;
-        {
-            let inner = sm.inner.lock();
-            let unstarted = inner.applier.applied().map_err(engine_error)?.0.is_none();
-            if unstarted {
-                inner.applier.start_at(super::SPLIT_START_INDEX, &split.voters).map_err(engine_error)?;
-            }
+        let unstarted = sm.inner.lock().applier.applied().map_err(engine_error)?.0.is_none();
+        if unstarted {
+            sm.inner
+                .lock()
+                .applier
+                .start_at(super::SPLIT_START_INDEX, &split.voters)
+                .map_err(engine_error)?;
         }
+        sm.take_start_snapshot().map_err(engine_error)?;
         Ok((sm, stats))
+    }
+
+    /// Makes a snapshot of the new shard as it starts (at its start position) the replica's current
+    /// one, without a content digest (`""`: computing one reads every row). openraft needs a current
+    /// snapshot of a group whose log starts purged, and would otherwise build one as the group starts,
+    /// hashing the whole shard while its moved buckets wait. The digest is informational (consistency
+    /// checks compare digests of their own; the group's next snapshot has one). The engine snapshot
+    /// flushes the memtable, so the start position is durable when this returns.
+    fn take_start_snapshot(&self) -> Result<(), ApplyError> {
+        let mut inner = self.inner.lock();
+        if inner.current.is_some() {
+            return Ok(());
+        }
+        let (last_log_id, last_membership) = inner.applier.applied()?;
+        let snapshot_id = inner.db.snapshot()?;
+        let volume = cairn_engine::resolve_volume(&inner.db.snapshot_volume_url()?, &inner.template.fs)?.url;
+        let snapshot = ShardSnapshotRef { volume, db_id: inner.db.id(), snapshot_id, digest: String::new() };
+        inner.current = Some((SnapshotMetaOf::<TypeConfig> { last_log_id, last_membership }, snapshot));
+        Ok(())
     }
 
     /// The split that gave `ranges` to group `new_group`, if it is the last split this replica
@@ -438,6 +460,7 @@ impl ShardStateMachine {
             snapshot: record.snapshot,
             volume,
             voters: record.voters.into_iter().collect(),
+            first_leader: record.first_leader,
         })
     }
 
@@ -537,6 +560,9 @@ impl ShardStateMachine {
             }
             inner.db.view()
         };
+        if theirs.digest.is_empty() {
+            return Err(io_err("the snapshot has no content digest to verify against"));
+        }
         let ours = view.content_digest().map_err(io_err)?.to_hex();
         Ok(if ours == theirs.digest {
             Verification::Match

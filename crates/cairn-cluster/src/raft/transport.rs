@@ -96,10 +96,11 @@ pub struct RaftService {
     registered: Arc<tokio::sync::Notify>,
 }
 
-/// How long a vote for a group this node has no replica of waits for one to be registered: a split's
-/// new group elects while its replicas are still being opened on the other nodes, and a vote answered
-/// "not here" would cost the candidate a whole round.
-const VOTE_WAITS_FOR_GROUP: Duration = Duration::from_millis(200);
+/// How long a vote or an AppendEntries for a group this node has no replica of waits for one to be
+/// registered: a split's new group leads (or elects) while its replicas are still being opened on the
+/// other nodes, and a call answered "not here" would cost its leader a retry after a backoff, or its
+/// candidate a whole round.
+const CALL_WAITS_FOR_GROUP: Duration = Duration::from_millis(200);
 
 impl std::fmt::Debug for RaftService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,8 +177,9 @@ impl RaftService {
     async fn dispatch(&self, call: RaftCall) -> Result<Vec<u8>, String> {
         let mut replica = self.replicas.read().get(&call.group).cloned();
         let unknown = || replica.is_none() && !self.groups.read().contains_key(&call.group);
-        if call.kind == RaftCallKind::Vote as i32 && unknown() {
-            self.replica_registered(call.group, VOTE_WAITS_FOR_GROUP).await;
+        let waits = [RaftCallKind::Vote as i32, RaftCallKind::AppendEntries as i32].contains(&call.kind);
+        if waits && unknown() {
+            self.replica_registered(call.group, CALL_WAITS_FOR_GROUP).await;
             replica = self.replicas.read().get(&call.group).cloned();
         }
         let raft = match &replica {

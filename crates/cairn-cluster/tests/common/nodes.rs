@@ -3,7 +3,7 @@
 
 use super::group::VOLUME;
 use super::{Net, replica_config};
-use cairn_cluster::raft::{Command, FrozenShards, RaftService, Replica, ShardStateMachine};
+use cairn_cluster::raft::{Command, FrozenShards, RaftService, Replica, ReplicaConfig, ShardStateMachine};
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::fs::{FileSystem, MemFs};
 use cairn_engine::{Config, WriteBatch};
@@ -26,9 +26,22 @@ pub fn node(fs: &Arc<MemFs>, net: &Net, id: u64) -> Node {
 
 /// Starts node `id`'s replica of `group` over `sm`, linked to the node's frozen shards, and tends it.
 pub async fn start(node: &Node, net: &Net, id: u64, group: u64, sm: ShardStateMachine) -> Replica {
+    start_leading(node, net, id, group, sm, false).await
+}
+
+/// [`start`], as the leader its log's committed vote names if `leads` (a split's new shard, see
+/// `prepare_split_log`).
+pub async fn start_leading(
+    node: &Node,
+    net: &Net,
+    id: u64,
+    group: u64,
+    sm: ShardStateMachine,
+    leads: bool,
+) -> Replica {
     sm.link(&node.frozen, group).unwrap();
-    let replica =
-        Replica::start(id, group, Arc::clone(&node.log), sm, net.clone(), replica_config(20)).await.unwrap();
+    let config = ReplicaConfig { leads_from_start: leads, ..replica_config(20) };
+    let replica = Replica::start(id, group, Arc::clone(&node.log), sm, net.clone(), config).await.unwrap();
     node.service.register_replica_sharing_volume(&replica);
     let tended = replica.clone();
     tokio::spawn(async move { tended.tend().await });

@@ -69,6 +69,12 @@ pub struct ReplicaConfig {
     pub quiesce_after: Duration,
     /// The nodes believed down (the node's liveness view), for quiet groups.
     pub down_nodes: DownNodes,
+    /// The replica's first Raft start makes it its group's leader if its log holds a committed vote
+    /// for it (openraft's leader restore). Only for a split's new group started from its split entry
+    /// with the vote [`prepare_split_log`](crate::raft::prepare_split_log) has just written for this
+    /// node, whose log and state machine hold nothing past their start: a replica that ran before must
+    /// win a new election (see `enable_leader_restore` below). Default false.
+    pub leads_from_start: bool,
 }
 
 impl Default for ReplicaConfig {
@@ -83,6 +89,7 @@ impl Default for ReplicaConfig {
             promote_resynced: true,
             quiesce_after: Duration::ZERO,
             down_nodes: DownNodes::default(),
+            leads_from_start: false,
         }
     }
 }
@@ -415,12 +422,16 @@ impl Replica {
             )));
         }
         let raft_config = Arc::new(config.to_openraft(group)?);
+        let mut leading = config.to_openraft(group)?;
+        leading.enable_leader_restore = Some(true);
+        let (leading, lead_once) = (Arc::new(leading), AtomicBool::new(config.leads_from_start));
         let start_raft: Box<StartRaft> = {
             let (wire, log, sm) = (wire.clone(), Arc::clone(&log), sm.clone());
             Box::new(move |id, incarnation| {
                 let network = GroupNetwork::new(wire.clone(), group);
                 let store = GroupLogStore::new(Arc::clone(&log), log_key(group, incarnation));
-                let (config, sm) = (Arc::clone(&raft_config), sm.bound_to(incarnation));
+                let config = if lead_once.swap(false, Ordering::Relaxed) { &leading } else { &raft_config };
+                let (config, sm) = (Arc::clone(config), sm.bound_to(incarnation));
                 Box::pin(async move { ShardRaft::new(id, config, network, store, sm).await.map_err(stopped) })
             })
         };

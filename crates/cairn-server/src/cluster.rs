@@ -626,8 +626,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         let at = u16::try_from(r.at)
             .map_err(|_| Status::invalid_argument(format!("bucket {} is out of range", r.at)))?;
         let shard = cairn_cluster::placement::ShardId(r.shard);
-        let new = self.membership.split_shard(shard, at).await.map_err(crate::wire::meta_status)?;
-        Ok(Response::new(pb::SplitShardReply { new_shard: new.0 }))
+        let at = (at != 0).then_some(at);
+        let (new, at) = self.membership.split_shard(shard, at).await.map_err(crate::wire::meta_status)?;
+        Ok(Response::new(pb::SplitShardReply { new_shard: new.0, at: u32::from(at) }))
     }
 
     async fn merge_shards(

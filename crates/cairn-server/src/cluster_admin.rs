@@ -10,13 +10,33 @@ use cairn_cluster::placement::{ShardId, ShardMap};
 use cairn_proto::cluster as pb;
 
 impl Membership {
-    /// Marks shard `shard` to split at bucket `at` in the meta group (the shard's leader carries the
-    /// split out); the new shard's id. The same split asked again answers the same id.
-    pub(crate) async fn split_shard(&self, shard: ShardId, at: u16) -> Result<ShardId, MetaError> {
+    /// Marks shard `shard` to split at bucket `at` (by default the one that halves its live data, see
+    /// [`split_point`]) in the meta group (the shard's leader carries the split out); the new shard's
+    /// id and the bucket. The same split asked again answers the same id.
+    pub(crate) async fn split_shard(
+        &self,
+        shard: ShardId,
+        at: Option<u16>,
+    ) -> Result<(ShardId, u16), MetaError> {
         let meta = self.meta().map_err(|_| MetaError::NotInitialized)?;
+        let at = match at {
+            Some(at) => at,
+            None => {
+                let state = meta.read(cairn_cluster::raft::ReadLevel::Strong).await?;
+                let map = state.map.as_ref().ok_or(MetaError::NotInitialized)?;
+                let s = map.shard(shard).ok_or(MetaError::Placement(
+                    cairn_cluster::placement::PlacementError::UnknownShard(shard),
+                ))?;
+                let statuses =
+                    super::status::node_statuses(&state, &std::collections::BTreeSet::new(), &self.channels)
+                        .await;
+                let halving = super::reshape::gather(&statuses).get(&shard).and_then(|l| l.size_split_at);
+                split_point(&s.ranges, halving)
+            }
+        };
         let (_, new) = meta.update(|s| s.begin_split(shard, at)).await?;
         tracing::info!(%shard, at, %new, "shard split requested");
-        Ok(new)
+        Ok((new, at))
     }
 
     /// Marks shard `right` to merge into its left-hand neighbour `left` in the meta group (the control
@@ -96,4 +116,43 @@ pub(crate) fn list_json(map: &ShardMap) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({"version": map.version, "total_buckets": map.total_buckets, "shards": shards})
+}
+/// Where a split of a shard owning `ranges` cuts when no bucket is asked for: at `halving` (the
+/// bucket that halves its live data, from its leader's report) if the shard owns it above its first
+/// bucket, else in the middle of its buckets (the first of the upper half). A shard of one bucket gets
+/// its first one, which the split refuses (a single bucket never splits).
+pub(crate) fn split_point(ranges: &[(u16, u16)], halving: Option<u16>) -> u16 {
+    let first = ranges.first().map_or(0, |r| r.0);
+    let owned = |b: u16| ranges.iter().any(|&(f, l)| (f..=l).contains(&b));
+    if let Some(at) = halving.filter(|&at| at > first && owned(at)) {
+        return at;
+    }
+    let count: u32 = ranges.iter().map(|&(f, l)| u32::from(l) - u32::from(f) + 1).sum();
+    let mut skip = count / 2;
+    for &(f, l) in ranges {
+        let len = u32::from(l) - u32::from(f) + 1;
+        if skip < len {
+            return f + skip as u16;
+        }
+        skip -= len;
+    }
+    first
+}
+
+#[cfg(test)]
+mod split_points {
+    use super::split_point;
+
+    #[test]
+    fn a_split_cuts_where_the_data_halves_or_else_in_the_middle_of_the_buckets() {
+        assert_eq!(split_point(&[(0, 255)], Some(40)), 40);
+        // Not above the first bucket, or not owned: the middle of the buckets.
+        for halving in [None, Some(0), Some(300)] {
+            assert_eq!(split_point(&[(0, 255)], halving), 128, "{halving:?}");
+        }
+        assert_eq!(split_point(&[(10, 13), (20, 23)], None), 20);
+        assert_eq!(split_point(&[(10, 14), (20, 23)], None), 14);
+        // One bucket: the split refuses it.
+        assert_eq!(split_point(&[(7, 7)], None), 7);
+    }
 }

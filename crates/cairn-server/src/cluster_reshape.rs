@@ -166,7 +166,7 @@ struct Seen {
 
 /// Each shard's size (from its leader's report; shards whose leader did not report are left out) and
 /// load (summed over every node's report, cut where the busiest node's half is).
-fn gather(statuses: &[cairn_proto::kv::StatusResponse]) -> BTreeMap<ShardId, ShardLoad> {
+pub(super) fn gather(statuses: &[cairn_proto::kv::StatusResponse]) -> BTreeMap<ShardId, ShardLoad> {
     let mut loads: BTreeMap<ShardId, ShardLoad> = BTreeMap::new();
     let mut busiest: BTreeMap<ShardId, f64> = BTreeMap::new();
     let split_at = |b: u32| u16::try_from(b).ok().filter(|b| *b > 0);

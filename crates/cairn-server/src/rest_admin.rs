@@ -24,8 +24,9 @@ pub(super) async fn list_shards(State(state): State<AppState>) -> ApiResult<Resp
     Ok(Json(crate::cluster::admin::list_json(&map)).into_response())
 }
 
-/// `POST /admin/shards/{id}/split?at=BUCKET`: marks the shard to split at the bucket (answered once the
-/// split is under way, with the new shard's id).
+/// `POST /admin/shards/{id}/split[?at=BUCKET]`: marks the shard to split at the bucket, by default the
+/// one that halves its live data (answered once the split is under way, with the new shard's id and
+/// the bucket).
 pub(super) async fn split_shard(
     State(state): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
@@ -33,12 +34,12 @@ pub(super) async fn split_shard(
 ) -> ApiResult<Response> {
     let shard = id.parse::<u32>().map_err(|_| bad(format!("shard id {id:?} is not a number")))?;
     let params = query(&uri, &["at"])?;
-    let Some(at) = params.number("at", u64::from(u16::MAX))? else {
-        return Err(bad("parameter \"at\" (the first bucket the new shard takes) is required"));
+    let at = match params.number("at", u64::from(u16::MAX))? {
+        Some(at) => Some(u16::try_from(at).map_err(|_| bad(format!("bucket {at} is out of range")))?),
+        None => None,
     };
-    let at = u16::try_from(at).map_err(|_| bad(format!("bucket {at} is out of range")))?;
     let shard = cairn_cluster::placement::ShardId(shard);
-    let new = membership(&state)?.split_shard(shard, at).await.map_err(crate::wire::meta_error)?;
+    let (new, at) = membership(&state)?.split_shard(shard, at).await.map_err(crate::wire::meta_error)?;
     let body = json!({"shard": shard.0, "at": at, "new_shard": new.0});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

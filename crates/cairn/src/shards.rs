@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum ShardsCommand {
-    /// Split SHARD at bucket --at: a new shard takes the shard's buckets from there on, with the same
-    /// replicas, by reference (no bytes copied). A single bucket never splits; the bucket space
+    /// Split SHARD at bucket --at (by default the bucket that halves its live data): a new shard takes
+    /// the shard's buckets from there on, with the same replicas, by reference (no bytes copied). A single bucket never splits; the bucket space
     /// (`total_buckets`, fixed at `cairn init`) bounds how many shards a cluster can have.
     Split(SplitArgs),
     /// Merge shard RIGHT into its left-hand neighbour LEFT (RIGHT's buckets start where LEFT's end):
@@ -26,9 +26,10 @@ pub(crate) struct SplitArgs {
     client: ClientArgs,
     /// The shard to split (`cairn status` lists them).
     shard: u32,
-    /// The first bucket the new shard takes: above the shard's first bucket, one it owns.
+    /// The first bucket the new shard takes: above the shard's first bucket, one it owns. By default
+    /// the bucket that halves the shard's live data (the middle of its buckets if it holds none).
     #[arg(long)]
-    at: u32,
+    at: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -135,18 +136,24 @@ async fn merge_command(args: MergeArgs) -> Result<ExitCode, String> {
 
 async fn split_command(args: SplitArgs) -> Result<ExitCode, String> {
     let mut client = cluster_client(&args.client.addr).await?;
-    let request = cairn_proto::cluster::SplitShardRequest { shard: args.shard, at: args.at };
+    if args.at == Some(0) {
+        return Err("split refused: bucket 0 is every first shard's first bucket".into());
+    }
+    let request = cairn_proto::cluster::SplitShardRequest { shard: args.shard, at: args.at.unwrap_or(0) };
     let reply = client
         .split_shard(request)
         .await
         .map_err(|s| format!("split refused: {}", s.message()))?
         .into_inner();
     if args.client.json {
-        println!("{}", serde_json::json!({"shard": args.shard, "at": args.at, "new_shard": reply.new_shard}));
+        println!(
+            "{}",
+            serde_json::json!({"shard": args.shard, "at": reply.at, "new_shard": reply.new_shard})
+        );
     } else {
         println!(
             "splitting shard {} at bucket {}: shard {} takes the rest",
-            args.shard, args.at, reply.new_shard
+            args.shard, reply.at, reply.new_shard
         );
     }
     Ok(ExitCode::SUCCESS)

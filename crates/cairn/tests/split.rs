@@ -70,10 +70,10 @@ fn a_shard_splits_online_by_reference_and_every_key_stays_readable_and_writable(
         let (list, splitting) = shards(&status(&nodes[0]));
         !splitting && list.len() == 5
     });
-    // The admin REST route: refusals first (no bucket, an unknown shard, a bucket the shard does not
-    // own), then the new shard splits again.
+    // The admin REST route: refusals first (a bucket that is not a number, an unknown shard, a bucket
+    // the shard does not own), then the new shard splits again.
     for (target, code) in [
-        ("/admin/shards/4/split", 400),
+        ("/admin/shards/4/split?at=x", 400),
         ("/admin/shards/x/split?at=3", 400),
         ("/admin/shards/9/split?at=200", 404),
         ("/admin/shards/4/split?at=100", 412),
@@ -202,6 +202,21 @@ fn a_shard_splits_online_by_reference_and_every_key_stays_readable_and_writable(
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(read(&nodes[(k + 1) % 3], &format!("s-{k}")), b64(&format!("m{k}")), "s-{k} written");
     }
+    // Without a bucket, a split cuts where the shard's data halves: inside the shard, both halves
+    // holding some of its keys.
+    let (ok, out, err) = cairn(&["shards", "split", "0", "--json", "--addr", addr]);
+    assert!(ok, "{err}");
+    let reply: Value = serde_json::from_str(&out).unwrap();
+    let at = reply["at"].as_u64().unwrap();
+    assert!((1..=255).contains(&at), "{reply}");
+    wait_until("the split without a bucket is recorded", READY, || shards(&status(&nodes[0])).0.len() == 5);
+    let s = nodes[1].call("GET", "/_status", b"").json();
+    let live = |id: u64| {
+        let shards = s["shards"].as_array().unwrap();
+        shards.iter().find(|sh| sh["shard"] == id).map_or(0, |sh| sh["live_bytes"].as_u64().unwrap_or(0))
+    };
+    let new = reply["new_shard"].as_u64().unwrap();
+    assert!(live(0) > 0 && live(new) > 0, "halves: {} and {} bytes", live(0), live(new));
     for n in nodes {
         n.stop();
     }

@@ -65,7 +65,7 @@ fn run(db: &Arc<DbInner>) {
                     state.compacting = false;
                     return;
                 }
-                if state.rescale_pending {
+                if state.compaction_holds > 0 {
                     // A rescale step edits file filters and ownership: no job may straddle it.
                     state.compacting = false;
                     db.bg_cv.notify_all();

@@ -59,8 +59,9 @@ pub(crate) struct State {
     /// Bumped after every flush or compaction, so waiters can tell that progress happened.
     pub(crate) bg_generation: u64,
     pub(crate) compacting: bool,
-    /// A rescale step is about to edit the tree: the compactor finishes its job and starts no other.
-    pub(crate) rescale_pending: bool,
+    /// Rescale steps about to edit the tree, and callers holding compactions ahead of one: while any
+    /// is, the compactor finishes its job and starts no other.
+    pub(crate) compaction_holds: u32,
 }
 
 pub(crate) struct DbInner {

@@ -69,7 +69,7 @@ pub use error::{Error, Result};
 pub use keys::MAX_KEY_BYTES;
 pub use metrics::MetricsSnapshot;
 pub use read_only::{ReadOnlyDb, Reader};
-pub use rescale::{CLAIM_PREFIX, ExpandStats, RELEASE_FILE};
+pub use rescale::{CLAIM_PREFIX, CompactionHold, ExpandStats, RELEASE_FILE};
 pub use row::{Row, RowRef};
 pub use single::SingleDb;
 pub use snapshot::{

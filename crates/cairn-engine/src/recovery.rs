@@ -190,7 +190,7 @@ fn assemble(
         manual_compaction: false,
         bg_generation: 0,
         compacting: false,
-        rescale_pending: false,
+        compaction_holds: 0,
     };
     let table_cache = Arc::new(TableCache::new(
         Arc::clone(&config.fs),

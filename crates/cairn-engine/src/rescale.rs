@@ -142,37 +142,62 @@ pub(crate) fn place(v: &Version, imports: &[(usize, Arc<TableFile>)]) -> Option<
 }
 
 /// Holds compactions off while a rescale step edits the tree (a job planned on the old tree would write
-/// released entries back unfiltered, or delete a file the step dropped).
-struct CompactionPause<'a>(&'a DbInner);
+/// released entries back unfiltered, or delete a file the step dropped), or while a caller holds them
+/// ahead of one ([`CompactionHold`]). Pauses nest: compactions resume when the last one ends.
+struct CompactionPause<D: std::ops::Deref<Target = DbInner>>(D);
 
-impl<'a> CompactionPause<'a> {
-    fn new(db: &'a DbInner) -> Result<CompactionPause<'a>> {
+impl<D: std::ops::Deref<Target = DbInner>> CompactionPause<D> {
+    /// Returns once no compaction runs (a running one finishes first).
+    fn new(db: D) -> Result<CompactionPause<D>> {
         let mut state = db.state.lock();
-        state.rescale_pending = true;
+        state.compaction_holds += 1;
         db.bg_cv.notify_all();
         while state.compacting && !state.closing && state.poisoned.is_none() {
             db.bg_cv.wait(&mut state);
         }
-        let pause = CompactionPause(db);
         // A job may still be running (it would commit outputs planned on the old tree): give up.
-        if let Some(why) = &state.poisoned {
-            return Err(Error::Poisoned(why.clone()));
+        let failed = match (&state.poisoned, state.closing) {
+            (Some(why), _) => Some(Error::Poisoned(why.clone())),
+            (None, true) => Some(Error::Closed),
+            (None, false) => None,
+        };
+        drop(state);
+        let pause = CompactionPause(db);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(pause),
         }
-        if state.closing {
-            return Err(Error::Closed);
-        }
-        Ok(pause)
     }
 }
 
-impl Drop for CompactionPause<'_> {
+impl<D: std::ops::Deref<Target = DbInner>> Drop for CompactionPause<D> {
     fn drop(&mut self) {
-        self.0.state.lock().rescale_pending = false;
+        let mut state = self.0.state.lock();
+        state.compaction_holds = state.compaction_holds.saturating_sub(1);
+        drop(state);
         self.0.bg_cv.notify_all();
     }
 }
 
+/// Compactions held off until this drops ([`Db::hold_compactions`]).
+pub struct CompactionHold {
+    _pause: CompactionPause<Arc<DbInner>>,
+}
+
+impl std::fmt::Debug for CompactionHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompactionHold")
+    }
+}
+
 impl Db {
+    /// Holds compactions off until the returned hold drops: waits for a running one to finish, and
+    /// none starts meanwhile (flushes go on). For a caller about to rescale the shard: the step then
+    /// has no compaction to wait for. Writes may pile up in level 0 meanwhile, so hold it briefly.
+    pub fn hold_compactions(&self) -> Result<CompactionHold> {
+        Ok(CompactionHold { _pause: CompactionPause::new(Arc::clone(&self.inner))? })
+    }
+
     /// Gives up `ranges`: takes the pre-shrink snapshot (every write acknowledged before the call is in
     /// it) and returns its id, the source for [`Db::expand_bucket`] on the shards that take the ranges
     /// over. From the moment the call starts, reads and writes of the ranges get `NotOwned`. No data is
@@ -261,7 +286,7 @@ impl Db {
             last_release: Some((snapshot_id, release.ranges().to_vec())),
             ..VersionEdit::default()
         };
-        let _paused = CompactionPause::new(inner)?;
+        let _paused = CompactionPause::new(&**inner)?;
         let mut versions = inner.versions.lock();
         for (level, files) in versions.current().levels.iter().enumerate() {
             for f in files {
@@ -408,7 +433,7 @@ impl Db {
             // Gate first: a writer stalled on a full L0 needs compaction to finish, so compactions are
             // paused only once no write is in flight.
             let _no_writes_in_flight = inner.ownership_gate.write();
-            let _paused = CompactionPause::new(inner)?;
+            let _paused = CompactionPause::new(&**inner)?;
             let mut versions = inner.versions.lock();
             let levels = if by_reference {
                 match place(versions.current(), &by_level) {

@@ -279,6 +279,10 @@ fn refresh_ranges(list: &mut [Arc<Shard>]) {
 }
 
 /// The node as the control plane's reconciler acts on it.
+/// Longest a replica holds its compactions ahead of a split of its shard (`flush_ahead_of_split`):
+/// long enough for the split to apply, short enough that level 0 does not pile up if it never does.
+const SPLIT_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl cairn_cluster::control::Host for Node {
     type Error = NodeError;
 
@@ -319,6 +323,42 @@ impl cairn_cluster::control::Host for Node {
 
     async fn retire_replica(&self, group: u64) -> Result<()> {
         Node::retire_replica(self, group).await
+    }
+
+    /// Also holds the replica's compactions until it applies the split (at most [`SPLIT_HOLD`]): the
+    /// split's shrink waits for a running compaction, which on a big shard takes longer than the flush.
+    async fn flush_ahead_of_split(&self, group: u64) {
+        let Some(replica) = Node::replica(self, group) else { return };
+        // Subscribed first: a split that applies while this flushes still ends the hold.
+        let mut effects = replica.effects();
+        let db = replica.state_machine().db();
+        let began = std::time::Instant::now();
+        let held = tokio::task::spawn_blocking(move || {
+            let hold = db.hold_compactions()?;
+            db.flush()?;
+            Ok::<_, cairn_engine::Error>(hold)
+        })
+        .await;
+        let hold = match held {
+            Ok(Ok(hold)) => hold,
+            Ok(Err(e)) => return tracing::warn!(shard = group, error = %e, "cannot flush ahead of a split"),
+            Err(e) => return tracing::warn!(shard = group, error = %e, "flush ahead of a split failed"),
+        };
+        let flush_ms = began.elapsed().as_millis() as u64;
+        tracing::debug!(shard = group, flush_ms, "flushed ahead of a split");
+        tokio::spawn(async move {
+            let split = async {
+                loop {
+                    match effects.recv().await {
+                        // (Effects missed: the split may be among them.)
+                        Ok(cairn_cluster::raft::Effect::Split(_)) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(SPLIT_HOLD, split).await;
+            drop(hold);
+        });
     }
 }
 

@@ -148,6 +148,14 @@ pub trait Host: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
     /// Stops the node's replica of `group` for good and drops its contents.
     fn retire_replica(&self, group: u64) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Writes what the node's replica of `group` holds in memory to its files, ahead of a split of it
+    /// the map has begun: the split's shrink flushes for its snapshot while the shard's applies wait
+    /// (and the moved buckets with them), so the less it has left to write, the shorter the wait.
+    /// Nothing happens by default.
+    fn flush_ahead_of_split(&self, group: u64) -> impl Future<Output = ()> + Send {
+        let _ = group;
+        async {}
+    }
 }
 
 /// How a new replica makes its group ([`Replica::form`]).

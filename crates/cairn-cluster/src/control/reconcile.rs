@@ -106,6 +106,16 @@ fn watch_split<H: Host>(
                 Ok(false) => {}
                 Err(e) => tracing::warn!(shard = %child.id, error = %e, "cannot start a split's new shard"),
             }
+            // Not applied here yet: the splitting shard's memtable is flushed meanwhile (not waited
+            // for: the split may apply before it is done).
+            if let Some(parent) = child.split_from {
+                let (host, parent) = (Arc::downgrade(&node), parent.group());
+                tokio::spawn(async move {
+                    if let Some(node) = host.upgrade() {
+                        node.flush_ahead_of_split(parent).await;
+                    }
+                });
+            }
         }
         let applied = tokio::time::timeout(CHANGE_TIMEOUT, async {
             loop {
@@ -309,6 +319,9 @@ async fn split<H: Host>(
         return finish(meta, node, s, plan).await;
     }
     // This node leads the new group's first term: it is the one that opens the group first.
+    // The other replicas flush as their nodes see the split begin (their watchers); this one does too,
+    // and waits, so that on every replica the split's shrink has little left to flush.
+    node.flush_ahead_of_split(s.id.group()).await;
     let command = Command::Split {
         new_group: plan.new.group(),
         ranges,

@@ -406,10 +406,14 @@ impl ShardStateMachine {
         // ranges are claimed), and starting it is what is left.
         let made = fs.exists(&config.dir.join("CURRENT"))?;
         let db = if made { Db::open_as_stored(config)? } else { Db::open(config, Vec::new())? };
+        // The imported files would start compactions (rewrites dropping what their filters hide) that
+        // the close below would wait for: they run once the shard is open for good.
+        let held = db.hold_compactions()?;
         if db.owned_buckets() != ranges {
             stats = db.expand_bucket(&split.source, split.snapshot, ranges.clone())?;
         }
         db.close()?;
+        drop(held);
         let sm = ShardStateMachine::open(root, template, ranges, meta_bucket)?;
         let unstarted = sm.inner.lock().applier.applied().map_err(engine_error)?.0.is_none();
         if unstarted {

@@ -144,44 +144,69 @@ pub(crate) fn place(v: &Version, imports: &[(usize, Arc<TableFile>)]) -> Option<
 /// Holds compactions off while a rescale step edits the tree (a job planned on the old tree would write
 /// released entries back unfiltered, or delete a file the step dropped), or while a caller holds them
 /// ahead of one ([`CompactionHold`]). Pauses nest: compactions resume when the last one ends.
-struct CompactionPause<D: std::ops::Deref<Target = DbInner>>(D);
+struct CompactionPause<'a>(&'a DbInner);
 
-impl<D: std::ops::Deref<Target = DbInner>> CompactionPause<D> {
-    /// Returns once no compaction runs (a running one finishes first).
-    fn new(db: D) -> Result<CompactionPause<D>> {
-        let mut state = db.state.lock();
-        state.compaction_holds += 1;
-        db.bg_cv.notify_all();
-        while state.compacting && !state.closing && state.poisoned.is_none() {
-            db.bg_cv.wait(&mut state);
-        }
-        // A job may still be running (it would commit outputs planned on the old tree): give up.
-        let failed = match (&state.poisoned, state.closing) {
-            (Some(why), _) => Some(Error::Poisoned(why.clone())),
-            (None, true) => Some(Error::Closed),
-            (None, false) => None,
-        };
-        drop(state);
-        let pause = CompactionPause(db);
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(pause),
-        }
+impl<'a> CompactionPause<'a> {
+    fn new(db: &'a DbInner) -> Result<CompactionPause<'a>> {
+        begin_pause(db)?;
+        Ok(CompactionPause(db))
     }
 }
 
-impl<D: std::ops::Deref<Target = DbInner>> Drop for CompactionPause<D> {
+impl Drop for CompactionPause<'_> {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock();
-        state.compaction_holds = state.compaction_holds.saturating_sub(1);
-        drop(state);
-        self.0.bg_cv.notify_all();
+        end_pause(self.0);
     }
 }
 
-/// Compactions held off until this drops ([`Db::hold_compactions`]).
+/// Starts a pause of compactions: returns once none runs (a running one finishes first). On an error
+/// the pause has ended already.
+fn begin_pause(db: &DbInner) -> Result<()> {
+    let mut state = db.state.lock();
+    state.compaction_holds += 1;
+    db.bg_cv.notify_all();
+    while state.compacting && !state.closing && state.poisoned.is_none() {
+        db.bg_cv.wait(&mut state);
+    }
+    // A job may still be running (it would commit outputs planned on the old tree): give up.
+    let failed = match (&state.poisoned, state.closing) {
+        (Some(why), _) => Some(Error::Poisoned(why.clone())),
+        (None, true) => Some(Error::Closed),
+        (None, false) => None,
+    };
+    drop(state);
+    match failed {
+        Some(e) => {
+            end_pause(db);
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
+fn end_pause(db: &DbInner) {
+    let mut state = db.state.lock();
+    state.compaction_holds = state.compaction_holds.saturating_sub(1);
+    drop(state);
+    db.bg_cv.notify_all();
+}
+
+/// Level-0 files a [`Db::hold_compactions`] leaves below the count that stops writes: room for the
+/// flushes while it holds.
+const HOLD_ROOM: usize = 4;
+
+/// Compactions held off until this drops ([`Db::hold_compactions`]). It does not keep the shard open:
+/// once the shard is closed and gone, dropping it does nothing.
 pub struct CompactionHold {
-    _pause: CompactionPause<Arc<DbInner>>,
+    db: std::sync::Weak<DbInner>,
+}
+
+impl Drop for CompactionHold {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.upgrade() {
+            end_pause(&db);
+        }
+    }
 }
 
 impl std::fmt::Debug for CompactionHold {
@@ -193,9 +218,16 @@ impl std::fmt::Debug for CompactionHold {
 impl Db {
     /// Holds compactions off until the returned hold drops: waits for a running one to finish, and
     /// none starts meanwhile (flushes go on). For a caller about to rescale the shard: the step then
-    /// has no compaction to wait for. Writes may pile up in level 0 meanwhile, so hold it briefly.
-    pub fn hold_compactions(&self) -> Result<CompactionHold> {
-        Ok(CompactionHold { _pause: CompactionPause::new(Arc::clone(&self.inner))? })
+    /// has no compaction to wait for. `None` (nothing held) if level 0 is within a few files of the
+    /// count that stops writes: a writer stalled there waits for a compaction (holding the commit
+    /// path, so a flush would wait too). Level 0 grows while held, so hold it briefly.
+    pub fn hold_compactions(&self) -> Result<Option<CompactionHold>> {
+        let level0 = self.inner.state.lock().version.level_files()[0];
+        if level0 + HOLD_ROOM >= self.inner.config.l0_stop_writes_trigger {
+            return Ok(None);
+        }
+        begin_pause(&self.inner)?;
+        Ok(Some(CompactionHold { db: Arc::downgrade(&self.inner) }))
     }
 
     /// Gives up `ranges`: takes the pre-shrink snapshot (every write acknowledged before the call is in
@@ -286,7 +318,7 @@ impl Db {
             last_release: Some((snapshot_id, release.ranges().to_vec())),
             ..VersionEdit::default()
         };
-        let _paused = CompactionPause::new(&**inner)?;
+        let _paused = CompactionPause::new(inner)?;
         let mut versions = inner.versions.lock();
         for (level, files) in versions.current().levels.iter().enumerate() {
             for f in files {
@@ -433,7 +465,7 @@ impl Db {
             // Gate first: a writer stalled on a full L0 needs compaction to finish, so compactions are
             // paused only once no write is in flight.
             let _no_writes_in_flight = inner.ownership_gate.write();
-            let _paused = CompactionPause::new(&**inner)?;
+            let _paused = CompactionPause::new(inner)?;
             let mut versions = inner.versions.lock();
             let levels = if by_reference {
                 match place(versions.current(), &by_level) {

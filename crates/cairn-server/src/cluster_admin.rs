@@ -27,6 +27,10 @@ impl Membership {
                 let s = map.shard(shard).ok_or(MetaError::Placement(
                     cairn_cluster::placement::PlacementError::UnknownShard(shard),
                 ))?;
+                // Asked again (a lost answer): the split under way, wherever it cuts.
+                if let Some(plan) = s.splitting {
+                    return Ok((plan.new, plan.at));
+                }
                 let statuses =
                     super::status::node_statuses(&state, &std::collections::BTreeSet::new(), &self.channels)
                         .await;

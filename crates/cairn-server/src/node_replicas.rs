@@ -278,11 +278,11 @@ fn refresh_ranges(list: &mut [Arc<Shard>]) {
     }
 }
 
-/// The node as the control plane's reconciler acts on it.
 /// Longest a replica holds its compactions ahead of a split of its shard (`flush_ahead_of_split`):
 /// long enough for the split to apply, short enough that level 0 does not pile up if it never does.
 const SPLIT_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// The node as the control plane's reconciler acts on it.
 impl cairn_cluster::control::Host for Node {
     type Error = NodeError;
 
@@ -333,14 +333,21 @@ impl cairn_cluster::control::Host for Node {
         let mut effects = replica.effects();
         let db = replica.state_machine().db();
         let began = std::time::Instant::now();
+        // The flush first: a writer stalled on a full level 0 holds the commit path until a compaction
+        // runs, so a flush under a hold could wait for good.
         let held = tokio::task::spawn_blocking(move || {
-            let hold = db.hold_compactions()?;
             db.flush()?;
-            Ok::<_, cairn_engine::Error>(hold)
+            db.hold_compactions()
         })
         .await;
         let hold = match held {
-            Ok(Ok(hold)) => hold,
+            Ok(Ok(Some(hold))) => hold,
+            Ok(Ok(None)) => {
+                return tracing::debug!(
+                    shard = group,
+                    "level 0 too full to hold compactions ahead of a split"
+                );
+            }
             Ok(Err(e)) => return tracing::warn!(shard = group, error = %e, "cannot flush ahead of a split"),
             Err(e) => return tracing::warn!(shard = group, error = %e, "flush ahead of a split failed"),
         };

@@ -12,6 +12,8 @@ use std::time::Duration;
 /// How long a shard leader waits for a membership change of its group (or to hand its leadership
 /// over, when it is a move's source).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a split's leader waits for its flush ahead of the split ([`Host::flush_ahead_of_split`]).
+const FLUSH_AHEAD_WAIT: Duration = Duration::from_secs(1);
 /// Longest pause between two reconcile passes while nothing is under way.
 pub const IDLE_RECONCILE: Duration = Duration::from_secs(5);
 
@@ -58,7 +60,9 @@ async fn watch_splits<H: Host>(meta: MetaStore, host: Weak<H>, id: u64, watching
         if meta.replica().is_stopped() {
             return;
         }
-        if let (Some(node), Ok(state)) = (host.upgrade(), meta.read(ReadLevel::Eventual).await)
+        let state = meta.read(ReadLevel::Eventual).await;
+        let Some(node) = host.upgrade() else { return };
+        if let Ok(state) = state
             && let Some(map) = &state.map
         {
             let held = node.groups();
@@ -147,6 +151,9 @@ async fn reconcile_once<H: Host>(
     watching: &SplitWatchers,
 ) -> Result<bool, String> {
     let node = host.as_ref();
+    // Before the map is read: a split's new shard a watcher opens meanwhile (from a map newer than the
+    // one read here) is neither retired nor stopped from serving by this pass.
+    let held = node.groups();
     // Through the leader: decisions to retire must not rest on a lagging copy of the map.
     let state = meta.read(ReadLevel::Strong).await.map_err(|e| e.to_string())?;
     let Some(map) = &state.map else { return Ok(true) };
@@ -171,7 +178,6 @@ async fn reconcile_once<H: Host>(
         .collect();
     // Each shard on its own: one that cannot make progress (no quorum, a disk error) must not hold up
     // the others.
-    let held = node.groups();
     for child in children.iter().filter(|c| !held.contains(&c.id.group())) {
         // Subscribed first: a split applied while the watcher looks still reaches it.
         if let Some(effects) = child.split_from.and_then(|p| node.replica(p.group())).map(|p| p.effects()) {
@@ -209,7 +215,10 @@ async fn reconcile_once<H: Host>(
     // A split's new shard serves here as soon as it is started (its replica holds the moved buckets
     // from the split's entry on), before the map names it. Named whether held or not: the node serves
     // only what it holds, and one a watcher starts meanwhile must not be dropped.
-    let serving: BTreeSet<u64> = serving.into_iter().chain(children.iter().map(|c| c.id.group())).collect();
+    let opened_meanwhile: BTreeSet<u64> =
+        node.groups().difference(&held).filter(|g| !wanted.contains(g)).copied().collect();
+    let serving: BTreeSet<u64> =
+        serving.into_iter().chain(children.iter().map(|c| c.id.group())).chain(opened_meanwhile).collect();
     node.serve_only(&serving);
     let mut settled = node.groups() == wanted && children.is_empty() && !merging;
     for s in &map.shards {
@@ -321,7 +330,9 @@ async fn split<H: Host>(
     // This node leads the new group's first term: it is the one that opens the group first.
     // The other replicas flush as their nodes see the split begin (their watchers); this one does too,
     // and waits, so that on every replica the split's shrink has little left to flush.
-    node.flush_ahead_of_split(s.id.group()).await;
+    // (At most FLUSH_AHEAD_WAIT: a running compaction the hold waits for may take much longer, and the
+    // other shards on this node are not tended meanwhile.)
+    let _ = tokio::time::timeout(FLUSH_AHEAD_WAIT, node.flush_ahead_of_split(s.id.group())).await;
     let command = Command::Split {
         new_group: plan.new.group(),
         ranges,

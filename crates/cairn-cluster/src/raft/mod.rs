@@ -342,17 +342,24 @@ pub fn prepare_split_log(
     first_leader: Option<u64>,
 ) -> crate::raft_log::Result<bool> {
     let key = log_key(group, 0);
+    let start = crate::raft_log::LogPosition { term: 0, index: SPLIT_START_INDEX };
     let pristine = log.state(key) == (None, None) && log.vote(key).is_none();
     if pristine {
-        // The start first: a crash between the two leaves a started log without the vote (the group
-        // elects), never a vote on a log that did not start.
-        log.purge(key, crate::raft_log::LogPosition { term: 0, index: SPLIT_START_INDEX })?;
-        if let Some(node) = first_leader {
-            let vote =
-                openraft::alias::VoteOf::<TypeConfig>::new_committed(FIRST_SPLIT_TERM, replica_id(node, 0));
-            let bytes = encode(&vote).map_err(crate::raft_log::RaftLogError::InvalidArgument)?;
-            log.save_vote(key, &bytes)?;
-        }
+        // The start first: a crash between the two records leaves a started log without the vote,
+        // never a vote on a log that did not start.
+        log.purge(key, start)?;
+    }
+    // A log at its start without a vote (this call's, or one a crash or an error left between the two
+    // records) has granted and accepted nothing: it gets the vote. Without it, the replica could ask
+    // for votes in term 1, while the named node may lead term 1 already.
+    let unvoted = log.vote(key).is_none() && log.state(key) == (Some(start), Some(start));
+    if unvoted && let Some(node) = first_leader {
+        let vote =
+            openraft::alias::VoteOf::<TypeConfig>::new_committed(FIRST_SPLIT_TERM, replica_id(node, 0));
+        let bytes = encode(&vote).map_err(crate::raft_log::RaftLogError::InvalidArgument)?;
+        log.save_vote(key, &bytes)?;
+    }
+    if pristine || unvoted {
         log.sync()?;
     }
     Ok(pristine && first_leader.is_some())
@@ -412,6 +419,31 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft_log::{LogPosition, RaftLog, RaftLogConfig};
+    use cairn_engine::fs::{FileSystem, MemFs};
+    use openraft::alias::VoteOf;
+    use std::sync::Arc;
+
+    /// A split's log gets the vote for the node the split named: started now (that node may lead), or
+    /// found at its start without it, as a crash between the two records leaves it (it gets the vote,
+    /// so its replica never asks for votes in term 1, and does not lead).
+    #[test]
+    fn split_logs_start_with_the_named_leaders_vote() {
+        let fs: Arc<dyn FileSystem> = Arc::new(MemFs::new());
+        let log = RaftLog::open(RaftLogConfig::new("/raft", fs)).unwrap();
+        let voted = |group| decode::<VoteOf<TypeConfig>>(&log.vote(log_key(group, 0)).unwrap()).unwrap();
+        let named = VoteOf::<TypeConfig>::new_committed(FIRST_SPLIT_TERM, replica_id(2, 0));
+        assert!(prepare_split_log(&log, 10, Some(2)).unwrap(), "started now");
+        assert_eq!(voted(10), named);
+        assert!(!prepare_split_log(&log, 10, Some(3)).unwrap(), "started before: left as it is");
+        assert_eq!(voted(10), named);
+        log.purge(log_key(9, 0), LogPosition { term: 0, index: SPLIT_START_INDEX }).unwrap();
+        assert!(!prepare_split_log(&log, 9, Some(2)).unwrap(), "started before: does not lead");
+        assert_eq!(voted(9), named);
+        // A split that named no one: the log starts, with no vote.
+        assert!(!prepare_split_log(&log, 8, None).unwrap());
+        assert!(log.vote(log_key(8, 0)).is_none());
+    }
 
     #[test]
     fn commands_round_trip_through_the_entry_encoding() {

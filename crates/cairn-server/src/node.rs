@@ -554,15 +554,8 @@ impl Node {
     ) -> Result<Read<Option<Versioned>>> {
         self.check_key(&key)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
-        let mut tries = 0;
-        loop {
-            let seen = self.map_version();
-            // Boxed: inline, its future nests too deep for the compiler's layout queries.
-            let outcome = Box::pin(self.get_once(bucket, &key, &options)).await;
-            if !self.moved_on(&outcome, options.route, seen, &mut tries).await {
-                return outcome;
-            }
-        }
+        // Boxed: inline, its future nests too deep for the compiler's layout queries.
+        self.sent_again_when_moved(options.route, || Box::pin(self.get_once(bucket, &key, &options))).await
     }
 
     /// One try of [`Node::get_async`].

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a request this node routed is sent again after the shard it reached gave the key's bucket
-/// up (see [`Node::moved_on`]).
+/// up (see [`Node::sent_again_when_moved`]).
 const MOVED_RETRIES: usize = 3;
 /// How long such a request waits for this node's map to show where the bucket went, each time.
 const MOVED_WAIT: Duration = Duration::from_secs(1);
@@ -92,30 +92,39 @@ impl Node {
         self.check_value(&value)?;
         self.check_condition(condition)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
-        let mut tries = 0;
-        loop {
-            let seen = self.map_version();
-            let outcome = match self.locate(bucket, route).await {
-                Ok(Located::Here(shard)) => {
+        let (key, value) = (&key, &value);
+        self.sent_again_when_moved(route, || async move {
+            match self.locate(bucket, route).await? {
+                Located::Here(shard) => {
                     let op = WriteOp::Put { key: key.clone(), value: value.clone(), condition };
                     self.write(&shard, op).await.and_then(acked)
                 }
-                Ok(Located::There) => match self.router() {
-                    Ok(router) => router.put(bucket, key.clone(), value.clone(), condition).await,
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
+                Located::There => self.router()?.put(bucket, key.clone(), value.clone(), condition).await,
+            }
+        })
+        .await
+    }
+
+    /// Runs `once` (one try of a request routed by this node) again while [`Node::moved_on`] says so,
+    /// and answers the last try's outcome.
+    pub(super) async fn sent_again_when_moved<T, F, Fut>(
+        &self,
+        route: Option<Route>,
+        mut once: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut tries = 0;
+        loop {
+            // What this node routes by before the try (`None` outside a cluster).
+            let seen = self.router.as_ref().map(|r| (r.view().map.version, self.set()));
+            let outcome = once().await;
             if !self.moved_on(&outcome, route, seen, &mut tries).await {
                 return outcome;
             }
         }
-    }
-
-    /// What this node routes by now (its map's version and its shards), to pass to
-    /// [`Node::moved_on`] (`None` outside a cluster).
-    pub(super) fn map_version(&self) -> Option<(u64, Arc<super::ShardSet>)> {
-        self.router.as_ref().map(|r| (r.view().map.version, self.set()))
     }
 
     /// Whether to try again a request this node routed (`route` is `None`: not forwarded to it),
@@ -124,7 +133,7 @@ impl Node {
     /// since `seen` (waiting up to [`MOVED_WAIT`] for that), at most [`MOVED_RETRIES`] times (`tries`
     /// counts them). The client sees the split as a short delay, not an error. A forwarded request is
     /// left to the node that forwarded it (which routes it again).
-    pub(super) async fn moved_on<T>(
+    async fn moved_on<T>(
         &self,
         outcome: &Result<T>,
         route: Option<Route>,
@@ -159,27 +168,18 @@ impl Node {
     pub async fn delete_async(&self, key: Vec<u8>, route: Option<Route>) -> Result<Option<Ack>> {
         self.check_key(&key)?;
         let bucket = mvcc::bucket_of(&key, self.total_buckets);
-        let mut tries = 0;
-        loop {
-            let seen = self.map_version();
-            let outcome = match self.locate(bucket, route).await {
-                Ok(Located::Here(shard)) => {
-                    match self.write(&shard, WriteOp::Delete { key: key.clone() }).await {
-                        Ok((None, _)) => Ok(None),
-                        Ok(written) => acked(written).map(Some),
-                        Err(e) => Err(e),
-                    }
-                }
-                Ok(Located::There) => match self.router() {
-                    Ok(router) => router.delete(bucket, key.clone()).await,
-                    Err(e) => Err(e),
+        let key = &key;
+        self.sent_again_when_moved(route, || async move {
+            match self.locate(bucket, route).await? {
+                Located::Here(shard) => match self.write(&shard, WriteOp::Delete { key: key.clone() }).await?
+                {
+                    (None, _) => Ok(None),
+                    written => acked(written).map(Some),
                 },
-                Err(e) => Err(e),
-            };
-            if !self.moved_on(&outcome, route, seen, &mut tries).await {
-                return outcome;
+                Located::There => self.router()?.delete(bucket, key.clone()).await,
             }
-        }
+        })
+        .await
     }
 
     /// Applies `ops` (key, `Some(value)` to put, `None` to delete) atomically at one timestamp. Every key
@@ -197,23 +197,16 @@ impl Node {
         route: Option<Route>,
     ) -> Result<Ack> {
         let bucket = self.check_batch(&ops)?;
-        let mut tries = 0;
-        loop {
-            let seen = self.map_version();
-            let outcome = match self.locate(bucket, route).await {
-                Ok(Located::Here(shard)) => {
+        let ops = &ops;
+        self.sent_again_when_moved(route, || async move {
+            match self.locate(bucket, route).await? {
+                Located::Here(shard) => {
                     self.write(&shard, WriteOp::Batch { ops: ops.clone() }).await.and_then(acked)
                 }
-                Ok(Located::There) => match self.router() {
-                    Ok(router) => router.batch(bucket, ops.clone()).await,
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
-            if !self.moved_on(&outcome, route, seen, &mut tries).await {
-                return outcome;
+                Located::There => self.router()?.batch(bucket, ops.clone()).await,
             }
-        }
+        })
+        .await
     }
 
     /// Checks a batch's size, keys and values, and that all its keys belong to one shard; returns the

@@ -542,8 +542,30 @@ impl Node {
         };
         let group = shard.group as usize;
         let token = options.after.iter().filter(|t| t.shard == group).map(|t| t.index).max();
-        let point = replicated::read_point(replica, options.consistency, token, rc.request_timeout).await?;
-        Ok(if options.consistency == Consistency::Eventual { point.behind } else { 0 })
+        // A token of another shard that may hold writes to what this replica serves (a split's new
+        // shard, which this replica may not have split off yet): only a quorum's read point makes this
+        // replica apply what precedes that write (then, if the bucket moved, the engine refuses the
+        // read and it is routed again, to the shard the token names).
+        let consistency = match options.consistency {
+            Consistency::Eventual if self.token_elsewhere(shard, &options.after) => Consistency::Strong,
+            level => level,
+        };
+        let point = replicated::read_point(replica, consistency, token, rc.request_timeout).await?;
+        Ok(if consistency == Consistency::Eventual { point.behind } else { 0 })
+    }
+
+    /// Whether a token in `after` names a shard other than `shard` that may hold writes to buckets
+    /// `shard`'s replica serves here ([`crate::routing::View::may_hold_writes_for`]).
+    fn token_elsewhere(&self, shard: &Shard, after: &[Token]) -> bool {
+        let Some(router) = &self.router else { return false };
+        let others = after.iter().filter(|t| t.shard as u64 != shard.group);
+        let mut others = others.peekable();
+        if others.peek().is_none() {
+            return false;
+        }
+        let view = router.view();
+        let ranges: Vec<(u16, u16)> = shard.ranges.iter().map(|r| (*r.start(), *r.end())).collect();
+        others.any(|t| view.may_hold_writes_for(t.shard as u64, &ranges))
     }
 
     /// [`Node::get`] at the consistency `options` ask for.

@@ -19,7 +19,7 @@ use crate::error::{NodeError, Result};
 use crate::types::{Ack, Condition, Read, ReadOptions, Route, Scanned, Versioned};
 use crate::wire::{after_out, consistency_out, remote, token_in, ts_out, ts_required};
 use cairn_cluster::meta::{ClusterState, MetaStore};
-use cairn_cluster::placement::{NodeId, ShardDescriptor, ShardMap};
+use cairn_cluster::placement::{NodeId, ShardDescriptor, ShardId, ShardMap};
 use cairn_cluster::raft::ReadLevel;
 use cairn_proto::kv;
 use std::collections::BTreeMap;
@@ -37,14 +37,43 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct View {
     pub map: ShardMap,
     pub addrs: BTreeMap<NodeId, String>,
+    /// Every shard id below this one is or was in the map (ids are never reused).
+    pub next_shard: u32,
 }
 
 impl View {
     fn of(state: &ClusterState) -> Option<View> {
         let map = state.map.clone()?;
         let addrs = state.nodes.iter().map(|(id, n)| (*id, n.grpc_addr.clone())).collect();
-        Some(View { map, addrs })
+        let next_shard = state.next_shard_id.max(next_after(&map));
+        Some(View { map, addrs, next_shard })
     }
+
+    /// Whether shard `group` (named by a read's read-your-writes token) may hold writes to buckets of
+    /// `ranges` that a replica of another shard, which serves those buckets on this node, has not
+    /// seen: the group is a split's new shard this view does not know or does not show finished yet
+    /// (the replica here may not have applied the split), or the map gives it some of those buckets
+    /// (the replica here is behind the map). A shard a merge retired is neither: the shard that took
+    /// its buckets took its writes, and serves them only once it applied the merge.
+    pub fn may_hold_writes_for(&self, group: u64, ranges: &[(u16, u16)]) -> bool {
+        let Ok(id) = u32::try_from(group) else { return true };
+        let overlaps = |d: &ShardDescriptor| {
+            d.ranges.iter().any(|&(f, l)| ranges.iter().any(|&(rf, rl)| f <= rl && rf <= l))
+        };
+        match self.map.shard(ShardId(id)) {
+            Some(shard) => overlaps(shard),
+            None => {
+                id >= self.next_shard
+                    || self.map.shards.iter().any(|s| s.splitting.is_some_and(|p| p.new == ShardId(id)))
+            }
+        }
+    }
+}
+
+/// The id after every id `map` names (its shards' and the new shards of its splits under way).
+fn next_after(map: &ShardMap) -> u32 {
+    let ids = map.shards.iter().flat_map(|s| [Some(s.id), s.splitting.map(|p| p.new)]).flatten();
+    ids.map(|id| id.0.saturating_add(1)).max().unwrap_or(0)
 }
 
 /// Routes requests for shards this node holds no replica of.
@@ -379,5 +408,40 @@ impl Router {
             rows.push((row.key, Versioned { value: row.value, timestamp: ts_required(row.timestamp)? }));
         }
         Ok(Read { value: Scanned { rows, resume }, behind })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(map: ShardMap) -> View {
+        let next_shard = next_after(&map);
+        View { map, addrs: BTreeMap::new(), next_shard }
+    }
+
+    #[test]
+    fn tokens_of_split_shards_count_for_the_buckets_they_may_hold() {
+        // Two shards over 1024 buckets: 0 holds 0..=511, 1 holds 512..=1023.
+        let mut map = ShardMap::initial(1024, 2, &[1, 2, 3], 3).unwrap();
+        let shard0 = [(0, 511)];
+        // Another shard that holds none of shard 0's buckets: its token says nothing about them.
+        assert!(!view(map.clone()).may_hold_writes_for(1, &shard0));
+        // A shard this view has never seen (a split the map here does not show yet) may hold them.
+        assert!(view(map.clone()).may_hold_writes_for(2, &shard0));
+        assert!(view(map.clone()).may_hold_writes_for(u64::MAX, &shard0));
+        // A split under way: its new shard may commit writes before the map records it.
+        map.begin_split(ShardId(0), 256, ShardId(2)).unwrap();
+        assert!(view(map.clone()).may_hold_writes_for(2, &shard0));
+        // Recorded: it holds 256..=511, which a replica of shard 0 that has not applied the split
+        // still serves here...
+        map.finish_split(ShardId(0)).unwrap();
+        assert!(view(map.clone()).may_hold_writes_for(2, &shard0));
+        // ...and a replica that applied it no longer does.
+        assert!(!view(map.clone()).may_hold_writes_for(2, &[(0, 255)]));
+        // A shard a merge retired (an id below the next one, no longer in the map) holds nothing.
+        let mut retired = view(map);
+        retired.map.shards.retain(|s| s.id != ShardId(1));
+        assert!(!retired.may_hold_writes_for(1, &shard0));
     }
 }

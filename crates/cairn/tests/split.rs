@@ -209,7 +209,28 @@ fn a_shard_splits_online_by_reference_and_every_key_stays_readable_and_writable(
     let reply: Value = serde_json::from_str(&out).unwrap();
     let at = reply["at"].as_u64().unwrap();
     assert!((1..=255).contains(&at), "{reply}");
-    wait_until("the split without a bucket is recorded", READY, || shards(&status(&nodes[0])).0.len() == 5);
+    // Read-your-writes while the split goes on: a write through one node, then an eventual read with
+    // its token through another, whose replica of the split shard may not have applied the split
+    // while the token names the new shard. It must see the write.
+    let mut k = 0;
+    let deadline = std::time::Instant::now() + READY;
+    while shards(&status(&nodes[0])).0.len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "the split without a bucket is not recorded");
+        for _ in 0..20 {
+            let (key, value) = (format!("s-{}", k % 120), format!("r{k}"));
+            let put = nodes[k % 3].call("PUT", &format!("/kv/rest/entry/{key}"), value.as_bytes());
+            k += 1;
+            if put.status != 200 {
+                continue; // refused while the shard splits (retryable): nothing to read back
+            }
+            let token = put.json()["header"]["token"].as_str().expect("a token").to_string();
+            let target = format!("/kv/rest/entry/{key}?consistency=eventual&after={token}");
+            let got = nodes[k % 3].call("GET", &target, b"");
+            if got.status == 200 {
+                assert_eq!(got.json()["value"]["bytes"].as_str().unwrap(), b64(&value), "{key} with {token}");
+            }
+        }
+    }
     let s = nodes[1].call("GET", "/_status", b"").json();
     let live = |id: u64| {
         let shards = s["shards"].as_array().unwrap();

@@ -201,6 +201,18 @@ impl ShardStateMachine {
         buckets: Vec<cairn_engine::BucketRange>,
         meta_bucket: u16,
     ) -> cairn_engine::Result<ShardStateMachine> {
+        ShardStateMachine::open_with(root, template, buckets, meta_bucket, None)
+    }
+
+    /// [`ShardStateMachine::open`], with the engine of generation 0 already open (`preopened`: a
+    /// split's new shard, just made), used if that is the generation to open, closed otherwise.
+    fn open_with(
+        root: PathBuf,
+        template: Config,
+        buckets: Vec<cairn_engine::BucketRange>,
+        meta_bucket: u16,
+        preopened: Option<Db>,
+    ) -> cairn_engine::Result<ShardStateMachine> {
         let fs = Arc::clone(&template.fs);
         fs.create_dir_all(&root)?;
         // A replica opened before keeps the meta bucket it started with.
@@ -220,7 +232,18 @@ impl ShardStateMachine {
         }
         let incarnation = read_incarnation(fs.as_ref(), &root)?;
         let mut next_generation = generations.iter().max().map_or(1, |g| g + 1).max(generation + 1);
-        let db = if generation < incarnation.generation {
+        let preopened = match preopened {
+            Some(db) if generation == 0 && incarnation.generation == 0 => Some(db),
+            other => {
+                if let Some(db) = other {
+                    db.close()?;
+                }
+                None
+            }
+        };
+        let db = if let Some(db) = preopened {
+            db
+        } else if generation < incarnation.generation {
             // A new incarnation whose empty first generation a crash kept from being made.
             generation = incarnation.generation;
             next_generation = next_generation.max(generation + 1);
@@ -397,8 +420,6 @@ impl ShardStateMachine {
         let fs = Arc::clone(&template.fs);
         let mut config = template.clone();
         config.dir = root.join("gen-0");
-        // The import reads the splitting shard's snapshot where it is.
-        config.snapshot_volume = Some(split.volume.clone());
         let mut stats = cairn_engine::ExpandStats::default();
         // An engine already here is this function's, interrupted or done: an empty replica of a split
         // shard is started (and kept, or retired with its files) by the ordinary path, never here. So
@@ -406,15 +427,15 @@ impl ShardStateMachine {
         // ranges are claimed), and starting it is what is left.
         let made = fs.exists(&config.dir.join("CURRENT"))?;
         let db = if made { Db::open_as_stored(config)? } else { Db::open(config, Vec::new())? };
-        // The imported files would start compactions (rewrites dropping what their filters hide) that
-        // the close below would wait for: they run once the shard is open for good.
+        // The imported files start compactions (rewrites dropping what their filters hide): they run
+        // once the shard is open for good, not while its moved buckets wait for it.
         let held = db.hold_compactions()?;
         if db.owned_buckets() != ranges {
-            stats = db.expand_bucket(&split.source, split.snapshot, ranges.clone())?;
+            // The import reads the splitting shard's snapshot where it is, and links its files here.
+            stats = db.expand_bucket_from(&split.volume, &split.source, split.snapshot, ranges.clone())?;
         }
-        db.close()?;
-        drop(held);
-        let sm = ShardStateMachine::open(root, template, ranges, meta_bucket)?;
+        // The engine stays open: closing it and opening it again cost fsyncs and a manifest read.
+        let sm = ShardStateMachine::open_with(root, template, ranges, meta_bucket, Some(db))?;
         let unstarted = sm.inner.lock().applier.applied().map_err(engine_error)?.0.is_none();
         if unstarted {
             sm.inner
@@ -424,6 +445,7 @@ impl ShardStateMachine {
                 .map_err(engine_error)?;
         }
         sm.take_start_snapshot().map_err(engine_error)?;
+        drop(held);
         Ok((sm, stats))
     }
 

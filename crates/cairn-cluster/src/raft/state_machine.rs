@@ -426,15 +426,21 @@ impl ShardStateMachine {
         // one that owns the ranges imported them: importing again would be refused (the snapshot's
         // ranges are claimed), and starting it is what is left.
         let made = fs.exists(&config.dir.join("CURRENT"))?;
+        let began = std::time::Instant::now();
+        let ms = |since: std::time::Instant| since.elapsed().as_millis() as u64;
         let db = if made { Db::open_as_stored(config)? } else { Db::open(config, Vec::new())? };
         // The imported files start compactions (rewrites dropping what their filters hide): they run
         // once the shard is open for good, not while its moved buckets wait for it.
         let held = db.hold_compactions()?;
+        let engine_ms = ms(began);
+        let step = std::time::Instant::now();
         if db.owned_buckets() != ranges {
             // The import reads the splitting shard's snapshot where it is, and links its files here.
             stats = db.expand_bucket_from(&split.volume, &split.source, split.snapshot, ranges.clone())?;
         }
         // The engine stays open: closing it and opening it again cost fsyncs and a manifest read.
+        let import_ms = ms(step);
+        let step = std::time::Instant::now();
         let sm = ShardStateMachine::open_with(root, template, ranges, meta_bucket, Some(db))?;
         let unstarted = sm.inner.lock().applier.applied().map_err(engine_error)?.0.is_none();
         if unstarted {
@@ -444,8 +450,17 @@ impl ShardStateMachine {
                 .start_at(super::SPLIT_START_INDEX, &split.voters)
                 .map_err(engine_error)?;
         }
+        let start_ms = ms(step);
+        let step = std::time::Instant::now();
         sm.take_start_snapshot().map_err(engine_error)?;
         drop(held);
+        tracing::info!(
+            engine_ms,
+            import_ms,
+            start_ms,
+            snapshot_ms = ms(step),
+            "opened a split's new shard's engine"
+        );
         Ok((sm, stats))
     }
 

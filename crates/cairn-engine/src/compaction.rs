@@ -22,6 +22,7 @@ use crate::version_edit::{FileMeta, VersionEdit};
 use crate::version_set::table_path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 /// Starts the compaction thread.
@@ -200,10 +201,13 @@ fn merge(db: &Arc<DbInner>, job: &Job) -> Result<Vec<FileMeta>> {
         let state = db.state.lock();
         state.pinned.keys().copied().collect()
     };
-    let filter =
-        db.config.compaction_filter.as_ref().map(|f| {
-            f.create(CompactionContext { output_level: job.output_level, bottommost: job.bottommost })
-        });
+    let filter = db.config.compaction_filter.as_ref().map(|f| {
+        f.create(CompactionContext {
+            output_level: job.output_level,
+            bottommost: job.bottommost,
+            threshold: db.filter_threshold.load(Ordering::Acquire),
+        })
+    });
     let mut writer = OutputWriter { db, builder: None, outputs: Vec::new(), current: 0 };
     let mut resolver = KeyResolver::new(snapshots, job.bottommost, filter);
     let mut out: Vec<(u64, Kind, Vec<u8>)> = Vec::new();

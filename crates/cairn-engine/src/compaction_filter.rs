@@ -29,6 +29,9 @@ pub struct CompactionContext {
     pub output_level: usize,
     /// True if the output is the bottom of the tree for its key range.
     pub bottommost: bool,
+    /// The shard's filter threshold ([`crate::Db::raise_filter_threshold`]; 0 until its owner sets
+    /// one), e.g. the GC threshold a replicated shard's log decided.
+    pub threshold: u64,
 }
 
 /// Creates one filter per compaction.

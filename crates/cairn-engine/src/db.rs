@@ -74,6 +74,8 @@ pub(crate) struct DbInner {
     /// Largest sequence number visible to readers. INVARIANT: every entry with seq <= visible_seq is in a
     /// memtable or SST file reachable from the current state.
     pub(crate) visible_seq: AtomicU64,
+    /// What compaction filters get as [`crate::CompactionContext::threshold`]; only ever raised.
+    pub(crate) filter_threshold: AtomicU64,
     pub(crate) table_cache: Arc<TableCache>,
     pub(crate) obsolete: Arc<ObsoleteFiles>,
     pub(crate) metrics: Metrics,
@@ -215,6 +217,30 @@ impl Db {
     /// Every row of the buckets in `buckets`, in (bucket, key) order. Every bucket must be owned.
     pub fn scan_buckets(&self, buckets: BucketRange) -> Result<DbIter> {
         self.view().scan_buckets(buckets)
+    }
+
+    /// Raises the threshold compaction filters are created with ([`crate::CompactionContext::threshold`]) to
+    /// `threshold`, if it is higher; compactions that start from now on see it. Not stored: the owner
+    /// sets it again after an open.
+    pub fn raise_filter_threshold(&self, threshold: u64) {
+        self.inner.filter_threshold.fetch_max(threshold, Ordering::AcqRel);
+    }
+
+    /// The threshold compaction filters are created with now (0 until set).
+    pub fn filter_threshold(&self) -> u64 {
+        self.inner.filter_threshold.load(Ordering::Acquire)
+    }
+
+    /// A compaction filter as one running now at the bottom level would get it, but with `threshold`
+    /// (`None` without a filter factory): what the shard's rows look like once compaction has applied
+    /// that threshold everywhere, for digests that must not depend on when each replica compacted.
+    pub fn compaction_filter_at(&self, threshold: u64) -> Option<Box<dyn crate::CompactionFilter>> {
+        let factory = self.inner.config.compaction_filter.as_ref()?;
+        Some(factory.create(crate::CompactionContext {
+            output_level: crate::compaction_picker::LAST_LEVEL,
+            bottommost: true,
+            threshold,
+        }))
     }
 
     /// A read view pinned at the current point: its reads ignore later writes, and the data it sees is

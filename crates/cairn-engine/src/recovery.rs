@@ -208,6 +208,7 @@ fn assemble(
         bg_cv: Condvar::new(),
         versions: Mutex::new(versions),
         visible_seq: AtomicU64::new(last_seq),
+        filter_threshold: AtomicU64::new(0),
         table_cache,
         obsolete,
         metrics: Metrics::default(),

@@ -67,7 +67,19 @@ impl View {
     /// [`View::content_digest`], calling `pause` each time it has hashed another `every_bytes` of keys
     /// and rows (never if 0): a background hash gives the CPU up there (a thread woken for a request
     /// then waits for a few rows, not for the hash's time slice).
-    pub fn content_digest_pausing(&self, every_bytes: u64, mut pause: impl FnMut()) -> Result<ContentDigest> {
+    pub fn content_digest_pausing(&self, every_bytes: u64, pause: impl FnMut()) -> Result<ContentDigest> {
+        self.content_digest_filtered(every_bytes, pause, None)
+    }
+
+    /// [`View::content_digest_pausing`] over the rows `filter` keeps (offered every row, in order, as a
+    /// compaction would): with a filter from [`crate::Db::compaction_filter_at`], the digest of what
+    /// the shard holds once compaction applied that threshold, however much of it already has.
+    pub fn content_digest_filtered(
+        &self,
+        every_bytes: u64,
+        mut pause: impl FnMut(),
+        mut filter: Option<Box<dyn crate::CompactionFilter>>,
+    ) -> Result<ContentDigest> {
         let mut ranges = self.owned.ranges().to_vec().into_iter();
         let mut iter: Option<DbIter> = None;
         let mut since_pause = 0u64;
@@ -77,6 +89,12 @@ impl View {
                     && it.advance()?
                 {
                     if it.key().starts_with(crate::snapshot::LOCAL_KEY_PREFIX) {
+                        continue;
+                    }
+                    if let Some(f) = filter.as_mut()
+                        && f.filter(it.bucket(), it.key(), &it.row().to_row())
+                            == crate::FilterDecision::Remove
+                    {
                         continue;
                     }
                     emit(it.bucket(), it.key(), it.row());

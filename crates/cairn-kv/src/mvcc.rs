@@ -176,6 +176,22 @@ impl CompactionFilterFactory for GcFilterFactory {
     }
 }
 
+/// [`GcFilterFactory`] for a replicated shard: the horizon is the GC threshold the shard's log decided,
+/// which its engine hands every compaction ([`CompactionContext::threshold`], raised by the shard's
+/// applier); 0, before any was decided, keeps every version. Every replica applies the same thresholds
+/// at the same log positions, so replicas that compacted at different times differ only in versions
+/// that no read at or above the threshold sees, and a digest over what this filter keeps at the
+/// threshold of a log position ([`cairn_engine::View::content_digest_filtered`]) is equal on all of
+/// them.
+#[derive(Debug, Default)]
+pub struct ThresholdGcFilterFactory;
+
+impl CompactionFilterFactory for ThresholdGcFilterFactory {
+    fn create(&self, ctx: CompactionContext) -> Box<dyn CompactionFilter> {
+        Box::new(GcFilter { horizon: ctx.threshold, current: None, kept_below: false })
+    }
+}
+
 struct GcFilter {
     horizon: u64,
     current: Option<(u16, Vec<u8>)>,

@@ -93,7 +93,20 @@ pub struct ClusterSettings {
     /// When shards split and merge on their own.
     #[serde(default)]
     pub reshape: ReshapeSettings,
+    /// How long old versions stay readable, in seconds (`gc_ttl`, default 4 h; 0: never collected):
+    /// shard leaders raise their GC thresholds to `now - gc_ttl`.
+    #[serde(default = "gc_ttl_default")]
+    pub gc_ttl_secs: u64,
 }
+
+fn gc_ttl_default() -> u64 {
+    DEFAULT_GC_TTL_SECS
+}
+
+/// The default `gc_ttl`: 4 hours (CockroachDB's default is 4 h too since 23.1).
+pub const DEFAULT_GC_TTL_SECS: u64 = 4 * 3600;
+/// The longest `gc_ttl`: ten years.
+pub const MAX_GC_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// When shards split and merge on their own (`cairn settings set NAME VALUE`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +173,7 @@ pub const SETTABLE: &[(&str, &str)] = &[
     ("merge_delay_secs", "seconds, 0 to 86400"),
     ("rebalance", "true or false"),
     ("dead_after_secs", "seconds, 1 to 86400"),
+    ("gc_ttl", "seconds old versions stay readable (0: never collected), at most ten years"),
 ];
 
 /// `text` as a byte size: digits, then an optional `KiB`, `MiB` or `GiB` (or `K`, `M`, `G`).
@@ -345,6 +359,7 @@ impl ClusterState {
             "auto_merge" => settings.reshape.auto_merge = flag()?,
             "merge_delay_secs" => settings.reshape.merge_delay_secs = number(0..=86_400)?,
             "rebalance" => settings.rebalance = flag()?,
+            "gc_ttl" => settings.gc_ttl_secs = number(0..=MAX_GC_TTL_SECS)?,
             _ => settings.dead_after_secs = number(1..=MAX_DEAD_AFTER_SECS)?,
         }
         if settings == self.settings {

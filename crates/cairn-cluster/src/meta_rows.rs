@@ -273,6 +273,7 @@ pub(crate) mod tests {
             rebalance: true,
             max_clock_offset_ms: 500,
             reshape: Default::default(),
+            gc_ttl_secs: crate::meta::DEFAULT_GC_TTL_SECS,
         }
     }
 

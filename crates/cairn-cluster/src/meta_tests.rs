@@ -16,6 +16,7 @@ fn settings(rf: usize, shards: usize) -> ClusterSettings {
         rebalance: true,
         max_clock_offset_ms: 500,
         reshape: Default::default(),
+        gc_ttl_secs: crate::meta::DEFAULT_GC_TTL_SECS,
     }
 }
 

@@ -373,3 +373,37 @@ fn a_freeze_survives_a_power_loss_and_a_merge_without_the_frozen_shard_fences() 
     assert!(applier.check_status().fenced.is_some());
     assert_eq!(left.owned_buckets(), vec![0..=7]);
 }
+
+/// A GC threshold entry raises the shard's threshold (stored, and handed to compactions) and never
+/// lowers it; once applied it survives a power loss with the position that applied it, and the
+/// reopened shard hands it to compactions again before anything replays.
+#[test]
+fn a_gc_threshold_only_rises_and_survives_a_power_loss() {
+    let fs = Arc::new(MemFs::new());
+    let db = open(&fs);
+    let applier = ShardApplier::new(Arc::clone(&db), 0);
+    let voters = BTreeSet::from([1u64, 2, 3]);
+    applier
+        .apply(&[entry(1, EntryPayload::Membership(Membership::new_with_defaults(vec![voters], [])))])
+        .unwrap();
+    assert_eq!((applier.gc_threshold().unwrap(), db.filter_threshold()), (0, 0));
+    let gc =
+        |index: u64, wall_time: u64| entry(index, EntryPayload::Normal(Command::GcThreshold { wall_time }));
+    let answered = applier.apply(&[command(2), gc(3, 1_000), command(4), gc(5, 400)]).unwrap();
+    assert_eq!(answered, vec![CommandResult::Applied; 4]);
+    assert_eq!((applier.gc_threshold().unwrap(), db.filter_threshold()), (1_000, 1_000), "never lowered");
+    // Entries after the raise are not flushed (the lower one raised nothing): a power loss drops them,
+    // not the threshold.
+
+    fs.crash();
+    drop(applier);
+    drop(db);
+    let db = open(&fs);
+    assert_eq!(db.filter_threshold(), 0, "the engine alone does not know it");
+    let applier = ShardApplier::new(Arc::clone(&db), 0);
+    assert_eq!(db.filter_threshold(), 1_000, "the shard hands its stored threshold to compactions");
+    assert_eq!(applier.applied().unwrap().0.map(|id| id.index), Some(3), "up to the raise");
+    assert!(present(&db, 2) && !present(&db, 4));
+    applier.apply(&[command(4), gc(5, 400), gc(6, 2_000)]).unwrap();
+    assert_eq!((applier.gc_threshold().unwrap(), db.filter_threshold()), (2_000, 2_000));
+}

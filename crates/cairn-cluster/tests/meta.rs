@@ -53,6 +53,7 @@ fn settings() -> ClusterSettings {
         rebalance: true,
         max_clock_offset_ms: 500,
         reshape: Default::default(),
+        gc_ttl_secs: cairn_cluster::meta::DEFAULT_GC_TTL_SECS,
     }
 }
 

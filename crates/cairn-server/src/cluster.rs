@@ -493,6 +493,7 @@ impl Membership {
         let mut config = node.clone();
         config.replication = Some(replication);
         config.max_clock_offset = Duration::from_millis(state.settings.max_clock_offset_ms);
+        replication_gc_ttl(&config, state);
         let total_buckets = state.map.as_ref().map_or(state.settings.total_buckets, |m| m.total_buckets);
         let plans = control::boot_plan(state, id, &crate::node::replicas_on_disk(&self.store));
         (config, total_buckets, plans)
@@ -565,6 +566,7 @@ fn settings_of(r: &pb::InitRequest) -> ClusterSettings {
             r.max_clock_offset_ms
         },
         reshape: Default::default(),
+        gc_ttl_secs: cairn_cluster::meta::DEFAULT_GC_TTL_SECS,
     }
 }
 
@@ -699,5 +701,12 @@ impl pb::cluster_server::Cluster for ClusterService {
             meta_leader,
             liveness,
         }))
+    }
+}
+
+/// Makes the cluster's `gc_ttl` setting the TTL `config`'s replicas propose GC thresholds from.
+fn replication_gc_ttl(config: &NodeConfig, state: &ClusterState) {
+    if let Some(rc) = &config.replication {
+        rc.gc_ttl.set(Duration::from_secs(state.settings.gc_ttl_secs));
     }
 }

@@ -11,6 +11,10 @@ pub enum NodeError {
     /// clock offset): refused, never observed.
     #[error("{0}")]
     OutOfRange(String),
+    /// A read at a timestamp below its shard's GC threshold, whose versions may be gone (REST 400, gRPC
+    /// `FAILED_PRECONDITION`, code `below_gc_threshold`).
+    #[error("{0}")]
+    BelowGcThreshold(String),
     /// The client took too long to send its request.
     #[error("{0}")]
     Timeout(String),
@@ -56,7 +60,7 @@ impl NodeError {
     /// The HTTP status.
     pub fn http_status(&self) -> u16 {
         match self {
-            NodeError::InvalidArgument(_) | NodeError::OutOfRange(_) => 400,
+            NodeError::InvalidArgument(_) | NodeError::OutOfRange(_) | NodeError::BelowGcThreshold(_) => 400,
             NodeError::NotFound(_) => 404,
             NodeError::Precondition(_) => 412,
             NodeError::Timeout(_) => 408,
@@ -78,6 +82,7 @@ impl NodeError {
         match self {
             NodeError::OutOfRange(_) => return "out_of_range",
             NodeError::OutcomeUnknown(_) => return "outcome_unknown",
+            NodeError::BelowGcThreshold(_) => return "below_gc_threshold",
             NodeError::NotLeader(_) => return "not_leader",
             _ => {}
         }

@@ -206,7 +206,7 @@ fn render_replication(out: &mut String, node: &Node) {
     let groups: Vec<(u64, GroupStatus, u64)> =
         node.group_statuses().into_iter().filter_map(|(s, g, changes)| Some((s, g?, changes))).collect();
     let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
-    let series: [Series<'_>; 12] = [
+    let series: [Series<'_>; 13] = [
         ("cairn_raft_is_leader", "gauge", "1 if this node leads the shard's group.", &|_, g| {
             u8::from(g.role == Role::Leader).to_string()
         }),
@@ -233,6 +233,12 @@ fn render_replication(out: &mut String, node: &Node) {
         ("cairn_raft_divergences_total", "counter", "Consistency checks whose digest differed.", &|_, g| {
             g.checks.divergences.to_string()
         }),
+        (
+            "cairn_raft_verified_index",
+            "gauge",
+            "The last check entry whose digest matched the majority's here (-1: none).",
+            &|_, g| opt(g.checks.verified),
+        ),
         ("cairn_raft_fenced", "gauge", "1 while a failed consistency check fences this replica.", &|_, g| {
             u8::from(g.checks.fenced.is_some()).to_string()
         }),

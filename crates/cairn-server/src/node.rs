@@ -111,6 +111,22 @@ impl Shard {
     }
 }
 
+/// Refuses a read of `shard` at `at` done so far if `at` is below the shard's GC threshold. Checked
+/// after the read: the read's view was taken earlier, when the threshold was at most what it is now,
+/// and compaction keeps everything a view sees; so a threshold at or below `at` now means the read saw
+/// every version it needed.
+fn check_gc(shard: &Shard, at: Timestamp) -> Result<()> {
+    let Backend::Replicated(replica) = &shard.backend else { return Ok(()) };
+    let threshold = replica.state_machine().gc_threshold();
+    if at.wall_time < threshold {
+        return Err(NodeError::BelowGcThreshold(format!(
+            "read timestamp {at} is below the GC threshold of shard {} ({threshold}.0): older versions may be gone",
+            shard.group
+        )));
+    }
+    Ok(())
+}
+
 /// A replicated node's Raft plumbing.
 struct Replication {
     plumbing: Plumbing,
@@ -160,7 +176,8 @@ fn shard_config(config: &NodeConfig, total_buckets: u32, shard: u64) -> Config {
         c.compaction_filter = Some(Arc::new(mvcc::GcFilterFactory { ttl: config.gc_ttl }));
     } else {
         // Replicas compact at different times, so garbage collection by each one's clock would make
-        // their contents (and digests) differ; it waits for a horizon decided through the log.
+        // their contents (and digests) differ: it collects below the threshold decided through the log.
+        c.compaction_filter = Some(Arc::new(mvcc::ThresholdGcFilterFactory));
         // The Raft log is the log.
         c.wal = false;
     }
@@ -257,6 +274,9 @@ impl Node {
                 .map_err(|e| NodeError::Startup(format!("startup task failed: {e}")))?;
         };
         rc.validate()?;
+        // A cluster member's TTL is the cluster's setting (set before it starts, and as it changes);
+        // a node of a fixed group's is its own.
+        rc.gc_ttl.set_if_unset(config.gc_ttl);
         config.store = absolute_store(&config.store)?;
         let (layout, log) = {
             let config = config.clone();
@@ -511,7 +531,9 @@ impl Node {
 
     fn check_read_ts(&self, at: Option<Timestamp>) -> Result<Timestamp> {
         let Some(at) = at else { return Ok(Timestamp::MAX) };
-        let horizon = mvcc::horizon(self.config.gc_ttl);
+        // A replicated shard's horizon is the GC threshold its log decided, checked after the read
+        // (`Node::check_gc`); a single node's is its own clock's.
+        let horizon = if self.config.replication.is_some() { 0 } else { mvcc::horizon(self.config.gc_ttl) };
         if at.wall_time < horizon {
             return Err(NodeError::InvalidArgument(format!(
                 "read timestamp {at} is below the GC horizon ({horizon}.0): older versions may be gone"
@@ -619,6 +641,7 @@ impl Node {
     fn read_from(&self, shard: &Shard, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
         let found = DbReader { db: &shard.db(), total_buckets: self.total_buckets }.at(key, at)?;
         shard.still_running()?;
+        check_gc(shard, at)?;
         Ok(found)
     }
 

@@ -89,6 +89,7 @@ impl Node {
                 }
             }
             shard.still_running()?;
+            super::check_gc(shard, at)?;
         }
         Ok(page.finish())
     }

@@ -15,7 +15,7 @@
 use crate::error::{NodeError, Result};
 use crate::types::Consistency;
 use cairn_cluster::raft::{
-    DownNodes, GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica, ReplicaConfig,
+    DownNodes, GcTtl, GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica, ReplicaConfig,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -52,6 +52,10 @@ pub struct ReplicationConfig {
     /// The nodes this node believes down (shared by its replicas; see [`DownNodes`]).
     #[serde(skip)]
     pub down_nodes: DownNodes,
+    /// How long old versions stay readable on this node's shards (shared by its replicas, whose
+    /// leaders propose GC thresholds from it; a cluster member's follows the `gc_ttl` setting).
+    #[serde(skip)]
+    pub gc_ttl: GcTtl,
 }
 
 impl ReplicationConfig {
@@ -70,6 +74,7 @@ impl ReplicationConfig {
             promote_resynced: raft.promote_resynced,
             quiesce_after: raft.quiesce_after,
             down_nodes: DownNodes::default(),
+            gc_ttl: GcTtl::default(),
         }
     }
 
@@ -111,6 +116,7 @@ impl ReplicationConfig {
             promote_resynced: self.promote_resynced,
             quiesce_after: self.quiesce_after,
             down_nodes: self.down_nodes.clone(),
+            gc_ttl: self.gc_ttl.clone(),
             ..ReplicaConfig::default()
         }
     }

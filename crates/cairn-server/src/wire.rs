@@ -31,6 +31,7 @@ fn status_code_of(e: NodeError) -> Status {
         // Not UNAVAILABLE: clients retry that freely, and a write whose outcome is unknown is not
         // safe to send again blindly.
         NodeError::OutcomeUnknown(_) => return Status::unknown(message),
+        NodeError::BelowGcThreshold(_) => return Status::failed_precondition(message),
         _ => {}
     }
     match e.http_status() {
@@ -133,6 +134,9 @@ pub(crate) fn remote(status: &tonic::Status, addr: &str) -> NodeError {
     let code = status.metadata().get(CODE_HEADER).and_then(|c| c.to_str().ok());
     if code == Some("not_leader") {
         return NodeError::NotLeader(message);
+    }
+    if code == Some("below_gc_threshold") {
+        return NodeError::BelowGcThreshold(message);
     }
     match status.code() {
         tonic::Code::InvalidArgument => NodeError::InvalidArgument(message),

@@ -118,6 +118,7 @@ fn settings() -> ClusterSettings {
             auto_merge: false,
             ..Default::default()
         },
+        gc_ttl_secs: cairn_cluster::meta::DEFAULT_GC_TTL_SECS,
     }
 }
 

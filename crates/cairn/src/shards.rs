@@ -57,7 +57,7 @@ pub(crate) enum SettingsCommand {
     Show(ClientArgs),
     /// Change one setting cluster-wide: split_size (bytes; KiB, MiB or GiB suffixes; 0: no splits by
     /// size), split_qps (0: no splits by load), split_load_secs, auto_merge (true or false), rebalance
-    /// (true or false) or dead_after_secs.
+    /// (true or false), dead_after_secs or gc_ttl (seconds old versions stay readable; 0: forever).
     Set(SetArgs),
 }
 

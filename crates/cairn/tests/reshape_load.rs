@@ -29,6 +29,19 @@ fn bench(nodes: &[String], workloads: &[&str], ops: u64, load: bool, verify: boo
     cairn_bench::kv::run(&args, cairn_bench::kv::Target::Http)
 }
 
+/// The shards `server`'s map lists, one line each: id, ranges, replicas and any change under way.
+fn listing(server: &common::Server) -> String {
+    let listed = server.call("GET", "/admin/shards", b"").json();
+    let shards = listed["shards"].as_array().cloned().unwrap_or_default();
+    let line = |s: &Value| {
+        let under_way = ["splitting", "merging", "moving"].into_iter().filter(|k| !s[*k].is_null());
+        let under_way: Vec<String> = under_way.map(|k| format!(" {k}={}", s[k])).collect();
+        format!("shard {} ranges={} replicas={}{}", s["id"], s["ranges"], s["replicas"], under_way.concat())
+    };
+    let (_, status, _) = common::cairn(&["status", "--addr", &server.grpc.to_string()]);
+    format!("{}\ncairn status:\n{status}", shards.iter().map(line).collect::<Vec<_>>().join("\n"))
+}
+
 /// Keys `cairn-bench` loads (400-byte values: about 2 MB with the memtables' overhead).
 const BENCH_RECORDS: u64 = 4000;
 
@@ -65,11 +78,21 @@ fn under_bench_load_4_shards_split_to_64_and_merge_back_to_4() {
     set(&nodes[1], "merge_delay_secs", "1");
     set(&nodes[1], "split_size", "256MiB");
     let initial = ["[[0,255]]", "[[256,511]]", "[[512,767]]", "[[768,1023]]"];
-    wait_until("back to the 4 initial shards", Duration::from_secs(400), || {
+    let merged_back = std::time::Instant::now() + Duration::from_secs(400);
+    loop {
         let (list, busy) = shards(&nodes[2]);
         most.set(most.get().max(list.len()));
-        !busy && list.iter().map(Value::to_string).collect::<Vec<_>>() == initial
-    });
+        if !busy && list.iter().map(Value::to_string).collect::<Vec<_>>() == initial {
+            break;
+        }
+        // What is left, to tell a stuck split, merge or move from a merge never planned.
+        assert!(
+            std::time::Instant::now() < merged_back,
+            "not back to 4 shards in 400 s:\n{}",
+            listing(&nodes[2])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let runs = load.join().unwrap().unwrap();
     assert!(runs >= 2, "the load ran {runs} times");

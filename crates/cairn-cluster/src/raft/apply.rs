@@ -21,6 +21,20 @@ mod reshape;
 /// The engine key of the applied-position system row.
 pub const APPLIED_ROW_KEY: &[u8] = b"\x00\x02raft/applied";
 
+/// The engine key of the GC threshold row ([`Command::GcThreshold`]): 8 bytes, big-endian nanoseconds;
+/// none until a threshold is decided. Replicated like any row, so it is in every digest and snapshot.
+pub const GC_ROW_KEY: &[u8] = b"\x00\x02raft/gc";
+
+/// The engine key of the GC threshold as of the last split (as [`GC_ROW_KEY`]), local like
+/// [`SPLIT_ROW_KEY`], which it goes with: the new shard starts with it.
+pub const SPLIT_GC_ROW_KEY: &[u8] = b"\x00\x02local/raft/split-gc";
+
+/// The GC threshold a row holds (0: none, or malformed, which the digest then shows).
+fn gc_threshold_of(row: Option<&cairn_engine::Row>) -> u64 {
+    let bytes = row.and_then(|r| r.column(0)).and_then(|c| <[u8; 8]>::try_from(c).ok());
+    bytes.map_or(0, u64::from_be_bytes)
+}
+
 /// Bytes a combined batch keeps free for the position row (a membership of a few members encodes to a
 /// few hundred bytes).
 const POSITION_ROW_ROOM: usize = 64 << 10;
@@ -135,6 +149,9 @@ pub struct SplitOff {
     /// The voter that leads the new group's first term, if the split named one
     /// ([`Command::Split`](super::Command::Split)'s `first_leader`).
     pub first_leader: Option<u64>,
+    /// The split shard's GC threshold at the split entry: the new shard starts with it, so that its
+    /// replicas, made from files their shard compacted at different times, agree on its digests.
+    pub gc_threshold: u64,
 }
 
 /// The engine key of the split record: the last split this shard made (a [`SplitRecord`], postcard),
@@ -189,6 +206,9 @@ pub(crate) struct CheckBoard {
     // Hash inside apply instead of in the background (see `hash_inline`).
     inline: Arc<std::sync::atomic::AtomicBool>,
     effects: tokio::sync::broadcast::Sender<Effect>,
+    // Commands applied that wrote rows, since the replica opened: the leader proposes a GC threshold
+    // only after some (an idle shard has nothing new to collect and stays quiet).
+    writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for CheckBoard {
@@ -197,6 +217,7 @@ impl Default for CheckBoard {
             checks: Arc::default(),
             inline: Arc::default(),
             effects: tokio::sync::broadcast::channel(EFFECTS_KEPT).0,
+            writes: Arc::default(),
         }
     }
 }
@@ -205,6 +226,11 @@ impl CheckBoard {
     /// Effects from now on.
     pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Effect> {
         self.effects.subscribe()
+    }
+
+    /// Commands applied that wrote rows since the replica opened.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Publishes `effect` (no subscriber: nobody to tell).
@@ -394,7 +420,62 @@ impl ShardApplier {
     /// Like [`ShardApplier::with_checks`], registering a freeze with (and finding the shards to merge
     /// in) the node `node` names.
     pub(crate) fn linked(db: Arc<Db>, meta_bucket: u16, checks: CheckBoard, node: NodeLink) -> ShardApplier {
-        ShardApplier { db, meta_bucket, membership: Arc::default(), checks, frozen: Arc::default(), node }
+        let applier = ShardApplier {
+            db,
+            meta_bucket,
+            membership: Arc::default(),
+            checks,
+            frozen: Arc::default(),
+            node,
+        };
+        // Compactions collect up to the stored threshold (a frozen shard's first bucket is gone, and
+        // with it anything to collect).
+        if let Ok(threshold) = applier.gc_threshold() {
+            applier.db.raise_filter_threshold(threshold);
+        }
+        applier
+    }
+
+    /// The GC threshold the engine holds (0 if none was decided, or the shard froze).
+    pub fn gc_threshold(&self) -> Result<u64, ApplyError> {
+        match self.db.get(self.meta_bucket, GC_ROW_KEY) {
+            Ok(row) => Ok(gc_threshold_of(row.as_ref())),
+            Err(cairn_engine::Error::NotOwned { .. }) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores threshold `wall_time` at entry `at` if it is above the stored one, durably (flushed),
+    /// and only then lets compactions collect below it: after a crash the engine never holds a
+    /// position before a threshold its files were compacted with.
+    fn raise_gc_threshold(
+        &self,
+        wall_time: u64,
+        at: LogIdOf<TypeConfig>,
+        membership: &StoredMembershipOf<TypeConfig>,
+    ) -> Result<(), ApplyError> {
+        let mut batch = WriteBatch::new();
+        let raise = wall_time > self.gc_threshold()?;
+        if raise {
+            batch.put_row(self.meta_bucket, GC_ROW_KEY, &[(0, &wall_time.to_be_bytes())]);
+        }
+        self.commit(batch, at, membership)?;
+        if raise {
+            self.db.flush()?;
+            self.db.raise_filter_threshold(wall_time);
+        }
+        Ok(())
+    }
+
+    /// Makes `wall_time` the threshold of a split's new shard as it starts (see [`SplitOff::gc_threshold`]).
+    pub(crate) fn start_gc_threshold(&self, wall_time: u64) -> Result<(), ApplyError> {
+        if wall_time > 0 {
+            let mut batch = WriteBatch::new();
+            batch.put_row(self.meta_bucket, GC_ROW_KEY, &[(0, &wall_time.to_be_bytes())]);
+            self.db.write(batch, WriteOptions { sync: false })?;
+            self.db.raise_filter_threshold(wall_time);
+        }
+        Ok(())
     }
 
     /// Where this shard's frozen contents are, if it froze for a merge.
@@ -552,6 +633,15 @@ impl ShardApplier {
                     results.push(result);
                     continue;
                 }
+                EntryPayload::Normal(Command::GcThreshold { wall_time }) => {
+                    if let Some(upto) = pending.take() {
+                        self.commit(std::mem::take(&mut batch), upto, &membership)?;
+                    }
+                    self.raise_gc_threshold(*wall_time, entry.log_id(), &membership)?;
+                    *cached = Some(membership.clone());
+                    results.push(CommandResult::Applied);
+                    continue;
+                }
                 EntryPayload::Normal(Command::Freeze { ranges }) => {
                     // As a split: the pre-shrink snapshot holds every entry up to this one, whose position
                     // (and the freeze record) is committed before the shrink.
@@ -575,6 +665,8 @@ impl ShardApplier {
                     let (result, cleanup) = self.merge(entry.log_id().index, *right_group, ranges)?;
                     self.commit(cleanup, entry.log_id(), &membership)?;
                     self.db.flush()?;
+                    // The merge may have raised the threshold (to the frozen shard's): durable now.
+                    self.db.raise_filter_threshold(self.gc_threshold()?);
                     *cached = Some(membership.clone());
                     results.push(result);
                     continue;
@@ -600,6 +692,7 @@ impl ShardApplier {
                             result = self.holds(conditions)?;
                             if result == CommandResult::Applied {
                                 batch.extend_from_bytes(own.as_bytes())?;
+                                self.checks.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
                         }
                     }
@@ -625,20 +718,30 @@ impl ShardApplier {
         match check {
             Check::Record => {
                 let view = self.db.view();
+                // Hashed as compaction at the threshold as of this entry leaves the shard: replicas
+                // that compacted at different times (at or below it) agree. The engine holds the
+                // threshold this replica applied last (read here from memory: a read of the row could
+                // wait on the shard's files, and applies must not).
+                let threshold = self.db.filter_threshold();
+                let filter =
+                    move |db: &Db| (threshold > 0).then(|| db.compaction_filter_at(threshold)).flatten();
                 if !self.checks.begin(index) {
                     // This check gets no digest here (it fails for want of a majority if others are
                     // busy too; the next one runs).
                     tracing::warn!(index, "consistency check: still hashing two earlier checks; skipped");
                 } else if self.checks.inline.load(std::sync::atomic::Ordering::Relaxed) {
-                    self.checks.finish(index, view.content_digest().map(|d| d.to_hex()));
+                    let digest = view.content_digest_filtered(0, || {}, filter(&self.db));
+                    self.checks.finish(index, digest.map(|d| d.to_hex()));
                 } else {
                     let board = self.checks.clone();
+                    let filter = filter(&self.db);
                     let queued = super::digest::run(Box::new(move || {
                         // A hash that panics is a failed hash: the check entry must not stay "hashing".
                         let digest = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            view.content_digest_pausing(
+                            view.content_digest_filtered(
                                 super::digest::YIELD_EVERY_BYTES,
                                 std::thread::yield_now,
+                                filter,
                             )
                             .map(|d| d.to_hex())
                         }))

@@ -55,6 +55,8 @@ impl ShardApplier {
         let mut batch = WriteBatch::new();
         let encoded = crate::raft::encode(&record).map_err(ApplyError::Corrupt)?;
         batch.put_row(self.meta_bucket, SPLIT_ROW_KEY, &[(0, &encoded)]);
+        let gc_threshold = self.gc_threshold()?;
+        batch.put_row(self.meta_bucket, SPLIT_GC_ROW_KEY, &[(0, &gc_threshold.to_be_bytes())]);
         batch.delete(self.meta_bucket, LEGACY_SPLIT_ROW_KEY);
         let voters = voters.iter().cloned().collect();
         let ranges = ranges.to_vec();
@@ -67,6 +69,7 @@ impl ShardApplier {
             volume,
             voters,
             first_leader,
+            gc_threshold,
         };
         self.checks.publish_effect(Effect::Split(off));
         Ok((CommandResult::Split { source, snapshot }, batch))
@@ -163,11 +166,32 @@ impl ShardApplier {
         }
         let Some(first) = ranges.iter().map(|r| r.0).min() else { unreachable!("checked non-empty") };
         let mut cleanup = WriteBatch::new();
-        for key in [APPLIED_ROW_KEY, SPLIT_ROW_KEY, LEGACY_SPLIT_ROW_KEY, FROZEN_ROW_KEY] {
+        for key in [
+            APPLIED_ROW_KEY,
+            SPLIT_ROW_KEY,
+            LEGACY_SPLIT_ROW_KEY,
+            FROZEN_ROW_KEY,
+            GC_ROW_KEY,
+            SPLIT_GC_ROW_KEY,
+        ] {
             cleanup.delete(first, key);
         }
+        // The merged shard's threshold is the higher of the two: the frozen shard's replicas compacted
+        // its files at different times up to its own, and digests must not see that.
+        let take_threshold = |cleanup: &mut WriteBatch| -> Result<(), ApplyError> {
+            let theirs = match self.db.get(first, GC_ROW_KEY) {
+                Ok(row) => gc_threshold_of(row.as_ref()),
+                Err(cairn_engine::Error::NotOwned { .. }) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            if theirs > self.gc_threshold()? {
+                cleanup.put_row(self.meta_bucket, GC_ROW_KEY, &[(0, &theirs.to_be_bytes())]);
+            }
+            Ok(())
+        };
         if want.iter().all(covered) {
             // Taken in before (a replay after a crash, or a snapshot taken after the merge).
+            take_threshold(&mut cleanup)?;
             return Ok((CommandResult::Merged, cleanup));
         }
         if want.iter().any(overlaps) {
@@ -192,6 +216,7 @@ impl ShardApplier {
                     copied = stats.bytes_copied,
                     "merged a frozen neighbour in"
                 );
+                take_threshold(&mut cleanup)?;
                 self.checks.publish_effect(Effect::Merged { index });
                 Ok((CommandResult::Merged, cleanup))
             }
@@ -202,6 +227,11 @@ impl ShardApplier {
                 Ok((CommandResult::Merged, WriteBatch::new()))
             }
         }
+    }
+
+    /// The GC threshold as of the last split this shard made (0 if its record predates the threshold).
+    pub(crate) fn split_gc_threshold(&self) -> Result<u64, ApplyError> {
+        Ok(gc_threshold_of(self.db.get(self.meta_bucket, SPLIT_GC_ROW_KEY)?.as_ref()))
     }
 
     /// The last split this shard made, if it keeps its record.

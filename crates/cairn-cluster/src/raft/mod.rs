@@ -13,14 +13,14 @@ mod state_machine;
 mod transport;
 
 pub use apply::{
-    APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, DigestState, EFFECTS_KEPT, Effect,
+    APPLIED_ROW_KEY, AppliedState, ApplyError, CheckStatus, DigestState, EFFECTS_KEPT, Effect, GC_ROW_KEY,
     HASH_BYTES_PER_SECOND, ShardApplier, SplitOff,
 };
 pub use log_store::GroupLogStore;
 pub use merge::{FrozenShard, FrozenShards, MERGE_WAIT};
 pub use replica::{
-    CheckOutcome, DownNodes, FORM_AFTER, GroupError, GroupStatus, MoveStep, ReadLevel, ReadPoint, Replica,
-    ReplicaConfig, Role, STALL_AFTER, StatusWatch, Written, retire_stored,
+    CheckOutcome, DownNodes, FORM_AFTER, GcTtl, GroupError, GroupStatus, MoveStep, ReadLevel, ReadPoint,
+    Replica, ReplicaConfig, Role, STALL_AFTER, StatusWatch, Written, retire_stored,
 };
 pub use runtime::{CairnRuntime, with_seed};
 pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};
@@ -114,6 +114,14 @@ pub enum Command {
         /// is not a voter names no one (the group elects).
         first_leader: u64,
     },
+    /// Raises the shard's GC threshold to `wall_time` (nanoseconds since the Unix epoch), if it is
+    /// higher: every replica stores it at this entry, makes it durable, then lets compactions drop
+    /// the versions no read at or above it sees; reads below it are refused. Its leader proposes it
+    /// from `now - gc_ttl` ([`ReplicaConfig::gc_ttl`]). Answered [`CommandResult::Applied`].
+    GcThreshold {
+        /// The new threshold.
+        wall_time: u64,
+    },
 }
 
 /// The two log entries of a consistency check (seed 004): every replica hashes its shard at the same
@@ -169,6 +177,9 @@ impl Command {
             Command::Freeze { .. } | Command::Merge { .. } => {
                 Err(CommandResult::Rejected("a freeze or a merge writes no rows".into()))
             }
+            Command::GcThreshold { .. } => {
+                Err(CommandResult::Rejected("a GC threshold writes no rows".into()))
+            }
         }
     }
 
@@ -194,6 +205,7 @@ impl Command {
                 16 + 8 * ranges.len() + voters.iter().map(|(_, a)| 16 + a.len()).sum::<usize>()
             }
             Command::Freeze { ranges } | Command::Merge { ranges, .. } => 16 + 8 * ranges.len(),
+            Command::GcThreshold { .. } => 16,
         }
     }
 }
@@ -211,6 +223,7 @@ impl std::fmt::Display for Command {
             }
             Command::Freeze { ranges } => write!(f, "freeze({ranges:?})"),
             Command::Merge { right_group, ranges } => write!(f, "merge({ranges:?} from group {right_group})"),
+            Command::GcThreshold { wall_time } => write!(f, "gc_threshold({wall_time})"),
         }
     }
 }
@@ -459,6 +472,7 @@ mod tests {
             Command::evaluated(3, &batch),
             Command::Freeze { ranges: vec![(4, 7)] },
             Command::Merge { right_group: 2, ranges: vec![(4, 7), (9, 9)] },
+            Command::GcThreshold { wall_time: 1_700_000_000_000_000_000 },
         ] {
             let bytes = encode(&command).unwrap();
             assert_eq!(decode::<Command>(&bytes).unwrap(), command);

@@ -449,6 +449,7 @@ impl ShardStateMachine {
                 .applier
                 .start_at(super::SPLIT_START_INDEX, &split.voters)
                 .map_err(engine_error)?;
+            sm.inner.lock().applier.start_gc_threshold(split.gc_threshold).map_err(engine_error)?;
         }
         let start_ms = ms(step);
         let step = std::time::Instant::now();
@@ -487,7 +488,10 @@ impl ShardStateMachine {
     /// applied: what [`ShardStateMachine::open_split`] needs, found again after a restart (its `index`
     /// is 0: the record does not keep it).
     pub fn split_off(&self, new_group: u64, ranges: &[(u16, u16)]) -> Option<super::SplitOff> {
-        let record = self.inner.lock().applier.split_record().ok()??;
+        let (record, gc_threshold) = {
+            let inner = self.inner.lock();
+            (inner.applier.split_record().ok()??, inner.applier.split_gc_threshold().ok()?)
+        };
         if record.new_group != new_group || record.ranges != ranges {
             return None;
         }
@@ -502,6 +506,7 @@ impl ShardStateMachine {
             volume,
             voters: record.voters.into_iter().collect(),
             first_leader: record.first_leader,
+            gc_threshold,
         })
     }
 
@@ -514,6 +519,17 @@ impl ShardStateMachine {
     /// simulation, whose outcome must not depend on when another thread finishes).
     pub fn hash_checks_inline(&self) {
         self.checks.hash_inline();
+    }
+
+    /// Commands that wrote rows this replica applied since it opened.
+    pub fn writes_applied(&self) -> u64 {
+        self.checks.writes()
+    }
+
+    /// The GC threshold this replica applied (nanoseconds since the Unix epoch; 0: none yet). Reads
+    /// below it must be refused: compactions may have dropped versions they would see.
+    pub fn gc_threshold(&self) -> u64 {
+        self.db().filter_threshold()
     }
 
     /// What consistency checks found since this replica last opened or installed a snapshot.

@@ -171,16 +171,26 @@ pub fn three_nodes(store: &dyn Fn(usize) -> std::path::PathBuf) -> [Server; 3] {
 
 /// [`three_nodes`] with `shards` shards.
 pub fn three_nodes_with(store: &dyn Fn(usize) -> std::path::PathBuf, shards: u32) -> [Server; 3] {
-    let n1 = Server::start(&store(1), &["--join", ""]);
+    three_nodes_args(store, shards, &[])
+}
+
+/// [`three_nodes_with`], each node started with `extra` flags too.
+pub fn three_nodes_args(
+    store: &dyn Fn(usize) -> std::path::PathBuf,
+    shards: u32,
+    extra: &[&str],
+) -> [Server; 3] {
+    let start = |i: usize, join: &str| Server::start(&store(i), &[&["--join", join][..], extra].concat());
+    let n1 = start(1, "");
     let n1_grpc = n1.grpc.to_string();
     let shards = shards.to_string();
     let init = ["init", "--addr", &n1_grpc, "--replication-factor", "3", "--shards", &shards];
     let (ok, _, err) = cairn(&[&init[..], &["--dead-after-secs", "2"]].concat());
     assert!(ok, "init failed: {err}");
     // One at a time, so that `nN` is node N (ids are handed out in the order joins are admitted).
-    let n2 = Server::start(&store(2), &["--join", &n1_grpc]);
+    let n2 = start(2, &n1_grpc);
     wait_until("node 2 is admitted", READY, || node_id(&n2) == 2);
-    let n3 = Server::start(&store(3), &["--join", &n1_grpc]);
+    let n3 = start(3, &n1_grpc);
     for n in [&n1, &n2, &n3] {
         wait_until("every node serves keys", READY, || serves_keys(n));
     }

@@ -2,6 +2,8 @@
 //! read at a chosen consistency level is safe, report status. The server and the simulation use this;
 //! neither names an openraft type.
 
+mod gc;
+pub use gc::GcTtl;
 mod quiet;
 pub use quiet::DownNodes;
 pub(crate) use quiet::QuietCall;
@@ -75,6 +77,9 @@ pub struct ReplicaConfig {
     /// node, whose log and state machine hold nothing past their start: a replica that ran before must
     /// win a new election (see `enable_leader_restore` below). Default false.
     pub leads_from_start: bool,
+    /// How long old versions stay readable: the leader proposes the shard's GC threshold from it
+    /// (see [`gc`]). Default: never collected.
+    pub gc_ttl: GcTtl,
 }
 
 impl Default for ReplicaConfig {
@@ -90,6 +95,7 @@ impl Default for ReplicaConfig {
             quiesce_after: Duration::ZERO,
             down_nodes: DownNodes::default(),
             leads_from_start: false,
+            gc_ttl: GcTtl::default(),
         }
     }
 }

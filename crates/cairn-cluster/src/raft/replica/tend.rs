@@ -274,6 +274,7 @@ impl Replica {
         let checking = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let due = |last: Option<tokio::time::Instant>| last.is_none_or(|t| t.elapsed() >= RETRY_AFTER);
         let mut effects = self.effects();
+        let mut gc = super::gc::GcTracker::default();
         // The current incarnation's metrics: a quiet replica looks again as soon as they change.
         let mut watched = (self.id(), self.raft().metrics());
         while !self.shared.stopped.load(Ordering::Acquire) {
@@ -362,6 +363,9 @@ impl Replica {
                 }
             }
             self.purge_verified(&status, merged_at).await;
+            if status.role == Role::Leader && status.checks.fenced.is_none() {
+                self.raise_gc_threshold(&mut gc).await;
+            }
             if status.role == Role::Leader {
                 let busy = checking.load(Ordering::Acquire) || status.checks.fenced.is_some();
                 if let Err(e) = self.maybe_quiesce(busy).await {

@@ -25,8 +25,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+#[path = "meta_protected.rs"]
+mod protected;
 #[path = "meta_rows.rs"]
 mod rows;
+pub use protected::{MAX_OWNER_BYTES, MAX_PROTECT_SECS, MAX_PROTECTED, ProtectedTimestamp};
 pub use rows::LEGACY_KEY;
 /// A cluster state with nodes joined, for other modules' tests.
 #[cfg(test)]
@@ -223,6 +226,12 @@ pub struct ClusterState {
     pub next_shard_id: u32,
     /// Settings.
     pub settings: ClusterSettings,
+    /// Protected timestamps, by id: each holds every shard's GC threshold at or below its timestamp.
+    #[serde(default)]
+    pub protected: BTreeMap<u64, ProtectedTimestamp>,
+    /// The id the next protected timestamp gets (ids are never reused; 0 counts as 1).
+    #[serde(default)]
+    pub next_protected_id: u64,
 }
 
 /// A node's request to join (or, with the same token, its retry or restart).
@@ -325,6 +334,8 @@ impl ClusterState {
             map: None,
             next_shard_id: 0,
             settings,
+            protected: BTreeMap::new(),
+            next_protected_id: 0,
         })
     }
 
@@ -606,6 +617,12 @@ impl ClusterState {
     pub fn validate(&self) -> Result<()> {
         if self.nodes.keys().any(|&id| id == 0 || id >= self.next_node_id) {
             return Err(MetaError::Corrupt(format!("node ids outside 1..{}", self.next_node_id)));
+        }
+        if self.protected.iter().any(|(&id, p)| id == 0 || id >= self.next_protected_id || p.id != id) {
+            return Err(MetaError::Corrupt(format!(
+                "protected timestamp ids outside 1..{}",
+                self.next_protected_id
+            )));
         }
         if let Some(map) = &self.map {
             map.validate()?;

@@ -10,6 +10,7 @@
 //! | `m`                      | the map's header, once placed: bucket space, replicas   |
 //! | `n/` + node id (u64 BE)  | one node's record                                       |
 //! | `s/` + shard id (u32 BE) | one shard's descriptor                                  |
+//! | `p/` + id (u64 BE)       | one protected timestamp                                 |
 //!
 //! A row's revision is the state version that last wrote it; a state's version is the largest
 //! revision, its map's the largest among the map rows (`m` and `s/`). A row is rewritten only on the
@@ -38,6 +39,7 @@ const HEADER_KEY: &[u8] = b"h";
 const MAP_KEY: &[u8] = b"m";
 const NODE_PREFIX: &[u8] = b"n/";
 const SHARD_PREFIX: &[u8] = b"s/";
+const PROTECTED_PREFIX: &[u8] = b"p/";
 /// Bytes of a row's revision.
 const REVISION_BYTES: usize = 8;
 
@@ -54,9 +56,15 @@ struct Header {
     settings: ClusterSettings,
     #[serde(default, skip_serializing_if = "is_zero")]
     next_shard_id: u32,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    next_protected_id: u64,
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -103,8 +111,12 @@ fn parts(state: &ClusterState) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         next_node_id: state.next_node_id,
         settings: state.settings.clone(),
         next_shard_id: state.next_shard_id,
+        next_protected_id: state.next_protected_id,
     };
     parts.insert(HEADER_KEY.to_vec(), json(&header)?);
+    for (id, p) in &state.protected {
+        parts.insert([PROTECTED_PREFIX, &id.to_be_bytes()].concat(), json(p)?);
+    }
     for (id, node) in &state.nodes {
         parts.insert(node_key(*id), json(node)?);
     }
@@ -151,6 +163,7 @@ pub(crate) fn state_of(rows: &Rows) -> Result<Option<ClusterState>> {
     let mut map_header: Option<MapHeader> = None;
     let mut shards = Vec::new();
     let mut map_version = 0;
+    let mut protected = BTreeMap::new();
     for (key, row) in rows {
         let (revision, part) = split(key, row)?;
         version = version.max(revision);
@@ -161,6 +174,11 @@ pub(crate) fn state_of(rows: &Rows) -> Result<Option<ClusterState>> {
         } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
             let id = <[u8; 8]>::try_from(id).map_err(|_| corrupt(key, "a node id is 8 bytes"))?;
             nodes.insert(u64::from_be_bytes(id), parse::<NodeRecord>(key, part)?);
+            continue;
+        } else if let Some(id) = key.strip_prefix(PROTECTED_PREFIX) {
+            let id =
+                <[u8; 8]>::try_from(id).map_err(|_| corrupt(key, "a protected timestamp id is 8 bytes"))?;
+            protected.insert(u64::from_be_bytes(id), parse::<crate::meta::ProtectedTimestamp>(key, part)?);
             continue;
         } else if let Some(id) = key.strip_prefix(SHARD_PREFIX) {
             let id = <[u8; 4]>::try_from(id).map_err(|_| corrupt(key, "a shard id is 4 bytes"))?;
@@ -195,6 +213,8 @@ pub(crate) fn state_of(rows: &Rows) -> Result<Option<ClusterState>> {
         map,
         next_shard_id: header.next_shard_id,
         settings: header.settings,
+        protected,
+        next_protected_id: header.next_protected_id,
     };
     state.validate()?;
     Ok(Some(state))
@@ -309,6 +329,9 @@ pub(crate) mod tests {
             assert_eq!(state_of(&rows).unwrap().as_ref(), Some(s));
         }
         assert_eq!(state_of(&Rows::new()).unwrap(), None);
+        let (protected, _) = placed.protect(1 << 60, 60, "backup", 1 << 60).unwrap();
+        let rows = rows_of(&protected, &rows_of(&placed, &Rows::new()).unwrap()).unwrap();
+        assert_eq!(state_of(&rows).unwrap().as_ref(), Some(&protected));
         // Stores from before the rows: the whole state in one JSON row.
         let legacy = Rows::from([(LEGACY_KEY.to_vec(), placed.encode().unwrap())]);
         assert_eq!(state_of(&legacy).unwrap(), Some(placed));

@@ -32,7 +32,9 @@ use cairn_cluster::meta::{
     MetaStore,
 };
 use cairn_cluster::raft::Role;
-use cairn_cluster::raft::{PeerChannels, RaftService, ReadLevel, Replica, ReplicaConfig, ShardStateMachine};
+use cairn_cluster::raft::{
+    GcFloor, PeerChannels, RaftService, ReadLevel, Replica, ReplicaConfig, ShardStateMachine,
+};
 use cairn_proto::cluster as pb;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -235,7 +237,12 @@ impl Membership {
             sm,
             self.plumbing.wire.clone(),
             // The meta group never goes quiet: its leader's heartbeats are how nodes are known alive.
-            ReplicaConfig { quiesce_after: Duration::ZERO, ..self.replication.replica_config() },
+            // Nor does it collect anything: its rows are not versioned.
+            ReplicaConfig {
+                quiesce_after: Duration::ZERO,
+                gc: Default::default(),
+                ..self.replication.replica_config()
+            },
         )
         .await
         .map_err(|e| NodeError::Startup(format!("cannot start the meta replica: {e}")))?;
@@ -245,7 +252,9 @@ impl Membership {
         tokio::spawn(async move { tended.tend().await });
         let events = Arc::clone(&self.plumbing.events);
         tokio::spawn(crate::replicated::watch_leadership("meta".into(), replica.clone(), None, events));
-        if self.meta.set(MetaStore::new(replica, META_TIMEOUT)).is_err() {
+        let meta = MetaStore::new(replica, META_TIMEOUT);
+        self.replication.gc.set_floors(gc_floors(meta.clone()));
+        if self.meta.set(meta).is_err() {
             return Err(NodeError::Internal("the meta replica started twice".into()));
         }
         self.member.send_replace(Some(id));
@@ -675,6 +684,39 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::TransferLeaderReply { moved }))
     }
 
+    async fn protect(
+        &self,
+        request: Request<pb::ProtectRequest>,
+    ) -> std::result::Result<Response<pb::ProtectedTimestampInfo>, Status> {
+        let r = request.into_inner();
+        let record = self
+            .membership
+            .protect(r.wall_time, r.expires_in_secs, &r.owner)
+            .await
+            .map_err(crate::wire::meta_status)?;
+        Ok(Response::new(protected_info(&record)))
+    }
+
+    async fn release_protected(
+        &self,
+        request: Request<pb::ReleaseProtectedRequest>,
+    ) -> std::result::Result<Response<pb::ReleaseProtectedReply>, Status> {
+        let id = request.into_inner().id;
+        if self.membership.release_protected(id).await.map_err(crate::wire::meta_status)? {
+            Ok(Response::new(pb::ReleaseProtectedReply {}))
+        } else {
+            Err(Status::not_found(format!("no protected timestamp {id} is held")))
+        }
+    }
+
+    async fn list_protected(
+        &self,
+        _request: Request<pb::ListProtectedRequest>,
+    ) -> std::result::Result<Response<pb::ListProtectedReply>, Status> {
+        let held = self.membership.protected().await.map_err(crate::wire::meta_status)?;
+        Ok(Response::new(pb::ListProtectedReply { protected: held.iter().map(protected_info).collect() }))
+    }
+
     async fn list_shards(
         &self,
         _request: Request<pb::ListShardsRequest>,
@@ -704,9 +746,51 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 }
 
-/// Makes the cluster's `gc_ttl` setting the TTL `config`'s replicas propose GC thresholds from.
+/// Makes the cluster's `gc_ttl` setting the TTL `config`'s replicas propose GC thresholds from, and
+/// has them wait for the meta group's protected timestamps before they propose any.
 fn replication_gc_ttl(config: &NodeConfig, state: &ClusterState) {
     if let Some(rc) = &config.replication {
-        rc.gc_ttl.set(Duration::from_secs(state.settings.gc_ttl_secs));
+        rc.gc.set_ttl(Duration::from_secs(state.settings.gc_ttl_secs));
+        rc.gc.await_floors();
+    }
+}
+
+/// How long a read of the protected timestamps serves other shards' leaders on this node.
+const GC_FLOOR_REUSE: Duration = Duration::from_secs(1);
+/// How long a read of the protected timestamps may take (no threshold is proposed without one).
+const GC_FLOOR_WAIT: Duration = Duration::from_secs(2);
+
+/// Protected timestamps as this node's shard leaders take them: a linearizable read of the meta group
+/// after a read of the clock (see `meta_protected.rs`), shared by reads within [`GC_FLOOR_REUSE`] (the
+/// clock reading goes with it, so a shared answer is as safe as a fresh one).
+fn gc_floors(meta: MetaStore) -> cairn_cluster::raft::GcFloorSource {
+    let cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, GcFloor)>>> = Arc::default();
+    Arc::new(move || {
+        let (meta, cache) = (meta.clone(), Arc::clone(&cache));
+        Box::pin(async move {
+            let mut cached = cache.lock().await;
+            if let Some((at, floor)) = *cached
+                && at.elapsed() < GC_FLOOR_REUSE
+            {
+                return Some(floor);
+            }
+            let read_at = cairn_cluster::raft::wall_now();
+            let read = tokio::time::timeout(GC_FLOOR_WAIT, meta.read(ReadLevel::Strong)).await;
+            let state = read.ok()?.ok()?;
+            let floor = GcFloor { read_at, floor: state.protected_floor(read_at / 1_000_000) };
+            *cached = Some((std::time::Instant::now(), floor));
+            Some(floor)
+        })
+    })
+}
+
+/// A protected timestamp on the wire.
+fn protected_info(p: &cairn_cluster::meta::ProtectedTimestamp) -> pb::ProtectedTimestampInfo {
+    pb::ProtectedTimestampInfo {
+        id: p.id,
+        wall_time: p.wall_time,
+        expires_at_ms: p.expires_at_ms,
+        owner: p.owner.clone(),
+        created_at_ms: p.created_at_ms,
     }
 }

@@ -72,6 +72,47 @@ impl Membership {
         Ok(after.settings)
     }
 
+    /// Protects wall time `wall_time` (0: now) for `secs` on behalf of `owner`, through the meta group
+    /// ([`ClusterState::protect`](cairn_cluster::meta::ClusterState::protect)).
+    pub(crate) async fn protect(
+        &self,
+        wall_time: u64,
+        secs: u64,
+        owner: &str,
+    ) -> Result<cairn_cluster::meta::ProtectedTimestamp, MetaError> {
+        let meta = self.meta().map_err(|_| MetaError::NotInitialized)?;
+        let (_, record) = meta
+            .update(|s| {
+                let now = cairn_cluster::raft::wall_now();
+                let at = if wall_time == 0 { now } else { wall_time };
+                let (next, record) = s.protect(at, secs, owner, now)?;
+                Ok((Some(next), record))
+            })
+            .await?;
+        tracing::info!(id = record.id, wall_time = record.wall_time, owner, secs, "timestamp protected");
+        Ok(record)
+    }
+
+    /// Releases protected timestamp `id`; `false` if it was not held.
+    pub(crate) async fn release_protected(&self, id: u64) -> Result<bool, MetaError> {
+        let meta = self.meta().map_err(|_| MetaError::NotInitialized)?;
+        let now_ms = || cairn_cluster::raft::wall_now() / 1_000_000;
+        let (_, released) = meta
+            .update(|s| Ok(s.release_protected(id, now_ms()).map_or((None, false), |n| (Some(n), true))))
+            .await?;
+        if released {
+            tracing::info!(id, "protected timestamp released");
+        }
+        Ok(released)
+    }
+
+    /// The protected timestamps held now, read through the meta group's leader.
+    pub(crate) async fn protected(&self) -> Result<Vec<cairn_cluster::meta::ProtectedTimestamp>, MetaError> {
+        let state = self.state(true).await?.ok_or(MetaError::NotInitialized)?;
+        let now_ms = cairn_cluster::raft::wall_now() / 1_000_000;
+        Ok(state.protected_at(now_ms).into_iter().cloned().collect())
+    }
+
     /// The shard map, read through the meta group's leader.
     pub(crate) async fn shard_map(&self) -> Result<ShardMap, MetaError> {
         self.state(true).await?.and_then(|s| s.map).ok_or(MetaError::NotInitialized)

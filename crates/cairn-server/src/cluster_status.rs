@@ -81,7 +81,7 @@ impl Membership {
         // since the current meta leader took over counts: a check costs one call).
         let down = liveness.iter().filter(|n| !n.up).map(|n| n.node_id).collect();
         self.replication.down_nodes.set(down);
-        self.replication.gc_ttl.set(Duration::from_secs(state.settings.gc_ttl_secs));
+        self.replication.gc.set_ttl(Duration::from_secs(state.settings.gc_ttl_secs));
         // Never heard since the current meta leader took over: unknown, not down.
         for node in liveness.into_iter().filter(|n| n.heard_ms_ago.is_some()) {
             let before = up.insert(node.node_id, node.up);

@@ -276,7 +276,7 @@ impl Node {
         rc.validate()?;
         // A cluster member's TTL is the cluster's setting (set before it starts, and as it changes);
         // a node of a fixed group's is its own.
-        rc.gc_ttl.set_if_unset(config.gc_ttl);
+        rc.gc.set_ttl_if_unset(config.gc_ttl);
         config.store = absolute_store(&config.store)?;
         let (layout, log) = {
             let config = config.clone();

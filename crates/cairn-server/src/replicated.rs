@@ -15,7 +15,7 @@
 use crate::error::{NodeError, Result};
 use crate::types::Consistency;
 use cairn_cluster::raft::{
-    DownNodes, GcTtl, GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica, ReplicaConfig,
+    DownNodes, GcPolicy, GroupError, PeerChannels, RaftService, ReadLevel, ReadPoint, Replica, ReplicaConfig,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -52,10 +52,11 @@ pub struct ReplicationConfig {
     /// The nodes this node believes down (shared by its replicas; see [`DownNodes`]).
     #[serde(skip)]
     pub down_nodes: DownNodes,
-    /// How long old versions stay readable on this node's shards (shared by its replicas, whose
-    /// leaders propose GC thresholds from it; a cluster member's follows the `gc_ttl` setting).
+    /// How old versions are collected on this node's shards (shared by its replicas, whose leaders
+    /// propose GC thresholds from it; a cluster member's follows the `gc_ttl` setting and the meta
+    /// group's protected timestamps).
     #[serde(skip)]
-    pub gc_ttl: GcTtl,
+    pub gc: GcPolicy,
 }
 
 impl ReplicationConfig {
@@ -74,7 +75,7 @@ impl ReplicationConfig {
             promote_resynced: raft.promote_resynced,
             quiesce_after: raft.quiesce_after,
             down_nodes: DownNodes::default(),
-            gc_ttl: GcTtl::default(),
+            gc: GcPolicy::default(),
         }
     }
 
@@ -116,7 +117,7 @@ impl ReplicationConfig {
             promote_resynced: self.promote_resynced,
             quiesce_after: self.quiesce_after,
             down_nodes: self.down_nodes.clone(),
-            gc_ttl: self.gc_ttl.clone(),
+            gc: self.gc.clone(),
             ..ReplicaConfig::default()
         }
     }

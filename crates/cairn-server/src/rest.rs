@@ -70,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/shards/{id}/split", post(admin::split_shard))
         .route("/admin/shards/{id}/merge", post(admin::merge_shards))
         .route("/admin/settings", get(admin::settings))
+        .route("/admin/protected", get(admin::protected).post(admin::protect))
+        .route("/admin/protected/{id}", axum::routing::delete(admin::release_protected))
         .route("/admin/settings/{name}", axum::routing::put(admin::set_setting))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,5 +1,6 @@
-//! The admin REST routes of a cluster member: the shards (`GET /admin/shards`, splits and merges) and
-//! the cluster settings (`GET /admin/settings`, `PUT /admin/settings/{name}`).
+//! The admin REST routes of a cluster member: the shards (`GET /admin/shards`, splits and merges), the
+//! cluster settings (`GET /admin/settings`, `PUT /admin/settings/{name}`) and protected timestamps
+//! (`GET` and `POST /admin/protected`, `DELETE /admin/protected/{id}`).
 
 use super::{ApiError, ApiResult, AppState, bad, query};
 use crate::error::NodeError;
@@ -79,4 +80,56 @@ pub(super) async fn set_setting(
     let settings =
         membership(&state)?.set_setting(&name, value.trim()).await.map_err(crate::wire::meta_error)?;
     Ok(Json(json!(settings)).into_response())
+}
+
+/// `GET /admin/protected`: the protected timestamps held now.
+pub(super) async fn protected(State(state): State<AppState>) -> ApiResult<Response> {
+    let held = membership(&state)?.protected().await.map_err(crate::wire::meta_error)?;
+    Ok(Json(json!({ "protected": held })).into_response())
+}
+
+/// The body of `POST /admin/protected`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtectBody {
+    /// `WALL.LOGICAL` as reads take it (the logical part is ignored: a protection holds a wall time);
+    /// absent: now.
+    timestamp: Option<String>,
+    expires_in_secs: u64,
+    owner: String,
+}
+
+/// `POST /admin/protected` with `{"timestamp": "WALL.LOGICAL", "expires_in_secs": N, "owner": "..."}`:
+/// protects a timestamp from garbage collection on every shard (`cairn protect create`).
+pub(super) async fn protect(State(state): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
+    let body: ProtectBody = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!("a protection is {{\"timestamp\", \"expires_in_secs\", \"owner\"}}: {e}"))
+    })?;
+    let wall_time = match &body.timestamp {
+        Some(t) => {
+            let at = crate::hlc::Timestamp::parse(t)
+                .ok_or_else(|| bad(format!("not a timestamp (WALL or WALL.LOGICAL): {t:?}")))?;
+            // 0 would mean "now".
+            at.wall_time.max(1)
+        }
+        None => 0,
+    };
+    let record = membership(&state)?
+        .protect(wall_time, body.expires_in_secs, &body.owner)
+        .await
+        .map_err(crate::wire::meta_error)?;
+    Ok(Json(json!(record)).into_response())
+}
+
+/// `DELETE /admin/protected/{id}`: releases a protected timestamp; 404 if it is not held.
+pub(super) async fn release_protected(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    let id: u64 = id.parse().map_err(|_| bad("a protected timestamp's id is a number"))?;
+    if membership(&state)?.release_protected(id).await.map_err(crate::wire::meta_error)? {
+        Ok(Json(json!({ "released": id })).into_response())
+    } else {
+        Err(ApiError(NodeError::NotFound(format!("no protected timestamp {id} is held"))))
+    }
 }

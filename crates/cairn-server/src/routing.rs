@@ -244,6 +244,9 @@ impl Router {
     {
         let route = kv::Route { shard: shard.id.0, epoch: shard.epoch };
         let mut last = NodeError::Unavailable(format!("shard {} has no replica on another node", shard.id));
+        // A refusal by a live node says this view is stale: it outranks an unreachable one (a dead
+        // node the map still names), so that the caller refreshes its view and routes again.
+        let mut misrouted = None;
         for node in shard.replicas.iter().filter(|n| **n != self.node_id) {
             let Some(addr) = view.addrs.get(node) else { continue };
             let client = kv::kv_client::KvClient::new(self.channels.get(addr)?)
@@ -256,7 +259,7 @@ impl Router {
                     match (&e, retry) {
                         // That node does not serve the shard (yet: a split's new shard opens on each
                         // node as its replica applies the split): the next replica may; nothing was done.
-                        (NodeError::Misrouted(_), _) => last = e,
+                        (NodeError::Misrouted(_), _) => misrouted = Some(e),
                         (NodeError::Unavailable(_), Retry::Reads) => last = e,
                         // The connection was refused: nothing was sent, any request may go on.
                         (NodeError::Unavailable(_), Retry::Writes) if cairn_proto::never_sent(&status) => {
@@ -272,7 +275,7 @@ impl Router {
                 }
             }
         }
-        Err(last)
+        Err(misrouted.unwrap_or(last))
     }
 
     pub(crate) async fn get(

@@ -53,6 +53,9 @@ enum Command {
     /// Show or change a cluster's settings (over gRPC, through any member).
     #[command(subcommand)]
     Settings(shards::SettingsCommand),
+    /// Hold garbage collection back at a timestamp on every shard (over gRPC, through any member).
+    #[command(subcommand)]
+    Protect(shards::ProtectCommand),
 }
 
 #[derive(Args, Debug)]
@@ -446,6 +449,7 @@ async fn client_command(command: Command) -> Result<ExitCode, String> {
         Command::Init(i) => return init_command(i).await,
         Command::Shards(c) => return shards::run(c).await,
         Command::Settings(c) => return shards::settings(c).await,
+        Command::Protect(c) => return shards::protect(c).await,
         Command::Start(_) | Command::Demo(_) => return Err("not a client command".into()),
     };
     if op.is_none()
@@ -633,7 +637,8 @@ fn main() -> ExitCode {
         | Command::Status(_)
         | Command::Init(_)
         | Command::Shards(_)
-        | Command::Settings(_) => {
+        | Command::Settings(_)
+        | Command::Protect(_) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

@@ -1,5 +1,6 @@
 //! `cairn shards`: split, merge and list a cluster's shards; `cairn settings`: show and change the
-//! cluster settings that drive automatic splits and merges (over gRPC, through any member).
+//! cluster settings that drive automatic splits and merges and garbage collection; `cairn protect`:
+//! protected timestamps (over gRPC, through any member).
 
 use crate::ClientArgs;
 use clap::{Args, Subcommand};
@@ -218,6 +219,106 @@ async fn list_shards_command(args: ClientArgs) -> Result<ExitCode, String> {
             s.generation,
             doing.join("; ")
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ProtectCommand {
+    /// Keep every version a read at a timestamp sees readable on every shard, until released or
+    /// expired; prints its id.
+    Create(ProtectArgs),
+    /// Print the protected timestamps held now.
+    List(ClientArgs),
+    /// Release a protected timestamp.
+    Release(ReleaseArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ProtectArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Who holds it (a backup's id, your name).
+    #[arg(long)]
+    owner: String,
+    /// The timestamp (WALL or WALL.LOGICAL, nanoseconds since the Unix epoch); default now. No older
+    /// than half of gc_ttl ago.
+    #[arg(long)]
+    at: Option<String>,
+    /// How long it holds unless released first (1 to 2592000).
+    #[arg(long, default_value_t = 3600)]
+    expires_in_secs: u64,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ReleaseArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Its id.
+    id: u64,
+}
+
+/// One protected timestamp as JSON.
+fn protected_json(p: &cairn_proto::cluster::ProtectedTimestampInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": p.id, "wall_time": p.wall_time, "expires_at_ms": p.expires_at_ms, "owner": p.owner,
+        "created_at_ms": p.created_at_ms,
+    })
+}
+
+/// Runs a `cairn protect` command.
+pub(crate) async fn protect(command: ProtectCommand) -> Result<ExitCode, String> {
+    use cairn_proto::cluster::{ListProtectedRequest, ProtectRequest, ReleaseProtectedRequest};
+    match command {
+        ProtectCommand::Create(a) => {
+            let wall_time = match &a.at {
+                Some(t) => {
+                    let wall = t.split_once('.').map_or(t.as_str(), |(w, _)| w);
+                    wall.parse::<u64>()
+                        .ok()
+                        .filter(|w| *w > 0)
+                        .ok_or_else(|| format!("not a timestamp: {t:?}"))?
+                }
+                None => 0,
+            };
+            let mut client = cluster_client(&a.client.addr).await?;
+            let request = ProtectRequest { wall_time, expires_in_secs: a.expires_in_secs, owner: a.owner };
+            let p =
+                client.protect(request).await.map_err(|s| format!("refused: {}", s.message()))?.into_inner();
+            if a.client.json {
+                println!("{}", protected_json(&p));
+            } else {
+                println!(
+                    "protected timestamp {} at {}.0 until {} ms (owner {})",
+                    p.id, p.wall_time, p.expires_at_ms, p.owner
+                );
+            }
+        }
+        ProtectCommand::List(args) => {
+            let mut client = cluster_client(&args.addr).await?;
+            let reply = client.list_protected(ListProtectedRequest {}).await;
+            let held =
+                reply.map_err(|s| format!("cannot list them: {}", s.message()))?.into_inner().protected;
+            if args.json {
+                println!("{}", serde_json::Value::Array(held.iter().map(protected_json).collect()));
+            } else {
+                println!("{:>6}  {:>21}  {:>15}  owner", "id", "wall time", "expires at ms");
+                for p in held {
+                    println!("{:>6}  {:>21}  {:>15}  {}", p.id, p.wall_time, p.expires_at_ms, p.owner);
+                }
+            }
+        }
+        ProtectCommand::Release(a) => {
+            let mut client = cluster_client(&a.client.addr).await?;
+            match client.release_protected(ReleaseProtectedRequest { id: a.id }).await {
+                Ok(_) => println!("released protected timestamp {}", a.id),
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    eprintln!("{}", s.message());
+                    return Ok(ExitCode::from(1));
+                }
+                Err(s) => return Err(format!("cannot release it: {}", s.message())),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

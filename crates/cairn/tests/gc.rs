@@ -1,6 +1,7 @@
 //! Old versions on a running 3-node cluster: each shard's GC threshold, decided through its log from
-//! the `gc_ttl` setting, bounds what an overwrite load leaves on disk, reads below it are refused, and
-//! replicas that compacted at their own times still pass consistency checks.
+//! the `gc_ttl` setting, bounds what an overwrite load leaves on disk, reads below it are refused, a
+//! protected timestamp keeps its versions readable until released, and replicas that compacted at
+//! their own times still pass consistency checks.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,7 +37,7 @@ const KEYS: usize = 32;
 const WRITERS: usize = 4;
 
 #[test]
-fn an_overwrite_load_is_collected_below_the_gc_threshold_and_reads_below_it_are_refused() {
+fn an_overwrite_load_is_collected_below_the_gc_threshold_except_what_a_protected_timestamp_holds() {
     let tmp = tempfile::tempdir().unwrap();
     let nodes = three_nodes_args(&|i| tmp.path().join(format!("n{i}")), 4, &["--check-interval-secs", "1"]);
     // The first version of k0, and when it was written.
@@ -45,27 +46,54 @@ fn an_overwrite_load_is_collected_below_the_gc_threshold_and_reads_below_it_are_
     let at = first.json()["header"]["timestamp"].clone();
     let at = format!("{}.{}", at["wall_time"], at["logical"]);
     assert_eq!(nodes[1].call("GET", &format!("/kv/rest/entry/k0?timestamp={at}"), b"").status, 200);
+    // A protected timestamp holds it: an old one is refused (it may be collected already).
+    let protect = |at: &str| {
+        let body = format!(r#"{{"timestamp": "{at}", "expires_in_secs": 600, "owner": "gc test"}}"#);
+        nodes[1].call("POST", "/admin/protected", body.as_bytes())
+    };
+    let refused = protect("1000.0");
+    assert_eq!((refused.status, refused.code()), (400, "invalid_argument".to_string()));
+    let protected = protect(&at);
+    assert_eq!(protected.status, 200, "{}", String::from_utf8_lossy(&protected.body));
+    let id = protected.json()["id"].as_u64().unwrap();
+    let (ok, listed, err) =
+        common::cairn(&["protect", "list", "--json", "--addr", &nodes[2].grpc.to_string()]);
+    assert!(ok && listed.contains("\"owner\":\"gc test\""), "{listed} {err}");
     set_setting(&nodes[0], "gc_ttl", "2");
 
-    // Writers overwrite the same keys through every node, for 20 s of load at least.
+    // Writers overwrite the same keys through every node: for 10 s while the timestamp is protected,
+    // then for 20 s more after it is released.
     let written = std::sync::atomic::AtomicUsize::new(0);
-    let start = std::time::Instant::now();
-    std::thread::scope(|s| {
-        for w in 0..WRITERS {
-            let (node, written) = (&nodes[w % 3], &written);
-            s.spawn(move || {
-                let mut round = 0u8;
-                while start.elapsed() < Duration::from_secs(20) {
-                    for k in (w..KEYS).step_by(WRITERS) {
-                        let r = node.call("PUT", &format!("/kv/rest/entry/k{k}"), &vec![round; VALUE_BYTES]);
-                        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-                        written.fetch_add(VALUE_BYTES, std::sync::atomic::Ordering::Relaxed);
+    let overwrite = |secs: u64| {
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for w in 0..WRITERS {
+                let (node, written) = (&nodes[w % 3], &written);
+                s.spawn(move || {
+                    let mut round = 0u8;
+                    while start.elapsed() < Duration::from_secs(secs) {
+                        for k in (w..KEYS).step_by(WRITERS) {
+                            let value = vec![round; VALUE_BYTES];
+                            let r = node.call("PUT", &format!("/kv/rest/entry/k{k}"), &value);
+                            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                            written.fetch_add(VALUE_BYTES, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        round = round.wrapping_add(1);
                     }
-                    round = round.wrapping_add(1);
-                }
-            });
-        }
-    });
+                });
+            }
+        });
+    };
+    overwrite(10);
+    for n in &nodes {
+        let r = n.call("GET", &format!("/kv/rest/entry/k0?timestamp={at}"), b"");
+        assert_eq!(r.status, 200, "the protected version: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["value"]["timestamp"], first.json()["header"]["timestamp"]);
+    }
+    let released = nodes[2].call("DELETE", &format!("/admin/protected/{id}"), b"");
+    assert_eq!(released.status, 200, "{}", String::from_utf8_lossy(&released.body));
+    assert_eq!(nodes[0].call("DELETE", &format!("/admin/protected/{id}"), b"").status, 404, "released once");
+    overwrite(20);
     let written = written.into_inner() as i64;
     let live = (KEYS * VALUE_BYTES) as i64;
     println!("written {written} bytes over {KEYS} keys ({live} live)");

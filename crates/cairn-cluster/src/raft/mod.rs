@@ -19,8 +19,9 @@ pub use apply::{
 pub use log_store::GroupLogStore;
 pub use merge::{FrozenShard, FrozenShards, MERGE_WAIT};
 pub use replica::{
-    CheckOutcome, DownNodes, FORM_AFTER, GcTtl, GroupError, GroupStatus, MoveStep, ReadLevel, ReadPoint,
-    Replica, ReplicaConfig, Role, STALL_AFTER, StatusWatch, Written, retire_stored,
+    CheckOutcome, DownNodes, FORM_AFTER, GcFloor, GcFloorSource, GcPolicy, GroupError, GroupStatus, MoveStep,
+    ReadLevel, ReadPoint, Replica, ReplicaConfig, Role, STALL_AFTER, StatusWatch, Written, retire_stored,
+    wall_now,
 };
 pub use runtime::{CairnRuntime, with_seed};
 pub use state_machine::{ShardSnapshotRef, ShardStateMachine, Verification};

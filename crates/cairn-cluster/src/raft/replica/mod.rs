@@ -3,7 +3,7 @@
 //! neither names an openraft type.
 
 mod gc;
-pub use gc::GcTtl;
+pub use gc::{GcFloor, GcFloorSource, GcPolicy, wall_now};
 mod quiet;
 pub use quiet::DownNodes;
 pub(crate) use quiet::QuietCall;
@@ -77,9 +77,9 @@ pub struct ReplicaConfig {
     /// node, whose log and state machine hold nothing past their start: a replica that ran before must
     /// win a new election (see `enable_leader_restore` below). Default false.
     pub leads_from_start: bool,
-    /// How long old versions stay readable: the leader proposes the shard's GC threshold from it
-    /// (see [`gc`]). Default: never collected.
-    pub gc_ttl: GcTtl,
+    /// How old versions are collected: the leader proposes the shard's GC threshold from it (see
+    /// [`gc`]). Default: never collected.
+    pub gc: GcPolicy,
 }
 
 impl Default for ReplicaConfig {
@@ -95,7 +95,7 @@ impl Default for ReplicaConfig {
             quiesce_after: Duration::ZERO,
             down_nodes: DownNodes::default(),
             leads_from_start: false,
-            gc_ttl: GcTtl::default(),
+            gc: GcPolicy::default(),
         }
     }
 }

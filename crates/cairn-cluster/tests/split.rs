@@ -35,6 +35,10 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
     for i in 0..64u16 {
         write(&replicas[&1], put(i % 16, &format!("k{i}"), format!("v{i}").as_bytes())).await;
     }
+    // A GC threshold decided before the split: the new shard starts with it.
+    let gc =
+        replicas[&1].write(Command::GcThreshold { wall_time: 12_345 }, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(gc.result, CommandResult::Applied);
     let mut effects: BTreeMap<u64, _> = replicas.iter().map(|(id, r)| (*id, r.effects())).collect();
 
     // Refused alike everywhere: the shard's first bucket (its applied position), an empty range.
@@ -67,7 +71,9 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
             }
         };
         assert_eq!((off.index, off.new_group, off.ranges.clone()), (split.index, 7, vec![(8, 15)]));
-        assert_eq!(off.first_leader, Some(first_leader));
+        assert_eq!((off.first_leader, off.gc_threshold), (Some(first_leader), 12_345));
+        let found = replica.state_machine().split_off(7, &[(8, 15)]).unwrap();
+        assert_eq!(found.gc_threshold, 12_345, "found again as after a restart");
         // The shard kept only its own buckets.
         let db = replica.db();
         assert_eq!(db.owned_buckets(), vec![0..=7]);
@@ -81,6 +87,7 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
         assert!(stats.files_imported > 0 && stats.bytes_copied == 0, "{stats:?}");
         let new = sm.db();
         assert_eq!(new.owned_buckets(), vec![8..=15]);
+        assert_eq!((sm.gc_threshold(), new.filter_threshold()), (12_345, 12_345));
         for i in (0..64u16).filter(|i| i % 16 >= 8) {
             let row = new.get(i % 16, format!("k{i}").as_bytes()).unwrap().unwrap();
             assert_eq!(row.column(0), Some(format!("v{i}").as_bytes()), "key k{i} on node {id}");
@@ -94,6 +101,7 @@ async fn a_split_moves_buckets_to_a_new_shard_on_every_replica_by_reference() {
             ShardStateMachine::open_split(root.clone().into(), template(&fs, &root), &off).unwrap();
         assert_eq!(stats, Default::default(), "reopened, not imported again");
         assert_eq!(again.owned_buckets(), vec![8..=15]);
+        assert_eq!(again.gc_threshold(), 12_345, "reopened with its threshold");
         // The new shard's group: its log starts where its state machine does, with the vote for the
         // node the split named; nobody bootstraps it.
         let voted = prepare_split_log(&nodes[id].log, 7, off.first_leader).unwrap();

@@ -32,6 +32,20 @@ fn held(server: &Server) -> i64 {
         .sum()
 }
 
+/// Waits until a consistency check past every shard's applied index (on node 1, now) passed on every
+/// replica, and asserts no replica ever diverged or is fenced.
+fn checks_pass(nodes: &[Server]) {
+    let applied = per_shard(&nodes[0], "cairn_raft_applied_index");
+    for n in nodes {
+        wait_until("a consistency check past the GC thresholds", Duration::from_secs(60), || {
+            let verified = per_shard(n, "cairn_raft_verified_index");
+            applied.iter().all(|(shard, index)| verified.get(shard).is_some_and(|v| v >= index))
+        });
+        assert!(per_shard(n, "cairn_raft_divergences_total").values().all(|d| *d == 0));
+        assert!(per_shard(n, "cairn_raft_fenced").values().all(|f| *f == 0));
+    }
+}
+
 const VALUE_BYTES: usize = 8 << 10;
 const KEYS: usize = 32;
 const WRITERS: usize = 4;
@@ -113,15 +127,24 @@ fn an_overwrite_load_is_collected_below_the_gc_threshold_except_what_a_protected
         assert!(h < written / 3, "a node holds {h} of {written} bytes written");
     }
     // Consistency checks after the thresholds pass on every replica (none fenced, none diverged).
-    let applied = per_shard(&nodes[0], "cairn_raft_applied_index");
-    for n in &nodes {
-        wait_until("a consistency check past the GC thresholds", Duration::from_secs(60), || {
-            let verified = per_shard(n, "cairn_raft_verified_index");
-            applied.iter().all(|(shard, index)| verified.get(shard).is_some_and(|v| v >= index))
-        });
-        assert!(per_shard(n, "cairn_raft_divergences_total").values().all(|d| *d == 0));
-        assert!(per_shard(n, "cairn_raft_fenced").values().all(|f| *f == 0));
-    }
+    checks_pass(&nodes);
+    // A split's new shard starts at the split shard's threshold: its replicas, made from files each
+    // node compacted at its own time, agree; so do the shard's after the merge back.
+    let split = nodes[0].call("POST", "/admin/shards/0/split", b"");
+    assert_eq!(split.status, 202, "{}", String::from_utf8_lossy(&split.body));
+    let new_shard = split.json()["new_shard"].as_u64().unwrap();
+    wait_until("the split is done", Duration::from_secs(60), || {
+        let (list, busy) = common::shard_ranges(&nodes[1]);
+        !busy && list.len() == 5
+    });
+    checks_pass(&nodes);
+    let merge = nodes[1].call("POST", &format!("/admin/shards/0/merge?with={new_shard}"), b"");
+    assert_eq!(merge.status, 202, "{}", String::from_utf8_lossy(&merge.body));
+    wait_until("the merge is done", Duration::from_secs(60), || {
+        let (list, busy) = common::shard_ranges(&nodes[1]);
+        !busy && list.len() == 4
+    });
+    checks_pass(&nodes);
     // The newest versions are all there.
     for k in 0..KEYS {
         let r = nodes[2].call("GET", &format!("/kv/rest/entry/k{k}"), b"");

@@ -15,6 +15,7 @@
 //! above this crate decides an MVCC rule. It uses cairn-cluster's shard groups ([`leader`]); nothing in
 //! cairn-cluster knows MVCC, and nothing here knows the APIs.
 
+pub mod as_of;
 pub mod error;
 pub mod evaluate;
 pub mod hlc;

@@ -29,7 +29,9 @@ use std::time::Duration;
 mod protected;
 #[path = "meta_rows.rs"]
 mod rows;
-pub use protected::{MAX_OWNER_BYTES, MAX_PROTECT_SECS, MAX_PROTECTED, ProtectedTimestamp};
+pub use protected::{
+    MAX_OWNER_BYTES, MAX_PROTECT_SECS, MAX_PROTECTED, PROTECT_COMMIT_SLACK, ProtectedTimestamp,
+};
 pub use rows::LEGACY_KEY;
 /// A cluster state with nodes joined, for other modules' tests.
 #[cfg(test)]
@@ -100,6 +102,18 @@ pub struct ClusterSettings {
     /// shard leaders raise their GC thresholds to `now - gc_ttl`.
     #[serde(default = "gc_ttl_default")]
     pub gc_ttl_secs: u64,
+    /// The `gc_ttl` before its last raise, and when that was (milliseconds since the Unix epoch): for
+    /// a TTL after a raise, shards' thresholds may still be as the old one left them (see
+    /// [`ClusterState::earliest_protectable`]).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub gc_ttl_before_secs: u64,
+    /// (See `gc_ttl_before_secs`.)
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub gc_ttl_raised_ms: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn gc_ttl_default() -> u64 {
@@ -341,6 +355,12 @@ impl ClusterState {
 
     /// Changes setting `name` to `value` (see [`SETTABLE`]); `None` if it already was.
     pub fn set_setting(&self, name: &str, value: &str) -> Result<Option<ClusterState>> {
+        self.set_setting_at(name, value, 0)
+    }
+
+    /// [`ClusterState::set_setting`] at wall time `now_ms` (milliseconds since the Unix epoch), which a
+    /// raise of `gc_ttl` records.
+    pub fn set_setting_at(&self, name: &str, value: &str, now_ms: u64) -> Result<Option<ClusterState>> {
         let bad = |want: &str| MetaError::Invalid(format!("{name} takes {want}, not {value:?}"));
         let want = SETTABLE.iter().find(|(n, _)| *n == name).map(|(_, w)| *w).ok_or_else(|| {
             let names: Vec<&str> = SETTABLE.iter().map(|(n, _)| *n).collect();
@@ -370,7 +390,17 @@ impl ClusterState {
             "auto_merge" => settings.reshape.auto_merge = flag()?,
             "merge_delay_secs" => settings.reshape.merge_delay_secs = number(0..=86_400)?,
             "rebalance" => settings.rebalance = flag()?,
-            "gc_ttl" => settings.gc_ttl_secs = number(0..=MAX_GC_TTL_SECS)?,
+            "gc_ttl" => {
+                let ttl = number(0..=MAX_GC_TTL_SECS)?;
+                let before = settings.gc_ttl_secs;
+                // 0 collects nothing: a raise from anything to 0, and from 0 to anything (as from the
+                // TTL before 0 was set: that one is kept).
+                if before != 0 && (ttl == 0 || ttl > before) {
+                    settings.gc_ttl_before_secs = before;
+                    settings.gc_ttl_raised_ms = now_ms;
+                }
+                settings.gc_ttl_secs = ttl;
+            }
             _ => settings.dead_after_secs = number(1..=MAX_DEAD_AFTER_SECS)?,
         }
         if settings == self.settings {

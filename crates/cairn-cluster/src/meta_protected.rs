@@ -5,13 +5,15 @@
 //! A shard's leader reads the records linearizably *after* reading its clock for `now - gc_ttl`, and
 //! proposes the lower of the two (`GcFloor`, `raft/replica/gc.rs`). A record created after that read
 //! began is therefore not seen, and is safe only if its timestamp is above any threshold computed from a
-//! clock read before it was created: [`ClusterState::earliest_protectable`] refuses anything older than
-//! `now - gc_ttl + max(gc_ttl / 2, 2 * max_clock_offset)` (the clocks of the meta leader and the shard
-//! leader differ by at most the offset). A protection that came too late anyway (an expired one whose
-//! versions were collected) costs availability, never correctness: reads below a shard's threshold are
-//! refused.
+//! clock read before it committed: [`ClusterState::earliest_protectable`] refuses anything older than
+//! `now - gc_ttl + max(gc_ttl / 2, 2 * max_clock_offset + PROTECT_COMMIT_SLACK)`, capped at `now` (the
+//! clocks of the node judging it and of a shard leader differ by at most the offset each way; one that
+//! takes longer to commit is released and refused); `gc_ttl` is the one before its last raise until the
+//! new one has run its course. With a `gc_ttl` under about 12 s the cap at `now` leaves no such margin.
+//! A protection that came too late anyway costs availability, never correctness: reads below a shard's
+//! threshold are refused.
 
-use super::{ClusterState, MetaError, Result, check_text};
+use super::{ClusterState, MAX_GC_TTL_SECS, MetaError, Result, check_text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -21,6 +23,9 @@ pub const MAX_PROTECTED: usize = 1024;
 pub const MAX_OWNER_BYTES: usize = 256;
 /// Longest time a protected timestamp may hold GC back without being renewed: thirty days.
 pub const MAX_PROTECT_SECS: u64 = 30 * 24 * 3600;
+/// Longest a protected timestamp may take to commit after it was judged against the clock: one that
+/// took longer is released again and refused (a threshold may have passed it meanwhile).
+pub const PROTECT_COMMIT_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One protected timestamp.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,12 +64,26 @@ impl ClusterState {
     /// Anything with `gc_ttl` 0 (nothing collected from now on; a threshold raised before stays, and
     /// reads below it are refused).
     pub fn earliest_protectable(&self, now_ns: u64) -> u64 {
-        let ttl = self.settings.gc_ttl_secs.saturating_mul(1_000_000_000);
+        let s = &self.settings;
+        // After a raise (or 0: collect nothing), shards' thresholds trail by the old TTL until the new
+        // one has run its course (and thresholds never come back down).
+        let raised_for = if s.gc_ttl_secs == 0 { MAX_GC_TTL_SECS } else { s.gc_ttl_secs };
+        let raise_settled = s.gc_ttl_raised_ms.saturating_add(raised_for.saturating_mul(1000));
+        let ttl_secs = match (s.gc_ttl_before_secs, s.gc_ttl_secs) {
+            (0, now_ttl) => now_ttl,
+            (_, now_ttl) if now_ns / 1_000_000 >= raise_settled => now_ttl,
+            (before, 0) => before,
+            (before, now_ttl) => before.min(now_ttl),
+        };
+        let ttl = ttl_secs.saturating_mul(1_000_000_000);
         if ttl == 0 {
             return 0;
         }
+        // Room for the clocks' offset (the meta leader's and a shard leader's), and for the time the
+        // record takes to commit after it is judged (`PROTECT_COMMIT_SLACK`, checked by the caller).
         let offset = self.settings.max_clock_offset_ms.saturating_mul(1_000_000);
-        let margin = (ttl / 2).max(offset.saturating_mul(2));
+        let slack = u64::try_from(PROTECT_COMMIT_SLACK.as_nanos()).unwrap_or(u64::MAX);
+        let margin = (ttl / 2).max(offset.saturating_mul(2).saturating_add(slack));
         now_ns.saturating_sub(ttl).saturating_add(margin).min(now_ns)
     }
 
@@ -179,7 +198,16 @@ mod tests {
         let mut off = joined(3);
         off.settings.gc_ttl_secs = 0;
         assert_eq!(off.earliest_protectable(now), 0);
-        // A TTL under four clock offsets: nothing older than now.
+        // After a raise from 100 s to 1000 s, thresholds still trail by 100 s until 1000 s have passed.
+        let raised = state.set_setting_at("gc_ttl", "1000", now / 1_000_000).unwrap().unwrap();
+        assert_eq!(raised.earliest_protectable(now + S), now + S - 50 * S);
+        assert_eq!(raised.earliest_protectable(now + 1000 * S), now + 1000 * S - 500 * S);
+        let lowered = raised.set_setting_at("gc_ttl", "10", now / 1_000_000).unwrap().unwrap();
+        assert_eq!(lowered.earliest_protectable(now), now - 10 * S + 6 * S, "no wait for a lowered TTL");
+        // Turned off: thresholds stay where the last TTL left them.
+        let off = state.set_setting_at("gc_ttl", "0", now / 1_000_000).unwrap().unwrap();
+        assert_eq!(off.earliest_protectable(now + 3600 * S), now + 3600 * S - 50 * S);
+        // A TTL under the offsets and the commit slack: nothing older than now.
         let mut short = joined(3);
         short.settings.gc_ttl_secs = 1;
         assert_eq!(short.earliest_protectable(now), now);

@@ -294,6 +294,8 @@ pub(crate) mod tests {
             max_clock_offset_ms: 500,
             reshape: Default::default(),
             gc_ttl_secs: crate::meta::DEFAULT_GC_TTL_SECS,
+            gc_ttl_before_secs: 0,
+            gc_ttl_raised_ms: 0,
         }
     }
 

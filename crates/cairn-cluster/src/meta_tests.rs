@@ -17,6 +17,8 @@ fn settings(rf: usize, shards: usize) -> ClusterSettings {
         max_clock_offset_ms: 500,
         reshape: Default::default(),
         gc_ttl_secs: crate::meta::DEFAULT_GC_TTL_SECS,
+        gc_ttl_before_secs: 0,
+        gc_ttl_raised_ms: 0,
     }
 }
 

@@ -54,6 +54,8 @@ fn settings() -> ClusterSettings {
         max_clock_offset_ms: 500,
         reshape: Default::default(),
         gc_ttl_secs: cairn_cluster::meta::DEFAULT_GC_TTL_SECS,
+        gc_ttl_before_secs: 0,
+        gc_ttl_raised_ms: 0,
     }
 }
 

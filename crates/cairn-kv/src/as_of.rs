@@ -35,7 +35,9 @@ struct KeyRows {
 
 /// Rewrites `db` to hold exactly what a read at `at` sees: versions above `at` dropped, latest rows
 /// pointing at the newest version at or below it. Reserved rows (system rows, intents, records) are
-/// left alone. Writes in batches of about [`BATCH_BYTES`]; the caller flushes.
+/// left alone. Writes in batches of about [`BATCH_BYTES`]; the caller flushes. `at` must be at or
+/// above the GC threshold the shard's files were compacted with (a backup at `at` protects it): below
+/// it, the versions a read at `at` sees may be gone.
 pub fn truncate_to(db: &Db, at: Timestamp) -> Result<Truncated, KvError> {
     let mut done = Truncated::default();
     let mut batch = WriteBatch::new();

@@ -576,6 +576,8 @@ fn settings_of(r: &pb::InitRequest) -> ClusterSettings {
         },
         reshape: Default::default(),
         gc_ttl_secs: cairn_cluster::meta::DEFAULT_GC_TTL_SECS,
+        gc_ttl_before_secs: 0,
+        gc_ttl_raised_ms: 0,
     }
 }
 
@@ -764,22 +766,31 @@ const GC_FLOOR_WAIT: Duration = Duration::from_secs(2);
 /// after a read of the clock (see `meta_protected.rs`), shared by reads within [`GC_FLOOR_REUSE`] (the
 /// clock reading goes with it, so a shared answer is as safe as a fresh one).
 fn gc_floors(meta: MetaStore) -> cairn_cluster::raft::GcFloorSource {
-    let cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, GcFloor)>>> = Arc::default();
+    type Cached = Option<(std::time::Instant, Option<GcFloor>)>;
+    let cache: Arc<tokio::sync::Mutex<Cached>> = Arc::default();
     Arc::new(move || {
         let (meta, cache) = (meta.clone(), Arc::clone(&cache));
         Box::pin(async move {
             let mut cached = cache.lock().await;
+            // A failure is kept as long as an answer: leaders waiting in line do not each wait it out.
             if let Some((at, floor)) = *cached
                 && at.elapsed() < GC_FLOOR_REUSE
             {
-                return Some(floor);
+                return floor;
             }
             let read_at = cairn_cluster::raft::wall_now();
             let read = tokio::time::timeout(GC_FLOOR_WAIT, meta.read(ReadLevel::Strong)).await;
-            let state = read.ok()?.ok()?;
-            let floor = GcFloor { read_at, floor: state.protected_floor(read_at / 1_000_000) };
+            let floor = match read {
+                Ok(Ok(state)) => {
+                    // Judged as expired only once expired by any clock within the offset of this one.
+                    let offset_ms = state.settings.max_clock_offset_ms;
+                    let now_ms = (read_at / 1_000_000).saturating_sub(offset_ms);
+                    Some(GcFloor { read_at, floor: state.protected_floor(now_ms) })
+                }
+                _ => None,
+            };
             *cached = Some((std::time::Instant::now(), floor));
-            Some(floor)
+            floor
         })
     })
 }

@@ -64,7 +64,10 @@ impl Membership {
     pub(crate) async fn set_setting(&self, name: &str, value: &str) -> Result<ClusterSettings, MetaError> {
         let meta = self.meta().map_err(|_| MetaError::NotInitialized)?;
         let (after, changed) = meta
-            .update(|s| Ok(s.set_setting(name, value)?.map_or((None, false), |next| (Some(next), true))))
+            .update(|s| {
+                let now_ms = cairn_cluster::raft::wall_now() / 1_000_000;
+                Ok(s.set_setting_at(name, value, now_ms)?.map_or((None, false), |next| (Some(next), true)))
+            })
             .await?;
         if changed {
             tracing::info!(name, value, "cluster setting changed");
@@ -81,14 +84,25 @@ impl Membership {
         owner: &str,
     ) -> Result<cairn_cluster::meta::ProtectedTimestamp, MetaError> {
         let meta = self.meta().map_err(|_| MetaError::NotInitialized)?;
+        let judged = std::sync::Mutex::new(std::time::Instant::now());
         let (_, record) = meta
             .update(|s| {
+                *judged.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
                 let now = cairn_cluster::raft::wall_now();
                 let at = if wall_time == 0 { now } else { wall_time };
                 let (next, record) = s.protect(at, secs, owner, now)?;
                 Ok((Some(next), record))
             })
             .await?;
+        let took = judged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed();
+        if took > cairn_cluster::meta::PROTECT_COMMIT_SLACK {
+            // A threshold may have passed it meanwhile: not a protection anyone may count on.
+            let _ = self.release_protected(record.id).await;
+            return Err(MetaError::Group(cairn_cluster::raft::GroupError::Timeout(format!(
+                "the protected timestamp took {took:?} to commit (more than {:?}): released; retry",
+                cairn_cluster::meta::PROTECT_COMMIT_SLACK
+            ))));
+        }
         tracing::info!(id = record.id, wall_time = record.wall_time, owner, secs, "timestamp protected");
         Ok(record)
     }

@@ -111,13 +111,16 @@ impl Shard {
     }
 }
 
-/// Refuses a read of `shard` at `at` done so far if `at` is below the shard's GC threshold. Checked
-/// after the read: the read's view was taken earlier, when the threshold was at most what it is now,
-/// and compaction keeps everything a view sees; so a threshold at or below `at` now means the read saw
-/// every version it needed.
-fn check_gc(shard: &Shard, at: Timestamp) -> Result<()> {
-    let Backend::Replicated(replica) = &shard.backend else { return Ok(()) };
-    let threshold = replica.state_machine().gc_threshold();
+/// Refuses a read of `shard` at `at` done so far through engine `db` if `at` is below the GC threshold
+/// `db`'s compactions run with. Checked after the read: the read's view was taken earlier, when the
+/// threshold was at most what it is now, and compaction keeps everything a view sees; so a threshold
+/// at or below `at` now means the read saw every version it needed. (The engine the read used, not
+/// the shard's current one: a snapshot install may have swapped it meanwhile.)
+fn check_gc(shard: &Shard, db: &cairn_engine::Db, at: Timestamp) -> Result<()> {
+    if !matches!(shard.backend, Backend::Replicated(_)) {
+        return Ok(());
+    }
+    let threshold = db.filter_threshold();
     if at.wall_time < threshold {
         return Err(NodeError::BelowGcThreshold(format!(
             "read timestamp {at} is below the GC threshold of shard {} ({threshold}.0): older versions may be gone",
@@ -639,9 +642,10 @@ impl Node {
 
     /// The newest version of `key` at or below `at` in `shard`'s replica here.
     fn read_from(&self, shard: &Shard, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
-        let found = DbReader { db: &shard.db(), total_buckets: self.total_buckets }.at(key, at)?;
+        let db = shard.db();
+        let found = DbReader { db: &db, total_buckets: self.total_buckets }.at(key, at)?;
         shard.still_running()?;
-        check_gc(shard, at)?;
+        check_gc(shard, &db, at)?;
         Ok(found)
     }
 

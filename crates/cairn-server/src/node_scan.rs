@@ -89,7 +89,7 @@ impl Node {
                 }
             }
             shard.still_running()?;
-            super::check_gc(shard, at)?;
+            super::check_gc(shard, &db, at)?;
         }
         Ok(page.finish())
     }

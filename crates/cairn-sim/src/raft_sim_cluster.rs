@@ -119,6 +119,8 @@ fn settings() -> ClusterSettings {
             ..Default::default()
         },
         gc_ttl_secs: cairn_cluster::meta::DEFAULT_GC_TTL_SECS,
+        gc_ttl_before_secs: 0,
+        gc_ttl_raised_ms: 0,
     }
 }
 

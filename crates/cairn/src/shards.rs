@@ -242,7 +242,7 @@ pub(crate) struct ProtectArgs {
     #[arg(long)]
     owner: String,
     /// The timestamp (WALL or WALL.LOGICAL, nanoseconds since the Unix epoch); default now. No older
-    /// than half of gc_ttl ago.
+    /// than about half of gc_ttl ago (see docs/cluster.md, "Old versions").
     #[arg(long)]
     at: Option<String>,
     /// How long it holds unless released first (1 to 2592000).

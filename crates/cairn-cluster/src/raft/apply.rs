@@ -430,8 +430,10 @@ impl ShardApplier {
         };
         // Compactions collect up to the stored threshold (a frozen shard's first bucket is gone, and
         // with it anything to collect).
-        if let Ok(threshold) = applier.gc_threshold() {
-            applier.db.raise_filter_threshold(threshold);
+        match applier.gc_threshold() {
+            Ok(threshold) => applier.db.raise_filter_threshold(threshold),
+            // The shard cannot read its own rows: its applies fail alike, and the replica stops.
+            Err(e) => tracing::error!(error = %e, "cannot read the shard's GC threshold"),
         }
         applier
     }

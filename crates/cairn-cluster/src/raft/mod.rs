@@ -118,7 +118,8 @@ pub enum Command {
     /// Raises the shard's GC threshold to `wall_time` (nanoseconds since the Unix epoch), if it is
     /// higher: every replica stores it at this entry, makes it durable, then lets compactions drop
     /// the versions no read at or above it sees; reads below it are refused. Its leader proposes it
-    /// from `now - gc_ttl` ([`ReplicaConfig::gc_ttl`]). Answered [`CommandResult::Applied`].
+    /// from `now - gc_ttl`, held at or below the oldest protected timestamp ([`ReplicaConfig::gc`]).
+    /// Answered [`CommandResult::Applied`].
     GcThreshold {
         /// The new threshold.
         wall_time: u64,

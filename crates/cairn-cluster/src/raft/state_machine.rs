@@ -444,12 +444,10 @@ impl ShardStateMachine {
         let sm = ShardStateMachine::open_with(root, template, ranges, meta_bucket, Some(db))?;
         let unstarted = sm.inner.lock().applier.applied().map_err(engine_error)?.0.is_none();
         if unstarted {
-            sm.inner
-                .lock()
-                .applier
-                .start_at(super::SPLIT_START_INDEX, &split.voters)
-                .map_err(engine_error)?;
-            sm.inner.lock().applier.start_gc_threshold(split.gc_threshold).map_err(engine_error)?;
+            // The threshold first: a shard found started (after a flush between the two) has it too.
+            let inner = sm.inner.lock();
+            inner.applier.start_gc_threshold(split.gc_threshold).map_err(engine_error)?;
+            inner.applier.start_at(super::SPLIT_START_INDEX, &split.voters).map_err(engine_error)?;
         }
         let start_ms = ms(step);
         let step = std::time::Instant::now();

@@ -155,29 +155,50 @@ fn threshold_at(now: u64, ttl: Duration) -> u64 {
 #[derive(Debug, Default)]
 pub(super) struct GcTracker {
     last_look: Option<tokio::time::Instant>,
-    // The replica's count of row-writing commands at the last proposal.
-    writes_then: Option<u64>,
+    // The replica's count of row-writing commands at the last look, and the wall time it was last seen
+    // to change (a leader's first look counts as a change: writes may have come before it led).
+    writes_seen: Option<u64>,
+    wrote_at: u64,
+    // Whether a proposal is under way (in a task of its own: the tend loop never waits for one).
+    proposing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Replica {
-    /// On the leader, proposes a higher GC threshold when one is due: the TTL is set, the last look
-    /// was [`gc_every`] ago, commands wrote rows since the last proposal, and `now - ttl` (held at or
-    /// below the lowest protected timestamp) is above the applied threshold.
-    pub(super) async fn raise_gc_threshold(&self, tracker: &mut GcTracker) {
+    /// On the leader, starts proposing a higher GC threshold when one is due: the TTL is set, the last
+    /// look was [`gc_every`] ago, no proposal is under way, and the applied threshold is below the last
+    /// time commands were seen writing rows (versions written before then may be collectable). The
+    /// proposal, in a task of its own, is `now - ttl` held at or below the lowest protected timestamp,
+    /// if that is above the applied threshold. A shard that stops taking writes thus goes on raising
+    /// its threshold until it passes its last writes, then stays quiet.
+    pub(super) fn raise_gc_threshold(&self, tracker: &mut GcTracker) {
         let Some(ttl) = self.shared.config.gc.ttl() else { return };
         if tracker.last_look.is_some_and(|t| t.elapsed() < gc_every(ttl)) {
             return;
         }
         tracker.last_look = Some(tokio::time::Instant::now());
         let writes = self.state_machine().writes_applied();
-        if tracker.writes_then == Some(writes) {
+        if tracker.writes_seen != Some(writes) {
+            tracker.writes_seen = Some(writes);
+            tracker.wrote_at = wall_now();
+        }
+        if self.state_machine().gc_threshold() >= tracker.wrote_at
+            || tracker.proposing.swap(true, Ordering::AcqRel)
+        {
             return;
         }
+        let (replica, proposing) = (self.clone(), Arc::clone(&tracker.proposing));
+        tokio::spawn(async move {
+            replica.propose_gc_threshold(ttl).await;
+            proposing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Proposes `now - ttl`, held at or below the lowest protected timestamp, if that is above the
+    /// applied threshold.
+    async fn propose_gc_threshold(&self, ttl: Duration) {
+        let group = self.shared.group;
         let Some(wall_time) = self.shared.config.gc.threshold(ttl).await else {
-            tracing::debug!(
-                group = self.shared.group,
-                "GC threshold not raised: protected timestamps unknown"
-            );
+            tracing::debug!(group, "GC threshold not raised: protected timestamps unknown");
             return;
         };
         if wall_time <= self.state_machine().gc_threshold() {
@@ -185,11 +206,8 @@ impl Replica {
         }
         let timeout = self.shared.config.election_timeout.1 * 4;
         match self.write(Command::GcThreshold { wall_time }, timeout).await {
-            Ok(_) => {
-                tracker.writes_then = Some(writes);
-                tracing::debug!(group = self.shared.group, wall_time, "GC threshold raised");
-            }
-            Err(e) => tracing::debug!(group = self.shared.group, error = %e, "GC threshold not raised"),
+            Ok(_) => tracing::debug!(group, wall_time, "GC threshold raised"),
+            Err(e) => tracing::debug!(group, error = %e, "GC threshold not raised"),
         }
     }
 }

@@ -364,7 +364,7 @@ impl Replica {
             }
             self.purge_verified(&status, merged_at).await;
             if status.role == Role::Leader && status.checks.fenced.is_none() {
-                self.raise_gc_threshold(&mut gc).await;
+                self.raise_gc_threshold(&mut gc);
             }
             if status.role == Role::Leader {
                 let busy = checking.load(Ordering::Acquire) || status.checks.fenced.is_some();

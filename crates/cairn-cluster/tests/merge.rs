@@ -9,7 +9,9 @@
 
 mod common;
 
-use cairn_cluster::raft::{APPLIED_ROW_KEY, Command, CommandResult, ReadLevel, Replica, ShardStateMachine};
+use cairn_cluster::raft::{
+    APPLIED_ROW_KEY, Command, CommandResult, GC_ROW_KEY, ReadLevel, Replica, ShardStateMachine,
+};
 use cairn_engine::Error;
 use cairn_engine::fs::MemFs;
 use common::Net;
@@ -72,6 +74,17 @@ async fn a_frozen_neighbour_is_merged_in_on_every_replica_by_reference() {
         write(&replicas[&1], put(bucket, &format!("k{i}"), format!("v{i}").as_bytes())).await;
     }
 
+    // GC thresholds that differ: the merged shard keeps the higher, the right-hand one's.
+    let gc = |wall_time| Command::GcThreshold { wall_time };
+    assert_eq!(
+        leader(&left).write(gc(500), Duration::from_secs(5)).await.unwrap().result,
+        CommandResult::Applied
+    );
+    assert_eq!(
+        leader(&right).write(gc(900), Duration::from_secs(5)).await.unwrap().result,
+        CommandResult::Applied
+    );
+
     // The freeze gives up everything the shard owns, or nothing.
     let r = leader(&right);
     let partial = r.write(Command::Freeze { ranges: vec![(8, 14)] }, Duration::from_secs(5)).await.unwrap();
@@ -102,6 +115,8 @@ async fn a_frozen_neighbour_is_merged_in_on_every_replica_by_reference() {
         }
         assert_eq!(db.get(9, b"late").unwrap().unwrap().column(0), Some(&b"y"[..]));
         assert!(db.get(8, APPLIED_ROW_KEY).unwrap().is_none(), "the frozen shard's position row is gone");
+        assert!(db.get(8, GC_ROW_KEY).unwrap().is_none(), "so is its GC threshold row");
+        assert_eq!((replica.state_machine().gc_threshold(), db.filter_threshold()), (900, 900), "node {id}");
         assert!(replica.status().checks.fenced.is_none());
     }
     // Every replica hashes the same contents at one index.

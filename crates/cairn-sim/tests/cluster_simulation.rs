@@ -104,10 +104,14 @@ fn shards_split_and_merge_under_load() {
 /// Splits and merges while nodes crash and restart and the network partitions, drops and delays
 /// messages; three fresh seeds a run (seed 6151288794697816501 once found a split recorded before the
 /// shard's leader had applied the merge that brought its buckets in: it now applies everything
-/// committed before it looks).
+/// committed before it looks). Seed 1796650739516872332, run every time, once found a node retiring
+/// its frozen replica of a merged shard, which its partitioned replica of the shard it merged into
+/// still needed, because an empty replica of a later split's new shard, waiting for a snapshot, owned
+/// the buckets: both replicas fenced and re-synced, and the group lost its quorum.
 #[test]
 fn shards_split_and_merge_under_faults() {
-    for seed in seeds(3) {
+    let regressions = if std::env::var("CAIRN_SEED").is_ok() { vec![] } else { vec![1796650739516872332] };
+    for seed in regressions.into_iter().chain(seeds(3)) {
         let report = run_and_check(config(seed, true));
         assert!(report.splits + report.merges >= 1, "seed {seed}: no split or merge finished");
         assert!(report.acknowledged >= 8, "seed {seed}: no progress");

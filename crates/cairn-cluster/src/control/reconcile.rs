@@ -405,7 +405,7 @@ async fn first_commit(child: Replica, applied_at: tokio::time::Instant) -> Optio
 /// it (one that cannot, fenced, re-syncs from a snapshot taken past the merge and takes the buckets in
 /// so). The buckets may have moved on since (a later split spreads them over several shards, a move
 /// takes some elsewhere), so each one whose shard is placed on this node must be owned by one of those
-/// replicas, whichever; the others do not hold it up.
+/// replicas that has applied something, whichever; the others do not hold it up.
 fn awaits_merge<H: Host>(map: &ShardMap, node: &H, group: u64, id: u64) -> bool {
     let Some(replica) = node.replica(group) else { return false };
     let sm = replica.state_machine();
@@ -419,11 +419,14 @@ fn awaits_merge<H: Host>(map: &ShardMap, node: &H, group: u64, id: u64) -> bool 
     if node.replica(into.id.group()).is_none() {
         return false;
     }
+    // (Not a replica that has applied nothing yet: one placed here, started empty, owns its shard's
+    // buckets before a snapshot brings their rows; the frozen replica may still be needed meanwhile.)
     let owned: Vec<cairn_engine::BucketRange> = map
         .shards
         .iter()
         .filter(|s| s.id.group() != group)
         .filter_map(|s| node.replica(s.id.group()))
+        .filter(|r| r.status().applied.is_some())
         .flat_map(|r| r.state_machine().owned_buckets())
         .collect();
     let placed_here = |b: u16| {

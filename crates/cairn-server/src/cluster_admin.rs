@@ -84,17 +84,17 @@ impl Membership {
         owner: &str,
     ) -> Result<cairn_cluster::meta::ProtectedTimestamp, MetaError> {
         let meta = self.meta().map_err(|_| MetaError::NotInitialized)?;
-        let judged = std::sync::Mutex::new(std::time::Instant::now());
+        // Timed from the first try (a retry after a lost race only makes it look slower: safe).
+        let started = std::time::Instant::now();
         let (_, record) = meta
             .update(|s| {
-                *judged.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
                 let now = cairn_cluster::raft::wall_now();
                 let at = if wall_time == 0 { now } else { wall_time };
                 let (next, record) = s.protect(at, secs, owner, now)?;
                 Ok((Some(next), record))
             })
             .await?;
-        let took = judged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed();
+        let took = started.elapsed();
         if took > cairn_cluster::meta::PROTECT_COMMIT_SLACK {
             // A threshold may have passed it meanwhile: not a protection anyone may count on.
             let _ = self.release_protected(record.id).await;

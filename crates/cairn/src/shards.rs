@@ -272,13 +272,11 @@ pub(crate) async fn protect(command: ProtectCommand) -> Result<ExitCode, String>
     match command {
         ProtectCommand::Create(a) => {
             let wall_time = match &a.at {
-                Some(t) => {
-                    let wall = t.split_once('.').map_or(t.as_str(), |(w, _)| w);
-                    wall.parse::<u64>()
-                        .ok()
-                        .filter(|w| *w > 0)
-                        .ok_or_else(|| format!("not a timestamp: {t:?}"))?
-                }
+                // The logical part is ignored: a protection holds a wall time (0 would mean now).
+                Some(t) => cairn_server::hlc::Timestamp::parse(t)
+                    .ok_or_else(|| format!("bad --at {t:?} (WALL or WALL.LOGICAL)"))?
+                    .wall_time
+                    .max(1),
                 None => 0,
             };
             let mut client = cluster_client(&a.client.addr).await?;

@@ -2,7 +2,7 @@
 //! generates the messages and the gRPC client and server with tonic.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/kv.proto", "proto/raft.proto", "proto/cluster.proto"];
+    let protos = ["proto/kv.proto", "proto/raft.proto", "proto/cluster.proto", "proto/backup.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -20,12 +20,14 @@ use crate::version_set::CURRENT;
 use crate::volume::{self, ResolvedVolume, Volume, VolumeRole, resolve};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Directory of global snapshot manifests on the meta volume.
 const GLOBAL_DIR: &str = "global";
+/// The file in [`GLOBAL_DIR`] a running coordinator's heartbeats rewrite.
+const HEARTBEAT: &str = "HEARTBEAT";
 
 /// How a coordinator finds its volumes and how many global snapshots it keeps.
 #[derive(Clone, Debug)]
@@ -93,6 +95,23 @@ pub struct GlobalSnapshotManifest {
     pub created_at_ms: u64,
     /// One per shard, sorted by first bucket.
     pub shard_snapshots: Vec<ShardSnapshotInput>,
+    /// What the caller records with it (a backup's timestamp, the cluster it came from); set between
+    /// [`DbCoordinator::take_global_snapshot`] and materializing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What [`DbCoordinator::verify_global_snapshot_at`] checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Shard snapshots checked.
+    pub shards: u64,
+    /// Files found with their recorded sizes.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Rows read back, whose digests all matched the manifest's.
+    pub rows: u64,
 }
 
 /// What materializing did.
@@ -267,7 +286,13 @@ impl DbCoordinator {
         let mut next = self.next_id.lock();
         let id = *next;
         *next += 1;
-        Ok(GlobalSnapshotManifest { id, total_buckets, created_at_ms: now_ms(), shard_snapshots: inputs })
+        Ok(GlobalSnapshotManifest {
+            id,
+            total_buckets,
+            created_at_ms: now_ms(),
+            shard_snapshots: inputs,
+            labels: BTreeMap::new(),
+        })
     }
 
     /// Makes `manifest` durable: every shard snapshot is made complete on the snapshot volume (copying
@@ -331,6 +356,146 @@ impl DbCoordinator {
         current(&config.meta_volume()?)
     }
 
+    /// Ids of the durable global snapshots on `config`'s meta volume, oldest first, without the lock
+    /// (a reader beside a running coordinator: a manifest is either complete or absent).
+    pub fn list_global_snapshots_at(config: &CoordinatorConfig) -> Result<Vec<u64>> {
+        list_ids(&config.meta_volume()?)
+    }
+
+    /// Global snapshot `id` on `config`'s meta volume, without the lock.
+    pub fn load_global_snapshot_at(config: &CoordinatorConfig, id: u64) -> Result<GlobalSnapshotManifest> {
+        load(&config.meta_volume()?, id)
+    }
+
+    /// Records that this coordinator is alive (`global/HEARTBEAT` on the meta volume holds the time):
+    /// a long run calls it now and then, so that [`DbCoordinator::lock_idle_ms`] tells its lock from
+    /// one a crashed coordinator left.
+    pub fn heartbeat(&self) -> Result<()> {
+        let path = global_dir(&self.meta).join(HEARTBEAT);
+        volume::write_atomic(self.meta.fs.as_ref(), &path, now_ms().to_string().as_bytes())
+    }
+
+    /// How long ago the holder of the lock on `config`'s meta volume last showed it was alive (its
+    /// newest [`DbCoordinator::heartbeat`], or the time the lock records it was taken); `None` if
+    /// there is no lock or neither tells.
+    pub fn lock_idle_ms(config: &CoordinatorConfig) -> Result<Option<u64>> {
+        let meta = config.meta_volume()?;
+        let dir = global_dir(&meta);
+        if !meta.fs.exists(&dir.join("LOCK"))? {
+            return Ok(None);
+        }
+        let read_ms = |name: &str, parse: fn(&str) -> Option<u64>| -> Result<Option<u64>> {
+            let path = dir.join(name);
+            if !meta.fs.exists(&path)? {
+                return Ok(None);
+            }
+            Ok(parse(&String::from_utf8_lossy(&meta.fs.read_all(&path)?)))
+        };
+        let beat = read_ms(HEARTBEAT, |t| t.trim().parse().ok())?;
+        // Object-storage locks read "pid N at MS ms since the epoch".
+        let taken = read_ms("LOCK", |t| t.split(" at ").nth(1)?.split(' ').next()?.parse().ok())?;
+        Ok(beat.max(taken).map(|at| now_ms().saturating_sub(at)))
+    }
+
+    /// Removes the lock a coordinator that is gone left on `config`'s meta volume (object storage keeps
+    /// a lock object after its holder crashed; a file lock dies with its process). Only for a caller
+    /// that knows no coordinator of that volume is running.
+    pub fn break_lock(config: &CoordinatorConfig) -> Result<()> {
+        let meta = config.meta_volume()?;
+        let lock = global_dir(&meta).join("LOCK");
+        if meta.fs.exists(&lock)? {
+            meta.fs.remove(&lock)?;
+        }
+        Ok(())
+    }
+
+    /// Reads global snapshot `id` back, without the lock: every shard snapshot complete, every file
+    /// present with its recorded size, and every shard's rows hashing to the digest the manifest
+    /// records. A mismatch is a [`Error::Corruption`].
+    pub fn verify_global_snapshot_at(config: &CoordinatorConfig, id: u64) -> Result<VerifyReport> {
+        let meta = config.meta_volume()?;
+        let manifest = load(&meta, id)?;
+        check_coverage(manifest.total_buckets, &manifest.shard_snapshots)?;
+        let mut report = VerifyReport::default();
+        for s in &manifest.shard_snapshots {
+            let volume = resolve(&s.volume, &config.fs)?;
+            let (dir, loaded) =
+                load_verified_snapshot(&volume, &s.db_id, s.snapshot_id, manifest.total_buckets)?;
+            let files: Vec<_> = loaded.version.all_files().collect();
+            let mut shard_config = crate::Config::new(dir.clone());
+            shard_config.total_buckets = manifest.total_buckets;
+            shard_config.fs = Arc::clone(&config.fs);
+            let digest = crate::ReadOnlyDb::open_dir(&shard_config, &volume, &dir)?.content_digest()?;
+            if !s.digest.is_empty() && (digest.to_hex() != s.digest || digest.rows != s.rows) {
+                return Err(Error::corruption(
+                    dir,
+                    format!(
+                        "shard snapshot {}/{} hashes to {} over {} rows, the manifest says {} over {}",
+                        s.db_id,
+                        s.snapshot_id,
+                        digest.to_hex(),
+                        digest.rows,
+                        s.digest,
+                        s.rows
+                    ),
+                ));
+            }
+            report.shards += 1;
+            report.files += files.len() as u64;
+            report.bytes += files.iter().map(|f| f.meta.size).sum::<u64>();
+            report.rows += digest.rows;
+        }
+        Ok(report)
+    }
+
+    /// Deletes global snapshot `id`, then every shard snapshot no remaining one references (see
+    /// [`DbCoordinator::collect_unreferenced`]). Returns how many shard snapshots went with it.
+    pub fn delete_global_snapshot(&self, id: u64) -> Result<u64> {
+        let path = global_path(&self.meta, id);
+        if !self.meta.fs.exists(&path)? {
+            return Err(Error::GlobalSnapshotNotFound { id, volume: self.meta.url.clone() });
+        }
+        self.meta.fs.remove(&path)?;
+        self.meta.fs.sync_dir(&global_dir(&self.meta))?;
+        self.collect_unreferenced()
+    }
+
+    /// Deletes every shard snapshot on the snapshot volume, complete or not, that no durable global
+    /// snapshot references: what runs that never finished left (a crash, a failed upload). Unlike
+    /// [`DbCoordinator::collect_garbage`] it spares nothing in flight, so it is only for a volume whose
+    /// shard snapshots are all put there by this coordinator while it holds the lock (a backup
+    /// destination), called before it adds any. Live shards' directories are never touched. Returns
+    /// how many were deleted.
+    pub fn collect_unreferenced(&self) -> Result<u64> {
+        let mut referenced = HashSet::new();
+        for id in list_ids(&self.meta)? {
+            for s in load(&self.meta, id)?.shard_snapshots {
+                referenced.insert((s.db_id, s.snapshot_id));
+            }
+        }
+        let fs = self.snapshots.fs.as_ref();
+        if !fs.exists(&self.snapshots.root)? {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for db_id in fs.list(&self.snapshots.root)? {
+            let db_dir = self.snapshots.root.join(&db_id);
+            if db_id == GLOBAL_DIR || check_db_id(&db_id).is_err() || fs.exists(&db_dir.join(CURRENT))? {
+                continue;
+            }
+            let Ok(names) = fs.list(&db_dir) else { continue };
+            for name in names {
+                let Ok(snapshot_id) = name.parse::<u64>() else { continue };
+                if !referenced.contains(&(db_id.clone(), snapshot_id)) {
+                    remove_snapshot_dir(fs, &db_dir.join(&name))?;
+                    removed += 1;
+                }
+            }
+            fs.sync_dir(&db_dir)?;
+        }
+        Ok(removed)
+    }
+
     /// The volume shard snapshots are kept on.
     pub fn snapshot_volume(&self) -> &ResolvedVolume {
         &self.snapshots
@@ -387,8 +552,10 @@ impl DbCoordinator {
 
 /// Deletes a snapshot directory: `CURRENT` first (so a crash part way leaves an incomplete directory,
 /// never a complete one missing files), then the rest.
-fn remove_snapshot_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
-    fs.remove(&dir.join(CURRENT))?;
+pub(crate) fn remove_snapshot_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    if fs.exists(&dir.join(CURRENT))? {
+        fs.remove(&dir.join(CURRENT))?;
+    }
     fs.sync_dir(dir)?;
     volume::remove_dir_all(fs, dir)
 }

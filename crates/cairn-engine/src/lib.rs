@@ -62,7 +62,9 @@ pub use batch::WriteBatch;
 pub use bucket::{BucketRange, BucketSet, MAX_TOTAL_BUCKETS};
 pub use compaction_filter::{CompactionContext, CompactionFilter, CompactionFilterFactory, FilterDecision};
 pub use config::{Config, NUM_LEVELS};
-pub use coordinator::{CoordinatorConfig, DbCoordinator, GlobalSnapshotManifest, MaterializeStats};
+pub use coordinator::{
+    CoordinatorConfig, DbCoordinator, GlobalSnapshotManifest, MaterializeStats, VerifyReport,
+};
 pub use db::{Db, WriteOptions};
 pub use db_iter::DbIter;
 pub use error::{Error, Result};

@@ -407,6 +407,33 @@ impl Db {
         Ok(snapshot_id)
     }
 
+    /// Copies snapshot `snapshot_id` onto the volume at `to` (a backup): files first, `CURRENT` last,
+    /// and only files no earlier snapshot of this shard there holds (an object store copies those on
+    /// its side). Idempotent and resumable, like [`DbCoordinator`](crate::DbCoordinator)'s
+    /// materialize. Returns the snapshot's descriptor on `to` and the bytes copied.
+    pub fn export_snapshot(&self, snapshot_id: u64, to: &str) -> Result<(ShardSnapshotInput, u64)> {
+        let from = self.inner.config.resolve_snapshot_volume()?;
+        let to = crate::volume::resolve(to, &self.inner.config.fs)?;
+        // The digest is computed from the local copy (and kept next to it), then copied with it.
+        let mut input = self.shard_snapshot_input(snapshot_id)?;
+        let copied = copy_snapshot(&from, &to, &self.inner.db_id, snapshot_id)?;
+        input.volume = to.url.clone();
+        Ok((input, copied))
+    }
+
+    /// Deletes snapshot `snapshot_id` from the shard's snapshot volume (one taken for a backup, once
+    /// exported): `CURRENT` first, so a crash part way leaves an incomplete directory, which the next
+    /// snapshot removes. The shard's own files stay (the snapshot held links to them).
+    pub fn remove_snapshot(&self, snapshot_id: u64) -> Result<()> {
+        let _one_at_a_time = self.inner.snapshot_lock.lock();
+        let volume = self.inner.config.resolve_snapshot_volume()?;
+        let dir = snapshot_dir(&volume, &self.inner.db_id, snapshot_id);
+        if volume.fs.exists(&dir)? {
+            crate::coordinator::remove_snapshot_dir(volume.fs.as_ref(), &dir)?;
+        }
+        Ok(())
+    }
+
     /// The descriptor of snapshot `snapshot_id` of this shard, with its content digest (computed by
     /// reading the snapshot the first time, then kept in the snapshot's `DIGEST` file).
     pub fn shard_snapshot_input(&self, snapshot_id: u64) -> Result<ShardSnapshotInput> {

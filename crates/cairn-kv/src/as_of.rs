@@ -107,3 +107,88 @@ fn settle(c: KeyRows, batch: &mut WriteBatch, done: &mut Truncated) {
         done.latest_dropped += 1;
     }
 }
+
+/// What [`histories`] read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Histories {
+    /// Keys with a version at or below the timestamp.
+    pub keys: u64,
+    /// Versions at or below the timestamp handed on.
+    pub versions: u64,
+    /// Older versions left out because a key's history did not fit in one chunk.
+    pub versions_trimmed: u64,
+}
+
+/// The key histories a read at or below `at` can see, from `rows` (a shard's rows in (bucket, engine
+/// key) order, as a snapshot scan yields them): handed to `emit` in chunks of about `max_bytes`, each
+/// within one bucket, each key's versions oldest first. Versions above `at`, latest rows and reserved
+/// rows are skipped. A key whose history alone is over `max_bytes` keeps its newest versions that fit
+/// (its newest at least), so what a read at `at` sees is always there.
+pub fn histories<E: From<KvError>>(
+    rows: impl Iterator<Item = cairn_engine::Result<(u16, Vec<u8>, Row)>>,
+    at: Timestamp,
+    max_bytes: usize,
+    mut emit: impl FnMut(u16, Vec<crate::Restored>) -> Result<(), E>,
+) -> Result<Histories, E> {
+    let mut stats = Histories::default();
+    let mut chunk: Vec<crate::Restored> = Vec::new();
+    let (mut chunk_bucket, mut chunk_bytes) = (0u16, 0usize);
+    // The key being read: bucket, key, versions newest first, their bytes.
+    let mut current: Option<(u16, Vec<u8>, Vec<crate::RestoredVersion>, usize)> = None;
+    let mut finish = |key: Option<(u16, Vec<u8>, Vec<crate::RestoredVersion>, usize)>,
+                      chunk: &mut Vec<crate::Restored>,
+                      chunk_bucket: &mut u16,
+                      chunk_bytes: &mut usize,
+                      stats: &mut Histories|
+     -> Result<(), E> {
+        let Some((bucket, key, mut versions, mut bytes)) = key else { return Ok(()) };
+        if versions.is_empty() {
+            return Ok(());
+        }
+        while bytes + key.len() > max_bytes && versions.len() > 1 {
+            let dropped = versions.pop().map_or(0, |v| 12 + v.value.map_or(0, |v| v.len()));
+            bytes -= dropped;
+            stats.versions_trimmed += 1;
+        }
+        if !chunk.is_empty() && (*chunk_bucket != bucket || *chunk_bytes + bytes + key.len() > max_bytes) {
+            emit(*chunk_bucket, std::mem::take(chunk))?;
+            *chunk_bytes = 0;
+        }
+        stats.keys += 1;
+        stats.versions += versions.len() as u64;
+        versions.reverse();
+        *chunk_bucket = bucket;
+        *chunk_bytes += bytes + key.len();
+        chunk.push(crate::Restored { key, versions });
+        Ok(())
+    };
+    for row in rows {
+        let (bucket, engine_key, row) = row.map_err(|e| E::from(KvError::from(e)))?;
+        if mvcc::is_reserved(&engine_key) {
+            continue;
+        }
+        let Some((key, ts)) = parse_engine_key(&engine_key) else {
+            return Err(KvError::Malformed(format!("malformed key {engine_key:?} in the snapshot")).into());
+        };
+        if current.as_ref().is_none_or(|c| c.0 != bucket || c.1 != key) {
+            finish(current.take(), &mut chunk, &mut chunk_bucket, &mut chunk_bytes, &mut stats)?;
+            current = Some((bucket, key, Vec::new(), 0));
+        }
+        let (Some(ts), Some(c)) = (ts, current.as_mut()) else { continue };
+        if ts > at {
+            continue;
+        }
+        let value = match mvcc::decode_value(&row) {
+            Some(mvcc::Stored::Value(v)) => Some(v),
+            Some(mvcc::Stored::Tombstone) => None,
+            None => return Err(KvError::Malformed(format!("malformed version of key {:?}", c.1)).into()),
+        };
+        c.3 += 12 + value.as_ref().map_or(0, Vec::len);
+        c.2.push(crate::RestoredVersion { timestamp: ts, value });
+    }
+    finish(current.take(), &mut chunk, &mut chunk_bucket, &mut chunk_bytes, &mut stats)?;
+    if !chunk.is_empty() {
+        emit(chunk_bucket, chunk)?;
+    }
+    Ok(stats)
+}

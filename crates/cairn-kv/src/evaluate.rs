@@ -53,6 +53,37 @@ pub enum Write {
         #[serde(with = "byte_pairs")]
         ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     },
+    /// Keys' histories from a backup, written at their own timestamps (all older than the write's),
+    /// atomically, under keys without a version yet. A key whose newest version is already the newest
+    /// restored one was restored before (a retried restore) and is left as it is. A deleted key, and
+    /// with `overwrite` one with a live value, gets its newest restored state as a new version instead;
+    /// without `overwrite` a key with a live value fails the whole write.
+    Restore {
+        /// The keys and their versions, each key's oldest first.
+        keys: Vec<Restored>,
+        /// Write over keys that hold versions (as new versions, at the write's timestamp).
+        overwrite: bool,
+    },
+}
+
+/// One key's history in a [`Write::Restore`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Restored {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Its versions, oldest first: a value (`Some`) or a tombstone (`None`) at a timestamp.
+    pub versions: Vec<RestoredVersion>,
+}
+
+/// One version of a [`Restored`] key.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RestoredVersion {
+    /// When it was written.
+    pub timestamp: Timestamp,
+    /// The value, or `None` for a delete.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
 }
 
 /// A batch's operations with their keys and values encoded as byte strings (in postcard one length
@@ -83,6 +114,13 @@ impl Write {
             Write::Put { key, value, .. } => key.len() + value.len(),
             Write::Delete { key } => key.len(),
             Write::Batch { ops } => ops.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum(),
+            Write::Restore { keys, .. } => keys
+                .iter()
+                .map(|k| {
+                    k.key.len()
+                        + k.versions.iter().map(|v| 12 + v.value.as_ref().map_or(0, Vec::len)).sum::<usize>()
+                })
+                .sum(),
         }
     }
 
@@ -91,6 +129,7 @@ impl Write {
         match self {
             Write::Put { key, .. } | Write::Delete { key } => vec![key.clone()],
             Write::Batch { ops } => ops.iter().map(|(k, _)| k.clone()).collect(),
+            Write::Restore { keys, .. } => keys.iter().map(|k| k.key.clone()).collect(),
         }
     }
 
@@ -104,6 +143,8 @@ impl Write {
             Write::Batch { ops } => {
                 ops.last().map(|(key, value)| (key.as_slice(), mvcc::encode_value(value.as_deref())))
             }
+            // Its versions are not at the write's timestamp; a retry finds restored keys as they are.
+            Write::Restore { .. } => None,
         }
     }
 }
@@ -239,7 +280,60 @@ pub fn evaluate(
             }
             Ok(Evaluated { outcome: Outcome::Written(at), depends })
         }
+        Write::Restore { keys, overwrite } => {
+            restore(keys, *overwrite, reader, ts, limit, total_buckets, batch)
+        }
     }
+}
+
+/// Evaluates a [`Write::Restore`] (see there).
+fn restore(
+    keys: &[Restored],
+    overwrite: bool,
+    reader: &impl Reader,
+    ts: Timestamp,
+    limit: Timestamp,
+    total_buckets: u32,
+    batch: &mut WriteBatch,
+) -> Result<Evaluated, KvError> {
+    let mut at = None;
+    let mut depends = Vec::with_capacity(keys.len());
+    for Restored { key, versions } in keys {
+        let Some(newest) = versions.last() else { continue };
+        if versions.windows(2).any(|w| w[0].timestamp >= w[1].timestamp) || newest.timestamp >= ts {
+            return Err(KvError::ConditionFailed(format!(
+                "the restored versions of key {key:?} are not in order below this node's clock ({ts}): the \
+                 backup's timestamp is ahead of this cluster's clocks"
+            )));
+        }
+        let bucket = mvcc::bucket_of(key, total_buckets);
+        let latest = reader.latest(key)?;
+        match latest {
+            None => {
+                for v in versions {
+                    add_version(batch, bucket, key, v.timestamp, v.value.as_deref());
+                }
+                at = at.max(Some(ts));
+                depends.push(Depends::Unchanged { key: key.clone(), latest: None });
+            }
+            Some(l) if l.timestamp == newest.timestamp => {}
+            // A deleted key, or one to overwrite: its newest restored state, as a new version.
+            Some(l) if overwrite || !l.live => {
+                let key_at = above(ts, Some(l), limit)?;
+                add_version(batch, bucket, key, key_at, newest.value.as_deref());
+                at = at.max(Some(key_at));
+                depends.push(Depends::OlderThan { key: key.clone(), ts: key_at });
+            }
+            Some(_) => {
+                return Err(KvError::ConditionFailed(format!(
+                    "key {key:?} already holds versions: a restore writes only keys the cluster does not hold \
+                     (restore with overwrite to replace them)"
+                )));
+            }
+        }
+    }
+    let outcome = at.map_or(Outcome::Unchanged, Outcome::Written);
+    Ok(Evaluated { outcome, depends })
 }
 
 /// A reader of a base reader plus writes evaluated but not committed yet (a writer's group), so that
@@ -269,6 +363,19 @@ impl<'a, R: Reader> Overlay<'a, R> {
             Write::Batch { ops } => {
                 for (key, value) in ops {
                     self.written.insert(key.clone(), Latest { timestamp, live: value.is_some() });
+                }
+            }
+            // Restored keys hold their own timestamps (or, overwritten, at most the write's).
+            Write::Restore { keys, .. } => {
+                for k in keys {
+                    if let Some(v) = k.versions.last() {
+                        let at = if self.base.latest(&k.key).ok().flatten().is_some() {
+                            timestamp
+                        } else {
+                            v.timestamp
+                        };
+                        self.written.insert(k.key.clone(), Latest { timestamp: at, live: v.value.is_some() });
+                    }
                 }
             }
         }

@@ -25,7 +25,9 @@ pub mod mvcc;
 pub mod pending;
 pub mod reader;
 
-pub use evaluate::{Condition, Depends, Evaluated, KvError, Outcome, Overlay, Write, evaluate};
+pub use evaluate::{
+    Condition, Depends, Evaluated, KvError, Outcome, Overlay, Restored, RestoredVersion, Write, evaluate,
+};
 pub use hlc::{Clock, Timestamp, TimestampAhead, Uncertainty};
 pub use latch::{LatchGuard, Latches};
 pub use leader::{Committed, LeaderStats, Leaders, WriteError};

@@ -56,3 +56,9 @@ pub mod cluster {
     #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
     tonic::include_proto!("cairn.cluster.v1");
 }
+
+/// Backups of a whole cluster at one timestamp (`cairn.backup.v1`).
+pub mod backup {
+    #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+    tonic::include_proto!("cairn.backup.v1");
+}

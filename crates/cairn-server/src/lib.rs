@@ -6,6 +6,7 @@
 //! is local (a standalone node) or this node's replica of the shard's Raft group
 //! ([`replicated`]). The APIs do not change between the two.
 
+pub mod backup;
 mod channels;
 pub mod cluster;
 pub mod config;
@@ -60,6 +61,9 @@ pub struct ServerConfig {
     pub cluster: Option<cluster::ClusterConfig>,
     /// What one HTTP client may hold (connections, timeouts, head size).
     pub http: http_server::HttpLimits,
+    /// A standalone node restores this backup (URL, id) into its empty store before it serves
+    /// (`cairn start --restore-from`).
+    pub restore_from: Option<(String, u64)>,
 }
 
 /// The addresses a running node serves on.
@@ -86,6 +90,14 @@ pub async fn serve(
         None => Some(Arc::new(Node::start(config.node.clone()).await?)),
         Some(_) => None,
     };
+    if let Some((from, id)) = &config.restore_from {
+        let Some(node) = &early else {
+            return Err(NodeError::Startup(
+                "--restore-from restores a standalone node; restore a cluster with `cairn restore`".into(),
+            ));
+        };
+        backup::restore_at_start(Arc::clone(node), &config.node.store, from, *id).await?;
+    }
     let bind = |addr: SocketAddr, what: &'static str| async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -147,6 +159,7 @@ pub async fn serve(
         },
     );
     let kv = grpc::KvService::starting();
+    let backups = membership.as_ref().map(|m| backup::BackupService::starting(Arc::clone(m)));
     // Peers' Raft traffic for every group on this node (a standalone node serves none).
     let raft = match (&membership, &early) {
         (Some(m), _) => Some(m.plumbing().service.clone()),
@@ -165,6 +178,7 @@ pub async fn serve(
         )
         .add_optional_service(raft.map(|s| s.into_server(max_message)))
         .add_optional_service(membership.as_ref().map(|m| m.service(max_message)))
+        .add_optional_service(backups.clone().map(|b| b.into_server(max_message)))
         .serve_with_incoming_shutdown(grpc_incoming, stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc_server);
     // Ends the gRPC server if its connections outlast the shutdown grace (the task holds the node).
@@ -223,6 +237,9 @@ pub async fn serve(
         (None, None) => return Err(NodeError::Internal("no node and no cluster membership".into())),
     };
     kv.ready(Arc::clone(&node));
+    if let Some(b) = &backups {
+        b.ready(Arc::clone(&node));
+    }
     {
         // On the signal: hand over the leadership of every group led here while peers can still reach
         // this node, then end the event streams (they never end on their own) and stop the servers.
@@ -292,6 +309,9 @@ pub async fn serve(
     }
     // Connection tasks may outlive the server: they keep the service, not the node.
     kv.retire();
+    if let Some(b) = &backups {
+        b.retire();
+    }
     // Every request task is done; handlers' blocking calls hold their own references until they end.
     let Some(node) = wait_for_last_reference(node).await else {
         tracing::error!(

@@ -489,6 +489,11 @@ impl Node {
         &self.config
     }
 
+    /// The node's clock.
+    pub(crate) fn pending_clock(&self) -> &cairn_kv::hlc::Clock {
+        self.pending.clock()
+    }
+
     /// A fresh timestamp (the response header's).
     pub fn now(&self) -> Timestamp {
         self.pending.clock().now()
@@ -780,6 +785,9 @@ mod scan;
 
 #[path = "node_replicas.rs"]
 mod replicas;
+
+#[path = "node_backup.rs"]
+mod backup;
 use replicas::{ShardSet, start_replica};
 pub(crate) use replicas::{replicas_on_disk, retire_stale};
 

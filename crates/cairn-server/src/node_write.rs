@@ -56,7 +56,11 @@ impl Node {
     }
 
     /// Writes `op` to `shard`: through its writer, or proposed through its group.
-    async fn write(&self, shard: &Shard, op: WriteOp) -> Result<(Option<Timestamp>, Option<Token>)> {
+    pub(super) async fn write(
+        &self,
+        shard: &Shard,
+        op: WriteOp,
+    ) -> Result<(Option<Timestamp>, Option<Token>)> {
         match (&shard.backend, &self.replication) {
             (Backend::Replicated(replica), Some(replication)) => {
                 let committed = replication.leaders.write(replica, op).await?;

@@ -73,6 +73,9 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/protected", get(admin::protected).post(admin::protect))
         .route("/admin/protected/{id}", axum::routing::delete(admin::release_protected))
         .route("/admin/settings/{name}", axum::routing::put(admin::set_setting))
+        .route("/admin/backups", get(backup_routes::list).post(backup_routes::create))
+        .route("/admin/backups/{id}", get(backup_routes::show).delete(backup_routes::delete))
+        .route("/admin/backups/{id}/verify", axum::routing::post(backup_routes::verify))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -149,6 +152,8 @@ fn allowed_params(route: &str, method: &Method) -> &'static [&'static str] {
         "/health" => &["ready"],
         "/admin/shards/{id}/split" => &["at"],
         "/admin/shards/{id}/merge" => &["with"],
+        "/admin/backups" if method == Method::GET => &["url"],
+        "/admin/backups/{id}" | "/admin/backups/{id}/verify" => &["url"],
         _ => &[],
     }
 }
@@ -383,3 +388,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 
 #[path = "rest_admin.rs"]
 mod admin;
+
+#[path = "rest_backup.rs"]
+mod backup_routes;

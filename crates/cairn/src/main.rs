@@ -18,6 +18,7 @@ use std::time::Duration;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod backup;
 mod cluster_status;
 mod demo;
 mod shards;
@@ -56,6 +57,13 @@ enum Command {
     /// Hold garbage collection back at a timestamp on every shard (over gRPC, through any member).
     #[command(subcommand)]
     Protect(shards::ProtectCommand),
+    /// Back up the whole cluster at one timestamp, and list, show, verify and delete backups (over
+    /// gRPC, through any member).
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// Restore a backup into a running cluster of any size (empty, unless --overwrite), through any
+    /// member; prints progress.
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Args, Debug)]
@@ -211,6 +219,14 @@ struct StartArgs {
     /// Also shut down cleanly when standard input closes (how `cairn demo` runs its nodes).
     #[arg(long, hide = true)]
     exit_with_stdin: bool,
+    /// A standalone node: before serving, restore the backup --backup at this URL into the (empty)
+    /// store; a later start with the same flags finds it restored and serves. (A cluster restores with
+    /// `cairn restore`.)
+    #[arg(long, requires = "backup")]
+    restore_from: Option<String>,
+    /// The backup --restore-from restores.
+    #[arg(long, requires = "restore_from")]
+    backup: Option<u64>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -380,7 +396,7 @@ fn build_config(store: Option<PathBuf>, args: &NodeArgs) -> Result<ServerConfig,
             })
         }
     };
-    Ok(ServerConfig { node, http_addr, grpc_addr, cluster, http })
+    Ok(ServerConfig { node, http_addr, grpc_addr, cluster, http, restore_from: None })
 }
 
 fn demo_banner(addr: SocketAddr, grpc: SocketAddr, store: &Path) -> String {
@@ -450,6 +466,8 @@ async fn client_command(command: Command) -> Result<ExitCode, String> {
         Command::Shards(c) => return shards::run(c).await,
         Command::Settings(c) => return shards::settings(c).await,
         Command::Protect(c) => return shards::protect(c).await,
+        Command::Backup(c) => return backup::run(c).await,
+        Command::Restore(a) => return backup::restore(a).await,
         Command::Start(_) | Command::Demo(_) => return Err("not a client command".into()),
     };
     if op.is_none()
@@ -630,7 +648,13 @@ fn main() -> ExitCode {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let (config, demo, exit_with_stdin) = match &cli.command {
-        Command::Start(a) => (build_config(a.store.clone(), &a.node), false, a.exit_with_stdin),
+        Command::Start(a) => {
+            let config = build_config(a.store.clone(), &a.node).map(|mut c| {
+                c.restore_from = a.restore_from.clone().zip(a.backup);
+                c
+            });
+            (config, false, a.exit_with_stdin)
+        }
         Command::Demo(a) if a.nodes > 1 => return demo_cluster(a, &cli.log_level),
         Command::Demo(a) => (build_config(Some(a.store.clone()), &a.node), true, false),
         Command::Kv(_)
@@ -638,7 +662,9 @@ fn main() -> ExitCode {
         | Command::Init(_)
         | Command::Shards(_)
         | Command::Settings(_)
-        | Command::Protect(_) => {
+        | Command::Protect(_)
+        | Command::Backup(_)
+        | Command::Restore(_) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

@@ -27,9 +27,15 @@ impl Server {
 
     /// `cairn start --store STORE ARGS...` (listen addresses among `args`).
     pub fn start_with(store: &Path, args: &[&str]) -> Server {
+        Server::start_env(store, args, &[])
+    }
+
+    /// [`Server::start_with`] with `env` added to the process's environment (credentials).
+    pub fn start_env(store: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         // CAIRN_TEST_LOG (e.g. `info,cairn_cluster=debug`) says more when a test is being chased.
         let level = std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "warn".to_string());
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .envs(env.iter().copied())
             .args(["start", "--log-level", &level])
             .arg("--store")
             .arg(store)
@@ -180,7 +186,21 @@ pub fn three_nodes_args(
     shards: u32,
     extra: &[&str],
 ) -> [Server; 3] {
-    let start = |i: usize, join: &str| Server::start(&store(i), &[&["--join", join][..], extra].concat());
+    three_nodes_env(store, shards, extra, &[])
+}
+
+/// [`three_nodes_args`], each node's process with `env` added to its environment.
+pub fn three_nodes_env(
+    store: &dyn Fn(usize) -> std::path::PathBuf,
+    shards: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> [Server; 3] {
+    let start = |i: usize, join: &str| {
+        let args = [&["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--join", join][..], extra]
+            .concat();
+        Server::start_env(&store(i), &args, env)
+    };
     let n1 = start(1, "");
     let n1_grpc = n1.grpc.to_string();
     let shards = shards.to_string();
@@ -250,4 +270,53 @@ pub fn set_setting(server: &Server, name: &str, value: &str) {
     let (ok, out, err) = cairn(&["settings", "set", name, value, "--addr", &server.grpc.to_string()]);
     assert!(ok, "{err}");
     assert!(out.contains("split_size_bytes"), "{out}");
+}
+
+/// A real S3-compatible server (moto, through `scripts/s3-test-server`) on 127.0.0.1 with one bucket;
+/// stops when dropped (its stdin closes).
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+/// Credentials the test server takes, as a node's environment carries them.
+pub const S3_ENV: [(&str, &str); 2] =
+    [("AWS_ACCESS_KEY_ID", "cairn-test"), ("AWS_SECRET_ACCESS_KEY", "cairn-test")];
+
+impl S3Server {
+    /// Starts it (installing moto into a cache directory on first use, which can take minutes).
+    pub fn start(bucket: &str) -> S3Server {
+        let manifest =
+            std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+        let script = Path::new(&manifest).join("../../scripts/s3-test-server");
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(&script)
+            .arg(bucket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(300)).unwrap_or_default();
+        let Some(endpoint) = line.trim().strip_prefix("READY ") else {
+            let _ = child.kill();
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            panic!("scripts/s3-test-server did not start (said {line:?}); its log:\n{text}");
+        };
+        S3Server { endpoint: endpoint.to_string(), child }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,251 @@
+//! Restores of a backup (`cairn restore`, `cairn start --restore-from`): every key's versions at or
+//! below the backup's timestamp T, written at their own timestamps through the target's own shards, so
+//! a cluster of any size and shard count (even another bucket space) takes any backup.
+//!
+//! The node asked reads each shard snapshot of the backup straight from its URL, turns its rows into
+//! key histories at or below T ([`cairn_kv::as_of::histories`]; versions above T are left out), groups
+//! them by the target's buckets and writes each group as one [`cairn_kv::Write::Restore`] through the
+//! bucket's shard: here if it serves the bucket, else through a node of the shard (`RestoreRows`). A
+//! restore writes only keys the target does not hold (a restore that stopped part way can be run
+//! again: keys it restored are recognised and left alone), so a target with live keys is refused
+//! unless asked to overwrite.
+
+use super::{blocking, destination, engine_error};
+use crate::cluster::Membership;
+use crate::error::{NodeError, Result};
+use crate::node::Node;
+use crate::types::{Consistency, ReadOptions};
+use cairn_engine::{Config, DbCoordinator, ReadOnlyDb};
+use cairn_kv::hlc::Timestamp;
+use cairn_proto::backup as pb;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Bytes of key histories one restore write carries at most (far below a Raft command's limit).
+const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks read ahead of the writes.
+const READ_AHEAD: usize = 4;
+/// Rounds over a bucket's shard's replicas.
+const ROUNDS: u32 = 8;
+/// How long one restore write to another node may take.
+const ROWS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where restored rows go: this node's shards, and through the cluster's map, other nodes'.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) node: Arc<Node>,
+    pub(crate) membership: Option<Arc<Membership>>,
+}
+
+/// Restores backup `id` at `from` into `target` (see the module documentation); progress messages
+/// arrive on the receiver, the last one `done`, or an error. The run goes on if the receiver is
+/// dropped.
+pub(crate) fn restore(
+    target: Target,
+    from: String,
+    id: u64,
+    overwrite: bool,
+) -> mpsc::Receiver<Result<pb::RestoreProgress>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let outcome = run(&target, &tx, from, id, overwrite).await;
+        let _ = tx.send(outcome).await;
+    });
+    rx
+}
+
+async fn run(
+    target: &Target,
+    tx: &mpsc::Sender<Result<pb::RestoreProgress>>,
+    from: String,
+    id: u64,
+    overwrite: bool,
+) -> Result<pb::RestoreProgress> {
+    let config = destination(&from, None)?;
+    let manifest = {
+        let config = config.clone();
+        blocking(move || DbCoordinator::load_global_snapshot_at(&config, id).map_err(engine_error)).await?
+    };
+    let as_of = manifest.labels.get("as_of").map(String::as_str).unwrap_or_default();
+    let at = Timestamp::parse(as_of).ok_or_else(|| {
+        NodeError::InvalidArgument(format!(
+            "{from} holds no cairn backup {id} (its manifest names no timestamp)"
+        ))
+    })?;
+    if !overwrite {
+        let options =
+            ReadOptions { at: None, consistency: Consistency::Strong, after: Vec::new(), route: None };
+        let held = target.node.scan_async(Vec::new(), None, 1, options).await?;
+        if let Some((key, _)) = held.value.rows.first() {
+            return Err(NodeError::Precondition(format!(
+                "the cluster holds keys (such as {:?}): restore into an empty cluster, or ask to overwrite",
+                String::from_utf8_lossy(key)
+            )));
+        }
+    }
+    let total = manifest.shard_snapshots.len();
+    let mut progress = pb::RestoreProgress { shards_total: total as u32, ..Default::default() };
+    for (i, shard) in manifest.shard_snapshots.iter().enumerate() {
+        let (chunks_tx, mut chunks) = mpsc::channel::<(u16, Vec<cairn_kv::Restored>)>(READ_AHEAD);
+        let mut config = Config::new(std::env::temp_dir());
+        config.total_buckets = manifest.total_buckets;
+        let (url, db_id, snapshot_id) = (shard.volume.clone(), shard.db_id.clone(), shard.snapshot_id);
+        let reader = tokio::task::spawn_blocking(move || -> Result<cairn_kv::as_of::Histories> {
+            let ro = ReadOnlyDb::open_at(&config, &url, &db_id, snapshot_id).map_err(engine_error)?;
+            let mut stats = cairn_kv::as_of::Histories::default();
+            for range in ro.owned_buckets() {
+                let rows = ro.scan_buckets(range).map_err(engine_error)?;
+                let read = cairn_kv::as_of::histories(rows, at, CHUNK_BYTES, |bucket, keys| {
+                    chunks_tx
+                        .blocking_send((bucket, keys))
+                        .map_err(|_| NodeError::Unavailable("the restore stopped writing".into()))
+                })?;
+                stats.keys += read.keys;
+                stats.versions += read.versions;
+                stats.versions_trimmed += read.versions_trimmed;
+            }
+            Ok(stats)
+        });
+        while let Some((_, keys)) = chunks.recv().await {
+            // Keys of one backup bucket may fall in several of the target's (another bucket space).
+            let mut by_bucket: BTreeMap<u16, Vec<cairn_kv::Restored>> = BTreeMap::new();
+            for k in keys {
+                by_bucket
+                    .entry(cairn_kv::mvcc::bucket_of(&k.key, target.node.total_buckets()))
+                    .or_default()
+                    .push(k);
+            }
+            for (bucket, keys) in by_bucket {
+                write_bucket(target, bucket, keys, overwrite).await?;
+            }
+        }
+        let stats =
+            reader.await.map_err(|e| NodeError::Internal(format!("restore read task failed: {e}")))??;
+        progress.shards_done = (i + 1) as u32;
+        progress.keys += stats.keys;
+        progress.versions += stats.versions;
+        progress.versions_trimmed += stats.versions_trimmed;
+        progress.message = format!("shard snapshot {} of {total} restored ({} keys)", i + 1, stats.keys);
+        tracing::info!(from = %from.split('?').next().unwrap_or_default(), id, keys = progress.keys, "{}", progress.message);
+        let _ = tx.send(Ok(progress.clone())).await;
+    }
+    progress.done = true;
+    progress.message =
+        format!("restored backup {id} as of {at}: {} keys, {} versions", progress.keys, progress.versions);
+    Ok(progress)
+}
+
+/// Writes one bucket's restored keys: here if this node serves the bucket, else through a node of
+/// its shard in the cluster's map.
+async fn write_bucket(
+    target: &Target,
+    bucket: u16,
+    keys: Vec<cairn_kv::Restored>,
+    overwrite: bool,
+) -> Result<()> {
+    let Some(membership) = &target.membership else {
+        return target.node.restore_rows(bucket, keys, overwrite).await;
+    };
+    let rows = postcard::to_stdvec(&keys)
+        .map_err(|e| NodeError::Internal(format!("cannot encode restored rows: {e}")))?;
+    let mut why = String::new();
+    for round in 0..ROUNDS {
+        match target.node.restore_rows(bucket, keys.clone(), overwrite).await {
+            Ok(()) => return Ok(()),
+            Err(NodeError::Misrouted(w)) => why = w,
+            Err(e) => return Err(e),
+        }
+        let state = membership
+            .meta()?
+            .read(cairn_cluster::raft::ReadLevel::Eventual)
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("cannot read the shard map: {e}")))?;
+        let replicas = state
+            .map
+            .as_ref()
+            .and_then(|m| m.shards.iter().find(|s| s.ranges.iter().any(|r| (r.0..=r.1).contains(&bucket))))
+            .map(|s| s.replicas.clone())
+            .unwrap_or_default();
+        for node_id in replicas {
+            if Some(node_id) == target.node.node_id() {
+                continue;
+            }
+            let Some(addr) = state.nodes.get(&node_id).map(|n| n.grpc_addr.clone()) else { continue };
+            let request = pb::RestoreRowsRequest { bucket: u32::from(bucket), rows: rows.clone(), overwrite };
+            match call_restore_rows(&addr, request).await {
+                Ok(()) => return Ok(()),
+                Err(s) if matches!(s.code(), tonic::Code::Aborted | tonic::Code::Unavailable) => {
+                    why = format!("node {node_id}: {}", s.message());
+                }
+                Err(s) => {
+                    return Err(NodeError::Unavailable(format!(
+                        "node {node_id} refused restored rows: {}",
+                        s.message()
+                    )));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100) * (round + 1)).await;
+    }
+    Err(NodeError::Unavailable(format!("no node took the restored rows of bucket {bucket} ({why})")))
+}
+
+async fn call_restore_rows(
+    addr: &str,
+    request: pb::RestoreRowsRequest,
+) -> std::result::Result<(), tonic::Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad node address {addr:?}: {e}")))?
+        .connect_timeout(super::CONNECT_TIMEOUT)
+        .timeout(ROWS_TIMEOUT);
+    let mut client = pb::backup_client::BackupClient::new(endpoint.connect_lazy())
+        .max_encoding_message_size(cairn_proto::MAX_MAX_MESSAGE_BYTES);
+    client.restore_rows(request).await.map(|_| ())
+}
+
+/// The file a standalone node that was restored from a backup keeps in its store: which one.
+const RESTORED_FILE: &str = "RESTORED.json";
+
+/// What [`RESTORED_FILE`] holds.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct Restored {
+    from: String,
+    id: u64,
+}
+
+/// `cairn start --restore-from`: restores backup `id` at `from` into standalone `node`'s empty store
+/// before it serves, once: a store that records this restore starts as it is; one that holds keys (or
+/// another restore) is refused.
+pub(crate) async fn restore_at_start(
+    node: Arc<Node>,
+    store: &std::path::Path,
+    from: &str,
+    id: u64,
+) -> Result<()> {
+    let marker = store.join(RESTORED_FILE);
+    let this = Restored { from: from.split('?').next().unwrap_or(from).to_string(), id };
+    match crate::layout::read_json::<Restored>(&marker)? {
+        Some(done) if done == this => {
+            tracing::info!(from = %this.from, id, "the store was restored from this backup already");
+            return Ok(());
+        }
+        Some(other) => {
+            return Err(NodeError::Startup(format!(
+                "the store was restored from backup {} at {}: start it without --restore-from",
+                other.id, other.from
+            )));
+        }
+        None => {}
+    }
+    let mut progress = restore(Target { node, membership: None }, from.to_string(), id, false);
+    while let Some(p) = progress.recv().await {
+        let p = p.map_err(|e| NodeError::Startup(format!("restore of backup {id} failed: {e}")))?;
+        if p.done {
+            crate::layout::write_json(&marker, &this)?;
+            return Ok(());
+        }
+    }
+    Err(NodeError::Startup("the restore ended without an answer".into()))
+}

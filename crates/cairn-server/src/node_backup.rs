@@ -1,0 +1,100 @@
+//! A shard's part in a cluster backup (see the `backup` module): a snapshot of a shard this node leads that
+//! holds every write at or below the backup's timestamp, exported to the backup's volume.
+//!
+//! Why the snapshot holds every write at or below `at`: the coordinator asks only once its physical
+//! clock has passed `at` by the maximum clock offset, so every node's clock is past `at` and no write
+//! evaluated from then on gets a timestamp at or below it. Writes evaluated before are either this
+//! leader's, still in flight ([`Pending`](cairn_kv::pending::Pending): waited for), or an earlier
+//! leader's, whose entries precede this leader's first entry in the log or never apply. A read point
+//! confirmed by a quorum after that wait covers them all, and the snapshot is taken at or past it.
+
+use super::Node;
+use crate::error::{NodeError, Result};
+use cairn_engine::ShardSnapshotInput;
+use cairn_kv::hlc::Timestamp;
+use std::time::{Duration, Instant};
+
+impl Node {
+    /// Snapshots group `group` (which this node's replica must lead) with every write at or below `at`,
+    /// and exports it to the volume at `to`. Returns the snapshot's descriptor there and the bytes
+    /// uploaded. `NotLeader` if this replica does not lead; `BelowGcThreshold` if the shard may have
+    /// collected versions a read at `at` needs.
+    pub(crate) async fn snapshot_for_backup(
+        &self,
+        group: u64,
+        at: Timestamp,
+        to: String,
+        timeout: Duration,
+    ) -> Result<(ShardSnapshotInput, u64)> {
+        let replica = self
+            .replica(group)
+            .ok_or_else(|| NodeError::Misrouted(format!("shard {group} has no replica on this node")))?;
+        let deadline = Instant::now() + timeout;
+        if let Err(e) = replica.leading_term(Duration::ZERO).await {
+            return Err(NodeError::NotLeader(format!("this node does not lead shard {group}: {e}")));
+        }
+        // The coordinator waited out the offset; this clock may still trail it by up to the offset.
+        let clock = self.pending.clock();
+        let behind = Duration::from_nanos(at.wall_time.saturating_sub(clock.now().wall_time));
+        if behind > clock.max_offset() * 2 {
+            return Err(NodeError::OutOfRange(format!(
+                "backup timestamp {at} is {behind:?} ahead of this node's clock (more than twice the maximum \
+                 offset)"
+            )));
+        }
+        tokio::time::sleep(behind).await;
+        let pending = std::sync::Arc::clone(&self.pending);
+        let settled = tokio::task::spawn_blocking(move || pending.wait_below(at, deadline))
+            .await
+            .map_err(|e| NodeError::Internal(format!("backup wait task failed: {e}")))?;
+        if !settled {
+            return Err(NodeError::Unavailable(format!(
+                "writes at or below {at} were still in flight on shard {group} when the backup's time ran out"
+            )));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        replica.read_point(cairn_cluster::raft::ReadLevel::Strong, left).await.map_err(|e| {
+            NodeError::NotLeader(format!("shard {group}'s leader could not confirm its lead: {e}"))
+        })?;
+        let db = replica.db();
+        let threshold = db.filter_threshold();
+        if at.wall_time < threshold {
+            return Err(NodeError::BelowGcThreshold(format!(
+                "backup timestamp {at} is below the GC threshold of shard {group} ({threshold}.0): older \
+                 versions may be gone"
+            )));
+        }
+        tokio::task::spawn_blocking(move || -> Result<(ShardSnapshotInput, u64)> {
+            let snapshot_id = db.snapshot()?;
+            let exported = db.export_snapshot(snapshot_id, &to);
+            // The local copy only held links for the export: let go of them either way.
+            if let Err(e) = db.remove_snapshot(snapshot_id) {
+                tracing::warn!(shard = group, snapshot_id, error = %e, "could not remove a backup's local snapshot");
+            }
+            Ok(exported?)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("backup snapshot task failed: {e}")))?
+    }
+}
+
+impl Node {
+    /// Writes key histories restored from a backup (see [`cairn_kv::Write::Restore`]), all in
+    /// `bucket`, through the bucket's shard here: `Misrouted` if this node holds none that serves it.
+    pub(crate) async fn restore_rows(
+        &self,
+        bucket: u16,
+        keys: Vec<cairn_kv::Restored>,
+        overwrite: bool,
+    ) -> Result<()> {
+        if let Some(k) = keys.iter().find(|k| cairn_kv::mvcc::bucket_of(&k.key, self.total_buckets) != bucket)
+        {
+            return Err(NodeError::InvalidArgument(format!("key {:?} is not in bucket {bucket}", k.key)));
+        }
+        for k in &keys {
+            self.check_new_key(&k.key)?;
+        }
+        let shard = self.set().of_bucket(bucket).map_err(|e| NodeError::Misrouted(e.to_string()))?;
+        self.write(&shard, cairn_kv::Write::Restore { keys, overwrite }).await.map(|_| ())
+    }
+}

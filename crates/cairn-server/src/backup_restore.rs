@@ -159,7 +159,7 @@ async fn write_bucket(
         }
         let state = membership
             .meta()?
-            .read(cairn_cluster::raft::ReadLevel::Eventual)
+            .read(cairn_cluster::raft::ReadLevel::Strong)
             .await
             .map_err(|e| NodeError::Unavailable(format!("cannot read the shard map: {e}")))?;
         let replicas = state

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{S3_ENV, S3Server, Server, cairn, three_nodes_env, three_nodes_with, wait_until};
+use common::{READY, S3_ENV, S3Server, Server, cairn, node_id, serves_keys, three_nodes_env, wait_until};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -71,6 +71,38 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Five nodes started with `--join`, a cluster made by `cairn init` on the first (3 replicas, `shards`
+/// shards), every node serving keys.
+fn five_nodes(store: &dyn Fn(usize) -> std::path::PathBuf, shards: u32) -> Vec<Server> {
+    let start = |i: usize, join: &str| Server::start(&store(i), &["--join", join]);
+    let n1 = start(1, "");
+    let n1_grpc = n1.grpc.to_string();
+    let shards = shards.to_string();
+    let init = [
+        "init",
+        "--addr",
+        &n1_grpc,
+        "--replication-factor",
+        "3",
+        "--shards",
+        &shards,
+        "--dead-after-secs",
+        "2",
+    ];
+    let (ok, _, err) = cairn(&init);
+    assert!(ok, "init failed: {err}");
+    let mut nodes = vec![n1];
+    for i in 2..=5 {
+        let n = start(i, &n1_grpc);
+        wait_until("the node is admitted", READY, || node_id(&n) == i as u64);
+        nodes.push(n);
+    }
+    for n in &nodes {
+        wait_until("every node serves keys", READY, || serves_keys(n));
+    }
+    nodes
+}
+
 #[test]
 fn a_backup_at_one_timestamp_restores_exactly_that_state_into_one_node_and_into_another_cluster() {
     let tmp = tempfile::tempdir().unwrap();
@@ -90,9 +122,68 @@ fn a_backup_at_one_timestamp_restores_exactly_that_state_into_one_node_and_into_
     }
     let dir = tmp.path().join("backups");
     let url = file_url(&dir);
-    let backup = cli(&nodes[1], &["backup", "create", "--to", &url]);
+    // The backup is taken under a write load; the acknowledged writes, with their timestamps, are the
+    // model of what it must hold.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (backup, acked) = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                let (node, stop) = (&nodes[w], &stop);
+                s.spawn(move || {
+                    let mut acked = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 20 {
+                        let (key, value) = (format!("w{:02}", (n * 7 + w) % 60), format!("{w}-{n}"));
+                        let r = node.call("PUT", &format!("/kv/rest/entry/{key}"), value.as_bytes());
+                        if r.status == 200 {
+                            let ts = &r.json()["header"]["timestamp"];
+                            acked.push((
+                                key,
+                                value,
+                                (ts["wall_time"].as_u64().unwrap(), ts["logical"].as_u64().unwrap()),
+                            ));
+                        }
+                        n += 1;
+                    }
+                    acked
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let backup = cli(&nodes[1], &["backup", "create", "--to", &url]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let acked: Vec<_> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        (backup, acked)
+    });
     let (id, as_of) = (backup["id"].as_u64().unwrap(), backup["as_of"].as_str().unwrap().to_string());
     assert_eq!(backup["shards"].as_array().unwrap().len(), 4, "{backup}");
+    let (wall, logical) = as_of.split_once('.').unwrap();
+    let t = (wall.parse::<u64>().unwrap(), logical.parse::<u64>().unwrap());
+    // Each load key's newest acknowledged value at or below the backup's timestamp.
+    let mut model: std::collections::BTreeMap<String, (String, (u64, u64))> = Default::default();
+    for (key, value, at) in &acked {
+        if *at <= t && model.get(key).is_none_or(|(_, seen)| seen < at) {
+            model.insert(key.clone(), (value.clone(), *at));
+        }
+    }
+    let (before, after) =
+        (acked.iter().filter(|a| a.2 <= t).count(), acked.iter().filter(|a| a.2 > t).count());
+    println!("write load: {before} acknowledged writes at or below the backup's timestamp, {after} above");
+    assert!(before > 0 && after > 0, "the load ran across the backup's timestamp");
+    let holds_model = |server: &Server| {
+        use base64::Engine;
+        for (key, (value, (wall, logical))) in &model {
+            let r = server.call("GET", &format!("/kv/rest/entry/{key}"), b"");
+            assert_eq!(r.status, 200, "key {key}");
+            let got = &r.json()["value"];
+            let want = base64::engine::general_purpose::STANDARD.encode(value);
+            assert_eq!(got["bytes"].as_str(), Some(want.as_str()), "key {key}");
+            assert_eq!(
+                (got["timestamp"]["wall_time"].as_u64(), got["timestamp"]["logical"].as_u64()),
+                (Some(*wall), Some(*logical))
+            );
+        }
+    };
     // Written after the backup's timestamp: in no restore.
     for i in 0..20 {
         put(&nodes[2], &format!("k{i:03}"), "three");
@@ -100,7 +191,7 @@ fn a_backup_at_one_timestamp_restores_exactly_that_state_into_one_node_and_into_
     put(&nodes[0], "later", "x");
     let at_backup = rows(&nodes[0], Some(&as_of));
     let at_first = rows(&nodes[2], Some(&first));
-    assert_eq!(at_backup.len(), 170);
+    assert_eq!(at_backup.len(), 170 + model.len());
 
     let listed = cli(&nodes[2], &["backup", "list", "--from", &url]);
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
@@ -134,6 +225,7 @@ fn a_backup_at_one_timestamp_restores_exactly_that_state_into_one_node_and_into_
     let one = Server::start(&single, &restore_args);
     assert_eq!(rows(&one, None), at_backup);
     assert_eq!(rows(&one, Some(&first)), at_first);
+    holds_model(&one);
     assert_eq!(one.call("GET", "/kv/rest/entry/later", b"").status, 404);
     one.stop();
     // Started again with the same flags, it serves what it restored.
@@ -141,12 +233,26 @@ fn a_backup_at_one_timestamp_restores_exactly_that_state_into_one_node_and_into_
     assert_eq!(rows(&one, None), at_backup);
     one.stop();
 
-    // Another cluster, of 2 shards: the same.
-    let other = three_nodes_with(&|i| tmp.path().join(format!("m{i}")), 2);
-    let restored = cli(&other[1], &["restore", "--from", &url, "--backup", &id.to_string()]);
-    assert_eq!(restored["keys"], 200, "{restored}");
+    // A cluster of 5 nodes and 3 shards, its restore's coordinator killed part way, then run again
+    // (with --overwrite, as the cluster now holds keys): the same.
+    let mut other = five_nodes(&|i| tmp.path().join(format!("m{i}")), 3);
+    let id_text = id.to_string();
+    let mut running = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["restore", "--from", &url, "--backup", &id_text, "--addr", &other[4].grpc.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(running.stderr.take().unwrap()).read_line(&mut first_line).unwrap();
+    other.pop().unwrap().kill9();
+    let interrupted = !running.wait().unwrap().success();
+    println!("restore interrupted after {first_line:?}: {interrupted}");
+    let restored = cli(&other[1], &["restore", "--from", &url, "--backup", &id_text, "--overwrite"]);
+    assert_eq!(restored["keys"].as_u64(), Some(200 + model.len() as u64), "{restored}");
     assert_eq!(rows(&other[0], None), at_backup);
     assert_eq!(rows(&other[2], Some(&first)), at_first);
+    holds_model(&other[3]);
     drop(other);
 
     // On S3: the second backup uploads only what changed; retention keeps the newest.
@@ -161,6 +267,23 @@ fn a_backup_at_one_timestamp_restores_exactly_that_state_into_one_node_and_into_
     assert!(up1 > 0 && up2 < total2 && up2 < up1, "uploaded {up1} then {up2} of {total2}");
     let verified = cli(&nodes[1], &["backup", "verify", &b2["id"].to_string(), "--from", &s3_url]);
     assert_eq!(verified["shards"], 4, "{verified}");
+    let from_s3 = Server::start_env(
+        &tmp.path().join("single-s3"),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--restore-from",
+            &s3_url,
+            "--backup",
+            &b2["id"].to_string(),
+        ],
+        &S3_ENV,
+    );
+    let b2_at = b2["as_of"].as_str().unwrap();
+    assert_eq!(rows(&from_s3, None), rows(&nodes[0], Some(b2_at)));
+    from_s3.stop();
     cli(&nodes[1], &["backup", "create", "--to", &s3_url, "--keep", "1"]);
     let listed = cli(&nodes[1], &["backup", "list", "--from", &s3_url]);
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");

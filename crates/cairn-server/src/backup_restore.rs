@@ -77,7 +77,8 @@ async fn run(
     if !overwrite {
         let options =
             ReadOptions { at: None, consistency: Consistency::Strong, after: Vec::new(), route: None };
-        let held = target.node.scan_async(Vec::new(), None, 1, options).await?;
+        // Boxed: inline, its future nests too deep for the compiler's layout queries.
+        let held = Box::pin(target.node.scan_async(Vec::new(), None, 1, options)).await?;
         if let Some((key, _)) = held.value.rows.first() {
             return Err(NodeError::Precondition(format!(
                 "the cluster holds keys (such as {:?}): restore into an empty cluster, or ask to overwrite",
@@ -118,7 +119,7 @@ async fn run(
                     .push(k);
             }
             for (bucket, keys) in by_bucket {
-                write_bucket(target, bucket, keys, overwrite).await?;
+                Box::pin(write_bucket(target, bucket, keys, overwrite)).await?;
             }
         }
         let stats =

@@ -570,6 +570,16 @@ impl Node {
         let (Backend::Replicated(replica), Some(rc)) = (&shard.backend, &self.config.replication) else {
             return Ok(0);
         };
+        if let Some(at) = options.at {
+            // A read at a timestamp takes its read point once every clock has passed it (this one by the
+            // maximum offset): no node evaluates a write at or below it from then on, so the point
+            // covers every write such a read can see, and the read answers as a backup at `at` holds.
+            let clock = self.pending.clock();
+            clock.check(at)?;
+            let past = at.wall_time.saturating_add(clock.max_offset().as_nanos() as u64);
+            let wait = std::time::Duration::from_nanos(past.saturating_sub(clock.now().wall_time));
+            tokio::time::sleep(wait).await;
+        }
         let group = shard.group as usize;
         let token = options.after.iter().filter(|t| t.shard == group).map(|t| t.index).max();
         // A token of another shard that may hold writes to what this replica serves (a split's new

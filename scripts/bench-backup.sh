@@ -110,3 +110,21 @@ echo "full backup to S3 under load:  $(backup "$(s3 under-load)" 18051)"
 wait "$LOAD"
 echo "YCSB-A during the backup:"
 grep -v "^workload" "$D/during.out"
+
+# Side by side (ETCD=1; needs etcd and etcdctl, e.g. Debian's etcd-server and etcd-client): a
+# single-member etcd loaded with the same keys, then `etcdctl snapshot save`, timed.
+if [ "${ETCD:-0}" = 1 ]; then
+  etcd --name bench --data-dir "$D/etcd" --quota-backend-bytes $((8 << 30)) \
+    --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
+    --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+    --initial-cluster bench=http://127.0.0.1:23800 --log-level error --logger zap >"$D/etcd.log" 2>&1 &
+  PID2[etcd]=$!
+  until (exec 3<>/dev/tcp/127.0.0.1/23790) 2>/dev/null; do sleep 0.2; done
+  "$BENCH" etcd --addr 127.0.0.1:23790 --clients 100 --records "$RECORDS" --value-size "$VALUE_SIZE" --workloads "" \
+    | awk '/^load/ {printf "etcd loaded: %s puts/s\n", $4}'
+  start=$(date +%s.%N)
+  ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:23790 snapshot save "$D/etcd.snapshot" >/dev/null 2>&1
+  end=$(date +%s.%N)
+  awk -v s="$start" -v e="$end" -v b="$(stat -c %s "$D/etcd.snapshot")" \
+    'BEGIN {printf "etcdctl snapshot save: %.1f s, %.1f MB\n", e - s, b / 1e6}'
+fi

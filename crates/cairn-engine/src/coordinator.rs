@@ -28,6 +28,10 @@ use std::sync::Arc;
 const GLOBAL_DIR: &str = "global";
 /// The file in [`GLOBAL_DIR`] a running coordinator's heartbeats rewrite.
 const HEARTBEAT: &str = "HEARTBEAT";
+/// The suffix of the marker a deleted global snapshot leaves in [`GLOBAL_DIR`].
+const DELETED: &str = ".deleted";
+/// The file at a volume's root naming what it holds ([`DbCoordinator::claim`]).
+const PURPOSE: &str = "PURPOSE";
 
 /// How a coordinator finds its volumes and how many global snapshots it keeps.
 #[derive(Clone, Debug)]
@@ -180,6 +184,21 @@ fn global_path(meta: &ResolvedVolume, id: u64) -> PathBuf {
     global_dir(meta).join(format!("{id:020}.json"))
 }
 
+/// The id the next global snapshot on `meta` gets: past every manifest's, and every deleted one's (a
+/// deletion leaves `NNN.deleted`), so ids are never reused.
+fn next_id(meta: &ResolvedVolume) -> Result<u64> {
+    let dir = global_dir(meta);
+    let last = meta
+        .fs
+        .list(&dir)?
+        .iter()
+        .filter_map(|n| {
+            n.strip_suffix(".json").or_else(|| n.strip_suffix(DELETED)).and_then(|id| id.parse::<u64>().ok())
+        })
+        .max();
+    Ok(last.map_or(1, |id| id + 1))
+}
+
 /// Ids of the complete global manifests on `meta`, ascending.
 fn list_ids(meta: &ResolvedVolume) -> Result<Vec<u64>> {
     let dir = global_dir(meta);
@@ -269,7 +288,7 @@ impl DbCoordinator {
         let lock = meta.fs.lock(&dir.join("LOCK"))?;
         // A crash during materialize can leave a temporary manifest: it was never visible; drop it.
         volume::remove_tmp_files(meta.fs.as_ref(), &dir)?;
-        let next = list_ids(&meta)?.last().map_or(1, |id| id + 1);
+        let next = next_id(&meta)?;
         Ok(DbCoordinator { config, meta, snapshots, next_id: Mutex::new(next), _lock: lock })
     }
 
@@ -367,6 +386,35 @@ impl DbCoordinator {
         load(&config.meta_volume()?, id)
     }
 
+    /// Claims the volume for `purpose` (such as `cairn backups`): a volume that says so already, or
+    /// holds nothing but this coordinator's own layout, is marked and accepted; one that holds other
+    /// files (a shard's data or snapshots, another tool's) is refused, so that
+    /// [`DbCoordinator::collect_unreferenced`] never deletes what is not its own.
+    pub fn claim(&self, purpose: &str) -> Result<()> {
+        let fs = self.meta.fs.as_ref();
+        let marker = self.meta.root.join(PURPOSE);
+        if fs.exists(&marker)? {
+            let held = fs.read_all(&marker)?;
+            if held == purpose.as_bytes() {
+                return Ok(());
+            }
+            return Err(Error::InvalidArgument(format!(
+                "{} holds {}, not {purpose}",
+                self.meta.url,
+                String::from_utf8_lossy(&held)
+            )));
+        }
+        let mut others = fs.list(&self.meta.root)?;
+        others.retain(|n| n != GLOBAL_DIR);
+        if let Some(other) = others.first() {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds files that are not {purpose} (such as {other:?}): use an empty directory or prefix",
+                self.meta.url
+            )));
+        }
+        volume::write_atomic(fs, &marker, purpose.as_bytes())
+    }
+
     /// Records that this coordinator is alive (`global/HEARTBEAT` on the meta volume holds the time):
     /// a long run calls it now and then, so that [`DbCoordinator::lock_idle_ms`] tells its lock from
     /// one a crashed coordinator left.
@@ -417,8 +465,10 @@ impl DbCoordinator {
         let manifest = load(&meta, id)?;
         check_coverage(manifest.total_buckets, &manifest.shard_snapshots)?;
         let mut report = VerifyReport::default();
+        // Durable shard snapshots live on the snapshot volume (materializing put them there), whatever
+        // URL reached it when they were taken.
+        let volume = config.snapshot_volume()?;
         for s in &manifest.shard_snapshots {
-            let volume = resolve(&s.volume, &config.fs)?;
             let (dir, loaded) =
                 load_verified_snapshot(&volume, &s.db_id, s.snapshot_id, manifest.total_buckets)?;
             let files: Vec<_> = loaded.version.all_files().collect();
@@ -455,6 +505,12 @@ impl DbCoordinator {
         if !self.meta.fs.exists(&path)? {
             return Err(Error::GlobalSnapshotNotFound { id, volume: self.meta.url.clone() });
         }
+        // The newest id stays taken (see `next_id`); older markers are not needed.
+        volume::write_atomic(
+            self.meta.fs.as_ref(),
+            &global_dir(&self.meta).join(format!("{id:020}{DELETED}")),
+            b"",
+        )?;
         self.meta.fs.remove(&path)?;
         self.meta.fs.sync_dir(&global_dir(&self.meta))?;
         self.collect_unreferenced()
@@ -480,7 +536,11 @@ impl DbCoordinator {
         let mut removed = 0;
         for db_id in fs.list(&self.snapshots.root)? {
             let db_dir = self.snapshots.root.join(&db_id);
-            if db_id == GLOBAL_DIR || check_db_id(&db_id).is_err() || fs.exists(&db_dir.join(CURRENT))? {
+            if db_id == GLOBAL_DIR
+                || db_id == PURPOSE
+                || check_db_id(&db_id).is_err()
+                || fs.exists(&db_dir.join(CURRENT))?
+            {
                 continue;
             }
             let Ok(names) = fs.list(&db_dir) else { continue };
@@ -524,7 +584,11 @@ impl DbCoordinator {
         let mut removed = 0;
         for db_id in fs.list(&self.snapshots.root)? {
             let db_dir = self.snapshots.root.join(&db_id);
-            if db_id == GLOBAL_DIR || check_db_id(&db_id).is_err() || fs.exists(&db_dir.join(CURRENT))? {
+            if db_id == GLOBAL_DIR
+                || db_id == PURPOSE
+                || check_db_id(&db_id).is_err()
+                || fs.exists(&db_dir.join(CURRENT))?
+            {
                 continue;
             }
             let Ok(names) = fs.list(&db_dir) else { continue };

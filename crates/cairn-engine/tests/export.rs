@@ -42,10 +42,14 @@ fn exports_are_incremental_verified_deleted_and_unfinished_ones_are_collected() 
         db.remove_snapshot(id).unwrap();
         (input, copied)
     };
+    // Claimed first, as a backup does: the URL then holds nothing else.
+    let coordinator = DbCoordinator::open(destination(url, Some(2))).unwrap();
+    coordinator.claim("test backups").unwrap();
+    coordinator.claim("test backups").unwrap();
+    assert!(coordinator.claim("something else").is_err());
     let (l1, lc1) = export(&left);
     let (r1, rc1) = export(&right);
     assert!(lc1 >= l1.size_bytes && rc1 >= r1.size_bytes, "{lc1} {rc1}");
-    let coordinator = DbCoordinator::open(destination(url, Some(2))).unwrap();
     let g1 = coordinator.take_global_snapshot(TOTAL, vec![l1, r1]).unwrap();
     coordinator.materialize_global_snapshot(&g1).unwrap();
     fill(&left, 0, 40, 1);
@@ -82,6 +86,20 @@ fn exports_are_incremental_verified_deleted_and_unfinished_ones_are_collected() 
     drop(coordinator);
     assert_eq!(DbCoordinator::list_global_snapshots_at(&config).unwrap(), vec![g2.id]);
     DbCoordinator::verify_global_snapshot_at(&config, g2.id).unwrap();
+    // Ids are never reused, even the newest one's after it was deleted.
+    let coordinator = DbCoordinator::open(destination(url, None)).unwrap();
+    coordinator.delete_global_snapshot(g2.id).unwrap();
+    drop(coordinator);
+    let coordinator = DbCoordinator::open(destination(url, None)).unwrap();
+    let (l3, _) = export(&left);
+    let (r3, _) = export(&right);
+    assert_eq!(coordinator.take_global_snapshot(TOTAL, vec![l3, r3]).unwrap().id, g2.id + 1);
+    drop(coordinator);
+
+    // A volume holding other files is not claimed (a shard's own snapshot volume here).
+    let theirs = DbCoordinator::open(destination(&local, None)).unwrap();
+    assert!(theirs.claim("test backups").is_err());
+    drop(theirs);
 
     // Damage is found: a table cut short on a file volume.
     let dir = tmp.path().join("file-backups");

@@ -183,7 +183,13 @@ pub fn histories<E: From<KvError>>(
             Some(mvcc::Stored::Tombstone) => None,
             None => return Err(KvError::Malformed(format!("malformed version of key {:?}", c.1)).into()),
         };
-        c.3 += 12 + value.as_ref().map_or(0, Vec::len);
+        let bytes = 12 + value.as_ref().map_or(0, Vec::len);
+        // Newest first: once the budget is spent, older versions are counted, not kept.
+        if !c.2.is_empty() && c.3 + bytes + c.1.len() > max_bytes {
+            stats.versions_trimmed += 1;
+            continue;
+        }
+        c.3 += bytes;
         c.2.push(crate::RestoredVersion { timestamp: ts, value });
     }
     finish(current.take(), &mut chunk, &mut chunk_bucket, &mut chunk_bytes, &mut stats)?;

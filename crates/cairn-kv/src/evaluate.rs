@@ -296,8 +296,13 @@ fn restore(
     total_buckets: u32,
     batch: &mut WriteBatch,
 ) -> Result<Evaluated, KvError> {
-    let mut at = None;
-    let mut depends = Vec::with_capacity(keys.len());
+    // Every key is judged before any row is added: a refused write leaves nothing in `batch` (which
+    // a writer shares with the other writes of its group).
+    enum Plan {
+        History,
+        Above(Timestamp),
+    }
+    let mut plans = Vec::with_capacity(keys.len());
     for Restored { key, versions } in keys {
         let Some(newest) = versions.last() else { continue };
         if versions.windows(2).any(|w| w[0].timestamp >= w[1].timestamp) || newest.timestamp >= ts {
@@ -306,29 +311,39 @@ fn restore(
                  backup's timestamp is ahead of this cluster's clocks"
             )));
         }
-        let bucket = mvcc::bucket_of(key, total_buckets);
-        let latest = reader.latest(key)?;
-        match latest {
-            None => {
-                for v in versions {
-                    add_version(batch, bucket, key, v.timestamp, v.value.as_deref());
-                }
-                at = at.max(Some(ts));
-                depends.push(Depends::Unchanged { key: key.clone(), latest: None });
-            }
+        match reader.latest(key)? {
+            None => plans.push((key, versions, Plan::History)),
+            // Restored already (a retried write).
             Some(l) if l.timestamp == newest.timestamp => {}
             // A deleted key, or one to overwrite: its newest restored state, as a new version.
             Some(l) if overwrite || !l.live => {
-                let key_at = above(ts, Some(l), limit)?;
-                add_version(batch, bucket, key, key_at, newest.value.as_deref());
-                at = at.max(Some(key_at));
-                depends.push(Depends::OlderThan { key: key.clone(), ts: key_at });
+                plans.push((key, versions, Plan::Above(above(ts, Some(l), limit)?)))
             }
             Some(_) => {
                 return Err(KvError::ConditionFailed(format!(
                     "key {key:?} already holds versions: a restore writes only keys the cluster does not hold \
                      (restore with overwrite to replace them)"
                 )));
+            }
+        }
+    }
+    let mut at = None;
+    let mut depends = Vec::with_capacity(plans.len());
+    for (key, versions, plan) in plans {
+        let bucket = mvcc::bucket_of(key, total_buckets);
+        match plan {
+            Plan::History => {
+                for v in versions {
+                    add_version(batch, bucket, key, v.timestamp, v.value.as_deref());
+                }
+                at = at.max(Some(ts));
+                depends.push(Depends::Unchanged { key: key.clone(), latest: None });
+            }
+            Plan::Above(key_at) => {
+                let newest = versions.last().and_then(|v| v.value.as_deref());
+                add_version(batch, bucket, key, key_at, newest);
+                at = at.max(Some(key_at));
+                depends.push(Depends::OlderThan { key: key.clone(), ts: key_at });
             }
         }
     }

@@ -156,6 +156,12 @@ impl Clock {
         }
     }
 
+    /// The physical time (nanoseconds since the Unix epoch), which no observed timestamp moves: what
+    /// waits for every clock to pass a timestamp count on.
+    pub fn physical(&self) -> u64 {
+        self.physical_now()
+    }
+
     /// The maximum clock offset.
     pub fn max_offset(&self) -> Duration {
         self.max_offset

@@ -57,6 +57,25 @@ const LABEL_UPLOADED: &str = "bytes_uploaded";
 /// Prefix of the label naming a shard snapshot's shard: `shard.<db_id>` = shard id.
 const LABEL_SHARD: &str = "shard.";
 
+/// What a backup URL's `PURPOSE` file says (see `DbCoordinator::claim`).
+const PURPOSE: &str = "cairn backups";
+
+/// A task aborted if dropped before it finished (a run that panicked leaves no heartbeat behind).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Waits for the task to end.
+    async fn finish(mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The coordinator config of backups at `url` (one volume: manifests and shard snapshots).
 fn destination(url: &str, keep: Option<usize>) -> Result<CoordinatorConfig> {
     if !(url.starts_with("file:///") || url.starts_with("s3://")) {
@@ -80,8 +99,8 @@ fn engine_error(e: cairn_engine::Error) -> NodeError {
         }
         E::InvalidArgument(m) | E::InvalidConfig(m) => NodeError::InvalidArgument(m),
         E::Locked(path) => NodeError::Precondition(format!(
-            "another backup to this URL is running (it holds {}); wait for it, or for its protected \
-             timestamp to expire if its coordinator crashed",
+            "another backup to this URL is running (it holds {}); wait for it (on S3, the lock of a \
+             coordinator that crashed is broken a minute after its last heartbeat)",
             path.display()
         )),
         e => NodeError::Engine(e),
@@ -98,9 +117,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// The owner a run's protected timestamp carries: its URL without the query (no credentials).
 fn owner_of(url: &str) -> String {
     let base = url.split('?').next().unwrap_or(url);
-    let mut owner = format!("backup {base}");
-    owner.truncate(256);
-    owner
+    let owner = format!("backup {base}");
+    let mut end = owner.len().min(256);
+    while !owner.is_char_boundary(end) {
+        end -= 1;
+    }
+    owner[..end].to_string()
 }
 
 /// A backup's description from its manifest.
@@ -167,7 +189,8 @@ impl Run {
             message,
             done: None,
         };
-        let _ = self.tx.send(Ok(p)).await;
+        // A watcher that does not read its stream misses messages rather than stalling the run.
+        let _ = self.tx.try_send(Ok(p));
     }
 
     async fn go(self, as_of: Option<Timestamp>) -> Result<pb::BackupProgress> {
@@ -184,7 +207,12 @@ impl Run {
             .membership
             .protect(at.wall_time, BACKUP_LIMIT.as_secs(), &owner_of(&self.to))
             .await
-            .map_err(|e| NodeError::InvalidArgument(format!("cannot protect backup timestamp {at}: {e}")))?;
+            .map_err(|e| match crate::wire::meta_error(e) {
+                NodeError::InvalidArgument(m) => {
+                    NodeError::InvalidArgument(format!("cannot protect backup timestamp {at}: {m}"))
+                }
+                e => e,
+            })?;
         let outcome = self.locked(config, at, started).await;
         if let Err(e) = self.membership.release_protected(protection.id).await {
             tracing::warn!(id = protection.id, error = %e, "a backup's protected timestamp was not released: it expires");
@@ -200,18 +228,26 @@ impl Run {
         started: Instant,
     ) -> Result<pb::BackupProgress> {
         let coordinator = Arc::new(self.lock(config).await?);
+        let claim = Arc::clone(&coordinator);
+        blocking(move || claim.claim(PURPOSE).map_err(engine_error)).await?;
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let beating = Arc::clone(&coordinator);
-        let heartbeat = tokio::spawn(async move {
+        let heartbeat = AbortOnDrop(tokio::spawn(async move {
             loop {
                 let c = Arc::clone(&beating);
                 if let Err(e) = blocking(move || c.heartbeat().map_err(engine_error)).await {
                     tracing::warn!(error = %e, "a backup's heartbeat failed");
                 }
-                tokio::time::sleep(HEARTBEAT_EVERY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+                    _ = stopped.changed() => return,
+                }
             }
-        });
+        }));
         let outcome = self.assemble(&coordinator, at, started).await;
-        heartbeat.abort();
+        // The lock goes with the last reference: the heartbeat's ends before the answer is sent.
+        let _ = stop.send(true);
+        heartbeat.finish().await;
         outcome
     }
 
@@ -231,7 +267,10 @@ impl Run {
             tracing::info!(removed, "deleted shard snapshots unfinished backups left");
         }
         let offset = self.node.pending_clock().max_offset();
-        let wait = Duration::from_nanos(at.wall_time.saturating_sub(self.node.now().wall_time)) + offset;
+        // A millisecond more: a clock exactly at T's wall time could still stamp T's own wall time.
+        let physical = self.node.pending_clock().physical();
+        let wait =
+            Duration::from_nanos(at.wall_time.saturating_sub(physical)) + offset + Duration::from_millis(1);
         self.progress(0, 0, 0, format!("backup at {at}: waiting {wait:?} for every clock to pass it")).await;
         tokio::time::sleep(wait).await;
         let deadline = started + BACKUP_LIMIT;
@@ -314,6 +353,10 @@ impl Run {
             Err(cairn_engine::Error::Locked(_)) => {}
             Err(e) => return Err(engine_error(e)),
         }
+        // A file lock dies with its holder: `Locked` there means a live one.
+        if !self.to.starts_with("s3://") {
+            return open(config).await?.map_err(engine_error);
+        }
         let probe = config.clone();
         let idle = blocking(move || DbCoordinator::lock_idle_ms(&probe).map_err(engine_error)).await?;
         if idle.is_none_or(|ms| ms < STALE_LOCK.as_millis() as u64) {
@@ -365,11 +408,14 @@ impl Run {
                         why = format!("node {node_id}: {}", s.message());
                     }
                     Err(s) => {
-                        return Err(NodeError::Unavailable(format!(
-                            "node {node_id} could not snapshot shard {}: {}",
-                            shard.id,
-                            s.message()
-                        )));
+                        let why =
+                            format!("node {node_id} could not snapshot shard {}: {}", shard.id, s.message());
+                        return Err(match s.code() {
+                            tonic::Code::FailedPrecondition => NodeError::BelowGcThreshold(why),
+                            tonic::Code::InvalidArgument => NodeError::InvalidArgument(why),
+                            tonic::Code::OutOfRange => NodeError::OutOfRange(why),
+                            _ => NodeError::Unavailable(why),
+                        });
                     }
                 }
             }
@@ -412,17 +458,30 @@ pub async fn show(url: String, id: u64) -> Result<pb::BackupInfo> {
         .await
 }
 
+/// What reading a backup back found.
+pub enum Verified {
+    /// Whole: what was checked.
+    Whole(pb::VerifyBackupReply),
+    /// Damaged: how.
+    Damaged(String),
+}
+
 /// Reads backup `id` at `url` back (see [`DbCoordinator::verify_global_snapshot_at`]).
-pub async fn verify(url: String, id: u64) -> Result<pb::VerifyBackupReply> {
+pub async fn verify(url: String, id: u64) -> Result<Verified> {
     let config = destination(&url, None)?;
-    blocking(move || {
-        let r = DbCoordinator::verify_global_snapshot_at(&config, id).map_err(|e| match e {
-            e @ (cairn_engine::Error::Corruption { .. } | cairn_engine::Error::MissingFile { .. }) => {
-                NodeError::Internal(format!("backup {id} is damaged: {e}"))
-            }
-            e => engine_error(e),
-        })?;
-        Ok(pb::VerifyBackupReply { shards: r.shards as u32, files: r.files, bytes: r.bytes, rows: r.rows })
+    blocking(move || match DbCoordinator::verify_global_snapshot_at(&config, id) {
+        Ok(r) => Ok(Verified::Whole(pb::VerifyBackupReply {
+            shards: r.shards as u32,
+            files: r.files,
+            bytes: r.bytes,
+            rows: r.rows,
+        })),
+        Err(
+            e @ (cairn_engine::Error::Corruption { .. }
+            | cairn_engine::Error::MissingFile { .. }
+            | cairn_engine::Error::SnapshotNotFound { .. }),
+        ) => Ok(Verified::Damaged(format!("backup {id} is damaged: {e}"))),
+        Err(e) => Err(engine_error(e)),
     })
     .await
 }
@@ -432,6 +491,7 @@ pub async fn delete(url: String, id: u64) -> Result<pb::DeleteBackupReply> {
     let config = destination(&url, None)?;
     blocking(move || {
         let c = DbCoordinator::open(config).map_err(engine_error)?;
+        c.claim(PURPOSE).map_err(engine_error)?;
         let removed = c.delete_global_snapshot(id).map_err(engine_error)?;
         Ok(pb::DeleteBackupReply { shard_snapshots_removed: removed })
     })
@@ -534,8 +594,8 @@ impl pb::backup_server::Backup for BackupService {
     ) -> std::result::Result<tonic::Response<pb::VerifyBackupReply>, tonic::Status> {
         let r = request.into_inner();
         match verify(r.url, r.id).await {
-            Ok(reply) => Ok(tonic::Response::new(reply)),
-            Err(NodeError::Internal(m)) => Err(tonic::Status::data_loss(m)),
+            Ok(Verified::Whole(reply)) => Ok(tonic::Response::new(reply)),
+            Ok(Verified::Damaged(m)) => Err(tonic::Status::data_loss(m)),
             Err(e) => Err(crate::wire::status_of(e)),
         }
     }

@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks read ahead of the writes.
 const READ_AHEAD: usize = 4;
+/// Restore writes in flight at once (each to one bucket: independent of the others).
+const PARALLEL_WRITES: usize = 16;
 /// Rounds over a bucket's shard's replicas.
 const ROUNDS: u32 = 8;
 /// How long one restore write to another node may take.
@@ -48,9 +50,21 @@ pub(crate) fn restore(
     id: u64,
     overwrite: bool,
 ) -> mpsc::Receiver<Result<pb::RestoreProgress>> {
+    restore_checked(target, from, id, overwrite, true)
+}
+
+/// [`restore`]; `check_empty` false skips the check that the target holds no live keys (a restore
+/// resumed after a crash: keys it restored are recognised).
+fn restore_checked(
+    target: Target,
+    from: String,
+    id: u64,
+    overwrite: bool,
+    check_empty: bool,
+) -> mpsc::Receiver<Result<pb::RestoreProgress>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let outcome = run(&target, &tx, from, id, overwrite).await;
+        let outcome = run(&target, &tx, from, id, overwrite, check_empty).await;
         let _ = tx.send(outcome).await;
     });
     rx
@@ -62,6 +76,7 @@ async fn run(
     from: String,
     id: u64,
     overwrite: bool,
+    check_empty: bool,
 ) -> Result<pb::RestoreProgress> {
     let config = destination(&from, None)?;
     let manifest = {
@@ -74,7 +89,7 @@ async fn run(
             "{from} holds no cairn backup {id} (its manifest names no timestamp)"
         ))
     })?;
-    if !overwrite {
+    if !overwrite && check_empty {
         let options =
             ReadOptions { at: None, consistency: Consistency::Strong, after: Vec::new(), route: None };
         // Boxed: inline, its future nests too deep for the compiler's layout queries.
@@ -92,7 +107,8 @@ async fn run(
         let (chunks_tx, mut chunks) = mpsc::channel::<(u16, Vec<cairn_kv::Restored>)>(READ_AHEAD);
         let mut config = Config::new(std::env::temp_dir());
         config.total_buckets = manifest.total_buckets;
-        let (url, db_id, snapshot_id) = (shard.volume.clone(), shard.db_id.clone(), shard.snapshot_id);
+        // Read where the backup is now (the URL given), whatever URL it was taken to.
+        let (url, db_id, snapshot_id) = (from.clone(), shard.db_id.clone(), shard.snapshot_id);
         let reader = tokio::task::spawn_blocking(move || -> Result<cairn_kv::as_of::Histories> {
             let ro = ReadOnlyDb::open_at(&config, &url, &db_id, snapshot_id).map_err(engine_error)?;
             let mut stats = cairn_kv::as_of::Histories::default();
@@ -109,6 +125,7 @@ async fn run(
             }
             Ok(stats)
         });
+        let mut writing = tokio::task::JoinSet::new();
         while let Some((_, keys)) = chunks.recv().await {
             // Keys of one backup bucket may fall in several of the target's (another bucket space).
             let mut by_bucket: BTreeMap<u16, Vec<cairn_kv::Restored>> = BTreeMap::new();
@@ -119,8 +136,15 @@ async fn run(
                     .push(k);
             }
             for (bucket, keys) in by_bucket {
-                Box::pin(write_bucket(target, bucket, keys, overwrite)).await?;
+                while writing.len() >= PARALLEL_WRITES {
+                    joined(writing.join_next().await)?;
+                }
+                let target = target.clone();
+                writing.spawn(async move { Box::pin(write_bucket(&target, bucket, keys, overwrite)).await });
             }
+        }
+        while !writing.is_empty() {
+            joined(writing.join_next().await)?;
         }
         let stats =
             reader.await.map_err(|e| NodeError::Internal(format!("restore read task failed: {e}")))??;
@@ -136,6 +160,15 @@ async fn run(
     progress.message =
         format!("restored backup {id} as of {at}: {} keys, {} versions", progress.keys, progress.versions);
     Ok(progress)
+}
+
+/// The outcome of a finished restore write.
+fn joined(done: Option<std::result::Result<Result<()>, tokio::task::JoinError>>) -> Result<()> {
+    match done {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(e)) => Err(NodeError::Internal(format!("a restore write task failed: {e}"))),
+        None => Ok(()),
+    }
 }
 
 /// Writes one bucket's restored keys: here if this node serves the bucket, else through a node of
@@ -208,6 +241,8 @@ async fn call_restore_rows(
 
 /// The file a standalone node that was restored from a backup keeps in its store: which one.
 const RESTORED_FILE: &str = "RESTORED.json";
+/// The file it keeps while the restore runs (a start that finds it resumes the restore).
+const RESTORING_FILE: &str = "RESTORING.json";
 
 /// What [`RESTORED_FILE`] holds.
 #[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -240,11 +275,38 @@ pub(crate) async fn restore_at_start(
         }
         None => {}
     }
-    let mut progress = restore(Target { node, membership: None }, from.to_string(), id, false);
+    let running = store.join(RESTORING_FILE);
+    let resumed = match crate::layout::read_json::<Restored>(&running)? {
+        Some(r) if r == this => true,
+        Some(other) => {
+            return Err(NodeError::Startup(format!(
+                "the store holds part of a restore of backup {} at {}: finish that one",
+                other.id, other.from
+            )));
+        }
+        None => false,
+    };
+    if resumed {
+        tracing::info!(from = %this.from, id, "resuming the restore a stop cut short");
+    } else {
+        // Before anything is written: a store that holds keys is refused now, never half restored.
+        let options =
+            ReadOptions { at: None, consistency: Consistency::Strong, after: Vec::new(), route: None };
+        let held = Box::pin(node.scan_async(Vec::new(), None, 1, options)).await?;
+        if !held.value.rows.is_empty() {
+            return Err(NodeError::Startup(
+                "the store holds keys: --restore-from restores into an empty one".into(),
+            ));
+        }
+        crate::layout::write_json(&running, &this)?;
+    }
+    let mut progress = restore_checked(Target { node, membership: None }, from.to_string(), id, false, false);
     while let Some(p) = progress.recv().await {
         let p = p.map_err(|e| NodeError::Startup(format!("restore of backup {id} failed: {e}")))?;
         if p.done {
             crate::layout::write_json(&marker, &this)?;
+            std::fs::remove_file(&running)
+                .map_err(|e| NodeError::Startup(format!("cannot remove {}: {e}", running.display())))?;
             return Ok(());
         }
     }

@@ -576,8 +576,9 @@ impl Node {
             // covers every write such a read can see, and the read answers as a backup at `at` holds.
             let clock = self.pending.clock();
             clock.check(at)?;
-            let past = at.wall_time.saturating_add(clock.max_offset().as_nanos() as u64);
-            let wait = std::time::Duration::from_nanos(past.saturating_sub(clock.now().wall_time));
+            let offset = clock.max_offset().as_nanos() as u64;
+            let past = at.wall_time.saturating_add(offset).saturating_add(1_000_000);
+            let wait = std::time::Duration::from_nanos(past.saturating_sub(clock.physical()));
             tokio::time::sleep(wait).await;
         }
         let group = shard.group as usize;

@@ -30,12 +30,15 @@ impl Node {
             .replica(group)
             .ok_or_else(|| NodeError::Misrouted(format!("shard {group} has no replica on this node")))?;
         let deadline = Instant::now() + timeout;
-        if let Err(e) = replica.leading_term(Duration::ZERO).await {
-            return Err(NodeError::NotLeader(format!("this node does not lead shard {group}: {e}")));
-        }
+        let term = match replica.leading_term(Duration::ZERO).await {
+            Ok(term) => term,
+            Err(e) => {
+                return Err(NodeError::NotLeader(format!("this node does not lead shard {group}: {e}")));
+            }
+        };
         // The coordinator waited out the offset; this clock may still trail it by up to the offset.
         let clock = self.pending.clock();
-        let behind = Duration::from_nanos(at.wall_time.saturating_sub(clock.now().wall_time));
+        let behind = Duration::from_nanos(at.wall_time.saturating_sub(clock.physical()));
         if behind > clock.max_offset() * 2 {
             return Err(NodeError::OutOfRange(format!(
                 "backup timestamp {at} is {behind:?} ahead of this node's clock (more than twice the maximum \
@@ -56,6 +59,13 @@ impl Node {
         replica.read_point(cairn_cluster::raft::ReadLevel::Strong, left).await.map_err(|e| {
             NodeError::NotLeader(format!("shard {group}'s leader could not confirm its lead: {e}"))
         })?;
+        // Still the leader of the same term: a newer leader's writes in flight are in its own node's
+        // pending set, not waited for here.
+        if replica.leading_term(Duration::ZERO).await.ok() != Some(term) {
+            return Err(NodeError::NotLeader(format!(
+                "this node lost the lead of shard {group} during the backup"
+            )));
+        }
         let db = replica.db();
         let threshold = db.filter_threshold();
         if at.wall_time < threshold {

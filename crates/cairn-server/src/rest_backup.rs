@@ -114,8 +114,13 @@ pub(super) async fn verify(
     uri: Uri,
 ) -> ApiResult<Response> {
     membership(&state)?;
-    let r = backup::verify(url_param(&uri)?, id_of(&id)?).await?;
-    Ok(Json(json!({"shards": r.shards, "files": r.files, "bytes": r.bytes, "rows": r.rows})).into_response())
+    match backup::verify(url_param(&uri)?, id_of(&id)?).await? {
+        backup::Verified::Whole(r) => {
+            Ok(Json(json!({"shards": r.shards, "files": r.files, "bytes": r.bytes, "rows": r.rows}))
+                .into_response())
+        }
+        backup::Verified::Damaged(m) => Err(ApiError(NodeError::Internal(m))),
+    }
 }
 
 /// `DELETE /admin/backups/{id}?url=URL`: deletes the backup and what no other backup there shares.

@@ -125,7 +125,15 @@ fn a_backup_at_one_timestamp_restores_exactly_that_state_into_one_node_and_into_
     // The backup is taken under a write load; the acknowledged writes, with their timestamps, are the
     // model of what it must hold.
     let stop = std::sync::atomic::AtomicBool::new(false);
+    // Stops the writers however the scope ends (a failed assertion must not leave them running).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let (backup, acked) = std::thread::scope(|s| {
+        let _stop = Stop(&stop);
         let writers: Vec<_> = (0..3)
             .map(|w| {
                 let (node, stop) = (&nodes[w], &stop);

@@ -33,13 +33,15 @@ pub const PART_BYTES: usize = 8 << 20;
 
 /// Query keys of an `s3://` URL that would put a secret in it: refused, credentials come from the
 /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or instance roles.
-const SECRET_KEYS: [&str; 6] = [
+const SECRET_KEYS: [&str; 8] = [
     "access_key_id",
     "secret_access_key",
     "session_token",
     "token",
     "aws_access_key_id",
     "aws_secret_access_key",
+    "aws_session_token",
+    "aws_token",
 ];
 
 /// An S3 bucket as a file system. Cheap to clone; clones share one client.

@@ -44,7 +44,7 @@ until "$BIN" shards list --json --addr 127.0.0.1:18051 >/dev/null 2>&1; do sleep
 sleep 2
 
 "$BENCH" http --addr "$ADDRS" --clients 100 --records "$RECORDS" --value-size "$VALUE_SIZE" --workloads "" --retry \
-  | awk '/^load/ {printf "loaded %s keys of %s bytes: %s puts/s\n", "'"$RECORDS"'", "'"$VALUE_SIZE"'", $4}'
+  | awk '/^load/ {printf "loaded %s keys of %s bytes: %s puts/s\n", "'"$RECORDS"'", "'"$VALUE_SIZE"'", $2}'
 du -sh "$D/n1" | awk '{print "node 1 holds " $1}'
 
 cat >"$D/show.py" <<'PY'
@@ -121,7 +121,7 @@ if [ "${ETCD:-0}" = 1 ]; then
   PID2[etcd]=$!
   until (exec 3<>/dev/tcp/127.0.0.1/23790) 2>/dev/null; do sleep 0.2; done
   "$BENCH" etcd --addr 127.0.0.1:23790 --clients 100 --records "$RECORDS" --value-size "$VALUE_SIZE" --workloads "" \
-    | awk '/^load/ {printf "etcd loaded: %s puts/s\n", $4}'
+    | awk '/^load/ {printf "etcd loaded: %s puts/s\n", $2}'
   start=$(date +%s.%N)
   ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:23790 snapshot save "$D/etcd.snapshot" >/dev/null 2>&1
   end=$(date +%s.%N)

@@ -2,9 +2,9 @@
 //! below the backup's timestamp T, written at their own timestamps through the target's own shards, so
 //! a cluster of any size and shard count (even another bucket space) takes any backup.
 //!
-//! The node asked reads each shard snapshot of the backup straight from its URL, turns its rows into
-//! key histories at or below T ([`cairn_kv::as_of::histories`]; versions above T are left out), groups
-//! them by the target's buckets and writes each group as one [`cairn_kv::Write::Restore`] through the
+//! The node asked fetches each shard snapshot of the backup from the URL into a scratch directory of
+//! its store (whole files), turns its rows into key histories at or below T
+//! ([`cairn_kv::as_of::histories`]; versions above T are left out), groups them by the target's buckets and writes each group as one [`cairn_kv::Write::Restore`] through the
 //! bucket's shard: here if it serves the bucket, else through a node of the shard (`RestoreRows`). A
 //! restore writes only keys the target does not hold (a restore that stopped part way can be run
 //! again: keys it restored are recognised and left alone), so a target with live keys is refused
@@ -15,7 +15,7 @@ use crate::cluster::Membership;
 use crate::error::{NodeError, Result};
 use crate::node::Node;
 use crate::types::{Consistency, ReadOptions};
-use cairn_engine::{Config, DbCoordinator, ReadOnlyDb};
+use cairn_engine::{Config, Db, DbCoordinator};
 use cairn_kv::hlc::Timestamp;
 use cairn_proto::backup as pb;
 use std::collections::BTreeMap;
@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks read ahead of the writes.
 const READ_AHEAD: usize = 4;
+/// Where in a store a restore fetches shard snapshots to read them.
+const SCRATCH_DIR: &str = "restore-scratch";
 /// Restore writes in flight at once (each to one bucket: independent of the others).
 const PARALLEL_WRITES: usize = 16;
 /// Rounds over a bucket's shard's replicas.
@@ -105,25 +107,19 @@ async fn run(
     let mut progress = pb::RestoreProgress { shards_total: total as u32, ..Default::default() };
     for (i, shard) in manifest.shard_snapshots.iter().enumerate() {
         let (chunks_tx, mut chunks) = mpsc::channel::<(u16, Vec<cairn_kv::Restored>)>(READ_AHEAD);
-        let mut config = Config::new(std::env::temp_dir());
+        // The shard snapshot is fetched whole into a scratch directory of the store (whole files: one
+        // request each on object storage, not one per block), read, then deleted.
+        let scratch = target.node.config().store.join(SCRATCH_DIR).join(&shard.db_id);
+        let mut config = Config::new(&scratch);
         config.total_buckets = manifest.total_buckets;
         // Read where the backup is now (the URL given), whatever URL it was taken to.
-        let (url, db_id, snapshot_id) = (from.clone(), shard.db_id.clone(), shard.snapshot_id);
+        config.snapshot_volume = Some(from.clone());
+        let (db_id, snapshot_id) = (shard.db_id.clone(), shard.snapshot_id);
         let reader = tokio::task::spawn_blocking(move || -> Result<cairn_kv::as_of::Histories> {
-            let ro = ReadOnlyDb::open_at(&config, &url, &db_id, snapshot_id).map_err(engine_error)?;
-            let mut stats = cairn_kv::as_of::Histories::default();
-            for range in ro.owned_buckets() {
-                let rows = ro.scan_buckets(range).map_err(engine_error)?;
-                let read = cairn_kv::as_of::histories(rows, at, CHUNK_BYTES, |bucket, keys| {
-                    chunks_tx
-                        .blocking_send((bucket, keys))
-                        .map_err(|_| NodeError::Unavailable("the restore stopped writing".into()))
-                })?;
-                stats.keys += read.keys;
-                stats.versions += read.versions;
-                stats.versions_trimmed += read.versions_trimmed;
-            }
-            Ok(stats)
+            let _ = std::fs::remove_dir_all(&scratch);
+            let read = read_snapshot(config, db_id, snapshot_id, at, &chunks_tx);
+            let _ = std::fs::remove_dir_all(&scratch);
+            read
         });
         let mut writing = tokio::task::JoinSet::new();
         while let Some((_, keys)) = chunks.recv().await {
@@ -160,6 +156,32 @@ async fn run(
     progress.message =
         format!("restored backup {id} as of {at}: {} keys, {} versions", progress.keys, progress.versions);
     Ok(progress)
+}
+
+/// Fetches shard snapshot `db_id`/`snapshot_id` from `config`'s snapshot volume into `config.dir`
+/// and hands its key histories at or below `at` to `chunks`, bucket by bucket.
+fn read_snapshot(
+    config: Config,
+    db_id: String,
+    snapshot_id: u64,
+    at: Timestamp,
+    chunks: &mpsc::Sender<(u16, Vec<cairn_kv::Restored>)>,
+) -> Result<cairn_kv::as_of::Histories> {
+    let db = Db::open_from_snapshot(config, snapshot_id, db_id).map_err(engine_error)?;
+    let view = db.view();
+    let mut stats = cairn_kv::as_of::Histories::default();
+    for range in db.owned_buckets() {
+        let rows = view.scan_buckets(range).map_err(engine_error)?;
+        let read = cairn_kv::as_of::histories(rows, at, CHUNK_BYTES, |bucket, keys| {
+            chunks
+                .blocking_send((bucket, keys))
+                .map_err(|_| NodeError::Unavailable("the restore stopped writing".into()))
+        })?;
+        stats.keys += read.keys;
+        stats.versions += read.versions;
+        stats.versions_trimmed += read.versions_trimmed;
+    }
+    Ok(stats)
 }
 
 /// The outcome of a finished restore write.

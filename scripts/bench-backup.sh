@@ -6,8 +6,9 @@
 #      bytes held and uploaded;
 #   2. 1% of the keys rewritten, then an incremental backup to S3: bytes uploaded vs the backup's size;
 #   3. the S3 backup restored into a second, empty 3-node cluster: time, keys, versions;
-#   4. YCSB-A (50% reads, 50% updates, 100 clients) steady, then while a full backup to a fresh S3
-#      prefix runs: ops/s, read and update p99 (bench lines as cairn-bench prints them).
+#   4. with the second cluster stopped, YCSB-A (50% reads, 50% updates, 100 clients) steady, then with
+#      full backups to fresh S3 prefixes running one after another for the whole run: ops/s, read and
+#      update p99 (bench lines as cairn-bench prints them), and each backup's time.
 # The nodes, the S3 server and their data go at the end.
 #
 #   scripts/bench-backup.sh [RECORDS] [VALUE_SIZE] [BIN_DIR]   (defaults: 1000000, 1000, target/release)
@@ -96,7 +97,10 @@ restored=$("$BIN" restore --from "$(s3 full)" --backup "$INCREMENTAL" --json --a
 end=$(date +%s.%N)
 echo "restore from S3 into a new 3-node cluster: $(python3 "$D/show.py" restore "$restored" "$start" "$end")"
 
-# Foreground load, steady and during a full backup.
+# Foreground load, steady and under backups (the second cluster stopped first: it shares the cores).
+for p in "${PID2[@]}"; do kill "$p" 2>/dev/null || true; done
+for p in "${PID2[@]}"; do wait "$p" 2>/dev/null || true; done
+PID2=()
 OPS=${OPS:-200000}
 "$BENCH" http --addr "$ADDRS" --clients 100 --records "$RECORDS" --ops "$OPS" --value-size 256 --workloads A \
   --no-load --retry --seed 11 >"$D/steady.out"
@@ -105,8 +109,11 @@ grep -v "^workload" "$D/steady.out"
 "$BENCH" http --addr "$ADDRS" --clients 100 --records "$RECORDS" --ops "$OPS" --value-size 256 --workloads A \
   --no-load --retry --seed 12 >"$D/during.out" &
 LOAD=$!
-sleep 2
-echo "full backup to S3 under load:  $(backup "$(s3 under-load)" 18051)"
+n=0
+while kill -0 "$LOAD" 2>/dev/null; do
+  n=$((n + 1))
+  echo "full backup to S3 under load:  $(backup "$(s3 "under-load-$n")" 18051)"
+done
 wait "$LOAD"
 echo "YCSB-A during the backup:"
 grep -v "^workload" "$D/during.out"

@@ -12,6 +12,8 @@
 # The nodes, the S3 server and their data go at the end.
 #
 #   scripts/bench-backup.sh [RECORDS] [VALUE_SIZE] [BIN_DIR]   (defaults: 1000000, 1000, target/release)
+#
+# The cairn binary must be built with object storage: cargo build --release -p cairn --features s3
 set -euo pipefail
 RECORDS=${1:-1000000}
 VALUE_SIZE=${2:-1000}

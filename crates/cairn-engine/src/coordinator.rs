@@ -26,6 +26,9 @@ use std::sync::Arc;
 
 /// Directory of global snapshot manifests on the meta volume.
 const GLOBAL_DIR: &str = "global";
+/// Shard snapshots (db id, snapshot id) that global snapshots reference.
+type Referenced = HashSet<(String, u64)>;
+
 /// The file in [`GLOBAL_DIR`] a running coordinator's heartbeats rewrite.
 const HEARTBEAT: &str = "HEARTBEAT";
 /// The suffix of the marker a deleted global snapshot leaves in [`GLOBAL_DIR`].
@@ -523,12 +526,33 @@ impl DbCoordinator {
     /// destination), called before it adds any. Live shards' directories are never touched. Returns
     /// how many were deleted.
     pub fn collect_unreferenced(&self) -> Result<u64> {
+        let (referenced, _) = self.referenced()?;
+        self.sweep(&referenced, |_, _, _| Ok(true))
+    }
+
+    /// The shard snapshots the durable global snapshots reference, and when the oldest of those global
+    /// snapshots was made (`None` if there is none).
+    fn referenced(&self) -> Result<(Referenced, Option<u64>)> {
         let mut referenced = HashSet::new();
+        let mut oldest = None;
         for id in list_ids(&self.meta)? {
-            for s in load(&self.meta, id)?.shard_snapshots {
+            let m = load(&self.meta, id)?;
+            oldest = Some(oldest.unwrap_or(u64::MAX).min(m.created_at_ms));
+            for s in m.shard_snapshots {
                 referenced.insert((s.db_id, s.snapshot_id));
             }
         }
+        Ok((referenced, oldest))
+    }
+
+    /// Deletes each shard snapshot directory on the snapshot volume that `referenced` does not name and
+    /// `doomed(dir, db_id, snapshot_id)` picks. Live shards' directories (a `CURRENT` of their own) and
+    /// files that are not shard directories are left alone. Returns how many were deleted.
+    fn sweep(
+        &self,
+        referenced: &Referenced,
+        mut doomed: impl FnMut(&Path, &str, u64) -> Result<bool>,
+    ) -> Result<u64> {
         let fs = self.snapshots.fs.as_ref();
         if !fs.exists(&self.snapshots.root)? {
             return Ok(0);
@@ -546,8 +570,9 @@ impl DbCoordinator {
             let Ok(names) = fs.list(&db_dir) else { continue };
             for name in names {
                 let Ok(snapshot_id) = name.parse::<u64>() else { continue };
-                if !referenced.contains(&(db_id.clone(), snapshot_id)) {
-                    remove_snapshot_dir(fs, &db_dir.join(&name))?;
+                let dir = db_dir.join(&name);
+                if !referenced.contains(&(db_id.clone(), snapshot_id)) && doomed(&dir, &db_id, snapshot_id)? {
+                    remove_snapshot_dir(fs, &dir)?;
                     removed += 1;
                 }
             }
@@ -567,50 +592,16 @@ impl DbCoordinator {
     /// unless something else links them: a live shard keeps its own links, so its data is never
     /// touched. Does nothing while no global snapshot exists. Returns how many were deleted.
     pub fn collect_garbage(&self) -> Result<u64> {
-        let ids = list_ids(&self.meta)?;
-        let mut referenced = HashSet::new();
-        let mut oldest = u64::MAX;
-        for &id in &ids {
-            let m = load(&self.meta, id)?;
-            oldest = oldest.min(m.created_at_ms);
-            for s in m.shard_snapshots {
-                referenced.insert((s.db_id, s.snapshot_id));
-            }
-        }
-        if ids.is_empty() {
-            return Ok(0);
-        }
+        let (referenced, oldest) = self.referenced()?;
+        let Some(oldest) = oldest else { return Ok(0) };
         let fs = self.snapshots.fs.as_ref();
-        let mut removed = 0;
-        for db_id in fs.list(&self.snapshots.root)? {
-            let db_dir = self.snapshots.root.join(&db_id);
-            if db_id == GLOBAL_DIR
-                || db_id == PURPOSE
-                || check_db_id(&db_id).is_err()
-                || fs.exists(&db_dir.join(CURRENT))?
-            {
-                continue;
+        self.sweep(&referenced, |dir, db_id, snapshot_id| {
+            if !crate::snapshot::is_complete(fs, dir)? {
+                return Ok(false);
             }
-            let Ok(names) = fs.list(&db_dir) else { continue };
-            for name in names {
-                let Ok(snapshot_id) = name.parse::<u64>() else { continue };
-                if referenced.contains(&(db_id.clone(), snapshot_id)) {
-                    continue;
-                }
-                let dir = db_dir.join(&name);
-                if !crate::snapshot::is_complete(fs, &dir)? {
-                    continue;
-                }
-                let (_, loaded) = load_snapshot(&self.snapshots, &db_id, snapshot_id)?;
-                let created = loaded.state.snapshot.map_or(u64::MAX, |(_, at)| at);
-                if created < oldest {
-                    remove_snapshot_dir(fs, &dir)?;
-                    removed += 1;
-                }
-            }
-            fs.sync_dir(&db_dir)?;
-        }
-        Ok(removed)
+            let (_, loaded) = load_snapshot(&self.snapshots, db_id, snapshot_id)?;
+            Ok(loaded.state.snapshot.map_or(u64::MAX, |(_, at)| at) < oldest)
+        })
     }
 }
 

@@ -425,17 +425,26 @@ impl Run {
     }
 }
 
+/// A `Backup` client of the node at `addr` whose calls time out after `timeout` (a connection of
+/// its own: a backup call may outlast the node's shared channels' timeout).
+fn node_client(
+    addr: &str,
+    timeout: Duration,
+) -> std::result::Result<pb::backup_client::BackupClient<tonic::transport::Channel>, tonic::Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad node address {addr:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(timeout);
+    Ok(pb::backup_client::BackupClient::new(endpoint.connect_lazy())
+        .max_encoding_message_size(cairn_proto::MAX_MAX_MESSAGE_BYTES))
+}
+
 async fn call_snapshot_shard(
     addr: &str,
     request: pb::SnapshotShardRequest,
     timeout: Duration,
 ) -> std::result::Result<pb::SnapshotShardReply, tonic::Status> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| tonic::Status::invalid_argument(format!("bad node address {addr:?}: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(timeout);
-    let mut client = pb::backup_client::BackupClient::new(endpoint.connect_lazy());
-    client.snapshot_shard(request).await.map(tonic::Response::into_inner)
+    node_client(addr, timeout)?.snapshot_shard(request).await.map(tonic::Response::into_inner)
 }
 
 /// The complete backups at `url`, oldest first.
@@ -545,6 +554,23 @@ fn parse_ts(text: &str, what: &str) -> std::result::Result<Option<Timestamp>, to
         .ok_or_else(|| tonic::Status::invalid_argument(format!("{what} {text:?} is not WALL.LOGICAL")))
 }
 
+/// A run's progress messages as a gRPC stream. A client that goes away does not stop the run: its
+/// messages are drained here.
+fn stream_of<T: Send + 'static>(
+    mut progress: mpsc::Receiver<Result<T>>,
+) -> tokio_stream::wrappers::ReceiverStream<std::result::Result<T, tonic::Status>> {
+    let (tx, rx) = mpsc::channel(PROGRESS_BUFFER);
+    tokio::spawn(async move {
+        while let Some(p) = progress.recv().await {
+            if tx.send(p.map_err(crate::wire::status_of)).await.is_err() {
+                while progress.recv().await.is_some() {}
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 type Stream = tokio_stream::wrappers::ReceiverStream<std::result::Result<pb::BackupProgress, tonic::Status>>;
 
 #[tonic::async_trait]
@@ -558,18 +584,8 @@ impl pb::backup_server::Backup for BackupService {
         let r = request.into_inner();
         let as_of = parse_ts(&r.as_of, "as_of")?;
         let keep = (r.keep > 0).then_some(r.keep as usize);
-        let mut progress = create(Arc::clone(&self.membership), self.node()?, r.to, as_of, keep);
-        let (tx, rx) = mpsc::channel(PROGRESS_BUFFER);
-        tokio::spawn(async move {
-            while let Some(p) = progress.recv().await {
-                if tx.send(p.map_err(crate::wire::status_of)).await.is_err() {
-                    // The client went away; the run goes on (its receiver is drained here).
-                    while progress.recv().await.is_some() {}
-                    return;
-                }
-            }
-        });
-        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        let progress = create(Arc::clone(&self.membership), self.node()?, r.to, as_of, keep);
+        Ok(tonic::Response::new(stream_of(progress)))
     }
 
     async fn list(
@@ -617,17 +633,7 @@ impl pb::backup_server::Backup for BackupService {
     ) -> std::result::Result<tonic::Response<Self::RestoreStream>, tonic::Status> {
         let r = request.into_inner();
         let target = Target { node: self.node()?, membership: Some(Arc::clone(&self.membership)) };
-        let mut progress = restore(target, r.from, r.id, r.overwrite);
-        let (tx, rx) = mpsc::channel(PROGRESS_BUFFER);
-        tokio::spawn(async move {
-            while let Some(p) = progress.recv().await {
-                if tx.send(p.map_err(crate::wire::status_of)).await.is_err() {
-                    while progress.recv().await.is_some() {}
-                    return;
-                }
-            }
-        });
-        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(tonic::Response::new(stream_of(restore(target, r.from, r.id, r.overwrite))))
     }
 
     async fn restore_rows(

@@ -91,17 +91,14 @@ async fn run(
             "{from} holds no cairn backup {id} (its manifest names no timestamp)"
         ))
     })?;
-    if !overwrite && check_empty {
-        let options =
-            ReadOptions { at: None, consistency: Consistency::Strong, after: Vec::new(), route: None };
-        // Boxed: inline, its future nests too deep for the compiler's layout queries.
-        let held = Box::pin(target.node.scan_async(Vec::new(), None, 1, options)).await?;
-        if let Some((key, _)) = held.value.rows.first() {
-            return Err(NodeError::Precondition(format!(
-                "the cluster holds keys (such as {:?}): restore into an empty cluster, or ask to overwrite",
-                String::from_utf8_lossy(key)
-            )));
-        }
+    if !overwrite
+        && check_empty
+        && let Some(key) = first_key(&target.node).await?
+    {
+        return Err(NodeError::Precondition(format!(
+            "the cluster holds keys (such as {:?}): restore into an empty cluster, or ask to overwrite",
+            String::from_utf8_lossy(&key)
+        )));
     }
     let total = manifest.shard_snapshots.len();
     let mut progress = pb::RestoreProgress { shards_total: total as u32, ..Default::default() };
@@ -156,6 +153,14 @@ async fn run(
     progress.message =
         format!("restored backup {id} as of {at}: {} keys, {} versions", progress.keys, progress.versions);
     Ok(progress)
+}
+
+/// The first live key `node` (and, a cluster member, the cluster) holds, if any.
+async fn first_key(node: &Arc<Node>) -> Result<Option<Vec<u8>>> {
+    let options = ReadOptions { at: None, consistency: Consistency::Strong, after: Vec::new(), route: None };
+    // Boxed: inline, its future nests too deep for the compiler's layout queries.
+    let held = Box::pin(node.scan_async(Vec::new(), None, 1, options)).await?;
+    Ok(held.value.rows.into_iter().next().map(|(key, _)| key))
 }
 
 /// Fetches shard snapshot `db_id`/`snapshot_id` from `config`'s snapshot volume into `config.dir`
@@ -252,13 +257,7 @@ async fn call_restore_rows(
     addr: &str,
     request: pb::RestoreRowsRequest,
 ) -> std::result::Result<(), tonic::Status> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| tonic::Status::invalid_argument(format!("bad node address {addr:?}: {e}")))?
-        .connect_timeout(super::CONNECT_TIMEOUT)
-        .timeout(ROWS_TIMEOUT);
-    let mut client = pb::backup_client::BackupClient::new(endpoint.connect_lazy())
-        .max_encoding_message_size(cairn_proto::MAX_MAX_MESSAGE_BYTES);
-    client.restore_rows(request).await.map(|_| ())
+    super::node_client(addr, ROWS_TIMEOUT)?.restore_rows(request).await.map(|_| ())
 }
 
 /// The file a standalone node that was restored from a backup keeps in its store: which one.
@@ -312,10 +311,7 @@ pub(crate) async fn restore_at_start(
         tracing::info!(from = %this.from, id, "resuming the restore a stop cut short");
     } else {
         // Before anything is written: a store that holds keys is refused now, never half restored.
-        let options =
-            ReadOptions { at: None, consistency: Consistency::Strong, after: Vec::new(), route: None };
-        let held = Box::pin(node.scan_async(Vec::new(), None, 1, options)).await?;
-        if !held.value.rows.is_empty() {
+        if first_key(&node).await?.is_some() {
             return Err(NodeError::Startup(
                 "the store holds keys: --restore-from restores into an empty one".into(),
             ));

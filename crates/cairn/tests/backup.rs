@@ -44,6 +44,19 @@ fn cli(server: &Server, args: &[&str]) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("cairn {args:?} said {out:?}: {e}"))
 }
 
+/// `cairn ARGS...` running, once it printed its first progress line (returned) on stderr.
+fn started(args: &[&str]) -> (std::process::Child, String) {
+    let mut running = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(running.stderr.take().unwrap()).read_line(&mut first_line).unwrap();
+    (running, first_line)
+}
+
 fn file_url(dir: &Path) -> String {
     format!("file://{}", dir.display())
 }
@@ -245,14 +258,9 @@ fn a_backup_at_one_timestamp_restores_exactly_that_state_into_one_node_and_into_
     // (with --overwrite, as the cluster now holds keys): the same.
     let mut other = five_nodes(&|i| tmp.path().join(format!("m{i}")), 3);
     let id_text = id.to_string();
-    let mut running = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["restore", "--from", &url, "--backup", &id_text, "--addr", &other[4].grpc.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first_line = String::new();
-    BufReader::new(running.stderr.take().unwrap()).read_line(&mut first_line).unwrap();
+    let addr4 = other[4].grpc.to_string();
+    let (mut running, first_line) =
+        started(&["restore", "--from", &url, "--backup", &id_text, "--addr", &addr4]);
     other.pop().unwrap().kill9();
     let interrupted = !running.wait().unwrap().success();
     println!("restore interrupted after {first_line:?}: {interrupted}");
@@ -320,14 +328,8 @@ fn a_backup_at_one_timestamp_restores_exactly_that_state_into_one_node_and_into_
     std::fs::create_dir_all(&orphan).unwrap();
     std::fs::copy(complete.with_file_name("DIGEST"), orphan.join("DIGEST")).unwrap();
     let [n1, n2, n3] = nodes;
-    let mut running = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["backup", "create", "--to", &url2, "--addr", &n3.grpc.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first_line = String::new();
-    BufReader::new(running.stderr.take().unwrap()).read_line(&mut first_line).unwrap();
+    let (mut running, first_line) =
+        started(&["backup", "create", "--to", &url2, "--addr", &n3.grpc.to_string()]);
     assert!(first_line.contains("waiting"), "{first_line}");
     n3.kill9();
     assert!(!running.wait().unwrap().success());

@@ -7,11 +7,13 @@
 #   2. 1% of the keys rewritten, then an incremental backup to S3: bytes uploaded vs the backup's size;
 #   3. the S3 backup restored into a second, empty 3-node cluster: time, keys, versions;
 #   4. with the second cluster stopped, YCSB-A (50% reads, 50% updates, 100 clients) steady, then with
-#      full backups to fresh S3 prefixes running one after another for the whole run: ops/s, read and
-#      update p99 (bench lines as cairn-bench prints them), and each backup's time.
+#      full backups to fresh S3 prefixes running one after another for the whole run, twice: ops/s,
+#      read and update p99 (bench lines as cairn-bench prints them), each backup's time, and the
+#      ratios of each round's two runs (with BACKUP_RATE=RATE: the cluster's backup_rate set to it first).
 # The nodes, the S3 server and their data go at the end.
 #
-#   scripts/bench-backup.sh [RECORDS] [VALUE_SIZE] [BIN_DIR]   (defaults: 1000000, 1000, target/release)
+#   [BACKUP_RATE=4MiB] [ETCD=1] scripts/bench-backup.sh [RECORDS] [VALUE_SIZE] [BIN_DIR]
+#   (defaults: 1000000, 1000, target/release)
 #
 # The cairn binary must be built with object storage: cargo build --release -p cairn --features s3
 set -euo pipefail
@@ -104,21 +106,46 @@ for p in "${PID2[@]}"; do kill "$p" 2>/dev/null || true; done
 for p in "${PID2[@]}"; do wait "$p" 2>/dev/null || true; done
 PID2=()
 OPS=${OPS:-200000}
-"$BENCH" http --addr "$ADDRS" --clients 100 --records "$RECORDS" --ops "$OPS" --value-size 256 --workloads A \
-  --no-load --retry --seed 11 >"$D/steady.out"
-echo "YCSB-A steady:"
-grep -v "^workload" "$D/steady.out"
-"$BENCH" http --addr "$ADDRS" --clients 100 --records "$RECORDS" --ops "$OPS" --value-size 256 --workloads A \
-  --no-load --retry --seed 12 >"$D/during.out" &
-LOAD=$!
-n=0
-while kill -0 "$LOAD" 2>/dev/null; do
-  n=$((n + 1))
-  echo "full backup to S3 under load:  $(backup "$(s3 "under-load-$n")" 18051)"
+# BACKUP_RATE (e.g. 4MiB) sets the cluster's backup_rate for these runs (docs/backup.md).
+if [ -n "${BACKUP_RATE:-}" ]; then
+  "$BIN" settings set backup_rate "$BACKUP_RATE" --addr 127.0.0.1:18051 >/dev/null
+  echo "backup_rate set to $BACKUP_RATE"
+fi
+ycsb() { # seed output
+  "$BENCH" http --addr "$ADDRS" --clients 100 --records "$RECORDS" --ops "$OPS" --value-size 256 --workloads A \
+    --no-load --retry --seed "$1" >"$2"
+}
+# Steady and under backups side by side, twice; the ratios compare each round's two runs.
+for round in 1 2; do
+  ycsb "$round$round" "$D/steady-$round.out"
+  echo "YCSB-A steady (round $round):"
+  grep -v "^workload" "$D/steady-$round.out"
+  ycsb "$round$round$round" "$D/during-$round.out" &
+  LOAD=$!
+  n=0
+  while kill -0 "$LOAD" 2>/dev/null; do
+    n=$((n + 1))
+    echo "full backup to S3 under load:  $(backup "$(s3 "under-load-$round-$n")" 18051)"
+  done
+  wait "$LOAD"
+  echo "YCSB-A under backups (round $round):"
+  grep -v "^workload" "$D/during-$round.out"
+  python3 - "$D/steady-$round.out" "$D/during-$round.out" <<'PY'
+import re, sys
+def parse(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r"(\S+)\s+([\d.]+) ops/s", line)
+        if m:
+            out["ops/s"] = float(m.group(2))
+        m = re.match(r"\s+(read|update)\s.*p99\s+([\d.]+) ms", line)
+        if m:
+            out[m.group(1) + " p99"] = float(m.group(2))
+    return out
+steady, during = parse(sys.argv[1]), parse(sys.argv[2])
+print("ratios under backups: " + ", ".join(f"{k} {during[k] / steady[k]:.2f}x" for k in steady if k in during))
+PY
 done
-wait "$LOAD"
-echo "YCSB-A during the backup:"
-grep -v "^workload" "$D/during.out"
 
 # Side by side (ETCD=1; needs etcd and etcdctl, e.g. Debian's etcd-server and etcd-client): a
 # single-member etcd loaded with the same keys, then `etcdctl snapshot save`, timed.

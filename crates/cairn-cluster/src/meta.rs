@@ -110,7 +110,20 @@ pub struct ClusterSettings {
     /// (See `gc_ttl_before_secs`.)
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub gc_ttl_raised_ms: u64,
+    /// Bytes per second each node's backup exports may copy (`backup_rate`, default 32 MiB; 0: no
+    /// limit).
+    #[serde(default = "backup_rate_default")]
+    pub backup_rate_bytes: u64,
 }
+
+fn backup_rate_default() -> u64 {
+    DEFAULT_BACKUP_RATE_BYTES
+}
+
+/// The default `backup_rate`: 32 MiB per second per node.
+pub const DEFAULT_BACKUP_RATE_BYTES: u64 = 32 << 20;
+/// The lowest `backup_rate` but 0 (no limit).
+pub const MIN_BACKUP_RATE_BYTES: u64 = 64 << 10;
 
 fn is_zero_u64(n: &u64) -> bool {
     *n == 0
@@ -191,6 +204,11 @@ pub const SETTABLE: &[(&str, &str)] = &[
     ("rebalance", "true or false"),
     ("dead_after_secs", "seconds, 1 to 86400"),
     ("gc_ttl", "seconds old versions stay readable (0: never collected), at most ten years"),
+    (
+        "backup_rate",
+        "bytes per second each node's backup exports may copy, with an optional KiB, MiB or GiB suffix; \
+         at least 64KiB, or 0 for no limit",
+    ),
 ];
 
 /// `text` as a byte size: digits, then an optional `KiB`, `MiB` or `GiB` (or `K`, `M`, `G`).
@@ -390,6 +408,15 @@ impl ClusterState {
             "auto_merge" => settings.reshape.auto_merge = flag()?,
             "merge_delay_secs" => settings.reshape.merge_delay_secs = number(0..=86_400)?,
             "rebalance" => settings.rebalance = flag()?,
+            "backup_rate" => {
+                let bytes = parse_bytes(value).ok_or_else(|| bad(want))?;
+                if bytes != 0 && bytes < MIN_BACKUP_RATE_BYTES {
+                    return Err(MetaError::Invalid(format!(
+                        "backup_rate must be 0 or at least {MIN_BACKUP_RATE_BYTES} bytes per second, not {bytes}"
+                    )));
+                }
+                settings.backup_rate_bytes = bytes;
+            }
             "gc_ttl" => {
                 let ttl = number(0..=MAX_GC_TTL_SECS)?;
                 let before = settings.gc_ttl_secs;

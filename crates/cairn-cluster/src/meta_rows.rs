@@ -296,6 +296,7 @@ pub(crate) mod tests {
             gc_ttl_secs: crate::meta::DEFAULT_GC_TTL_SECS,
             gc_ttl_before_secs: 0,
             gc_ttl_raised_ms: 0,
+            backup_rate_bytes: crate::meta::DEFAULT_BACKUP_RATE_BYTES,
         }
     }
 

@@ -19,6 +19,7 @@ fn settings(rf: usize, shards: usize) -> ClusterSettings {
         gc_ttl_secs: crate::meta::DEFAULT_GC_TTL_SECS,
         gc_ttl_before_secs: 0,
         gc_ttl_raised_ms: 0,
+        backup_rate_bytes: crate::meta::DEFAULT_BACKUP_RATE_BYTES,
     }
 }
 
@@ -332,7 +333,13 @@ fn settings_change_by_name_with_their_values_checked() {
     let next = next.set_setting("split_qps", "0").unwrap().unwrap();
     assert_eq!(next.settings.reshape.split_qps, 0);
     assert!(!next.set_setting("rebalance", "false").unwrap().unwrap().settings.rebalance);
+    assert_eq!(next.settings.backup_rate_bytes, crate::meta::DEFAULT_BACKUP_RATE_BYTES);
+    let paced = next.set_setting("backup_rate", "2MiB").unwrap().unwrap();
+    assert_eq!(paced.settings.backup_rate_bytes, 2 << 20);
+    assert_eq!(paced.set_setting("backup_rate", "0").unwrap().unwrap().settings.backup_rate_bytes, 0);
     for (name, value) in [
+        ("backup_rate", "1KiB"),
+        ("backup_rate", "fast"),
         ("split_size", "12 apples"),
         ("split_size", "100"),
         ("split_load_secs", "0"),

@@ -332,7 +332,13 @@ impl DbCoordinator {
         for input in &mut stored.shard_snapshots {
             let from = resolve(&input.volume, &self.config.fs)?;
             if !from.same_as(&self.snapshots) {
-                stats.bytes_copied += copy_snapshot(&from, &self.snapshots, &input.db_id, input.snapshot_id)?;
+                stats.bytes_copied += copy_snapshot(
+                    &from,
+                    &self.snapshots,
+                    &input.db_id,
+                    input.snapshot_id,
+                    &crate::bulk::UNPACED,
+                )?;
                 input.volume = self.snapshots.url.clone();
             }
             load_verified_snapshot(&self.snapshots, &input.db_id, input.snapshot_id, manifest.total_buckets)?;

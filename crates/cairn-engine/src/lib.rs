@@ -24,6 +24,7 @@
 mod batch;
 mod block_cache;
 mod bucket;
+pub mod bulk;
 pub mod coding;
 mod commit;
 mod compaction;

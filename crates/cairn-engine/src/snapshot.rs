@@ -17,6 +17,7 @@
 //! links.
 
 use crate::bucket::{BucketRange, BucketSet};
+use crate::bulk::{Pacer, UNPACED};
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -240,6 +241,7 @@ pub(crate) fn copy_snapshot(
     to: &ResolvedVolume,
     db_id: &str,
     snapshot_id: u64,
+    pace: &Pacer,
 ) -> Result<u64> {
     let (src_dir, loaded) = load_snapshot(from, db_id, snapshot_id)?;
     let dst_dir = snapshot_dir(to, db_id, snapshot_id);
@@ -251,7 +253,8 @@ pub(crate) fn copy_snapshot(
     let held = held_tables(to, db_id, snapshot_id)?;
     let mut copied = 0;
     for file in loaded.version.all_files() {
-        copied += place_table(&from.fs, &src_dir, to, &dst_dir, &held, file.meta.number, file.meta.size)?;
+        copied +=
+            place_table(&from.fs, &src_dir, to, &dst_dir, &held, file.meta.number, file.meta.size, pace)?;
     }
     let digest = src_dir.join(DIGEST_FILE);
     if from.fs.exists(&digest)? && file_len(to.fs.as_ref(), &dst_dir.join(DIGEST_FILE))?.is_none() {
@@ -303,6 +306,7 @@ fn place_table(
     held: &HashMap<u64, PathBuf>,
     number: u64,
     size: u64,
+    pace: &Pacer,
 ) -> Result<u64> {
     let dst = table_path(dst_dir, number);
     match file_len(to.fs.as_ref(), &dst)? {
@@ -320,7 +324,7 @@ fn place_table(
         volume::transfer(&to.fs, earlier, &to.fs, &dst)?;
         return Ok(0);
     }
-    volume::copy(src_fs, &src, &to.fs, &dst)
+    volume::copy(src_fs, &src, &to.fs, &dst, pace)
 }
 
 /// Complete snapshot directories of `db_id` on `volume` other than `except`, newest first.
@@ -396,7 +400,16 @@ impl Db {
         let held = held_tables(&volume, &state.db_id, snapshot_id)?;
         let config = &self.inner.config;
         for file in version.all_files() {
-            place_table(&config.fs, &config.dir, &volume, &dir, &held, file.meta.number, file.meta.size)?;
+            place_table(
+                &config.fs,
+                &config.dir,
+                &volume,
+                &dir,
+                &held,
+                file.meta.number,
+                file.meta.size,
+                &UNPACED,
+            )?;
         }
         fs.sync_dir(&dir)?;
         let manifest_number = state.next_file_number;
@@ -410,13 +423,19 @@ impl Db {
     /// Copies snapshot `snapshot_id` onto the volume at `to` (a backup): files first, `CURRENT` last,
     /// and only files no earlier snapshot of this shard there holds (an object store copies those on
     /// its side). Idempotent and resumable, like [`DbCoordinator`](crate::DbCoordinator)'s
-    /// materialize. Returns the snapshot's descriptor on `to` and the bytes copied.
-    pub fn export_snapshot(&self, snapshot_id: u64, to: &str) -> Result<(ShardSnapshotInput, u64)> {
+    /// materialize. The bytes copied are taken from `pace` as they are read. Returns the snapshot's
+    /// descriptor on `to` and the bytes copied.
+    pub fn export_snapshot(
+        &self,
+        snapshot_id: u64,
+        to: &str,
+        pace: &Pacer,
+    ) -> Result<(ShardSnapshotInput, u64)> {
         let from = self.inner.config.resolve_snapshot_volume()?;
         let to = crate::volume::resolve(to, &self.inner.config.fs)?;
         // The digest is computed from the local copy (and kept next to it), then copied with it.
         let mut input = self.shard_snapshot_input(snapshot_id)?;
-        let copied = copy_snapshot(&from, &to, &self.inner.db_id, snapshot_id)?;
+        let copied = copy_snapshot(&from, &to, &self.inner.db_id, snapshot_id, pace)?;
         input.volume = to.url.clone();
         Ok((input, copied))
     }

@@ -143,7 +143,7 @@ pub(crate) fn transfer(
     if same_fs(src_fs, dst_fs) && src_fs.link(src, dst).is_ok() {
         return Ok(0);
     }
-    copy(src_fs, src, dst_fs, dst)
+    copy(src_fs, src, dst_fs, dst, &crate::bulk::UNPACED)
 }
 
 /// The copy half of [`transfer`]: streams `src` into `dst`, staged and synced as described there.
@@ -152,6 +152,7 @@ pub(crate) fn copy(
     src: &Path,
     dst_fs: &Arc<dyn FileSystem>,
     dst: &Path,
+    pace: &crate::bulk::Pacer,
 ) -> Result<u64> {
     let input = src_fs.open(src)?;
     let len = input.len();
@@ -161,6 +162,7 @@ pub(crate) fn copy(
     let mut offset = 0u64;
     while offset < len {
         let n = usize::try_from((len - offset).min(buf.len() as u64)).unwrap_or(buf.len());
+        pace.take(n as u64);
         input.read_exact_at(offset, &mut buf[..n])?;
         out.append(&buf[..n])?;
         offset += n as u64;

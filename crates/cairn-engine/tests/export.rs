@@ -38,7 +38,7 @@ fn exports_are_incremental_verified_deleted_and_unfinished_ones_are_collected() 
     let url = "memory://export-test-backups";
     let export = |db: &Db| {
         let id = db.snapshot().unwrap();
-        let (input, copied) = db.export_snapshot(id, url).unwrap();
+        let (input, copied) = db.export_snapshot(id, url, &cairn_engine::bulk::UNPACED).unwrap();
         db.remove_snapshot(id).unwrap();
         (input, copied)
     };
@@ -105,7 +105,7 @@ fn exports_are_incremental_verified_deleted_and_unfinished_ones_are_collected() 
     let dir = tmp.path().join("file-backups");
     let file_url = Volume::file_url(&dir);
     let id = left.snapshot().unwrap();
-    let (input, _) = left.export_snapshot(id, &file_url).unwrap();
+    let (input, _) = left.export_snapshot(id, &file_url, &cairn_engine::bulk::UNPACED).unwrap();
     let (rin, _) = export_to(&right, &file_url);
     let coordinator = DbCoordinator::open(destination(&file_url, None)).unwrap();
     let g = coordinator.take_global_snapshot(TOTAL, vec![input, rin]).unwrap();
@@ -125,5 +125,5 @@ fn exports_are_incremental_verified_deleted_and_unfinished_ones_are_collected() 
 
 fn export_to(db: &Db, url: &str) -> (cairn_engine::ShardSnapshotInput, u64) {
     let id = db.snapshot().unwrap();
-    db.export_snapshot(id, url).unwrap()
+    db.export_snapshot(id, url, &cairn_engine::bulk::UNPACED).unwrap()
 }

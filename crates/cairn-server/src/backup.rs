@@ -392,6 +392,7 @@ impl Run {
                     at: at.to_string(),
                     to: self.to.clone(),
                     timeout_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                    max_bytes_per_sec: state.settings.backup_rate_bytes,
                 };
                 match call_snapshot_shard(&addr, request, left).await {
                     Ok(reply) => {
@@ -660,7 +661,7 @@ impl pb::backup_server::Backup for BackupService {
         let timeout = Duration::from_millis(r.timeout_ms).min(BACKUP_LIMIT);
         let (input, bytes) = self
             .node()?
-            .snapshot_for_backup(u64::from(r.shard), at, r.to, timeout)
+            .snapshot_for_backup(u64::from(r.shard), at, r.to, timeout, r.max_bytes_per_sec)
             .await
             .map_err(crate::wire::status_of)?;
         let input_json = serde_json::to_string(&input).map_err(|e| tonic::Status::internal(e.to_string()))?;

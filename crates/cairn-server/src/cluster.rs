@@ -578,6 +578,7 @@ fn settings_of(r: &pb::InitRequest) -> ClusterSettings {
         gc_ttl_secs: cairn_cluster::meta::DEFAULT_GC_TTL_SECS,
         gc_ttl_before_secs: 0,
         gc_ttl_raised_ms: 0,
+        backup_rate_bytes: cairn_cluster::meta::DEFAULT_BACKUP_RATE_BYTES,
     }
 }
 

@@ -157,6 +157,8 @@ pub struct Node {
     /// Held while a replica is being added (a pass of the reconciler and a split's watcher may both try
     /// to open a split's new shard: only one opens it).
     opening: tokio::sync::Mutex<()>,
+    /// The byte rate this node's backup exports share (the cluster's `backup_rate`).
+    backup_pace: Arc<cairn_engine::bulk::Pacer>,
 }
 
 impl std::fmt::Debug for Node {
@@ -264,6 +266,7 @@ impl Node {
             load: crate::load::BucketLoad::new(layout.total_buckets),
             reshaped: tokio::sync::Notify::new(),
             opening: tokio::sync::Mutex::new(()),
+            backup_pace: Arc::new(cairn_engine::bulk::Pacer::new(0)),
         })
     }
 
@@ -355,6 +358,7 @@ impl Node {
             load: crate::load::BucketLoad::new(total_buckets),
             reshaped: tokio::sync::Notify::new(),
             opening: tokio::sync::Mutex::new(()),
+            backup_pace: Arc::new(cairn_engine::bulk::Pacer::new(0)),
         })
     }
 

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 impl Node {
     /// Snapshots group `group` (which this node's replica must lead) with every write at or below `at`,
-    /// and exports it to the volume at `to`. Returns the snapshot's descriptor there and the bytes
+    /// and exports it to the volume at `to`, copying at most `max_bytes_per_sec` (0: no limit; the rate
+    /// holds for all of this node's exports together). Returns the snapshot's descriptor there and the bytes
     /// uploaded. `NotLeader` if this replica does not lead; `BelowGcThreshold` if the shard may have
     /// collected versions a read at `at` needs.
     pub(crate) async fn snapshot_for_backup(
@@ -25,6 +26,7 @@ impl Node {
         at: Timestamp,
         to: String,
         timeout: Duration,
+        max_bytes_per_sec: u64,
     ) -> Result<(ShardSnapshotInput, u64)> {
         let replica = self
             .replica(group)
@@ -74,17 +76,33 @@ impl Node {
                  versions may be gone"
             )));
         }
-        tokio::task::spawn_blocking(move || -> Result<(ShardSnapshotInput, u64)> {
-            let snapshot_id = db.snapshot()?;
-            let exported = db.export_snapshot(snapshot_id, &to);
-            // The local copy only held links for the export: let go of them either way.
+        let snapshot_db = std::sync::Arc::clone(&db);
+        let snapshot_id = tokio::task::spawn_blocking(move || snapshot_db.snapshot())
+            .await
+            .map_err(|e| NodeError::Internal(format!("backup snapshot task failed: {e}")))??;
+        // The export reads every row of the snapshot (its digest) and copies its files: bulk work, on a
+        // thread of its own at a lower CPU priority than the node's requests.
+        let export_db = std::sync::Arc::clone(&db);
+        self.backup_pace.set_rate(max_bytes_per_sec);
+        let pace = std::sync::Arc::clone(&self.backup_pace);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("cairn-backup".into())
+            .spawn(move || {
+                cairn_engine::bulk::lower_this_thread();
+                let _receiver_gone = tx.send(export_db.export_snapshot(snapshot_id, &to, &pace));
+            })
+            .map_err(|e| NodeError::Internal(format!("could not start a backup export thread: {e}")))?;
+        let exported = rx.await.map_err(|_| NodeError::Internal("backup export thread failed".into()));
+        // The local copy only held links for the export: let go of them either way.
+        tokio::task::spawn_blocking(move || {
             if let Err(e) = db.remove_snapshot(snapshot_id) {
                 tracing::warn!(shard = group, snapshot_id, error = %e, "could not remove a backup's local snapshot");
             }
-            Ok(exported?)
         })
         .await
-        .map_err(|e| NodeError::Internal(format!("backup snapshot task failed: {e}")))?
+        .map_err(|e| NodeError::Internal(format!("backup cleanup task failed: {e}")))?;
+        Ok(exported??)
     }
 }
 

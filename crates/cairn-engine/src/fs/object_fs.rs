@@ -137,6 +137,10 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("cairn-s3")
+                // Transfers are bulk work (backups, restores, snapshots): see `crate::bulk`.
+                .on_thread_start(|| {
+                    crate::bulk::lower_this_thread();
+                })
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())

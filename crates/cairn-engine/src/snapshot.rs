@@ -25,7 +25,7 @@ use crate::fs::FileSystem;
 use crate::read_only::ReadOnlyDb;
 use crate::recovery::{FileKind, parse_file_name};
 use crate::version::ObsoleteFiles;
-use crate::version_edit::VersionEdit;
+use crate::version_edit::{FileMeta, VersionEdit};
 use crate::version_set::{CURRENT, LoadedManifest, load_manifest, table_path, write_manifest};
 use crate::volume::{self, ResolvedVolume};
 use serde::{Deserialize, Serialize};
@@ -253,8 +253,7 @@ pub(crate) fn copy_snapshot(
     let held = held_tables(to, db_id, snapshot_id)?;
     let mut copied = 0;
     for file in loaded.version.all_files() {
-        copied +=
-            place_table(&from.fs, &src_dir, to, &dst_dir, &held, file.meta.number, file.meta.size, pace)?;
+        copied += place_table(&from.fs, &src_dir, to, &dst_dir, &held, &file.meta, pace)?;
     }
     let digest = src_dir.join(DIGEST_FILE);
     if from.fs.exists(&digest)? && file_len(to.fs.as_ref(), &dst_dir.join(DIGEST_FILE))?.is_none() {
@@ -289,7 +288,7 @@ fn held_tables(volume: &ResolvedVolume, db_id: &str, except: u64) -> Result<Hash
     Ok(held)
 }
 
-/// Puts table `number` (`size` bytes) into `dst_dir` on `to`, moving as few bytes as it can:
+/// Puts table `file` into `dst_dir` on `to`, moving as few bytes as it can:
 /// 1. kept, if a whole copy is already there (a resumed copy);
 /// 2. linked from `src_dir`, if the source shares `to`'s file system (no bytes move);
 /// 3. linked from an earlier snapshot on `to` that holds it (`held`): a file number is never reused
@@ -304,10 +303,10 @@ fn place_table(
     to: &ResolvedVolume,
     dst_dir: &Path,
     held: &HashMap<u64, PathBuf>,
-    number: u64,
-    size: u64,
+    file: &FileMeta,
     pace: &Pacer,
 ) -> Result<u64> {
+    let (number, size) = (file.number, file.size);
     let dst = table_path(dst_dir, number);
     match file_len(to.fs.as_ref(), &dst)? {
         Some(len) if len == size => return Ok(0),
@@ -400,16 +399,7 @@ impl Db {
         let held = held_tables(&volume, &state.db_id, snapshot_id)?;
         let config = &self.inner.config;
         for file in version.all_files() {
-            place_table(
-                &config.fs,
-                &config.dir,
-                &volume,
-                &dir,
-                &held,
-                file.meta.number,
-                file.meta.size,
-                &UNPACED,
-            )?;
+            place_table(&config.fs, &config.dir, &volume, &dir, &held, &file.meta, &UNPACED)?;
         }
         fs.sync_dir(&dir)?;
         let manifest_number = state.next_file_number;

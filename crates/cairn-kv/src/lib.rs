@@ -7,6 +7,7 @@
 //! - [`latch`]: a shard leader's locks on the keys a request touches, from evaluation until apply;
 //! - [`leader`]: writes to a replicated shard, evaluated by its Raft group's leader;
 //! - [`pending`]: a node's writes in flight, for reads at a timestamp to wait for;
+//! - [`txn`]: what transactions' write intents and records hold, and their rows (not written yet);
 //! - [`evaluate`](mod@evaluate): the one place the write rules are decided — conditions, tombstones,
 //!   and a write that would land below a newer version (write-too-old) — turning a request into an
 //!   engine write batch, an outcome, and the reads it depended on.
@@ -24,6 +25,7 @@ pub mod leader;
 pub mod mvcc;
 pub mod pending;
 pub mod reader;
+pub mod txn;
 
 pub use evaluate::{
     Condition, Depends, Evaluated, KvError, Outcome, Overlay, Restored, RestoredVersion, Write, evaluate,

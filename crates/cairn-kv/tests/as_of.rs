@@ -1,7 +1,8 @@
 //! A shard rewritten as of a timestamp answers every read as a read at `T` of the original, and so does
 //! an empty shard that took the key histories at or below `T` as restore writes (what `cairn restore`
 //! does with a backup's shard snapshots): property tests against a model of the whole history, with
-//! flushes between writes so that versions and latest rows sit in different files.
+//! flushes between writes so that versions and latest rows sit in different files, and transactions'
+//! intent and record rows beside them, which none of it may take for versions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -48,6 +49,9 @@ fn shard_with(dir: &std::path::Path, writes: &[(u8, Option<u8>, u64, bool)]) -> 
             now,
             value.as_ref().map(std::slice::from_ref),
         );
+        if flush {
+            add_txn_rows(&mut b, &name(k), now);
+        }
         db.write(b, WriteOptions::default()).unwrap();
         history.entry(k).or_default().push((now, value));
         if flush {
@@ -55,6 +59,34 @@ fn shard_with(dir: &std::path::Path, writes: &[(u8, Option<u8>, u64, bool)]) -> 
         }
     }
     (db, history, now)
+}
+
+/// Adds a write intent on `key` and a transaction record anchored at it, at `ts` (rows no read, history
+/// or rewrite as of a timestamp may take for versions).
+fn add_txn_rows(batch: &mut WriteBatch, key: &[u8], ts: Timestamp) {
+    use cairn_kv::txn::{IntentMeta, Isolation, TxnId, TxnMeta, TxnRecord, TxnStatus};
+    let meta = TxnMeta {
+        id: TxnId::new(1, ts),
+        anchor: key.to_vec(),
+        epoch: 0,
+        write_ts: ts,
+        min_ts: ts,
+        priority: 1,
+        isolation: Isolation::Serializable,
+    };
+    let bucket = bucket_of(key, TOTAL_BUCKETS);
+    let intent = IntentMeta { txn: meta.clone(), seq: 1, history: Vec::new() };
+    let value = cairn_kv::mvcc::encode_value(Some(b"uncommitted"));
+    batch.put_row(bucket, &cairn_kv::mvcc::intent_key(key), &[(0, &value), (1, &intent.encode().unwrap())]);
+    let record = TxnRecord {
+        meta,
+        status: TxnStatus::Pending,
+        read_ts: ts,
+        last_heartbeat: ts,
+        lock_keys: Vec::new(),
+        in_flight: Vec::new(),
+    };
+    batch.put(bucket, &record.key(), 0, &record.encode().unwrap());
 }
 
 /// Evaluates `write` against `db` at `ts` and writes its rows.

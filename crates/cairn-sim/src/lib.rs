@@ -1,4 +1,5 @@
 //! cairn deterministic simulation and history checking (tests only).
 
+pub mod elle;
 pub mod linearizability;
 pub mod raft_sim;

@@ -1,8 +1,9 @@
 //! Bulk work — a backup's export of a shard snapshot (its digest and its copy), object-storage
 //! transfers — kept from taking the cores a node's requests need: it runs at a lower CPU priority
-//! ([`lower_this_thread`]: what the foreground leaves, not a fair share of it; CockroachDB's admission
-//! control runs backups as "elastic" work for the same reason), and a [`Pacer`] bounds the bytes it
-//! reads per second, which bounds what it costs elsewhere too (an object store on the same machine).
+//! ([`lower_this_thread`]: a small share of the cores while requests want them, not a fair one;
+//! CockroachDB's admission control runs backups as "elastic" work for the same reason), and a [`Pacer`]
+//! bounds the bytes a backup copies per second, which bounds what it costs elsewhere too (an object
+//! store on the same machine). The digest's reads are not paced: only the lower priority holds them.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 /// nice-0 one, so it slows but does not stop while the node is busy.
 pub const BULK_NICE: i32 = 10;
 
-/// Lowers the calling thread's CPU priority to [`BULK_NICE`] (or leaves it where it is if it is lower
-/// already) and returns whether it could (on Linux, per thread; elsewhere nothing happens). Without privileges a thread cannot raise its priority again,
+/// Lowers the calling thread's CPU priority to [`BULK_NICE`] (or leaves it where it is if it is
+/// lower already) and returns whether it could (on Linux, per thread; elsewhere nothing happens). Without privileges a thread cannot raise its priority again,
 /// so call this only on a thread made for bulk work.
 pub fn lower_this_thread() -> bool {
     lower(BULK_NICE)
@@ -71,7 +72,8 @@ impl Pacer {
     }
 
     /// Accounts for `bytes` about to be read, first sleeping until the bytes taken before them have
-    /// passed at the rate (at most a minute per call).
+    /// passed at the rate (each call counts for at most a minute of it; callers sharing the pacer
+    /// wait for each other's).
     pub fn take(&self, bytes: u64) {
         let rate = self.rate();
         if rate == 0 || bytes == 0 {

@@ -15,22 +15,21 @@
 //! Engine keys starting `00 xx` with `xx` from 02 to FE are never an escaped key's (a 0x00 byte in one is followed
 //! by 0xFF, 0x00 or 0x01), so they are reserved: `00 02` for the shard's own system rows (such as a
 //! replicated shard's applied Raft position), `00 03` for write intents and `00 04` for transaction
-//! records (see [`crate::txn`]; not written yet). Reads skip every reserved row.
+//! records (the `txn` module's rows; not written yet). Reads skip every reserved row.
 //!
 //! The escaping keeps keys in byte order and makes the terminator sort below any continuation, so within
 //! a bucket the engine holds keys in order and each key's versions newest first. The bucket of a key is
 //! `xxh3(key) % total_buckets`.
 
 use crate::hlc::{TIMESTAMP_BYTES, Timestamp};
-use crate::txn::TxnId;
 use cairn_engine::{CompactionContext, CompactionFilter, CompactionFilterFactory, FilterDecision, Row};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The prefix of system rows (never an escaped key's: a 0x00 byte is followed by 0xFF, 0x00 or 0x01).
 pub const SYSTEM_PREFIX: &[u8] = b"\x00\x02";
-/// The prefix of write intents ([`intent_key`]).
+/// The prefix of write intents.
 pub const INTENT_PREFIX: &[u8] = b"\x00\x03";
-/// The prefix of transaction records ([`record_key`]).
+/// The prefix of transaction records.
 pub const TXN_RECORD_PREFIX: &[u8] = b"\x00\x04";
 
 /// Whether `engine_key` is a reserved row (system, intent or transaction record), not a key's version
@@ -85,7 +84,7 @@ pub fn parse_engine_key(engine_key: &[u8]) -> Option<(Vec<u8>, Option<Timestamp>
 
 /// Unescapes the key at the front of `engine_key`: the key, the second byte of its terminator (0x00 or
 /// 0x01), and what follows the terminator. `None` if there is no terminator or an escape is bad.
-fn split_escaped(engine_key: &[u8]) -> Option<(Vec<u8>, u8, &[u8])> {
+pub(crate) fn split_escaped(engine_key: &[u8]) -> Option<(Vec<u8>, u8, &[u8])> {
     let mut key = Vec::with_capacity(engine_key.len());
     let mut i = 0;
     loop {
@@ -103,38 +102,6 @@ fn split_escaped(engine_key: &[u8]) -> Option<(Vec<u8>, u8, &[u8])> {
             end @ (0x00 | 0x01) => return Some((key, end, &engine_key[i + 2..])),
             _ => return None,
         }
-    }
-}
-
-/// The engine key of `key`'s write intent: the intent prefix, then the key's latest-row key, so that
-/// within a bucket intents sort in key order.
-pub fn intent_key(key: &[u8]) -> Vec<u8> {
-    let mut out = INTENT_PREFIX.to_vec();
-    out.extend_from_slice(&latest_key(key));
-    out
-}
-
-/// The user key of an intent row's engine key; `None` if it is not one.
-pub fn parse_intent_key(engine_key: &[u8]) -> Option<Vec<u8>> {
-    match split_escaped(engine_key.strip_prefix(INTENT_PREFIX)?)? {
-        (key, 0x00, []) => Some(key),
-        _ => None,
-    }
-}
-
-/// The engine key of transaction `id`'s record, anchored at `anchor` (stored in its bucket).
-pub fn record_key(anchor: &[u8], id: TxnId) -> Vec<u8> {
-    let mut out = TXN_RECORD_PREFIX.to_vec();
-    out.extend_from_slice(&key_prefix(anchor));
-    out.extend_from_slice(&id.0);
-    out
-}
-
-/// The anchor and transaction of a record row's engine key; `None` if it is not one.
-pub fn parse_record_key(engine_key: &[u8]) -> Option<(Vec<u8>, TxnId)> {
-    match split_escaped(engine_key.strip_prefix(TXN_RECORD_PREFIX)?)? {
-        (anchor, 0x01, id) => Some((anchor, TxnId(id.try_into().ok()?))),
-        _ => None,
     }
 }
 
@@ -231,10 +198,10 @@ impl CompactionFilterFactory for ThresholdGcFilterFactory {
     }
 }
 
-struct GcFilter {
-    horizon: u64,
-    current: Option<(u16, Vec<u8>)>,
-    kept_below: bool,
+pub(crate) struct GcFilter {
+    pub(crate) horizon: u64,
+    pub(crate) current: Option<(u16, Vec<u8>)>,
+    pub(crate) kept_below: bool,
 }
 
 impl CompactionFilter for GcFilter {
@@ -296,37 +263,6 @@ mod tests {
         for p in [SYSTEM_PREFIX, INTENT_PREFIX, TXN_RECORD_PREFIX] {
             assert!(is_reserved(p) && parse_engine_key(p).is_none());
         }
-    }
-
-    #[test]
-    fn intents_and_records_are_reserved_rows_in_key_order_that_parse_back() {
-        let keys: Vec<&[u8]> =
-            vec![b"", b"\x00", b"\x00\x00", b"\x00\x01", b"a", b"a\x00", b"a\x00b", b"ab", b"\xff"];
-        let id = TxnId::new(3, Timestamp { wall_time: 42, logical: 1 });
-        let mut intents = Vec::new();
-        for k in &keys {
-            let intent = intent_key(k);
-            let record = record_key(k, id);
-            assert!(is_reserved(&intent) && is_reserved(&record), "{k:?}");
-            assert_eq!(parse_engine_key(&intent), None);
-            assert_eq!(parse_engine_key(&record), None);
-            assert_eq!(parse_intent_key(&intent), Some(k.to_vec()));
-            assert_eq!(parse_record_key(&record), Some((k.to_vec(), id)));
-            assert_eq!(parse_intent_key(&record), None);
-            assert_eq!(parse_record_key(&intent), None);
-            assert_eq!(parse_intent_key(&latest_key(k)), None);
-            // Nothing a key's own rows are, and nothing the GC filter drops.
-            let row = Row::from_columns([(0, vec![1])]);
-            let mut gc = GcFilter { horizon: u64::MAX, current: None, kept_below: true };
-            assert_eq!(gc.filter(0, &intent, &row), FilterDecision::Keep);
-            assert_eq!(gc.filter(0, &record, &row), FilterDecision::Keep);
-            intents.push(intent);
-        }
-        let mut sorted = intents.clone();
-        sorted.sort();
-        assert_eq!(sorted, intents, "intents sort in key order");
-        let short = &record_key(b"k", id)[..10];
-        assert_eq!(parse_record_key(short), None, "a record key with a cut id");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! intent row  = 00 03 ++ escape(key) ++ 00 00                    (in the key's bucket)
 //!   column 0  = the value as a version holds it (0x00 ++ value, or 0x01: a delete)
 //!   column 1  = IntentMeta (postcard)
-//! record row  = 00 04 ++ escape(anchor) ++ 00 01 ++ id (16 B)    (in the anchor key's bucket)
+//! record row  = 00 04 ++ escape(anchor) ++ 00 01 ++ id (20 B)    (in the anchor key's bucket)
 //!   column 0  = TxnRecord (postcard)
 //! ```
 //!
@@ -23,18 +23,53 @@ use serde::{Deserialize, Serialize};
 /// record with its lock keys): anything larger is corrupt.
 pub const MAX_META_BYTES: usize = 16 << 20;
 
+/// The engine key of `key`'s write intent: the intent prefix, then the key's latest-row key, so that
+/// within a bucket intents sort in key order.
+pub fn intent_key(key: &[u8]) -> Vec<u8> {
+    let mut out = mvcc::INTENT_PREFIX.to_vec();
+    out.extend_from_slice(&mvcc::latest_key(key));
+    out
+}
+
+/// The user key of an intent row's engine key; `None` if it is not one.
+pub fn parse_intent_key(engine_key: &[u8]) -> Option<Vec<u8>> {
+    match mvcc::split_escaped(engine_key.strip_prefix(mvcc::INTENT_PREFIX)?)? {
+        (key, 0x00, []) => Some(key),
+        _ => None,
+    }
+}
+
+/// The engine key of transaction `id`'s record, anchored at `anchor` (stored in its bucket).
+pub fn record_key(anchor: &[u8], id: TxnId) -> Vec<u8> {
+    let mut out = mvcc::TXN_RECORD_PREFIX.to_vec();
+    out.extend_from_slice(&mvcc::key_prefix(anchor));
+    out.extend_from_slice(&id.0);
+    out
+}
+
+/// The anchor and transaction of a record row's engine key; `None` if it is not one.
+pub fn parse_record_key(engine_key: &[u8]) -> Option<(Vec<u8>, TxnId)> {
+    match mvcc::split_escaped(engine_key.strip_prefix(mvcc::TXN_RECORD_PREFIX)?)? {
+        (anchor, 0x01, id) => Some((anchor, TxnId(id.try_into().ok()?))),
+        _ => None,
+    }
+}
+
 /// A transaction's id: the coordinating node's id, then the HLC timestamp it took as the transaction
 /// began (unique per node: its clock never repeats a timestamp).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct TxnId(pub [u8; 16]);
+pub struct TxnId(pub [u8; TXN_ID_BYTES]);
+
+/// The bytes of a [`TxnId`]: node id (8), wall time (8), logical (4), all big-endian.
+pub const TXN_ID_BYTES: usize = 20;
 
 impl TxnId {
     /// The id of a transaction node `node` began at `ts`.
-    pub fn new(node: u32, ts: Timestamp) -> TxnId {
-        let mut id = [0u8; 16];
-        id[..4].copy_from_slice(&node.to_be_bytes());
-        id[4..12].copy_from_slice(&ts.wall_time.to_be_bytes());
-        id[12..].copy_from_slice(&ts.logical.to_be_bytes());
+    pub fn new(node: u64, ts: Timestamp) -> TxnId {
+        let mut id = [0u8; TXN_ID_BYTES];
+        id[..8].copy_from_slice(&node.to_be_bytes());
+        id[8..16].copy_from_slice(&ts.wall_time.to_be_bytes());
+        id[16..].copy_from_slice(&ts.logical.to_be_bytes());
         TxnId(id)
     }
 }
@@ -190,7 +225,7 @@ impl TxnRecord {
 
     /// The engine key of this record's row.
     pub fn key(&self) -> Vec<u8> {
-        mvcc::record_key(&self.meta.anchor, self.meta.id)
+        record_key(&self.meta.anchor, self.meta.id)
     }
 }
 
@@ -212,12 +247,49 @@ mod tests {
     }
 
     #[test]
+    fn intents_and_records_are_reserved_rows_in_key_order_that_parse_back() {
+        let keys: Vec<&[u8]> =
+            vec![b"", b"\x00", b"\x00\x00", b"\x00\x01", b"a", b"a\x00", b"a\x00b", b"ab", b"\xff"];
+        let id = TxnId::new(3, Timestamp { wall_time: 42, logical: 1 });
+        let mut intents = Vec::new();
+        for k in &keys {
+            let intent = intent_key(k);
+            let record = record_key(k, id);
+            assert!(mvcc::is_reserved(&intent) && mvcc::is_reserved(&record), "{k:?}");
+            assert_eq!(mvcc::parse_engine_key(&intent), None);
+            assert_eq!(mvcc::parse_engine_key(&record), None);
+            assert_eq!(parse_intent_key(&intent), Some(k.to_vec()));
+            assert_eq!(parse_record_key(&record), Some((k.to_vec(), id)));
+            assert_eq!(parse_intent_key(&record), None);
+            assert_eq!(parse_record_key(&intent), None);
+            assert_eq!(parse_intent_key(&mvcc::latest_key(k)), None);
+            // Nothing a key's own rows are, and nothing the GC filter drops.
+            let row = cairn_engine::Row::from_columns([(0, vec![1])]);
+            let mut gc = mvcc::GcFilter { horizon: u64::MAX, current: None, kept_below: true };
+            assert_eq!(
+                cairn_engine::CompactionFilter::filter(&mut gc, 0, &intent, &row),
+                cairn_engine::FilterDecision::Keep
+            );
+            assert_eq!(
+                cairn_engine::CompactionFilter::filter(&mut gc, 0, &record, &row),
+                cairn_engine::FilterDecision::Keep
+            );
+            intents.push(intent);
+        }
+        let mut sorted = intents.clone();
+        sorted.sort();
+        assert_eq!(sorted, intents, "intents sort in key order");
+        let short = &record_key(b"k", id)[..10];
+        assert_eq!(parse_record_key(short), None, "a record key with a cut id");
+    }
+
+    #[test]
     fn ids_are_the_node_then_its_timestamp_in_order_and_print_as_hex() {
         let early = TxnId::new(1, Timestamp { wall_time: 10, logical: 9 });
         let later = TxnId::new(1, Timestamp { wall_time: 11, logical: 0 });
         assert!(early < later);
         assert_ne!(early, TxnId::new(2, Timestamp { wall_time: 10, logical: 9 }));
-        assert_eq!(early.to_string(), "00000001000000000000000a00000009");
+        assert_eq!(early.to_string(), "0000000000000001000000000000000a00000009");
     }
 
     #[test]
@@ -239,7 +311,7 @@ mod tests {
         };
         let bytes = record.encode().unwrap();
         assert_eq!(TxnRecord::decode(&bytes).unwrap(), record);
-        assert_eq!(mvcc::parse_record_key(&record.key()), Some((b"anchor".to_vec(), record.meta.id)));
+        assert_eq!(parse_record_key(&record.key()), Some((b"anchor".to_vec(), record.meta.id)));
 
         let mut longer = bytes.clone();
         longer.push(0);
@@ -254,7 +326,7 @@ mod tests {
 
 #[cfg(test)]
 mod key_props {
-    use super::TxnId;
+    use super::{TxnId, intent_key, parse_intent_key, parse_record_key, record_key};
     use crate::hlc::Timestamp;
     use crate::mvcc;
     use proptest::prelude::*;
@@ -266,16 +338,21 @@ mod key_props {
 
     proptest! {
         // Proptest prints the failing input, shrunk; it replays from that (no persistence file).
-        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn intent_and_record_keys_parse_back_and_keep_key_order(
-            a in key(), b in key(), node in any::<u32>(), wall in any::<u64>(), logical in any::<u32>()
+            a in key(), b in key(), node in any::<u64>(), wall in any::<u64>(), logical in any::<u32>()
         ) {
             let id = TxnId::new(node, Timestamp { wall_time: wall, logical });
-            prop_assert_eq!(mvcc::parse_intent_key(&mvcc::intent_key(&a)), Some(a.clone()));
-            prop_assert_eq!(mvcc::parse_record_key(&mvcc::record_key(&a, id)), Some((a.clone(), id)));
-            prop_assert_eq!(a.cmp(&b), mvcc::intent_key(&a).cmp(&mvcc::intent_key(&b)));
-            prop_assert!(mvcc::is_reserved(&mvcc::intent_key(&a)) && mvcc::is_reserved(&mvcc::record_key(&a, id)));
+            prop_assert_eq!(parse_intent_key(&intent_key(&a)), Some(a.clone()));
+            prop_assert_eq!(parse_record_key(&record_key(&a, id)), Some((a.clone(), id)));
+            prop_assert_eq!(a.cmp(&b), intent_key(&a).cmp(&intent_key(&b)));
+            prop_assert!(mvcc::is_reserved(&intent_key(&a)));
+            prop_assert!(mvcc::is_reserved(&record_key(&a, id)));
         }
     }
 }

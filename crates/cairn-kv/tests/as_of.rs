@@ -77,7 +77,7 @@ fn add_txn_rows(batch: &mut WriteBatch, key: &[u8], ts: Timestamp) {
     let bucket = bucket_of(key, TOTAL_BUCKETS);
     let intent = IntentMeta { txn: meta.clone(), seq: 1, history: Vec::new() };
     let value = cairn_kv::mvcc::encode_value(Some(b"uncommitted"));
-    batch.put_row(bucket, &cairn_kv::mvcc::intent_key(key), &[(0, &value), (1, &intent.encode().unwrap())]);
+    batch.put_row(bucket, &cairn_kv::txn::intent_key(key), &[(0, &value), (1, &intent.encode().unwrap())]);
     let record = TxnRecord {
         meta,
         status: TxnStatus::Pending,

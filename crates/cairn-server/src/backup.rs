@@ -659,9 +659,14 @@ impl pb::backup_server::Backup for BackupService {
             .ok_or_else(|| tonic::Status::invalid_argument("a shard snapshot needs `at`"))?;
         destination(&r.to, None).map_err(crate::wire::status_of)?;
         let timeout = Duration::from_millis(r.timeout_ms).min(BACKUP_LIMIT);
+        // A peer's rate is held to what the setting accepts (0: no limit).
+        let rate = match r.max_bytes_per_sec {
+            0 => 0,
+            n => n.max(cairn_cluster::meta::MIN_BACKUP_RATE_BYTES),
+        };
         let (input, bytes) = self
             .node()?
-            .snapshot_for_backup(u64::from(r.shard), at, r.to, timeout, r.max_bytes_per_sec)
+            .snapshot_for_backup(u64::from(r.shard), at, r.to, timeout, rate)
             .await
             .map_err(crate::wire::status_of)?;
         let input_json = serde_json::to_string(&input).map_err(|e| tonic::Status::internal(e.to_string()))?;

@@ -159,6 +159,8 @@ pub struct Node {
     opening: tokio::sync::Mutex<()>,
     /// The byte rate this node's backup exports share (the cluster's `backup_rate`).
     backup_pace: Arc<cairn_engine::bulk::Pacer>,
+    /// Bounds the backup exports running here at once.
+    export_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Node {
@@ -267,6 +269,7 @@ impl Node {
             reshaped: tokio::sync::Notify::new(),
             opening: tokio::sync::Mutex::new(()),
             backup_pace: Arc::new(cairn_engine::bulk::Pacer::new(0)),
+            export_slots: backup::export_slots(),
         })
     }
 
@@ -359,6 +362,7 @@ impl Node {
             reshaped: tokio::sync::Notify::new(),
             opening: tokio::sync::Mutex::new(()),
             backup_pace: Arc::new(cairn_engine::bulk::Pacer::new(0)),
+            export_slots: backup::export_slots(),
         })
     }
 

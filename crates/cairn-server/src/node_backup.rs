@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 impl Node {
     /// Snapshots group `group` (which this node's replica must lead) with every write at or below `at`,
-    /// and exports it to the volume at `to`, copying at most `max_bytes_per_sec` (0: no limit; the rate
-    /// holds for all of this node's exports together). Returns the snapshot's descriptor there and the bytes
-    /// uploaded. `NotLeader` if this replica does not lead; `BelowGcThreshold` if the shard may have
+    /// and exports it to the volume at `to`, copying at most `max_bytes_per_sec` (0: no limit; the
+    /// rate holds for all of this node's exports together). Returns the snapshot's descriptor there and
+    /// the bytes uploaded. `NotLeader` if this replica does not lead; `BelowGcThreshold` if the shard may have
     /// collected versions a read at `at` needs.
     pub(crate) async fn snapshot_for_backup(
         &self,
@@ -76,34 +76,77 @@ impl Node {
                  versions may be gone"
             )));
         }
-        let snapshot_db = std::sync::Arc::clone(&db);
-        let snapshot_id = tokio::task::spawn_blocking(move || snapshot_db.snapshot())
-            .await
-            .map_err(|e| NodeError::Internal(format!("backup snapshot task failed: {e}")))??;
-        // The export reads every row of the snapshot (its digest) and copies its files: bulk work, on a
-        // thread of its own at a lower CPU priority than the node's requests.
-        let export_db = std::sync::Arc::clone(&db);
+        // At most EXPORTS_PER_NODE exports at once (a coordinator that gave up on one may ask again
+        // while it still runs).
+        let permit = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            std::sync::Arc::clone(&self.export_slots).acquire_owned(),
+        )
+        .await
+        .map_err(|_| {
+            NodeError::Unavailable(format!(
+                "{EXPORTS_PER_NODE} backup exports were still running on this node when the backup's time ran out"
+            ))
+        })?
+        .map_err(|_| NodeError::Internal("the backup export slots are closed".into()))?;
         self.backup_pace.set_rate(max_bytes_per_sec);
         let pace = std::sync::Arc::clone(&self.backup_pace);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("cairn-backup".into())
-            .spawn(move || {
-                cairn_engine::bulk::lower_this_thread();
-                let _receiver_gone = tx.send(export_db.export_snapshot(snapshot_id, &to, &pace));
-            })
-            .map_err(|e| NodeError::Internal(format!("could not start a backup export thread: {e}")))?;
-        let exported = rx.await.map_err(|_| NodeError::Internal("backup export thread failed".into()));
-        // The local copy only held links for the export: let go of them either way.
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = db.remove_snapshot(snapshot_id) {
-                tracing::warn!(shard = group, snapshot_id, error = %e, "could not remove a backup's local snapshot");
-            }
+        // A task of its own: a caller that goes away (the coordinator's call timed out) does not stop it
+        // between taking the snapshot and removing it.
+        tokio::spawn(async move {
+            let _permit = permit;
+            export(db, group, to, pace).await
         })
         .await
-        .map_err(|e| NodeError::Internal(format!("backup cleanup task failed: {e}")))?;
-        Ok(exported??)
+        .map_err(|e| NodeError::Internal(format!("backup export task failed: {e}")))?
     }
+}
+
+/// Backup exports that may run on one node at once.
+const EXPORTS_PER_NODE: usize = 2;
+
+/// The slots of [`EXPORTS_PER_NODE`].
+pub(crate) fn export_slots() -> std::sync::Arc<tokio::sync::Semaphore> {
+    std::sync::Arc::new(tokio::sync::Semaphore::new(EXPORTS_PER_NODE))
+}
+
+/// Snapshots `db` (shard `group`), exports the snapshot to `to` at `pace`, then removes the local
+/// snapshot whatever the export did.
+async fn export(
+    db: std::sync::Arc<cairn_engine::Db>,
+    group: u64,
+    to: String,
+    pace: std::sync::Arc<cairn_engine::bulk::Pacer>,
+) -> Result<(ShardSnapshotInput, u64)> {
+    let snapshot_db = std::sync::Arc::clone(&db);
+    let snapshot_id = tokio::task::spawn_blocking(move || snapshot_db.snapshot())
+        .await
+        .map_err(|e| NodeError::Internal(format!("backup snapshot task failed: {e}")))??;
+    // The export reads every row of the snapshot (its digest) and copies its files: bulk work, on a
+    // thread of its own at a lower CPU priority than the node's requests.
+    let export_db = std::sync::Arc::clone(&db);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let started = std::thread::Builder::new().name("cairn-backup".into()).spawn(move || {
+        cairn_engine::bulk::lower_this_thread();
+        let _receiver_gone = tx.send(export_db.export_snapshot(snapshot_id, &to, &pace));
+    });
+    let exported = match started {
+        Ok(_) => match rx.await {
+            Ok(exported) => exported.map_err(NodeError::from),
+            Err(_) => Err(NodeError::Internal("the backup export thread panicked".into())),
+        },
+        Err(e) => Err(NodeError::Internal(format!("could not start a backup export thread: {e}"))),
+    };
+    // The local copy only held links for the export: let go of them either way (at the node's normal
+    // priority: the removal takes the shard's snapshot lock).
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = db.remove_snapshot(snapshot_id) {
+            tracing::warn!(shard = group, snapshot_id, error = %e, "could not remove a backup's local snapshot");
+        }
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("backup cleanup task failed: {e}")))?;
+    exported
 }
 
 impl Node {

@@ -171,12 +171,15 @@ pub fn check(history: &[Txn]) -> Report {
     }
     let visible = |t: usize| history[t].outcome != Outcome::Aborted;
     internal(history, &mut report);
-    // Reads of transactions that may have committed, by key.
+    // Committed transactions' reads, by key: the version orders and the edges come from these only (a
+    // transaction of unknown outcome may have read, then aborted on what it read).
     let mut reads: BTreeMap<u64, Vec<(usize, &Vec<u64>)>> = BTreeMap::new();
     for (t, txn) in history.iter().enumerate().filter(|(t, _)| visible(*t)) {
         for op in &txn.ops {
             let Op::Read { key, list: Some(list) } = op else { continue };
-            reads.entry(*key).or_default().push((t, list));
+            if txn.outcome == Outcome::Committed {
+                reads.entry(*key).or_default().push((t, list));
+            }
             let mut seen = HashSet::new();
             for (pos, v) in list.iter().enumerate() {
                 if !seen.insert(*v) {

@@ -137,7 +137,9 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("cairn-s3")
-                // Transfers are bulk work (backups, restores, snapshots): see `crate::bulk`.
+                // Transfers are bulk work (backups, restores, snapshots): see `crate::bulk`. Everything
+                // on object storage runs here, so a caller holding a lock while it waits for a transfer
+                // (`Db::snapshot` onto an `s3://` snapshot volume) waits for low-priority threads.
                 .on_thread_start(|| {
                     crate::bulk::lower_this_thread();
                 })

@@ -262,6 +262,24 @@ mod tests {
     }
 
     #[test]
+    fn a_paced_copy_takes_each_chunk_from_its_pacer() {
+        let fs: Arc<dyn FileSystem> = Arc::new(StdFs);
+        let v = resolve("memory://paced-copy", &fs).unwrap();
+        v.fs.create_dir_all(&v.root).unwrap();
+        let (src, dst) = (v.root.join("src"), v.root.join("dst"));
+        let bytes = vec![7u8; 3 * COPY_CHUNK];
+        write_atomic(v.fs.as_ref(), &src, &bytes).unwrap();
+        // Ten chunks a second: the first goes at once, the other two 100 ms apart.
+        let pace = crate::bulk::Pacer::new(10 * COPY_CHUNK as u64);
+        let start = std::time::Instant::now();
+        assert_eq!(copy(&v.fs, &src, &v.fs, &dst, &pace).unwrap(), bytes.len() as u64);
+        let took = start.elapsed();
+        assert!(took >= std::time::Duration::from_millis(200), "3 chunks at 10 a second took {took:?}");
+        assert_eq!(v.fs.read_all(&dst).unwrap(), bytes);
+        forget_memory_volumes("paced-copy");
+    }
+
+    #[test]
     fn memory_volumes_are_shared_by_name() {
         let fs: Arc<dyn FileSystem> = Arc::new(StdFs);
         let a = resolve("memory://shared-by-name", &fs).unwrap();

@@ -18,8 +18,8 @@ impl Node {
     /// Snapshots group `group` (which this node's replica must lead) with every write at or below `at`,
     /// and exports it to the volume at `to`, copying at most `max_bytes_per_sec` (0: no limit; the
     /// rate holds for all of this node's exports together). Returns the snapshot's descriptor there and
-    /// the bytes uploaded. `NotLeader` if this replica does not lead; `BelowGcThreshold` if the shard may have
-    /// collected versions a read at `at` needs.
+    /// the bytes uploaded. `NotLeader` if this replica does not lead; `BelowGcThreshold` if the shard
+    /// may have collected versions a read at `at` needs.
     pub(crate) async fn snapshot_for_backup(
         &self,
         group: u64,

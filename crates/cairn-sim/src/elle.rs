@@ -157,14 +157,14 @@ enum Edge {
 /// Checks `history` (see the module's description) and reports every anomaly found.
 pub fn check(history: &[Txn]) -> Report {
     let mut report = Report::default();
-    // Who appended each (key, value), and where in their transaction.
-    let mut writer: HashMap<(u64, u64), (usize, usize)> = HashMap::new();
+    // Who appended each (key, value).
+    let mut writer: HashMap<(u64, u64), usize> = HashMap::new();
     // Per transaction and key: the values it appended, in order.
     let mut appends: Vec<BTreeMap<u64, Vec<u64>>> = vec![BTreeMap::new(); history.len()];
     for (t, txn) in history.iter().enumerate() {
-        for (i, op) in txn.ops.iter().enumerate() {
+        for op in &txn.ops {
             if let Op::Append { key, value } = *op {
-                writer.insert((key, value), (t, i));
+                writer.insert((key, value), t);
                 appends[t].entry(key).or_default().push(value);
             }
         }
@@ -195,12 +195,12 @@ pub fn check(history: &[Txn]) -> Report {
                         vec![t],
                         format!("key {key}: {v} was never appended"),
                     )),
-                    Some(&(w, _)) if !visible(w) => report.anomalies.push(anomaly(
+                    Some(&w) if !visible(w) => report.anomalies.push(anomaly(
                         Kind::AbortedRead,
                         vec![w, t],
                         format!("key {key}: {v} was appended by an aborted transaction"),
                     )),
-                    Some(&(w, _)) if w != t && pos + 1 == list.len() => {
+                    Some(&w) if w != t && pos + 1 == list.len() => {
                         let own = &appends[w][key];
                         if own.last() != Some(v) {
                             report.anomalies.push(anomaly(
@@ -292,15 +292,14 @@ fn add(graph: &mut Graph, from: usize, to: usize, edge: Edge) {
 
 fn dependencies(
     history: &[Txn],
-    writer: &HashMap<(u64, u64), (usize, usize)>,
+    writer: &HashMap<(u64, u64), usize>,
     reads: &BTreeMap<u64, Vec<(usize, &Vec<u64>)>>,
     order: &BTreeMap<u64, &Vec<u64>>,
 ) -> Graph {
     let mut graph: Graph = vec![BTreeMap::new(); history.len()];
     // Aborted transactions are in no order (reading their appends is G1a, reported apart).
-    let who = |key: u64, v: u64| {
-        writer.get(&(key, v)).map(|&(w, _)| w).filter(|&w| history[w].outcome != Outcome::Aborted)
-    };
+    let who =
+        |key: u64, v: u64| writer.get(&(key, v)).copied().filter(|&w| history[w].outcome != Outcome::Aborted);
     for (key, versions) in order {
         for pair in versions.windows(2) {
             if let (Some(a), Some(b)) = (who(*key, pair[0]), who(*key, pair[1])) {
@@ -352,38 +351,41 @@ fn realtime(history: &[Txn], graph: &mut Graph) {
     }
 }
 
+/// The cycle searches, weakest anomaly first (the first to find a cycle names it): a kind, whether it
+/// may use real-time edges, and the edges it may use (a G-single search: besides exactly one read-write
+/// edge).
+const SEARCHES: [(Kind, bool, &[Edge]); 7] = {
+    use Edge::{ReadWrite as Rw, Realtime as Rt, WriteRead as Wr, WriteWrite as Ww};
+    [
+        (Kind::G0, false, &[Ww]),
+        (Kind::G1c, false, &[Ww, Wr]),
+        (Kind::GSingle, false, &[Ww, Wr]),
+        (Kind::G2Item, false, &[Ww, Wr, Rw]),
+        (Kind::G1c, true, &[Ww, Wr, Rt]),
+        (Kind::GSingle, true, &[Ww, Wr, Rt]),
+        (Kind::G2Item, true, &[Ww, Wr, Rw, Rt]),
+    ]
+};
+
 /// Finds a cycle in each strongly connected component and classifies it by the weakest edges it needs.
 fn cycles(graph: &Graph, n: usize, report: &mut Report) {
-    for component in components(graph, n) {
+    for mut component in components(graph, n) {
         if component.len() < 2 {
             continue;
         }
+        component.sort_unstable();
         let inside: HashSet<usize> = component.iter().copied().collect();
-        let allowed = |edges: &[Edge]| {
-            let edges = edges.to_vec();
-            move |e: Edge| edges.contains(&e)
-        };
-        use Edge::{ReadWrite, Realtime, WriteRead, WriteWrite};
-        let found = [(Kind::G0, false, vec![WriteWrite]), (Kind::G1c, false, vec![WriteWrite, WriteRead])]
-            .into_iter()
-            .find_map(|(kind, rt, edges)| any_cycle(graph, &inside, allowed(&edges)).map(|c| (kind, rt, c)))
-            .or_else(|| single(graph, &inside, false).map(|c| (Kind::GSingle, false, c)))
-            .or_else(|| {
-                any_cycle(graph, &inside, allowed(&[WriteWrite, WriteRead, ReadWrite]))
-                    .map(|c| (Kind::G2Item, false, c))
-            })
-            .or_else(|| {
-                any_cycle(graph, &inside, allowed(&[WriteWrite, WriteRead, Realtime]))
-                    .map(|c| (Kind::G1c, true, c))
-            })
-            .or_else(|| single(graph, &inside, true).map(|c| (Kind::GSingle, true, c)))
-            .or_else(|| {
-                any_cycle(graph, &inside, allowed(&[WriteWrite, WriteRead, ReadWrite, Realtime]))
-                    .map(|c| (Kind::G2Item, true, c))
-            });
-        if let Some((kind, realtime, txns)) = found {
-            let detail = describe(graph, &txns);
-            report.anomalies.push(Anomaly { kind, realtime, txns, detail });
+        for (kind, realtime, edges) in SEARCHES {
+            let found = if kind == Kind::GSingle {
+                single(graph, &component, &inside, edges)
+            } else {
+                component.iter().find_map(|&t| path(graph, &inside, t, t, edges))
+            };
+            if let Some(txns) = found {
+                let detail = describe(graph, &txns);
+                report.anomalies.push(Anomaly { kind, realtime, txns, detail });
+                break;
+            }
         }
     }
 }
@@ -402,21 +404,21 @@ fn describe(graph: &Graph, txns: &[usize]) -> String {
     out
 }
 
-/// A shortest path from `from` to `to` inside `inside` over edges `ok` accepts: the transactions from
-/// `from` on, with `to` last unless it is `from` (then the path is a cycle back to it).
+/// A shortest path from `from` to `to` inside `inside` over `edges` only: the transactions from `from`
+/// on, with `to` last unless it is `from` (then the path is a cycle back to it).
 fn path(
     graph: &Graph,
     inside: &HashSet<usize>,
     from: usize,
     to: usize,
-    ok: &dyn Fn(Edge) -> bool,
+    edges: &[Edge],
 ) -> Option<Vec<usize>> {
     let mut parent: HashMap<usize, usize> = HashMap::new();
     let mut queue = VecDeque::from([from]);
     let mut seen = HashSet::from([from]);
     while let Some(t) = queue.pop_front() {
         for (&next, &edge) in &graph[t] {
-            if !inside.contains(&next) || !ok(edge) {
+            if !inside.contains(&next) || !edges.contains(&edge) {
                 continue;
             }
             if next == to {
@@ -441,24 +443,15 @@ fn path(
     None
 }
 
-/// A cycle inside `inside` using only edges `ok` accepts.
-fn any_cycle(graph: &Graph, inside: &HashSet<usize>, ok: impl Fn(Edge) -> bool) -> Option<Vec<usize>> {
-    let mut starts: Vec<usize> = inside.iter().copied().collect();
-    starts.sort_unstable();
-    starts.into_iter().find_map(|t| path(graph, inside, t, t, &ok))
-}
-
-/// A cycle with exactly one read-write edge (and real-time edges if `realtime`).
-fn single(graph: &Graph, inside: &HashSet<usize>, realtime: bool) -> Option<Vec<usize>> {
-    let ok = |e: Edge| matches!(e, Edge::WriteWrite | Edge::WriteRead) || (realtime && e == Edge::Realtime);
-    let mut from: Vec<usize> = inside.iter().copied().collect();
-    from.sort_unstable();
-    for a in from {
+/// A cycle through `component` (sorted; `inside` holds the same) of exactly one read-write edge and
+/// otherwise `edges`.
+fn single(graph: &Graph, component: &[usize], inside: &HashSet<usize>, edges: &[Edge]) -> Option<Vec<usize>> {
+    for &a in component {
         for (&b, &edge) in &graph[a] {
             if edge != Edge::ReadWrite || !inside.contains(&b) {
                 continue;
             }
-            if let Some(mut back) = path(graph, inside, b, a, &ok) {
+            if let Some(mut back) = path(graph, inside, b, a, edges) {
                 // b ... a, then the read-write edge a -> b closes it.
                 back.rotate_right(1);
                 return Some(back);

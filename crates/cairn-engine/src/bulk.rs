@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 pub const BULK_NICE: i32 = 10;
 
 /// Lowers the calling thread's CPU priority to [`BULK_NICE`] (or leaves it where it is if it is
-/// lower already) and returns whether it could (on Linux, per thread; elsewhere nothing happens). Without privileges a thread cannot raise its priority again,
-/// so call this only on a thread made for bulk work.
+/// lower already) and returns whether it could (on Linux, per thread; elsewhere nothing happens).
+/// Without privileges a thread cannot raise its priority again, so call this only on a thread made
+/// for bulk work.
 pub fn lower_this_thread() -> bool {
     lower(BULK_NICE)
 }

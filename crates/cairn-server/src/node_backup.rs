@@ -85,7 +85,8 @@ impl Node {
         .await
         .map_err(|_| {
             NodeError::Unavailable(format!(
-                "{EXPORTS_PER_NODE} backup exports were still running on this node when the backup's time ran out"
+                "{EXPORTS_PER_NODE} backup exports were still running on this node when the backup's time \
+                 ran out"
             ))
         })?
         .map_err(|_| NodeError::Internal("the backup export slots are closed".into()))?;

@@ -1,6 +1,7 @@
 //! Why a write was not evaluated into rows (the KV layer's storage-level error).
 
 use crate::hlc::Timestamp;
+use crate::txn::TxnMeta;
 
 /// Why a write was not evaluated into rows.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,26 @@ pub enum KvError {
         /// The bound.
         limit: Timestamp,
     },
+    /// The key holds another transaction's write intent: nothing was written. The writer waits for
+    /// that transaction, or pushes it, and tries again.
+    #[error("key {key:?} is locked by transaction {}", holder.id)]
+    LockConflict {
+        /// The key.
+        key: Vec<u8>,
+        /// The transaction holding it.
+        holder: Box<TxnMeta>,
+    },
+    /// The transaction cannot go on at its timestamps and must restart (a retryable error: the client
+    /// runs the whole transaction again).
+    #[error("the transaction must restart: {0}")]
+    TxnRetry(String),
+    /// The transaction was aborted (by a conflicting transaction, or its coordinator): nothing it wrote
+    /// is kept. Retryable as a new transaction.
+    #[error("the transaction was aborted: {0}")]
+    TxnAborted(String),
+    /// A request that makes no sense (a transaction's write that contradicts its own state).
+    #[error("{0}")]
+    Invalid(String),
     /// The store holds something it never wrote.
     #[error("{0}")]
     Malformed(String),

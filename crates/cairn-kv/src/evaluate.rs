@@ -11,7 +11,10 @@
 //!   version (a clock behind another node's, a restart after the clock stepped back) is moved to just
 //!   above it (write-too-old), unless that is beyond `limit` (the clock's bound: more than the maximum
 //!   clock offset ahead), which is refused ([`KvError::TooFarAhead`]);
-//! - a batch writes every key at one timestamp, atomically.
+//! - a batch writes every key at one timestamp, atomically;
+//! - a key holding another transaction's write intent is not written ([`KvError::LockConflict`]);
+//!   transactions' own writes (intents, their resolution, their records) follow the rules in
+//!   `evaluate_txn.rs` ([`TxnPut`], [`ResolveIntents`], [`EndTxn`]).
 //!
 //! Evaluation is deterministic: the same write, reads and timestamp give the same rows and outcome.
 //! The standalone writer evaluates a group of writes in order over an [`Overlay`] of the group's
@@ -22,9 +25,15 @@
 pub use crate::error::KvError;
 use crate::hlc::Timestamp;
 use crate::mvcc;
+pub use crate::mvcc::add_version;
 use crate::reader::{Latest, Reader};
+use crate::txn::{self, Intent, TxnId, TxnRecord, TxnReply};
 use cairn_engine::WriteBatch;
 use std::collections::HashMap;
+
+#[path = "evaluate_txn.rs"]
+mod txn_eval;
+pub use txn_eval::{EndTxn, ResolveIntents, TxnPut};
 
 /// A write, validated by the caller (key and value sizes; one shard for a batch). Serializable: a node
 /// hands it to the shard leader's node to be evaluated there.
@@ -64,6 +73,13 @@ pub enum Write {
         /// Write over keys that hold versions (as new versions, at the write's timestamp).
         overwrite: bool,
     },
+    /// A transaction's write of one key: a write intent (see [`TxnPut`]).
+    TxnPut(TxnPut),
+    /// Commits, aborts or moves up a transaction's intents on keys of one shard (see
+    /// [`ResolveIntents`]).
+    ResolveIntents(ResolveIntents),
+    /// Commits or aborts a transaction at its record (see [`EndTxn`]).
+    EndTxn(EndTxn),
 }
 
 /// One key's history in a [`Write::Restore`].
@@ -121,15 +137,29 @@ impl Write {
                         + k.versions.iter().map(|v| 12 + v.value.as_ref().map_or(0, Vec::len)).sum::<usize>()
                 })
                 .sum(),
+            Write::TxnPut(p) => p.key.len() + p.value.as_ref().map_or(0, Vec::len) + p.txn.anchor.len(),
+            Write::ResolveIntents(r) => r.txn.anchor.len() + r.keys.iter().map(|k| k.len()).sum::<usize>(),
+            Write::EndTxn(e) => e.txn.anchor.len() + e.lock_keys.iter().map(|k| k.len()).sum::<usize>(),
         }
     }
 
-    /// The keys it reads and writes (what its latches cover).
+    /// Whether it is a transaction's write (which only a replicated shard's leader evaluates).
+    pub fn is_transactional(&self) -> bool {
+        matches!(self, Write::TxnPut(_) | Write::ResolveIntents(_) | Write::EndTxn(_))
+    }
+
+    /// The keys it reads and writes (what its latches cover). A transaction's record is latched under
+    /// its record row's engine key: were a user key to equal one, the two would only wait for each
+    /// other.
     pub fn keys(&self) -> Vec<Vec<u8>> {
         match self {
             Write::Put { key, .. } | Write::Delete { key } => vec![key.clone()],
             Write::Batch { ops } => ops.iter().map(|(k, _)| k.clone()).collect(),
             Write::Restore { keys, .. } => keys.iter().map(|k| k.key.clone()).collect(),
+            Write::TxnPut(p) if p.create_record => vec![p.key.clone(), record_latch(&p.txn.anchor, p.txn.id)],
+            Write::TxnPut(p) => vec![p.key.clone()],
+            Write::ResolveIntents(r) => r.keys.iter().map(|k| k.to_vec()).collect(),
+            Write::EndTxn(e) => vec![record_latch(&e.txn.anchor, e.txn.id)],
         }
     }
 
@@ -144,7 +174,9 @@ impl Write {
                 ops.last().map(|(key, value)| (key.as_slice(), mvcc::encode_value(value.as_deref())))
             }
             // Its versions are not at the write's timestamp; a retry finds restored keys as they are.
-            Write::Restore { .. } => None,
+            // A transaction's writes are idempotent: evaluated again, a replayed intent, resolution or
+            // end finds its own rows and writes nothing more.
+            Write::Restore { .. } | Write::TxnPut(_) | Write::ResolveIntents(_) | Write::EndTxn(_) => None,
         }
     }
 }
@@ -161,12 +193,30 @@ pub enum Condition {
 }
 
 /// What a write did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Its versions were written at this timestamp.
     Written(Timestamp),
     /// Nothing to write (a delete of a key without a live value).
     Unchanged,
+    /// A transactional write's answer; its rows, if any, are in the batch (none: a replay, or nothing
+    /// left to do).
+    Txn(TxnReply),
+}
+
+/// The latch key of transaction `id`'s record.
+fn record_latch(anchor: &[u8], id: TxnId) -> Vec<u8> {
+    txn::record_key(anchor, id)
+}
+
+/// Refuses a non-transactional write of `key` while a transaction holds an intent on it.
+fn unlocked(reader: &impl Reader, key: &[u8]) -> Result<(), KvError> {
+    match reader.intent(key)? {
+        None => Ok(()),
+        Some(Intent { meta, .. }) => {
+            Err(KvError::LockConflict { key: key.to_vec(), holder: Box::new(meta.txn) })
+        }
+    }
 }
 
 /// A read an evaluation depended on, which must still hold for its rows to be applied.
@@ -209,14 +259,6 @@ pub fn check_condition(condition: Condition, live: Option<Timestamp>) -> Result<
     }
 }
 
-/// Adds `key`'s version at `ts` (`value`, or a tombstone for `None`) and its latest row to `batch`.
-pub fn add_version(batch: &mut WriteBatch, bucket: u16, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
-    let encoded = mvcc::encode_value(value);
-    batch.put(bucket, &mvcc::version_key(key, ts), 0, &encoded);
-    // A whole-row write: a read of the latest row never folds through older deltas of a hot key.
-    batch.put_row(bucket, &mvcc::latest_key(key), &[(0, &encoded), (1, &mvcc::encode_timestamp(ts))]);
-}
-
 /// The timestamp a write proposed at `ts` lands at, given the key's newest version `latest`: `ts`, or
 /// just above `latest` if that is not older (write-too-old), within `limit`.
 fn above(ts: Timestamp, latest: Option<Latest>, limit: Timestamp) -> Result<Timestamp, KvError> {
@@ -245,6 +287,7 @@ pub fn evaluate(
     let bucket = |key: &[u8]| mvcc::bucket_of(key, total_buckets);
     match write {
         Write::Put { key, value, condition } => {
+            unlocked(reader, key)?;
             let latest = reader.latest(key)?;
             check_condition(*condition, latest.filter(|l| l.live).map(|l| l.timestamp))?;
             let at = above(ts, latest, limit)?;
@@ -259,6 +302,7 @@ pub fn evaluate(
             Ok(Evaluated { outcome: Outcome::Written(at), depends: vec![depends] })
         }
         Write::Delete { key } => {
+            unlocked(reader, key)?;
             let latest = reader.latest(key)?;
             let depends = vec![Depends::Unchanged { key: key.clone(), latest: latest.map(|l| l.timestamp) }];
             if !latest.is_some_and(|l| l.live) {
@@ -271,6 +315,7 @@ pub fn evaluate(
         Write::Batch { ops } => {
             let mut at = ts;
             for (key, _) in ops {
+                unlocked(reader, key)?;
                 at = at.max(above(ts, reader.latest(key)?, limit)?);
             }
             let mut depends = Vec::with_capacity(ops.len());
@@ -283,6 +328,9 @@ pub fn evaluate(
         Write::Restore { keys, overwrite } => {
             restore(keys, *overwrite, reader, ts, limit, total_buckets, batch)
         }
+        Write::TxnPut(put) => txn_eval::put(put, reader, ts, limit, total_buckets, batch),
+        Write::ResolveIntents(resolve) => txn_eval::resolve(resolve, reader, total_buckets, batch),
+        Write::EndTxn(end) => txn_eval::end(end, reader, total_buckets, batch),
     }
 }
 
@@ -311,6 +359,7 @@ fn restore(
                  backup's timestamp is ahead of this cluster's clocks"
             )));
         }
+        unlocked(reader, key)?;
         match reader.latest(key)? {
             None => plans.push((key, versions, Plan::History)),
             // Restored already (a retried write).
@@ -365,9 +414,11 @@ impl<'a, R: Reader> Overlay<'a, R> {
         Overlay { base, written: HashMap::new() }
     }
 
-    /// Records what `write` wrote (its evaluation said `outcome`).
-    pub fn record(&mut self, write: &Write, outcome: Outcome) {
-        let Outcome::Written(timestamp) = outcome else { return };
+    /// Records what `write` wrote (its evaluation said `outcome`). Only non-transactional writes: they
+    /// write no intents or records, so the base's stand (transactions need a replicated shard, whose
+    /// leader evaluates each write on its own).
+    pub fn record(&mut self, write: &Write, outcome: &Outcome) {
+        let Outcome::Written(timestamp) = *outcome else { return };
         match write {
             Write::Put { key, .. } => {
                 self.written.insert(key.clone(), Latest { timestamp, live: true });
@@ -380,6 +431,7 @@ impl<'a, R: Reader> Overlay<'a, R> {
                     self.written.insert(key.clone(), Latest { timestamp, live: value.is_some() });
                 }
             }
+            Write::TxnPut(_) | Write::ResolveIntents(_) | Write::EndTxn(_) => {}
             // Restored keys hold their own timestamps (or, overwritten, at most the write's).
             Write::Restore { keys, .. } => {
                 for k in keys {
@@ -403,6 +455,14 @@ impl<R: Reader> Reader for Overlay<'_, R> {
             Some(l) => Ok(Some(*l)),
             None => self.base.latest(key),
         }
+    }
+
+    fn intent(&self, key: &[u8]) -> Result<Option<Intent>, KvError> {
+        self.base.intent(key)
+    }
+
+    fn txn_record(&self, anchor: &[u8], id: TxnId) -> Result<Option<TxnRecord>, KvError> {
+        self.base.txn_record(anchor, id)
     }
 }
 
@@ -434,6 +494,14 @@ mod tests {
     impl Reader for Map {
         fn latest(&self, key: &[u8]) -> Result<Option<Latest>, KvError> {
             Ok(self.0.get(key).copied())
+        }
+
+        fn intent(&self, _: &[u8]) -> Result<Option<Intent>, KvError> {
+            Ok(None)
+        }
+
+        fn txn_record(&self, _: &[u8], _: TxnId) -> Result<Option<TxnRecord>, KvError> {
+            Ok(None)
         }
     }
 
@@ -539,12 +607,12 @@ mod tests {
         let mut batch = WriteBatch::new();
         let del = Write::Delete { key: b"k".to_vec() };
         let e = evaluate(&del, &overlay, ts(10), LIMIT, 64, &mut batch).unwrap();
-        overlay.record(&del, e.outcome);
+        overlay.record(&del, &e.outcome);
         // The key is gone for the group's next writes: a second delete does nothing, IfAbsent holds.
         let e = evaluate(&del, &overlay, ts(11), LIMIT, 64, &mut batch).unwrap();
         assert_eq!(e.outcome, Outcome::Unchanged);
         let e = evaluate(&put("k", Condition::IfAbsent), &overlay, ts(12), LIMIT, 64, &mut batch).unwrap();
-        overlay.record(&put("k", Condition::IfAbsent), e.outcome);
+        overlay.record(&put("k", Condition::IfAbsent), &e.outcome);
         assert_eq!(overlay.latest(b"k").unwrap(), Some(Latest { timestamp: ts(12), live: true }));
         assert_eq!(batch.len(), 4);
     }

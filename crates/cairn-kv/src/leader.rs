@@ -18,6 +18,7 @@ use crate::latch::{LatchGuard, Latches};
 use crate::mvcc;
 use crate::pending::Pending;
 use crate::reader::DbReader;
+use crate::txn::{TxnMeta, TxnReply};
 use cairn_cluster::raft::{Command, CommandResult, GroupError, ReadLevel, Replica, RequestHandler, Written};
 use cairn_engine::WriteBatch;
 use futures_util::future::BoxFuture;
@@ -61,6 +62,20 @@ pub enum WriteError {
         /// The bucket.
         bucket: u16,
     },
+    /// The key holds another transaction's write intent (see [`KvError::LockConflict`]).
+    #[error("key {key:?} is locked by transaction {}", holder.id)]
+    LockConflict {
+        /// The key.
+        key: Vec<u8>,
+        /// The transaction holding it.
+        holder: Box<TxnMeta>,
+    },
+    /// The transaction must restart (see [`KvError::TxnRetry`]).
+    #[error("the transaction must restart: {0}")]
+    TxnRetry(String),
+    /// The transaction was aborted (see [`KvError::TxnAborted`]).
+    #[error("the transaction was aborted: {0}")]
+    TxnAborted(String),
 }
 
 impl From<KvError> for WriteError {
@@ -68,6 +83,10 @@ impl From<KvError> for WriteError {
         match e {
             KvError::ConditionFailed(m) => WriteError::ConditionFailed(m),
             e @ KvError::TooFarAhead { .. } => WriteError::OutOfRange(e.to_string()),
+            KvError::LockConflict { key, holder } => WriteError::LockConflict { key, holder },
+            KvError::TxnRetry(m) => WriteError::TxnRetry(m),
+            KvError::TxnAborted(m) => WriteError::TxnAborted(m),
+            KvError::Invalid(m) => WriteError::InvalidArgument(m),
             KvError::Malformed(m) => WriteError::Internal(m),
             KvError::Engine(e @ cairn_engine::Error::InvalidArgument(_)) => {
                 WriteError::InvalidArgument(e.to_string())
@@ -96,12 +115,30 @@ impl From<GroupError> for WriteError {
 }
 
 /// What a replicated write did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
-    /// The version's timestamp; `None` for a delete of an absent key (nothing written).
+    /// The version's timestamp; `None` for a delete of an absent key (nothing written). A
+    /// transaction's put: its intent's; its commit: the commit timestamp.
     pub timestamp: Option<Timestamp>,
     /// The log index that decided it.
     pub index: u64,
+    /// A transactional write's answer.
+    pub txn: Option<Box<TxnReply>>,
+}
+
+/// What a leader's evaluation decided.
+enum Evaluation {
+    /// Nothing to write (with a transactional write's answer).
+    Nothing(Option<TxnReply>),
+    /// Rows to propose.
+    Propose {
+        /// The command.
+        command: Command,
+        /// The write's timestamp.
+        at: Option<Timestamp>,
+        /// A transactional write's answer.
+        reply: Option<TxnReply>,
+    },
 }
 
 /// A write another node hands to this node's leader replica: the write and how long it may take (ms).
@@ -381,27 +418,34 @@ impl Leaders {
         };
         let mut stamps = Stamps { pending: Arc::clone(&self.pending), list: Vec::new() };
         let evaluated = self.evaluate(replica, op, term, &mut stamps.list, deadline).await;
-        if evaluated.as_ref().is_ok_and(Option::is_some) && tokio::time::Instant::now() >= deadline {
+        if matches!(evaluated, Ok(Evaluation::Propose { .. })) && tokio::time::Instant::now() >= deadline {
             return Round::Done(Err(WriteError::Unavailable(
                 "the write's deadline passed before it was proposed: nothing was written, retry".into(),
             )));
         }
         match evaluated {
-            Ok(Some((command, at))) => {
-                self.propose(replica, op, command, at, (latches, stamps), deadline).await
+            Ok(Evaluation::Propose { command, at, reply }) => {
+                self.propose(replica, op, command, (at, reply), (latches, stamps), deadline).await
             }
-            // Nothing to write (a delete of an absent key), or a failed condition: answered from this
-            // replica's state, which is current for the latched keys as long as it still leads.
-            Ok(None) => match self.still_leading(replica, term, deadline).await {
-                Ok(index) => Round::Done(Ok(Committed { timestamp: None, index })),
+            // Nothing to write (a delete of an absent key, a replayed transactional write), or a failed
+            // condition or a lock: answered from this replica's state, which is current for the
+            // latched keys as long as it still leads.
+            Ok(Evaluation::Nothing(txn)) => match self.still_leading(replica, term, deadline).await {
+                Ok(index) => {
+                    let timestamp = txn.as_ref().and_then(|r| r.ts);
+                    Round::Done(Ok(Committed { timestamp, index, txn: txn.map(Box::new) }))
+                }
                 Err(why) => Round::Again(why),
             },
-            Err(e @ WriteError::ConditionFailed(_)) => {
-                match self.still_leading(replica, term, deadline).await {
-                    Ok(_) => Round::Done(Err(e)),
-                    Err(why) => Round::Again(why),
-                }
-            }
+            Err(
+                e @ (WriteError::ConditionFailed(_)
+                | WriteError::LockConflict { .. }
+                | WriteError::TxnRetry(_)
+                | WriteError::TxnAborted(_)),
+            ) => match self.still_leading(replica, term, deadline).await {
+                Ok(_) => Round::Done(Err(e)),
+                Err(why) => Round::Again(why),
+            },
             Err(e) => Round::Done(Err(e)),
         }
     }
@@ -425,7 +469,7 @@ impl Leaders {
     }
 
     /// Evaluates `op` on the leader's replica at a timestamp of this node's clock: the command to
-    /// propose and the write's timestamp, or `None` if it writes nothing.
+    /// propose and the write's timestamp, or nothing to write.
     async fn evaluate(
         &self,
         replica: &Replica,
@@ -433,7 +477,7 @@ impl Leaders {
         term: u64,
         stamps: &mut Vec<Timestamp>,
         deadline: tokio::time::Instant,
-    ) -> Result<Option<(Command, Timestamp)>, WriteError> {
+    ) -> Result<Evaluation, WriteError> {
         let mut waited_for_clock = false;
         for _ in 0..MAX_EVALUATIONS + 1 {
             let ts = self.pending.begin();
@@ -444,7 +488,15 @@ impl Leaders {
             let mut batch = WriteBatch::new();
             let limit = self.pending.clock().limit();
             match evaluate(op, &reader, ts, limit, self.total_buckets, &mut batch) {
-                Ok(Evaluated { outcome: Outcome::Unchanged, .. }) => return Ok(None),
+                Ok(Evaluated { outcome: Outcome::Unchanged, .. }) => return Ok(Evaluation::Nothing(None)),
+                // A transaction's write lands where its transaction's timestamps say, not at `ts`.
+                Ok(Evaluated { outcome: Outcome::Txn(reply), .. }) if batch.is_empty() => {
+                    return Ok(Evaluation::Nothing(Some(reply)));
+                }
+                Ok(Evaluated { outcome: Outcome::Txn(reply), .. }) => {
+                    let command = self.command(term, &batch)?;
+                    return Ok(Evaluation::Propose { command, at: reply.ts, reply: Some(reply) });
+                }
                 Ok(Evaluated { outcome: Outcome::Written(at), .. }) if at > ts => {
                     // Above a newer version an earlier leader's clock stamped: evaluated again at a
                     // timestamp of this node's clock past it, never at the pushed one, which another
@@ -453,16 +505,8 @@ impl Leaders {
                     self.stats.pushed.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Evaluated { outcome: Outcome::Written(at), .. }) => {
-                    let command = Command::evaluated(term, &batch);
-                    if command.approx_bytes() > self.max_command_bytes {
-                        // The request checks keep writes well under this: a guard, not a path.
-                        return Err(WriteError::TooLarge(format!(
-                            "the write takes {} bytes as a Raft command, over the limit of {} bytes",
-                            command.approx_bytes(),
-                            self.max_command_bytes
-                        )));
-                    }
-                    return Ok(Some((command, at)));
+                    let command = self.command(term, &batch)?;
+                    return Ok(Evaluation::Propose { command, at: Some(at), reply: None });
                 }
                 Err(KvError::TooFarAhead { latest, limit }) if !waited_for_clock => {
                     // A version up to twice the maximum offset ahead (another node's clock may run
@@ -482,7 +526,22 @@ impl Leaders {
         Err(WriteError::Unavailable("the write's keys kept moving ahead of this node's clock: retry".into()))
     }
 
-    /// Proposes `command` (the evaluation of `op` at `at`) and waits for its outcome until `deadline`.
+    /// The command of `batch`, evaluated in `term`, if it fits in one message.
+    fn command(&self, term: u64, batch: &WriteBatch) -> Result<Command, WriteError> {
+        let command = Command::evaluated(term, batch);
+        if command.approx_bytes() > self.max_command_bytes {
+            // The request checks keep writes well under this: a guard, not a path.
+            return Err(WriteError::TooLarge(format!(
+                "the write takes {} bytes as a Raft command, over the limit of {} bytes",
+                command.approx_bytes(),
+                self.max_command_bytes
+            )));
+        }
+        Ok(command)
+    }
+
+    /// Proposes `command` (the evaluation of `op` at `at`, answering `reply`) and waits for its outcome
+    /// until `deadline`.
     /// The proposal runs in a task of its own holding the write's latches and timestamps until the group
     /// decides it: a client that stops waiting (its deadline passed) does not free the keys of a
     /// command that may still apply.
@@ -491,7 +550,7 @@ impl Leaders {
         replica: &Replica,
         op: &Write,
         command: Command,
-        at: Timestamp,
+        (at, reply): (Option<Timestamp>, Option<TxnReply>),
         held: (LatchGuard, Stamps),
         deadline: tokio::time::Instant,
     ) -> Round {
@@ -519,7 +578,7 @@ impl Leaders {
         };
         match outcome {
             Ok(Written { index, result: CommandResult::Applied }) => {
-                Round::Done(Ok(Committed { timestamp: Some(at), index }))
+                Round::Done(Ok(Committed { timestamp: at, index, txn: reply.map(Box::new) }))
             }
             Ok(Written { result: CommandResult::WrongTerm { evaluated, appended }, .. }) => {
                 self.stats.wrong_term.fetch_add(1, Ordering::Relaxed);
@@ -551,7 +610,7 @@ impl Leaders {
         &self,
         replica: &Replica,
         op: &Write,
-        at: Timestamp,
+        at: Option<Timestamp>,
         why: String,
         deadline: tokio::time::Instant,
     ) -> Round {
@@ -565,13 +624,13 @@ impl Leaders {
                 ))));
             }
         };
-        let Some((key, column)) = op.witness() else {
+        let (Some(at), Some((key, column))) = (at, op.witness()) else {
             return Round::Again(why);
         };
         let bucket = mvcc::bucket_of(key, self.total_buckets);
         match replica.db().get(bucket, &mvcc::version_key(key, at)) {
             Ok(row) if row.as_ref().and_then(|r| r.column(0)) == Some(column.as_slice()) => {
-                Round::Done(Ok(Committed { timestamp: Some(at), index: point.applied }))
+                Round::Done(Ok(Committed { timestamp: Some(at), index: point.applied, txn: None }))
             }
             Ok(_) => Round::Again(why),
             Err(e) => Round::Done(Err(WriteError::OutcomeUnknown(format!(

@@ -7,10 +7,11 @@
 //! - [`latch`]: a shard leader's locks on the keys a request touches, from evaluation until apply;
 //! - [`leader`]: writes to a replicated shard, evaluated by its Raft group's leader;
 //! - [`pending`]: a node's writes in flight, for reads at a timestamp to wait for;
-//! - [`txn`]: what transactions' write intents and records hold, and their rows (not written yet);
+//! - [`txn`]: what transactions' write intents and records hold, and their rows;
 //! - [`evaluate`](mod@evaluate): the one place the write rules are decided — conditions, tombstones,
 //!   and a write that would land below a newer version (write-too-old) — turning a request into an
-//!   engine write batch, an outcome, and the reads it depended on.
+//!   engine write batch, an outcome, and the reads it depended on; transactions' writes (intents, their
+//!   resolution, the end of a transaction at its record) included.
 //!
 //! The server's standalone writer and its replicated shards both evaluate with [`evaluate()`]; nothing
 //! above this crate decides an MVCC rule. It uses cairn-cluster's shard groups ([`leader`]); nothing in

@@ -15,14 +15,16 @@
 //! Engine keys starting `00 xx` with `xx` from 02 to FE are never an escaped key's (a 0x00 byte in one is followed
 //! by 0xFF, 0x00 or 0x01), so they are reserved: `00 02` for the shard's own system rows (such as a
 //! replicated shard's applied Raft position), `00 03` for write intents and `00 04` for transaction
-//! records (the `txn` module's rows; not written yet). Reads skip every reserved row.
+//! records (the `txn` module's rows). Reads skip every reserved row.
 //!
 //! The escaping keeps keys in byte order and makes the terminator sort below any continuation, so within
 //! a bucket the engine holds keys in order and each key's versions newest first. The bucket of a key is
 //! `xxh3(key) % total_buckets`.
 
 use crate::hlc::{TIMESTAMP_BYTES, Timestamp};
-use cairn_engine::{CompactionContext, CompactionFilter, CompactionFilterFactory, FilterDecision, Row};
+use cairn_engine::{
+    CompactionContext, CompactionFilter, CompactionFilterFactory, FilterDecision, Row, WriteBatch,
+};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The prefix of system rows (never an escaped key's: a 0x00 byte is followed by 0xFF, 0x00 or 0x01).
@@ -155,11 +157,25 @@ pub fn encode_value(value: Option<&[u8]>) -> Vec<u8> {
 
 /// Decodes column 0 of a version row; `None` if malformed.
 pub fn decode_value(row: &Row) -> Option<Stored> {
-    match row.column(0)?.split_first()? {
+    decode_column(row.column(0)?)
+}
+
+/// Decodes a value as [`encode_value`] wrote it (column 0 of a version or an intent); `None` if
+/// malformed.
+pub fn decode_column(column: &[u8]) -> Option<Stored> {
+    match column.split_first()? {
         (0, v) => Some(Stored::Value(v.to_vec())),
         (1, []) => Some(Stored::Tombstone),
         _ => None,
     }
+}
+
+/// Adds `key`'s version at `ts` (`value`, or a tombstone for `None`) and its latest row to `batch`.
+pub fn add_version(batch: &mut WriteBatch, bucket: u16, key: &[u8], ts: Timestamp, value: Option<&[u8]>) {
+    let encoded = encode_value(value);
+    batch.put(bucket, &version_key(key, ts), 0, &encoded);
+    // A whole-row write: a read of the latest row never folds through older deltas of a hot key.
+    batch.put_row(bucket, &latest_key(key), &[(0, &encoded), (1, &encode_timestamp(ts))]);
 }
 
 /// Nanoseconds since the Unix epoch, `ttl` ago.

@@ -4,6 +4,7 @@
 use crate::error::KvError;
 use crate::hlc::Timestamp;
 use crate::mvcc::{self, Stored};
+use crate::txn::{self, Intent, IntentMeta, TxnId, TxnRecord};
 use cairn_engine::{Db, Row};
 
 /// One stored version as the APIs return it.
@@ -28,6 +29,12 @@ pub struct Latest {
 pub trait Reader {
     /// `key`'s newest version, a tombstone included; `None` if the key was never written.
     fn latest(&self, key: &[u8]) -> Result<Option<Latest>, KvError>;
+
+    /// `key`'s write intent, if a transaction holds one.
+    fn intent(&self, key: &[u8]) -> Result<Option<Intent>, KvError>;
+
+    /// Transaction `id`'s record, anchored at `anchor`, if there is one.
+    fn txn_record(&self, anchor: &[u8], id: TxnId) -> Result<Option<TxnRecord>, KvError>;
 }
 
 /// Reads one shard's engine.
@@ -88,6 +95,26 @@ impl Reader for DbReader<'_> {
             _ => return Err(malformed("latest row")),
         };
         Ok(Some(Latest { timestamp, live }))
+    }
+
+    fn intent(&self, key: &[u8]) -> Result<Option<Intent>, KvError> {
+        let bucket = mvcc::bucket_of(key, self.total_buckets);
+        let Some(row) = self.db.get(bucket, &txn::intent_key(key))? else { return Ok(None) };
+        let value = match row.column(0).and_then(mvcc::decode_column) {
+            Some(Stored::Value(v)) => Some(v),
+            Some(Stored::Tombstone) => None,
+            None => return Err(malformed("intent value")),
+        };
+        let meta = row.column(1).ok_or_else(|| malformed("intent"))?;
+        let meta = IntentMeta::decode(meta).map_err(|e| KvError::Malformed(format!("{e} of key {key:?}")))?;
+        Ok(Some(Intent { meta, value }))
+    }
+
+    fn txn_record(&self, anchor: &[u8], id: TxnId) -> Result<Option<TxnRecord>, KvError> {
+        let bucket = mvcc::bucket_of(anchor, self.total_buckets);
+        let Some(row) = self.db.get(bucket, &txn::record_key(anchor, id))? else { return Ok(None) };
+        let bytes = row.column(0).ok_or_else(|| malformed("transaction record"))?;
+        TxnRecord::decode(bytes).map(Some).map_err(|e| KvError::Malformed(format!("{e} of transaction {id}")))
     }
 }
 

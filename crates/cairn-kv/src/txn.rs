@@ -1,5 +1,6 @@
 //! Transactions' rows (issue 27; the plan is `docs/plans/transactions.md`): what a write intent and a
-//! transaction record hold, and how they are stored. Nothing writes or evaluates them yet.
+//! transaction record hold, and how they are stored. Evaluation (`evaluate_txn.rs`) writes them
+//! (`Write::TxnPut`, `Write::ResolveIntents`, `Write::EndTxn`); nothing sends those yet.
 //!
 //! ```text
 //! intent row  = 00 03 ++ escape(key) ++ 00 00                    (in the key's bucket)
@@ -169,6 +170,30 @@ pub struct TxnRecord {
     pub lock_keys: Vec<serde_bytes::ByteBuf>,
     /// While staging: the writes (key, sequence number) whose being durable commits it.
     pub in_flight: Vec<(serde_bytes::ByteBuf, u32)>,
+}
+
+/// A write intent as a reader returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    /// Its metadata (column 1).
+    pub meta: IntentMeta,
+    /// Its value (`None`: a delete).
+    pub value: Option<Vec<u8>>,
+}
+
+/// What a transactional write did, beyond its rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnReply {
+    /// A put: the timestamp its intent is at (above the transaction's write timestamp if it was pushed);
+    /// an end: the commit timestamp, when it committed.
+    pub ts: Option<Timestamp>,
+    /// A put found a committed version newer than the transaction's read timestamp and wrote above it: a
+    /// serializable transaction must refresh its reads before it commits.
+    pub write_too_old: bool,
+    /// An end: the transaction's record as it now stands.
+    pub record: Option<TxnRecord>,
+    /// A resolve: how many of the transaction's intents it resolved.
+    pub resolved: u32,
 }
 
 /// An intent or record that does not encode or decode (the caller names the key it was read from).

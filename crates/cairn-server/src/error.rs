@@ -27,6 +27,10 @@ pub enum NodeError {
     /// A conditional write whose condition does not hold.
     #[error("{0}")]
     Precondition(String),
+    /// A transaction that must run again from its start: it was aborted, or its reads or writes
+    /// conflicted (REST 409, gRPC `ABORTED`, code `transaction_retry`).
+    #[error("{0}")]
+    TxnRetry(String),
     /// Overload or shutdown: retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -63,6 +67,7 @@ impl NodeError {
             NodeError::InvalidArgument(_) | NodeError::OutOfRange(_) | NodeError::BelowGcThreshold(_) => 400,
             NodeError::NotFound(_) => 404,
             NodeError::Precondition(_) => 412,
+            NodeError::TxnRetry(_) => 409,
             NodeError::Timeout(_) => 408,
             NodeError::TooLarge(_) => 413,
             NodeError::Unavailable(_)
@@ -84,6 +89,7 @@ impl NodeError {
             NodeError::OutcomeUnknown(_) => return "outcome_unknown",
             NodeError::BelowGcThreshold(_) => return "below_gc_threshold",
             NodeError::NotLeader(_) => return "not_leader",
+            NodeError::TxnRetry(_) => return "transaction_retry",
             _ => {}
         }
         match self.http_status() {
@@ -117,6 +123,9 @@ impl From<cairn_kv::WriteError> for NodeError {
             W::OutcomeUnknown(m) => NodeError::OutcomeUnknown(m),
             W::Internal(m) => NodeError::Internal(m),
             W::NotOwned { bucket } => NodeError::Engine(cairn_engine::Error::NotOwned { bucket }),
+            // Until writes wait for transactions, a locked key is a retry later.
+            e @ W::LockConflict { .. } => NodeError::Unavailable(format!("{e}: retry")),
+            e @ (W::TxnRetry(_) | W::TxnAborted(_)) => NodeError::TxnRetry(e.to_string()),
         }
     }
 }
@@ -129,6 +138,9 @@ impl From<cairn_kv::KvError> for NodeError {
             e @ KvError::TooFarAhead { .. } => NodeError::OutOfRange(e.to_string()),
             KvError::Malformed(m) => NodeError::Internal(m),
             KvError::Engine(e) => NodeError::Engine(e),
+            e @ KvError::LockConflict { .. } => NodeError::Unavailable(format!("{e}: retry")),
+            e @ (KvError::TxnRetry(_) | KvError::TxnAborted(_)) => NodeError::TxnRetry(e.to_string()),
+            KvError::Invalid(m) => NodeError::InvalidArgument(m),
         }
     }
 }

@@ -28,6 +28,8 @@ fn status_code_of(e: NodeError) -> Status {
             return Status::aborted(message);
         }
         NodeError::OutOfRange(_) => return Status::out_of_range(message),
+        // Told apart from a misrouted request by its code header.
+        NodeError::TxnRetry(_) => return Status::aborted(message),
         // Not UNAVAILABLE: clients retry that freely, and a write whose outcome is unknown is not
         // safe to send again blindly.
         NodeError::OutcomeUnknown(_) => return Status::unknown(message),
@@ -137,6 +139,9 @@ pub(crate) fn remote(status: &tonic::Status, addr: &str) -> NodeError {
     }
     if code == Some("below_gc_threshold") {
         return NodeError::BelowGcThreshold(message);
+    }
+    if code == Some("transaction_retry") {
+        return NodeError::TxnRetry(message);
     }
     match status.code() {
         tonic::Code::InvalidArgument => NodeError::InvalidArgument(message),

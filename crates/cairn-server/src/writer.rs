@@ -108,10 +108,13 @@ impl Writer {
             let ts = self.pending.begin();
             stamps.push(ts);
             let clock = self.pending.clock();
-            let decision =
-                cairn_kv::evaluate(&request.op, &overlay, ts, clock.limit(), self.total_buckets, &mut batch);
+            let decision = if request.op.is_transactional() {
+                Err(cairn_kv::KvError::Invalid("transactions need a replicated cluster".into()))
+            } else {
+                cairn_kv::evaluate(&request.op, &overlay, ts, clock.limit(), self.total_buckets, &mut batch)
+            };
             if let Ok(e) = &decision {
-                overlay.record(&request.op, e.outcome);
+                overlay.record(&request.op, &e.outcome);
                 if let Outcome::Written(at) = e.outcome
                     && at > ts
                 {
@@ -131,7 +134,7 @@ impl Writer {
             let outcome = match (&mut failure, decision) {
                 (None, Ok(e)) => Ok(match e.outcome {
                     Outcome::Written(ts) => Some(ts),
-                    Outcome::Unchanged => None,
+                    Outcome::Unchanged | Outcome::Txn(_) => None,
                 }),
                 (None, Err(e)) => Err(e.into()),
                 (Some(e), _) => Err(NodeError::Engine(cairn_engine::Error::Poisoned(format!(

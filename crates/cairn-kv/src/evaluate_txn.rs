@@ -1,0 +1,350 @@
+//! Evaluation of transactions' writes (part of [`evaluate`](super)): intents, their resolution, and the
+//! end of a transaction at its record. The rules (`docs/plans/transactions.md` §2):
+//!
+//! - [`TxnPut`] leaves a write intent: the value and the transaction's metadata in the key's intent row,
+//!   at the transaction's write timestamp, or just above the key's newest committed version if that is
+//!   not older. Another transaction's intent on the key is a [`KvError::LockConflict`] (nothing
+//!   written). A committed version newer than the transaction's read timestamp is a write-too-old:
+//!   snapshot isolation and conditional puts must restart ([`KvError::TxnRetry`]); a serializable
+//!   transaction writes above it and is told to refresh its reads before it commits. A put whose
+//!   sequence number the intent already holds is a replay and writes nothing; a later one of the
+//!   same epoch keeps the earlier value in the intent's history; one of a newer epoch replaces an
+//!   older epoch's intent. The transaction's first put also writes its record (pending).
+//! - [`EndTxn`] moves a pending record to committed (at its write timestamp, pushed or not) or to
+//!   aborted, and answers a repeated end from the record as it stands. A serializable transaction
+//!   commits only at the timestamp it read at (otherwise it refreshes first). A missing record on a
+//!   commit means the transaction was aborted (records are written with the first intent).
+//! - [`ResolveIntents`] turns a committed transaction's intents of its final epoch into versions at the
+//!   commit timestamp and deletes the rest; for a transaction still running it moves its intents up
+//!   to its pushed write timestamp. Intents of other transactions are left alone, so a resolve is
+//!   idempotent.
+//!
+//! Every command here is idempotent, so a leader that cannot tell whether one applied evaluates it again.
+
+use super::{Condition, Evaluated, KvError, Outcome, above, check_condition};
+use crate::hlc::Timestamp;
+use crate::mvcc;
+use crate::reader::Reader;
+use crate::txn::{self, Intent, IntentMeta, Isolation, TxnMeta, TxnRecord, TxnReply, TxnStatus};
+use cairn_engine::WriteBatch;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::HashSet;
+
+/// A transaction's write of one key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnPut {
+    /// The transaction, with the write timestamp it is at.
+    pub txn: TxnMeta,
+    /// The timestamp its reads are at (at most `txn.write_ts`).
+    pub read_ts: Timestamp,
+    /// The write's sequence number within the transaction (higher is later).
+    pub seq: u32,
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The value; `None` deletes the key.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+    /// Checked against what the transaction sees: its own write of the key, else the newest committed
+    /// version (which must not be newer than its read timestamp).
+    pub condition: Condition,
+    /// Also write the transaction's record (pending) if there is none: its first write, whose key is
+    /// its anchor.
+    pub create_record: bool,
+}
+
+/// Resolves a transaction's intents on keys of one shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveIntents {
+    /// The transaction as its record says: epoch and (commit or pushed) write timestamp.
+    pub txn: TxnMeta,
+    /// Committed, aborted, or still running (pending or staging: move the intents up to
+    /// `txn.write_ts`).
+    pub status: TxnStatus,
+    /// The keys.
+    pub keys: Vec<ByteBuf>,
+}
+
+/// Commits or aborts a transaction at its record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndTxn {
+    /// The transaction: its epoch and the write timestamp to commit at.
+    pub txn: TxnMeta,
+    /// The timestamp its reads are at (a serializable commit needs it equal to the commit timestamp).
+    pub read_ts: Timestamp,
+    /// Commit (`true`) or abort.
+    pub commit: bool,
+    /// The keys it holds intents on, kept in the record until they are resolved.
+    pub lock_keys: Vec<ByteBuf>,
+}
+
+fn reply(reply: TxnReply) -> Evaluated {
+    Evaluated { outcome: Outcome::Txn(reply), depends: Vec::new() }
+}
+
+fn invalid(why: String) -> KvError {
+    KvError::Invalid(why)
+}
+
+fn encoded(bytes: Result<Vec<u8>, txn::BadRow>) -> Result<Vec<u8>, KvError> {
+    bytes.map_err(|e| invalid(e.to_string()))
+}
+
+/// Evaluates a [`TxnPut`] (see the module's description); `now` is the leader's clock, `limit` its bound.
+pub(super) fn put(
+    p: &TxnPut,
+    reader: &impl Reader,
+    now: Timestamp,
+    limit: Timestamp,
+    total_buckets: u32,
+    batch: &mut WriteBatch,
+) -> Result<Evaluated, KvError> {
+    let TxnPut { txn, read_ts, seq, key, value, condition, create_record } = p;
+    if txn.write_ts < *read_ts || txn.write_ts < txn.min_ts {
+        return Err(invalid(format!(
+            "transaction {}: write timestamp {} below its read timestamp {read_ts} or its start {}",
+            txn.id, txn.write_ts, txn.min_ts
+        )));
+    }
+    if txn.write_ts > limit {
+        return Err(KvError::TooFarAhead { latest: txn.write_ts, limit });
+    }
+    if *create_record && *key != txn.anchor {
+        return Err(invalid(format!("transaction {}: its record is anchored at its first key", txn.id)));
+    }
+    let own = match reader.intent(key)? {
+        Some(i) if i.meta.txn.id != txn.id => {
+            return Err(KvError::LockConflict { key: key.clone(), holder: Box::new(i.meta.txn) });
+        }
+        Some(i) if i.meta.txn.epoch > txn.epoch => {
+            return Err(KvError::TxnRetry(format!(
+                "key {key:?} holds this transaction's write of a later attempt (epoch {} > {})",
+                i.meta.txn.epoch, txn.epoch
+            )));
+        }
+        Some(i) if i.meta.txn.epoch == txn.epoch && i.meta.seq >= *seq => return replay(&i, p),
+        other => other,
+    };
+    // This attempt's earlier write of the key, which its conditions see.
+    let earlier = own.as_ref().filter(|i| i.meta.txn.epoch == txn.epoch);
+    let latest = reader.latest(key)?;
+    let newer = latest.filter(|l| l.timestamp > *read_ts);
+    match (earlier, newer) {
+        (Some(i), _) => check_own(*condition, i)?,
+        (None, Some(l)) if txn.isolation == Isolation::Snapshot || *condition != Condition::None => {
+            return Err(KvError::TxnRetry(format!(
+                "key {key:?} has a version at {} after the transaction's read timestamp {read_ts} \
+                 (write-too-old)",
+                l.timestamp
+            )));
+        }
+        (None, _) => check_condition(*condition, latest.filter(|l| l.live).map(|l| l.timestamp))?,
+    }
+    let mut at = above(txn.write_ts, latest, limit)?;
+    if let Some(i) = &own {
+        // An intent only moves up.
+        at = at.max(i.meta.txn.write_ts);
+    }
+    let mut history = Vec::new();
+    if let Some(i) = earlier {
+        history.clone_from(&i.meta.history);
+        history.push((i.meta.seq, i.value.clone().map(ByteBuf::from)));
+    }
+    let meta = IntentMeta { txn: TxnMeta { write_ts: at, ..txn.clone() }, seq: *seq, history };
+    let bucket = mvcc::bucket_of(key, total_buckets);
+    let meta = encoded(meta.encode())?;
+    let column = mvcc::encode_value(value.as_deref());
+    if *create_record {
+        begin_record(txn, *read_ts, now, reader, total_buckets, batch)?;
+    }
+    batch.put_row(bucket, &txn::intent_key(key), &[(0, &column), (1, &meta)]);
+    Ok(reply(TxnReply { ts: Some(at), write_too_old: newer.is_some(), ..TxnReply::default() }))
+}
+
+/// A put the intent already holds (its sequence number or a later one): nothing to write, if it wrote
+/// the same value.
+fn replay(intent: &Intent, p: &TxnPut) -> Result<Evaluated, KvError> {
+    let written = if intent.meta.seq == p.seq {
+        Some(intent.value.as_deref())
+    } else {
+        intent.meta.history.iter().find(|(s, _)| *s == p.seq).map(|(_, v)| v.as_deref().map(|v| &v[..]))
+    };
+    if written != Some(p.value.as_deref()) {
+        return Err(invalid(format!(
+            "write {} of transaction {} to key {:?} was sent again with another value",
+            p.seq, p.txn.id, p.key
+        )));
+    }
+    Ok(reply(TxnReply { ts: Some(intent.meta.txn.write_ts), ..TxnReply::default() }))
+}
+
+/// A condition over the transaction's own earlier write of the key (uncommitted, so it has no version
+/// timestamp to match).
+fn check_own(condition: Condition, own: &Intent) -> Result<(), KvError> {
+    match (condition, &own.value) {
+        (Condition::None, _) | (Condition::IfAbsent, None) => Ok(()),
+        (Condition::IfAbsent, Some(_)) => {
+            Err(KvError::ConditionFailed("key exists (written by this transaction)".into()))
+        }
+        (Condition::IfTimestamp(want), _) => Err(KvError::ConditionFailed(format!(
+            "key holds this transaction's own write, not the version at {want}"
+        ))),
+    }
+}
+
+/// Writes the transaction's record, pending, unless it has one already.
+fn begin_record(
+    txn: &TxnMeta,
+    read_ts: Timestamp,
+    now: Timestamp,
+    reader: &impl Reader,
+    total_buckets: u32,
+    batch: &mut WriteBatch,
+) -> Result<(), KvError> {
+    match reader.txn_record(&txn.anchor, txn.id)? {
+        Some(r) if r.status == TxnStatus::Aborted => {
+            Err(KvError::TxnAborted(format!("transaction {} was aborted", txn.id)))
+        }
+        Some(r) if r.status.is_final() => {
+            Err(invalid(format!("transaction {} is committed: it cannot write", txn.id)))
+        }
+        Some(_) => Ok(()),
+        None => {
+            let record = TxnRecord {
+                meta: txn.clone(),
+                status: TxnStatus::Pending,
+                read_ts,
+                last_heartbeat: now,
+                lock_keys: Vec::new(),
+                in_flight: Vec::new(),
+            };
+            put_record(&record, total_buckets, batch)
+        }
+    }
+}
+
+fn put_record(record: &TxnRecord, total_buckets: u32, batch: &mut WriteBatch) -> Result<(), KvError> {
+    let bucket = mvcc::bucket_of(&record.meta.anchor, total_buckets);
+    batch.put_row(bucket, &record.key(), &[(0, &encoded(record.encode())?)]);
+    Ok(())
+}
+
+/// Evaluates a [`ResolveIntents`] (see the module's description).
+pub(super) fn resolve(
+    r: &ResolveIntents,
+    reader: &impl Reader,
+    total_buckets: u32,
+    batch: &mut WriteBatch,
+) -> Result<Evaluated, KvError> {
+    let ResolveIntents { txn, status, keys } = r;
+    let mut resolved = 0u32;
+    let mut seen = HashSet::new();
+    for key in keys.iter().filter(|k| seen.insert(&k[..])) {
+        let Some(intent) = reader.intent(key)? else { continue };
+        if intent.meta.txn.id != txn.id {
+            continue;
+        }
+        let bucket = mvcc::bucket_of(key, total_buckets);
+        match status {
+            TxnStatus::Committed if intent.meta.txn.epoch == txn.epoch => {
+                let commit = txn.write_ts;
+                if let Some(l) = reader.latest(key)?
+                    && l.timestamp >= commit
+                {
+                    return Err(KvError::Malformed(format!(
+                        "key {key:?} has a committed version at {} while transaction {} holds its intent, \
+                         to commit at {commit}",
+                        l.timestamp, txn.id
+                    )));
+                }
+                mvcc::add_version(batch, bucket, key, commit, intent.value.as_deref());
+                batch.delete(bucket, &txn::intent_key(key));
+            }
+            // An earlier attempt's write that the committed one did not repeat, or an aborted one.
+            TxnStatus::Committed | TxnStatus::Aborted => batch.delete(bucket, &txn::intent_key(key)),
+            TxnStatus::Pending | TxnStatus::Staging => {
+                if intent.meta.txn.write_ts >= txn.write_ts {
+                    continue;
+                }
+                let mut meta = intent.meta;
+                meta.txn.write_ts = txn.write_ts;
+                let column = mvcc::encode_value(intent.value.as_deref());
+                batch.put_row(bucket, &txn::intent_key(key), &[(0, &column), (1, &encoded(meta.encode())?)]);
+            }
+        }
+        resolved += 1;
+    }
+    Ok(reply(TxnReply { resolved, ..TxnReply::default() }))
+}
+
+/// Evaluates an [`EndTxn`] (see the module's description).
+pub(super) fn end(
+    e: &EndTxn,
+    reader: &impl Reader,
+    total_buckets: u32,
+    batch: &mut WriteBatch,
+) -> Result<Evaluated, KvError> {
+    let EndTxn { txn, read_ts, commit, lock_keys } = e;
+    let id = txn.id;
+    let Some(record) = reader.txn_record(&txn.anchor, id)? else {
+        if *commit {
+            return Err(KvError::TxnAborted(format!(
+                "transaction {id} has no record: it was aborted (and its record removed), or never wrote"
+            )));
+        }
+        // Aborted before its first write applied: an aborted record keeps that write from creating a
+        // pending one later.
+        let record = TxnRecord {
+            meta: txn.clone(),
+            status: TxnStatus::Aborted,
+            read_ts: *read_ts,
+            last_heartbeat: txn.min_ts,
+            lock_keys: lock_keys.clone(),
+            in_flight: Vec::new(),
+        };
+        put_record(&record, total_buckets, batch)?;
+        return Ok(reply(TxnReply { record: Some(record), ..TxnReply::default() }));
+    };
+    let answer = |record: TxnRecord| {
+        let ts = (record.status == TxnStatus::Committed).then_some(record.meta.write_ts);
+        Ok(reply(TxnReply { ts, record: Some(record), ..TxnReply::default() }))
+    };
+    match (record.status, *commit) {
+        // A repeated end.
+        (TxnStatus::Committed, true) | (TxnStatus::Aborted, false) => return answer(record),
+        (TxnStatus::Aborted, true) => {
+            return Err(KvError::TxnAborted(format!("transaction {id} was aborted by a conflicting one")));
+        }
+        (TxnStatus::Committed, false) => {
+            return Err(invalid(format!("transaction {id} is committed: it cannot be rolled back")));
+        }
+        (TxnStatus::Staging, _) => {
+            return Err(invalid(format!("transaction {id} is staging: parallel commits are not built yet")));
+        }
+        (TxnStatus::Pending, _) => {}
+    }
+    if txn.epoch < record.meta.epoch {
+        return Err(invalid(format!(
+            "transaction {id}: an end of attempt {} after attempt {} began",
+            txn.epoch, record.meta.epoch
+        )));
+    }
+    let write_ts = txn.write_ts.max(record.meta.write_ts);
+    if *commit && txn.isolation == Isolation::Serializable && write_ts != *read_ts {
+        return Err(KvError::TxnRetry(format!(
+            "transaction {id} read at {read_ts} but would commit at {write_ts}: its reads must be refreshed \
+             (serializable)"
+        )));
+    }
+    let ended = TxnRecord {
+        meta: TxnMeta { write_ts, ..txn.clone() },
+        status: if *commit { TxnStatus::Committed } else { TxnStatus::Aborted },
+        read_ts: *read_ts,
+        last_heartbeat: record.last_heartbeat,
+        lock_keys: lock_keys.clone(),
+        in_flight: Vec::new(),
+    };
+    put_record(&ended, total_buckets, batch)?;
+    answer(ended)
+}

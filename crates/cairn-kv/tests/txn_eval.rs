@@ -1,0 +1,392 @@
+//! Transactions' writes evaluated against a real shard, with each evaluation's rows applied before the
+//! next: intents and records as readers see them, replays, epochs, write-too-old under each isolation
+//! level, conditions over a transaction's own writes, and commit, abort and resolution.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cairn_engine::{Config, Db, WriteBatch, WriteOptions};
+use cairn_kv::KvError;
+use cairn_kv::evaluate::{
+    Condition, EndTxn, Evaluated, Outcome, ResolveIntents, Restored, RestoredVersion, TxnPut, Write, evaluate,
+};
+use cairn_kv::hlc::Timestamp;
+use cairn_kv::reader::{DbReader, Reader, Versioned};
+use cairn_kv::txn::{Isolation, TxnId, TxnMeta, TxnReply, TxnStatus};
+use serde_bytes::ByteBuf;
+
+const TOTAL_BUCKETS: u32 = 8;
+const LIMIT: Timestamp = Timestamp { wall_time: 10_000, logical: 0 };
+
+struct Shard {
+    db: Db,
+    _dir: tempfile::TempDir,
+}
+
+fn ts(wall: u64) -> Timestamp {
+    Timestamp { wall_time: wall, logical: 0 }
+}
+
+impl Shard {
+    fn new() -> Shard {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::new(dir.path());
+        c.total_buckets = TOTAL_BUCKETS;
+        let db = Db::open(c, vec![0..=(TOTAL_BUCKETS - 1) as u16]).unwrap();
+        Shard { db, _dir: dir }
+    }
+
+    fn reader(&self) -> DbReader<'_> {
+        DbReader { db: &self.db, total_buckets: TOTAL_BUCKETS }
+    }
+
+    /// Evaluates `write` at `now` and applies its rows; a refused write must leave no rows.
+    fn eval(&self, write: &Write, now: Timestamp) -> Result<Evaluated, KvError> {
+        let mut batch = WriteBatch::new();
+        let result = evaluate(write, &self.reader(), now, LIMIT, TOTAL_BUCKETS, &mut batch);
+        match &result {
+            Ok(_) if !batch.is_empty() => self.db.write(batch, WriteOptions::default()).unwrap(),
+            Ok(_) => {}
+            Err(e) => assert!(batch.is_empty(), "{write:?} failed ({e}) but left rows"),
+        }
+        result
+    }
+
+    /// Like [`Shard::eval`], for a transactional write: its reply and how many rows it wrote.
+    fn txn(&self, write: &Write, now: Timestamp) -> Result<(TxnReply, usize), KvError> {
+        let mut batch = WriteBatch::new();
+        let result = evaluate(write, &self.reader(), now, LIMIT, TOTAL_BUCKETS, &mut batch);
+        let rows = batch.len();
+        match result {
+            Ok(Evaluated { outcome: Outcome::Txn(reply), .. }) => {
+                if rows > 0 {
+                    self.db.write(batch, WriteOptions::default()).unwrap();
+                }
+                Ok((reply, rows))
+            }
+            Ok(other) => panic!("{write:?}: {other:?}"),
+            Err(e) => {
+                assert_eq!(rows, 0, "{write:?} failed ({e}) but left rows");
+                Err(e)
+            }
+        }
+    }
+
+    fn commit_plain(&self, key: &str, value: &str, at: Timestamp) {
+        let put = Write::Put { key: key.into(), value: value.into(), condition: Condition::None };
+        assert_eq!(self.eval(&put, at).unwrap().outcome, Outcome::Written(at));
+    }
+
+    fn newest(&self, key: &str) -> Option<Versioned> {
+        self.reader().newest(key.as_bytes()).unwrap()
+    }
+}
+
+fn txn(node: u64, anchor: &str, at: Timestamp, isolation: Isolation) -> TxnMeta {
+    TxnMeta {
+        id: TxnId::new(node, at),
+        anchor: anchor.into(),
+        epoch: 0,
+        write_ts: at,
+        min_ts: at,
+        priority: 1,
+        isolation,
+    }
+}
+
+fn put(t: &TxnMeta, seq: u32, key: &str, value: Option<&str>) -> TxnPut {
+    TxnPut {
+        txn: t.clone(),
+        read_ts: t.write_ts,
+        seq,
+        key: key.into(),
+        value: value.map(Into::into),
+        condition: Condition::None,
+        create_record: seq == 1 && key.as_bytes() == t.anchor,
+    }
+}
+
+fn end(t: &TxnMeta, commit: bool, keys: &[&str]) -> Write {
+    Write::EndTxn(EndTxn {
+        txn: t.clone(),
+        read_ts: t.write_ts,
+        commit,
+        lock_keys: keys.iter().map(|k| ByteBuf::from(k.as_bytes().to_vec())).collect(),
+    })
+}
+
+fn resolve(t: &TxnMeta, status: TxnStatus, keys: &[&str]) -> Write {
+    Write::ResolveIntents(ResolveIntents {
+        txn: t.clone(),
+        status,
+        keys: keys.iter().map(|k| ByteBuf::from(k.as_bytes().to_vec())).collect(),
+    })
+}
+
+#[test]
+fn a_put_leaves_an_intent_and_the_first_one_a_pending_record_that_readers_do_not_show() {
+    let s = Shard::new();
+    s.commit_plain("a", "old", ts(5));
+    let t = txn(1, "a", ts(10), Isolation::Serializable);
+    let (reply, rows) = s.txn(&Write::TxnPut(put(&t, 1, "a", Some("new"))), ts(11)).unwrap();
+    assert_eq!((reply.ts, reply.write_too_old, rows), (Some(ts(10)), false, 2));
+    let intent = s.reader().intent(b"a").unwrap().unwrap();
+    assert_eq!((intent.meta.txn.id, intent.meta.seq, intent.value), (t.id, 1, Some(b"new".to_vec())));
+    let record = s.reader().txn_record(b"a", t.id).unwrap().unwrap();
+    assert_eq!((record.status, record.read_ts, record.last_heartbeat), (TxnStatus::Pending, ts(10), ts(11)));
+    // The committed state is unchanged for every reader.
+    assert_eq!(s.newest("a"), Some(Versioned { value: b"old".to_vec(), timestamp: ts(5) }));
+    assert_eq!(s.reader().at(b"a", ts(20)).unwrap().unwrap().value, b"old");
+    // A second key: an intent only.
+    let (reply, rows) = s.txn(&Write::TxnPut(put(&t, 2, "b", None)), ts(12)).unwrap();
+    assert_eq!((reply.ts, rows), (Some(ts(10)), 1));
+    assert_eq!(s.reader().intent(b"b").unwrap().unwrap().value, None);
+    assert_eq!(s.newest("b"), None);
+}
+
+#[test]
+fn another_transactions_intent_blocks_every_write_of_the_key() {
+    let s = Shard::new();
+    let holder = txn(1, "k", ts(10), Isolation::Serializable);
+    s.txn(&Write::TxnPut(put(&holder, 1, "k", Some("v"))), ts(10)).unwrap();
+    let other = txn(2, "k", ts(12), Isolation::Serializable);
+    let blocked = [
+        Write::TxnPut(put(&other, 1, "k", Some("w"))),
+        Write::Put { key: b"k".to_vec(), value: b"w".to_vec(), condition: Condition::None },
+        Write::Put { key: b"k".to_vec(), value: b"w".to_vec(), condition: Condition::IfAbsent },
+        Write::Delete { key: b"k".to_vec() },
+        Write::Batch { ops: vec![(b"free".to_vec(), None), (b"k".to_vec(), Some(b"w".to_vec()))] },
+        Write::Restore {
+            keys: vec![Restored {
+                key: b"k".to_vec(),
+                versions: vec![RestoredVersion { timestamp: ts(1), value: Some(b"r".to_vec()) }],
+            }],
+            overwrite: true,
+        },
+    ];
+    for write in &blocked {
+        match s.eval(write, ts(20)) {
+            Err(KvError::LockConflict { key, holder: h }) => {
+                assert_eq!((key.as_slice(), h.id), (&b"k"[..], holder.id), "{write:?}");
+            }
+            other => panic!("{write:?}: {other:?}"),
+        }
+    }
+    // Keys without an intent are written as ever.
+    s.commit_plain("free", "x", ts(21));
+}
+
+#[test]
+fn a_replayed_put_writes_nothing_and_a_later_one_keeps_the_earlier_value_in_its_history() {
+    let s = Shard::new();
+    let t = txn(1, "k", ts(10), Isolation::Serializable);
+    let first = Write::TxnPut(put(&t, 1, "k", Some("v1")));
+    s.txn(&first, ts(10)).unwrap();
+    assert_eq!(s.txn(&first, ts(11)).unwrap(), (TxnReply { ts: Some(ts(10)), ..TxnReply::default() }, 0));
+    s.txn(&Write::TxnPut(put(&t, 2, "k", Some("v2"))), ts(12)).unwrap();
+    let intent = s.reader().intent(b"k").unwrap().unwrap();
+    assert_eq!(intent.value, Some(b"v2".to_vec()));
+    assert_eq!(intent.meta.history, vec![(1, Some(ByteBuf::from(b"v1".to_vec())))]);
+    // Both are replays now, the first against the history.
+    assert_eq!(s.txn(&first, ts(13)).unwrap().1, 0);
+    assert_eq!(s.txn(&Write::TxnPut(put(&t, 2, "k", Some("v2"))), ts(13)).unwrap().1, 0);
+    // The same write with another value is refused.
+    let changed = Write::TxnPut(put(&t, 1, "k", Some("other")));
+    assert!(matches!(s.txn(&changed, ts(14)), Err(KvError::Invalid(_))));
+}
+
+#[test]
+fn a_new_epoch_replaces_an_older_ones_intent_and_an_older_epoch_cannot_write_over_a_newer_one() {
+    let s = Shard::new();
+    let t0 = txn(1, "k", ts(10), Isolation::Serializable);
+    s.txn(&Write::TxnPut(put(&t0, 1, "k", Some("e0"))), ts(10)).unwrap();
+    s.txn(&Write::TxnPut(put(&t0, 2, "k", Some("e0b"))), ts(10)).unwrap();
+    let t1 = TxnMeta { epoch: 1, write_ts: ts(15), ..t0.clone() };
+    let restarted = TxnPut { create_record: false, ..put(&t1, 1, "k", Some("e1")) };
+    assert_eq!(s.txn(&Write::TxnPut(restarted), ts(16)).unwrap().0.ts, Some(ts(15)));
+    let intent = s.reader().intent(b"k").unwrap().unwrap();
+    assert_eq!((intent.meta.txn.epoch, intent.meta.seq), (1, 1));
+    assert!(intent.meta.history.is_empty(), "an older epoch's writes are not this attempt's history");
+    let stale = TxnPut { create_record: false, ..put(&t0, 3, "k", Some("late")) };
+    assert!(matches!(s.txn(&Write::TxnPut(stale), ts(17)), Err(KvError::TxnRetry(_))));
+}
+
+#[test]
+fn a_version_newer_than_the_read_timestamp_is_written_above_when_serializable_and_refused_otherwise() {
+    let s = Shard::new();
+    s.commit_plain("k", "committed", ts(50));
+    let at40 = |iso| TxnMeta { write_ts: ts(40), ..txn(1, "k", ts(40), iso) };
+    // Serializable, blind: above the version, told to refresh.
+    let t = at40(Isolation::Serializable);
+    let (reply, _) = s.txn(&Write::TxnPut(put(&t, 1, "k", Some("v"))), ts(60)).unwrap();
+    assert_eq!((reply.ts, reply.write_too_old), (Some(ts(50).next()), true));
+    assert_eq!(s.reader().intent(b"k").unwrap().unwrap().meta.txn.write_ts, ts(50).next());
+    s.txn(&resolve(&t, TxnStatus::Aborted, &["k"]), ts(61)).unwrap();
+    // Snapshot isolation: first committer wins.
+    let t = txn(2, "k", ts(40), Isolation::Snapshot);
+    assert!(matches!(s.txn(&Write::TxnPut(put(&t, 1, "k", Some("v"))), ts(62)), Err(KvError::TxnRetry(_))));
+    // A conditional put under serializable: its condition would be judged on a version it did not read.
+    let t = txn(3, "k", ts(40), Isolation::Serializable);
+    let cond = TxnPut { condition: Condition::IfTimestamp(ts(50)), ..put(&t, 1, "k", Some("v")) };
+    assert!(matches!(s.txn(&Write::TxnPut(cond), ts(63)), Err(KvError::TxnRetry(_))));
+    // A version at the read timestamp was read: no write-too-old, but the intent lands above it.
+    let t = txn(4, "k", ts(50), Isolation::Snapshot);
+    let cond = TxnPut { condition: Condition::IfTimestamp(ts(50)), ..put(&t, 1, "k", Some("v")) };
+    let (reply, _) = s.txn(&Write::TxnPut(cond), ts(64)).unwrap();
+    assert_eq!((reply.ts, reply.write_too_old), (Some(ts(50).next()), false));
+}
+
+#[test]
+fn conditions_see_the_transactions_own_earlier_write() {
+    let s = Shard::new();
+    s.commit_plain("k", "committed", ts(5));
+    let t = txn(1, "k", ts(10), Isolation::Serializable);
+    let with = |seq, value: Option<&str>, condition| TxnPut { condition, ..put(&t, seq, "k", value) };
+    // Against the committed version first.
+    assert!(matches!(
+        s.txn(&Write::TxnPut(with(1, Some("x"), Condition::IfAbsent)), ts(11)),
+        Err(KvError::ConditionFailed(_))
+    ));
+    s.txn(&Write::TxnPut(with(1, None, Condition::IfTimestamp(ts(5)))), ts(11)).unwrap();
+    // The transaction deleted the key: absent for its next write; a version timestamp never matches.
+    assert!(matches!(
+        s.txn(&Write::TxnPut(with(2, Some("y"), Condition::IfTimestamp(ts(5)))), ts(12)),
+        Err(KvError::ConditionFailed(_))
+    ));
+    s.txn(&Write::TxnPut(with(2, Some("y"), Condition::IfAbsent)), ts(12)).unwrap();
+    assert!(matches!(
+        s.txn(&Write::TxnPut(with(3, Some("z"), Condition::IfAbsent)), ts(13)),
+        Err(KvError::ConditionFailed(_))
+    ));
+}
+
+#[test]
+fn a_commit_then_resolution_turns_intents_into_versions_at_the_commit_timestamp() {
+    let s = Shard::new();
+    s.commit_plain("b", "old-b", ts(3));
+    let t = txn(1, "a", ts(10), Isolation::Serializable);
+    s.txn(&Write::TxnPut(put(&t, 1, "a", Some("A"))), ts(10)).unwrap();
+    s.txn(&Write::TxnPut(put(&t, 2, "b", None)), ts(10)).unwrap();
+    let (reply, rows) = s.txn(&end(&t, true, &["a", "b"]), ts(12)).unwrap();
+    let record = reply.record.clone().unwrap();
+    assert_eq!((reply.ts, record.status, rows), (Some(ts(10)), TxnStatus::Committed, 1));
+    assert_eq!(record.lock_keys.len(), 2);
+    // A repeated commit answers the same, writing nothing; a rollback now is refused.
+    assert_eq!(s.txn(&end(&t, true, &["a", "b"]), ts(13)).unwrap(), (reply, 0));
+    assert!(matches!(s.txn(&end(&t, false, &[]), ts(13)), Err(KvError::Invalid(_))));
+    // Still invisible until resolved (readers learn to look at intents later).
+    assert_eq!(s.newest("a"), None);
+    let (reply, _) =
+        s.txn(&resolve(&record.meta, TxnStatus::Committed, &["a", "b", "a", "nothing"]), ts(14)).unwrap();
+    assert_eq!(reply.resolved, 2);
+    assert_eq!(s.newest("a"), Some(Versioned { value: b"A".to_vec(), timestamp: ts(10) }));
+    assert_eq!(s.newest("b"), None, "the transaction deleted b");
+    assert_eq!(s.reader().at(b"b", ts(9)).unwrap().unwrap().value, b"old-b");
+    assert!(s.reader().intent(b"a").unwrap().is_none() && s.reader().intent(b"b").unwrap().is_none());
+    // Idempotent; and the keys take plain writes again.
+    assert_eq!(s.txn(&resolve(&record.meta, TxnStatus::Committed, &["a", "b"]), ts(15)).unwrap().1, 0);
+    s.commit_plain("a", "after", ts(16));
+}
+
+#[test]
+fn an_abort_removes_intents_and_a_transaction_aborted_first_cannot_start_or_commit() {
+    let s = Shard::new();
+    let t = txn(1, "a", ts(10), Isolation::Snapshot);
+    s.txn(&Write::TxnPut(put(&t, 1, "a", Some("A"))), ts(10)).unwrap();
+    let (reply, _) = s.txn(&end(&t, false, &["a"]), ts(11)).unwrap();
+    assert_eq!((reply.ts, reply.record.unwrap().status), (None, TxnStatus::Aborted));
+    assert!(matches!(s.txn(&end(&t, true, &["a"]), ts(12)), Err(KvError::TxnAborted(_))));
+    s.txn(&resolve(&t, TxnStatus::Aborted, &["a"]), ts(12)).unwrap();
+    assert!(s.reader().intent(b"a").unwrap().is_none());
+    assert_eq!(s.newest("a"), None);
+
+    // Rolled back before its first write applied: that write cannot begin the record afterwards.
+    let late = txn(2, "z", ts(20), Isolation::Serializable);
+    assert_eq!(s.txn(&end(&late, false, &[]), ts(20)).unwrap().0.record.unwrap().status, TxnStatus::Aborted);
+    assert!(matches!(
+        s.txn(&Write::TxnPut(put(&late, 1, "z", Some("v"))), ts(21)),
+        Err(KvError::TxnAborted(_))
+    ));
+    // A commit without a record: it was aborted, or never wrote.
+    let never = txn(3, "y", ts(22), Isolation::Serializable);
+    assert!(matches!(s.txn(&end(&never, true, &[]), ts(22)), Err(KvError::TxnAborted(_))));
+}
+
+#[test]
+fn serializable_commits_only_at_its_read_timestamp_and_snapshot_isolation_at_its_write_timestamp() {
+    let s = Shard::new();
+    for (node, isolation, commits) in [(1, Isolation::Serializable, false), (2, Isolation::Snapshot, true)] {
+        let anchor = format!("k{node}");
+        let t = txn(node, &anchor, ts(10), isolation);
+        s.txn(&Write::TxnPut(put(&t, 1, &anchor, Some("v"))), ts(10)).unwrap();
+        // Its write timestamp was pushed to 20; it read at 10.
+        let pushed = TxnMeta { write_ts: ts(20), ..t.clone() };
+        let ending =
+            Write::EndTxn(EndTxn { txn: pushed, read_ts: ts(10), commit: true, lock_keys: Vec::new() });
+        match s.txn(&ending, ts(21)) {
+            Ok((reply, _)) => {
+                assert!(commits, "{isolation:?}");
+                assert_eq!(reply.ts, Some(ts(20)));
+            }
+            Err(KvError::TxnRetry(_)) => assert!(!commits, "{isolation:?}"),
+            Err(e) => panic!("{isolation:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn resolving_a_running_transaction_moves_its_intents_up_and_an_old_epochs_intent_is_dropped_at_commit() {
+    let s = Shard::new();
+    let t = txn(1, "a", ts(10), Isolation::Serializable);
+    s.txn(&Write::TxnPut(put(&t, 1, "a", Some("A"))), ts(10)).unwrap();
+    s.txn(&Write::TxnPut(put(&t, 2, "old", Some("O"))), ts(10)).unwrap();
+    let pushed = TxnMeta { write_ts: ts(30), ..t.clone() };
+    assert_eq!(s.txn(&resolve(&pushed, TxnStatus::Pending, &["a"]), ts(31)).unwrap().0.resolved, 1);
+    assert_eq!(s.reader().intent(b"a").unwrap().unwrap().meta.txn.write_ts, ts(30));
+    // Moving down does nothing.
+    assert_eq!(s.txn(&resolve(&t, TxnStatus::Pending, &["a"]), ts(32)).unwrap().1, 0);
+    // Restarted at epoch 1, it wrote "a" again but not "old", then committed.
+    let t1 = TxnMeta { epoch: 1, write_ts: ts(40), ..t.clone() };
+    s.txn(&Write::TxnPut(TxnPut { create_record: false, ..put(&t1, 1, "a", Some("A1")) }), ts(40)).unwrap();
+    let committed = TxnMeta { write_ts: ts(40), ..t1 };
+    s.txn(&resolve(&committed, TxnStatus::Committed, &["a", "old"]), ts(41)).unwrap();
+    assert_eq!(s.newest("a"), Some(Versioned { value: b"A1".to_vec(), timestamp: ts(40) }));
+    assert_eq!(s.newest("old"), None);
+    assert!(s.reader().intent(b"old").unwrap().is_none());
+}
+
+#[test]
+fn timestamps_beyond_the_clocks_bound_and_contradictory_writes_are_refused() {
+    let s = Shard::new();
+    let ahead =
+        txn(1, "k", Timestamp { wall_time: LIMIT.wall_time + 1, logical: 0 }, Isolation::Serializable);
+    assert!(matches!(
+        s.txn(&Write::TxnPut(put(&ahead, 1, "k", Some("v"))), ts(10)),
+        Err(KvError::TooFarAhead { .. })
+    ));
+    let t = txn(2, "k", ts(10), Isolation::Serializable);
+    let below = TxnPut { read_ts: ts(11), ..put(&t, 1, "k", Some("v")) };
+    assert!(matches!(s.txn(&Write::TxnPut(below), ts(10)), Err(KvError::Invalid(_))));
+    let elsewhere = TxnPut { create_record: true, ..put(&t, 1, "not-the-anchor", Some("v")) };
+    assert!(matches!(s.txn(&Write::TxnPut(elsewhere), ts(10)), Err(KvError::Invalid(_))));
+}
+
+#[test]
+fn transactional_writes_round_trip_through_postcard_and_latch_their_record() {
+    let t = txn(7, "a", ts(10), Isolation::Snapshot);
+    let writes = [
+        Write::TxnPut(put(&t, 1, "a", Some("v"))),
+        Write::TxnPut(put(&t, 2, "b", None)),
+        end(&t, true, &["a", "b"]),
+        resolve(&t, TxnStatus::Committed, &["a", "b"]),
+    ];
+    for write in &writes {
+        let bytes = postcard::to_stdvec(write).unwrap();
+        assert_eq!(&postcard::from_bytes::<Write>(&bytes).unwrap(), write);
+        assert!(write.is_transactional() && write.witness().is_none());
+    }
+    let record = cairn_kv::txn::record_key(b"a", t.id);
+    assert_eq!(writes[0].keys(), vec![b"a".to_vec(), record.clone()]);
+    assert_eq!(writes[1].keys(), vec![b"b".to_vec()]);
+    assert_eq!(writes[2].keys(), vec![record]);
+    assert_eq!(writes[3].keys(), vec![b"a".to_vec(), b"b".to_vec()]);
+}

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 
 #[path = "evaluate_txn.rs"]
 mod txn_eval;
-pub use txn_eval::{EndTxn, ResolveIntents, TxnPut};
+pub use txn_eval::{EndTxn, HeartbeatTxn, PushKind, PushTxn, ResolveIntents, TxnPut};
 
 /// A write, validated by the caller (key and value sizes; one shard for a batch). Serializable: a node
 /// hands it to the shard leader's node to be evaluated there.
@@ -80,6 +80,10 @@ pub enum Write {
     ResolveIntents(ResolveIntents),
     /// Commits or aborts a transaction at its record (see [`EndTxn`]).
     EndTxn(EndTxn),
+    /// Asks a transaction to make way (see [`PushTxn`]).
+    PushTxn(PushTxn),
+    /// Keeps a transaction's record alive (see [`HeartbeatTxn`]).
+    HeartbeatTxn(HeartbeatTxn),
 }
 
 /// One key's history in a [`Write::Restore`].
@@ -140,12 +144,21 @@ impl Write {
             Write::TxnPut(p) => p.key.len() + p.value.as_ref().map_or(0, Vec::len) + p.txn.anchor.len(),
             Write::ResolveIntents(r) => r.txn.anchor.len() + r.keys.iter().map(|k| k.len()).sum::<usize>(),
             Write::EndTxn(e) => e.txn.anchor.len() + e.lock_keys.iter().map(|k| k.len()).sum::<usize>(),
+            Write::PushTxn(p) => p.pushee.anchor.len(),
+            Write::HeartbeatTxn(h) => h.txn.anchor.len(),
         }
     }
 
     /// Whether it is a transaction's write (which only a replicated shard's leader evaluates).
     pub fn is_transactional(&self) -> bool {
-        matches!(self, Write::TxnPut(_) | Write::ResolveIntents(_) | Write::EndTxn(_))
+        matches!(
+            self,
+            Write::TxnPut(_)
+                | Write::ResolveIntents(_)
+                | Write::EndTxn(_)
+                | Write::PushTxn(_)
+                | Write::HeartbeatTxn(_)
+        )
     }
 
     /// The keys it reads and writes (what its latches cover). A transaction's record is latched under
@@ -160,6 +173,8 @@ impl Write {
             Write::TxnPut(p) => vec![p.key.clone()],
             Write::ResolveIntents(r) => r.keys.iter().map(|k| k.to_vec()).collect(),
             Write::EndTxn(e) => vec![record_latch(&e.txn.anchor, e.txn.id)],
+            Write::PushTxn(p) => vec![record_latch(&p.pushee.anchor, p.pushee.id)],
+            Write::HeartbeatTxn(h) => vec![record_latch(&h.txn.anchor, h.txn.id)],
         }
     }
 
@@ -176,7 +191,12 @@ impl Write {
             // Its versions are not at the write's timestamp; a retry finds restored keys as they are.
             // A transaction's writes are idempotent: evaluated again, a replayed intent, resolution or
             // end finds its own rows and writes nothing more.
-            Write::Restore { .. } | Write::TxnPut(_) | Write::ResolveIntents(_) | Write::EndTxn(_) => None,
+            Write::Restore { .. }
+            | Write::TxnPut(_)
+            | Write::ResolveIntents(_)
+            | Write::EndTxn(_)
+            | Write::PushTxn(_)
+            | Write::HeartbeatTxn(_) => None,
         }
     }
 }
@@ -331,6 +351,8 @@ pub fn evaluate(
         Write::TxnPut(put) => txn_eval::put(put, reader, ts, limit, total_buckets, batch),
         Write::ResolveIntents(resolve) => txn_eval::resolve(resolve, reader, total_buckets, batch),
         Write::EndTxn(end) => txn_eval::end(end, reader, total_buckets, batch),
+        Write::PushTxn(push) => txn_eval::push(push, reader, ts, total_buckets, batch),
+        Write::HeartbeatTxn(beat) => txn_eval::heartbeat(beat, reader, ts, total_buckets, batch),
     }
 }
 
@@ -431,7 +453,11 @@ impl<'a, R: Reader> Overlay<'a, R> {
                     self.written.insert(key.clone(), Latest { timestamp, live: value.is_some() });
                 }
             }
-            Write::TxnPut(_) | Write::ResolveIntents(_) | Write::EndTxn(_) => {}
+            Write::TxnPut(_)
+            | Write::ResolveIntents(_)
+            | Write::EndTxn(_)
+            | Write::PushTxn(_)
+            | Write::HeartbeatTxn(_) => {}
             // Restored keys hold their own timestamps (or, overwritten, at most the write's).
             Write::Restore { keys, .. } => {
                 for k in keys {

@@ -19,6 +19,14 @@
 //!   to its pushed write timestamp. Intents of other transactions are left alone, so a resolve is
 //!   idempotent.
 //!
+//! - [`PushTxn`] asks a transaction that holds a key to make way: to commit above a timestamp, or to
+//!   abort. The pusher wins against an abandoned record (no heartbeat for [`txn::EXPIRY`]: it is
+//!   aborted, whatever the push asked), with a strictly higher priority, when forced (a deadlock's
+//!   victim), and with a timestamp push against snapshot isolation (which commits wherever its writes
+//!   land). A final record answers as it is. A pusher that loses writes nothing and waits.
+//! - [`HeartbeatTxn`] keeps a pending record alive, and answers with it: how the coordinator learns
+//!   that its transaction was pushed or aborted.
+//!
 //! Every command here is idempotent, so a leader that cannot tell whether one applied evaluates it again.
 
 use super::{Condition, Evaluated, KvError, Outcome, above, check_condition};
@@ -77,6 +85,35 @@ pub struct EndTxn {
     pub commit: bool,
     /// The keys it holds intents on, kept in the record until they are resolved.
     pub lock_keys: Vec<ByteBuf>,
+}
+
+/// What a push asks of the transaction pushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PushKind {
+    /// Commit, if at all, at or above this timestamp (a reader's, so that its read stays valid).
+    Timestamp(Timestamp),
+    /// Abort (a writer that needs the key).
+    Abort,
+}
+
+/// Pushes a transaction at its record (see the module's description).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTxn {
+    /// The transaction pushed, as its intent names it.
+    pub pushee: TxnMeta,
+    /// The pusher's priority.
+    pub priority: u32,
+    /// What the pusher asks.
+    pub kind: PushKind,
+    /// Win whatever the priorities (the victim chosen to break a deadlock).
+    pub force: bool,
+}
+
+/// Records that a transaction's coordinator is alive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatTxn {
+    /// The transaction.
+    pub txn: TxnMeta,
 }
 
 fn reply(reply: TxnReply) -> Evaluated {
@@ -347,4 +384,68 @@ pub(super) fn end(
     };
     put_record(&ended, total_buckets, batch)?;
     answer(ended)
+}
+
+/// Evaluates a [`PushTxn`] at the leader's clock `now` (see the module's description).
+pub(super) fn push(
+    p: &PushTxn,
+    reader: &impl Reader,
+    now: Timestamp,
+    total_buckets: u32,
+    batch: &mut WriteBatch,
+) -> Result<Evaluated, KvError> {
+    let PushTxn { pushee, priority, kind, force } = p;
+    let answer = |record: TxnRecord, pushed| {
+        Ok(reply(TxnReply { record: Some(record), pushed, ..TxnReply::default() }))
+    };
+    // No record yet (the pushee's first write has not applied): one as of its start.
+    let record = reader.txn_record(&pushee.anchor, pushee.id)?.unwrap_or_else(|| TxnRecord {
+        meta: pushee.clone(),
+        status: TxnStatus::Pending,
+        read_ts: pushee.min_ts,
+        last_heartbeat: pushee.min_ts,
+        lock_keys: Vec::new(),
+        in_flight: Vec::new(),
+    });
+    match (record.status, kind) {
+        (status, _) if status.is_final() => return answer(record, true),
+        (TxnStatus::Staging, _) => {
+            return Err(invalid(format!(
+                "transaction {} is staging: parallel commits are not built yet",
+                pushee.id
+            )));
+        }
+        (_, PushKind::Timestamp(to)) if record.meta.write_ts >= *to => return answer(record, true),
+        _ => {}
+    }
+    let expired = record.expired(now);
+    let tolerates = matches!(kind, PushKind::Timestamp(_)) && record.meta.isolation == Isolation::Snapshot;
+    if !(expired || *force || tolerates || *priority > record.meta.priority) {
+        return answer(record, false);
+    }
+    let mut pushed = record;
+    match kind {
+        PushKind::Timestamp(to) if !expired => pushed.meta.write_ts = pushed.meta.write_ts.max(*to),
+        // Abandoned: aborted whatever the push asked, so that its intents can be cleaned up.
+        _ => pushed.status = TxnStatus::Aborted,
+    }
+    put_record(&pushed, total_buckets, batch)?;
+    answer(pushed, true)
+}
+
+/// Evaluates a [`HeartbeatTxn`] at the leader's clock `now`: the record, its heartbeat moved up to
+/// `now` if it is pending; no record (it was aborted, and removed) answers `None`.
+pub(super) fn heartbeat(
+    h: &HeartbeatTxn,
+    reader: &impl Reader,
+    now: Timestamp,
+    total_buckets: u32,
+    batch: &mut WriteBatch,
+) -> Result<Evaluated, KvError> {
+    let mut record = reader.txn_record(&h.txn.anchor, h.txn.id)?;
+    if let Some(r) = record.as_mut().filter(|r| !r.status.is_final() && r.last_heartbeat < now) {
+        r.last_heartbeat = now;
+        put_record(r, total_buckets, batch)?;
+    }
+    Ok(reply(TxnReply { record, ..TxnReply::default() }))
 }

@@ -172,6 +172,17 @@ pub struct TxnRecord {
     pub in_flight: Vec<(serde_bytes::ByteBuf, u32)>,
 }
 
+/// How often a transaction's coordinator heartbeats its record.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a pending record may go without a heartbeat before it counts as abandoned: any push then
+/// aborts it (five missed heartbeats).
+pub const EXPIRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The priority of an ordinary transaction; a push by priority wins only against a strictly lower one,
+/// so two ordinary transactions wait for each other rather than abort each other.
+pub const NORMAL_PRIORITY: u32 = 1 << 16;
+
 /// A write intent as a reader returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Intent {
@@ -194,6 +205,9 @@ pub struct TxnReply {
     pub record: Option<TxnRecord>,
     /// A resolve: how many of the transaction's intents it resolved.
     pub resolved: u32,
+    /// A push: whether it won (the record is then aborted, or at or above the pushed timestamp, or
+    /// was final already).
+    pub pushed: bool,
 }
 
 /// An intent or record that does not encode or decode (the caller names the key it was read from).
@@ -238,6 +252,13 @@ impl IntentMeta {
 }
 
 impl TxnRecord {
+    /// Whether a pending record has gone without a heartbeat for longer than [`EXPIRY`] at `now`.
+    pub fn expired(&self, now: Timestamp) -> bool {
+        let heard = self.last_heartbeat.wall_time.max(self.meta.min_ts.wall_time);
+        let expiry = u64::try_from(EXPIRY.as_nanos()).unwrap_or(u64::MAX);
+        heard.saturating_add(expiry) < now.wall_time
+    }
+
     /// Column 0's bytes.
     pub fn encode(&self) -> Result<Vec<u8>, BadRow> {
         encode("transaction record", self)

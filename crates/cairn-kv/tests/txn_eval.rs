@@ -7,11 +7,12 @@
 use cairn_engine::{Config, Db, WriteBatch, WriteOptions};
 use cairn_kv::KvError;
 use cairn_kv::evaluate::{
-    Condition, EndTxn, Evaluated, Outcome, ResolveIntents, Restored, RestoredVersion, TxnPut, Write, evaluate,
+    Condition, EndTxn, Evaluated, HeartbeatTxn, Outcome, PushKind, PushTxn, ResolveIntents, Restored,
+    RestoredVersion, TxnPut, Write, evaluate,
 };
 use cairn_kv::hlc::Timestamp;
 use cairn_kv::reader::{DbReader, Reader, Versioned};
-use cairn_kv::txn::{Isolation, TxnId, TxnMeta, TxnReply, TxnStatus};
+use cairn_kv::txn::{EXPIRY, Isolation, NORMAL_PRIORITY, TxnId, TxnMeta, TxnReply, TxnStatus};
 use serde_bytes::ByteBuf;
 
 const TOTAL_BUCKETS: u32 = 8;
@@ -88,7 +89,7 @@ fn txn(node: u64, anchor: &str, at: Timestamp, isolation: Isolation) -> TxnMeta 
         epoch: 0,
         write_ts: at,
         min_ts: at,
-        priority: 1,
+        priority: NORMAL_PRIORITY,
         isolation,
     }
 }
@@ -378,6 +379,8 @@ fn transactional_writes_round_trip_through_postcard_and_latch_their_record() {
         Write::TxnPut(put(&t, 2, "b", None)),
         end(&t, true, &["a", "b"]),
         resolve(&t, TxnStatus::Committed, &["a", "b"]),
+        push_of(&t, 3, PushKind::Timestamp(ts(20))),
+        Write::HeartbeatTxn(HeartbeatTxn { txn: t.clone() }),
     ];
     for write in &writes {
         let bytes = postcard::to_stdvec(write).unwrap();
@@ -389,4 +392,101 @@ fn transactional_writes_round_trip_through_postcard_and_latch_their_record() {
     assert_eq!(writes[1].keys(), vec![b"b".to_vec()]);
     assert_eq!(writes[2].keys(), vec![record]);
     assert_eq!(writes[3].keys(), vec![b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(writes[4].keys(), writes[5].keys());
+    assert_eq!(writes[4].keys(), writes[2].keys());
+}
+
+fn push_of(pushee: &TxnMeta, priority: u32, kind: PushKind) -> Write {
+    Write::PushTxn(PushTxn { pushee: pushee.clone(), priority, kind, force: false })
+}
+
+/// A wall time `EXPIRY` and a bit after `wall`.
+fn expired_after(wall: u64) -> Timestamp {
+    ts(wall + EXPIRY.as_nanos() as u64 + 1)
+}
+
+#[test]
+fn a_push_wins_by_priority_expiry_force_or_against_snapshot_isolation_and_otherwise_waits() {
+    let s = Shard::new();
+    let start = ts(1_000);
+    let mut node = 0;
+    let mut running = |isolation| {
+        node += 1;
+        let t = txn(node, &format!("k{node}"), start, isolation);
+        s.txn(&Write::TxnPut(put(&t, 1, &format!("k{node}"), Some("v"))), start).unwrap();
+        t
+    };
+    let to = ts(2_000);
+    let now = ts(2_000);
+    // Equal priorities: the pusher loses, and nothing is written.
+    let t = running(Isolation::Serializable);
+    for kind in [PushKind::Timestamp(to), PushKind::Abort] {
+        let (reply, rows) = s.txn(&push_of(&t, NORMAL_PRIORITY, kind), now).unwrap();
+        assert_eq!((reply.pushed, rows, reply.record.unwrap().status), (false, 0, TxnStatus::Pending));
+    }
+    // A higher priority wins: a timestamp push moves the record up, an abort aborts it.
+    let (reply, _) = s.txn(&push_of(&t, NORMAL_PRIORITY + 1, PushKind::Timestamp(to)), now).unwrap();
+    assert!(reply.pushed);
+    assert_eq!(s.reader().txn_record(&t.anchor, t.id).unwrap().unwrap().meta.write_ts, to);
+    // Already at or above: nothing to do.
+    assert_eq!(s.txn(&push_of(&t, 0, PushKind::Timestamp(to)), now).unwrap(), {
+        let record = s.reader().txn_record(&t.anchor, t.id).unwrap();
+        (TxnReply { record, pushed: true, ..TxnReply::default() }, 0)
+    });
+    s.txn(&push_of(&t, NORMAL_PRIORITY + 1, PushKind::Abort), now).unwrap();
+    assert_eq!(s.reader().txn_record(&t.anchor, t.id).unwrap().unwrap().status, TxnStatus::Aborted);
+    // A final record answers as it is, and the transaction cannot commit.
+    assert!(s.txn(&push_of(&t, 0, PushKind::Abort), now).unwrap().0.pushed);
+    assert!(matches!(s.txn(&end(&t, true, &[]), now), Err(KvError::TxnAborted(_))));
+
+    // Snapshot isolation takes any timestamp push (it commits where its writes land), not an abort.
+    let si = running(Isolation::Snapshot);
+    assert!(s.txn(&push_of(&si, 0, PushKind::Timestamp(to)), now).unwrap().0.pushed);
+    assert!(!s.txn(&push_of(&si, 0, PushKind::Abort), now).unwrap().0.pushed);
+    let (reply, _) = s.txn(&end(&si, true, &[]), now).unwrap();
+    assert_eq!(reply.ts, Some(to), "committed at the pushed timestamp");
+
+    // Forced (a deadlock's victim).
+    let victim = running(Isolation::Serializable);
+    let forced =
+        Write::PushTxn(PushTxn { pushee: victim.clone(), priority: 0, kind: PushKind::Abort, force: true });
+    assert!(s.txn(&forced, now).unwrap().0.pushed);
+    assert_eq!(s.reader().txn_record(&victim.anchor, victim.id).unwrap().unwrap().status, TxnStatus::Aborted);
+
+    // Abandoned: any push aborts it; a heartbeat before that keeps it alive.
+    let alive = running(Isolation::Serializable);
+    let later = expired_after(start.wall_time);
+    let beat = Write::HeartbeatTxn(HeartbeatTxn { txn: alive.clone() });
+    let (reply, rows) = s.txn(&beat, ts(start.wall_time + 10)).unwrap();
+    assert_eq!((reply.record.unwrap().last_heartbeat, rows), (ts(start.wall_time + 10), 1));
+    assert!(!s.txn(&push_of(&alive, 0, PushKind::Abort), later).unwrap().0.pushed, "heard from since");
+    let (reply, _) =
+        s.txn(&push_of(&alive, 0, PushKind::Timestamp(to)), expired_after(start.wall_time + 10)).unwrap();
+    assert_eq!((reply.pushed, reply.record.unwrap().status), (true, TxnStatus::Aborted));
+    // A heartbeat of a final record changes nothing, and tells the coordinator.
+    let (reply, rows) = s.txn(&beat, later).unwrap();
+    assert_eq!((reply.record.unwrap().status, rows), (TxnStatus::Aborted, 0));
+}
+
+#[test]
+fn a_push_of_a_transaction_without_a_record_leaves_one_that_its_first_write_respects() {
+    let s = Shard::new();
+    let start = ts(1_000);
+    // Pushed up before its first write applied: the write begins nothing new, the commit moves up.
+    let t = txn(1, "a", start, Isolation::Snapshot);
+    let (reply, rows) = s.txn(&push_of(&t, 0, PushKind::Timestamp(ts(1_500))), ts(1_100)).unwrap();
+    assert_eq!((reply.pushed, rows), (true, 1));
+    s.txn(&Write::TxnPut(put(&t, 1, "a", Some("v"))), ts(1_200)).unwrap();
+    assert_eq!(s.txn(&end(&t, true, &["a"]), ts(1_600)).unwrap().0.ts, Some(ts(1_500)));
+    // Abandoned before its first write applied: aborted, and that write cannot begin it.
+    let gone = txn(2, "b", start, Isolation::Serializable);
+    s.txn(&push_of(&gone, 0, PushKind::Abort), expired_after(start.wall_time)).unwrap();
+    assert!(matches!(
+        s.txn(&Write::TxnPut(put(&gone, 1, "b", Some("v"))), ts(1_200)),
+        Err(KvError::TxnAborted(_))
+    ));
+    // A heartbeat of a transaction without a record: none (it was aborted, or never wrote).
+    let none = txn(3, "c", start, Isolation::Serializable);
+    let (reply, rows) = s.txn(&Write::HeartbeatTxn(HeartbeatTxn { txn: none }), ts(1_200)).unwrap();
+    assert_eq!((reply.record, rows), (None, 0));
 }

@@ -1,5 +1,6 @@
 //! Reading a key's versions from a shard's engine: the newest one (one point read of the key's latest
-//! row) or the newest at or below a timestamp (a short scan of its version rows).
+//! row) or the newest at or below a timestamp (a short scan of its version rows); and a read that
+//! takes transactions' write intents into account ([`DbReader::read`]).
 
 use crate::error::KvError;
 use crate::hlc::Timestamp;
@@ -37,6 +38,39 @@ pub trait Reader {
     fn txn_record(&self, anchor: &[u8], id: TxnId) -> Result<Option<TxnRecord>, KvError>;
 }
 
+/// A read that minds transactions: at `ts`, uncertain up to `limit`, for transaction `txn` if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadAt {
+    /// The read timestamp ([`Timestamp::MAX`]: the newest).
+    pub ts: Timestamp,
+    /// The uncertainty limit (at least `ts`): a version in `(ts, limit]` may have been written before
+    /// the read began, by a clock ahead of the reader's.
+    pub limit: Timestamp,
+    /// The reading transaction and its epoch: its own intents of that epoch are what it reads.
+    pub txn: Option<(TxnId, u32)>,
+}
+
+impl ReadAt {
+    /// A read at `ts` outside any transaction, without uncertainty.
+    pub fn at(ts: Timestamp) -> ReadAt {
+        ReadAt { ts, limit: ts, txn: None }
+    }
+}
+
+/// What a read that minds transactions finds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// The version the read sees: the reading transaction's own write, or the newest committed version
+    /// at or below the read timestamp (`None`: absent or deleted).
+    Version(Option<Versioned>),
+    /// Another transaction's intent at or below the uncertainty limit: it may commit below the read, so
+    /// the reader pushes it (or waits) and reads again.
+    Locked(Box<Intent>),
+    /// A committed version (value or delete) in the uncertainty interval, at this timestamp: the reader
+    /// moves its read timestamp above it.
+    Uncertain(Timestamp),
+}
+
 /// Reads one shard's engine.
 #[derive(Clone, Copy, Debug)]
 pub struct DbReader<'a> {
@@ -71,6 +105,14 @@ impl DbReader<'_> {
         if at == Timestamp::MAX {
             return self.newest(key);
         }
+        match self.version_row_at(key, at)? {
+            None => Ok(None),
+            Some((engine_key, row)) => version_of(&engine_key, &row),
+        }
+    }
+
+    /// `key`'s newest version row at or below `at`: its engine key and the row.
+    fn version_row_at(&self, key: &[u8], at: Timestamp) -> Result<Option<(Vec<u8>, Row)>, KvError> {
         let bucket = mvcc::bucket_of(key, self.total_buckets);
         let start = mvcc::version_key(key, at);
         let mut end = mvcc::key_prefix(key);
@@ -78,10 +120,47 @@ impl DbReader<'_> {
             *last += 1;
         }
         let mut it = self.db.scan(bucket, &start[..]..&end[..])?;
-        match it.next().transpose()? {
-            None => Ok(None),
-            Some((_, engine_key, row)) => version_of(&engine_key, &row),
+        Ok(it.next().transpose()?.map(|(_, engine_key, row)| (engine_key, row)))
+    }
+
+    /// `key` as a read that minds transactions sees it (see [`Found`]): the reader's own intent,
+    /// another's intent in the way, a version in the uncertainty interval, or the version at the read
+    /// timestamp. An intent of an earlier epoch of the reader's transaction is a leftover of that
+    /// attempt: read past it.
+    pub fn read(&self, key: &[u8], read: &ReadAt) -> Result<Found, KvError> {
+        if let Some(intent) = self.intent(key)? {
+            let holder = &intent.meta.txn;
+            match read.txn {
+                Some((id, epoch)) if id == holder.id && epoch == holder.epoch => {
+                    let timestamp = holder.write_ts;
+                    return Ok(Found::Version(intent.value.map(|value| Versioned { value, timestamp })));
+                }
+                Some((id, _)) if id == holder.id => {}
+                _ if holder.write_ts <= read.limit.max(read.ts) => {
+                    return Ok(Found::Locked(Box::new(intent)));
+                }
+                _ => {}
+            }
         }
+        if read.limit > read.ts
+            && let Some(newest) = self.latest(key)?.map(|l| l.timestamp)
+            && newest > read.ts
+        {
+            // The newest version is past the read; the newest at or below the limit decides.
+            let within =
+                if newest <= read.limit { Some(newest) } else { self.version_ts_at(key, read.limit)? };
+            if let Some(ts) = within.filter(|ts| *ts > read.ts) {
+                return Ok(Found::Uncertain(ts));
+            }
+        }
+        Ok(Found::Version(self.at(key, read.ts)?))
+    }
+
+    /// The timestamp of `key`'s newest version (a value or a delete) at or below `at`.
+    fn version_ts_at(&self, key: &[u8], at: Timestamp) -> Result<Option<Timestamp>, KvError> {
+        let Some((engine_key, _)) = self.version_row_at(key, at)? else { return Ok(None) };
+        let (_, ts) = mvcc::decode_version_key(&engine_key).ok_or_else(|| malformed("version key"))?;
+        Ok(Some(ts))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Transactions' writes evaluated against a real shard, with each evaluation's rows applied before the
 //! next: intents and records as readers see them, replays, epochs, write-too-old under each isolation
-//! level, conditions over a transaction's own writes, and commit, abort and resolution.
+//! level, conditions over a transaction's own writes, commit, abort and resolution, pushes and
+//! heartbeats; and reads that mind intents and uncertainty.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +12,7 @@ use cairn_kv::evaluate::{
     RestoredVersion, TxnPut, Write, evaluate,
 };
 use cairn_kv::hlc::Timestamp;
-use cairn_kv::reader::{DbReader, Reader, Versioned};
+use cairn_kv::reader::{DbReader, Found, ReadAt, Reader, Versioned};
 use cairn_kv::txn::{EXPIRY, Isolation, NORMAL_PRIORITY, TxnId, TxnMeta, TxnReply, TxnStatus};
 use serde_bytes::ByteBuf;
 
@@ -489,4 +490,56 @@ fn a_push_of_a_transaction_without_a_record_leaves_one_that_its_first_write_resp
     let none = txn(3, "c", start, Isolation::Serializable);
     let (reply, rows) = s.txn(&Write::HeartbeatTxn(HeartbeatTxn { txn: none }), ts(1_200)).unwrap();
     assert_eq!((reply.record, rows), (None, 0));
+}
+
+fn found(value: &str, at: Timestamp) -> Found {
+    Found::Version(Some(Versioned { value: value.into(), timestamp: at }))
+}
+
+#[test]
+fn a_read_sees_its_own_intent_is_stopped_by_anothers_below_its_limit_and_reads_past_one_above() {
+    let s = Shard::new();
+    s.commit_plain("k", "committed", ts(5));
+    let t = txn(1, "k", ts(20), Isolation::Serializable);
+    s.txn(&Write::TxnPut(put(&t, 1, "k", Some("mine"))), ts(20)).unwrap();
+    let read = |read: ReadAt| s.reader().read(b"k", &read).unwrap();
+    // Its own transaction, this epoch: its write.
+    assert_eq!(read(ReadAt { ts: ts(20), limit: ts(20), txn: Some((t.id, 0)) }), found("mine", ts(20)));
+    // A later epoch of it reads past the leftover intent.
+    assert_eq!(read(ReadAt { ts: ts(20), limit: ts(20), txn: Some((t.id, 1)) }), found("committed", ts(5)));
+    // Others: below the intent, not in the way; at or above it, or with it inside the uncertainty
+    // interval, locked; the newest read always.
+    assert_eq!(read(ReadAt::at(ts(19))), found("committed", ts(5)));
+    for r in [
+        ReadAt::at(ts(20)),
+        ReadAt::at(Timestamp::MAX),
+        ReadAt { ts: ts(15), limit: ts(25), txn: Some((TxnId::new(2, ts(15)), 0)) },
+    ] {
+        match read(r) {
+            Found::Locked(intent) => assert_eq!(intent.meta.txn.id, t.id, "{r:?}"),
+            other => panic!("{r:?}: {other:?}"),
+        }
+    }
+    // Unaffected keys read as ever.
+    assert_eq!(s.reader().read(b"other", &ReadAt::at(ts(30))).unwrap(), Found::Version(None));
+}
+
+#[test]
+fn a_committed_version_inside_the_uncertainty_interval_makes_the_read_uncertain() {
+    let s = Shard::new();
+    s.commit_plain("k", "v10", ts(10));
+    s.commit_plain("k", "v20", ts(20));
+    let del = Write::Delete { key: b"k".to_vec() };
+    assert_eq!(s.eval(&del, ts(30)).unwrap().outcome, Outcome::Written(ts(30)));
+    let read =
+        |at, limit| s.reader().read(b"k", &ReadAt { ts: ts(at), limit: ts(limit), txn: None }).unwrap();
+    // Nothing in (15, 18]: the version at 10.
+    assert_eq!(read(15, 18), found("v10", ts(10)));
+    // The version at 20 is in (15, 25], and the delete at 30 in (25, 35]: both uncertain.
+    assert_eq!(read(15, 25), Found::Uncertain(ts(20)));
+    assert_eq!(read(15, 40), Found::Uncertain(ts(30)));
+    assert_eq!(read(25, 35), Found::Uncertain(ts(30)));
+    // At or past the newest: certain.
+    assert_eq!(read(30, 40), Found::Version(None));
+    assert_eq!(read(20, 29), found("v20", ts(20)));
 }

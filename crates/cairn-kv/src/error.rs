@@ -40,6 +40,16 @@ pub enum KvError {
     /// is kept. Retryable as a new transaction.
     #[error("the transaction was aborted: {0}")]
     TxnAborted(String),
+    /// A transaction's read found a committed version of the key above its read timestamp but within
+    /// its uncertainty interval: it may have been written before the transaction began, so the
+    /// transaction moves its read timestamp above it (refreshing its reads, or restarting).
+    #[error("key {key:?} has a version at {ts}, inside the transaction's uncertainty interval")]
+    Uncertain {
+        /// The key.
+        key: Vec<u8>,
+        /// The version's timestamp.
+        ts: Timestamp,
+    },
     /// A request that makes no sense (a transaction's write that contradicts its own state).
     #[error("{0}")]
     Invalid(String),

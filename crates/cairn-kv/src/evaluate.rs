@@ -26,14 +26,14 @@ pub use crate::error::KvError;
 use crate::hlc::Timestamp;
 use crate::mvcc;
 pub use crate::mvcc::add_version;
-use crate::reader::{Latest, Reader};
+use crate::reader::{DbReader, Latest, Reader};
 use crate::txn::{self, Intent, TxnId, TxnRecord, TxnReply};
 use cairn_engine::WriteBatch;
 use std::collections::HashMap;
 
 #[path = "evaluate_txn.rs"]
 mod txn_eval;
-pub use txn_eval::{EndTxn, HeartbeatTxn, PushKind, PushTxn, ResolveIntents, TxnPut};
+pub use txn_eval::{EndTxn, HeartbeatTxn, PushKind, PushTxn, ResolveIntents, TxnBounds, TxnGet, TxnPut};
 
 /// A write, validated by the caller (key and value sizes; one shard for a batch). Serializable: a node
 /// hands it to the shard leader's node to be evaluated there.
@@ -84,6 +84,9 @@ pub enum Write {
     PushTxn(PushTxn),
     /// Keeps a transaction's record alive (see [`HeartbeatTxn`]).
     HeartbeatTxn(HeartbeatTxn),
+    /// A transaction's read of one key, on the leader (see [`TxnGet`]): it writes nothing, but is
+    /// latched and evaluated like a write so that the leader's timestamp cache records it.
+    TxnGet(TxnGet),
 }
 
 /// One key's history in a [`Write::Restore`].
@@ -146,6 +149,7 @@ impl Write {
             Write::EndTxn(e) => e.txn.anchor.len() + e.lock_keys.iter().map(|k| k.len()).sum::<usize>(),
             Write::PushTxn(p) => p.pushee.anchor.len(),
             Write::HeartbeatTxn(h) => h.txn.anchor.len(),
+            Write::TxnGet(g) => g.key.len(),
         }
     }
 
@@ -158,6 +162,7 @@ impl Write {
                 | Write::EndTxn(_)
                 | Write::PushTxn(_)
                 | Write::HeartbeatTxn(_)
+                | Write::TxnGet(_)
         )
     }
 
@@ -175,6 +180,7 @@ impl Write {
             Write::EndTxn(e) => vec![record_latch(&e.txn.anchor, e.txn.id)],
             Write::PushTxn(p) => vec![record_latch(&p.pushee.anchor, p.pushee.id)],
             Write::HeartbeatTxn(h) => vec![record_latch(&h.txn.anchor, h.txn.id)],
+            Write::TxnGet(g) => vec![g.key.clone()],
         }
     }
 
@@ -196,7 +202,8 @@ impl Write {
             | Write::ResolveIntents(_)
             | Write::EndTxn(_)
             | Write::PushTxn(_)
-            | Write::HeartbeatTxn(_) => None,
+            | Write::HeartbeatTxn(_)
+            | Write::TxnGet(_) => None,
         }
     }
 }
@@ -221,7 +228,7 @@ pub enum Outcome {
     Unchanged,
     /// A transactional write's answer; its rows, if any, are in the batch (none: a replay, or nothing
     /// left to do).
-    Txn(TxnReply),
+    Txn(Box<TxnReply>),
 }
 
 /// The latch key of transaction `id`'s record.
@@ -348,11 +355,37 @@ pub fn evaluate(
         Write::Restore { keys, overwrite } => {
             restore(keys, *overwrite, reader, ts, limit, total_buckets, batch)
         }
-        Write::TxnPut(put) => txn_eval::put(put, reader, ts, limit, total_buckets, batch),
+        Write::TxnPut(_)
+        | Write::ResolveIntents(_)
+        | Write::EndTxn(_)
+        | Write::PushTxn(_)
+        | Write::HeartbeatTxn(_)
+        | Write::TxnGet(_) => Err(KvError::Invalid(
+            "a transaction's request is evaluated by its shard's leader, with its timestamp cache".into(),
+        )),
+    }
+}
+
+/// Evaluates a transaction's request (see `evaluate_txn.rs`) on a shard leader's replica `reader`:
+/// adds its rows to `batch` and answers [`Outcome::Txn`]. Other writes go to [`evaluate()`].
+pub fn evaluate_txn(
+    write: &Write,
+    reader: &DbReader<'_>,
+    bounds: &mut TxnBounds<'_>,
+    total_buckets: u32,
+    batch: &mut WriteBatch,
+) -> Result<Evaluated, KvError> {
+    let now = bounds.now;
+    match write {
+        Write::TxnPut(put) => txn_eval::put(put, reader, bounds, total_buckets, batch),
         Write::ResolveIntents(resolve) => txn_eval::resolve(resolve, reader, total_buckets, batch),
         Write::EndTxn(end) => txn_eval::end(end, reader, total_buckets, batch),
-        Write::PushTxn(push) => txn_eval::push(push, reader, ts, total_buckets, batch),
-        Write::HeartbeatTxn(beat) => txn_eval::heartbeat(beat, reader, ts, total_buckets, batch),
+        Write::PushTxn(push) => txn_eval::push(push, reader, now, total_buckets, batch),
+        Write::HeartbeatTxn(beat) => txn_eval::heartbeat(beat, reader, now, total_buckets, batch),
+        Write::TxnGet(get) => txn_eval::get(get, reader, bounds),
+        Write::Put { .. } | Write::Delete { .. } | Write::Batch { .. } | Write::Restore { .. } => {
+            evaluate(write, reader, now, bounds.limit, total_buckets, batch)
+        }
     }
 }
 
@@ -457,7 +490,8 @@ impl<'a, R: Reader> Overlay<'a, R> {
             | Write::ResolveIntents(_)
             | Write::EndTxn(_)
             | Write::PushTxn(_)
-            | Write::HeartbeatTxn(_) => {}
+            | Write::HeartbeatTxn(_)
+            | Write::TxnGet(_) => {}
             // Restored keys hold their own timestamps (or, overwritten, at most the write's).
             Write::Restore { keys, .. } => {
                 for k in keys {

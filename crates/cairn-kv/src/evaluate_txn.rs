@@ -1,9 +1,15 @@
 //! Evaluation of transactions' writes (part of [`evaluate`](super)): intents, their resolution, and the
 //! end of a transaction at its record. The rules (`docs/plans/transactions.md` §2):
 //!
+//! - [`TxnGet`] reads a key as the transaction sees it ([`DbReader::read`]): its own write, else the
+//!   version at its read timestamp; another transaction's intent in the way is a
+//!   [`KvError::LockConflict`], a version in its uncertainty interval a [`KvError::Uncertain`]. A read
+//!   that found its version is recorded in the leader's timestamp cache.
 //! - [`TxnPut`] leaves a write intent: the value and the transaction's metadata in the key's intent row,
-//!   at the transaction's write timestamp, or just above the key's newest committed version if that is
-//!   not older. Another transaction's intent on the key is a [`KvError::LockConflict`] (nothing
+//!   at the transaction's write timestamp moved up past three things: the key's newest committed
+//!   version, the highest read of the key by another transaction (the timestamp cache), and the
+//!   closed timestamp (the leader's physical time less the maximum clock offset, which a read at a
+//!   timestamp waits for every clock to pass: no intent lands where such a read already looked). Another transaction's intent on the key is a [`KvError::LockConflict`] (nothing
 //!   written). A committed version newer than the transaction's read timestamp is a write-too-old:
 //!   snapshot isolation and conditional puts must restart ([`KvError::TxnRetry`]); a serializable
 //!   transaction writes above it and is told to refresh its reads before it commits. A put whose
@@ -32,12 +38,39 @@
 use super::{Condition, Evaluated, KvError, Outcome, above, check_condition};
 use crate::hlc::Timestamp;
 use crate::mvcc;
-use crate::reader::Reader;
+use crate::reader::{DbReader, Found, ReadAt, Reader};
+use crate::tscache::TsCache;
 use crate::txn::{self, Intent, IntentMeta, Isolation, TxnMeta, TxnRecord, TxnReply, TxnStatus};
 use cairn_engine::WriteBatch;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::collections::HashSet;
+
+/// What bounds a transactional command's timestamps on a leader.
+pub struct TxnBounds<'a> {
+    /// The leader's clock.
+    pub now: Timestamp,
+    /// The clock's bound: no write lands beyond it.
+    pub limit: Timestamp,
+    /// No intent lands below this: the leader's physical time less the maximum clock offset.
+    pub closed: Timestamp,
+    /// The leader's timestamp cache of the shard.
+    pub reads: &'a mut TsCache,
+}
+
+/// A transaction's read of one key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnGet {
+    /// The transaction.
+    pub txn: TxnMeta,
+    /// Its read timestamp.
+    pub read_ts: Timestamp,
+    /// Its uncertainty limit (at least `read_ts`).
+    pub limit: Timestamp,
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+}
 
 /// A transaction's write of one key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +150,7 @@ pub struct HeartbeatTxn {
 }
 
 fn reply(reply: TxnReply) -> Evaluated {
-    Evaluated { outcome: Outcome::Txn(reply), depends: Vec::new() }
+    Evaluated { outcome: Outcome::Txn(Box::new(reply)), depends: Vec::new() }
 }
 
 fn invalid(why: String) -> KvError {
@@ -128,16 +161,39 @@ fn encoded(bytes: Result<Vec<u8>, txn::BadRow>) -> Result<Vec<u8>, KvError> {
     bytes.map_err(|e| invalid(e.to_string()))
 }
 
-/// Evaluates a [`TxnPut`] (see the module's description); `now` is the leader's clock, `limit` its bound.
+/// Evaluates a [`TxnGet`] (see the module's description).
+pub(super) fn get(
+    g: &TxnGet,
+    reader: &DbReader<'_>,
+    bounds: &mut TxnBounds<'_>,
+) -> Result<Evaluated, KvError> {
+    if g.read_ts > bounds.limit {
+        return Err(KvError::TooFarAhead { latest: g.read_ts, limit: bounds.limit });
+    }
+    let read = ReadAt { ts: g.read_ts, limit: g.limit.max(g.read_ts), txn: Some((g.txn.id, g.txn.epoch)) };
+    match reader.read(&g.key, &read)? {
+        Found::Locked(intent) => {
+            Err(KvError::LockConflict { key: g.key.clone(), holder: Box::new(intent.meta.txn) })
+        }
+        Found::Uncertain(ts) => Err(KvError::Uncertain { key: g.key.clone(), ts }),
+        Found::Version(version) => {
+            bounds.reads.add(&g.key, g.read_ts, Some(g.txn.id));
+            let value = version.map(|v| (ByteBuf::from(v.value), v.timestamp));
+            Ok(reply(TxnReply { value, ..TxnReply::default() }))
+        }
+    }
+}
+
+/// Evaluates a [`TxnPut`] (see the module's description).
 pub(super) fn put(
     p: &TxnPut,
     reader: &impl Reader,
-    now: Timestamp,
-    limit: Timestamp,
+    bounds: &TxnBounds<'_>,
     total_buckets: u32,
     batch: &mut WriteBatch,
 ) -> Result<Evaluated, KvError> {
     let TxnPut { txn, read_ts, seq, key, value, condition, create_record } = p;
+    let limit = bounds.limit;
     if txn.write_ts < *read_ts || txn.write_ts < txn.min_ts {
         return Err(invalid(format!(
             "transaction {}: write timestamp {} below its read timestamp {read_ts} or its start {}",
@@ -178,7 +234,16 @@ pub(super) fn put(
         }
         (None, _) => check_condition(*condition, latest.filter(|l| l.live).map(|l| l.timestamp))?,
     }
-    let mut at = above(txn.write_ts, latest, limit)?;
+    let mut at = txn.write_ts.max(bounds.closed);
+    let read = bounds.reads.lookup(key);
+    if read.ts >= at && read.txn != Some(txn.id) {
+        at = read.ts.next();
+    }
+    if at > limit {
+        // Read (or closed) that far ahead only by a leader's first evaluations: the clock catches up.
+        return Err(KvError::TooFarAhead { latest: at, limit });
+    }
+    let mut at = above(at, latest, limit)?;
     if let Some(i) = &own {
         // An intent only moves up.
         at = at.max(i.meta.txn.write_ts);
@@ -193,7 +258,7 @@ pub(super) fn put(
     let meta = encoded(meta.encode())?;
     let column = mvcc::encode_value(value.as_deref());
     if *create_record {
-        begin_record(txn, *read_ts, now, reader, total_buckets, batch)?;
+        begin_record(txn, *read_ts, bounds.now, reader, total_buckets, batch)?;
     }
     batch.put_row(bucket, &txn::intent_key(key), &[(0, &column), (1, &meta)]);
     Ok(reply(TxnReply { ts: Some(at), write_too_old: newer.is_some(), ..TxnReply::default() }))

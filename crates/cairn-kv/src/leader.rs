@@ -12,12 +12,13 @@
 //! A write's outcome is definite except when the leader's node cannot learn it in time: then the
 //! client is told it is unknown ([`WriteError::OutcomeUnknown`]).
 
-use crate::evaluate::{Condition, Evaluated, KvError, Outcome, Write, evaluate};
+use crate::evaluate::{Condition, Evaluated, KvError, Outcome, TxnBounds, Write, evaluate, evaluate_txn};
 use crate::hlc::Timestamp;
 use crate::latch::{LatchGuard, Latches};
 use crate::mvcc;
 use crate::pending::Pending;
 use crate::reader::DbReader;
+use crate::tscache::{self, TsCache};
 use crate::txn::{TxnMeta, TxnReply};
 use cairn_cluster::raft::{Command, CommandResult, GroupError, ReadLevel, Replica, RequestHandler, Written};
 use cairn_engine::WriteBatch;
@@ -76,6 +77,14 @@ pub enum WriteError {
     /// The transaction was aborted (see [`KvError::TxnAborted`]).
     #[error("the transaction was aborted: {0}")]
     TxnAborted(String),
+    /// A transaction's read met a version in its uncertainty interval (see [`KvError::Uncertain`]).
+    #[error("key {key:?} has a version at {ts}, inside the transaction's uncertainty interval")]
+    Uncertain {
+        /// The key.
+        key: Vec<u8>,
+        /// The version's timestamp.
+        ts: Timestamp,
+    },
 }
 
 impl From<KvError> for WriteError {
@@ -87,6 +96,7 @@ impl From<KvError> for WriteError {
             KvError::TxnRetry(m) => WriteError::TxnRetry(m),
             KvError::TxnAborted(m) => WriteError::TxnAborted(m),
             KvError::Invalid(m) => WriteError::InvalidArgument(m),
+            KvError::Uncertain { key, ts } => WriteError::Uncertain { key, ts },
             KvError::Malformed(m) => WriteError::Internal(m),
             KvError::Engine(e @ cairn_engine::Error::InvalidArgument(_)) => {
                 WriteError::InvalidArgument(e.to_string())
@@ -164,12 +174,17 @@ pub struct Leaders {
     /// The largest command that fits in one message (and so always replicates).
     max_command_bytes: usize,
     latches: parking_lot::Mutex<std::collections::HashMap<u64, Arc<Latches>>>,
+    // Each group's timestamp cache, and the term it was started in.
+    reads: parking_lot::Mutex<std::collections::HashMap<u64, GroupReads>>,
     stats: Stats,
     // Set when the node hands its leaderships over (a clean stop): no new evaluation starts here.
     draining: std::sync::atomic::AtomicBool,
     // Proposals whose outcome the group has not decided yet.
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// A group's timestamp cache and the term it was started in (`None`: not started).
+type GroupReads = Arc<parking_lot::Mutex<(Option<u64>, TsCache)>>;
 
 /// What a node's [`Leaders`] did, counted since it started.
 #[derive(Debug, Default)]
@@ -272,6 +287,7 @@ impl Leaders {
             timeout,
             max_command_bytes,
             latches: Default::default(),
+            reads: Default::default(),
             stats: Stats::default(),
             draining: Default::default(),
             in_flight: Default::default(),
@@ -310,6 +326,47 @@ impl Leaders {
 
     fn latches(&self, group: u64) -> Arc<Latches> {
         Arc::clone(self.latches.lock().entry(group).or_default())
+    }
+
+    /// `group`'s timestamp cache; started afresh in a new term, with a low water above every read an
+    /// earlier leader can have served (see [`TsCache::new`]).
+    fn reads(&self, group: u64) -> GroupReads {
+        // Replaced at the group's first evaluation.
+        let fresh = || parking_lot::Mutex::new((None, TsCache::new(Timestamp::MAX, 1)));
+        Arc::clone(self.reads.lock().entry(group).or_insert_with(|| Arc::new(fresh())))
+    }
+
+    /// The timestamp below which no intent lands, at the clock's physical time now: a read at a
+    /// timestamp waits for every clock to pass it by the maximum offset.
+    fn closed(&self) -> Timestamp {
+        let clock = self.pending.clock();
+        let offset = u64::try_from(clock.max_offset().as_nanos()).unwrap_or(u64::MAX);
+        Timestamp { wall_time: clock.physical().saturating_sub(offset), logical: 0 }
+    }
+
+    /// Evaluates a transaction's request in `term`, with `group`'s timestamp cache.
+    fn evaluate_txn(
+        &self,
+        op: &Write,
+        reader: &DbReader<'_>,
+        (group, term): (u64, u64),
+        ts: Timestamp,
+        batch: &mut WriteBatch,
+    ) -> Result<Evaluated, KvError> {
+        let clock = self.pending.clock();
+        let reads = self.reads(group);
+        let mut reads = reads.lock();
+        if reads.0 != Some(term) {
+            let offset = u64::try_from(clock.max_offset().as_nanos()).unwrap_or(u64::MAX);
+            let low = Timestamp {
+                wall_time: clock.physical().saturating_add(offset.saturating_mul(2)),
+                logical: 0,
+            };
+            *reads = (Some(term), TsCache::new(low, tscache::DEFAULT_CAPACITY));
+        }
+        let mut bounds =
+            TxnBounds { now: ts, limit: clock.limit(), closed: self.closed(), reads: &mut reads.1 };
+        evaluate_txn(op, reader, &mut bounds, self.total_buckets, batch)
     }
 
     /// Writes `op` through `replica`'s group: evaluated here if this replica leads, otherwise handed to
@@ -441,7 +498,8 @@ impl Leaders {
                 e @ (WriteError::ConditionFailed(_)
                 | WriteError::LockConflict { .. }
                 | WriteError::TxnRetry(_)
-                | WriteError::TxnAborted(_)),
+                | WriteError::TxnAborted(_)
+                | WriteError::Uncertain { .. }),
             ) => match self.still_leading(replica, term, deadline).await {
                 Ok(_) => Round::Done(Err(e)),
                 Err(why) => Round::Again(why),
@@ -487,15 +545,20 @@ impl Leaders {
             let reader = DbReader { db: &db, total_buckets: self.total_buckets };
             let mut batch = WriteBatch::new();
             let limit = self.pending.clock().limit();
-            match evaluate(op, &reader, ts, limit, self.total_buckets, &mut batch) {
+            let evaluated = if op.is_transactional() {
+                self.evaluate_txn(op, &reader, (replica.group(), term), ts, &mut batch)
+            } else {
+                evaluate(op, &reader, ts, limit, self.total_buckets, &mut batch)
+            };
+            match evaluated {
                 Ok(Evaluated { outcome: Outcome::Unchanged, .. }) => return Ok(Evaluation::Nothing(None)),
                 // A transaction's write lands where its transaction's timestamps say, not at `ts`.
                 Ok(Evaluated { outcome: Outcome::Txn(reply), .. }) if batch.is_empty() => {
-                    return Ok(Evaluation::Nothing(Some(reply)));
+                    return Ok(Evaluation::Nothing(Some(*reply)));
                 }
                 Ok(Evaluated { outcome: Outcome::Txn(reply), .. }) => {
                     let command = self.command(term, &batch)?;
-                    return Ok(Evaluation::Propose { command, at: reply.ts, reply: Some(reply) });
+                    return Ok(Evaluation::Propose { command, at: reply.ts, reply: Some(*reply) });
                 }
                 Ok(Evaluated { outcome: Outcome::Written(at), .. }) if at > ts => {
                     // Above a newer version an earlier leader's clock stamped: evaluated again at a

@@ -8,6 +8,7 @@
 //! - [`leader`]: writes to a replicated shard, evaluated by its Raft group's leader;
 //! - [`pending`]: a node's writes in flight, for reads at a timestamp to wait for;
 //! - [`txn`]: what transactions' write intents and records hold, and their rows;
+//! - [`tscache`]: a shard leader's record of transactions' reads, which writes below them move above;
 //! - [`evaluate`](mod@evaluate): the one place the write rules are decided — conditions, tombstones,
 //!   and a write that would land below a newer version (write-too-old) — turning a request into an
 //!   engine write batch, an outcome, and the reads it depended on; transactions' writes (intents, their
@@ -26,6 +27,7 @@ pub mod leader;
 pub mod mvcc;
 pub mod pending;
 pub mod reader;
+pub mod tscache;
 pub mod txn;
 
 pub use evaluate::{

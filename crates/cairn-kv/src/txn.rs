@@ -208,6 +208,8 @@ pub struct TxnReply {
     /// A push: whether it won (the record is then aborted, or at or above the pushed timestamp, or
     /// was final already).
     pub pushed: bool,
+    /// A get: the value it read and the timestamp it was written at (`None`: absent or deleted).
+    pub value: Option<(serde_bytes::ByteBuf, Timestamp)>,
 }
 
 /// An intent or record that does not encode or decode (the caller names the key it was read from).

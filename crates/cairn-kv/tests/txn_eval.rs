@@ -9,18 +9,22 @@ use cairn_engine::{Config, Db, WriteBatch, WriteOptions};
 use cairn_kv::KvError;
 use cairn_kv::evaluate::{
     Condition, EndTxn, Evaluated, HeartbeatTxn, Outcome, PushKind, PushTxn, ResolveIntents, Restored,
-    RestoredVersion, TxnPut, Write, evaluate,
+    RestoredVersion, TxnBounds, TxnGet, TxnPut, Write, evaluate, evaluate_txn,
 };
 use cairn_kv::hlc::Timestamp;
 use cairn_kv::reader::{DbReader, Found, ReadAt, Reader, Versioned};
+use cairn_kv::tscache::TsCache;
 use cairn_kv::txn::{EXPIRY, Isolation, NORMAL_PRIORITY, TxnId, TxnMeta, TxnReply, TxnStatus};
 use serde_bytes::ByteBuf;
+use std::cell::{Cell, RefCell};
 
 const TOTAL_BUCKETS: u32 = 8;
 const LIMIT: Timestamp = Timestamp { wall_time: 10_000, logical: 0 };
 
 struct Shard {
     db: Db,
+    reads: RefCell<TsCache>,
+    closed: Cell<Timestamp>,
     _dir: tempfile::TempDir,
 }
 
@@ -34,42 +38,44 @@ impl Shard {
         let mut c = Config::new(dir.path());
         c.total_buckets = TOTAL_BUCKETS;
         let db = Db::open(c, vec![0..=(TOTAL_BUCKETS - 1) as u16]).unwrap();
-        Shard { db, _dir: dir }
+        Shard { db, reads: RefCell::new(TsCache::new(ts(0), 1024)), closed: Cell::new(ts(0)), _dir: dir }
     }
 
     fn reader(&self) -> DbReader<'_> {
         DbReader { db: &self.db, total_buckets: TOTAL_BUCKETS }
     }
 
-    /// Evaluates `write` at `now` and applies its rows; a refused write must leave no rows.
-    fn eval(&self, write: &Write, now: Timestamp) -> Result<Evaluated, KvError> {
+    /// Evaluates `write` at `now` as a leader does and applies its rows; a refused write must leave no
+    /// rows. The outcome and how many rows it wrote.
+    fn apply(&self, write: &Write, now: Timestamp) -> Result<(Evaluated, usize), KvError> {
         let mut batch = WriteBatch::new();
-        let result = evaluate(write, &self.reader(), now, LIMIT, TOTAL_BUCKETS, &mut batch);
-        match &result {
-            Ok(_) if !batch.is_empty() => self.db.write(batch, WriteOptions::default()).unwrap(),
-            Ok(_) => {}
-            Err(e) => assert!(batch.is_empty(), "{write:?} failed ({e}) but left rows"),
-        }
-        result
-    }
-
-    /// Like [`Shard::eval`], for a transactional write: its reply and how many rows it wrote.
-    fn txn(&self, write: &Write, now: Timestamp) -> Result<(TxnReply, usize), KvError> {
-        let mut batch = WriteBatch::new();
-        let result = evaluate(write, &self.reader(), now, LIMIT, TOTAL_BUCKETS, &mut batch);
+        let mut reads = self.reads.borrow_mut();
+        let mut bounds = TxnBounds { now, limit: LIMIT, closed: self.closed.get(), reads: &mut reads };
+        let result = evaluate_txn(write, &self.reader(), &mut bounds, TOTAL_BUCKETS, &mut batch);
         let rows = batch.len();
         match result {
-            Ok(Evaluated { outcome: Outcome::Txn(reply), .. }) => {
+            Ok(e) => {
                 if rows > 0 {
                     self.db.write(batch, WriteOptions::default()).unwrap();
                 }
-                Ok((reply, rows))
+                Ok((e, rows))
             }
-            Ok(other) => panic!("{write:?}: {other:?}"),
             Err(e) => {
                 assert_eq!(rows, 0, "{write:?} failed ({e}) but left rows");
                 Err(e)
             }
+        }
+    }
+
+    fn eval(&self, write: &Write, now: Timestamp) -> Result<Evaluated, KvError> {
+        self.apply(write, now).map(|(e, _)| e)
+    }
+
+    /// [`Shard::apply`] of a transactional request: its reply and how many rows it wrote.
+    fn txn(&self, write: &Write, now: Timestamp) -> Result<(TxnReply, usize), KvError> {
+        match self.apply(write, now)? {
+            (Evaluated { outcome: Outcome::Txn(reply), .. }, rows) => Ok((*reply, rows)),
+            (other, _) => panic!("{write:?}: {other:?}"),
         }
     }
 
@@ -382,6 +388,7 @@ fn transactional_writes_round_trip_through_postcard_and_latch_their_record() {
         resolve(&t, TxnStatus::Committed, &["a", "b"]),
         push_of(&t, 3, PushKind::Timestamp(ts(20))),
         Write::HeartbeatTxn(HeartbeatTxn { txn: t.clone() }),
+        get(&t, "c"),
     ];
     for write in &writes {
         let bytes = postcard::to_stdvec(write).unwrap();
@@ -395,6 +402,7 @@ fn transactional_writes_round_trip_through_postcard_and_latch_their_record() {
     assert_eq!(writes[3].keys(), vec![b"a".to_vec(), b"b".to_vec()]);
     assert_eq!(writes[4].keys(), writes[5].keys());
     assert_eq!(writes[4].keys(), writes[2].keys());
+    assert_eq!(writes[6].keys(), vec![b"c".to_vec()]);
 }
 
 fn push_of(pushee: &TxnMeta, priority: u32, kind: PushKind) -> Write {
@@ -542,4 +550,57 @@ fn a_committed_version_inside_the_uncertainty_interval_makes_the_read_uncertain(
     // At or past the newest: certain.
     assert_eq!(read(30, 40), Found::Version(None));
     assert_eq!(read(20, 29), found("v20", ts(20)));
+}
+
+fn get(t: &TxnMeta, key: &str) -> Write {
+    Write::TxnGet(TxnGet { txn: t.clone(), read_ts: t.write_ts, limit: t.write_ts, key: key.into() })
+}
+
+#[test]
+fn a_write_below_another_transactions_read_moves_above_it_and_above_the_closed_timestamp() {
+    let s = Shard::new();
+    s.commit_plain("k", "v", ts(5));
+    let reader = txn(1, "r", ts(30), Isolation::Serializable);
+    let (reply, rows) = s.txn(&get(&reader, "k"), ts(31)).unwrap();
+    assert_eq!((reply.value, rows), (Some((ByteBuf::from(b"v".to_vec()), ts(5))), 0));
+    // A writer at 20 lands above the read at 30, and is told so by the timestamp it lands at.
+    let writer = txn(2, "k", ts(20), Isolation::Serializable);
+    let (reply, _) = s.txn(&Write::TxnPut(put(&writer, 1, "k", Some("w"))), ts(32)).unwrap();
+    assert_eq!((reply.ts, reply.write_too_old), (Some(ts(30).next()), false));
+    // The reader's own read does not move its own write.
+    let s = Shard::new();
+    let both = txn(3, "k", ts(30), Isolation::Serializable);
+    s.txn(&get(&both, "k"), ts(31)).unwrap();
+    assert_eq!(s.txn(&Write::TxnPut(put(&both, 1, "k", Some("w"))), ts(32)).unwrap().0.ts, Some(ts(30)));
+    // The closed timestamp: no intent below it.
+    s.closed.set(ts(100));
+    let old = txn(4, "j", ts(40), Isolation::Snapshot);
+    assert_eq!(s.txn(&Write::TxnPut(put(&old, 1, "j", Some("w"))), ts(600)).unwrap().0.ts, Some(ts(100)));
+    // A read far ahead of the clock is refused, and recorded nowhere.
+    let ahead = txn(5, "a", LIMIT.next(), Isolation::Serializable);
+    assert!(matches!(s.txn(&get(&ahead, "k"), ts(600)), Err(KvError::TooFarAhead { .. })));
+    // A transaction's request outside a leader's evaluation is refused.
+    let outside =
+        evaluate(&get(&both, "k"), &s.reader(), ts(600), LIMIT, TOTAL_BUCKETS, &mut WriteBatch::new());
+    assert!(matches!(outside, Err(KvError::Invalid(_))));
+}
+
+#[test]
+fn a_transactional_read_reports_intents_in_the_way_and_versions_in_its_uncertainty_interval() {
+    let s = Shard::new();
+    s.commit_plain("u", "later", ts(50));
+    let holder = txn(1, "k", ts(10), Isolation::Serializable);
+    s.txn(&Write::TxnPut(put(&holder, 1, "k", Some("x"))), ts(10)).unwrap();
+    let reader = txn(2, "r", ts(40), Isolation::Serializable);
+    assert!(matches!(s.txn(&get(&reader, "k"), ts(41)), Err(KvError::LockConflict { .. })));
+    let uncertain =
+        Write::TxnGet(TxnGet { txn: reader.clone(), read_ts: ts(40), limit: ts(60), key: b"u".to_vec() });
+    assert!(matches!(s.txn(&uncertain, ts(41)), Err(KvError::Uncertain { ts: t, .. }) if t == ts(50)));
+    // Neither was recorded as a read: a write at 45 stays there.
+    let writer = txn(3, "u", ts(55), Isolation::Serializable);
+    assert_eq!(s.reads.borrow().lookup(b"u").ts, ts(0));
+    assert_eq!(s.txn(&Write::TxnPut(put(&writer, 1, "u", Some("y"))), ts(56)).unwrap().0.ts, Some(ts(55)));
+    // The holder reads its own write.
+    let (reply, _) = s.txn(&get(&holder, "k"), ts(42)).unwrap();
+    assert_eq!(reply.value, Some((ByteBuf::from(b"x".to_vec()), ts(10))));
 }

@@ -125,7 +125,9 @@ impl From<cairn_kv::WriteError> for NodeError {
             W::NotOwned { bucket } => NodeError::Engine(cairn_engine::Error::NotOwned { bucket }),
             // Until writes wait for transactions, a locked key is a retry later.
             e @ W::LockConflict { .. } => NodeError::Unavailable(format!("{e}: retry")),
-            e @ (W::TxnRetry(_) | W::TxnAborted(_)) => NodeError::TxnRetry(e.to_string()),
+            e @ (W::TxnRetry(_) | W::TxnAborted(_) | W::Uncertain { .. }) => {
+                NodeError::TxnRetry(e.to_string())
+            }
         }
     }
 }
@@ -139,7 +141,9 @@ impl From<cairn_kv::KvError> for NodeError {
             KvError::Malformed(m) => NodeError::Internal(m),
             KvError::Engine(e) => NodeError::Engine(e),
             e @ KvError::LockConflict { .. } => NodeError::Unavailable(format!("{e}: retry")),
-            e @ (KvError::TxnRetry(_) | KvError::TxnAborted(_)) => NodeError::TxnRetry(e.to_string()),
+            e @ (KvError::TxnRetry(_) | KvError::TxnAborted(_) | KvError::Uncertain { .. }) => {
+                NodeError::TxnRetry(e.to_string())
+            }
             KvError::Invalid(m) => NodeError::InvalidArgument(m),
         }
     }

@@ -108,11 +108,9 @@ impl Writer {
             let ts = self.pending.begin();
             stamps.push(ts);
             let clock = self.pending.clock();
-            let decision = if request.op.is_transactional() {
-                Err(cairn_kv::KvError::Invalid("transactions need a replicated cluster".into()))
-            } else {
-                cairn_kv::evaluate(&request.op, &overlay, ts, clock.limit(), self.total_buckets, &mut batch)
-            };
+            // A transaction's request is refused: only a replicated shard's leader evaluates them.
+            let decision =
+                cairn_kv::evaluate(&request.op, &overlay, ts, clock.limit(), self.total_buckets, &mut batch);
             if let Ok(e) = &decision {
                 overlay.record(&request.op, &e.outcome);
                 if let Outcome::Written(at) = e.outcome

@@ -153,6 +153,23 @@ impl Write {
         }
     }
 
+    /// The key whose shard evaluates it: the key it writes or reads (a batch's, a restore's or a
+    /// resolve's first: all are on one shard), or a transaction's record's anchor. Empty for an empty
+    /// batch.
+    pub fn route_key(&self) -> &[u8] {
+        match self {
+            Write::Put { key, .. } | Write::Delete { key } => key,
+            Write::Batch { ops } => ops.first().map_or(&[][..], |(k, _)| k),
+            Write::Restore { keys, .. } => keys.first().map_or(&[][..], |k| &k.key),
+            Write::TxnPut(p) => &p.key,
+            Write::TxnGet(g) => &g.key,
+            Write::ResolveIntents(r) => r.keys.first().map_or(&[][..], |k| k),
+            Write::EndTxn(e) => &e.txn.anchor,
+            Write::PushTxn(p) => &p.pushee.anchor,
+            Write::HeartbeatTxn(h) => &h.txn.anchor,
+        }
+    }
+
     /// Whether it is a transaction's write (which only a replicated shard's leader evaluates).
     pub fn is_transactional(&self) -> bool {
         matches!(

@@ -372,7 +372,7 @@ impl Leaders {
     /// Writes `op` through `replica`'s group: evaluated here if this replica leads, otherwise handed to
     /// the leader's node, which evaluates it and answers. Goes round again, after a pause, while no
     /// leader is known or the one reached had just lost the role (nothing was proposed then).
-    pub async fn write(self: &Arc<Self>, replica: &Replica, op: Write) -> Result<Committed, WriteError> {
+    pub async fn write(self: &Arc<Self>, replica: &Replica, op: &Write) -> Result<Committed, WriteError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut why = String::from("no leader is known");
         let mut backoff = Duration::from_millis(10);
@@ -382,8 +382,8 @@ impl Leaders {
                 break;
             }
             let round = match replica.leading_term(left).await {
-                Ok(term) => self.lead(replica, &op, term, deadline).await,
-                Err(GroupError::NotLeader { leader: Some(_) }) => self.forward(replica, &op, left).await,
+                Ok(term) => self.lead(replica, op, term, deadline).await,
+                Err(GroupError::NotLeader { leader: Some(_) }) => self.forward(replica, op, left).await,
                 Err(GroupError::NotLeader { leader: None }) => Round::Again("no leader is known".into()),
                 Err(GroupError::Timeout(w)) => Round::Again(w),
                 Err(e) => Round::Done(Err(WriteError::from(e))),

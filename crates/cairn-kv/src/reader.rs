@@ -44,7 +44,8 @@ pub struct ReadAt {
     /// The read timestamp ([`Timestamp::MAX`]: the newest).
     pub ts: Timestamp,
     /// The uncertainty limit (at least `ts`): a version in `(ts, limit]` may have been written before
-    /// the read began, by a clock ahead of the reader's.
+    /// the read began, by a clock ahead of the reader's. For the newest read: the reader's clock, which
+    /// bounds the intents in its way.
     pub limit: Timestamp,
     /// The reading transaction and its epoch: its own intents of that epoch are what it reads.
     pub txn: Option<(TxnId, u32)>,
@@ -54,6 +55,16 @@ impl ReadAt {
     /// A read at `ts` outside any transaction, without uncertainty.
     pub fn at(ts: Timestamp) -> ReadAt {
         ReadAt { ts, limit: ts, txn: None }
+    }
+
+    /// The newest read outside any transaction by a reader whose clock reads `now`.
+    pub fn newest(now: Timestamp) -> ReadAt {
+        ReadAt { ts: Timestamp::MAX, limit: now, txn: None }
+    }
+
+    /// The highest intent that stands in this read's way.
+    fn in_the_way(&self) -> Timestamp {
+        if self.ts == Timestamp::MAX { self.limit } else { self.limit.max(self.ts) }
     }
 }
 
@@ -136,13 +147,14 @@ impl DbReader<'_> {
                     return Ok(Found::Version(intent.value.map(|value| Versioned { value, timestamp })));
                 }
                 Some((id, _)) if id == holder.id => {}
-                _ if holder.write_ts <= read.limit.max(read.ts) => {
+                _ if holder.write_ts <= read.in_the_way() => {
                     return Ok(Found::Locked(Box::new(intent)));
                 }
                 _ => {}
             }
         }
-        if read.limit > read.ts
+        if read.ts != Timestamp::MAX
+            && read.limit > read.ts
             && let Some(newest) = self.latest(key)?.map(|l| l.timestamp)
             && newest > read.ts
         {

@@ -520,7 +520,7 @@ fn a_read_sees_its_own_intent_is_stopped_by_anothers_below_its_limit_and_reads_p
     assert_eq!(read(ReadAt::at(ts(19))), found("committed", ts(5)));
     for r in [
         ReadAt::at(ts(20)),
-        ReadAt::at(Timestamp::MAX),
+        ReadAt::newest(ts(20)),
         ReadAt { ts: ts(15), limit: ts(25), txn: Some((TxnId::new(2, ts(15)), 0)) },
     ] {
         match read(r) {
@@ -528,6 +528,8 @@ fn a_read_sees_its_own_intent_is_stopped_by_anothers_below_its_limit_and_reads_p
             other => panic!("{r:?}: {other:?}"),
         }
     }
+    // The newest read of a reader whose clock is behind the intent: not in its way.
+    assert_eq!(read(ReadAt::newest(ts(19))), found("committed", ts(5)));
     // Unaffected keys read as ever.
     assert_eq!(s.reader().read(b"other", &ReadAt::at(ts(30))).unwrap(), Found::Version(None));
 }

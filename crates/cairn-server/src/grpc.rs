@@ -119,6 +119,26 @@ impl kv::kv_server::Kv for KvService {
         }))
     }
 
+    async fn txn_command(
+        &self,
+        request: Request<kv::TxnCommandRequest>,
+    ) -> Result<Response<kv::TxnCommandResponse>, Status> {
+        let r = request.into_inner();
+        let route = r
+            .route
+            .map(route_in)
+            .ok_or_else(|| Status::invalid_argument("a transaction's request needs a route"))?;
+        let command: cairn_kv::Write = postcard::from_bytes(&r.command)
+            .map_err(|e| Status::invalid_argument(format!("a transaction's request does not decode: {e}")))?;
+        if !command.is_transactional() {
+            return Err(Status::invalid_argument("not a transaction's request"));
+        }
+        let answer = self.node()?.txn_request_routed(command, route).await.map_err(status_of)?;
+        let answer = postcard::to_stdvec(&answer)
+            .map_err(|e| Status::internal(format!("cannot encode a transaction's answer: {e}")))?;
+        Ok(Response::new(kv::TxnCommandResponse { answer }))
+    }
+
     async fn delete(
         &self,
         request: Request<kv::DeleteRequest>,

@@ -22,6 +22,7 @@ pub mod params;
 pub mod replicated;
 pub mod rest;
 pub mod routing;
+pub mod txn_coord;
 pub mod types;
 pub mod wire;
 mod writer;

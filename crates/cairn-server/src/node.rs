@@ -27,6 +27,7 @@ use cairn_cluster::raft::{GroupStatus, PeerChannels, RaftService, Replica, Reque
 use cairn_cluster::raft_log::{RaftLog, RaftLogConfig};
 use cairn_engine::{BucketRange, Config, Db, MetricsSnapshot};
 use cairn_kv::DbReader;
+use cairn_kv::reader::{Found, ReadAt};
 use cairn_kv::{Leaders, Pending};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -641,22 +642,43 @@ impl Node {
             Located::There => return self.router()?.get(bucket, key.to_vec(), options).await,
         };
         let behind = self.ready_to_read(&shard, options).await?;
-        // From the shard whose read point was just established (a split or merge since may have
-        // given the bucket to another: then the engine refuses it, and the read is routed again).
-        let value = match options.at {
-            // The newest version is one point read: served here, no hand-off.
-            None => self.read_from(&shard, key, Timestamp::MAX)?,
-            at => {
-                let (node, key) = (Arc::clone(self), key.to_vec());
-                tokio::task::spawn_blocking(move || {
-                    let at = node.check_read_ts(at)?;
-                    node.read_from(&shard, &key, at)
-                })
-                .await
-                .map_err(|e| NodeError::Internal(format!("read task failed: {e}")))??
+        // A transaction's intent in the read's way is pushed above the read and resolved; the read
+        // waits for a transaction that does not make way (a serializable one, until it finishes).
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        loop {
+            // From the shard whose read point was just established (a split or merge since may have
+            // given the bucket to another: then the engine refuses it, and the read is routed again).
+            let found = match options.at {
+                // The newest version is one point read: served here, no hand-off.
+                None => self.read_found(&shard, key, ReadAt::newest(self.now()))?,
+                at => {
+                    let (node, shard, key) = (Arc::clone(self), Arc::clone(&shard), key.to_vec());
+                    tokio::task::spawn_blocking(move || {
+                        let at = node.check_read_ts(at)?;
+                        node.read_found(&shard, &key, ReadAt::at(at))
+                    })
+                    .await
+                    .map_err(|e| NodeError::Internal(format!("read task failed: {e}")))??
+                }
+            };
+            let intent = match found {
+                Found::Version(value) => return Ok(Read { value, behind }),
+                Found::Locked(intent) => intent,
+                Found::Uncertain(ts) => {
+                    return Err(NodeError::Internal(format!("a read without uncertainty found one at {ts}")));
+                }
+            };
+            let push = match options.at {
+                None => self.push_above_now(),
+                Some(at) => Node::push_above(at),
+            };
+            if !self.clear_intent(key, &intent.meta.txn, push, 0, deadline).await? {
+                return Err(NodeError::Unavailable(format!(
+                    "key {key:?} is locked by transaction {}, which has not finished: retry",
+                    intent.meta.txn.id
+                )));
             }
-        };
-        Ok(Read { value, behind })
+        }
     }
 
     fn read_latest(&self, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
@@ -664,12 +686,27 @@ impl Node {
         self.read_from(&shard, key, at)
     }
 
-    /// The newest version of `key` at or below `at` in `shard`'s replica here.
+    /// The newest version of `key` at or below `at` in `shard`'s replica here (a standalone store's:
+    /// no transaction holds a key there).
     fn read_from(&self, shard: &Shard, key: &[u8], at: Timestamp) -> Result<Option<Versioned>> {
+        match self.read_found(shard, key, ReadAt::at(at))? {
+            Found::Version(value) => Ok(value),
+            Found::Locked(intent) => Err(NodeError::Unavailable(format!(
+                "key {key:?} is locked by transaction {}: retry",
+                intent.meta.txn.id
+            ))),
+            Found::Uncertain(ts) => {
+                Err(NodeError::Internal(format!("a read without uncertainty found one at {ts}")))
+            }
+        }
+    }
+
+    /// `key` as `read` finds it in `shard`'s replica here.
+    fn read_found(&self, shard: &Shard, key: &[u8], read: ReadAt) -> Result<Found> {
         let db = shard.db();
-        let found = DbReader { db: &db, total_buckets: self.total_buckets }.at(key, at)?;
+        let found = DbReader { db: &db, total_buckets: self.total_buckets }.read(key, &read)?;
         shard.still_running()?;
-        check_gc(shard, &db, at)?;
+        check_gc(shard, &db, read.ts)?;
         Ok(found)
     }
 
@@ -807,6 +844,9 @@ mod replicas;
 
 #[path = "node_backup.rs"]
 mod backup;
+
+#[path = "node_txn.rs"]
+mod txn;
 use replicas::{ShardSet, start_replica};
 pub(crate) use replicas::{replicas_on_disk, retire_stale};
 

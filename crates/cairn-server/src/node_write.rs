@@ -12,6 +12,8 @@ use crate::mvcc;
 use crate::types::Route;
 use crate::writer::{ShardWriter, WriteOutcome};
 use cairn_kv::Write as WriteOp;
+use cairn_kv::WriteError;
+use cairn_kv::evaluate::PushKind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +65,23 @@ impl Node {
     ) -> Result<(Option<Timestamp>, Option<Token>)> {
         match (&shard.backend, &self.replication) {
             (Backend::Replicated(replica), Some(replication)) => {
-                let committed = replication.leaders.write(replica, op).await?;
+                // A transaction's intent on a key waits the write until that transaction makes way.
+                let deadline = tokio::time::Instant::now() + self.request_timeout();
+                let committed = loop {
+                    match replication.leaders.write(replica, &op).await {
+                        Err(WriteError::LockConflict { key, holder }) => {
+                            let cleared =
+                                self.clear_intent(&key, &holder, PushKind::Abort, 0, deadline).await?;
+                            if !cleared {
+                                return Err(NodeError::Unavailable(format!(
+                                    "key {key:?} is locked by transaction {}, which has not finished: retry",
+                                    holder.id
+                                )));
+                            }
+                        }
+                        answer => break answer?,
+                    }
+                };
                 let shard = shard.group as usize;
                 Ok((committed.timestamp, Some(Token { shard, index: committed.index })))
             }

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
             get(get_entry).head(head_entry).post(put_entry).put(put_entry).delete(delete_entry),
         )
         .route("/kv/rest/entry/", any(empty_key))
+        .route("/kv/rest/txn", post(txn_routes::txn))
         .route("/kv/rest/range", get(range))
         .route("/kv/rest/range/", get(range))
         .route("/health", get(health))
@@ -391,3 +392,6 @@ mod admin;
 
 #[path = "rest_backup.rs"]
 mod backup_routes;
+
+#[path = "rest_txn.rs"]
+mod txn_routes;

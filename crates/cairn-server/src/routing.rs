@@ -21,6 +21,7 @@ use crate::wire::{after_out, consistency_out, remote, token_in, ts_out, ts_requi
 use cairn_cluster::meta::{ClusterState, MetaStore};
 use cairn_cluster::placement::{NodeId, ShardDescriptor, ShardId, ShardMap};
 use cairn_cluster::raft::ReadLevel;
+use cairn_kv::{Committed, Write, WriteError};
 use cairn_proto::kv;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -365,6 +366,24 @@ impl Router {
             })
             .await?;
         Ok(Ack { timestamp: ts_required(r.timestamp)?, token: token_in(&r.token)? })
+    }
+
+    /// Sends a transaction's request to a node holding the shard of `bucket`: the leader's answer.
+    pub(crate) async fn txn_command(
+        &self,
+        bucket: u16,
+        command: &Write,
+    ) -> Result<std::result::Result<Committed, WriteError>> {
+        let command = postcard::to_stdvec(command)
+            .map_err(|e| NodeError::Internal(format!("cannot encode a transaction's request: {e}")))?;
+        let r = self
+            .forward(bucket, Retry::Writes, |mut c, route| {
+                let request = kv::TxnCommandRequest { command: command.clone(), route: Some(route) };
+                async move { c.txn_command(request).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
+        postcard::from_bytes(&r.answer)
+            .map_err(|e| NodeError::Internal(format!("a transaction's answer does not decode: {e}")))
     }
 
     /// Scans shard `shard` (by its first bucket) on a node holding it.

@@ -105,7 +105,7 @@ pub(super) async fn attempt(
         value: new.to_be_bytes().to_vec(),
         condition: condition.unwrap_or(PutCondition::None),
     };
-    match leaders.write(replica, op).await {
+    match leaders.write(replica, &op).await {
         Ok(_) if condition.is_some() => Attempt::Done(RegisterOutput::Cas(true)),
         Ok(_) => Attempt::Done(RegisterOutput::Done),
         Err(WriteError::ConditionFailed(_)) => Attempt::Done(RegisterOutput::Cas(false)),

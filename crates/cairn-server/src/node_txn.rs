@@ -1,0 +1,143 @@
+//! A node's part in transactions (issue 27): sending a transaction's request to the leader of its key's
+//! shard, here or on another node, and clearing another transaction's intent out of a request's way by
+//! pushing that transaction at its record and resolving the intent.
+
+use super::{Backend, Located, Node, Shard};
+use crate::error::{NodeError, Result};
+use crate::hlc::Timestamp;
+use crate::mvcc;
+use crate::types::Route;
+use cairn_kv::evaluate::{PushKind, PushTxn, ResolveIntents};
+use cairn_kv::txn::{TxnMeta, TxnStatus};
+use cairn_kv::{Committed, Write, WriteError};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A leader's answer to a transaction's request: done, or refused for a reason the transaction acts on
+/// (a lock, a retry, an abort, an uncertain read, a failed condition).
+pub(crate) type TxnAnswer = std::result::Result<Committed, WriteError>;
+
+/// The longest pause between two pushes of a transaction that did not make way.
+const MAX_PUSH_PAUSE: Duration = Duration::from_millis(100);
+
+impl Node {
+    /// Sends `command` (a transaction's request) to the leader of the shard of `key`'s bucket, through a
+    /// replica here or another node: the leader's answer. Routing and transport failures are the
+    /// outer error.
+    pub(crate) async fn txn_request(&self, key: &[u8], command: &Write) -> Result<TxnAnswer> {
+        let bucket = mvcc::bucket_of(key, self.total_buckets);
+        self.sent_again_when_moved(None, || Box::pin(self.txn_request_once(bucket, command, None))).await
+    }
+
+    /// A transaction's request another node routed here (`route`).
+    pub(crate) async fn txn_request_routed(&self, command: Write, route: Route) -> Result<TxnAnswer> {
+        let key = command.route_key().to_vec();
+        let bucket = mvcc::bucket_of(&key, self.total_buckets);
+        self.txn_request_once(bucket, &command, Some(route)).await
+    }
+
+    async fn txn_request_once(
+        &self,
+        bucket: u16,
+        command: &Write,
+        route: Option<Route>,
+    ) -> Result<TxnAnswer> {
+        match self.locate(bucket, route).await? {
+            Located::Here(shard) => self.txn_here(&shard, command).await,
+            Located::There => self.router()?.txn_command(bucket, command).await,
+        }
+    }
+
+    /// Evaluates `command` through `shard`'s group here (handed to its leader's node if that is
+    /// elsewhere).
+    async fn txn_here(&self, shard: &Shard, command: &Write) -> Result<TxnAnswer> {
+        let (Backend::Replicated(replica), Some(replication)) = (&shard.backend, &self.replication) else {
+            return Err(NodeError::InvalidArgument("transactions need a replicated cluster".into()));
+        };
+        match replication.leaders.write(replica, command).await {
+            Err(WriteError::NotOwned { bucket }) => {
+                Err(NodeError::Engine(cairn_engine::Error::NotOwned { bucket }))
+            }
+            Err(
+                e @ (WriteError::NotLeader(_)
+                | WriteError::OutOfRange(_)
+                | WriteError::TooLarge(_)
+                | WriteError::InvalidArgument(_)
+                | WriteError::Unavailable(_)
+                | WriteError::OutcomeUnknown(_)
+                | WriteError::Internal(_)),
+            ) => Err(e.into()),
+            answer => Ok(answer),
+        }
+    }
+
+    /// Resolves `keys` (of any shards) for `txn` (as its record stands: `status`), one request per
+    /// shard.
+    pub(crate) async fn resolve_intents(
+        &self,
+        txn: &TxnMeta,
+        status: TxnStatus,
+        keys: &[Vec<u8>],
+    ) -> Result<()> {
+        let mut by_shard: BTreeMap<u64, Vec<serde_bytes::ByteBuf>> = BTreeMap::new();
+        for key in keys {
+            let shard = self.shard_id(mvcc::bucket_of(key, self.total_buckets))?;
+            by_shard.entry(shard).or_default().push(serde_bytes::ByteBuf::from(key.clone()));
+        }
+        for keys in by_shard.into_values() {
+            let first = keys[0].to_vec();
+            let resolve = Write::ResolveIntents(ResolveIntents { txn: txn.clone(), status, keys });
+            self.txn_request(&first, &resolve).await?.map_err(NodeError::from)?;
+        }
+        Ok(())
+    }
+
+    /// Clears `holder`'s intent on `key` out of the way: pushes `holder` (`kind`, with `priority`)
+    /// until it makes way (committed, aborted, or its timestamp pushed as asked) and then resolves the
+    /// intent, pausing between pushes that lost, until `deadline`. False if it was still in the way
+    /// then.
+    pub(crate) async fn clear_intent(
+        &self,
+        key: &[u8],
+        holder: &TxnMeta,
+        kind: PushKind,
+        priority: u32,
+        deadline: Instant,
+    ) -> Result<bool> {
+        let push = Write::PushTxn(PushTxn { pushee: holder.clone(), priority, kind, force: false });
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let answer = self.txn_request(&holder.anchor, &push).await?.map_err(NodeError::from)?;
+            let reply =
+                answer.txn.ok_or_else(|| NodeError::Internal("a push answered without a reply".into()))?;
+            if reply.pushed {
+                let record = reply
+                    .record
+                    .ok_or_else(|| NodeError::Internal("a push answered without a record".into()))?;
+                self.resolve_intents(&record.meta, record.status, &[key.to_vec()]).await?;
+                return Ok(true);
+            }
+            if Instant::now() + pause >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PUSH_PAUSE);
+        }
+    }
+
+    /// How long a replicated request may take.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.config.replication.as_ref().map_or(Duration::from_secs(5), |rc| rc.request_timeout)
+    }
+
+    /// The timestamp a newest read pushes a transaction's intent above: this node's clock now.
+    pub(crate) fn push_above_now(&self) -> PushKind {
+        PushKind::Timestamp(self.pending.clock().now().next())
+    }
+
+    /// The timestamp a read at `at` pushes a transaction's intent above.
+    pub(crate) fn push_above(at: Timestamp) -> PushKind {
+        PushKind::Timestamp(at.next())
+    }
+}

@@ -1,0 +1,340 @@
+//! A transaction's coordinator on the node a client sent it to (issue 27; `docs/plans/transactions.md`).
+//!
+//! [`Txn`] holds what the transaction is (its id, timestamps, epoch, isolation), the keys it holds
+//! intents on, and its next write's sequence number. Every read and write is sent to the leader of its
+//! key's shard ([`Node::txn_request`]); the first write also writes the transaction's record, anchored
+//! at that key. From then on a task heartbeats the record, so other transactions do not take it for
+//! abandoned; a heartbeat that finds the record aborted (a push won) marks the transaction aborted.
+//!
+//! Another transaction's intent in the way is pushed (a read asks it to commit above the read, a write
+//! asks it to abort) and, once it makes way, resolved; a push that loses is tried again, with pauses,
+//! for up to [`LOCK_WAIT`], after which this transaction gives up with a retryable error: that is also
+//! how a deadlock ends. A read that meets a version in its uncertainty interval, a write pushed above
+//! the read timestamp under serializable isolation, and a write-too-old under snapshot isolation are
+//! retryable errors too: the client runs the transaction again (refreshing reads instead comes later).
+//!
+//! Commit writes the record as committed (one Raft command on the anchor's shard), waits until this
+//! node's clock has passed the commit timestamp (so no later transaction anywhere starts below it),
+//! and resolves the intents before answering, so that every later read finds versions, not intents.
+//! Rollback writes the record as aborted and removes the intents; a transaction dropped while open is
+//! rolled back in the background.
+
+use crate::error::{NodeError, Result};
+use crate::hlc::Timestamp;
+use crate::node::Node;
+use crate::types::Condition;
+use cairn_kv::evaluate::{EndTxn, HeartbeatTxn, PushKind, TxnGet, TxnPut};
+use cairn_kv::txn::{HEARTBEAT_INTERVAL, Isolation, NORMAL_PRIORITY, TxnId, TxnMeta, TxnReply, TxnStatus};
+use cairn_kv::{Committed, Write, WriteError};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a transaction waits for another's intent to make way before it gives up (retryable).
+pub const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Most keys one transaction may write (its record lists them).
+pub const MAX_TXN_KEYS: usize = 10_000;
+
+/// Where a transaction stands, as its coordinator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Reads and writes may follow.
+    Open,
+    /// Committed at this timestamp.
+    Committed(Timestamp),
+    /// Rolled back, or aborted by another transaction.
+    Aborted,
+}
+
+/// A transaction coordinated by this node (see the module's description).
+pub struct Txn {
+    node: Arc<Node>,
+    meta: TxnMeta,
+    read_ts: Timestamp,
+    // The uncertainty limit: the start plus the maximum clock offset.
+    limit: Timestamp,
+    seq: u32,
+    locks: BTreeSet<Vec<u8>>,
+    state: State,
+    // Set by the heartbeat task when it finds the record aborted.
+    aborted: Arc<AtomicBool>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Txn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn").field("id", &self.meta.id).field("state", &self.state).finish()
+    }
+}
+
+fn retry(why: impl Into<String>) -> NodeError {
+    NodeError::TxnRetry(why.into())
+}
+
+impl Txn {
+    /// Begins a transaction at this node's clock.
+    pub fn begin(node: Arc<Node>, isolation: Isolation) -> Result<Txn> {
+        let node_id = node
+            .node_id()
+            .ok_or_else(|| NodeError::InvalidArgument("transactions need a replicated cluster".into()))?;
+        let clock = node.pending_clock();
+        let now = clock.now();
+        let offset = u64::try_from(clock.max_offset().as_nanos()).unwrap_or(u64::MAX);
+        let meta = TxnMeta {
+            id: TxnId::new(node_id, now),
+            anchor: Vec::new(),
+            epoch: 0,
+            write_ts: now,
+            min_ts: now,
+            priority: NORMAL_PRIORITY,
+            isolation,
+        };
+        let limit = Timestamp { wall_time: now.wall_time.saturating_add(offset), logical: now.logical };
+        Ok(Txn {
+            node,
+            meta,
+            read_ts: now,
+            limit,
+            seq: 0,
+            locks: BTreeSet::new(),
+            state: State::Open,
+            aborted: Arc::new(AtomicBool::new(false)),
+            heartbeat: None,
+        })
+    }
+
+    /// The transaction's id.
+    pub fn id(&self) -> TxnId {
+        self.meta.id
+    }
+
+    /// Where it stands.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The timestamp its reads are at.
+    pub fn read_ts(&self) -> Timestamp {
+        self.read_ts
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.aborted.load(Ordering::Acquire) {
+            return Err(retry(format!("transaction {} was aborted by a conflicting one", self.meta.id)));
+        }
+        match self.state {
+            State::Open => Ok(()),
+            State::Committed(_) => Err(NodeError::InvalidArgument("the transaction is committed".into())),
+            State::Aborted => Err(retry("the transaction was rolled back")),
+        }
+    }
+
+    /// Sends `command` to the leader of `key`'s shard; another transaction's intent in the way is
+    /// pushed (`kind`) and resolved, for up to [`LOCK_WAIT`]. The leader's reply.
+    async fn send(&self, key: &[u8], command: &Write, kind: PushKind) -> Result<Committed> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match self.node.txn_request(key, command).await? {
+                Ok(committed) => return Ok(committed),
+                Err(WriteError::LockConflict { key, holder }) => {
+                    let cleared =
+                        self.node.clear_intent(&key, &holder, kind, self.meta.priority, deadline).await?;
+                    if !cleared {
+                        return Err(retry(format!(
+                            "key {key:?} stayed locked by transaction {} for {LOCK_WAIT:?}",
+                            holder.id
+                        )));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// `key`'s value as this transaction sees it: its own write, else the version at its read timestamp.
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Timestamp)>> {
+        self.check_open()?;
+        let get = Write::TxnGet(TxnGet {
+            txn: self.meta.clone(),
+            read_ts: self.read_ts,
+            limit: self.limit,
+            key: key.to_vec(),
+        });
+        // A reader asks the holder to commit above it.
+        let committed = self.send(key, &get, PushKind::Timestamp(self.read_ts.next())).await?;
+        Ok(reply(committed)?.value.map(|(v, ts)| (v.into_vec(), ts)))
+    }
+
+    /// Writes `value` to `key` (`None`: deletes it) if `condition` holds against what this transaction
+    /// sees. The first write begins the transaction's record (anchored at its key) and its heartbeats.
+    pub async fn put(&mut self, key: &[u8], value: Option<Vec<u8>>, condition: Condition) -> Result<()> {
+        self.check_open()?;
+        if !self.locks.contains(key) && self.locks.len() >= MAX_TXN_KEYS {
+            return Err(NodeError::TooLarge(format!("a transaction writes at most {MAX_TXN_KEYS} keys")));
+        }
+        let first = self.meta.anchor.is_empty();
+        if first {
+            self.meta.anchor = key.to_vec();
+        }
+        self.seq += 1;
+        let put = Write::TxnPut(TxnPut {
+            txn: self.meta.clone(),
+            read_ts: self.read_ts,
+            seq: self.seq,
+            key: key.to_vec(),
+            value,
+            condition,
+            create_record: first,
+        });
+        let answer = self.send(key, &put, PushKind::Abort).await;
+        if first && answer.is_err() {
+            // Nothing holds the record's key yet: the next write anchors it.
+            self.meta.anchor.clear();
+        }
+        let answer = reply(answer?)?;
+        self.locks.insert(key.to_vec());
+        if first {
+            self.heartbeat = Some(self.start_heartbeat());
+        }
+        if let Some(at) = answer.ts
+            && at > self.meta.write_ts
+        {
+            self.meta.write_ts = at;
+        }
+        if self.meta.isolation == Isolation::Serializable && self.meta.write_ts > self.read_ts {
+            // Refreshing the reads to the new timestamp comes later: for now, run again.
+            self.rollback().await?;
+            return Err(retry(format!(
+                "the write of key {key:?} landed at {}, above the transaction's reads at {} (serializable)",
+                self.meta.write_ts, self.read_ts
+            )));
+        }
+        Ok(())
+    }
+
+    fn start_heartbeat(&self) -> tokio::task::JoinHandle<()> {
+        let (node, aborted) = (Arc::clone(&self.node), Arc::clone(&self.aborted));
+        let beat = Write::HeartbeatTxn(HeartbeatTxn { txn: self.meta.clone() });
+        let anchor = self.meta.anchor.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // A heartbeat that fails to arrive is tried at the next tick: five in a row must fail
+                // before others may take the record for abandoned.
+                if let Ok(Ok(Committed { txn: Some(reply), .. })) = node.txn_request(&anchor, &beat).await
+                    && reply.record.is_none_or(|r| r.status == TxnStatus::Aborted)
+                {
+                    aborted.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        })
+    }
+
+    fn stop_heartbeat(&mut self) {
+        if let Some(task) = self.heartbeat.take() {
+            task.abort();
+        }
+    }
+
+    /// Commits: the commit timestamp. A read-only transaction commits at its read timestamp without a
+    /// record.
+    pub async fn commit(&mut self) -> Result<Timestamp> {
+        self.check_open()?;
+        if self.meta.anchor.is_empty() {
+            self.state = State::Committed(self.read_ts);
+            return Ok(self.read_ts);
+        }
+        let end = Write::EndTxn(EndTxn {
+            txn: self.meta.clone(),
+            read_ts: self.read_ts,
+            commit: true,
+            lock_keys: self.locks.iter().map(|k| serde_bytes::ByteBuf::from(k.clone())).collect(),
+        });
+        let answer = self.node.txn_request(&self.meta.anchor, &end).await?;
+        let record = match answer.map_err(NodeError::from).and_then(reply) {
+            Ok(TxnReply { record: Some(record), .. }) if record.status == TxnStatus::Committed => record,
+            Ok(_) => return Err(NodeError::Internal("a commit answered without a committed record".into())),
+            Err(e @ NodeError::TxnRetry(_)) => {
+                self.rollback().await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        self.stop_heartbeat();
+        let at = record.meta.write_ts;
+        self.state = State::Committed(at);
+        // Commit-wait: no later transaction starts below the commit, wherever it begins.
+        let clock = self.node.pending_clock();
+        let ahead = at.wall_time.saturating_sub(clock.physical());
+        if ahead > 0 {
+            tokio::time::sleep(Duration::from_nanos(ahead).min(clock.max_offset())).await;
+        }
+        let _ = clock.observe(at);
+        let keys: Vec<Vec<u8>> = self.locks.iter().cloned().collect();
+        self.node.resolve_intents(&record.meta, TxnStatus::Committed, &keys).await?;
+        Ok(at)
+    }
+
+    /// Rolls back: nothing it wrote is kept.
+    pub async fn rollback(&mut self) -> Result<()> {
+        if matches!(self.state, State::Committed(_) | State::Aborted) {
+            return Ok(());
+        }
+        self.stop_heartbeat();
+        self.state = State::Aborted;
+        if self.meta.anchor.is_empty() {
+            return Ok(());
+        }
+        abort(&self.node, &self.meta, self.read_ts, &self.locks).await
+    }
+}
+
+/// Writes `meta`'s record as aborted and removes its intents on `locks`.
+async fn abort(node: &Node, meta: &TxnMeta, read_ts: Timestamp, locks: &BTreeSet<Vec<u8>>) -> Result<()> {
+    let end = Write::EndTxn(EndTxn {
+        txn: meta.clone(),
+        read_ts,
+        commit: false,
+        lock_keys: locks.iter().map(|k| serde_bytes::ByteBuf::from(k.clone())).collect(),
+    });
+    match node.txn_request(&meta.anchor, &end).await?.map_err(NodeError::from) {
+        // Aborted, or already aborted by a push: either way, its intents go.
+        Ok(_) | Err(NodeError::TxnRetry(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let keys: Vec<Vec<u8>> = locks.iter().cloned().collect();
+    node.resolve_intents(meta, TxnStatus::Aborted, &keys).await
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        self.stop_heartbeat();
+        if self.state == State::Open && !self.meta.anchor.is_empty() {
+            // Left open: rolled back in the background (or, failing that, aborted by the first push
+            // once its record expires).
+            let (node, meta, read_ts, locks) =
+                (Arc::clone(&self.node), self.meta.clone(), self.read_ts, std::mem::take(&mut self.locks));
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = abort(&node, &meta, read_ts, &locks).await {
+                        tracing::warn!(txn = %meta.id, error = %e, "rolling back an abandoned transaction failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// A transactional request's reply.
+fn reply(committed: Committed) -> Result<TxnReply> {
+    committed
+        .txn
+        .map(|r| *r)
+        .ok_or_else(|| NodeError::Internal("a transaction's request answered without a reply".into()))
+}

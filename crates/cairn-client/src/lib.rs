@@ -1,13 +1,16 @@
 //! A Rust client for cairn over its gRPC API (`cairn.kv.v1.Kv`). [`Client`] talks to one node (which
 //! forwards what it does not hold); [`ClusterClient`] caches a cluster's shard map and sends each
-//! request to a node holding the key's shard.
+//! request to a node holding the key's shard. [`Client::txn`] runs a closure in a transaction,
+//! retried while the cluster says it must run again.
 
 mod cluster;
+mod txn;
 
 pub use cairn_proto::kv;
 use cairn_proto::kv::kv_client::KvClient;
 pub use cluster::{ClusterClient, MAX_ATTEMPTS};
 use tonic::transport::Channel;
+pub use txn::{MAX_TXN_ATTEMPTS, Transaction, must_retry};
 
 /// Rows a scan returns when no limit is given.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1000;
@@ -35,6 +38,7 @@ pub enum ClientError {
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: KvClient<Channel>,
+    channel: Channel,
 }
 
 /// A version as the API returns it: the value and its timestamp.
@@ -44,13 +48,18 @@ impl Client {
     /// Connects to `addr` (`host:port` or a URL).
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
         let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let inner = KvClient::connect(url.clone())
+        let failed =
+            |e: &dyn std::fmt::Display| ClientError::Connect { addr: url.clone(), message: e.to_string() };
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| failed(&e))?
+            .connect()
             .await
-            .map_err(|e| ClientError::Connect { addr: url, message: e.to_string() })?
+            .map_err(|e| failed(&e))?;
+        let inner = KvClient::new(channel.clone())
             // A node answers messages of up to its configured limit: accept up to the largest one.
             .max_decoding_message_size(cairn_proto::MAX_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(cairn_proto::MAX_MAX_MESSAGE_BYTES);
-        Ok(Client { inner })
+        Ok(Client { inner, channel })
     }
 
     /// The newest version of `key` (at or below `at`), `None` if it has no live value. A strong

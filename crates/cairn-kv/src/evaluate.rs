@@ -33,7 +33,9 @@ use std::collections::HashMap;
 
 #[path = "evaluate_txn.rs"]
 mod txn_eval;
-pub use txn_eval::{EndTxn, HeartbeatTxn, PushKind, PushTxn, ResolveIntents, TxnBounds, TxnGet, TxnPut};
+pub use txn_eval::{
+    EndTxn, HeartbeatTxn, PushKind, PushTxn, Refresh, ResolveIntents, TxnBounds, TxnGet, TxnPut,
+};
 
 /// A write, validated by the caller (key and value sizes; one shard for a batch). Serializable: a node
 /// hands it to the shard leader's node to be evaluated there.
@@ -87,6 +89,8 @@ pub enum Write {
     /// A transaction's read of one key, on the leader (see [`TxnGet`]): it writes nothing, but is
     /// latched and evaluated like a write so that the leader's timestamp cache records it.
     TxnGet(TxnGet),
+    /// Moves a transaction's reads to a later timestamp (see [`Refresh`]); writes nothing.
+    Refresh(Refresh),
 }
 
 /// One key's history in a [`Write::Restore`].
@@ -150,6 +154,7 @@ impl Write {
             Write::PushTxn(p) => p.pushee.anchor.len(),
             Write::HeartbeatTxn(h) => h.txn.anchor.len(),
             Write::TxnGet(g) => g.key.len(),
+            Write::Refresh(r) => r.keys.iter().map(|k| k.len()).sum(),
         }
     }
 
@@ -163,6 +168,7 @@ impl Write {
             Write::Restore { keys, .. } => keys.first().map_or(&[][..], |k| &k.key),
             Write::TxnPut(p) => &p.key,
             Write::TxnGet(g) => &g.key,
+            Write::Refresh(r) => r.keys.first().map_or(&[][..], |k| k),
             Write::ResolveIntents(r) => r.keys.first().map_or(&[][..], |k| k),
             Write::EndTxn(e) => &e.txn.anchor,
             Write::PushTxn(p) => &p.pushee.anchor,
@@ -180,6 +186,7 @@ impl Write {
                 | Write::PushTxn(_)
                 | Write::HeartbeatTxn(_)
                 | Write::TxnGet(_)
+                | Write::Refresh(_)
         )
     }
 
@@ -198,6 +205,7 @@ impl Write {
             Write::PushTxn(p) => vec![record_latch(&p.pushee.anchor, p.pushee.id)],
             Write::HeartbeatTxn(h) => vec![record_latch(&h.txn.anchor, h.txn.id)],
             Write::TxnGet(g) => vec![g.key.clone()],
+            Write::Refresh(r) => r.keys.iter().map(|k| k.to_vec()).collect(),
         }
     }
 
@@ -220,7 +228,8 @@ impl Write {
             | Write::EndTxn(_)
             | Write::PushTxn(_)
             | Write::HeartbeatTxn(_)
-            | Write::TxnGet(_) => None,
+            | Write::TxnGet(_)
+            | Write::Refresh(_) => None,
         }
     }
 }
@@ -377,7 +386,8 @@ pub fn evaluate(
         | Write::EndTxn(_)
         | Write::PushTxn(_)
         | Write::HeartbeatTxn(_)
-        | Write::TxnGet(_) => Err(KvError::Invalid(
+        | Write::TxnGet(_)
+        | Write::Refresh(_) => Err(KvError::Invalid(
             "a transaction's request is evaluated by its shard's leader, with its timestamp cache".into(),
         )),
     }
@@ -400,6 +410,7 @@ pub fn evaluate_txn(
         Write::PushTxn(push) => txn_eval::push(push, reader, now, total_buckets, batch),
         Write::HeartbeatTxn(beat) => txn_eval::heartbeat(beat, reader, now, total_buckets, batch),
         Write::TxnGet(get) => txn_eval::get(get, reader, bounds),
+        Write::Refresh(refresh) => txn_eval::refresh(refresh, reader, bounds),
         Write::Put { .. } | Write::Delete { .. } | Write::Batch { .. } | Write::Restore { .. } => {
             evaluate(write, reader, now, bounds.limit, total_buckets, batch)
         }
@@ -508,7 +519,8 @@ impl<'a, R: Reader> Overlay<'a, R> {
             | Write::EndTxn(_)
             | Write::PushTxn(_)
             | Write::HeartbeatTxn(_)
-            | Write::TxnGet(_) => {}
+            | Write::TxnGet(_)
+            | Write::Refresh(_) => {}
             // Restored keys hold their own timestamps (or, overwritten, at most the write's).
             Write::Restore { keys, .. } => {
                 for k in keys {

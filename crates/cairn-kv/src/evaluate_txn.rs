@@ -18,13 +18,18 @@
 //!   older epoch's intent. The transaction's first put also writes its record (pending).
 //! - [`EndTxn`] moves a pending record to committed (at its write timestamp, pushed or not) or to
 //!   aborted, and answers a repeated end from the record as it stands. A serializable transaction
-//!   commits only at the timestamp it read at (otherwise it refreshes first). A missing record on a
+//!   commits only at the timestamp it read at: otherwise the record is left pending and the answer
+//!   names the timestamp to refresh the reads to before committing again. A missing record on a
 //!   commit means the transaction was aborted (records are written with the first intent).
 //! - [`ResolveIntents`] turns a committed transaction's intents of its final epoch into versions at the
 //!   commit timestamp and deletes the rest; for a transaction still running it moves its intents up
 //!   to its pushed write timestamp. Intents of other transactions are left alone, so a resolve is
 //!   idempotent.
 //!
+//! - [`Refresh`] moves a serializable transaction's reads from one timestamp to a later one: it fails
+//!   ([`KvError::TxnRetry`]) if any key read has a committed version in between or another
+//!   transaction's intent at or below the new timestamp; otherwise the reads are recorded at the new
+//!   timestamp, as if they had been made there.
 //! - [`PushTxn`] asks a transaction that holds a key to make way: to commit above a timestamp, or to
 //!   abort. The pusher wins against an abandoned record (no heartbeat for [`txn::EXPIRY`]: it is
 //!   aborted, whatever the push asked), with a strictly higher priority, when forced (a deadlock's
@@ -118,6 +123,19 @@ pub struct EndTxn {
     pub commit: bool,
     /// The keys it holds intents on, kept in the record until they are resolved.
     pub lock_keys: Vec<ByteBuf>,
+}
+
+/// Moves a transaction's reads of keys of one shard from `from` to `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refresh {
+    /// The transaction.
+    pub txn: TxnMeta,
+    /// The keys it read.
+    pub keys: Vec<ByteBuf>,
+    /// Its read timestamp so far.
+    pub from: Timestamp,
+    /// The timestamp to read at instead.
+    pub to: Timestamp,
 }
 
 /// What a push asks of the transaction pushed.
@@ -434,10 +452,9 @@ pub(super) fn end(
     }
     let write_ts = txn.write_ts.max(record.meta.write_ts);
     if *commit && txn.isolation == Isolation::Serializable && write_ts != *read_ts {
-        return Err(KvError::TxnRetry(format!(
-            "transaction {id} read at {read_ts} but would commit at {write_ts}: its reads must be refreshed \
-             (serializable)"
-        )));
+        // Its reads must move to the commit timestamp first: the record, pending, says where.
+        let ts = Some(write_ts);
+        return Ok(reply(TxnReply { ts, record: Some(record), ..TxnReply::default() }));
     }
     let ended = TxnRecord {
         meta: TxnMeta { write_ts, ..txn.clone() },
@@ -513,4 +530,43 @@ pub(super) fn heartbeat(
         put_record(r, total_buckets, batch)?;
     }
     Ok(reply(TxnReply { record, ..TxnReply::default() }))
+}
+
+/// Evaluates a [`Refresh`] (see the module's description).
+pub(super) fn refresh(
+    r: &Refresh,
+    reader: &DbReader<'_>,
+    bounds: &mut TxnBounds<'_>,
+) -> Result<Evaluated, KvError> {
+    if r.to > bounds.limit {
+        return Err(KvError::TooFarAhead { latest: r.to, limit: bounds.limit });
+    }
+    for key in &r.keys {
+        if let Some(intent) = reader.intent(key)?
+            && intent.meta.txn.id != r.txn.id
+            && intent.meta.txn.write_ts <= r.to
+        {
+            return Err(KvError::TxnRetry(format!(
+                "key {:?}, read at {}, holds transaction {}'s intent at or below {}",
+                &key[..],
+                r.from,
+                intent.meta.txn.id,
+                r.to
+            )));
+        }
+        if let Some(ts) = reader.version_ts_at(key, r.to)?
+            && ts > r.from
+        {
+            return Err(KvError::TxnRetry(format!(
+                "key {:?}, read at {}, was written at {ts}: the reads cannot move to {}",
+                &key[..],
+                r.from,
+                r.to
+            )));
+        }
+    }
+    for key in &r.keys {
+        bounds.reads.add(key, r.to, Some(r.txn.id));
+    }
+    Ok(reply(TxnReply { ts: Some(r.to), ..TxnReply::default() }))
 }

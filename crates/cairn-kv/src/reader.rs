@@ -169,7 +169,7 @@ impl DbReader<'_> {
     }
 
     /// The timestamp of `key`'s newest version (a value or a delete) at or below `at`.
-    fn version_ts_at(&self, key: &[u8], at: Timestamp) -> Result<Option<Timestamp>, KvError> {
+    pub fn version_ts_at(&self, key: &[u8], at: Timestamp) -> Result<Option<Timestamp>, KvError> {
         let Some((engine_key, _)) = self.version_row_at(key, at)? else { return Ok(None) };
         let (_, ts) = mvcc::decode_version_key(&engine_key).ok_or_else(|| malformed("version key"))?;
         Ok(Some(ts))
@@ -191,14 +191,7 @@ impl Reader for DbReader<'_> {
     fn intent(&self, key: &[u8]) -> Result<Option<Intent>, KvError> {
         let bucket = mvcc::bucket_of(key, self.total_buckets);
         let Some(row) = self.db.get(bucket, &txn::intent_key(key))? else { return Ok(None) };
-        let value = match row.column(0).and_then(mvcc::decode_column) {
-            Some(Stored::Value(v)) => Some(v),
-            Some(Stored::Tombstone) => None,
-            None => return Err(malformed("intent value")),
-        };
-        let meta = row.column(1).ok_or_else(|| malformed("intent"))?;
-        let meta = IntentMeta::decode(meta).map_err(|e| KvError::Malformed(format!("{e} of key {key:?}")))?;
-        Ok(Some(Intent { meta, value }))
+        decode_intent(key, &row).map(Some)
     }
 
     fn txn_record(&self, anchor: &[u8], id: TxnId) -> Result<Option<TxnRecord>, KvError> {
@@ -207,6 +200,39 @@ impl Reader for DbReader<'_> {
         let bytes = row.column(0).ok_or_else(|| malformed("transaction record"))?;
         TxnRecord::decode(bytes).map(Some).map_err(|e| KvError::Malformed(format!("{e} of transaction {id}")))
     }
+}
+
+/// The intent an intent row of `key` holds.
+fn decode_intent(key: &[u8], row: &Row) -> Result<Intent, KvError> {
+    let value = match row.column(0).and_then(mvcc::decode_column) {
+        Some(Stored::Value(v)) => Some(v),
+        Some(Stored::Tombstone) => None,
+        None => return Err(malformed("intent value")),
+    };
+    let meta = row.column(1).ok_or_else(|| malformed("intent"))?;
+    let meta = IntentMeta::decode(meta).map_err(|e| KvError::Malformed(format!("{e} of key {key:?}")))?;
+    Ok(Intent { meta, value })
+}
+
+/// The key and intent an intent row holds (`engine_key` is [`txn::intent_key`]'s).
+pub fn intent_of(engine_key: &[u8], row: &Row) -> Result<(Vec<u8>, Intent), KvError> {
+    let key = txn::parse_intent_key(engine_key).ok_or_else(|| malformed("intent key"))?;
+    let intent = decode_intent(&key, row)?;
+    Ok((key, intent))
+}
+
+/// The engine-key bounds of the intents of keys in `[start, end)` (`end` `None`: to the last key)
+/// within a bucket.
+pub fn intent_bounds(start: &[u8], end: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
+    let escaped = |k: &[u8]| {
+        let mut out = mvcc::INTENT_PREFIX.to_vec();
+        let prefix = mvcc::key_prefix(k);
+        // Without the terminator: every key that starts with `k` sorts at or after it.
+        out.extend_from_slice(&prefix[..prefix.len() - 2]);
+        out
+    };
+    let hi = end.map_or_else(|| mvcc::TXN_RECORD_PREFIX.to_vec(), escaped);
+    (escaped(start), hi)
 }
 
 /// The version a version row holds: `None` for a tombstone.

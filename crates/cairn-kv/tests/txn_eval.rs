@@ -8,8 +8,8 @@
 use cairn_engine::{Config, Db, WriteBatch, WriteOptions};
 use cairn_kv::KvError;
 use cairn_kv::evaluate::{
-    Condition, EndTxn, Evaluated, HeartbeatTxn, Outcome, PushKind, PushTxn, ResolveIntents, Restored,
-    RestoredVersion, TxnBounds, TxnGet, TxnPut, Write, evaluate, evaluate_txn,
+    Condition, EndTxn, Evaluated, HeartbeatTxn, Outcome, PushKind, PushTxn, Refresh, ResolveIntents,
+    Restored, RestoredVersion, TxnBounds, TxnGet, TxnPut, Write, evaluate, evaluate_txn,
 };
 use cairn_kv::hlc::Timestamp;
 use cairn_kv::reader::{DbReader, Found, ReadAt, Reader, Versioned};
@@ -330,13 +330,14 @@ fn serializable_commits_only_at_its_read_timestamp_and_snapshot_isolation_at_its
         let pushed = TxnMeta { write_ts: ts(20), ..t.clone() };
         let ending =
             Write::EndTxn(EndTxn { txn: pushed, read_ts: ts(10), commit: true, lock_keys: Vec::new() });
-        match s.txn(&ending, ts(21)) {
-            Ok((reply, _)) => {
-                assert!(commits, "{isolation:?}");
-                assert_eq!(reply.ts, Some(ts(20)));
-            }
-            Err(KvError::TxnRetry(_)) => assert!(!commits, "{isolation:?}"),
-            Err(e) => panic!("{isolation:?}: {e}"),
+        let (reply, rows) = s.txn(&ending, ts(21)).unwrap();
+        let status = reply.record.unwrap().status;
+        assert_eq!(reply.ts, Some(ts(20)), "{isolation:?}");
+        if commits {
+            assert_eq!((status, rows), (TxnStatus::Committed, 1));
+        } else {
+            // Left pending: refresh the reads to 20, then commit again.
+            assert_eq!((status, rows), (TxnStatus::Pending, 0));
         }
     }
 }
@@ -605,4 +606,32 @@ fn a_transactional_read_reports_intents_in_the_way_and_versions_in_its_uncertain
     // The holder reads its own write.
     let (reply, _) = s.txn(&get(&holder, "k"), ts(42)).unwrap();
     assert_eq!(reply.value, Some((ByteBuf::from(b"x".to_vec()), ts(10))));
+}
+
+fn refresh(t: &TxnMeta, keys: &[&str], from: Timestamp, to: Timestamp) -> Write {
+    let keys = keys.iter().map(|k| ByteBuf::from(k.as_bytes().to_vec())).collect();
+    Write::Refresh(Refresh { txn: t.clone(), keys, from, to })
+}
+
+#[test]
+fn a_refresh_moves_reads_up_unless_a_key_read_was_written_or_locked_in_between() {
+    let s = Shard::new();
+    s.commit_plain("a", "1", ts(5));
+    s.commit_plain("b", "1", ts(5));
+    let t = txn(1, "a", ts(10), Isolation::Serializable);
+    // Nothing written in (10, 20]: the reads move, and are recorded at 20.
+    let (reply, rows) = s.txn(&refresh(&t, &["a", "b"], ts(10), ts(20)), ts(21)).unwrap();
+    assert_eq!((reply.ts, rows), (Some(ts(20)), 0));
+    assert_eq!(s.reads.borrow().lookup(b"a").ts, ts(20));
+    // A version in (20, 30]: refused.
+    s.commit_plain("b", "2", ts(25));
+    assert!(matches!(s.txn(&refresh(&t, &["a", "b"], ts(20), ts(30)), ts(31)), Err(KvError::TxnRetry(_))));
+    // Not past a version at or below the old read timestamp, nor past one above the new.
+    assert!(s.txn(&refresh(&t, &["b"], ts(25), ts(24).next().max(ts(26))), ts(31)).is_ok());
+    // Another transaction's intent at or below the new timestamp: refused; its own intent: fine.
+    let other = txn(2, "c", ts(40), Isolation::Serializable);
+    s.txn(&Write::TxnPut(put(&other, 1, "c", Some("x"))), ts(40)).unwrap();
+    assert!(matches!(s.txn(&refresh(&t, &["c"], ts(30), ts(45)), ts(46)), Err(KvError::TxnRetry(_))));
+    assert!(s.txn(&refresh(&t, &["c"], ts(30), ts(39)), ts(46)).is_ok(), "the intent is above 39");
+    assert!(s.txn(&refresh(&other, &["c"], ts(30), ts(45)), ts(46)).is_ok());
 }

@@ -48,7 +48,7 @@ impl KvService {
         *self.node.write() = None;
     }
 
-    fn node(&self) -> Result<Arc<Node>, Status> {
+    pub(crate) fn node(&self) -> Result<Arc<Node>, Status> {
         self.node.read().clone().ok_or_else(|| {
             Status::unavailable(
                 "the node is not serving keys (starting: the cluster has not placed its shards yet; or shutting down)",

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod grpc_txn;
 pub mod http_server;
 mod layout;
 mod load;
@@ -174,6 +175,11 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .add_service(
             cairn_proto::kv::kv_server::KvServer::new(kv.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            cairn_proto::kv::txn_server::TxnServer::new(grpc_txn::TxnService::new(kv.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )

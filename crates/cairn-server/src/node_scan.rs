@@ -6,6 +6,10 @@
 //! next page starts at, so a response's memory is bounded by configuration, not by the data. Parts
 //! scanned separately (shards on other nodes) merge exactly: rows at or past the smallest key where a
 //! part stopped are left for the next page.
+//!
+//! A transaction's intent on a key in the range, at or below the scan's timestamp (for a scan of the
+//! newest versions: below this node's clock as the scan began), stands in the scan's way: the scan
+//! pushes that transaction above it, resolves the intent, and scans again (as a point read does).
 
 use super::replicas::engine_ranges;
 use super::{Located, Node, Shard};
@@ -13,7 +17,8 @@ use crate::error::{NodeError, Result};
 use crate::hlc::{TIMESTAMP_BYTES, Timestamp};
 use crate::mvcc;
 use crate::types::{MAX_SCAN_LIMIT, Read, ReadOptions, Scanned, Versioned};
-use cairn_kv::reader::version_of;
+use cairn_kv::reader::{intent_bounds, intent_of, version_of};
+use cairn_kv::txn::TxnMeta;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -42,7 +47,13 @@ impl Node {
         set.check_all_here()?;
         let parts: Vec<ScanPart> =
             set.serving().into_iter().map(|s| (Arc::clone(&s), s.ranges.clone())).collect();
-        self.scan_shards(&parts, start, end, limit, at)
+        match self.scan_shards(&parts, start, end, limit, at)? {
+            Ok(page) => Ok(page),
+            // A standalone store holds no transactions' intents.
+            Err(locked) => {
+                Err(NodeError::Internal(format!("{} intents in a standalone store", locked.len())))
+            }
+        }
     }
 
     fn check_scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<()> {
@@ -65,7 +76,8 @@ impl Node {
         Ok(())
     }
 
-    /// [`Node::scan`] over the local shards `shards` only, each over the ranges given with it.
+    /// [`Node::scan`] over the local shards `shards` only, each over the ranges given with it: the
+    /// page, or the intents in its way (key and holder, at most [`MAX_LOCKED`]).
     fn scan_shards(
         &self,
         shards: &[ScanPart],
@@ -73,17 +85,27 @@ impl Node {
         end: Option<&[u8]>,
         limit: usize,
         at: Option<Timestamp>,
-    ) -> Result<Scanned> {
+    ) -> Result<std::result::Result<Scanned, Locked>> {
         let at = self.check_read_ts(at)?;
+        // The newest scan: intents up to this node's clock as it begins stand in its way.
+        let in_the_way = if at == Timestamp::MAX { self.now() } else { at };
         let lo = mvcc::key_prefix(start);
         let hi = end.map(mvcc::key_prefix);
+        let (intents_lo, intents_hi) = intent_bounds(start, end);
         let mut page = PageBuilder::new(limit, self.config.max_scan_bytes);
+        let mut locked = Vec::new();
         for (shard, ranges) in shards {
             let db = shard.db();
             for range in ranges {
-                // One iterator per bucket range, repositioned on each bucket: a bucket costs one seek.
+                // One iterator per bucket range, repositioned on each bucket: a bucket costs one seek
+                // for its intents and one for its keys.
                 let mut rows = db.scan_buckets(range.clone())?;
                 for bucket in range.clone() {
+                    rows.seek(bucket, &intents_lo, Some(&intents_hi));
+                    intents_in_the_way(&mut rows, in_the_way, &mut locked)?;
+                    if locked.len() >= MAX_LOCKED {
+                        return Ok(Err(locked));
+                    }
                     rows.seek(bucket, &lo, hi.as_deref());
                     live_keys(&mut rows, at, &mut page)?;
                 }
@@ -91,7 +113,29 @@ impl Node {
             shard.still_running()?;
             super::check_gc(shard, &db, at)?;
         }
-        Ok(page.finish())
+        Ok(if locked.is_empty() { Ok(page.finish()) } else { Err(locked) })
+    }
+
+    /// Pushes and resolves the intents `locked` (a scan's way), waiting at most until `deadline`.
+    async fn clear_intents(
+        &self,
+        locked: Locked,
+        at: Option<Timestamp>,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        for (key, holder) in locked {
+            let push = match at {
+                None => self.push_above_now(),
+                Some(at) => Node::push_above(at),
+            };
+            if !self.clear_intent(&key, &holder, push, 0, deadline).await? {
+                return Err(NodeError::Unavailable(format!(
+                    "key {key:?} is locked by transaction {}, which has not finished: retry",
+                    holder.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// [`Node::scan`] at the consistency `options` ask for (every shard is read at that level). A
@@ -157,13 +201,24 @@ impl Node {
                 parts.push(part.value);
             }
         }
-        let node = Arc::clone(self);
         let at = options.at;
         let local_check = local.clone();
-        let here =
-            tokio::task::spawn_blocking(move || node.scan_shards(&local, &start, end.as_deref(), limit, at))
-                .await
-                .map_err(|e| NodeError::Internal(format!("scan task failed: {e}")))??;
+        let local = Arc::new(local);
+        let (start, end) = (Arc::new(start), Arc::new(end));
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let here = loop {
+            let (node, local, start, end) =
+                (Arc::clone(self), Arc::clone(&local), Arc::clone(&start), Arc::clone(&end));
+            let scanned = tokio::task::spawn_blocking(move || {
+                node.scan_shards(&local, &start, end.as_ref().as_deref(), limit, at)
+            })
+            .await
+            .map_err(|e| NodeError::Internal(format!("scan task failed: {e}")))??;
+            match scanned {
+                Ok(page) => break page,
+                Err(locked) => self.clear_intents(locked, at, deadline).await?,
+            }
+        };
         // A replica retired meanwhile (its shard moved away) was emptied: its part cannot be trusted.
         if let Some((gone, _)) = local_check.iter().find(|(s, _)| !self.still_held(s)) {
             return Err(NodeError::Unavailable(format!(
@@ -280,6 +335,28 @@ impl PageBuilder {
         }
         Scanned { rows: out, resume: None }
     }
+}
+
+/// The intents a scan met (key and holder).
+type Locked = Vec<(Vec<u8>, TxnMeta)>;
+
+/// Most intents one scan collects before it clears them and scans again.
+const MAX_LOCKED: usize = 64;
+
+/// Adds to `locked` the intents of the bucket `rows` is positioned on (its intent rows in the scan's
+/// range) at or below `in_the_way`.
+fn intents_in_the_way(
+    rows: &mut cairn_engine::DbIter,
+    in_the_way: Timestamp,
+    locked: &mut Locked,
+) -> Result<()> {
+    while locked.len() < MAX_LOCKED && rows.advance()? {
+        let (key, intent) = intent_of(rows.key(), &rows.row().to_row())?;
+        if intent.meta.txn.write_ts <= in_the_way {
+            locked.push((key, intent.meta.txn));
+        }
+    }
+    Ok(())
 }
 
 /// Offers `page` each key of the bucket `rows` is positioned on that has a live version at or below

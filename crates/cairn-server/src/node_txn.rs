@@ -7,7 +7,7 @@ use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
 use crate::mvcc;
 use crate::types::Route;
-use cairn_kv::evaluate::{PushKind, PushTxn, ResolveIntents};
+use cairn_kv::evaluate::{PushKind, PushTxn, Refresh, ResolveIntents};
 use cairn_kv::txn::{TxnMeta, TxnStatus};
 use cairn_kv::{Committed, Write, WriteError};
 use std::collections::BTreeMap;
@@ -80,17 +80,39 @@ impl Node {
         status: TxnStatus,
         keys: &[Vec<u8>],
     ) -> Result<()> {
-        let mut by_shard: BTreeMap<u64, Vec<serde_bytes::ByteBuf>> = BTreeMap::new();
-        for key in keys {
-            let shard = self.shard_id(mvcc::bucket_of(key, self.total_buckets))?;
-            by_shard.entry(shard).or_default().push(serde_bytes::ByteBuf::from(key.clone()));
-        }
-        for keys in by_shard.into_values() {
+        for keys in self.by_shard(keys)? {
             let first = keys[0].to_vec();
             let resolve = Write::ResolveIntents(ResolveIntents { txn: txn.clone(), status, keys });
             self.txn_request(&first, &resolve).await?.map_err(NodeError::from)?;
         }
         Ok(())
+    }
+
+    /// Moves `txn`'s reads of `keys` (of any shards) from `from` to `to`, one request per shard: a
+    /// retryable error if any of them changed in between.
+    pub(crate) async fn refresh_reads(
+        &self,
+        txn: &TxnMeta,
+        keys: &[Vec<u8>],
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<()> {
+        for keys in self.by_shard(keys)? {
+            let first = keys[0].to_vec();
+            let refresh = Write::Refresh(Refresh { txn: txn.clone(), keys, from, to });
+            self.txn_request(&first, &refresh).await?.map_err(NodeError::from)?;
+        }
+        Ok(())
+    }
+
+    /// `keys` grouped by the shard that owns them.
+    fn by_shard(&self, keys: &[Vec<u8>]) -> Result<Vec<Vec<serde_bytes::ByteBuf>>> {
+        let mut by_shard: BTreeMap<u64, Vec<serde_bytes::ByteBuf>> = BTreeMap::new();
+        for key in keys {
+            let shard = self.shard_id(mvcc::bucket_of(key, self.total_buckets))?;
+            by_shard.entry(shard).or_default().push(serde_bytes::ByteBuf::from(key.clone()));
+        }
+        Ok(by_shard.into_values().collect())
     }
 
     /// Clears `holder`'s intent on `key` out of the way: pushes `holder` (`kind`, with `priority`)

@@ -44,6 +44,19 @@ impl Node {
         }
     }
 
+    /// Checks a transaction's read or delete of `key` (`value` `None`), or its write of `value` with
+    /// `condition`, against this node's limits.
+    pub(crate) fn check_txn_op(&self, key: &[u8], value: Option<&[u8]>, condition: Condition) -> Result<()> {
+        match value {
+            Some(value) => {
+                self.check_new_key(key)?;
+                self.check_value(value)?;
+            }
+            None => self.check_key(key)?,
+        }
+        self.check_condition(condition)
+    }
+
     pub(super) fn shard_of_key(&self, key: &[u8]) -> Result<Arc<Shard>> {
         self.shard_of(mvcc::bucket_of(key, self.total_buckets))
     }

@@ -159,6 +159,13 @@ pub(super) async fn txn(State(state): State<AppState>, body: Body) -> ApiResult<
         .map_err(|e| bad(format!("cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}")))?;
     let body: TxnBody = serde_json::from_slice(&body).map_err(|e| bad(format!("bad transaction: {e}")))?;
     let (isolation, ops) = parse(body)?;
+    for op in &ops {
+        match op {
+            Op::Get(key) => state.node.check_txn_op(key, None, Condition::None)?,
+            Op::Put(key, value, condition) => state.node.check_txn_op(key, Some(value), *condition)?,
+            Op::Delete(key) => state.node.check_txn_op(key, None, Condition::None)?,
+        }
+    }
     let mut pause = Duration::from_millis(2);
     let mut last = None;
     for attempt in 1..=MAX_ATTEMPTS {

@@ -9,9 +9,16 @@
 //! Another transaction's intent in the way is pushed (a read asks it to commit above the read, a write
 //! asks it to abort) and, once it makes way, resolved; a push that loses is tried again, with pauses,
 //! for up to [`LOCK_WAIT`], after which this transaction gives up with a retryable error: that is also
-//! how a deadlock ends. A read that meets a version in its uncertainty interval, a write pushed above
-//! the read timestamp under serializable isolation, and a write-too-old under snapshot isolation are
-//! retryable errors too: the client runs the transaction again (refreshing reads instead comes later).
+//! how a deadlock ends.
+//!
+//! A serializable transaction commits at the timestamp it read at. When its write timestamp moves (a
+//! write landed above another transaction's read or a newer version, or a reader pushed its record)
+//! or a read meets a version in its uncertainty interval, it *refreshes*: every key it read is checked
+//! for changes between the old read timestamp and the new one ([`Node::refresh_reads`]); if none
+//! changed, its reads move there and it goes on, otherwise it must run again (a retryable error, also
+//! after it read more than [`MAX_TXN_KEYS`] keys). Under snapshot isolation only a write-write
+//! conflict (a version newer than the read timestamp on a key it writes) makes it run again; it
+//! commits wherever its writes land.
 //!
 //! Commit writes the record as committed (one Raft command on the anchor's shard), waits until this
 //! node's clock has passed the commit timestamp (so no later transaction anywhere starts below it),
@@ -35,7 +42,10 @@ use tokio::time::Instant;
 /// How long a transaction waits for another's intent to make way before it gives up (retryable).
 pub const LOCK_WAIT: Duration = Duration::from_secs(1);
 
-/// Most keys one transaction may write (its record lists them).
+/// Most refreshes one commit makes before it gives up (retryable).
+const MAX_COMMIT_REFRESHES: usize = 4;
+
+/// Most keys one transaction may write (its record lists them), and most it may read and still refresh.
 pub const MAX_TXN_KEYS: usize = 10_000;
 
 /// Where a transaction stands, as its coordinator sees it.
@@ -58,6 +68,8 @@ pub struct Txn {
     limit: Timestamp,
     seq: u32,
     locks: BTreeSet<Vec<u8>>,
+    // The keys read (at most MAX_TXN_KEYS; `None` once over it: no refresh is possible).
+    reads: Option<BTreeSet<Vec<u8>>>,
     state: State,
     // Set by the heartbeat task when it finds the record aborted.
     aborted: Arc<AtomicBool>,
@@ -100,6 +112,7 @@ impl Txn {
             limit,
             seq: 0,
             locks: BTreeSet::new(),
+            reads: Some(BTreeSet::new()),
             state: State::Open,
             aborted: Arc::new(AtomicBool::new(false)),
             heartbeat: None,
@@ -133,12 +146,16 @@ impl Txn {
     }
 
     /// Sends `command` to the leader of `key`'s shard; another transaction's intent in the way is
-    /// pushed (`kind`) and resolved, for up to [`LOCK_WAIT`]. The leader's reply.
-    async fn send(&self, key: &[u8], command: &Write, kind: PushKind) -> Result<Committed> {
+    /// pushed (`kind`) and resolved, for up to [`LOCK_WAIT`]. The leader's answer.
+    async fn send(
+        &self,
+        key: &[u8],
+        command: &Write,
+        kind: PushKind,
+    ) -> Result<std::result::Result<Committed, WriteError>> {
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             match self.node.txn_request(key, command).await? {
-                Ok(committed) => return Ok(committed),
                 Err(WriteError::LockConflict { key, holder }) => {
                     let cleared =
                         self.node.clear_intent(&key, &holder, kind, self.meta.priority, deadline).await?;
@@ -149,23 +166,71 @@ impl Txn {
                         )));
                     }
                 }
-                Err(e) => return Err(e.into()),
+                answer => return Ok(answer),
             }
         }
+    }
+
+    /// Moves the reads to `to` (see the module's description); a retryable error if they changed.
+    async fn refresh_to(&mut self, to: Timestamp) -> Result<()> {
+        if to <= self.read_ts {
+            return Ok(());
+        }
+        let Some(reads) = &self.reads else {
+            return Err(retry(format!("over {MAX_TXN_KEYS} keys were read: the reads cannot be refreshed")));
+        };
+        let keys: Vec<Vec<u8>> = reads.iter().cloned().collect();
+        self.node.refresh_reads(&self.meta, &keys, self.read_ts, to).await?;
+        self.read_ts = to;
+        self.meta.write_ts = self.meta.write_ts.max(to);
+        Ok(())
+    }
+
+    fn note_read(&mut self, key: &[u8]) {
+        if let Some(reads) = &mut self.reads {
+            if reads.len() >= MAX_TXN_KEYS {
+                self.reads = None;
+            } else {
+                reads.insert(key.to_vec());
+            }
+        }
+    }
+
+    /// Fails with a retryable error, rolled back, after `outcome` failed so.
+    async fn or_rollback<T>(&mut self, outcome: Result<T>) -> Result<T> {
+        if let Err(NodeError::TxnRetry(_)) = &outcome {
+            self.rollback().await?;
+        }
+        outcome
     }
 
     /// `key`'s value as this transaction sees it: its own write, else the version at its read timestamp.
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Timestamp)>> {
         self.check_open()?;
-        let get = Write::TxnGet(TxnGet {
-            txn: self.meta.clone(),
-            read_ts: self.read_ts,
-            limit: self.limit,
-            key: key.to_vec(),
-        });
-        // A reader asks the holder to commit above it.
-        let committed = self.send(key, &get, PushKind::Timestamp(self.read_ts.next())).await?;
-        Ok(reply(committed)?.value.map(|(v, ts)| (v.into_vec(), ts)))
+        let outcome = self.get_once(key).await;
+        self.or_rollback(outcome).await
+    }
+
+    async fn get_once(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Timestamp)>> {
+        // The uncertainty interval only shrinks as the read timestamp moves up to its limit.
+        loop {
+            let get = Write::TxnGet(TxnGet {
+                txn: self.meta.clone(),
+                read_ts: self.read_ts,
+                limit: self.limit,
+                key: key.to_vec(),
+            });
+            // A reader asks the holder to commit above it.
+            match self.send(key, &get, PushKind::Timestamp(self.read_ts.next())).await? {
+                Ok(committed) => {
+                    self.note_read(key);
+                    return Ok(reply(committed)?.value.map(|(v, ts)| (v.into_vec(), ts)));
+                }
+                // Possibly written before this transaction began: read above it.
+                Err(WriteError::Uncertain { ts, .. }) => self.refresh_to(ts).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Writes `value` to `key` (`None`: deletes it) if `condition` holds against what this transaction
@@ -189,12 +254,16 @@ impl Txn {
             condition,
             create_record: first,
         });
-        let answer = self.send(key, &put, PushKind::Abort).await;
+        let answer = match self.send(key, &put, PushKind::Abort).await {
+            Ok(Ok(committed)) => reply(committed),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(e),
+        };
         if first && answer.is_err() {
             // Nothing holds the record's key yet: the next write anchors it.
             self.meta.anchor.clear();
         }
-        let answer = reply(answer?)?;
+        let answer = self.or_rollback(answer).await?;
         self.locks.insert(key.to_vec());
         if first {
             self.heartbeat = Some(self.start_heartbeat());
@@ -205,12 +274,8 @@ impl Txn {
             self.meta.write_ts = at;
         }
         if self.meta.isolation == Isolation::Serializable && self.meta.write_ts > self.read_ts {
-            // Refreshing the reads to the new timestamp comes later: for now, run again.
-            self.rollback().await?;
-            return Err(retry(format!(
-                "the write of key {key:?} landed at {}, above the transaction's reads at {} (serializable)",
-                self.meta.write_ts, self.read_ts
-            )));
+            let refreshed = self.refresh_to(self.meta.write_ts).await;
+            self.or_rollback(refreshed).await?;
         }
         Ok(())
     }
@@ -250,22 +315,8 @@ impl Txn {
             self.state = State::Committed(self.read_ts);
             return Ok(self.read_ts);
         }
-        let end = Write::EndTxn(EndTxn {
-            txn: self.meta.clone(),
-            read_ts: self.read_ts,
-            commit: true,
-            lock_keys: self.locks.iter().map(|k| serde_bytes::ByteBuf::from(k.clone())).collect(),
-        });
-        let answer = self.node.txn_request(&self.meta.anchor, &end).await?;
-        let record = match answer.map_err(NodeError::from).and_then(reply) {
-            Ok(TxnReply { record: Some(record), .. }) if record.status == TxnStatus::Committed => record,
-            Ok(_) => return Err(NodeError::Internal("a commit answered without a committed record".into())),
-            Err(e @ NodeError::TxnRetry(_)) => {
-                self.rollback().await?;
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
+        let outcome = self.end_committed().await;
+        let record = self.or_rollback(outcome).await?;
         self.stop_heartbeat();
         let at = record.meta.write_ts;
         self.state = State::Committed(at);
@@ -279,6 +330,37 @@ impl Txn {
         let keys: Vec<Vec<u8>> = self.locks.iter().cloned().collect();
         self.node.resolve_intents(&record.meta, TxnStatus::Committed, &keys).await?;
         Ok(at)
+    }
+
+    /// Writes the record as committed, refreshing the reads first whenever the record says the
+    /// transaction was pushed (serializable): the committed record.
+    async fn end_committed(&mut self) -> Result<cairn_kv::txn::TxnRecord> {
+        // A push can land between a refresh and the next end: a few rounds at most, then run again.
+        for _ in 0..MAX_COMMIT_REFRESHES {
+            let end = Write::EndTxn(EndTxn {
+                txn: self.meta.clone(),
+                read_ts: self.read_ts,
+                commit: true,
+                lock_keys: self.locks.iter().map(|k| serde_bytes::ByteBuf::from(k.clone())).collect(),
+            });
+            let answer = self.node.txn_request(&self.meta.anchor, &end).await?.map_err(NodeError::from);
+            match reply(answer?)? {
+                TxnReply { record: Some(record), .. } if record.status == TxnStatus::Committed => {
+                    return Ok(record);
+                }
+                TxnReply { record: Some(record), ts: Some(to), .. }
+                    if record.status == TxnStatus::Pending =>
+                {
+                    self.refresh_to(to).await?;
+                }
+                other => {
+                    return Err(NodeError::Internal(format!(
+                        "a commit answered an unexpected record: {other:?}"
+                    )));
+                }
+            }
+        }
+        Err(retry("the transaction kept being pushed while it committed"))
     }
 
     /// Rolls back: nothing it wrote is kept.

@@ -22,6 +22,7 @@ mod backup;
 mod cluster_status;
 mod demo;
 mod shards;
+mod txn;
 
 use shards::ShardsCommand;
 
@@ -43,6 +44,8 @@ enum Command {
     Demo(DemoArgs),
     /// Read and write keys on a running node (over gRPC).
     Kv(KvArgs),
+    /// Run a few reads, writes and deletes as one transaction on a running cluster node (over gRPC).
+    Txn(txn::TxnArgs),
     /// Show a cluster's nodes (with liveness) and shards (ranges, epochs, replicas, leaders, lag), or a
     /// standalone node's store and shards (over gRPC).
     Status(ClientArgs),
@@ -468,6 +471,7 @@ async fn client_command(command: Command) -> Result<ExitCode, String> {
         Command::Protect(c) => return shards::protect(c).await,
         Command::Backup(c) => return backup::run(c).await,
         Command::Restore(a) => return backup::restore(a).await,
+        Command::Txn(a) => return txn::run(a).await,
         Command::Start(_) | Command::Demo(_) => return Err("not a client command".into()),
     };
     if op.is_none()
@@ -658,6 +662,7 @@ fn main() -> ExitCode {
         Command::Demo(a) if a.nodes > 1 => return demo_cluster(a, &cli.log_level),
         Command::Demo(a) => (build_config(Some(a.store.clone()), &a.node), true, false),
         Command::Kv(_)
+        | Command::Txn(_)
         | Command::Status(_)
         | Command::Init(_)
         | Command::Shards(_)

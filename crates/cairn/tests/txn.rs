@@ -3,13 +3,15 @@
 //! accounts spread over the shards keeps its total while clients on every node move money between
 //! accounts concurrently (read the balances in one transaction, then write both in another whose
 //! writes are conditioned on the versions read — the etcd way), with every audit (all balances read in
-//! one transaction) seeing the same total.
+//! one transaction) seeing the same total. Interactive transactions over gRPC (the Rust client's retry
+//! helper, `cairn txn`), and a transaction whose gateway is killed midway: its record expires, and the
+//! first reader after that aborts it and clears its intents.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{Server, http, three_nodes};
+use common::{Server, cairn, http, three_nodes, wait_until};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -186,4 +188,85 @@ fn a_bank_keeps_its_total_under_concurrent_transfers_from_every_node() {
         .sum();
     assert_eq!(sum, total);
     eprintln!("{moved} transfers, {audits} audits");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// `key`'s value read through `server`'s REST API, as text (`None`: absent), once it answers.
+fn read_text(server: &Server, key: &str) -> Option<String> {
+    let mut last = String::new();
+    for _ in 0..200 {
+        let r = server.call("GET", &format!("/kv/rest/entry/{key}"), b"");
+        match r.status {
+            200 => return Some(text(&r.json()["value"])),
+            404 => return None,
+            _ => last = format!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{key} did not read: {last}");
+}
+
+#[test]
+fn interactive_transactions_retry_and_a_killed_gateways_transaction_is_aborted_once_it_expires() {
+    use cairn_client::{Client, kv::Isolation};
+    let tmp = tempfile::tempdir().unwrap();
+    let [n1, n2, n3] = three_nodes(&|i| tmp.path().join(format!("n{i}")));
+    let rt = runtime();
+    // The client's helper: a read-modify-write of two keys, committed.
+    let client = rt.block_on(Client::connect(&n1.grpc.to_string())).unwrap();
+    assert_eq!(n1.call("PUT", "/kv/rest/entry/i-a", b"10").status, 200);
+    let ((), _) = rt
+        .block_on(client.txn(Isolation::Serializable, async |t| {
+            let (a, _) = t.get(b"i-a").await?.unwrap();
+            let a: i64 = String::from_utf8(a).unwrap().parse().unwrap();
+            t.put(b"i-a", (a - 3).to_string().as_bytes()).await?;
+            t.put(b"i-b", b"3").await?;
+            Ok(())
+        }))
+        .unwrap();
+    assert_eq!(read_text(&n2, "i-a").as_deref(), Some("7"));
+    assert_eq!(read_text(&n3, "i-b").as_deref(), Some("3"));
+    // `cairn txn`.
+    let addr = n2.grpc.to_string();
+    let (ok, out, err) =
+        cairn(&["txn", "--addr", &addr, "put:i-c=cli", "get:i-c", "get:i-a", "del:i-b", "get:i-b"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..3], ["i-c\tcli", "i-a\t7", "i-b\t(none)"], "{out}");
+    assert!(lines[3].starts_with("committed "), "{out}");
+    assert_eq!(read_text(&n1, "i-b"), None);
+    let (ok, _, err) = cairn(&["txn", "--addr", &addr, "bogus"]);
+    assert!(!ok && err.contains("bad operation"), "{err}");
+
+    // A transaction left open on node 3, which is then killed: its intents stay, its record stops
+    // being heartbeated.
+    assert_eq!(n1.call("PUT", "/kv/rest/entry/ab-1", b"before").status, 200);
+    let gateway = rt.block_on(Client::connect(&n3.grpc.to_string())).unwrap();
+    let mut t = rt.block_on(gateway.begin(Isolation::Serializable)).unwrap();
+    rt.block_on(t.put(b"ab-1", b"uncommitted")).unwrap();
+    rt.block_on(t.put(b"ab-2", b"uncommitted")).unwrap();
+    let killed = std::time::Instant::now();
+    n3.kill9();
+    drop((t, gateway));
+    // Reads are never blocked for good: the intents are not committed, so readers either pass them (an
+    // intent above the reader's clock) or wait until the record expires and abort it.
+    assert_eq!(read_text(&n1, "ab-1").as_deref(), Some("before"));
+    assert_eq!(read_text(&n2, "ab-2"), None);
+    // A write of a locked key waits for the transaction, and aborts it once its record expires (5 s
+    // after its last heartbeat); until then it answers 503 (retry).
+    let mut waited = Duration::ZERO;
+    wait_until("the abandoned transaction's lock is cleared", Duration::from_secs(30), || {
+        let r = n2.call("PUT", "/kv/rest/entry/ab-1", b"after");
+        assert!(r.status == 200 || r.status == 503, "{} {}", r.status, String::from_utf8_lossy(&r.body));
+        waited = killed.elapsed();
+        r.status == 200
+    });
+    assert!(waited >= Duration::from_secs(3), "the lock was cleared before the record expired: {waited:?}");
+    assert_eq!(read_text(&n1, "ab-1").as_deref(), Some("after"));
+    assert_eq!(read_text(&n1, "ab-2"), None, "the aborted transaction's other write is gone");
+    assert_eq!(n1.call("PUT", "/kv/rest/entry/ab-2", b"free").status, 200);
+    eprintln!("the abandoned transaction was cleared {waited:?} after its gateway died");
 }

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{Server, cairn, http, three_nodes, wait_until};
+use common::{Server, cairn, three_nodes, try_http, wait_until};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -88,12 +88,14 @@ fn writes_to_every_shard_commit_together_and_a_failed_condition_writes_nothing()
 const ACCOUNTS: usize = 8;
 const START: i64 = 1_000;
 
-/// The balances and their versions, read in one transaction on `server`.
+/// The balances and their versions, read in one transaction on `server` (again while it conflicts or
+/// waits too long, for up to a minute).
 fn balances(server: &Server) -> Vec<(i64, Value)> {
     let ops: Vec<Value> = (0..ACCOUNTS).map(|a| json!({"op": "get", "key": format!("acct-{a}")})).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (status, answer) = txn(server, &json!({"ops": ops}));
-        if status == 409 || status == 503 {
+        if (status == 409 || status == 503) && std::time::Instant::now() < deadline {
             continue;
         }
         assert_eq!(status, 200, "{answer}");
@@ -108,17 +110,28 @@ fn balances(server: &Server) -> Vec<(i64, Value)> {
 
 #[test]
 fn a_bank_keeps_its_total_under_concurrent_transfers_from_every_node() {
+    bank(false);
+}
+
+#[test]
+fn a_bank_keeps_its_total_when_a_node_is_killed_amid_the_transfers() {
+    bank(true);
+}
+
+/// Transfers from clients on every node, with audits, and (`kill`) node 3 killed after a few audits:
+/// its transactions' outcomes are unknown to their clients, but every audit adds up.
+fn bank(kill: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let nodes = three_nodes(&|i| tmp.path().join(format!("n{i}")));
+    let [n1, n2, n3] = three_nodes(&|i| tmp.path().join(format!("n{i}")));
     let open: Vec<Value> = (0..ACCOUNTS)
         .map(|a| json!({"op": "put", "key": format!("acct-{a}"), "value": START.to_string()}))
         .collect();
-    assert_eq!(txn(&nodes[0], &json!({"ops": open})).0, 200);
+    assert_eq!(txn(&n1, &json!({"ops": open})).0, 200);
     let total = START * ACCOUNTS as i64;
-    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let addrs = [n1.addr, n2.addr, n3.addr];
+    let mut n3 = Some(n3);
     let clients: Vec<_> = (0..6)
         .map(|c| {
-            let addrs = addrs.clone();
             std::thread::spawn(move || {
                 let mut moved = 0;
                 let mut rng = c as u64 * 7919 + 1;
@@ -136,7 +149,8 @@ fn a_bank_keeps_its_total_under_concurrent_transfers_from_every_node() {
                     }
                     let (a, b) = (format!("acct-{from}"), format!("acct-{to}"));
                     let read = json!({"ops": [{"op": "get", "key": a}, {"op": "get", "key": b}]});
-                    let r = http(addr, "POST", "/kv/rest/txn", read.to_string().as_bytes());
+                    // A killed node answers nothing: the transfer's outcome is unknown to its client.
+                    let Ok(r) = try_http(addr, "POST", "/kv/rest/txn", read.to_string().as_bytes()) else { continue };
                     if r.status != 200 {
                         continue;
                     }
@@ -150,11 +164,11 @@ fn a_bank_keeps_its_total_under_concurrent_transfers_from_every_node() {
                         {"op": "put", "key": a, "value": (va - amount).to_string(), "if_timestamp": got[0]["timestamp"]},
                         {"op": "put", "key": b, "value": (vb + amount).to_string(), "if_timestamp": got[1]["timestamp"]},
                     ]});
-                    let r = http(addr, "POST", "/kv/rest/txn", write.to_string().as_bytes());
+                    let Ok(r) = try_http(addr, "POST", "/kv/rest/txn", write.to_string().as_bytes()) else { continue };
                     match r.status {
                         200 => moved += 1,
                         // Another transfer wrote one of the accounts since the read; a conflict that
-                        // outlasted the retries.
+                        // outlasted the retries; a lock or a leader not there in time.
                         412 | 409 | 503 => {}
                         s => panic!("transfer answered {s}: {}", String::from_utf8_lossy(&r.body)),
                     }
@@ -164,9 +178,13 @@ fn a_bank_keeps_its_total_under_concurrent_transfers_from_every_node() {
         })
         .collect();
     // Audits while the transfers run: every snapshot of all accounts adds up.
+    let live = [&n1, &n2];
     let mut audits = 0;
     while !clients.iter().all(|c| c.is_finished()) {
-        let b = balances(&nodes[audits % 3]);
+        if kill && audits == 3 {
+            n3.take().unwrap().kill9();
+        }
+        let b = balances(live[audits % 2]);
         assert_eq!(b.iter().map(|(v, _)| v).sum::<i64>(), total, "audit {audits}: {b:?}");
         assert!(b.iter().all(|(v, _)| *v >= 0), "{b:?}");
         audits += 1;
@@ -174,20 +192,15 @@ fn a_bank_keeps_its_total_under_concurrent_transfers_from_every_node() {
     }
     let moved: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
     assert!(moved > 0, "no transfer went through");
-    for n in &nodes {
+    for n in live {
         let b = balances(n);
         assert_eq!(b.iter().map(|(v, _)| v).sum::<i64>(), total);
     }
     // And plain reads agree with the transactions' view.
-    let sum: i64 = (0..ACCOUNTS)
-        .map(|a| {
-            text(&nodes[1].call("GET", &format!("/kv/rest/entry/acct-{a}"), b"").json()["value"])
-                .parse::<i64>()
-                .unwrap()
-        })
-        .sum();
+    let sum: i64 =
+        (0..ACCOUNTS).map(|a| read_text(&n2, &format!("acct-{a}")).unwrap().parse::<i64>().unwrap()).sum();
     assert_eq!(sum, total);
-    eprintln!("{moved} transfers, {audits} audits");
+    eprintln!("{moved} transfers, {audits} audits{}", if kill { ", node 3 killed after 3" } else { "" });
 }
 
 fn runtime() -> tokio::runtime::Runtime {

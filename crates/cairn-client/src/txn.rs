@@ -98,7 +98,18 @@ impl Client {
         loop {
             let mut t = self.begin(isolation).await?;
             let outcome = match body(&mut t).await {
-                Ok(value) => t.commit().await.map(|ts| (value, ts)),
+                Ok(value) => {
+                    let (mut inner, txn) = (t.inner.clone(), t.handle.clone());
+                    let committed = t.commit().await;
+                    if let Err(e) = &committed
+                        && !must_retry(e)
+                    {
+                        // Not ended for sure: a rollback frees its locks now if it is still open, and
+                        // is refused if it committed after all.
+                        let _ = inner.rollback(kv::TxnEndRequest { txn }).await;
+                    }
+                    committed.map(|ts| (value, ts))
+                }
                 Err(e) => {
                     // Ended by the node already if it must run again; otherwise ours to end.
                     if !must_retry(&e) {

@@ -405,9 +405,11 @@ pub fn evaluate_txn(
     let now = bounds.now;
     match write {
         Write::TxnPut(put) => txn_eval::put(put, reader, bounds, total_buckets, batch),
-        Write::ResolveIntents(resolve) => txn_eval::resolve(resolve, reader, total_buckets, batch),
-        Write::EndTxn(end) => txn_eval::end(end, reader, total_buckets, batch),
-        Write::PushTxn(push) => txn_eval::push(push, reader, now, total_buckets, batch),
+        Write::ResolveIntents(resolve) => {
+            txn_eval::resolve(resolve, reader, bounds.limit, total_buckets, batch)
+        }
+        Write::EndTxn(end) => txn_eval::end(end, reader, bounds.limit, total_buckets, batch),
+        Write::PushTxn(push) => txn_eval::push(push, reader, (now, bounds.limit), total_buckets, batch),
         Write::HeartbeatTxn(beat) => txn_eval::heartbeat(beat, reader, now, total_buckets, batch),
         Write::TxnGet(get) => txn_eval::get(get, reader, bounds),
         Write::Refresh(refresh) => txn_eval::refresh(refresh, reader, bounds),

@@ -61,6 +61,9 @@ pub struct TxnBounds<'a> {
     pub closed: Timestamp,
     /// The leader's timestamp cache of the shard.
     pub reads: &'a mut TsCache,
+    /// The leader's clock, which observes every transactional read's timestamp, so that the plain
+    /// writes it stamps afterwards land above those reads.
+    pub clock: &'a crate::hlc::Clock,
 }
 
 /// A transaction's read of one key.
@@ -188,6 +191,8 @@ pub(super) fn get(
     if g.read_ts > bounds.limit {
         return Err(KvError::TooFarAhead { latest: g.read_ts, limit: bounds.limit });
     }
+    // Plain writes this leader stamps from now on land above the read (within the bound just checked).
+    let _ = bounds.clock.observe(g.read_ts);
     let read = ReadAt { ts: g.read_ts, limit: g.limit.max(g.read_ts), txn: Some((g.txn.id, g.txn.epoch)) };
     match reader.read(&g.key, &read)? {
         Found::Locked(intent) => {
@@ -354,10 +359,14 @@ fn put_record(record: &TxnRecord, total_buckets: u32, batch: &mut WriteBatch) ->
 pub(super) fn resolve(
     r: &ResolveIntents,
     reader: &impl Reader,
+    limit: Timestamp,
     total_buckets: u32,
     batch: &mut WriteBatch,
 ) -> Result<Evaluated, KvError> {
     let ResolveIntents { txn, status, keys } = r;
+    if txn.write_ts > limit {
+        return Err(KvError::TooFarAhead { latest: txn.write_ts, limit });
+    }
     let mut resolved = 0u32;
     let mut seen = HashSet::new();
     for key in keys.iter().filter(|k| seen.insert(&k[..])) {
@@ -402,11 +411,15 @@ pub(super) fn resolve(
 pub(super) fn end(
     e: &EndTxn,
     reader: &impl Reader,
+    limit: Timestamp,
     total_buckets: u32,
     batch: &mut WriteBatch,
 ) -> Result<Evaluated, KvError> {
     let EndTxn { txn, read_ts, commit, lock_keys } = e;
     let id = txn.id;
+    if txn.write_ts > limit || *read_ts > limit {
+        return Err(KvError::TooFarAhead { latest: txn.write_ts.max(*read_ts), limit });
+    }
     let Some(record) = reader.txn_record(&txn.anchor, id)? else {
         if *commit {
             return Err(KvError::TxnAborted(format!(
@@ -472,11 +485,16 @@ pub(super) fn end(
 pub(super) fn push(
     p: &PushTxn,
     reader: &impl Reader,
-    now: Timestamp,
+    (now, limit): (Timestamp, Timestamp),
     total_buckets: u32,
     batch: &mut WriteBatch,
 ) -> Result<Evaluated, KvError> {
     let PushTxn { pushee, priority, kind, force } = p;
+    if let PushKind::Timestamp(to) = kind
+        && *to > limit
+    {
+        return Err(KvError::TooFarAhead { latest: *to, limit });
+    }
     let answer = |record: TxnRecord, pushed| {
         Ok(reply(TxnReply { record: Some(record), pushed, ..TxnReply::default() }))
     };
@@ -568,5 +586,6 @@ pub(super) fn refresh(
     for key in &r.keys {
         bounds.reads.add(key, r.to, Some(r.txn.id));
     }
+    let _ = bounds.clock.observe(r.to);
     Ok(reply(TxnReply { ts: Some(r.to), ..TxnReply::default() }))
 }

@@ -365,7 +365,7 @@ impl Leaders {
             *reads = (Some(term), TsCache::new(low, tscache::DEFAULT_CAPACITY));
         }
         let mut bounds =
-            TxnBounds { now: ts, limit: clock.limit(), closed: self.closed(), reads: &mut reads.1 };
+            TxnBounds { now: ts, limit: clock.limit(), closed: self.closed(), reads: &mut reads.1, clock };
         evaluate_txn(op, reader, &mut bounds, self.total_buckets, batch)
     }
 

@@ -50,7 +50,12 @@ impl Shard {
     fn apply(&self, write: &Write, now: Timestamp) -> Result<(Evaluated, usize), KvError> {
         let mut batch = WriteBatch::new();
         let mut reads = self.reads.borrow_mut();
-        let mut bounds = TxnBounds { now, limit: LIMIT, closed: self.closed.get(), reads: &mut reads };
+        let clock = cairn_kv::hlc::Clock::with_physical(
+            std::time::Duration::from_millis(500),
+            std::sync::Arc::new(|| 0),
+        );
+        let mut bounds =
+            TxnBounds { now, limit: LIMIT, closed: self.closed.get(), reads: &mut reads, clock: &clock };
         let result = evaluate_txn(write, &self.reader(), &mut bounds, TOTAL_BUCKETS, &mut batch);
         let rows = batch.len();
         match result {

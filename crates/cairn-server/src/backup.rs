@@ -8,7 +8,7 @@
 //!    at a time, and deletes what runs that never finished left there. It shows it is alive there
 //!    every [`HEARTBEAT_EVERY`]: a lock a crashed coordinator left on object storage (a file lock dies
 //!    with its process) is broken once its holder was silent for [`STALE_LOCK`].
-//! 3. It waits until its clock has passed T by the maximum clock offset, then asks each shard's
+//! 3. It waits until its clock has passed T by twice the maximum clock offset, then asks each shard's
 //!    leader for a snapshot holding every write at or below T, written to the URL by that node (see
 //!    `node_backup.rs` for why it holds them all); a node that does not lead sends it to the next
 //!    replica. Files a backup at the URL already holds are not uploaded again.
@@ -269,8 +269,11 @@ impl Run {
         let offset = self.node.pending_clock().max_offset();
         // A millisecond more: a clock exactly at T's wall time could still stamp T's own wall time.
         let physical = self.node.pending_clock().physical();
-        let wait =
-            Duration::from_nanos(at.wall_time.saturating_sub(physical)) + offset + Duration::from_millis(1);
+        // Twice the offset: every clock then passed T by the offset, so no leader's closed timestamp
+        // (its physical time less the offset) lets an intent land at or below T.
+        let wait = Duration::from_nanos(at.wall_time.saturating_sub(physical))
+            + offset * 2
+            + Duration::from_millis(1);
         self.progress(0, 0, 0, format!("backup at {at}: waiting {wait:?} for every clock to pass it")).await;
         tokio::time::sleep(wait).await;
         let deadline = started + BACKUP_LIMIT;

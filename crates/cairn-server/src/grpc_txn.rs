@@ -1,8 +1,8 @@
 //! The gRPC `Txn` service: interactive transactions coordinated by the node that began them.
 //!
 //! Each open transaction is held here by its handle (its id) until it commits or rolls back. At most
-//! [`MAX_OPEN_TXNS`] are open at once; one idle for [`IDLE_TIMEOUT`] is rolled back when the next
-//! begins. A request whose transaction must run again (code `transaction_retry`) ends it: it is rolled
+//! [`MAX_OPEN_TXNS`] are open at once; one idle for [`IDLE_TIMEOUT`] is rolled back (a sweep every
+//! [`SWEEP_INTERVAL`], while any is open). A request whose transaction must run again (code `transaction_retry`) ends it: it is rolled
 //! back and forgotten.
 
 use crate::error::NodeError;
@@ -23,6 +23,8 @@ use tonic::{Request, Response, Status};
 pub const MAX_OPEN_TXNS: usize = 10_000;
 /// How long an open transaction may go without a request before it is rolled back.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often idle transactions are looked for.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Open {
     txn: Arc<tokio::sync::Mutex<Txn>>,
@@ -34,6 +36,8 @@ struct Open {
 pub struct TxnService {
     kv: KvService,
     open: Arc<Mutex<HashMap<TxnId, Open>>>,
+    // Whether a sweeper task runs (it ends once no transaction is open).
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for TxnService {
@@ -45,7 +49,40 @@ impl std::fmt::Debug for TxnService {
 impl TxnService {
     /// The service of `kv`'s node.
     pub fn new(kv: KvService) -> TxnService {
-        TxnService { kv, open: Arc::default() }
+        TxnService { kv, open: Arc::default(), sweeping: Arc::default() }
+    }
+
+    /// Starts the sweeper unless it runs: every [`SWEEP_INTERVAL`] it drops the transactions idle for
+    /// [`IDLE_TIMEOUT`] (each rolls back as it drops), and ends once none is open.
+    fn sweep(&self) {
+        use std::sync::atomic::Ordering;
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (open, sweeping) = (Arc::downgrade(&self.open), Arc::clone(&self.sweeping));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_INTERVAL).await;
+                let Some(open) = open.upgrade() else { break };
+                let idle: Vec<Open> = {
+                    let mut open = open.lock();
+                    let ids: Vec<TxnId> = open
+                        .iter()
+                        .filter(|(_, o)| o.last_used.elapsed() >= IDLE_TIMEOUT)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let idle = ids.iter().filter_map(|id| open.remove(id)).collect();
+                    if open.is_empty() {
+                        sweeping.store(false, Ordering::Release);
+                        drop(open);
+                        drop(idle);
+                        break;
+                    }
+                    idle
+                };
+                drop(idle);
+            }
+        });
     }
 
     /// The open transaction `handle` names.
@@ -122,12 +159,14 @@ impl kv::txn_server::Txn for TxnService {
             }
             open.insert(id, Open { txn: Arc::new(tokio::sync::Mutex::new(txn)), last_used: Instant::now() });
         }
+        self.sweep();
         Ok(Response::new(kv::TxnBeginResponse { txn: id.0.to_vec(), read_timestamp: Some(ts_out(read_ts)) }))
     }
 
     async fn get(&self, request: Request<kv::TxnGetRequest>) -> Result<Response<kv::TxnGetResponse>, Status> {
         let r = request.into_inner();
         let key = r.key;
+        self.kv.node()?.check_txn_op(&key, None, Condition::None).map_err(status_of)?;
         let found = self.with(&r.txn, async |t| t.get(&key).await).await?;
         let row = found.map(|(value, timestamp)| row(key, Versioned { value, timestamp }));
         Ok(Response::new(kv::TxnGetResponse { row }))

@@ -580,13 +580,15 @@ impl Node {
             return Ok(0);
         };
         if let Some(at) = options.at {
-            // A read at a timestamp takes its read point once every clock has passed it (this one by the
-            // maximum offset): no node evaluates a write at or below it from then on, so the point
-            // covers every write such a read can see, and the read answers as a backup at `at` holds.
+            // A read at a timestamp takes its read point once every clock has passed it by the maximum
+            // offset (this one by twice that): no node evaluates a write at or below it from then on,
+            // and no leader writes an intent there (its closed timestamp, physical time less the
+            // offset, is past it), so the point covers every write such a read can see, and the read
+            // answers as a backup at `at` holds.
             let clock = self.pending.clock();
             clock.check(at)?;
             let offset = clock.max_offset().as_nanos() as u64;
-            let past = at.wall_time.saturating_add(offset).saturating_add(1_000_000);
+            let past = at.wall_time.saturating_add(offset.saturating_mul(2)).saturating_add(1_000_000);
             let wait = std::time::Duration::from_nanos(past.saturating_sub(clock.physical()));
             tokio::time::sleep(wait).await;
         }
@@ -645,12 +647,19 @@ impl Node {
         // A transaction's intent in the read's way is pushed above the read and resolved; the read
         // waits for a transaction that does not make way (a serializable one, until it finishes).
         let deadline = tokio::time::Instant::now() + self.request_timeout();
+        // The newest read's time: intents up to it stand in its way, and are pushed above it.
+        let now = self.now();
         loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "key {key:?} stayed locked by transactions: retry"
+                )));
+            }
             // From the shard whose read point was just established (a split or merge since may have
             // given the bucket to another: then the engine refuses it, and the read is routed again).
             let found = match options.at {
                 // The newest version is one point read: served here, no hand-off.
-                None => self.read_found(&shard, key, ReadAt::newest(self.now()))?,
+                None => self.read_found(&shard, key, ReadAt::newest(now))?,
                 at => {
                     let (node, shard, key) = (Arc::clone(self), Arc::clone(&shard), key.to_vec());
                     tokio::task::spawn_blocking(move || {
@@ -668,10 +677,7 @@ impl Node {
                     return Err(NodeError::Internal(format!("a read without uncertainty found one at {ts}")));
                 }
             };
-            let push = match options.at {
-                None => self.push_above_now(),
-                Some(at) => Node::push_above(at),
-            };
+            let push = Node::push_above(options.at.unwrap_or(now));
             if !self.clear_intent(key, &intent.meta.txn, push, 0, deadline).await? {
                 return Err(NodeError::Unavailable(format!(
                     "key {key:?} is locked by transaction {}, which has not finished: retry",

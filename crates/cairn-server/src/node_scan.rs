@@ -47,7 +47,7 @@ impl Node {
         set.check_all_here()?;
         let parts: Vec<ScanPart> =
             set.serving().into_iter().map(|s| (Arc::clone(&s), s.ranges.clone())).collect();
-        match self.scan_shards(&parts, start, end, limit, at)? {
+        match self.scan_shards(&parts, start, end, limit, (at, self.now()))? {
             Ok(page) => Ok(page),
             // A standalone store holds no transactions' intents.
             Err(locked) => {
@@ -84,11 +84,11 @@ impl Node {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-        at: Option<Timestamp>,
+        (at, now): (Option<Timestamp>, Timestamp),
     ) -> Result<std::result::Result<Scanned, Locked>> {
         let at = self.check_read_ts(at)?;
-        // The newest scan: intents up to this node's clock as it begins stand in its way.
-        let in_the_way = if at == Timestamp::MAX { self.now() } else { at };
+        // The newest scan: intents up to this node's clock as it began stand in its way.
+        let in_the_way = if at == Timestamp::MAX { now } else { at };
         let lo = mvcc::key_prefix(start);
         let hi = end.map(mvcc::key_prefix);
         let (intents_lo, intents_hi) = intent_bounds(start, end);
@@ -120,14 +120,11 @@ impl Node {
     async fn clear_intents(
         &self,
         locked: Locked,
-        at: Option<Timestamp>,
+        above: Timestamp,
         deadline: tokio::time::Instant,
     ) -> Result<()> {
         for (key, holder) in locked {
-            let push = match at {
-                None => self.push_above_now(),
-                Some(at) => Node::push_above(at),
-            };
+            let push = Node::push_above(above);
             if !self.clear_intent(&key, &holder, push, 0, deadline).await? {
                 return Err(NodeError::Unavailable(format!(
                     "key {key:?} is locked by transaction {}, which has not finished: retry",
@@ -206,17 +203,23 @@ impl Node {
         let local = Arc::new(local);
         let (start, end) = (Arc::new(start), Arc::new(end));
         let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let now = self.now();
         let here = loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(
+                    "the scan's keys stayed locked by transactions: retry".into(),
+                ));
+            }
             let (node, local, start, end) =
                 (Arc::clone(self), Arc::clone(&local), Arc::clone(&start), Arc::clone(&end));
             let scanned = tokio::task::spawn_blocking(move || {
-                node.scan_shards(&local, &start, end.as_ref().as_deref(), limit, at)
+                node.scan_shards(&local, &start, end.as_ref().as_deref(), limit, (at, now))
             })
             .await
             .map_err(|e| NodeError::Internal(format!("scan task failed: {e}")))??;
             match scanned {
                 Ok(page) => break page,
-                Err(locked) => self.clear_intents(locked, at, deadline).await?,
+                Err(locked) => self.clear_intents(locked, at.unwrap_or(now), deadline).await?,
             }
         };
         // A replica retired meanwhile (its shard moved away) was emptied: its part cannot be trusted.

@@ -153,11 +153,6 @@ impl Node {
         self.config.replication.as_ref().map_or(Duration::from_secs(5), |rc| rc.request_timeout)
     }
 
-    /// The timestamp a newest read pushes a transaction's intent above: this node's clock now.
-    pub(crate) fn push_above_now(&self) -> PushKind {
-        PushKind::Timestamp(self.pending.clock().now().next())
-    }
-
     /// The timestamp a read at `at` pushes a transaction's intent above.
     pub(crate) fn push_above(at: Timestamp) -> PushKind {
         PushKind::Timestamp(at.next())

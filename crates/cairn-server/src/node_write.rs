@@ -81,6 +81,11 @@ impl Node {
                 // A transaction's intent on a key waits the write until that transaction makes way.
                 let deadline = tokio::time::Instant::now() + self.request_timeout();
                 let committed = loop {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(NodeError::Unavailable(
+                            "the key stayed locked by transactions: retry".into(),
+                        ));
+                    }
                     match replication.leaders.write(replica, &op).await {
                         Err(WriteError::LockConflict { key, holder }) => {
                             let cleared =

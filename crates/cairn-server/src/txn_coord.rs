@@ -70,6 +70,8 @@ pub struct Txn {
     locks: BTreeSet<Vec<u8>>,
     // The keys read (at most MAX_TXN_KEYS; `None` once over it: no refresh is possible).
     reads: Option<BTreeSet<Vec<u8>>>,
+    // A write's outcome is unknown: only a rollback may follow.
+    ambiguous: bool,
     state: State,
     // Set by the heartbeat task when it finds the record aborted.
     aborted: Arc<AtomicBool>,
@@ -113,6 +115,7 @@ impl Txn {
             seq: 0,
             locks: BTreeSet::new(),
             reads: Some(BTreeSet::new()),
+            ambiguous: false,
             state: State::Open,
             aborted: Arc::new(AtomicBool::new(false)),
             heartbeat: None,
@@ -135,6 +138,9 @@ impl Txn {
     }
 
     fn check_open(&self) -> Result<()> {
+        if self.ambiguous {
+            return Err(retry("a write's outcome is unknown: the transaction can only roll back"));
+        }
         if self.aborted.load(Ordering::Acquire) {
             return Err(retry(format!("transaction {} was aborted by a conflicting one", self.meta.id)));
         }
@@ -155,6 +161,9 @@ impl Txn {
     ) -> Result<std::result::Result<Committed, WriteError>> {
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
+            if Instant::now() >= deadline {
+                return Err(retry(format!("key {key:?} stayed locked for {LOCK_WAIT:?}")));
+            }
             match self.node.txn_request(key, command).await? {
                 Err(WriteError::LockConflict { key, holder }) => {
                     let cleared =
@@ -220,8 +229,9 @@ impl Txn {
                 limit: self.limit,
                 key: key.to_vec(),
             });
-            // A reader asks the holder to commit above it.
-            match self.send(key, &get, PushKind::Timestamp(self.read_ts.next())).await? {
+            // A reader asks the holder to commit above it, and above its uncertainty limit (an intent
+            // under the limit stands in its way).
+            match self.send(key, &get, PushKind::Timestamp(self.limit.max(self.read_ts).next())).await? {
                 Ok(committed) => {
                     self.note_read(key);
                     return Ok(reply(committed)?.value.map(|(v, ts)| (v.into_vec(), ts)));
@@ -259,9 +269,26 @@ impl Txn {
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(e),
         };
-        if first && answer.is_err() {
-            // Nothing holds the record's key yet: the next write anchors it.
-            self.meta.anchor.clear();
+        match &answer {
+            // Refused for certain: nothing was written.
+            Err(
+                NodeError::TxnRetry(_)
+                | NodeError::Precondition(_)
+                | NodeError::InvalidArgument(_)
+                | NodeError::TooLarge(_)
+                | NodeError::OutOfRange(_),
+            ) if first => {
+                // Nothing holds the record's key yet: the next write anchors it.
+                self.meta.anchor.clear();
+            }
+            Err(NodeError::TxnRetry(_) | NodeError::Precondition(_) | NodeError::InvalidArgument(_)) => {}
+            Err(_) => {
+                // The write may have left an intent this transaction cannot place: it may only roll
+                // back now (which removes the intent, if any).
+                self.locks.insert(key.to_vec());
+                self.ambiguous = true;
+            }
+            Ok(_) => {}
         }
         let answer = self.or_rollback(answer).await?;
         self.locks.insert(key.to_vec());
@@ -320,15 +347,20 @@ impl Txn {
         self.stop_heartbeat();
         let at = record.meta.write_ts;
         self.state = State::Committed(at);
-        // Commit-wait: no later transaction starts below the commit, wherever it begins.
+        // Commit-wait: no later transaction starts below the commit, wherever it begins. The commit is
+        // within its leader's clock bound, so this is at most a few maximum offsets.
         let clock = self.node.pending_clock();
         let ahead = at.wall_time.saturating_sub(clock.physical());
         if ahead > 0 {
-            tokio::time::sleep(Duration::from_nanos(ahead).min(clock.max_offset())).await;
+            tokio::time::sleep(Duration::from_nanos(ahead)).await;
         }
         let _ = clock.observe(at);
+        // Committed: resolving is a courtesy to later readers (who resolve what is left themselves),
+        // so its failure is logged, never reported as the commit's.
         let keys: Vec<Vec<u8>> = self.locks.iter().cloned().collect();
-        self.node.resolve_intents(&record.meta, TxnStatus::Committed, &keys).await?;
+        if let Err(e) = self.node.resolve_intents(&record.meta, TxnStatus::Committed, &keys).await {
+            tracing::warn!(txn = %self.meta.id, error = %e, "resolving a committed transaction's intents failed");
+        }
         Ok(at)
     }
 
@@ -365,6 +397,7 @@ impl Txn {
 
     /// Rolls back: nothing it wrote is kept.
     pub async fn rollback(&mut self) -> Result<()> {
+        self.ambiguous = false;
         if matches!(self.state, State::Committed(_) | State::Aborted) {
             return Ok(());
         }

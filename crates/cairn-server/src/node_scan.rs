@@ -104,6 +104,7 @@ impl Node {
                     rows.seek(bucket, &intents_lo, Some(&intents_hi));
                     intents_in_the_way(&mut rows, in_the_way, &mut locked)?;
                     if locked.len() >= MAX_LOCKED {
+                        // Which of them the page covers is not known yet: clear them all.
                         return Ok(Err(locked));
                     }
                     rows.seek(bucket, &lo, hi.as_deref());
@@ -113,7 +114,10 @@ impl Node {
             shard.still_running()?;
             super::check_gc(shard, &db, at)?;
         }
-        Ok(if locked.is_empty() { Ok(page.finish()) } else { Err(locked) })
+        // Only intents on keys the page covers (below its resume key) stand in its way.
+        let page = page.finish();
+        locked.retain(|(key, _)| page.resume.as_ref().is_none_or(|resume| key < resume));
+        Ok(if locked.is_empty() { Ok(page) } else { Err(locked) })
     }
 
     /// Pushes and resolves the intents `locked` (a scan's way), waiting at most until `deadline`.

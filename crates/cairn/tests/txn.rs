@@ -283,3 +283,50 @@ fn interactive_transactions_retry_and_a_killed_gateways_transaction_is_aborted_o
     assert_eq!(n1.call("PUT", "/kv/rest/entry/ab-2", b"free").status, 200);
     eprintln!("the abandoned transaction was cleared {waited:?} after its gateway died");
 }
+
+/// The keys and values of a plain range scan of `[start, end)` through `server`, and its resume key.
+fn range(server: &Server, query: &str) -> (Vec<(String, String)>, Value) {
+    let r = server.call("GET", &format!("/kv/rest/range?{query}"), b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    let rows = body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            use base64::Engine as _;
+            let key = base64::engine::general_purpose::STANDARD.decode(row["key"].as_str().unwrap()).unwrap();
+            (String::from_utf8(key).unwrap(), text(&row["value"]))
+        })
+        .collect();
+    (rows, body["header"]["resume_key"].clone())
+}
+
+#[test]
+fn a_scan_pushes_intents_in_its_page_and_passes_those_beyond_it() {
+    use cairn_client::{Client, kv::Isolation};
+    let tmp = tempfile::tempdir().unwrap();
+    let [n1, n2, _n3] = three_nodes(&|i| tmp.path().join(format!("n{i}")));
+    for k in ["sc-a", "sc-b", "sc-c"] {
+        assert_eq!(n1.call("PUT", &format!("/kv/rest/entry/{k}"), b"old").status, 200);
+    }
+    let rt = runtime();
+    let client = rt.block_on(Client::connect(&n1.grpc.to_string())).unwrap();
+    // A serializable transaction holds sc-c (beyond the page), a snapshot-isolation one sc-b (in it).
+    let mut beyond = rt.block_on(client.begin(Isolation::Serializable)).unwrap();
+    rt.block_on(beyond.put(b"sc-c", b"ssi")).unwrap();
+    let mut within = rt.block_on(client.begin(Isolation::Snapshot)).unwrap();
+    rt.block_on(within.put(b"sc-b", b"si")).unwrap();
+    let started = std::time::Instant::now();
+    let (rows, resume) = range(&n2, "start=sc-&end=sc-z&limit=2");
+    assert_eq!(rows, [("sc-a".into(), "old".into()), ("sc-b".into(), "old".into())]);
+    assert!(!resume.is_null());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "the scan waited for the transaction beyond its page: {took:?}");
+    // The pushed snapshot-isolation transaction commits above the scan; the other rolls back.
+    rt.block_on(within.commit()).unwrap();
+    rt.block_on(beyond.rollback()).unwrap();
+    let (rows, _) = range(&n2, "start=sc-&end=sc-z");
+    let values: Vec<&str> = rows.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(values, ["old", "si", "old"]);
+}

@@ -183,8 +183,11 @@ pub struct Leaders {
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// A group's timestamp cache and the term it was started in (`None`: not started).
-type GroupReads = Arc<parking_lot::Mutex<(Option<u64>, TsCache)>>;
+/// A group's timestamp cache and what it was started for (`None`: not started).
+type GroupReads = Arc<parking_lot::Mutex<(Option<CacheEra>, TsCache)>>;
+
+/// What a group's timestamp cache was started for: a term, and the buckets the shard owned then.
+type CacheEra = (u64, Vec<cairn_engine::BucketRange>);
 
 /// What a node's [`Leaders`] did, counted since it started.
 #[derive(Debug, Default)]
@@ -328,8 +331,9 @@ impl Leaders {
         Arc::clone(self.latches.lock().entry(group).or_default())
     }
 
-    /// `group`'s timestamp cache; started afresh in a new term, with a low water above every read an
-    /// earlier leader can have served (see [`TsCache::new`]).
+    /// `group`'s timestamp cache; started afresh in a new term, or when the shard's buckets changed (a
+    /// merge brings in keys another group's leader served reads of), with a low water above every
+    /// read an earlier leader can have served (see [`TsCache::new`]).
     fn reads(&self, group: u64) -> GroupReads {
         // Replaced at the group's first evaluation.
         let fresh = || parking_lot::Mutex::new((None, TsCache::new(Timestamp::MAX, 1)));
@@ -337,7 +341,8 @@ impl Leaders {
     }
 
     /// The timestamp below which no intent lands, at the clock's physical time now: a read at a
-    /// timestamp waits for every clock to pass it by the maximum offset.
+    /// timestamp waits until its clock passed it by twice the maximum offset, so every leader's closed
+    /// timestamp is past it.
     fn closed(&self) -> Timestamp {
         let clock = self.pending.clock();
         let offset = u64::try_from(clock.max_offset().as_nanos()).unwrap_or(u64::MAX);
@@ -356,13 +361,14 @@ impl Leaders {
         let clock = self.pending.clock();
         let reads = self.reads(group);
         let mut reads = reads.lock();
-        if reads.0 != Some(term) {
+        let era = (term, reader.db.owned_buckets());
+        if reads.0.as_ref() != Some(&era) {
             let offset = u64::try_from(clock.max_offset().as_nanos()).unwrap_or(u64::MAX);
             let low = Timestamp {
                 wall_time: clock.physical().saturating_add(offset.saturating_mul(2)),
                 logical: 0,
             };
-            *reads = (Some(term), TsCache::new(low, tscache::DEFAULT_CAPACITY));
+            *reads = (Some(era), TsCache::new(low, tscache::DEFAULT_CAPACITY));
         }
         let mut bounds =
             TxnBounds { now: ts, limit: clock.limit(), closed: self.closed(), reads: &mut reads.1, clock };

@@ -170,6 +170,14 @@ pub struct HeartbeatTxn {
     pub txn: TxnMeta,
 }
 
+/// Refuses a timestamp a request carries beyond the leader's clock bound `limit`.
+fn within(ts: Timestamp, limit: Timestamp) -> Result<(), KvError> {
+    if ts > limit {
+        return Err(KvError::TooFarAhead { latest: ts, limit });
+    }
+    Ok(())
+}
+
 fn reply(reply: TxnReply) -> Evaluated {
     Evaluated { outcome: Outcome::Txn(Box::new(reply)), depends: Vec::new() }
 }
@@ -188,9 +196,7 @@ pub(super) fn get(
     reader: &DbReader<'_>,
     bounds: &mut TxnBounds<'_>,
 ) -> Result<Evaluated, KvError> {
-    if g.read_ts > bounds.limit {
-        return Err(KvError::TooFarAhead { latest: g.read_ts, limit: bounds.limit });
-    }
+    within(g.read_ts, bounds.limit)?;
     // Plain writes this leader stamps from now on land above the read (within the bound just checked).
     let _ = bounds.clock.observe(g.read_ts);
     let read = ReadAt { ts: g.read_ts, limit: g.limit.max(g.read_ts), txn: Some((g.txn.id, g.txn.epoch)) };
@@ -223,9 +229,7 @@ pub(super) fn put(
             txn.id, txn.write_ts, txn.min_ts
         )));
     }
-    if txn.write_ts > limit {
-        return Err(KvError::TooFarAhead { latest: txn.write_ts, limit });
-    }
+    within(txn.write_ts, limit)?;
     if *create_record && *key != txn.anchor {
         return Err(invalid(format!("transaction {}: its record is anchored at its first key", txn.id)));
     }
@@ -262,10 +266,8 @@ pub(super) fn put(
     if read.ts >= at && read.txn != Some(txn.id) {
         at = read.ts.next();
     }
-    if at > limit {
-        // Read (or closed) that far ahead only by a leader's first evaluations: the clock catches up.
-        return Err(KvError::TooFarAhead { latest: at, limit });
-    }
+    // Read (or closed) that far ahead only by a leader's first evaluations: the clock catches up.
+    within(at, limit)?;
     let mut at = above(at, latest, limit)?;
     if let Some(i) = &own {
         // An intent only moves up.
@@ -364,9 +366,7 @@ pub(super) fn resolve(
     batch: &mut WriteBatch,
 ) -> Result<Evaluated, KvError> {
     let ResolveIntents { txn, status, keys } = r;
-    if txn.write_ts > limit {
-        return Err(KvError::TooFarAhead { latest: txn.write_ts, limit });
-    }
+    within(txn.write_ts, limit)?;
     let mut resolved = 0u32;
     let mut seen = HashSet::new();
     for key in keys.iter().filter(|k| seen.insert(&k[..])) {
@@ -417,9 +417,7 @@ pub(super) fn end(
 ) -> Result<Evaluated, KvError> {
     let EndTxn { txn, read_ts, commit, lock_keys } = e;
     let id = txn.id;
-    if txn.write_ts > limit || *read_ts > limit {
-        return Err(KvError::TooFarAhead { latest: txn.write_ts.max(*read_ts), limit });
-    }
+    within(txn.write_ts.max(*read_ts), limit)?;
     let Some(record) = reader.txn_record(&txn.anchor, id)? else {
         if *commit {
             return Err(KvError::TxnAborted(format!(
@@ -490,10 +488,8 @@ pub(super) fn push(
     batch: &mut WriteBatch,
 ) -> Result<Evaluated, KvError> {
     let PushTxn { pushee, priority, kind, force } = p;
-    if let PushKind::Timestamp(to) = kind
-        && *to > limit
-    {
-        return Err(KvError::TooFarAhead { latest: *to, limit });
+    if let PushKind::Timestamp(to) = kind {
+        within(*to, limit)?;
     }
     let answer = |record: TxnRecord, pushed| {
         Ok(reply(TxnReply { record: Some(record), pushed, ..TxnReply::default() }))
@@ -556,9 +552,7 @@ pub(super) fn refresh(
     reader: &DbReader<'_>,
     bounds: &mut TxnBounds<'_>,
 ) -> Result<Evaluated, KvError> {
-    if r.to > bounds.limit {
-        return Err(KvError::TooFarAhead { latest: r.to, limit: bounds.limit });
-    }
+    within(r.to, bounds.limit)?;
     for key in &r.keys {
         if let Some(intent) = reader.intent(key)?
             && intent.meta.txn.id != r.txn.id

@@ -161,9 +161,8 @@ pub(super) async fn txn(State(state): State<AppState>, body: Body) -> ApiResult<
     let (isolation, ops) = parse(body)?;
     for op in &ops {
         match op {
-            Op::Get(key) => state.node.check_txn_op(key, None, Condition::None)?,
+            Op::Get(key) | Op::Delete(key) => state.node.check_txn_op(key, None, Condition::None)?,
             Op::Put(key, value, condition) => state.node.check_txn_op(key, Some(value), *condition)?,
-            Op::Delete(key) => state.node.check_txn_op(key, None, Condition::None)?,
         }
     }
     let mut pause = Duration::from_millis(2);

@@ -258,8 +258,23 @@ pub fn key_per_shard(n: &Server) -> Vec<(u64, String)> {
 
 /// The shards' ranges (`GET /admin/shards` through `server`), and whether a split or merge is under
 /// way.
+/// The meta group can be between leaders (under load, while groups split and merge): a 503 is asked
+/// again, for up to 30 s.
 pub fn shard_ranges(server: &Server) -> (Vec<Value>, bool) {
-    let listed = server.call("GET", "/admin/shards", b"").json();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let reply = server.call("GET", "/admin/shards", b"");
+        if reply.status == 200 {
+            break reply.json();
+        }
+        assert!(
+            reply.status == 503 && std::time::Instant::now() < deadline,
+            "GET /admin/shards answered {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let list = listed["shards"].as_array().unwrap().clone();
     let busy = list.iter().any(|s| !s["splitting"].is_null() || !s["merging"].is_null());
     (list.iter().map(|s| s["ranges"].clone()).collect(), busy)

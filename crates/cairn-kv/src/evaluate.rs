@@ -34,7 +34,8 @@ use std::collections::HashMap;
 #[path = "evaluate_txn.rs"]
 mod txn_eval;
 pub use txn_eval::{
-    EndTxn, HeartbeatTxn, PushKind, PushTxn, Refresh, ResolveIntents, TxnBounds, TxnGet, TxnPut,
+    CommitOnePhase, CommitWrite, EndTxn, HeartbeatTxn, PushKind, PushTxn, Refresh, ResolveIntents, TxnBounds,
+    TxnGet, TxnPut,
 };
 
 /// A write, validated by the caller (key and value sizes; one shard for a batch). Serializable: a node
@@ -91,6 +92,9 @@ pub enum Write {
     TxnGet(TxnGet),
     /// Moves a transaction's reads to a later timestamp (see [`Refresh`]); writes nothing.
     Refresh(Refresh),
+    /// Commits a transaction whose writes all fall in one shard in one command (see
+    /// [`CommitOnePhase`]).
+    CommitOnePhase(CommitOnePhase),
 }
 
 /// One key's history in a [`Write::Restore`].
@@ -155,6 +159,14 @@ impl Write {
             Write::HeartbeatTxn(h) => h.txn.anchor.len(),
             Write::TxnGet(g) => g.key.len(),
             Write::Refresh(r) => r.keys.iter().map(|k| k.len()).sum(),
+            Write::CommitOnePhase(c) => {
+                c.txn.anchor.len()
+                    + c.writes
+                        .iter()
+                        .map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len))
+                        .sum::<usize>()
+                    + c.reads.iter().flatten().map(|k| k.len()).sum::<usize>()
+            }
         }
     }
 
@@ -169,6 +181,7 @@ impl Write {
             Write::TxnPut(p) => &p.key,
             Write::TxnGet(g) => &g.key,
             Write::Refresh(r) => r.keys.first().map_or(&[][..], |k| k),
+            Write::CommitOnePhase(c) => &c.txn.anchor,
             Write::ResolveIntents(r) => r.keys.first().map_or(&[][..], |k| k),
             Write::EndTxn(e) => &e.txn.anchor,
             Write::PushTxn(p) => &p.pushee.anchor,
@@ -187,6 +200,7 @@ impl Write {
                 | Write::HeartbeatTxn(_)
                 | Write::TxnGet(_)
                 | Write::Refresh(_)
+                | Write::CommitOnePhase(_)
         )
     }
 
@@ -206,6 +220,13 @@ impl Write {
             Write::HeartbeatTxn(h) => vec![record_latch(&h.txn.anchor, h.txn.id)],
             Write::TxnGet(g) => vec![g.key.clone()],
             Write::Refresh(r) => r.keys.iter().map(|k| k.to_vec()).collect(),
+            Write::CommitOnePhase(c) => c
+                .writes
+                .iter()
+                .map(|w| w.key.clone())
+                .chain(c.reads.iter().flatten().map(|k| k.to_vec()))
+                .chain([record_latch(&c.txn.anchor, c.txn.id)])
+                .collect(),
         }
     }
 
@@ -220,8 +241,8 @@ impl Write {
                 ops.last().map(|(key, value)| (key.as_slice(), mvcc::encode_value(value.as_deref())))
             }
             // Its versions are not at the write's timestamp; a retry finds restored keys as they are.
-            // A transaction's writes are idempotent: evaluated again, a replayed intent, resolution or
-            // end finds its own rows and writes nothing more.
+            // A transaction's writes are idempotent: evaluated again, a replayed intent, resolution,
+            // end or one-phase commit finds its own rows (or record) and writes nothing more.
             Write::Restore { .. }
             | Write::TxnPut(_)
             | Write::ResolveIntents(_)
@@ -229,7 +250,8 @@ impl Write {
             | Write::PushTxn(_)
             | Write::HeartbeatTxn(_)
             | Write::TxnGet(_)
-            | Write::Refresh(_) => None,
+            | Write::Refresh(_)
+            | Write::CommitOnePhase(_) => None,
         }
     }
 }
@@ -387,7 +409,8 @@ pub fn evaluate(
         | Write::PushTxn(_)
         | Write::HeartbeatTxn(_)
         | Write::TxnGet(_)
-        | Write::Refresh(_) => Err(KvError::Invalid(
+        | Write::Refresh(_)
+        | Write::CommitOnePhase(_) => Err(KvError::Invalid(
             "a transaction's request is evaluated by its shard's leader, with its timestamp cache".into(),
         )),
     }
@@ -413,6 +436,9 @@ pub fn evaluate_txn(
         Write::HeartbeatTxn(beat) => txn_eval::heartbeat(beat, reader, now, total_buckets, batch),
         Write::TxnGet(get) => txn_eval::get(get, reader, bounds),
         Write::Refresh(refresh) => txn_eval::refresh(refresh, reader, bounds),
+        Write::CommitOnePhase(commit) => {
+            txn_eval::commit_one_phase(commit, reader, bounds, total_buckets, batch)
+        }
         Write::Put { .. } | Write::Delete { .. } | Write::Batch { .. } | Write::Restore { .. } => {
             evaluate(write, reader, now, bounds.limit, total_buckets, batch)
         }
@@ -522,7 +548,8 @@ impl<'a, R: Reader> Overlay<'a, R> {
             | Write::PushTxn(_)
             | Write::HeartbeatTxn(_)
             | Write::TxnGet(_)
-            | Write::Refresh(_) => {}
+            | Write::Refresh(_)
+            | Write::CommitOnePhase(_) => {}
             // Restored keys hold their own timestamps (or, overwritten, at most the write's).
             Write::Restore { keys, .. } => {
                 for k in keys {

@@ -9,9 +9,10 @@
 //!   at the transaction's write timestamp moved up past three things: the key's newest committed
 //!   version, the highest read of the key by another transaction (the timestamp cache), and the
 //!   closed timestamp (the leader's physical time less the maximum clock offset, which a read at a
-//!   timestamp waits for every clock to pass: no intent lands where such a read already looked). Another transaction's intent on the key is a [`KvError::LockConflict`] (nothing
-//!   written). A committed version newer than the transaction's read timestamp is a write-too-old:
-//!   snapshot isolation and conditional puts must restart ([`KvError::TxnRetry`]); a serializable
+//!   timestamp waits for every clock to pass: no intent lands where such a read already looked).
+//!   Another transaction's intent on the key is a [`KvError::LockConflict`] (nothing written). A
+//!   committed version newer than the transaction's read timestamp is a write-too-old: snapshot
+//!   isolation and conditional puts must restart ([`KvError::TxnRetry`]); a serializable
 //!   transaction writes above it and is told to refresh its reads before it commits. A put whose
 //!   sequence number the intent already holds is a replay and writes nothing; a later one of the
 //!   same epoch keeps the earlier value in the intent's history; one of a newer epoch replaces an
@@ -35,6 +36,14 @@
 //!   aborted, whatever the push asked), with a strictly higher priority, when forced (a deadlock's
 //!   victim), and with a timestamp push against snapshot isolation (which commits wherever its writes
 //!   land). A final record answers as it is. A pusher that loses writes nothing and waits.
+//! - [`CommitOnePhase`] commits a transaction whose writes all fall in one shard, and that wrote no
+//!   intent before, in one command (1PC): versions at one commit timestamp, moved up past the same
+//!   three things as an intent, with conditions checked as a [`TxnPut`]'s, and the record written
+//!   committed (so that the command, evaluated again, answers from it). A serializable transaction
+//!   whose commit timestamp moved above its read timestamp commits only if the command carries its
+//!   reads (all on this shard) and none of them changed in between, as a [`Refresh`] checks;
+//!   otherwise nothing is written and the answer names the timestamp to refresh the reads to before
+//!   trying again.
 //! - [`HeartbeatTxn`] keeps a pending record alive, and answers with it: how the coordinator learns
 //!   that its transaction was pushed or aborted.
 //!
@@ -161,6 +170,34 @@ pub struct PushTxn {
     pub kind: PushKind,
     /// Win whatever the priorities (the victim chosen to break a deadlock).
     pub force: bool,
+}
+
+/// Commits a transaction whose writes all fall in one shard in one command (see the module's
+/// description).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitOnePhase {
+    /// The transaction, anchored at its first write's key, with the write timestamp it is at.
+    pub txn: TxnMeta,
+    /// The timestamp its reads are at (at most `txn.write_ts`).
+    pub read_ts: Timestamp,
+    /// The writes, each key once.
+    pub writes: Vec<CommitWrite>,
+    /// The keys a serializable transaction read, when all are on this shard: the commit may then move
+    /// above `read_ts` if none of them changed in between. `None`: it commits at `read_ts` or not now.
+    pub reads: Option<Vec<ByteBuf>>,
+}
+
+/// One write of a [`CommitOnePhase`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitWrite {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The value; `None` deletes the key.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+    /// Checked against the key's newest committed version, as a [`TxnPut`]'s is.
+    pub condition: Condition,
 }
 
 /// Records that a transaction's coordinator is alive.
@@ -553,33 +590,138 @@ pub(super) fn refresh(
     bounds: &mut TxnBounds<'_>,
 ) -> Result<Evaluated, KvError> {
     within(r.to, bounds.limit)?;
-    for key in &r.keys {
-        if let Some(intent) = reader.intent(key)?
-            && intent.meta.txn.id != r.txn.id
-            && intent.meta.txn.write_ts <= r.to
-        {
-            return Err(KvError::TxnRetry(format!(
-                "key {:?}, read at {}, holds transaction {}'s intent at or below {}",
-                &key[..],
-                r.from,
-                intent.meta.txn.id,
-                r.to
-            )));
-        }
-        if let Some(ts) = reader.version_ts_at(key, r.to)?
-            && ts > r.from
-        {
-            return Err(KvError::TxnRetry(format!(
-                "key {:?}, read at {}, was written at {ts}: the reads cannot move to {}",
-                &key[..],
-                r.from,
-                r.to
-            )));
-        }
-    }
+    unchanged(reader, r.txn.id, &r.keys, r.from, r.to)?;
     for key in &r.keys {
         bounds.reads.add(key, r.to, Some(r.txn.id));
     }
     let _ = bounds.clock.observe(r.to);
     Ok(reply(TxnReply { ts: Some(r.to), ..TxnReply::default() }))
+}
+
+/// Checks that transaction `id`'s reads of `keys` at `from` hold at `to` too: no committed version in
+/// between, and no other transaction's intent at or below `to` (a retryable error otherwise).
+fn unchanged(
+    reader: &DbReader<'_>,
+    id: txn::TxnId,
+    keys: &[ByteBuf],
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<(), KvError> {
+    for key in keys {
+        if let Some(intent) = reader.intent(key)?
+            && intent.meta.txn.id != id
+            && intent.meta.txn.write_ts <= to
+        {
+            return Err(KvError::TxnRetry(format!(
+                "key {:?}, read at {from}, holds transaction {}'s intent at or below {to}",
+                &key[..],
+                intent.meta.txn.id,
+            )));
+        }
+        if let Some(ts) = reader.version_ts_at(key, to)?
+            && ts > from
+        {
+            return Err(KvError::TxnRetry(format!(
+                "key {:?}, read at {from}, was written at {ts}: the reads cannot move to {to}",
+                &key[..],
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Evaluates a [`CommitOnePhase`] (see the module's description).
+pub(super) fn commit_one_phase(
+    c: &CommitOnePhase,
+    reader: &DbReader<'_>,
+    bounds: &mut TxnBounds<'_>,
+    total_buckets: u32,
+    batch: &mut WriteBatch,
+) -> Result<Evaluated, KvError> {
+    let CommitOnePhase { txn, read_ts, writes, reads } = c;
+    let limit = bounds.limit;
+    if txn.write_ts < *read_ts || txn.write_ts < txn.min_ts {
+        return Err(invalid(format!(
+            "transaction {}: write timestamp {} below its read timestamp {read_ts} or its start {}",
+            txn.id, txn.write_ts, txn.min_ts
+        )));
+    }
+    if writes.first().is_none_or(|w| w.key != txn.anchor) {
+        return Err(invalid(format!("transaction {}: its record is anchored at its first write", txn.id)));
+    }
+    within(txn.write_ts, limit)?;
+    match reader.txn_record(&txn.anchor, txn.id)? {
+        // Evaluated again after it applied.
+        Some(r) if r.status == TxnStatus::Committed => {
+            return Ok(reply(TxnReply { ts: Some(r.meta.write_ts), record: Some(r), ..TxnReply::default() }));
+        }
+        Some(r) if r.status == TxnStatus::Aborted => {
+            return Err(KvError::TxnAborted(format!("transaction {} was aborted", txn.id)));
+        }
+        Some(_) => {
+            return Err(invalid(format!("transaction {} wrote intents: it commits at its record", txn.id)));
+        }
+        None => {}
+    }
+    let mut seen = HashSet::new();
+    let mut at = txn.write_ts.max(bounds.closed);
+    let mut too_old = false;
+    for CommitWrite { key, condition, .. } in writes {
+        if !seen.insert(&key[..]) {
+            return Err(invalid(format!("transaction {}: key {key:?} written twice in one commit", txn.id)));
+        }
+        if let Some(i) = reader.intent(key)? {
+            if i.meta.txn.id == txn.id {
+                return Err(invalid(format!(
+                    "transaction {} wrote intents: it commits at its record",
+                    txn.id
+                )));
+            }
+            return Err(KvError::LockConflict { key: key.clone(), holder: Box::new(i.meta.txn) });
+        }
+        let latest = reader.latest(key)?;
+        if let Some(l) = latest.filter(|l| l.timestamp > *read_ts) {
+            if txn.isolation == Isolation::Snapshot || *condition != Condition::None {
+                return Err(KvError::TxnRetry(format!(
+                    "key {key:?} has a version at {} after the transaction's read timestamp {read_ts} \
+                     (write-too-old)",
+                    l.timestamp
+                )));
+            }
+            too_old = true;
+        }
+        check_condition(*condition, latest.filter(|l| l.live).map(|l| l.timestamp))?;
+        let read = bounds.reads.lookup(key);
+        if read.ts >= at && read.txn != Some(txn.id) {
+            at = read.ts.next();
+        }
+        within(at, limit)?;
+        at = above(at, latest, limit)?;
+    }
+    let mut read_at = *read_ts;
+    if txn.isolation == Isolation::Serializable && at != *read_ts {
+        let Some(reads) = reads else {
+            // The reads move first, at the coordinator: nothing written.
+            return Ok(reply(TxnReply { ts: Some(at), write_too_old: too_old, ..TxnReply::default() }));
+        };
+        unchanged(reader, txn.id, reads, *read_ts, at)?;
+        for key in reads {
+            bounds.reads.add(key, at, Some(txn.id));
+        }
+        read_at = at;
+    }
+    let _ = bounds.clock.observe(at);
+    for CommitWrite { key, value, .. } in writes {
+        mvcc::add_version(batch, mvcc::bucket_of(key, total_buckets), key, at, value.as_deref());
+    }
+    let record = TxnRecord {
+        meta: TxnMeta { write_ts: at, ..txn.clone() },
+        status: TxnStatus::Committed,
+        read_ts: read_at,
+        last_heartbeat: bounds.now,
+        lock_keys: Vec::new(),
+        in_flight: Vec::new(),
+    };
+    put_record(&record, total_buckets, batch)?;
+    Ok(reply(TxnReply { ts: Some(at), write_too_old: too_old, record: Some(record), ..TxnReply::default() }))
 }

@@ -1,6 +1,7 @@
 //! Transactions' rows (issue 27; the plan is `docs/plans/transactions.md`): what a write intent and a
 //! transaction record hold, and how they are stored. Evaluation (`evaluate_txn.rs`) writes them
-//! (`Write::TxnPut`, `Write::ResolveIntents`, `Write::EndTxn`); nothing sends those yet.
+//! (`Write::TxnPut`, `Write::ResolveIntents`, `Write::EndTxn`, `Write::CommitOnePhase`); the
+//! coordinator (`cairn-server`'s `txn_coord.rs`) sends them.
 //!
 //! ```text
 //! intent row  = 00 03 ++ escape(key) ++ 00 00                    (in the key's bucket)

@@ -1,15 +1,16 @@
 //! Transactions' writes evaluated against a real shard, with each evaluation's rows applied before the
 //! next: intents and records as readers see them, replays, epochs, write-too-old under each isolation
 //! level, conditions over a transaction's own writes, commit, abort and resolution, pushes and
-//! heartbeats; and reads that mind intents and uncertainty.
+//! heartbeats; reads that mind intents and uncertainty; and one-phase commits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cairn_engine::{Config, Db, WriteBatch, WriteOptions};
 use cairn_kv::KvError;
 use cairn_kv::evaluate::{
-    Condition, EndTxn, Evaluated, HeartbeatTxn, Outcome, PushKind, PushTxn, Refresh, ResolveIntents,
-    Restored, RestoredVersion, TxnBounds, TxnGet, TxnPut, Write, evaluate, evaluate_txn,
+    CommitOnePhase, CommitWrite, Condition, EndTxn, Evaluated, HeartbeatTxn, Outcome, PushKind, PushTxn,
+    Refresh, ResolveIntents, Restored, RestoredVersion, TxnBounds, TxnGet, TxnPut, Write, evaluate,
+    evaluate_txn,
 };
 use cairn_kv::hlc::Timestamp;
 use cairn_kv::reader::{DbReader, Found, ReadAt, Reader, Versioned};
@@ -395,6 +396,7 @@ fn transactional_writes_round_trip_through_postcard_and_latch_their_record() {
         push_of(&t, 3, PushKind::Timestamp(ts(20))),
         Write::HeartbeatTxn(HeartbeatTxn { txn: t.clone() }),
         get(&t, "c"),
+        one_phase(&t, &[("a", Some("v")), ("b", None)], Some(&["c"])),
     ];
     for write in &writes {
         let bytes = postcard::to_stdvec(write).unwrap();
@@ -409,6 +411,8 @@ fn transactional_writes_round_trip_through_postcard_and_latch_their_record() {
     assert_eq!(writes[4].keys(), writes[5].keys());
     assert_eq!(writes[4].keys(), writes[2].keys());
     assert_eq!(writes[6].keys(), vec![b"c".to_vec()]);
+    let one_phase_latches = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), writes[2].keys()[0].clone()];
+    assert_eq!(writes[7].keys(), one_phase_latches);
 }
 
 fn push_of(pushee: &TxnMeta, priority: u32, kind: PushKind) -> Write {
@@ -639,4 +643,117 @@ fn a_refresh_moves_reads_up_unless_a_key_read_was_written_or_locked_in_between()
     assert!(matches!(s.txn(&refresh(&t, &["c"], ts(30), ts(45)), ts(46)), Err(KvError::TxnRetry(_))));
     assert!(s.txn(&refresh(&t, &["c"], ts(30), ts(39)), ts(46)).is_ok(), "the intent is above 39");
     assert!(s.txn(&refresh(&other, &["c"], ts(30), ts(45)), ts(46)).is_ok());
+}
+
+fn one_phase(t: &TxnMeta, writes: &[(&str, Option<&str>)], reads: Option<&[&str]>) -> Write {
+    Write::CommitOnePhase(CommitOnePhase {
+        txn: t.clone(),
+        read_ts: t.write_ts,
+        writes: writes
+            .iter()
+            .map(|(k, v)| CommitWrite {
+                key: k.as_bytes().to_vec(),
+                value: v.map(|v| v.as_bytes().to_vec()),
+                condition: Condition::None,
+            })
+            .collect(),
+        reads: reads.map(|keys| keys.iter().map(|k| ByteBuf::from(k.as_bytes().to_vec())).collect()),
+    })
+}
+
+#[test]
+fn a_one_phase_commit_writes_versions_and_a_committed_record_and_answers_a_replay_from_it() {
+    let s = Shard::new();
+    s.commit_plain("b", "old", ts(5));
+    let t = txn(1, "a", ts(10), Isolation::Serializable);
+    let commit = one_phase(&t, &[("a", Some("1")), ("b", None)], Some(&[]));
+    let (reply, rows) = s.txn(&commit, ts(11)).unwrap();
+    assert_eq!(reply.ts, Some(ts(10)));
+    let record = reply.record.unwrap();
+    assert_eq!(
+        (record.status, record.meta.write_ts, record.lock_keys.len()),
+        (TxnStatus::Committed, ts(10), 0)
+    );
+    // Two versions (each a version row and the key's newest-version row) and the record; no intent.
+    assert_eq!(rows, 5);
+    assert_eq!(s.newest("a"), Some(Versioned { value: b"1".to_vec(), timestamp: ts(10) }));
+    assert_eq!(s.newest("b"), None);
+    assert!(s.reader().intent(b"a").unwrap().is_none());
+    // Evaluated again (its leader could not tell it applied): the record answers, nothing is written.
+    let (again, rows) = s.txn(&commit, ts(12)).unwrap();
+    assert_eq!((again.ts, rows), (Some(ts(10)), 0));
+    // Malformed: a key twice, or the anchor not the first write.
+    let twice = one_phase(&txn(2, "x", ts(20), Isolation::Serializable), &[("x", None), ("x", None)], None);
+    assert!(matches!(s.txn(&twice, ts(21)), Err(KvError::Invalid(_))));
+    let unanchored = one_phase(&txn(3, "y", ts(20), Isolation::Serializable), &[("x", None)], None);
+    assert!(matches!(s.txn(&unanchored, ts(21)), Err(KvError::Invalid(_))));
+}
+
+#[test]
+fn a_one_phase_commit_moves_up_refreshing_reads_it_carries_or_asks_the_coordinator_to() {
+    let s = Shard::new();
+    s.commit_plain("r", "1", ts(5));
+    // Another transaction read "w" at 30: a serializable commit at 20 must move above it.
+    s.txn(&get(&txn(9, "z", ts(30), Isolation::Serializable), "w"), ts(31)).unwrap();
+    let t = txn(1, "w", ts(20), Isolation::Serializable);
+    // Without its reads the leader cannot move it: nothing written, the answer names where to refresh to.
+    let (reply, rows) = s.txn(&one_phase(&t, &[("w", Some("x"))], None), ts(32)).unwrap();
+    assert_eq!((reply.ts, reply.record.is_none(), rows), (Some(ts(30).next()), true, 0));
+    // With its reads, unchanged since 20: committed above the read, the reads recorded there.
+    let (reply, rows) = s.txn(&one_phase(&t, &[("w", Some("x"))], Some(&["r"])), ts(32)).unwrap();
+    assert_eq!((reply.ts, rows), (Some(ts(30).next()), 3));
+    assert_eq!(reply.record.unwrap().read_ts, ts(30).next());
+    assert_eq!(s.reads.borrow().lookup(b"r").ts, ts(30).next());
+    // A key it read changed in between: it must run again.
+    s.txn(&get(&txn(8, "z", ts(50), Isolation::Serializable), "v"), ts(51)).unwrap();
+    s.commit_plain("r", "2", ts(45));
+    let late = txn(2, "v", ts(40), Isolation::Serializable);
+    assert!(matches!(
+        s.txn(&one_phase(&late, &[("v", Some("x"))], Some(&["r"])), ts(52)),
+        Err(KvError::TxnRetry(_))
+    ));
+    // Snapshot isolation commits wherever its writes land, without a refresh.
+    let si = txn(3, "v", ts(40), Isolation::Snapshot);
+    assert_eq!(s.txn(&one_phase(&si, &[("v", Some("y"))], None), ts(53)).unwrap().0.ts, Some(ts(50).next()));
+}
+
+#[test]
+fn a_one_phase_commit_is_refused_over_a_lock_a_newer_version_under_snapshot_isolation_or_an_abort() {
+    let s = Shard::new();
+    let holder = txn(1, "k", ts(10), Isolation::Serializable);
+    s.txn(&Write::TxnPut(put(&holder, 1, "k", Some("x"))), ts(10)).unwrap();
+    let t = txn(2, "j", ts(20), Isolation::Serializable);
+    let locked = one_phase(&t, &[("j", Some("1")), ("k", Some("1"))], None);
+    assert!(matches!(s.txn(&locked, ts(21)), Err(KvError::LockConflict { .. })));
+    // Its own intents: it commits at its record instead.
+    assert!(matches!(s.txn(&one_phase(&holder, &[("k", None)], None), ts(21)), Err(KvError::Invalid(_))));
+    // A version newer than the read timestamp: snapshot isolation must run again; serializable moves
+    // above it (a blind write), told so.
+    s.commit_plain("n", "1", ts(30));
+    let si = txn(3, "n", ts(25), Isolation::Snapshot);
+    assert!(matches!(s.txn(&one_phase(&si, &[("n", None)], None), ts(31)), Err(KvError::TxnRetry(_))));
+    let blind = txn(4, "n", ts(25), Isolation::Serializable);
+    let (reply, _) = s.txn(&one_phase(&blind, &[("n", Some("2"))], Some(&[])), ts(31)).unwrap();
+    assert_eq!((reply.ts, reply.write_too_old), (Some(ts(30).next()), true));
+    // Conditions on the committed versions: checked; one on a version newer than the read timestamp
+    // must run again (it was checked against a version the transaction did not read).
+    let cond = |t: &TxnMeta, key: &str, condition| {
+        let mut c = one_phase(t, &[(key, Some("c"))], Some(&[]));
+        if let Write::CommitOnePhase(c) = &mut c {
+            c.writes[0].condition = condition;
+        }
+        c
+    };
+    let late = txn(6, "n", ts(40), Isolation::Serializable);
+    let failed = s.txn(&cond(&late, "n", Condition::IfAbsent), ts(41));
+    assert!(matches!(failed, Err(KvError::ConditionFailed(_))), "{failed:?}");
+    let newest = s.newest("n").unwrap().timestamp;
+    assert_eq!(s.txn(&cond(&late, "n", Condition::IfTimestamp(newest)), ts(41)).unwrap().0.ts, Some(ts(40)));
+    let early = txn(7, "n", ts(35), Isolation::Serializable);
+    let stale = s.txn(&cond(&early, "n", Condition::IfTimestamp(ts(40))), ts(42));
+    assert!(matches!(stale, Err(KvError::TxnRetry(_))), "{stale:?}");
+    // Aborted (by a push) before it committed: refused.
+    let pushed = txn(5, "p", ts(40), Isolation::Serializable);
+    s.txn(&end(&pushed, false, &[]), ts(41)).unwrap();
+    assert!(matches!(s.txn(&one_phase(&pushed, &[("p", None)], None), ts(42)), Err(KvError::TxnAborted(_))));
 }

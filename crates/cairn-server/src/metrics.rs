@@ -195,9 +195,31 @@ fn render_shard_load(out: &mut String, node: &Node) {
 /// A per-group metric: name, kind, help, and its value for (leader changes seen, status).
 type Series<'a> = (&'static str, &'static str, &'static str, &'a dyn Fn(u64, &GroupStatus) -> String);
 
-/// Per-group Raft metrics of a replicated node (nothing for a standalone one).
+/// How the transactions this node coordinated ended.
+fn render_txns(out: &mut String, node: &Node) {
+    let stats = node.txn_stats();
+    let _ = writeln!(
+        out,
+        "# HELP cairn_txn_commits_total Transactions this node coordinated that committed, by how.\n\
+         # TYPE cairn_txn_commits_total counter"
+    );
+    for (path, n) in
+        [("one_phase", &stats.one_phase), ("intents", &stats.with_intents), ("read_only", &stats.read_only)]
+    {
+        let _ = writeln!(out, "cairn_txn_commits_total{{path=\"{path}\"}} {}", n.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cairn_txn_retries_total Transactions this node coordinated that a conflict rolled back.\n\
+         # TYPE cairn_txn_retries_total counter\ncairn_txn_retries_total {}",
+        stats.retries.load(Ordering::Relaxed)
+    );
+}
+
+/// Per-group Raft metrics of a replicated node, and its transactions (nothing for a standalone one).
 fn render_replication(out: &mut String, node: &Node) {
     let Some(syncs) = node.raft_log_syncs() else { return };
+    render_txns(out, node);
     let _ = writeln!(
         out,
         "# HELP cairn_raft_log_syncs_total Fsyncs of the node's Raft log (shared by every group).\n\

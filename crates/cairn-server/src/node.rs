@@ -162,6 +162,8 @@ pub struct Node {
     backup_pace: Arc<cairn_engine::bulk::Pacer>,
     /// Bounds the backup exports running here at once.
     export_slots: Arc<tokio::sync::Semaphore>,
+    /// How the transactions coordinated here ended.
+    txn_stats: txn::TxnStats,
 }
 
 impl std::fmt::Debug for Node {
@@ -271,6 +273,7 @@ impl Node {
             opening: tokio::sync::Mutex::new(()),
             backup_pace: Arc::new(cairn_engine::bulk::Pacer::new(0)),
             export_slots: backup::export_slots(),
+            txn_stats: txn::TxnStats::default(),
         })
     }
 
@@ -364,6 +367,7 @@ impl Node {
             opening: tokio::sync::Mutex::new(()),
             backup_pace: Arc::new(cairn_engine::bulk::Pacer::new(0)),
             export_slots: backup::export_slots(),
+            txn_stats: txn::TxnStats::default(),
         })
     }
 

@@ -11,6 +11,7 @@ use cairn_kv::evaluate::{PushKind, PushTxn, Refresh, ResolveIntents};
 use cairn_kv::txn::{TxnMeta, TxnStatus};
 use cairn_kv::{Committed, Write, WriteError};
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -18,10 +19,28 @@ use tokio::time::Instant;
 /// (a lock, a retry, an abort, an uncertain read, a failed condition).
 pub(crate) type TxnAnswer = std::result::Result<Committed, WriteError>;
 
+/// How the transactions a node coordinated ended (counters since it started).
+#[derive(Debug, Default)]
+pub struct TxnStats {
+    /// Committed in one command on one shard (1PC).
+    pub one_phase: AtomicU64,
+    /// Committed at their record, after writing intents.
+    pub with_intents: AtomicU64,
+    /// Committed without writing anything.
+    pub read_only: AtomicU64,
+    /// Ended by a retryable error (a conflict): rolled back, to run again.
+    pub retries: AtomicU64,
+}
+
 /// The longest pause between two pushes of a transaction that did not make way.
 const MAX_PUSH_PAUSE: Duration = Duration::from_millis(100);
 
 impl Node {
+    /// How the transactions coordinated here ended.
+    pub fn txn_stats(&self) -> &TxnStats {
+        &self.txn_stats
+    }
+
     /// Sends `command` (a transaction's request) to the leader of the shard of `key`'s bucket, through a
     /// replica here or another node: the leader's answer. Routing and transport failures are the
     /// outer error.
@@ -103,6 +122,18 @@ impl Node {
             self.txn_request(&first, &refresh).await?.map_err(NodeError::from)?;
         }
         Ok(())
+    }
+
+    /// Whether `keys` all belong to one shard (as this node routes them now).
+    pub(crate) fn one_shard<'k>(&self, keys: impl IntoIterator<Item = &'k Vec<u8>>) -> Result<bool> {
+        let mut shard = None;
+        for key in keys {
+            let owner = self.shard_id(mvcc::bucket_of(key, self.total_buckets))?;
+            if *shard.get_or_insert(owner) != owner {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// `keys` grouped by the shard that owns them.

@@ -12,7 +12,8 @@
 //!
 //! Keys and values are UTF-8 strings (`key`, `value`) or base64 (`key_b64`, `value_b64`). The answer
 //! lists each operation's result in order (a get's `value`, as `GET /kv/rest/entry` gives it, or
-//! null), the commit timestamp and how many attempts it took. A failed condition answers 412 and
+//! null), the commit timestamp and how many attempts it took. Writes wait for the commit, and go with
+//! it in one Raft command when they all fall in one shard. A failed condition answers 412 and
 //! nothing is written; a transaction that still conflicts after the last attempt answers 409
 //! (`transaction_retry`).
 
@@ -138,12 +139,13 @@ async fn run(txn: &mut Txn, ops: &[Op]) -> crate::error::Result<Vec<Value>> {
                 Some((value, timestamp)) => version_json(&Versioned { value, timestamp }),
                 None => Value::Null,
             },
+            // Every write waits for the commit (one command with it when all fall in one shard).
             Op::Put(key, value, condition) => {
-                txn.put(key, Some(value.clone()), *condition).await?;
+                txn.put_at_commit(key, Some(value.clone()), *condition)?;
                 Value::Null
             }
             Op::Delete(key) => {
-                txn.put(key, None, Condition::None).await?;
+                txn.put_at_commit(key, None, Condition::None)?;
                 Value::Null
             }
         });

@@ -1,10 +1,12 @@
 //! A transaction's coordinator on the node a client sent it to (issue 27; `docs/plans/transactions.md`).
 //!
 //! [`Txn`] holds what the transaction is (its id, timestamps, epoch, isolation), the keys it holds
-//! intents on, and its next write's sequence number. Every read and write is sent to the leader of its
-//! key's shard ([`Node::txn_request`]); the first write also writes the transaction's record, anchored
-//! at that key. From then on a task heartbeats the record, so other transactions do not take it for
-//! abandoned; a heartbeat that finds the record aborted (a push won) marks the transaction aborted.
+//! intents on, its writes not sent yet, and its next write's sequence number. Every read is sent to the
+//! leader of its key's shard ([`Node::txn_request`]). An unconditional write (and one whose condition is
+//! over the transaction's own unsent write) waits at the coordinator until commit; a conditional one is
+//! sent at once, as an intent. The first intent also writes the transaction's record, anchored at its
+//! key. From then on a task heartbeats the record, so other transactions do not take it for abandoned;
+//! a heartbeat that finds the record aborted (a push won) marks the transaction aborted.
 //!
 //! Another transaction's intent in the way is pushed (a read asks it to commit above the read, a write
 //! asks it to abort) and, once it makes way, resolved; a push that loses is tried again, with pauses,
@@ -20,9 +22,13 @@
 //! conflict (a version newer than the read timestamp on a key it writes) makes it run again; it
 //! commits wherever its writes land.
 //!
-//! Commit writes the record as committed (one Raft command on the anchor's shard), waits until this
-//! node's clock has passed the commit timestamp (so no later transaction anywhere starts below it),
-//! and resolves the intents before answering, so that every later read finds versions, not intents.
+//! Commit takes one of two paths. A transaction that wrote no intent and whose writes all fall in one
+//! shard commits in one Raft command there (1PC: [`CommitOnePhase`], which also refreshes its reads
+//! when they are all on that shard too). Otherwise its unsent writes go out as intents (the first
+//! alone, if it has no record yet, the rest at once), and then the record is written as committed (one
+//! Raft command on the anchor's shard). Either way the coordinator waits until this node's clock has
+//! passed the commit timestamp (so no later transaction anywhere starts below it), and resolves the
+//! intents before answering, so that every later read finds versions, not intents.
 //! Rollback writes the record as aborted and removes the intents; a transaction dropped while open is
 //! rolled back in the background.
 
@@ -30,10 +36,10 @@ use crate::error::{NodeError, Result};
 use crate::hlc::Timestamp;
 use crate::node::Node;
 use crate::types::Condition;
-use cairn_kv::evaluate::{EndTxn, HeartbeatTxn, PushKind, TxnGet, TxnPut};
+use cairn_kv::evaluate::{CommitOnePhase, CommitWrite, EndTxn, HeartbeatTxn, PushKind, TxnGet, TxnPut};
 use cairn_kv::txn::{HEARTBEAT_INTERVAL, Isolation, NORMAL_PRIORITY, TxnId, TxnMeta, TxnReply, TxnStatus};
 use cairn_kv::{Committed, Write, WriteError};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -68,6 +74,9 @@ pub struct Txn {
     limit: Timestamp,
     seq: u32,
     locks: BTreeSet<Vec<u8>>,
+    // Writes not sent yet: each key's last value (`None`: a delete) and the condition its first write
+    // set on the key's committed version.
+    unsent: BTreeMap<Vec<u8>, (Option<Vec<u8>>, Condition)>,
     // The keys read (at most MAX_TXN_KEYS; `None` once over it: no refresh is possible).
     reads: Option<BTreeSet<Vec<u8>>>,
     // A write's outcome is unknown: only a rollback may follow.
@@ -114,6 +123,7 @@ impl Txn {
             limit,
             seq: 0,
             locks: BTreeSet::new(),
+            unsent: BTreeMap::new(),
             reads: Some(BTreeSet::new()),
             ambiguous: false,
             state: State::Open,
@@ -208,14 +218,26 @@ impl Txn {
     /// Fails with a retryable error, rolled back, after `outcome` failed so.
     async fn or_rollback<T>(&mut self, outcome: Result<T>) -> Result<T> {
         if let Err(NodeError::TxnRetry(_)) = &outcome {
+            self.node.txn_stats().retries.fetch_add(1, Ordering::Relaxed);
             self.rollback().await?;
         }
         outcome
     }
 
+    /// [`Txn::or_rollback`], also after a condition checked at commit failed.
+    async fn or_rollback_at_commit<T>(&mut self, outcome: Result<T>) -> Result<T> {
+        if let Err(NodeError::Precondition(_)) = &outcome {
+            self.rollback().await?;
+        }
+        self.or_rollback(outcome).await
+    }
+
     /// `key`'s value as this transaction sees it: its own write, else the version at its read timestamp.
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<(Vec<u8>, Timestamp)>> {
         self.check_open()?;
+        if let Some((value, _)) = self.unsent.get(key) {
+            return Ok(value.clone().map(|v| (v, self.meta.write_ts)));
+        }
         let outcome = self.get_once(key).await;
         self.or_rollback(outcome).await
     }
@@ -244,12 +266,62 @@ impl Txn {
     }
 
     /// Writes `value` to `key` (`None`: deletes it) if `condition` holds against what this transaction
-    /// sees. The first write begins the transaction's record (anchored at its key) and its heartbeats.
+    /// sees: at commit, or now (so that a failed condition says so at once) if the condition needs the
+    /// key's committed version.
     pub async fn put(&mut self, key: &[u8], value: Option<Vec<u8>>, condition: Condition) -> Result<()> {
         self.check_open()?;
-        if !self.locks.contains(key) && self.locks.len() >= MAX_TXN_KEYS {
+        self.check_room(key)?;
+        match self.unsent.get_mut(key) {
+            Some(own) => {
+                check_own(condition, own.0.as_ref())?;
+                own.0 = value;
+            }
+            None if condition != Condition::None => return self.put_now(key, value, condition).await,
+            None => {
+                self.unsent.insert(key.to_vec(), (value, Condition::None));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Txn::put`], with a condition on the key's committed version checked at commit (where a failed
+    /// one rolls the whole transaction back): every write can then wait for the commit, and go with
+    /// it in one command when all fall in one shard.
+    pub fn put_at_commit(&mut self, key: &[u8], value: Option<Vec<u8>>, condition: Condition) -> Result<()> {
+        self.check_open()?;
+        self.check_room(key)?;
+        match self.unsent.get_mut(key) {
+            Some(own) => {
+                check_own(condition, own.0.as_ref())?;
+                own.0 = value;
+            }
+            None => {
+                self.unsent.insert(key.to_vec(), (value, condition));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_room(&self, key: &[u8]) -> Result<()> {
+        let known = self.locks.contains(key) || self.unsent.contains_key(key);
+        if !known && self.locks.len() + self.unsent.len() >= MAX_TXN_KEYS {
             return Err(NodeError::TooLarge(format!("a transaction writes at most {MAX_TXN_KEYS} keys")));
         }
+        Ok(())
+    }
+
+    /// Sends a write at once, as an intent: the first one begins the transaction's record (anchored at
+    /// its key) and its heartbeats.
+    async fn put_now(&mut self, key: &[u8], value: Option<Vec<u8>>, condition: Condition) -> Result<()> {
+        let (put, first) = self.intent(key, value, condition);
+        let answer = self.send(key, &put, PushKind::Abort).await;
+        let written = self.took(key, first, answer);
+        self.or_rollback(written).await?;
+        self.refresh_after_writes().await
+    }
+
+    /// The intent of a write, and whether it is the transaction's first (which writes its record).
+    fn intent(&mut self, key: &[u8], value: Option<Vec<u8>>, condition: Condition) -> (Write, bool) {
         let first = self.meta.anchor.is_empty();
         if first {
             self.meta.anchor = key.to_vec();
@@ -264,7 +336,18 @@ impl Txn {
             condition,
             create_record: first,
         });
-        let answer = match self.send(key, &put, PushKind::Abort).await {
+        (put, first)
+    }
+
+    /// Takes in the leader's answer to a write of `key`: the key is locked unless the write was
+    /// refused for certain, and the write timestamp moves up to where the intent landed.
+    fn took(
+        &mut self,
+        key: &[u8],
+        first: bool,
+        answer: Result<std::result::Result<Committed, WriteError>>,
+    ) -> Result<()> {
+        let answer = match answer {
             Ok(Ok(committed)) => reply(committed),
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(e),
@@ -290,7 +373,7 @@ impl Txn {
             }
             Ok(_) => {}
         }
-        let answer = self.or_rollback(answer).await?;
+        let answer = answer?;
         self.locks.insert(key.to_vec());
         if first {
             self.heartbeat = Some(self.start_heartbeat());
@@ -300,11 +383,48 @@ impl Txn {
         {
             self.meta.write_ts = at;
         }
+        Ok(())
+    }
+
+    /// A serializable transaction whose intents landed above its read timestamp moves its reads there.
+    async fn refresh_after_writes(&mut self) -> Result<()> {
         if self.meta.isolation == Isolation::Serializable && self.meta.write_ts > self.read_ts {
             let refreshed = self.refresh_to(self.meta.write_ts).await;
             self.or_rollback(refreshed).await?;
         }
         Ok(())
+    }
+
+    /// Sends the unsent writes as intents: the first alone if the transaction has no record yet (it
+    /// writes the record), the others at once.
+    async fn flush(&mut self) -> Result<()> {
+        let mut unsent = std::mem::take(&mut self.unsent).into_iter();
+        if self.meta.anchor.is_empty()
+            && let Some((key, (value, condition))) = unsent.next()
+        {
+            let (put, first) = self.intent(&key, value, condition);
+            let answer = self.send(&key, &put, PushKind::Abort).await;
+            self.took(&key, first, answer)?;
+        }
+        let puts: Vec<(Vec<u8>, Write)> = unsent
+            .map(|(key, (value, condition))| {
+                let (put, _) = self.intent(&key, value, condition);
+                (key, put)
+            })
+            .collect();
+        let answers = futures_util::future::join_all(
+            puts.iter().map(|(key, put)| self.send(key, put, PushKind::Abort)),
+        )
+        .await;
+        // Every answer is taken in (so that a rollback knows every intent) before any refusal counts.
+        let mut outcome = Ok(());
+        for ((key, _), answer) in puts.iter().zip(answers) {
+            let took = self.took(key, false, answer);
+            if outcome.is_ok() {
+                outcome = took;
+            }
+        }
+        outcome
     }
 
     fn start_heartbeat(&self) -> tokio::task::JoinHandle<()> {
@@ -334,18 +454,41 @@ impl Txn {
         }
     }
 
-    /// Commits: the commit timestamp. A read-only transaction commits at its read timestamp without a
-    /// record.
+    /// Commits (see the module's description): the commit timestamp. A read-only transaction commits
+    /// at its read timestamp without a record.
+    ///
+    /// A commit that fails with an error other than a retryable one may have committed; the
+    /// transaction stays open, and a one-phase commit sent again commits at most once.
     pub async fn commit(&mut self) -> Result<Timestamp> {
         self.check_open()?;
-        if self.meta.anchor.is_empty() {
+        let node = Arc::clone(&self.node);
+        let stats = node.txn_stats();
+        if self.meta.anchor.is_empty() && self.unsent.is_empty() {
+            stats.read_only.fetch_add(1, Ordering::Relaxed);
             self.state = State::Committed(self.read_ts);
             return Ok(self.read_ts);
         }
-        let outcome = self.end_committed().await;
-        let record = self.or_rollback(outcome).await?;
+        let mut one_phase = None;
+        if self.meta.anchor.is_empty() && self.node.one_shard(self.unsent.keys())? {
+            let outcome = self.commit_one_phase().await;
+            one_phase = self.or_rollback_at_commit(outcome).await?;
+        }
+        let (at, record) = match one_phase {
+            Some(at) => {
+                stats.one_phase.fetch_add(1, Ordering::Relaxed);
+                (at, None)
+            }
+            None => {
+                let flushed = self.flush().await;
+                self.or_rollback_at_commit(flushed).await?;
+                self.refresh_after_writes().await?;
+                let outcome = self.end_committed().await;
+                let record = self.or_rollback(outcome).await?;
+                stats.with_intents.fetch_add(1, Ordering::Relaxed);
+                (record.meta.write_ts, Some(record))
+            }
+        };
         self.stop_heartbeat();
-        let at = record.meta.write_ts;
         self.state = State::Committed(at);
         // Commit-wait: no later transaction starts below the commit, wherever it begins. The commit is
         // within its leader's clock bound, so this is at most a few maximum offsets.
@@ -358,10 +501,69 @@ impl Txn {
         // Committed: resolving is a courtesy to later readers (who resolve what is left themselves),
         // so its failure is logged, never reported as the commit's.
         let keys: Vec<Vec<u8>> = self.locks.iter().cloned().collect();
-        if let Err(e) = self.node.resolve_intents(&record.meta, TxnStatus::Committed, &keys).await {
+        if let Some(record) = record
+            && let Err(e) = self.node.resolve_intents(&record.meta, TxnStatus::Committed, &keys).await
+        {
             tracing::warn!(txn = %self.meta.id, error = %e, "resolving a committed transaction's intents failed");
         }
         Ok(at)
+    }
+
+    /// Commits the unsent writes (all in one shard; no intent written) in one command: the commit
+    /// timestamp, or `None` if the writes no longer fall in one shard (a split: nothing was written).
+    async fn commit_one_phase(&mut self) -> Result<Option<Timestamp>> {
+        let writes: Vec<CommitWrite> = self
+            .unsent
+            .iter()
+            .map(|(key, (value, condition))| CommitWrite {
+                key: key.clone(),
+                value: value.clone(),
+                condition: *condition,
+            })
+            .collect();
+        let Some(anchor) = writes.first().map(|w| w.key.clone()) else {
+            return Err(NodeError::Internal("a one-phase commit without writes".into()));
+        };
+        // A push can land between a refresh and the next try: a few rounds at most, then run again.
+        for _ in 0..MAX_COMMIT_REFRESHES {
+            // The leader refreshes the reads itself if they are on its shard.
+            let reads = match &self.reads {
+                Some(reads)
+                    if self.meta.isolation == Isolation::Serializable
+                        && self.node.one_shard(reads.iter().chain([&anchor]))? =>
+                {
+                    Some(reads.iter().map(|k| serde_bytes::ByteBuf::from(k.clone())).collect())
+                }
+                _ => None,
+            };
+            let commit = Write::CommitOnePhase(CommitOnePhase {
+                txn: TxnMeta { anchor: anchor.clone(), ..self.meta.clone() },
+                read_ts: self.read_ts,
+                writes: writes.clone(),
+                reads,
+            });
+            let answer = match self.send(&anchor, &commit, PushKind::Abort).await {
+                Err(NodeError::Engine(cairn_engine::Error::NotOwned { .. })) => return Ok(None),
+                answer => answer?.map_err(NodeError::from)?,
+            };
+            match reply(answer)? {
+                TxnReply { record: Some(record), .. } if record.status == TxnStatus::Committed => {
+                    return Ok(Some(record.meta.write_ts));
+                }
+                // Serializable, above its read timestamp: the reads move first. At least to this
+                // node's clock, so that the next try is not below the leader's closed timestamp again.
+                TxnReply { record: None, ts: Some(to), .. } => {
+                    let now = self.node.pending_clock().now();
+                    self.refresh_to(to.max(now)).await?;
+                }
+                other => {
+                    return Err(NodeError::Internal(format!(
+                        "a one-phase commit answered unexpectedly: {other:?}"
+                    )));
+                }
+            }
+        }
+        Err(retry("the transaction kept being pushed while it committed"))
     }
 
     /// Writes the record as committed, refreshing the reads first whenever the record says the
@@ -398,6 +600,7 @@ impl Txn {
     /// Rolls back: nothing it wrote is kept.
     pub async fn rollback(&mut self) -> Result<()> {
         self.ambiguous = false;
+        self.unsent.clear();
         if matches!(self.state, State::Committed(_) | State::Aborted) {
             return Ok(());
         }
@@ -443,6 +646,20 @@ impl Drop for Txn {
                 });
             }
         }
+    }
+}
+
+/// Checks `condition` against the transaction's own unsent write of the key (`None`: a delete), which
+/// has no version timestamp to match.
+fn check_own(condition: Condition, own: Option<&Vec<u8>>) -> Result<()> {
+    match (condition, own) {
+        (Condition::None, _) | (Condition::IfAbsent, None) => Ok(()),
+        (Condition::IfAbsent, Some(_)) => {
+            Err(NodeError::Precondition("key exists (written by this transaction)".into()))
+        }
+        (Condition::IfTimestamp(want), _) => Err(NodeError::Precondition(format!(
+            "key holds this transaction's own write, not the version at {want}"
+        ))),
     }
 }
 

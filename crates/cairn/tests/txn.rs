@@ -45,6 +45,13 @@ fn writes_to_every_shard_commit_together_and_a_failed_condition_writes_nothing()
             assert_eq!(r.json()["value"]["timestamp"], committed, "one commit timestamp");
         }
     }
+    // Keys of every shard: intents, then the record.
+    assert_eq!(commits(&nodes[0]), [("one_phase", 0), ("intents", 1), ("read_only", 0)]);
+    // A read-modify-write of one key: one command on its shard (1PC), which also moves the read.
+    let ops = json!([{"op": "get", "key": "t-5"}, {"op": "put", "key": "t-5", "value": "once"}]);
+    let (status, answer) = txn(&nodes[0], &json!({"ops": ops}));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(commits(&nodes[0]), [("one_phase", 1), ("intents", 1), ("read_only", 0)]);
     // Reads see the transaction's own writes; a snapshot-isolation transaction too.
     for isolation in ["serializable", "snapshot"] {
         let ops = json!([
@@ -83,6 +90,19 @@ fn writes_to_every_shard_commit_together_and_a_failed_condition_writes_nothing()
     ] {
         assert_eq!(txn(&nodes[0], &bad).0, 400, "{bad}");
     }
+}
+
+/// How many transactions `server` coordinated committed, by path (`cairn_txn_commits_total`).
+fn commits(server: &Server) -> Vec<(&'static str, u64)> {
+    let metrics = String::from_utf8(server.call("GET", "/metrics", b"").body).unwrap();
+    ["one_phase", "intents", "read_only"]
+        .into_iter()
+        .map(|path| {
+            let series = format!("cairn_txn_commits_total{{path=\"{path}\"}} ");
+            let line = metrics.lines().find_map(|l| l.strip_prefix(&series[..]));
+            (path, line.unwrap_or_else(|| panic!("no {series}in {metrics}")).parse().unwrap())
+        })
+        .collect()
 }
 
 const ACCOUNTS: usize = 8;
@@ -208,6 +228,20 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// `key`'s value read through `server`'s REST API, as text (`None`: absent), once it answers.
+/// Writes `value` to `key` in `t` on the condition that the key is as `t` reads it: a conditional write
+/// takes the key's lock (its intent) at once, where a plain one waits at the coordinator until commit.
+fn lock(rt: &tokio::runtime::Runtime, t: &mut cairn_client::Transaction, key: &[u8], value: &[u8]) {
+    let read = rt.block_on(t.get(key)).unwrap();
+    let request = cairn_client::kv::TxnPutRequest {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        if_absent: read.is_none(),
+        if_timestamp: read.map(|(_, at)| at),
+        ..Default::default()
+    };
+    rt.block_on(t.put_request(request)).unwrap();
+}
+
 fn read_text(server: &Server, key: &str) -> Option<String> {
     let mut last = String::new();
     for _ in 0..200 {
@@ -259,8 +293,8 @@ fn interactive_transactions_retry_and_a_killed_gateways_transaction_is_aborted_o
     assert_eq!(n1.call("PUT", "/kv/rest/entry/ab-1", b"before").status, 200);
     let gateway = rt.block_on(Client::connect(&n3.grpc.to_string())).unwrap();
     let mut t = rt.block_on(gateway.begin(Isolation::Serializable)).unwrap();
-    rt.block_on(t.put(b"ab-1", b"uncommitted")).unwrap();
-    rt.block_on(t.put(b"ab-2", b"uncommitted")).unwrap();
+    lock(&rt, &mut t, b"ab-1", b"uncommitted");
+    lock(&rt, &mut t, b"ab-2", b"uncommitted");
     let killed = std::time::Instant::now();
     n3.kill9();
     drop((t, gateway));
@@ -314,9 +348,9 @@ fn a_scan_pushes_intents_in_its_page_and_passes_those_beyond_it() {
     let client = rt.block_on(Client::connect(&n1.grpc.to_string())).unwrap();
     // A serializable transaction holds sc-c (beyond the page), a snapshot-isolation one sc-b (in it).
     let mut beyond = rt.block_on(client.begin(Isolation::Serializable)).unwrap();
-    rt.block_on(beyond.put(b"sc-c", b"ssi")).unwrap();
+    lock(&rt, &mut beyond, b"sc-c", b"ssi");
     let mut within = rt.block_on(client.begin(Isolation::Snapshot)).unwrap();
-    rt.block_on(within.put(b"sc-b", b"si")).unwrap();
+    lock(&rt, &mut within, b"sc-b", b"si");
     let started = std::time::Instant::now();
     let (rows, resume) = range(&n2, "start=sc-&end=sc-z&limit=2");
     assert_eq!(rows, [("sc-a".into(), "old".into()), ("sc-b".into(), "old".into())]);

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// etcd's KV service (the subset in `proto/etcd_kv.proto`).
-mod etcdpb {
+pub(crate) mod etcdpb {
     #![allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
     tonic::include_proto!("etcdserverpb");
 }

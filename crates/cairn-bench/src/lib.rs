@@ -3,6 +3,7 @@
 // A benchmark library: failing loudly on a broken invariant is the right response, not an error path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bank;
 pub mod data;
 pub mod histogram;
 pub mod kv;

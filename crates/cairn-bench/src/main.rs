@@ -34,6 +34,8 @@ enum Command {
     Grpc(cairn_bench::kv::KvArgs),
     /// The same workloads against an etcd v3 server (linearizable reads), for compare/etcd.sh.
     Etcd(cairn_bench::kv::KvArgs),
+    /// Bank transfers as transactions, against cairn or (for compare/etcd-bank.sh) etcd.
+    Bank(cairn_bench::bank::BankArgs),
     /// One three-replica shard group in-process over gRPC on loopback: replicated puts, then strong,
     /// lease and eventual reads.
     Raft(raft::RaftArgs),
@@ -49,6 +51,7 @@ fn main() {
         Command::Grpc(args) => cairn_bench::kv::run(&args, cairn_bench::kv::Target::Grpc),
         Command::Etcd(args) => cairn_bench::kv::run(&args, cairn_bench::kv::Target::Etcd),
         Command::Raft(args) => raft::run(&args),
+        Command::Bank(args) => cairn_bench::bank::run(&args),
     };
     if let Err(e) = result {
         eprintln!("cairn-bench: {e}");

@@ -186,6 +186,19 @@ impl ClusterClient {
         self.conns.get_mut(addr).ok_or_else(|| routing("connection vanished"))
     }
 
+    /// The id of the shard owning `key`, as the cached map says.
+    pub fn shard_of(&self, key: &[u8]) -> Option<u32> {
+        let bucket = cairn_proto::bucket_of(key, self.routes.total_buckets);
+        let i = self.routes.ranges.partition_point(|r| r.1 < bucket);
+        let range = self.routes.ranges.get(i).filter(|r| r.0 <= bucket)?;
+        self.routes.shards.get(range.2).map(|s| s.id)
+    }
+
+    /// The ids of the shards in the cached map.
+    pub fn shard_ids(&self) -> Vec<u32> {
+        self.routes.shards.iter().map(|s| s.id).collect()
+    }
+
     /// The shard owning `key`, and the node addresses to try, best first (`spread`: start at the next
     /// replica in turn instead of the leader).
     fn targets(&mut self, key: &[u8], spread: bool) -> Result<(kv::Route, Vec<String>), ClientError> {

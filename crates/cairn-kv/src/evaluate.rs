@@ -182,7 +182,7 @@ impl Write {
             Write::TxnGet(g) => &g.key,
             Write::Refresh(r) => r.keys.first().map_or(&[][..], |k| k),
             Write::CommitOnePhase(c) => &c.txn.anchor,
-            Write::ResolveIntents(r) => r.keys.first().map_or(&[][..], |k| k),
+            Write::ResolveIntents(r) => r.keys.first().map_or(&r.txn.anchor[..], |k| k),
             Write::EndTxn(e) => &e.txn.anchor,
             Write::PushTxn(p) => &p.pushee.anchor,
             Write::HeartbeatTxn(h) => &h.txn.anchor,
@@ -214,7 +214,10 @@ impl Write {
             Write::Restore { keys, .. } => keys.iter().map(|k| k.key.clone()).collect(),
             Write::TxnPut(p) if p.create_record => vec![p.key.clone(), record_latch(&p.txn.anchor, p.txn.id)],
             Write::TxnPut(p) => vec![p.key.clone()],
-            Write::ResolveIntents(r) => r.keys.iter().map(|k| k.to_vec()).collect(),
+            Write::ResolveIntents(r) => {
+                let record = r.forget.then(|| record_latch(&r.txn.anchor, r.txn.id));
+                r.keys.iter().map(|k| k.to_vec()).chain(record).collect()
+            }
             Write::EndTxn(e) => vec![record_latch(&e.txn.anchor, e.txn.id)],
             Write::PushTxn(p) => vec![record_latch(&p.pushee.anchor, p.pushee.id)],
             Write::HeartbeatTxn(h) => vec![record_latch(&h.txn.anchor, h.txn.id)],
@@ -240,9 +243,13 @@ impl Write {
             Write::Batch { ops } => {
                 ops.last().map(|(key, value)| (key.as_slice(), mvcc::encode_value(value.as_deref())))
             }
+            // Versions at the commit timestamp, as a batch's.
+            Write::CommitOnePhase(c) => {
+                c.writes.first().map(|w| (w.key.as_slice(), mvcc::encode_value(w.value.as_deref())))
+            }
             // Its versions are not at the write's timestamp; a retry finds restored keys as they are.
-            // A transaction's writes are idempotent: evaluated again, a replayed intent, resolution,
-            // end or one-phase commit finds its own rows (or record) and writes nothing more.
+            // A transaction's writes are idempotent: evaluated again, a replayed intent, resolution or
+            // end finds its own rows and writes nothing more.
             Write::Restore { .. }
             | Write::TxnPut(_)
             | Write::ResolveIntents(_)
@@ -250,8 +257,7 @@ impl Write {
             | Write::PushTxn(_)
             | Write::HeartbeatTxn(_)
             | Write::TxnGet(_)
-            | Write::Refresh(_)
-            | Write::CommitOnePhase(_) => None,
+            | Write::Refresh(_) => None,
         }
     }
 }

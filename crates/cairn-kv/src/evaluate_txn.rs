@@ -25,7 +25,8 @@
 //! - [`ResolveIntents`] turns a committed transaction's intents of its final epoch into versions at the
 //!   commit timestamp and deletes the rest; for a transaction still running it moves its intents up
 //!   to its pushed write timestamp. Intents of other transactions are left alone, so a resolve is
-//!   idempotent.
+//!   idempotent. The coordinator's last resolve (on the record's shard, after every other) also
+//!   deletes the finished record: nothing refers to it any more.
 //!
 //! - [`Refresh`] moves a serializable transaction's reads from one timestamp to a later one: it fails
 //!   ([`KvError::TxnRetry`]) if any key read has a committed version in between or another
@@ -38,8 +39,8 @@
 //!   land). A final record answers as it is. A pusher that loses writes nothing and waits.
 //! - [`CommitOnePhase`] commits a transaction whose writes all fall in one shard, and that wrote no
 //!   intent before, in one command (1PC): versions at one commit timestamp, moved up past the same
-//!   three things as an intent, with conditions checked as a [`TxnPut`]'s, and the record written
-//!   committed (so that the command, evaluated again, answers from it). A serializable transaction
+//!   three things as an intent, with conditions checked as a [`TxnPut`]'s; no record (like a plain
+//!   batch, its first write's version witnesses whether it applied). A serializable transaction
 //!   whose commit timestamp moved above its read timestamp commits only if the command carries its
 //!   reads (all on this shard) and none of them changed in between, as a [`Refresh`] checks;
 //!   otherwise nothing is written and the answer names the timestamp to refresh the reads to before
@@ -122,6 +123,9 @@ pub struct ResolveIntents {
     pub status: TxnStatus,
     /// The keys.
     pub keys: Vec<ByteBuf>,
+    /// Also delete the transaction's record (on this shard), if it is committed or aborted: every
+    /// intent it lists is resolved, here or before.
+    pub forget: bool,
 }
 
 /// Commits or aborts a transaction at its record.
@@ -176,7 +180,8 @@ pub struct PushTxn {
 /// description).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitOnePhase {
-    /// The transaction, anchored at its first write's key, with the write timestamp it is at.
+    /// The transaction (its anchor, the first write's key, routes the command), with the write
+    /// timestamp it is at.
     pub txn: TxnMeta,
     /// The timestamp its reads are at (at most `txn.write_ts`).
     pub read_ts: Timestamp,
@@ -402,7 +407,7 @@ pub(super) fn resolve(
     total_buckets: u32,
     batch: &mut WriteBatch,
 ) -> Result<Evaluated, KvError> {
-    let ResolveIntents { txn, status, keys } = r;
+    let ResolveIntents { txn, status, keys, forget } = r;
     within(txn.write_ts, limit)?;
     let mut resolved = 0u32;
     let mut seen = HashSet::new();
@@ -440,6 +445,12 @@ pub(super) fn resolve(
             }
         }
         resolved += 1;
+    }
+    if *forget
+        && let Some(record) = reader.txn_record(&txn.anchor, txn.id)?
+        && record.status.is_final()
+    {
+        batch.delete(mvcc::bucket_of(&txn.anchor, total_buckets), &record.key());
     }
     Ok(reply(TxnReply { resolved, ..TxnReply::default() }))
 }
@@ -650,19 +661,6 @@ pub(super) fn commit_one_phase(
         return Err(invalid(format!("transaction {}: its record is anchored at its first write", txn.id)));
     }
     within(txn.write_ts, limit)?;
-    match reader.txn_record(&txn.anchor, txn.id)? {
-        // Evaluated again after it applied.
-        Some(r) if r.status == TxnStatus::Committed => {
-            return Ok(reply(TxnReply { ts: Some(r.meta.write_ts), record: Some(r), ..TxnReply::default() }));
-        }
-        Some(r) if r.status == TxnStatus::Aborted => {
-            return Err(KvError::TxnAborted(format!("transaction {} was aborted", txn.id)));
-        }
-        Some(_) => {
-            return Err(invalid(format!("transaction {} wrote intents: it commits at its record", txn.id)));
-        }
-        None => {}
-    }
     let mut seen = HashSet::new();
     let mut at = txn.write_ts.max(bounds.closed);
     let mut too_old = false;
@@ -698,7 +696,6 @@ pub(super) fn commit_one_phase(
         within(at, limit)?;
         at = above(at, latest, limit)?;
     }
-    let mut read_at = *read_ts;
     if txn.isolation == Isolation::Serializable && at != *read_ts {
         let Some(reads) = reads else {
             // The reads move first, at the coordinator: nothing written.
@@ -708,20 +705,10 @@ pub(super) fn commit_one_phase(
         for key in reads {
             bounds.reads.add(key, at, Some(txn.id));
         }
-        read_at = at;
     }
     let _ = bounds.clock.observe(at);
     for CommitWrite { key, value, .. } in writes {
         mvcc::add_version(batch, mvcc::bucket_of(key, total_buckets), key, at, value.as_deref());
     }
-    let record = TxnRecord {
-        meta: TxnMeta { write_ts: at, ..txn.clone() },
-        status: TxnStatus::Committed,
-        read_ts: read_at,
-        last_heartbeat: bounds.now,
-        lock_keys: Vec::new(),
-        in_flight: Vec::new(),
-    };
-    put_record(&record, total_buckets, batch)?;
-    Ok(reply(TxnReply { ts: Some(at), write_too_old: too_old, record: Some(record), ..TxnReply::default() }))
+    Ok(reply(TxnReply { ts: Some(at), write_too_old: too_old, committed: true, ..TxnReply::default() }))
 }

@@ -197,7 +197,7 @@ pub struct Intent {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnReply {
     /// A put: the timestamp its intent is at (above the transaction's write timestamp if it was pushed);
-    /// an end: the commit timestamp, when it committed.
+    /// an end or a one-phase commit: the commit timestamp, when it committed.
     pub ts: Option<Timestamp>,
     /// A put found a committed version newer than the transaction's read timestamp and wrote above it: a
     /// serializable transaction must refresh its reads before it commits.
@@ -211,6 +211,9 @@ pub struct TxnReply {
     pub pushed: bool,
     /// A get: the value it read and the timestamp it was written at (`None`: absent or deleted).
     pub value: Option<(serde_bytes::ByteBuf, Timestamp)>,
+    /// A one-phase commit: whether it committed (at `ts`; otherwise `ts` is where the reads must move
+    /// before it is tried again).
+    pub committed: bool,
 }
 
 /// An intent or record that does not encode or decode (the caller names the key it was read from).

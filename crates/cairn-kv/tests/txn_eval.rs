@@ -133,7 +133,17 @@ fn resolve(t: &TxnMeta, status: TxnStatus, keys: &[&str]) -> Write {
         txn: t.clone(),
         status,
         keys: keys.iter().map(|k| ByteBuf::from(k.as_bytes().to_vec())).collect(),
+        forget: false,
     })
+}
+
+/// [`resolve`], also deleting the record if it is finished.
+fn resolve_and_forget(t: &TxnMeta, status: TxnStatus, keys: &[&str]) -> Write {
+    let mut r = resolve(t, status, keys);
+    if let Write::ResolveIntents(r) = &mut r {
+        r.forget = true;
+    }
+    r
 }
 
 #[test]
@@ -401,7 +411,8 @@ fn transactional_writes_round_trip_through_postcard_and_latch_their_record() {
     for write in &writes {
         let bytes = postcard::to_stdvec(write).unwrap();
         assert_eq!(&postcard::from_bytes::<Write>(&bytes).unwrap(), write);
-        assert!(write.is_transactional() && write.witness().is_none());
+        let one_phase = matches!(write, Write::CommitOnePhase(_));
+        assert!(write.is_transactional() && write.witness().is_none() != one_phase);
     }
     let record = cairn_kv::txn::record_key(b"a", t.id);
     assert_eq!(writes[0].keys(), vec![b"a".to_vec(), record.clone()]);
@@ -662,26 +673,21 @@ fn one_phase(t: &TxnMeta, writes: &[(&str, Option<&str>)], reads: Option<&[&str]
 }
 
 #[test]
-fn a_one_phase_commit_writes_versions_and_a_committed_record_and_answers_a_replay_from_it() {
+fn a_one_phase_commit_writes_versions_at_one_timestamp_and_nothing_else() {
     let s = Shard::new();
     s.commit_plain("b", "old", ts(5));
     let t = txn(1, "a", ts(10), Isolation::Serializable);
     let commit = one_phase(&t, &[("a", Some("1")), ("b", None)], Some(&[]));
     let (reply, rows) = s.txn(&commit, ts(11)).unwrap();
-    assert_eq!(reply.ts, Some(ts(10)));
-    let record = reply.record.unwrap();
-    assert_eq!(
-        (record.status, record.meta.write_ts, record.lock_keys.len()),
-        (TxnStatus::Committed, ts(10), 0)
-    );
-    // Two versions (each a version row and the key's newest-version row) and the record; no intent.
-    assert_eq!(rows, 5);
+    assert_eq!((reply.ts, reply.committed), (Some(ts(10)), true));
+    // Two versions (each a version row and the key's newest-version row); no intent, no record.
+    assert_eq!(rows, 4);
     assert_eq!(s.newest("a"), Some(Versioned { value: b"1".to_vec(), timestamp: ts(10) }));
     assert_eq!(s.newest("b"), None);
     assert!(s.reader().intent(b"a").unwrap().is_none());
-    // Evaluated again (its leader could not tell it applied): the record answers, nothing is written.
-    let (again, rows) = s.txn(&commit, ts(12)).unwrap();
-    assert_eq!((again.ts, rows), (Some(ts(10)), 0));
+    assert!(s.reader().txn_record(b"a", t.id).unwrap().is_none());
+    // Its first write witnesses whether it applied, as a batch's does.
+    assert_eq!(commit.witness(), Some((&b"a"[..], cairn_kv::mvcc::encode_value(Some(b"1")))));
     // Malformed: a key twice, or the anchor not the first write.
     let twice = one_phase(&txn(2, "x", ts(20), Isolation::Serializable), &[("x", None), ("x", None)], None);
     assert!(matches!(s.txn(&twice, ts(21)), Err(KvError::Invalid(_))));
@@ -698,11 +704,10 @@ fn a_one_phase_commit_moves_up_refreshing_reads_it_carries_or_asks_the_coordinat
     let t = txn(1, "w", ts(20), Isolation::Serializable);
     // Without its reads the leader cannot move it: nothing written, the answer names where to refresh to.
     let (reply, rows) = s.txn(&one_phase(&t, &[("w", Some("x"))], None), ts(32)).unwrap();
-    assert_eq!((reply.ts, reply.record.is_none(), rows), (Some(ts(30).next()), true, 0));
+    assert_eq!((reply.ts, reply.committed, rows), (Some(ts(30).next()), false, 0));
     // With its reads, unchanged since 20: committed above the read, the reads recorded there.
     let (reply, rows) = s.txn(&one_phase(&t, &[("w", Some("x"))], Some(&["r"])), ts(32)).unwrap();
-    assert_eq!((reply.ts, rows), (Some(ts(30).next()), 3));
-    assert_eq!(reply.record.unwrap().read_ts, ts(30).next());
+    assert_eq!((reply.ts, reply.committed, rows), (Some(ts(30).next()), true, 2));
     assert_eq!(s.reads.borrow().lookup(b"r").ts, ts(30).next());
     // A key it read changed in between: it must run again.
     s.txn(&get(&txn(8, "z", ts(50), Isolation::Serializable), "v"), ts(51)).unwrap();
@@ -718,7 +723,7 @@ fn a_one_phase_commit_moves_up_refreshing_reads_it_carries_or_asks_the_coordinat
 }
 
 #[test]
-fn a_one_phase_commit_is_refused_over_a_lock_a_newer_version_under_snapshot_isolation_or_an_abort() {
+fn a_one_phase_commit_is_refused_over_a_lock_or_a_newer_version_under_snapshot_isolation() {
     let s = Shard::new();
     let holder = txn(1, "k", ts(10), Isolation::Serializable);
     s.txn(&Write::TxnPut(put(&holder, 1, "k", Some("x"))), ts(10)).unwrap();
@@ -752,8 +757,26 @@ fn a_one_phase_commit_is_refused_over_a_lock_a_newer_version_under_snapshot_isol
     let early = txn(7, "n", ts(35), Isolation::Serializable);
     let stale = s.txn(&cond(&early, "n", Condition::IfTimestamp(ts(40))), ts(42));
     assert!(matches!(stale, Err(KvError::TxnRetry(_))), "{stale:?}");
-    // Aborted (by a push) before it committed: refused.
-    let pushed = txn(5, "p", ts(40), Isolation::Serializable);
-    s.txn(&end(&pushed, false, &[]), ts(41)).unwrap();
-    assert!(matches!(s.txn(&one_phase(&pushed, &[("p", None)], None), ts(42)), Err(KvError::TxnAborted(_))));
+}
+
+#[test]
+fn the_last_resolve_deletes_a_finished_record_and_leaves_a_running_ones() {
+    let s = Shard::new();
+    let t = txn(1, "a", ts(10), Isolation::Serializable);
+    s.txn(&Write::TxnPut(put(&t, 1, "a", Some("1"))), ts(10)).unwrap();
+    // Running: the record stays.
+    s.txn(&resolve_and_forget(&t, TxnStatus::Pending, &["a"]), ts(11)).unwrap();
+    assert_eq!(s.reader().txn_record(b"a", t.id).unwrap().unwrap().status, TxnStatus::Pending);
+    s.txn(&end(&t, true, &["a"]), ts(12)).unwrap();
+    // Its latches include the record's.
+    let forget = resolve_and_forget(&t, TxnStatus::Committed, &["a"]);
+    assert!(forget.keys().contains(&cairn_kv::txn::record_key(b"a", t.id)));
+    let (reply, _) = s.txn(&forget, ts(13)).unwrap();
+    assert_eq!(reply.resolved, 1);
+    assert!(s.reader().txn_record(b"a", t.id).unwrap().is_none());
+    assert_eq!(s.newest("a").unwrap().timestamp, ts(10));
+    // With no key of its own on the record's shard, it is routed by the anchor, and idempotent.
+    let again = resolve_and_forget(&t, TxnStatus::Committed, &[]);
+    assert_eq!(again.route_key(), b"a");
+    assert_eq!(s.txn(&again, ts(14)).unwrap().1, 0);
 }

@@ -653,6 +653,7 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         // The newest read's time: intents up to it stand in its way, and are pushed above it.
         let now = self.now();
+        let mut pause = txn::FIRST_PUSH_PAUSE;
         loop {
             if tokio::time::Instant::now() >= deadline {
                 return Err(NodeError::Unavailable(format!(
@@ -682,7 +683,7 @@ impl Node {
                 }
             };
             let push = Node::push_above(options.at.unwrap_or(now));
-            if !self.clear_intent(key, &intent.meta.txn, push, 0, deadline).await? {
+            if !self.clear_intent(key, &intent.meta.txn, (push, 0), deadline, &mut pause).await? {
                 return Err(NodeError::Unavailable(format!(
                     "key {key:?} is locked by transaction {}, which has not finished: retry",
                     intent.meta.txn.id
@@ -859,6 +860,7 @@ mod backup;
 mod txn;
 use replicas::{ShardSet, start_replica};
 pub(crate) use replicas::{replicas_on_disk, retire_stale};
+pub(crate) use txn::FIRST_PUSH_PAUSE;
 
 #[cfg(test)]
 #[path = "node_tests.rs"]

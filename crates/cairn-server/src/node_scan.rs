@@ -120,16 +120,18 @@ impl Node {
         Ok(if locked.is_empty() { Ok(page) } else { Err(locked) })
     }
 
-    /// Pushes and resolves the intents `locked` (a scan's way), waiting at most until `deadline`.
+    /// Pushes and resolves the intents `locked` (a scan's way) once each (see [`Node::clear_intent`]),
+    /// waiting at most until `deadline`.
     async fn clear_intents(
         &self,
         locked: Locked,
         above: Timestamp,
         deadline: tokio::time::Instant,
+        pause: &mut std::time::Duration,
     ) -> Result<()> {
         for (key, holder) in locked {
             let push = Node::push_above(above);
-            if !self.clear_intent(&key, &holder, push, 0, deadline).await? {
+            if !self.clear_intent(&key, &holder, (push, 0), deadline, pause).await? {
                 return Err(NodeError::Unavailable(format!(
                     "key {key:?} is locked by transaction {}, which has not finished: retry",
                     holder.id
@@ -208,6 +210,7 @@ impl Node {
         let (start, end) = (Arc::new(start), Arc::new(end));
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         let now = self.now();
+        let mut pause = super::txn::FIRST_PUSH_PAUSE;
         let here = loop {
             if tokio::time::Instant::now() >= deadline {
                 return Err(NodeError::Unavailable(
@@ -223,7 +226,7 @@ impl Node {
             .map_err(|e| NodeError::Internal(format!("scan task failed: {e}")))??;
             match scanned {
                 Ok(page) => break page,
-                Err(locked) => self.clear_intents(locked, at.unwrap_or(now), deadline).await?,
+                Err(locked) => self.clear_intents(locked, at.unwrap_or(now), deadline, &mut pause).await?,
             }
         };
         // A replica retired meanwhile (its shard moved away) was emptied: its part cannot be trusted.

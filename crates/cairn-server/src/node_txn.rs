@@ -32,6 +32,9 @@ pub struct TxnStats {
     pub retries: AtomicU64,
 }
 
+/// The first pause after a push of a transaction that did not make way.
+pub(crate) const FIRST_PUSH_PAUSE: Duration = Duration::from_millis(5);
+
 /// The longest pause between two pushes of a transaction that did not make way.
 const MAX_PUSH_PAUSE: Duration = Duration::from_millis(100);
 
@@ -92,17 +95,29 @@ impl Node {
     }
 
     /// Resolves `keys` (of any shards) for `txn` (as its record stands: `status`), one request per
-    /// shard.
+    /// shard. With `forget` (the coordinator, once the transaction is over, resolving every key it
+    /// wrote) the record's shard goes last and also deletes the record: only once every other shard
+    /// resolved, as an intent left without its record would be taken for an abandoned transaction's.
     pub(crate) async fn resolve_intents(
         &self,
         txn: &TxnMeta,
         status: TxnStatus,
         keys: &[Vec<u8>],
+        forget: bool,
     ) -> Result<()> {
-        for keys in self.by_shard(keys)? {
-            let first = keys[0].to_vec();
-            let resolve = Write::ResolveIntents(ResolveIntents { txn: txn.clone(), status, keys });
-            self.txn_request(&first, &resolve).await?.map_err(NodeError::from)?;
+        let mut groups = self.by_shard(keys)?;
+        if forget {
+            let home = self.shard_id(mvcc::bucket_of(&txn.anchor, self.total_buckets))?;
+            let at = groups.iter().position(|(shard, _)| *shard == home);
+            let last = at.map_or_else(Vec::new, |at| groups.remove(at).1);
+            groups.push((home, last));
+        }
+        let count = groups.len();
+        for (i, (_, keys)) in groups.into_iter().enumerate() {
+            let forget = forget && i + 1 == count;
+            let route = keys.first().map_or_else(|| txn.anchor.clone(), |k| k.to_vec());
+            let resolve = Write::ResolveIntents(ResolveIntents { txn: txn.clone(), status, keys, forget });
+            self.txn_request(&route, &resolve).await?.map_err(NodeError::from)?;
         }
         Ok(())
     }
@@ -116,7 +131,7 @@ impl Node {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<()> {
-        for keys in self.by_shard(keys)? {
+        for (_, keys) in self.by_shard(keys)? {
             let first = keys[0].to_vec();
             let refresh = Write::Refresh(Refresh { txn: txn.clone(), keys, from, to });
             self.txn_request(&first, &refresh).await?.map_err(NodeError::from)?;
@@ -136,47 +151,45 @@ impl Node {
         Ok(true)
     }
 
-    /// `keys` grouped by the shard that owns them.
-    fn by_shard(&self, keys: &[Vec<u8>]) -> Result<Vec<Vec<serde_bytes::ByteBuf>>> {
+    /// `keys` grouped by the shard that owns them (its id).
+    fn by_shard(&self, keys: &[Vec<u8>]) -> Result<Vec<(u64, Vec<serde_bytes::ByteBuf>)>> {
         let mut by_shard: BTreeMap<u64, Vec<serde_bytes::ByteBuf>> = BTreeMap::new();
         for key in keys {
             let shard = self.shard_id(mvcc::bucket_of(key, self.total_buckets))?;
             by_shard.entry(shard).or_default().push(serde_bytes::ByteBuf::from(key.clone()));
         }
-        Ok(by_shard.into_values().collect())
+        Ok(by_shard.into_iter().collect())
     }
 
-    /// Clears `holder`'s intent on `key` out of the way: pushes `holder` (`kind`, with `priority`)
-    /// until it makes way (committed, aborted, or its timestamp pushed as asked) and then resolves the
-    /// intent, pausing between pushes that lost, until `deadline`. False if it was still in the way
-    /// then.
+    /// Clears `holder`'s intent on `key` out of the way, once: pushes `holder` (`kind`, with
+    /// `priority`) and, if it made way (committed, aborted, or its timestamp pushed as asked), resolves
+    /// the intent; if it did not, waits `pause` (doubled for the next time, up to a bound). True: look
+    /// at the key again (the intent may also be gone because its transaction finished meanwhile);
+    /// false: `deadline` would pass first.
     pub(crate) async fn clear_intent(
         &self,
         key: &[u8],
         holder: &TxnMeta,
-        kind: PushKind,
-        priority: u32,
+        (kind, priority): (PushKind, u32),
         deadline: Instant,
+        pause: &mut Duration,
     ) -> Result<bool> {
         let push = Write::PushTxn(PushTxn { pushee: holder.clone(), priority, kind, force: false });
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let answer = self.txn_request(&holder.anchor, &push).await?.map_err(NodeError::from)?;
-            let reply =
-                answer.txn.ok_or_else(|| NodeError::Internal("a push answered without a reply".into()))?;
-            if reply.pushed {
-                let record = reply
-                    .record
-                    .ok_or_else(|| NodeError::Internal("a push answered without a record".into()))?;
-                self.resolve_intents(&record.meta, record.status, &[key.to_vec()]).await?;
-                return Ok(true);
-            }
-            if Instant::now() + pause >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_PUSH_PAUSE);
+        let answer = self.txn_request(&holder.anchor, &push).await?.map_err(NodeError::from)?;
+        let reply =
+            answer.txn.ok_or_else(|| NodeError::Internal("a push answered without a reply".into()))?;
+        if reply.pushed {
+            let record =
+                reply.record.ok_or_else(|| NodeError::Internal("a push answered without a record".into()))?;
+            self.resolve_intents(&record.meta, record.status, &[key.to_vec()], false).await?;
+            return Ok(true);
         }
+        if Instant::now() + *pause >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(*pause).await;
+        *pause = (*pause * 2).min(MAX_PUSH_PAUSE);
+        Ok(true)
     }
 
     /// How long a replicated request may take.

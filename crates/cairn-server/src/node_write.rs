@@ -80,6 +80,7 @@ impl Node {
             (Backend::Replicated(replica), Some(replication)) => {
                 // A transaction's intent on a key waits the write until that transaction makes way.
                 let deadline = tokio::time::Instant::now() + self.request_timeout();
+                let mut pause = super::txn::FIRST_PUSH_PAUSE;
                 let committed = loop {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(NodeError::Unavailable(
@@ -88,8 +89,9 @@ impl Node {
                     }
                     match replication.leaders.write(replica, &op).await {
                         Err(WriteError::LockConflict { key, holder }) => {
+                            let push = (PushKind::Abort, 0);
                             let cleared =
-                                self.clear_intent(&key, &holder, PushKind::Abort, 0, deadline).await?;
+                                self.clear_intent(&key, &holder, push, deadline, &mut pause).await?;
                             if !cleared {
                                 return Err(NodeError::Unavailable(format!(
                                     "key {key:?} is locked by transaction {}, which has not finished: retry",

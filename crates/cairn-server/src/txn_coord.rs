@@ -9,8 +9,9 @@
 //! a heartbeat that finds the record aborted (a push won) marks the transaction aborted.
 //!
 //! Another transaction's intent in the way is pushed (a read asks it to commit above the read, a write
-//! asks it to abort) and, once it makes way, resolved; a push that loses is tried again, with pauses,
-//! for up to [`LOCK_WAIT`], after which this transaction gives up with a retryable error: that is also
+//! asks it to abort) and, once it makes way, resolved; after a push that loses, the request is tried
+//! again (the intent may be gone: its transaction finished), with growing pauses, for up to
+//! [`LOCK_WAIT`], after which this transaction gives up with a retryable error: that is also
 //! how a deadlock ends.
 //!
 //! A serializable transaction commits at the timestamp it read at. When its write timestamp moves (a
@@ -170,14 +171,15 @@ impl Txn {
         kind: PushKind,
     ) -> Result<std::result::Result<Committed, WriteError>> {
         let deadline = Instant::now() + LOCK_WAIT;
+        let mut pause = crate::node::FIRST_PUSH_PAUSE;
         loop {
             if Instant::now() >= deadline {
                 return Err(retry(format!("key {key:?} stayed locked for {LOCK_WAIT:?}")));
             }
             match self.node.txn_request(key, command).await? {
                 Err(WriteError::LockConflict { key, holder }) => {
-                    let cleared =
-                        self.node.clear_intent(&key, &holder, kind, self.meta.priority, deadline).await?;
+                    let push = (kind, self.meta.priority);
+                    let cleared = self.node.clear_intent(&key, &holder, push, deadline, &mut pause).await?;
                     if !cleared {
                         return Err(retry(format!(
                             "key {key:?} stayed locked by transaction {} for {LOCK_WAIT:?}",
@@ -457,8 +459,8 @@ impl Txn {
     /// Commits (see the module's description): the commit timestamp. A read-only transaction commits
     /// at its read timestamp without a record.
     ///
-    /// A commit that fails with an error other than a retryable one may have committed; the
-    /// transaction stays open, and a one-phase commit sent again commits at most once.
+    /// A commit that fails with an error other than a retryable one or a failed condition may have
+    /// committed: the transaction can then only roll back (which undoes nothing that applied).
     pub async fn commit(&mut self) -> Result<Timestamp> {
         self.check_open()?;
         let node = Arc::clone(&self.node);
@@ -502,7 +504,7 @@ impl Txn {
         // so its failure is logged, never reported as the commit's.
         let keys: Vec<Vec<u8>> = self.locks.iter().cloned().collect();
         if let Some(record) = record
-            && let Err(e) = self.node.resolve_intents(&record.meta, TxnStatus::Committed, &keys).await
+            && let Err(e) = self.node.resolve_intents(&record.meta, TxnStatus::Committed, &keys, true).await
         {
             tracing::warn!(txn = %self.meta.id, error = %e, "resolving a committed transaction's intents failed");
         }
@@ -544,23 +546,45 @@ impl Txn {
             });
             let answer = match self.send(&anchor, &commit, PushKind::Abort).await {
                 Err(NodeError::Engine(cairn_engine::Error::NotOwned { .. })) => return Ok(None),
-                answer => answer?.map_err(NodeError::from)?,
+                Ok(Err(e)) => Err(NodeError::from(e)),
+                Ok(Ok(answer)) => Ok(answer),
+                Err(e) => Err(e),
             };
-            match reply(answer)? {
-                TxnReply { record: Some(record), .. } if record.status == TxnStatus::Committed => {
-                    return Ok(Some(record.meta.write_ts));
+            let answer = match answer {
+                Ok(answer) => answer,
+                // Refused for certain: nothing was written.
+                Err(
+                    e @ (NodeError::TxnRetry(_)
+                    | NodeError::Precondition(_)
+                    | NodeError::InvalidArgument(_)
+                    | NodeError::TooLarge(_)
+                    | NodeError::OutOfRange(_)),
+                ) => return Err(e),
+                // It may have committed: sent again it could apply twice, so only a rollback (which
+                // leaves what did apply) may follow.
+                Err(e) => {
+                    self.ambiguous = true;
+                    return Err(e);
                 }
-                // Serializable, above its read timestamp: the reads move first. At least to this
-                // node's clock, so that the next try is not below the leader's closed timestamp again.
-                TxnReply { record: None, ts: Some(to), .. } => {
-                    let now = self.node.pending_clock().now();
-                    self.refresh_to(to.max(now)).await?;
-                }
-                other => {
-                    return Err(NodeError::Internal(format!(
-                        "a one-phase commit answered unexpectedly: {other:?}"
-                    )));
-                }
+            };
+            match answer {
+                // Its leader found it applied after an unknown outcome: committed at its timestamp.
+                Committed { timestamp: Some(at), txn: None, .. } => return Ok(Some(at)),
+                answer => match reply(answer)? {
+                    TxnReply { committed: true, ts: Some(at), .. } => return Ok(Some(at)),
+                    // Serializable, above its read timestamp: the reads move first. At least to this
+                    // node's clock, so that the next try is not below the leader's closed timestamp
+                    // again.
+                    TxnReply { committed: false, ts: Some(to), .. } => {
+                        let now = self.node.pending_clock().now();
+                        self.refresh_to(to.max(now)).await?;
+                    }
+                    other => {
+                        return Err(NodeError::Internal(format!(
+                            "a one-phase commit answered unexpectedly: {other:?}"
+                        )));
+                    }
+                },
             }
         }
         Err(retry("the transaction kept being pushed while it committed"))
@@ -627,7 +651,7 @@ async fn abort(node: &Node, meta: &TxnMeta, read_ts: Timestamp, locks: &BTreeSet
         Err(e) => return Err(e),
     }
     let keys: Vec<Vec<u8>> = locks.iter().cloned().collect();
-    node.resolve_intents(meta, TxnStatus::Aborted, &keys).await
+    node.resolve_intents(meta, TxnStatus::Aborted, &keys, true).await
 }
 
 impl Drop for Txn {

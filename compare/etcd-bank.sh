@@ -24,9 +24,11 @@ ticks() { local t=0 p; for p in "$@"; do for q in "$p" $(pgrep -P "$p" || true);
 bench() { # label target addrs accounts [bench flags...] ; server pids in $servers
     local label="$1"; shift
     local transfers="$contended"; [ "$3" -ge 100 ] && transfers="$spread"
+    # The accounts are opened first, outside the measured CPU.
+    "$bin/cairn-bench" bank --target "$1" --addr "$2" --accounts "$3" --transfers 0 "${@:4}" >/dev/null
     local before; before=$(ticks $servers)
     "$bin/cairn-bench" bank --target "$1" --addr "$2" --accounts "$3" --clients 100 --transfers "$transfers" \
-        "${@:4}" | tee "$work/$label.txt"
+        --opened "${@:4}" | tee "$work/$label.txt"
     local used=$(( $(ticks $servers) - before ))
     awk -v t="$used" -v hz="$hz" -v n="$transfers" \
         'BEGIN { printf "cpu      %.3f s of server CPU, %.1f ms per transfer\n", t / hz, 1000 * t / hz / n }' \

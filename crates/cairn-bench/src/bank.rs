@@ -3,14 +3,17 @@
 //! side-by-side comparisons (`compare/etcd-bank.sh`), etcd v3 (read both keys with linearizable
 //! ranges, then one `Txn` that writes both if neither key's `mod_revision` changed).
 //!
-//! `--accounts` accounts (keys `acct-0` …) start with 10,000 each; `--clients` concurrent clients run
-//! `--transfers` transfers of 1 to 10 between two distinct accounts drawn at random (none that would
-//! go negative). A transfer that conflicts (cairn: a retryable error; etcd: a failed comparison) runs
-//! again, up to [`MAX_ATTEMPTS`] times. Against cairn, account keys are chosen from the cluster's
-//! shard map: spread over the shards (consecutive accounts in different shards, so a transfer between
-//! two accounts of two is a cross-shard transaction) or, with `--same-shard`, all in one. Prints transfers/s, the latency of a whole
-//! transfer (retries included) and how many attempts conflicted; at the end every account is read
-//! back in one transaction and the total must be unchanged and no balance negative.
+//! `--accounts` accounts (keys `acct-0` …) start with 10,000 each (`--opened`: as an earlier run left
+//! them; `--transfers 0` only opens them); `--clients` concurrent clients run `--transfers` transfers
+//! of 1 to 10 between two distinct accounts drawn at random (none that would go negative). A transfer
+//! that conflicts (cairn: a retryable error; etcd: a failed comparison) runs again at once, up to
+//! [`MAX_ATTEMPTS`] times. Against cairn, account keys are chosen from the cluster's shard map: spread
+//! over the shards (consecutive accounts in different shards: every transfer between two accounts is
+//! a cross-shard transaction, and with more accounts most are) or, with `--same-shard`, all in one.
+//! Prints transfers/s, the latency of a whole transfer (retries included; the clock starts once every
+//! client is connected) and how many attempts conflicted. The accounts are read before and after (one
+//! range scan each): every balance must have moved by exactly what the committed transfers moved, the
+//! total be unchanged and none negative.
 
 use crate::histogram::Histogram;
 use crate::kv::etcdpb;
@@ -48,6 +51,9 @@ pub struct BankArgs {
     /// cairn: every account in one shard (by default they are spread over the shards).
     #[arg(long)]
     pub same_shard: bool,
+    /// The accounts exist already (an earlier run opened them): transfers start from their balances.
+    #[arg(long)]
+    pub opened: bool,
     /// Seed of the account and amount choices.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -61,7 +67,8 @@ enum Bank {
 
 /// How one attempt of a transfer ended.
 enum Attempt {
-    Done,
+    /// Committed: the money moved (`true`), or the account held too little (`false`).
+    Done(bool),
     Conflict,
 }
 
@@ -114,15 +121,16 @@ impl Bank {
                         (Ok(a), Ok(b)) => (a, b),
                         (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
                     };
-                    if a >= amount {
+                    let moved = a >= amount;
+                    if moved {
                         t.put(from.as_bytes(), (a - amount).to_string().as_bytes()).await?;
                         t.put(to.as_bytes(), (b + amount).to_string().as_bytes()).await?;
                     }
-                    t.commit().await.map(|_| Ok(()))
+                    t.commit().await.map(|_| Ok(moved))
                 }
                 .await;
                 match outcome {
-                    Ok(Ok(())) => Ok(Attempt::Done),
+                    Ok(Ok(moved)) => Ok(Attempt::Done(moved)),
                     Ok(Err(e)) => Err(e),
                     Err(e) if cairn_client::must_retry(&e) => Ok(Attempt::Conflict),
                     Err(e) => Err(e.to_string()),
@@ -132,7 +140,7 @@ impl Bank {
                 let (a, ra) = etcd_read(c, from).await?;
                 let (b, rb) = etcd_read(c, to).await?;
                 if a < amount {
-                    return Ok(Attempt::Done);
+                    return Ok(Attempt::Done(false));
                 }
                 let unchanged = |key: &str, revision| etcdpb::Compare {
                     result: etcdpb::compare::CompareResult::Equal as i32,
@@ -154,25 +162,26 @@ impl Bank {
                     failure: Vec::new(),
                 };
                 let answer = c.txn(txn).await.map_err(|e| e.to_string())?.into_inner();
-                Ok(if answer.succeeded { Attempt::Done } else { Attempt::Conflict })
+                Ok(if answer.succeeded { Attempt::Done(true) } else { Attempt::Conflict })
             }
         }
     }
 
-    /// Every account's balance, read at one point.
+    /// Every account's balance (of `keys`, in order), read by one range scan of the accounts' keys.
     async fn audit(&mut self, keys: &[String]) -> Result<Vec<i64>, String> {
+        let mut found = std::collections::HashMap::new();
         match self {
             Bank::Cairn(c, _) => {
-                let mut t =
-                    c.begin(cairn_client::kv::Isolation::Serializable).await.map_err(|e| e.to_string())?;
-                let mut balances = Vec::with_capacity(keys.len());
-                for key in keys {
-                    balances.push(balance(
-                        t.get(key.as_bytes()).await.map_err(|e| e.to_string())?.map(|(v, _)| v),
-                    )?);
+                let mut start = b"acct-".to_vec();
+                loop {
+                    let (rows, resume) =
+                        c.scan_page(&start, Some(b"acct."), 1000, None).await.map_err(|e| e.to_string())?;
+                    found.extend(rows.into_iter().map(|r| (r.key, r.value)));
+                    match resume {
+                        Some(next) => start = next,
+                        None => break,
+                    }
                 }
-                t.commit().await.map_err(|e| e.to_string())?;
-                Ok(balances)
             }
             Bank::Etcd(c) => {
                 // One linearizable range over the accounts' keys: one revision.
@@ -182,9 +191,10 @@ impl Bank {
                     ..Default::default()
                 };
                 let kvs = c.range(range).await.map_err(|e| e.to_string())?.into_inner().kvs;
-                kvs.into_iter().map(|kv| balance(Some(kv.value))).collect()
+                found.extend(kvs.into_iter().map(|kv| (kv.key, kv.value)));
             }
         }
+        keys.iter().map(|k| balance(found.remove(k.as_bytes()))).collect()
     }
 }
 
@@ -250,17 +260,28 @@ pub fn run(args: &BankArgs) -> Result<(), String> {
             if args.target == "cairn" { format!(", {}", args.isolation) } else { String::new() },
         );
         let mut first = Bank::open(args, &args.addr[0]).await?;
-        first.open_accounts(&keys).await?;
+        if !args.opened {
+            first.open_accounts(&keys).await?;
+        }
+        let before = first.audit(&keys).await?;
+        if args.transfers == 0 {
+            return Ok(());
+        }
+        let mut banks = Vec::with_capacity(args.clients);
+        for c in 0..args.clients {
+            banks.push(Bank::open(args, &args.addr[c % args.addr.len()]).await?);
+        }
         let next = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let mut tasks = Vec::new();
-        for c in 0..args.clients {
-            let mut bank = Bank::open(args, &args.addr[c % args.addr.len()]).await?;
+        for (c, mut bank) in banks.into_iter().enumerate() {
             let (keys, next, transfers) = (Arc::clone(&keys), Arc::clone(&next), args.transfers);
             let mut rng = Rng::new(args.seed ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             tasks.push(tokio::spawn(async move {
                 let mut latency = Histogram::default();
                 let mut conflicts = 0u64;
+                // What this client's transfers moved, per account.
+                let mut moved = vec![0i64; keys.len()];
                 while next.fetch_add(1, Ordering::Relaxed) < transfers {
                     let n = keys.len() as u64;
                     let from = rng.below(n) as usize;
@@ -271,7 +292,13 @@ pub fn run(args: &BankArgs) -> Result<(), String> {
                     loop {
                         attempts += 1;
                         match bank.transfer(&keys[from], &keys[to], amount).await? {
-                            Attempt::Done => break,
+                            Attempt::Done(done) => {
+                                if done {
+                                    moved[from] -= amount;
+                                    moved[to] += amount;
+                                }
+                                break;
+                            }
                             Attempt::Conflict if attempts < MAX_ATTEMPTS => conflicts += 1,
                             Attempt::Conflict => {
                                 return Err(format!("a transfer conflicted {MAX_ATTEMPTS} times in a row"));
@@ -280,15 +307,19 @@ pub fn run(args: &BankArgs) -> Result<(), String> {
                     }
                     latency.record(u64::try_from(begun.elapsed().as_nanos()).unwrap_or(u64::MAX));
                 }
-                Ok::<_, String>((latency, conflicts))
+                Ok::<_, String>((latency, conflicts, moved))
             }));
         }
         let mut latency = Histogram::default();
         let mut conflicts = 0;
+        let mut expected = before.clone();
         for task in tasks {
-            let (h, c) = task.await.map_err(|e| e.to_string())??;
+            let (h, c, moved) = task.await.map_err(|e| e.to_string())??;
             latency.merge(&h);
             conflicts += c;
+            for (balance, m) in expected.iter_mut().zip(moved) {
+                *balance += m;
+            }
         }
         let secs = started.elapsed().as_secs_f64();
         let done = latency.count();
@@ -306,12 +337,13 @@ pub fn run(args: &BankArgs) -> Result<(), String> {
             ms(0.999),
             latency.max() as f64 / 1e6
         );
+        // Every committed transfer is in the balances exactly once, and nothing else is.
         let balances = first.audit(&keys).await?;
         let total: i64 = balances.iter().sum();
-        if total != START * keys.len() as i64 || balances.iter().any(|b| *b < 0) {
-            return Err(format!("the audit does not add up: {balances:?}"));
+        if balances != expected || total != START * keys.len() as i64 || balances.iter().any(|b| *b < 0) {
+            return Err(format!("the audit does not add up: {balances:?}, expected {expected:?}"));
         }
-        println!("audit    total {total} over {} accounts: unchanged", balances.len());
+        println!("audit    total {total} over {} accounts: every transfer there once", balances.len());
         Ok(())
     })
 }

@@ -25,8 +25,10 @@
 //! - [`ResolveIntents`] turns a committed transaction's intents of its final epoch into versions at the
 //!   commit timestamp and deletes the rest; for a transaction still running it moves its intents up
 //!   to its pushed write timestamp. Intents of other transactions are left alone, so a resolve is
-//!   idempotent. The coordinator's last resolve (on the record's shard, after every other) also
-//!   deletes the finished record: nothing refers to it any more.
+//!   idempotent. A committed transaction's coordinator has its last resolve (on the record's shard,
+//!   after every other) also delete the record: no intent refers to it any more. (A pusher that saw an
+//!   intent just before its resolution may write a record back, which nothing collects yet; aborted
+//!   records stay, so that a write still on its way cannot start a pending record.)
 //!
 //! - [`Refresh`] moves a serializable transaction's reads from one timestamp to a later one: it fails
 //!   ([`KvError::TxnRetry`]) if any key read has a committed version in between or another
@@ -48,7 +50,9 @@
 //! - [`HeartbeatTxn`] keeps a pending record alive, and answers with it: how the coordinator learns
 //!   that its transaction was pushed or aborted.
 //!
-//! Every command here is idempotent, so a leader that cannot tell whether one applied evaluates it again.
+//! Every command here but [`CommitOnePhase`] is idempotent, so a leader that cannot tell whether one
+//! applied evaluates it again; a one-phase commit is settled, like a plain batch, by whether its first
+//! write's version is there.
 
 use super::{Condition, Evaluated, KvError, Outcome, above, check_condition};
 use crate::hlc::Timestamp;
@@ -542,7 +546,9 @@ pub(super) fn push(
     let answer = |record: TxnRecord, pushed| {
         Ok(reply(TxnReply { record: Some(record), pushed, ..TxnReply::default() }))
     };
-    // No record yet (the pushee's first write has not applied): one as of its start.
+    // No record: the pushee's first write has not applied, or it finished and its record was deleted
+    // (then this intent is resolved already, and the record written back is only garbage). One as of
+    // its start.
     let record = reader.txn_record(&pushee.anchor, pushee.id)?.unwrap_or_else(|| TxnRecord {
         meta: pushee.clone(),
         status: TxnStatus::Pending,
@@ -578,7 +584,7 @@ pub(super) fn push(
 }
 
 /// Evaluates a [`HeartbeatTxn`] at the leader's clock `now`: the record, its heartbeat moved up to
-/// `now` if it is pending; no record (it was aborted, and removed) answers `None`.
+/// `now` if it is pending; no record (it finished, and its record was deleted) answers `None`.
 pub(super) fn heartbeat(
     h: &HeartbeatTxn,
     reader: &impl Reader,

@@ -780,3 +780,179 @@ fn the_last_resolve_deletes_a_finished_record_and_leaves_a_running_ones() {
     assert_eq!(again.route_key(), b"a");
     assert_eq!(s.txn(&again, ts(14)).unwrap().1, 0);
 }
+
+/// One step of [`intents_are_never_visible_outside_their_transaction`].
+#[derive(Clone, Debug)]
+enum Step {
+    /// Transaction `txn` writes `value` (`None`: deletes) to key `key` as an intent.
+    Put { txn: usize, key: usize, value: Option<u8> },
+    /// It commits (and its intents are resolved), or aborts.
+    End { txn: usize, commit: bool },
+    /// A plain write outside transactions.
+    Plain { key: usize, value: u8 },
+    /// A transaction that writes the keys of `keys` (a bit set) in one command.
+    OnePhase { keys: u8, value: u8 },
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0..3usize, 0..3usize, proptest::option::of(any::<u8>()))
+            .prop_map(|(txn, key, value)| Step::Put { txn, key, value }),
+        2 => (0..3usize, any::<bool>()).prop_map(|(txn, commit)| Step::End { txn, commit }),
+        2 => (0..3usize, any::<u8>()).prop_map(|(key, value)| Step::Plain { key, value }),
+        1 => (1..8u8, any::<u8>()).prop_map(|(keys, value)| Step::OnePhase { keys, value }),
+    ]
+}
+
+const VIS_KEYS: [&str; 3] = ["a", "b", "c"];
+
+/// What the model knows of a running transaction: its metadata, next sequence number and intents.
+struct Running {
+    meta: TxnMeta,
+    seq: u32,
+    intents: std::collections::BTreeMap<usize, Option<Vec<u8>>>,
+}
+
+/// The committed history: per key, its versions (timestamp, value) in order.
+type History = std::collections::BTreeMap<usize, Vec<(Timestamp, Option<Vec<u8>>)>>;
+
+fn committed_at(history: &History, key: usize, at: Timestamp) -> Option<Vec<u8>> {
+    history.get(&key)?.iter().rev().find(|(ts, _)| *ts <= at).and_then(|(_, v)| v.clone())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 64, failure_persistence: None, ..Default::default() })]
+    /// Random interleavings of transactions' intents, commits, aborts, one-phase commits and plain
+    /// writes on one shard: after every step, a read outside a transaction (as every consistency
+    /// level reads a replica: newest, or at a timestamp) sees exactly the committed versions, or is
+    /// told an intent is in its way, and never sees an intent's value; the engine's version reads
+    /// (what exports and GC see) hold committed versions only; a transaction reads its own intents.
+    #[test]
+    fn intents_are_never_visible_outside_their_transaction(
+        steps in proptest::collection::vec(step(), 1..40),
+    ) {
+        use proptest::prelude::*;
+        let s = Shard::new();
+        let mut now = 10u64;
+        let mut running: Vec<Option<Running>> = vec![None, None, None];
+        let mut history = History::new();
+        let mut stamps = vec![ts(0)];
+        let mut next_id = 100;
+        for step in &steps {
+            now += 10;
+            let clock = ts(now);
+            match step.clone() {
+                Step::Put { txn: t, key, value } => {
+                    let r = running[t].get_or_insert_with(|| {
+                        next_id += 1;
+                        Running {
+                            meta: txn(next_id, VIS_KEYS[key], clock, Isolation::Snapshot),
+                            seq: 0,
+                            intents: Default::default(),
+                        }
+                    });
+                    r.seq += 1;
+                    let mut p = put(&r.meta, r.seq, VIS_KEYS[key], None);
+                    p.value = value.map(|v| vec![v]);
+                    p.create_record = r.seq == 1;
+                    if p.create_record {
+                        p.txn.anchor = VIS_KEYS[key].into();
+                        r.meta.anchor = VIS_KEYS[key].into();
+                    }
+                    match s.txn(&Write::TxnPut(p), clock) {
+                        Ok((reply, _)) => {
+                            r.meta.write_ts = r.meta.write_ts.max(reply.ts.unwrap());
+                            r.intents.insert(key, value.map(|v| vec![v]));
+                        }
+                        // Another's intent, or a newer version (write-too-old): nothing written.
+                        Err(KvError::LockConflict { .. } | KvError::TxnRetry(_)) => {
+                            if r.seq == 1 {
+                                running[t] = None;
+                            }
+                        }
+                        Err(e) => prop_assert!(false, "put: {e}"),
+                    }
+                }
+                Step::End { txn: t, commit } => {
+                    let Some(r) = running[t].take() else { continue };
+                    let keys: Vec<&str> = r.intents.keys().map(|k| VIS_KEYS[*k]).collect();
+                    let (reply, _) = s.txn(&end(&r.meta, commit, &keys), clock).unwrap();
+                    let record = reply.record.unwrap();
+                    s.txn(&resolve_and_forget(&record.meta, record.status, &keys), clock).unwrap();
+                    if commit {
+                        let at = record.meta.write_ts;
+                        stamps.push(at);
+                        for (key, value) in r.intents {
+                            history.entry(key).or_default().push((at, value));
+                        }
+                    }
+                }
+                Step::Plain { key, value } => {
+                    let put = Write::Put { key: VIS_KEYS[key].into(), value: vec![value], condition: Condition::None };
+                    match s.eval(&put, clock) {
+                        Ok(Evaluated { outcome: Outcome::Written(at), .. }) => {
+                            stamps.push(at);
+                            history.entry(key).or_default().push((at, Some(vec![value])));
+                        }
+                        Err(KvError::LockConflict { .. }) => {}
+                        other => prop_assert!(false, "plain put: {other:?}"),
+                    }
+                }
+                Step::OnePhase { keys, value } => {
+                    next_id += 1;
+                    let chosen: Vec<usize> = (0..3).filter(|k| keys & (1 << k) != 0).collect();
+                    let t = txn(next_id, VIS_KEYS[chosen[0]], clock, Isolation::Snapshot);
+                    let v = [value];
+                    let writes: Vec<(&str, Option<&str>)> = chosen.iter().map(|k| (VIS_KEYS[*k], None)).collect();
+                    let mut c = one_phase(&t, &writes, None);
+                    if let Write::CommitOnePhase(c) = &mut c {
+                        for w in &mut c.writes {
+                            w.value = Some(v.to_vec());
+                        }
+                    }
+                    match s.txn(&c, clock) {
+                        Ok((reply, _)) => {
+                            let at = reply.ts.unwrap();
+                            stamps.push(at);
+                            for k in chosen {
+                                history.entry(k).or_default().push((at, Some(v.to_vec())));
+                            }
+                        }
+                        Err(KvError::LockConflict { .. }) => {}
+                        Err(e) => prop_assert!(false, "one-phase commit: {e}"),
+                    }
+                }
+            }
+            // Every read, after every step.
+            let reader = s.reader();
+            let locked: std::collections::BTreeMap<usize, Timestamp> = running
+                .iter()
+                .flatten()
+                .flat_map(|r| r.intents.keys().map(move |k| (*k, r.meta.write_ts)))
+                .collect();
+            for (key, name) in VIS_KEYS.iter().enumerate() {
+                let name = name.as_bytes();
+                for at in stamps.iter().copied().chain([Timestamp::MAX]) {
+                    let committed = committed_at(&history, key, at);
+                    let read = if at == Timestamp::MAX { ReadAt::newest(clock) } else { ReadAt::at(at) };
+                    match (reader.read(name, &read).unwrap(), locked.get(&key)) {
+                        (Found::Locked(_), Some(_)) => {}
+                        (Found::Version(v), _) => prop_assert_eq!(v.map(|v| v.value), committed.clone(), "key {} at {}", key, at),
+                        (other, _) => prop_assert!(false, "key {key} at {at}: {other:?}"),
+                    }
+                    prop_assert_eq!(reader.at(name, at).unwrap().map(|v| v.value), committed, "engine read of key {} at {}", key, at);
+                }
+            }
+            for r in running.iter().flatten() {
+                for (key, value) in &r.intents {
+                    let own = ReadAt { ts: r.meta.write_ts, limit: r.meta.write_ts, txn: Some((r.meta.id, r.meta.epoch)) };
+                    match reader.read(VIS_KEYS[*key].as_bytes(), &own).unwrap() {
+                        Found::Version(v) => prop_assert_eq!(v.map(|v| v.value), value.clone()),
+                        other => prop_assert!(false, "own read of key {key}: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -39,6 +39,11 @@ pub(crate) const FIRST_PUSH_PAUSE: Duration = Duration::from_millis(5);
 const MAX_PUSH_PAUSE: Duration = Duration::from_millis(100);
 
 impl Node {
+    /// The largest Raft command a shard takes.
+    pub(crate) fn max_command_bytes(&self) -> usize {
+        self.config.max_command_bytes()
+    }
+
     /// How the transactions coordinated here ended.
     pub fn txn_stats(&self) -> &TxnStats {
         &self.txn_stats

@@ -40,6 +40,7 @@ use crate::types::Condition;
 use cairn_kv::evaluate::{CommitOnePhase, CommitWrite, EndTxn, HeartbeatTxn, PushKind, TxnGet, TxnPut};
 use cairn_kv::txn::{HEARTBEAT_INTERVAL, Isolation, NORMAL_PRIORITY, TxnId, TxnMeta, TxnReply, TxnStatus};
 use cairn_kv::{Committed, Write, WriteError};
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +52,9 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// Most refreshes one commit makes before it gives up (retryable).
 const MAX_COMMIT_REFRESHES: usize = 4;
+
+/// Most of a transaction's writes sent at once at commit.
+const MAX_WRITES_IN_FLIGHT: usize = 64;
 
 /// Most keys one transaction may write (its record lists them), and most it may read and still refresh.
 pub const MAX_TXN_KEYS: usize = 10_000;
@@ -414,10 +418,20 @@ impl Txn {
                 (key, put)
             })
             .collect();
-        let answers = futures_util::future::join_all(
-            puts.iter().map(|(key, put)| self.send(key, put, PushKind::Abort)),
-        )
-        .await;
+        let mut answers = Vec::with_capacity(puts.len());
+        let mut in_flight = futures_util::stream::FuturesOrdered::new();
+        for (key, put) in &puts {
+            if in_flight.len() >= MAX_WRITES_IN_FLIGHT
+                && let Some(answer) = in_flight.next().await
+            {
+                answers.push(answer);
+            }
+            in_flight.push_back(self.send(key, put, PushKind::Abort));
+        }
+        while let Some(answer) = in_flight.next().await {
+            answers.push(answer);
+        }
+        drop(in_flight);
         // Every answer is taken in (so that a rollback knows every intent) before any refusal counts.
         let mut outcome = Ok(());
         for ((key, _), answer) in puts.iter().zip(answers) {
@@ -471,7 +485,12 @@ impl Txn {
             return Ok(self.read_ts);
         }
         let mut one_phase = None;
-        if self.meta.anchor.is_empty() && self.node.one_shard(self.unsent.keys())? {
+        if self.meta.anchor.is_empty()
+            && self
+                .command_bytes(self.unsent.iter().map(|(k, (v, _))| k.len() + v.as_ref().map_or(0, Vec::len)))
+                <= self.node.max_command_bytes() / 2
+            && self.node.one_shard(self.unsent.keys())?
+        {
             let outcome = self.commit_one_phase().await;
             one_phase = self.or_rollback_at_commit(outcome).await?;
         }
@@ -481,8 +500,14 @@ impl Txn {
                 (at, None)
             }
             None => {
-                let flushed = self.flush().await;
-                self.or_rollback_at_commit(flushed).await?;
+                if let Err(e) = self.flush().await {
+                    // Its writes left the coordinator: whatever went wrong, nothing of it commits.
+                    if matches!(e, NodeError::TxnRetry(_)) {
+                        stats.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.rollback().await?;
+                    return Err(e);
+                }
                 self.refresh_after_writes().await?;
                 let outcome = self.end_committed().await;
                 let record = self.or_rollback(outcome).await?;
@@ -511,6 +536,12 @@ impl Txn {
         Ok(at)
     }
 
+    /// About the bytes a command carrying these keys and values takes (each value is written twice:
+    /// as a version and as the key's newest).
+    fn command_bytes(&self, sizes: impl Iterator<Item = usize>) -> usize {
+        sizes.map(|n| 2 * n + 64).sum()
+    }
+
     /// Commits the unsent writes (all in one shard; no intent written) in one command: the commit
     /// timestamp, or `None` if the writes no longer fall in one shard (a split: nothing was written).
     async fn commit_one_phase(&mut self) -> Result<Option<Timestamp>> {
@@ -532,6 +563,8 @@ impl Txn {
             let reads = match &self.reads {
                 Some(reads)
                     if self.meta.isolation == Isolation::Serializable
+                        && self.command_bytes(reads.iter().map(Vec::len))
+                            <= self.node.max_command_bytes() / 4
                         && self.node.one_shard(reads.iter().chain([&anchor]))? =>
                 {
                     Some(reads.iter().map(|k| serde_bytes::ByteBuf::from(k.clone())).collect())
@@ -564,7 +597,9 @@ impl Txn {
                 // leaves what did apply) may follow.
                 Err(e) => {
                     self.ambiguous = true;
-                    return Err(e);
+                    return Err(NodeError::OutcomeUnknown(format!(
+                        "the commit's outcome is unknown ({e}): read its keys before running it again"
+                    )));
                 }
             };
             match answer {
@@ -651,7 +686,9 @@ async fn abort(node: &Node, meta: &TxnMeta, read_ts: Timestamp, locks: &BTreeSet
         Err(e) => return Err(e),
     }
     let keys: Vec<Vec<u8>> = locks.iter().cloned().collect();
-    node.resolve_intents(meta, TxnStatus::Aborted, &keys, true).await
+    // The aborted record stays: it keeps a write of the transaction still on its way from writing a
+    // pending record later.
+    node.resolve_intents(meta, TxnStatus::Aborted, &keys, false).await
 }
 
 impl Drop for Txn {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{set_setting as set, shard_ranges as shards, three_nodes, wait_until};
+use common::{set_setting as set, shard_ranges as shards, three_nodes};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -69,16 +69,28 @@ fn under_bench_load_4_shards_split_to_64_and_merge_back_to_4() {
             Ok(runs)
         })
     };
+    // The budgets are for a slow debug build on two busy cores: splits here have taken from about 2 s
+    // to over 4 s each.
     let most = std::cell::Cell::new(0);
-    wait_until("64 shards or more", Duration::from_secs(240), || {
+    let split_out = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
         let (list, _) = shards(&nodes[0]);
         most.set(most.get().max(list.len()));
-        list.len() >= 64
-    });
+        if list.len() >= 64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < split_out,
+            "not 64 shards in 600 s (at most {}):\n{}",
+            most.get(),
+            listing(&nodes[0])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     set(&nodes[1], "merge_delay_secs", "1");
     set(&nodes[1], "split_size", "256MiB");
     let initial = ["[[0,255]]", "[[256,511]]", "[[512,767]]", "[[768,1023]]"];
-    let merged_back = std::time::Instant::now() + Duration::from_secs(400);
+    let merged_back = std::time::Instant::now() + Duration::from_secs(600);
     loop {
         let (list, busy) = shards(&nodes[2]);
         most.set(most.get().max(list.len()));
@@ -88,7 +100,7 @@ fn under_bench_load_4_shards_split_to_64_and_merge_back_to_4() {
         // What is left, to tell a stuck split, merge or move from a merge never planned.
         assert!(
             std::time::Instant::now() < merged_back,
-            "not back to 4 shards in 400 s:\n{}",
+            "not back to 4 shards in 600 s:\n{}",
             listing(&nodes[2])
         );
         std::thread::sleep(Duration::from_millis(50));

@@ -35,19 +35,10 @@ bench() { # label target addrs accounts [bench flags...] ; server pids in $serve
         | tee -a "$work/$label.txt"
 }
 
-cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
 for round in 1 2; do
     echo "== round $round: etcd, 3 members"
-    servers=""
-    for i in 1 2 3; do
-        etcd --name "e$i" --data-dir "$work/etcd-$round-$i" \
-            --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
-            --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
-            --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "bank-$round" \
-            --log-level error --logger zap >"$work/etcd-$round-$i.log" 2>&1 &
-        pids+=($!); servers="$servers $!"
-    done
-    for i in 1 2 3; do wait_port 127.0.0.1 "2379$i"; done
+    start_etcd3 "$round"
+    servers="${etcd_pids[*]}"
     etcd_addrs=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
     bench "etcd-$round-2" etcd "$etcd_addrs" 2
     bench "etcd-$round-10" etcd "$etcd_addrs" 10

@@ -28,18 +28,9 @@ bench() { # target addrs label
         --reads eventual --no-load | tee "$work/$3-eventual.txt"
 }
 
-cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
 for round in 1 2; do
     echo "== round $round: etcd, 3 members"
-    for i in 1 2 3; do
-        etcd --name "e$i" --data-dir "$work/etcd-$round-$i" \
-            --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
-            --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
-            --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "bench-$round" \
-            --log-level error --logger zap >"$work/etcd-$round-$i.log" 2>&1 &
-        pids+=($!)
-    done
-    for i in 1 2 3; do wait_port 127.0.0.1 "2379$i"; done
+    start_etcd3 "$round"
     bench etcd 127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793 "etcd-$round"
     for i in 1 2 3; do kill "${pids[-$i]}" 2>/dev/null || true; done
     wait 2>/dev/null || true

@@ -34,3 +34,20 @@ wait_port() { # host port
 opsps() { awk -v p="$2" '$1 == p { print $2 }' "$1"; }
 lat() { awk -v p="$2" -v o="$3" -v q="$4" '$1 == p { inside = 1; next } /^[A-Za-z]/ { inside = 0 } inside && $1 == o { for (i = 1; i <= NF; i++) if ($i == q) print $(i + 1) }' "$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# Starts a 3-member etcd cluster on 127.0.0.1 (clients on ports 23791-23793, data in
+# "$work/etcd-LABEL-N") and waits until every member listens; adds the members to `pids` and sets
+# `etcd_pids` to them.
+start_etcd3() { # label
+    local cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803" i
+    etcd_pids=()
+    for i in 1 2 3; do
+        etcd --name "e$i" --data-dir "$work/etcd-$1-$i" \
+            --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+            --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+            --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "bench-$1" \
+            --log-level error --logger zap >"$work/etcd-$1-$i.log" 2>&1 &
+        pids+=($!); etcd_pids+=($!)
+    done
+    for i in 1 2 3; do wait_port 127.0.0.1 "2379$i"; done
+}

@@ -268,14 +268,7 @@ pub(super) fn put(
     batch: &mut WriteBatch,
 ) -> Result<Evaluated, KvError> {
     let TxnPut { txn, read_ts, seq, key, value, condition, create_record } = p;
-    let limit = bounds.limit;
-    if txn.write_ts < *read_ts || txn.write_ts < txn.min_ts {
-        return Err(invalid(format!(
-            "transaction {}: write timestamp {} below its read timestamp {read_ts} or its start {}",
-            txn.id, txn.write_ts, txn.min_ts
-        )));
-    }
-    within(txn.write_ts, limit)?;
+    check_write_ts(txn, *read_ts, bounds.limit)?;
     if *create_record && *key != txn.anchor {
         return Err(invalid(format!("transaction {}: its record is anchored at its first key", txn.id)));
     }
@@ -296,25 +289,11 @@ pub(super) fn put(
     let earlier = own.as_ref().filter(|i| i.meta.txn.epoch == txn.epoch);
     let latest = reader.latest(key)?;
     let newer = latest.filter(|l| l.timestamp > *read_ts);
-    match (earlier, newer) {
-        (Some(i), _) => check_own(*condition, i)?,
-        (None, Some(l)) if txn.isolation == Isolation::Snapshot || *condition != Condition::None => {
-            return Err(KvError::TxnRetry(format!(
-                "key {key:?} has a version at {} after the transaction's read timestamp {read_ts} \
-                 (write-too-old)",
-                l.timestamp
-            )));
-        }
-        (None, _) => check_condition(*condition, latest.filter(|l| l.live).map(|l| l.timestamp))?,
+    match earlier {
+        Some(i) => check_own(*condition, i)?,
+        None => check_committed(key, (txn, *read_ts), *condition, latest)?,
     }
-    let mut at = txn.write_ts.max(bounds.closed);
-    let read = bounds.reads.lookup(key);
-    if read.ts >= at && read.txn != Some(txn.id) {
-        at = read.ts.next();
-    }
-    // Read (or closed) that far ahead only by a leader's first evaluations: the clock catches up.
-    within(at, limit)?;
-    let mut at = above(at, latest, limit)?;
+    let mut at = land(key, txn.write_ts.max(bounds.closed), latest, txn.id, bounds)?;
     if let Some(i) = &own {
         // An intent only moves up.
         at = at.max(i.meta.txn.write_ts);
@@ -333,6 +312,57 @@ pub(super) fn put(
     }
     batch.put_row(bucket, &txn::intent_key(key), &[(0, &column), (1, &meta)]);
     Ok(reply(TxnReply { ts: Some(at), write_too_old: newer.is_some(), ..TxnReply::default() }))
+}
+
+/// Refuses a transaction's write timestamp below its read timestamp or its start, or beyond the
+/// leader's clock bound `limit`.
+fn check_write_ts(txn: &TxnMeta, read_ts: Timestamp, limit: Timestamp) -> Result<(), KvError> {
+    if txn.write_ts < read_ts || txn.write_ts < txn.min_ts {
+        return Err(invalid(format!(
+            "transaction {}: write timestamp {} below its read timestamp {read_ts} or its start {}",
+            txn.id, txn.write_ts, txn.min_ts
+        )));
+    }
+    within(txn.write_ts, limit)
+}
+
+/// Checks a transaction's write of `key` (not over its own earlier write) against the key's newest
+/// committed version `latest`: one newer than the read timestamp is a write-too-old that snapshot
+/// isolation and a conditional write must restart for; then the condition.
+fn check_committed(
+    key: &[u8],
+    (txn, read_ts): (&TxnMeta, Timestamp),
+    condition: Condition,
+    latest: Option<crate::reader::Latest>,
+) -> Result<(), KvError> {
+    if let Some(l) = latest.filter(|l| l.timestamp > read_ts)
+        && (txn.isolation == Isolation::Snapshot || condition != Condition::None)
+    {
+        return Err(KvError::TxnRetry(format!(
+            "key {key:?} has a version at {} after the transaction's read timestamp {read_ts} \
+             (write-too-old)",
+            l.timestamp
+        )));
+    }
+    check_condition(condition, latest.filter(|l| l.live).map(|l| l.timestamp))
+}
+
+/// Where a transaction's write of `key` lands, from `at` (at least the closed timestamp): above
+/// another transaction's read of the key, and above its newest committed version `latest`.
+fn land(
+    key: &[u8],
+    mut at: Timestamp,
+    latest: Option<crate::reader::Latest>,
+    id: txn::TxnId,
+    bounds: &TxnBounds<'_>,
+) -> Result<Timestamp, KvError> {
+    let read = bounds.reads.lookup(key);
+    if read.ts >= at && read.txn != Some(id) {
+        at = read.ts.next();
+    }
+    // Read (or closed) that far ahead only by a leader's first evaluations: the clock catches up.
+    within(at, bounds.limit)?;
+    above(at, latest, bounds.limit)
 }
 
 /// A put the intent already holds (its sequence number or a later one): nothing to write, if it wrote
@@ -656,17 +686,10 @@ pub(super) fn commit_one_phase(
     batch: &mut WriteBatch,
 ) -> Result<Evaluated, KvError> {
     let CommitOnePhase { txn, read_ts, writes, reads } = c;
-    let limit = bounds.limit;
-    if txn.write_ts < *read_ts || txn.write_ts < txn.min_ts {
-        return Err(invalid(format!(
-            "transaction {}: write timestamp {} below its read timestamp {read_ts} or its start {}",
-            txn.id, txn.write_ts, txn.min_ts
-        )));
-    }
     if writes.first().is_none_or(|w| w.key != txn.anchor) {
         return Err(invalid(format!("transaction {}: its record is anchored at its first write", txn.id)));
     }
-    within(txn.write_ts, limit)?;
+    check_write_ts(txn, *read_ts, bounds.limit)?;
     let mut seen = HashSet::new();
     let mut at = txn.write_ts.max(bounds.closed);
     let mut too_old = false;
@@ -684,23 +707,9 @@ pub(super) fn commit_one_phase(
             return Err(KvError::LockConflict { key: key.clone(), holder: Box::new(i.meta.txn) });
         }
         let latest = reader.latest(key)?;
-        if let Some(l) = latest.filter(|l| l.timestamp > *read_ts) {
-            if txn.isolation == Isolation::Snapshot || *condition != Condition::None {
-                return Err(KvError::TxnRetry(format!(
-                    "key {key:?} has a version at {} after the transaction's read timestamp {read_ts} \
-                     (write-too-old)",
-                    l.timestamp
-                )));
-            }
-            too_old = true;
-        }
-        check_condition(*condition, latest.filter(|l| l.live).map(|l| l.timestamp))?;
-        let read = bounds.reads.lookup(key);
-        if read.ts >= at && read.txn != Some(txn.id) {
-            at = read.ts.next();
-        }
-        within(at, limit)?;
-        at = above(at, latest, limit)?;
+        check_committed(key, (txn, *read_ts), *condition, latest)?;
+        too_old |= latest.is_some_and(|l| l.timestamp > *read_ts);
+        at = land(key, at, latest, txn.id, bounds)?;
     }
     if txn.isolation == Isolation::Serializable && at != *read_ts {
         let Some(reads) = reads else {

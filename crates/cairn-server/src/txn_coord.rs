@@ -275,19 +275,12 @@ impl Txn {
     /// sees: at commit, or now (so that a failed condition says so at once) if the condition needs the
     /// key's committed version.
     pub async fn put(&mut self, key: &[u8], value: Option<Vec<u8>>, condition: Condition) -> Result<()> {
+        if condition == Condition::None || self.unsent.contains_key(key) {
+            return self.put_at_commit(key, value, condition);
+        }
         self.check_open()?;
         self.check_room(key)?;
-        match self.unsent.get_mut(key) {
-            Some(own) => {
-                check_own(condition, own.0.as_ref())?;
-                own.0 = value;
-            }
-            None if condition != Condition::None => return self.put_now(key, value, condition).await,
-            None => {
-                self.unsent.insert(key.to_vec(), (value, Condition::None));
-            }
-        }
-        Ok(())
+        self.put_now(key, value, condition).await
     }
 
     /// [`Txn::put`], with a condition on the key's committed version checked at commit (where a failed
@@ -485,10 +478,10 @@ impl Txn {
             return Ok(self.read_ts);
         }
         let mut one_phase = None;
+        let unsent_bytes =
+            || command_bytes(self.unsent.iter().map(|(k, (v, _))| k.len() + v.as_ref().map_or(0, Vec::len)));
         if self.meta.anchor.is_empty()
-            && self
-                .command_bytes(self.unsent.iter().map(|(k, (v, _))| k.len() + v.as_ref().map_or(0, Vec::len)))
-                <= self.node.max_command_bytes() / 2
+            && unsent_bytes() <= self.node.max_command_bytes() / 2
             && self.node.one_shard(self.unsent.keys())?
         {
             let outcome = self.commit_one_phase().await;
@@ -536,12 +529,6 @@ impl Txn {
         Ok(at)
     }
 
-    /// About the bytes a command carrying these keys and values takes (each value is written twice:
-    /// as a version and as the key's newest).
-    fn command_bytes(&self, sizes: impl Iterator<Item = usize>) -> usize {
-        sizes.map(|n| 2 * n + 64).sum()
-    }
-
     /// Commits the unsent writes (all in one shard; no intent written) in one command: the commit
     /// timestamp, or `None` if the writes no longer fall in one shard (a split: nothing was written).
     async fn commit_one_phase(&mut self) -> Result<Option<Timestamp>> {
@@ -563,8 +550,7 @@ impl Txn {
             let reads = match &self.reads {
                 Some(reads)
                     if self.meta.isolation == Isolation::Serializable
-                        && self.command_bytes(reads.iter().map(Vec::len))
-                            <= self.node.max_command_bytes() / 4
+                        && command_bytes(reads.iter().map(Vec::len)) <= self.node.max_command_bytes() / 4
                         && self.node.one_shard(reads.iter().chain([&anchor]))? =>
                 {
                     Some(reads.iter().map(|k| serde_bytes::ByteBuf::from(k.clone())).collect())
@@ -708,6 +694,12 @@ impl Drop for Txn {
             }
         }
     }
+}
+
+/// About the bytes a command carrying keys and values of these sizes takes (each value is written
+/// twice: as a version and as the key's newest).
+fn command_bytes(sizes: impl Iterator<Item = usize>) -> usize {
+    sizes.map(|n| 2 * n + 64).sum()
 }
 
 /// Checks `condition` against the transaction's own unsent write of the key (`None`: a delete), which
